@@ -1,0 +1,44 @@
+"""The verified manifests a process currently knows, newest per peer, expired ones dropped."""
+
+from __future__ import annotations
+
+import time
+
+from dinet.wire.manifest import MAX_DIRECTORY, Manifest, SignedManifest, verify_manifest
+
+
+class PeerDirectory:
+    def __init__(self, own_peer_id: str | None = None) -> None:
+        self._own = own_peer_id
+        self._entries: dict[str, tuple[Manifest, SignedManifest]] = {}
+
+    def add(self, signed: SignedManifest, now: float | None = None) -> Manifest:
+        """Verify and keep `signed` if it is newer than what we hold; ManifestError if invalid."""
+        manifest = verify_manifest(signed, now)
+        held = self._entries.get(manifest.peer_id)
+        if held is None or held[0].issued_at <= manifest.issued_at:
+            if held is None and len(self._entries) >= MAX_DIRECTORY:
+                self._prune(now)
+            if held is not None or len(self._entries) < MAX_DIRECTORY:
+                self._entries[manifest.peer_id] = (manifest, signed)
+        return manifest
+
+    def remove(self, peer_id: str) -> None:
+        self._entries.pop(peer_id, None)
+
+    def get(self, peer_id: str) -> Manifest | None:
+        entry = self._entries.get(peer_id)
+        return entry[0] if entry else None
+
+    def manifests(self, now: float | None = None, *, include_own: bool = False) -> list[Manifest]:
+        self._prune(now)
+        return [m for m, _ in self._entries.values() if include_own or m.peer_id != self._own]
+
+    def signed(self, now: float | None = None) -> list[SignedManifest]:
+        self._prune(now)
+        return [s for _, s in self._entries.values()]
+
+    def _prune(self, now: float | None) -> None:
+        now = time.time() if now is None else now
+        for peer_id in [p for p, (m, _) in self._entries.items() if m.expires_at <= now]:
+            del self._entries[peer_id]

@@ -1,0 +1,72 @@
+"""The libp2p host every dinet process runs: TCP, Noise only, yamux only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import multiaddr
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from dinet.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# py-libp2p keeps a slot per inbound connection for the host's whole life and
+# refuses new ones past max_connections: set it far beyond any real lifetime.
+_MAX_CONNECTIONS = 1_000_000
+
+
+def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
+    """A host that only speaks Noise (the library's default also accepts plaintext)."""
+    security = {
+        NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    }
+    config = ConnectionConfig(
+        max_connections=_MAX_CONNECTIONS,
+        high_watermark=_MAX_CONNECTIONS,
+        low_watermark=0,
+        min_connections=0,
+        # connect() waits a fixed 250 ms for extra connections unless this is 1.
+        max_connections_per_peer=1,
+    )
+    return new_host(
+        key_pair=key_pair,
+        sec_opt=security,
+        muxer_opt=create_yamux_muxer_option(),
+        connection_config=config,
+        enable_mDNS=enable_mdns,
+    )
+
+
+def parse_multiaddrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    parsed = []
+    for text in addrs:
+        try:
+            parsed.append(multiaddr.Multiaddr(text))
+        except Exception as exc:  # the multiaddr package raises several unrelated types
+            raise ConfigError(f"not a multiaddr: {text!r} ({exc})") from None
+    return parsed
+
+
+@asynccontextmanager
+async def running_host(host: IHost, listen: Sequence[str]) -> AsyncIterator[IHost]:
+    async with host.run(parse_multiaddrs(listen)):
+        yield host
+
+
+def full_addrs(host: IHost) -> list[str]:
+    """Dialable addresses, each ending in /p2p/<peer id>."""
+    peer = host.get_id().to_base58()
+    out = []
+    for addr in host.get_addrs():
+        text = str(addr)
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer}")
+    return out

@@ -1,0 +1,56 @@
+"""Frames over a libp2p stream, with the library's stream errors turned into ours."""
+
+from __future__ import annotations
+
+from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+
+from dinet.errors import PeerError
+from dinet.wire.framing import MAX_FRAME, FrameReader, encode_frame
+from dinet.wire.messages import Message, encode
+
+
+class FramedStream:
+    """One libp2p stream carrying length-prefixed frames in both directions."""
+
+    def __init__(self, stream: INetStream, max_size: int = MAX_FRAME) -> None:
+        self.stream = stream
+        self._reader = FrameReader(self._read_some, max_size)
+        self._max_size = max_size
+
+    @property
+    def remote_peer(self) -> str:
+        return self.stream.muxed_conn.peer_id.to_base58()
+
+    async def _read_some(self, n: int) -> bytes:
+        try:
+            return await self.stream.read(n)
+        except StreamEOF:
+            return b""
+        except StreamError as exc:
+            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+
+    async def receive(self) -> bytes | None:
+        """The next frame, or None when the peer closed the stream between frames."""
+        return await self._reader.read_frame()
+
+    async def send_payload(self, payload: bytes) -> None:
+        try:
+            await self.stream.write(encode_frame(payload, self._max_size))
+        except StreamError as exc:
+            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+
+    async def send(self, message: Message) -> None:
+        await self.send_payload(encode(message))
+
+    async def close(self) -> None:
+        try:
+            await self.stream.close()
+        except StreamError:
+            pass  # already gone: closing is best effort
+
+    async def reset(self) -> None:
+        try:
+            await self.stream.reset()
+        except StreamError:
+            pass  # already gone

@@ -1,0 +1,1 @@
+"""Message schemas, framing, protocol ids: the bottom layer, no I/O of its own."""

@@ -1,0 +1,14 @@
+"""Distinct id types, so a peer id is never passed where a model hash belongs."""
+
+from __future__ import annotations
+
+from typing import NewType
+
+PeerId = NewType("PeerId", str)
+ModelHash = NewType("ModelHash", str)
+RequestId = NewType("RequestId", str)
+
+INFER_PROTOCOL = "/dinet/infer/1"
+MANIFEST_PROTOCOL = "/dinet/manifest/1"
+MANIFEST_TOPIC = "/dinet/manifests/1"
+PROTOCOL_VERSION = "dinet/0.1.0"

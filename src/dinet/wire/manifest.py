@@ -1,0 +1,99 @@
+"""Signed capability manifests: what a node offers, signed by the node's own key.
+
+The signature covers the exact bytes of `body` (the manifest's JSON), so any
+implementation can verify it without re-serialising. The signing key is the one
+embedded in the peer id, so a manifest cannot speak for another peer.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Literal
+
+from libp2p.crypto.keys import PrivateKey
+from libp2p.peer.id import ID
+from pydantic import Field, ValidationError
+
+from dinet.errors import ManifestError
+from dinet.wire.messages import Message
+
+MANIFEST_TTL_S = 30.0
+MAX_CLOCK_SKEW_S = 60.0
+MAX_MANIFEST_BYTES = 16_384
+MAX_DIRECTORY = 256
+
+
+class ModelOffer(Message):
+    model_id: str = Field(min_length=1, max_length=128)
+    model_hash: str = Field(min_length=1, max_length=128)
+    quantization: str = Field(max_length=32)
+    context: int = Field(ge=1)
+    layers: tuple[int, int]
+
+
+class Load(Message):
+    active: int = Field(ge=0)
+    queued: int = Field(ge=0)
+
+
+class Manifest(Message):
+    peer_id: str = Field(min_length=1, max_length=128)
+    version: str = Field(max_length=32)
+    region: str = Field(max_length=64)
+    addrs: tuple[str, ...] = Field(max_length=16)
+    models: tuple[ModelOffer, ...] = Field(max_length=32)
+    max_concurrent: int = Field(ge=1)
+    tokens_per_s: float = Field(ge=0)
+    ttft_ms: float = Field(ge=0)
+    price_per_token: float = Field(ge=0)
+    load: Load
+    issued_at: float
+    expires_at: float
+
+
+class SignedManifest(Message):
+    kind: Literal["manifest"] = "manifest"
+    body: str = Field(max_length=MAX_MANIFEST_BYTES)
+    signature: str = Field(max_length=256)
+
+
+class ManifestQuery(Message):
+    """Ask a peer for its manifest, and with `include_known` the valid ones it knows."""
+
+    kind: Literal["manifest_query"] = "manifest_query"
+    include_known: bool = True
+
+
+class ManifestList(Message):
+    kind: Literal["manifests"] = "manifests"
+    manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_DIRECTORY)
+
+
+def sign_manifest(manifest: Manifest, key: PrivateKey) -> SignedManifest:
+    body = manifest.model_dump_json()
+    signature = key.sign(body.encode())
+    return SignedManifest(body=body, signature=base64.b64encode(signature).decode())
+
+
+def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifest:
+    """The manifest inside `signed`, or ManifestError if forged, malformed or expired."""
+    try:
+        manifest = Manifest.model_validate_json(signed.body)
+    except ValidationError as exc:
+        raise ManifestError(f"malformed manifest: {exc.errors()[0]['msg']}") from None
+    try:
+        public_key = ID.from_base58(manifest.peer_id).extract_public_key()
+        signature = base64.b64decode(signed.signature, validate=True)
+    except Exception:  # base58/multihash/base64 decoders raise assorted types
+        raise ManifestError(f"manifest names an invalid peer id {manifest.peer_id!r}") from None
+    if public_key is None or not public_key.verify(signed.body.encode(), signature):
+        raise ManifestError(f"manifest signature does not match peer {manifest.peer_id}")
+    now = time.time() if now is None else now
+    if manifest.expires_at <= now:
+        raise ManifestError(f"manifest of {manifest.peer_id} expired")
+    if manifest.issued_at > now + MAX_CLOCK_SKEW_S:
+        raise ManifestError(f"manifest of {manifest.peer_id} is issued in the future")
+    if manifest.expires_at - manifest.issued_at > 10 * MANIFEST_TTL_S:
+        raise ManifestError(f"manifest of {manifest.peer_id} claims too long a lifetime")
+    return manifest

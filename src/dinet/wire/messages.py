@@ -1,0 +1,127 @@
+"""Every message of the dinet protocols: frozen, strict, tagged by `kind`.
+
+Frames carry one message as UTF-8 JSON. Unknown fields, unknown kinds and
+values out of range are refused with `MalformedMessage`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from dinet.errors import MalformedMessage
+
+MAX_PROMPT_CHARS = 64_000
+MAX_MESSAGES = 256
+MAX_TOKENS_LIMIT = 4096
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ChatMessage(Message):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class GenerationParams(Message):
+    """What to generate: either chat `messages` or a raw `prompt`.
+
+    `prefix_tokens` are completion tokens already produced elsewhere (failover):
+    the engine continues after them, and the sampler's draw for token i stays
+    keyed by (seed, i) counted from the start of the completion.
+    """
+
+    messages: tuple[ChatMessage, ...] | None = Field(default=None, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    max_tokens: int = Field(default=128, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
+        default=(), max_length=4
+    )
+    prefix_tokens: tuple[int, ...] = Field(default=(), max_length=MAX_TOKENS_LIMIT)
+
+    def model_post_init(self, _context: object) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages or prompt")
+
+
+class InferRequest(Message):
+    kind: Literal["infer"] = "infer"
+    request_id: str = Field(min_length=1, max_length=64)
+    model_id: str | None = Field(default=None, max_length=128)
+    model_hash: str | None = Field(default=None, max_length=128)
+    params: GenerationParams
+
+
+class TokenFrame(Message):
+    """One completion token. `text` may be empty while a UTF-8 character is incomplete."""
+
+    kind: Literal["token"] = "token"
+    index: int = Field(ge=0)
+    token_id: int = Field(ge=0)
+    text: str
+
+
+class Usage(Message):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class EndFrame(Message):
+    kind: Literal["end"] = "end"
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    ttft_ms: float = Field(ge=0)
+    tokens_per_s: float = Field(ge=0)
+    model_id: str = ""
+    model_hash: str = ""
+
+
+ErrorCode = Literal[
+    "bad_request",  # the request could not be decoded or is out of range
+    "too_large",  # a frame above the size cap
+    "unknown_model",  # this node does not serve that model
+    "busy",  # no capacity now: try another peer
+    "engine_crashed",  # the worker died; it is being restarted
+    "internal",  # anything else
+]
+
+
+class ErrorFrame(Message):
+    kind: Literal["error"] = "error"
+    code: ErrorCode
+    message: str = Field(max_length=1000)
+
+
+InferReply = Annotated[TokenFrame | EndFrame | ErrorFrame, Field(discriminator="kind")]
+
+_reply_adapter: TypeAdapter[TokenFrame | EndFrame | ErrorFrame] = TypeAdapter(InferReply)
+
+
+def decode_request(payload: bytes) -> InferRequest:
+    try:
+        return InferRequest.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def decode_reply(payload: bytes) -> TokenFrame | EndFrame | ErrorFrame:
+    try:
+        return _reply_adapter.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json(exclude_defaults=False).encode()
+
+
+def _brief(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"invalid message at {where}: {first['msg']}"[:300]
