@@ -12,8 +12,11 @@ class PeerDirectory:
         self._own = own_peer_id
         self._entries: dict[str, tuple[Manifest, SignedManifest]] = {}
 
-    def add(self, signed: SignedManifest, now: float | None = None) -> Manifest:
-        """Verify and keep `signed` if it is newer than what we hold; ManifestError if invalid."""
+    def add(self, signed: SignedManifest, now: float | None = None) -> tuple[Manifest, bool]:
+        """Verify and keep `signed` if it is newer than what we hold; ManifestError if invalid.
+
+        Returns the manifest and whether its peer was new to us.
+        """
         manifest = verify_manifest(signed, now)
         held = self._entries.get(manifest.peer_id)
         if held is None or held[0].issued_at <= manifest.issued_at:
@@ -21,7 +24,7 @@ class PeerDirectory:
                 self._prune(now)
             if held is not None or len(self._entries) < MAX_DIRECTORY:
                 self._entries[manifest.peer_id] = (manifest, signed)
-        return manifest
+        return manifest, held is None
 
     def remove(self, peer_id: str) -> None:
         self._entries.pop(peer_id, None)

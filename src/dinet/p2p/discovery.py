@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import multiaddr
@@ -12,10 +13,17 @@ import trio
 from libp2p.abc import IHost, PeerInfo
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.custom_types import TProtocol
 from libp2p.tools.anyio_service import background_trio_service
+from pydantic import ValidationError
 
-from dinet.errors import ConfigError, PeerUnreachable
+from dinet.errors import ConfigError, MalformedMessage, PeerError, PeerUnreachable
+from dinet.p2p.streams import FramedStream
+from dinet.wire.framing import MAX_FRAME
+from dinet.wire.ids import MANIFEST_PROTOCOL
+from dinet.wire.manifest import ManifestList, ManifestQuery, SignedManifest
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +104,44 @@ def dht_key(model_hash: str) -> str:
 
 @asynccontextmanager
 async def running_dht(host: IHost, *, server: bool) -> AsyncIterator[KadDHT]:
-    dht = KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT, enable_random_walk=False)
+    # Its per-subnet cap would keep all but a few peers of one LAN or one
+    # machine out of the routing table; dinet meshes are often exactly that.
+    dht = KadDHT(
+        host,
+        DHTMode.SERVER if server else DHTMode.CLIENT,
+        enable_random_walk=False,
+        max_peers_per_subnet=0,
+    )
     async with background_trio_service(dht):
         yield dht
 
 
-async def add_to_routing_table(dht: KadDHT, peer_ids: Callable[[], Sequence[object]]) -> None:
-    for peer_id in peer_ids():
-        await dht.routing_table.add_peer(peer_id)
+async def fetch_manifests(
+    host: IHost, peer_id: str, *, include_known: bool = True, timeout: float = DIAL_TIMEOUT_S
+) -> tuple[list[SignedManifest], float]:
+    """Ask a connected peer for its signed manifest (and those it knows), with the round trip in ms.
+
+    Nothing is verified here: the caller's directory does that.
+    """
+    start = time.perf_counter()
+    try:
+        with trio.fail_after(timeout):
+            stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(MANIFEST_PROTOCOL)])
+            framed = FramedStream(stream, MAX_FRAME)
+            await framed.send(ManifestQuery(include_known=include_known))
+            payload = await framed.receive()
+            await framed.close()
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"{peer_id} did not answer a manifest query in {timeout:g} s") from None
+    except PeerError:
+        raise
+    except Exception as exc:  # stream opening raises assorted libp2p errors
+        raise PeerUnreachable(f"manifest query to {peer_id} failed: {exc}") from None
+    rtt_ms = (time.perf_counter() - start) * 1e3
+    if payload is None:
+        raise PeerError(f"{peer_id} closed the manifest stream without an answer")
+    try:
+        listing = ManifestList.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(f"bad manifest list from {peer_id}: {exc.errors()[0]['msg']}") from None
+    return list(listing.manifests), rtt_ms

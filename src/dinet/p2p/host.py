@@ -14,6 +14,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.utils.address_validation import expand_wildcard_address
 
 from dinet.errors import ConfigError
 
@@ -63,10 +64,17 @@ async def running_host(host: IHost, listen: Sequence[str]) -> AsyncIterator[IHos
 
 
 def full_addrs(host: IHost) -> list[str]:
-    """Dialable addresses, each ending in /p2p/<peer id>."""
+    """Dialable addresses, each ending in /p2p/<peer id>; a wildcard listen
+    address is expanded to loopback and every interface."""
     peer = host.get_id().to_base58()
-    out = []
+    out: list[str] = []
     for addr in host.get_addrs():
-        text = str(addr)
-        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer}")
+        base = str(addr).split("/p2p/")[0]
+        if base.startswith("/ip4/0.0.0.0/"):
+            rest = base.removeprefix("/ip4/0.0.0.0")
+            concrete = [f"/ip4/127.0.0.1{rest}"]
+            concrete += [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(base))]
+        else:
+            concrete = [base]
+        out += [f"{c}/p2p/{peer}" for c in concrete if f"{c}/p2p/{peer}" not in out]
     return out

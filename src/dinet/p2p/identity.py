@@ -11,13 +11,14 @@ from libp2p.peer.id import ID
 
 from dinet.errors import ConfigError
 
-IDENTITY_FILE = "identity.key"
+NODE_IDENTITY = "identity.key"
+CLIENT_IDENTITY = "client.key"  # separate, so a client and a node may share a home
 _SEED_SIZE = 32
 
 
-def load_or_create_identity(home: Path) -> KeyPair:
-    """The key pair stored in `home`, created (mode 0600) on first use."""
-    path = home / IDENTITY_FILE
+def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> KeyPair:
+    """The key pair stored as `home/name`, created (mode 0600) on first use."""
+    path = home / name
     if path.exists():
         seed = path.read_bytes()
         if len(seed) != _SEED_SIZE:

@@ -1,0 +1,3 @@
+from dinet.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""The `din` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dinet.cli import _ask, _demo, _node
+from dinet.cli._common import setup_logging
+
+app = typer.Typer(
+    help="dinet: a decentralized inference network. Serve a model, ask the network, watch it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Home = Annotated[Path | None, typer.Option(help="State directory (identity, node.json)")]
+Bootstrap = Annotated[
+    list[str] | None, typer.Option("--bootstrap", "-b", help="Multiaddr of a peer to join through")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: all)")]
+Mdns = Annotated[bool, typer.Option("--mdns/--no-mdns", help="Discover peers on the LAN by mDNS")]
+
+
+@app.command()
+def node(
+    model: Annotated[str | None, typer.Option(help="GGUF path or model id")] = None,
+    listen: Annotated[list[str] | None, typer.Option(help="Multiaddr to listen on")] = None,
+    bootstrap: Bootstrap = None,
+    home: Home = None,
+    threads: Annotated[int, typer.Option(help="llama.cpp threads")] = 2,
+    region: Annotated[str, typer.Option(help="Region label for the manifest")] = "local",
+    price: Annotated[float, typer.Option(help="Price per token, in credits")] = 0.0,
+    mdns: Mdns = True,
+    json_out: Json = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Serve a model on the network until Ctrl-C or SIGTERM."""
+    setup_logging(verbose)
+    _node.run_node(
+        model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
+        region=region, price=price, mdns=mdns, json_out=json_out,
+    )
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="The question")],
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+    model: Annotated[str | None, typer.Option(help="Model id")] = None,
+    model_hash: Annotated[str | None, typer.Option(help="Exact model version (hash)")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to look for peers")] = 10.0,
+    mdns: Mdns = True,
+    json_out: Json = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Ask the network one question and stream the answer."""
+    setup_logging(verbose)
+    _ask.run_ask(
+        prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        timeout=timeout, mdns=mdns, json_out=json_out,
+    )
+
+
+@app.command()
+def chat(
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+    model: Annotated[str | None, typer.Option(help="Model id")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 for greedy")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    mdns: Mdns = True,
+    verbose: Verbose = 0,
+) -> None:
+    """Talk with the network; the conversation is kept until you leave (Ctrl-D)."""
+    setup_logging(verbose)
+    _ask.run_chat(
+        home=home, bootstrap=bootstrap or [], model=model, max_tokens=max_tokens,
+        temperature=temperature, seed=seed, mdns=mdns,
+    )
+
+
+@app.command()
+def peers(
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+    wait: Annotated[float, typer.Option(help="Seconds to spend discovering")] = 3.0,
+    mdns: Mdns = True,
+    json_out: Json = False,
+    verbose: Verbose = 0,
+) -> None:
+    """List the peers found and what their manifests say."""
+    setup_logging(verbose)
+    _ask.run_peers(home=home, bootstrap=bootstrap or [], wait=wait, mdns=mdns, json_out=json_out)
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option(help="How many node processes to start")] = 3,
+    prompt: Annotated[str, typer.Option(help="The question to send")] = (
+        "In two sentences, why is sharing computers between neighbours a good idea?"
+    ),
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate")] = 96,
+    json_out: Json = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Start a local mesh of nodes, ask it one real question, then stop it."""
+    setup_logging(verbose)
+    _demo.run_demo(nodes=nodes, prompt=prompt, max_tokens=max_tokens, json_out=json_out)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,158 @@
+"""`din ask`, `din chat` and `din peers`: the client side of the command."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import trio
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from dinet.cli._common import fail, print_json, run
+from dinet.client.ask import Answer, ask
+from dinet.client.network import open_network
+from dinet.config import ClientSettings
+from dinet.wire.messages import ChatMessage, GenerationParams
+
+
+def client_settings(home: Path | None, bootstrap: list[str], mdns: bool, **extra: object) -> ClientSettings:
+    fields = {"bootstrap": bootstrap, "mdns": mdns, **extra}
+    if home is not None:
+        fields["home"] = home
+    return ClientSettings(**fields)  # type: ignore[arg-type]
+
+
+def answer_json(answer: Answer) -> dict[str, object]:
+    return {
+        "text": answer.text,
+        "peer_id": answer.peer_id,
+        "model_id": answer.model_id,
+        "model_hash": answer.model_hash,
+        "usage": answer.usage.model_dump(),
+        "finish_reason": answer.finish_reason,
+        "ttft_ms": round(answer.ttft_ms, 2),
+        "tokens_per_s": round(answer.tokens_per_s, 2),
+        "peers_tried": list(answer.peers_tried),
+    }
+
+
+def run_ask(
+    prompt: str,
+    *,
+    home: Path | None,
+    bootstrap: list[str],
+    model: str | None,
+    model_hash: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    timeout: float,
+    mdns: bool,
+    json_out: bool,
+) -> None:
+    try:
+        params = GenerationParams(
+            messages=(ChatMessage(role="user", content=prompt),), max_tokens=max_tokens,
+            temperature=temperature, top_p=top_p, seed=seed,
+        )
+    except ValidationError as exc:
+        fail(f"invalid request: {exc.errors()[0]['msg']}")
+    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout)
+
+    async def main() -> None:
+        async with open_network(settings) as network:
+            async for event in ask(network, params, model_id=model, model_hash=model_hash,
+                                   discover_timeout=timeout):
+                if isinstance(event, Answer):
+                    if json_out:
+                        print_json(answer_json(event))
+                    else:
+                        typer.echo()
+                        typer.secho(_served_line(event), fg="cyan", err=True)
+                elif not json_out:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+
+    run(main)
+
+
+def _served_line(answer: Answer) -> str:
+    return (
+        f"— served by {answer.peer_id} ({answer.model_id}): {answer.usage.completion_tokens} "
+        f"tokens, first after {answer.ttft_ms:.0f} ms, {answer.tokens_per_s:.1f} tokens/s"
+    )
+
+
+def run_chat(
+    *, home: Path | None, bootstrap: list[str], model: str | None, max_tokens: int,
+    temperature: float, seed: int, mdns: bool,
+) -> None:
+    settings = client_settings(home, bootstrap, mdns)
+
+    async def main() -> None:
+        history: list[ChatMessage] = []
+        async with open_network(settings) as network:
+            typer.echo("Connected. Type a message; Ctrl-D to leave.")
+            while True:
+                line = await trio.to_thread.run_sync(_read_line)
+                if line is None:
+                    return
+                if not line.strip():
+                    continue
+                history.append(ChatMessage(role="user", content=line))
+                params = GenerationParams(messages=tuple(history), max_tokens=max_tokens,
+                                          temperature=temperature, seed=seed)
+                async for event in ask(network, params, model_id=model):
+                    if isinstance(event, Answer):
+                        typer.echo()
+                        typer.secho(_served_line(event), fg="cyan", err=True)
+                        history.append(ChatMessage(role="assistant", content=event.text))
+                    else:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+
+    run(main)
+
+
+def _read_line() -> str | None:
+    try:
+        return input("> ")
+    except EOFError:
+        return None
+
+
+def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: bool, json_out: bool) -> None:
+    settings = client_settings(home, bootstrap, mdns)
+
+    async def main() -> None:
+        async with open_network(settings) as network:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                unprobed = [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
+                await network.probe_all(unprobed)
+                await trio.sleep(0.3)
+            manifests = sorted(network.directory.manifests(), key=lambda m: m.peer_id)
+            if json_out:
+                print_json([
+                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id)}
+                    for m in manifests
+                ])
+                return
+            table = Table(title=f"{len(manifests)} peers")
+            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price"):
+                table.add_column(column)
+            for m in manifests:
+                rtt = network.rtt_ms.get(m.peer_id)
+                table.add_row(
+                    m.peer_id, m.region, ", ".join(o.model_id for o in m.models),
+                    f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
+                    f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
+                )
+            Console().print(table)
+
+    run(main)

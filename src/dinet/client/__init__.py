@@ -1,0 +1,1 @@
+"""Asking the network: discovery, choice, streaming and failover."""

@@ -1,0 +1,170 @@
+"""A client's view of the network: its own host, the peers it found, their manifests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import IHost
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.peer.id import ID
+
+from dinet.config import ClientSettings
+from dinet.errors import DinetError, ManifestError, NoCapablePeer, PeerUnreachable
+from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.discovery import (
+    dht_key,
+    dial,
+    dial_any,
+    fetch_manifests,
+    mdns_discoveries,
+    peer_info_from,
+    running_dht,
+)
+from dinet.p2p.host import build_host, running_host
+from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
+from dinet.routing.select import PeerView
+from dinet.wire.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Network:
+    host: IHost
+    dht: KadDHT
+    directory: PeerDirectory = field(default_factory=PeerDirectory)
+    rtt_ms: dict[str, float] = field(default_factory=dict)
+
+    async def learn_from(self, peer_id: str) -> None:
+        """Fetch the manifests a connected peer knows and measure its round trip."""
+        signed, rtt = await fetch_manifests(self.host, peer_id)
+        self.rtt_ms[peer_id] = rtt
+        for item in signed:
+            try:
+                self.directory.add(item)
+            except ManifestError as exc:
+                logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
+
+    async def probe(self, manifest: Manifest) -> None:
+        """Connect to a peer named in a manifest and refresh it first-hand."""
+        for addr in manifest.addrs:
+            try:
+                await dial(self.host, peer_info_from(addr))
+                await self.learn_from(manifest.peer_id)
+                return
+            except DinetError as exc:
+                logger.debug("probe of %s via %s failed: %s", manifest.peer_id, addr, exc)
+        self.directory.remove(manifest.peer_id)
+
+    async def probe_all(self, manifests: list[Manifest]) -> None:
+        async with trio.open_nursery() as nursery:
+            for manifest in manifests:
+                nursery.start_soon(self.probe, manifest)
+
+    async def find_by_dht(self, model_hash: str) -> None:
+        try:
+            providers = await self.dht.find_providers(dht_key(model_hash))
+        except Exception as exc:  # the DHT raises assorted types when nobody answers
+            logger.debug("DHT lookup failed: %s", exc)
+            return
+        seen = set()
+        async with trio.open_nursery() as nursery:
+            for info in providers:
+                peer_id = info.peer_id.to_base58()
+                if peer_id not in seen and info.addrs:
+                    seen.add(peer_id)
+                    nursery.start_soon(self._join_quietly, info)
+
+    async def _join_quietly(self, info) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await dial(self.host, info)
+            await self.learn_from(info.peer_id.to_base58())
+        except DinetError as exc:
+            logger.debug("DHT provider %s unreachable: %s", info.peer_id, exc)
+
+    def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
+        views = []
+        for m in self.directory.manifests():
+            if not any(_matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models):
+                continue
+            views.append(
+                PeerView(
+                    peer_id=m.peer_id,
+                    rtt_ms=self.rtt_ms.get(m.peer_id, 50.0),
+                    tokens_per_s=m.tokens_per_s,
+                    ttft_ms=m.ttft_ms,
+                    active=m.load.active,
+                    queued=m.load.queued,
+                    max_concurrent=m.max_concurrent,
+                    price_per_token=m.price_per_token,
+                )
+            )
+        return views
+
+    async def discover(
+        self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1
+    ) -> list[PeerView]:
+        """Peers serving the model, looking until `want` are found or `timeout` passes."""
+        with trio.move_on_after(timeout):
+            while True:
+                unprobed = [m for m in self.directory.manifests() if m.peer_id not in self.rtt_ms]
+                await self.probe_all(unprobed)
+                if model_hash is not None and len(self.candidates(model_id, model_hash)) < want:
+                    await self.find_by_dht(model_hash)
+                found = self.candidates(model_id, model_hash)
+                if len(found) >= want:
+                    return found
+                await trio.sleep(0.5)
+        found = self.candidates(model_id, model_hash)
+        if not found:
+            wanted = model_hash or model_id or "any model"
+            raise NoCapablePeer(f"no reachable peer serves {wanted}")
+        return found
+
+
+def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: str | None) -> bool:
+    return (model_id is None or offer_id == model_id) and (
+        model_hash is None or offer_hash == model_hash
+    )
+
+
+@asynccontextmanager
+async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
+    """A running client host, joined through the bootstrap peers (and mDNS if on)."""
+    key_pair = load_or_create_identity(settings.home, CLIENT_IDENTITY)
+    host = build_host(key_pair, enable_mdns=settings.mdns)
+    async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
+        network = Network(host, dht)
+        reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
+        if settings.bootstrap and not reached:
+            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")
+        async with trio.open_nursery() as nursery:
+            for peer_id in reached:
+                nursery.start_soon(_learn_quietly, network, peer_id)
+        async with trio.open_nursery() as nursery:
+            if settings.mdns:
+                nursery.start_soon(_follow_mdns, network)
+            yield network
+            nursery.cancel_scope.cancel()
+
+
+async def _learn_quietly(network: Network, peer_id: str) -> None:
+    try:
+        await network.learn_from(peer_id)
+        await network.dht.routing_table.add_peer(ID.from_base58(peer_id))
+    except DinetError as exc:
+        logger.info("could not learn from %s: %s", peer_id, exc)
+
+
+async def _follow_mdns(network: Network) -> None:
+    async with mdns_discoveries(network.host) as found:
+        async for info in found:
+            try:
+                await dial(network.host, info)
+                await network.learn_from(info.peer_id.to_base58())
+            except DinetError as exc:
+                logger.debug("mDNS peer %s unreachable: %s", info.peer_id, exc)

@@ -1,0 +1,38 @@
+"""Settings for nodes and clients: one model each, fed by flags, environment (DINET_*) and defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("dinet"))
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DINET_", extra="forbid")
+
+    home: Path = Field(default_factory=default_home, description="Directory for identity and state")
+    bootstrap: list[str] = Field(default=[], description="Multiaddrs of peers to join through")
+    mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
+
+
+class NodeSettings(CommonSettings):
+    model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
+    listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
+    threads: int = Field(default=2, ge=1, le=256, description="llama.cpp threads for the worker")
+    memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
+    region: str = Field(default="local", max_length=64, description="Region label in the manifest")
+    price: float = Field(default=0.0, ge=0, description="Price per token, in credits")
+    max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
+    max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
+    heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
+
+
+class ClientSettings(CommonSettings):
+    discover_timeout_s: float = Field(default=10.0, gt=0, description="How long to look for peers")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")

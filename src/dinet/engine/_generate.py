@@ -1,0 +1,129 @@
+"""The generation loop of a worker: prompt, prefill, choose, detokenize, stop.
+
+Written against llama-cpp-python's `Llama` for loading, tokenizing and `eval`, but
+with our own sampler and stop logic, so that decoding is the deterministic one of
+`dinet.engine.sampler`. Each request evaluates its whole prompt (and any resume
+prefix) from an empty KV cache, so the logits for a request do not depend on what
+this worker served before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_c
+import numpy as np
+import numpy.typing as npt
+
+from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
+from dinet.engine._text import CompletionText
+from dinet.engine.sampler import choose_token
+from dinet.wire.messages import EndFrame, GenerationParams, Message, TokenFrame, Usage
+
+Emit = Callable[[Message], None]
+
+
+class BadRequest(Exception):
+    """A request this model cannot serve; the worker answers it and keeps serving."""
+
+
+class Generator:
+    """Runs requests, one at a time, on one loaded `Llama`."""
+
+    def __init__(self, llm: llama_cpp.Llama, model_id: str) -> None:
+        self._llm = llm
+        self._model_id = model_id
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self._n_ctx = llm.n_ctx()
+        self._formatter = chat_formatter(llm)
+        self._pieces: dict[int, bytes] = {}
+
+    def prompt_tokens(self, params: GenerationParams) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens and any stop strings the chat template adds."""
+        if params.messages is not None:
+            if self._formatter is None:
+                raise BadRequest("this model has no chat template: send a raw prompt")
+            return chat_prompt(self._llm, self._formatter, params.messages)
+        return raw_prompt(self._llm, params.prompt or ""), ()
+
+    def run(self, params: GenerationParams, received_at: float, emit: Emit) -> None:
+        """Generate for one request, emitting TokenFrames then one EndFrame."""
+        prompt, template_stops = self.prompt_tokens(params)
+        prefix = list(params.prefix_tokens)
+        self._check(prompt, prefix)
+        text = CompletionText(params.stop + template_stops)
+        for token in prefix:
+            text.prime(self._piece(token))
+
+        llm = self._llm
+        llm.reset()
+        llm.eval(prompt + prefix)
+        index = len(prefix)
+        emitted = 0
+        first_at = last_at = 0.0
+        finish: Literal["stop", "length"] = "length"
+        while index < params.max_tokens:
+            token = choose_token(
+                self._last_logits(),
+                index,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+            )
+            last_at = time.perf_counter()
+            first_at = first_at or last_at
+            if llama_c.llama_vocab_is_eog(self._vocab, token):
+                finish = "stop"
+                break
+            frames, stopped = text.push(index, token, self._piece(token))
+            for frame in frames:
+                emit(frame)
+            emitted += len(frames)
+            index += 1
+            if stopped:
+                finish = "stop"
+                break
+            if index >= params.max_tokens or llm.n_tokens >= self._n_ctx:
+                break
+            llm.eval([token])
+        for frame in text.finish():
+            emit(frame)
+            emitted += 1
+
+        generated = index - len(prefix)
+        decode_s = last_at - first_at
+        emit(
+            EndFrame(
+                finish_reason=finish,
+                usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(prefix) + emitted),
+                ttft_ms=1000.0 * max(0.0, (first_at or time.perf_counter()) - received_at),
+                tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+                model_id=self._model_id,
+            )
+        )
+
+    def _check(self, prompt: list[int], prefix: list[int]) -> None:
+        if not prompt:
+            raise BadRequest("the prompt is empty")
+        if any(token >= self._n_vocab for token in prefix):
+            raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({self._n_vocab})")
+        if len(prompt) + len(prefix) >= self._n_ctx:
+            raise BadRequest(
+                f"prompt of {len(prompt)} tokens plus {len(prefix)} prefix tokens "
+                f"does not fit the context of {self._n_ctx}"
+            )
+
+    def _last_logits(self) -> npt.NDArray[np.float32]:
+        """A view (no copy) of the logits llama.cpp computed for the last position."""
+        pointer = llama_c.llama_get_logits_ith(self._llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._llm.detokenize([token])
+        return piece

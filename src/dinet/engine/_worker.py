@@ -1,0 +1,154 @@
+"""The engine worker process: `python -m dinet.engine._worker --model PATH --threads N`.
+
+Protocol on its pipes, both ways length-prefixed frames (`dinet.wire.framing`) of JSON:
+after loading it writes one `WorkerReady`; then, for each `GenerationParams` read from
+stdin, it writes `TokenFrame`s and one `EndFrame`, or an `ErrorFrame`. Requests are
+served one at a time. End of stdin ends the worker.
+
+Only our frames may reach the pipe, so the real stdout is kept on a private fd and
+fd 1 is pointed at stderr before llama.cpp loads: anything C code prints goes to the
+log. Thread counts and the memory limit are set before llama.cpp is imported, since
+OpenMP reads its environment when the library loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from pydantic import ValidationError
+
+from dinet.errors import FrameTooLarge, MalformedMessage
+from dinet.wire.framing import MAX_FRAME, encode_frame
+from dinet.wire.messages import ErrorFrame, GenerationParams, Message, encode
+
+if TYPE_CHECKING:
+    from dinet.engine._generate import Emit, Generator
+    from dinet.engine.info import WorkerReady
+
+logger = logging.getLogger("dinet.engine.worker_process")
+
+EXIT_LOAD_FAILED = 3
+_HEADER = struct.Struct(">I")
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dinet.engine._worker")
+    parser.add_argument("--model", type=Path, required=True, help="GGUF file to load")
+    parser.add_argument("--threads", type=int, required=True, help="llama.cpp threads")
+    parser.add_argument("--ctx", type=int, default=2048, help="context length in tokens")
+    parser.add_argument("--memory-mb", type=int, default=None, help="address-space limit")
+    parser.add_argument(
+        "--extra-bufts",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="llama.cpp extra buffer types (weight repacking); auto: off on AMX CPUs",
+    )
+    return parser.parse_args(argv)
+
+
+def _claim_stdout() -> BinaryIO:
+    """Our frames go to a private copy of fd 1; fd 1 itself now writes to stderr."""
+    frames_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(frames_fd, "wb")
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(_HEADER.size)
+    if not header:
+        return None
+    if len(header) < _HEADER.size:
+        raise MalformedMessage("stdin ended inside a frame header")
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the cap of {MAX_FRAME}")
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise MalformedMessage(f"stdin ended inside a frame of {size} bytes")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    out = _claim_stdout()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    for name in _THREAD_ENV:
+        os.environ[name] = str(args.threads)
+    if args.memory_mb is not None:
+        limit = args.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    def emit(message: Message) -> None:
+        out.write(encode_frame(encode(message)))
+        out.flush()
+
+    try:
+        generator, ready = _load(args)
+    except (MemoryError, ImportError, OSError, ValueError, RuntimeError) as exc:
+        logger.error("could not load the model: %s: %s", type(exc).__name__, exc)
+        return EXIT_LOAD_FAILED
+
+    try:
+        emit(ready)
+        _serve(sys.stdin.buffer, emit, generator)
+    except BrokenPipeError:
+        logger.info("the node closed the pipe; exiting")
+    except (FrameTooLarge, MalformedMessage) as exc:
+        logger.error("unreadable request stream, exiting: %s", exc)
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
+    # Imported only now: llama.cpp must see the thread settings and memory limit.
+    from dinet.engine._generate import Generator
+    from dinet.engine._llama import load_llama, read_model_info
+    from dinet.engine.info import WorkerReady
+
+    if not args.model.is_file():
+        raise FileNotFoundError(f"no model file at {args.model}")
+    extra = {"auto": None, "on": True, "off": False}[args.extra_bufts]
+    llm = load_llama(args.model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
+    info = read_model_info(llm, args.model)
+    ready = WorkerReady(
+        pid=os.getpid(),
+        model=info,
+        threads=args.threads,
+        extra_bufts=bool(llm.model_params.use_extra_bufts),
+    )
+    return Generator(llm, info.model_id), ready
+
+
+def _serve(stream: BinaryIO, emit: Emit, generator: Generator) -> None:
+    from dinet.engine._generate import BadRequest
+
+    while (payload := _read_frame(stream)) is not None:
+        received_at = time.perf_counter()
+        try:
+            params = GenerationParams.model_validate_json(payload)
+            generator.run(params, received_at, emit)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            emit(ErrorFrame(code="bad_request", message=f"{where}: {first['msg']}"[:1000]))
+        except BadRequest as exc:
+            emit(ErrorFrame(code="bad_request", message=str(exc)[:1000]))
+    logger.info("stdin closed; exiting")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

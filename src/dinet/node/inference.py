@@ -1,0 +1,124 @@
+"""The /dinet/infer/1 handler: one request in, a stream of token frames, then end or error."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+import trio
+from libp2p.abc import INetStream
+
+from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
+from dinet.node.admission import Admission, Busy
+from dinet.p2p.streams import FramedStream
+from dinet.wire.messages import (
+    EndFrame,
+    ErrorCode,
+    ErrorFrame,
+    GenerationParams,
+    InferRequest,
+    TokenFrame,
+    decode_request,
+)
+
+logger = logging.getLogger(__name__)
+
+REQUEST_WAIT_S = 10.0  # a stream that sends no request in this time is dropped
+
+
+class Engine(Protocol):
+    def generate(self, params: GenerationParams) -> AsyncGenerator[TokenFrame | EndFrame, None]: ...
+
+
+@dataclass
+class SpeedStats:
+    """Recent decode speed and time to first token, smoothed, for the manifest."""
+
+    tokens_per_s: float = 0.0
+    ttft_ms: float = 0.0
+    served: int = 0
+
+    def record(self, end: EndFrame) -> None:
+        weight = 0.3 if self.served else 1.0
+        if end.tokens_per_s > 0:
+            self.tokens_per_s += weight * (end.tokens_per_s - self.tokens_per_s)
+        self.ttft_ms += weight * (end.ttft_ms - self.ttft_ms)
+        self.served += 1
+
+
+class InferenceService:
+    def __init__(
+        self, engine: Engine, admission: Admission, model_id: str, model_hash: str
+    ) -> None:
+        self._engine = engine
+        self.admission = admission
+        self._model_id = model_id
+        self._model_hash = model_hash
+        self.stats = SpeedStats()
+
+    async def handle(self, stream: INetStream) -> None:
+        framed = FramedStream(stream)
+        try:
+            await self._serve(framed)
+        except PeerError as exc:
+            logger.info("client %s went away mid-request: %s", framed.remote_peer, exc)
+            await framed.reset()
+            return
+        await framed.close()
+
+    async def _serve(self, framed: FramedStream) -> None:
+        request = await self._read_request(framed)
+        if request is None:
+            return
+        if not self._serves(request):
+            wanted = request.model_hash or request.model_id
+            await _refuse(framed, "unknown_model", f"this node does not serve {wanted}")
+            return
+        try:
+            async with self.admission.slot():
+                await self._generate(framed, request)
+        except Busy as exc:
+            await _refuse(framed, "busy", str(exc))
+
+    async def _read_request(self, framed: FramedStream) -> InferRequest | None:
+        try:
+            with trio.fail_after(REQUEST_WAIT_S):
+                payload = await framed.receive()
+            if payload is None:
+                return None
+            return decode_request(payload)
+        except trio.TooSlowError:
+            await _refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
+        except FrameTooLarge as exc:
+            await _refuse(framed, "too_large", str(exc))
+        except MalformedMessage as exc:
+            await _refuse(framed, "bad_request", str(exc))
+        return None
+
+    def _serves(self, request: InferRequest) -> bool:
+        if request.model_hash is not None and request.model_hash != self._model_hash:
+            return False
+        return request.model_id is None or request.model_id == self._model_id
+
+    async def _generate(self, framed: FramedStream, request: InferRequest) -> None:
+        try:
+            async with aclosing(self._engine.generate(request.params)) as frames:
+                async for frame in frames:
+                    if isinstance(frame, EndFrame):
+                        frame = frame.model_copy(
+                            update={"model_id": self._model_id, "model_hash": self._model_hash}
+                        )
+                        self.stats.record(frame)
+                    await framed.send(frame)
+        except EngineCrashed as exc:
+            await _refuse(framed, "engine_crashed", str(exc))
+        except InferenceError as exc:
+            await _refuse(framed, "internal", str(exc))
+
+
+async def _refuse(framed: FramedStream, code: ErrorCode, message: str) -> None:
+    logger.info("request from %s refused (%s): %s", framed.remote_peer, code, message)
+    await framed.send(ErrorFrame(code=code, message=message[:1000]))

@@ -1,0 +1,137 @@
+"""Node processes on this machine: for `din demo`, tests and benchmarks.
+
+Each node is a real `din node` process; its first line of output (with --json)
+says it is serving, with its peer id and addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinet.errors import DinetError
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class NodeProcess:
+    process: subprocess.Popen[bytes]
+    peer_id: str
+    addrs: list[str]
+    model_id: str
+    model_hash: str
+    home: Path
+    log_path: Path
+
+    @property
+    def addr(self) -> str:
+        """The loopback address, the one other local processes should dial."""
+        return next((a for a in self.addrs if a.startswith("/ip4/127.0.0.1/")), self.addrs[0])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_node(
+    home: Path,
+    *,
+    bootstrap: list[str] = (),  # type: ignore[assignment]
+    threads: int = 1,
+    extra_args: list[str] = (),  # type: ignore[assignment]
+    env: dict[str, str] | None = None,
+) -> NodeProcess:
+    """Start `din node` on loopback and wait until it is serving."""
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "node.log"
+    args = [
+        sys.executable, "-m", "dinet", "node", "--json", "-v", "--no-mdns",
+        "--home", str(home), "--threads", str(threads), "--listen", "/ip4/127.0.0.1/tcp/0",
+    ]
+    for addr in bootstrap:
+        args += ["--bootstrap", addr]
+    args += list(extra_args)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+    line = _first_line(process, START_TIMEOUT_S)
+    if not line:
+        process.kill()
+        process.wait()
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise DinetError(f"node in {home} did not start; its log ends:\n{tail}")
+    info = json.loads(line)
+    return NodeProcess(process, info["peer_id"], info["addrs"], info["model_id"],
+                       info["model_hash"], home, log_path)
+
+
+def _first_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
+    assert process.stdout is not None
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else b""
+
+
+@dataclass
+class LocalMesh:
+    """Several nodes on loopback, the later ones bootstrapped from the first."""
+
+    root: Path
+    size: int = 3
+    threads: int = 1
+    extra_args: list[str] = field(default_factory=list)
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    def __enter__(self) -> LocalMesh:
+        try:
+            first = start_node(self.root / "node-0", threads=self.threads, extra_args=self.extra_args)
+            self.nodes.append(first)
+            threads = [
+                threading.Thread(target=self._start_one, args=(i, first.addr))
+                for i in range(1, self.size)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(self.nodes) != self.size:
+                raise DinetError(f"only {len(self.nodes)} of {self.size} nodes started")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_one(self, index: int, bootstrap: str) -> None:
+        try:
+            node = start_node(self.root / f"node-{index}", bootstrap=[bootstrap],
+                              threads=self.threads, extra_args=self.extra_args)
+            self.nodes.append(node)
+        except DinetError as exc:
+            sys.stderr.write(f"{exc}\n")
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return [n.addr for n in self.nodes]

@@ -1,0 +1,193 @@
+"""A dinet node: one engine, one libp2p host, announced and discoverable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost, PeerInfo
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.peer.id import ID
+
+from dinet.config import NodeSettings
+from dinet.engine import WorkerEngine
+from dinet.errors import DinetError, ManifestError
+from dinet.models.catalog import resolve_model
+from dinet.models.hashing import model_hash as compute_model_hash
+from dinet.node.admission import Admission
+from dinet.node.inference import InferenceService
+from dinet.node.manifests import ManifestPublisher, load_of, offer
+from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.discovery import (
+    dht_key,
+    dial,
+    dial_any,
+    fetch_manifests,
+    mdns_discoveries,
+    peer_info_from,
+    running_dht,
+)
+from dinet.p2p.gossip import running_pubsub
+from dinet.p2p.host import build_host, full_addrs, running_host
+from dinet.p2p.identity import load_or_create_identity, peer_id_of
+from dinet.wire.ids import INFER_PROTOCOL, MANIFEST_PROTOCOL
+from dinet.wire.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+NODE_FILE = "node.json"
+REDISCOVER_S = 10.0
+PROVIDE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    peer_id: str
+    addrs: list[str]
+    model_id: str
+    model_hash: str
+
+
+async def serve_node(
+    settings: NodeSettings, *, task_status: trio.TaskStatus[NodeStarted] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a node until cancelled. Reports NodeStarted once it is serving."""
+    key_pair = load_or_create_identity(settings.home)
+    peer_id = peer_id_of(key_pair)
+    model = resolve_model(settings.model)
+    model_hash = await trio.to_thread.run_sync(compute_model_hash, model.path)
+    host = build_host(key_pair, enable_mdns=settings.mdns)
+    directory = PeerDirectory(peer_id)
+
+    async with WorkerEngine(model.path, threads=settings.threads, memory_mb=settings.memory_mb) as engine:
+        info = engine.info
+        inference = InferenceService(
+            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash
+        )
+        model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
+
+        def describe() -> dict[str, object]:
+            admission = inference.admission
+            return {
+                "region": settings.region,
+                "addrs": tuple(full_addrs(host)[:16]),
+                "models": (model_offer,),
+                "max_concurrent": settings.max_concurrent,
+                "tokens_per_s": round(inference.stats.tokens_per_s, 2),
+                "ttft_ms": round(inference.stats.ttft_ms, 2),
+                "price_per_token": settings.price,
+                "load": load_of(admission.active, admission.queued),
+            }
+
+        publisher = ManifestPublisher(key_pair, peer_id, directory, describe)
+        host.set_stream_handler(TProtocol(INFER_PROTOCOL), inference.handle)
+        host.set_stream_handler(TProtocol(MANIFEST_PROTOCOL), publisher.handle_query)
+
+        async with running_host(host, settings.listen), running_pubsub(host) as pubsub:
+            async with running_dht(host, server=True) as dht, trio.open_nursery() as nursery:
+                joiner = _Joiner(host, directory, dht, nursery)
+                nursery.start_soon(publisher.broadcast, pubsub, settings.heartbeat_s)
+                nursery.start_soon(publisher.follow, pubsub, joiner.meet)
+                nursery.start_soon(_keep_bootstrapped, joiner, settings.bootstrap)
+                nursery.start_soon(_keep_providing, dht, model_hash)
+                if settings.mdns:
+                    nursery.start_soon(_follow_mdns, joiner)
+                started = NodeStarted(peer_id, full_addrs(host), model.model_id, model_hash)
+                _write_node_file(settings, started)
+                logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
+                task_status.started(started)
+                await trio.sleep_forever()
+
+
+class _Joiner:
+    """Connects to peers as they are discovered, and learns the manifests they know."""
+
+    def __init__(self, host: IHost, directory: PeerDirectory, dht: KadDHT, nursery: trio.Nursery):
+        self._host = host
+        self._directory = directory
+        self._dht = dht
+        self._nursery = nursery
+        self._pending: set[str] = set()
+
+    def meet(self, manifest: Manifest) -> None:
+        if manifest.peer_id in self._pending or self._connected(manifest.peer_id):
+            return
+        infos = [peer_info_from(a) for a in manifest.addrs]
+        if infos:
+            self._nursery.start_soon(self.join, infos[0])
+
+    def _connected(self, peer_id: str) -> bool:
+        return any(p.to_base58() == peer_id for p in self._host.get_connected_peers())
+
+    async def join(self, info: PeerInfo) -> None:
+        peer_id = info.peer_id.to_base58()
+        self._pending.add(peer_id)
+        try:
+            await dial(self._host, info)
+            await self.learn_from(peer_id)
+        except DinetError as exc:
+            logger.info("could not join %s: %s", peer_id, exc)
+        finally:
+            self._pending.discard(peer_id)
+
+    async def learn_from(self, peer_id: str) -> None:
+        await self._dht.routing_table.add_peer(ID.from_base58(peer_id))
+        signed, _ = await fetch_manifests(self._host, peer_id)
+        for item in signed:
+            try:
+                manifest, is_new = self._directory.add(item)
+            except ManifestError as exc:
+                logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
+                continue
+            if is_new:
+                self.meet(manifest)
+
+
+async def _keep_bootstrapped(joiner: _Joiner, bootstrap: list[str]) -> None:
+    """Dial bootstrap peers until each answers, and again whenever one drops."""
+    while bootstrap:
+        for addr in bootstrap:
+            info = peer_info_from(addr)
+            if not joiner._connected(info.peer_id.to_base58()):
+                await joiner.join(info)
+        await trio.sleep(REDISCOVER_S)
+
+
+async def _follow_mdns(joiner: _Joiner) -> None:
+    async with mdns_discoveries(joiner._host) as found:
+        async for info in found:
+            if not joiner._connected(info.peer_id.to_base58()):
+                await joiner.join(info)
+
+
+async def _keep_providing(dht: KadDHT, model_hash: str) -> None:
+    """Announce the model in the DHT whenever the routing table changes, and
+    periodically anyway: records expire and peers come and go."""
+    announced_to, last = -1, 0.0
+    while True:
+        size = dht.get_routing_table_size()
+        if size and (size != announced_to or trio.current_time() - last > PROVIDE_EVERY_S):
+            try:
+                await dht.provide(dht_key(model_hash))
+                announced_to, last = size, trio.current_time()
+            except Exception as exc:  # the DHT raises assorted types when no peer answers
+                logger.debug("DHT provide failed: %s", exc)
+        await trio.sleep(1.0)
+
+
+def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
+    path = settings.home / NODE_FILE
+    record = {
+        "peer_id": started.peer_id,
+        "addrs": started.addrs,
+        "model_id": started.model_id,
+        "model_hash": started.model_hash,
+        "pid": os.getpid(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
