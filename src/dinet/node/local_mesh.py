@@ -32,8 +32,8 @@ class NodeProcess:
 
     @property
     def addr(self) -> str:
-        """The loopback address, the one other local processes should dial."""
-        return next((a for a in self.addrs if a.startswith("/ip4/127.0.0.1/")), self.addrs[0])
+        """The first address it listens on (loopback for nodes of a LocalMesh)."""
+        return self.addrs[0]
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -52,13 +52,20 @@ def start_node(
     threads: int = 1,
     extra_args: list[str] = (),  # type: ignore[assignment]
     env: dict[str, str] | None = None,
+    listen: str = "/ip4/127.0.0.1/tcp/0",
+    mdns: bool = False,
+    command_prefix: list[str] = (),  # type: ignore[assignment]
 ) -> NodeProcess:
-    """Start `din node` on loopback and wait until it is serving."""
+    """Start `din node` (on loopback unless told otherwise) and wait until it is serving.
+
+    `command_prefix` runs it inside something, e.g. `ip netns exec NS`.
+    """
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "node.log"
     args = [
-        sys.executable, "-m", "dinet", "node", "--json", "-v", "--no-mdns",
-        "--home", str(home), "--threads", str(threads), "--listen", "/ip4/127.0.0.1/tcp/0",
+        *command_prefix, sys.executable, "-m", "dinet", "node", "--json", "-v",
+        "--mdns" if mdns else "--no-mdns",
+        "--home", str(home), "--threads", str(threads), "--listen", listen,
     ]
     for addr in bootstrap:
         args += ["--bootstrap", addr]

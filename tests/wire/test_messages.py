@@ -1,0 +1,60 @@
+import pytest
+
+from dinet.errors import MalformedMessage
+from dinet.wire.messages import (
+    ChatMessage,
+    EndFrame,
+    ErrorFrame,
+    GenerationParams,
+    InferRequest,
+    TokenFrame,
+    Usage,
+    decode_reply,
+    decode_request,
+    encode,
+)
+
+
+def test_a_request_survives_encoding():
+    params = GenerationParams(messages=(ChatMessage(role="user", content="hi"),), seed=7)
+    request = InferRequest(request_id="r1", model_id="m", params=params)
+    assert decode_request(encode(request)) == request
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        TokenFrame(index=3, token_id=42, text="é"),
+        EndFrame(finish_reason="length", usage=Usage(prompt_tokens=5, completion_tokens=9),
+                 ttft_ms=12.5, tokens_per_s=80.0),
+        ErrorFrame(code="busy", message="full"),
+    ],
+)
+def test_replies_survive_encoding(frame):
+    assert decode_reply(encode(frame)) == frame
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b'{"kind": "infer"}',
+        b'{"kind": "nope", "request_id": "a", "params": {"prompt": "x"}}',
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x"}, "extra": 1}',
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x", "max_tokens": 0}}',
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x", "temperature": -1}}',
+        b'{"kind": "infer", "request_id": "a", "params": {}}',
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x", '
+        b'"messages": [{"role": "user", "content": "y"}]}}',
+        b'{"kind": "infer", "request_id": "a", "params": {"messages": [{"role": "god", "content": "y"}]}}',
+        b"\xff\xfe",
+    ],
+)
+def test_malformed_requests_raise_a_typed_error(payload):
+    with pytest.raises(MalformedMessage):
+        decode_request(payload)
+
+
+def test_an_unknown_reply_kind_is_refused():
+    with pytest.raises(MalformedMessage):
+        decode_reply(b'{"kind": "surprise"}')
