@@ -46,9 +46,12 @@ def chat(content: str, **params: object) -> GenerationParams:
     return GenerationParams(messages=(ChatMessage(role="user", content=content),), **params)  # type: ignore[arg-type]
 
 
-async def read_replies(framed: FramedStream, timeout: float = 60.0) -> list[TokenFrame | EndFrame | ErrorFrame]:
+Reply = TokenFrame | EndFrame | ErrorFrame
+
+
+async def read_replies(framed: FramedStream, timeout: float = 60.0) -> list[Reply]:
     """Every frame until the stream closes (or an end/error frame arrives)."""
-    replies: list[TokenFrame | EndFrame | ErrorFrame] = []
+    replies: list[Reply] = []
     with trio.fail_after(timeout):
         while (payload := await framed.receive()) is not None:
             replies.append(decode_reply(payload))

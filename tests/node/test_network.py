@@ -8,13 +8,13 @@ import struct
 
 import pytest
 import trio
+from tests.helpers import chat, open_infer, raw_host, read_replies, request_replies, worker_pids
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
-from dinet.engine import load_llama
-from dinet.models.catalog import default_model_path
+from dinet.engine._llama import load_llama
+from dinet.engine import default_model_path
 from dinet.wire.messages import EndFrame, ErrorFrame, TokenFrame
-from tests.helpers import chat, open_infer, raw_host, read_replies, request_replies, worker_pids
 
 PROMPTS = [
     "What is the capital of France?",

@@ -8,9 +8,9 @@ import sys
 import uuid
 
 import pytest
+from tests.helpers import is_root
 
 from dinet.node.local_mesh import start_node
-from tests.helpers import is_root
 
 pytestmark = pytest.mark.skipif(
     not is_root(), reason="network namespaces need root (CI runs as root)"

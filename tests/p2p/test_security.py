@@ -7,11 +7,11 @@ import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from tests.helpers import raw_host
 
 from dinet.errors import PeerUnreachable
 from dinet.p2p.discovery import dial, fetch_manifests, peer_info_from
 from dinet.p2p.host import running_host
-from tests.helpers import raw_host
 
 
 async def test_a_plaintext_dialer_is_refused(mesh):

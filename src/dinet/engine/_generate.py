@@ -2,9 +2,15 @@
 
 Written against llama-cpp-python's `Llama` for loading, tokenizing and `eval`, but
 with our own sampler and stop logic, so that decoding is the deterministic one of
-`dinet.engine.sampler`. Each request evaluates its whole prompt (and any resume
-prefix) from an empty KV cache, so the logits for a request do not depend on what
-this worker served before.
+`dinet.engine.sampler`.
+
+Each request starts from an empty KV cache: the prompt is evaluated in one batch,
+then every token one step at a time. A resume prefix is replayed one step per token
+too, not batched with the prompt: llama.cpp's logits depend on how tokens were
+batched, and a batched prefix was measured to flip greedy choices a few tokens
+later. Replaying it the way it was generated reproduces the first node's logits bit
+for bit, so a resumed completion continues exactly as the original would have, at
+the cost of one decode step per prefix token.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import numpy.typing as npt
 
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
 from dinet.engine._text import CompletionText
-from dinet.engine.sampler import choose_token
+from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Message, TokenFrame, Usage
 
 Emit = Callable[[Message], None]
+ShouldStop = Callable[[], bool]
 
 
 class BadRequest(Exception):
@@ -40,6 +47,7 @@ class Generator:
         self._n_vocab = llm.n_vocab()
         self._n_ctx = llm.n_ctx()
         self._formatter = chat_formatter(llm)
+        self._sampler = Sampler(self._n_vocab)
         self._pieces: dict[int, bytes] = {}
 
     def prompt_tokens(self, params: GenerationParams) -> tuple[list[int], tuple[str, ...]]:
@@ -50,8 +58,18 @@ class Generator:
             return chat_prompt(self._llm, self._formatter, params.messages)
         return raw_prompt(self._llm, params.prompt or ""), ()
 
-    def run(self, params: GenerationParams, received_at: float, emit: Emit) -> None:
-        """Generate for one request, emitting TokenFrames then one EndFrame."""
+    def run(
+        self,
+        params: GenerationParams,
+        received_at: float,
+        emit: Emit,
+        should_stop: ShouldStop = lambda: False,
+    ) -> None:
+        """Generate for one request, emitting TokenFrames then one EndFrame.
+
+        `should_stop` is asked between tokens: True ends the completion early (the
+        owner has abandoned the stream), still with an EndFrame.
+        """
         prompt, template_stops = self.prompt_tokens(params)
         prefix = list(params.prefix_tokens)
         self._check(prompt, prefix)
@@ -61,13 +79,15 @@ class Generator:
 
         llm = self._llm
         llm.reset()
-        llm.eval(prompt + prefix)
+        llm.eval(prompt)
+        for token in prefix:  # one step each, exactly as they were first generated
+            llm.eval([token])
         index = len(prefix)
         emitted = 0
         first_at = last_at = 0.0
         finish: Literal["stop", "length"] = "length"
         while index < params.max_tokens:
-            token = choose_token(
+            token = self._sampler.choose(
                 self._last_logits(),
                 index,
                 temperature=params.temperature,
@@ -88,6 +108,9 @@ class Generator:
                 finish = "stop"
                 break
             if index >= params.max_tokens or llm.n_tokens >= self._n_ctx:
+                break
+            if should_stop():
+                finish = "stop"
                 break
             llm.eval([token])
         for frame in text.finish():

@@ -3,12 +3,18 @@
 Protocol on its pipes, both ways length-prefixed frames (`dinet.wire.framing`) of JSON:
 after loading it writes one `WorkerReady`; then, for each `GenerationParams` read from
 stdin, it writes `TokenFrame`s and one `EndFrame`, or an `ErrorFrame`. Requests are
-served one at a time. End of stdin ends the worker.
+served one at a time. A cancel frame (`CANCEL_PAYLOAD`) arriving while a request runs
+ends it after the current token, still with its EndFrame; a cancel arriving between
+requests is ignored, so a cancel never adds a reply. End of stdin ends the worker.
 
 Only our frames may reach the pipe, so the real stdout is kept on a private fd and
 fd 1 is pointed at stderr before llama.cpp loads: anything C code prints goes to the
 log. Thread counts and the memory limit are set before llama.cpp is imported, since
 OpenMP reads its environment when the library loads.
+
+A worker whose node dies sees the end of stdin (or a broken pipe on its next frame)
+and exits. PR_SET_PDEATHSIG is not used: it fires when the spawning *thread* exits,
+and trio spawns processes from short-lived worker threads.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import logging
 import os
 import resource
+import select
 import struct
 import sys
 import time
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import ValidationError
 
+from dinet.engine.info import CANCEL_PAYLOAD
 from dinet.errors import FrameTooLarge, MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
 from dinet.wire.messages import ErrorFrame, GenerationParams, Message, encode
@@ -63,19 +71,38 @@ def _claim_stdout() -> BinaryIO:
     return os.fdopen(frames_fd, "wb")
 
 
-def _read_frame(stream: BinaryIO) -> bytes | None:
-    header = stream.read(_HEADER.size)
-    if not header:
-        return None
-    if len(header) < _HEADER.size:
-        raise MalformedMessage("stdin ended inside a frame header")
-    (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise FrameTooLarge(f"frame of {size} bytes exceeds the cap of {MAX_FRAME}")
-    payload = stream.read(size)
-    if len(payload) < size:
-        raise MalformedMessage(f"stdin ended inside a frame of {size} bytes")
-    return payload
+class _StdinFrames:
+    """Frames from a raw fd, with a non-blocking check for pending input."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def has_input(self) -> bool:
+        return bool(self._buffer) or bool(select.select([self._fd], [], [], 0)[0])
+
+    def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            chunk = os.read(self._fd, max(size - len(self._buffer), 65536))
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True
+
+    def read_frame(self) -> bytes | None:
+        """The next frame's payload, or None at end of input between frames."""
+        if not self._fill(_HEADER.size):
+            if self._buffer:
+                raise MalformedMessage("stdin ended inside a frame header")
+            return None
+        (size,) = _HEADER.unpack_from(self._buffer)
+        if size > MAX_FRAME:
+            raise FrameTooLarge(f"frame of {size} bytes exceeds the cap of {MAX_FRAME}")
+        if not self._fill(_HEADER.size + size):
+            raise MalformedMessage(f"stdin ended inside a frame of {size} bytes")
+        payload = bytes(self._buffer[_HEADER.size : _HEADER.size + size])
+        del self._buffer[: _HEADER.size + size]
+        return payload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generator, ready = _load(args)
     except (MemoryError, ImportError, OSError, ValueError, RuntimeError) as exc:
-        logger.error("could not load the model: %s: %s", type(exc).__name__, exc)
+        limit = f" under a memory limit of {args.memory_mb} MB" if args.memory_mb else ""
+        logger.error("could not load the model%s: %s: %s", limit, type(exc).__name__, exc)
         return EXIT_LOAD_FAILED
 
     try:
         emit(ready)
-        _serve(sys.stdin.buffer, emit, generator)
+        _serve(_StdinFrames(sys.stdin.fileno()), emit, generator)
     except BrokenPipeError:
         logger.info("the node closed the pipe; exiting")
     except (FrameTooLarge, MalformedMessage) as exc:
@@ -133,14 +161,16 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
     return Generator(llm, info.model_id), ready
 
 
-def _serve(stream: BinaryIO, emit: Emit, generator: Generator) -> None:
+def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
     from dinet.engine._generate import BadRequest
 
-    while (payload := _read_frame(stream)) is not None:
+    while (payload := frames.read_frame()) is not None:
         received_at = time.perf_counter()
+        if payload == CANCEL_PAYLOAD:
+            continue  # the request it meant to end had already ended
         try:
             params = GenerationParams.model_validate_json(payload)
-            generator.run(params, received_at, emit)
+            generator.run(params, received_at, emit, frames.has_input)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"

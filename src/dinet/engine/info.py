@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+CANCEL_PAYLOAD = b'{"kind":"cancel"}'
+"""Sent by the owner to end the running request early (the worker's only other input)."""
+
+
 class ModelInfo(BaseModel):
     """The loaded model, as read from its GGUF metadata."""
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import trio
@@ -30,7 +30,9 @@ REQUEST_WAIT_S = 10.0  # a stream that sends no request in this time is dropped
 
 
 class Engine(Protocol):
-    def generate(self, params: GenerationParams) -> AsyncGenerator[TokenFrame | EndFrame, None]: ...
+    def generate(
+        self, params: GenerationParams
+    ) -> AsyncGenerator[TokenFrame | EndFrame | ErrorFrame, None]: ...
 
 
 @dataclass

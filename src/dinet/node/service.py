@@ -25,7 +25,6 @@ from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
     dht_key,
     dial,
-    dial_any,
     fetch_manifests,
     mdns_discoveries,
     peer_info_from,
@@ -63,7 +62,11 @@ async def serve_node(
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id)
 
-    async with WorkerEngine(model.path, threads=settings.threads, memory_mb=settings.memory_mb) as engine:
+    engine = WorkerEngine(
+        model.path, threads=settings.threads, memory_mb=settings.memory_mb,
+        log_path=settings.home / "worker.log",
+    )
+    async with engine:
         info = engine.info
         inference = InferenceService(
             engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash

@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 import multiaddr
 import trio
 from libp2p.abc import IHost, PeerInfo
+from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.custom_types import TProtocol
 from libp2p.tools.anyio_service import background_trio_service
 from pydantic import ValidationError
 

@@ -1,0 +1,303 @@
+"""The node's side of an engine worker process: spawn, stream, survive its death.
+
+    async with WorkerEngine(default_model_path(), threads=2) as engine:
+        async with aclosing(engine.generate(params)) as stream:
+            async for frame in stream:
+                ...  # TokenFrame..., then one EndFrame or ErrorFrame
+
+A worker that dies mid-request (killed, segfault, out of memory) raises
+`EngineCrashed` in the stream; a replacement is spawned at once and loads while the
+caller fails over, so the next request finds it ready. Requests to one worker run one
+at a time. A stream abandoned early cancels its request in the worker, so the next
+request does not wait for tokens nobody reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal, NoReturn, Self
+
+import trio
+
+from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
+from dinet.errors import EngineCrashed, EngineUnavailable, WireError
+from dinet.wire.framing import FrameReader, encode_frame
+from dinet.wire.messages import EndFrame, ErrorFrame, GenerationParams, TokenFrame, encode
+from dinet.wire.messages import decode_reply as _decode_reply
+
+logger = logging.getLogger(__name__)
+
+Reply = TokenFrame | EndFrame | ErrorFrame
+_CANCEL_GRACE_S = 5.0  # an abandoned request must end this soon, or the worker is killed
+_EXIT_GRACE_S = 1.0
+_LOG_TAIL_BYTES = 2000
+
+
+class _Worker:
+    """One live process and its pipes."""
+
+    def __init__(self, process: trio.Process, log: IO[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self.stdin = process.stdin
+        self.stdout = process.stdout
+        self.frames = FrameReader(process.stdout.receive_some)
+        self.log = log
+        self.log_tail = ""  # the end of its log, kept when the pipes close
+        self.ready: WorkerReady | None = None
+
+    def _read_log_tail(self) -> str:
+        self.log.flush()
+        size = self.log.seek(0, os.SEEK_END)
+        self.log.seek(max(0, size - _LOG_TAIL_BYTES))
+        return self.log.read().decode("utf-8", "replace").strip()
+
+    async def stop(self) -> int:
+        """End the process (EOF, then SIGKILL) and reap it; returns its exit code."""
+        with trio.CancelScope(shield=True):
+            await self.stdin.aclose()
+            with trio.move_on_after(_EXIT_GRACE_S):
+                return await self.process.wait()
+            self.process.kill()
+            return await self.process.wait()
+
+    async def close_pipes(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stdin.aclose()
+            await self.stdout.aclose()
+        if not self.log.closed:
+            self.log_tail = self._read_log_tail()
+            self.log.close()
+
+
+class WorkerEngine:
+    """Owns one worker process serving one GGUF model."""
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        threads: int = 2,
+        n_ctx: int = 2048,
+        memory_mb: int | None = None,
+        extra_bufts: Literal["auto", "on", "off"] = "auto",
+        ready_timeout: float = 120.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self._argv = [
+            sys.executable, "-m", "dinet.engine._worker",
+            "--model", str(self.model_path),
+            "--threads", str(threads),
+            "--ctx", str(n_ctx),
+            "--extra-bufts", extra_bufts,
+        ]  # fmt: skip
+        if memory_mb is not None:
+            self._argv += ["--memory-mb", str(memory_mb)]
+        self._ready_timeout = ready_timeout
+        self._log_path = log_path
+        self._slot = trio.Semaphore(1)  # not a Lock: an abandoned stream may end in another task
+        self._worker: _Worker | None = None
+        self._info: ModelInfo | None = None
+        self._started = False
+        self._closed = False
+        self.restarts = 0
+
+    # -- public surface -------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineUnavailable("the engine worker has not started yet")
+        return self._info
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.process.pid if self._worker is not None else None
+
+    async def start(self) -> None:
+        """Spawn the worker and wait until its model is loaded (EngineUnavailable if not)."""
+        async with self._slot:
+            await self._ready_worker()
+
+    async def aclose(self) -> None:
+        """Stop the worker and reap it. Idempotent."""
+        self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            code = await worker.stop()
+            await worker.close_pipes()
+            logger.info("engine worker %d stopped (%s)", worker.process.pid, _describe(code))
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def generate(self, params: GenerationParams) -> AsyncIterator[Reply]:
+        """Stream one request: TokenFrames, then exactly one EndFrame or ErrorFrame.
+
+        Raises EngineCrashed if the worker dies meanwhile (a replacement is already
+        loading), EngineUnavailable if no worker can be started. Use it under
+        `contextlib.aclosing` when the stream may be left before its end.
+        """
+        async with self._slot:
+            worker = await self._ready_worker()
+            done = False
+            try:
+                try:
+                    await worker.stdin.send_all(encode_frame(encode(params)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._crashed(worker, "it stopped reading requests")
+                while not done:
+                    reply = await self._next_reply(worker)
+                    done = not isinstance(reply, TokenFrame)
+                    yield reply
+            finally:
+                if not done and self._worker is worker:
+                    await self._abandon(worker)
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _ready_worker(self) -> _Worker:
+        if self._closed:
+            raise EngineUnavailable("the engine has been closed")
+        if self._worker is None:
+            await self._spawn()
+        worker = self._worker
+        assert worker is not None
+        if worker.ready is None:
+            await self._wait_ready(worker)
+        return worker
+
+    async def _spawn(self) -> None:
+        if self._started:
+            self.restarts += 1
+        self._started = True
+        log: IO[bytes] = (
+            open(self._log_path, "a+b")  # noqa: SIM115 - owned by the _Worker
+            if self._log_path is not None
+            else tempfile.TemporaryFile(prefix="dinet-worker-")
+        )
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # holds dinet/
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        process = await trio.lowlevel.open_process(
+            self._argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.fileno(),
+            env=env,
+            start_new_session=True,  # a ^C at the node's terminal is the node's to handle
+        )
+        self._worker = _Worker(process, log)
+        logger.info("engine worker %d spawned for %s", process.pid, self.model_path.name)
+
+    async def _wait_ready(self, worker: _Worker) -> None:
+        with trio.move_on_after(self._ready_timeout) as scope:
+            try:
+                payload = await worker.frames.read_frame()
+                ready = WorkerReady.model_validate_json(payload) if payload else None
+            except (WireError, ValueError) as exc:
+                logger.warning("engine worker sent a bad ready frame: %s", exc)
+                ready = None
+        if ready is not None:
+            worker.ready = ready
+            self._info = ready.model
+            logger.info("engine worker %d ready: %s", ready.pid, ready.model.model_id)
+            return
+        code = await self._discard(worker)
+        if scope.cancelled_caught:
+            why = f"it was not ready after {self._ready_timeout:.0f} s"
+        else:
+            why = f"it exited ({_describe(code)}) before it was ready"
+        tail = worker.log_tail
+        raise EngineUnavailable(
+            f"the engine worker for {self.model_path.name} could not start: {why}"
+            + (f"; its log ends with: {tail[-500:]}" if tail else "")
+        )
+
+    async def _next_reply(self, worker: _Worker) -> Reply:
+        try:
+            payload = await worker.frames.read_frame()
+            if payload is None:
+                await self._crashed(worker, "its output ended")
+            return _decode_reply(payload)
+        except trio.BrokenResourceError:
+            await self._crashed(worker, "its output broke")
+        except WireError as exc:
+            await self._crashed(worker, f"it sent garbage ({exc})")
+
+    async def _crashed(self, worker: _Worker, what: str) -> NoReturn:
+        code = await self._discard(worker)
+        message = f"engine worker {worker.process.pid} died mid-request: {what}, {_describe(code)}"
+        logger.warning("%s; restarting it", message)
+        if not self._closed:
+            await self._spawn()
+        raise EngineCrashed(message)
+
+    async def _discard(self, worker: _Worker) -> int:
+        """Kill a worker that failed, reap it, forget it."""
+        with trio.CancelScope(shield=True):
+            if worker.process.returncode is None:
+                with trio.move_on_after(_EXIT_GRACE_S):
+                    await worker.process.wait()  # it may be exiting on its own
+            worker.process.kill()
+            code = await worker.process.wait()
+            await worker.close_pipes()
+        if self._worker is worker:
+            self._worker = None
+        return code
+
+    async def _abandon(self, worker: _Worker) -> None:
+        """The caller left mid-stream: cancel the request and skip its remaining frames."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(_CANCEL_GRACE_S):
+                try:
+                    await worker.stdin.send_all(encode_frame(CANCEL_PAYLOAD))
+                    skipped = 0
+                    while (payload := await worker.frames.read_frame()) is not None:
+                        if not isinstance(_decode_reply(payload), TokenFrame):
+                            logger.debug(
+                                "abandoned request on worker %d ended after %d more frames",
+                                worker.process.pid,
+                                skipped,
+                            )
+                            return
+                        skipped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError, WireError):
+                    pass  # the worker is unusable: fall through to discarding it
+            logger.warning("engine worker %d did not end an abandoned request", worker.process.pid)
+            await self._discard(worker)
+            if not self._closed:
+                await self._spawn()
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
