@@ -12,8 +12,8 @@ import pytest
 import trio
 from _engine_helpers import chat, collect
 
-from dinet.engine import WorkerEngine
-from dinet.errors import EngineCrashed, EngineUnavailable
+from dinet.engine import WorkerEngine, _paths, default_model_path
+from dinet.errors import EngineCrashed, EngineUnavailable, ModelNotFound
 from dinet.wire.messages import ErrorFrame, GenerationParams, TokenFrame
 
 GREEDY = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
@@ -81,15 +81,11 @@ async def test_max_tokens_bounds_the_completion_including_prefix(engine: WorkerE
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-async def test_resume_with_a_prefix_continues_identically(
-    engine: WorkerEngine, temperature: float
-) -> None:
+async def test_resume_with_a_prefix_continues_identically(engine: WorkerEngine, temperature: float) -> None:
     params = chat("Describe a busy train station.", max_tokens=30, temperature=temperature, seed=7)
     whole = await collect(engine, params)
     k = 9
-    resumed = await collect(
-        engine, params.model_copy(update={"prefix_tokens": tuple(whole.tokens[:k])})
-    )
+    resumed = await collect(engine, params.model_copy(update={"prefix_tokens": tuple(whole.tokens[:k])}))
     assert resumed.frames[0].index == k
     assert resumed.tokens == whole.tokens[k:]
     assert "".join(f.text for f in whole.frames[:k]) + resumed.text == whole.text
@@ -101,9 +97,7 @@ async def test_resume_inside_a_multibyte_character(engine: WorkerEngine) -> None
     split = [f.index for f in whole.frames if f.text == "" and f.index > 0]
     assert split, "expected a token that ends inside a UTF-8 character"
     k = split[0] + 1  # the prefix ends with the first bytes of a character
-    resumed = await collect(
-        engine, params.model_copy(update={"prefix_tokens": tuple(whole.tokens[:k])})
-    )
+    resumed = await collect(engine, params.model_copy(update={"prefix_tokens": tuple(whole.tokens[:k])}))
     assert "".join(f.text for f in whole.frames[:k]) + resumed.text == whole.text
     assert resumed.frames[0].text != ""  # it completes the character begun in the prefix
 
@@ -125,17 +119,16 @@ async def test_bad_requests_get_an_error_frame_and_the_worker_keeps_serving(
     too_long = await collect(engine, GenerationParams(prompt="word " * 2100, max_tokens=4))
     assert isinstance(too_long.last, ErrorFrame) and too_long.last.code == "bad_request"
     assert "context" in too_long.last.message
-    bad_prefix = await collect(engine, chat("Hi", prefix_tokens=(10**6,)))
-    assert isinstance(bad_prefix.last, ErrorFrame) and bad_prefix.last.code == "bad_request"
+    for bad_id in (10**6, -1):
+        bad_prefix = await collect(engine, chat("Hi", prefix_tokens=(bad_id,)))
+        assert isinstance(bad_prefix.last, ErrorFrame) and bad_prefix.last.code == "bad_request"
     ok = await collect(engine, chat("Hi", max_tokens=3))
     assert len(ok.frames) == 3
     assert engine.pid == pid and engine.restarts == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV])
-async def test_worker_death_mid_stream_raises_and_restarts(
-    engine: WorkerEngine, signum: int
-) -> None:
+async def test_worker_death_mid_stream_raises_and_restarts(engine: WorkerEngine, signum: int) -> None:
     old_pid = engine.pid
     assert old_pid is not None
     with pytest.raises(EngineCrashed, match=signal.Signals(signum).name):
@@ -185,3 +178,10 @@ async def test_close_reaps_the_worker(model_path: Path) -> None:
     assert_reaped(pid)
     with pytest.raises(EngineUnavailable):
         await collect(engine, chat("Hi", max_tokens=2))
+
+
+def test_default_model_path_finds_the_packaged_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr(_paths, "DEFAULT_MODEL_DIST", "no-such-dinet-model-package")
+    with pytest.raises(ModelNotFound, match="pip install"):
+        default_model_path()

@@ -12,8 +12,8 @@ from tests.helpers import chat, open_infer, raw_host, read_replies, request_repl
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
-from dinet.engine._llama import load_llama
 from dinet.engine import default_model_path
+from dinet.engine._llama import load_llama
 from dinet.wire.messages import EndFrame, ErrorFrame, TokenFrame
 
 PROMPTS = [

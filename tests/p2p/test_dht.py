@@ -8,7 +8,7 @@ import trio
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import LocalMesh
-from dinet.p2p.discovery import dht_key
+from dinet.p2p.discovery import find_model_providers
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ async def test_providers_of_the_model_are_found_through_the_dht(tmp_path, five_n
         found: set[str] = set()
         with trio.move_on_after(30):
             while found != everyone:
-                providers = await network.dht.find_providers(dht_key(model_hash))
+                providers = await find_model_providers(network.dht, model_hash)
                 found |= {p.peer_id.to_base58() for p in providers}
                 await trio.sleep(0.5)
         assert found == everyone

@@ -32,21 +32,25 @@ async def test_a_plaintext_dialer_is_refused(mesh):
 
 
 CYCLES = 2000
+DIALERS = 20  # in parallel: py-libp2p spends ~200 ms closing each connection
 
 
 async def test_a_node_still_accepts_after_thousands_of_connect_disconnect_cycles(mesh):
     """py-libp2p used to keep a slot per inbound connection forever (max 250)."""
     node = mesh.nodes[0]
     info = peer_info_from(node.addr)
-    async with raw_host() as host:
-        for _ in range(CYCLES):
-            await dial(host, info)
-            await host.disconnect(info.peer_id)
-        await dial(host, info)
-        signed, _ = await fetch_manifests(host, node.peer_id)
-        assert signed
-        await host.disconnect(info.peer_id)
-    # A fresh peer, too, is still let in.
+
+    async def churn(cycles: int) -> None:
+        async with raw_host() as host:
+            for _ in range(cycles):
+                await dial(host, info)
+                await host.disconnect(info.peer_id)
+
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            for _ in range(DIALERS):
+                nursery.start_soon(churn, CYCLES // DIALERS)
+    # A fresh peer is still let in and answered.
     async with raw_host() as other:
         with trio.fail_after(10):
             await dial(other, info)

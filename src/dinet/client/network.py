@@ -16,10 +16,10 @@ from dinet.config import ClientSettings
 from dinet.errors import DinetError, ManifestError, NoCapablePeer, PeerUnreachable
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
-    dht_key,
     dial,
     dial_any,
     fetch_manifests,
+    find_model_providers,
     mdns_discoveries,
     peer_info_from,
     running_dht,
@@ -67,16 +67,13 @@ class Network:
 
     async def find_by_dht(self, model_hash: str) -> None:
         try:
-            providers = await self.dht.find_providers(dht_key(model_hash))
+            providers = await find_model_providers(self.dht, model_hash)
         except Exception as exc:  # the DHT raises assorted types when nobody answers
             logger.debug("DHT lookup failed: %s", exc)
             return
-        seen = set()
         async with trio.open_nursery() as nursery:
             for info in providers:
-                peer_id = info.peer_id.to_base58()
-                if peer_id not in seen and info.addrs:
-                    seen.add(peer_id)
+                if info.addrs and info.peer_id.to_base58() not in self.rtt_ms:
                     nursery.start_soon(self._join_quietly, info)
 
     async def _join_quietly(self, info) -> None:  # type: ignore[no-untyped-def]

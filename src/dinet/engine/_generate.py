@@ -27,7 +27,7 @@ import numpy.typing as npt
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler
-from dinet.wire.messages import EndFrame, GenerationParams, Message, TokenFrame, Usage
+from dinet.wire.messages import EndFrame, GenerationParams, Message, Usage
 
 Emit = Callable[[Message], None]
 ShouldStop = Callable[[], bool]
@@ -83,7 +83,7 @@ class Generator:
         for token in prefix:  # one step each, exactly as they were first generated
             llm.eval([token])
         index = len(prefix)
-        emitted = 0
+        emitted = steps = 0
         first_at = last_at = 0.0
         finish: Literal["stop", "length"] = "length"
         while index < params.max_tokens:
@@ -96,6 +96,7 @@ class Generator:
             )
             last_at = time.perf_counter()
             first_at = first_at or last_at
+            steps += 1
             if llama_c.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
                 break
@@ -117,14 +118,13 @@ class Generator:
             emit(frame)
             emitted += 1
 
-        generated = index - len(prefix)
-        decode_s = last_at - first_at
+        decode_s = last_at - first_at  # the decode steps after the first token
         emit(
             EndFrame(
                 finish_reason=finish,
                 usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(prefix) + emitted),
                 ttft_ms=1000.0 * max(0.0, (first_at or time.perf_counter()) - received_at),
-                tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+                tokens_per_s=(steps - 1) / decode_s if steps > 1 and decode_s > 0 else 0.0,
                 model_id=self._model_id,
             )
         )
@@ -132,7 +132,7 @@ class Generator:
     def _check(self, prompt: list[int], prefix: list[int]) -> None:
         if not prompt:
             raise BadRequest("the prompt is empty")
-        if any(token >= self._n_vocab for token in prefix):
+        if any(not 0 <= token < self._n_vocab for token in prefix):
             raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({self._n_vocab})")
         if len(prompt) + len(prefix) >= self._n_ctx:
             raise BadRequest(

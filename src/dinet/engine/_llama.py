@@ -148,9 +148,7 @@ def chat_prompt(
 ) -> tuple[list[int], tuple[str, ...]]:
     """Prompt tokens and the template's stop strings, as `create_chat_completion` builds them."""
     result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
-    tokens = llm.tokenize(
-        result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-    )
+    tokens = llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
     stops = [result.stop] if isinstance(result.stop, str) else list(result.stop or [])
     return tokens, tuple(s for s in stops if s)
 
@@ -166,4 +164,3 @@ def raw_prompt(llm: llama_cpp.Llama, prompt: str) -> list[int]:
         eos = []
     body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
     return bos + body + eos
-

@@ -21,7 +21,7 @@ def default_model_path() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFound(f"the default model package {DEFAULT_MODEL_DIST} is missing; {hint}")
+        raise ModelNotFound(f"the default model package {DEFAULT_MODEL_DIST} is missing; {hint}") from None
     path = Path(str(dist.locate_file(DEFAULT_MODEL_FILE)))
     if not path.is_file():
         raise ModelNotFound(f"{DEFAULT_MODEL_DIST} is installed but {path} is missing; {hint}")

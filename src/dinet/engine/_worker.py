@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generator, ready = _load(args)
     except (MemoryError, ImportError, OSError, ValueError, RuntimeError) as exc:
-        limit = f" under a memory limit of {args.memory_mb} MB" if args.memory_mb else ""
-        logger.error("could not load the model%s: %s: %s", limit, type(exc).__name__, exc)
+        under = f" under a memory limit of {args.memory_mb} MB" if args.memory_mb else ""
+        logger.error("could not load the model%s: %s: %s", under, type(exc).__name__, exc)
         return EXIT_LOAD_FAILED
 
     try:

@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 CANCEL_PAYLOAD = b'{"kind":"cancel"}'
 """Sent by the owner to end the running request early (the worker's only other input)."""
 

@@ -79,9 +79,7 @@ def choose_token(
     seed: int = 0,
 ) -> int:
     """One-off `Sampler(len(logits)).choose(...)`."""
-    return Sampler(logits.shape[0]).choose(
-        logits, index, temperature=temperature, top_p=top_p, seed=seed
-    )
+    return Sampler(logits.shape[0]).choose(logits, index, temperature=temperature, top_p=top_p, seed=seed)
 
 
 def _head_order(scaled: npt.NDArray[np.float64], threshold: float) -> npt.NDArray[np.intp]:
@@ -91,9 +89,7 @@ def _head_order(scaled: npt.NDArray[np.float64], threshold: float) -> npt.NDArra
     return candidates[np.argsort(-scaled[candidates], kind="stable")]
 
 
-def _invert(
-    order: npt.NDArray[np.intp], cumulative: npt.NDArray[np.float64], target: float
-) -> int:
+def _invert(order: npt.NDArray[np.intp], cumulative: npt.NDArray[np.float64], target: float) -> int:
     """The first token whose cumulative weight exceeds target (the last one if none does)."""
     position = int(np.searchsorted(cumulative, target, side="right"))
     return int(order[min(position, order.shape[0] - 1)])

@@ -23,19 +23,18 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal, NoReturn, Self
+from typing import IO, Literal, NoReturn, Self, TypeAlias
 
 import trio
 
 from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
 from dinet.errors import EngineCrashed, EngineUnavailable, WireError
 from dinet.wire.framing import FrameReader, encode_frame
-from dinet.wire.messages import EndFrame, ErrorFrame, GenerationParams, TokenFrame, encode
-from dinet.wire.messages import decode_reply as _decode_reply
+from dinet.wire.messages import EndFrame, ErrorFrame, GenerationParams, TokenFrame, decode_reply, encode
 
 logger = logging.getLogger(__name__)
 
-Reply = TokenFrame | EndFrame | ErrorFrame
+Reply: TypeAlias = TokenFrame | EndFrame | ErrorFrame
 _CANCEL_GRACE_S = 5.0  # an abandoned request must end this soon, or the worker is killed
 _EXIT_GRACE_S = 1.0
 _LOG_TAIL_BYTES = 2000
@@ -194,7 +193,7 @@ class WorkerEngine:
             self.restarts += 1
         self._started = True
         log: IO[bytes] = (
-            open(self._log_path, "a+b")  # noqa: SIM115 - owned by the _Worker
+            open(self._log_path, "a+b")  # owned, and closed, by the _Worker
             if self._log_path is not None
             else tempfile.TemporaryFile(prefix="dinet-worker-")
         )
@@ -241,18 +240,19 @@ class WorkerEngine:
             payload = await worker.frames.read_frame()
             if payload is None:
                 await self._crashed(worker, "its output ended")
-            return _decode_reply(payload)
-        except trio.BrokenResourceError:
+            return decode_reply(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._crashed(worker, "its output broke")
         except WireError as exc:
             await self._crashed(worker, f"it sent garbage ({exc})")
 
     async def _crashed(self, worker: _Worker, what: str) -> NoReturn:
         code = await self._discard(worker)
+        if self._closed:
+            raise EngineUnavailable("the engine was closed during the request")
         message = f"engine worker {worker.process.pid} died mid-request: {what}, {_describe(code)}"
         logger.warning("%s; restarting it", message)
-        if not self._closed:
-            await self._spawn()
+        await self._spawn()
         raise EngineCrashed(message)
 
     async def _discard(self, worker: _Worker) -> int:
@@ -276,7 +276,7 @@ class WorkerEngine:
                     await worker.stdin.send_all(encode_frame(CANCEL_PAYLOAD))
                     skipped = 0
                     while (payload := await worker.frames.read_frame()) is not None:
-                        if not isinstance(_decode_reply(payload), TokenFrame):
+                        if not isinstance(decode_reply(payload), TokenFrame):
                             logger.debug(
                                 "abandoned request on worker %d ended after %d more frames",
                                 worker.process.pid,

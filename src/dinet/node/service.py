@@ -175,8 +175,9 @@ async def _keep_providing(dht: KadDHT, model_hash: str) -> None:
         size = dht.get_routing_table_size()
         if size and (size != announced_to or trio.current_time() - last > PROVIDE_EVERY_S):
             try:
-                await dht.provide(dht_key(model_hash))
+                stored = await dht.provide(dht_key(model_hash))
                 announced_to, last = size, trio.current_time()
+                logger.info("announced the model in the DHT (routing table: %d peers, ok=%s)", size, stored)
             except Exception as exc:  # the DHT raises assorted types when no peer answers
                 logger.debug("DHT provide failed: %s", exc)
         await trio.sleep(1.0)

@@ -102,6 +102,18 @@ def dht_key(model_hash: str) -> str:
     return "1220" + hashlib.sha256(f"dinet-model:{model_hash}".encode()).hexdigest()
 
 
+async def find_model_providers(dht: KadDHT, model_hash: str) -> list[PeerInfo]:
+    """Peers that announced `model_hash` in the DHT, each once."""
+    key = dht_key(model_hash)
+    # py-libp2p answers from its local record store as soon as it holds any provider
+    # for a key, so a client would never see providers that announced later.
+    dht.provider_store.providers.pop(bytes.fromhex(key), None)
+    unique: dict[str, PeerInfo] = {}
+    for info in await dht.find_providers(key):  # it may list a provider several times
+        unique.setdefault(info.peer_id.to_base58(), info)
+    return list(unique.values())
+
+
 @asynccontextmanager
 async def running_dht(host: IHost, *, server: bool) -> AsyncIterator[KadDHT]:
     # Its per-subnet cap would keep all but a few peers of one LAN or one
