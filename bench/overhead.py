@@ -24,8 +24,8 @@ import trio
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
-from dinet.engine._llama import load_llama
 from dinet.engine import default_model_path
+from dinet.engine._llama import load_llama
 from dinet.node.local_mesh import start_node
 from dinet.wire.messages import ChatMessage, GenerationParams
 
@@ -33,7 +33,13 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 
 def in_process_run(llm, max_tokens: int) -> tuple[float, float, int]:
-    """(ttft ms, decode tokens/s, tokens) for one streamed greedy answer."""
+    """(ttft ms, decode tokens/s, tokens) for one streamed greedy answer.
+
+    The KV cache is emptied first: llama-cpp-python would otherwise reuse the
+    previous run's prompt and skip the prefill, which a dinet worker never does
+    (its logits must not depend on what it served before).
+    """
+    llm.reset()
     start = time.perf_counter()
     stamps = []
     for chunk in llm.create_chat_completion(

@@ -122,6 +122,11 @@ class WorkerEngine:
     def pid(self) -> int | None:
         return self._worker.process.pid if self._worker is not None else None
 
+    @property
+    def reply_buffered(self) -> bool:
+        """Whether the next reply has already arrived (the worker writes tokens in batches)."""
+        return self._worker is not None and self._worker.frames.has_frame()
+
     async def start(self) -> None:
         """Spawn the worker and wait until its model is loaded (EngineUnavailable if not)."""
         async with self._slot:

@@ -34,6 +34,9 @@ class Engine(Protocol):
         self, params: GenerationParams
     ) -> AsyncGenerator[TokenFrame | EndFrame | ErrorFrame, None]: ...
 
+    @property
+    def reply_buffered(self) -> bool: ...
+
 
 @dataclass
 class SpeedStats:
@@ -106,6 +109,8 @@ class InferenceService:
         return request.model_id is None or request.model_id == self._model_id
 
     async def _generate(self, framed: FramedStream, request: InferRequest) -> None:
+        # The worker writes tokens in batches; pass each batch on in one write.
+        batch: list[TokenFrame | EndFrame | ErrorFrame] = []
         try:
             async with aclosing(self._engine.generate(request.params)) as frames:
                 async for frame in frames:
@@ -114,8 +119,12 @@ class InferenceService:
                             update={"model_id": self._model_id, "model_hash": self._model_hash}
                         )
                         self.stats.record(frame)
-                    await framed.send(frame)
+                    batch.append(frame)
+                    if not isinstance(frame, TokenFrame) or not self._engine.reply_buffered:
+                        await framed.send_all(batch)
+                        batch = []
         except EngineCrashed as exc:
+            await framed.send_all(batch)  # the tokens made before the crash still count
             await _refuse(framed, "engine_crashed", str(exc))
         except InferenceError as exc:
             await _refuse(framed, "internal", str(exc))

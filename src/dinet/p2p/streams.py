@@ -43,6 +43,14 @@ class FramedStream:
     async def send(self, message: Message) -> None:
         await self.send_payload(encode(message))
 
+    async def send_all(self, messages: list[Message]) -> None:
+        """Several frames in one write: py-libp2p's cost is per write, not per byte."""
+        data = b"".join(encode_frame(encode(m), self._max_size) for m in messages)
+        try:
+            await self.stream.write(data)
+        except StreamError as exc:
+            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+
     async def close(self) -> None:
         try:
             await self.stream.close()

@@ -43,6 +43,13 @@ class FrameReader:
             self._buffer += chunk
         return True
 
+    def has_frame(self) -> bool:
+        """Whether a whole frame is already buffered, so read_frame() will not wait."""
+        if len(self._buffer) < _HEADER.size:
+            return False
+        (size,) = _HEADER.unpack_from(self._buffer)
+        return len(self._buffer) >= _HEADER.size + size
+
     async def read_frame(self) -> bytes | None:
         """The next frame's payload, or None at a clean end between frames."""
         if not await self._fill(_HEADER.size):
