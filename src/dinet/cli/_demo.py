@@ -24,7 +24,7 @@ MESH_TIMEOUT_S = 60.0
 
 
 def run_demo(*, nodes: int, prompt: str, max_tokens: int, json_out: bool) -> None:
-    say = (lambda *_: None) if json_out else _say
+    say = _quiet if json_out else _say
     with tempfile.TemporaryDirectory(prefix="dinet-demo-") as root:
         say(f"starting {nodes} node processes on loopback (1 thread each)…")
         started = time.monotonic()
@@ -61,6 +61,10 @@ def run_demo(*, nodes: int, prompt: str, max_tokens: int, json_out: bool) -> Non
             run(main)
             say("stopping the nodes…")
         say("done.")
+
+
+def _quiet(text: str, end: str = "\n") -> None:
+    pass
 
 
 def _say(text: str, end: str = "\n") -> None:

@@ -25,12 +25,16 @@ def run_node(
     mdns: bool,
     json_out: bool,
 ) -> None:
-    given = {"model": model, "listen": listen, "home": home}
+    given: dict[str, object] = {
+        "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
+        "mdns": mdns, "model": model,
+    }
+    if listen:
+        given["listen"] = listen
+    if home:
+        given["home"] = home
     try:
-        settings = NodeSettings(
-            bootstrap=bootstrap, threads=threads, region=region, price=price, mdns=mdns,
-            **{k: v for k, v in given.items() if v},
-        )
+        settings = NodeSettings.model_validate(given)
     except ValidationError as exc:
         fail(f"invalid setting {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
 

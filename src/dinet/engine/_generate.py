@@ -23,13 +23,14 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_c
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Message, Usage
 
-Emit = Callable[[Message], None]
+Emit = Callable[[BaseModel], None]
 ShouldStop = Callable[[], bool]
 
 

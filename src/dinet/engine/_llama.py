@@ -16,6 +16,8 @@ would cost those machines speed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -147,7 +149,8 @@ def chat_prompt(
     llm: llama_cpp.Llama, formatter: Jinja2ChatFormatter, messages: Sequence[ChatMessage]
 ) -> tuple[list[int], tuple[str, ...]]:
     """Prompt tokens and the template's stop strings, as `create_chat_completion` builds them."""
-    result = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+    as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
+    result = formatter(messages=as_dicts)
     tokens = llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
     stops = [result.stop] if isinstance(result.stop, str) else list(result.stop or [])
     return tokens, tuple(s for s in stops if s)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dinet.engine.info import CANCEL_PAYLOAD
 from dinet.errors import FrameTooLarge, MalformedMessage
@@ -120,7 +120,7 @@ class _BatchingOutput:
         self._pending = bytearray()
         self._written_at = float("-inf")
 
-    def emit(self, message: Message) -> None:
+    def emit(self, message: BaseModel) -> None:
         self._pending += encode_frame(encode(message))
         now = time.monotonic()
         is_token = isinstance(message, TokenFrame)

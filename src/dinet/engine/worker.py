@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, NoReturn, Self, TypeAlias
@@ -157,7 +157,7 @@ class WorkerEngine:
     ) -> None:
         await self.aclose()
 
-    async def generate(self, params: GenerationParams) -> AsyncIterator[Reply]:
+    async def generate(self, params: GenerationParams) -> AsyncGenerator[Reply, None]:
         """Stream one request: TokenFrames, then exactly one EndFrame or ErrorFrame.
 
         Raises EngineCrashed if the worker dies meanwhile (a replacement is already

@@ -52,7 +52,10 @@ class NodeStarted:
 
 
 async def serve_node(
-    settings: NodeSettings, *, task_status: trio.TaskStatus[NodeStarted] = trio.TASK_STATUS_IGNORED
+    settings: NodeSettings,
+    *,
+    # trio-typing's stubs, which libp2p pulls in, hide trio's own TaskStatus from mypy.
+    task_status: trio.TaskStatus[NodeStarted] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
     """Run a node until cancelled. Reports NodeStarted once it is serving."""
     key_pair = load_or_create_identity(settings.home)

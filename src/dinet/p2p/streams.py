@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
@@ -43,7 +45,7 @@ class FramedStream:
     async def send(self, message: Message) -> None:
         await self.send_payload(encode(message))
 
-    async def send_all(self, messages: list[Message]) -> None:
+    async def send_all(self, messages: Sequence[Message]) -> None:
         """Several frames in one write: py-libp2p's cost is per write, not per byte."""
         data = b"".join(encode_frame(encode(m), self._max_size) for m in messages)
         try:

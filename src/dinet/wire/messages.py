@@ -117,7 +117,7 @@ def decode_reply(payload: bytes) -> TokenFrame | EndFrame | ErrorFrame:
         raise MalformedMessage(_brief(exc)) from None
 
 
-def encode(message: Message) -> bytes:
+def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_defaults=False).encode()
 
 
