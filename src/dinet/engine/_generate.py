@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler
-from dinet.wire.messages import EndFrame, GenerationParams, Message, Usage
+from dinet.wire.messages import EndFrame, GenerationParams, Usage
 
 Emit = Callable[[BaseModel], None]
 ShouldStop = Callable[[], bool]

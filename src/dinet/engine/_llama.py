@@ -16,12 +16,11 @@ would cost those machines speed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import gguf
 import llama_cpp

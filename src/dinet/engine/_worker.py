@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from dinet.engine.info import CANCEL_PAYLOAD
 from dinet.errors import FrameTooLarge, MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
-from dinet.wire.messages import ErrorFrame, GenerationParams, Message, TokenFrame, encode
+from dinet.wire.messages import ErrorFrame, GenerationParams, TokenFrame, encode
 
 if TYPE_CHECKING:
     from dinet.engine._generate import Emit, Generator
