@@ -7,6 +7,7 @@
     │   └── MalformedMessage bytes that are not a valid message of the protocol
     ├── PeerError            a remote peer failed or misbehaved
     │   ├── PeerUnreachable  dialing failed or timed out
+    │   ├── AnswerTimedOut   no complete answer within the caller's time limit
     │   ├── ManifestError    a manifest that is forged, expired or inconsistent
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
@@ -48,6 +49,10 @@ class PeerError(DinetError):
 
 
 class PeerUnreachable(PeerError):
+    pass
+
+
+class AnswerTimedOut(PeerError):
     pass
 
 

@@ -35,6 +35,9 @@ def node(
     threads: Annotated[int, typer.Option(help="llama.cpp threads")] = 2,
     region: Annotated[str, typer.Option(help="Region label for the manifest")] = "local",
     price: Annotated[float, typer.Option(help="Price per token, in credits")] = 0.0,
+    memory_mb: Annotated[
+        int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
+    ] = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -43,7 +46,7 @@ def node(
     setup_logging(verbose)
     _node.run_node(
         model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
-        region=region, price=price, mdns=mdns, json_out=json_out,
+        region=region, price=price, memory_mb=memory_mb, mdns=mdns, json_out=json_out,
     )
 
 

@@ -22,12 +22,13 @@ def run_node(
     threads: int,
     region: str,
     price: float,
+    memory_mb: int | None,
     mdns: bool,
     json_out: bool,
 ) -> None:
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
-        "mdns": mdns, "model": model,
+        "mdns": mdns, "model": model, "memory_mb": memory_mb,
     }
     if listen:
         given["listen"] = listen

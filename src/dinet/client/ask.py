@@ -17,7 +17,14 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.network import Network
-from dinet.errors import MalformedMessage, NoCapablePeer, PeerError, PeerUnreachable, RemoteError
+from dinet.errors import (
+    AnswerTimedOut,
+    MalformedMessage,
+    NoCapablePeer,
+    PeerError,
+    PeerUnreachable,
+    RemoteError,
+)
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import rank_peers
 from dinet.wire.ids import INFER_PROTOCOL
@@ -70,57 +77,59 @@ async def ask(
     first_token_at: float | None = None
     last_error: Exception | None = None
 
-    with trio.fail_after(request_timeout):
-        for peer_id in ranked:
-            tried.append(peer_id)
-            resumed = params.model_copy(
-                update={"prefix_tokens": tuple(t.token_id for t in tokens)}
-            )
-            request = InferRequest(
-                request_id=request_id, model_id=model_id, model_hash=model_hash, params=resumed
-            )
-            try:
-                async for frame in _stream_from(network, peer_id, request):
-                    if isinstance(frame, TokenFrame):
-                        if first_token_at is None:
-                            first_token_at = time.perf_counter()
-                        tokens.append(frame)
-                        yield frame
-                        continue
-                    end = frame
-                    decode_s = time.perf_counter() - (first_token_at or started)
-                    yield Answer(
-                        text="".join(t.text for t in tokens),
-                        peer_id=peer_id,
-                        model_id=end.model_id,
-                        model_hash=end.model_hash,
-                        usage=end.usage,
-                        finish_reason=end.finish_reason,
-                        ttft_ms=((first_token_at or time.perf_counter()) - started) * 1e3,
-                        tokens_per_s=(len(tokens) - 1) / decode_s if len(tokens) > 1 else 0.0,
-                        peers_tried=tuple(tried),
-                    )
-                    return
-            except RemoteError as exc:
-                if exc.code not in _RETRYABLE:
-                    raise
-                last_error = exc
-            except (PeerError, MalformedMessage) as exc:
-                last_error = exc
-            logger.info("peer %s failed (%s); trying the next one", peer_id, last_error)
-            network.directory.remove(peer_id)
+    # A deadline, not a cancel scope: a scope must not span this generator's yields.
+    deadline = trio.current_time() + request_timeout
+    for peer_id in ranked:
+        tried.append(peer_id)
+        resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
+        request = InferRequest(
+            request_id=request_id, model_id=model_id, model_hash=model_hash, params=resumed
+        )
+        try:
+            async for frame in _stream_from(network, peer_id, request, deadline):
+                if isinstance(frame, TokenFrame):
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    tokens.append(frame)
+                    yield frame
+                    continue
+                end = frame
+                decode_s = time.perf_counter() - (first_token_at or started)
+                yield Answer(
+                    text="".join(t.text for t in tokens),
+                    peer_id=peer_id,
+                    model_id=end.model_id,
+                    model_hash=end.model_hash,
+                    usage=end.usage,
+                    finish_reason=end.finish_reason,
+                    ttft_ms=((first_token_at or time.perf_counter()) - started) * 1e3,
+                    tokens_per_s=(len(tokens) - 1) / decode_s if len(tokens) > 1 else 0.0,
+                    peers_tried=tuple(tried),
+                )
+                return
+        except AnswerTimedOut:
+            raise
+        except RemoteError as exc:
+            if exc.code not in _RETRYABLE:
+                raise
+            last_error = exc
+        except (PeerError, MalformedMessage) as exc:
+            last_error = exc
+        logger.info("peer %s failed (%s); trying the next one", peer_id, last_error)
+        network.directory.remove(peer_id)
     raise NoCapablePeer(f"every capable peer failed; last error: {last_error}")
 
 
 async def _stream_from(
-    network: Network, peer_id: str, request: InferRequest
+    network: Network, peer_id: str, request: InferRequest, deadline: float
 ) -> AsyncIterator[TokenFrame | EndFrame]:
-    """Frames from one peer until its end frame; errors as exceptions."""
+    """Frames from one peer until its end frame; errors as exceptions.
+
+    AnswerTimedOut once `deadline` (trio clock) passes.
+    """
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
-            stream = await network.host.new_stream(
-                ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)]
-            )
+            stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
     except trio.TooSlowError:
         raise PeerUnreachable(f"{peer_id} did not open a stream in {OPEN_TIMEOUT_S:g} s") from None
     except Exception as exc:  # libp2p raises assorted types when a stream cannot open
@@ -130,7 +139,11 @@ async def _stream_from(
         await framed.send(request)
         next_index = len(request.params.prefix_tokens)
         while True:
-            payload = await framed.receive()
+            try:
+                with trio.fail_at(deadline):
+                    payload = await framed.receive()
+            except trio.TooSlowError:
+                raise AnswerTimedOut("no complete answer in the time allowed") from None
             if payload is None:
                 raise PeerError(f"{peer_id} ended the stream without an end frame")
             frame = decode_reply(payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 
 import trio
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 REDISCOVER_S = 10.0
+PULL_EVERY_S = 3.0
+PULL_FANOUT = 3
 PROVIDE_EVERY_S = 60.0
 
 
@@ -100,6 +103,7 @@ async def serve_node(
                 nursery.start_soon(publisher.follow, pubsub, joiner.meet)
                 nursery.start_soon(_keep_bootstrapped, joiner, settings.bootstrap)
                 nursery.start_soon(_keep_providing, dht, model_hash)
+                nursery.start_soon(_pull_directories, joiner)
                 if settings.mdns:
                     nursery.start_soon(_follow_mdns, joiner)
                 started = NodeStarted(peer_id, full_addrs(host), model.model_id, model_hash)
@@ -114,7 +118,7 @@ class _Joiner:
 
     def __init__(self, host: IHost, directory: PeerDirectory, dht: KadDHT, nursery: trio.Nursery):
         self._host = host
-        self._directory = directory
+        self.directory = directory
         self._dht = dht
         self._nursery = nursery
         self._pending: set[str] = set()
@@ -145,7 +149,7 @@ class _Joiner:
         signed, _ = await fetch_manifests(self._host, peer_id)
         for item in signed:
             try:
-                manifest, is_new = self._directory.add(item)
+                manifest, is_new = self.directory.add(item)
             except ManifestError as exc:
                 logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
                 continue
@@ -161,6 +165,22 @@ async def _keep_bootstrapped(joiner: _Joiner, bootstrap: list[str]) -> None:
             if not joiner._connected(info.peer_id.to_base58()):
                 await joiner.join(info)
         await trio.sleep(REDISCOVER_S)
+
+
+async def _pull_directories(joiner: _Joiner) -> None:
+    """Ask a few known peers for the manifests they hold, every few seconds.
+
+    Gossip alone may miss a peer (it drops messages under load and needs a mesh
+    first); pulling from random peers makes every directory converge anyway.
+    """
+    while True:
+        await trio.sleep(PULL_EVERY_S)
+        known = [m.peer_id for m in joiner.directory.manifests()]
+        for peer_id in random.sample(known, min(PULL_FANOUT, len(known))):
+            try:
+                await joiner.learn_from(peer_id)
+            except DinetError as exc:
+                logger.debug("directory pull from %s failed: %s", peer_id, exc)
 
 
 async def _follow_mdns(joiner: _Joiner) -> None:

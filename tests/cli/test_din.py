@@ -1,0 +1,87 @@
+"""The `din` command as a user runs it: real processes, real output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from dinet.p2p.identity import peer_id_of
+
+
+def din(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_ask_json_reports_the_answer_and_who_served_it(tmp_path, mesh):
+    done = din("ask", "--json", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "12",
+               "--bootstrap", mesh.bootstrap[0], "Name a colour.")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["text"].strip()
+    assert answer["peer_id"] in {n.peer_id for n in mesh.nodes}
+    assert answer["model_hash"] == mesh.nodes[0].model_hash
+    assert answer["usage"]["completion_tokens"] == 12
+    assert answer["usage"]["prompt_tokens"] > 0
+    assert answer["ttft_ms"] > 0 and answer["tokens_per_s"] > 0
+
+
+def test_ask_streams_plain_text_to_a_person(tmp_path, mesh):
+    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "8",
+               "--bootstrap", mesh.bootstrap[0], "Say hello.")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert "served by" in done.stderr
+
+
+def test_peers_lists_every_node(tmp_path, mesh):
+    done = din("peers", "--json", "--no-mdns", "--home", str(tmp_path), "--wait", "2",
+               "--bootstrap", mesh.bootstrap[0])
+    assert done.returncode == 0, done.stderr
+    peers = json.loads(done.stdout)
+    assert {p["peer_id"] for p in peers} == {n.peer_id for n in mesh.nodes}
+    assert all(p["models"][0]["model_hash"] == mesh.nodes[0].model_hash for p in peers)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_an_unreachable_bootstrap_is_one_clear_line(tmp_path):
+    nobody = peer_id_of(create_new_key_pair())
+    done = din("ask", "--no-mdns", "--home", str(tmp_path),
+               "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}", "hi")
+    assert "bootstrap" in one_line_error(done)
+
+
+def test_a_model_nobody_serves_is_one_clear_line(tmp_path, mesh):
+    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--model", "no-such-model",
+               "--timeout", "2", "--bootstrap", mesh.bootstrap[0], "hi")
+    assert "no-such-model" in one_line_error(done)
+
+
+def test_a_malformed_bootstrap_address_is_one_clear_line(tmp_path):
+    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--bootstrap", "not-an-address", "hi")
+    assert "multiaddr" in one_line_error(done)
+
+
+def test_demo_runs_a_mesh_answers_and_cleans_up(tmp_path):
+    before = _dinet_node_pids()
+    done = din("demo", "--json", "--max-tokens", "16", timeout=240)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["text"].strip() and answer["usage"]["completion_tokens"] > 0
+    assert _dinet_node_pids() <= before  # every node it started has stopped
+
+
+def _dinet_node_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "dinet node" in line}
