@@ -1,24 +1,60 @@
-from dinet.routing.select import PeerView, rank_peers
+from dataclasses import replace
+
+from dinet.routing.select import PeerView, decode_speed, rank_peers
 
 
-def view(peer_id, rtt=1.0, tps=50.0, ttft=20.0, active=0, queued=0, slots=1):
-    return PeerView(peer_id, rtt, tps, ttft, active, queued, slots)
+def view(peer_id, rtt=1.0, tps=50.0, ttft=20.0, active=0, queued=0, slots=1, **more):
+    return PeerView(peer_id, rtt, tps, ttft, active, queued, slots, **more)
+
+
+def order(peers, max_tokens=128, policy="latency", **kw):
+    return [p.peer_id for p in rank_peers(peers, max_tokens, policy, **kw)]
 
 
 def test_faster_idle_peer_wins():
-    ranked = rank_peers([view("slow", tps=20), view("fast", tps=90)], max_tokens=128)
-    assert [p.peer_id for p in ranked] == ["fast", "slow"]
+    assert order([view("slow", tps=20), view("fast", tps=90)]) == ["fast", "slow"]
 
 
 def test_a_busy_fast_peer_loses_to_an_idle_one_of_similar_speed():
-    ranked = rank_peers([view("busy", tps=90, active=1, queued=2), view("idle", tps=70)], 128)
-    assert ranked[0].peer_id == "idle"
+    assert order([view("busy", tps=90, active=1, queued=2), view("idle", tps=70)])[0] == "idle"
 
 
 def test_a_far_peer_loses_on_short_requests():
-    ranked = rank_peers([view("far", rtt=300, tps=100), view("near", rtt=1, tps=60)], max_tokens=4)
-    assert ranked[0].peer_id == "near"
+    assert order([view("far", rtt=300, tps=100), view("near", rtt=1, tps=60)], max_tokens=4)[0] == "near"
 
 
-def test_ties_are_broken_by_peer_id():
-    assert [p.peer_id for p in rank_peers([view("b"), view("a")], 16)] == ["a", "b"]
+def test_throughput_policy_prefers_speed_over_distance():
+    peers = [view("near-slow", rtt=1, tps=40), view("far-fast", rtt=2000, tps=100)]
+    assert order(peers, policy="latency")[0] == "near-slow"
+    assert order(peers, policy="throughput")[0] == "far-fast"
+
+
+def test_cost_policy_prefers_the_cheaper_peer_then_the_faster():
+    peers = [view("dear", tps=100, price_per_token=0.002), view("cheap-slow", tps=20),
+             view("cheap-fast", tps=80)]
+    assert order(peers, policy="cost") == ["cheap-fast", "cheap-slow", "dear"]
+    assert order(peers, policy="latency")[0] == "dear"
+
+
+def test_a_fresh_measurement_beats_the_advert_and_a_stale_one_decays():
+    liar = view("liar", tps=200, observed_tokens_per_s=10.0, observed_age_s=0.0)
+    honest = view("honest", tps=60)
+    assert order([liar, honest])[0] == "honest"
+    assert decode_speed(liar) == 10.0
+    stale = replace(liar, observed_age_s=3600.0)
+    assert decode_speed(stale) > 199.0
+    assert order([stale, honest])[0] == "liar"
+
+
+def test_bad_reputation_and_another_region_cost_something():
+    assert order([view("shady", tps=80, reputation=0.1), view("trusted", tps=60, reputation=1.0)])[0] == "trusted"
+    peers = [view("abroad", tps=60, region="us"), view("home", tps=60, region="eu")]
+    assert order(peers, max_tokens=16, region="eu")[0] == "home"
+
+
+def test_ties_are_broken_by_peer_id_and_limit_keeps_the_best():
+    assert order([view("b"), view("a")], 16) == ["a", "b"]
+    peers = [view(f"p{i:04d}", tps=float(i + 1)) for i in range(1000)]
+    best = rank_peers(peers, 64, limit=3)
+    assert [p.peer_id for p in best] == ["p0999", "p0998", "p0997"]
+    assert best == rank_peers(peers, 64)[:3]

@@ -1,37 +1,97 @@
 """Choosing a peer: pure and deterministic, no I/O.
 
-A first score: the expected time to finish the request on each peer, from its
-round-trip time, time to first token, decode speed and current backlog.
-Measured figures are given by the caller in place of advertised ones.
+Each candidate gets a cost under a policy; lower is better.
+
+- `latency`: the expected time to finish the request, from round-trip time, time to
+  first token, decode speed and the work already queued on the peer.
+- `throughput`: the same, but decode speed counts double, so long answers go to the
+  fastest peers even when they are a little farther away.
+- `cost`: price first (the request's expected credits), expected time to break ties.
+
+Measured figures (this client's own observations) beat advertised ones, and stale
+measurements decay towards the advertised value. A known bad reputation adds a
+penalty; a peer outside the caller's region pays a small one.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import Literal
 
-UNKNOWN_TOKENS_PER_S = 20.0  # assumed for a peer that has not served anything yet
+Policy = Literal["latency", "throughput", "cost"]
+
+UNKNOWN_TOKENS_PER_S = 20.0  # assumed for a peer that neither advertises nor was measured
+UNKNOWN_RTT_MS = 50.0
+MEASUREMENT_HALF_LIFE_S = 60.0  # a measurement this old counts half against the advert
+OTHER_REGION_PENALTY_MS = 20.0
 
 
 @dataclass(frozen=True)
 class PeerView:
+    """What is known of one candidate at decision time."""
+
     peer_id: str
-    rtt_ms: float
-    tokens_per_s: float
-    ttft_ms: float
-    active: int
+    rtt_ms: float | None  # measured by this client, None if never
+    tokens_per_s: float  # advertised
+    ttft_ms: float  # advertised
+    active: int  # advertised load, plus this client's own requests in flight there
     queued: int
     max_concurrent: int
     price_per_token: float = 0.0
+    observed_tokens_per_s: float | None = None  # measured by this client
+    observed_age_s: float = 0.0  # how old that measurement is
+    reputation: float | None = None  # 0 (bad) .. 1 (good), None if unknown
+    region: str = ""
 
 
-def expected_ms(peer: PeerView, max_tokens: int) -> float:
-    speed = peer.tokens_per_s if peer.tokens_per_s > 0 else UNKNOWN_TOKENS_PER_S
-    decode_ms = max_tokens * 1000.0 / speed
+def decode_speed(peer: PeerView) -> float:
+    """Advertised speed, pulled towards this client's own measurement while it is fresh."""
+    advertised = peer.tokens_per_s if peer.tokens_per_s > 0 else UNKNOWN_TOKENS_PER_S
+    observed = peer.observed_tokens_per_s
+    if observed is None:
+        return advertised
+    weight = 0.5 ** (peer.observed_age_s / MEASUREMENT_HALF_LIFE_S)
+    return weight * observed + (1.0 - weight) * advertised
+
+
+def cost(peer: PeerView, max_tokens: int, policy: Policy = "latency", region: str = "") -> float:
+    """The candidate's cost under `policy`, in milliseconds of expected time: lower is better."""
+    decode_ms = max_tokens * 1000.0 / decode_speed(peer)
+    if policy == "throughput":
+        decode_ms *= 2.0
+    rtt = UNKNOWN_RTT_MS if peer.rtt_ms is None else peer.rtt_ms
     # Work ahead of us shares the peer's slots: each full round of it costs one more answer.
-    waiting_rounds = (peer.active + peer.queued) / max(peer.max_concurrent, 1)
-    return peer.rtt_ms + peer.ttft_ms + decode_ms * (1.0 + waiting_rounds)
+    waiting_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
+    time_ms = rtt + peer.ttft_ms + decode_ms * (1.0 + waiting_rounds)
+    if peer.reputation is not None:
+        time_ms *= 1.0 + 4.0 * (1.0 - min(max(peer.reputation, 0.0), 1.0))
+    if region and peer.region and peer.region != region:
+        time_ms += OTHER_REGION_PENALTY_MS
+    if policy == "cost":
+        # Price dominates; time only orders peers of equal price.
+        return peer.price_per_token * max_tokens * 1e9 + time_ms
+    return time_ms
 
 
-def rank_peers(peers: list[PeerView], max_tokens: int) -> list[PeerView]:
-    """Best first; ties broken by peer id so the order is reproducible."""
-    return sorted(peers, key=lambda p: (expected_ms(p, max_tokens), p.peer_id))
+def rank_peers(
+    peers: list[PeerView],
+    max_tokens: int,
+    policy: Policy = "latency",
+    *,
+    region: str = "",
+    limit: int | None = None,
+) -> list[PeerView]:
+    """Best first; ties broken by peer id so the order is reproducible.
+
+    With `limit`, only the best `limit` are ordered (a heap: O(n log limit)).
+    """
+    keyed = [(cost(p, max_tokens, policy, region), p.peer_id, p) for p in peers]
+    if limit is None:
+        keyed.sort(key=_cost_then_id)
+        return [p for _, _, p in keyed]
+    return [p for _, _, p in heapq.nsmallest(limit, keyed, key=_cost_then_id)]
+
+
+def _cost_then_id(entry: tuple[float, str, PeerView]) -> tuple[float, str]:
+    return entry[0], entry[1]
