@@ -7,16 +7,23 @@
     │   └── MalformedMessage bytes that are not a valid message of the protocol
     ├── PeerError            a remote peer failed or misbehaved
     │   ├── PeerUnreachable  dialing failed or timed out
+    │   ├── PeerStalled      a peer stopped sending mid-answer for longer than its speed allows
     │   ├── AnswerTimedOut   no complete answer within the caller's time limit
     │   ├── ManifestError    a manifest that is forged, expired or inconsistent
+    │   ├── BadChunk         a chunk whose bytes do not match the model manifest
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
     │   └── NoCapablePeer
     ├── InferenceError       the engine could not produce an answer
     │   ├── EngineCrashed    the worker process died mid-request
     │   └── EngineUnavailable the worker could not be started
-    └── ModelError           a model file that is missing or not a usable GGUF
-        └── ModelNotFound
+    ├── ModelError           a model file that is missing or not a usable GGUF
+    │   ├── ModelNotFound
+    │   ├── BadModelFile     not a GGUF file, or a header that contradicts the file
+    │   ├── ModelCorrupted   stored bytes that do not match the model's hash
+    │   └── PullFailed       no peer could supply every chunk of a model
+    └── RequestError         a user's API request that is malformed or out of range
+        └── Unauthorized     a missing or wrong API key
 
 Callers map classes, never message text, to exit codes and API errors.
 """
@@ -52,11 +59,19 @@ class PeerUnreachable(PeerError):
     pass
 
 
+class PeerStalled(PeerError):
+    pass
+
+
 class AnswerTimedOut(PeerError):
     pass
 
 
 class ManifestError(PeerError):
+    pass
+
+
+class BadChunk(PeerError):
     pass
 
 
@@ -94,4 +109,28 @@ class ModelError(DinetError):
 
 
 class ModelNotFound(ModelError):
+    pass
+
+
+class BadModelFile(ModelError):
+    pass
+
+
+class ModelCorrupted(ModelError):
+    pass
+
+
+class PullFailed(ModelError):
+    pass
+
+
+class RequestError(DinetError):
+    """A user's request (HTTP API) that is malformed or out of range; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class Unauthorized(RequestError):
     pass

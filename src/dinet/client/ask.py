@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import trio
@@ -22,11 +22,12 @@ from dinet.errors import (
     MalformedMessage,
     NoCapablePeer,
     PeerError,
+    PeerStalled,
     PeerUnreachable,
     RemoteError,
 )
 from dinet.p2p.streams import FramedStream
-from dinet.routing.select import rank_peers
+from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     EndFrame,
@@ -41,6 +42,8 @@ from dinet.wire.messages import (
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 5.0
+FIRST_FRAME_MIN_S = 5.0
+BETWEEN_FRAMES_MIN_S = 2.0
 # Codes after which another peer may well succeed.
 _RETRYABLE = {"busy", "engine_crashed", "internal", "unknown_model"}
 
@@ -66,27 +69,43 @@ async def ask(
     model_hash: str | None = None,
     discover_timeout: float = 10.0,
     request_timeout: float = 120.0,
-) -> AsyncIterator[TokenFrame | Answer]:
-    """Yield each token as it arrives, then one Answer."""
-    peers = await network.discover(model_id, model_hash, timeout=discover_timeout)
-    ranked = [p.peer_id for p in rank_peers(peers, params.max_tokens)]
+    policy: Policy = "latency",
+    on_attempt: Callable[[str], None] | None = None,
+) -> AsyncGenerator[TokenFrame | Answer, None]:
+    """Yield each token as it arrives, then one Answer.
+
+    A peer that refuses, breaks, or stalls is backed off and the answer continues
+    on the next-best peer from the tokens already produced. `on_attempt` is told
+    each peer id as it is asked.
+    """
+    await network.discover(model_id, model_hash, timeout=discover_timeout)
     request_id = uuid.uuid4().hex
     tokens: list[TokenFrame] = []
     tried: list[str] = []
     started = time.perf_counter()
     first_token_at: float | None = None
     last_error: Exception | None = None
-
     # A deadline, not a cancel scope: a scope must not span this generator's yields.
     deadline = trio.current_time() + request_timeout
-    for peer_id in ranked:
-        tried.append(peer_id)
+
+    while True:
+        remaining = params.max_tokens - len(tokens)
+        candidates = [p for p in network.candidates(model_id, model_hash) if p.peer_id not in tried]
+        if not candidates:
+            break
+        peer = rank_peers(candidates, remaining, policy, limit=1)[0]
+        tried.append(peer.peer_id)
+        if on_attempt is not None:
+            on_attempt(peer.peer_id)
         resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
         request = InferRequest(
             request_id=request_id, model_id=model_id, model_hash=model_hash, params=resumed
         )
+        record = network.health.get(peer.peer_id)
+        record.in_flight += 1
+        limits = _StallLimits.for_peer(peer)
         try:
-            async for frame in _stream_from(network, peer_id, request, deadline):
+            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits):
                 if isinstance(frame, TokenFrame):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -95,15 +114,19 @@ async def ask(
                     continue
                 end = frame
                 decode_s = time.perf_counter() - (first_token_at or started)
+                tokens_per_s = (len(tokens) - 1) / decode_s if len(tokens) > 1 else 0.0
+                network.health.answered(peer.peer_id)
+                if end.tokens_per_s > 0:
+                    network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
                 yield Answer(
                     text="".join(t.text for t in tokens),
-                    peer_id=peer_id,
+                    peer_id=peer.peer_id,
                     model_id=end.model_id,
                     model_hash=end.model_hash,
                     usage=end.usage,
                     finish_reason=end.finish_reason,
                     ttft_ms=((first_token_at or time.perf_counter()) - started) * 1e3,
-                    tokens_per_s=(len(tokens) - 1) / decode_s if len(tokens) > 1 else 0.0,
+                    tokens_per_s=tokens_per_s,
                     peers_tried=tuple(tried),
                 )
                 return
@@ -115,17 +138,47 @@ async def ask(
             last_error = exc
         except (PeerError, MalformedMessage) as exc:
             last_error = exc
-        logger.info("peer %s failed (%s); trying the next one", peer_id, last_error)
-        network.directory.remove(peer_id)
-    raise NoCapablePeer(f"every capable peer failed; last error: {last_error}")
+        finally:
+            record.in_flight -= 1
+        backoff = network.health.failed(peer.peer_id, trio.current_time())
+        logger.info(
+            "peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
+            peer.peer_id,
+            len(tokens),
+            last_error,
+            backoff,
+        )
+    wanted = model_hash or model_id or "the model"
+    if last_error is None:
+        raise NoCapablePeer(f"no reachable peer serves {wanted}")
+    raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+
+@dataclass(frozen=True)
+class _StallLimits:
+    """How long a peer may stay silent before it counts as stalled."""
+
+    first_frame_s: float
+    between_frames_s: float
+
+    @classmethod
+    def for_peer(cls, peer: PeerView) -> _StallLimits:
+        speed = decode_speed(peer)
+        answer_s = 256 / speed  # a generous whole answer at its speed
+        # Before its first token a peer may be busy with requests queued ahead of ours.
+        backlog_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
+        first = FIRST_FRAME_MIN_S + peer.ttft_ms / 1000 * 3 + backlog_rounds * answer_s
+        between = max(BETWEEN_FRAMES_MIN_S, 20 / speed)
+        return cls(first, between)
 
 
 async def _stream_from(
-    network: Network, peer_id: str, request: InferRequest, deadline: float
-) -> AsyncIterator[TokenFrame | EndFrame]:
+    network: Network, peer_id: str, request: InferRequest, deadline: float, limits: _StallLimits
+) -> AsyncGenerator[TokenFrame | EndFrame, None]:
     """Frames from one peer until its end frame; errors as exceptions.
 
-    AnswerTimedOut once `deadline` (trio clock) passes.
+    PeerStalled when it stays silent past `limits`; AnswerTimedOut once `deadline`
+    (trio clock) passes.
     """
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
@@ -135,21 +188,21 @@ async def _stream_from(
     except Exception as exc:  # libp2p raises assorted types when a stream cannot open
         raise PeerUnreachable(f"cannot open a stream to {peer_id}: {exc}") from None
     framed = FramedStream(stream)
+    finished = False
     try:
         await framed.send(request)
         next_index = len(request.params.prefix_tokens)
+        silence_s = limits.first_frame_s
         while True:
-            try:
-                with trio.fail_at(deadline):
-                    payload = await framed.receive()
-            except trio.TooSlowError:
-                raise AnswerTimedOut("no complete answer in the time allowed") from None
+            payload = await _receive_within(framed, peer_id, silence_s, deadline)
+            silence_s = limits.between_frames_s
             if payload is None:
                 raise PeerError(f"{peer_id} ended the stream without an end frame")
             frame = decode_reply(payload)
             if isinstance(frame, ErrorFrame):
                 raise RemoteError(frame.code, frame.message)
             if isinstance(frame, EndFrame):
+                finished = True
                 yield frame
                 return
             if frame.index != next_index:
@@ -157,5 +210,19 @@ async def _stream_from(
             next_index += 1
             yield frame
     finally:
+        # A reset tells a peer we left mid-answer, so it stops generating for nobody.
         with trio.CancelScope(shield=True):
-            await framed.close()
+            await (framed.close() if finished else framed.reset())
+
+
+async def _receive_within(
+    framed: FramedStream, peer_id: str, silence_s: float, deadline: float
+) -> bytes | None:
+    stall_at = trio.current_time() + silence_s
+    try:
+        with trio.fail_at(min(stall_at, deadline)):
+            return await framed.receive()
+    except trio.TooSlowError:
+        if trio.current_time() >= deadline:
+            raise AnswerTimedOut("no complete answer in the time allowed") from None
+        raise PeerStalled(f"{peer_id} sent nothing for {silence_s:.1f} s") from None

@@ -12,6 +12,7 @@ from libp2p.abc import IHost
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 
+from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
 from dinet.errors import DinetError, ManifestError, NoCapablePeer, PeerUnreachable
 from dinet.p2p.directory import PeerDirectory
@@ -26,6 +27,7 @@ from dinet.p2p.discovery import (
 )
 from dinet.p2p.host import build_host, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
+from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import PeerView
 from dinet.wire.manifest import Manifest
 
@@ -38,6 +40,13 @@ class Network:
     dht: KadDHT
     directory: PeerDirectory = field(default_factory=PeerDirectory)
     rtt_ms: dict[str, float] = field(default_factory=dict)
+    health: HealthBook = field(default_factory=HealthBook)
+    liveness: LivenessWatch | None = None
+
+    def _on_probe(self, peer_id: str, rtt_ms: float | None) -> None:
+        if rtt_ms is not None:
+            self.rtt_ms[peer_id] = rtt_ms
+            self.health.answered(peer_id)
 
     async def learn_from(self, peer_id: str) -> None:
         """Fetch the manifests a connected peer knows and measure its round trip."""
@@ -84,20 +93,29 @@ class Network:
             logger.debug("DHT provider %s unreachable: %s", info.peer_id, exc)
 
     def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
+        """Peers serving the model that are answering and not backed off."""
+        now = trio.current_time()
         views = []
         for m in self.directory.manifests():
             if not any(_matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models):
                 continue
+            if not self.health.usable(m.peer_id, now):
+                continue
+            record = self.health.get(m.peer_id)
             views.append(
                 PeerView(
                     peer_id=m.peer_id,
-                    rtt_ms=self.rtt_ms.get(m.peer_id, 50.0),
+                    rtt_ms=self.rtt_ms.get(m.peer_id),
                     tokens_per_s=m.tokens_per_s,
                     ttft_ms=m.ttft_ms,
-                    active=m.load.active,
+                    # Its advert is seconds old: our own requests there count at once.
+                    active=m.load.active + record.in_flight,
                     queued=m.load.queued,
                     max_concurrent=m.max_concurrent,
                     price_per_token=m.price_per_token,
+                    observed_tokens_per_s=record.observed_tokens_per_s,
+                    observed_age_s=now - record.observed_at,
+                    region=m.region,
                 )
             )
         return views
@@ -124,9 +142,7 @@ class Network:
 
 
 def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: str | None) -> bool:
-    return (model_id is None or offer_id == model_id) and (
-        model_hash is None or offer_hash == model_hash
-    )
+    return (model_id is None or offer_id == model_id) and (model_hash is None or offer_hash == model_hash)
 
 
 @asynccontextmanager
@@ -142,7 +158,9 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         async with trio.open_nursery() as nursery:
             for peer_id in reached:
                 nursery.start_soon(_learn_quietly, network, peer_id)
+        network.liveness = LivenessWatch(host, network.directory, network._on_probe)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.liveness.run)
             if settings.mdns:
                 nursery.start_soon(_follow_mdns, network)
             yield network

@@ -17,9 +17,9 @@ from libp2p.peer.id import ID
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
 from dinet.errors import DinetError, ManifestError
-from dinet.models.catalog import resolve_model
-from dinet.models.hashing import model_hash as compute_model_hash
+from dinet.models.store import ModelStore
 from dinet.node.admission import Admission
+from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.inference import InferenceService
 from dinet.node.manifests import ManifestPublisher, load_of, offer
 from dinet.p2p.directory import PeerDirectory
@@ -34,7 +34,8 @@ from dinet.p2p.discovery import (
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.host import build_host, full_addrs, running_host
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
-from dinet.wire.ids import INFER_PROTOCOL, MANIFEST_PROTOCOL
+from dinet.p2p.liveness import LivenessWatch
+from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ NODE_FILE = "node.json"
 REDISCOVER_S = 10.0
 PULL_EVERY_S = 3.0
 PULL_FANOUT = 3
+LIVENESS_EVERY_S = 2.0
 PROVIDE_EVERY_S = 60.0
 
 
@@ -63,8 +65,8 @@ async def serve_node(
     """Run a node until cancelled. Reports NodeStarted once it is serving."""
     key_pair = load_or_create_identity(settings.home)
     peer_id = peer_id_of(key_pair)
-    model = resolve_model(settings.model)
-    model_hash = await trio.to_thread.run_sync(compute_model_hash, model.path)
+    model, model_hash = await prepare_model(settings)  # imported into the store, or pulled from peers
+    keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6)
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id)
 
@@ -84,7 +86,7 @@ async def serve_node(
             return {
                 "region": settings.region,
                 "addrs": tuple(full_addrs(host)[:16]),
-                "models": (model_offer,),
+                "models": (model_offer,) if keeper.healthy else (),  # never offer damaged bytes
                 "max_concurrent": settings.max_concurrent,
                 "tokens_per_s": round(inference.stats.tokens_per_s, 2),
                 "ttft_ms": round(inference.stats.ttft_ms, 2),
@@ -93,7 +95,8 @@ async def serve_node(
             }
 
         publisher = ManifestPublisher(key_pair, peer_id, directory, describe)
-        host.set_stream_handler(TProtocol(INFER_PROTOCOL), inference.handle)
+        host.set_stream_handler(TProtocol(INFER_PROTOCOL), keeper.guard(inference.handle))
+        host.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), keeper.server().handle)
         host.set_stream_handler(TProtocol(MANIFEST_PROTOCOL), publisher.handle_query)
 
         async with running_host(host, settings.listen), running_pubsub(host) as pubsub:
@@ -104,6 +107,8 @@ async def serve_node(
                 nursery.start_soon(_keep_bootstrapped, joiner, settings.bootstrap)
                 nursery.start_soon(_keep_providing, dht, model_hash)
                 nursery.start_soon(_pull_directories, joiner)
+                nursery.start_soon(keeper.keep_healthy, host, dht, directory)
+                nursery.start_soon(LivenessWatch(host, directory, interval=LIVENESS_EVERY_S).run)
                 if settings.mdns:
                     nursery.start_soon(_follow_mdns, joiner)
                 started = NodeStarted(peer_id, full_addrs(host), model.model_id, model_hash)

@@ -11,6 +11,9 @@ class PeerDirectory:
     def __init__(self, own_peer_id: str | None = None) -> None:
         self._own = own_peer_id
         self._entries: dict[str, tuple[Manifest, SignedManifest]] = {}
+        # Peers seen dead, with when: others may still pass on their unexpired manifests,
+        # which are ignored; only a manifest issued after that moment brings a peer back.
+        self.absent: dict[str, float] = {}
 
     def add(self, signed: SignedManifest, now: float | None = None) -> tuple[Manifest, bool]:
         """Verify and keep `signed` if it is newer than what we hold; ManifestError if invalid.
@@ -18,6 +21,11 @@ class PeerDirectory:
         Returns the manifest and whether its peer was new to us.
         """
         manifest = verify_manifest(signed, now)
+        dead_since = self.absent.get(manifest.peer_id)
+        if dead_since is not None:
+            if manifest.issued_at <= dead_since:
+                return manifest, False
+            del self.absent[manifest.peer_id]
         held = self._entries.get(manifest.peer_id)
         if held is None or held[0].issued_at <= manifest.issued_at:
             if held is None and len(self._entries) >= MAX_DIRECTORY:
@@ -26,8 +34,10 @@ class PeerDirectory:
                 self._entries[manifest.peer_id] = (manifest, signed)
         return manifest, held is None
 
-    def remove(self, peer_id: str) -> None:
+    def remove(self, peer_id: str, *, dead: bool = False) -> None:
         self._entries.pop(peer_id, None)
+        if dead:
+            self.absent[peer_id] = time.time()
 
     def get(self, peer_id: str) -> Manifest | None:
         entry = self._entries.get(peer_id)

@@ -1,0 +1,107 @@
+"""Noticing dead peers quickly, and noticing when they come back.
+
+Every known peer is asked for its own manifest every `interval` seconds (a ping
+that also refreshes its load figures). A peer that misses `misses_allowed + 1`
+probes in a row leaves the directory; its last manifest is kept aside so it can
+still be probed, less and less often, and it returns the moment it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import IHost
+
+from dinet.errors import DinetError, ManifestError
+from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.discovery import dial, fetch_manifests, peer_info_from
+from dinet.wire.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 1.5
+MAX_RETRY_S = 30.0
+
+OnProbe = Callable[[str, float | None], None]  # peer id, round trip in ms or None if it failed
+
+
+@dataclass
+class _Absent:
+    manifest: Manifest
+    retry_at: float
+    wait_s: float = PROBE_INTERVAL_S
+
+
+@dataclass
+class LivenessWatch:
+    host: IHost
+    directory: PeerDirectory
+    on_probe: OnProbe = lambda peer_id, rtt: None
+    interval: float = PROBE_INTERVAL_S
+    timeout: float = PROBE_TIMEOUT_S
+    misses_allowed: int = 1
+    _misses: dict[str, int] = field(default_factory=dict)
+    absent: dict[str, _Absent] = field(default_factory=dict)
+
+    def is_absent(self, peer_id: str) -> bool:
+        return peer_id in self.absent
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for manifest in self.directory.manifests():
+                    nursery.start_soon(self._probe_present, manifest.peer_id)
+                for peer_id, entry in list(self.absent.items()):
+                    if entry.retry_at <= now:
+                        nursery.start_soon(self._probe_absent, peer_id, entry)
+            await trio.sleep(self.interval)
+
+    async def _probe(self, peer_id: str) -> float | None:
+        try:
+            signed, rtt_ms = await fetch_manifests(
+                self.host, peer_id, include_known=False, timeout=self.timeout
+            )
+            for item in signed:
+                self.directory.add(item)
+            return rtt_ms
+        except (DinetError, ManifestError) as exc:
+            logger.debug("probe of %s failed: %s", peer_id, exc)
+            return None
+
+    async def _probe_present(self, peer_id: str) -> None:
+        manifest = self.directory.get(peer_id)
+        rtt_ms = await self._probe(peer_id)
+        self.on_probe(peer_id, rtt_ms)
+        if rtt_ms is not None:
+            self._misses.pop(peer_id, None)
+            return
+        misses = self._misses.get(peer_id, 0) + 1
+        self._misses[peer_id] = misses
+        if misses > self.misses_allowed and manifest is not None:
+            logger.info("peer %s stopped answering; dropping it from the directory", peer_id)
+            self.directory.remove(peer_id, dead=True)
+            self._misses.pop(peer_id, None)
+            self.absent[peer_id] = _Absent(manifest, trio.current_time() + self.interval)
+
+    async def _probe_absent(self, peer_id: str, entry: _Absent) -> None:
+        if not await self._redial(entry.manifest) or (rtt_ms := await self._probe(peer_id)) is None:
+            entry.wait_s = min(entry.wait_s * 2, MAX_RETRY_S)
+            entry.retry_at = trio.current_time() + entry.wait_s
+            return
+        logger.info("peer %s answers again", peer_id)
+        self.absent.pop(peer_id, None)
+        self.on_probe(peer_id, rtt_ms)
+
+    async def _redial(self, manifest: Manifest) -> bool:
+        for addr in manifest.addrs:
+            try:
+                await dial(self.host, peer_info_from(addr), timeout=self.timeout)
+                return True
+            except DinetError:
+                continue
+        return False
