@@ -35,10 +35,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# Network-namespace tests need iproute2 (present on most Linux systems).
+# Network-namespace tests need iproute2 (present on most Linux systems); the web page test
+# drives Debian's chromium (`playwright install` cannot download browsers here).
 .PHONY: system-deps
 system-deps:
 	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,3 +37,37 @@ class NodeSettings(CommonSettings):
 class ClientSettings(CommonSettings):
     discover_timeout_s: float = Field(default=10.0, gt=0, description="How long to look for peers")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
+
+
+class GatewaySettings(ClientSettings):
+    """`din gateway`: an OpenAI-compatible HTTP API and web page in front of the network."""
+
+    host: str = Field(default="127.0.0.1", max_length=255, description="Address the HTTP server binds")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port)")
+    api_key: SecretStr | None = Field(
+        default=None, description="Clients must send `Authorization: Bearer KEY` when set"
+    )
+    default_max_tokens: int = Field(
+        default=512, ge=1, le=4096, description="Answer length limit when a request sets none"
+    )
+    refresh_s: float = Field(default=2.0, gt=0, description="Seconds between peer list refreshes")
+
+    @model_validator(mode="after")
+    def _key_unless_loopback(self) -> GatewaySettings:
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("the API key is empty")
+        if self.api_key is None and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host} without an API key: anyone who can reach it "
+                "could use the network in your name (set --api-key or DINET_API_KEY)"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

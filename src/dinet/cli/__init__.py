@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinet.cli import _ask, _demo, _node
+from dinet.cli import _ask, _demo, _gateway, _node
 from dinet.cli._common import setup_logging
 
 app = typer.Typer(
@@ -24,6 +24,10 @@ Bootstrap = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: all)")]
 Mdns = Annotated[bool, typer.Option("--mdns/--no-mdns", help="Discover peers on the LAN by mDNS")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="DINET_API_KEY", help="Require 'Authorization: Bearer KEY' on the HTTP API"),
+]
 
 
 @app.command()
@@ -38,6 +42,11 @@ def node(
     memory_mb: Annotated[
         int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
     ] = None,
+    api_port: Annotated[
+        int | None, typer.Option(help="Also serve the OpenAI-compatible API and page on this port")
+    ] = None,
+    api_host: Annotated[str, typer.Option(help="Address the API binds (with --api-port)")] = "127.0.0.1",
+    api_key: ApiKey = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -47,6 +56,29 @@ def node(
     _node.run_node(
         model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
         region=region, price=price, memory_mb=memory_mb, mdns=mdns, json_out=json_out,
+        api_port=api_port, api_host=api_host, api_key=api_key,
+    )
+
+
+@app.command()
+def gateway(
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free port)")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; other than loopback needs --api-key")] = (
+        "127.0.0.1"
+    ),
+    home: Home = None,
+    bootstrap: Bootstrap = None,
+    api_key: ApiKey = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to look for peers for a request")] = 10.0,
+    mdns: Mdns = True,
+    json_out: Json = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1) and a web page (/) in front of the network."""
+    setup_logging(verbose)
+    _gateway.run_gateway(
+        host=host, port=port, home=home, bootstrap=bootstrap or [], api_key=api_key,
+        timeout=timeout, mdns=mdns, json_out=json_out,
     )
 
 

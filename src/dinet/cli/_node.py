@@ -9,7 +9,9 @@ import typer
 from pydantic import ValidationError
 
 from dinet.cli._common import fail, print_json, run
+from dinet.cli._gateway import describe, gateway_settings
 from dinet.config import NodeSettings
+from dinet.gateway import GatewayStarted, serve_gateway
 from dinet.node.service import NodeStarted, serve_node
 
 
@@ -22,13 +24,19 @@ def run_node(
     threads: int,
     region: str,
     price: float,
+    max_concurrent: int,
+    max_queue: int,
     memory_mb: int | None,
     mdns: bool,
     json_out: bool,
+    api_port: int | None = None,
+    api_host: str = "127.0.0.1",
+    api_key: str | None = None,
 ) -> None:
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
         "mdns": mdns, "model": model, "memory_mb": memory_mb,
+        "max_concurrent": max_concurrent, "max_queue": max_queue,
     }
     if listen:
         given["listen"] = listen
@@ -38,20 +46,33 @@ def run_node(
         settings = NodeSettings.model_validate(given)
     except ValidationError as exc:
         fail(f"invalid setting {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+    # Checked before the node starts, so a bad API setting fails at once.
+    api = None if api_port is None else gateway_settings(
+        host=api_host, port=api_port, home=settings.home, api_key=api_key, mdns=False,
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             started: NodeStarted = await nursery.start(serve_node, settings)
+            gateway: GatewayStarted | None = None
+            if api is not None:
+                own = [a for a in started.addrs if a.startswith("/ip4/127.0.0.1/")] or started.addrs
+                joined = api.model_copy(update={"bootstrap": own[:1]})
+                gateway = await nursery.start(serve_gateway, joined)
             if json_out:
                 print_json(
                     {"peer_id": started.peer_id, "addrs": started.addrs,
-                     "model_id": started.model_id, "model_hash": started.model_hash}
+                     "model_id": started.model_id, "model_hash": started.model_hash,
+                     **({"api": gateway.url} if gateway else {})}
                 )
             else:
                 typer.echo(f"peer id  {started.peer_id}")
                 typer.echo(f"model    {started.model_id} ({started.model_hash[:16]}…)")
                 for addr in started.addrs:
                     typer.echo(f"listen   {addr}")
+                if gateway is not None:
+                    for line in describe(gateway):
+                        typer.echo(line)
                 typer.echo(f"home     {settings.home}   (Ctrl-C to stop)")
 
     run(main)

@@ -1,0 +1,301 @@
+"""The gateway's ASGI app: the OpenAI-compatible API, metrics, and the web page.
+
+Runs under trio (hypercorn's trio worker) in the same process as the libp2p client,
+so handlers call `dinet.client.ask` directly.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, cast
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from dinet.client.ask import Answer, ask
+from dinet.config import GatewaySettings
+from dinet.errors import ModelNotFound, RequestError, Unauthorized
+from dinet.gateway import _openai as oa
+from dinet.gateway._errors import ApiError, api_error, first_dinet_error
+from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
+from dinet.gateway._peers import NetworkView
+from dinet.wire.messages import TokenFrame
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1_000_000
+PEER_HEADER = "x-dinet-peer"
+
+Event = TokenFrame | Answer
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Gateway:
+    def __init__(self, view: NetworkView, settings: GatewaySettings) -> None:
+        self.view = view
+        self.settings = settings
+        self.metrics = GatewayMetrics(lambda: len(view.network.directory.manifests()))
+        self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def endpoint(self, name: str, fn: Handler, *, auth: bool = True) -> Handler:
+        """`fn` with the API key checked, errors as OpenAI error objects, and counted."""
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                if auth:
+                    self._authorize(request)
+                response = await fn(request)
+            except Exception as exc:
+                error = first_dinet_error(exc)
+                if error is None:
+                    logger.exception("unexpected error answering %s", name)
+                    response = self._error(ApiError(500, "server_error", "internal_error",
+                                                    "internal error in the gateway"))
+                else:
+                    response = self._error(api_error(error))
+            self.metrics.requests.labels(name, str(response.status_code)).inc()
+            return response
+
+        return wrapped
+
+    def _authorize(self, request: Request) -> None:
+        if self._key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
+
+    def _error(self, error: ApiError) -> JSONResponse:
+        self.metrics.errors.labels(error.code).inc()
+        headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": self.view.models()})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        for entry in self.view.models():
+            if entry["id"] == name:
+                return JSONResponse(entry)
+        raise ModelNotFound(f"no peer offers model {name!r}")
+
+    async def network(self, request: Request) -> Response:
+        return JSONResponse(self.view.snapshot())
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, "chat")
+
+    async def completion(self, request: Request) -> Response:
+        return await self._complete(request, "completion")
+
+    async def _complete(self, request: Request, kind: oa.Kind) -> Response:
+        arrived = time.perf_counter()
+        parsed = oa.parse_request(kind, await _json_body(request))
+        params = oa.generation_params(parsed, self.settings.default_max_tokens)
+        choice = await self.view.resolve(parsed.model)
+        attempts: list[str] = []
+        # `ask` is an async generator (annotated as an iterator): it must be closed.
+        events = cast(AsyncGenerator[Event, None], ask(
+            self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
+            discover_timeout=self.settings.discover_timeout_s,
+            request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
+        ))
+        # Wait for the first event before answering, so that a request no peer can take
+        # gets a proper status code rather than an error inside a 200 stream.
+        try:
+            first = await events.__anext__()
+        except BaseException:
+            await events.aclose()
+            raise
+        tracker = _Tracker(self.metrics, arrived)
+        tracker.see(first)
+        response_id, created = oa.new_id(kind), oa.now()
+        if not parsed.stream:
+            async with aclosing(events):
+                answer = first if isinstance(first, Answer) else None
+                async for event in events:
+                    tracker.see(event)
+                    if isinstance(event, Answer):
+                        answer = event
+            assert answer is not None  # ask always ends with its Answer
+            tracker.finish(answer)
+            return JSONResponse(oa.full_response(kind, response_id, created, answer),
+                                headers={PEER_HEADER: answer.peer_id})
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        stream = _SseStream(self, kind, response_id, created, parsed.model, first, events, tracker,
+                            include_usage)
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        if attempts:
+            # The peer that sent the first token; the last chunk's `dinet.peer_id` names
+            # the one that finished the answer (they differ only after a failover).
+            headers[PEER_HEADER] = attempts[-1]
+        return _EventStreamResponse(stream.run, headers)
+
+
+class _Tracker:
+    """Times one answer for the metrics."""
+
+    def __init__(self, metrics: GatewayMetrics, arrived: float) -> None:
+        self.metrics = metrics
+        self.arrived = arrived
+        self.first_at: float | None = None
+        self.tokens = 0
+
+    def see(self, event: Event) -> None:
+        if isinstance(event, TokenFrame):
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+                self.metrics.ttft.observe(self.first_at - self.arrived)
+            self.tokens += 1
+
+    def finish(self, answer: Answer) -> None:
+        self.metrics.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(answer.usage.completion_tokens)
+        if self.first_at is not None and self.tokens > 1:
+            self.metrics.time_per_token.observe((time.perf_counter() - self.first_at) / (self.tokens - 1))
+
+
+class _SseStream:
+    """The body of a streamed answer: one `data:` event per token, then `data: [DONE]`."""
+
+    def __init__(self, gateway: _Gateway, kind: oa.Kind, response_id: str, created: int, model: str,
+                 first: Event, events: AsyncGenerator[Event, None], tracker: _Tracker,
+                 include_usage: bool) -> None:
+        self.gateway, self.kind, self.response_id, self.created = gateway, kind, response_id, created
+        self.model, self.first, self.events, self.tracker = model, first, events, tracker
+        self.include_usage = include_usage
+
+    def _event(self, payload: dict[str, object]) -> bytes:
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    async def run(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        sent_first = False
+        try:
+            async with aclosing(self.events):
+                event: Event | None = self.first
+                while event is not None:
+                    if isinstance(event, TokenFrame):
+                        if event.text:
+                            await write(self._event(oa.chunk(
+                                self.kind, self.response_id, self.created, self.model, event.text,
+                                first=not sent_first)))
+                            sent_first = True
+                    else:
+                        await self._finish(event, write)
+                        return
+                    event = await anext(self.events, None)
+                    if event is not None:
+                        self.tracker.see(event)
+        except Exception as exc:
+            error = first_dinet_error(exc)
+            if error is None:
+                logger.exception("unexpected error while streaming")
+                raise
+            api = api_error(error)
+            self.gateway.metrics.errors.labels(api.code).inc()
+            await write(self._event(api.body()))
+
+    async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self.tracker.finish(answer)
+        last = oa.chunk(self.kind, self.response_id, self.created, answer.model_id, None,
+                        finish_reason=answer.finish_reason)
+        last["dinet"] = oa.dinet_extra(answer)
+        if not self.include_usage:
+            last["usage"] = oa.usage(answer)
+        await write(self._event(last))
+        if self.include_usage:
+            usage_chunk = oa.chunk(self.kind, self.response_id, self.created, answer.model_id, None)
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = oa.usage(answer)
+            await write(self._event(usage_chunk))
+        await write(b"data: [DONE]\n\n")
+
+
+class _EventStreamResponse(Response):
+    """A text/event-stream response that stops its producer when the client goes away."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
+                 headers: dict[str, str]) -> None:
+        super().__init__(None, status_code=200, headers=headers)
+        # The length is unknown: drop the `content-length: 0` Starlette adds for an empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._produce = produce
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            await self._produce(write)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestError(f"request body above {MAX_BODY_BYTES} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"request body above {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
+    """The ASGI app of a gateway in front of `view`'s network."""
+    gw = _Gateway(view, settings)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/v1/models", gw.endpoint("models", gw.models), methods=["GET"]),
+        Route("/v1/models/{model:path}", gw.endpoint("model", gw.model), methods=["GET"]),
+        Route("/v1/chat/completions", gw.endpoint("chat", gw.chat), methods=["POST"]),
+        Route("/v1/completions", gw.endpoint("completions", gw.completion), methods=["POST"]),
+        Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
+        Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.state.gateway = gw
+    return app
+

@@ -1,0 +1,67 @@
+"""dinet errors as OpenAI error objects: classes, never message text, decide the status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dinet.errors import (
+    AnswerTimedOut,
+    DinetError,
+    InferenceError,
+    ModelNotFound,
+    PeerError,
+    RemoteError,
+    RequestError,
+    RoutingError,
+    Unauthorized,
+)
+
+
+@dataclass(frozen=True)
+class ApiError:
+    status: int
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        }
+
+
+# First match wins: subclasses before their bases.
+_MAP: tuple[tuple[type[DinetError], int, str, str], ...] = (
+    (Unauthorized, 401, "authentication_error", "invalid_api_key"),
+    (RequestError, 400, "invalid_request_error", "invalid_request"),
+    (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (RoutingError, 503, "service_unavailable", "no_capable_peer"),
+    (AnswerTimedOut, 504, "timeout", "answer_timed_out"),
+    (PeerError, 502, "upstream_error", "peer_failed"),
+    (InferenceError, 502, "upstream_error", "inference_failed"),
+)
+
+
+def api_error(exc: DinetError) -> ApiError:
+    """The OpenAI error object and HTTP status for one of our errors."""
+    if isinstance(exc, RemoteError) and exc.code == "bad_request":
+        # The serving node refused the request itself (e.g. a prompt too long for its context).
+        return ApiError(400, "invalid_request_error", "invalid_request", exc.message)
+    param = exc.param if isinstance(exc, RequestError) else None
+    for cls, status, kind, code in _MAP:
+        if isinstance(exc, cls):
+            return ApiError(status, kind, code, str(exc), param)
+    return ApiError(500, "server_error", "internal_error", str(exc))
+
+
+def first_dinet_error(exc: BaseException) -> DinetError | None:
+    """Our error, or the first one inside trio's exception groups."""
+    if isinstance(exc, DinetError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_dinet_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,44 @@
+"""Prometheus metrics of one gateway, in a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class GatewayMetrics:
+    def __init__(self, peers_known: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dinet_gateway_requests", "HTTP API requests answered, by endpoint and status",
+            ["endpoint", "status"], registry=self.registry,
+        )
+        self.tokens = Counter(
+            "dinet_gateway_tokens", "Tokens processed, by kind (prompt or completion)",
+            ["kind"], registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "dinet_gateway_time_to_first_token_seconds",
+            "From a request's arrival to its first token", buckets=_TTFT_BUCKETS, registry=self.registry,
+        )
+        self.time_per_token = Histogram(
+            "dinet_gateway_time_per_output_token_seconds",
+            "Per-token latency after the first token (one observation per answer: its mean)",
+            buckets=_TPOT_BUCKETS, registry=self.registry,
+        )
+        self.errors = Counter(
+            "dinet_gateway_errors", "Errors answered, by kind (OpenAI error code)",
+            ["kind"], registry=self.registry,
+        )
+        self.peers = Gauge("dinet_gateway_peers_known", "Peers with a valid manifest", registry=self.registry)
+        self.peers.set_function(lambda: float(peers_known()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

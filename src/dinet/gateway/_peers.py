@@ -1,0 +1,137 @@
+"""The gateway's view of the network: kept fresh, and summarised for /v1/models and the page.
+
+A client learns manifests when it joins, but they expire after a TTL and carry load
+figures that age in seconds. A gateway lives long, so it asks a few known peers for
+their directories every `refresh_s`, which also measures its round trip to each.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import trio
+
+from dinet.client.network import Network
+from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
+from dinet.p2p.discovery import dial_any
+from dinet.wire.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+REFRESH_FANOUT = 4
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a request's `model` names: a model id, or one exact version by its hash."""
+
+    model_id: str | None
+    model_hash: str | None
+
+
+class NetworkView:
+    def __init__(self, network: Network, bootstrap: list[str], discover_timeout_s: float) -> None:
+        self.network = network
+        self._bootstrap = bootstrap
+        self._discover_timeout_s = discover_timeout_s
+        self.started_at = time.time()
+
+    @property
+    def peer_id(self) -> str:
+        return self.network.host.get_id().to_base58()
+
+    def manifests(self) -> list[Manifest]:
+        return sorted(self.network.directory.manifests(), key=lambda m: m.peer_id)
+
+    async def keep_fresh(self, every_s: float) -> None:
+        """Refresh manifests and round trips until cancelled."""
+        while True:
+            await self.refresh()
+            await trio.sleep(every_s)
+
+    async def refresh(self) -> None:
+        network = self.network
+        known = network.directory.manifests()
+        if not known and self._bootstrap:
+            try:
+                for peer_id in await dial_any(network.host, self._bootstrap):
+                    await self._learn(peer_id)
+            except DinetError as exc:
+                logger.debug("bootstrap peers unreachable: %s", exc)
+            known = network.directory.manifests()
+        unprobed = [m for m in known if m.peer_id not in network.rtt_ms]
+        probed = [m.peer_id for m in known if m.peer_id in network.rtt_ms]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.probe_all, unprobed)
+            for peer_id in random.sample(probed, min(REFRESH_FANOUT, len(probed))):
+                nursery.start_soon(self._learn, peer_id)
+
+    async def _learn(self, peer_id: str) -> None:
+        try:
+            await self.network.learn_from(peer_id)
+        except DinetError as exc:
+            logger.info("peer %s did not answer a refresh: %s", peer_id, exc)
+            self.network.rtt_ms.pop(peer_id, None)
+            self.network.directory.remove(peer_id)
+
+    async def resolve(self, name: str) -> ModelChoice:
+        """The model a request names. ModelNotFound if peers are known but none offers it;
+        NoCapablePeer if no peer at all is found in time."""
+        if not self.network.directory.manifests():
+            await self.network.discover(None, None, timeout=self._discover_timeout_s)
+        offers = [o for m in self.network.directory.manifests() for o in m.models]
+        if any(o.model_id == name for o in offers):
+            return ModelChoice(name, None)
+        if any(o.model_hash == name for o in offers):
+            return ModelChoice(None, name)
+        if not offers:
+            raise NoCapablePeer("no peer of the network is reachable now")
+        available = sorted({o.model_id for o in offers})
+        raise ModelNotFound(f"no peer offers model {name!r}; available: {', '.join(available)}")
+
+    def models(self) -> list[dict[str, object]]:
+        """One entry per model id, with how many peers serve it and in which versions."""
+        by_id: dict[str, dict[str, object]] = {}
+        for m in self.manifests():
+            for offer in m.models:
+                entry = by_id.setdefault(offer.model_id, {
+                    "id": offer.model_id, "object": "model", "created": 0, "owned_by": "dinet",
+                    "peers": 0, "model_hashes": [], "quantization": offer.quantization,
+                    "context": offer.context,
+                })
+                entry["peers"] = int(entry["peers"]) + 1  # type: ignore[call-overload]
+                hashes = entry["model_hashes"]
+                assert isinstance(hashes, list)
+                if offer.model_hash not in hashes:
+                    hashes.append(offer.model_hash)
+        return [by_id[k] for k in sorted(by_id)]
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything the page's network view shows."""
+        now = time.time()
+        peers = []
+        for m in self.manifests():
+            rtt = self.network.rtt_ms.get(m.peer_id)
+            peers.append({
+                "peer_id": m.peer_id,
+                "region": m.region,
+                "version": m.version,
+                "models": [{"model_id": o.model_id, "model_hash": o.model_hash,
+                            "quantization": o.quantization} for o in m.models],
+                "load": {"active": m.load.active, "queued": m.load.queued},
+                "max_concurrent": m.max_concurrent,
+                "tokens_per_s": m.tokens_per_s,
+                "ttft_ms": m.ttft_ms,
+                "rtt_ms": None if rtt is None else round(rtt, 2),
+                "price_per_token": m.price_per_token,
+                "reputation": None,  # filled in once the trust layer keeps scores
+                "age_s": round(max(0.0, now - m.issued_at), 1),
+            })
+        return {
+            "gateway": {"peer_id": self.peer_id, "uptime_s": round(now - self.started_at, 1)},
+            "peers": peers,
+            "models": self.models(),
+        }

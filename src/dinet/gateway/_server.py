@@ -1,0 +1,54 @@
+"""Running a gateway: a libp2p client and an HTTP server in one trio nursery."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from dinet.client.network import Network, open_network
+from dinet.config import GatewaySettings
+from dinet.gateway._app import build_app
+from dinet.gateway._peers import NetworkView
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayStarted:
+    url: str  # e.g. http://127.0.0.1:8000
+    peer_id: str  # the gateway's own libp2p identity (a client, not a serving peer)
+
+
+async def serve_gateway(
+    settings: GatewaySettings,
+    *,
+    task_status: trio.TaskStatus[GatewayStarted] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
+) -> None:
+    """Serve the OpenAI-compatible API and the web page until cancelled.
+
+    Reports GatewayStarted once the HTTP server listens.
+    """
+    async with open_network(settings) as network:
+        await _serve_on(network, settings, task_status)
+
+
+async def _serve_on(
+    network: Network, settings: GatewaySettings, task_status: trio.TaskStatus[GatewayStarted]  # type: ignore[name-defined]
+) -> None:
+    view = NetworkView(network, settings.bootstrap, settings.discover_timeout_s)
+    await view.refresh()
+    app = build_app(view, settings)
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(view.keep_fresh, settings.refresh_s)
+        binds: list[str] = await nursery.start(serve, app, config)
+        url = binds[0]
+        logger.info("gateway listening on %s", url)
+        task_status.started(GatewayStarted(url, view.peer_id))
