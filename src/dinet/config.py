@@ -32,6 +32,9 @@ class NodeSettings(CommonSettings):
     max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
     max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
+    scrub_mb_s: float = Field(
+        default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"
+    )
 
 
 class ClientSettings(CommonSettings):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinet.cli import _ask, _demo, _gateway, _node
+from dinet.cli import _ask, _demo, _gateway, _model, _node
 from dinet.cli._common import setup_logging
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ ApiKey = Annotated[
     str | None,
     typer.Option(envvar="DINET_API_KEY", help="Require 'Authorization: Bearer KEY' on the HTTP API"),
 ]
+
+app.add_typer(_model.app, name="model")
 
 
 @app.command()

@@ -1,0 +1,395 @@
+"""Pulling a model from peers over `/dinet/chunks/1`: several peers at once, every
+chunk checked against the manifest before it touches the disk, resumable.
+
+Each peer gets one stream and a worker that takes batches of missing chunks from
+a shared queue. A peer that sends bytes not matching a chunk's hash is banned for
+the rest of the pull and its batch goes back to the queue for the others; a peer
+whose stream breaks is dropped the same way. Memory stays at about one chunk per
+peer: chunks are written in place as they arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from libp2p.abc import IHost
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.peer.id import ID
+
+from dinet.errors import (
+    BadChunk,
+    DinetError,
+    ManifestError,
+    PeerError,
+    PeerUnreachable,
+    PullFailed,
+    RemoteError,
+)
+from dinet.models.manifest import chunk_offsets, verify_model_manifest
+from dinet.models.store import ModelStore, StoredModel
+from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.discovery import (
+    dial,
+    dial_any,
+    fetch_manifests,
+    find_model_providers,
+    peer_info_from,
+    running_dht,
+)
+from dinet.p2p.host import build_host, running_host
+from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
+from dinet.p2p.streams import FramedStream
+from dinet.wire.chunks import (
+    MAX_BATCH,
+    ChunkHeader,
+    ChunkRequest,
+    ModelManifest,
+    ModelManifestQuery,
+    SignedModelManifest,
+    decode_chunk_reply,
+)
+from dinet.wire.ids import CHUNKS_PROTOCOL
+from dinet.wire.messages import ErrorFrame
+
+logger = logging.getLogger(__name__)
+
+STREAM_TIMEOUT_S = 10.0  # opening a stream, or silence in the middle of a batch
+BATCH_BYTES = 4 << 20
+
+Progress = Callable[[int, int], None]  # (bytes verified so far, total bytes)
+
+
+@dataclass
+class PeerStats:
+    chunks: int = 0
+    bytes: int = 0
+    bad_chunks: int = 0
+    dropped: str | None = None  # why this peer stopped being asked
+
+
+@dataclass
+class PullReport:
+    model_hash: str
+    model_id: str
+    path: Path
+    total_chunks: int
+    reused_chunks: int  # already verified on disk, or copied from another stored version
+    fetched_chunks: int
+    fetched_bytes: int
+    seconds: float
+    peers: dict[str, PeerStats] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "model_hash": self.model_hash,
+            "model_id": self.model_id,
+            "path": str(self.path),
+            "total_chunks": self.total_chunks,
+            "reused_chunks": self.reused_chunks,
+            "fetched_chunks": self.fetched_chunks,
+            "fetched_bytes": self.fetched_bytes,
+            "seconds": round(self.seconds, 3),
+            "peers": {p: vars(s) for p, s in self.peers.items()},
+        }
+
+
+async def _open(host: IHost, peer_id: str) -> FramedStream:
+    try:
+        with trio.fail_after(STREAM_TIMEOUT_S):
+            stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(CHUNKS_PROTOCOL)])
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"{peer_id} did not open a chunk stream") from None
+    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
+        raise PeerUnreachable(f"{peer_id}: cannot open a chunk stream: {exc}") from None
+    return FramedStream(stream)
+
+
+async def _reply(framed: FramedStream) -> SignedModelManifest | ChunkHeader | ErrorFrame:
+    with trio.fail_after(STREAM_TIMEOUT_S):
+        payload = await framed.receive()
+    if payload is None:
+        raise PeerError(f"{framed.remote_peer} closed the chunk stream mid-answer")
+    reply = decode_chunk_reply(payload)
+    if isinstance(reply, ErrorFrame):
+        raise RemoteError(reply.code, reply.message)
+    return reply
+
+
+async def fetch_model_manifest(host: IHost, peers: Sequence[str], model_hash: str) -> SignedModelManifest:
+    """The signed manifest of `model_hash` from the first peer that gives a valid one."""
+    problems = []
+    for peer_id in peers:
+        try:
+            framed = await _open(host, peer_id)
+            try:
+                await framed.send(ModelManifestQuery(model_hash=model_hash))
+                reply = await _reply(framed)
+            finally:
+                await framed.close()
+            if not isinstance(reply, SignedModelManifest):
+                raise PeerError(f"{peer_id} answered a manifest query with {reply.kind!r}")
+            verify_model_manifest(reply, model_hash)
+            return reply
+        except (DinetError, trio.TooSlowError) as exc:
+            problems.append(f"{peer_id[:12]}…: {exc or 'timed out'}")
+    raise PullFailed(
+        f"no peer gave a valid manifest for {model_hash[:16]}…: " + "; ".join(problems or ["no peers"])
+    )
+
+
+class _Transfer:
+    """Missing chunks of one file, fetched from several peers into `target` in place."""
+
+    def __init__(
+        self,
+        host: IHost,
+        manifest: ModelManifest,
+        target: Path,
+        missing: list[int],
+        progress: Progress | None,
+        max_rate: float | None,
+    ) -> None:
+        self._host = host
+        self._m = manifest
+        self._offsets = chunk_offsets(manifest)
+        self._target = target
+        self._queue = deque(missing)
+        self._remaining = set(missing)
+        self._progress = progress
+        self._max_rate = max_rate
+        self._done_bytes = manifest.file_size - sum(manifest.chunk_sizes[i] for i in missing)
+        self._fetched = 0
+        self._start = time.monotonic()
+        self.peers: dict[str, PeerStats] = {}
+
+    async def run(self, peers: Sequence[str]) -> None:
+        fd = os.open(self._target, os.O_RDWR)
+        try:
+            self._report()
+            async with trio.open_nursery() as nursery:
+                for peer_id in dict.fromkeys(peers):
+                    self.peers[peer_id] = PeerStats()
+                    nursery.start_soon(self._worker, peer_id, fd)
+        finally:
+            os.close(fd)
+        if self._remaining:
+            why = "; ".join(f"{p[:12]}…: {s.dropped}" for p, s in self.peers.items() if s.dropped)
+            raise PullFailed(f"{len(self._remaining)} chunks could not be fetched ({why or 'no peers'})")
+
+    def _take(self) -> list[int]:
+        batch: list[int] = []
+        size = 0
+        while self._queue and len(batch) < MAX_BATCH and size < BATCH_BYTES:
+            index = self._queue.popleft()
+            batch.append(index)
+            size += self._m.chunk_sizes[index]
+        return batch
+
+    async def _worker(self, peer_id: str, fd: int) -> None:
+        stats = self.peers[peer_id]
+        batch: list[int] = []
+        try:
+            framed = await _open(self._host, peer_id)
+            try:
+                while self._remaining:
+                    batch = self._take()
+                    if not batch:
+                        await trio.sleep(0.05)  # others hold the last batches; they may fail
+                        continue
+                    await framed.send(ChunkRequest(model_hash=self._m.model_hash, indices=tuple(batch)))
+                    while batch:
+                        await self._receive(framed, batch[0], fd, stats)
+                        batch.pop(0)
+            finally:
+                await framed.close()
+        except (DinetError, trio.TooSlowError) as exc:
+            if isinstance(exc, BadChunk):
+                stats.bad_chunks += 1
+            stats.dropped = str(exc) or "timed out"
+            logger.warning("dropping %s from this pull: %s", peer_id, stats.dropped)
+            self._queue.extendleft(reversed(batch))
+
+    async def _receive(self, framed: FramedStream, index: int, fd: int, stats: PeerStats) -> None:
+        header = await _reply(framed)
+        size = self._m.chunk_sizes[index]
+        if not isinstance(header, ChunkHeader) or header.index != index or header.size != size:
+            raise BadChunk(f"expected chunk {index} of {size} bytes, got {header.kind} {header!r:.80}")
+        with trio.fail_after(STREAM_TIMEOUT_S):
+            data = await framed.receive()
+        if data is None or len(data) != size:
+            raise PeerError(f"chunk {index} truncated ({0 if data is None else len(data)} of {size} bytes)")
+        ok = await trio.to_thread.run_sync(self._check_and_write, fd, index, data)
+        if not ok:
+            raise BadChunk(f"chunk {index} does not match its hash")
+        if index in self._remaining:
+            self._remaining.discard(index)
+            self._done_bytes += size
+        stats.chunks += 1
+        stats.bytes += size
+        self._fetched += size
+        self._report()
+        if self._max_rate:
+            ahead = self._fetched / self._max_rate - (time.monotonic() - self._start)
+            if ahead > 0:
+                await trio.sleep(ahead)
+
+    def _check_and_write(self, fd: int, index: int, data: bytes) -> bool:
+        if hashlib.sha256(data).hexdigest() != self._m.chunk_hashes[index]:
+            return False
+        os.pwrite(fd, data, self._offsets[index])
+        return True
+
+    def _report(self) -> None:
+        if self._progress:
+            self._progress(self._done_bytes, self._m.file_size)
+
+
+async def fetch_chunks(
+    host: IHost,
+    manifest: ModelManifest,
+    target: Path,
+    missing: list[int],
+    peers: Sequence[str],
+    *,
+    progress: Progress | None = None,
+    max_rate: float | None = None,
+) -> dict[str, PeerStats]:
+    """Fetch chunks `missing` of `manifest` from `peers` into the file `target`."""
+    transfer = _Transfer(host, manifest, target, missing, progress, max_rate)
+    await transfer.run(peers)
+    return transfer.peers
+
+
+async def pull_model(
+    host: IHost,
+    store: ModelStore,
+    model_hash: str,
+    peers: Sequence[str],
+    *,
+    progress: Progress | None = None,
+    max_rate: float | None = None,
+) -> PullReport:
+    """Make `model_hash` complete in `store`, fetching what it lacks from `peers`."""
+    start = time.monotonic()
+    existing = await trio.to_thread.run_sync(store.get, model_hash)
+    if existing is not None and existing.complete:
+        m = existing.manifest
+        return PullReport(
+            model_hash, m.model_id, existing.path, len(m.chunk_hashes), len(m.chunk_hashes), 0, 0, 0.0
+        )
+    signed = existing.signed if existing else await fetch_model_manifest(host, peers, model_hash)
+    stored: StoredModel = await trio.to_thread.run_sync(store.begin, signed)
+    m = stored.manifest
+    missing = await trio.to_thread.run_sync(lambda: store.bad_chunks(stored, partial=True))
+    missing = await trio.to_thread.run_sync(store.seed_from_local, stored, missing)
+    stats = await fetch_chunks(
+        host, m, stored.part_path, missing, peers, progress=progress, max_rate=max_rate
+    )
+    await trio.to_thread.run_sync(store.finish, stored)
+    fetched = sum(m.chunk_sizes[i] for i in missing)
+    return PullReport(
+        model_hash,
+        m.model_id,
+        stored.path,
+        len(m.chunk_hashes),
+        len(m.chunk_hashes) - len(missing),
+        len(missing),
+        fetched,
+        time.monotonic() - start,
+        stats,
+    )
+
+
+async def find_holders(host: IHost, dht: KadDHT, directory: PeerDirectory, model_hash: str) -> list[str]:
+    """Connected peers that say they hold `model_hash`: DHT provider records and manifests."""
+    own = host.get_id().to_base58()
+    addrs: dict[str, list[str]] = {}
+    for manifest in directory.manifests():
+        if any(o.model_hash == model_hash for o in manifest.models):
+            addrs.setdefault(manifest.peer_id, list(manifest.addrs))
+    try:
+        providers = await find_model_providers(dht, model_hash)
+    except Exception as exc:  # the DHT raises assorted types when nobody answers
+        logger.debug("DHT lookup failed: %s", exc)
+        providers = []
+    for info in providers:
+        addrs.setdefault(info.peer_id.to_base58(), [])
+    reached: list[str] = []
+
+    async def reach(peer_id: str, known: list[str]) -> None:
+        if ID.from_base58(peer_id) in host.get_connected_peers():
+            reached.append(peer_id)
+            return
+        for addr in known:
+            try:
+                await dial(host, peer_info_from(addr))
+                reached.append(peer_id)
+                return
+            except DinetError as exc:
+                logger.debug("holder %s unreachable at %s: %s", peer_id, addr, exc)
+        try:  # the DHT may have told the peerstore how to reach it
+            await dial(host, host.get_peerstore().peer_info(ID.from_base58(peer_id)))
+            reached.append(peer_id)
+        except Exception as exc:  # no addresses known, or the dial failed
+            logger.debug("holder %s unreachable: %s", peer_id, exc)
+
+    async with trio.open_nursery() as nursery:
+        for peer_id, known in addrs.items():
+            if peer_id != own:
+                nursery.start_soon(reach, peer_id, known)
+    return reached
+
+
+@dataclass
+class Swarm:
+    """A short-lived client host for pulling: joined through bootstrap peers, with a DHT."""
+
+    host: IHost
+    dht: KadDHT
+    directory: PeerDirectory
+
+    async def holders(self, model_hash: str) -> list[str]:
+        return await find_holders(self.host, self.dht, self.directory, model_hash)
+
+    async def model_hashes(self, model_id: str) -> list[str]:
+        """Hashes that peers offer under `model_id`, most offered first."""
+        counts: dict[str, int] = {}
+        for manifest in self.directory.manifests():
+            for o in manifest.models:
+                if o.model_id == model_id:
+                    counts[o.model_hash] = counts.get(o.model_hash, 0) + 1
+        return sorted(counts, key=lambda h: -counts[h])
+
+
+@asynccontextmanager
+async def open_swarm(home: Path, bootstrap: Sequence[str], *, mdns: bool = False) -> AsyncIterator[Swarm]:
+    key_pair = load_or_create_identity(home, CLIENT_IDENTITY)
+    host = build_host(key_pair, enable_mdns=mdns)
+    async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
+        swarm = Swarm(host, dht, PeerDirectory())
+        reached = await dial_any(host, list(bootstrap)) if bootstrap else []
+        if bootstrap and not reached:
+            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(bootstrap)})")
+        for peer_id in reached:
+            await dht.routing_table.add_peer(ID.from_base58(peer_id))
+            try:
+                signed, _ = await fetch_manifests(host, peer_id)
+            except DinetError as exc:
+                logger.info("no manifests from %s: %s", peer_id, exc)
+                continue
+            for item in signed:
+                try:
+                    swarm.directory.add(item)
+                except ManifestError as exc:
+                    logger.info("%s passed on a bad manifest: %s", peer_id, exc)
+        yield swarm

@@ -1,0 +1,100 @@
+"""Model manifests: build one from a GGUF file, sign it, and check one from a peer.
+
+The model hash is content: a manifest is trusted for a hash only if its chunk
+hashes rebuild that Merkle root. The publisher's signature says who vouched for
+the metadata (id, version, GGUF summary); the bytes are checked chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import gguf
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+from pydantic import ValidationError
+
+from dinet.errors import ManifestError
+from dinet.models._gguf import GGUFLayout, read_layout
+from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
+from dinet.wire.chunks import GGUFSummary, ModelManifest, SignedModelManifest
+
+
+def summarize(layout: GGUFLayout) -> GGUFSummary:
+    meta = layout.metadata
+    arch = str(meta.get("general.architecture", "unknown"))[:64]
+    file_type = meta.get("general.file_type")
+    try:
+        quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").lower()  # type: ignore[call-overload]
+    except (ValueError, TypeError):
+        quant = "unknown"
+    layers, context = meta.get(f"{arch}.block_count", 0), meta.get(f"{arch}.context_length", 0)
+    return GGUFSummary(
+        architecture=arch,
+        quantization=quant[:32],
+        layers=layers if isinstance(layers, int) else 0,
+        context=context if isinstance(context, int) else 0,
+        license=str(meta.get("general.license", ""))[:128],
+        name=str(meta.get("general.name", ""))[:256],
+    )
+
+
+def build_manifest(path: Path, model_id: str, version: str, key_pair: KeyPair) -> SignedModelManifest:
+    """Chunk, hash and describe the GGUF file at `path`, signed by `key_pair` (blocking)."""
+    layout = read_layout(path)
+    spans = chunk_spans(path)
+    hashes = hash_spans(path, spans)
+    manifest = ModelManifest(
+        model_id=model_id,
+        version=version,
+        model_hash=merkle_root(hashes).hex(),
+        file_size=path.stat().st_size,
+        sha256=file_sha256(path),
+        chunk_size=CHUNK_SIZE,
+        chunk_sizes=tuple(length for _, length in spans),
+        chunk_hashes=tuple(h.hex() for h in hashes),
+        gguf=summarize(layout),
+        publisher=ID.from_pubkey(key_pair.public_key).to_base58(),
+        created_at=time.time(),
+    )
+    body = manifest.model_dump_json()
+    signature = key_pair.private_key.sign(body.encode())
+    return SignedModelManifest(body=body, signature=base64.b64encode(signature).decode())
+
+
+def verify_model_manifest(signed: SignedModelManifest, model_hash: str | None = None) -> ModelManifest:
+    """The manifest inside `signed` if it is signed by its publisher, self-consistent
+    and (when given) for `model_hash`; ManifestError otherwise."""
+    try:
+        manifest = ModelManifest.model_validate_json(signed.body)
+    except ValidationError as exc:
+        raise ManifestError(f"malformed model manifest: {exc.errors()[0]['msg']}") from None
+    try:
+        key = ID.from_base58(manifest.publisher).extract_public_key()
+        signature = base64.b64decode(signed.signature, validate=True)
+        valid = key is not None and bool(key.verify(signed.body.encode(), signature))
+    except Exception:  # base58, multihash, base64 and nacl raise assorted types
+        valid = False
+    if not valid:
+        raise ManifestError(f"model manifest signature does not match publisher {manifest.publisher}")
+    if model_hash is not None and manifest.model_hash != model_hash:
+        raise ManifestError(f"manifest is for {manifest.model_hash[:16]}…, not {model_hash[:16]}…")
+    if len(manifest.chunk_sizes) != len(manifest.chunk_hashes):
+        raise ManifestError("model manifest lists a different number of chunk sizes and hashes")
+    if sum(manifest.chunk_sizes) != manifest.file_size:
+        raise ManifestError("model manifest chunk sizes do not add up to the file size")
+    if any(not 0 < s <= manifest.chunk_size for s in manifest.chunk_sizes):
+        raise ManifestError("model manifest has a chunk outside (0, chunk_size]")
+    if merkle_root([bytes.fromhex(h) for h in manifest.chunk_hashes]).hex() != manifest.model_hash:
+        raise ManifestError("model manifest chunk hashes do not give its model hash")
+    return manifest
+
+
+def chunk_offsets(manifest: ModelManifest) -> list[int]:
+    offsets, at = [], 0
+    for size in manifest.chunk_sizes:
+        offsets.append(at)
+        at += size
+    return offsets

@@ -1,0 +1,209 @@
+"""The chunk store in a node's home: one directory per model version, named by its hash.
+
+    HOME/models/<model hash>/manifest.json   the signed model manifest
+    HOME/models/<model hash>/model.gguf      the file, once every chunk is verified
+    HOME/models/<model hash>/model.gguf.part a file being pulled (sparse; chunks land in place)
+
+A partial file needs no journal: resuming re-hashes its chunks and keeps those
+that match, so whatever a killed pull wrote and verified is never fetched again.
+All methods here block (file I/O, hashing): call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from libp2p.crypto.keys import KeyPair
+
+from dinet.errors import ManifestError, ModelCorrupted, ModelNotFound
+from dinet.models.hashing import file_sha256, model_hash
+from dinet.models.manifest import build_manifest, chunk_offsets, verify_model_manifest
+from dinet.wire.chunks import ModelManifest, SignedModelManifest
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.gguf"
+PART_FILE = "model.gguf.part"
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    manifest: ModelManifest
+    signed: SignedModelManifest
+    directory: Path
+
+    @property
+    def model_hash(self) -> str:
+        return self.manifest.model_hash
+
+    @property
+    def path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+    @property
+    def part_path(self) -> Path:
+        return self.directory / PART_FILE
+
+    @property
+    def complete(self) -> bool:
+        return self.path.is_file()
+
+
+class ModelStore:
+    def __init__(self, home: Path) -> None:
+        self.root = home / "models"
+
+    def _dir(self, model_hash: str) -> Path:
+        if not _HASH.match(model_hash):
+            raise ModelNotFound(f"not a model hash: {model_hash!r}")
+        return self.root / model_hash
+
+    def get(self, model_hash: str) -> StoredModel | None:
+        directory = self._dir(model_hash)
+        try:
+            signed = SignedModelManifest.model_validate_json((directory / MANIFEST_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ModelCorrupted(f"unreadable manifest in {directory}: {exc}") from None
+        try:
+            return StoredModel(verify_model_manifest(signed, model_hash), signed, directory)
+        except ManifestError as exc:
+            raise ModelCorrupted(f"bad manifest in {directory}: {exc}") from None
+
+    def models(self) -> list[StoredModel]:
+        if not self.root.is_dir():
+            return []
+        found = [self.get(d.name) for d in sorted(self.root.iterdir()) if _HASH.match(d.name)]
+        return sorted((m for m in found if m), key=lambda m: (m.manifest.model_id, m.manifest.created_at))
+
+    def find(self, ref: str, *, complete: bool = True) -> StoredModel:
+        """A model by hash, hash prefix (8+ hex digits) or id (the newest version of it)."""
+        models = [m for m in self.models() if m.complete or not complete]
+        if _HASH.match(ref):
+            hits = [m for m in models if m.model_hash == ref]
+        elif re.match(r"^[0-9a-f]{8,63}$", ref) and any(m.model_hash.startswith(ref) for m in models):
+            hits = [m for m in models if m.model_hash.startswith(ref)]
+        else:
+            hits = [m for m in models if m.manifest.model_id == ref][-1:]
+        if len(hits) != 1:
+            what = "no" if not hits else "more than one"
+            raise ModelNotFound(f"{what} stored model matches {ref!r} (see `din model list`)")
+        return hits[0]
+
+    def import_file(
+        self, path: Path, key_pair: KeyPair, *, model_id: str | None = None, version: str | None = None
+    ) -> StoredModel:
+        """Chunk, hash and copy the GGUF at `path` into the store (a no-op if it is there)."""
+        digest = model_hash(path)
+        known = self.get(digest)
+        if known is not None and known.complete:
+            return known
+        signed = build_manifest(path, model_id or path.stem.lower(), version or digest[:12], key_pair)
+        manifest = verify_model_manifest(signed)
+        directory = self._dir(manifest.model_hash)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (MODEL_FILE + ".tmp")
+        shutil.copyfile(path, tmp)
+        if file_sha256(tmp) != manifest.sha256:
+            tmp.unlink()
+            raise ModelCorrupted(f"{path} changed while it was being imported")
+        self._write_manifest(directory, signed)
+        tmp.replace(directory / MODEL_FILE)
+        (directory / PART_FILE).unlink(missing_ok=True)
+        return StoredModel(manifest, signed, directory)
+
+    def _write_manifest(self, directory: Path, signed: SignedModelManifest) -> None:
+        tmp = directory / (MANIFEST_FILE + ".tmp")
+        tmp.write_text(signed.model_dump_json())
+        tmp.replace(directory / MANIFEST_FILE)
+
+    def begin(self, signed: SignedModelManifest) -> StoredModel:
+        """Make room for a model to be pulled: its manifest and a sparse partial file."""
+        manifest = verify_model_manifest(signed)
+        directory = self._dir(manifest.model_hash)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / MANIFEST_FILE).exists():
+            self._write_manifest(directory, signed)
+        stored = self.get(manifest.model_hash)
+        assert stored is not None
+        if not stored.complete:
+            with stored.part_path.open("ab") as f:
+                f.truncate(manifest.file_size)
+        return stored
+
+    def bad_chunks(self, stored: StoredModel, *, partial: bool = False) -> list[int]:
+        """Indices of chunks whose bytes do not match the manifest (re-hashes the whole file)."""
+        path = stored.part_path if partial else stored.path
+        m = stored.manifest
+        bad = []
+        with path.open("rb") as f:
+            for index, (offset, size) in enumerate(zip(chunk_offsets(m), m.chunk_sizes, strict=True)):
+                f.seek(offset)
+                if hashlib.sha256(f.read(size)).hexdigest() != m.chunk_hashes[index]:
+                    bad.append(index)
+        return bad
+
+    def chunk_ok(self, stored: StoredModel, index: int) -> bool:
+        m = stored.manifest
+        with stored.path.open("rb") as f:
+            f.seek(chunk_offsets(m)[index])
+            return hashlib.sha256(f.read(m.chunk_sizes[index])).hexdigest() == m.chunk_hashes[index]
+
+    def read_chunk(self, stored: StoredModel, index: int) -> bytes:
+        """Chunk `index` of a complete model, checked against its hash (ModelCorrupted if not)."""
+        m = stored.manifest
+        with stored.path.open("rb") as f:
+            f.seek(chunk_offsets(m)[index])
+            data = f.read(m.chunk_sizes[index])
+        if hashlib.sha256(data).hexdigest() != m.chunk_hashes[index]:
+            raise ModelCorrupted(f"chunk {index} of {m.model_hash[:16]}… does not match its hash")
+        return data
+
+    def seed_from_local(self, stored: StoredModel, wanted: list[int]) -> list[int]:
+        """Copy chunks that other stored models already hold (an update by diff).
+
+        Returns the indices still missing afterwards.
+        """
+        target = stored.manifest
+        have: dict[str, tuple[Path, int, int]] = {}
+        for other in self.models():
+            if other.complete and other.model_hash != target.model_hash:
+                m = other.manifest
+                for h, offset, size in zip(m.chunk_hashes, chunk_offsets(m), m.chunk_sizes, strict=True):
+                    have.setdefault(h, (other.path, offset, size))
+        offsets = chunk_offsets(target)
+        missing = []
+        fd = os.open(stored.part_path, os.O_RDWR)
+        try:
+            for index in wanted:
+                source = have.get(target.chunk_hashes[index])
+                data = _read_at(*source) if source else b""
+                if source and hashlib.sha256(data).hexdigest() == target.chunk_hashes[index]:
+                    os.pwrite(fd, data, offsets[index])
+                else:
+                    missing.append(index)
+        finally:
+            os.close(fd)
+        return missing
+
+    def finish(self, stored: StoredModel) -> StoredModel:
+        """Check the whole pulled file's sha256 and make it the model file."""
+        if file_sha256(stored.part_path) != stored.manifest.sha256:
+            raise ModelCorrupted(f"pulled file for {stored.model_hash[:16]}… fails its sha256")
+        stored.part_path.replace(stored.path)
+        return stored
+
+    def remove(self, stored: StoredModel) -> None:
+        shutil.rmtree(stored.directory)
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(size)

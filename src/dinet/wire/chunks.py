@@ -1,0 +1,100 @@
+"""Messages of `/dinet/chunks/1`: model manifests and verified chunks of model files.
+
+A chunk travels as a `chunk` frame (JSON) followed by one raw frame holding
+exactly `size` bytes of the file; everything else is a JSON frame.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from dinet.errors import MalformedMessage
+from dinet.wire.messages import ErrorFrame, Message
+
+MAX_CHUNK = 1 << 20  # a chunk's bytes fill one frame at most
+MAX_CHUNKS = 8192  # per model: 8 GiB of 1 MiB chunks keeps a manifest under the frame cap
+MAX_BATCH = 16  # chunks asked for in one request
+HASH_HEX = r"^[0-9a-f]{64}$"
+
+Sha256Hex = Annotated[str, Field(pattern=HASH_HEX)]
+
+
+class GGUFSummary(Message):
+    architecture: str = Field(max_length=64)
+    quantization: str = Field(max_length=32)
+    layers: int = Field(ge=0)
+    context: int = Field(ge=0)
+    license: str = Field(max_length=128)
+    name: str = Field(max_length=256)
+
+
+class ModelManifest(Message):
+    """What a model version is: its bytes, chunk by chunk, and what the GGUF says."""
+
+    model_id: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
+    model_hash: Sha256Hex  # Merkle root over chunk_hashes
+    file_size: int = Field(ge=0)
+    sha256: Sha256Hex
+    chunk_size: int = Field(ge=1, le=MAX_CHUNK)  # the largest a chunk may be
+    chunk_sizes: tuple[int, ...] = Field(max_length=MAX_CHUNKS)
+    chunk_hashes: tuple[Sha256Hex, ...] = Field(max_length=MAX_CHUNKS)
+    gguf: GGUFSummary
+    publisher: str = Field(min_length=1, max_length=128)  # peer id whose key signed it
+    created_at: float
+
+
+class SignedModelManifest(Message):
+    kind: Literal["model_manifest"] = "model_manifest"
+    body: str = Field(max_length=900_000)
+    signature: str = Field(max_length=256)
+
+
+class ModelManifestQuery(Message):
+    kind: Literal["model_manifest_query"] = "model_manifest_query"
+    model_hash: Sha256Hex
+
+
+class ChunkRequest(Message):
+    kind: Literal["chunk_request"] = "chunk_request"
+    model_hash: Sha256Hex
+    indices: tuple[Annotated[int, Field(ge=0, lt=MAX_CHUNKS)], ...] = Field(
+        min_length=1, max_length=MAX_BATCH
+    )
+
+
+class ChunkHeader(Message):
+    """Announces the raw frame that follows: chunk `index`, `size` bytes."""
+
+    kind: Literal["chunk"] = "chunk"
+    index: int = Field(ge=0, lt=MAX_CHUNKS)
+    size: int = Field(ge=0, le=MAX_CHUNK)
+
+
+ChunkQuery = Annotated[ModelManifestQuery | ChunkRequest, Field(discriminator="kind")]
+ChunkReply = Annotated[SignedModelManifest | ChunkHeader | ErrorFrame, Field(discriminator="kind")]
+
+_query: TypeAdapter[ModelManifestQuery | ChunkRequest] = TypeAdapter(ChunkQuery)
+_reply: TypeAdapter[SignedModelManifest | ChunkHeader | ErrorFrame] = TypeAdapter(ChunkReply)
+
+
+def decode_chunk_query(payload: bytes) -> ModelManifestQuery | ChunkRequest:
+    try:
+        return _query.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def decode_chunk_reply(payload: bytes) -> SignedModelManifest | ChunkHeader | ErrorFrame:
+    try:
+        return _reply.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def _brief(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"invalid message at {where}: {first['msg']}"[:300]
