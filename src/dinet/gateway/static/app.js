@@ -1,0 +1,235 @@
+// dinet's page: chat through the gateway's own OpenAI API, and a live view of the peers.
+// Plain JavaScript, no build step, nothing loaded from outside this gateway.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const history = [];
+let apiKey = localStorage.getItem("dinet-api-key") || "";
+let lastServedBy = null;
+let busy = false;
+
+function headers(extra = {}) {
+  return apiKey ? { ...extra, authorization: `Bearer ${apiKey}` } : extra;
+}
+
+function shortId(id) {
+  return id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id;
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function needKey() {
+  $("key-form").hidden = false;
+  $("status").textContent = "this gateway needs an API key";
+  $("live-dot").className = "dot down";
+}
+
+// ---- network view ----------------------------------------------------------------------
+
+async function refreshNetwork() {
+  let snapshot;
+  try {
+    const reply = await fetch("/api/network", { headers: headers() });
+    if (reply.status === 401) return needKey();
+    if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
+    snapshot = await reply.json();
+  } catch (err) {
+    $("live-dot").className = "dot down";
+    $("status").textContent = `gateway unreachable (${err.message})`;
+    return;
+  }
+  $("key-form").hidden = true;
+  renderPeers(snapshot.peers);
+  renderModels(snapshot.models);
+  const peers = snapshot.peers.length;
+  $("live-dot").className = peers ? "dot live" : "dot down";
+  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`;
+  $("peer-count").textContent = `${peers} peer${peers === 1 ? "" : "s"}`;
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function renderPeers(peers) {
+  const body = $("peers").tBodies[0];
+  body.replaceChildren();
+  if (!peers.length) {
+    const row = el("tr", "empty");
+    const cell = el("td", "", "No peers found yet: looking…");
+    cell.colSpan = 9;
+    row.append(cell);
+    body.append(row);
+    return;
+  }
+  for (const p of peers) {
+    const row = el("tr", p.peer_id === lastServedBy ? "served" : "");
+    row.dataset.peer = p.peer_id;
+    const id = el("td", "peer-id", shortId(p.peer_id));
+    id.title = p.peer_id;
+    const models = el("td");
+    for (const m of p.models) {
+      const tag = el("span", "tag", m.model_id);
+      tag.title = `${m.quantization} · ${m.model_hash}`;
+      models.append(tag);
+    }
+    const load = el("td");
+    const used = p.load.active + p.load.queued;
+    const wrap = el("div", "load");
+    const track = el("div", "bar-track");
+    const fill = el("div", used >= p.max_concurrent ? "bar-fill busy" : "bar-fill");
+    fill.style.width = `${Math.min(100, (100 * used) / Math.max(1, p.max_concurrent))}%`;
+    track.append(fill);
+    wrap.append(track, el("span", "", `${p.load.active}+${p.load.queued}/${p.max_concurrent}`));
+    load.append(wrap);
+    row.append(
+      id,
+      el("td", "", p.region),
+      models,
+      load,
+      el("td", "num", p.tokens_per_s ? p.tokens_per_s.toFixed(1) : "–"),
+      el("td", "num", p.rtt_ms == null ? "–" : `${p.rtt_ms.toFixed(1)} ms`),
+      el("td", "num", p.ttft_ms ? `${Math.round(p.ttft_ms)} ms` : "–"),
+      el("td", "num", p.price_per_token ? p.price_per_token.toPrecision(2) : "free"),
+      el("td", "num", p.reputation == null ? "–" : p.reputation.toFixed(2)),
+    );
+    body.append(row);
+  }
+}
+
+function renderModels(models) {
+  const select = $("model");
+  const chosen = select.value;
+  const ids = models.map((m) => m.id);
+  if (ids.join() === [...select.options].map((o) => o.value).join()) return;
+  select.replaceChildren(...models.map((m) => {
+    const option = el("option", "", `${m.id} (${m.peers} peer${m.peers === 1 ? "" : "s"})`);
+    option.value = m.id;
+    return option;
+  }));
+  if (ids.includes(chosen)) select.value = chosen;
+}
+
+// ---- chat ------------------------------------------------------------------------------
+
+function addMessage(role, text) {
+  $("hint")?.remove();
+  const box = el("div", `msg ${role}`);
+  const body = el("span", "text", text);
+  box.append(body);
+  $("messages").append(box);
+  box.scrollIntoView({ block: "end" });
+  return box;
+}
+
+async function send(prompt) {
+  const model = $("model").value;
+  if (!model) {
+    addMessage("error", "No model is offered by the network yet: wait for a peer to appear.");
+    return;
+  }
+  history.push({ role: "user", content: prompt });
+  addMessage("user", prompt);
+  const box = addMessage("assistant streaming", "");
+  const text = box.querySelector(".text");
+  const started = performance.now();
+  let firstAt = null;
+  let final = null;
+  let usage = null;
+  try {
+    const reply = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: headers({ "content-type": "application/json" }),
+      body: JSON.stringify({ model, messages: history, stream: true, max_tokens: 256, temperature: 0 }),
+    });
+    if (reply.status === 401) needKey();
+    if (!reply.ok) {
+      const problem = await reply.json().catch(() => ({}));
+      throw new Error(problem.error?.message || `HTTP ${reply.status}`);
+    }
+    const peer = reply.headers.get("x-dinet-peer");
+    if (peer) box.dataset.peer = peer;
+    const reader = reply.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, cut).trim();
+        buffer = buffer.slice(cut + 2);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const event = JSON.parse(data);
+        if (event.error) throw new Error(event.error.message);
+        if (event.usage) usage = event.usage;
+        const choice = event.choices?.[0];
+        if (choice?.delta?.content) {
+          firstAt ??= performance.now();
+          text.textContent += choice.delta.content;
+          box.dataset.chunks = String(Number(box.dataset.chunks || 0) + 1);
+          box.scrollIntoView({ block: "end" });
+        }
+        if (choice?.finish_reason) final = event;
+      }
+    }
+    box.classList.remove("streaming");
+    history.push({ role: "assistant", content: text.textContent });
+    if (final?.dinet) {
+      const info = final.dinet;
+      lastServedBy = info.peer_id;
+      box.dataset.peer = info.peer_id;
+      const meta = el("div", "meta");
+      meta.dataset.testid = "answer-meta";
+      meta.append("served by ", el("code", "", shortId(info.peer_id)));
+      meta.lastChild.title = info.peer_id;
+      const tokens = usage ? `${usage.completion_tokens} tokens · ` : "";
+      meta.append(` · ${tokens}${info.tokens_per_s.toFixed(1)} tok/s · first token after ${Math.round((firstAt ?? performance.now()) - started)} ms`);
+      box.append(meta);
+      box.scrollIntoView({ block: "end" });
+    }
+  } catch (err) {
+    box.remove();
+    history.pop();
+    addMessage("error", `Could not answer: ${err.message}`);
+  }
+  refreshNetwork();
+}
+
+$("composer").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt || busy) return;
+  busy = true;
+  $("send").disabled = true;
+  $("prompt").value = "";
+  try {
+    await send(prompt);
+  } finally {
+    busy = false;
+    $("send").disabled = false;
+    $("prompt").focus();
+  }
+});
+
+$("prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKey = $("key-input").value.trim();
+  localStorage.setItem("dinet-api-key", apiKey);
+  refreshNetwork();
+});
+
+refreshNetwork();
+setInterval(refreshNetwork, 1500);
