@@ -1,0 +1,92 @@
+"""The real 98 MB model between real `din node` processes: multi-peer pull, resume
+after kill -9, a fresh node that pulls before serving, and self-healing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+from tests.helpers import chat, raw_host, request_replies
+
+from dinet.models.hashing import file_sha256
+from dinet.models.store import ModelStore
+from dinet.node.local_mesh import start_node
+from dinet.wire.messages import EndFrame
+
+
+def pull_args(home, mesh, *extra: str) -> list[str]:
+    model_hash = mesh.nodes[0].model_hash
+    args = [sys.executable, "-m", "dinet", "model", "pull", model_hash, "--json", "--no-mdns"]
+    args += ["--home", str(home)]
+    for addr in mesh.bootstrap[:1]:
+        args += ["--bootstrap", addr]
+    return args + list(extra)
+
+
+def test_pull_from_several_peers_gives_the_exact_file(tmp_path, mesh):
+    done = subprocess.run(pull_args(tmp_path, mesh), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["fetched_chunks"] == report["total_chunks"] == 302
+    serving = [p for p, s in report["peers"].items() if s["chunks"] > 0]
+    assert len(serving) >= 2 and set(serving) <= {n.peer_id for n in mesh.nodes}
+    stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash)
+    assert file_sha256(stored.path) == stored.manifest.sha256
+
+
+def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tmp_path, mesh):
+    process = subprocess.Popen(pull_args(tmp_path, mesh, "--max-rate", "20"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("{") and (event := json.loads(line))["done_bytes"] >= 0.3 * event["total_bytes"]:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(pull_args(tmp_path, mesh), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    total = event["total_bytes"]
+    assert report["reused_chunks"] > 0 and total - report["fetched_bytes"] >= 0.3 * total
+    assert report["fetched_chunks"] == report["total_chunks"] - report["reused_chunks"]
+    stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash)
+    assert file_sha256(stored.path) == stored.manifest.sha256
+
+
+@pytest.fixture(scope="module")
+def fresh_node(tmp_path_factory, mesh):
+    """A node started with an empty home and only the model's hash: it pulls, then serves."""
+    node = start_node(tmp_path_factory.mktemp("fresh"), bootstrap=mesh.bootstrap[:1],
+                      extra_args=["--model", mesh.nodes[0].model_hash], env={"DINET_SCRUB_MB_S": "100"})
+    yield node
+    node.stop()
+
+
+async def test_a_fresh_node_pulls_the_model_then_serves_it(fresh_node, mesh):
+    assert fresh_node.model_hash == mesh.nodes[0].model_hash
+    stored = ModelStore(fresh_node.home).find(fresh_node.model_hash)
+    assert file_sha256(stored.path) == stored.manifest.sha256
+    async with raw_host() as host:
+        replies = await request_replies(host, fresh_node.addr, chat("Say hi.", max_tokens=4))
+    assert isinstance(replies[-1], EndFrame) and replies[-1].model_hash == fresh_node.model_hash
+
+
+async def test_a_corrupted_chunk_is_detected_refetched_and_service_resumes(fresh_node):
+    store = ModelStore(fresh_node.home)
+    stored = store.find(fresh_node.model_hash)
+    with stored.path.open("r+b") as f:  # flip bytes in the middle of chunk 150
+        f.seek(sum(stored.manifest.chunk_sizes[:150]) + 1000)
+        f.write(b"\xde\xad\xbe\xef" * 4)
+    with trio.fail_after(90):
+        while "repaired: back in service" not in fresh_node.log_path.read_text(errors="replace"):
+            await trio.sleep(0.5)
+    log = fresh_node.log_path.read_text(errors="replace")
+    assert "chunk 150 of" in log and "out of service until repaired" in log
+    assert store.bad_chunks(stored) == []
+    async with raw_host() as host:
+        replies = await request_replies(host, fresh_node.addr, chat("Say hi.", max_tokens=4))
+    assert isinstance(replies[-1], EndFrame)
