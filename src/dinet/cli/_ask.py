@@ -37,6 +37,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "ttft_ms": round(answer.ttft_ms, 2),
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
+        "max_tokens_capped": answer.max_tokens_capped,
     }
 
 
@@ -52,9 +53,13 @@ def run_ask(
     top_p: float,
     seed: int,
     timeout: float,
+    deadline: float | None,
+    policy: str,
     mdns: bool,
     json_out: bool,
 ) -> None:
+    if policy not in ("latency", "throughput", "cost"):
+        fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
         params = GenerationParams(
             messages=(ChatMessage(role="user", content=prompt),), max_tokens=max_tokens,
@@ -67,8 +72,12 @@ def run_ask(
     async def main() -> None:
         async with open_network(settings) as network:
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
-                                   discover_timeout=timeout):
+                                   discover_timeout=timeout, deadline_s=deadline,
+                                   policy=policy):  # type: ignore[arg-type]
                 if isinstance(event, Answer):
+                    if event.max_tokens_capped is not None and not json_out:
+                        typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
+                                    f"within {deadline:g} s)", fg="yellow", err=True)
                     if json_out:
                         print_json(answer_json(event))
                     else:

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 5.0
 FIRST_FRAME_MIN_S = 5.0
+BUSY_PAUSE_S = 0.2
 BETWEEN_FRAMES_MIN_S = 2.0
 # Codes after which another peer may well succeed.
 _RETRYABLE = {"busy", "engine_crashed", "internal", "unknown_model"}
@@ -59,6 +60,7 @@ class Answer:
     ttft_ms: float
     tokens_per_s: float
     peers_tried: tuple[str, ...]
+    max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
 
 
 async def ask(
@@ -70,13 +72,16 @@ async def ask(
     discover_timeout: float = 10.0,
     request_timeout: float = 120.0,
     policy: Policy = "latency",
+    deadline_s: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
-    A peer that refuses, breaks, or stalls is backed off and the answer continues
-    on the next-best peer from the tokens already produced. `on_attempt` is told
-    each peer id as it is asked.
+    A peer that breaks or stalls is backed off and the answer continues on the
+    next-best peer from the tokens already produced; a busy peer is skipped for a
+    moment. With `deadline_s`, max_tokens is capped to what the chosen peer can
+    produce in that time (the Answer says so). `on_attempt` is told each peer id
+    as it is asked.
     """
     await network.discover(model_id, model_hash, timeout=discover_timeout)
     request_id = uuid.uuid4().hex
@@ -87,13 +92,24 @@ async def ask(
     last_error: Exception | None = None
     # A deadline, not a cancel scope: a scope must not span this generator's yields.
     deadline = trio.current_time() + request_timeout
+    broken: set[str] = set()  # failed during this request: not asked again
+    busy: set[str] = set()  # refused for lack of room: asked again after a pause
+    capped_to: int | None = None
 
     while True:
         remaining = params.max_tokens - len(tokens)
-        candidates = [p for p in network.candidates(model_id, model_hash) if p.peer_id not in tried]
+        candidates = [p for p in network.candidates(model_id, model_hash) if p.peer_id not in broken | busy]
+        if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
+            await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
+            busy.clear()
+            continue
         if not candidates:
             break
         peer = rank_peers(candidates, remaining, policy, limit=1)[0]
+        if deadline_s is not None and capped_to is None:
+            capped_to = token_budget(peer, deadline_s)
+            if capped_to < params.max_tokens:
+                params = params.model_copy(update={"max_tokens": capped_to})
         tried.append(peer.peer_id)
         if on_attempt is not None:
             on_attempt(peer.peer_id)
@@ -128,6 +144,7 @@ async def ask(
                     ttft_ms=((first_token_at or time.perf_counter()) - started) * 1e3,
                     tokens_per_s=tokens_per_s,
                     peers_tried=tuple(tried),
+                    max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
                 )
                 return
         except AnswerTimedOut:
@@ -136,10 +153,14 @@ async def ask(
             if exc.code not in _RETRYABLE:
                 raise
             last_error = exc
+            if exc.code == "busy":
+                busy.add(peer.peer_id)
+                continue
         except (PeerError, MalformedMessage) as exc:
             last_error = exc
         finally:
             record.in_flight -= 1
+        broken.add(peer.peer_id)
         backoff = network.health.failed(peer.peer_id, trio.current_time())
         logger.info(
             "peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
@@ -152,6 +173,13 @@ async def ask(
     if last_error is None:
         raise NoCapablePeer(f"no reachable peer serves {wanted}")
     raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+
+def token_budget(peer: PeerView, deadline_s: float) -> int:
+    """How many tokens `peer` can produce within `deadline_s`, by its known speed."""
+    rtt = peer.rtt_ms or 0.0
+    decode_s = deadline_s - (rtt + peer.ttft_ms) / 1000
+    return max(1, int(decode_s * decode_speed(peer)))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dinet.p2p.discovery import (
     peer_info_from,
     running_dht,
 )
-from dinet.p2p.host import build_host, running_host
+from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import PeerView
@@ -151,7 +151,9 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     key_pair = load_or_create_identity(settings.home, CLIENT_IDENTITY)
     host = build_host(key_pair, enable_mdns=settings.mdns)
     async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
-        network = Network(host, dht)
+        network = Network(
+            host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs))
+        )
         reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
         if settings.bootstrap and not reached:
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")

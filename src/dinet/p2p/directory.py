@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from dinet.wire.manifest import MAX_DIRECTORY, Manifest, SignedManifest, verify_manifest
 
 
 class PeerDirectory:
-    def __init__(self, own_peer_id: str | None = None) -> None:
+    def __init__(
+        self,
+        own_peer_id: str | None = None,
+        on_moved: Callable[[Manifest], None] | None = None,
+    ) -> None:
         self._own = own_peer_id
+        # Told when a peer appears or its addresses change, so dialing can follow it.
+        self._on_moved = on_moved
         self._entries: dict[str, tuple[Manifest, SignedManifest]] = {}
         # Peers seen dead, with when: others may still pass on their unexpired manifests,
         # which are ignored; only a manifest issued after that moment brings a peer back.
@@ -32,6 +39,9 @@ class PeerDirectory:
                 self._prune(now)
             if held is not None or len(self._entries) < MAX_DIRECTORY:
                 self._entries[manifest.peer_id] = (manifest, signed)
+                moved = held is None or held[0].addrs != manifest.addrs
+                if moved and self._on_moved is not None and manifest.peer_id != self._own:
+                    self._on_moved(manifest)
         return manifest, held is None
 
     def remove(self, peer_id: str, *, dead: bool = False) -> None:

@@ -12,6 +12,7 @@ from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.utils.address_validation import expand_wildcard_address
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 # py-libp2p keeps a slot per inbound connection for the host's whole life and
 # refuses new ones past max_connections: set it far beyond any real lifetime.
 _MAX_CONNECTIONS = 1_000_000
+_ADDR_TTL_S = 600
 
 
 def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
@@ -78,3 +80,19 @@ def full_addrs(host: IHost) -> list[str]:
             concrete = [base]
         out += [f"{c}/p2p/{peer}" for c in concrete if f"{c}/p2p/{peer}" not in out]
     return out
+
+
+def remember_addrs(host: IHost, peer_id: str, addrs: Sequence[str]) -> None:
+    """Tell libp2p where a peer is now, and forget that dials to it failed before.
+
+    A restarted peer comes back on a new port; py-libp2p would otherwise keep
+    dialing its old addresses and refuse to dial it at all for 60 s after a failure.
+    """
+    target = ID.from_base58(peer_id)
+    bare = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+    peerstore = host.get_peerstore()
+    peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
+    peerstore.add_addrs(target, bare, _ADDR_TTL_S)
+    failed_dials = getattr(host.get_network(), "_negative_peer_cache", None)
+    if failed_dials is not None:
+        failed_dials.evict(str(target))

@@ -9,6 +9,7 @@ still be probed, less and less often, and it returns the moment it answers.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,29 +54,35 @@ class LivenessWatch:
     async def run(self) -> None:
         while True:
             now = trio.current_time()
+            present = [m.peer_id for m in self.directory.manifests()]
+            # One peer a round also shares what it knows: peers that joined or moved.
+            sharer = random.choice(present) if present else None
             async with trio.open_nursery() as nursery:
-                for manifest in self.directory.manifests():
-                    nursery.start_soon(self._probe_present, manifest.peer_id)
+                for peer_id in present:
+                    nursery.start_soon(self._probe_present, peer_id, peer_id == sharer)
                 for peer_id, entry in list(self.absent.items()):
                     if entry.retry_at <= now:
                         nursery.start_soon(self._probe_absent, peer_id, entry)
             await trio.sleep(self.interval)
 
-    async def _probe(self, peer_id: str) -> float | None:
+    async def _probe(self, peer_id: str, share: bool = False) -> float | None:
         try:
             signed, rtt_ms = await fetch_manifests(
-                self.host, peer_id, include_known=False, timeout=self.timeout
+                self.host, peer_id, include_known=share, timeout=self.timeout
             )
             for item in signed:
-                self.directory.add(item)
+                try:
+                    self.directory.add(item)
+                except ManifestError as exc:
+                    logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
             return rtt_ms
-        except (DinetError, ManifestError) as exc:
+        except DinetError as exc:
             logger.debug("probe of %s failed: %s", peer_id, exc)
             return None
 
-    async def _probe_present(self, peer_id: str) -> None:
+    async def _probe_present(self, peer_id: str, share: bool) -> None:
         manifest = self.directory.get(peer_id)
-        rtt_ms = await self._probe(peer_id)
+        rtt_ms = await self._probe(peer_id, share)
         self.on_probe(peer_id, rtt_ms)
         if rtt_ms is not None:
             self._misses.pop(peer_id, None)

@@ -1,0 +1,168 @@
+"""Chaos with real node processes: killed, frozen and full nodes never cost an answer."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import Counter
+
+import pytest
+import trio
+
+from dinet.client.ask import Answer, ask
+from dinet.client.network import open_network
+from dinet.config import ClientSettings
+from dinet.node.local_mesh import LocalMesh, NodeProcess, start_node
+from tests.helpers import chat
+
+PROMPTS = ["Tell me about the moon.", "Describe a busy market in the morning."]
+MAX_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def chaos_mesh(tmp_path_factory):
+    """Three nodes of our own: these tests kill, freeze and restart them."""
+    with LocalMesh(tmp_path_factory.mktemp("chaos"), size=3, threads=1) as mesh:
+        yield mesh
+
+
+def settings_for(tmp_path, mesh) -> ClientSettings:
+    return ClientSettings(home=tmp_path / "client", bootstrap=mesh.bootstrap, mdns=False)
+
+
+def variants():
+    """Each prompt greedy and with seeded sampling."""
+    for prompt in PROMPTS:
+        yield chat(prompt, max_tokens=MAX_TOKENS)
+        yield chat(prompt, max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.95, seed=1234)
+
+
+async def run(network, params, **kwargs) -> tuple[str, Answer]:
+    text, answer = "", None
+    async for event in ask(network, params, **kwargs):
+        if isinstance(event, Answer):
+            answer = event
+        else:
+            text += event.text
+    assert answer is not None and answer.text == text
+    return text, answer
+
+
+def node_by_id(mesh: LocalMesh, peer_id: str) -> NodeProcess:
+    return next(n for n in mesh.nodes if n.peer_id == peer_id)
+
+
+async def restart(mesh: LocalMesh, dead: NodeProcess, network) -> None:
+    """Start a killed node again from its home (same identity, new port), and wait
+    until the client has heard of it at its new address."""
+    dead.stop()
+    others = [n.addr for n in mesh.nodes if n is not dead and n.process.poll() is None]
+    fresh = await trio.to_thread.run_sync(lambda: start_node(dead.home, bootstrap=others[:1]))
+    mesh.nodes[mesh.nodes.index(dead)] = fresh
+    with trio.fail_after(30):
+        while True:
+            manifest = network.directory.get(fresh.peer_id)
+            usable = {p.peer_id for p in network.candidates(None, None)}
+            if manifest is not None and fresh.addr in manifest.addrs and fresh.peer_id in usable:
+                return
+            await trio.sleep(0.2)
+
+
+async def wait_for_candidates(network, count: int, timeout: float = 30.0) -> set[str]:
+    with trio.fail_after(timeout):
+        while len(found := {p.peer_id for p in network.candidates(None, None)}) < count:
+            await trio.sleep(0.2)
+    return found
+
+
+async def test_killing_the_serving_node_mid_answer_never_changes_the_text(tmp_path, chaos_mesh):
+    rng = random.Random(20)
+    async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
+        await wait_for_candidates(network, 3)
+        references = [(await run(network, params))[0] for params in variants()]
+        for i in range(20):
+            params = list(variants())[i % 4]
+            kill_after = rng.randint(1, MAX_TOKENS - 2)
+            attempts: list[str] = []
+            victim: NodeProcess | None = None
+            text = ""
+            async for event in ask(network, params, on_attempt=attempts.append):
+                if isinstance(event, Answer):
+                    answer = event
+                    continue
+                text += event.text
+                if event.index == kill_after and victim is None:
+                    victim = node_by_id(chaos_mesh, attempts[-1])
+                    os.kill(victim.process.pid, signal.SIGKILL)
+            assert victim is not None
+            assert text == answer.text == references[i % 4], f"request {i} killed after {kill_after}"
+            assert answer.peer_id != victim.peer_id and len(answer.peers_tried) >= 2
+            await restart(chaos_mesh, victim, network)
+
+
+async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, chaos_mesh):
+    async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
+        everyone = await wait_for_candidates(network, 3)
+        reference, _ = await run(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS))
+        # Freeze the node serving an answer, mid-answer: the answer goes on elsewhere.
+        attempts: list[str] = []
+        frozen: NodeProcess | None = None
+        text = ""
+        try:
+            async for event in ask(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS),
+                                   on_attempt=attempts.append):
+                if isinstance(event, Answer):
+                    answer = event
+                    continue
+                text += event.text
+                if event.index == 5 and frozen is None:
+                    frozen = node_by_id(chaos_mesh, attempts[-1])
+                    os.kill(frozen.process.pid, signal.SIGSTOP)
+            assert frozen is not None
+            assert text == reference and answer.peer_id != frozen.peer_id
+            # Detected within 5 s: it leaves the client's view...
+            with trio.fail_after(5):
+                while frozen.peer_id in {p.peer_id for p in network.candidates(None, None)}:
+                    await trio.sleep(0.1)
+            # ...and requests meanwhile are served by the others.
+            served = {(await run(network, chat("Say hi.", max_tokens=4)))[1].peer_id for _ in range(3)}
+            assert frozen.peer_id not in served
+        finally:
+            if frozen is not None:
+                os.kill(frozen.process.pid, signal.SIGCONT)
+        # Thawed, it is seen again and takes its share of a burst of requests.
+        assert await wait_for_candidates(network, 3) == everyone
+        async with trio.open_nursery() as nursery:
+            results: list[Answer] = []
+
+            async def one() -> None:
+                results.append((await run(network, chat("Count to three.", max_tokens=8)))[1])
+
+            for _ in range(6):
+                nursery.start_soon(one)
+        assert frozen.peer_id in {a.peer_id for a in results}
+
+
+async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chaos_mesh):
+    """30 concurrent requests over 3 equal nodes: each serves its third, within 20%.
+
+    The nodes queue at most 8 requests each beyond the one they generate, so 27 fit
+    at once: the rest are refused as busy and must spill over, not be dropped.
+    """
+    async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
+        await wait_for_candidates(network, 3)
+        answers: list[Answer] = []
+
+        async def one(i: int) -> None:
+            answers.append((await run(network, chat(f"Write the number {i} in words.", max_tokens=12),
+                                      request_timeout=300))[1])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+        assert len(answers) == 30
+        shares = Counter(a.peer_id for a in answers)
+        assert set(shares) == {n.peer_id for n in chaos_mesh.nodes}
+        for peer_id, count in shares.items():
+            assert 8 <= count <= 12, f"{peer_id} served {count} of 30: {dict(shares)}"
