@@ -48,8 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     peers = population(args.peers)
     rows = {
-        "baseline: min by advertised tok/s": timed(lambda: min(peers, key=lambda p: -p.tokens_per_s), args.repeat),
-        "rank_peers, best 3 (what a client uses)": timed(lambda: rank_peers(peers, 128, limit=3), args.repeat),
+        "baseline: min by advertised tok/s": timed(
+            lambda: min(peers, key=lambda p: -p.tokens_per_s), args.repeat
+        ),
+        "rank_peers, best 3 (what a client uses)": timed(
+            lambda: rank_peers(peers, 128, limit=3), args.repeat
+        ),
         "rank_peers, full order, latency": timed(lambda: rank_peers(peers, 128), args.repeat),
         "rank_peers, full order, cost": timed(lambda: rank_peers(peers, 128, "cost"), args.repeat),
     }

@@ -47,7 +47,8 @@ def test_a_fresh_measurement_beats_the_advert_and_a_stale_one_decays():
 
 
 def test_bad_reputation_and_another_region_cost_something():
-    assert order([view("shady", tps=80, reputation=0.1), view("trusted", tps=60, reputation=1.0)])[0] == "trusted"
+    shady, trusted = view("shady", tps=80, reputation=0.1), view("trusted", tps=60, reputation=1.0)
+    assert order([shady, trusted])[0] == "trusted"
     peers = [view("abroad", tps=60, region="us"), view("home", tps=60, region="eu")]
     assert order(peers, max_tokens=16, region="eu")[0] == "home"
 

@@ -41,6 +41,8 @@ def node(
     threads: Annotated[int, typer.Option(help="llama.cpp threads")] = 2,
     region: Annotated[str, typer.Option(help="Region label for the manifest")] = "local",
     price: Annotated[float, typer.Option(help="Price per token, in credits")] = 0.0,
+    max_concurrent: Annotated[int, typer.Option(help="Generations at once")] = 1,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond those; more get 'busy'")] = 8,
     memory_mb: Annotated[
         int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
     ] = None,
@@ -57,7 +59,8 @@ def node(
     setup_logging(verbose)
     _node.run_node(
         model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
-        region=region, price=price, memory_mb=memory_mb, mdns=mdns, json_out=json_out,
+        region=region, price=price, max_concurrent=max_concurrent, max_queue=max_queue,
+        memory_mb=memory_mb, mdns=mdns, json_out=json_out,
         api_port=api_port, api_host=api_host, api_key=api_key,
     )
 
@@ -96,6 +99,10 @@ def ask(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds to look for peers")] = 10.0,
+    deadline: Annotated[
+        float | None, typer.Option(help="Answer within this many seconds: caps max-tokens by peer speed")
+    ] = None,
+    policy: Annotated[str, typer.Option(help="Peer choice: latency, throughput or cost")] = "latency",
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -105,7 +112,7 @@ def ask(
     _ask.run_ask(
         prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-        timeout=timeout, mdns=mdns, json_out=json_out,
+        timeout=timeout, deadline=deadline, policy=policy, mdns=mdns, json_out=json_out,
     )
 
 

@@ -32,7 +32,7 @@ from dinet.p2p.discovery import (
     running_dht,
 )
 from dinet.p2p.gossip import running_pubsub
-from dinet.p2p.host import build_host, full_addrs, running_host
+from dinet.p2p.host import build_host, full_addrs, remember_addrs, running_host
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.p2p.liveness import LivenessWatch
 from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL
@@ -68,7 +68,7 @@ async def serve_node(
     model, model_hash = await prepare_model(settings)  # imported into the store, or pulled from peers
     keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6)
     host = build_host(key_pair, enable_mdns=settings.mdns)
-    directory = PeerDirectory(peer_id)
+    directory = PeerDirectory(peer_id, lambda m: remember_addrs(host, m.peer_id, m.addrs))
 
     engine = WorkerEngine(
         model.path, threads=settings.threads, memory_mb=settings.memory_mb,
