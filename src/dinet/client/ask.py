@@ -34,6 +34,7 @@ from dinet.wire.messages import (
     ErrorFrame,
     GenerationParams,
     InferRequest,
+    QueuedFrame,
     TokenFrame,
     Usage,
     decode_reply,
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 OPEN_TIMEOUT_S = 5.0
 FIRST_FRAME_MIN_S = 5.0
 BUSY_PAUSE_S = 0.2
-BETWEEN_FRAMES_MIN_S = 2.0
+BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
 # Codes after which another peer may well succeed.
 _RETRYABLE = {"busy", "engine_crashed", "internal", "unknown_model"}
 
@@ -191,12 +192,10 @@ class _StallLimits:
 
     @classmethod
     def for_peer(cls, peer: PeerView) -> _StallLimits:
-        speed = decode_speed(peer)
-        answer_s = 256 / speed  # a generous whole answer at its speed
-        # Before its first token a peer may be busy with requests queued ahead of ours.
-        backlog_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
-        first = FIRST_FRAME_MIN_S + peer.ttft_ms / 1000 * 3 + backlog_rounds * answer_s
-        between = max(BETWEEN_FRAMES_MIN_S, 20 / speed)
+        # A queued request hears from its peer every second (a queued frame), so
+        # the first frame is only as late as a prefill on a loaded machine.
+        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000
+        between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
 
 
@@ -227,6 +226,9 @@ async def _stream_from(
             if payload is None:
                 raise PeerError(f"{peer_id} ended the stream without an end frame")
             frame = decode_reply(payload)
+            if isinstance(frame, QueuedFrame):
+                silence_s = limits.first_frame_s  # alive, waiting for a slot
+                continue
             if isinstance(frame, ErrorFrame):
                 raise RemoteError(frame.code, frame.message)
             if isinstance(frame, EndFrame):

@@ -28,9 +28,17 @@ from typing import IO, Literal, NoReturn, Self, TypeAlias
 import trio
 
 from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
-from dinet.errors import EngineCrashed, EngineUnavailable, WireError
+from dinet.errors import EngineCrashed, EngineUnavailable, MalformedMessage, WireError
 from dinet.wire.framing import FrameReader, encode_frame
-from dinet.wire.messages import EndFrame, ErrorFrame, GenerationParams, TokenFrame, decode_reply, encode
+from dinet.wire.messages import (
+    EndFrame,
+    ErrorFrame,
+    GenerationParams,
+    QueuedFrame,
+    TokenFrame,
+    decode_reply,
+    encode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +253,10 @@ class WorkerEngine:
             payload = await worker.frames.read_frame()
             if payload is None:
                 await self._crashed(worker, "its output ended")
-            return decode_reply(payload)
+            reply = decode_reply(payload)
+            if isinstance(reply, QueuedFrame):  # a node's frame, never a worker's
+                raise MalformedMessage("the worker sent a queued frame")
+            return reply
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._crashed(worker, "its output broke")
         except WireError as exc:

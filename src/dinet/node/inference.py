@@ -20,6 +20,7 @@ from dinet.wire.messages import (
     ErrorFrame,
     GenerationParams,
     InferRequest,
+    QueuedFrame,
     TokenFrame,
     decode_request,
 )
@@ -27,6 +28,7 @@ from dinet.wire.messages import (
 logger = logging.getLogger(__name__)
 
 REQUEST_WAIT_S = 10.0  # a stream that sends no request in this time is dropped
+QUEUED_EVERY_S = 1.0
 
 
 class Engine(Protocol):
@@ -83,7 +85,7 @@ class InferenceService:
             await _refuse(framed, "unknown_model", f"this node does not serve {wanted}")
             return
         try:
-            async with self.admission.slot():
+            async with self.admission.slot(while_waiting=lambda: _tell_queued(framed, self.admission)):
                 await self._generate(framed, request)
         except Busy as exc:
             await _refuse(framed, "busy", str(exc))
@@ -128,6 +130,14 @@ class InferenceService:
             await _refuse(framed, "engine_crashed", str(exc))
         except InferenceError as exc:
             await _refuse(framed, "internal", str(exc))
+
+
+async def _tell_queued(framed: FramedStream, admission: Admission) -> None:
+    """While a request waits for a slot, say so every second: the client then knows
+    the peer is alive, just busy, and does not take the wait for a stall."""
+    while True:
+        await framed.send(QueuedFrame(waiting=admission.queued))
+        await trio.sleep(QUEUED_EVERY_S)
 
 
 async def _refuse(framed: FramedStream, code: ErrorCode, message: str) -> None:

@@ -92,15 +92,24 @@ ErrorCode = Literal[
 ]
 
 
+class QueuedFrame(Message):
+    """The request waits for a free slot; sent about once a second while it does."""
+
+    kind: Literal["queued"] = "queued"
+    waiting: int = Field(ge=0)
+
+
 class ErrorFrame(Message):
     kind: Literal["error"] = "error"
     code: ErrorCode
     message: str = Field(max_length=1000)
 
 
-InferReply = Annotated[TokenFrame | EndFrame | ErrorFrame, Field(discriminator="kind")]
+InferReply = Annotated[
+    TokenFrame | EndFrame | ErrorFrame | QueuedFrame, Field(discriminator="kind")
+]
 
-_reply_adapter: TypeAdapter[TokenFrame | EndFrame | ErrorFrame] = TypeAdapter(InferReply)
+_reply_adapter: TypeAdapter[TokenFrame | EndFrame | ErrorFrame | QueuedFrame] = TypeAdapter(InferReply)
 
 
 def decode_request(payload: bytes) -> InferRequest:
@@ -110,7 +119,7 @@ def decode_request(payload: bytes) -> InferRequest:
         raise MalformedMessage(_brief(exc)) from None
 
 
-def decode_reply(payload: bytes) -> TokenFrame | EndFrame | ErrorFrame:
+def decode_reply(payload: bytes) -> TokenFrame | EndFrame | ErrorFrame | QueuedFrame:
     try:
         return _reply_adapter.validate_json(payload)
     except ValidationError as exc:
