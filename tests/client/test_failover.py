@@ -9,12 +9,12 @@ from collections import Counter
 
 import pytest
 import trio
+from tests.helpers import chat
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import LocalMesh, NodeProcess, start_node
-from tests.helpers import chat
 
 PROMPTS = ["Tell me about the moon.", "Describe a busy market in the morning."]
 MAX_TOKENS = 40
