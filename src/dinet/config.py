@@ -28,7 +28,14 @@ class NodeSettings(CommonSettings):
     threads: int = Field(default=2, ge=1, le=256, description="llama.cpp threads for the worker")
     memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
     region: str = Field(default="local", max_length=64, description="Region label in the manifest")
-    price: float = Field(default=0.0, ge=0, description="Price per token, in credits")
+    price: float = Field(default=0.0, ge=0, description="Price per completion token, in credits")
+    prompt_price: float = Field(default=0.0, ge=0, description="Price per prompt token, in credits")
+    priority: bool = Field(
+        default=True, description="Serve waiting clients in order of their standing (tit-for-tat)"
+    )
+    free_allowance: float = Field(
+        default=1.0, ge=0, description="Credits of standing every new peer starts with"
+    )
     max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
     max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
@@ -40,6 +47,9 @@ class NodeSettings(CommonSettings):
 class ClientSettings(CommonSettings):
     discover_timeout_s: float = Field(default=10.0, gt=0, description="How long to look for peers")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
+    max_price: float | None = Field(
+        default=None, ge=0, description="Most credits per token (prompt or completion) to pay a peer"
+    )
 
 
 class GatewaySettings(ClientSettings):

@@ -22,8 +22,12 @@
     │   ├── BadModelFile     not a GGUF file, or a header that contradicts the file
     │   ├── ModelCorrupted   stored bytes that do not match the model's hash
     │   └── PullFailed       no peer could supply every chunk of a model
-    └── RequestError         a user's API request that is malformed or out of range
-        └── Unauthorized     a missing or wrong API key
+    ├── RequestError         a user's API request that is malformed or out of range
+    │   └── Unauthorized     a missing or wrong API key
+    └── LedgerError          the ledger cannot record or prove receipts
+        ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
+        ├── ReplayedReceipt  a receipt, or another for the same request and node, already counted
+        └── LedgerCorrupted  stored rows that fail their own signatures or sums
 
 Callers map classes, never message text, to exit codes and API errors.
 """
@@ -133,4 +137,20 @@ class RequestError(DinetError):
 
 
 class Unauthorized(RequestError):
+    pass
+
+
+class LedgerError(DinetError):
+    pass
+
+
+class BadReceipt(LedgerError):
+    pass
+
+
+class ReplayedReceipt(LedgerError):
+    pass
+
+
+class LedgerCorrupted(LedgerError):
     pass

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinet.cli import _ask, _demo, _gateway, _model, _node
+from dinet.cli import _ask, _demo, _gateway, _ledger, _model, _node
 from dinet.cli._common import setup_logging
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ ApiKey = Annotated[
 ]
 
 app.add_typer(_model.app, name="model")
+app.add_typer(_ledger.app, name="ledger")
 
 
 @app.command()
@@ -40,7 +41,12 @@ def node(
     home: Home = None,
     threads: Annotated[int, typer.Option(help="llama.cpp threads")] = 2,
     region: Annotated[str, typer.Option(help="Region label for the manifest")] = "local",
-    price: Annotated[float, typer.Option(help="Price per token, in credits")] = 0.0,
+    price: Annotated[float, typer.Option(help="Price per completion token, in credits")] = 0.0,
+    prompt_price: Annotated[float, typer.Option(help="Price per prompt token, in credits")] = 0.0,
+    priority: Annotated[
+        bool, typer.Option("--priority/--no-priority", help="Serve waiting peers by standing (tit-for-tat)")
+    ] = True,
+    free_allowance: Annotated[float, typer.Option(help="Credits of standing a new peer starts with")] = 1.0,
     max_concurrent: Annotated[int, typer.Option(help="Generations at once")] = 1,
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond those; more get 'busy'")] = 8,
     memory_mb: Annotated[
@@ -59,7 +65,8 @@ def node(
     setup_logging(verbose)
     _node.run_node(
         model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
-        region=region, price=price, max_concurrent=max_concurrent, max_queue=max_queue,
+        region=region, price=price, prompt_price=prompt_price, priority=priority,
+        free_allowance=free_allowance, max_concurrent=max_concurrent, max_queue=max_queue,
         memory_mb=memory_mb, mdns=mdns, json_out=json_out,
         api_port=api_port, api_host=api_host, api_key=api_key,
     )
@@ -103,6 +110,9 @@ def ask(
         float | None, typer.Option(help="Answer within this many seconds: caps max-tokens by peer speed")
     ] = None,
     policy: Annotated[str, typer.Option(help="Peer choice: latency, throughput or cost")] = "latency",
+    max_price: Annotated[
+        float | None, typer.Option(help="Most credits per token to pay; dearer peers are never used")
+    ] = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -113,6 +123,7 @@ def ask(
         prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         timeout=timeout, deadline=deadline, policy=policy, mdns=mdns, json_out=json_out,
+        max_price=max_price,
     )
 
 

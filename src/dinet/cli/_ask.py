@@ -38,6 +38,8 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
         "max_tokens_capped": answer.max_tokens_capped,
+        "receipts": [r.receipt_id for r in answer.receipts],
+        "refused_receipts": list(answer.refused_receipts),
     }
 
 
@@ -57,7 +59,10 @@ def run_ask(
     policy: str,
     mdns: bool,
     json_out: bool,
+    max_price: float | None = None,
 ) -> None:
+    if max_price is not None and max_price < 0:
+        fail("--max-price cannot be negative")
     if policy not in ("latency", "throughput", "cost"):
         fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
@@ -67,7 +72,7 @@ def run_ask(
         )
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
-    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout)
+    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, max_price=max_price)
 
     async def main() -> None:
         async with open_network(settings) as network:

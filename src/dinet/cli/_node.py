@@ -32,9 +32,13 @@ def run_node(
     api_port: int | None = None,
     api_host: str = "127.0.0.1",
     api_key: str | None = None,
+    prompt_price: float = 0.0,
+    priority: bool = True,
+    free_allowance: float = 1.0,
 ) -> None:
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
+        "prompt_price": prompt_price, "priority": priority, "free_allowance": free_allowance,
         "mdns": mdns, "model": model, "memory_mb": memory_mb,
         "max_concurrent": max_concurrent, "max_queue": max_queue,
     }

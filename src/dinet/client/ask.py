@@ -19,6 +19,8 @@ from libp2p.peer.id import ID
 from dinet.client.network import Network
 from dinet.errors import (
     AnswerTimedOut,
+    BadReceipt,
+    LedgerError,
     MalformedMessage,
     NoCapablePeer,
     PeerError,
@@ -27,9 +29,10 @@ from dinet.errors import (
     RemoteError,
 )
 from dinet.p2p.streams import FramedStream
-from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers
+from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
+    CountersignedReceipt,
     EndFrame,
     ErrorFrame,
     GenerationParams,
@@ -38,7 +41,9 @@ from dinet.wire.messages import (
     TokenFrame,
     Usage,
     decode_reply,
+    encode,
 )
+from dinet.wire.receipt import check_delivery, countersign, request_hash, verify_node_signature
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ class Answer:
     tokens_per_s: float
     peers_tried: tuple[str, ...]
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
+    receipts: tuple[CountersignedReceipt, ...] = ()  # countersigned and kept in the ledger
+    refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
 
 
 async def ask(
@@ -74,6 +81,7 @@ async def ask(
     request_timeout: float = 120.0,
     policy: Policy = "latency",
     deadline_s: float | None = None,
+    max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
@@ -82,8 +90,11 @@ async def ask(
     next-best peer from the tokens already produced; a busy peer is skipped for a
     moment. With `deadline_s`, max_tokens is capped to what the chosen peer can
     produce in that time (the Answer says so). `on_attempt` is told each peer id
-    as it is asked.
+    as it is asked. Peers asking more than `max_price` credits per token (or the
+    network's own limit) are never chosen. Each peer's receipt is checked against
+    what it delivered, countersigned, sent back and kept in the network's ledger.
     """
+    max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout)
     request_id = uuid.uuid4().hex
     tokens: list[TokenFrame] = []
@@ -96,10 +107,17 @@ async def ask(
     broken: set[str] = set()  # failed during this request: not asked again
     busy: set[str] = set()  # refused for lack of room: asked again after a pause
     capped_to: int | None = None
+    receipts: list[CountersignedReceipt] = []
+    refused: list[str] = []
 
     while True:
         remaining = params.max_tokens - len(tokens)
-        candidates = [p for p in network.candidates(model_id, model_hash) if p.peer_id not in broken | busy]
+        capable = network.candidates(model_id, model_hash)
+        affordable = within_budget(capable, max_price)
+        if capable and not affordable:
+            raise NoCapablePeer(f"no peer serves {model_hash or model_id or 'the model'} within "
+                                f"{max_price:g} credits per token")
+        candidates = [p for p in affordable if p.peer_id not in broken | busy]
         if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
             await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
             busy.clear()
@@ -121,8 +139,9 @@ async def ask(
         record = network.health.get(peer.peer_id)
         record.in_flight += 1
         limits = _StallLimits.for_peer(peer)
+        books = _Books(peer, max_price, receipts, refused)
         try:
-            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits):
+            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books):
                 if isinstance(frame, TokenFrame):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -146,6 +165,8 @@ async def ask(
                     tokens_per_s=tokens_per_s,
                     peers_tried=tuple(tried),
                     max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
+                    receipts=tuple(receipts),
+                    refused_receipts=tuple(refused),
                 )
                 return
         except AnswerTimedOut:
@@ -199,13 +220,70 @@ class _StallLimits:
         return cls(first, between)
 
 
+@dataclass
+class _Books:
+    """What one attempt needs to settle its receipt, and where the outcome goes."""
+
+    peer: PeerView
+    max_price: float | None
+    receipts: list[CountersignedReceipt]
+    refused: list[str]
+
+
+async def _settle(
+    network: Network, framed: FramedStream, books: _Books, request: InferRequest, digest: str,
+    token_ids: list[int], end: EndFrame,
+) -> None:
+    """Check the peer's receipt against what it delivered; countersign, send back and keep it.
+
+    A receipt that does not match is refused (never countersigned) and the peer is
+    backed off as if it had failed; the answer itself stands.
+    """
+    peer_id = books.peer.peer_id
+    if end.receipt is None:
+        logger.info("peer %s sent no receipt", peer_id)
+        return
+    limit = books.max_price
+    try:
+        body = verify_node_signature(end.receipt)
+        check_delivery(
+            body, node=peer_id, client=network.peer_id, request_id=request.request_id,
+            request_hash=digest, model_hash=end.model_hash,
+            first_index=len(request.params.prefix_tokens), token_ids=token_ids,
+            prompt_tokens=end.usage.prompt_tokens,
+            max_price_prompt=_cap(books.peer.price_per_prompt_token, limit),
+            max_price=_cap(books.peer.price_per_token, limit),
+        )
+    except BadReceipt as exc:
+        logger.warning("refused the receipt of %s: %s", peer_id, exc)
+        books.refused.append(str(exc))
+        network.health.failed(peer_id, trio.current_time())
+        return
+    receipt = countersign(end.receipt, network.key)
+    await framed.send(receipt)
+    if network.ledger is not None:
+        try:
+            await trio.to_thread.run_sync(network.ledger.record, receipt)
+        except LedgerError as exc:
+            logger.warning("receipt of %s not kept: %s", peer_id, exc)
+            books.refused.append(str(exc))
+            return
+    books.receipts.append(receipt)
+
+
+def _cap(advertised: float, limit: float | None) -> float:
+    return advertised if limit is None else min(advertised, limit)
+
+
 async def _stream_from(
-    network: Network, peer_id: str, request: InferRequest, deadline: float, limits: _StallLimits
+    network: Network, peer_id: str, request: InferRequest, deadline: float, limits: _StallLimits,
+    books: _Books | None = None,
 ) -> AsyncGenerator[TokenFrame | EndFrame, None]:
     """Frames from one peer until its end frame; errors as exceptions.
 
     PeerStalled when it stays silent past `limits`; AnswerTimedOut once `deadline`
-    (trio clock) passes.
+    (trio clock) passes. With `books`, the peer's receipt is settled before the end
+    frame is passed on.
     """
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
@@ -216,8 +294,10 @@ async def _stream_from(
         raise PeerUnreachable(f"cannot open a stream to {peer_id}: {exc}") from None
     framed = FramedStream(stream)
     finished = False
+    sent = encode(request)
+    received: list[int] = []
     try:
-        await framed.send(request)
+        await framed.send_payload(sent)
         next_index = len(request.params.prefix_tokens)
         silence_s = limits.first_frame_s
         while True:
@@ -233,11 +313,14 @@ async def _stream_from(
                 raise RemoteError(frame.code, frame.message)
             if isinstance(frame, EndFrame):
                 finished = True
+                if books is not None:
+                    await _settle(network, framed, books, request, request_hash(sent), received, frame)
                 yield frame
                 return
             if frame.index != next_index:
                 raise MalformedMessage(f"{peer_id} sent token {frame.index}, expected {next_index}")
             next_index += 1
+            received.append(frame.token_id)
             yield frame
     finally:
         # A reset tells a peer we left mid-answer, so it stops generating for nobody.

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import IHost
+from libp2p.crypto.keys import PrivateKey
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 
 from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
 from dinet.errors import DinetError, ManifestError, NoCapablePeer, PeerUnreachable
+from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
     dial,
@@ -42,6 +44,16 @@ class Network:
     rtt_ms: dict[str, float] = field(default_factory=dict)
     health: HealthBook = field(default_factory=HealthBook)
     liveness: LivenessWatch | None = None
+    ledger: Ledger | None = None  # countersigned receipts are kept here
+    max_price: float | None = None  # most credits per token this client pays
+
+    @property
+    def peer_id(self) -> str:
+        return self.host.get_id().to_base58()
+
+    @property
+    def key(self) -> PrivateKey:
+        return self.host.get_private_key()
 
     def _on_probe(self, peer_id: str, rtt_ms: float | None) -> None:
         if rtt_ms is not None:
@@ -113,6 +125,7 @@ class Network:
                     queued=m.load.queued,
                     max_concurrent=m.max_concurrent,
                     price_per_token=m.price_per_token,
+                    price_per_prompt_token=m.price_per_prompt_token,
                     observed_tokens_per_s=record.observed_tokens_per_s,
                     observed_age_s=now - record.observed_at,
                     region=m.region,
@@ -152,7 +165,8 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     host = build_host(key_pair, enable_mdns=settings.mdns)
     async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
         network = Network(
-            host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs))
+            host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs)),
+            ledger=Ledger.in_home(settings.home), max_price=settings.max_price,
         )
         reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
         if settings.bootstrap and not reached:

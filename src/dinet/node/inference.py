@@ -13,6 +13,7 @@ from libp2p.abc import INetStream
 
 from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
 from dinet.node.admission import Admission, Busy
+from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream
 from dinet.wire.messages import (
     EndFrame,
@@ -24,6 +25,7 @@ from dinet.wire.messages import (
     TokenFrame,
     decode_request,
 )
+from dinet.wire.receipt import SignedReceipt, request_hash
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +60,18 @@ class SpeedStats:
 
 class InferenceService:
     def __init__(
-        self, engine: Engine, admission: Admission, model_id: str, model_hash: str
+        self,
+        engine: Engine,
+        admission: Admission,
+        model_id: str,
+        model_hash: str,
+        accountant: Accountant | None = None,
     ) -> None:
         self._engine = engine
         self.admission = admission
         self._model_id = model_id
         self._model_hash = model_hash
+        self.accountant = accountant
         self.stats = SpeedStats()
 
     async def handle(self, stream: INetStream) -> None:
@@ -77,26 +85,37 @@ class InferenceService:
         await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
-        request = await self._read_request(framed)
-        if request is None:
+        read = await self._read_request(framed)
+        if read is None:
             return
+        request, payload = read
         if not self._serves(request):
             wanted = request.model_hash or request.model_id
             await _refuse(framed, "unknown_model", f"this node does not serve {wanted}")
             return
+        accountant = self.accountant
+        priority = 0.0
+        if accountant is not None and accountant.priority:
+            priority = await accountant.standing(framed.remote_peer)
         try:
-            async with self.admission.slot(while_waiting=lambda: _tell_queued(framed, self.admission)):
-                await self._generate(framed, request)
+            async with self.admission.slot(
+                while_waiting=lambda: _tell_queued(framed, self.admission), priority=priority
+            ):
+                signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:
             await _refuse(framed, "busy", str(exc))
+            return
+        if signed is not None and accountant is not None:
+            # Outside the slot: a client taking its time to countersign holds up nobody.
+            await accountant.settle(framed, signed)
 
-    async def _read_request(self, framed: FramedStream) -> InferRequest | None:
+    async def _read_request(self, framed: FramedStream) -> tuple[InferRequest, bytes] | None:
         try:
             with trio.fail_after(REQUEST_WAIT_S):
                 payload = await framed.receive()
             if payload is None:
                 return None
-            return decode_request(payload)
+            return decode_request(payload), payload
         except trio.TooSlowError:
             await _refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
         except FrameTooLarge as exc:
@@ -110,17 +129,32 @@ class InferenceService:
             return False
         return request.model_id is None or request.model_id == self._model_id
 
-    async def _generate(self, framed: FramedStream, request: InferRequest) -> None:
+    async def _generate(
+        self, framed: FramedStream, request: InferRequest, request_digest: str
+    ) -> SignedReceipt | None:
+        """Stream the answer; the receipt sent in its end frame, if this node issues them."""
         # The worker writes tokens in batches; pass each batch on in one write.
         batch: list[TokenFrame | EndFrame | ErrorFrame] = []
+        sent: list[int] = []  # token ids, for the receipt's count and output hash
+        receipt: SignedReceipt | None = None
         try:
             async with aclosing(self._engine.generate(request.params)) as frames:
                 async for frame in frames:
-                    if isinstance(frame, EndFrame):
+                    if isinstance(frame, TokenFrame):
+                        sent.append(frame.token_id)
+                    elif isinstance(frame, EndFrame):
                         frame = frame.model_copy(
                             update={"model_id": self._model_id, "model_hash": self._model_hash}
                         )
                         self.stats.record(frame)
+                        if self.accountant is not None:
+                            receipt = self.accountant.issue(
+                                request_id=request.request_id, request_hash=request_digest,
+                                client=framed.remote_peer,
+                                first_index=len(request.params.prefix_tokens), token_ids=sent,
+                                end=frame,
+                            )
+                            frame = frame.model_copy(update={"receipt": receipt})
                     batch.append(frame)
                     if not isinstance(frame, TokenFrame) or not self._engine.reply_buffered:
                         await framed.send_all(batch)
@@ -128,8 +162,11 @@ class InferenceService:
         except EngineCrashed as exc:
             await framed.send_all(batch)  # the tokens made before the crash still count
             await _refuse(framed, "engine_crashed", str(exc))
+            return None
         except InferenceError as exc:
             await _refuse(framed, "internal", str(exc))
+            return None
+        return receipt
 
 
 async def _tell_queued(framed: FramedStream, admission: Admission) -> None:

@@ -17,11 +17,13 @@ from libp2p.peer.id import ID
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
 from dinet.errors import DinetError, ManifestError
+from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node.admission import Admission
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.inference import InferenceService
 from dinet.node.manifests import ManifestPublisher, load_of, offer
+from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
     dht_key,
@@ -33,7 +35,7 @@ from dinet.p2p.discovery import (
 )
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.host import build_host, full_addrs, remember_addrs, running_host
-from dinet.p2p.identity import load_or_create_identity, peer_id_of
+from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity, peer_id_of
 from dinet.p2p.liveness import LivenessWatch
 from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL
 from dinet.wire.manifest import Manifest
@@ -74,10 +76,19 @@ async def serve_node(
         model.path, threads=settings.threads, memory_mb=settings.memory_mb,
         log_path=settings.home / "worker.log",
     )
+    ledger = Ledger.in_home(settings.home)
+    me = [peer_id]
+    if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
+        me.append(peer_id_of(load_or_create_identity(settings.home, CLIENT_IDENTITY)))
+    accountant = Accountant(
+        key_pair.private_key, peer_id, ledger, Prices(settings.prompt_price, settings.price), me,
+        allowance=settings.free_allowance, priority=settings.priority,
+    )
     async with engine:
         info = engine.info
         inference = InferenceService(
-            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash
+            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
+            accountant,
         )
         model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
 
@@ -91,6 +102,7 @@ async def serve_node(
                 "tokens_per_s": round(inference.stats.tokens_per_s, 2),
                 "ttft_ms": round(inference.stats.ttft_ms, 2),
                 "price_per_token": settings.price,
+                "price_per_prompt_token": settings.prompt_price,
                 "load": load_of(admission.active, admission.queued),
             }
 

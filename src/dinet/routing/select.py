@@ -38,7 +38,8 @@ class PeerView:
     active: int  # advertised load, plus this client's own requests in flight there
     queued: int
     max_concurrent: int
-    price_per_token: float = 0.0
+    price_per_token: float = 0.0  # per completion token
+    price_per_prompt_token: float = 0.0
     observed_tokens_per_s: float | None = None  # measured by this client
     observed_age_s: float = 0.0  # how old that measurement is
     reputation: float | None = None  # 0 (bad) .. 1 (good), None if unknown
@@ -95,3 +96,10 @@ def rank_peers(
 
 def _cost_then_id(entry: tuple[float, str, PeerView]) -> tuple[float, str]:
     return entry[0], entry[1]
+
+
+def within_budget(peers: list[PeerView], max_price: float | None) -> list[PeerView]:
+    """The peers whose prompt and completion prices are both at most `max_price` (None: all)."""
+    if max_price is None:
+        return list(peers)
+    return [p for p in peers if p.price_per_token <= max_price and p.price_per_prompt_token <= max_price]

@@ -46,10 +46,11 @@ class Manifest(Message):
     max_concurrent: int = Field(ge=1)
     tokens_per_s: float = Field(ge=0)
     ttft_ms: float = Field(ge=0)
-    price_per_token: float = Field(ge=0)
+    price_per_token: float = Field(ge=0)  # per completion token
     load: Load
     issued_at: float
     expires_at: float
+    price_per_prompt_token: float = Field(default=0.0, ge=0)
 
 
 class SignedManifest(Message):

@@ -6,6 +6,7 @@ values out of range are refused with `MalformedMessage`.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -15,6 +16,7 @@ from dinet.errors import MalformedMessage
 MAX_PROMPT_CHARS = 64_000
 MAX_MESSAGES = 256
 MAX_TOKENS_LIMIT = 4096
+MAX_RECEIPT_BYTES = 4096
 
 
 class Message(BaseModel):
@@ -72,6 +74,32 @@ class Usage(Message):
     completion_tokens: int = Field(ge=0)
 
 
+class SignedReceipt(Message):
+    """Sent by the node inside its end frame."""
+
+    kind: Literal["receipt"] = "receipt"
+    body: str = Field(max_length=MAX_RECEIPT_BYTES)
+    node_signature: str = Field(max_length=256)
+
+
+class CountersignedReceipt(Message):
+    """Sent back by the client after the end frame; both sides keep it."""
+
+    kind: Literal["countersigned_receipt"] = "countersigned_receipt"
+    body: str = Field(max_length=MAX_RECEIPT_BYTES)
+    node_signature: str = Field(max_length=256)
+    client_signature: str = Field(max_length=256)
+
+    @property
+    def receipt_id(self) -> str:
+        return receipt_id(self.body)
+
+
+def receipt_id(body: str) -> str:
+    """A receipt's id: sha256 of its body's bytes."""
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 class EndFrame(Message):
     kind: Literal["end"] = "end"
     finish_reason: Literal["stop", "length"]
@@ -80,6 +108,7 @@ class EndFrame(Message):
     tokens_per_s: float = Field(ge=0)
     model_id: str = ""
     model_hash: str = ""
+    receipt: SignedReceipt | None = None  # the node's signed receipt; see docs/protocol.md
 
 
 ErrorCode = Literal[
@@ -122,6 +151,13 @@ def decode_request(payload: bytes) -> InferRequest:
 def decode_reply(payload: bytes) -> TokenFrame | EndFrame | ErrorFrame | QueuedFrame:
     try:
         return _reply_adapter.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def decode_countersigned(payload: bytes) -> CountersignedReceipt:
+    try:
+        return CountersignedReceipt.model_validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(_brief(exc)) from None
 

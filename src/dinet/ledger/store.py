@@ -1,0 +1,271 @@
+"""The ledger: countersigned receipts in SQLite, and balances derived from them alone.
+
+One table holds every receipt exactly as signed (body bytes and both signatures)
+beside a few columns copied out of the body for queries. Balances are never
+stored: they are sums over receipts, so anyone holding the file can recompute and
+audit them (`verify`). WAL mode and one transaction per write mean a crash at any
+point leaves either the whole receipt or none of it; the primary key (the hash of
+the body) and a unique (node, client, request) triple mean none counts twice.
+
+The methods block: from trio call them with `trio.to_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinet.errors import BadReceipt, LedgerCorrupted, LedgerError, ReplayedReceipt
+from dinet.wire.receipt import CountersignedReceipt, ReceiptBody, receipt_id, verify_countersigned
+
+LEDGER_FILE = "ledger.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    receipt_id        TEXT PRIMARY KEY,           -- sha256 of body
+    node              TEXT NOT NULL,
+    client            TEXT NOT NULL,
+    request_id        TEXT NOT NULL,
+    model_hash        TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),
+    amount            REAL NOT NULL CHECK (amount >= 0),
+    issued_at         REAL NOT NULL,
+    body              TEXT NOT NULL,
+    node_signature    TEXT NOT NULL,
+    client_signature  TEXT NOT NULL,
+    recorded_at       REAL NOT NULL,
+    UNIQUE (node, client, request_id)
+);
+CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client);
+"""
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    receipt: CountersignedReceipt
+    body: ReceiptBody
+    recorded_at: float
+
+
+@dataclass(frozen=True)
+class PeerAccount:
+    """This home's account with one other peer."""
+
+    peer_id: str
+    earned: float  # credits this home earned serving the peer
+    spent: float  # credits this home spent on the peer's service
+    receipts: int
+
+    @property
+    def balance(self) -> float:
+        return self.earned - self.spent
+
+
+@dataclass(frozen=True)
+class Summary:
+    me: tuple[str, ...]
+    earned: float
+    spent: float
+    receipts: int
+    peers: tuple[PeerAccount, ...]
+
+    @property
+    def balance(self) -> float:
+        return self.earned - self.spent
+
+
+@dataclass
+class VerifyReport:
+    receipts: int = 0
+    earned: float = 0.0
+    spent: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Ledger:
+    """One SQLite ledger file. Safe to share between threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed receipt survives power loss too
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"{path} was written by a newer dinet (schema {version})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+
+    @classmethod
+    def in_home(cls, home: Path) -> Ledger:
+        return cls(home / LEDGER_FILE)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def record(self, receipt: CountersignedReceipt) -> ReceiptBody:
+        """Check both signatures and store the receipt; BadReceipt or ReplayedReceipt if not."""
+        return self.record_many([receipt])[0]
+
+    def record_many(self, receipts: Iterable[CountersignedReceipt]) -> list[ReceiptBody]:
+        """Store several receipts in one transaction: all of them, or (on any error) none."""
+        checked = [(r, verify_countersigned(r)) for r in receipts]
+        now = time.time()
+        rows = [
+            (r.receipt_id, b.node, b.client, b.request_id, b.model_hash, b.prompt_tokens,
+             b.completion_tokens, b.amount, b.issued_at, r.body, r.node_signature,
+             r.client_signature, now)
+            for r, b in checked
+        ]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                raise ReplayedReceipt(self._replay_reason(checked)) from None
+            except sqlite3.DatabaseError as exc:
+                raise LedgerError(f"cannot write the ledger {self.path}: {exc}") from None
+        return [b for _, b in checked]
+
+    def _replay_reason(self, checked: list[tuple[CountersignedReceipt, ReceiptBody]]) -> str:
+        seen: set[tuple[str, str, str]] = set()
+        for r, b in checked:
+            key = (b.node, b.client, b.request_id)
+            found = self._db.execute(
+                "SELECT receipt_id FROM receipts WHERE receipt_id = ? OR "
+                "(node = ? AND client = ? AND request_id = ?)", (r.receipt_id, *key)
+            ).fetchone()
+            if found is not None or key in seen:
+                same = found is not None and found[0] == r.receipt_id
+                what = "this receipt is" if same else "another receipt for this request and node is"
+                return f"{what} already counted (request {b.request_id}, node {b.node})"
+            seen.add(key)
+        return "a receipt is already counted"
+
+    def receipts(self, limit: int | None = None) -> Iterator[StoredReceipt]:
+        """Receipts in the order they were recorded (all, or the latest `limit`)."""
+        query = "SELECT body, node_signature, client_signature, recorded_at FROM receipts ORDER BY rowid"
+        if limit is not None:
+            query = (
+                "SELECT * FROM (SELECT body, node_signature, client_signature, recorded_at, rowid AS r "
+                f"FROM receipts ORDER BY rowid DESC LIMIT {int(limit)}) ORDER BY r"
+            )
+        with self._lock:
+            rows = self._db.execute(query).fetchall()
+        for row in rows:
+            receipt = CountersignedReceipt(body=row[0], node_signature=row[1], client_signature=row[2])
+            try:
+                body = ReceiptBody.model_validate_json(row[0])
+            except ValueError:
+                raise LedgerCorrupted(f"receipt {receipt.receipt_id} has an unreadable body") from None
+            yield StoredReceipt(receipt, body, row[3])
+
+    def summary(self, me: Iterable[str]) -> Summary:
+        """Earned, spent and per-peer accounts of the identities `me`, from receipts alone."""
+        mine = tuple(sorted(set(me)))
+        marks = ",".join("?" * len(mine)) or "NULL"
+        with self._lock:
+            earned = self._db.execute(
+                f"SELECT client, SUM(amount), COUNT(*) FROM receipts WHERE node IN ({marks}) "
+                "GROUP BY client", mine).fetchall()
+            spent = self._db.execute(
+                f"SELECT node, SUM(amount), COUNT(*) FROM receipts WHERE client IN ({marks}) "
+                "GROUP BY node", mine).fetchall()
+            total = self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
+        accounts: dict[str, list[float]] = {}
+        for peer, amount, count in earned:
+            accounts.setdefault(peer, [0.0, 0.0, 0])[0] += amount
+            accounts[peer][2] += count
+        for peer, amount, count in spent:
+            accounts.setdefault(peer, [0.0, 0.0, 0])[1] += amount
+            accounts[peer][2] += count
+        peers = tuple(
+            PeerAccount(peer, e, s, int(n)) for peer, (e, s, n) in sorted(accounts.items())
+        )
+        return Summary(mine, sum(p.earned for p in peers), sum(p.spent for p in peers), total, peers)
+
+    def standing(self, peer_id: str, me: Iterable[str]) -> float:
+        """What `peer_id` has earned from this home minus what it has spent here."""
+        mine = tuple(set(me))
+        marks = ",".join("?" * len(mine)) or "NULL"
+        with self._lock:
+            served_us = self._db.execute(
+                f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE node = ? AND client IN ({marks})",
+                (peer_id, *mine)).fetchone()[0]
+            used_us = self._db.execute(
+                f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE client = ? AND node IN ({marks})",
+                (peer_id, *mine)).fetchone()[0]
+        return float(served_us - used_us)
+
+    def verify(self, me: Iterable[str] = ()) -> VerifyReport:
+        """Re-check the file, every signature, every amount and the sums derived from them."""
+        mine = set(me)
+        report = VerifyReport()
+        with self._lock:
+            try:
+                integrity = self._db.execute("PRAGMA integrity_check").fetchall()
+                rows = self._db.execute(
+                    "SELECT receipt_id, node, client, request_id, model_hash, prompt_tokens, "
+                    "completion_tokens, amount, issued_at, body, node_signature, client_signature "
+                    "FROM receipts ORDER BY rowid").fetchall()
+            except sqlite3.DatabaseError as exc:
+                report.problems.append(f"the file cannot be read: {exc}")
+                return report
+        if integrity != [("ok",)]:
+            report.problems.extend(f"sqlite: {row[0]}" for row in integrity)
+        for row in rows:
+            rid = row[0]
+            receipt = CountersignedReceipt(body=row[9], node_signature=row[10], client_signature=row[11])
+            try:
+                body = verify_countersigned(receipt)
+            except BadReceipt as exc:
+                report.problems.append(f"receipt {rid}: {exc}")
+                continue
+            copied = (body.node, body.client, body.request_id, body.model_hash, body.prompt_tokens,
+                      body.completion_tokens, body.amount, body.issued_at)
+            if rid != receipt_id(row[9]) or tuple(row[1:9]) != copied:
+                report.problems.append(f"receipt {rid}: its columns do not match its signed body")
+                continue
+            report.receipts += 1
+            if body.node in mine:
+                report.earned += body.amount
+            if body.client in mine:
+                report.spent += body.amount
+        summary = self.summary(mine)
+        if abs(summary.earned - report.earned) > 1e-9 * max(1.0, report.earned) or abs(
+            summary.spent - report.spent
+        ) > 1e-9 * max(1.0, report.spent):
+            report.problems.append(
+                f"balances from the table ({summary.earned}, {summary.spent}) differ from the "
+                f"signed receipts ({report.earned}, {report.spent})"
+            )
+        return report
