@@ -72,7 +72,8 @@ def run_ask(
         )
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
-    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, max_price=max_price)
+    budget = {} if max_price is None else {"max_price": max_price}  # else DINET_MAX_PRICE, if set
+    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, **budget)
 
     async def main() -> None:
         async with open_network(settings) as network:
