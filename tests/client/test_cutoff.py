@@ -6,6 +6,7 @@ own namespace, where the client runs: a small LAN on one machine.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import uuid
 
@@ -20,8 +21,9 @@ from dinet.node.local_mesh import start_node
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="network namespaces need root (CI runs as root)")
 
-# Addresses from the benchmarking range (RFC 2544): they exist only on this bridge.
-SUBNET = "198.18.216"
+# Addresses from the benchmarking range (RFC 2544): they exist only on this bridge. A
+# subnet per run, so leftovers of an interrupted run cannot shadow this one's routes.
+SUBNET = f"198.18.{random.randint(100, 250)}"
 
 
 def ip(*args: str) -> None:

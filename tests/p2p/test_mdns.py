@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import uuid
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Addresses from the benchmarking range (RFC 2544): they exist only inside the namespaces.
-SUBNET = "198.18.213"
+# A subnet per run, so leftovers of an interrupted run cannot shadow this one's routes.
+SUBNET = f"198.18.{random.randint(1, 99)}"
 
 
 def ip(*args: str) -> None:
