@@ -154,3 +154,15 @@ class ReplayedReceipt(LedgerError):
 
 class LedgerCorrupted(LedgerError):
     pass
+
+
+def first_dinet_error(exc: BaseException) -> DinetError | None:
+    """Our error, or the first one inside trio's exception groups; None if there is none."""
+    if isinstance(exc, DinetError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_dinet_error(inner)
+            if found is not None:
+                return found
+    return None

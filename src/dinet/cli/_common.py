@@ -12,7 +12,7 @@ from typing import Any
 import trio
 import typer
 
-from dinet.errors import DinetError
+from dinet.errors import first_dinet_error
 
 _QUIET_LIBRARIES = ("libp2p", "multiaddr", "zeroconf", "async_service")
 
@@ -44,22 +44,11 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     try:
         return trio.run(guarded)
     except BaseException as exc:
-        error = _first_dinet_error(exc)
+        error = first_dinet_error(exc)
         if error is None:
             raise
         fail(str(error))
 
-
-def _first_dinet_error(exc: BaseException) -> DinetError | None:
-    """Our error inside trio's exception groups, if that is what ended the run."""
-    if isinstance(exc, DinetError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_dinet_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:

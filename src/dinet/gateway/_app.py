@@ -25,9 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from dinet.client.ask import Answer, ask
 from dinet.config import GatewaySettings
-from dinet.errors import ModelNotFound, RequestError, Unauthorized
+from dinet.errors import ModelNotFound, RequestError, Unauthorized, first_dinet_error
 from dinet.gateway import _openai as oa
-from dinet.gateway._errors import ApiError, api_error, first_dinet_error
+from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
 from dinet.wire.messages import TokenFrame

@@ -54,14 +54,3 @@ def api_error(exc: DinetError) -> ApiError:
             return ApiError(status, kind, code, str(exc), param)
     return ApiError(500, "server_error", "internal_error", str(exc))
 
-
-def first_dinet_error(exc: BaseException) -> DinetError | None:
-    """Our error, or the first one inside trio's exception groups."""
-    if isinstance(exc, DinetError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = first_dinet_error(inner)
-            if found is not None:
-                return found
-    return None

@@ -7,7 +7,6 @@ the metadata (id, version, GGUF summary); the bytes are checked chunk by chunk.
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dinet.errors import ManifestError
 from dinet.models._gguf import GGUFLayout, read_layout
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
 from dinet.wire.chunks import GGUFSummary, ModelManifest, SignedModelManifest
+from dinet.wire.signing import sign_body, signed_by
 
 
 def summarize(layout: GGUFLayout) -> GGUFSummary:
@@ -60,8 +60,7 @@ def build_manifest(path: Path, model_id: str, version: str, key_pair: KeyPair) -
         created_at=time.time(),
     )
     body = manifest.model_dump_json()
-    signature = key_pair.private_key.sign(body.encode())
-    return SignedModelManifest(body=body, signature=base64.b64encode(signature).decode())
+    return SignedModelManifest(body=body, signature=sign_body(body, key_pair.private_key))
 
 
 def verify_model_manifest(signed: SignedModelManifest, model_hash: str | None = None) -> ModelManifest:
@@ -71,13 +70,7 @@ def verify_model_manifest(signed: SignedModelManifest, model_hash: str | None = 
         manifest = ModelManifest.model_validate_json(signed.body)
     except ValidationError as exc:
         raise ManifestError(f"malformed model manifest: {exc.errors()[0]['msg']}") from None
-    try:
-        key = ID.from_base58(manifest.publisher).extract_public_key()
-        signature = base64.b64decode(signed.signature, validate=True)
-        valid = key is not None and bool(key.verify(signed.body.encode(), signature))
-    except Exception:  # base58, multihash, base64 and nacl raise assorted types
-        valid = False
-    if not valid:
+    if not signed_by(manifest.publisher, signed.body, signed.signature):
         raise ManifestError(f"model manifest signature does not match publisher {manifest.publisher}")
     if model_hash is not None and manifest.model_hash != model_hash:
         raise ManifestError(f"manifest is for {manifest.model_hash[:16]}…, not {model_hash[:16]}…")

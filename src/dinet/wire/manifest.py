@@ -7,16 +7,15 @@ embedded in the peer id, so a manifest cannot speak for another peer.
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Literal
 
-from libp2p.crypto.keys import PrivateKey, PublicKey
-from libp2p.peer.id import ID
+from libp2p.crypto.keys import PrivateKey
 from pydantic import Field, ValidationError
 
 from dinet.errors import ManifestError
 from dinet.wire.messages import Message
+from dinet.wire.signing import sign_body, signed_by
 
 MANIFEST_TTL_S = 30.0
 MAX_CLOCK_SKEW_S = 60.0
@@ -73,8 +72,7 @@ class ManifestList(Message):
 
 def sign_manifest(manifest: Manifest, key: PrivateKey) -> SignedManifest:
     body = manifest.model_dump_json()
-    signature = key.sign(body.encode())
-    return SignedManifest(body=body, signature=base64.b64encode(signature).decode())
+    return SignedManifest(body=body, signature=sign_body(body, key))
 
 
 def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifest:
@@ -83,12 +81,7 @@ def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifes
         manifest = Manifest.model_validate_json(signed.body)
     except ValidationError as exc:
         raise ManifestError(f"malformed manifest: {exc.errors()[0]['msg']}") from None
-    try:
-        public_key = ID.from_base58(manifest.peer_id).extract_public_key()
-        signature = base64.b64decode(signed.signature, validate=True)
-    except Exception:  # base58/multihash/base64 decoders raise assorted types
-        raise ManifestError(f"manifest names an invalid peer id {manifest.peer_id!r}") from None
-    if public_key is None or not _verifies(public_key, signed.body.encode(), signature):
+    if not signed_by(manifest.peer_id, signed.body, signed.signature):
         raise ManifestError(f"manifest signature does not match peer {manifest.peer_id}")
     now = time.time() if now is None else now
     if manifest.expires_at <= now:
@@ -99,9 +92,3 @@ def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifes
         raise ManifestError(f"manifest of {manifest.peer_id} claims too long a lifetime")
     return manifest
 
-
-def _verifies(public_key: PublicKey, data: bytes, signature: bytes) -> bool:
-    try:
-        return bool(public_key.verify(data, signature))
-    except ValueError:  # nacl refuses signatures of the wrong length instead of returning False
-        return False

@@ -1,0 +1,27 @@
+"""Signed documents: ed25519 by a peer's own key over the exact bytes of a JSON body.
+
+The verifier needs no key exchange: the public key is inside the signer's peer id.
+Signing the bytes as sent (not a re-serialisation) lets any implementation verify.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from libp2p.crypto.keys import PrivateKey
+from libp2p.peer.id import ID
+
+
+def sign_body(body: str, key: PrivateKey) -> str:
+    """The base64 signature of `body`'s UTF-8 bytes."""
+    return base64.b64encode(key.sign(body.encode())).decode()
+
+
+def signed_by(peer_id: str, body: str, signature: str) -> bool:
+    """Whether `signature` is `peer_id`'s over `body`; False for any malformed part."""
+    try:
+        public_key = ID.from_base58(peer_id).extract_public_key()
+        raw = base64.b64decode(signature, validate=True)
+        return public_key is not None and bool(public_key.verify(body.encode(), raw))
+    except Exception:  # base58, multihash, base64 and nacl raise assorted types
+        return False
