@@ -74,14 +74,16 @@ def test_a_malformed_bootstrap_address_is_one_clear_line(tmp_path):
 
 
 def test_demo_runs_a_mesh_answers_and_cleans_up(tmp_path):
-    before = _dinet_node_pids()
+    before = _demo_node_pids()
     done = din("demo", "--json", "--max-tokens", "16", timeout=240)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["text"].strip() and answer["usage"]["completion_tokens"] > 0
-    assert _dinet_node_pids() <= before  # every node it started has stopped
+    assert _demo_node_pids() <= before  # every node it started has stopped
 
 
-def _dinet_node_pids() -> set[int]:
+def _demo_node_pids() -> set[int]:
+    """Node processes whose home is a demo's (other tests' nodes may come and go)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines() if "dinet node" in line}
+    return {int(line.split()[0]) for line in out.splitlines()
+            if "dinet node" in line and "dinet-demo-" in line}

@@ -9,19 +9,18 @@ either.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import struct
 import time
 from collections.abc import Iterable
 from typing import Literal
 
-from libp2p.crypto.keys import PrivateKey, PublicKey
-from libp2p.peer.id import ID
+from libp2p.crypto.keys import PrivateKey
 from pydantic import Field, ValidationError
 
 from dinet.errors import BadReceipt
 from dinet.wire.messages import CountersignedReceipt, Message, SignedReceipt, receipt_id
+from dinet.wire.signing import sign_body, signed_by
 
 RECEIPT_VERSION = "dinet-receipt/1"
 NODE_DOMAIN = b"dinet-receipt/1 node\n"
@@ -71,22 +70,20 @@ def request_hash(payload: bytes) -> str:
 
 def sign_receipt(body: ReceiptBody, key: PrivateKey) -> SignedReceipt:
     text = body.model_dump_json()
-    signature = key.sign(NODE_DOMAIN + text.encode())
-    return SignedReceipt(body=text, node_signature=base64.b64encode(signature).decode())
+    return SignedReceipt(body=text, node_signature=sign_body(text, key, NODE_DOMAIN))
 
 
 def countersign(signed: SignedReceipt, key: PrivateKey) -> CountersignedReceipt:
-    signature = key.sign(CLIENT_DOMAIN + signed.body.encode())
     return CountersignedReceipt(
         body=signed.body, node_signature=signed.node_signature,
-        client_signature=base64.b64encode(signature).decode(),
+        client_signature=sign_body(signed.body, key, CLIENT_DOMAIN),
     )
 
 
 def verify_node_signature(signed: SignedReceipt | CountersignedReceipt) -> ReceiptBody:
     """The body, if well formed, self-consistent and signed by its `node`; else BadReceipt."""
     body = _parse(signed.body)
-    if not _verifies(body.node, NODE_DOMAIN + signed.body.encode(), signed.node_signature):
+    if not signed_by(body.node, signed.body, signed.node_signature, NODE_DOMAIN):
         raise BadReceipt(f"receipt for {body.request_id}: node signature does not match {body.node}")
     return body
 
@@ -94,7 +91,7 @@ def verify_node_signature(signed: SignedReceipt | CountersignedReceipt) -> Recei
 def verify_countersigned(receipt: CountersignedReceipt) -> ReceiptBody:
     """Both signatures and the amount checked; BadReceipt otherwise."""
     body = verify_node_signature(receipt)
-    if not _verifies(body.client, CLIENT_DOMAIN + receipt.body.encode(), receipt.client_signature):
+    if not signed_by(body.client, receipt.body, receipt.client_signature, CLIENT_DOMAIN):
         raise BadReceipt(f"receipt for {body.request_id}: client signature does not match {body.client}")
     return body
 
@@ -113,24 +110,6 @@ def _parse(text: str) -> ReceiptBody:
     if body.amount != expected:
         raise BadReceipt(f"receipt for {body.request_id} claims {body.amount}, its counts give {expected}")
     return body
-
-
-def _verifies(peer_id: str, data: bytes, signature_b64: str) -> bool:
-    try:
-        public_key = ID.from_base58(peer_id).extract_public_key()
-        signature = base64.b64decode(signature_b64, validate=True)
-    except Exception:  # base58/multihash/base64 decoders raise assorted types
-        raise BadReceipt(f"receipt names an invalid peer id {peer_id!r} or signature") from None
-    if public_key is None:
-        raise BadReceipt(f"peer id {peer_id!r} does not embed its key")
-    return _check(public_key, data, signature)
-
-
-def _check(public_key: PublicKey, data: bytes, signature: bytes) -> bool:
-    try:
-        return bool(public_key.verify(data, signature))
-    except ValueError:  # nacl refuses signatures of the wrong length instead of returning False
-        return False
 
 
 def check_delivery(
