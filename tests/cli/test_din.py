@@ -87,3 +87,16 @@ def _demo_node_pids() -> set[int]:
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines()
             if "dinet node" in line and "dinet-demo-" in line}
+
+
+def test_asking_for_a_model_version_by_hash(tmp_path, mesh):
+    """Only peers advertising that exact hash are chosen; an unknown version is refused."""
+    wanted = mesh.nodes[0].model_hash
+    done = din("ask", "--json", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "4",
+               "--model-hash", wanted, "--bootstrap", mesh.bootstrap[0], "Say hi.")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_hash"] == wanted
+    missing = "0" * 64
+    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--model-hash", missing, "--timeout", "2",
+               "--bootstrap", mesh.bootstrap[0], "Say hi.")
+    assert missing in one_line_error(done)
