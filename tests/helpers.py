@@ -12,6 +12,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from dinet.client.ask import Answer, ask
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.host import build_host, running_host
 from dinet.p2p.streams import FramedStream
@@ -85,3 +86,15 @@ def worker_pids(node_pid: int) -> list[int]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+async def answer_to(network, params: GenerationParams, **kwargs: object) -> tuple[str, Answer]:
+    """The streamed text and the final Answer of one `ask`; they must agree."""
+    text, answer = "", None
+    async for event in ask(network, params, **kwargs):  # type: ignore[arg-type]
+        if isinstance(event, Answer):
+            answer = event
+        else:
+            text += event.text
+    assert answer is not None and answer.text == text
+    return text, answer

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 import trio
-from tests.helpers import chat
+from tests.helpers import answer_to, chat
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
@@ -48,17 +48,6 @@ def variants():
         yield chat(prompt, max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.95, seed=1234)
 
 
-async def run(network, params, **kwargs) -> tuple[str, Answer]:
-    text, answer = "", None
-    async for event in ask(network, params, **kwargs):
-        if isinstance(event, Answer):
-            answer = event
-        else:
-            text += event.text
-    assert answer is not None and answer.text == text
-    return text, answer
-
-
 def node_by_id(mesh: LocalMesh, peer_id: str) -> NodeProcess:
     return next(n for n in mesh.nodes if n.peer_id == peer_id)
 
@@ -90,7 +79,7 @@ async def test_killing_the_serving_node_mid_answer_never_changes_the_text(tmp_pa
     rng = random.Random(20)
     async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
         await wait_for_candidates(network, 3)
-        references = [(await run(network, params))[0] for params in variants()]
+        references = [(await answer_to(network, params))[0] for params in variants()]
         for i in range(20):
             params = list(variants())[i % 4]
             # Early enough that the victim still has tokens to make: it sends them in
@@ -116,7 +105,7 @@ async def test_killing_the_serving_node_mid_answer_never_changes_the_text(tmp_pa
 async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, chaos_mesh):
     async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
         everyone = await wait_for_candidates(network, 3)
-        reference, _ = await run(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS))
+        reference, _ = await answer_to(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS))
         # Freeze the node serving an answer, mid-answer: the answer goes on elsewhere.
         attempts: list[str] = []
         frozen: NodeProcess | None = None
@@ -138,7 +127,7 @@ async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, 
                 while frozen.peer_id in {p.peer_id for p in network.candidates(None, None)}:
                     await trio.sleep(0.1)
             # ...and requests meanwhile are served by the others.
-            served = {(await run(network, chat("Say hi.", max_tokens=4)))[1].peer_id for _ in range(3)}
+            served = {(await answer_to(network, chat("Say hi.", max_tokens=4)))[1].peer_id for _ in range(3)}
             assert frozen.peer_id not in served
         finally:
             if frozen is not None:
@@ -149,7 +138,7 @@ async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, 
             results: list[Answer] = []
 
             async def one() -> None:
-                results.append((await run(network, chat("Count to three.", max_tokens=8)))[1])
+                results.append((await answer_to(network, chat("Count to three.", max_tokens=8)))[1])
 
             for _ in range(9):  # enough that spreading load must reach every usable peer
                 nursery.start_soon(one)
@@ -167,7 +156,7 @@ async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chao
         answers: list[Answer] = []
 
         async def one(i: int) -> None:
-            answers.append((await run(network, chat(f"Write the number {i} in words.", max_tokens=12),
+            answers.append((await answer_to(network, chat(f"Write the number {i} in words.", max_tokens=12),
                                       request_timeout=300))[1])
 
         async with trio.open_nursery() as nursery:

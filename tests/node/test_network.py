@@ -8,9 +8,8 @@ import struct
 
 import pytest
 import trio
-from tests.helpers import chat, open_infer, raw_host, read_replies, request_replies, worker_pids
+from tests.helpers import answer_to, chat, open_infer, raw_host, read_replies, request_replies, worker_pids
 
-from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.engine import default_model_path
 from dinet.engine._llama import load_llama
@@ -37,23 +36,12 @@ def in_process_answers():
     return answers
 
 
-async def collect(network, params, **kwargs) -> tuple[str, Answer]:
-    text, answer = "", None
-    async for event in ask(network, params, **kwargs):
-        if isinstance(event, Answer):
-            answer = event
-        else:
-            text += event.text
-    assert answer is not None
-    return text, answer
-
-
 async def test_answers_through_the_mesh_equal_llama_cpp_in_process(
     client_settings, mesh, in_process_answers
 ):
     async with open_network(client_settings) as network:
         for prompt in PROMPTS:
-            text, answer = await collect(network, chat(prompt, max_tokens=48))
+            text, answer = await answer_to(network, chat(prompt, max_tokens=48))
             assert text == answer.text == in_process_answers[prompt]
             assert answer.peer_id in {n.peer_id for n in mesh.nodes}
             assert answer.model_hash == mesh.nodes[0].model_hash
