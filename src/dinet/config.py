@@ -9,6 +9,9 @@ import platformdirs
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dinet.wire.framing import MAX_FRAME
+from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
+
 
 def default_home() -> Path:
     return Path(platformdirs.user_data_dir("dinet"))
@@ -38,6 +41,25 @@ class NodeSettings(CommonSettings):
     )
     max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
     max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
+    per_peer_rate: float = Field(
+        default=10.0, gt=0, le=10_000, description="Inference requests per second one peer may send"
+    )
+    per_peer_burst: int = Field(
+        default=30, ge=1, le=100_000, description="Requests one peer may send at once above its rate"
+    )
+    per_peer_concurrency: int = Field(
+        default=4, ge=1, le=1024, description="Inference streams one peer may have open at once"
+    )
+    max_tokens_limit: int = Field(
+        default=MAX_TOKENS_LIMIT, ge=1, le=MAX_TOKENS_LIMIT, description="Most tokens one request may ask for"
+    )
+    max_prompt_chars: int = Field(
+        default=MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS,
+        description="Most characters of prompt (all messages together) in one request",
+    )
+    max_request_bytes: int = Field(
+        default=MAX_FRAME, ge=16_384, le=MAX_FRAME, description="Largest request frame accepted, in bytes"
+    )
     heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
     scrub_mb_s: float = Field(
         default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"

@@ -52,6 +52,16 @@ def node(
     memory_mb: Annotated[
         int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
     ] = None,
+    per_peer_rate: Annotated[float | None, typer.Option(help="Requests per second one peer may send")] = None,
+    per_peer_burst: Annotated[int | None, typer.Option(help="Requests one peer may send at once")] = None,
+    per_peer_concurrency: Annotated[
+        int | None, typer.Option(help="Inference streams one peer may have open at once")
+    ] = None,
+    max_tokens_limit: Annotated[int | None, typer.Option(help="Most tokens one request may ask for")] = None,
+    max_prompt_chars: Annotated[
+        int | None, typer.Option(help="Most prompt characters in one request")
+    ] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(help="Largest request frame, in bytes")] = None,
     api_port: Annotated[
         int | None, typer.Option(help="Also serve the OpenAI-compatible API and page on this port")
     ] = None,
@@ -69,6 +79,11 @@ def node(
         free_allowance=free_allowance, max_concurrent=max_concurrent, max_queue=max_queue,
         memory_mb=memory_mb, mdns=mdns, json_out=json_out,
         api_port=api_port, api_host=api_host, api_key=api_key,
+        limits={
+            "per_peer_rate": per_peer_rate, "per_peer_burst": per_peer_burst,
+            "per_peer_concurrency": per_peer_concurrency, "max_tokens_limit": max_tokens_limit,
+            "max_prompt_chars": max_prompt_chars, "max_request_bytes": max_request_bytes,
+        },
     )
 
 

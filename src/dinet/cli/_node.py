@@ -35,6 +35,7 @@ def run_node(
     prompt_price: float = 0.0,
     priority: bool = True,
     free_allowance: float = 1.0,
+    limits: dict[str, float | int | None] | None = None,
 ) -> None:
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
@@ -42,6 +43,7 @@ def run_node(
         "mdns": mdns, "model": model, "memory_mb": memory_mb,
         "max_concurrent": max_concurrent, "max_queue": max_queue,
     }
+    given.update({k: v for k, v in (limits or {}).items() if v is not None})  # unset: the defaults
     if listen:
         given["listen"] = listen
     if home:

@@ -52,7 +52,7 @@ FIRST_FRAME_MIN_S = 5.0
 BUSY_PAUSE_S = 0.2
 BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
 # Codes after which another peer may well succeed.
-_RETRYABLE = {"busy", "engine_crashed", "internal", "unknown_model"}
+_RETRYABLE = {"busy", "rate_limited", "engine_crashed", "internal", "unknown_model"}
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ async def ask(
             if exc.code not in _RETRYABLE:
                 raise
             last_error = exc
-            if exc.code == "busy":
+            if exc.code in ("busy", "rate_limited"):
                 busy.add(peer.peer_id)
                 continue
         except (PeerError, MalformedMessage) as exc:

@@ -13,8 +13,10 @@ from libp2p.abc import INetStream
 
 from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
 from dinet.node.admission import Admission, Busy
+from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream
+from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import (
     EndFrame,
     ErrorCode,
@@ -66,6 +68,9 @@ class InferenceService:
         model_id: str,
         model_hash: str,
         accountant: Accountant | None = None,
+        limiter: PeerLimiter | None = None,
+        bounds: RequestBounds | None = None,
+        max_request_bytes: int = MAX_FRAME,
     ) -> None:
         self._engine = engine
         self.admission = admission
@@ -73,9 +78,12 @@ class InferenceService:
         self._model_hash = model_hash
         self.accountant = accountant
         self.stats = SpeedStats()
+        self.limiter = limiter
+        self._bounds = bounds
+        self._max_request_bytes = max_request_bytes
 
     async def handle(self, stream: INetStream) -> None:
-        framed = FramedStream(stream)
+        framed = FramedStream(stream, max_size=self._max_request_bytes)
         try:
             await self._serve(framed)
         except PeerError as exc:
@@ -85,6 +93,19 @@ class InferenceService:
         await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
+        peer = framed.remote_peer
+        if self.limiter is not None:  # checked before reading, so a flood costs no decoding
+            refusal = self.limiter.acquire(peer, trio.current_time())
+            if refusal is not None:
+                await _refuse(framed, "rate_limited", refusal)
+                return
+        try:
+            await self._serve_request(framed)
+        finally:
+            if self.limiter is not None:
+                self.limiter.release(peer)
+
+    async def _serve_request(self, framed: FramedStream) -> None:
         read = await self._read_request(framed)
         if read is None:
             return
@@ -92,6 +113,10 @@ class InferenceService:
         if not self._serves(request):
             wanted = request.model_hash or request.model_id
             await _refuse(framed, "unknown_model", f"this node does not serve {wanted}")
+            return
+        out_of_bounds = None if self._bounds is None else self._bounds.check(request.params)
+        if out_of_bounds is not None:
+            await _refuse(framed, "bad_request", out_of_bounds)
             return
         accountant = self.accountant
         priority = 0.0
@@ -178,5 +203,6 @@ async def _tell_queued(framed: FramedStream, admission: Admission) -> None:
 
 
 async def _refuse(framed: FramedStream, code: ErrorCode, message: str) -> None:
-    logger.info("request from %s refused (%s): %s", framed.remote_peer, code, message)
+    level = logging.DEBUG if code == "rate_limited" else logging.INFO  # a flood must not flood the log
+    logger.log(level, "request from %s refused (%s): %s", framed.remote_peer, code, message)
     await framed.send(ErrorFrame(code=code, message=message[:1000]))

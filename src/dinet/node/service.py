@@ -22,6 +22,7 @@ from dinet.models.store import ModelStore
 from dinet.node.admission import Admission
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.inference import InferenceService
+from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import ManifestPublisher, load_of, offer
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
@@ -89,6 +90,11 @@ async def serve_node(
         inference = InferenceService(
             engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
             accountant,
+            limiter=PeerLimiter(
+                settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
+            ),
+            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
+            max_request_bytes=settings.max_request_bytes,
         )
         model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
 

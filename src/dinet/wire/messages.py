@@ -116,6 +116,7 @@ ErrorCode = Literal[
     "too_large",  # a frame above the size cap
     "unknown_model",  # this node does not serve that model
     "busy",  # no capacity now: try another peer
+    "rate_limited",  # this peer is over its request rate or concurrency here: try another peer
     "engine_crashed",  # the worker died; it is being restarted
     "internal",  # anything else
 ]
