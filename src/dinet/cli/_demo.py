@@ -84,8 +84,6 @@ async def _wait_for_full_mesh(network: Network, peer_ids: list[str]) -> None:
 async def _full_mesh(network: Network, peer_ids: list[str]) -> bool:
     for peer_id in peer_ids:
         try:
-            await network.probe_all([m for m in network.directory.manifests()
-                                     if m.peer_id not in network.rtt_ms])
             signed, _ = await fetch_manifests(network.host, peer_id)
         except DinetError:
             return False

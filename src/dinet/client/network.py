@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 
 from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
-from dinet.errors import DinetError, ManifestError, NoCapablePeer, PeerUnreachable
+from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
@@ -64,11 +64,7 @@ class Network:
         """Fetch the manifests a connected peer knows and measure its round trip."""
         signed, rtt = await fetch_manifests(self.host, peer_id)
         self.rtt_ms[peer_id] = rtt
-        for item in signed:
-            try:
-                self.directory.add(item)
-            except ManifestError as exc:
-                logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
+        self.directory.add_from(peer_id, signed)
 
     async def probe(self, manifest: Manifest) -> None:
         """Connect to a peer named in a manifest and refresh it first-hand."""

@@ -29,7 +29,6 @@ from libp2p.peer.id import ID
 from dinet.errors import (
     BadChunk,
     DinetError,
-    ManifestError,
     PeerError,
     PeerUnreachable,
     PullFailed,
@@ -387,9 +386,5 @@ async def open_swarm(home: Path, bootstrap: Sequence[str], *, mdns: bool = False
             except DinetError as exc:
                 logger.info("no manifests from %s: %s", peer_id, exc)
                 continue
-            for item in signed:
-                try:
-                    swarm.directory.add(item)
-                except ManifestError as exc:
-                    logger.info("%s passed on a bad manifest: %s", peer_id, exc)
+            swarm.directory.add_from(peer_id, signed)
         yield swarm

@@ -16,7 +16,7 @@ from libp2p.peer.id import ID
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
-from dinet.errors import DinetError, ManifestError
+from dinet.errors import DinetError
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node.admission import Admission
@@ -140,27 +140,27 @@ class _Joiner:
     """Connects to peers as they are discovered, and learns the manifests they know."""
 
     def __init__(self, host: IHost, directory: PeerDirectory, dht: KadDHT, nursery: trio.Nursery):
-        self._host = host
+        self.host = host
         self.directory = directory
         self._dht = dht
         self._nursery = nursery
         self._pending: set[str] = set()
 
     def meet(self, manifest: Manifest) -> None:
-        if manifest.peer_id in self._pending or self._connected(manifest.peer_id):
+        if manifest.peer_id in self._pending or self.connected(manifest.peer_id):
             return
         infos = [peer_info_from(a) for a in manifest.addrs]
         if infos:
             self._nursery.start_soon(self.join, infos[0])
 
-    def _connected(self, peer_id: str) -> bool:
-        return any(p.to_base58() == peer_id for p in self._host.get_connected_peers())
+    def connected(self, peer_id: str) -> bool:
+        return any(p.to_base58() == peer_id for p in self.host.get_connected_peers())
 
     async def join(self, info: PeerInfo) -> None:
         peer_id = info.peer_id.to_base58()
         self._pending.add(peer_id)
         try:
-            await dial(self._host, info)
+            await dial(self.host, info)
             await self.learn_from(peer_id)
         except DinetError as exc:
             logger.info("could not join %s: %s", peer_id, exc)
@@ -169,15 +169,9 @@ class _Joiner:
 
     async def learn_from(self, peer_id: str) -> None:
         await self._dht.routing_table.add_peer(ID.from_base58(peer_id))
-        signed, _ = await fetch_manifests(self._host, peer_id)
-        for item in signed:
-            try:
-                manifest, is_new = self.directory.add(item)
-            except ManifestError as exc:
-                logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
-                continue
-            if is_new:
-                self.meet(manifest)
+        signed, _ = await fetch_manifests(self.host, peer_id)
+        for manifest in self.directory.add_from(peer_id, signed):
+            self.meet(manifest)
 
 
 async def _keep_bootstrapped(joiner: _Joiner, bootstrap: list[str]) -> None:
@@ -185,7 +179,7 @@ async def _keep_bootstrapped(joiner: _Joiner, bootstrap: list[str]) -> None:
     while bootstrap:
         for addr in bootstrap:
             info = peer_info_from(addr)
-            if not joiner._connected(info.peer_id.to_base58()):
+            if not joiner.connected(info.peer_id.to_base58()):
                 await joiner.join(info)
         await trio.sleep(REDISCOVER_S)
 
@@ -207,9 +201,9 @@ async def _pull_directories(joiner: _Joiner) -> None:
 
 
 async def _follow_mdns(joiner: _Joiner) -> None:
-    async with mdns_discoveries(joiner._host) as found:
+    async with mdns_discoveries(joiner.host) as found:
         async for info in found:
-            if not joiner._connected(info.peer_id.to_base58()):
+            if not joiner.connected(info.peer_id.to_base58()):
                 await joiner.join(info)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
+from dinet.errors import ManifestError
 from dinet.wire.manifest import MAX_DIRECTORY, Manifest, SignedManifest, verify_manifest
+
+logger = logging.getLogger(__name__)
 
 
 class PeerDirectory:
@@ -43,6 +47,20 @@ class PeerDirectory:
                 if moved and self._on_moved is not None and manifest.peer_id != self._own:
                     self._on_moved(manifest)
         return manifest, held is None
+
+    def add_from(self, source: str, signed: list[SignedManifest]) -> list[Manifest]:
+        """Add every manifest peer `source` passed on; forged or expired ones are logged and
+        skipped. Returns the manifests of peers that were new to us."""
+        new = []
+        for item in signed:
+            try:
+                manifest, is_new = self.add(item)
+            except ManifestError as exc:
+                logger.info("peer %s passed on a bad manifest: %s", source, exc)
+                continue
+            if is_new:
+                new.append(manifest)
+        return new
 
     def remove(self, peer_id: str, *, dead: bool = False) -> None:
         self._entries.pop(peer_id, None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.abc import IHost
 
-from dinet.errors import DinetError, ManifestError
+from dinet.errors import DinetError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import dial, fetch_manifests, peer_info_from
 from dinet.wire.manifest import Manifest
@@ -70,11 +70,7 @@ class LivenessWatch:
             signed, rtt_ms = await fetch_manifests(
                 self.host, peer_id, include_known=share, timeout=self.timeout
             )
-            for item in signed:
-                try:
-                    self.directory.add(item)
-                except ManifestError as exc:
-                    logger.info("peer %s passed on a bad manifest: %s", peer_id, exc)
+            self.directory.add_from(peer_id, signed)
             return rtt_ms
         except DinetError as exc:
             logger.debug("probe of %s failed: %s", peer_id, exc)
