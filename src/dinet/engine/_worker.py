@@ -171,6 +171,7 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
     from dinet.engine._generate import Generator
     from dinet.engine._llama import load_llama, read_model_info
     from dinet.engine.info import WorkerReady
+    from dinet.engine.sandbox import current_status
 
     if not args.model.is_file():
         raise FileNotFoundError(f"no model file at {args.model}")
@@ -182,6 +183,7 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
         model=info,
         threads=args.threads,
         extra_bufts=bool(llm.model_params.use_extra_bufts),
+        sandbox=current_status(),
     )
     return Generator(llm, info.model_id), ready
 

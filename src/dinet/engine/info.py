@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dinet.engine.sandbox import SandboxStatus
+
 CANCEL_PAYLOAD = b'{"kind":"cancel"}'
 """Sent by the owner to end the running request early (the worker's only other input)."""
 
@@ -35,3 +37,4 @@ class WorkerReady(BaseModel):
     model: ModelInfo
     threads: int = Field(ge=1)
     extra_bufts: bool  # False when the AMX workaround is in force
+    sandbox: SandboxStatus | None = None  # None: started without the sandbox launcher

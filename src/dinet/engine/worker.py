@@ -10,6 +10,14 @@ A worker that dies mid-request (killed, segfault, out of memory) raises
 caller fails over, so the next request finds it ready. Requests to one worker run one
 at a time. A stream abandoned early cancels its request in the worker, so the next
 request does not wait for tokens nobody reads.
+
+Restarts are bounded: a worker that fails to load, or dies, again and again (a model
+file that passes the header checks yet crashes llama.cpp) is respawned after a growing
+delay, and after `max_restarts` failures in a row, with no request completed between
+them, the engine gives up: `failed` says why, and every request gets EngineUnavailable
+at once instead of a crash loop. Workers run in the sandbox (`dinet.engine.sandbox`);
+`preflight` checks the model file before every spawn (the node passes the GGUF
+validator), so a bad file is refused before llama.cpp sees it.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, NoReturn, Self, TypeAlias
@@ -28,7 +36,8 @@ from typing import IO, Literal, NoReturn, Self, TypeAlias
 import trio
 
 from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
-from dinet.errors import EngineCrashed, EngineUnavailable, MalformedMessage, WireError
+from dinet.engine.sandbox import UNSANDBOXED, SandboxStatus, launcher_env, sandboxed, warn_once
+from dinet.errors import EngineCrashed, EngineUnavailable, MalformedMessage, ModelError, WireError
 from dinet.wire.framing import FrameReader, encode_frame
 from dinet.wire.messages import (
     EndFrame,
@@ -46,6 +55,8 @@ Reply: TypeAlias = TokenFrame | EndFrame | ErrorFrame
 _CANCEL_GRACE_S = 5.0  # an abandoned request must end this soon, or the worker is killed
 _EXIT_GRACE_S = 1.0
 _LOG_TAIL_BYTES = 2000
+_LOG_ROTATE_BYTES = 16 << 20  # a longer log moves to .1 at the next spawn (the sandbox caps growth)
+_MAX_BACKOFF_S = 60.0
 
 
 class _Worker:
@@ -98,6 +109,10 @@ class WorkerEngine:
         extra_bufts: Literal["auto", "on", "off"] = "auto",
         ready_timeout: float = 120.0,
         log_path: Path | None = None,
+        sandbox: bool = True,
+        preflight: Callable[[Path], object] | None = None,
+        max_restarts: int = 3,
+        restart_backoff_s: float = 1.0,
     ) -> None:
         self.model_path = Path(model_path)
         self._argv = [
@@ -107,8 +122,20 @@ class WorkerEngine:
             "--ctx", str(n_ctx),
             "--extra-bufts", extra_bufts,
         ]  # fmt: skip
-        if memory_mb is not None:
+        if sandbox:
+            self._argv = sandboxed(
+                self._argv, readable=[self.model_path], protect=[self.model_path], memory_mb=memory_mb
+            )
+        elif memory_mb is not None:
             self._argv += ["--memory-mb", str(memory_mb)]
+        self._sandbox = sandbox
+        self._preflight = preflight
+        self._max_restarts = max_restarts
+        self._backoff_s = restart_backoff_s
+        self._failures = 0  # in a row, since a request last completed
+        self._respawn_at = 0.0  # trio clock: no spawn before this
+        self.failed: str | None = None  # why the engine gave up, once it has
+        self.sandbox_status: SandboxStatus | None = None
         self._ready_timeout = ready_timeout
         self._log_path = log_path
         self._slot = trio.Semaphore(1)  # not a Lock: an abandoned stream may end in another task
@@ -135,10 +162,24 @@ class WorkerEngine:
         """Whether the next reply has already arrived (the worker writes tokens in batches)."""
         return self._worker is not None and self._worker.frames.has_frame()
 
+    @property
+    def available(self) -> bool:
+        return self.failed is None and not self._closed
+
     async def start(self) -> None:
-        """Spawn the worker and wait until its model is loaded (EngineUnavailable if not)."""
+        """Spawn the worker and wait until its model is loaded, retrying with backoff.
+
+        EngineUnavailable once the restart budget is spent, ModelError (from
+        `preflight`) for a file that must not be loaded at all.
+        """
         async with self._slot:
-            await self._ready_worker()
+            while True:
+                try:
+                    await self._ready_worker()
+                    return
+                except EngineUnavailable:
+                    if self.failed is not None or self._closed:
+                        raise
 
     async def aclose(self) -> None:
         """Stop the worker and reap it. Idempotent."""
@@ -183,6 +224,8 @@ class WorkerEngine:
                 while not done:
                     reply = await self._next_reply(worker)
                     done = not isinstance(reply, TokenFrame)
+                    if isinstance(reply, EndFrame):
+                        self._failures = 0  # a completed request: the model works
                     yield reply
             finally:
                 if not done and self._worker is worker:
@@ -193,7 +236,10 @@ class WorkerEngine:
     async def _ready_worker(self) -> _Worker:
         if self._closed:
             raise EngineUnavailable("the engine has been closed")
+        if self.failed is not None:
+            raise EngineUnavailable(self.failed)
         if self._worker is None:
+            await trio.sleep_until(self._respawn_at)
             await self._spawn()
         worker = self._worker
         assert worker is not None
@@ -202,23 +248,29 @@ class WorkerEngine:
         return worker
 
     async def _spawn(self) -> None:
+        if self._preflight is not None:
+            try:
+                await trio.to_thread.run_sync(self._preflight, self.model_path)
+            except ModelError as exc:
+                self.failed = f"the engine will not load {self.model_path.name}: {exc}"
+                logger.error("%s", self.failed)
+                raise
         if self._started:
             self.restarts += 1
         self._started = True
+        if self._log_path is not None:
+            _rotate(self._log_path)
         log: IO[bytes] = (
             open(self._log_path, "a+b")  # owned, and closed, by the _Worker
             if self._log_path is not None
             else tempfile.TemporaryFile(prefix="dinet-worker-")
         )
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])  # holds dinet/
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         process = await trio.lowlevel.open_process(
             self._argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log.fileno(),
-            env=env,
+            env=launcher_env(),
             start_new_session=True,  # a ^C at the node's terminal is the node's to handle
         )
         self._worker = _Worker(process, log)
@@ -235,6 +287,8 @@ class WorkerEngine:
         if ready is not None:
             worker.ready = ready
             self._info = ready.model
+            self.sandbox_status = ready.sandbox or UNSANDBOXED
+            warn_once(self.sandbox_status)
             logger.info("engine worker %d ready: %s", ready.pid, ready.model.model_id)
             return
         code = await self._discard(worker)
@@ -243,10 +297,23 @@ class WorkerEngine:
         else:
             why = f"it exited ({_describe(code)}) before it was ready"
         tail = worker.log_tail
-        raise EngineUnavailable(
-            f"the engine worker for {self.model_path.name} could not start: {why}"
-            + (f"; its log ends with: {tail[-500:]}" if tail else "")
+        message = f"the engine worker for {self.model_path.name} could not start: {why}" + (
+            f"; its log ends with: {tail[-500:]}" if tail else ""
         )
+        self._count_failure(message)
+        raise EngineUnavailable(self.failed or message)
+
+    def _count_failure(self, message: str) -> None:
+        """One more failure in a row: back off before the next spawn, or give up."""
+        self._failures += 1
+        if self._failures > self._max_restarts:
+            self.failed = f"gave up after {self._failures} failures in a row; the last: {message}"
+            logger.error("engine for %s: %s", self.model_path.name, self.failed)
+            return
+        delay = 0.0 if self._failures == 1 else self._backoff_s * 2 ** (self._failures - 2)
+        self._respawn_at = trio.current_time() + min(delay, _MAX_BACKOFF_S)
+        logger.warning("engine for %s failed (%d in a row), next try in %.1f s: %s",
+                       self.model_path.name, self._failures, delay, message)  # fmt: skip
 
     async def _next_reply(self, worker: _Worker) -> Reply:
         try:
@@ -267,8 +334,12 @@ class WorkerEngine:
         if self._closed:
             raise EngineUnavailable("the engine was closed during the request")
         message = f"engine worker {worker.process.pid} died mid-request: {what}, {_describe(code)}"
-        logger.warning("%s; restarting it", message)
-        await self._spawn()
+        self._count_failure(message)
+        if self.failed is None and self._failures == 1:
+            try:
+                await self._spawn()  # loads while the caller fails over
+            except ModelError:
+                pass  # the file went bad: `failed` says so, and the next request hears it
         raise EngineCrashed(message)
 
     async def _discard(self, worker: _Worker) -> int:
@@ -306,6 +377,14 @@ class WorkerEngine:
             await self._discard(worker)
             if not self._closed:
                 await self._spawn()
+
+
+def _rotate(log_path: Path) -> None:
+    try:
+        if log_path.stat().st_size > _LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _describe(returncode: int | None) -> str:

@@ -1,0 +1,109 @@
+"""The execution sandbox around engine workers, for any kind of worker.
+
+    argv = sandboxed([sys.executable, "-m", "my.worker", ...], readable=[model], protect=[model])
+    process = await trio.lowlevel.open_process(argv, ...)
+    ...  # in the worker: status = current_status()  (what took effect, for its ready frame)
+
+`sandboxed` prefixes a command with the launcher (`dinet.engine._sandbox`), which
+confines itself and then execs the command: no network (a private network namespace,
+a seccomp filter refusing sockets, Landlock refusing TCP), the model read-only and
+the rest of the file system unreadable (Landlock, or a read-only bind mount where
+Landlock is missing), no new processes, and resource limits. Each mechanism the
+machine lacks is skipped and named in `SandboxStatus.warnings`; owners log those once
+(`warn_once`) and expose the status (the node puts it in `din node --json` and its
+node file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dinet.engine._sandbox import ENV_STATUS, Policy
+
+logger = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+
+
+class SandboxStatus(BaseModel):
+    """What confines a worker, as its launcher applied it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    network: tuple[str, ...]  # what cuts it off: "netns" | "userns-netns", "landlock-tcp", "seccomp"
+    files: str | None  # "landlock": reads limited to its own files, writes refused
+    model_read_only: tuple[str, ...]  # "landlock" and/or "mount"
+    no_fork: bool  # seccomp refuses new processes (threads are allowed)
+    limits: dict[str, int]  # rlimits set: core, open_files, file_size_bytes, address_space_mb
+    warnings: tuple[str, ...]  # protections this machine could not apply
+
+
+UNSANDBOXED = SandboxStatus(
+    network=(), files=None, model_read_only=(), no_fork=False, limits={},
+    warnings=("the sandbox is switched off: the worker runs with the node's own rights",),
+)  # fmt: skip
+
+
+def sandboxed(
+    command: list[str],
+    *,
+    readable: list[Path] = (),  # type: ignore[assignment]
+    protect: list[Path] = (),  # type: ignore[assignment]
+    memory_mb: int | None = None,
+    max_open_files: int = 256,
+    log_budget_mb: int = 64,
+    namespaces: bool = True,
+    landlock: bool = True,
+    seccomp: bool = True,
+) -> list[str]:
+    """`command`, run under the sandbox. `readable`: files or directories it needs beyond
+    the system's and Python's own (e.g. the model); `protect`: files that must stay
+    read-only. The mechanism switches exist for tests of the fallbacks."""
+    package_root = str(Path(__file__).resolve().parents[2])  # holds dinet/, also when run from source
+    policy = Policy(
+        readable=[package_root, *(str(Path(p).resolve()) for p in readable)],
+        protect=[str(Path(p).resolve()) for p in protect],
+        memory_mb=memory_mb,
+        max_open_files=max_open_files,
+        log_budget_mb=log_budget_mb,
+        namespaces=namespaces,
+        landlock=landlock,
+        seccomp=seccomp,
+    )
+    # -P: the launcher's sys.path (which Landlock lets it read) must not include the cwd.
+    launcher = [sys.executable, "-P", "-m", "dinet.engine._sandbox", policy.to_json(), "--"]
+    return launcher + command
+
+
+def launcher_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which the launcher finds `dinet` even when it is not installed."""
+    out = dict(os.environ if env is None else env)
+    package_root = str(Path(__file__).resolve().parents[2])
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, out.get("PYTHONPATH")]))
+    out["PYTHONDONTWRITEBYTECODE"] = "1"  # the sandbox refuses writes; do not even try
+    out.pop(ENV_STATUS, None)  # only the launcher may say what is in force
+    return out
+
+
+def current_status() -> SandboxStatus | None:
+    """In a worker: the sandbox its launcher applied, None if it was started without one."""
+    raw = os.environ.get(ENV_STATUS)
+    if raw is None:
+        return None
+    try:
+        return SandboxStatus.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def warn_once(status: SandboxStatus) -> None:
+    """Log each missing protection once per process, however often workers restart."""
+    for warning in status.warnings:
+        if warning not in _warned:
+            _warned.add(warning)
+            logger.warning("engine sandbox: %s", warning)
