@@ -30,6 +30,15 @@ class NodeSettings(CommonSettings):
     listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
     threads: int = Field(default=2, ge=1, le=256, description="llama.cpp threads for the worker")
     memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
+    sandbox: bool = Field(
+        default=True, description="Run the engine worker sandboxed: no network, read-only model, limits"
+    )
+    engine_restarts: int = Field(
+        default=3, ge=0, le=100, description="Worker failures in a row before the model is given up"
+    )
+    engine_backoff_s: float = Field(
+        default=1.0, gt=0, le=60, description="First delay before restarting a failing worker (doubles)"
+    )
     region: str = Field(default="local", max_length=64, description="Region label in the manifest")
     price: float = Field(default=0.0, ge=0, description="Price per completion token, in credits")
     prompt_price: float = Field(default=0.0, ge=0, description="Price per prompt token, in credits")

@@ -52,6 +52,9 @@ def node(
     memory_mb: Annotated[
         int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
     ] = None,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox/--no-sandbox", help="Confine the engine worker (see README)")
+    ] = True,
     per_peer_rate: Annotated[float | None, typer.Option(help="Requests per second one peer may send")] = None,
     per_peer_burst: Annotated[int | None, typer.Option(help="Requests one peer may send at once")] = None,
     per_peer_concurrency: Annotated[
@@ -77,7 +80,7 @@ def node(
         model=model, listen=listen, bootstrap=bootstrap or [], home=home, threads=threads,
         region=region, price=price, prompt_price=prompt_price, priority=priority,
         free_allowance=free_allowance, max_concurrent=max_concurrent, max_queue=max_queue,
-        memory_mb=memory_mb, mdns=mdns, json_out=json_out,
+        memory_mb=memory_mb, mdns=mdns, json_out=json_out, sandbox=sandbox,
         api_port=api_port, api_host=api_host, api_key=api_key,
         limits={
             "per_peer_rate": per_peer_rate, "per_peer_burst": per_peer_burst,

@@ -36,12 +36,13 @@ def run_node(
     priority: bool = True,
     free_allowance: float = 1.0,
     limits: dict[str, float | int | None] | None = None,
+    sandbox: bool = True,
 ) -> None:
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
         "prompt_price": prompt_price, "priority": priority, "free_allowance": free_allowance,
         "mdns": mdns, "model": model, "memory_mb": memory_mb,
-        "max_concurrent": max_concurrent, "max_queue": max_queue,
+        "max_concurrent": max_concurrent, "max_queue": max_queue, "sandbox": sandbox,
     }
     given.update({k: v for k, v in (limits or {}).items() if v is not None})  # unset: the defaults
     if listen:
@@ -69,11 +70,16 @@ def run_node(
                 print_json(
                     {"peer_id": started.peer_id, "addrs": started.addrs,
                      "model_id": started.model_id, "model_hash": started.model_hash,
-                     **({"api": gateway.url} if gateway else {})}
+                     "engine": started.engine, **({"api": gateway.url} if gateway else {})}
                 )
             else:
                 typer.echo(f"peer id  {started.peer_id}")
                 typer.echo(f"model    {started.model_id} ({started.model_hash[:16]}…)")
+                if not started.engine.get("serving", True):
+                    typer.echo(f"NOT SERVED  {started.engine.get('error')}")
+                sandbox = started.engine.get("sandbox")
+                for warning in sandbox.get("warnings", ()) if isinstance(sandbox, dict) else ():
+                    typer.echo(f"sandbox  warning: {warning}")
                 for addr in started.addrs:
                     typer.echo(f"listen   {addr}")
                 if gateway is not None:

@@ -11,13 +11,16 @@ caller fails over, so the next request finds it ready. Requests to one worker ru
 at a time. A stream abandoned early cancels its request in the worker, so the next
 request does not wait for tokens nobody reads.
 
-Restarts are bounded: a worker that fails to load, or dies, again and again (a model
-file that passes the header checks yet crashes llama.cpp) is respawned after a growing
-delay, and after `max_restarts` failures in a row, with no request completed between
-them, the engine gives up: `failed` says why, and every request gets EngineUnavailable
-at once instead of a crash loop. Workers run in the sandbox (`dinet.engine.sandbox`);
-`preflight` checks the model file before every spawn (the node passes the GGUF
-validator), so a bad file is refused before llama.cpp sees it.
+Restarts are bounded: a worker that dies before it is ready, or mid-request, again and
+again (a model file that passes the header checks yet crashes llama.cpp) is respawned
+after a growing delay, and after `max_restarts` failures in a row, with no request
+completed between them, the engine gives up: `failed` says why, and every request gets
+EngineUnavailable at once instead of a crash loop. A worker that exits saying it could
+not load the model (llama.cpp refused the file) is not retried at all.
+
+Workers run in the sandbox (`dinet.engine.sandbox`). `preflight` checks the model
+file before every spawn (the node passes the GGUF validator), so a bad file is
+refused before llama.cpp sees it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import IO, Literal, NoReturn, Self, TypeAlias
 
 import trio
 
+from dinet.engine._worker import EXIT_LOAD_FAILED
 from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
 from dinet.engine.sandbox import UNSANDBOXED, SandboxStatus, launcher_env, sandboxed, warn_once
 from dinet.errors import EngineCrashed, EngineUnavailable, MalformedMessage, ModelError, WireError
@@ -122,13 +126,13 @@ class WorkerEngine:
             "--ctx", str(n_ctx),
             "--extra-bufts", extra_bufts,
         ]  # fmt: skip
+        if memory_mb is not None:  # the worker sets it too, to name it when loading fails
+            self._argv += ["--memory-mb", str(memory_mb)]
         if sandbox:
             self._argv = sandboxed(
                 self._argv, readable=[self.model_path], protect=[self.model_path], memory_mb=memory_mb
             )
-        elif memory_mb is not None:
-            self._argv += ["--memory-mb", str(memory_mb)]
-        self._sandbox = sandbox
+        self._memory_mb = memory_mb
         self._preflight = preflight
         self._max_restarts = max_restarts
         self._backoff_s = restart_backoff_s
@@ -296,11 +300,17 @@ class WorkerEngine:
             why = f"it was not ready after {self._ready_timeout:.0f} s"
         else:
             why = f"it exited ({_describe(code)}) before it was ready"
+        if self._memory_mb is not None:  # C libraries that run out of it say so in their own words
+            why += f", under a memory limit of {self._memory_mb} MB"
         tail = worker.log_tail
         message = f"the engine worker for {self.model_path.name} could not start: {why}" + (
             f"; its log ends with: {tail[-500:]}" if tail else ""
         )
-        self._count_failure(message)
+        if code == EXIT_LOAD_FAILED:  # llama.cpp refused the file (or the memory limit): final
+            self.failed = message
+            logger.error("engine for %s: %s", self.model_path.name, message)
+        else:
+            self._count_failure(message)
         raise EngineUnavailable(self.failed or message)
 
     def _count_failure(self, message: str) -> None:

@@ -11,7 +11,14 @@ from typing import Protocol
 import trio
 from libp2p.abc import INetStream
 
-from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
+from dinet.errors import (
+    EngineCrashed,
+    EngineUnavailable,
+    FrameTooLarge,
+    InferenceError,
+    MalformedMessage,
+    PeerError,
+)
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
@@ -187,6 +194,9 @@ class InferenceService:
         except EngineCrashed as exc:
             await framed.send_all(batch)  # the tokens made before the crash still count
             await _refuse(framed, "engine_crashed", str(exc))
+            return None
+        except EngineUnavailable as exc:  # the engine gave up on this model: ask another peer
+            await _refuse(framed, "unknown_model", f"model unavailable here: {exc}")
             return None
         except InferenceError as exc:
             await _refuse(framed, "internal", str(exc))

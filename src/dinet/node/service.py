@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 
 import trio
 from libp2p.abc import IHost, PeerInfo
@@ -16,8 +18,9 @@ from libp2p.peer.id import ID
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
-from dinet.errors import DinetError
+from dinet.errors import DinetError, EngineUnavailable, ModelError
 from dinet.ledger import Ledger
+from dinet.models._gguf import read_layout
 from dinet.models.store import ModelStore
 from dinet.node.admission import Admission
 from dinet.node.chunks import ModelKeeper, prepare_model
@@ -57,6 +60,7 @@ class NodeStarted:
     addrs: list[str]
     model_id: str
     model_hash: str
+    engine: dict[str, object] = field(default_factory=dict)  # engine_state(): served, error, sandbox
 
 
 async def serve_node(
@@ -75,7 +79,9 @@ async def serve_node(
 
     engine = WorkerEngine(
         model.path, threads=settings.threads, memory_mb=settings.memory_mb,
-        log_path=settings.home / "worker.log",
+        log_path=settings.home / "worker.log", sandbox=settings.sandbox,
+        preflight=read_layout,  # the GGUF header checks, again before every worker start
+        max_restarts=settings.engine_restarts, restart_backoff_s=settings.engine_backoff_s,
     )
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
@@ -85,8 +91,7 @@ async def serve_node(
         key_pair.private_key, peer_id, ledger, Prices(settings.prompt_price, settings.price), me,
         allowance=settings.free_allowance, priority=settings.priority,
     )
-    async with engine:
-        info = engine.info
+    async with _engine_started(engine):
         inference = InferenceService(
             engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
             accountant,
@@ -96,14 +101,19 @@ async def serve_node(
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
         )
-        model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
+        model_offer = None
+        if engine.available:
+            info = engine.info
+            model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
 
         def describe() -> dict[str, object]:
             admission = inference.admission
+            # Never offer damaged bytes, nor a model whose engine has given up.
+            serving = model_offer is not None and keeper.healthy and engine.available
             return {
                 "region": settings.region,
                 "addrs": tuple(full_addrs(host)[:16]),
-                "models": (model_offer,) if keeper.healthy else (),  # never offer damaged bytes
+                "models": (model_offer,) if serving else (),
                 "max_concurrent": settings.max_concurrent,
                 "tokens_per_s": round(inference.stats.tokens_per_s, 2),
                 "ttft_ms": round(inference.stats.ttft_ms, 2),
@@ -129,11 +139,50 @@ async def serve_node(
                 nursery.start_soon(LivenessWatch(host, directory, interval=LIVENESS_EVERY_S).run)
                 if settings.mdns:
                     nursery.start_soon(_follow_mdns, joiner)
-                started = NodeStarted(peer_id, full_addrs(host), model.model_id, model_hash)
+                started = NodeStarted(
+                    peer_id, full_addrs(host), model.model_id, model_hash, engine_state(engine)
+                )
                 _write_node_file(settings, started)
+                nursery.start_soon(_keep_node_file, settings, started, engine)
                 logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
                 task_status.started(started)
                 await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def _engine_started(engine: WorkerEngine) -> AsyncIterator[None]:
+    """The engine, started if it can be; a model that cannot be served leaves the node
+    up (reachable, sharing chunks, saying why in its node file), not crash-looping."""
+    try:
+        await engine.start()
+    except (EngineUnavailable, ModelError) as exc:
+        logger.error("the model cannot be served, the node runs without it: %s", exc)
+    try:
+        yield
+    finally:
+        await engine.aclose()
+
+
+def engine_state(engine: WorkerEngine) -> dict[str, object]:
+    """For `din node --json` and the node file: is the model served, and how confined."""
+    status = engine.sandbox_status
+    return {
+        "serving": engine.available,
+        "error": engine.failed,
+        "restarts": engine.restarts,
+        "sandbox": status.model_dump(mode="json") if status is not None else None,
+    }
+
+
+async def _keep_node_file(settings: NodeSettings, started: NodeStarted, engine: WorkerEngine) -> None:
+    """Rewrite the node file when the engine's state changes (it gave up, it restarted)."""
+    last = started.engine
+    while True:
+        await trio.sleep(1.0)
+        state = engine_state(engine)
+        if state != last:
+            _write_node_file(settings, replace(started, engine=state))
+            last = state
 
 
 class _Joiner:
@@ -231,6 +280,7 @@ def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
         "model_id": started.model_id,
         "model_hash": started.model_hash,
         "pid": os.getpid(),
+        "engine": started.engine,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
