@@ -190,7 +190,7 @@ def _tensor_info(r: _Reader) -> tuple[str, list[int], int, int]:
         raise BadModelFile(f"tensor {name!r} has {n_dims} dimensions")
     dims = [r.u64() for _ in range(n_dims)]
     if any(d > _INT64_MAX for d in dims):
-        raise BadModelFile(f"tensor {name!r} has a dimension above 2^63")
+        raise BadModelFile(f"tensor {name!r} has a dimension beyond int64")
     kind, rel = r.u32(), r.u64()
     return name, dims, kind, rel
 
