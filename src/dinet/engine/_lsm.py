@@ -25,6 +25,7 @@ import os
 import platform
 import stat
 import struct
+import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -48,6 +49,8 @@ _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 
 def no_new_privs() -> None:
+    if sys.platform != "linux":
+        raise OSError(errno.EOPNOTSUPP, "no_new_privs is Linux only")
     # prctl(2) is variadic and checks that unused arguments are 0: pass full-width longs.
     zero = ctypes.c_ulong(0)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), zero, zero, zero) != 0:
@@ -56,6 +59,8 @@ def no_new_privs() -> None:
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 where Landlock is missing or disabled."""
+    if sys.platform != "linux":
+        return 0  # syscall numbers mean other things elsewhere
     abi = _libc.syscall(
         ctypes.c_long(_SYS_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint(_CREATE_RULESET_VERSION)
     )
@@ -139,7 +144,7 @@ _ERRNO = 0x00050000
 
 
 def seccomp_supported() -> bool:
-    return platform.machine() in _AUDIT_ARCH
+    return sys.platform == "linux" and platform.machine() in _AUDIT_ARCH
 
 
 def _filter(machine: str) -> list[tuple[int, int, int, int]]:

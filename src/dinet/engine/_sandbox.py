@@ -23,10 +23,12 @@ every worker starts and must cost milliseconds.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import resource
 import signal
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -78,6 +80,8 @@ class Policy:
 
 
 def _unshare(flags: int) -> int:
+    if sys.platform != "linux":
+        return errno.EOPNOTSUPP
     return 0 if _libc.unshare(ctypes.c_int(flags)) == 0 else ctypes.get_errno()
 
 
@@ -118,22 +122,27 @@ def _bind_read_only(paths: list[str]) -> None:
         _mount(None, directory, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | extra)
 
 
-def _set_limits(policy: Policy) -> dict[str, int]:
-    limits: dict[str, int] = {"core": 0}
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def _set_limits(policy: Policy, warnings: list[str]) -> dict[str, int]:
+    """Set the rlimits; returns those set (a platform may refuse some: then a warning)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     nofile = min(policy.max_open_files, hard if hard != resource.RLIM_INFINITY else policy.max_open_files)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    limits["open_files"] = nofile
-    log_size = os.fstat(2).st_size if os.path.isfile("/proc/self/fd/2") else 0
-    fsize = log_size + policy.log_budget_mb * 1024 * 1024
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec: EFBIG instead of death
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    limits["file_size_bytes"] = fsize
+    stderr = os.fstat(2)
+    log_size = stderr.st_size if stat.S_ISREG(stderr.st_mode) else 0
+    wanted = [
+        ("core", resource.RLIMIT_CORE, 0),
+        ("open_files", resource.RLIMIT_NOFILE, nofile),
+        ("file_size_bytes", resource.RLIMIT_FSIZE, log_size + policy.log_budget_mb * 1024 * 1024),
+    ]
     if policy.memory_mb is not None:
-        size = policy.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
-        limits["address_space_mb"] = policy.memory_mb
+        wanted.append(("address_space_mb", resource.RLIMIT_AS, policy.memory_mb * 1024 * 1024))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # kept across exec: EFBIG instead of death
+    limits: dict[str, int] = {}
+    for name, which, value in wanted:
+        try:
+            resource.setrlimit(which, (value, value))
+            limits[name] = value >> 20 if which == resource.RLIMIT_AS else value
+        except (OSError, ValueError) as exc:
+            warnings.append(f"no {name} limit ({exc})")
     return limits
 
 
@@ -162,7 +171,7 @@ def apply(policy: Policy, command: list[str]) -> dict[str, object]:
                 read_only.append("mount")
         except OSError as exc:
             warnings.append(f"no private network namespace ({exc.strerror or exc})")
-    status["limits"] = _set_limits(policy)
+    status["limits"] = _set_limits(policy, warnings)
     try:
         _lsm.no_new_privs()
     except OSError as exc:
