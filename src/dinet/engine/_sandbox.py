@@ -150,7 +150,8 @@ def _readable(policy: Policy, command: list[str]) -> list[str]:
     python = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     here = [p for p in sys.path if p and os.path.isabs(p)]
     exe = os.path.dirname(os.path.realpath(command[0])) if command else ""
-    found = [*_SYSTEM_READABLE, *python, *here, exe, *policy.readable]
+    libraries = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)  # e.g. a BLAS in /opt
+    found = [*_SYSTEM_READABLE, *python, *here, exe, *libraries, *policy.readable]
     return list(dict.fromkeys(p for p in found if p))
 
 
