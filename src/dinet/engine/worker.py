@@ -385,8 +385,11 @@ class WorkerEngine:
                     pass  # the worker is unusable: fall through to discarding it
             logger.warning("engine worker %d did not end an abandoned request", worker.process.pid)
             await self._discard(worker)
-            if not self._closed:
-                await self._spawn()
+            if not self._closed and self.failed is None:
+                try:
+                    await self._spawn()
+                except ModelError:
+                    pass  # `failed` says why; the next request hears it
 
 
 def _rotate(log_path: Path) -> None:
