@@ -157,32 +157,36 @@ def _readable(policy: Policy, command: list[str]) -> list[str]:
 
 def apply(policy: Policy, command: list[str]) -> dict[str, object]:
     """Confine this process; returns what took effect (and what did not, in `warnings`)."""
-    status: dict[str, object] = {"network": [], "files": None, "model_read_only": [], "no_fork": False}
-    network: list[str] = status["network"]  # type: ignore[assignment]
-    read_only: list[str] = status["model_read_only"]  # type: ignore[assignment]
+    network: list[str] = []  # what cuts the network off
+    read_only: list[str] = []  # what keeps the protected files read-only
     warnings: list[str] = []
+    files, no_fork = None, False
     use_landlock = policy.landlock and _lsm.landlock_abi() > 0
     need_mounts = bool(policy.protect) and not use_landlock
     if policy.namespaces:
         try:
             how = _new_namespaces(with_mounts=need_mounts)
             network.append("netns" if how == "root" else "userns-netns")
-            if need_mounts:
-                _bind_read_only(policy.protect)
-                read_only.append("mount")
         except OSError as exc:
             warnings.append(f"no private network namespace ({exc.strerror or exc})")
-    status["limits"] = _set_limits(policy, warnings)
+            need_mounts = False
+        if need_mounts:
+            try:
+                _bind_read_only(policy.protect)
+                read_only.append("mount")
+            except OSError as exc:
+                warnings.append(f"no read-only mount of the model ({exc.strerror or exc})")
+    limits = _set_limits(policy, warnings)
+    seccomp = policy.seccomp
     try:
         _lsm.no_new_privs()
     except OSError as exc:
         warnings.append(f"no_new_privs failed ({exc.strerror}): no Landlock, no seccomp")
-        use_landlock = False
-        policy = Policy(**{**asdict(policy), "seccomp": False})
+        use_landlock = seccomp = False
     if use_landlock:
         try:
             scopes = _lsm.landlock_restrict(_readable(policy, command), ["/dev/null"])
-            status["files"] = "landlock"
+            files = "landlock"
             read_only.append("landlock")
             if scopes["tcp"]:
                 network.append("landlock-tcp")
@@ -190,21 +194,23 @@ def apply(policy: Policy, command: list[str]) -> dict[str, object]:
             warnings.append(f"Landlock failed ({exc.strerror or exc})")
     elif policy.landlock:
         warnings.append("Landlock is not available in this kernel: the worker can read the node's files")
-    if policy.seccomp and _lsm.seccomp_supported():
+    if seccomp and _lsm.seccomp_supported():
         try:
             _lsm.seccomp_install()
             network.append("seccomp")
-            status["no_fork"] = True
+            no_fork = True
         except OSError as exc:
             warnings.append(f"seccomp filter failed ({exc.strerror or exc})")
-    elif policy.seccomp:
+    elif seccomp:
         warnings.append("no seccomp filter for this CPU architecture")
     if not network:
         warnings.append("the worker has network access")
     if policy.protect and not read_only:
         warnings.append("the model file is writable by the worker")
-    status["warnings"] = warnings
-    return status
+    return {
+        "network": network, "files": files, "model_read_only": read_only, "no_fork": no_fork,
+        "limits": limits, "warnings": warnings,
+    }  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
