@@ -88,6 +88,7 @@ def main() -> None:
         "fork": attempt(fork),
         "thread": attempt(thread),
         "signal_parent": attempt(lambda: os.kill(os.getppid(), 0)),
+        "parent_environ": attempt(lambda: open(f"/proc/{os.getppid()}/environ", "rb").read()),
     }
     # A long write to the log (stderr): past the file-size budget it must fail, not kill us.
     results["stderr_write"] = attempt(lambda: flood(2, int(stderr_bytes)))

@@ -92,6 +92,7 @@ def test_the_full_sandbox_refuses_network_writes_foreign_reads_and_fork(target: 
         assert r[attempt] in DENIED, attempt
     for attempt in ("write_model", "truncate_model", "unlink_model", "create_file", "read_secret"):
         assert r[attempt] == errno.EACCES, attempt
+    assert r["parent_environ"] in DENIED  # the node's environment (API keys) stays private
     assert not target.accepted_anything() and target.intact()
     assert not (target.model.parent / "dropped").exists()
     assert status.network[0] in ("netns", "userns-netns") and "seccomp" in status.network
@@ -188,6 +189,15 @@ def test_a_status_comes_only_from_the_launcher(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DINET_SANDBOX", '{"network": ["netns"], "forged": true}')
     assert current_status() is None  # malformed: not believed
     assert "DINET_SANDBOX" not in launcher_env()  # never passed on from the node's own env
+
+
+def test_the_worker_does_not_inherit_the_nodes_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINET_API_KEY", "sk-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("OMP_PROC_BIND", "true")
+    env = launcher_env()
+    assert "DINET_API_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["OMP_PROC_BIND"] == "true" and env["PATH"] == os.environ["PATH"]
 
 
 @needs_landlock

@@ -46,8 +46,12 @@ _KEEP = {
     os.ST_NOSUID: _MS_NOSUID, os.ST_NODEV: _MS_NODEV, os.ST_NOEXEC: _MS_NOEXEC,
     os.ST_NOATIME: _MS_NOATIME, os.ST_NODIRATIME: _MS_NODIRATIME, os.ST_RELATIME: _MS_RELATIME,
 }  # fmt: skip
+# Of /proc only the worker's own entries (Landlock resolves /proc/self once, here, to
+# the pid the worker keeps across exec) and CPU and memory facts: never another
+# process's environment or command line.
 _SYSTEM_READABLE = (
-    "/usr", "/lib", "/lib64", "/lib32", "/bin", "/proc", "/sys",
+    "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sys",
+    "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
     "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
     "/etc/nsswitch.conf", "/etc/passwd", "/etc/group",
     "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random",

@@ -80,14 +80,24 @@ def sandboxed(
     return launcher + command
 
 
+# What a worker may inherit of the node's environment: locale, paths, and the knobs of
+# the numeric libraries. Anything else (an API key, cloud credentials) stays with the node.
+_ENV_KEEP = {"PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "TERM"}
+_ENV_KEEP_PREFIXES = (
+    "LC_", "PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "GGML_", "LLAMA_", "TORCH_",
+    "TOKENIZERS_",
+)  # fmt: skip
+
+
 def launcher_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment in which the launcher finds `dinet` even when it is not installed."""
-    out = dict(os.environ if env is None else env)
+    """The environment for a worker: the node's, less anything it need not know, and one
+    in which the launcher finds `dinet` even when it is not installed."""
+    given = os.environ if env is None else env
+    out = {k: v for k, v in given.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
     package_root = str(Path(__file__).resolve().parents[2])
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, out.get("PYTHONPATH")]))
     out["PYTHONDONTWRITEBYTECODE"] = "1"  # the sandbox refuses writes; do not even try
-    out.pop(ENV_STATUS, None)  # only the launcher may say what is in force
-    return out
+    return out  # never ENV_STATUS: only the launcher may say what is in force
 
 
 def current_status() -> SandboxStatus | None:
