@@ -133,6 +133,7 @@ class WorkerEngine:
                 self._argv, readable=[self.model_path], protect=[self.model_path], memory_mb=memory_mb
             )
         self._memory_mb = memory_mb
+        self._sandboxed = sandbox
         self._preflight = preflight
         self._max_restarts = max_restarts
         self._backoff_s = restart_backoff_s
@@ -306,6 +307,8 @@ class WorkerEngine:
         message = f"the engine worker for {self.model_path.name} could not start: {why}" + (
             f"; its log ends with: {tail[-500:]}" if tail else ""
         )
+        if self._sandboxed:
+            message += " (if the sandbox is to blame, --no-sandbox turns it off)"
         if code == EXIT_LOAD_FAILED:  # llama.cpp refused the file (or the memory limit): final
             self.failed = message
             logger.error("engine for %s: %s", self.model_path.name, message)
