@@ -37,6 +37,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "ttft_ms": round(answer.ttft_ms, 2),
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
+        "chain": list(answer.chain),
         "max_tokens_capped": answer.max_tokens_capped,
         "receipts": [r.receipt_id for r in answer.receipts],
         "refused_receipts": list(answer.refused_receipts),
@@ -60,6 +61,7 @@ def run_ask(
     mdns: bool,
     json_out: bool,
     max_price: float | None = None,
+    sharded: bool = False,
 ) -> None:
     if max_price is not None and max_price < 0:
         fail("--max-price cannot be negative")
@@ -79,7 +81,8 @@ def run_ask(
         async with open_network(settings) as network:
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
                                    discover_timeout=timeout, deadline_s=deadline,
-                                   policy=policy):  # type: ignore[arg-type]
+                                   policy=policy,  # type: ignore[arg-type]
+                                   sharded=True if sharded else None):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "

@@ -61,6 +61,15 @@ class ShardStep(Message):
     seq: int = Field(ge=0)  # steps of this session so far
     rows: int = Field(ge=1, le=MAX_STEP_ROWS)
     dtype: TensorDType
+    # The last stage samples a token only when asked: not for the prompt's earlier chunks.
+    sample: bool = True
+
+
+class ShardAck(Message):
+    """The last stage's answer to a step that asked for no token."""
+
+    kind: Literal["shard_ack"] = "shard_ack"
+    seq: int = Field(ge=0)
 
 
 class ShardHidden(Message):
@@ -98,10 +107,12 @@ class ShardClose(Message):
 
 ShardRequest = Annotated[ShardOpen | ShardStep | ShardClose, Field(discriminator="kind")]
 ShardReply = Annotated[
-    ShardOpened | ShardHidden | ShardSampled | ErrorFrame, Field(discriminator="kind")
+    ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame, Field(discriminator="kind")
 ]
 _requests: TypeAdapter[ShardOpen | ShardStep | ShardClose] = TypeAdapter(ShardRequest)
-_replies: TypeAdapter[ShardOpened | ShardHidden | ShardSampled | ErrorFrame] = TypeAdapter(ShardReply)
+_replies: TypeAdapter[ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame] = TypeAdapter(
+    ShardReply
+)
 
 
 def decode_shard_request(payload: bytes) -> ShardOpen | ShardStep | ShardClose:
@@ -111,7 +122,7 @@ def decode_shard_request(payload: bytes) -> ShardOpen | ShardStep | ShardClose:
         raise MalformedMessage(_brief(exc)) from None
 
 
-def decode_shard_reply(payload: bytes) -> ShardOpened | ShardHidden | ShardSampled | ErrorFrame:
+def decode_shard_reply(payload: bytes) -> ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame:
     try:
         return _replies.validate_json(payload)
     except ValidationError as exc:
