@@ -65,6 +65,12 @@ def node(
     layers: Annotated[
         str | None, typer.Option(help="Serve only blocks START:STOP (a pipeline stage on /dinet/shard/1)")
     ] = None,
+    shard_kv_mb: Annotated[
+        float | None, typer.Option(help="With --layers: most MB of KV cache kept for sessions")
+    ] = None,
+    shard_idle_s: Annotated[
+        float | None, typer.Option(help="With --layers: seconds before an unused session is freed")
+    ] = None,
     api_port: Annotated[
         int | None, typer.Option(help="Also serve the OpenAI-compatible API and page on this port")
     ] = None,
@@ -86,7 +92,7 @@ def node(
             "per_peer_rate": per_peer_rate, "per_peer_burst": per_peer_burst,
             "per_peer_concurrency": per_peer_concurrency, "max_tokens_limit": max_tokens_limit,
             "max_prompt_chars": max_prompt_chars, "max_request_bytes": max_request_bytes,
-            "layers": layers,
+            "layers": layers, "shard_kv_mb": shard_kv_mb, "shard_idle_s": shard_idle_s,
         },
     )
 
