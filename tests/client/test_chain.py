@@ -46,8 +46,11 @@ from dinet.wire.shard import (
     tensor_frames,
 )
 
-PROMPTS = ["What is the capital of France?", "Write a haiku about rust.", "List three prime numbers."]
+# Prompts on which llama.cpp's greedy answer has no near-tie within MAX_TOKENS tokens: on
+# others its own noise (~1.3 in the logits) can flip a token against any other engine.
+PROMPTS = ["What is the largest planet?", "Describe a cat in one sentence.", "What is 2 plus 2?"]
 MAX_TOKENS = 24
+STAGE_START_S = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +59,15 @@ def stages(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     started: dict[str, NodeProcess] = {}
     try:
-        started["A"] = start_node(root / "A", extra_args=["--layers", "0:10"])
+        # Stages load torch and their tensors: slow on a busy 2-core machine.
+        started["A"] = start_node(root / "A", extra_args=["--layers", "0:10"], start_timeout=STAGE_START_S)
         rest = {"B": "10:20", "B2": "10:20", "C": "20:30", "D": "10:30"}
         threads = []
 
         def start(name: str, layers: str) -> None:
             bootstrap = [] if name == "D" else [started["A"].addr]
-            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=["--layers", layers])
+            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=["--layers", layers],
+                                       start_timeout=STAGE_START_S)
 
         for name, layers in rest.items():
             threads.append(threading.Thread(target=start, args=(name, layers)))
@@ -142,7 +147,7 @@ async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_a
 
 
 async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, stages, llama_answers):
-    prompt = PROMPTS[1]
+    prompt = PROMPTS[0]
     middle = {stages["B"].peer_id: stages["B"], stages["B2"].peer_id: stages["B2"]}
     chosen: list[str] = []
     frames: list[TokenFrame] = []
