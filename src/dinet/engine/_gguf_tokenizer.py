@@ -21,7 +21,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 
-from dinet.engine._gguf_weights import open_gguf
+from dinet.engine._gguf_file import GGUFFile
 from dinet.errors import UnsupportedModel
 from dinet.wire.messages import ChatMessage
 
@@ -80,9 +80,7 @@ class GGUFTokenizer:
 
     @classmethod
     def from_gguf(cls, path: Path) -> GGUFTokenizer:
-        reader = open_gguf(path)
-        names = ("tokenizer.", "general.architecture")
-        return cls({name: f.contents() for name, f in reader.fields.items() if name.startswith(names)})
+        return cls(GGUFFile(path).metadata)
 
     def _build(self, merges: list[str], splits: tuple[str, ...]) -> Tokenizer:
         vocab = {token: i for i, token in enumerate(self._tokens)}

@@ -1,6 +1,7 @@
 """Weights of a llama-family GGUF, read one tensor at a time, as torch matrices.
 
-`gguf.GGUFReader` maps the file: a stage touches only the pages of its own tensors.
+The file is memory-mapped (`dinet.engine._gguf_file`): a stage touches only the pages
+of its own tensors.
 
 Two kinds of matrix (both `y = x @ W.T`, `x` (T, K) float32 -> `y` (T, N) float32):
 
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import gguf
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from dinet.errors import BadModelFile, ModelNotFound, UnsupportedModel
+from dinet.engine._gguf_file import GGUFFile, TensorInfo
+from dinet.errors import UnsupportedModel
 
 GROUP = 32  # Q4_1 and Q8_0 blocks hold 32 weights: one int4 group each
 _Q4_1_BYTES = 20  # f16 d, f16 m, 16 bytes of nibbles
@@ -107,15 +108,14 @@ _NIBBLES = {
 class GGUFWeights:
     """Tensors of one GGUF by name; nothing is read until asked for."""
 
-    def __init__(self, reader: gguf.GGUFReader) -> None:
-        self._tensors = {t.name: t for t in reader.tensors}
+    def __init__(self, file: GGUFFile) -> None:
+        self._file = file
 
     def has(self, name: str) -> bool:
-        return name in self._tensors
+        return name in self._file.tensors
 
-    def raw(self, name: str) -> npt.NDArray[np.uint8]:
-        """The stored blocks of a tensor, one row per output row (a view of the map)."""
-        return np.asarray(self._get(name).data)
+    def rows_count(self, name: str) -> int:
+        return self._get(name).rows
 
     def vector(self, name: str) -> torch.Tensor:
         """A norm weight: (n,) float32."""
@@ -127,15 +127,15 @@ class GGUFWeights:
 
     def rows(self, name: str, ids: npt.NDArray[np.int64]) -> torch.Tensor:
         """Rows `ids` of a matrix, dequantized: (len(ids), K) float32 (embedding lookups)."""
-        tensor = self._get(name)
-        raw = np.asarray(tensor.data)[ids]
-        return torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(raw, tensor.tensor_type)))
+        kind = self._get(name).kind
+        raw = self._file.data(name)[ids]  # (len(ids), row_bytes)
+        return torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(raw, kind), dtype=np.float32))
 
     def matrix(self, names: Sequence[str], *, int4: bool) -> Matrix:
         """The named (N_i, K) matrices stacked along N: one matmul computes them all."""
-        tensors = [self._get(name) for name in names]
-        if int4 and all(t.tensor_type in _NIBBLES for t in tensors):
-            parts = [_NIBBLES[t.tensor_type](np.asarray(t.data)) for t in tensors]
+        kinds = [self._get(name).kind for name in names]
+        if int4 and all(kind in _NIBBLES for kind in kinds):
+            parts = [_NIBBLES[kind](self._file.data(name)) for kind, name in zip(kinds, names, strict=True)]
             if len({p.repeat for p in parts}) == 1:
                 return Int4Matrix(
                     torch.from_numpy(np.concatenate([p.values for p in parts])),
@@ -145,26 +145,16 @@ class GGUFWeights:
                 )
         return DenseMatrix(torch.cat([self.dense(name) for name in names]))
 
-    def _get(self, name: str) -> gguf.ReaderTensor:
-        tensor = self._tensors.get(name)
+    def _get(self, name: str) -> TensorInfo:
+        tensor = self._file.tensors.get(name)
         if tensor is None:
             raise UnsupportedModel(f"the GGUF has no tensor {name}")
         return tensor
 
     def _dequantize(self, name: str) -> npt.NDArray[np.float32]:
-        tensor = self._get(name)
+        kind = self._get(name).kind
         try:
-            out = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+            out = gguf.quants.dequantize(self._file.data(name), kind)
         except NotImplementedError as exc:
-            raise UnsupportedModel(f"{name}: cannot read type {tensor.tensor_type.name}: {exc}") from None
+            raise UnsupportedModel(f"{name}: cannot read type {kind.name}: {exc}") from None
         return out.astype(np.float32, copy=False)
-
-
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    """The memory-mapped reader, with missing and unreadable files as typed errors."""
-    if not Path(path).is_file():
-        raise ModelNotFound(f"no model file at {path}")
-    try:
-        return gguf.GGUFReader(path)
-    except (ValueError, KeyError, IndexError, OSError) as exc:
-        raise BadModelFile(f"{path} is not a readable GGUF file: {exc}") from None

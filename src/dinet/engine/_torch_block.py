@@ -15,8 +15,8 @@ key/value head h // (n_head / n_head_kv).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import gguf
 import torch
 import torch.nn.functional as F
 
@@ -43,31 +43,29 @@ class ModelShape:
         return self.n_embd // self.n_head
 
     @classmethod
-    def read(cls, reader: gguf.GGUFReader) -> ModelShape:
-        def field(name: str, default: object = None) -> object:
-            found = reader.fields.get(name)
+    def read(cls, metadata: dict[str, Any]) -> ModelShape:
+        def field(name: str, default: object = None) -> Any:
+            found = metadata.get(name, default)
             if found is None:
-                if default is None:
-                    raise UnsupportedModel(f"the GGUF lacks {name}")
-                return default
-            return found.contents()
+                raise UnsupportedModel(f"the GGUF lacks {name}")
+            return found
 
         arch = str(field("general.architecture"))
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModel(f"architecture {arch!r} is not supported by the torch engine")
         if field(f"{arch}.rope.scaling.type", "none") not in ("none", ""):
             raise UnsupportedModel("rope scaling is not supported by the torch engine")
-        n_head = int(field(f"{arch}.attention.head_count"))  # type: ignore[call-overload]
+        n_head = int(field(f"{arch}.attention.head_count"))
         shape = cls(
-            n_layers=int(field(f"{arch}.block_count")),  # type: ignore[call-overload]
-            n_embd=int(field(f"{arch}.embedding_length")),  # type: ignore[call-overload]
+            n_layers=int(field(f"{arch}.block_count")),
+            n_embd=int(field(f"{arch}.embedding_length")),
             n_head=n_head,
-            n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),  # type: ignore[call-overload]
-            n_ctx_train=int(field(f"{arch}.context_length")),  # type: ignore[call-overload]
-            rope_base=float(field(f"{arch}.rope.freq_base", 10000.0)),  # type: ignore[arg-type]
-            rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),  # type: ignore[arg-type]
+            n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
+            n_ctx_train=int(field(f"{arch}.context_length")),
+            rope_base=float(field(f"{arch}.rope.freq_base", 10000.0)),
+            rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
         )
-        rope_dims = int(field(f"{arch}.rope.dimension_count", shape.head_dim))  # type: ignore[call-overload]
+        rope_dims = int(field(f"{arch}.rope.dimension_count", shape.head_dim))
         if rope_dims != shape.head_dim or shape.n_head % shape.n_head_kv or shape.n_embd % shape.n_head:
             raise UnsupportedModel("partial rotary or uneven heads are not supported by the torch engine")
         return shape
@@ -114,22 +112,36 @@ class Block:
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """x (T, n_embd) at positions start..start+T-1; rotary (T, head_dim/2) for them;
-        caches (n_head_kv, capacity, head_dim); mask (T, start+T) bool or None (causal
-        is implied when T == 1 or start == 0). Returns (T, n_embd)."""
+        caches (n_head_kv, capacity, head_dim); mask (T, start+T) bool, None when T == 1.
+        Returns (T, n_embd)."""
         s = self.shape
         t, hd = x.shape[0], s.head_dim
         qkv = self.qkv(F.rms_norm(x, (s.n_embd,), self.attn_norm, s.rms_eps))  # (T, (H + 2*Hkv) * hd)
         qk = qkv[:, : self._rope_heads * hd].reshape(t, self._rope_heads, hd // 2, 2)
         qk = torch.view_as_real(torch.view_as_complex(qk) * rotary[:, None, :])  # (T, H + Hkv, hd/2, 2)
-        q = qk[:, : s.n_head].reshape(t, s.n_head, hd).transpose(0, 1)  # (H, T, hd)
+        q = qk[:, : s.n_head].reshape(t, s.n_head_kv, self._kv_group, hd)  # (T, Hkv, G, hd)
         k_new = qk[:, s.n_head :].reshape(t, s.n_head_kv, hd)  # (T, Hkv, hd)
         v_new = qkv[:, self._rope_heads * hd :].reshape(t, s.n_head_kv, hd)
         k_cache[:, start : start + t] = k_new.transpose(0, 1)
         v_cache[:, start : start + t] = v_new.transpose(0, 1)
-        keys, values = k_cache[:, : start + t], v_cache[:, : start + t]  # (Hkv, L, hd)
-        attn = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=True
-        )  # (H, T, hd)
-        h = x + self.wo(attn.transpose(0, 1).reshape(t, s.n_embd))
+        attn = self._attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
+        h = x + self.wo(attn)
         gate_up = self.gate_up(F.rms_norm(h, (s.n_embd,), self.ffn_norm, s.rms_eps))  # (T, 2 * n_ff)
         return h + self.down(F.silu(gate_up[:, : self.n_ff]) * gate_up[:, self.n_ff :])
+
+    def _attend(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Softmax attention of each query head over its key/value head's cache.
+
+        q (T, Hkv, G, hd); keys, values (Hkv, L, hd); mask (T, L) bool, True = may attend.
+        The G query heads sharing a key/value head are batched together: no copies of
+        the cache per query head.
+        """
+        t, hkv, g, hd = q.shape
+        rows = q.permute(1, 2, 0, 3).reshape(hkv, g * t, hd)  # (Hkv, G*T, hd)
+        scores = torch.bmm(rows, keys.transpose(1, 2)).mul_(hd**-0.5)  # (Hkv, G*T, L)
+        if mask is not None:
+            scores.view(hkv, g, t, -1).masked_fill_(~mask, float("-inf"))
+        out = torch.bmm(torch.softmax(scores, dim=-1), values)  # (Hkv, G*T, hd)
+        return out.view(hkv, g, t, hd).permute(2, 0, 1, 3).reshape(t, hkv * g * hd)

@@ -22,16 +22,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinet.engine._gguf_file import GGUFFile
 from dinet.engine._gguf_tokenizer import GGUFTokenizer
-from dinet.engine._gguf_weights import GGUFWeights, Matrix, open_gguf
+from dinet.engine._gguf_weights import GGUFWeights, Matrix
 from dinet.engine._torch_block import Block, ModelShape, rotary_table
 from dinet.errors import BadLayerSpan, BadShardInput
 
-__all__ = ["GGUFTokenizer", "LayerSpan", "ShardModel", "ShardSession", "open_gguf"]
+__all__ = ["GGUFTokenizer", "LayerSpan", "ShardModel", "ShardSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,11 @@ class ShardModel:
         `threads` sets torch's intra-op threads for this whole process.
         """
         torch.set_num_threads(max(1, threads))
-        reader = open_gguf(path)
-        shape = ModelShape.read(reader)
+        file = GGUFFile(path)
+        shape = ModelShape.read(file.metadata)
         span.check(shape.n_layers)
-        weights = GGUFWeights(reader)
-        n_vocab = int(np.asarray(weights.raw("token_embd.weight")).shape[0])
+        weights = GGUFWeights(file)
+        n_vocab = weights.rows_count("token_embd.weight")
         with torch.inference_mode():
             model = cls(shape, span, weights, n_vocab=n_vocab, n_ctx=min(n_ctx, shape.n_ctx_train), int4=int4)
         logger.info("loaded layers %s of %s (int4=%s, threads=%d)", span, path, int4, threads)
@@ -157,8 +157,8 @@ class ShardSession:
             assert self._k is not None and self._v is not None
             start = self.length
             rotary = m.rotary[start : start + t]  # (T, head_dim/2)
-            mask = None
-            if t > 1 and start > 0:  # causal, shifted by the positions already cached
+            mask = None  # one new position may attend to all; several, each to those before it
+            if t > 1:
                 mask = torch.ones(t, start + t, dtype=torch.bool).tril(diagonal=start)
             for i, block in enumerate(m.blocks):
                 x = block.forward(x, rotary, self._k[i], self._v[i], start, mask)
