@@ -22,7 +22,7 @@ import trio
 from libp2p.abc import INetStream
 
 from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
-from dinet.errors import FrameTooLarge, MalformedMessage, PeerError
+from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._sessions import SessionTable
 from dinet.p2p.streams import FramedStream
 from dinet.wire.messages import ErrorCode, ErrorFrame
@@ -171,7 +171,7 @@ class ShardService:
             started = time.perf_counter()
             try:
                 out = await trio.to_thread.run_sync(session.forward, x, step.sample, limiter=self._limiter)
-            except StageRequestError as exc:
+            except (StageRequestError, BadShardInput) as exc:
                 raise _Refused("bad_request", str(exc)) from None
             except RuntimeError as exc:  # torch's own failures: this session cannot go on
                 self.table.remove(step.session_id)
