@@ -148,6 +148,11 @@ async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_a
                 else:
                     frames.append(event)
             assert [f.token_id for f in frames] == llama_answers[prompt][0]
+        # Hidden states handed on as f16: half the bytes, and here still the same tokens.
+        prompt = PROMPTS[0]
+        frames = [e async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
+                  if isinstance(e, TokenFrame)]
+        assert [f.token_id for f in frames] == llama_answers[prompt][0]
 
 
 async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, stages, llama_answers):

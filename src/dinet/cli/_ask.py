@@ -16,6 +16,7 @@ from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
+from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ChatMessage, GenerationParams
 
 
@@ -137,6 +138,11 @@ def run_chat(
     run(main)
 
 
+def _offer_label(offer: ModelOffer) -> str:
+    """A model id, with the blocks held if the peer is a pipeline stage."""
+    return f"{offer.model_id} [{offer.layers[0]}:{offer.layers[1]}]" if offer.stage else offer.model_id
+
+
 def _read_line() -> str | None:
     try:
         return input("> ")
@@ -167,7 +173,7 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
             for m in manifests:
                 rtt = network.rtt_ms.get(m.peer_id)
                 table.add_row(
-                    m.peer_id, m.region, ", ".join(o.model_id for o in m.models),
+                    m.peer_id, m.region, ", ".join(_offer_label(o) for o in m.models),
                     f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
                 )
