@@ -25,7 +25,7 @@ from tests.gateway._gateway_helpers import API_KEY, start_gateway
 from tests.helpers import chat, raw_host
 
 from dinet.client.ask import Answer, ask
-from dinet.client.chain import ChainPlan, ChainResult, run_chain
+from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
@@ -177,6 +177,39 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
     assert answer.text == llama_answers[prompt][1]
     assert victim.peer_id not in answer.chain
     assert {p for p in answer.chain if p in middle} == set(middle) - {victim.peer_id}
+
+
+async def test_a_session_lost_at_a_stage_is_replayed_there(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[2]
+    a, c = stages["A"], stages["C"]
+    middle = next(stages[n] for n in ("B", "B2") if stages[n].process.poll() is None)
+    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20),
+                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    async with open_network(settings_for(tmp_path, a)) as network, raw_host() as thief:
+        await network.discover(None, None, timeout=30, or_stages=True)
+        chain = Chain(network, ChainPlan(route, a.model_id, a.model_hash, 30), chat(prompt, max_tokens=8),
+                      "f32")
+        prompt_ids = await chain.open()
+        reply = await chain.step(np.asarray(prompt_ids, dtype=np.int32).reshape(-1, 1), sample=True)
+        # The middle stage loses the session: another stream takes its id over, then ends.
+        await dial(thief, peer_info_from(middle.addr))
+        stream = await thief.new_stream(ID.from_base58(middle.peer_id), [TProtocol(SHARD_PROTOCOL)])
+        stolen = FramedStream(stream)
+        await stolen.send(ShardOpen(session_id=chain.links[1].session_id, span=(10, 20), params=chat(prompt)))
+        with trio.fail_after(30):
+            assert isinstance(decode_shard_reply(await stolen.receive() or b""), ShardOpened)
+        await stolen.send(ShardClose(session_id=chain.links[1].session_id))
+        with trio.fail_after(30):
+            assert await stolen.receive() is None
+        tokens = [reply.token_id]
+        while reply is not None and reply.finish_reason is None:
+            reply = await chain.step(np.array([[reply.token_id]], dtype=np.int32), sample=True)
+            assert reply is not None
+            tokens.append(reply.token_id)
+        await chain.close(clean=True)
+        assert tokens == llama_answers[prompt][0][:8]  # replayed into a fresh session: unchanged
+        assert chain.repairs == 1  # the lost session was noticed and replayed once
+        assert [link.peer_id for link in chain.links] == list(route.peers)  # the same peer took it back
 
 
 def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages, llama_answers):

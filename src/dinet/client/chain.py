@@ -24,7 +24,14 @@ import trio
 
 from dinet.client._stage_link import StageLink, Tensor
 from dinet.client.network import Network
-from dinet.errors import MalformedMessage, NoCapablePeer, PeerError, RemoteError, RoutingError
+from dinet.errors import (
+    MalformedMessage,
+    NoCapablePeer,
+    PeerError,
+    RemoteError,
+    RoutingError,
+    first_dinet_error,
+)
 from dinet.routing.shard import Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 from dinet.wire.shard import HiddenDType, ShardSampled, rows_per_frame
@@ -110,6 +117,11 @@ class Chain:
         self._repairs = 0
         self.replayed: list[ShardSampled] = []  # sampled replies produced while replaying
 
+    @property
+    def repairs(self) -> int:
+        """Stage replacements (and session replays) so far in this answer."""
+        return self._repairs
+
     async def open(self) -> tuple[int, ...]:
         """Open every stage; the prompt's token ids (from the first stage)."""
         self.links = await self._open_all(list(self._plan.route.stages))
@@ -128,10 +140,13 @@ class Chain:
             async with trio.open_nursery() as nursery:
                 for i in range(len(offers)):
                     nursery.start_soon(open_one, i)
-        except BaseException:
+        except BaseException as exc:
             for link in links:
                 if link is not None:
                     await link.close(clean=False)
+            ours = first_dinet_error(exc)  # one stage's failure, not trio's group of them
+            if ours is not None and not isinstance(exc, trio.Cancelled):
+                raise ours from None
             raise
         return [link for link in links if link is not None]
 
@@ -161,27 +176,34 @@ class Chain:
         """
         failed = self.links[k]
         start, stop = failed.offer.start, failed.offer.stop
+        # After a lost session the same peer may serve again; otherwise it is out.
         same_peer_ok = isinstance(cause, RemoteError) and cause.code in _REPLAYABLE
+        culprits = set() if same_peer_ok else {failed.peer_id}
         await failed.close(clean=False)
         while True:
             self._repairs += 1
             if self._repairs > MAX_REPAIRS:
                 raise NoCapablePeer(f"the chain failed {MAX_REPAIRS} times; last: {cause}")
-            if not same_peer_ok:
-                self._broken.add(failed.peer_id)
-                self._network.health.failed(failed.peer_id, trio.current_time())
-            logger.info("stage %s [%d, %d) failed (%s); replacing it", failed.peer_id, start, stop, cause)
+            for peer_id in culprits:
+                self._broken.add(peer_id)
+                self._network.health.failed(peer_id, trio.current_time())
+            logger.info("stage [%d, %d) failed (%s); replacing it", start, stop, cause)
             try:
                 route = plan_shard_route(
                     [s for _, s in self._network.stage_offers(self._plan.model_id, self._plan.model_hash)],
                     self._plan.n_layers, start=start, stop=stop, exclude=frozenset(self._broken),
                 )
-                replacement = await self._open_all(list(route.stages))
-                out = await self._replay(replacement, start)
             except RoutingError as exc:
                 raise NoCapablePeer(f"no spare stage for blocks [{start}, {stop}): {exc}") from None
+            replacement: list[StageLink] = []
+            try:
+                replacement = await self._open_all(list(route.stages))
+                out = await self._replay(replacement, start)
             except (PeerError, MalformedMessage) as exc:
-                cause, same_peer_ok = exc, False
+                for link in replacement:
+                    await link.close(clean=False)
+                # Which of them failed is not known for sure: none of them is asked again.
+                cause, culprits = exc, set(route.peers)
                 continue
             self.links[k : k + 1] = replacement
             return out, k + len(replacement)

@@ -154,6 +154,7 @@ class ShardService:
         )
 
     async def _step(self, framed: FramedStream, step: ShardStep) -> None:
+        raw = None
         with trio.move_on_after(RAW_WAIT_S):
             raw = await framed.receive()
         if raw is None:
