@@ -83,7 +83,7 @@ def test_top1_agrees_with_llama_cpp_within_its_noise(
     generator = Generator(llm, "m")
     steps = agreed = 0
     near_ties = ("Tell me a short story about a robot who learns to paint.", "Give me a recipe for pancakes.")
-    for content in near_ties:
+    for content in near_ties if int4 else near_ties[:1]:  # float32 is slower: one prompt
         params = chat(content, max_tokens=MAX_TOKENS)
         expected, _ = _generate(generator, params)
         prompt, _ = generator.prompt_tokens(params)
@@ -99,7 +99,7 @@ def test_top1_agrees_with_llama_cpp_within_its_noise(
             agreed += ours == token
             llm.eval([token])
             logits = session.forward(torch.tensor([token]))
-    assert steps >= 48 and agreed >= 0.9 * steps
+    assert steps >= (48 if int4 else 24) and agreed >= 0.9 * steps
 
 
 def _run_chain(sessions: Sequence[ShardSession], tokens: list[int]) -> torch.Tensor:
