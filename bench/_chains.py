@@ -8,6 +8,7 @@ node, and chains of 1, 2 and 3 torch stages (`--layers`). A client asks each in 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.chain import ChainPlan, ChainResult, run_chain
-from dinet.client.network import Network
+from dinet.client.network import Network, open_network
+from dinet.config import ClientSettings
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.streams import FramedStream
@@ -127,3 +129,58 @@ def bytes_per_token_per_hop() -> int:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
+
+
+def measure_chains(
+    *, rounds: int, max_tokens: int, threads: int, stage_counts: list[int],
+    torch_whole_tokens_per_s: float, llama_whole_tokens_per_s: float,
+) -> dict[str, object]:
+    """Start the node processes, run alternated rounds, print a table; the figures as a dict."""
+    with tempfile.TemporaryDirectory(prefix="dinet-bench-chains-") as tmp:
+        root = Path(tmp)
+        configs = start_configs(root, stage_counts, threads)
+        try:
+            async def run() -> None:
+                settings = ClientSettings(home=root / "client", mdns=False)
+                async with open_network(settings) as network:
+                    await connect(network, configs)
+                    for config in configs:  # warm-up: first answers fill caches and allocators
+                        await run_once(network, config, PROMPT, 8)
+                        config.speeds.clear()
+                        config.texts.clear()
+                    for _ in range(rounds):
+                        for config in configs:
+                            await run_once(network, config, PROMPT, max_tokens)
+
+            trio.run(run)
+        finally:
+            for config in configs:
+                for node in config.nodes:
+                    node.stop()
+
+    hop_bytes = bytes_per_token_per_hop()
+    whole_node = median(configs[0].speeds)
+    rows = []
+    print(f"\nchains of node processes over loopback, {rounds} alternated rounds, {threads} threads each")
+    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'bytes/tok/hop':>15}{'ms/hop':>8}")
+    for config in configs:
+        speed = median(config.speeds)
+        per_hop_ms = None
+        if config.hops and speed and torch_whole_tokens_per_s:
+            per_hop_ms = (1000 / speed - 1000 / torch_whole_tokens_per_s) / config.hops
+        ratio = speed / llama_whole_tokens_per_s if llama_whole_tokens_per_s else 0.0
+        hop = "-" if per_hop_ms is None else f"{per_hop_ms:.2f}"
+        size = hop_bytes if config.hops else "-"
+        print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{size:>15}{hop:>8}")
+        rows.append({"name": config.name, "stages": config.hops, "tokens_per_s": round(speed, 2),
+                     "vs_llama_cpp_whole": round(ratio, 3),
+                     "per_hop_ms": None if per_hop_ms is None else round(per_hop_ms, 3),
+                     "runs": [round(s, 1) for s in config.speeds]})
+    texts = {t for c in configs[1:] for t in c.texts}
+    print(f"every chain gave one and the same text: {len(texts) == 1}; "
+          f"llama.cpp whole node over loopback: {whole_node:.1f} tok/s")
+    return {"rounds": rounds, "bytes_per_token_per_hop": hop_bytes, "chains_agree": len(texts) == 1,
+            "configs": rows}

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
+from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt, token_piece
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
@@ -190,5 +190,5 @@ class Generator:
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            piece = self._pieces[token] = self._llm.detokenize([token])
+            piece = self._pieces[token] = token_piece(self._llm, token)
         return piece

@@ -82,10 +82,10 @@ class GGUFFile:
         if not Path(path).is_file():
             raise ModelNotFound(f"no model file at {path}")
         self.path = Path(path)
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         try:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
             self.metadata, self.tensors = self._parse()
-        except (ValueError, KeyError, struct.error) as exc:
+        except (ValueError, KeyError, OSError, struct.error) as exc:
             raise BadModelFile(f"{path} is not a readable GGUF file: {exc}") from None
 
     def _parse(self) -> tuple[dict[str, Any], dict[str, TensorInfo]]:

@@ -32,16 +32,21 @@ from dinet.errors import UnsupportedModel
 GROUP = 32  # Q4_1 and Q8_0 blocks hold 32 weights: one int4 group each
 _Q4_1_BYTES = 20  # f16 d, f16 m, 16 bytes of nibbles
 _Q8_0_BYTES = 34  # f16 d, 32 int8
+_PACK_ROWS = 4096
 
 
 class Int4Matrix:
     """A (N, K) weight kept as packed nibbles plus bf16 scales and zeros per group."""
 
     def __init__(self, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, repeat: int) -> None:
-        # values (N, K*repeat) int32 in 0..15; scales, zeros (N, K*repeat/GROUP) float32
+        # values (N, K*repeat) uint8 in 0..15; scales, zeros (N, K*repeat/GROUP) float32
         self.out_features = values.shape[0]
         self._repeat = repeat  # 2 for a split Q8_0: the input is fed twice, [x | x]
-        self._packed = torch._convert_weight_to_int4pack_for_cpu(values, 1)
+        # The packer wants int32: convert a slice of rows at a time (packing is row by row).
+        self._packed = torch.cat([
+            torch._convert_weight_to_int4pack_for_cpu(values[i : i + _PACK_ROWS].to(torch.int32), 1)
+            for i in range(0, values.shape[0], _PACK_ROWS)
+        ])
         pairs = torch.stack([scales.T, zeros.T], dim=-1)  # (K/GROUP, N, 2)
         self._scales_zeros = pairs.to(torch.bfloat16).contiguous()
 
@@ -67,7 +72,7 @@ Matrix = Int4Matrix | DenseMatrix
 
 @dataclass(frozen=True)
 class _Nibbles:
-    values: npt.NDArray[np.int32]  # (N, K') in 0..15
+    values: npt.NDArray[np.uint8]  # (N, K') in 0..15
     scales: npt.NDArray[np.float32]  # (N, K'/GROUP)
     zeros: npt.NDArray[np.float32]
     repeat: int
@@ -83,20 +88,20 @@ def _q4_1_nibbles(raw: npt.NDArray[np.uint8]) -> _Nibbles:
     d, m = _f16(blocks, 0), _f16(blocks, 2)
     packed = blocks[:, :, 4:]  # low nibbles are weights 0..15 of the block, high ones 16..31
     values = np.concatenate([packed & 15, packed >> 4], axis=-1).reshape(raw.shape[0], -1)
-    return _Nibbles(values.astype(np.int32), d, m + 8 * d, 1)
+    return _Nibbles(values, d, m + 8 * d, 1)
 
 
 def _q8_0_nibbles(raw: npt.NDArray[np.uint8]) -> _Nibbles:
     blocks = raw.reshape(raw.shape[0], -1, _Q8_0_BYTES)  # (N, K/32, 34)
     d = _f16(blocks, 0)
-    q = blocks[:, :, 2:].view(np.int8).astype(np.int32)  # (N, K/32, 32)
+    q = blocks[:, :, 2:]  # (N, K/32, 32) the int8 weights, as their bytes
     n = raw.shape[0]
-    hi = (q >> 4) + 8  # arithmetic shift: -8..7, stored as 0..15
+    hi = ((q.view(np.int8) >> 4) + 8).view(np.uint8)  # arithmetic shift: -8..7, stored as 0..15
     lo = q & 15
     values = np.concatenate([hi.reshape(n, -1), lo.reshape(n, -1)], axis=1)
     scales = np.concatenate([16 * d, d], axis=1)
     zeros = np.concatenate([np.zeros_like(d), 8 * d], axis=1)
-    return _Nibbles(values.astype(np.int32), scales, zeros, 2)
+    return _Nibbles(values, scales, zeros, 2)
 
 
 _NIBBLES = {
@@ -158,3 +163,29 @@ class GGUFWeights:
         except NotImplementedError as exc:
             raise UnsupportedModel(f"{name}: cannot read type {kind.name}: {exc}") from None
         return out.astype(np.float32, copy=False)
+
+
+class OutputHead:
+    """The output projection, hidden (1, n_embd) -> logits (n_vocab,) float32.
+
+    A 4-bit head computes every logit with bf16 inputs and outputs (rounding of about
+    0.2 at most, measured); on its own that would round near-ties between the best
+    tokens differently from float32. So the logits within `REFINE_MARGIN` of the best
+    are recomputed exactly, in float32 from the stored rows: the best token is the
+    float32 one, at the cost of a few rows instead of the whole (n_vocab, n_embd).
+    """
+
+    REFINE_MARGIN = 1.0  # 5x the largest rounding measured
+
+    def __init__(self, weights: GGUFWeights, name: str, *, int4: bool) -> None:
+        self._weights = weights
+        self._name = name
+        self._matrix = weights.matrix([name], int4=int4)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._matrix(x)[0]  # (n_vocab,)
+        if isinstance(self._matrix, Int4Matrix):
+            near = torch.nonzero(logits >= logits.max() - self.REFINE_MARGIN)[:, 0]  # (C,)
+            rows = self._weights.rows(self._name, near.numpy())  # (C, n_embd) float32, exact
+            logits[near] = rows @ x[0]
+        return logits

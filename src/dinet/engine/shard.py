@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from dinet.engine._gguf_file import GGUFFile
 from dinet.engine._gguf_tokenizer import GGUFTokenizer
-from dinet.engine._gguf_weights import GGUFWeights, Matrix
+from dinet.engine._gguf_weights import GGUFWeights, OutputHead
 from dinet.engine._torch_block import Block, ModelShape, rotary_table
 from dinet.errors import BadLayerSpan, BadShardInput
 
@@ -90,11 +90,11 @@ class ShardModel:
         self.blocks = [Block(shape, weights, i, int4=int4) for i in range(span.start, span.stop)]
         self.rotary = rotary_table(shape, n_ctx)  # (n_ctx, head_dim/2) complex64
         self.output_norm: torch.Tensor | None = None
-        self.output: Matrix | None = None
+        self.output: OutputHead | None = None
         if self.is_last:
             self.output_norm = weights.vector("output_norm.weight")
             tied = not weights.has("output.weight")  # tied to the embedding, as in SmolLM2
-            self.output = weights.matrix(["token_embd.weight" if tied else "output.weight"], int4=int4)
+            self.output = OutputHead(weights, "token_embd.weight" if tied else "output.weight", int4=int4)
 
     @classmethod
     def load(
@@ -167,7 +167,7 @@ class ShardSession:
                 return x
             assert m.output_norm is not None and m.output is not None
             last = F.rms_norm(x[-1:], (m.n_embd,), m.output_norm, m.shape.rms_eps)  # (1, n_embd)
-            return m.output(last)[0]  # (n_vocab,)
+            return m.output(last)  # (n_vocab,)
 
     def _check(self, inputs: torch.Tensor) -> int:
         m = self.model
