@@ -165,7 +165,7 @@ def measure_chains(
     whole_node = median(configs[0].speeds)
     rows = []
     print(f"\nchains of node processes over loopback, {rounds} alternated rounds, {threads} threads each")
-    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'bytes/tok/hop':>15}{'ms/hop':>8}")
+    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'bytes/tok/hop':>15} {'ms/hop':>9}")
     for config in configs:
         speed = median(config.speeds)
         per_hop_ms = None
@@ -174,7 +174,7 @@ def measure_chains(
         ratio = speed / llama_whole_tokens_per_s if llama_whole_tokens_per_s else 0.0
         hop = "-" if per_hop_ms is None else f"{per_hop_ms:.2f}"
         size = hop_bytes if config.hops else "-"
-        print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{size:>15}{hop:>8}")
+        print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{size:>15} {hop:>9}")
         rows.append({"name": config.name, "stages": config.hops, "tokens_per_s": round(speed, 2),
                      "vs_llama_cpp_whole": round(ratio, 3),
                      "per_hop_ms": None if per_hop_ms is None else round(per_hop_ms, 3),
