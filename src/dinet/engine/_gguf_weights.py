@@ -20,6 +20,7 @@ promotes it back without a separate cast):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ import torch
 
 from dinet.engine._gguf_file import GGUFFile, TensorInfo
 from dinet.errors import UnsupportedModel
+
+logger = logging.getLogger(__name__)
 
 GROUP = 32  # Q4_1 and Q8_0 blocks hold 32 weights: one int4 group each
 _Q4_1_BYTES = 20  # f16 d, f16 m, 16 bytes of nibbles
@@ -147,12 +150,15 @@ class GGUFWeights:
         if int4 and all(kind in _NIBBLES for kind in kinds):
             parts = [_NIBBLES[kind](self._file.data(name)) for kind, name in zip(kinds, names, strict=True)]
             if len({p.repeat for p in parts}) == 1:
-                return Int4Matrix(
-                    torch.from_numpy(np.concatenate([p.values for p in parts])),
-                    torch.from_numpy(np.concatenate([p.scales for p in parts])),
-                    torch.from_numpy(np.concatenate([p.zeros for p in parts])),
-                    parts[0].repeat,
-                )
+                try:
+                    return Int4Matrix(
+                        torch.from_numpy(np.concatenate([p.values for p in parts])),
+                        torch.from_numpy(np.concatenate([p.scales for p in parts])),
+                        torch.from_numpy(np.concatenate([p.zeros for p in parts])),
+                        parts[0].repeat,
+                    )
+                except RuntimeError as exc:  # a shape the packing kernel refuses: run it in float32
+                    logger.warning("%s stays float32: %s", ", ".join(names), exc)
         return DenseMatrix(torch.cat([self.dense(name) for name in names]))
 
     def _get(self, name: str) -> TensorInfo:
