@@ -3,6 +3,9 @@
 The node never imports llama.cpp itself: `WorkerEngine` runs it in a subprocess
 (`dinet.engine._worker`), so a crash or a runaway allocation takes down the worker,
 never the node. Decoding is deterministic (`dinet.engine.sampler`).
+
+Pipeline sharding runs layer ranges of a GGUF in PyTorch: `dinet.engine.shard`
+(imported on its own, so that a node without shards never loads torch).
 """
 
 from dinet.engine._paths import default_model_path

@@ -3,7 +3,9 @@
 The file is memory-mapped (`dinet.engine._gguf_file`): a stage touches only the pages
 of its own tensors.
 
-Two kinds of matrix (both `y = x @ W.T`, `x` (T, K) float32 -> `y` (T, N) float32):
+Two kinds of matrix, both `y = x @ W.T`, `x` (T, K) -> `y` (T, N) in the matrix's own
+compute dtype (`.dtype`: bf16 or float32; callers add it to the float32 residual, which
+promotes it back without a separate cast):
 
 - `Int4Matrix` keeps 4-bit weights 4-bit with `torch._weight_int4pack_mm_for_cpu`
   (bf16 activations, groups of 32 along K). That kernel dequantizes as
@@ -18,6 +20,7 @@ Two kinds of matrix (both `y = x @ W.T`, `x` (T, K) float32 -> `y` (T, N) float3
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +31,8 @@ import torch
 
 from dinet.engine._gguf_file import GGUFFile, TensorInfo
 from dinet.errors import UnsupportedModel
+
+logger = logging.getLogger(__name__)
 
 GROUP = 32  # Q4_1 and Q8_0 blocks hold 32 weights: one int4 group each
 _Q4_1_BYTES = 20  # f16 d, f16 m, 16 bytes of nibbles
@@ -50,21 +55,24 @@ class Int4Matrix:
         pairs = torch.stack([scales.T, zeros.T], dim=-1)  # (K/GROUP, N, 2)
         self._scales_zeros = pairs.to(torch.bfloat16).contiguous()
 
+    dtype = torch.bfloat16
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x16 = x.to(torch.bfloat16)  # (T, K)
+        x16 = x.to(torch.bfloat16)  # (T, K); no copy if it already is
         if self._repeat > 1:
             x16 = x16.repeat(1, self._repeat)
-        out = torch._weight_int4pack_mm_for_cpu(x16, self._packed, GROUP, self._scales_zeros)
-        return out.float()  # (T, N)
+        return torch._weight_int4pack_mm_for_cpu(x16, self._packed, GROUP, self._scales_zeros)  # (T, N)
 
 
 class DenseMatrix:
+    dtype = torch.float32
+
     def __init__(self, weight: torch.Tensor) -> None:
         self.out_features = weight.shape[0]
         self._weight = weight.contiguous()  # (N, K) float32
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self._weight)
+        return torch.nn.functional.linear(x.float(), self._weight)
 
 
 Matrix = Int4Matrix | DenseMatrix
@@ -142,12 +150,15 @@ class GGUFWeights:
         if int4 and all(kind in _NIBBLES for kind in kinds):
             parts = [_NIBBLES[kind](self._file.data(name)) for kind, name in zip(kinds, names, strict=True)]
             if len({p.repeat for p in parts}) == 1:
-                return Int4Matrix(
-                    torch.from_numpy(np.concatenate([p.values for p in parts])),
-                    torch.from_numpy(np.concatenate([p.scales for p in parts])),
-                    torch.from_numpy(np.concatenate([p.zeros for p in parts])),
-                    parts[0].repeat,
-                )
+                try:
+                    return Int4Matrix(
+                        torch.from_numpy(np.concatenate([p.values for p in parts])),
+                        torch.from_numpy(np.concatenate([p.scales for p in parts])),
+                        torch.from_numpy(np.concatenate([p.zeros for p in parts])),
+                        parts[0].repeat,
+                    )
+                except RuntimeError as exc:  # a shape the packing kernel refuses: run it in float32
+                    logger.warning("%s stays float32: %s", ", ".join(names), exc)
         return DenseMatrix(torch.cat([self.dense(name) for name in names]))
 
     def _get(self, name: str) -> TensorInfo:
@@ -183,9 +194,9 @@ class OutputHead:
         self._matrix = weights.matrix([name], int4=int4)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self._matrix(x)[0]  # (n_vocab,)
+        logits = self._matrix(x)[0].float()  # (n_vocab,)
         if isinstance(self._matrix, Int4Matrix):
             near = torch.nonzero(logits >= logits.max() - self.REFINE_MARGIN)[:, 0]  # (C,)
             rows = self._weights.rows(self._name, near.numpy())  # (C, n_embd) float32, exact
-            logits[near] = rows @ x[0]
+            logits.index_copy_(0, near, rows @ x[0])
         return logits

@@ -116,7 +116,7 @@ class Block:
         Returns (T, n_embd)."""
         s = self.shape
         t, hd = x.shape[0], s.head_dim
-        qkv = self.qkv(F.rms_norm(x, (s.n_embd,), self.attn_norm, s.rms_eps))  # (T, (H + 2*Hkv) * hd)
+        qkv = self.qkv(F.rms_norm(x, (s.n_embd,), self.attn_norm, s.rms_eps)).float()  # (T, (H+2Hkv)*hd)
         qk = qkv[:, : self._rope_heads * hd].reshape(t, self._rope_heads, hd // 2, 2)
         qk = torch.view_as_real(torch.view_as_complex(qk) * rotary[:, None, :])  # (T, H + Hkv, hd/2, 2)
         q = qk[:, : s.n_head].reshape(t, s.n_head_kv, self._kv_group, hd)  # (T, Hkv, G, hd)
@@ -125,7 +125,8 @@ class Block:
         k_cache[:, start : start + t] = k_new.transpose(0, 1)
         v_cache[:, start : start + t] = v_new.transpose(0, 1)
         attn = self._attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
-        h = x + self.wo(attn)
+        h = x + self.wo(attn)  # float32 residual
+        # The feed-forward stays in the matrices' dtype (bf16 when 4-bit) until the residual.
         gate_up = self.gate_up(F.rms_norm(h, (s.n_embd,), self.ffn_norm, s.rms_eps))  # (T, 2 * n_ff)
         return h + self.down(F.silu(gate_up[:, : self.n_ff]) * gate_up[:, self.n_ff :])
 
