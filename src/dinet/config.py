@@ -69,6 +69,15 @@ class NodeSettings(CommonSettings):
     max_request_bytes: int = Field(
         default=MAX_FRAME, ge=16_384, le=MAX_FRAME, description="Largest request frame accepted, in bytes"
     )
+    layers: str | None = Field(
+        default=None, pattern=r"^\d+:\d+$",
+        description="Serve only blocks START:STOP of the model as a pipeline stage (/dinet/shard/1)",
+    )
+    shard_kv_mb: float = Field(
+        default=512.0, gt=0,
+        description="Most MB of KV cache a stage keeps; least recently used sessions go first",
+    )
+    shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
     scrub_mb_s: float = Field(
         default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"

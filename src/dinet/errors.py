@@ -16,11 +16,14 @@
     │   └── NoCapablePeer
     ├── InferenceError       the engine could not produce an answer
     │   ├── EngineCrashed    the worker process died mid-request
-    │   └── EngineUnavailable the worker could not be started
+    │   ├── EngineUnavailable the worker could not be started
+    │   └── BadShardInput    token ids or hidden states a layer-range stage cannot take
     ├── ModelError           a model file that is missing or not a usable GGUF
     │   ├── ModelNotFound
     │   ├── BadModelFile     not a GGUF file, or a header that contradicts the file
     │   ├── ModelCorrupted   stored bytes that do not match the model's hash
+    │   ├── UnsupportedModel a GGUF the torch layer-range engine cannot run
+    │   ├── BadLayerSpan     a layer range the model does not have (or START >= STOP)
     │   └── PullFailed       no peer could supply every chunk of a model
     ├── RequestError         a user's API request that is malformed or out of range
     │   └── Unauthorized     a missing or wrong API key
@@ -108,6 +111,10 @@ class EngineUnavailable(InferenceError):
     pass
 
 
+class BadShardInput(InferenceError):
+    pass
+
+
 class ModelError(DinetError):
     pass
 
@@ -125,6 +132,14 @@ class ModelCorrupted(ModelError):
 
 
 class PullFailed(ModelError):
+    pass
+
+
+class UnsupportedModel(ModelError):
+    pass
+
+
+class BadLayerSpan(ModelError):
     pass
 
 

@@ -65,6 +65,15 @@ def node(
         int | None, typer.Option(help="Most prompt characters in one request")
     ] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request frame, in bytes")] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Serve only blocks START:STOP (a pipeline stage on /dinet/shard/1)")
+    ] = None,
+    shard_kv_mb: Annotated[
+        float | None, typer.Option(help="With --layers: most MB of KV cache kept for sessions")
+    ] = None,
+    shard_idle_s: Annotated[
+        float | None, typer.Option(help="With --layers: seconds before an unused session is freed")
+    ] = None,
     api_port: Annotated[
         int | None, typer.Option(help="Also serve the OpenAI-compatible API and page on this port")
     ] = None,
@@ -86,6 +95,7 @@ def node(
             "per_peer_rate": per_peer_rate, "per_peer_burst": per_peer_burst,
             "per_peer_concurrency": per_peer_concurrency, "max_tokens_limit": max_tokens_limit,
             "max_prompt_chars": max_prompt_chars, "max_request_bytes": max_request_bytes,
+            "layers": layers, "shard_kv_mb": shard_kv_mb, "shard_idle_s": shard_idle_s,
         },
     )
 
@@ -131,6 +141,9 @@ def ask(
     max_price: Annotated[
         float | None, typer.Option(help="Most credits per token to pay; dearer peers are never used")
     ] = None,
+    sharded: Annotated[
+        bool, typer.Option(help="Answer through a chain of pipeline stages even if a whole node could")
+    ] = False,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -141,7 +154,7 @@ def ask(
         prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         timeout=timeout, deadline=deadline, policy=policy, mdns=mdns, json_out=json_out,
-        max_price=max_price,
+        max_price=max_price, sharded=sharded,
     )
 
 

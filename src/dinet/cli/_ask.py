@@ -16,6 +16,7 @@ from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
+from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ChatMessage, GenerationParams
 
 
@@ -37,6 +38,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "ttft_ms": round(answer.ttft_ms, 2),
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
+        "chain": list(answer.chain),
         "max_tokens_capped": answer.max_tokens_capped,
         "receipts": [r.receipt_id for r in answer.receipts],
         "refused_receipts": list(answer.refused_receipts),
@@ -60,6 +62,7 @@ def run_ask(
     mdns: bool,
     json_out: bool,
     max_price: float | None = None,
+    sharded: bool = False,
 ) -> None:
     if max_price is not None and max_price < 0:
         fail("--max-price cannot be negative")
@@ -79,7 +82,8 @@ def run_ask(
         async with open_network(settings) as network:
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
                                    discover_timeout=timeout, deadline_s=deadline,
-                                   policy=policy):  # type: ignore[arg-type]
+                                   policy=policy,  # type: ignore[arg-type]
+                                   sharded=True if sharded else None):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
@@ -134,6 +138,11 @@ def run_chat(
     run(main)
 
 
+def _offer_label(offer: ModelOffer) -> str:
+    """A model id, with the blocks held if the peer is a pipeline stage."""
+    return f"{offer.model_id} [{offer.layers[0]}:{offer.layers[1]}]" if offer.stage else offer.model_id
+
+
 def _read_line() -> str | None:
     try:
         return input("> ")
@@ -164,7 +173,7 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
             for m in manifests:
                 rtt = network.rtt_ms.get(m.peer_id)
                 table.add_row(
-                    m.peer_id, m.region, ", ".join(o.model_id for o in m.models),
+                    m.peer_id, m.region, ", ".join(_offer_label(o) for o in m.models),
                     f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
                 )

@@ -35,7 +35,7 @@ def run_node(
     prompt_price: float = 0.0,
     priority: bool = True,
     free_allowance: float = 1.0,
-    limits: dict[str, float | int | None] | None = None,
+    limits: dict[str, float | int | str | None] | None = None,
     sandbox: bool = True,
 ) -> None:
     given: dict[str, object] = {

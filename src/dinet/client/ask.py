@@ -16,6 +16,7 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from dinet.client.chain import plan_chain, run_chain
 from dinet.client.network import Network
 from dinet.errors import (
     AnswerTimedOut,
@@ -69,6 +70,7 @@ class Answer:
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
     receipts: tuple[CountersignedReceipt, ...] = ()  # countersigned and kept in the ledger
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
+    chain: tuple[str, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)
 
 
 async def ask(
@@ -83,6 +85,7 @@ async def ask(
     deadline_s: float | None = None,
     max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
+    sharded: bool | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -93,9 +96,20 @@ async def ask(
     as it is asked. Peers asking more than `max_price` credits per token (or the
     network's own limit) are never chosen. Each peer's receipt is checked against
     what it delivered, countersigned, sent back and kept in the network's ledger.
+
+    `sharded`: True answers through a chain of pipeline stages (`dinet.client.chain`);
+    None (the default) does so only when no single peer serves the whole model.
     """
     max_price = network.max_price if max_price is None else max_price
-    await network.discover(model_id, model_hash, timeout=discover_timeout)
+    if not sharded:
+        whole = await network.discover(
+            model_id, model_hash, timeout=discover_timeout, or_stages=sharded is None
+        )
+        sharded = not whole
+    if sharded:
+        async for event in _ask_chain(network, params, model_id, model_hash, discover_timeout, on_attempt):
+            yield event
+        return
     request_id = uuid.uuid4().hex
     tokens: list[TokenFrame] = []
     tried: list[str] = []
@@ -195,6 +209,33 @@ async def ask(
     if last_error is None:
         raise NoCapablePeer(f"no reachable peer serves {wanted}")
     raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+
+async def _ask_chain(
+    network: Network, params: GenerationParams, model_id: str | None, model_hash: str | None,
+    discover_timeout: float, on_attempt: Callable[[str], None] | None,
+) -> AsyncGenerator[TokenFrame | Answer, None]:
+    plan = await plan_chain(network, model_id, model_hash, timeout=discover_timeout)
+    if on_attempt is not None:
+        for peer_id in plan.route.peers:
+            on_attempt(peer_id)
+    started = time.perf_counter()
+    first_at: float | None = None
+    tokens: list[TokenFrame] = []
+    async for event in run_chain(network, plan, params):
+        if isinstance(event, TokenFrame):
+            first_at = first_at or time.perf_counter()
+            tokens.append(event)
+            yield event
+            continue
+        decode_s = time.perf_counter() - (first_at or started)
+        yield Answer(
+            text="".join(t.text for t in tokens), peer_id=event.chain[-1], model_id=event.model_id,
+            model_hash=event.model_hash, usage=event.usage, finish_reason=event.finish_reason,
+            ttft_ms=((first_at or time.perf_counter()) - started) * 1e3,
+            tokens_per_s=(len(tokens) - 1) / decode_s if len(tokens) > 1 and decode_s > 0 else 0.0,
+            peers_tried=event.peers_tried, chain=event.chain,
+        )
 
 
 def token_budget(peer: PeerView, deadline_s: float) -> int:

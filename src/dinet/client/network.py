@@ -31,7 +31,8 @@ from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import PeerView
-from dinet.wire.manifest import Manifest
+from dinet.routing.shard import StageOffer
+from dinet.wire.manifest import Manifest, ModelOffer
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class Network:
         now = trio.current_time()
         views = []
         for m in self.directory.manifests():
-            if not any(_matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models):
+            if not any(
+                not o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models
+            ):
                 continue
             if not self.health.usable(m.peer_id, now):
                 continue
@@ -129,10 +132,32 @@ class Network:
             )
         return views
 
+    def stage_offers(
+        self, model_id: str | None, model_hash: str | None
+    ) -> list[tuple[ModelOffer, StageOffer]]:
+        """Pipeline stages serving the model that are answering and not backed off."""
+        now = trio.current_time()
+        found = []
+        for m in self.directory.manifests():
+            if not self.health.usable(m.peer_id, now):
+                continue
+            for o in m.models:
+                if o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash):
+                    latency = 1000.0 / m.tokens_per_s if m.tokens_per_s > 0 else None
+                    rtt = self.rtt_ms.get(m.peer_id)
+                    stage = StageOffer(m.peer_id, o.layers[0], o.layers[1], latency, rtt)
+                    found.append((o, stage))
+        return found
+
     async def discover(
-        self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1
+        self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1,
+        or_stages: bool = False,
     ) -> list[PeerView]:
-        """Peers serving the model, looking until `want` are found or `timeout` passes."""
+        """Peers serving the model, looking until `want` are found or `timeout` passes.
+
+        With `or_stages`, pipeline stages of the model also end the search (the list
+        of whole-model peers may then be empty).
+        """
         with trio.move_on_after(timeout):
             while True:
                 unprobed = [m for m in self.directory.manifests() if m.peer_id not in self.rtt_ms]
@@ -140,10 +165,12 @@ class Network:
                 if model_hash is not None and len(self.candidates(model_id, model_hash)) < want:
                     await self.find_by_dht(model_hash)
                 found = self.candidates(model_id, model_hash)
-                if len(found) >= want:
+                if len(found) >= want or (or_stages and self.stage_offers(model_id, model_hash)):
                     return found
                 await trio.sleep(0.5)
         found = self.candidates(model_id, model_hash)
+        if or_stages and self.stage_offers(model_id, model_hash):
+            return found
         if not found:
             wanted = model_hash or model_id or "any model"
             raise NoCapablePeer(f"no reachable peer serves {wanted}")

@@ -7,6 +7,9 @@ allocation takes down the worker, never the node. Decoding is deterministic
 
 Names are imported on first use: the sandbox launcher (`dinet.engine._sandbox`) runs
 before every worker and must not pay for trio and pydantic.
+
+Pipeline sharding runs layer ranges of a GGUF in PyTorch: `dinet.engine.shard`
+(imported on its own, so that a node without shards never loads torch).
 """
 
 from __future__ import annotations

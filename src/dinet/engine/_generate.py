@@ -1,8 +1,9 @@
-"""The generation loop of a worker: prompt, prefill, choose, detokenize, stop.
+"""The generation loop: prompt, prefill, choose, detokenize, stop.
 
-Written against llama-cpp-python's `Llama` for loading, tokenizing and `eval`, but
-with our own sampler and stop logic, so that decoding is the deterministic one of
-`dinet.engine.sampler`.
+`run_generation` drives any `Model`: llama-cpp-python's `Llama` here (`Generator`,
+used by the worker) and the torch layer-range engine (`dinet.engine._torch_generate`).
+Decoding is our own sampler and stop logic, the deterministic one of
+`dinet.engine.sampler`, whichever engine computes the logits.
 
 Each request starts from an empty KV cache: the prompt is evaluated in one batch,
 then every token one step at a time. A resume prefix is replayed one step per token
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
@@ -25,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
+from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt, token_piece
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
@@ -38,6 +39,105 @@ class BadRequest(Exception):
     """A request this model cannot serve; the worker answers it and keeps serving."""
 
 
+class Model(Protocol):
+    """What the generation loop needs of an engine: prompts, evaluation, token bytes."""
+
+    n_vocab: int
+    n_ctx: int
+
+    def prompt_tokens(self, params: GenerationParams) -> tuple[list[int], tuple[str, ...]]: ...
+    def start(self, prompt: list[int]) -> None: ...  # an empty KV cache, then the prompt in one batch
+    def step(self, token: int) -> None: ...  # one more position
+    def n_tokens(self) -> int: ...  # positions in the KV cache
+    def last_logits(self) -> npt.NDArray[np.float32]: ...  # (n_vocab,) for the last position
+    def piece(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+
+
+def run_generation(
+    model: Model,
+    sampler: Sampler,
+    model_id: str,
+    params: GenerationParams,
+    received_at: float,
+    emit: Emit,
+    should_stop: ShouldStop = lambda: False,
+) -> None:
+    """Generate for one request, emitting TokenFrames then one EndFrame.
+
+    `should_stop` is asked between tokens: True ends the completion early (the
+    owner has abandoned the stream), still with an EndFrame.
+    """
+    prompt, template_stops = model.prompt_tokens(params)
+    prefix = list(params.prefix_tokens)
+    _check(model, prompt, prefix)
+    text = CompletionText(params.stop + template_stops)
+    for token in prefix:
+        text.prime(model.piece(token))
+
+    model.start(prompt)
+    for token in prefix:  # one step each, exactly as they were first generated
+        model.step(token)
+    index = len(prefix)
+    emitted = steps = 0
+    first_at = last_at = 0.0
+    finish: Literal["stop", "length"] = "length"
+    while index < params.max_tokens:
+        token = sampler.choose(
+            model.last_logits(),
+            index,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+        )
+        last_at = time.perf_counter()
+        first_at = first_at or last_at
+        steps += 1
+        if model.is_eog(token):
+            finish = "stop"
+            break
+        frames, stopped = text.push(index, token, model.piece(token))
+        for frame in frames:
+            emit(frame)
+        emitted += len(frames)
+        index += 1
+        if stopped:
+            finish = "stop"
+            break
+        if index >= params.max_tokens or model.n_tokens() >= model.n_ctx:
+            break
+        if should_stop():
+            finish = "stop"
+            break
+        model.step(token)
+    for frame in text.finish():
+        emit(frame)
+        emitted += 1
+
+    decode_s = last_at - first_at  # the decode steps after the first token
+    emit(
+        EndFrame(
+            finish_reason=finish,
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(prefix) + emitted),
+            ttft_ms=1000.0 * max(0.0, (first_at or time.perf_counter()) - received_at),
+            tokens_per_s=(steps - 1) / decode_s if steps > 1 and decode_s > 0 else 0.0,
+            model_id=model_id,
+        )
+    )
+
+
+def _check(model: Model, prompt: list[int], prefix: list[int]) -> None:
+    if not prompt:
+        raise BadRequest("the prompt is empty")
+    if any(not 0 <= token < model.n_vocab for token in prefix):
+        raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({model.n_vocab})")
+    if len(prompt) + len(prefix) >= model.n_ctx:
+        raise BadRequest(
+            f"prompt of {len(prompt)} tokens plus {len(prefix)} prefix tokens "
+            f"does not fit the context of {model.n_ctx}"
+        )
+
+
 class Generator:
     """Runs requests, one at a time, on one loaded `Llama`."""
 
@@ -45,10 +145,10 @@ class Generator:
         self._llm = llm
         self._model_id = model_id
         self._vocab = llm._model.vocab
-        self._n_vocab = llm.n_vocab()
-        self._n_ctx = llm.n_ctx()
+        self.n_vocab = llm.n_vocab()
+        self.n_ctx = llm.n_ctx()
         self._formatter = chat_formatter(llm)
-        self._sampler = Sampler(self._n_vocab)
+        self._sampler = Sampler(self.n_vocab)
         self._pieces: dict[int, bytes] = {}
 
     def prompt_tokens(self, params: GenerationParams) -> tuple[list[int], tuple[str, ...]]:
@@ -66,88 +166,29 @@ class Generator:
         emit: Emit,
         should_stop: ShouldStop = lambda: False,
     ) -> None:
-        """Generate for one request, emitting TokenFrames then one EndFrame.
+        """Generate for one request (see `run_generation`)."""
+        run_generation(self, self._sampler, self._model_id, params, received_at, emit, should_stop)
 
-        `should_stop` is asked between tokens: True ends the completion early (the
-        owner has abandoned the stream), still with an EndFrame.
-        """
-        prompt, template_stops = self.prompt_tokens(params)
-        prefix = list(params.prefix_tokens)
-        self._check(prompt, prefix)
-        text = CompletionText(params.stop + template_stops)
-        for token in prefix:
-            text.prime(self._piece(token))
+    def start(self, prompt: list[int]) -> None:
+        self._llm.reset()
+        self._llm.eval(prompt)
 
-        llm = self._llm
-        llm.reset()
-        llm.eval(prompt)
-        for token in prefix:  # one step each, exactly as they were first generated
-            llm.eval([token])
-        index = len(prefix)
-        emitted = steps = 0
-        first_at = last_at = 0.0
-        finish: Literal["stop", "length"] = "length"
-        while index < params.max_tokens:
-            token = self._sampler.choose(
-                self._last_logits(),
-                index,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                seed=params.seed,
-            )
-            last_at = time.perf_counter()
-            first_at = first_at or last_at
-            steps += 1
-            if llama_c.llama_vocab_is_eog(self._vocab, token):
-                finish = "stop"
-                break
-            frames, stopped = text.push(index, token, self._piece(token))
-            for frame in frames:
-                emit(frame)
-            emitted += len(frames)
-            index += 1
-            if stopped:
-                finish = "stop"
-                break
-            if index >= params.max_tokens or llm.n_tokens >= self._n_ctx:
-                break
-            if should_stop():
-                finish = "stop"
-                break
-            llm.eval([token])
-        for frame in text.finish():
-            emit(frame)
-            emitted += 1
+    def step(self, token: int) -> None:
+        self._llm.eval([token])
 
-        decode_s = last_at - first_at  # the decode steps after the first token
-        emit(
-            EndFrame(
-                finish_reason=finish,
-                usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(prefix) + emitted),
-                ttft_ms=1000.0 * max(0.0, (first_at or time.perf_counter()) - received_at),
-                tokens_per_s=(steps - 1) / decode_s if steps > 1 and decode_s > 0 else 0.0,
-                model_id=self._model_id,
-            )
-        )
+    def n_tokens(self) -> int:
+        return self._llm.n_tokens
 
-    def _check(self, prompt: list[int], prefix: list[int]) -> None:
-        if not prompt:
-            raise BadRequest("the prompt is empty")
-        if any(not 0 <= token < self._n_vocab for token in prefix):
-            raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({self._n_vocab})")
-        if len(prompt) + len(prefix) >= self._n_ctx:
-            raise BadRequest(
-                f"prompt of {len(prompt)} tokens plus {len(prefix)} prefix tokens "
-                f"does not fit the context of {self._n_ctx}"
-            )
-
-    def _last_logits(self) -> npt.NDArray[np.float32]:
+    def last_logits(self) -> npt.NDArray[np.float32]:
         """A view (no copy) of the logits llama.cpp computed for the last position."""
         pointer = llama_c.llama_get_logits_ith(self._llm.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
-    def _piece(self, token: int) -> bytes:
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_c.llama_vocab_is_eog(self._vocab, token))
+
+    def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            piece = self._pieces[token] = self._llm.detokenize([token])
+            piece = self._pieces[token] = token_piece(self._llm, token)
         return piece

@@ -17,6 +17,7 @@ would cost those machines speed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -166,3 +167,18 @@ def raw_prompt(llm: llama_cpp.Llama, prompt: str) -> list[int]:
         eos = []
     body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
     return bos + body + eos
+
+
+def token_piece(llm: llama_cpp.Llama, token: int) -> bytes:
+    """The bytes of one token, as text (control tokens give b"").
+
+    Not `Llama.detokenize`: it reads into a 32-byte buffer and silently returns
+    nothing for longer tokens (this model has whitespace runs of 33+ bytes).
+    """
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_c.llama_token_to_piece(llm._model.vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # too small: llama.cpp says how many bytes it needs

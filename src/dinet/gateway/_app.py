@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
+SHARDED_HEADER = "x-dinet-sharded"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
@@ -119,6 +120,7 @@ class _Gateway:
             self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
             discover_timeout=self.settings.discover_timeout_s,
             request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
+            sharded=_sharded(parsed, request),
         ))
         # Wait for the first event before answering, so that a request no peer can take
         # gets a proper status code rather than an error inside a 200 stream.
@@ -263,6 +265,18 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+def _sharded(parsed: oa.Request, request: Request) -> bool | None:
+    """Chain or whole model: the body's `dinet_sharded`, else the `x-dinet-sharded` header."""
+    if parsed.dinet_sharded is not None:
+        return parsed.dinet_sharded
+    header = request.headers.get(SHARDED_HEADER, "").strip().lower()
+    if header in ("1", "true", "yes"):
+        return True
+    if header in ("0", "false", "no"):
+        return False
+    return None
 
 
 async def _json_body(request: Request) -> Any:

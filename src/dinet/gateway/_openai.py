@@ -59,6 +59,9 @@ class _Common(_Lenient):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     logprobs: Literal[False, None] = None
+    # dinet's own: true answers through a chain of pipeline stages, false only from
+    # whole-model peers; unset, a chain is used only when no peer holds the whole model.
+    dinet_sharded: bool | None = None
 
 
 class ChatRequest(_Common):
@@ -143,6 +146,7 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
         "ttft_ms": round(answer.ttft_ms, 2),
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
+        "chain": list(answer.chain),
     }
 
 

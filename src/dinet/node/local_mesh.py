@@ -55,6 +55,7 @@ def start_node(
     listen: str = "/ip4/127.0.0.1/tcp/0",
     mdns: bool = False,
     command_prefix: list[str] = (),  # type: ignore[assignment]
+    start_timeout: float = START_TIMEOUT_S,
 ) -> NodeProcess:
     """Start `din node` (on loopback unless told otherwise) and wait until it is serving.
 
@@ -75,7 +76,7 @@ def start_node(
             args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
-    line = _first_line(process, START_TIMEOUT_S)
+    line = _first_line(process, start_timeout)
     if not line:
         process.kill()
         process.wait()

@@ -6,8 +6,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -17,16 +16,12 @@ from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 
 from dinet.config import NodeSettings
-from dinet.engine import WorkerEngine
-from dinet.errors import DinetError, EngineUnavailable, ModelError
+from dinet.errors import DinetError
 from dinet.ledger import Ledger
-from dinet.models._gguf import read_layout
 from dinet.models.store import ModelStore
-from dinet.node.admission import Admission
+from dinet.node._serving import model_stage, whole_model
 from dinet.node.chunks import ModelKeeper, prepare_model
-from dinet.node.inference import InferenceService
-from dinet.node.limits import PeerLimiter, RequestBounds
-from dinet.node.manifests import ManifestPublisher, load_of, offer
+from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
@@ -41,7 +36,7 @@ from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.host import build_host, full_addrs, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity, peer_id_of
 from dinet.p2p.liveness import LivenessWatch
-from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL
+from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -77,12 +72,6 @@ async def serve_node(
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id, lambda m: remember_addrs(host, m.peer_id, m.addrs))
 
-    engine = WorkerEngine(
-        model.path, threads=settings.threads, memory_mb=settings.memory_mb,
-        log_path=settings.home / "worker.log", sandbox=settings.sandbox,
-        preflight=read_layout,  # the GGUF header checks, again before every worker start
-        max_restarts=settings.engine_restarts, restart_backoff_s=settings.engine_backoff_s,
-    )
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
@@ -91,39 +80,27 @@ async def serve_node(
         key_pair.private_key, peer_id, ledger, Prices(settings.prompt_price, settings.price), me,
         allowance=settings.free_allowance, priority=settings.priority,
     )
-    async with _engine_started(engine):
-        inference = InferenceService(
-            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
-            accountant,
-            limiter=PeerLimiter(
-                settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
-            ),
-            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
-            max_request_bytes=settings.max_request_bytes,
-        )
-        model_offer = None
-        if engine.available:
-            info = engine.info
-            model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
-
+    serving_context = (
+        model_stage(settings, model, model_hash)
+        if settings.layers is not None
+        else whole_model(settings, model, model_hash, accountant)
+    )
+    async with serving_context as serving:
         def describe() -> dict[str, object]:
-            admission = inference.admission
             # Never offer damaged bytes, nor a model whose engine has given up.
-            serving = model_offer is not None and keeper.healthy and engine.available
+            offered = serving.offer if keeper.healthy and serving.available() else None
             return {
                 "region": settings.region,
                 "addrs": tuple(full_addrs(host)[:16]),
-                "models": (model_offer,) if serving else (),
+                "models": (offered,) if offered is not None else (),
                 "max_concurrent": settings.max_concurrent,
-                "tokens_per_s": round(inference.stats.tokens_per_s, 2),
-                "ttft_ms": round(inference.stats.ttft_ms, 2),
                 "price_per_token": settings.price,
                 "price_per_prompt_token": settings.prompt_price,
-                "load": load_of(admission.active, admission.queued),
+                **serving.figures(),
             }
 
         publisher = ManifestPublisher(key_pair, peer_id, directory, describe)
-        host.set_stream_handler(TProtocol(INFER_PROTOCOL), keeper.guard(inference.handle))
+        host.set_stream_handler(TProtocol(serving.protocol), keeper.guard(serving.handle))
         host.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), keeper.server().handle)
         host.set_stream_handler(TProtocol(MANIFEST_PROTOCOL), publisher.handle_query)
 
@@ -137,49 +114,28 @@ async def serve_node(
                 nursery.start_soon(_pull_directories, joiner)
                 nursery.start_soon(keeper.keep_healthy, host, dht, directory)
                 nursery.start_soon(LivenessWatch(host, directory, interval=LIVENESS_EVERY_S).run)
+                for task in serving.background:
+                    nursery.start_soon(task)
                 if settings.mdns:
                     nursery.start_soon(_follow_mdns, joiner)
                 started = NodeStarted(
-                    peer_id, full_addrs(host), model.model_id, model_hash, engine_state(engine)
+                    peer_id, full_addrs(host), model.model_id, model_hash, serving.state()
                 )
                 _write_node_file(settings, started)
-                nursery.start_soon(_keep_node_file, settings, started, engine)
+                nursery.start_soon(_keep_node_file, settings, started, serving.state)
                 logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
                 task_status.started(started)
                 await trio.sleep_forever()
 
 
-@asynccontextmanager
-async def _engine_started(engine: WorkerEngine) -> AsyncIterator[None]:
-    """The engine, started if it can be; a model that cannot be served leaves the node
-    up (reachable, sharing chunks, saying why in its node file), not crash-looping."""
-    try:
-        await engine.start()
-    except (EngineUnavailable, ModelError) as exc:
-        logger.error("the model cannot be served, the node runs without it: %s", exc)
-    try:
-        yield
-    finally:
-        await engine.aclose()
-
-
-def engine_state(engine: WorkerEngine) -> dict[str, object]:
-    """For `din node --json` and the node file: is the model served, and how confined."""
-    status = engine.sandbox_status
-    return {
-        "serving": engine.available,
-        "error": engine.failed,
-        "restarts": engine.restarts,
-        "sandbox": status.model_dump(mode="json") if status is not None else None,
-    }
-
-
-async def _keep_node_file(settings: NodeSettings, started: NodeStarted, engine: WorkerEngine) -> None:
+async def _keep_node_file(
+    settings: NodeSettings, started: NodeStarted, engine_state: Callable[[], dict[str, object]]
+) -> None:
     """Rewrite the node file when the engine's state changes (it gave up, it restarted)."""
     last = started.engine
     while True:
         await trio.sleep(1.0)
-        state = engine_state(engine)
+        state = engine_state()
         if state != last:
             _write_node_file(settings, replace(started, engine=state))
             last = state

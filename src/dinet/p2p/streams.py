@@ -42,6 +42,13 @@ class FramedStream:
         except StreamError as exc:
             raise PeerError(f"stream broke: {type(exc).__name__}") from None
 
+    async def send_framed(self, data: bytes) -> None:
+        """Bytes that already hold whole frames (`encode_frame`), in one write."""
+        try:
+            await self.stream.write(data)
+        except StreamError as exc:
+            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+
     async def send(self, message: Message) -> None:
         await self.send_payload(encode(message))
 

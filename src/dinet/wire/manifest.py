@@ -28,7 +28,15 @@ class ModelOffer(Message):
     model_hash: str = Field(min_length=1, max_length=128)
     quantization: str = Field(max_length=32)
     context: int = Field(ge=1)
-    layers: tuple[int, int]
+    layers: tuple[int, int]  # the blocks held, [start, stop)
+    # A pipeline stage (serves /dinet/shard/1, not /dinet/infer/1) and the model's
+    # block count; absent in manifests of whole nodes and of older versions.
+    stage: bool = False
+    n_layers: int | None = Field(default=None, ge=1)
+
+    @property
+    def total_layers(self) -> int:
+        return self.n_layers if self.n_layers is not None else self.layers[1]
 
 
 class Load(Message):

@@ -119,6 +119,8 @@ ErrorCode = Literal[
     "rate_limited",  # this peer is over its request rate or concurrency here: try another peer
     "engine_crashed",  # the worker died; it is being restarted
     "internal",  # anything else
+    "unknown_session",  # /dinet/shard/1: no such session here (never opened, ended or evicted)
+    "wrong_span",  # /dinet/shard/1: this stage does not hold the layers asked for
 ]
 
 

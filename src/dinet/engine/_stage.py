@@ -1,0 +1,181 @@
+"""One pipeline stage: a layer-range model plus what its place in the chain needs.
+
+The first stage tokenizes the prompt (its ids go back to the client, which sends them
+in as steps); the last stage turns logits into tokens with the same `Sampler` and
+`CompletionText` as the whole-model engine, so a chain's frames are those of
+`/dinet/infer/1`. Everything here is synchronous and runs off the event loop
+(`trio.to_thread`), one step at a time per stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dinet.engine._text import CompletionText
+from dinet.engine.sampler import Sampler
+from dinet.errors import MalformedMessage
+from dinet.wire.messages import GenerationParams, TokenFrame
+
+if TYPE_CHECKING:
+    from dinet.engine.shard import GGUFTokenizer, ShardModel, ShardSession
+
+logger = logging.getLogger(__name__)
+
+
+class StageRequestError(Exception):
+    """A request this stage cannot serve (empty prompt, too long, bad ids); answered as bad_request."""
+
+
+@dataclass(frozen=True)
+class Sampled:
+    index: int
+    token_id: int
+    frames: tuple[TokenFrame, ...]
+    finish_reason: Literal["stop", "length"] | None
+
+
+def quiet_threads(threads: int) -> None:
+    """Thread settings torch's OpenMP reads when it loads: idle stages must not spin."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+
+
+class Stage:
+    """A loaded layer range and, if it is first or last, the model's tokenizer."""
+
+    def __init__(self, model: ShardModel, tokenizer: GGUFTokenizer | None) -> None:
+        self.model = model
+        self._tokenizer = tokenizer
+        self._pieces: dict[int, bytes] = {}
+
+    @classmethod
+    def load(cls, path: Path, start: int, stop: int, *, threads: int = 1) -> Stage:
+        quiet_threads(threads)
+        from dinet.engine.shard import GGUFTokenizer, LayerSpan, ShardModel
+
+        model = ShardModel.load(path, LayerSpan(start, stop), threads=threads)
+        tokenizer = GGUFTokenizer.from_gguf(path) if model.is_first or model.is_last else None
+        return cls(model, tokenizer)
+
+    @property
+    def tokenizer(self) -> GGUFTokenizer:
+        assert self._tokenizer is not None, "only the first and last stages hold a tokenizer"
+        return self._tokenizer
+
+    def open(self, params: GenerationParams, dtype: Literal["f32", "f16"] = "f32") -> StageSession:
+        return StageSession(self, params, dtype)
+
+    def piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.tokenizer.piece(token)
+        return piece
+
+
+@dataclass
+class StageSession:
+    """One session's KV cache on this stage, and (on the last stage) its completion state."""
+
+    stage: Stage
+    params: GenerationParams
+    dtype: Literal["f32", "f16"] = "f32"  # of the hidden states this stage sends on
+    prompt_ids: tuple[int, ...] = ()
+    steps: int = 0
+    _kv: ShardSession = field(init=False)
+    _text: CompletionText | None = field(init=False, default=None)
+    _sampler: Sampler | None = field(init=False, default=None)
+    _index: int = field(init=False, default=0)
+    _finished: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        model = self.stage.model
+        if self.params.prefix_tokens:
+            raise StageRequestError("a chain replays its own steps: prefix_tokens are not taken")
+        stops: tuple[str, ...] = ()
+        if model.is_first or model.is_last:
+            ids, stops = self._prompt()
+            if not ids:
+                raise StageRequestError("the prompt is empty")
+            if len(ids) >= model.n_ctx:
+                raise StageRequestError(
+                    f"a prompt of {len(ids)} tokens does not fit the context of {model.n_ctx}"
+                )
+            if model.is_first:
+                self.prompt_ids = tuple(ids)
+        if model.is_last:
+            self._text = CompletionText(self.params.stop + stops)
+            self._sampler = Sampler(model.n_vocab)
+        self._kv = model.new_session()
+
+    def _prompt(self) -> tuple[list[int], tuple[str, ...]]:
+        tokenizer = self.stage.tokenizer
+        if self.params.messages is not None:
+            ids, stops = tokenizer.chat_prompt(self.params.messages)
+            return list(ids), tuple(stops)
+        return list(tokenizer.raw_prompt(self.params.prompt or "")), ()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._kv.nbytes())
+
+    def check_input(self, x: npt.NDArray[np.generic]) -> None:
+        model = self.stage.model
+        if model.is_first:
+            if x.dtype.kind != "i" or x.shape[1] != 1:
+                raise MalformedMessage("the first stage takes token ids (i32, one per row)")
+            if x.size and not (0 <= int(x.min()) and int(x.max()) < model.n_vocab):
+                raise StageRequestError(f"a token id outside the vocabulary ({model.n_vocab})")
+        elif x.dtype.kind != "f" or x.shape[1] != model.n_embd:
+            raise MalformedMessage(f"this stage takes hidden states of width {model.n_embd}")
+        if self._kv.length + x.shape[0] > model.n_ctx:
+            raise StageRequestError(f"the session would pass the context of {model.n_ctx} tokens")
+        if self._finished:
+            raise StageRequestError("the completion has already ended")
+
+    def forward(
+        self, x: npt.NDArray[np.generic], sample: bool = True
+    ) -> npt.NDArray[np.float32] | Sampled | None:
+        """One step: (T, 1) ids or (T, n_embd) hidden in; (T, n_embd) f32 out, or (last
+        stage) the token chosen, or None when not asked to choose one."""
+        import torch
+
+        self.check_input(x)
+        if self.stage.model.is_first:
+            inputs = torch.from_numpy(np.ascontiguousarray(x[:, 0], dtype=np.int64))  # (T,)
+        else:
+            inputs = torch.from_numpy(np.array(x, dtype=np.float32))  # (T, n_embd), a writable copy
+        out = self._kv.forward(inputs)
+        self.steps += 1
+        if not self.stage.model.is_last:
+            return out.numpy()  # (T, n_embd) f32
+        return self._sample(out.numpy()) if sample else None  # (n_vocab,) logits of the last position
+
+    def _sample(self, logits: npt.NDArray[np.float32]) -> Sampled:
+        assert self._text is not None and self._sampler is not None
+        params, index = self.params, self._index
+        token = self._sampler.choose(
+            logits, index, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+        )
+        finish: Literal["stop", "length"] | None = None
+        frames: list[TokenFrame] = []
+        if self.stage.tokenizer.is_eog(token):
+            finish = "stop"
+        else:
+            frames, stopped = self._text.push(index, token, self.stage.piece(token))
+            self._index += 1
+            if stopped:
+                finish = "stop"
+            elif self._index >= params.max_tokens or self._kv.length >= self.stage.model.n_ctx:
+                finish = "length"
+        if finish is not None:
+            frames += self._text.finish()
+            self._finished = True
+        return Sampled(index, token, tuple(frames), finish)

@@ -1,0 +1,148 @@
+"""One llama transformer block in PyTorch, computed as llama.cpp computes it.
+
+    h = x + Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
+    y = h + Wdown · (silu(Wgate · norm(h)) * Wup · norm(h))
+
+The residual stream stays float32 end to end, so a stage hands its neighbour
+exactly the numbers the next block of a whole model would have seen.
+
+Rotary embeddings rotate adjacent pairs (2i, 2i+1) of each head, as llama.cpp does
+for this architecture on the raw GGUF weights (the converter permuted the rows of
+Wq and Wk for exactly that pairing). Grouped-query attention: query head h reads
+key/value head h // (n_head / n_head_kv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dinet.engine._gguf_weights import GGUFWeights, Matrix
+from dinet.errors import UnsupportedModel
+
+SUPPORTED_ARCHITECTURES = frozenset({"llama"})
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The hyperparameters a forward pass needs, from GGUF metadata."""
+
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ctx_train: int
+    rope_base: float
+    rms_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def read(cls, metadata: dict[str, Any]) -> ModelShape:
+        def field(name: str, default: object = None) -> Any:
+            found = metadata.get(name, default)
+            if found is None:
+                raise UnsupportedModel(f"the GGUF lacks {name}")
+            return found
+
+        arch = str(field("general.architecture"))
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModel(f"architecture {arch!r} is not supported by the torch engine")
+        if field(f"{arch}.rope.scaling.type", "none") not in ("none", ""):
+            raise UnsupportedModel("rope scaling is not supported by the torch engine")
+        n_head = int(field(f"{arch}.attention.head_count"))
+        shape = cls(
+            n_layers=int(field(f"{arch}.block_count")),
+            n_embd=int(field(f"{arch}.embedding_length")),
+            n_head=n_head,
+            n_head_kv=int(field(f"{arch}.attention.head_count_kv", n_head)),
+            n_ctx_train=int(field(f"{arch}.context_length")),
+            rope_base=float(field(f"{arch}.rope.freq_base", 10000.0)),
+            rms_eps=float(field(f"{arch}.attention.layer_norm_rms_epsilon")),
+        )
+        rope_dims = int(field(f"{arch}.rope.dimension_count", shape.head_dim))
+        if rope_dims != shape.head_dim or shape.n_head % shape.n_head_kv or shape.n_embd % shape.n_head:
+            raise UnsupportedModel("partial rotary or uneven heads are not supported by the torch engine")
+        return shape
+
+
+def rotary_table(shape: ModelShape, n_ctx: int) -> torch.Tensor:
+    """cos + i·sin of every position and pair: (n_ctx, head_dim/2) complex64.
+
+    Angles are computed in float64 and rounded once, so every stage of a chain
+    holds the same table.
+    """
+    pairs = torch.arange(0, shape.head_dim, 2, dtype=torch.float64)
+    inv_freq = shape.rope_base ** (-pairs / shape.head_dim)  # (head_dim/2,)
+    angles = torch.outer(torch.arange(n_ctx, dtype=torch.float64), inv_freq)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+class Block:
+    """Weights of one block; `forward` appends its keys and values to the given cache."""
+
+    def __init__(self, shape: ModelShape, weights: GGUFWeights, index: int, *, int4: bool) -> None:
+        prefix = f"blk.{index}."
+        self.shape = shape
+        self.attn_norm = weights.vector(prefix + "attn_norm.weight")
+        self.ffn_norm = weights.vector(prefix + "ffn_norm.weight")
+        # Q, K and V in one matmul; gate and up in another.
+        names = ("attn_q.weight", "attn_k.weight", "attn_v.weight")
+        self.qkv: Matrix = weights.matrix([prefix + n for n in names], int4=int4)
+        self.wo: Matrix = weights.matrix([prefix + "attn_output.weight"], int4=int4)
+        ffn = (prefix + "ffn_gate.weight", prefix + "ffn_up.weight")
+        self.gate_up: Matrix = weights.matrix(ffn, int4=int4)
+        self.down: Matrix = weights.matrix([prefix + "ffn_down.weight"], int4=int4)
+        self.n_ff = self.gate_up.out_features // 2
+        self._rope_heads = shape.n_head + shape.n_head_kv  # Q and K heads, rotated together
+        self._kv_group = shape.n_head // shape.n_head_kv
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x (T, n_embd) at positions start..start+T-1; rotary (T, head_dim/2) for them;
+        caches (n_head_kv, capacity, head_dim); mask (T, start+T) bool, None when T == 1.
+        Returns (T, n_embd)."""
+        s = self.shape
+        t, hd = x.shape[0], s.head_dim
+        qkv = self.qkv(F.rms_norm(x, (s.n_embd,), self.attn_norm, s.rms_eps)).float()  # (T, (H+2Hkv)*hd)
+        qk = qkv[:, : self._rope_heads * hd].reshape(t, self._rope_heads, hd // 2, 2)
+        qk = torch.view_as_real(torch.view_as_complex(qk) * rotary[:, None, :])  # (T, H + Hkv, hd/2, 2)
+        q = qk[:, : s.n_head].reshape(t, s.n_head_kv, self._kv_group, hd)  # (T, Hkv, G, hd)
+        k_new = qk[:, s.n_head :].reshape(t, s.n_head_kv, hd)  # (T, Hkv, hd)
+        v_new = qkv[:, self._rope_heads * hd :].reshape(t, s.n_head_kv, hd)
+        k_cache[:, start : start + t] = k_new.transpose(0, 1)
+        v_cache[:, start : start + t] = v_new.transpose(0, 1)
+        attn = self._attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
+        h = x + self.wo(attn)  # float32 residual
+        # The feed-forward stays in the matrices' dtype (bf16 when 4-bit) until the residual.
+        gate_up = self.gate_up(F.rms_norm(h, (s.n_embd,), self.ffn_norm, s.rms_eps))  # (T, 2 * n_ff)
+        return h + self.down(F.silu(gate_up[:, : self.n_ff]) * gate_up[:, self.n_ff :])
+
+    def _attend(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Softmax attention of each query head over its key/value head's cache.
+
+        q (T, Hkv, G, hd); keys, values (Hkv, L, hd); mask (T, L) bool, True = may attend.
+        The G query heads sharing a key/value head are batched together: no copies of
+        the cache per query head.
+        """
+        t, hkv, g, hd = q.shape
+        rows = q.permute(1, 2, 0, 3).reshape(hkv, g * t, hd)  # (Hkv, G*T, hd)
+        scores = torch.bmm(rows, keys.transpose(1, 2)).mul_(hd**-0.5)  # (Hkv, G*T, L)
+        if mask is not None:
+            scores.view(hkv, g, t, -1).masked_fill_(~mask, float("-inf"))
+        out = torch.bmm(torch.softmax(scores, dim=-1), values)  # (Hkv, G*T, hd)
+        return out.view(hkv, g, t, hd).permute(2, 0, 1, 3).reshape(t, hkv * g * hd)

@@ -1,0 +1,148 @@
+"""What a node serves: the whole model on /dinet/infer/1, or a layer range on /dinet/shard/1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import INetStream
+
+from dinet.config import NodeSettings
+from dinet.engine import WorkerEngine
+from dinet.errors import ConfigError, EngineUnavailable, ModelError
+from dinet.models.catalog import LocalModel
+from dinet.node.admission import Admission
+from dinet.node.inference import InferenceService
+from dinet.node.limits import PeerLimiter, RequestBounds
+from dinet.node.manifests import load_of, offer
+from dinet.node.receipts import Accountant
+from dinet.node.shard import ShardService
+from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL
+from dinet.wire.manifest import ModelOffer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    protocol: str
+    handle: Callable[[INetStream], Awaitable[None]]
+    offer: ModelOffer | None  # None: the engine could not start
+    figures: Callable[[], dict[str, object]]  # live manifest fields: speed and load
+    available: Callable[[], bool]  # False once the engine has given up
+    state: Callable[[], dict[str, object]]  # for `din node --json` and the node file
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
+    """'START:STOP' as a block range of a model with `n_layers` blocks, or ConfigError."""
+    start_text, _, stop_text = text.partition(":")
+    try:
+        start, stop = int(start_text), int(stop_text)
+    except ValueError:
+        raise ConfigError(f"--layers takes START:STOP, not {text!r}") from None
+    if not 0 <= start < stop <= n_layers:
+        raise ConfigError(f"--layers {text}: the model has blocks 0 to {n_layers} (STOP is exclusive)")
+    return start, stop
+
+
+@asynccontextmanager
+async def whole_model(
+    settings: NodeSettings, model: LocalModel, model_hash: str, accountant: Accountant
+) -> AsyncIterator[Serving]:
+    from dinet.models._gguf import read_layout
+
+    engine = WorkerEngine(
+        model.path, threads=settings.threads, memory_mb=settings.memory_mb,
+        log_path=settings.home / "worker.log", sandbox=settings.sandbox,
+        preflight=read_layout,  # the GGUF header checks, again before every worker start
+        max_restarts=settings.engine_restarts, restart_backoff_s=settings.engine_backoff_s,
+    )
+    async with _engine_started(engine):
+        inference = InferenceService(
+            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
+            accountant,
+            limiter=PeerLimiter(
+                settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
+            ),
+            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
+            max_request_bytes=settings.max_request_bytes,
+        )
+
+        def figures() -> dict[str, object]:
+            admission = inference.admission
+            return {
+                "tokens_per_s": round(inference.stats.tokens_per_s, 2),
+                "ttft_ms": round(inference.stats.ttft_ms, 2),
+                "load": load_of(admission.active, admission.queued),
+            }
+
+        model_offer = None
+        if engine.available:
+            info = engine.info
+            model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
+        yield Serving(
+            INFER_PROTOCOL, inference.handle, model_offer, figures,
+            available=lambda: engine.available, state=lambda: engine_state(engine),
+        )
+
+
+@asynccontextmanager
+async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str) -> AsyncIterator[Serving]:
+    from dinet.engine._stage import Stage
+    from dinet.models._gguf import read_layout
+    from dinet.models.manifest import summarize
+
+    assert settings.layers is not None
+    summary = summarize(await trio.to_thread.run_sync(read_layout, model.path))
+    span = parse_layers(settings.layers, summary.layers)
+    stage = await trio.to_thread.run_sync(
+        lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads)
+    )
+    service = ShardService(
+        stage, model_hash, span, max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s
+    )
+
+    def figures() -> dict[str, object]:
+        return {
+            "tokens_per_s": round(service.stats.tokens_per_s, 2),
+            "ttft_ms": 0.0,
+            "load": load_of(service.active, 0),
+        }
+
+    yield Serving(
+        SHARD_PROTOCOL, service.handle,
+        offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
+        figures, available=lambda: True,
+        # Torch runs in a thread of the node: no worker process, so no sandbox either.
+        state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
+        background=[service.expire_sessions],
+    )
+
+
+@asynccontextmanager
+async def _engine_started(engine: WorkerEngine) -> AsyncIterator[None]:
+    """The engine, started if it can be; a model that cannot be served leaves the node
+    up (reachable, sharing chunks, saying why in its node file), not crash-looping."""
+    try:
+        await engine.start()
+    except (EngineUnavailable, ModelError) as exc:
+        logger.error("the model cannot be served, the node runs without it: %s", exc)
+    try:
+        yield
+    finally:
+        await engine.aclose()
+
+
+def engine_state(engine: WorkerEngine) -> dict[str, object]:
+    """For `din node --json` and the node file: is the model served, and how confined."""
+    status = engine.sandbox_status
+    return {
+        "serving": engine.available,
+        "error": engine.failed,
+        "restarts": engine.restarts,
+        "sandbox": status.model_dump(mode="json") if status is not None else None,
+    }

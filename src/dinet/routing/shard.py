@@ -1,0 +1,94 @@
+"""Planning a pipeline chain: pure and deterministic, no I/O.
+
+Stages hold contiguous block ranges `[start, stop)` and run their whole range, so a
+chain is a path over layer boundaries: 0 -> s1 -> s2 -> ... -> n_layers, one stage per
+edge. Each stage costs its per-token latency plus the round trip to it (the client
+drives the chain, so every stage is one round trip from the client). Edges only go
+forward, so the boundaries form a DAG and one pass over them in ascending order finds
+the cheapest chain (as Petals' shortest path, without needing a heap).
+
+Ties are broken by fewer stages, then by the peer ids in chain order, so the same
+spans always give the same route.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from dinet.errors import RoutingError
+
+UNKNOWN_STAGE_MS = 20.0  # per-token time assumed for a stage nobody has measured
+UNKNOWN_RTT_MS = 50.0
+
+
+@dataclass(frozen=True)
+class StageOffer:
+    """One peer's span, with what is known of its speed."""
+
+    peer_id: str
+    start: int
+    stop: int
+    latency_ms: float | None = None  # per decode step, measured or advertised
+    rtt_ms: float | None = None
+
+    @property
+    def cost_ms(self) -> float:
+        latency = UNKNOWN_STAGE_MS if self.latency_ms is None else self.latency_ms
+        rtt = UNKNOWN_RTT_MS if self.rtt_ms is None else self.rtt_ms
+        return latency + rtt
+
+
+@dataclass(frozen=True)
+class Route:
+    stages: tuple[StageOffer, ...]
+    cost_ms: float
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(s.peer_id for s in self.stages)
+
+
+_Best = tuple[float, int, tuple[str, ...]]  # (cost, stage count, peer ids): compared in order
+
+
+def plan_shard_route(
+    spans: list[StageOffer],
+    n_layers: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> Route:
+    """The cheapest chain covering `[start, stop)` (default: all `n_layers` blocks).
+
+    Peers in `exclude` are not used. RoutingError names the first boundary no chain
+    can get past when the spans leave a gap.
+    """
+    stop = n_layers if stop is None else stop
+    if not 0 <= start < stop <= n_layers:
+        raise RoutingError(f"cannot plan layers [{start}, {stop}) of a {n_layers}-layer model")
+    by_start: dict[int, list[StageOffer]] = defaultdict(list)
+    for span in spans:
+        if span.peer_id in exclude or not start <= span.start < span.stop <= stop:
+            continue
+        by_start[span.start].append(span)
+    best: dict[int, tuple[_Best, tuple[StageOffer, ...]]] = {start: ((0.0, 0, ()), ())}
+    # Ascending boundaries: every edge into a boundary comes from a smaller one,
+    # so each boundary is final by the time it is expanded.
+    for boundary in sorted(set(by_start) | {start}):
+        if boundary not in best:
+            continue
+        (cost, count, peers), chain = best[boundary]
+        for span in by_start[boundary]:
+            key: _Best = (cost + span.cost_ms, count + 1, (*peers, span.peer_id))
+            current = best.get(span.stop)
+            if current is None or key < current[0]:
+                best[span.stop] = (key, (*chain, span))
+    if stop not in best:
+        reached = max(best)
+        raise RoutingError(
+            f"no chain of stages covers layers [{start}, {stop}): nothing continues from block {reached}"
+        )
+    (cost, _, _), chain = best[stop]
+    return Route(stages=chain, cost_ms=cost)

@@ -1,0 +1,155 @@
+"""Messages of `/dinet/shard/1`: one pipeline stage's session, step by step.
+
+A stage holds a contiguous range of a model's transformer blocks. The client opens a
+session on one stream (`shard_open`), then sends steps: the prompt in one or more
+prefill steps, then one step per generated token. A step's tensor travels as one raw
+frame right after its JSON header (`shard_step`, `shard_hidden`), little-endian,
+row-major; both frames go out in one write. Token ids are `i32` rows of width 1,
+hidden states `f32` (exact) or `f16` rows of width `n_embd`.
+
+The last stage answers a step with `shard_sampled`: the token it chose and the
+completion frames that token releases (exactly the `token` frames of
+`/dinet/infer/1`). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, TypeAdapter, ValidationError
+
+from dinet.errors import MalformedMessage
+from dinet.wire.framing import MAX_FRAME, encode_frame
+from dinet.wire.messages import ErrorFrame, GenerationParams, Message, TokenFrame, encode
+
+TensorDType = Literal["i32", "f32", "f16"]
+HiddenDType = Literal["f32", "f16"]
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "i32": np.dtype("<i4"),
+    "f32": np.dtype("<f4"),
+    "f16": np.dtype("<f2"),
+}
+MAX_STEP_ROWS = 4096  # a whole prompt fits the protocol; the frame cap bounds it further
+
+
+class ShardOpen(Message):
+    """Start a session. Every stage gets the request's params: the first tokenizes the
+    prompt, the last samples and detokenizes; the others check and ignore them."""
+
+    kind: Literal["shard_open"] = "shard_open"
+    session_id: str = Field(min_length=1, max_length=64)
+    model_hash: str | None = Field(default=None, max_length=128)
+    span: tuple[int, int]
+    params: GenerationParams
+    dtype: HiddenDType = "f32"  # of the hidden states this stage sends back
+
+
+class ShardOpened(Message):
+    kind: Literal["shard_opened"] = "shard_opened"
+    session_id: str
+    n_embd: int = Field(ge=1)
+    prompt_ids: tuple[int, ...] = ()  # from the first stage only: the tokenized prompt
+
+
+class ShardStep(Message):
+    """One forward step; a raw frame of `rows` rows of `dtype` follows."""
+
+    kind: Literal["shard_step"] = "shard_step"
+    session_id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)  # steps of this session so far
+    rows: int = Field(ge=1, le=MAX_STEP_ROWS)
+    dtype: TensorDType
+    # The last stage samples a token only when asked: not for the prompt's earlier chunks.
+    sample: bool = True
+
+
+class ShardAck(Message):
+    """The last stage's answer to a step that asked for no token."""
+
+    kind: Literal["shard_ack"] = "shard_ack"
+    seq: int = Field(ge=0)
+
+
+class ShardHidden(Message):
+    """A middle stage's output for step `seq`; a raw frame of (rows, n_embd) follows."""
+
+    kind: Literal["shard_hidden"] = "shard_hidden"
+    seq: int = Field(ge=0)
+    rows: int = Field(ge=1, le=MAX_STEP_ROWS)
+    dtype: HiddenDType
+
+
+class ShardSampled(Message):
+    """The last stage's output for step `seq`: the token chosen at completion `index`.
+
+    `frames` are the completion frames now released (text held back for a possible
+    stop string comes later); `finish_reason` is set when the completion has ended,
+    and then the chosen token is not part of it if it ended the text (end of
+    generation or a stop string).
+    """
+
+    kind: Literal["shard_sampled"] = "shard_sampled"
+    seq: int = Field(ge=0)
+    index: int = Field(ge=0)
+    token_id: int = Field(ge=0)
+    frames: tuple[TokenFrame, ...] = ()
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ShardClose(Message):
+    """End the session: the stage frees its KV cache and closes the stream."""
+
+    kind: Literal["shard_close"] = "shard_close"
+    session_id: str = Field(min_length=1, max_length=64)
+
+
+ShardRequest = Annotated[ShardOpen | ShardStep | ShardClose, Field(discriminator="kind")]
+ShardReply = Annotated[
+    ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame, Field(discriminator="kind")
+]
+_requests: TypeAdapter[ShardOpen | ShardStep | ShardClose] = TypeAdapter(ShardRequest)
+_replies: TypeAdapter[ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame] = TypeAdapter(
+    ShardReply
+)
+
+
+def decode_shard_request(payload: bytes) -> ShardOpen | ShardStep | ShardClose:
+    try:
+        return _requests.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def decode_shard_reply(payload: bytes) -> ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame:
+    try:
+        return _replies.validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def tensor_frames(header: Message, array: npt.NDArray[np.generic]) -> bytes:
+    """The header frame and the raw tensor frame, ready for one write."""
+    return encode_frame(encode(header)) + encode_frame(array.tobytes())
+
+
+def decode_tensor(raw: bytes, rows: int, width: int, dtype: str) -> npt.NDArray[np.generic]:
+    """The (rows, width) array in `raw`, or MalformedMessage if its size disagrees."""
+    np_dtype = NUMPY_DTYPES[dtype]
+    if len(raw) != rows * width * np_dtype.itemsize:
+        raise MalformedMessage(
+            f"tensor of {len(raw)} bytes, expected {rows} x {width} {dtype}"
+        )
+    return np.frombuffer(raw, dtype=np_dtype).reshape(rows, width)
+
+
+def rows_per_frame(n_embd: int, dtype: str = "f32") -> int:
+    """Most rows of hidden state one frame can carry (prefills longer go in several steps)."""
+    return max(1, min(MAX_STEP_ROWS, (MAX_FRAME - 64) // (n_embd * NUMPY_DTYPES[dtype].itemsize)))
+
+
+def _brief(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"invalid message at {where}: {first['msg']}"[:300]

@@ -1,0 +1,292 @@
+"""Pipeline chains of real `din node --layers` processes: same tokens as llama.cpp, and failover.
+
+One module-scoped set of stages is shared by the tests: A [0,10), B and B2 [10,20),
+C [20,30) in one mesh, and D [10,30) on its own (no bootstrap), so that automatic
+routing from A sees only 3-stage chains and a 2-stage chain A + D is asked for by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import aclosing
+
+import httpx
+import numpy as np
+import pytest
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from tests.gateway._gateway_helpers import API_KEY, start_gateway
+from tests.helpers import chat, raw_host
+
+from dinet.client.ask import Answer, ask
+from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain
+from dinet.client.network import open_network
+from dinet.config import ClientSettings
+from dinet.engine import WorkerEngine, default_model_path
+from dinet.node.local_mesh import NodeProcess, start_node
+from dinet.p2p.discovery import dial, peer_info_from
+from dinet.p2p.streams import FramedStream
+from dinet.routing.shard import Route, StageOffer
+from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.messages import GenerationParams, TokenFrame
+from dinet.wire.shard import (
+    ShardClose,
+    ShardHidden,
+    ShardOpen,
+    ShardOpened,
+    ShardStep,
+    decode_shard_reply,
+    decode_tensor,
+    tensor_frames,
+)
+
+# Prompts on which llama.cpp's greedy answer has no near-tie within MAX_TOKENS tokens: on
+# others its own noise (~1.3 in the logits) can flip a token against any other engine.
+PROMPTS = ["What is the largest planet?", "Describe a cat in one sentence.", "What is 2 plus 2?"]
+MAX_TOKENS = 24
+STAGE_START_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """Stage processes by name, one torch thread each."""
+    root = tmp_path_factory.mktemp("stages")
+    started: dict[str, NodeProcess] = {}
+    try:
+        # Stages load torch and their tensors: slow on a busy 2-core machine.
+        started["A"] = start_node(root / "A", extra_args=["--layers", "0:10"], start_timeout=STAGE_START_S)
+        rest = {"B": "10:20", "B2": "10:20", "C": "20:30", "D": "10:30"}
+        threads = []
+
+        def start(name: str, layers: str) -> None:
+            bootstrap = [] if name == "D" else [started["A"].addr]
+            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=["--layers", layers],
+                                       start_timeout=STAGE_START_S)
+
+        for name, layers in rest.items():
+            threads.append(threading.Thread(target=start, args=(name, layers)))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        assert set(started) == {"A", *rest}, "a stage did not start"
+        yield started
+    finally:
+        for node in started.values():
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def llama_answers():
+    """llama.cpp's greedy answers, token ids and text, for each prompt."""
+
+    async def main() -> dict[str, tuple[list[int], str]]:
+        answers = {}
+        async with WorkerEngine(default_model_path(), threads=1) as engine:
+            for prompt in PROMPTS:
+                frames = []
+                async with aclosing(engine.generate(chat(prompt, max_tokens=MAX_TOKENS))) as stream:
+                    async for frame in stream:
+                        if isinstance(frame, TokenFrame):
+                            frames.append(frame)
+                answers[prompt] = ([f.token_id for f in frames], "".join(f.text for f in frames))
+        return answers
+
+    return trio.run(main)
+
+
+def settings_for(tmp_path, *nodes: NodeProcess) -> ClientSettings:
+    return ClientSettings(home=tmp_path / "client", bootstrap=[n.addr for n in nodes], mdns=False,
+                          discover_timeout_s=30)
+
+
+async def chain_answer(
+    network, params: GenerationParams, sharded: bool | None = True
+) -> tuple[list[TokenFrame], Answer]:
+    frames, answer = [], None
+    async for event in ask(network, params, sharded=sharded, discover_timeout=30):
+        if isinstance(event, Answer):
+            answer = event
+        else:
+            frames.append(event)
+    assert answer is not None and answer.text == "".join(f.text for f in frames)
+    return frames, answer
+
+
+async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, llama_answers):
+    async with open_network(settings_for(tmp_path, stages["A"])) as network:
+        for i, prompt in enumerate(PROMPTS):
+            # Asked for, or (first prompt) by default: no peer here holds the whole model.
+            sharded = None if i == 0 else True
+            frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), sharded)
+            ids, text = llama_answers[prompt]
+            # The same greedy ids: llama.cpp's top-1 token at every step of the answer.
+            assert [f.token_id for f in frames] == ids
+            assert answer.text == text
+            assert [f.index for f in frames] == list(range(len(frames)))
+            assert len(answer.chain) == 3
+            assert answer.chain[0] == stages["A"].peer_id and answer.chain[2] == stages["C"].peer_id
+            assert answer.usage.completion_tokens == len(ids) and answer.usage.prompt_tokens > 0
+
+
+async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_answers):
+    a, d = stages["A"], stages["D"]
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await dial(network.host, peer_info_from(d.addr))  # D is in no mesh: reach it by address
+        route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(d.peer_id, 10, 30)), 0.0)
+        plan = ChainPlan(route, a.model_id, a.model_hash, 30)
+        for prompt in PROMPTS[:2]:
+            frames: list[TokenFrame] = []
+            async for event in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS)):
+                if isinstance(event, ChainResult):
+                    assert event.chain == (a.peer_id, d.peer_id)
+                else:
+                    frames.append(event)
+            assert [f.token_id for f in frames] == llama_answers[prompt][0]
+        # Hidden states handed on as f16: half the bytes, and here still the same tokens.
+        prompt = PROMPTS[0]
+        frames = [e async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
+                  if isinstance(e, TokenFrame)]
+        assert [f.token_id for f in frames] == llama_answers[prompt][0]
+
+
+async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[0]
+    middle = {stages["B"].peer_id: stages["B"], stages["B2"].peer_id: stages["B2"]}
+    chosen: list[str] = []
+    frames: list[TokenFrame] = []
+    answer = None
+    async with open_network(settings_for(tmp_path, stages["A"])) as network:
+        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS), sharded=True,
+                               discover_timeout=30, on_attempt=chosen.append):
+            if isinstance(event, Answer):
+                answer = event
+                continue
+            frames.append(event)
+            if len(frames) == 4:  # mid-answer: kill whichever middle stage the chain uses
+                (victim,) = [middle[p] for p in chosen if p in middle]
+                os.kill(victim.process.pid, signal.SIGKILL)
+                victim.process.wait()
+    assert answer is not None
+    assert [f.token_id for f in frames] == llama_answers[prompt][0]
+    assert answer.text == llama_answers[prompt][1]
+    assert victim.peer_id not in answer.chain
+    assert {p for p in answer.chain if p in middle} == set(middle) - {victim.peer_id}
+
+
+async def test_a_session_lost_at_a_stage_is_replayed_there(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[2]
+    a, c = stages["A"], stages["C"]
+    middle = next(stages[n] for n in ("B", "B2") if stages[n].process.poll() is None)
+    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20),
+                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    async with open_network(settings_for(tmp_path, a)) as network, raw_host() as thief:
+        await network.discover(None, None, timeout=30, or_stages=True)
+        chain = Chain(network, ChainPlan(route, a.model_id, a.model_hash, 30), chat(prompt, max_tokens=8),
+                      "f32")
+        prompt_ids = await chain.open()
+        reply = await chain.step(np.asarray(prompt_ids, dtype=np.int32).reshape(-1, 1), sample=True)
+        # The middle stage loses the session: another stream takes its id over, then ends.
+        await dial(thief, peer_info_from(middle.addr))
+        stream = await thief.new_stream(ID.from_base58(middle.peer_id), [TProtocol(SHARD_PROTOCOL)])
+        stolen = FramedStream(stream)
+        await stolen.send(ShardOpen(session_id=chain.links[1].session_id, span=(10, 20), params=chat(prompt)))
+        with trio.fail_after(30):
+            assert isinstance(decode_shard_reply(await stolen.receive() or b""), ShardOpened)
+        await stolen.send(ShardClose(session_id=chain.links[1].session_id))
+        with trio.fail_after(30):
+            assert await stolen.receive() is None
+        tokens = [reply.token_id]
+        while reply is not None and reply.finish_reason is None:
+            reply = await chain.step(np.array([[reply.token_id]], dtype=np.int32), sample=True)
+            assert reply is not None
+            tokens.append(reply.token_id)
+        await chain.close(clean=True)
+        assert tokens == llama_answers[prompt][0][:8]  # replayed into a fresh session: unchanged
+        assert chain.repairs == 1  # the lost session was noticed and replayed once
+        assert [link.peer_id for link in chain.links] == list(route.peers)  # the same peer took it back
+
+
+def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[0]
+    alive = [n for n in stages.values() if n.process.poll() is None and n is not stages["D"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "ask", "--sharded", "--json", "--no-mdns", "--home",
+         str(tmp_path / "cli"), "--max-tokens", str(MAX_TOKENS), "--timeout", "30",
+         "--bootstrap", stages["A"].addr, prompt],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["text"] == llama_answers[prompt][1]
+    assert len(answer["chain"]) == 3 and set(answer["chain"]) <= {n.peer_id for n in alive}
+
+    gateway = start_gateway(tmp_path / "gw", ["--api-key", API_KEY, "--bootstrap", stages["A"].addr,
+                                              "--timeout", "30"])
+    try:
+        reply = httpx.post(
+            f"{gateway.base_url}/chat/completions", timeout=120,
+            headers={"authorization": f"Bearer {API_KEY}"},
+            json={"model": stages["A"].model_id, "max_tokens": MAX_TOKENS, "temperature": 0,
+                  "dinet_sharded": True, "messages": [{"role": "user", "content": prompt}]},
+        )
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["choices"][0]["message"]["content"] == llama_answers[prompt][1]
+        assert len(body["dinet"]["chain"]) == 3
+    finally:
+        gateway.stop()
+
+
+async def test_bad_frames_get_typed_errors_and_the_stage_keeps_serving(stages):
+    a = stages["A"]
+    async with raw_host() as host:
+        await dial(host, peer_info_from(a.addr))
+
+        async def shard_stream() -> FramedStream:
+            stream = await host.new_stream(ID.from_base58(a.peer_id), [TProtocol(SHARD_PROTOCOL)])
+            return FramedStream(stream)
+
+        async def reply(framed: FramedStream):
+            with trio.fail_after(30):
+                return decode_shard_reply(await framed.receive() or b"")
+
+        def step(session_id: str, seq: int, x: np.ndarray) -> bytes:
+            return tensor_frames(ShardStep(session_id=session_id, seq=seq, rows=len(x), dtype="i32"), x)
+
+        params = chat("Hello there", max_tokens=4)
+        ids = np.array([[1], [2]], dtype=np.int32)
+        framed = await shard_stream()
+        await framed.send(ShardOpen(session_id="s1", span=(0, 12), params=params))
+        assert (await reply(framed)).code == "wrong_span"
+        await framed.send_framed(step("nope", 0, ids))
+        assert (await reply(framed)).code == "unknown_session"
+        await framed.send(ShardOpen(session_id="s1", span=(0, 10), params=params))
+        opened = await reply(framed)
+        assert isinstance(opened, ShardOpened) and len(opened.prompt_ids) > 2
+        await framed.send_framed(step("s1", 3, ids))
+        assert (await reply(framed)).code == "bad_request"  # out of order: the stream stays usable
+        await framed.send_framed(step("s1", 0, np.array([[10**6]], dtype=np.int32)))
+        assert (await reply(framed)).code == "bad_request"  # not a token id
+        await framed.send_framed(step("s1", 0, ids))
+        hidden = await reply(framed)
+        assert isinstance(hidden, ShardHidden) and hidden.rows == 2
+        raw = await framed.receive()
+        assert raw is not None
+        assert decode_tensor(raw, 2, opened.n_embd, hidden.dtype).shape == (2, opened.n_embd)
+        await framed.send_payload(b'{"kind": "shard_step", "garbage": true}')
+        assert (await reply(framed)).code == "bad_request"
+        with trio.fail_after(30):
+            assert await framed.receive() is None  # a frame that does not decode ends the stream
+
+        fresh = await shard_stream()  # and the stage still serves new sessions
+        await fresh.send(ShardOpen(session_id="s2", span=(0, 10), params=params))
+        assert isinstance(await reply(fresh), ShardOpened)
+        await fresh.send(ShardClose(session_id="s2"))
+        with trio.fail_after(30):
+            assert await fresh.receive() is None

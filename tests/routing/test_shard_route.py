@@ -1,0 +1,77 @@
+"""Chain planning: cheapest cover of the layers, typed errors for gaps, deterministic ties."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dinet.errors import RoutingError
+from dinet.routing.shard import StageOffer, plan_shard_route
+
+
+def offer(peer: str, start: int, stop: int, latency: float = 10.0, rtt: float = 1.0) -> StageOffer:
+    return StageOffer(peer, start, stop, latency_ms=latency, rtt_ms=rtt)
+
+
+def test_the_cheapest_chain_wins_over_fewer_but_slower_stages():
+    spans = [offer("slow-whole", 0, 30, latency=100), offer("a", 0, 10), offer("b", 10, 20),
+             offer("c", 20, 30), offer("c2", 20, 30, latency=50)]
+    route = plan_shard_route(spans, 30)
+    assert route.peers == ("a", "b", "c")
+    assert route.cost_ms == pytest.approx(33.0)
+
+
+def test_round_trips_count_per_stage():
+    # Two cheap stages with far-away peers lose to one nearby stage of the same compute.
+    spans = [offer("a", 0, 15, rtt=40), offer("b", 15, 30, rtt=40), offer("near", 0, 30, latency=25)]
+    assert plan_shard_route(spans, 30).peers == ("near",)
+
+
+def test_a_gap_is_a_routing_error():
+    spans = [offer("a", 0, 10), offer("b", 12, 30)]
+    with pytest.raises(RoutingError, match="block 10"):
+        plan_shard_route(spans, 30)
+
+
+def test_excluded_peers_are_not_used_and_sub_ranges_can_be_planned():
+    spans = [offer("a", 0, 10), offer("b", 10, 20), offer("b-spare", 10, 20, latency=30), offer("c", 20, 30)]
+    route = plan_shard_route(spans, 30, start=10, stop=20, exclude=frozenset({"b"}))
+    assert route.peers == ("b-spare",)
+    with pytest.raises(RoutingError):
+        plan_shard_route(spans, 30, exclude=frozenset({"b", "b-spare"}))
+
+
+def test_bad_bounds_are_a_routing_error():
+    with pytest.raises(RoutingError):
+        plan_shard_route([offer("a", 0, 30)], 30, start=20, stop=10)
+
+
+def test_ties_are_broken_by_stage_count_then_peer_ids_whatever_the_input_order():
+    spans = [offer("z", 0, 30, latency=31), offer("b", 0, 15), offer("a", 0, 15),
+             offer("d", 15, 30), offer("c", 15, 30)]
+    # a and b cost the same, as do c and d: the lower peer ids win, in any input order.
+    routes = set()
+    for seed in range(20):
+        shuffled = spans[:]
+        random.Random(seed).shuffle(shuffled)
+        routes.add(plan_shard_route(shuffled, 30).peers)
+    assert routes == {("a", "c")}
+    tie = [offer("two-a", 0, 15, latency=5), offer("two-b", 15, 30, latency=5),
+           offer("one", 0, 30, latency=11)]
+    assert plan_shard_route(tie, 30).peers == ("one",)  # 12 ms either way: fewer stages
+
+
+def test_a_thousand_spans_plan_quickly_and_correctly():
+    rng = random.Random(7)
+    spans = []
+    for i in range(1000):
+        start = rng.randrange(0, 60)
+        spans.append(offer(f"p{i:04d}", start, min(64, start + rng.randrange(1, 12)),
+                           latency=rng.uniform(1, 30), rtt=rng.uniform(0.5, 20)))
+    spans += [offer(f"cover{i}", i * 8, i * 8 + 8, latency=1000) for i in range(8)]
+    route = plan_shard_route(spans, 64)
+    assert route.stages[0].start == 0 and route.stages[-1].stop == 64
+    assert all(a.stop == b.start for a, b in zip(route.stages, route.stages[1:], strict=False))
+    assert route.cost_ms == pytest.approx(sum(s.cost_ms for s in route.stages))
+    assert route.cost_ms < 8 * 1000  # the expensive fallback cover is not the answer
