@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 
 from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
-from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable
+from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
@@ -31,6 +31,7 @@ from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import PeerView
+from dinet.trust.reputation import Event, Reputation
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,23 @@ class Network:
     liveness: LivenessWatch | None = None
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
+    reputation: Reputation | None = None  # what this client has seen each peer do
+
+    async def record_outcome(self, peer_id: str, event: Event) -> None:
+        """Add an event to the peer's reputation (if this network keeps one).
+
+        A reputation file that cannot be written costs the event, never the answer.
+        """
+        await self.record_outcomes([(peer_id, event)])
+
+    async def record_outcomes(self, events: list[tuple[str, Event]]) -> None:
+        """Several events in one transaction (a vote's agreements and dissents)."""
+        if self.reputation is None or not events:
+            return
+        try:
+            await trio.to_thread.run_sync(self.reputation.record_many, events)
+        except ReputationError as exc:
+            logger.warning("reputation not updated: %s", exc)
 
     @property
     def peer_id(self) -> str:
