@@ -9,6 +9,7 @@ import platformdirs
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
@@ -71,6 +72,15 @@ class ClientSettings(CommonSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
     max_price: float | None = Field(
         default=None, ge=0, description="Most credits per token (prompt or completion) to pay a peer"
+    )
+    reputation_half_life_h: float = Field(
+        default=6.0, gt=0, le=24 * 365, description="Hours after which a peer's past counts half"
+    )
+    exclude_below: float = Field(
+        default=EXCLUDE_BELOW, ge=0, le=1, description="Reputation under which a peer is never asked"
+    )
+    min_evidence: float = Field(
+        default=MIN_EVIDENCE, ge=1, description="Events a reputation must rest on before it can exclude"
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 
 import trio
@@ -30,6 +30,7 @@ from dinet.errors import (
 )
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
+from dinet.trust.reputation import Event, slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     CountersignedReceipt,
@@ -83,6 +84,7 @@ async def ask(
     deadline_s: float | None = None,
     max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
+    only_peers: Collection[str] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -93,6 +95,11 @@ async def ask(
     as it is asked. Peers asking more than `max_price` credits per token (or the
     network's own limit) are never chosen. Each peer's receipt is checked against
     what it delivered, countersigned, sent back and kept in the network's ledger.
+    With `only_peers`, no other peer is asked (a vote's replica stays on its peer).
+
+    Each attempt's outcome goes to the network's reputation book: a complete answer
+    (and whether it came far slower than the peer advertises), or a failure. Peers
+    excluded for a low reputation are never asked.
     """
     max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout)
@@ -113,11 +120,17 @@ async def ask(
     while True:
         remaining = params.max_tokens - len(tokens)
         capable = network.candidates(model_id, model_hash)
+        if only_peers is not None:
+            capable = [p for p in capable if p.peer_id in only_peers]
         affordable = within_budget(capable, max_price)
         if capable and not affordable:
             raise NoCapablePeer(f"no peer serves {model_hash or model_id or 'the model'} within "
                                 f"{max_price:g} credits per token")
-        candidates = [p for p in affordable if p.peer_id not in broken | busy]
+        allowed = network.trusted(affordable)
+        if affordable and not allowed:
+            raise NoCapablePeer(f"every peer serving {model_hash or model_id or 'the model'} is "
+                                "excluded for a low reputation (`din peers` shows the scores)")
+        candidates = [p for p in allowed if p.peer_id not in broken | busy]
         if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
             await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
             busy.clear()
@@ -140,8 +153,10 @@ async def ask(
         record.in_flight += 1
         limits = _StallLimits.for_peer(peer)
         books = _Books(peer, max_price, receipts, refused)
+        timing = _Timing()
         try:
-            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books):
+            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books,
+                                            timing):
                 if isinstance(frame, TokenFrame):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -154,6 +169,7 @@ async def ask(
                 network.health.answered(peer.peer_id)
                 if end.tokens_per_s > 0:
                     network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
+                await network.record_outcomes(_outcomes(peer, timing, resumed=bool(resumed.prefix_tokens)))
                 yield Answer(
                     text="".join(t.text for t in tokens),
                     peer_id=peer.peer_id,
@@ -182,6 +198,7 @@ async def ask(
             last_error = exc
         finally:
             record.in_flight -= 1
+        await network.record_outcome(peer.peer_id, Event.FAILURE)
         broken.add(peer.peer_id)
         backoff = network.health.failed(peer.peer_id, trio.current_time())
         logger.info(
@@ -218,6 +235,31 @@ class _StallLimits:
         first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000
         between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
+
+
+@dataclass
+class _Timing:
+    """When one attempt's frames came (perf_counter seconds), to hold a peer to its claims."""
+
+    sent_at: float = 0.0
+    queued: bool = False  # it waited for a slot: its time to first token says nothing
+    first_token_at: float | None = None
+    ended_at: float = 0.0
+    tokens: int = 0
+
+
+def _outcomes(peer: PeerView, timing: _Timing, *, resumed: bool) -> list[tuple[str, Event]]:
+    """What a complete answer tells of its peer: a success, and maybe that it was slow."""
+    events = [(peer.peer_id, Event.SUCCESS)]
+    first = timing.first_token_at
+    decode_s = timing.ended_at - first if first is not None else 0.0
+    observed_tps = (timing.tokens - 1) / decode_s if decode_s > 0 and timing.tokens > 1 else None
+    observed_ttft = None if first is None or timing.queued or resumed else (first - timing.sent_at) * 1e3
+    if slower_than_claimed(peer.tokens_per_s, peer.ttft_ms, tokens=timing.tokens,
+                           observed_tokens_per_s=observed_tps, observed_ttft_ms=observed_ttft):
+        logger.info("peer %s answered far slower than it advertises", peer.peer_id)
+        events.append((peer.peer_id, Event.SLOW))
+    return events
 
 
 @dataclass
@@ -258,6 +300,7 @@ async def _settle(
         logger.warning("refused the receipt of %s: %s", peer_id, exc)
         books.refused.append(str(exc))
         network.health.failed(peer_id, trio.current_time())
+        await network.record_outcome(peer_id, Event.FAILURE)
         return
     receipt = countersign(end.receipt, network.key)
     await framed.send(receipt)
@@ -277,14 +320,15 @@ def _cap(advertised: float, limit: float | None) -> float:
 
 async def _stream_from(
     network: Network, peer_id: str, request: InferRequest, deadline: float, limits: _StallLimits,
-    books: _Books | None = None,
+    books: _Books | None = None, timing: _Timing | None = None,
 ) -> AsyncGenerator[TokenFrame | EndFrame, None]:
     """Frames from one peer until its end frame; errors as exceptions.
 
     PeerStalled when it stays silent past `limits`; AnswerTimedOut once `deadline`
     (trio clock) passes. With `books`, the peer's receipt is settled before the end
-    frame is passed on.
+    frame is passed on; `timing` notes when frames came.
     """
+    timing = _Timing() if timing is None else timing
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
             stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
@@ -298,6 +342,7 @@ async def _stream_from(
     received: list[int] = []
     try:
         await framed.send_payload(sent)
+        timing.sent_at = time.perf_counter()
         next_index = len(request.params.prefix_tokens)
         silence_s = limits.first_frame_s
         while True:
@@ -308,11 +353,13 @@ async def _stream_from(
             frame = decode_reply(payload)
             if isinstance(frame, QueuedFrame):
                 silence_s = limits.first_frame_s  # alive, waiting for a slot
+                timing.queued = True
                 continue
             if isinstance(frame, ErrorFrame):
                 raise RemoteError(frame.code, frame.message)
             if isinstance(frame, EndFrame):
                 finished = True
+                timing.ended_at = time.perf_counter()
                 if books is not None:
                     await _settle(network, framed, books, request, request_hash(sent), received, frame)
                 yield frame
@@ -321,6 +368,9 @@ async def _stream_from(
                 raise MalformedMessage(f"{peer_id} sent token {frame.index}, expected {next_index}")
             next_index += 1
             received.append(frame.token_id)
+            if timing.first_token_at is None:
+                timing.first_token_at = time.perf_counter()
+            timing.tokens += 1
             yield frame
     finally:
         # A reset tells a peer we left mid-answer, so it stops generating for nobody.

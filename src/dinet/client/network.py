@@ -30,7 +30,7 @@ from dinet.p2p.discovery import (
 from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
-from dinet.routing.select import PeerView
+from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.trust.reputation import Event, Reputation
 from dinet.wire.manifest import Manifest
 
@@ -48,6 +48,8 @@ class Network:
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
     reputation: Reputation | None = None  # what this client has seen each peer do
+    exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
+    min_evidence: float = MIN_EVIDENCE
 
     async def record_outcome(self, peer_id: str, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
@@ -119,8 +121,10 @@ class Network:
             logger.debug("DHT provider %s unreachable: %s", info.peer_id, exc)
 
     def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
-        """Peers serving the model that are answering and not backed off."""
+        """Peers serving the model that are answering and not backed off, with their
+        reputation (excluded ones too: see `trusted`)."""
         now = trio.current_time()
+        standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
             if not any(_matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models):
@@ -128,6 +132,7 @@ class Network:
             if not self.health.usable(m.peer_id, now):
                 continue
             record = self.health.get(m.peer_id)
+            standing = standings.get(m.peer_id)
             views.append(
                 PeerView(
                     peer_id=m.peer_id,
@@ -143,9 +148,15 @@ class Network:
                     observed_tokens_per_s=record.observed_tokens_per_s,
                     observed_age_s=now - record.observed_at,
                     region=m.region,
+                    reputation=None if standing is None else standing.score,
+                    evidence=0.0 if standing is None else standing.events,
                 )
             )
         return views
+
+    def trusted(self, peers: list[PeerView]) -> list[PeerView]:
+        """`peers` without those this client excludes for a low reputation."""
+        return trusted(peers, self.exclude_below, self.min_evidence)
 
     async def discover(
         self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1
@@ -181,6 +192,8 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         network = Network(
             host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs)),
             ledger=Ledger.in_home(settings.home), max_price=settings.max_price,
+            reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
+            exclude_below=settings.exclude_below, min_evidence=settings.min_evidence,
         )
         reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
         if settings.bootstrap and not reached:

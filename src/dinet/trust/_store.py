@@ -172,8 +172,8 @@ class Store:
                                     "from the one before")
             last[peer_id] = (event_id, stored)
         for peer_id, (good, bad, count, at, last_event) in latest.items():
-            tail = last.get(peer_id)
-            if tail is None or tail[0] != last_event or not _same(tail[1], Row(peer_id, good, bad, count, at)):
+            tail, stored = last.get(peer_id), Row(peer_id, good, bad, count, at)
+            if tail is None or tail[0] != last_event or not _same(tail[1], stored):
                 problems.append(f"the standing of {peer_id} is not the one its latest event left")
         problems.extend(f"events of {p} but no standing" for p in last.keys() - latest.keys())
         return problems

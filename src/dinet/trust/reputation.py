@@ -83,6 +83,30 @@ class Standing:
         return Standing(self.peer_id, base.good + good, base.bad + bad, base.events + 1.0, base.at)
 
 
+# Latency against claims: how much worse than advertised counts as `SLOW`.
+SLOW_FACTOR = 3.0
+MIN_TOKENS_FOR_SPEED = 16  # fewer tokens say little about decode speed (batches ~40 ms apart)
+TTFT_GRACE_MS = 1000.0  # scheduling on a loaded machine, and up to 1 s between queued frames
+
+
+def slower_than_claimed(
+    claimed_tokens_per_s: float, claimed_ttft_ms: float, *, tokens: int,
+    observed_tokens_per_s: float | None, observed_ttft_ms: float | None,
+) -> bool:
+    """Whether an answer came far slower than the peer advertises.
+
+    Decode speed counts from `MIN_TOKENS_FOR_SPEED` tokens on; time to first token only
+    when it was measured (None when the request waited in the peer's queue or resumed
+    another peer's answer, whose replay is not a prefill). A claim of 0 is no claim.
+    """
+    if (claimed_tokens_per_s > 0 and observed_tokens_per_s is not None
+            and tokens >= MIN_TOKENS_FOR_SPEED
+            and observed_tokens_per_s * SLOW_FACTOR < claimed_tokens_per_s):
+        return True
+    return (claimed_ttft_ms > 0 and observed_ttft_ms is not None
+            and observed_ttft_ms > SLOW_FACTOR * claimed_ttft_ms + TTFT_GRACE_MS)
+
+
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
     """0.5 per half-life; a clock that went backwards decays nothing."""
     return 0.5 ** (max(0.0, elapsed_s) / half_life_s)
@@ -138,7 +162,7 @@ class Reputation:
     ) -> list[Standing]:
         """Add several events in one transaction: all of them or (on error) none."""
         at = time.time() if now is None else now
-        items = [(peer_id, Event(event)) for peer_id, event in events]
+        items = [(peer_id, Event(event).value) for peer_id, event in events]
         rows = self._store.apply(items, at, self.half_life_s, _advance)
         standings = [_standing(r) for r in rows]
         for s in standings:

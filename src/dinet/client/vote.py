@@ -1,0 +1,161 @@
+"""Asking k peers at once and keeping the majority's answer.
+
+`ask_replicas` sends one request to `replicas` distinct peers concurrently (the best
+ones by routing, none excluded for a low reputation), each kept on its own peer (no
+failover onto another replica), and compares their token sequences
+(`dinet.trust.vote`). Outcomes go to the reputation book: the majority's peers agreed,
+the others dissented.
+
+Honest peers can split where llama.cpp's floating-point noise meets a near-tie (other
+thread counts or CPUs). Given a `check` (verification by re-scoring), a dissenter is
+checked before it is punished, and when no majority exists each distinct answer is
+checked and the best-supported one that passes is returned. Without one, a dissent
+counts against the peer and no majority means no answer (`Vote.answer` is None).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from dinet.client.ask import Answer, ask
+from dinet.client.network import Network
+from dinet.errors import DinetError, NoCapablePeer
+from dinet.routing.select import Policy, rank_peers, within_budget
+from dinet.trust.reputation import Event
+from dinet.trust.vote import Ballot, Group, Tally, tally
+from dinet.wire.messages import GenerationParams, TokenFrame
+
+logger = logging.getLogger(__name__)
+
+# Whether `peer_id`'s completion tokens are a plausible answer under the model:
+# True passes, False fails, None could not be checked.
+Check = Callable[[str, tuple[int, ...]], Awaitable[bool | None]]
+Decision = Literal["majority", "verification"]
+
+
+@dataclass(frozen=True)
+class Vote:
+    answer: Answer | None  # the decided answer, None when nothing could decide
+    decided_by: Decision | None
+    asked: tuple[str, ...]  # the replicas' peers
+    agreeing: tuple[str, ...]  # gave the decided answer
+    dissenting: tuple[str, ...]  # answered something else, and were counted against
+    failed: dict[str, str]  # peer -> why it gave no complete answer
+    tally: Tally
+    answers: dict[str, Answer] = field(default_factory=dict)
+    verified: dict[str, bool] = field(default_factory=dict)  # peer -> its answer passed a check
+
+    @property
+    def distinct_answers(self) -> int:
+        return len(self.tally.groups)
+
+
+async def ask_replicas(
+    network: Network,
+    params: GenerationParams,
+    replicas: int,
+    *,
+    model_id: str | None = None,
+    model_hash: str | None = None,
+    discover_timeout: float = 10.0,
+    request_timeout: float = 120.0,
+    policy: Policy = "latency",
+    max_price: float | None = None,
+    check: Check | None = None,
+) -> Vote:
+    """Ask `replicas` distinct peers (at least 2 must be available) and vote."""
+    if replicas < 2:
+        raise ValueError("a vote needs at least 2 replicas")
+    max_price = network.max_price if max_price is None else max_price
+    await network.discover(model_id, model_hash, timeout=discover_timeout, want=replicas)
+    usable = network.trusted(within_budget(network.candidates(model_id, model_hash), max_price))
+    chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, policy, limit=replicas)]
+    if len(chosen) < 2:
+        wanted = model_hash or model_id or "the model"
+        raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")
+    answers: dict[str, tuple[Answer, tuple[int, ...]]] = {}
+    failed: dict[str, str] = {}
+
+    async def one(peer_id: str) -> None:
+        tokens: list[int] = []
+        try:
+            async for event in ask(network, params, model_id=model_id, model_hash=model_hash,
+                                   discover_timeout=discover_timeout, request_timeout=request_timeout,
+                                   policy=policy, max_price=max_price, only_peers={peer_id}):
+                if isinstance(event, TokenFrame):
+                    tokens.append(event.token_id)
+                else:
+                    answers[peer_id] = (event, tuple(tokens))
+        except DinetError as exc:
+            failed[peer_id] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        for peer_id in chosen:
+            nursery.start_soon(one, peer_id)
+    result = tally([Ballot(p, t) for p, (_, t) in answers.items()], asked=len(chosen))
+    decided = await _decide(result, check)
+    await network.record_outcomes(decided.events)
+    winner = decided.group
+    return Vote(
+        answer=None if winner is None else answers[winner.peers[0]][0],
+        decided_by=decided.by, asked=tuple(chosen),
+        agreeing=() if winner is None else winner.peers,
+        dissenting=decided.dissenting, failed=failed, tally=result,
+        answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified,
+    )
+
+
+@dataclass
+class _Decided:
+    group: Group | None = None
+    by: Decision | None = None
+    dissenting: tuple[str, ...] = ()
+    verified: dict[str, bool] = field(default_factory=dict)
+    events: list[tuple[str, Event]] = field(default_factory=list)
+
+
+async def _decide(result: Tally, check: Check | None) -> _Decided:
+    """Which answer stands, and what each replica's peer earned by its own."""
+    decided = _Decided()
+    winner = result.winner
+    if winner is not None:
+        decided.group, decided.by = winner, "majority"
+        decided.events += [(p, Event.VOTE_AGREE) for p in winner.peers]
+        dissenting: list[str] = []
+        for group in result.groups[1:]:
+            passed = await _check_group(group, check, decided)
+            if passed is None:  # nothing else to go on: the majority's word stands
+                decided.events += [(p, Event.VOTE_DISSENT) for p in group.peers]
+            if not passed:  # a pass is an honest near-tie, not a dissent
+                dissenting += group.peers
+        decided.dissenting = tuple(dissenting)
+        return decided
+    if check is None:
+        logger.warning("no majority among %d replicas (%d distinct answers)",
+                       result.asked, len(result.groups))
+        return decided
+    for group in result.groups:  # most supported first
+        passed = await _check_group(group, check, decided)
+        if passed and decided.group is None:
+            decided.group, decided.by = group, "verification"
+    if decided.group is not None:
+        decided.dissenting = tuple(p for p, ok in decided.verified.items() if not ok)
+    return decided
+
+
+async def _check_group(group: Group, check: Check | None, decided: _Decided) -> bool | None:
+    """Re-score one distinct answer (as its first peer's): verification outcomes for all its peers."""
+    if check is None:
+        return None
+    passed = await check(group.peers[0], group.tokens)
+    if passed is None:
+        return None
+    event = Event.VERIFY_PASS if passed else Event.VERIFY_FAIL
+    decided.events += [(p, event) for p in group.peers]
+    decided.verified.update({p: passed for p in group.peers})
+    return passed
