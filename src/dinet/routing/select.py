@@ -27,7 +27,7 @@ UNKNOWN_RTT_MS = 50.0
 MEASUREMENT_HALF_LIFE_S = 60.0  # a measurement this old counts half against the advert
 OTHER_REGION_PENALTY_MS = 20.0
 EXCLUDE_BELOW = 0.35  # reputation under which a peer is not asked at all ...
-MIN_EVIDENCE = 4.0  # ... once this many (decayed) events stand behind it
+MIN_EVIDENCE = 3.5  # ... once this many (decayed) events stand behind it (two caught answers)
 
 
 @dataclass(frozen=True)

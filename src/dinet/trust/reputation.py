@@ -12,7 +12,7 @@ same as a peer that only ever did well). Good evidence only dilutes bad evidence
 so serving answers cannot buy back a lie forever: a liar caught on every answer it
 also completes tends to 1 / (1 + 8) ~ 0.11. Slowness alone (0.25 per answer, each
 also a success) can never bring a score below 0.8. The router excludes a peer once
-N >= 4 and score < 0.35 (`dinet.routing.select.trusted`); see docs/trust.md.
+N >= 3.5 and score < 0.35 (`dinet.routing.select.trusted`); see docs/trust.md.
 
 The store is SQLite in the client's home (`_store.py`); reads come from memory.
 """
