@@ -128,6 +128,9 @@ def ask(
     max_price: Annotated[
         float | None, typer.Option(help="Most credits per token to pay; dearer peers are never used")
     ] = None,
+    replicas: Annotated[
+        int, typer.Option(help="Ask this many peers at once and keep the majority's answer")
+    ] = 1,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -138,7 +141,7 @@ def ask(
         prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         timeout=timeout, deadline=deadline, policy=policy, mdns=mdns, json_out=json_out,
-        max_price=max_price,
+        max_price=max_price, replicas=replicas,
     )
 
 

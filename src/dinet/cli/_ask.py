@@ -14,7 +14,8 @@ from rich.table import Table
 
 from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
-from dinet.client.network import open_network
+from dinet.client.network import open_network, peer_trust
+from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
 from dinet.wire.messages import ChatMessage, GenerationParams
 
@@ -60,9 +61,14 @@ def run_ask(
     mdns: bool,
     json_out: bool,
     max_price: float | None = None,
+    replicas: int = 1,
 ) -> None:
     if max_price is not None and max_price < 0:
         fail("--max-price cannot be negative")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        fail(f"--replicas must be between 1 and {MAX_REPLICAS}")
+    if replicas > 1 and deadline is not None:
+        fail("--deadline cannot be combined with --replicas")
     if policy not in ("latency", "throughput", "cost"):
         fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
@@ -77,6 +83,11 @@ def run_ask(
 
     async def main() -> None:
         async with open_network(settings) as network:
+            if replicas > 1:
+                vote = await ask_replicas(network, params, replicas, model_id=model, model_hash=model_hash,
+                                          discover_timeout=timeout, policy=policy)  # type: ignore[arg-type]
+                _show_vote(vote, json_out)
+                return
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
                                    discover_timeout=timeout, deadline_s=deadline,
                                    policy=policy):  # type: ignore[arg-type]
@@ -94,6 +105,18 @@ def run_ask(
                     sys.stdout.flush()
 
     run(main)
+
+
+def _show_vote(vote: Vote, json_out: bool) -> None:
+    if json_out:
+        base = answer_json(vote.answer) if vote.answer is not None else {"text": None}
+        print_json({**base, "vote": vote.summary()})
+    elif vote.answer is not None:
+        typer.echo(vote.answer.text)
+        typer.secho(_served_line(vote.answer), fg="cyan", err=True)
+        typer.secho(f"— {vote.explain()}", fg="yellow" if vote.dissenting else "cyan", err=True)
+    if vote.answer is None:
+        fail(vote.explain())
 
 
 def _served_line(answer: Answer) -> str:
@@ -152,14 +175,16 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
                 await network.probe_all(unprobed)
                 await trio.sleep(0.3)
             manifests = sorted(network.directory.manifests(), key=lambda m: m.peer_id)
+            trust = {m.peer_id: peer_trust(network, m.peer_id) for m in manifests}
             if json_out:
                 print_json([
-                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id)}
+                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id), **trust[m.peer_id]}
                     for m in manifests
                 ])
                 return
             table = Table(title=f"{len(manifests)} peers")
-            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price"):
+            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price",
+                           "score"):
                 table.add_column(column)
             for m in manifests:
                 rtt = network.rtt_ms.get(m.peer_id)
@@ -167,7 +192,15 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
                     m.peer_id, m.region, ", ".join(o.model_id for o in m.models),
                     f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
+                    _score_cell(trust[m.peer_id]),
                 )
             Console().print(table)
 
     run(main)
+
+
+def _score_cell(trust: dict[str, object]) -> str:
+    score = trust["reputation"]
+    if not isinstance(score, float):
+        return "-"
+    return f"{score:.2f}" + (" excluded" if trust["excluded"] else "")

@@ -179,6 +179,19 @@ class Network:
         return found
 
 
+def peer_trust(network: Network, peer_id: str) -> dict[str, object]:
+    """A peer's reputation as `din peers --json` and the gateway show it."""
+    standing = network.reputation.standing(peer_id) if network.reputation is not None else None
+    if standing is None:
+        return {"reputation": None, "evidence": 0.0, "excluded": False}
+    view = PeerView(peer_id, None, 0.0, 0.0, 0, 0, 1, reputation=standing.score, evidence=standing.events)
+    return {
+        "reputation": round(standing.score, 4),
+        "evidence": round(standing.events, 2),
+        "excluded": not network.trusted([view]),
+    }
+
+
 def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: str | None) -> bool:
     return (model_id is None or offer_id == model_id) and (model_hash is None or offer_hash == model_hash)
 

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # True passes, False fails, None could not be checked.
 Check = Callable[[str, tuple[int, ...]], Awaitable[bool | None]]
 Decision = Literal["majority", "verification"]
+MAX_REPLICAS = 9
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,42 @@ class Vote:
     tally: Tally
     answers: dict[str, Answer] = field(default_factory=dict)
     verified: dict[str, bool] = field(default_factory=dict)  # peer -> its answer passed a check
+    frames: tuple[TokenFrame, ...] = ()  # the decided answer's tokens, as its peer sent them
 
     @property
     def distinct_answers(self) -> int:
         return len(self.tally.groups)
+
+    def summary(self) -> dict[str, object]:
+        """The vote as JSON (`din ask --json`, the gateway's `dinet.vote`)."""
+        return {
+            "replicas": len(self.asked),
+            "majority": self.tally.winner is not None,
+            "decided_by": self.decided_by,
+            "agreeing": list(self.agreeing),
+            "dissenting": list(self.dissenting),
+            "failed": dict(self.failed),
+            "distinct_answers": self.distinct_answers,
+            "agreed_prefix_tokens": self.tally.agreed_prefix,
+            "verified": dict(self.verified),
+            "answers": {p: a.text for p, a in sorted(self.answers.items())},
+        }
+
+    def explain(self) -> str:
+        """One line for people: how the answer was decided, or why none was."""
+        n = len(self.asked)
+        if self.answer is None:
+            return (f"no majority among {n} replicas: {len(self.answers)} answered, "
+                    f"{self.distinct_answers} distinct answers, agreeing on the first "
+                    f"{self.tally.agreed_prefix} tokens" + _failures(self.failed))
+        how = (f"agreed by {len(self.agreeing)} of {n} replicas" if self.decided_by == "majority"
+               else f"no majority among {n} replicas; decided by verification")
+        dissent = f"; dissenting: {', '.join(self.dissenting)}" if self.dissenting else ""
+        return how + dissent + _failures(self.failed)
+
+
+def _failures(failed: dict[str, str]) -> str:
+    return f"; failed: {', '.join(failed)}" if failed else ""
 
 
 async def ask_replicas(
@@ -69,8 +102,8 @@ async def ask_replicas(
     check: Check | None = None,
 ) -> Vote:
     """Ask `replicas` distinct peers (at least 2 must be available) and vote."""
-    if replicas < 2:
-        raise ValueError("a vote needs at least 2 replicas")
+    if not 2 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"a vote takes 2 to {MAX_REPLICAS} replicas")
     max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout, want=replicas)
     usable = network.trusted(within_budget(network.candidates(model_id, model_hash), max_price))
@@ -78,35 +111,36 @@ async def ask_replicas(
     if len(chosen) < 2:
         wanted = model_hash or model_id or "the model"
         raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")
-    answers: dict[str, tuple[Answer, tuple[int, ...]]] = {}
+    answers: dict[str, tuple[Answer, tuple[TokenFrame, ...]]] = {}
     failed: dict[str, str] = {}
 
     async def one(peer_id: str) -> None:
-        tokens: list[int] = []
+        frames: list[TokenFrame] = []
         try:
             async for event in ask(network, params, model_id=model_id, model_hash=model_hash,
                                    discover_timeout=discover_timeout, request_timeout=request_timeout,
                                    policy=policy, max_price=max_price, only_peers={peer_id}):
                 if isinstance(event, TokenFrame):
-                    tokens.append(event.token_id)
+                    frames.append(event)
                 else:
-                    answers[peer_id] = (event, tuple(tokens))
+                    answers[peer_id] = (event, tuple(frames))
         except DinetError as exc:
             failed[peer_id] = str(exc)
 
     async with trio.open_nursery() as nursery:
         for peer_id in chosen:
             nursery.start_soon(one, peer_id)
-    result = tally([Ballot(p, t) for p, (_, t) in answers.items()], asked=len(chosen))
+    ballots = [Ballot(p, tuple(f.token_id for f in frames)) for p, (_, frames) in answers.items()]
+    result = tally(ballots, asked=len(chosen))
     decided = await _decide(result, check)
     await network.record_outcomes(decided.events)
     winner = decided.group
+    answer, frames = (None, ()) if winner is None else answers[winner.peers[0]]
     return Vote(
-        answer=None if winner is None else answers[winner.peers[0]][0],
-        decided_by=decided.by, asked=tuple(chosen),
+        answer=answer, decided_by=decided.by, asked=tuple(chosen),
         agreeing=() if winner is None else winner.peers,
         dissenting=decided.dissenting, failed=failed, tally=result,
-        answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified,
+        answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified, frames=frames,
     )
 
 
