@@ -9,6 +9,7 @@ import platformdirs
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dinet.engine.liar import ALLOW_ENV, liars_allowed, parse_lie
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
@@ -65,6 +66,25 @@ class NodeSettings(CommonSettings):
     scrub_mb_s: float = Field(
         default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"
     )
+    liar: str | None = Field(
+        default=None,
+        description=f"TESTING ONLY, refused unless {ALLOW_ENV}=1: lie about answers "
+        "(random, corrupt:K or wrong-model:PATH)",
+    )
+
+    @model_validator(mode="after")
+    def _liars_only_when_allowed(self) -> NodeSettings:
+        if self.liar is not None:
+            if not liars_allowed():
+                raise ValueError(LIAR_REFUSED)
+            parse_lie(self.liar)  # a ValueError names what is wrong with it
+        return self
+
+
+LIAR_REFUSED = (
+    f"--liar makes this node lie to its clients, for tests of verification only; "
+    f"set {ALLOW_ENV}=1 to allow it"
+)
 
 
 class ClientSettings(CommonSettings):

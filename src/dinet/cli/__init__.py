@@ -67,6 +67,10 @@ def node(
     ] = None,
     api_host: Annotated[str, typer.Option(help="Address the API binds (with --api-port)")] = "127.0.0.1",
     api_key: ApiKey = None,
+    liar: Annotated[
+        str | None,
+        typer.Option(help="TESTING ONLY (needs DINET_ALLOW_LIARS=1): random, corrupt:K or wrong-model:PATH"),
+    ] = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -84,6 +88,7 @@ def node(
             "per_peer_concurrency": per_peer_concurrency, "max_tokens_limit": max_tokens_limit,
             "max_prompt_chars": max_prompt_chars, "max_request_bytes": max_request_bytes,
         },
+        liar=liar,
     )
 
 

@@ -15,6 +15,7 @@ the cost of one decode step per prefix token.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
 from dinet.engine._text import CompletionText
+from dinet.engine.liar import Lie
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
 
@@ -41,8 +43,9 @@ class BadRequest(Exception):
 class Generator:
     """Runs requests, one at a time, on one loaded `Llama`."""
 
-    def __init__(self, llm: llama_cpp.Llama, model_id: str) -> None:
+    def __init__(self, llm: llama_cpp.Llama, model_id: str, lie: Lie | None = None) -> None:
         self._llm = llm
+        self._lie = lie  # testing only: what this worker falsifies (see dinet.engine.liar)
         self._model_id = model_id
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
@@ -87,14 +90,20 @@ class Generator:
         emitted = steps = 0
         first_at = last_at = 0.0
         finish: Literal["stop", "length"] = "length"
+        tamper = self._lie.tamperer(index, params.max_tokens) if self._lie is not None else None
         while index < params.max_tokens:
-            token = self._sampler.choose(
-                self._last_logits(),
-                index,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                seed=params.seed,
-            )
+            if tamper is not None and tamper.replaces_all:
+                token = tamper.token(index, -1, self._random_token)
+            else:
+                token = self._sampler.choose(
+                    self._last_logits(),
+                    index,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    seed=params.seed,
+                )
+                if tamper is not None:
+                    token = tamper.token(index, token, self._random_token)
             last_at = time.perf_counter()
             first_at = first_at or last_at
             steps += 1
@@ -114,7 +123,8 @@ class Generator:
             if should_stop():
                 finish = "stop"
                 break
-            llm.eval([token])
+            if tamper is None or not tamper.replaces_all:
+                llm.eval([token])
         for frame in text.finish():
             emit(frame)
             emitted += 1
@@ -145,6 +155,15 @@ class Generator:
         """A view (no copy) of the logits llama.cpp computed for the last position."""
         pointer = llama_c.llama_get_logits_ith(self._llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _random_token(self, rng: random.Random) -> int:
+        """A liar's token: any ordinary vocabulary entry (no control or end tokens)."""
+        while True:
+            token = rng.randrange(self._n_vocab)
+            if not llama_c.llama_vocab_is_control(self._vocab, token) and not llama_c.llama_vocab_is_eog(
+                self._vocab, token
+            ):
+                return token
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -61,6 +61,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="llama.cpp extra buffer types (weight repacking); auto: off on AMX CPUs",
     )
+    parser.add_argument("--liar", default=None, help="testing only: random, corrupt:K or wrong-model:PATH")
     return parser.parse_args(argv)
 
 
@@ -171,19 +172,27 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
     from dinet.engine._generate import Generator
     from dinet.engine._llama import load_llama, read_model_info
     from dinet.engine.info import WorkerReady
+    from dinet.engine.liar import liars_allowed, parse_lie
 
     if not args.model.is_file():
         raise FileNotFoundError(f"no model file at {args.model}")
+    lie = None
+    if args.liar is not None:
+        if not liars_allowed():
+            raise ValueError("--liar needs DINET_ALLOW_LIARS=1")
+        lie = parse_lie(args.liar)
+        logger.warning("THIS WORKER LIES (%s): for tests of verification only", lie)
+    weights = lie.model if lie is not None and lie.model is not None else args.model
     extra = {"auto": None, "on": True, "off": False}[args.extra_bufts]
-    llm = load_llama(args.model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
-    info = read_model_info(llm, args.model)
+    llm = load_llama(weights, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
+    info = read_model_info(llm, args.model)  # a wrong-model liar still names the real one
     ready = WorkerReady(
         pid=os.getpid(),
         model=info,
         threads=args.threads,
         extra_bufts=bool(llm.model_params.use_extra_bufts),
     )
-    return Generator(llm, info.model_id), ready
+    return Generator(llm, info.model_id, lie), ready
 
 
 def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:

@@ -98,6 +98,7 @@ class WorkerEngine:
         extra_bufts: Literal["auto", "on", "off"] = "auto",
         ready_timeout: float = 120.0,
         log_path: Path | None = None,
+        liar: str | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self._argv = [
@@ -109,6 +110,8 @@ class WorkerEngine:
         ]  # fmt: skip
         if memory_mb is not None:
             self._argv += ["--memory-mb", str(memory_mb)]
+        if liar is not None:  # testing only; the worker refuses it without DINET_ALLOW_LIARS=1
+            self._argv += ["--liar", liar]
         self._ready_timeout = ready_timeout
         self._log_path = log_path
         self._slot = trio.Semaphore(1)  # not a Lock: an abandoned stream may end in another task

@@ -73,9 +73,12 @@ async def serve_node(
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id, lambda m: remember_addrs(host, m.peer_id, m.addrs))
 
+    if settings.liar is not None:
+        logger.warning("THIS NODE LIES (%s) while advertising %s: for tests of verification only",
+                       settings.liar, model_hash)
     engine = WorkerEngine(
         model.path, threads=settings.threads, memory_mb=settings.memory_mb,
-        log_path=settings.home / "worker.log",
+        log_path=settings.home / "worker.log", liar=settings.liar,
     )
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
