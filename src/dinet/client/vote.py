@@ -16,7 +16,7 @@ counts against the peer and no majority means no answer (`Vote.answer` is None).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -100,13 +100,20 @@ async def ask_replicas(
     policy: Policy = "latency",
     max_price: float | None = None,
     check: Check | None = None,
+    among: Collection[str] | None = None,
 ) -> Vote:
-    """Ask `replicas` distinct peers (at least 2 must be available) and vote."""
+    """Ask `replicas` distinct peers (at least 2 must be available) and vote.
+
+    With `among`, the replicas are chosen from those peers only.
+    """
     if not 2 <= replicas <= MAX_REPLICAS:
         raise ValueError(f"a vote takes 2 to {MAX_REPLICAS} replicas")
     max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout, want=replicas)
-    usable = network.trusted(within_budget(network.candidates(model_id, model_hash), max_price))
+    capable = network.candidates(model_id, model_hash)
+    if among is not None:
+        capable = [p for p in capable if p.peer_id in among]
+    usable = network.trusted(within_budget(capable, max_price))
     chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, policy, limit=replicas)]
     if len(chosen) < 2:
         wanted = model_hash or model_id or "the model"
