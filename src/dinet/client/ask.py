@@ -198,7 +198,10 @@ async def ask(
             last_error = exc
         finally:
             record.in_flight -= 1
-        await network.record_outcome(peer.peer_id, Event.FAILURE)
+        if not isinstance(last_error, PeerUnreachable):
+            # A stream that never opened says more about the path than the peer: back-off
+            # and liveness probes deal with it; reputation judges what peers do.
+            await network.record_outcome(peer.peer_id, Event.FAILURE)
         broken.add(peer.peer_id)
         backoff = network.health.failed(peer.peer_id, trio.current_time())
         logger.info(
