@@ -97,7 +97,7 @@ async def test_votes_flag_the_liar_and_reputation_excludes_it(tmp_path, liar_mes
     assert shown[liar.peer_id]["excluded"] and shown[liar.peer_id]["reputation"] < 0.35
     for peer_id in honest_ids:
         assert shown[peer_id]["reputation"] == 1.0 and not shown[peer_id]["excluded"]
-        assert shown[peer_id]["evidence"] >= 2 * len(PROMPTS)
+        assert shown[peer_id]["evidence"] > 2 * len(PROMPTS) - 0.5  # success + agreement per vote
 
 
 async def test_two_replicas_that_disagree_give_no_answer_and_blame_nobody(tmp_path, liar_mesh):

@@ -25,16 +25,16 @@ import trio
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network
 from dinet.errors import DinetError, NoCapablePeer
-from dinet.routing.select import Policy, rank_peers, within_budget
+from dinet.routing.select import PeerView, Policy, rank_peers, within_budget
 from dinet.trust.reputation import Event
 from dinet.trust.vote import Ballot, Group, Tally, tally
 from dinet.wire.messages import GenerationParams, TokenFrame
 
 logger = logging.getLogger(__name__)
 
-# Whether `peer_id`'s completion tokens are a plausible answer under the model:
-# True passes, False fails, None could not be checked.
-Check = Callable[[str, tuple[int, ...]], Awaitable[bool | None]]
+# Whether the completion tokens that these peers gave are a plausible answer under the
+# model (checked by another peer): True passes, False fails, None could not be checked.
+Check = Callable[[tuple[str, ...], tuple[int, ...]], Awaitable[bool | None]]
 Decision = Literal["majority", "verification"]
 MAX_REPLICAS = 9
 
@@ -114,6 +114,8 @@ async def ask_replicas(
     if among is not None:
         capable = [p for p in capable if p.peer_id in among]
     usable = network.trusted(within_budget(capable, max_price))
+    if model_hash is None:  # replicas must all run one version, or honest peers differ
+        model_hash, usable = _one_version(network, usable, model_id)
     chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, policy, limit=replicas)]
     if len(chosen) < 2:
         wanted = model_hash or model_id or "the model"
@@ -149,6 +151,22 @@ async def ask_replicas(
         dissenting=decided.dissenting, failed=failed, tally=result,
         answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified, frames=frames,
     )
+
+
+def _one_version(
+    network: Network, peers: list[PeerView], model_id: str | None
+) -> tuple[str | None, list[PeerView]]:
+    """The model hash most of `peers` serve (ties: the lowest), and those peers."""
+    by_hash: dict[str, list[PeerView]] = {}
+    for peer in peers:
+        manifest = network.directory.get(peer.peer_id)
+        for offer in manifest.models if manifest is not None else ():
+            if model_id is None or offer.model_id == model_id:
+                by_hash.setdefault(offer.model_hash, []).append(peer)
+    if not by_hash:
+        return None, []
+    best = min(by_hash, key=lambda h: (-len(by_hash[h]), h))
+    return best, by_hash[best]
 
 
 @dataclass
@@ -190,10 +208,10 @@ async def _decide(result: Tally, check: Check | None) -> _Decided:
 
 
 async def _check_group(group: Group, check: Check | None, decided: _Decided) -> bool | None:
-    """Re-score one distinct answer (as its first peer's): verification outcomes for all its peers."""
+    """Re-score one distinct answer: a verification outcome for each peer that gave it."""
     if check is None:
         return None
-    passed = await check(group.peers[0], group.tokens)
+    passed = await check(group.peers, group.tokens)
     if passed is None:
         return None
     event = Event.VERIFY_PASS if passed else Event.VERIFY_FAIL
