@@ -92,6 +92,10 @@ class ClientSettings(CommonSettings):
     max_price: float | None = Field(
         default=None, ge=0, description="Most credits per token (prompt or completion) to pay a peer"
     )
+    verify_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Fraction of answers re-scored by another peer serving the same model (1: all)",
+    )
 
 
 class GatewaySettings(ClientSettings):

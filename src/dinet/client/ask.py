@@ -7,9 +7,10 @@ When a peer fails after some tokens, the next peer continues from them
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 
 import trio
@@ -17,6 +18,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.network import Network
+from dinet.client.verify import Verification, verify_answer
 from dinet.errors import (
     AnswerTimedOut,
     BadReceipt,
@@ -30,6 +32,7 @@ from dinet.errors import (
 )
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
+from dinet.trust.outcomes import VerificationOutcome
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     CountersignedReceipt,
@@ -69,6 +72,8 @@ class Answer:
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
     receipts: tuple[CountersignedReceipt, ...] = ()  # countersigned and kept in the ledger
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
+    token_ids: tuple[int, ...] = ()  # the completion's tokens, as the peers claimed them
+    verification: Verification | None = None  # set when the answer was checked by another peer
 
 
 async def ask(
@@ -83,6 +88,8 @@ async def ask(
     deadline_s: float | None = None,
     max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
+    verify_rate: float = 0.0,
+    verifiers: Collection[str] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -93,6 +100,11 @@ async def ask(
     as it is asked. Peers asking more than `max_price` credits per token (or the
     network's own limit) are never chosen. Each peer's receipt is checked against
     what it delivered, countersigned, sent back and kept in the network's ledger.
+
+    A fraction `verify_rate` of answers (1.0: all) is re-scored by another peer
+    serving the same model hash (only among `verifiers`, if given) before the Answer
+    is yielded; the outcome is in `Answer.verification` and goes to
+    `network.outcomes` for each peer that produced tokens.
     """
     max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout)
@@ -109,6 +121,7 @@ async def ask(
     capped_to: int | None = None
     receipts: list[CountersignedReceipt] = []
     refused: list[str] = []
+    producers: list[tuple[str, int]] = []  # (peer, index of its first token), in order
 
     while True:
         remaining = params.max_tokens - len(tokens)
@@ -130,6 +143,7 @@ async def ask(
             if capped_to < params.max_tokens:
                 params = params.model_copy(update={"max_tokens": capped_to})
         tried.append(peer.peer_id)
+        producers.append((peer.peer_id, len(tokens)))
         if on_attempt is not None:
             on_attempt(peer.peer_id)
         resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
@@ -154,6 +168,15 @@ async def ask(
                 network.health.answered(peer.peer_id)
                 if end.tokens_per_s > 0:
                     network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
+                token_ids = [t.token_id for t in tokens]
+                verification = None
+                if verify_rate > 0 and random.random() < verify_rate:
+                    verification = await verify_answer(
+                        network, params, token_ids, end.model_hash,
+                        exclude={p for p, _ in producers}, verifiers=verifiers,
+                    )
+                    _record_outcomes(network, verification, producers, len(tokens), end.model_hash,
+                                     request_id)
                 yield Answer(
                     text="".join(t.text for t in tokens),
                     peer_id=peer.peer_id,
@@ -167,6 +190,8 @@ async def ask(
                     max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
                     receipts=tuple(receipts),
                     refused_receipts=tuple(refused),
+                    token_ids=tuple(token_ids),
+                    verification=verification,
                 )
                 return
         except AnswerTimedOut:
@@ -195,6 +220,24 @@ async def ask(
     if last_error is None:
         raise NoCapablePeer(f"no reachable peer serves {wanted}")
     raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+
+def _record_outcomes(
+    network: Network, verification: Verification, producers: list[tuple[str, int]], n_tokens: int,
+    model_hash: str, request_id: str,
+) -> None:
+    """Tell `network.outcomes` how each producing peer's share of the answer fared."""
+    if verification.verified is None or verification.verifier is None or network.outcomes is None:
+        return
+    bounds = [start for _, start in producers[1:]] + [n_tokens]
+    for (peer_id, start), end in zip(producers, bounds, strict=True):
+        if end <= start:
+            continue  # this peer produced nothing
+        bad = tuple(i for i in verification.bad_positions if start <= i < end)
+        network.outcomes.record_outcome(peer_id, VerificationOutcome(
+            kind="verification", passed=not bad, verifier=verification.verifier,
+            model_hash=model_hash, checked=end - start, bad_positions=bad, request_id=request_id,
+        ))
 
 
 def token_budget(peer: PeerView, deadline_s: float) -> int:

@@ -31,6 +31,7 @@ from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import PeerView
+from dinet.trust.outcomes import OutcomeRecorder
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Network:
     liveness: LivenessWatch | None = None
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
+    outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
 
     @property
     def peer_id(self) -> str:
