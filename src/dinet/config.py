@@ -102,6 +102,10 @@ class ClientSettings(CommonSettings):
     min_evidence: float = Field(
         default=MIN_EVIDENCE, ge=1, description="Events a reputation must rest on before it can exclude"
     )
+    verify_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Fraction of answers re-scored by another peer serving the same model (1: all)",
+    )
 
 
 class GatewaySettings(ClientSettings):

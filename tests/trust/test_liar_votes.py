@@ -76,6 +76,7 @@ async def test_votes_flag_the_liar_and_reputation_excludes_it(tmp_path, liar_mes
             assert vote.answer.peer_id in honest_ids
             if liar.peer_id in vote.asked:
                 assert vote.dissenting == (liar.peer_id,)
+                assert vote.verified == {liar.peer_id: False}  # re-scored: not a near-tie
                 assert vote.answers[liar.peer_id].text != vote.answer.text
             else:
                 assert excluded_after is not None and vote.dissenting == ()
@@ -100,17 +101,27 @@ async def test_votes_flag_the_liar_and_reputation_excludes_it(tmp_path, liar_mes
         assert shown[peer_id]["evidence"] > 2 * len(PROMPTS) - 0.5  # success + agreement per vote
 
 
-async def test_two_replicas_that_disagree_give_no_answer_and_blame_nobody(tmp_path, liar_mesh):
+async def test_without_a_majority_verification_decides_and_otherwise_nobody_is_blamed(tmp_path, liar_mesh):
     honest, liar = liar_mesh
+    pair = {honest[0].peer_id, liar.peer_id}
     async with open_network(settings(tmp_path / "client", honest, liar)) as network:
         await all_three(network)
-        vote = await ask_replicas(network, params_for(0), 2, among={honest[0].peer_id, liar.peer_id})
+        book = network.reputation
+        assert book is not None
+        vote = await ask_replicas(network, params_for(0), 2, among=pair, verify=False)
         assert vote.answer is None and vote.decided_by is None
         assert vote.summary()["majority"] is False and vote.distinct_answers == 2
         assert "no majority among 2 replicas" in vote.explain()
-        # Without a majority nobody is known to be wrong: both only answered.
-        assert network.reputation is not None
-        assert network.reputation.score(honest[0].peer_id) == network.reputation.score(liar.peer_id) == 1.0
+        # Nobody is known to be wrong: both only answered.
+        assert book.score(honest[0].peer_id) == book.score(liar.peer_id) == 1.0
+
+        vote = await ask_replicas(network, params_for(1), 2, among=pair)
+        assert vote.decided_by == "verification" and vote.answer is not None
+        assert vote.answer.peer_id == honest[0].peer_id
+        assert vote.verified == {honest[0].peer_id: True, liar.peer_id: False}
+        assert vote.dissenting == (liar.peer_id,)
+        assert book.score(honest[0].peer_id) == 1.0
+        assert book.score(liar.peer_id) < 0.35  # type: ignore[operator]
 
 
 def test_din_ask_and_the_gateway_vote(tmp_path, liar_mesh):
@@ -121,6 +132,7 @@ def test_din_ask_and_the_gateway_vote(tmp_path, liar_mesh):
     assert done.returncode == 0, done.stderr
     reply = json.loads(done.stdout)
     assert reply["vote"]["majority"] and reply["vote"]["dissenting"] == [liar.peer_id]
+    assert reply["vote"]["verified"] == {liar.peer_id: False}
     assert reply["peer_id"] in {n.peer_id for n in honest}
     assert reply["text"] == reply["vote"]["answers"][reply["peer_id"]]
 

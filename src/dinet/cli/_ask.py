@@ -15,6 +15,7 @@ from rich.table import Table
 from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network, peer_trust
+from dinet.client.verify import Verification
 from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
 from dinet.wire.messages import ChatMessage, GenerationParams
@@ -41,6 +42,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "max_tokens_capped": answer.max_tokens_capped,
         "receipts": [r.receipt_id for r in answer.receipts],
         "refused_receipts": list(answer.refused_receipts),
+        "verification": answer.verification.as_json() if answer.verification else None,
     }
 
 
@@ -62,7 +64,10 @@ def run_ask(
     json_out: bool,
     max_price: float | None = None,
     replicas: int = 1,
+    verify_rate: float | None = None,
 ) -> None:
+    if verify_rate is not None and not 0.0 <= verify_rate <= 1.0:
+        fail("--verify-rate must be between 0 and 1")
     if max_price is not None and max_price < 0:
         fail("--max-price cannot be negative")
     if not 1 <= replicas <= MAX_REPLICAS:
@@ -79,6 +84,8 @@ def run_ask(
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
     budget = {} if max_price is None else {"max_price": max_price}  # else DINET_MAX_PRICE, if set
+    if verify_rate is not None:
+        budget["verify_rate"] = verify_rate  # else DINET_VERIFY_RATE, if set
     settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, **budget)
 
     async def main() -> None:
@@ -90,7 +97,8 @@ def run_ask(
                 return
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
                                    discover_timeout=timeout, deadline_s=deadline,
-                                   policy=policy):  # type: ignore[arg-type]
+                                   policy=policy,  # type: ignore[arg-type]
+                                   verify_rate=settings.verify_rate):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
@@ -100,6 +108,9 @@ def run_ask(
                     else:
                         typer.echo()
                         typer.secho(_served_line(event), fg="cyan", err=True)
+                        if event.verification is not None:
+                            line, colour = _verified_line(event.verification)
+                            typer.secho(line, fg=colour, err=True)
                 elif not json_out:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
@@ -124,6 +135,15 @@ def _served_line(answer: Answer) -> str:
         f"— served by {answer.peer_id} ({answer.model_id}): {answer.usage.completion_tokens} "
         f"tokens, first after {answer.ttft_ms:.0f} ms, {answer.tokens_per_s:.1f} tokens/s"
     )
+
+
+def _verified_line(check: Verification) -> tuple[str, str]:
+    if check.verified is None:
+        return f"— not verified: {check.error}", "yellow"
+    if check.verified:
+        return f"— verified by {check.verifier}: {check.checked} tokens plausible", "green"
+    return (f"— FAILED verification by {check.verifier}: tokens at {list(check.bad_positions)} "
+            f"are not what this model produces", "red")
 
 
 def run_chat(

@@ -7,6 +7,7 @@ When a peer fails after some tokens, the next peer continues from them
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Collection
@@ -17,6 +18,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.network import Network
+from dinet.client.verify import Verification, verify_answer
 from dinet.errors import (
     AnswerTimedOut,
     BadReceipt,
@@ -30,6 +32,7 @@ from dinet.errors import (
 )
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
+from dinet.trust.outcomes import VerificationOutcome
 from dinet.trust.reputation import Event, slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
@@ -70,6 +73,8 @@ class Answer:
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
     receipts: tuple[CountersignedReceipt, ...] = ()  # countersigned and kept in the ledger
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
+    token_ids: tuple[int, ...] = ()  # the completion's tokens, as the peers claimed them
+    verification: Verification | None = None  # set when the answer was checked by another peer
 
 
 async def ask(
@@ -85,6 +90,8 @@ async def ask(
     max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
     only_peers: Collection[str] | None = None,
+    verify_rate: float = 0.0,
+    verifiers: Collection[str] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -100,6 +107,11 @@ async def ask(
     Each attempt's outcome goes to the network's reputation book: a complete answer
     (and whether it came far slower than the peer advertises), or a failure. Peers
     excluded for a low reputation are never asked.
+
+    A fraction `verify_rate` of answers (1.0: all) is re-scored by another peer
+    serving the same model hash (only among `verifiers`, if given) before the Answer
+    is yielded; the outcome is in `Answer.verification` and goes to
+    `network.outcomes` for each peer that produced tokens.
     """
     max_price = network.max_price if max_price is None else max_price
     await network.discover(model_id, model_hash, timeout=discover_timeout)
@@ -116,6 +128,7 @@ async def ask(
     capped_to: int | None = None
     receipts: list[CountersignedReceipt] = []
     refused: list[str] = []
+    producers: list[tuple[str, int]] = []  # (peer, index of its first token), in order
 
     while True:
         remaining = params.max_tokens - len(tokens)
@@ -143,6 +156,7 @@ async def ask(
             if capped_to < params.max_tokens:
                 params = params.model_copy(update={"max_tokens": capped_to})
         tried.append(peer.peer_id)
+        producers.append((peer.peer_id, len(tokens)))
         if on_attempt is not None:
             on_attempt(peer.peer_id)
         resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
@@ -169,7 +183,16 @@ async def ask(
                 network.health.answered(peer.peer_id)
                 if end.tokens_per_s > 0:
                     network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
-                await network.record_outcomes(_outcomes(peer, timing, resumed=bool(resumed.prefix_tokens)))
+                token_ids = [t.token_id for t in tokens]
+                verification = None
+                if verify_rate > 0 and random.random() < verify_rate:
+                    verification = await verify_answer(
+                        network, params, token_ids, end.model_hash,
+                        exclude={p for p, _ in producers}, verifiers=verifiers,
+                    )
+                    _record_outcomes(network, verification, producers, len(tokens), end.model_hash,
+                                     request_id)
+                await network.note_all(_outcomes(peer, timing, resumed=bool(resumed.prefix_tokens)))
                 yield Answer(
                     text="".join(t.text for t in tokens),
                     peer_id=peer.peer_id,
@@ -183,6 +206,8 @@ async def ask(
                     max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
                     receipts=tuple(receipts),
                     refused_receipts=tuple(refused),
+                    token_ids=tuple(token_ids),
+                    verification=verification,
                 )
                 return
         except AnswerTimedOut:
@@ -201,7 +226,7 @@ async def ask(
         if not isinstance(last_error, PeerUnreachable):
             # A stream that never opened says more about the path than the peer: back-off
             # and liveness probes deal with it; reputation judges what peers do.
-            await network.record_outcome(peer.peer_id, Event.FAILURE)
+            await network.note(peer.peer_id, Event.FAILURE)
         broken.add(peer.peer_id)
         backoff = network.health.failed(peer.peer_id, trio.current_time())
         logger.info(
@@ -215,6 +240,24 @@ async def ask(
     if last_error is None:
         raise NoCapablePeer(f"no reachable peer serves {wanted}")
     raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+
+def _record_outcomes(
+    network: Network, verification: Verification, producers: list[tuple[str, int]], n_tokens: int,
+    model_hash: str, request_id: str,
+) -> None:
+    """Tell `network.outcomes` how each producing peer's share of the answer fared."""
+    if verification.verified is None or verification.verifier is None or network.outcomes is None:
+        return
+    bounds = [start for _, start in producers[1:]] + [n_tokens]
+    for (peer_id, start), end in zip(producers, bounds, strict=True):
+        if end <= start:
+            continue  # this peer produced nothing
+        bad = tuple(i for i in verification.bad_positions if start <= i < end)
+        network.outcomes.record_outcome(peer_id, VerificationOutcome(
+            kind="verification", passed=not bad, verifier=verification.verifier,
+            model_hash=model_hash, checked=end - start, bad_positions=bad, request_id=request_id,
+        ))
 
 
 def token_budget(peer: PeerView, deadline_s: float) -> int:
@@ -303,7 +346,7 @@ async def _settle(
         logger.warning("refused the receipt of %s: %s", peer_id, exc)
         books.refused.append(str(exc))
         network.health.failed(peer_id, trio.current_time())
-        await network.record_outcome(peer_id, Event.FAILURE)
+        await network.note(peer_id, Event.FAILURE)
         return
     receipt = countersign(end.receipt, network.key)
     await framed.send(receipt)

@@ -31,6 +31,7 @@ from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
+from dinet.trust.outcomes import OutcomeRecorder
 from dinet.trust.reputation import Event, Reputation
 from dinet.wire.manifest import Manifest
 
@@ -47,18 +48,19 @@ class Network:
     liveness: LivenessWatch | None = None
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
+    outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
     reputation: Reputation | None = None  # what this client has seen each peer do
     exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
     min_evidence: float = MIN_EVIDENCE
 
-    async def record_outcome(self, peer_id: str, event: Event) -> None:
+    async def note(self, peer_id: str, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
 
         A reputation file that cannot be written costs the event, never the answer.
         """
-        await self.record_outcomes([(peer_id, event)])
+        await self.note_all([(peer_id, event)])
 
-    async def record_outcomes(self, events: list[tuple[str, Event]]) -> None:
+    async def note_all(self, events: list[tuple[str, Event]]) -> None:
         """Several events in one transaction (a vote's agreements and dissents)."""
         if self.reputation is None or not events:
             return
@@ -208,6 +210,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
             exclude_below=settings.exclude_below, min_evidence=settings.min_evidence,
         )
+        network.outcomes = network.reputation  # verified answers count in reputations too
         reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
         if settings.bootstrap and not reached:
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")

@@ -7,10 +7,12 @@ failover onto another replica), and compares their token sequences
 the others dissented.
 
 Honest peers can split where llama.cpp's floating-point noise meets a near-tie (other
-thread counts or CPUs). Given a `check` (verification by re-scoring), a dissenter is
-checked before it is punished, and when no majority exists each distinct answer is
-checked and the best-supported one that passes is returned. Without one, a dissent
-counts against the peer and no majority means no answer (`Vote.answer` is None).
+thread counts or CPUs). So verification by re-scoring (`dinet.client.verify`) decides
+what a vote cannot: a dissenter is checked before it is punished (a pass is an honest
+near-tie), and when no majority exists each distinct answer is checked and the
+best-supported one that passes is returned. Where no peer can check (`verify=False`,
+or nobody else serves the model), a dissent counts against the peer and no majority
+means no answer (`Vote.answer` is None).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import trio
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network
+from dinet.client.verify import verify_answer
 from dinet.errors import DinetError, NoCapablePeer
 from dinet.routing.select import PeerView, Policy, rank_peers, within_budget
 from dinet.trust.reputation import Event
@@ -99,12 +102,15 @@ async def ask_replicas(
     request_timeout: float = 120.0,
     policy: Policy = "latency",
     max_price: float | None = None,
+    verify: bool = True,
     check: Check | None = None,
     among: Collection[str] | None = None,
 ) -> Vote:
     """Ask `replicas` distinct peers (at least 2 must be available) and vote.
 
-    With `among`, the replicas are chosen from those peers only.
+    With `verify`, dissenters and (without a majority) every distinct answer are
+    re-scored by another peer (`check` replaces that check). With `among`, the
+    replicas are chosen from those peers only.
     """
     if not 2 <= replicas <= MAX_REPLICAS:
         raise ValueError(f"a vote takes 2 to {MAX_REPLICAS} replicas")
@@ -141,8 +147,10 @@ async def ask_replicas(
             nursery.start_soon(one, peer_id)
     ballots = [Ballot(p, tuple(f.token_id for f in frames)) for p, (_, frames) in answers.items()]
     result = tally(ballots, asked=len(chosen))
+    if check is None and verify and model_hash is not None:
+        check = _verification(network, params, model_hash, result.winner)
     decided = await _decide(result, check)
-    await network.record_outcomes(decided.events)
+    await network.note_all(decided.events)
     winner = decided.group
     answer, frames = (None, ()) if winner is None else answers[winner.peers[0]]
     return Vote(
@@ -151,6 +159,25 @@ async def ask_replicas(
         dissenting=decided.dissenting, failed=failed, tally=result,
         answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified, frames=frames,
     )
+
+
+def _verification(network: Network, params: GenerationParams, model_hash: str,
+                  winner: Group | None) -> Check:
+    """Re-scoring by a peer that did not give the answer checked, and not a known liar.
+
+    A dissent is checked by the majority's peers (they showed they run the model
+    faithfully on this very request); with no majority, by any other peer.
+    """
+
+    async def check(peers: tuple[str, ...], tokens: tuple[int, ...]) -> bool | None:
+        verifiers = None if winner is None else set(winner.peers) - set(peers)
+        outcome = await verify_answer(network, params, list(tokens), model_hash,
+                                      exclude=set(peers), verifiers=verifiers)
+        if outcome.verified is None:
+            logger.info("could not verify the answer of %s: %s", ", ".join(peers), outcome.error)
+        return outcome.verified
+
+    return check
 
 
 def _one_version(

@@ -15,6 +15,7 @@ the cost of one decode step per prefix token.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -27,10 +28,14 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt
+from dinet.engine._score import score_tokens
 from dinet.engine._text import CompletionText
 from dinet.engine.liar import Lie
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
+from dinet.wire.verify import ScoreRequest, ScoresFrame
+
+logger = logging.getLogger(__name__)
 
 Emit = Callable[[BaseModel], None]
 ShouldStop = Callable[[], bool]
@@ -43,8 +48,16 @@ class BadRequest(Exception):
 class Generator:
     """Runs requests, one at a time, on one loaded `Llama`."""
 
-    def __init__(self, llm: llama_cpp.Llama, model_id: str, lie: Lie | None = None) -> None:
+    def __init__(
+        self,
+        llm: llama_cpp.Llama,
+        model_id: str,
+        lie: Lie | None = None,
+        load_scorer: Callable[[], llama_cpp.Llama] | None = None,
+    ) -> None:
         self._llm = llm
+        self._load_scorer = load_scorer  # the model verification scores with; default: llm
+        self._scorer: llama_cpp.Llama | None = None
         self._lie = lie  # testing only: what this worker falsifies (see dinet.engine.liar)
         self._model_id = model_id
         self._vocab = llm._model.vocab
@@ -103,7 +116,8 @@ class Generator:
                     seed=params.seed,
                 )
                 if tamper is not None:
-                    token = tamper.token(index, token, self._random_token)
+                    ending = bool(llama_c.llama_vocab_is_eog(self._vocab, token))
+                    token = tamper.token(index, token, self._random_token, ending)
             last_at = time.perf_counter()
             first_at = first_at or last_at
             steps += 1
@@ -140,14 +154,33 @@ class Generator:
             )
         )
 
+    def score(self, request: ScoreRequest) -> ScoresFrame:
+        """Re-score a claimed completion (verification): one prefill, no decoding."""
+        prompt, _ = self.prompt_tokens(request.params)
+        claimed = list(request.tokens)
+        self._check(prompt, claimed)
+        params = request.params
+        return score_tokens(self._scoring_llm(), prompt, claimed, temperature=params.temperature,
+                            top_p=params.top_p)
+
+    def _scoring_llm(self) -> llama_cpp.Llama:
+        if self._scorer is None:
+            self._scorer = self._llm
+            if self._load_scorer is not None:
+                try:
+                    self._scorer = self._load_scorer()
+                except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+                    logger.warning("scoring with the served model itself (slower): %s", exc)
+        return self._scorer
+
     def _check(self, prompt: list[int], prefix: list[int]) -> None:
         if not prompt:
             raise BadRequest("the prompt is empty")
         if any(not 0 <= token < self._n_vocab for token in prefix):
-            raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({self._n_vocab})")
+            raise BadRequest(f"a token id is outside the vocabulary ({self._n_vocab})")
         if len(prompt) + len(prefix) >= self._n_ctx:
             raise BadRequest(
-                f"prompt of {len(prompt)} tokens plus {len(prefix)} prefix tokens "
+                f"prompt of {len(prompt)} tokens plus {len(prefix)} completion tokens "
                 f"does not fit the context of {self._n_ctx}"
             )
 

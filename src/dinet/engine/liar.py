@@ -10,8 +10,9 @@ what it sent); only the tokens are false:
 - `wrong-model:PATH` generates with another GGUF while advertising the real model's
   id and hash (`derive_wrong_model` writes a plausible one from the default model);
 - `corrupt:K` replaces K tokens of each answer, at random positions among its first
-  16, with random vocabulary tokens, and continues from them (so every other token
-  stays consistent with the text so far: only the K positions are false);
+  16 (or max_tokens), with random vocabulary tokens, and continues from them (so every
+  other token stays consistent with the text so far: only the K positions are false);
+  an answer that would end before its lies are told is lengthened by them;
 - `random` sends random vocabulary tokens without running the model at all.
 
 Nothing here runs unless DINET_ALLOW_LIARS=1 is set in the environment: settings
@@ -58,7 +59,7 @@ class Lie:
         if self.kind == "corrupt":
             window = range(start, min(max_tokens, start + CORRUPT_WITHIN))
             positions = frozenset(rng.sample(window, min(self.count, len(window))))
-        return Tamperer(self.kind == "random", positions, rng)
+        return Tamperer(self.kind == "random", set(positions), rng)
 
 
 def parse_lie(text: str) -> Lie:
@@ -84,15 +85,23 @@ class Tamperer:
     """Decides, token by token, what a lying worker sends instead of the truth."""
 
     replaces_all: bool  # random: the model is not consulted at all
-    positions: frozenset[int]  # corrupt: completion indices to replace
+    pending: set[int]  # corrupt: completion indices still to replace
     rng: random.Random
 
-    def token(self, index: int, chosen: int, random_token: Callable[[random.Random], int]) -> int:
-        if self.replaces_all or index in self.positions:
-            while (other := random_token(self.rng)) == chosen:
-                pass
-            return other
-        return chosen
+    def token(
+        self, index: int, chosen: int, random_token: Callable[[random.Random], int], ending: bool = False
+    ) -> int:
+        """What to send at `index` instead of `chosen`. `ending`: `chosen` would end the
+        answer; a corrupting liar with lies still to tell replaces it, so every answer
+        carries its K lies even when the truth is shorter."""
+        lie_now = index in self.pending or (ending and any(p >= index for p in self.pending))
+        if not (self.replaces_all or lie_now):
+            return chosen
+        if lie_now:
+            self.pending.discard(min(p for p in self.pending if p >= index))
+        while (other := random_token(self.rng)) == chosen:
+            pass
+        return other
 
 
 # -- a plausible wrong model ------------------------------------------------------------

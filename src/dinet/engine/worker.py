@@ -39,6 +39,7 @@ from dinet.wire.messages import (
     decode_reply,
     encode,
 )
+from dinet.wire.verify import ScoreRequest, ScoresFrame, decode_scores
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ Reply: TypeAlias = TokenFrame | EndFrame | ErrorFrame
 _CANCEL_GRACE_S = 5.0  # an abandoned request must end this soon, or the worker is killed
 _EXIT_GRACE_S = 1.0
 _LOG_TAIL_BYTES = 2000
+SCORE_LIMIT_S = 60.0  # one prefill of at most a context's worth of tokens
 
 
 class _Worker:
@@ -99,6 +101,7 @@ class WorkerEngine:
         ready_timeout: float = 120.0,
         log_path: Path | None = None,
         liar: str | None = None,
+        score_cache: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self._argv = [
@@ -112,6 +115,8 @@ class WorkerEngine:
             self._argv += ["--memory-mb", str(memory_mb)]
         if liar is not None:  # testing only; the worker refuses it without DINET_ALLOW_LIARS=1
             self._argv += ["--liar", liar]
+        if score_cache is not None:  # where the worker keeps the BF16 copy it verifies with
+            self._argv += ["--score-cache", str(score_cache)]
         self._ready_timeout = ready_timeout
         self._log_path = log_path
         self._slot = trio.Semaphore(1)  # not a Lock: an abandoned stream may end in another task
@@ -190,6 +195,39 @@ class WorkerEngine:
             finally:
                 if not done and self._worker is worker:
                     await self._abandon(worker)
+
+    async def score(self, request: ScoreRequest) -> ScoresFrame | ErrorFrame:
+        """Re-score a claimed completion (verification): one ScoresFrame or ErrorFrame.
+
+        The exchange is shielded from cancellation: a reply left unread would be taken
+        for the next request's. Scoring is one prefill, so it ends soon; a worker that
+        takes over SCORE_LIMIT_S is replaced (EngineCrashed).
+        """
+        async with self._slot:
+            worker = await self._ready_worker()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SCORE_LIMIT_S):
+                    try:
+                        await worker.stdin.send_all(encode_frame(encode(request)))
+                        payload = await worker.frames.read_frame()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._crashed(worker, "its pipes broke while scoring")
+                    except WireError as exc:
+                        await self._crashed(worker, f"it sent garbage ({exc})")
+                    if payload is None:
+                        await self._crashed(worker, "its output ended while scoring")
+                    try:
+                        return decode_scores(payload)
+                    except MalformedMessage:
+                        pass  # an error frame, or garbage
+                    try:
+                        reply = decode_reply(payload)
+                    except MalformedMessage as exc:
+                        await self._crashed(worker, f"it sent garbage while scoring ({exc})")
+                    if isinstance(reply, ErrorFrame):
+                        return reply
+                    await self._crashed(worker, f"it answered a score request with {reply.kind}")
+                await self._crashed(worker, f"it did not score within {SCORE_LIMIT_S:g} s")
 
     # -- internals -------------------------------------------------------------------
 

@@ -133,6 +133,7 @@ class _Gateway:
                 self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
                 discover_timeout=self.settings.discover_timeout_s,
                 request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
+                verify_rate=self.settings.verify_rate,
             ))
         # Wait for the first event before answering, so that a request no peer can take
         # gets a proper status code rather than an error inside a 200 stream.

@@ -152,6 +152,8 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
         "ttft_ms": round(answer.ttft_ms, 2),
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
+        # {verified: true|false|null, verifier, bad_positions, ...}; null when not checked
+        "verification": answer.verification.as_json() if answer.verification else None,
     }
 
 

@@ -25,6 +25,7 @@ from dinet.node.inference import InferenceService
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import ManifestPublisher, load_of, offer
 from dinet.node.receipts import Accountant, Prices
+from dinet.node.verification import VerifyService
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
     dht_key,
@@ -38,7 +39,7 @@ from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.host import build_host, full_addrs, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity, peer_id_of
 from dinet.p2p.liveness import LivenessWatch
-from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL
+from dinet.wire.ids import CHUNKS_PROTOCOL, INFER_PROTOCOL, MANIFEST_PROTOCOL, VERIFY_PROTOCOL
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ async def serve_node(
                        settings.liar, model_hash)
     engine = WorkerEngine(
         model.path, threads=settings.threads, memory_mb=settings.memory_mb,
-        log_path=settings.home / "worker.log", liar=settings.liar,
+        log_path=settings.home / "worker.log", liar=settings.liar, score_cache=settings.home / "scoring",
     )
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
@@ -96,6 +97,11 @@ async def serve_node(
             limiter=PeerLimiter(
                 settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
             ),
+            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
+            max_request_bytes=settings.max_request_bytes,
+        )
+        verifier = VerifyService(
+            engine, inference.admission, model_hash, limiter=inference.limiter,
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
         )
@@ -117,6 +123,7 @@ async def serve_node(
 
         publisher = ManifestPublisher(key_pair, peer_id, directory, describe)
         host.set_stream_handler(TProtocol(INFER_PROTOCOL), keeper.guard(inference.handle))
+        host.set_stream_handler(TProtocol(VERIFY_PROTOCOL), keeper.guard(verifier.handle))
         host.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), keeper.server().handle)
         host.set_stream_handler(TProtocol(MANIFEST_PROTOCOL), publisher.handle_query)
 

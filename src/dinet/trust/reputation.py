@@ -19,13 +19,18 @@ The store is SQLite in the client's home (`_store.py`); reads come from memory.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from dinet.errors import ReputationError
 from dinet.trust._store import Row, Store
+from dinet.trust.outcomes import VerificationOutcome
+
+logger = logging.getLogger(__name__)
 
 REPUTATION_FILE = "reputation.sqlite"
 HALF_LIFE_S = 6 * 3600.0
@@ -184,6 +189,17 @@ class Reputation:
     def standings(self, *, now: float | None = None) -> dict[str, Standing]:
         at = time.time() if now is None else now
         return {p: s.decayed(at, self.half_life_s) for p, s in self._cache.items()}
+
+    def record_outcome(self, peer_id: str, event: VerificationOutcome) -> None:
+        """`OutcomeRecorder`: a verified answer's outcome for one peer that produced it.
+
+        Called from the event loop: one short write. A file that cannot be written
+        costs the event, never the answer.
+        """
+        try:
+            self.record(peer_id, Event.VERIFY_PASS if event.passed else Event.VERIFY_FAIL)
+        except ReputationError as exc:
+            logger.warning("verification outcome of %s not recorded: %s", peer_id, exc)
 
     def check(self) -> list[str]:
         """Problems found re-deriving every standing from the event log (empty: consistent)."""
