@@ -9,6 +9,8 @@ import platformdirs
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dinet.engine.liar import ALLOW_ENV, liars_allowed, parse_lie
+from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
@@ -82,6 +84,25 @@ class NodeSettings(CommonSettings):
     scrub_mb_s: float = Field(
         default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"
     )
+    liar: str | None = Field(
+        default=None,
+        description=f"TESTING ONLY, refused unless {ALLOW_ENV}=1: lie about answers "
+        "(random, corrupt:K or wrong-model:PATH)",
+    )
+
+    @model_validator(mode="after")
+    def _liars_only_when_allowed(self) -> NodeSettings:
+        if self.liar is not None:
+            if not liars_allowed():
+                raise ValueError(LIAR_REFUSED)
+            parse_lie(self.liar)  # a ValueError names what is wrong with it
+        return self
+
+
+LIAR_REFUSED = (
+    f"--liar makes this node lie to its clients, for tests of verification only; "
+    f"set {ALLOW_ENV}=1 to allow it"
+)
 
 
 class ClientSettings(CommonSettings):
@@ -89,6 +110,19 @@ class ClientSettings(CommonSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
     max_price: float | None = Field(
         default=None, ge=0, description="Most credits per token (prompt or completion) to pay a peer"
+    )
+    reputation_half_life_h: float = Field(
+        default=6.0, gt=0, le=24 * 365, description="Hours after which a peer's past counts half"
+    )
+    exclude_below: float = Field(
+        default=EXCLUDE_BELOW, ge=0, le=1, description="Reputation under which a peer is never asked"
+    )
+    min_evidence: float = Field(
+        default=MIN_EVIDENCE, ge=1, description="Events a reputation must rest on before it can exclude"
+    )
+    verify_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Fraction of answers re-scored by another peer serving the same model (1: all)",
     )
 
 

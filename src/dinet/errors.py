@@ -27,10 +27,13 @@
     │   └── PullFailed       no peer could supply every chunk of a model
     ├── RequestError         a user's API request that is malformed or out of range
     │   └── Unauthorized     a missing or wrong API key
-    └── LedgerError          the ledger cannot record or prove receipts
-        ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
-        ├── ReplayedReceipt  a receipt, or another for the same request and node, already counted
-        └── LedgerCorrupted  stored rows that fail their own signatures or sums
+    ├── LedgerError          the ledger cannot record or prove receipts
+    │   ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
+    │   ├── ReplayedReceipt  a receipt, or another for the same request and node, already counted
+    │   └── LedgerCorrupted  stored rows that fail their own signatures or sums
+    └── TrustError           reputation and voting
+        ├── ReputationError  the reputation file cannot record or be read
+        └── NoMajority       replicas disagreed and nothing could decide between them
 
 Callers map classes, never message text, to exit codes and API errors.
 """
@@ -168,6 +171,18 @@ class ReplayedReceipt(LedgerError):
 
 
 class LedgerCorrupted(LedgerError):
+    pass
+
+
+class TrustError(DinetError):
+    pass
+
+
+class ReputationError(TrustError):
+    pass
+
+
+class NoMajority(TrustError):
     pass
 
 

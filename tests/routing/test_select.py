@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from dinet.routing.select import PeerView, decode_speed, rank_peers
+from dinet.routing.select import PeerView, decode_speed, rank_peers, trusted
 
 
 def view(peer_id, rtt=1.0, tps=50.0, ttft=20.0, active=0, queued=0, slots=1, **more):
@@ -59,3 +59,12 @@ def test_ties_are_broken_by_peer_id_and_limit_keeps_the_best():
     best = rank_peers(peers, 64, limit=3)
     assert [p.peer_id for p in best] == ["p0999", "p0998", "p0997"]
     assert best == rank_peers(peers, 64)[:3]
+
+
+def test_low_reputation_excludes_only_on_enough_evidence():
+    peers = [view("liar", reputation=0.2, evidence=4.0),
+             view("new-and-unlucky", reputation=0.2, evidence=1.0),
+             view("fine", reputation=0.9, evidence=40.0), view("unknown")]
+    assert [p.peer_id for p in trusted(peers)] == ["new-and-unlucky", "fine", "unknown"]
+    assert [p.peer_id for p in trusted(peers, exclude_below=0.1)] == [p.peer_id for p in peers]
+    assert [p.peer_id for p in trusted(peers, min_evidence=1.0)] == ["fine", "unknown"]

@@ -29,6 +29,11 @@ ApiKey = Annotated[
     typer.Option(envvar="DINET_API_KEY", help="Require 'Authorization: Bearer KEY' on the HTTP API"),
 ]
 
+VerifyRate = Annotated[
+    float | None,
+    typer.Option(help="Fraction of answers (0-1) re-scored by another peer serving the same model"),
+]
+
 app.add_typer(_model.app, name="model")
 app.add_typer(_ledger.app, name="ledger")
 
@@ -79,6 +84,10 @@ def node(
     ] = None,
     api_host: Annotated[str, typer.Option(help="Address the API binds (with --api-port)")] = "127.0.0.1",
     api_key: ApiKey = None,
+    liar: Annotated[
+        str | None,
+        typer.Option(help="TESTING ONLY (needs DINET_ALLOW_LIARS=1): random, corrupt:K or wrong-model:PATH"),
+    ] = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -97,6 +106,7 @@ def node(
             "max_prompt_chars": max_prompt_chars, "max_request_bytes": max_request_bytes,
             "layers": layers, "shard_kv_mb": shard_kv_mb, "shard_idle_s": shard_idle_s,
         },
+        liar=liar,
     )
 
 
@@ -110,6 +120,7 @@ def gateway(
     bootstrap: Bootstrap = None,
     api_key: ApiKey = None,
     timeout: Annotated[float, typer.Option(help="Seconds to look for peers for a request")] = 10.0,
+    verify_rate: VerifyRate = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -118,7 +129,7 @@ def gateway(
     setup_logging(verbose)
     _gateway.run_gateway(
         host=host, port=port, home=home, bootstrap=bootstrap or [], api_key=api_key,
-        timeout=timeout, mdns=mdns, json_out=json_out,
+        timeout=timeout, mdns=mdns, json_out=json_out, verify_rate=verify_rate,
     )
 
 
@@ -144,6 +155,13 @@ def ask(
     sharded: Annotated[
         bool, typer.Option(help="Answer through a chain of pipeline stages even if a whole node could")
     ] = False,
+    replicas: Annotated[
+        int, typer.Option(help="Ask this many peers at once and keep the majority's answer")
+    ] = 1,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Have the answer re-scored by another peer (--verify-rate 1)")
+    ] = False,
+    verify_rate: VerifyRate = None,
     mdns: Mdns = True,
     json_out: Json = False,
     verbose: Verbose = 0,
@@ -154,7 +172,8 @@ def ask(
         prompt, home=home, bootstrap=bootstrap or [], model=model, model_hash=model_hash,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         timeout=timeout, deadline=deadline, policy=policy, mdns=mdns, json_out=json_out,
-        max_price=max_price, sharded=sharded,
+        max_price=max_price, sharded=sharded, replicas=replicas,
+        verify_rate=1.0 if verify else verify_rate,
     )
 
 

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
-from dinet.client.network import open_network
+from dinet.client.network import open_network, peer_trust
+from dinet.client.verify import Verification
+from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
 from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ChatMessage, GenerationParams
@@ -42,6 +44,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "max_tokens_capped": answer.max_tokens_capped,
         "receipts": [r.receipt_id for r in answer.receipts],
         "refused_receipts": list(answer.refused_receipts),
+        "verification": answer.verification.as_json() if answer.verification else None,
     }
 
 
@@ -63,9 +66,17 @@ def run_ask(
     json_out: bool,
     max_price: float | None = None,
     sharded: bool = False,
+    replicas: int = 1,
+    verify_rate: float | None = None,
 ) -> None:
+    if verify_rate is not None and not 0.0 <= verify_rate <= 1.0:
+        fail("--verify-rate must be between 0 and 1")
     if max_price is not None and max_price < 0:
         fail("--max-price cannot be negative")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        fail(f"--replicas must be between 1 and {MAX_REPLICAS}")
+    if replicas > 1 and deadline is not None:
+        fail("--deadline cannot be combined with --replicas")
     if policy not in ("latency", "throughput", "cost"):
         fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
@@ -76,14 +87,22 @@ def run_ask(
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
     budget = {} if max_price is None else {"max_price": max_price}  # else DINET_MAX_PRICE, if set
+    if verify_rate is not None:
+        budget["verify_rate"] = verify_rate  # else DINET_VERIFY_RATE, if set
     settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, **budget)
 
     async def main() -> None:
         async with open_network(settings) as network:
+            if replicas > 1:
+                vote = await ask_replicas(network, params, replicas, model_id=model, model_hash=model_hash,
+                                          discover_timeout=timeout, policy=policy)  # type: ignore[arg-type]
+                _show_vote(vote, json_out)
+                return
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
                                    discover_timeout=timeout, deadline_s=deadline,
                                    policy=policy,  # type: ignore[arg-type]
-                                   sharded=True if sharded else None):
+                                   sharded=True if sharded else None,
+                                   verify_rate=settings.verify_rate):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
@@ -93,6 +112,9 @@ def run_ask(
                     else:
                         typer.echo()
                         typer.secho(_served_line(event), fg="cyan", err=True)
+                        if event.verification is not None:
+                            line, colour = _verified_line(event.verification)
+                            typer.secho(line, fg=colour, err=True)
                 elif not json_out:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
@@ -100,11 +122,32 @@ def run_ask(
     run(main)
 
 
+def _show_vote(vote: Vote, json_out: bool) -> None:
+    if json_out:
+        base = answer_json(vote.answer) if vote.answer is not None else {"text": None}
+        print_json({**base, "vote": vote.summary()})
+    elif vote.answer is not None:
+        typer.echo(vote.answer.text)
+        typer.secho(_served_line(vote.answer), fg="cyan", err=True)
+        typer.secho(f"— {vote.explain()}", fg="yellow" if vote.dissenting else "cyan", err=True)
+    if vote.answer is None:
+        fail(vote.explain())
+
+
 def _served_line(answer: Answer) -> str:
     return (
         f"— served by {answer.peer_id} ({answer.model_id}): {answer.usage.completion_tokens} "
         f"tokens, first after {answer.ttft_ms:.0f} ms, {answer.tokens_per_s:.1f} tokens/s"
     )
+
+
+def _verified_line(check: Verification) -> tuple[str, str]:
+    if check.verified is None:
+        return f"— not verified: {check.error}", "yellow"
+    if check.verified:
+        return f"— verified by {check.verifier}: {check.checked} tokens plausible", "green"
+    return (f"— FAILED verification by {check.verifier}: tokens at {list(check.bad_positions)} "
+            f"are not what this model produces", "red")
 
 
 def run_chat(
@@ -161,14 +204,16 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
                 await network.probe_all(unprobed)
                 await trio.sleep(0.3)
             manifests = sorted(network.directory.manifests(), key=lambda m: m.peer_id)
+            trust = {m.peer_id: peer_trust(network, m.peer_id) for m in manifests}
             if json_out:
                 print_json([
-                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id)}
+                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id), **trust[m.peer_id]}
                     for m in manifests
                 ])
                 return
             table = Table(title=f"{len(manifests)} peers")
-            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price"):
+            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price",
+                           "score"):
                 table.add_column(column)
             for m in manifests:
                 rtt = network.rtt_ms.get(m.peer_id)
@@ -176,7 +221,15 @@ def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: boo
                     m.peer_id, m.region, ", ".join(_offer_label(o) for o in m.models),
                     f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
+                    _score_cell(trust[m.peer_id]),
                 )
             Console().print(table)
 
     run(main)
+
+
+def _score_cell(trust: dict[str, object]) -> str:
+    score = trust["reputation"]
+    if not isinstance(score, float):
+        return "-"
+    return f"{score:.2f}" + (" excluded" if trust["excluded"] else "")

@@ -44,10 +44,11 @@ def run_gateway(
     timeout: float,
     mdns: bool,
     json_out: bool,
+    verify_rate: float | None = None,
 ) -> None:
     settings = gateway_settings(
         host=host, port=port, home=home, bootstrap=bootstrap, api_key=api_key,
-        discover_timeout_s=timeout, mdns=mdns,
+        discover_timeout_s=timeout, mdns=mdns, verify_rate=verify_rate,
     )
 
     async def main() -> None:

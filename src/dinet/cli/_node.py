@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from dinet.cli._common import fail, print_json, run
 from dinet.cli._gateway import describe, gateway_settings
-from dinet.config import NodeSettings
+from dinet.config import LIAR_REFUSED, NodeSettings
+from dinet.engine.liar import liars_allowed
 from dinet.gateway import GatewayStarted, serve_gateway
 from dinet.node.service import NodeStarted, serve_node
 
@@ -37,7 +38,10 @@ def run_node(
     free_allowance: float = 1.0,
     limits: dict[str, float | int | str | None] | None = None,
     sandbox: bool = True,
+    liar: str | None = None,
 ) -> None:
+    if liar is not None and not liars_allowed():
+        fail(LIAR_REFUSED)
     given: dict[str, object] = {
         "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
         "prompt_price": prompt_price, "priority": priority, "free_allowance": free_allowance,
@@ -45,6 +49,8 @@ def run_node(
         "max_concurrent": max_concurrent, "max_queue": max_queue, "sandbox": sandbox,
     }
     given.update({k: v for k, v in (limits or {}).items() if v is not None})  # unset: the defaults
+    if liar is not None:
+        given["liar"] = liar
     if listen:
         given["listen"] = listen
     if home:
@@ -53,6 +59,9 @@ def run_node(
         settings = NodeSettings.model_validate(given)
     except ValidationError as exc:
         fail(f"invalid setting {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+    if settings.liar is not None:
+        typer.secho(f"WARNING: this node LIES ({settings.liar}): for tests of verification only",
+                    fg="red", err=True)
     # Checked before the node starts, so a bad API setting fails at once.
     api = None if api_port is None else gateway_settings(
         host=api_host, port=api_port, home=settings.home, api_key=api_key, mdns=False,

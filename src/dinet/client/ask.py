@@ -7,9 +7,10 @@ When a peer fails after some tokens, the next peer continues from them
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 
 import trio
@@ -18,6 +19,7 @@ from libp2p.peer.id import ID
 
 from dinet.client.chain import plan_chain, run_chain
 from dinet.client.network import Network
+from dinet.client.verify import Verification, verify_answer
 from dinet.errors import (
     AnswerTimedOut,
     BadReceipt,
@@ -31,6 +33,8 @@ from dinet.errors import (
 )
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
+from dinet.trust.outcomes import VerificationOutcome
+from dinet.trust.reputation import Event, slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     CountersignedReceipt,
@@ -71,6 +75,8 @@ class Answer:
     receipts: tuple[CountersignedReceipt, ...] = ()  # countersigned and kept in the ledger
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
     chain: tuple[str, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)
+    token_ids: tuple[int, ...] = ()  # the completion's tokens, as the peers claimed them
+    verification: Verification | None = None  # set when the answer was checked by another peer
 
 
 async def ask(
@@ -86,6 +92,9 @@ async def ask(
     max_price: float | None = None,
     on_attempt: Callable[[str], None] | None = None,
     sharded: bool | None = None,
+    only_peers: Collection[str] | None = None,
+    verify_rate: float = 0.0,
+    verifiers: Collection[str] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -99,6 +108,17 @@ async def ask(
 
     `sharded`: True answers through a chain of pipeline stages (`dinet.client.chain`);
     None (the default) does so only when no single peer serves the whole model.
+
+    With `only_peers`, no other peer is asked (a vote's replica stays on its peer).
+
+    Each attempt's outcome goes to the network's reputation book: a complete answer
+    (and whether it came far slower than the peer advertises), or a failure. Peers
+    excluded for a low reputation are never asked.
+
+    A fraction `verify_rate` of answers (1.0: all) is re-scored by another peer
+    serving the same model hash (only among `verifiers`, if given) before the Answer
+    is yielded; the outcome is in `Answer.verification` and goes to
+    `network.outcomes` for each peer that produced tokens.
     """
     max_price = network.max_price if max_price is None else max_price
     if not sharded:
@@ -123,15 +143,22 @@ async def ask(
     capped_to: int | None = None
     receipts: list[CountersignedReceipt] = []
     refused: list[str] = []
+    producers: list[tuple[str, int]] = []  # (peer, index of its first token), in order
 
     while True:
         remaining = params.max_tokens - len(tokens)
         capable = network.candidates(model_id, model_hash)
+        if only_peers is not None:
+            capable = [p for p in capable if p.peer_id in only_peers]
         affordable = within_budget(capable, max_price)
         if capable and not affordable:
             raise NoCapablePeer(f"no peer serves {model_hash or model_id or 'the model'} within "
                                 f"{max_price:g} credits per token")
-        candidates = [p for p in affordable if p.peer_id not in broken | busy]
+        allowed = network.trusted(affordable)
+        if affordable and not allowed:
+            raise NoCapablePeer(f"every peer serving {model_hash or model_id or 'the model'} is "
+                                "excluded for a low reputation (`din peers` shows the scores)")
+        candidates = [p for p in allowed if p.peer_id not in broken | busy]
         if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
             await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
             busy.clear()
@@ -144,6 +171,7 @@ async def ask(
             if capped_to < params.max_tokens:
                 params = params.model_copy(update={"max_tokens": capped_to})
         tried.append(peer.peer_id)
+        producers.append((peer.peer_id, len(tokens)))
         if on_attempt is not None:
             on_attempt(peer.peer_id)
         resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
@@ -154,8 +182,10 @@ async def ask(
         record.in_flight += 1
         limits = _StallLimits.for_peer(peer)
         books = _Books(peer, max_price, receipts, refused)
+        timing = _Timing()
         try:
-            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books):
+            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books,
+                                            timing):
                 if isinstance(frame, TokenFrame):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -168,6 +198,16 @@ async def ask(
                 network.health.answered(peer.peer_id)
                 if end.tokens_per_s > 0:
                     network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
+                token_ids = [t.token_id for t in tokens]
+                verification = None
+                if verify_rate > 0 and random.random() < verify_rate:
+                    verification = await verify_answer(
+                        network, params, token_ids, end.model_hash,
+                        exclude={p for p, _ in producers}, verifiers=verifiers,
+                    )
+                    _record_outcomes(network, verification, producers, len(tokens), end.model_hash,
+                                     request_id)
+                await network.note_all(_outcomes(peer, timing, resumed=bool(resumed.prefix_tokens)))
                 yield Answer(
                     text="".join(t.text for t in tokens),
                     peer_id=peer.peer_id,
@@ -181,6 +221,8 @@ async def ask(
                     max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
                     receipts=tuple(receipts),
                     refused_receipts=tuple(refused),
+                    token_ids=tuple(token_ids),
+                    verification=verification,
                 )
                 return
         except AnswerTimedOut:
@@ -196,6 +238,10 @@ async def ask(
             last_error = exc
         finally:
             record.in_flight -= 1
+        if not isinstance(last_error, PeerUnreachable):
+            # A stream that never opened says more about the path than the peer: back-off
+            # and liveness probes deal with it; reputation judges what peers do.
+            await network.note(peer.peer_id, Event.FAILURE)
         broken.add(peer.peer_id)
         backoff = network.health.failed(peer.peer_id, trio.current_time())
         logger.info(
@@ -236,6 +282,22 @@ async def _ask_chain(
             tokens_per_s=(len(tokens) - 1) / decode_s if len(tokens) > 1 and decode_s > 0 else 0.0,
             peers_tried=event.peers_tried, chain=event.chain,
         )
+def _record_outcomes(
+    network: Network, verification: Verification, producers: list[tuple[str, int]], n_tokens: int,
+    model_hash: str, request_id: str,
+) -> None:
+    """Tell `network.outcomes` how each producing peer's share of the answer fared."""
+    if verification.verified is None or verification.verifier is None or network.outcomes is None:
+        return
+    bounds = [start for _, start in producers[1:]] + [n_tokens]
+    for (peer_id, start), end in zip(producers, bounds, strict=True):
+        if end <= start:
+            continue  # this peer produced nothing
+        bad = tuple(i for i in verification.bad_positions if start <= i < end)
+        network.outcomes.record_outcome(peer_id, VerificationOutcome(
+            kind="verification", passed=not bad, verifier=verification.verifier,
+            model_hash=model_hash, checked=end - start, bad_positions=bad, request_id=request_id,
+        ))
 
 
 def token_budget(peer: PeerView, deadline_s: float) -> int:
@@ -259,6 +321,31 @@ class _StallLimits:
         first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000
         between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
+
+
+@dataclass
+class _Timing:
+    """When one attempt's frames came (perf_counter seconds), to hold a peer to its claims."""
+
+    sent_at: float = 0.0
+    queued: bool = False  # it waited for a slot: its time to first token says nothing
+    first_token_at: float | None = None
+    ended_at: float = 0.0
+    tokens: int = 0
+
+
+def _outcomes(peer: PeerView, timing: _Timing, *, resumed: bool) -> list[tuple[str, Event]]:
+    """What a complete answer tells of its peer: a success, and maybe that it was slow."""
+    events = [(peer.peer_id, Event.SUCCESS)]
+    first = timing.first_token_at
+    decode_s = timing.ended_at - first if first is not None else 0.0
+    observed_tps = (timing.tokens - 1) / decode_s if decode_s > 0 and timing.tokens > 1 else None
+    observed_ttft = None if first is None or timing.queued or resumed else (first - timing.sent_at) * 1e3
+    if slower_than_claimed(peer.tokens_per_s, peer.ttft_ms, tokens=timing.tokens,
+                           observed_tokens_per_s=observed_tps, observed_ttft_ms=observed_ttft):
+        logger.info("peer %s answered far slower than it advertises", peer.peer_id)
+        events.append((peer.peer_id, Event.SLOW))
+    return events
 
 
 @dataclass
@@ -299,6 +386,7 @@ async def _settle(
         logger.warning("refused the receipt of %s: %s", peer_id, exc)
         books.refused.append(str(exc))
         network.health.failed(peer_id, trio.current_time())
+        await network.note(peer_id, Event.FAILURE)
         return
     receipt = countersign(end.receipt, network.key)
     await framed.send(receipt)
@@ -318,14 +406,15 @@ def _cap(advertised: float, limit: float | None) -> float:
 
 async def _stream_from(
     network: Network, peer_id: str, request: InferRequest, deadline: float, limits: _StallLimits,
-    books: _Books | None = None,
+    books: _Books | None = None, timing: _Timing | None = None,
 ) -> AsyncGenerator[TokenFrame | EndFrame, None]:
     """Frames from one peer until its end frame; errors as exceptions.
 
     PeerStalled when it stays silent past `limits`; AnswerTimedOut once `deadline`
     (trio clock) passes. With `books`, the peer's receipt is settled before the end
-    frame is passed on.
+    frame is passed on; `timing` notes when frames came.
     """
+    timing = _Timing() if timing is None else timing
     try:
         with trio.fail_after(OPEN_TIMEOUT_S):
             stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
@@ -339,6 +428,7 @@ async def _stream_from(
     received: list[int] = []
     try:
         await framed.send_payload(sent)
+        timing.sent_at = time.perf_counter()
         next_index = len(request.params.prefix_tokens)
         silence_s = limits.first_frame_s
         while True:
@@ -349,11 +439,13 @@ async def _stream_from(
             frame = decode_reply(payload)
             if isinstance(frame, QueuedFrame):
                 silence_s = limits.first_frame_s  # alive, waiting for a slot
+                timing.queued = True
                 continue
             if isinstance(frame, ErrorFrame):
                 raise RemoteError(frame.code, frame.message)
             if isinstance(frame, EndFrame):
                 finished = True
+                timing.ended_at = time.perf_counter()
                 if books is not None:
                     await _settle(network, framed, books, request, request_hash(sent), received, frame)
                 yield frame
@@ -362,6 +454,9 @@ async def _stream_from(
                 raise MalformedMessage(f"{peer_id} sent token {frame.index}, expected {next_index}")
             next_index += 1
             received.append(frame.token_id)
+            if timing.first_token_at is None:
+                timing.first_token_at = time.perf_counter()
+            timing.tokens += 1
             yield frame
     finally:
         # A reset tells a peer we left mid-answer, so it stops generating for nobody.

@@ -15,7 +15,7 @@ from libp2p.peer.id import ID
 
 from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
-from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable
+from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import (
@@ -30,8 +30,10 @@ from dinet.p2p.discovery import (
 from dinet.p2p.host import build_host, remember_addrs, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.liveness import LivenessWatch
-from dinet.routing.select import PeerView
+from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
+from dinet.trust.outcomes import OutcomeRecorder
+from dinet.trust.reputation import Event, Reputation
 from dinet.wire.manifest import Manifest, ModelOffer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,26 @@ class Network:
     liveness: LivenessWatch | None = None
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
+    outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
+    reputation: Reputation | None = None  # what this client has seen each peer do
+    exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
+    min_evidence: float = MIN_EVIDENCE
+
+    async def note(self, peer_id: str, event: Event) -> None:
+        """Add an event to the peer's reputation (if this network keeps one).
+
+        A reputation file that cannot be written costs the event, never the answer.
+        """
+        await self.note_all([(peer_id, event)])
+
+    async def note_all(self, events: list[tuple[str, Event]]) -> None:
+        """Several events in one transaction (a vote's agreements and dissents)."""
+        if self.reputation is None or not events:
+            return
+        try:
+            await trio.to_thread.run_sync(self.reputation.record_many, events)
+        except ReputationError as exc:
+            logger.warning("reputation not updated: %s", exc)
 
     @property
     def peer_id(self) -> str:
@@ -102,8 +124,10 @@ class Network:
             logger.debug("DHT provider %s unreachable: %s", info.peer_id, exc)
 
     def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
-        """Peers serving the model that are answering and not backed off."""
+        """Peers serving the model that are answering and not backed off, with their
+        reputation (excluded ones too: see `trusted`)."""
         now = trio.current_time()
+        standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
             if not any(
@@ -113,6 +137,7 @@ class Network:
             if not self.health.usable(m.peer_id, now):
                 continue
             record = self.health.get(m.peer_id)
+            standing = standings.get(m.peer_id)
             views.append(
                 PeerView(
                     peer_id=m.peer_id,
@@ -128,6 +153,8 @@ class Network:
                     observed_tokens_per_s=record.observed_tokens_per_s,
                     observed_age_s=now - record.observed_at,
                     region=m.region,
+                    reputation=None if standing is None else standing.score,
+                    evidence=0.0 if standing is None else standing.events,
                 )
             )
         return views
@@ -148,6 +175,9 @@ class Network:
                     stage = StageOffer(m.peer_id, o.layers[0], o.layers[1], latency, rtt)
                     found.append((o, stage))
         return found
+    def trusted(self, peers: list[PeerView]) -> list[PeerView]:
+        """`peers` without those this client excludes for a low reputation."""
+        return trusted(peers, self.exclude_below, self.min_evidence)
 
     async def discover(
         self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1,
@@ -177,6 +207,19 @@ class Network:
         return found
 
 
+def peer_trust(network: Network, peer_id: str) -> dict[str, object]:
+    """A peer's reputation as `din peers --json` and the gateway show it."""
+    standing = network.reputation.standing(peer_id) if network.reputation is not None else None
+    if standing is None:
+        return {"reputation": None, "evidence": 0.0, "excluded": False}
+    view = PeerView(peer_id, None, 0.0, 0.0, 0, 0, 1, reputation=standing.score, evidence=standing.events)
+    return {
+        "reputation": round(standing.score, 4),
+        "evidence": round(standing.events, 2),
+        "excluded": not network.trusted([view]),
+    }
+
+
 def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: str | None) -> bool:
     return (model_id is None or offer_id == model_id) and (model_hash is None or offer_hash == model_hash)
 
@@ -190,7 +233,10 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         network = Network(
             host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs)),
             ledger=Ledger.in_home(settings.home), max_price=settings.max_price,
+            reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
+            exclude_below=settings.exclude_below, min_evidence=settings.min_evidence,
         )
+        network.outcomes = network.reputation  # verified answers count in reputations too
         reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
         if settings.bootstrap and not reached:
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")

@@ -16,6 +16,8 @@ the cost of one decode step per prefix token.
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Literal, Protocol
@@ -27,9 +29,14 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt, token_piece
+from dinet.engine._score import score_tokens
 from dinet.engine._text import CompletionText
+from dinet.engine.liar import Lie
 from dinet.engine.sampler import Sampler
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
+from dinet.wire.verify import ScoreRequest, ScoresFrame
+
+logger = logging.getLogger(__name__)
 
 Emit = Callable[[BaseModel], None]
 ShouldStop = Callable[[], bool]
@@ -62,11 +69,14 @@ def run_generation(
     received_at: float,
     emit: Emit,
     should_stop: ShouldStop = lambda: False,
+    lie: Lie | None = None,
+    random_token: Callable[[random.Random], int] | None = None,
 ) -> None:
     """Generate for one request, emitting TokenFrames then one EndFrame.
 
     `should_stop` is asked between tokens: True ends the completion early (the
-    owner has abandoned the stream), still with an EndFrame.
+    owner has abandoned the stream), still with an EndFrame. `lie` (testing only,
+    see `dinet.engine.liar`) falsifies tokens with ones drawn by `random_token`.
     """
     prompt, template_stops = model.prompt_tokens(params)
     prefix = list(params.prefix_tokens)
@@ -82,14 +92,20 @@ def run_generation(
     emitted = steps = 0
     first_at = last_at = 0.0
     finish: Literal["stop", "length"] = "length"
+    tamper = lie.tamperer(index, params.max_tokens) if lie is not None and random_token else None
     while index < params.max_tokens:
-        token = sampler.choose(
-            model.last_logits(),
-            index,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-        )
+        if tamper is not None and random_token is not None and tamper.replaces_all:
+            token = tamper.token(index, -1, random_token)
+        else:
+            token = sampler.choose(
+                model.last_logits(),
+                index,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+            )
+            if tamper is not None and random_token is not None:
+                token = tamper.token(index, token, random_token, model.is_eog(token))
         last_at = time.perf_counter()
         first_at = first_at or last_at
         steps += 1
@@ -109,7 +125,8 @@ def run_generation(
         if should_stop():
             finish = "stop"
             break
-        model.step(token)
+        if tamper is None or not tamper.replaces_all:
+            model.step(token)
     for frame in text.finish():
         emit(frame)
         emitted += 1
@@ -130,10 +147,10 @@ def _check(model: Model, prompt: list[int], prefix: list[int]) -> None:
     if not prompt:
         raise BadRequest("the prompt is empty")
     if any(not 0 <= token < model.n_vocab for token in prefix):
-        raise BadRequest(f"prefix_tokens holds an id outside the vocabulary ({model.n_vocab})")
+        raise BadRequest(f"a token id is outside the vocabulary ({model.n_vocab})")
     if len(prompt) + len(prefix) >= model.n_ctx:
         raise BadRequest(
-            f"prompt of {len(prompt)} tokens plus {len(prefix)} prefix tokens "
+            f"prompt of {len(prompt)} tokens plus {len(prefix)} completion tokens "
             f"does not fit the context of {model.n_ctx}"
         )
 
@@ -141,8 +158,17 @@ def _check(model: Model, prompt: list[int], prefix: list[int]) -> None:
 class Generator:
     """Runs requests, one at a time, on one loaded `Llama`."""
 
-    def __init__(self, llm: llama_cpp.Llama, model_id: str) -> None:
+    def __init__(
+        self,
+        llm: llama_cpp.Llama,
+        model_id: str,
+        lie: Lie | None = None,
+        load_scorer: Callable[[], llama_cpp.Llama] | None = None,
+    ) -> None:
         self._llm = llm
+        self._load_scorer = load_scorer  # the model verification scores with; default: llm
+        self._scorer: llama_cpp.Llama | None = None
+        self._lie = lie  # testing only: what this worker falsifies (see dinet.engine.liar)
         self._model_id = model_id
         self._vocab = llm._model.vocab
         self.n_vocab = llm.n_vocab()
@@ -167,7 +193,37 @@ class Generator:
         should_stop: ShouldStop = lambda: False,
     ) -> None:
         """Generate for one request (see `run_generation`)."""
-        run_generation(self, self._sampler, self._model_id, params, received_at, emit, should_stop)
+        run_generation(
+            self, self._sampler, self._model_id, params, received_at, emit, should_stop,
+            lie=self._lie, random_token=self._random_token,
+        )
+
+    def score(self, request: ScoreRequest) -> ScoresFrame:
+        """Re-score a claimed completion (verification): one prefill, no decoding."""
+        prompt, _ = self.prompt_tokens(request.params)
+        claimed = list(request.tokens)
+        _check(self, prompt, claimed)
+        params = request.params
+        return score_tokens(
+            self._scoring_llm(), prompt, claimed, temperature=params.temperature, top_p=params.top_p
+        )
+
+    def _scoring_llm(self) -> llama_cpp.Llama:
+        if self._scorer is None:
+            self._scorer = self._llm
+            if self._load_scorer is not None:
+                try:
+                    self._scorer = self._load_scorer()
+                except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+                    logger.warning("scoring with the served model itself (slower): %s", exc)
+        return self._scorer
+
+    def _random_token(self, rng: random.Random) -> int:
+        """A liar's token: any ordinary vocabulary entry (no control or end tokens)."""
+        while True:
+            token = rng.randrange(self.n_vocab)
+            if not llama_c.llama_vocab_is_control(self._vocab, token) and not self.is_eog(token):
+                return token
 
     def start(self, prompt: list[int]) -> None:
         self._llm.reset()

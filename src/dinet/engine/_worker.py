@@ -2,7 +2,8 @@
 
 Protocol on its pipes, both ways length-prefixed frames (`dinet.wire.framing`) of JSON:
 after loading it writes one `WorkerReady`; then, for each `GenerationParams` read from
-stdin, it writes `TokenFrame`s and one `EndFrame`, or an `ErrorFrame`. Requests are
+stdin, it writes `TokenFrame`s and one `EndFrame`, or an `ErrorFrame`; for each
+`ScoreRequest` (verification), one `ScoresFrame` or an `ErrorFrame`. Requests are
 served one at a time. A cancel frame (`CANCEL_PAYLOAD`) arriving while a request runs
 ends it after the current token, still with its EndFrame; a cancel arriving between
 requests is ignored, so a cancel never adds a reply. End of stdin ends the worker.
@@ -36,6 +37,7 @@ from dinet.engine.info import CANCEL_PAYLOAD
 from dinet.errors import FrameTooLarge, MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
 from dinet.wire.messages import ErrorFrame, GenerationParams, TokenFrame, encode
+from dinet.wire.verify import ScoreRequest
 
 if TYPE_CHECKING:
     from dinet.engine._generate import Emit, Generator
@@ -46,6 +48,7 @@ logger = logging.getLogger("dinet.engine.worker_process")
 EXIT_LOAD_FAILED = 3
 _HEADER = struct.Struct(">I")
 BATCH_INTERVAL_S = 0.04
+_SCORE_PREFIX = b'{"kind":"score"'
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -60,6 +63,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "on", "off"),
         default="auto",
         help="llama.cpp extra buffer types (weight repacking); auto: off on AMX CPUs",
+    )
+    parser.add_argument("--liar", default=None, help="testing only: random, corrupt:K or wrong-model:PATH")
+    parser.add_argument(
+        "--score-model", type=Path, default=None,
+        help="the BF16 copy verification scores with (none: score with the model itself)",
     )
     return parser.parse_args(argv)
 
@@ -168,16 +176,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
     # Imported only now: llama.cpp must see the thread settings and memory limit.
+    from llama_cpp import Llama
+
     from dinet.engine._generate import Generator
     from dinet.engine._llama import load_llama, read_model_info
     from dinet.engine.info import WorkerReady
+    from dinet.engine.liar import liars_allowed, parse_lie
     from dinet.engine.sandbox import current_status
 
     if not args.model.is_file():
         raise FileNotFoundError(f"no model file at {args.model}")
+    lie = None
+    if args.liar is not None:
+        if not liars_allowed():
+            raise ValueError("--liar needs DINET_ALLOW_LIARS=1")
+        lie = parse_lie(args.liar)
+        logger.warning("THIS WORKER LIES (%s): for tests of verification only", lie)
+    weights = lie.model if lie is not None and lie.model is not None else args.model
     extra = {"auto": None, "on": True, "off": False}[args.extra_bufts]
-    llm = load_llama(args.model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
-    info = read_model_info(llm, args.model)
+    llm = load_llama(weights, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
+    info = read_model_info(llm, args.model)  # a wrong-model liar still names the real one
     ready = WorkerReady(
         pid=os.getpid(),
         model=info,
@@ -185,7 +203,11 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
         extra_bufts=bool(llm.model_params.use_extra_bufts),
         sandbox=current_status(),
     )
-    return Generator(llm, info.model_id), ready
+    def load_scorer() -> Llama:
+        return load_llama(args.score_model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
+
+    scorer = load_scorer if args.score_model is not None else None
+    return Generator(llm, info.model_id, lie, scorer), ready
 
 
 def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
@@ -196,6 +218,9 @@ def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
         if payload == CANCEL_PAYLOAD:
             continue  # the request it meant to end had already ended
         try:
+            if payload.startswith(_SCORE_PREFIX):  # encode() writes kind first
+                emit(generator.score(ScoreRequest.model_validate_json(payload)))
+                continue
             params = GenerationParams.model_validate_json(payload)
             generator.run(params, received_at, emit, frames.has_input)
         except ValidationError as exc:

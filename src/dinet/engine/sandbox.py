@@ -82,7 +82,10 @@ def sandboxed(
 
 # What a worker may inherit of the node's environment: locale, paths, and the knobs of
 # the numeric libraries. Anything else (an API key, cloud credentials) stays with the node.
-_ENV_KEEP = {"PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "TERM"}
+_ENV_KEEP = {
+    "PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "TERM",
+    "DINET_ALLOW_LIARS",  # testing only: the worker checks it again before it lies
+}  # fmt: skip
 _ENV_KEEP_PREFIXES = (
     "LC_", "PYTHON", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "GGML_", "LLAMA_", "TORCH_",
     "TOKENIZERS_",

@@ -52,6 +52,7 @@ from dinet.wire.messages import (
     decode_reply,
     encode,
 )
+from dinet.wire.verify import ScoreRequest, ScoresFrame, decode_scores
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ _EXIT_GRACE_S = 1.0
 _LOG_TAIL_BYTES = 2000
 _LOG_ROTATE_BYTES = 16 << 20  # a longer log moves to .1 at the next spawn (the sandbox caps growth)
 _MAX_BACKOFF_S = 60.0
+SCORE_LIMIT_S = 60.0  # one prefill of at most a context's worth of tokens
+_SCORING_COPY_LIMIT_S = 120.0
 
 
 class _Worker:
@@ -117,6 +120,8 @@ class WorkerEngine:
         preflight: Callable[[Path], object] | None = None,
         max_restarts: int = 3,
         restart_backoff_s: float = 1.0,
+        liar: str | None = None,
+        score_cache: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self._argv = [
@@ -128,10 +133,14 @@ class WorkerEngine:
         ]  # fmt: skip
         if memory_mb is not None:  # the worker sets it too, to name it when loading fails
             self._argv += ["--memory-mb", str(memory_mb)]
-        if sandbox:
-            self._argv = sandboxed(
-                self._argv, readable=[self.model_path], protect=[self.model_path], memory_mb=memory_mb
-            )
+        self._weights = self.model_path  # what the worker loads: a wrong-model liar loads another file
+        if liar is not None:  # testing only; the worker refuses it without DINET_ALLOW_LIARS=1
+            self._argv += ["--liar", liar]
+            if liar.startswith("wrong-model:"):
+                self._weights = Path(liar.partition(":")[2])
+        self._score_cache = score_cache  # where the BF16 copy verification scores with is kept
+        self._score_model: Path | None = None
+        self._threads = threads
         self._memory_mb = memory_mb
         self._sandboxed = sandbox
         self._preflight = preflight
@@ -236,6 +245,39 @@ class WorkerEngine:
                 if not done and self._worker is worker:
                     await self._abandon(worker)
 
+    async def score(self, request: ScoreRequest) -> ScoresFrame | ErrorFrame:
+        """Re-score a claimed completion (verification): one ScoresFrame or ErrorFrame.
+
+        The exchange is shielded from cancellation: a reply left unread would be taken
+        for the next request's. Scoring is one prefill, so it ends soon; a worker that
+        takes over SCORE_LIMIT_S is replaced (EngineCrashed).
+        """
+        async with self._slot:
+            worker = await self._ready_worker()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SCORE_LIMIT_S):
+                    try:
+                        await worker.stdin.send_all(encode_frame(encode(request)))
+                        payload = await worker.frames.read_frame()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._crashed(worker, "its pipes broke while scoring")
+                    except WireError as exc:
+                        await self._crashed(worker, f"it sent garbage ({exc})")
+                    if payload is None:
+                        await self._crashed(worker, "its output ended while scoring")
+                    try:
+                        return decode_scores(payload)
+                    except MalformedMessage:
+                        pass  # an error frame, or garbage
+                    try:
+                        reply = decode_reply(payload)
+                    except MalformedMessage as exc:
+                        await self._crashed(worker, f"it sent garbage while scoring ({exc})")
+                    if isinstance(reply, ErrorFrame):
+                        return reply
+                    await self._crashed(worker, f"it answered a score request with {reply.kind}")
+                await self._crashed(worker, f"it did not score within {SCORE_LIMIT_S:g} s")
+
     # -- internals -------------------------------------------------------------------
 
     async def _ready_worker(self) -> _Worker:
@@ -271,7 +313,7 @@ class WorkerEngine:
             else tempfile.TemporaryFile(prefix="dinet-worker-")
         )
         process = await trio.lowlevel.open_process(
-            self._argv,
+            await self._command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log.fileno(),
@@ -280,6 +322,34 @@ class WorkerEngine:
         )
         self._worker = _Worker(process, log)
         logger.info("engine worker %d spawned for %s", process.pid, self.model_path.name)
+
+    async def _command(self) -> list[str]:
+        argv = list(self._argv)
+        readable = {self.model_path, self._weights}
+        if self._score_cache is not None and self._score_model is None:
+            self._score_model = await self._make_scoring_copy(self._score_cache)
+        if self._score_model is not None:
+            argv += ["--score-model", str(self._score_model)]
+            readable.add(self._score_model)
+        if not self._sandboxed:
+            return argv
+        return sandboxed(
+            argv, readable=sorted(readable), protect=[self.model_path], memory_mb=self._memory_mb
+        )
+
+    async def _make_scoring_copy(self, cache_dir: Path) -> Path | None:
+        """The BF16 copy of the weights verification scores with, made outside the sandbox
+        (a sandboxed worker cannot write it); None, and scoring on the weights, if that fails."""
+        command = [sys.executable, "-m", "dinet.engine._score", str(self._weights), str(cache_dir),
+                   str(self._threads)]  # fmt: skip
+        try:
+            with trio.fail_after(_SCORING_COPY_LIMIT_S):
+                done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
+        except (OSError, subprocess.CalledProcessError, trio.TooSlowError) as exc:
+            logger.warning("no BF16 scoring copy, verification scores with the served weights: %s", exc)
+            self._score_cache = None
+            return None
+        return Path(done.stdout.decode().strip().splitlines()[-1])
 
     async def _wait_ready(self, worker: _Worker) -> None:
         with trio.move_on_after(self._ready_timeout) as scope:

@@ -24,8 +24,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from dinet.client.ask import Answer, ask
+from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
-from dinet.errors import ModelNotFound, RequestError, Unauthorized, first_dinet_error
+from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -115,13 +116,26 @@ class _Gateway:
         params = oa.generation_params(parsed, self.settings.default_max_tokens)
         choice = await self.view.resolve(parsed.model)
         attempts: list[str] = []
-        # `ask` is an async generator (annotated as an iterator): it must be closed.
-        events = cast(AsyncGenerator[Event, None], ask(
-            self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
-            discover_timeout=self.settings.discover_timeout_s,
-            request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
-            sharded=_sharded(parsed, request),
-        ))
+        extra: dict[str, object] = {}
+        if parsed.dinet.replicas > 1:
+            vote = await ask_replicas(
+                self.view.network, params, parsed.dinet.replicas, model_id=choice.model_id,
+                model_hash=choice.model_hash, discover_timeout=self.settings.discover_timeout_s,
+                request_timeout=self.settings.request_timeout_s,
+            )
+            if vote.answer is None:
+                raise NoMajority(vote.explain())
+            extra["vote"] = vote.summary()
+            attempts.append(vote.answer.peer_id)
+            events = _replay(vote.frames, vote.answer)
+        else:
+            # `ask` is an async generator (annotated as an iterator): it must be closed.
+            events = cast(AsyncGenerator[Event, None], ask(
+                self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
+                discover_timeout=self.settings.discover_timeout_s,
+                request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
+                verify_rate=self.settings.verify_rate, sharded=_sharded(parsed, request),
+            ))
         # Wait for the first event before answering, so that a request no peer can take
         # gets a proper status code rather than an error inside a 200 stream.
         try:
@@ -141,11 +155,11 @@ class _Gateway:
                         answer = event
             assert answer is not None  # ask always ends with its Answer
             tracker.finish(answer)
-            return JSONResponse(oa.full_response(kind, response_id, created, answer),
+            return JSONResponse(oa.full_response(kind, response_id, created, answer, extra),
                                 headers={PEER_HEADER: answer.peer_id})
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         stream = _SseStream(self, kind, response_id, created, parsed.model, first, events, tracker,
-                            include_usage)
+                            include_usage, extra)
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if attempts:
             # The peer that sent the first token; the last chunk's `dinet.peer_id` names
@@ -182,10 +196,10 @@ class _SseStream:
 
     def __init__(self, gateway: _Gateway, kind: oa.Kind, response_id: str, created: int, model: str,
                  first: Event, events: AsyncGenerator[Event, None], tracker: _Tracker,
-                 include_usage: bool) -> None:
+                 include_usage: bool, extra: dict[str, object]) -> None:
         self.gateway, self.kind, self.response_id, self.created = gateway, kind, response_id, created
         self.model, self.first, self.events, self.tracker = model, first, events, tracker
-        self.include_usage = include_usage
+        self.include_usage, self.extra = include_usage, extra
 
     def _event(self, payload: dict[str, object]) -> bytes:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
@@ -221,7 +235,7 @@ class _SseStream:
         self.tracker.finish(answer)
         last = oa.chunk(self.kind, self.response_id, self.created, answer.model_id, None,
                         finish_reason=answer.finish_reason)
-        last["dinet"] = oa.dinet_extra(answer)
+        last["dinet"] = {**oa.dinet_extra(answer), **self.extra}
         if not self.include_usage:
             last["usage"] = oa.usage(answer)
         await write(self._event(last))
@@ -277,6 +291,13 @@ def _sharded(parsed: oa.Request, request: Request) -> bool | None:
     if header in ("0", "false", "no"):
         return False
     return None
+
+
+async def _replay(frames: tuple[TokenFrame, ...], answer: Answer) -> AsyncGenerator[Event, None]:
+    """A decided vote's answer as the events of an ordinary one."""
+    for frame in frames:
+        yield frame
+    yield answer
 
 
 async def _json_body(request: Request) -> Any:

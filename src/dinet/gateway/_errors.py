@@ -9,6 +9,7 @@ from dinet.errors import (
     DinetError,
     InferenceError,
     ModelNotFound,
+    NoMajority,
     PeerError,
     RemoteError,
     RequestError,
@@ -38,6 +39,7 @@ _MAP: tuple[tuple[type[DinetError], int, str, str], ...] = (
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (RoutingError, 503, "service_unavailable", "no_capable_peer"),
     (AnswerTimedOut, 504, "timeout", "answer_timed_out"),
+    (NoMajority, 502, "upstream_error", "no_majority"),
     (PeerError, 502, "upstream_error", "peer_failed"),
     (InferenceError, 502, "upstream_error", "inference_failed"),
 )

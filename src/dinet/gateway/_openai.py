@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dinet.client.ask import Answer
+from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
 from dinet.wire.messages import ChatMessage, GenerationParams
 
@@ -48,6 +49,13 @@ class _StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class DinetOptions(BaseModel):
+    """The request's own `dinet` field: what dinet does beyond the OpenAI API."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # >1: ask that many peers, keep the majority
+
+
 class _Common(_Lenient):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -62,6 +70,7 @@ class _Common(_Lenient):
     # dinet's own: true answers through a chain of pipeline stages, false only from
     # whole-model peers; unset, a chain is used only when no peer holds the whole model.
     dinet_sharded: bool | None = None
+    dinet: DinetOptions = DinetOptions()
 
 
 class ChatRequest(_Common):
@@ -147,10 +156,13 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
         "tokens_per_s": round(answer.tokens_per_s, 2),
         "peers_tried": list(answer.peers_tried),
         "chain": list(answer.chain),
+        # {verified: true|false|null, verifier, bad_positions, ...}; null when not checked
+        "verification": answer.verification.as_json() if answer.verification else None,
     }
 
 
-def full_response(kind: Kind, response_id: str, created: int, answer: Answer) -> dict[str, object]:
+def full_response(kind: Kind, response_id: str, created: int, answer: Answer,
+                  extra: dict[str, object] | None = None) -> dict[str, object]:
     if kind == "chat":
         choice: dict[str, object] = {
             "index": 0,
@@ -170,7 +182,7 @@ def full_response(kind: Kind, response_id: str, created: int, answer: Answer) ->
         "system_fingerprint": answer.model_hash[:16],
         "choices": [choice],
         "usage": usage(answer),
-        "dinet": dinet_extra(answer),
+        "dinet": {**dinet_extra(answer), **(extra or {})},
     }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from dinet.client.network import Network
+from dinet.client.network import Network, peer_trust
 from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
 from dinet.p2p.discovery import dial_any
 from dinet.wire.manifest import Manifest
@@ -127,7 +127,7 @@ class NetworkView:
                 "ttft_ms": m.ttft_ms,
                 "rtt_ms": None if rtt is None else round(rtt, 2),
                 "price_per_token": m.price_per_token,
-                "reputation": None,  # filled in once the trust layer keeps scores
+                **peer_trust(self.network, m.peer_id),  # reputation, evidence, excluded
                 "age_s": round(max(0.0, now - m.issued_at), 1),
             })
         return {

@@ -20,16 +20,19 @@ from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import load_of, offer
 from dinet.node.receipts import Accountant
 from dinet.node.shard import ShardService
-from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL
+from dinet.node.verification import VerifyService
+from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL
 from dinet.wire.manifest import ModelOffer
 
 logger = logging.getLogger(__name__)
 
 
+Handler = Callable[[INetStream], Awaitable[None]]
+
+
 @dataclass
 class Serving:
-    protocol: str
-    handle: Callable[[INetStream], Awaitable[None]]
+    handlers: dict[str, Handler]  # protocol id -> stream handler
     offer: ModelOffer | None  # None: the engine could not start
     figures: Callable[[], dict[str, object]]  # live manifest fields: speed and load
     available: Callable[[], bool]  # False once the engine has given up
@@ -60,6 +63,7 @@ async def whole_model(
         log_path=settings.home / "worker.log", sandbox=settings.sandbox,
         preflight=read_layout,  # the GGUF header checks, again before every worker start
         max_restarts=settings.engine_restarts, restart_backoff_s=settings.engine_backoff_s,
+        liar=settings.liar, score_cache=settings.home / "scoring",
     )
     async with _engine_started(engine):
         inference = InferenceService(
@@ -68,6 +72,11 @@ async def whole_model(
             limiter=PeerLimiter(
                 settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
             ),
+            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
+            max_request_bytes=settings.max_request_bytes,
+        )
+        verifier = VerifyService(
+            engine, inference.admission, model_hash, limiter=inference.limiter,
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
         )
@@ -85,7 +94,7 @@ async def whole_model(
             info = engine.info
             model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
         yield Serving(
-            INFER_PROTOCOL, inference.handle, model_offer, figures,
+            {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle}, model_offer, figures,
             available=lambda: engine.available, state=lambda: engine_state(engine),
         )
 
@@ -114,7 +123,7 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
         }
 
     yield Serving(
-        SHARD_PROTOCOL, service.handle,
+        {SHARD_PROTOCOL: service.handle},
         offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
         figures, available=lambda: True,
         # Torch runs in a thread of the node: no worker process, so no sandbox either.

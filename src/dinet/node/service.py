@@ -72,6 +72,9 @@ async def serve_node(
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id, lambda m: remember_addrs(host, m.peer_id, m.addrs))
 
+    if settings.liar is not None:
+        logger.warning("THIS NODE LIES (%s) while advertising %s: for tests of verification only",
+                       settings.liar, model_hash)
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
@@ -100,7 +103,8 @@ async def serve_node(
             }
 
         publisher = ManifestPublisher(key_pair, peer_id, directory, describe)
-        host.set_stream_handler(TProtocol(serving.protocol), keeper.guard(serving.handle))
+        for protocol, handle in serving.handlers.items():
+            host.set_stream_handler(TProtocol(protocol), keeper.guard(handle))
         host.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), keeper.server().handle)
         host.set_stream_handler(TProtocol(MANIFEST_PROTOCOL), publisher.handle_query)
 

@@ -10,7 +10,8 @@ Each candidate gets a cost under a policy; lower is better.
 
 Measured figures (this client's own observations) beat advertised ones, and stale
 measurements decay towards the advertised value. A known bad reputation adds a
-penalty; a peer outside the caller's region pays a small one.
+penalty; a peer outside the caller's region pays a small one. A peer whose reputation
+is low on enough evidence is not a candidate at all (`trusted`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ UNKNOWN_TOKENS_PER_S = 20.0  # assumed for a peer that neither advertises nor wa
 UNKNOWN_RTT_MS = 50.0
 MEASUREMENT_HALF_LIFE_S = 60.0  # a measurement this old counts half against the advert
 OTHER_REGION_PENALTY_MS = 20.0
+EXCLUDE_BELOW = 0.35  # reputation under which a peer is not asked at all ...
+MIN_EVIDENCE = 3.5  # ... once this many (decayed) events stand behind it (two caught answers)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class PeerView:
     observed_tokens_per_s: float | None = None  # measured by this client
     observed_age_s: float = 0.0  # how old that measurement is
     reputation: float | None = None  # 0 (bad) .. 1 (good), None if unknown
+    evidence: float = 0.0  # how many (decayed) events the reputation rests on
     region: str = ""
 
 
@@ -103,3 +107,20 @@ def within_budget(peers: list[PeerView], max_price: float | None) -> list[PeerVi
     if max_price is None:
         return list(peers)
     return [p for p in peers if p.price_per_token <= max_price and p.price_per_prompt_token <= max_price]
+
+
+def trusted(
+    peers: list[PeerView], exclude_below: float = EXCLUDE_BELOW, min_evidence: float = MIN_EVIDENCE
+) -> list[PeerView]:
+    """The peers not excluded for a low reputation.
+
+    A peer is excluded only when its reputation is below `exclude_below` on at least
+    `min_evidence` events, so that one failure or one unlucky answer never excludes.
+    """
+    return [p for p in peers if not excluded(p, exclude_below, min_evidence)]
+
+
+def excluded(
+    peer: PeerView, exclude_below: float = EXCLUDE_BELOW, min_evidence: float = MIN_EVIDENCE
+) -> bool:
+    return peer.reputation is not None and peer.evidence >= min_evidence and peer.reputation < exclude_below

@@ -93,7 +93,8 @@ function renderPeers(peers) {
       el("td", "num", p.rtt_ms == null ? "–" : `${p.rtt_ms.toFixed(1)} ms`),
       el("td", "num", p.ttft_ms ? `${Math.round(p.ttft_ms)} ms` : "–"),
       el("td", "num", p.price_per_token ? p.price_per_token.toPrecision(2) : "free"),
-      el("td", "num", p.reputation == null ? "–" : p.reputation.toFixed(2)),
+      el("td", "num", p.reputation == null ? "–"
+        : p.reputation.toFixed(2) + (p.excluded ? " excluded" : "")),
     );
     body.append(row);
   }

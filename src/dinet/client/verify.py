@@ -1,0 +1,137 @@
+"""Having an answer checked by another peer (`/dinet/verify/1`), and judging its scores.
+
+    verification = await verify_answer(network, params, token_ids, model_hash, exclude={answerer})
+
+The verifier is chosen by routing among the peers serving the same model hash,
+never one that produced the answer. If it fails (unreachable, busy, a malformed
+reply), the next one is tried; with nobody left the outcome is `verified=None`.
+The judgement itself is `dinet.trust.verify.judge`, on this client.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from dinet.client.network import Network
+from dinet.errors import MalformedMessage, PeerError, PeerStalled, PeerUnreachable, RemoteError
+from dinet.p2p.streams import FramedStream
+from dinet.routing.select import rank_peers
+from dinet.trust.verify import DEFAULT_TOLERANCES, Tolerances, judge
+from dinet.wire.ids import VERIFY_PROTOCOL
+from dinet.wire.messages import ErrorFrame, GenerationParams, QueuedFrame, decode_reply
+from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_scores
+
+logger = logging.getLogger(__name__)
+
+VERIFY_TIMEOUT_S = 30.0  # for one verifier, queue included
+MAX_VERIFIERS_TRIED = 3
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking one answer. `verified` is None when no peer could check it."""
+
+    verified: bool | None
+    verifier: str | None
+    bad_positions: tuple[int, ...] = ()
+    checked: int = 0
+    worst_margin: float = 0.0
+    scoring_ms: float = 0.0  # the verifier's own scoring time
+    error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "verified": self.verified, "verifier": self.verifier,
+            "bad_positions": list(self.bad_positions), "checked": self.checked,
+            "worst_margin": round(self.worst_margin, 4), "scoring_ms": round(self.scoring_ms, 2),
+            "error": self.error,
+        }  # fmt: skip
+
+
+async def verify_answer(
+    network: Network,
+    params: GenerationParams,
+    token_ids: list[int],
+    model_hash: str,
+    *,
+    exclude: Collection[str] = (),
+    verifiers: Collection[str] | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> Verification:
+    """Have `token_ids` (a completion of `params`) re-scored by a peer not in `exclude`.
+
+    `verifiers`, if given, limits the choice to those peers.
+    """
+    if not token_ids:
+        return Verification(verified=True, verifier=None)  # nothing was claimed
+    claim = VerifyRequest(
+        request_id=uuid.uuid4().hex, model_hash=model_hash,
+        params=params.model_copy(update={"prefix_tokens": ()}), tokens=tuple(token_ids),
+    )
+    candidates = [
+        p for p in network.trusted(network.candidates(None, model_hash))  # never a known liar
+        if p.peer_id not in exclude and (verifiers is None or p.peer_id in verifiers)
+    ]  # fmt: skip
+    last_error = f"no other peer serves {model_hash[:16]}"
+    for peer in rank_peers(candidates, len(token_ids), "latency", limit=MAX_VERIFIERS_TRIED):
+        try:
+            scores = await request_scores(network, peer.peer_id, claim)
+        except (PeerError, MalformedMessage) as exc:
+            logger.info("verifier %s failed: %s", peer.peer_id, exc)
+            last_error = f"{peer.peer_id}: {exc}"
+            continue
+        verdict = judge(
+            scores.positions, temperature=params.temperature, top_p=params.top_p,
+            seed=params.seed, tolerances=tolerances,
+        )
+        return Verification(
+            verified=verdict.ok, verifier=peer.peer_id, bad_positions=verdict.bad_positions,
+            checked=verdict.checked, worst_margin=verdict.worst_margin, scoring_ms=scores.elapsed_ms,
+        )
+    return Verification(verified=None, verifier=None, error=last_error)
+
+
+async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -> ScoresFrame:
+    """`peer_id`'s scores for `claim`. RemoteError if it refuses (`unknown_model`,
+    `bad_request`, `busy`...), MalformedMessage if its reply does not fit the claim,
+    another PeerError if it cannot be reached or goes silent."""
+    try:
+        with trio.fail_after(5.0):
+            stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(VERIFY_PROTOCOL)])
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"{peer_id} did not open a stream") from None
+    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
+        raise PeerUnreachable(f"cannot open a stream to {peer_id}: {exc}") from None
+    framed = FramedStream(stream)
+    try:
+        await framed.send(claim)
+        with trio.move_on_after(VERIFY_TIMEOUT_S):
+            while (payload := await framed.receive()) is not None:
+                if payload.startswith(b'{"kind":"scores"'):
+                    return _checked(decode_scores(payload), claim)
+                frame = decode_reply(payload)
+                if isinstance(frame, ErrorFrame):
+                    raise RemoteError(frame.code, frame.message)
+                if not isinstance(frame, QueuedFrame):
+                    raise MalformedMessage(f"{peer_id} answered a verify request with {frame.kind}")
+            raise PeerError(f"{peer_id} closed the stream without scores")
+        raise PeerStalled(f"{peer_id} sent no scores within {VERIFY_TIMEOUT_S:g} s")
+    finally:
+        with trio.CancelScope(shield=True):
+            await framed.close()
+
+
+def _checked(scores: ScoresFrame, claim: VerifyRequest) -> ScoresFrame:
+    """Scores that answer exactly this claim, or MalformedMessage."""
+    if scores.model_hash != claim.model_hash:
+        raise MalformedMessage(f"scores for model {scores.model_hash[:16]}, asked {claim.model_hash[:16]}")
+    if [(p.index, p.token_id) for p in scores.positions] != list(enumerate(claim.tokens)):
+        raise MalformedMessage("scores that do not match the claimed tokens one for one")
+    return scores

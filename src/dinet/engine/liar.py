@@ -1,0 +1,141 @@
+"""Lying engines, for testing verification only: a node that lies about content.
+
+    DINET_ALLOW_LIARS=1 din node --liar corrupt:2
+    DINET_ALLOW_LIARS=1 din node --liar random
+    DINET_ALLOW_LIARS=1 din node --liar wrong-model:/tmp/other.gguf
+
+A liar still speaks the protocol perfectly (well-formed frames, a signed receipt for
+what it sent); only the tokens are false:
+
+- `wrong-model:PATH` generates with another GGUF while advertising the real model's
+  id and hash (`derive_wrong_model` writes a plausible one from the default model);
+- `corrupt:K` replaces K tokens of each answer, at random positions among its first
+  16 (or max_tokens), with random vocabulary tokens, and continues from them (so every
+  other token stays consistent with the text so far: only the K positions are false);
+  an answer that would end before its lies are told is lengthened by them;
+- `random` sends random vocabulary tokens without running the model at all.
+
+Nothing here runs unless DINET_ALLOW_LIARS=1 is set in the environment: settings
+refuse a lie otherwise (see `dinet.config`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+ALLOW_ENV = "DINET_ALLOW_LIARS"
+CORRUPT_WITHIN = 16  # corrupted positions are drawn among an answer's first tokens
+_SPEC = re.compile(r"^(?:(random)|corrupt:(\d{1,4})|wrong-model:(.+))$")
+
+
+def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(ALLOW_ENV) == "1"
+
+
+@dataclass(frozen=True)
+class Lie:
+    kind: Literal["wrong-model", "corrupt", "random"]
+    count: int = 0  # tokens replaced per answer (corrupt)
+    model: Path | None = None  # the GGUF actually used (wrong-model)
+
+    def __str__(self) -> str:
+        if self.kind == "corrupt":
+            return f"corrupt:{self.count}"
+        if self.kind == "wrong-model":
+            return f"wrong-model:{self.model}"
+        return self.kind
+
+    def tamperer(self, start: int, max_tokens: int, seed: int | None = None) -> Tamperer:
+        """The lies for one answer whose completion runs from `start` to `max_tokens`."""
+        rng = random.Random(seed)
+        positions: frozenset[int] = frozenset()
+        if self.kind == "corrupt":
+            window = range(start, min(max_tokens, start + CORRUPT_WITHIN))
+            positions = frozenset(rng.sample(window, min(self.count, len(window))))
+        return Tamperer(self.kind == "random", set(positions), rng)
+
+
+def parse_lie(text: str) -> Lie:
+    """`random`, `corrupt:K` (K >= 1) or `wrong-model:PATH` (an existing GGUF file)."""
+    match = _SPEC.match(text.strip())
+    if match is None:
+        raise ValueError(f"unknown lie {text!r}: use random, corrupt:K or wrong-model:PATH")
+    if match.group(1):
+        return Lie("random")
+    if match.group(2):
+        count = int(match.group(2))
+        if count < 1:
+            raise ValueError("corrupt:K needs K >= 1")
+        return Lie("corrupt", count=count)
+    path = Path(match.group(3))
+    if not path.is_file():
+        raise ValueError(f"wrong-model: no GGUF file at {path}")
+    return Lie("wrong-model", model=path)
+
+
+@dataclass
+class Tamperer:
+    """Decides, token by token, what a lying worker sends instead of the truth."""
+
+    replaces_all: bool  # random: the model is not consulted at all
+    pending: set[int]  # corrupt: completion indices still to replace
+    rng: random.Random
+
+    def token(
+        self, index: int, chosen: int, random_token: Callable[[random.Random], int], ending: bool = False
+    ) -> int:
+        """What to send at `index` instead of `chosen`. `ending`: `chosen` would end the
+        answer; a corrupting liar with lies still to tell replaces it, so every answer
+        carries its K lies even when the truth is shorter."""
+        lie_now = index in self.pending or (ending and any(p >= index for p in self.pending))
+        if not (self.replaces_all or lie_now):
+            return chosen
+        if lie_now:
+            self.pending.discard(min(p for p in self.pending if p >= index))
+        while (other := random_token(self.rng)) == chosen:
+            pass
+        return other
+
+
+# -- a plausible wrong model ------------------------------------------------------------
+
+# Layers whose output is zeroed (the block adds nothing to the residual stream). Without
+# these two of SmolLM2-135M's 30 it still writes fluent, on-topic English ("Gravity is a
+# fundamental concept in physics that describes the behavior"), but its own words; six
+# dropped layers gave gibberish, one dropped layer too often the same words.
+DROPPED_LAYERS = (12, 18)
+_ZEROED = ("attn_output.weight", "ffn_down.weight")
+
+
+def derive_wrong_model(source: Path, target: Path, layers: tuple[int, ...] = DROPPED_LAYERS) -> Path:
+    """Copy `source` GGUF to `target` with `layers` switched off.
+
+    Each listed block's attention output and FFN down projections are zeroed in
+    place (Q4_1/Q8_0 blocks of zero bytes decode to zero weights), so the file stays
+    a valid GGUF of the same architecture and size: the same tokenizer and chat
+    template, a different model.
+    """
+    import gguf  # only this helper needs it
+
+    shutil.copyfile(source, target)
+    reader = gguf.GGUFReader(target)
+    spans = [
+        (int(t.data_offset), int(t.n_bytes))
+        for t in reader.tensors
+        if any(t.name == f"blk.{i}.{suffix}" for i in layers for suffix in _ZEROED)
+    ]
+    del reader  # release the memory map before writing
+    if len(spans) != 2 * len(layers):
+        raise ValueError(f"{source} lacks some of the tensors of layers {layers}")
+    with target.open("r+b") as out:
+        for offset, size in spans:
+            out.seek(offset)
+            out.write(bytes(size))
+    return target

@@ -1,0 +1,117 @@
+"""The /dinet/verify/1 handler: re-score another peer's claimed answer on this node's model.
+
+One `verify` frame in, one `scores` (or `error`) frame out. Scoring takes the engine
+like a generation does, so it goes through the same per-peer limits and admission
+(a waiting request hears `queued` frames), and the same request bounds: a claim may
+not be longer than this node's max tokens, nor its prompt longer than its prompt limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+from libp2p.abc import INetStream
+
+from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
+from dinet.node.admission import Admission, Busy
+from dinet.node.inference import REQUEST_WAIT_S, _refuse, _tell_queued
+from dinet.node.limits import PeerLimiter, RequestBounds
+from dinet.p2p.streams import FramedStream
+from dinet.wire.framing import MAX_FRAME
+from dinet.wire.messages import ErrorFrame
+from dinet.wire.verify import ScoreRequest, ScoresFrame, VerifyRequest, decode_verify_request
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    async def score(self, request: ScoreRequest) -> ScoresFrame | ErrorFrame: ...
+
+
+class VerifyService:
+    def __init__(
+        self,
+        engine: Scorer,
+        admission: Admission,
+        model_hash: str,
+        limiter: PeerLimiter | None = None,
+        bounds: RequestBounds | None = None,
+        max_request_bytes: int = MAX_FRAME,
+    ) -> None:
+        self._engine = engine
+        self._admission = admission
+        self._model_hash = model_hash
+        self._limiter = limiter
+        self._bounds = bounds
+        self._max_request_bytes = max_request_bytes
+        self.served = 0
+
+    async def handle(self, stream: INetStream) -> None:
+        framed = FramedStream(stream, max_size=self._max_request_bytes)
+        peer = framed.remote_peer
+        try:
+            refusal = None if self._limiter is None else self._limiter.acquire(peer, trio.current_time())
+            if refusal is not None:
+                await _refuse(framed, "rate_limited", refusal)
+            else:
+                try:
+                    await self._serve(framed)
+                finally:
+                    if self._limiter is not None:
+                        self._limiter.release(peer)
+        except PeerError as exc:
+            logger.info("client %s went away mid-verification: %s", peer, exc)
+            await framed.reset()
+            return
+        await framed.close()
+
+    async def _serve(self, framed: FramedStream) -> None:
+        request = await self._read(framed)
+        if request is None:
+            return
+        if request.model_hash != self._model_hash:
+            await _refuse(framed, "unknown_model", f"this node does not serve {request.model_hash}")
+            return
+        why = self._out_of_bounds(request)
+        if why is not None:
+            await _refuse(framed, "bad_request", why)
+            return
+        try:
+            async with self._admission.slot(while_waiting=lambda: _tell_queued(framed, self._admission)):
+                reply = await self._engine.score(request.to_worker())
+        except Busy as exc:
+            await _refuse(framed, "busy", str(exc))
+            return
+        except EngineCrashed as exc:
+            await _refuse(framed, "engine_crashed", str(exc))
+            return
+        except InferenceError as exc:
+            await _refuse(framed, "internal", str(exc))
+            return
+        if isinstance(reply, ScoresFrame):
+            reply = reply.model_copy(update={"model_hash": self._model_hash})
+            self.served += 1
+        await framed.send(reply)
+
+    async def _read(self, framed: FramedStream) -> VerifyRequest | None:
+        try:
+            with trio.fail_after(REQUEST_WAIT_S):
+                payload = await framed.receive()
+            return None if payload is None else decode_verify_request(payload)
+        except trio.TooSlowError:
+            await _refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
+        except FrameTooLarge as exc:
+            await _refuse(framed, "too_large", str(exc))
+        except MalformedMessage as exc:
+            await _refuse(framed, "bad_request", str(exc))
+        return None
+
+    def _out_of_bounds(self, request: VerifyRequest) -> str | None:
+        if self._bounds is None:
+            return None
+        limit = self._bounds.max_tokens
+        if len(request.tokens) > limit:
+            return f"a claim of {len(request.tokens)} tokens is above this node's limit of {limit}"
+        return self._bounds.check(request.params.model_copy(update={"max_tokens": 1}))

