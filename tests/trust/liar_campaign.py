@@ -114,7 +114,8 @@ class Tally:
     total: int = 0
     flagged: int = 0  # verified == False
     unchecked: int = 0  # no verifier answered (always 0 here: the verifier is asked directly)
-    worst_passing_margin: float = 0.0  # largest margin among answers that passed
+    worst_greedy_gap: float = 0.0  # largest greedy gap (nats) seen, over all answers
+    worst_sampled_logodds: float = 0.0  # largest sampled log-odds excess seen, over all answers
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -181,8 +182,10 @@ async def run_campaign(
             tally.flagged += 1
             if role == "honest" and len(tally.examples) < 5:
                 tally.examples.append(f"{params.temperature}/{params.top_p}: bad {check.bad_positions}")
+        if params.temperature == 0.0:
+            tally.worst_greedy_gap = max(tally.worst_greedy_gap, check.worst_margin)
         else:
-            tally.worst_passing_margin = max(tally.worst_passing_margin, check.worst_margin)
+            tally.worst_sampled_logodds = max(tally.worst_sampled_logodds, check.worst_margin)
 
     async with trio.open_nursery() as nursery:
         for params in requests:

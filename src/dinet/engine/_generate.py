@@ -161,7 +161,7 @@ class Generator:
         self._check(prompt, claimed)
         params = request.params
         return score_tokens(self._scoring_llm(), prompt, claimed, temperature=params.temperature,
-                            top_p=params.top_p)
+                            top_p=params.top_p, seed=params.seed)
 
     def _scoring_llm(self) -> llama_cpp.Llama:
         if self._scorer is None:
