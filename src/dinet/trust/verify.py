@@ -40,11 +40,13 @@ class Tolerances:
     # tests/trust/test_liars.py): greedy, the claimed token was the verifier's arg-max
     # but for rare near-ties, the largest gap 0.30 nats (0.09-0.15 on 128-token answers
     # scored in Q4_1, F16, Q8_0 or BF16 on 1 thread); sampled, u fell outside the exact
-    # interval by up to 2.5 in log-odds (a near-tie swap; hence the drawn-token rule).
+    # interval by up to 2.5 in log-odds once in 25 answers: a near-tie swap (hence the
+    # drawn-token rule); otherwise logit noise of ~0.3 nats moves the odds by ~0.3/T.
     # A random token's gap is typically 10-29 nats, a wrong model's 1-5 at its first
-    # divergence.
+    # divergence; at temperature 1 a wrong model's sampled tokens missed the draw by
+    # 0.6-1.7 in log-odds (2.0 let one of 25 wrong-model answers through).
     greedy_gap: float = 0.75
-    sample_logodds: float = 2.0
+    sample_logodds: float = 1.2
 
 
 DEFAULT_TOLERANCES = Tolerances()
