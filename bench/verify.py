@@ -99,7 +99,8 @@ async def measure_detection(requests: int) -> dict[str, dict[str, float]]:
                 start = time.perf_counter()
                 tallies = await run_campaign(network, nodes, cases(requests, seed=1))
                 took = time.perf_counter() - start
-    out = {role: {"requests": t.total, "flagged": t.flagged, "rate": t.rate, "unchecked": t.unchecked}
+    out = {role: {"requests": t.total, "flagged": t.flagged, "rate": t.rate, "unchecked": t.unchecked,
+                  "worst_greedy_gap": t.worst_greedy_gap, "worst_sampled_logodds": t.worst_sampled_logodds}
            for role, t in tallies.items()}
     out["campaign"] = {"seconds": took}
     return out
@@ -114,10 +115,11 @@ async def main(args: argparse.Namespace) -> None:
     result: dict[str, object] = {"cost": cost}
     if not args.skip_liars:
         detection = await measure_detection(args.requests)
-        print(f"\n{'node':>12} {'requests':>9} {'flagged':>8} {'rate':>7}")
+        print(f"\n{'node':>12} {'requests':>9} {'flagged':>8} {'rate':>7} {'max gap':>8} {'max lodds':>9}")
         for role in ANSWERING:
             row = detection[role]
-            print(f"{role:>12} {row['requests']:>9} {row['flagged']:>8} {row['rate']:>7.3f}")
+            print(f"{role:>12} {row['requests']:>9} {row['flagged']:>8} {row['rate']:>7.3f} "
+                  f"{row['worst_greedy_gap']:>8.3f} {row['worst_sampled_logodds']:>9.3f}")
         print(f"campaign: {detection['campaign']['seconds']:.1f} s")
         result["detection"] = detection
         result["liars_caught_99"] = all(detection[k]["rate"] >= 0.99 for k in LIARS)

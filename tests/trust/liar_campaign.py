@@ -29,10 +29,11 @@ from dinet.client.network import Network
 from dinet.client.verify import request_scores
 from dinet.engine import default_model_path
 from dinet.engine.liar import ALLOW_ENV, derive_wrong_model
+from dinet.engine.sampler import uniform
 from dinet.errors import DinetError
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.streams import FramedStream
-from dinet.trust.verify import Verdict, judge
+from dinet.trust.verify import Verdict, draw_excess, judge
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     ChatMessage,
@@ -114,7 +115,8 @@ class Tally:
     total: int = 0
     flagged: int = 0  # verified == False
     unchecked: int = 0  # no verifier answered (always 0 here: the verifier is asked directly)
-    worst_passing_margin: float = 0.0  # largest margin among answers that passed
+    worst_greedy_gap: float = 0.0  # largest greedy gap (nats) seen, over all answers
+    worst_sampled_logodds: float = 0.0  # largest raw miss of the draw (log-odds), over all answers
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -181,8 +183,11 @@ async def run_campaign(
             tally.flagged += 1
             if role == "honest" and len(tally.examples) < 5:
                 tally.examples.append(f"{params.temperature}/{params.top_p}: bad {check.bad_positions}")
-        else:
-            tally.worst_passing_margin = max(tally.worst_passing_margin, check.worst_margin)
+        if params.temperature == 0.0:
+            tally.worst_greedy_gap = max(tally.worst_greedy_gap, check.worst_margin)
+        else:  # the raw miss of the draw, before the near-tie rule
+            raw = max((draw_excess(p, uniform(params.seed, p.index)) for p in scores.positions), default=0.0)
+            tally.worst_sampled_logodds = max(tally.worst_sampled_logodds, raw)
 
     async with trio.open_nursery() as nursery:
         for params in requests:

@@ -62,3 +62,13 @@ def test_sampled_claim_without_an_interval_fails() -> None:
 def test_nothing_claimed_is_trivially_plausible() -> None:
     verdict = judge([], temperature=0.0, top_p=1.0, seed=0)
     assert verdict.ok and verdict.checked == 0
+
+
+def test_a_near_tie_of_the_verifiers_own_draw_passes() -> None:
+    u = uniform(3, 0)
+    far = (0.0, 1e-9) if u > 0.5 else (1.0 - 1e-9, 1.0 - 1e-12)  # an interval nowhere near u
+    swapped = PositionScore(index=0, token_id=7, rank=1, logprob=-1.0, best_logprob=-0.9,
+                            lo=far[0], hi=far[1], drawn_logprob=-0.9)
+    assert judge([swapped], temperature=0.8, top_p=1.0, seed=3).ok
+    unrelated = swapped.model_copy(update={"drawn_logprob": -4.0})
+    assert not judge([unrelated], temperature=0.8, top_p=1.0, seed=3).ok

@@ -30,7 +30,7 @@ from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_scores
 
 logger = logging.getLogger(__name__)
 
-VERIFY_TIMEOUT_S = 30.0  # for one verifier, queue included
+VERIFY_SILENCE_S = 30.0  # a verifier silent this long (no scores, no queued frame) is given up
 MAX_VERIFIERS_TRIED = 3
 
 
@@ -112,8 +112,12 @@ async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -
     framed = FramedStream(stream)
     try:
         await framed.send(claim)
-        with trio.move_on_after(VERIFY_TIMEOUT_S):
-            while (payload := await framed.receive()) is not None:
+        while True:
+            # A queued request hears from the verifier every second: only silence counts.
+            with trio.move_on_after(VERIFY_SILENCE_S):
+                payload = await framed.receive()
+                if payload is None:
+                    raise PeerError(f"{peer_id} closed the stream without scores")
                 if payload.startswith(b'{"kind":"scores"'):
                     return _checked(decode_scores(payload), claim)
                 frame = decode_reply(payload)
@@ -121,8 +125,8 @@ async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -
                     raise RemoteError(frame.code, frame.message)
                 if not isinstance(frame, QueuedFrame):
                     raise MalformedMessage(f"{peer_id} answered a verify request with {frame.kind}")
-            raise PeerError(f"{peer_id} closed the stream without scores")
-        raise PeerStalled(f"{peer_id} sent no scores within {VERIFY_TIMEOUT_S:g} s")
+                continue
+            raise PeerStalled(f"{peer_id} sent nothing for {VERIFY_SILENCE_S:g} s")
     finally:
         with trio.CancelScope(shield=True):
             await framed.close()

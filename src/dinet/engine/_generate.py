@@ -205,7 +205,8 @@ class Generator:
         _check(self, prompt, claimed)
         params = request.params
         return score_tokens(
-            self._scoring_llm(), prompt, claimed, temperature=params.temperature, top_p=params.top_p
+            self._scoring_llm(), prompt, claimed, temperature=params.temperature, top_p=params.top_p,
+            seed=params.seed,
         )
 
     def _scoring_llm(self) -> llama_cpp.Llama:

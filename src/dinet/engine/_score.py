@@ -29,6 +29,7 @@ import llama_cpp.llama_cpp as llama_c
 import numpy as np
 import numpy.typing as npt
 
+from dinet.engine.sampler import Sampler
 from dinet.wire.verify import PositionScore, ScoresFrame
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def scoring_copy(model: Path, cache_dir: Path, threads: int) -> Path:
 
 
 def score_tokens(
-    llm: llama_cpp.Llama, prompt: list[int], claimed: list[int], *, temperature: float, top_p: float
+    llm: llama_cpp.Llama, prompt: list[int], claimed: list[int], *, temperature: float, top_p: float,
+    seed: int = 0,
 ) -> ScoresFrame:
     """One PositionScore per claimed token, from a single prefill over prompt + claimed."""
     started = time.perf_counter()
@@ -71,6 +73,7 @@ def score_tokens(
     llm._ctx.kv_cache_clear()
     batch = llm._batch.batch  # llama-cpp-python's own batch of n_batch slots
     positions: list[PositionScore] = []
+    sampler = Sampler(n_vocab)
     for start in range(0, len(sequence), llm.n_batch):
         chunk = sequence[start : start + llm.n_batch]
         batch.n_tokens = len(chunk)
@@ -85,7 +88,8 @@ def score_tokens(
             k = start + i - first_out  # which claimed token these logits predict
             pointer = llama_c.llama_get_logits_ith(llm._ctx.ctx, i)
             logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
-            positions.append(score_position(logits, k, claimed[k], temperature, top_p))
+            drawn = sampler.choose(logits, k, temperature=temperature, top_p=top_p, seed=seed)
+            positions.append(score_position(logits, k, claimed[k], temperature, top_p, drawn))
     llm._ctx.kv_cache_clear()  # the next request starts from an empty cache anyway
     return ScoresFrame(
         prompt_tokens=len(prompt),
@@ -95,7 +99,8 @@ def score_tokens(
 
 
 def score_position(
-    logits: npt.NDArray[np.floating], index: int, token: int, temperature: float, top_p: float
+    logits: npt.NDArray[np.floating], index: int, token: int, temperature: float, top_p: float,
+    drawn: int | None = None,
 ) -> PositionScore:
     """Rank, log-probabilities and (sampled) draw interval of `token` under `logits`."""
     values = np.asarray(logits, dtype=np.float64)  # (n_vocab,)
@@ -118,6 +123,7 @@ def score_position(
         best_logprob=min(0.0, top - log_z),
         lo=lo,
         hi=hi,
+        drawn_logprob=None if lo is None or drawn is None else min(0.0, float(values[drawn]) - log_z),
     )
 
 

@@ -11,7 +11,10 @@ the one the verifier's own logits would give, up to floating-point noise:
 - sampled: the claimed token's draw interval [lo, hi) under the verifier's logits
   must hold u = uniform(seed, index). Noise in the logits scales the odds of the mass
   before (and after) a token, so the interval is widened in log-odds space by
-  `sample_logodds`: accepted when logit(lo) - s <= logit(u) <= logit(hi) + s.
+  `sample_logodds`: accepted when logit(lo) - s <= logit(u) <= logit(hi) + s. Noise
+  can also swap two near-tied tokens in the sampler's order, moving the claimed
+  token's interval by the other's whole mass: so a token whose log-prob is within
+  `greedy_gap` of the token the verifier itself draws passes too.
 
 A random token sits deep in the tail (lo ~ 1, log-odds ~ 10 and more), a wrong
 model's token far from the draw: both are caught by margins that honest noise never
@@ -32,15 +35,21 @@ from dinet.wire.verify import PositionScore
 
 @dataclass(frozen=True)
 class Tolerances:
-    # Measured on SmolLM2-135M Q4_1 (this machine, llama.cpp 0.3.36): answers generated
-    # step by step on 1 and 2 threads, re-scored in one batched prefill on 1 and 2
-    # threads. Greedy: the claimed token was the verifier's arg-max at every position
-    # but a few near-ties, the largest gap MEASURED_GREEDY_GAP nats. Sampled: u fell
-    # outside the exact interval at a few positions, by at most MEASURED_LOGODDS.
-    # The limits are several times those margins and far below a liar's (a random
-    # token's gap is typically over 10 nats).
-    greedy_gap: float = 1.5
-    sample_logodds: float = 2.0
+    # Measured on SmolLM2-135M (served Q4_1, decoded step by step on 1 thread; scored in
+    # one batched prefill on 2 threads on the BF16 copy; 25-200 requests of 8-12 tokens,
+    # tests/trust/test_liars.py): greedy, the claimed token was the verifier's arg-max
+    # but for rare near-ties, the largest gap 0.30 nats (0.09-0.15 on 128-token answers
+    # scored in Q4_1, F16, Q8_0 or BF16 on 1 thread); sampled, u fell outside the exact
+    # interval by up to 2.5 in log-odds once in 25 answers: a near-tie swap (hence the
+    # drawn-token rule); otherwise logit noise of ~0.3 nats moves the odds by ~0.3/T.
+    # A random token's gap is typically 10-29 nats, a wrong model's 1-5 at its first
+    # divergence; at temperature 1 a wrong model's sampled tokens missed the draw by
+    # 0.6-1.7 in log-odds (2.0 let one of 25 wrong-model answers through).
+    # In-process, 100 more honest answers (Q4_1 on 1 thread vs BF16 on 2): greedy gap at
+    # most 0.22; the draw missed the exact interval at 108 of 584 sampled positions, by
+    # at most 1.55, and the 3 misses above 1.2 were all near-ties of the verifier's draw.
+    greedy_gap: float = 0.75
+    sample_logodds: float = 1.2
 
 
 DEFAULT_TOLERANCES = Tolerances()
@@ -73,6 +82,8 @@ def judge(
         else:
             margin = draw_excess(position, uniform(seed, position.index))
             limit = tolerances.sample_logodds
+            if margin > limit and _near_tie_of_draw(position, tolerances.greedy_gap):
+                margin = limit  # a swap of near-ties in the sampler's order: plausible
         worst = max(worst, margin)
         if margin > limit:
             bad.append(position.index)
@@ -88,6 +99,11 @@ def draw_excess(position: PositionScore, u: float) -> float:
     below = _logit(position.lo) - _logit(u) if position.lo > 0.0 else -math.inf
     above = _logit(u) - _logit(position.hi) if position.hi < 1.0 else -math.inf
     return max(0.0, below, above)
+
+
+def _near_tie_of_draw(position: PositionScore, gap: float) -> bool:
+    drawn = position.drawn_logprob
+    return drawn is not None and abs(drawn - position.logprob) <= gap
 
 
 def _logit(x: float) -> float:

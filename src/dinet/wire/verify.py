@@ -59,7 +59,8 @@ class PositionScore(Message):
     1): the claimed token's and the top token's. `rank` counts the tokens ordered
     before it (by logit, ties to the lower id). With temperature > 0, [`lo`, `hi`) is
     the claimed token's interval of the sampler's draw: the honest sampler emits it
-    exactly when `uniform(seed, index)` falls inside (`lo` >= 1: outside the nucleus).
+    exactly when `uniform(seed, index)` falls inside (`lo` >= 1: outside the nucleus),
+    and `drawn_logprob` is the log-prob of the token the verifier's own sampler draws.
     """
 
     index: int = Field(ge=0)
@@ -69,6 +70,7 @@ class PositionScore(Message):
     best_logprob: float = Field(le=0.0)
     lo: float | None = Field(default=None, ge=0.0)
     hi: float | None = Field(default=None, ge=0.0)
+    drawn_logprob: float | None = Field(default=None, le=0.0)  # sampled: the verifier's own draw's
 
 
 class ScoresFrame(Message):
