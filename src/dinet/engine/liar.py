@@ -107,10 +107,11 @@ class Tamperer:
 # -- a plausible wrong model ------------------------------------------------------------
 
 # Layers whose output is zeroed (the block adds nothing to the residual stream). Without
-# these two of SmolLM2-135M's 30 it still writes fluent, on-topic English ("Gravity is a
-# fundamental concept in physics that describes the behavior"), but its own words; six
-# dropped layers gave gibberish, one dropped layer too often the same words.
-DROPPED_LAYERS = (12, 18)
+# these four of SmolLM2-135M's 30 it still writes on-topic English ("Gravity is a
+# fundamental concept in physics that describes the presence of mass..."), but its own
+# words; six dropped layers gave gibberish. Two dropped layers were too close to the real
+# model for short sampled answers: 4% of them passed verification.
+DROPPED_LAYERS = (6, 12, 18, 24)
 _ZEROED = ("attn_output.weight", "ffn_down.weight")
 
 

@@ -9,12 +9,14 @@ the one the verifier's own logits would give, up to floating-point noise:
 - greedy: the claimed token is the arg-max. Allowed: a claimed token whose log-prob
   is within `greedy_gap` of the best one (noise can swap near-ties).
 - sampled: the claimed token's draw interval [lo, hi) under the verifier's logits
-  must hold u = uniform(seed, index). Noise in the logits scales the odds of the mass
-  before (and after) a token, so the interval is widened in log-odds space by
-  `sample_logodds`: accepted when logit(lo) - s <= logit(u) <= logit(hi) + s. Noise
+  should hold u = uniform(seed, index). Noise in the logits scales the odds of the mass
+  before (and after) a token, so each position's miss is measured in log-odds
+  (`draw_excess`: how far logit(u) lies outside [logit(lo), logit(hi)]), and the
+  answer is judged by the SUM of its misses against `sample_logodds`: honest noise
+  gives a rare single miss, a wrong model misses a little at many positions. Noise
   can also swap two near-tied tokens in the sampler's order, moving the claimed
   token's interval by the other's whole mass: so a token whose log-prob is within
-  `greedy_gap` of the token the verifier itself draws passes too.
+  `greedy_gap` of the token the verifier itself draws counts as no miss.
 
 A random token sits deep in the tail (lo ~ 1, log-odds ~ 10 and more), a wrong
 model's token far from the draw: both are caught by margins that honest noise never
@@ -48,8 +50,14 @@ class Tolerances:
     # In-process, 100 more honest answers (Q4_1 on 1 thread vs BF16 on 2): greedy gap at
     # most 0.22; the draw missed the exact interval at 108 of 584 sampled positions, by
     # at most 1.55, and the 3 misses above 1.2 were all near-ties of the verifier's draw.
+    # Per answer, not per position (measured on 240 sampled answers of 8-12 tokens, honest
+    # Q4_1 on 1 thread vs a wrong model with 4 of 30 layers off, both judged against the
+    # BF16 copy on 2 threads): the largest honest total miss was 2.25 (one position),
+    # the next 0.66; a per-position limit of 1.2 flagged 1 honest answer in 240, one of
+    # 2.5 let 7 wrong-model answers through, a total of 3.0 flagged no honest answer
+    # and caught 239 of 240 wrong-model ones.
     greedy_gap: float = 0.75
-    sample_logodds: float = 1.2
+    sample_logodds: float = 3.0  # the most total miss of the draws over a sampled answer
 
 
 DEFAULT_TOLERANCES = Tolerances()
@@ -60,7 +68,7 @@ class Verdict:
     ok: bool
     bad_positions: tuple[int, ...]  # completion indices that fail the check
     checked: int  # positions judged
-    worst_margin: float  # the largest excess over the exact check (0.0: exact everywhere)
+    worst_margin: float  # greedy: the largest gap; sampled: the total miss (0.0: exact everywhere)
 
 
 def judge(
@@ -73,21 +81,20 @@ def judge(
 ) -> Verdict:
     """Whether every claimed token is plausible under the verifier's scores."""
     del top_p  # already inside lo/hi, which the verifier computed with it
-    bad: list[int] = []
-    worst = 0.0
+    if temperature <= 0.0:
+        gaps = [(p.index, p.best_logprob - p.logprob) for p in positions]
+        bad = tuple(i for i, gap in gaps if gap > tolerances.greedy_gap)
+        worst = max((gap for _, gap in gaps), default=0.0)
+        return Verdict(ok=not bad, bad_positions=bad, checked=len(positions), worst_margin=worst)
+    misses = []
     for position in positions:
-        if temperature <= 0.0:
-            margin = position.best_logprob - position.logprob
-            limit = tolerances.greedy_gap
-        else:
-            margin = draw_excess(position, uniform(seed, position.index))
-            limit = tolerances.sample_logodds
-            if margin > limit and _near_tie_of_draw(position, tolerances.greedy_gap):
-                margin = limit  # a swap of near-ties in the sampler's order: plausible
-        worst = max(worst, margin)
-        if margin > limit:
-            bad.append(position.index)
-    return Verdict(ok=not bad, bad_positions=tuple(bad), checked=len(positions), worst_margin=worst)
+        miss = draw_excess(position, uniform(seed, position.index))
+        if miss > 0.0 and _near_tie_of_draw(position, tolerances.greedy_gap):
+            miss = 0.0  # a swap of near-ties in the sampler's order: plausible
+        misses.append((position.index, miss))
+    total = sum(miss for _, miss in misses)
+    bad = tuple(i for i, miss in misses if miss > 0.0) if total > tolerances.sample_logodds else ()
+    return Verdict(ok=not bad, bad_positions=bad, checked=len(positions), worst_margin=total)
 
 
 def draw_excess(position: PositionScore, u: float) -> float:
