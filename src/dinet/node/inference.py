@@ -19,6 +19,7 @@ from dinet.errors import (
     MalformedMessage,
     PeerError,
 )
+from dinet.node._replies import refuse, tell_queued
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
@@ -26,11 +27,9 @@ from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import (
     EndFrame,
-    ErrorCode,
     ErrorFrame,
     GenerationParams,
     InferRequest,
-    QueuedFrame,
     TokenFrame,
     decode_request,
 )
@@ -39,7 +38,6 @@ from dinet.wire.receipt import SignedReceipt, request_hash
 logger = logging.getLogger(__name__)
 
 REQUEST_WAIT_S = 10.0  # a stream that sends no request in this time is dropped
-QUEUED_EVERY_S = 1.0
 
 
 class Engine(Protocol):
@@ -104,7 +102,7 @@ class InferenceService:
         if self.limiter is not None:  # checked before reading, so a flood costs no decoding
             refusal = self.limiter.acquire(peer, trio.current_time())
             if refusal is not None:
-                await _refuse(framed, "rate_limited", refusal)
+                await refuse(framed, "rate_limited", refusal)
                 return
         try:
             await self._serve_request(framed)
@@ -119,11 +117,11 @@ class InferenceService:
         request, payload = read
         if not self._serves(request):
             wanted = request.model_hash or request.model_id
-            await _refuse(framed, "unknown_model", f"this node does not serve {wanted}")
+            await refuse(framed, "unknown_model", f"this node does not serve {wanted}")
             return
         out_of_bounds = None if self._bounds is None else self._bounds.check(request.params)
         if out_of_bounds is not None:
-            await _refuse(framed, "bad_request", out_of_bounds)
+            await refuse(framed, "bad_request", out_of_bounds)
             return
         accountant = self.accountant
         priority = 0.0
@@ -131,11 +129,11 @@ class InferenceService:
             priority = await accountant.standing(framed.remote_peer)
         try:
             async with self.admission.slot(
-                while_waiting=lambda: _tell_queued(framed, self.admission), priority=priority
+                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:
-            await _refuse(framed, "busy", str(exc))
+            await refuse(framed, "busy", str(exc))
             return
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
@@ -149,11 +147,11 @@ class InferenceService:
                 return None
             return decode_request(payload), payload
         except trio.TooSlowError:
-            await _refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
+            await refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
         except FrameTooLarge as exc:
-            await _refuse(framed, "too_large", str(exc))
+            await refuse(framed, "too_large", str(exc))
         except MalformedMessage as exc:
-            await _refuse(framed, "bad_request", str(exc))
+            await refuse(framed, "bad_request", str(exc))
         return None
 
     def _serves(self, request: InferRequest) -> bool:
@@ -193,26 +191,12 @@ class InferenceService:
                         batch = []
         except EngineCrashed as exc:
             await framed.send_all(batch)  # the tokens made before the crash still count
-            await _refuse(framed, "engine_crashed", str(exc))
+            await refuse(framed, "engine_crashed", str(exc))
             return None
         except EngineUnavailable as exc:  # the engine gave up on this model: ask another peer
-            await _refuse(framed, "unknown_model", f"model unavailable here: {exc}")
+            await refuse(framed, "unknown_model", f"model unavailable here: {exc}")
             return None
         except InferenceError as exc:
-            await _refuse(framed, "internal", str(exc))
+            await refuse(framed, "internal", str(exc))
             return None
         return receipt
-
-
-async def _tell_queued(framed: FramedStream, admission: Admission) -> None:
-    """While a request waits for a slot, say so every second: the client then knows
-    the peer is alive, just busy, and does not take the wait for a stall."""
-    while True:
-        await framed.send(QueuedFrame(waiting=admission.queued))
-        await trio.sleep(QUEUED_EVERY_S)
-
-
-async def _refuse(framed: FramedStream, code: ErrorCode, message: str) -> None:
-    level = logging.DEBUG if code == "rate_limited" else logging.INFO  # a flood must not flood the log
-    logger.log(level, "request from %s refused (%s): %s", framed.remote_peer, code, message)
-    await framed.send(ErrorFrame(code=code, message=message[:1000]))

@@ -23,9 +23,10 @@ from libp2p.abc import INetStream
 
 from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
+from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
 from dinet.p2p.streams import FramedStream
-from dinet.wire.messages import ErrorCode, ErrorFrame
+from dinet.wire.messages import ErrorCode
 from dinet.wire.shard import (
     ShardAck,
     ShardClose,
@@ -120,14 +121,14 @@ class ShardService:
                 else:
                     await self._step(framed, message)
             except _Refused as refused:
-                await _refuse(framed, refused.code, refused.message)
+                await refuse(framed, refused.code, refused.message)
                 if refused.fatal:
                     return
             except FrameTooLarge as exc:
-                await _refuse(framed, "too_large", str(exc))
+                await refuse(framed, "too_large", str(exc))
                 return
             except MalformedMessage as exc:
-                await _refuse(framed, "bad_request", str(exc))
+                await refuse(framed, "bad_request", str(exc))
                 return
 
     async def _open(self, framed: FramedStream, message: ShardOpen, owned: set[str]) -> None:
@@ -193,7 +194,3 @@ class ShardService:
         header = ShardHidden(seq=step.seq, rows=step.rows, dtype=dtype)
         await framed.send_framed(tensor_frames(header, hidden))
 
-
-async def _refuse(framed: FramedStream, code: ErrorCode, message: str) -> None:
-    logger.info("shard request from %s refused (%s): %s", framed.remote_peer, code, message)
-    await framed.send(ErrorFrame(code=code, message=message[:1000]))

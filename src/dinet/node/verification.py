@@ -15,8 +15,9 @@ import trio
 from libp2p.abc import INetStream
 
 from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
+from dinet.node._replies import refuse, tell_queued
 from dinet.node.admission import Admission, Busy
-from dinet.node.inference import REQUEST_WAIT_S, _refuse, _tell_queued
+from dinet.node.inference import REQUEST_WAIT_S
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import MAX_FRAME
@@ -54,7 +55,7 @@ class VerifyService:
         try:
             refusal = None if self._limiter is None else self._limiter.acquire(peer, trio.current_time())
             if refusal is not None:
-                await _refuse(framed, "rate_limited", refusal)
+                await refuse(framed, "rate_limited", refusal)
             else:
                 try:
                     await self._serve(framed)
@@ -72,23 +73,23 @@ class VerifyService:
         if request is None:
             return
         if request.model_hash != self._model_hash:
-            await _refuse(framed, "unknown_model", f"this node does not serve {request.model_hash}")
+            await refuse(framed, "unknown_model", f"this node does not serve {request.model_hash}")
             return
         why = self._out_of_bounds(request)
         if why is not None:
-            await _refuse(framed, "bad_request", why)
+            await refuse(framed, "bad_request", why)
             return
         try:
-            async with self._admission.slot(while_waiting=lambda: _tell_queued(framed, self._admission)):
+            async with self._admission.slot(while_waiting=lambda: tell_queued(framed, self._admission)):
                 reply = await self._engine.score(request.to_worker())
         except Busy as exc:
-            await _refuse(framed, "busy", str(exc))
+            await refuse(framed, "busy", str(exc))
             return
         except EngineCrashed as exc:
-            await _refuse(framed, "engine_crashed", str(exc))
+            await refuse(framed, "engine_crashed", str(exc))
             return
         except InferenceError as exc:
-            await _refuse(framed, "internal", str(exc))
+            await refuse(framed, "internal", str(exc))
             return
         if isinstance(reply, ScoresFrame):
             reply = reply.model_copy(update={"model_hash": self._model_hash})
@@ -101,11 +102,11 @@ class VerifyService:
                 payload = await framed.receive()
             return None if payload is None else decode_verify_request(payload)
         except trio.TooSlowError:
-            await _refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
+            await refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
         except FrameTooLarge as exc:
-            await _refuse(framed, "too_large", str(exc))
+            await refuse(framed, "too_large", str(exc))
         except MalformedMessage as exc:
-            await _refuse(framed, "bad_request", str(exc))
+            await refuse(framed, "bad_request", str(exc))
         return None
 
     def _out_of_bounds(self, request: VerifyRequest) -> str | None:
