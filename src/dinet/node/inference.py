@@ -129,7 +129,8 @@ class InferenceService:
             priority = await accountant.standing(framed.remote_peer)
         try:
             async with self.admission.slot(
-                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority
+                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority,
+                peer=framed.remote_peer,
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:

@@ -81,7 +81,9 @@ class VerifyService:
             await refuse(framed, "bad_request", why)
             return
         try:
-            async with self._admission.slot(while_waiting=lambda: tell_queued(framed, self._admission)):
+            async with self._admission.slot(
+                while_waiting=lambda: tell_queued(framed, self._admission), peer=framed.remote_peer
+            ):
                 reply = await self._engine.score(request.to_worker())
         except Busy as exc:
             await refuse(framed, "busy", str(exc))
