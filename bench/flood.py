@@ -10,7 +10,11 @@ own TTFT (from its end frames) and the cores its process used, calm/flooded; the
 cores the flooder used; and the flooder's outcomes per second. Then the medians over
 the runs and one JSON line.
 
-    .venv/bin/python bench/flood.py [--runs 3] [--samples 9] [--streams 8]
+    .venv/bin/python bench/flood.py [--runs 3] [--samples 9] [--streams 8] [--flooder closed|open|paced]
+
+`--flooder open` never waits for a reply (it resets each stream after its request);
+`--flooder paced` is no flood at all but a peer using its whole allowed rate, one
+request at a time: what is left of the calm peer's delay then is its fair share.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from dinet.wire.messages import (
     decode_reply,
 )
 
-NODE_LIMITS = ["--per-peer-rate", "2", "--per-peer-burst", "4", "--per-peer-concurrency", "1"]
+RATE = 2.0  # requests per second one peer may send
+NODE_LIMITS = ["--per-peer-rate", f"{RATE:g}", "--per-peer-burst", "4", "--per-peer-concurrency", "1"]
 CALM = GenerationParams(messages=(ChatMessage(role="user", content="Say hello."),), max_tokens=8)
 FLOOD = GenerationParams(messages=(ChatMessage(role="user", content="Count to ten."),), max_tokens=4)
 WARM_UP_S = 1.0  # the flood is under way before the first flooded sample
@@ -95,14 +100,26 @@ async def calm_samples(host: Any, addr: str, count: int) -> list[tuple[float, fl
 # ---- the flooder, in its own process --------------------------------------------------
 
 
-async def flooder(addr: str, streams: int) -> None:
-    """Flood until SIGTERM, then print the outcome counts as one JSON line."""
+async def flooder(addr: str, streams: int, style: str) -> None:
+    """Flood until SIGTERM, then print the outcome counts as one JSON line.
+
+    `closed`: each stream asks again as soon as it has its answer or refusal. `open`:
+    each stream sends its request and resets at once, never reading a reply. `paced`:
+    not a flood: one request at a time, no faster than the node allows (RATE), never refused.
+    """
     counts: dict[str, int] = {}
+
+    def count(outcome: str) -> None:
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     async def one(host: Any) -> None:
         try:
             framed = await open_infer(host, addr)
             await framed.send(InferRequest(request_id="flood", params=FLOOD))
+            if style == "open":
+                await framed.reset()
+                count("sent")
+                return
             last: object = None
             with trio.fail_after(60):
                 while (payload := await framed.receive()) is not None:
@@ -110,15 +127,19 @@ async def flooder(addr: str, streams: int) -> None:
                     if isinstance(last, EndFrame | ErrorFrame):
                         break
             await framed.close()
-            outcome = last.code if isinstance(last, ErrorFrame) else type(last).__name__
-        except DinetError as exc:
-            outcome = type(exc).__name__
-        counts[outcome] = counts.get(outcome, 0) + 1
+            count(last.code if isinstance(last, ErrorFrame) else type(last).__name__)
+        except Exception as exc:  # noqa: BLE001 - the node resetting it is an outcome to count
+            count(type(exc).__name__)
 
     async def loop(host: Any) -> None:
         while True:
+            began = trio.current_time()
             await one(host)
+            if style == "paced":
+                await trio.sleep_until(began + 1 / RATE)
 
+    if style == "paced":
+        streams = 1
     started = time.perf_counter()
     host = build_host(create_new_key_pair())
     async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
@@ -172,7 +193,7 @@ class CpuMeter:
                 for name, p in self._pids.items()}  # fmt: skip
 
 
-async def one_run(addr: str, node_pid: int, samples: int, streams: int) -> dict[str, Any]:
+async def one_run(addr: str, node_pid: int, samples: int, streams: int, style: str) -> dict[str, Any]:
     host = build_host(create_new_key_pair())
     async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
         await calm_sample(host, addr)  # connected and warm
@@ -181,8 +202,8 @@ async def one_run(addr: str, node_pid: int, samples: int, streams: int) -> dict[
         calm = await calm_samples(host, addr, samples)
         calm_cpu = meter.stop()
         flood = subprocess.Popen(
-            [sys.executable, __file__, "--flood", addr, "--streams", str(streams)],
-            stdout=subprocess.PIPE, text=True,
+            [sys.executable, __file__, "--flood", addr, "--streams", str(streams), "--flooder", style],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,  # libp2p logs each reset stream
         )
         try:
             assert flood.stdout is not None
@@ -214,7 +235,7 @@ async def one_run(addr: str, node_pid: int, samples: int, streams: int) -> dict[
     }
 
 
-async def main(runs: int, samples: int, streams: int, node_args: list[str]) -> dict[str, object]:
+async def main(runs: int, samples: int, streams: int, style: str, node_args: list[str]) -> dict[str, object]:
     results = []
     with tempfile.TemporaryDirectory() as root:
         node = start_node(Path(root) / "node", threads=1, extra_args=[*NODE_LIMITS, *node_args])
@@ -222,7 +243,7 @@ async def main(runs: int, samples: int, streams: int, node_args: list[str]) -> d
             print(f"{'run':>3}  {'calm ms':>7}  {'flooded ms':>10}  {'ratio':>5}  {'node ms':>11}  "
                   f"{'node cores':>10}  {'flooder cores':>13}  flooder outcomes per s")  # fmt: skip
             for run in range(runs):
-                r = await one_run(node.addr, node.process.pid, samples, streams)
+                r = await one_run(node.addr, node.process.pid, samples, streams, style)
                 results.append(r)
                 seconds = r["flooder"]["seconds"]
                 outcomes = ", ".join(f"{k} {v / seconds:.1f}" for k, v in r["flooder"]["outcomes"].items())
@@ -239,7 +260,8 @@ async def main(runs: int, samples: int, streams: int, node_args: list[str]) -> d
     }
     print(f"median over {runs} runs: TTFT calm {summary['calm_ttft_ms']} ms, flooded "
           f"{summary['flood_ttft_ms']} ms, ratio {summary['ratio']:.2f} (bar: 2.0)")  # fmt: skip
-    return {"runs": runs, "samples": samples, "streams": streams, **summary, "per_run": results}
+    return {"runs": runs, "samples": samples, "streams": streams, "flooder": style, **summary,
+            "per_run": results}
 
 
 if __name__ == "__main__":
@@ -247,10 +269,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=9, help="calm requests timed per phase")
     parser.add_argument("--streams", type=int, default=8, help="the flooder's streams at once")
+    parser.add_argument("--flooder", choices=["closed", "open", "paced"], default="closed",
+                        help="how the flooder asks (see `flooder`)")
     parser.add_argument("--node-arg", action="append", default=[], help="extra `din node` argument")
     parser.add_argument("--flood", metavar="ADDR", help=argparse.SUPPRESS)  # the flooder process
     args = parser.parse_args()
     if args.flood:
-        trio.run(flooder, args.flood, args.streams)
+        trio.run(flooder, args.flood, args.streams, args.flooder)
     else:
-        print(json.dumps(trio.run(main, args.runs, args.samples, args.streams, args.node_arg)))
+        print(json.dumps(trio.run(main, args.runs, args.samples, args.streams, args.flooder, args.node_arg)))
