@@ -1,7 +1,10 @@
 """Bounded concurrency and a bounded queue: beyond both, a request is refused at once.
 
-Waiting requests are served highest priority first, first come first served among
-equals; the node ranks them by the client's standing (see node/receipts.py).
+Waiting requests are served highest priority first (the node ranks them by the
+client's standing, see node/receipts.py), then fairly among peers: a request goes
+after those of peers with fewer requests in progress (generating or waiting) than
+its own peer had when it arrived, so one peer's many requests take turns with
+everybody else's rather than all going first; first come first served after that.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class Busy(Exception):
 
 @dataclass(order=True)
 class _Waiter:
-    rank: tuple[float, int]
+    rank: tuple[float, int, int]
     granted: bool = field(default=False, compare=False)
     gone: bool = field(default=False, compare=False)
     event: trio.Event = field(default_factory=trio.Event, compare=False)
@@ -33,33 +36,47 @@ class Admission:
         self._max_waiting = max_queue
         self._waiters: list[_Waiter] = []
         self._arrivals = itertools.count()
+        self._in_progress: dict[str, int] = {}  # per peer: its requests generating or waiting
         self.active = 0
         self.queued = 0
 
     @asynccontextmanager
     async def slot(
-        self, while_waiting: Callable[[], Awaitable[None]] | None = None, priority: float = 0.0
+        self,
+        while_waiting: Callable[[], Awaitable[None]] | None = None,
+        priority: float = 0.0,
+        peer: str = "",
     ) -> AsyncIterator[None]:
-        """Hold one generation slot; raises Busy if the queue is full.
+        """Hold one generation slot for `peer`; raises Busy if the queue is full.
 
         `while_waiting` runs for as long as the request waits in the queue; a higher
         `priority` is served before lower ones that are waiting.
         """
-        if self._free > 0 and self.queued == 0:
-            self._free -= 1
-        else:
-            if self.queued >= self._max_waiting:
-                raise Busy(f"{self.active} generating and {self.queued} queued")
-            await self._wait(while_waiting, priority)
-        self.active += 1
+        ahead = self._in_progress.get(peer, 0)
+        at_once = self._free > 0 and self.queued == 0
+        if not at_once and self.queued >= self._max_waiting:
+            raise Busy(f"{self.active} generating and {self.queued} queued")
+        self._in_progress[peer] = ahead + 1
         try:
-            yield
+            if at_once:
+                self._free -= 1
+            else:
+                await self._wait(while_waiting, (-priority, ahead, next(self._arrivals)))
+            self.active += 1
+            try:
+                yield
+            finally:
+                self.active -= 1
+                self._release()
         finally:
-            self.active -= 1
-            self._release()
+            self._in_progress[peer] -= 1
+            if not self._in_progress[peer]:
+                del self._in_progress[peer]
 
-    async def _wait(self, while_waiting: Callable[[], Awaitable[None]] | None, priority: float) -> None:
-        waiter = _Waiter((-priority, next(self._arrivals)))
+    async def _wait(
+        self, while_waiting: Callable[[], Awaitable[None]] | None, rank: tuple[float, int, int]
+    ) -> None:
+        waiter = _Waiter(rank)
         heapq.heappush(self._waiters, waiter)
         self.queued += 1
         try:

@@ -19,7 +19,7 @@ from dinet.errors import (
     MalformedMessage,
     PeerError,
 )
-from dinet.node._replies import refuse, tell_queued
+from dinet.node._replies import refuse, tell_queued, turn_away
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
@@ -102,7 +102,7 @@ class InferenceService:
         if self.limiter is not None:  # checked before reading, so a flood costs no decoding
             refusal = self.limiter.acquire(peer, trio.current_time())
             if refusal is not None:
-                await refuse(framed, "rate_limited", refusal)
+                await turn_away(framed, self.limiter, refusal)
                 return
         try:
             await self._serve_request(framed)
@@ -129,7 +129,8 @@ class InferenceService:
             priority = await accountant.standing(framed.remote_peer)
         try:
             async with self.admission.slot(
-                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority
+                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority,
+                peer=framed.remote_peer,
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:

@@ -15,7 +15,7 @@ import trio
 from libp2p.abc import INetStream
 
 from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
-from dinet.node._replies import refuse, tell_queued
+from dinet.node._replies import refuse, tell_queued, turn_away
 from dinet.node.admission import Admission, Busy
 from dinet.node.inference import REQUEST_WAIT_S
 from dinet.node.limits import PeerLimiter, RequestBounds
@@ -53,15 +53,16 @@ class VerifyService:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
         peer = framed.remote_peer
         try:
-            refusal = None if self._limiter is None else self._limiter.acquire(peer, trio.current_time())
-            if refusal is not None:
-                await refuse(framed, "rate_limited", refusal)
+            limiter = self._limiter
+            refusal = None if limiter is None else limiter.acquire(peer, trio.current_time())
+            if limiter is not None and refusal is not None:
+                await turn_away(framed, limiter, refusal)
             else:
                 try:
                     await self._serve(framed)
                 finally:
-                    if self._limiter is not None:
-                        self._limiter.release(peer)
+                    if limiter is not None:
+                        limiter.release(peer)
         except PeerError as exc:
             logger.info("client %s went away mid-verification: %s", peer, exc)
             await framed.reset()
@@ -80,7 +81,9 @@ class VerifyService:
             await refuse(framed, "bad_request", why)
             return
         try:
-            async with self._admission.slot(while_waiting=lambda: tell_queued(framed, self._admission)):
+            async with self._admission.slot(
+                while_waiting=lambda: tell_queued(framed, self._admission), peer=framed.remote_peer
+            ):
                 reply = await self._engine.score(request.to_worker())
         except Busy as exc:
             await refuse(framed, "busy", str(exc))
