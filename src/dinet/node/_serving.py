@@ -101,6 +101,7 @@ async def whole_model(
 
 @asynccontextmanager
 async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str) -> AsyncIterator[Serving]:
+    from dinet.engine._compute_thread import ComputeThread
     from dinet.engine._stage import Stage
     from dinet.models._gguf import read_layout
     from dinet.models.manifest import summarize
@@ -108,14 +109,11 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
     assert settings.layers is not None
     summary = summarize(await trio.to_thread.run_sync(read_layout, model.path))
     span = parse_layers(settings.layers, summary.layers)
-    # One torch thread: steps run in a worker thread of the node, and there torch's
-    # OpenMP team made a 2-thread step 2-3x slower than a 1-thread one (measured: whole
-    # model 25-30 ms vs 15 ms per decode step; 11 ms with 2 threads on the main thread).
-    if settings.threads > 1:
-        logger.info("a pipeline stage computes on 1 torch thread (asked for %d)", settings.threads)
-    stage = await trio.to_thread.run_sync(lambda: Stage.load(model.path, span[0], span[1], threads=1))
+    compute = ComputeThread(f"dinet-stage-{span[0]}:{span[1]}")
+    stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
     service = ShardService(
-        stage, model_hash, span, max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s
+        stage, compute, model_hash, span,
+        max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s,
     )
 
     def figures() -> dict[str, object]:
@@ -125,14 +123,17 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
             "load": load_of(service.active, 0),
         }
 
-    yield Serving(
-        {SHARD_PROTOCOL: service.handle},
-        offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
-        figures, available=lambda: True,
-        # Torch runs in a thread of the node: no worker process, so no sandbox either.
-        state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
-        background=[service.expire_sessions],
-    )
+    try:
+        yield Serving(
+            {SHARD_PROTOCOL: service.handle},
+            offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
+            figures, available=lambda: True,
+            # Torch runs in a thread of the node: no worker process, so no sandbox either.
+            state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
+            background=[service.expire_sessions],
+        )
+    finally:
+        compute.close()
 
 
 @asynccontextmanager

@@ -2,9 +2,9 @@
 
 A stream carries one session at a time: `shard_open`, then steps (a JSON header and
 one raw tensor frame each), then `shard_close` or the end of the stream; either frees
-the session's KV cache. Steps run one at a time per stage in a worker thread
-(`trio.to_thread`): torch releases the GIL inside its kernels, and a thread hand-off
-costs far less per token than a pipe to another process would.
+the session's KV cache. Steps run one at a time per stage on the stage's compute
+thread (`engine._compute_thread`): torch releases the GIL inside its kernels, and a
+thread hand-off costs far less per token than a pipe to another process would.
 
 Errors a client can act on keep the stream open (`unknown_session`, `bad_request`
 for a step the stage cannot take); a malformed or oversized frame closes it. The
@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import trio
 from libp2p.abc import INetStream
 
+from dinet.engine._compute_thread import ComputeThread
 from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
@@ -70,14 +72,15 @@ class StageStats:
 
 class ShardService:
     def __init__(
-        self, stage: Stage, model_hash: str, span: tuple[int, int], *, max_kv_bytes: int, idle_s: float
+        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], *,
+        max_kv_bytes: int, idle_s: float,
     ) -> None:
         self._stage = stage
+        self._compute = compute  # the one thread of all of this stage's torch calls, in order
         self._model_hash = model_hash
         self.span = span
         self.table: SessionTable[StageSession] = SessionTable(max_kv_bytes, idle_s)
         self.stats = StageStats()
-        self._limiter = trio.CapacityLimiter(1)  # one forward pass at a time on this stage
         self._max_rows = rows_per_frame(stage.model.n_embd)
 
     @property
@@ -138,9 +141,7 @@ class ShardService:
             held, asked = list(self.span), list(message.span)
             raise _Refused("wrong_span", f"this stage holds blocks {held}, not {asked}")
         try:
-            session = await trio.to_thread.run_sync(
-                self._stage.open, message.params, message.dtype, limiter=self._limiter
-            )
+            session = await self._compute.run(partial(self._stage.open, message.params, message.dtype))
         except StageRequestError as exc:
             raise _Refused("bad_request", str(exc)) from None
         for session_id in owned:  # one session per stream: a new open replaces the old one
@@ -172,7 +173,7 @@ class ShardService:
                 raise _Refused("bad_request", f"step {step.seq} arrived, expected step {session.steps}")
             started = time.perf_counter()
             try:
-                out = await trio.to_thread.run_sync(session.forward, x, step.sample, limiter=self._limiter)
+                out = await self._compute.run(partial(session.forward, x, step.sample))
             except (StageRequestError, BadShardInput) as exc:
                 raise _Refused("bad_request", str(exc)) from None
             except RuntimeError as exc:  # torch's own failures: this session cannot go on
