@@ -13,13 +13,15 @@ A peer that keeps asking after it was refused is flooding. Each refusal is a str
 strikes drain at the peer's own rate, so a peer that asks no faster than its rate
 soon has none. Up to `burst` strikes a refusal is answered at once (an honest client
 hitting the limit learns it quickly and asks another peer). Beyond that the peer is
-cooling down: every stream of it is refused, even one its bucket would allow, until
-its strikes have drained back to `burst`, and each refusal is held until then (up to
-`MAX_HOLD_S`; strikes stop counting there, so a cool-down ends at most `MAX_HOLD_S`
-after the flood). A flooder that waits for its answers is so slowed to a few streams
-per second, all refused, however many streams it keeps open. At most
-`MAX_HELD` streams of one peer are held; beyond those its streams are dropped (reset
-without a reply), which costs the node least.
+cooling down: each of its refusals is held until its strikes have drained back to
+`burst` (up to `MAX_HOLD_S`; strikes stop counting there, so a cool-down ends at most
+`MAX_HOLD_S` after the flood). A flooder that waits for its answers is so slowed to a
+few streams per second however many it keeps open, and gets no more than its limits
+allow. Those limits still hold for it: a cool-down never refuses a stream the bucket
+and the concurrency cap allow, so a busy honest client (a gateway with many users
+behind one peer id) is slowed, never starved. At most `MAX_HELD` streams of one peer
+are held; beyond those its streams are dropped (reset without a reply), which costs
+the node least.
 """
 
 from __future__ import annotations
@@ -89,9 +91,7 @@ class PeerLimiter:
         bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
         bucket.strikes = max(0.0, bucket.strikes - elapsed * self._rate)
         bucket.updated = max(bucket.updated, now)
-        if bucket.strikes > self._burst:
-            reason = "this peer kept asking after it was refused"
-        elif bucket.active >= self._concurrency:
+        if bucket.active >= self._concurrency:
             reason = f"{bucket.active} requests of this peer in progress (limit {self._concurrency})"
         elif bucket.tokens < 1.0:
             reason = f"more than {self._rate:g} requests/s (burst {self._burst:g}) from this peer"
