@@ -30,7 +30,9 @@ class CommonSettings(BaseSettings):
 class NodeSettings(CommonSettings):
     model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
     listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
-    threads: int = Field(default=2, ge=1, le=256, description="llama.cpp threads for the worker")
+    threads: int = Field(
+        default=2, ge=1, le=256, description="Compute threads: llama.cpp's in the worker, torch's in a stage"
+    )
     memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
     sandbox: bool = Field(
         default=True, description="Run the engine worker sandboxed: no network, read-only model, limits"

@@ -44,7 +44,7 @@ def node(
     listen: Annotated[list[str] | None, typer.Option(help="Multiaddr to listen on")] = None,
     bootstrap: Bootstrap = None,
     home: Home = None,
-    threads: Annotated[int, typer.Option(help="llama.cpp threads")] = 2,
+    threads: Annotated[int, typer.Option(help="Compute threads (llama.cpp, or torch in a stage)")] = 2,
     region: Annotated[str, typer.Option(help="Region label for the manifest")] = "local",
     price: Annotated[float, typer.Option(help="Price per completion token, in credits")] = 0.0,
     prompt_price: Annotated[float, typer.Option(help="Price per prompt token, in credits")] = 0.0,
