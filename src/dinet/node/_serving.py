@@ -110,20 +110,20 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
     summary = summarize(await trio.to_thread.run_sync(read_layout, model.path))
     span = parse_layers(settings.layers, summary.layers)
     compute = ComputeThread(f"dinet-stage-{span[0]}:{span[1]}")
-    stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
-    service = ShardService(
-        stage, compute, model_hash, span,
-        max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s,
-    )
-
-    def figures() -> dict[str, object]:
-        return {
-            "tokens_per_s": round(service.stats.tokens_per_s, 2),
-            "ttft_ms": 0.0,
-            "load": load_of(service.active, 0),
-        }
-
     try:
+        stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
+        service = ShardService(
+            stage, compute, model_hash, span,
+            max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s,
+        )
+
+        def figures() -> dict[str, object]:
+            return {
+                "tokens_per_s": round(service.stats.tokens_per_s, 2),
+                "ttft_ms": 0.0,
+                "load": load_of(service.active, 0),
+            }
+
         yield Serving(
             {SHARD_PROTOCOL: service.handle},
             offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
