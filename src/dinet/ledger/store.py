@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinet.errors import BadReceipt, LedgerCorrupted, LedgerError, ReplayedReceipt
+from dinet.sqlite_file import open_versioned
 from dinet.wire.receipt import CountersignedReceipt, ReceiptBody, receipt_id, verify_countersigned
 
 LEDGER_FILE = "ledger.sqlite"
@@ -97,17 +98,10 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a committed receipt survives power loss too
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(f"{path} was written by a newer dinet (schema {version})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # FULL: a committed receipt survives power loss too.
+            self._db = open_versioned(path, _SCHEMA, SCHEMA_VERSION, synchronous="FULL")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dinet.errors import ReputationError
+from dinet.sqlite_file import open_versioned
 
 SCHEMA_VERSION = 1
 RETENTION_S = 30 * 86400.0
@@ -71,18 +72,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._since_prune = 0
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ReputationError(f"{path} was written by a newer dinet (schema {version})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db = open_versioned(path, _SCHEMA, SCHEMA_VERSION, synchronous="NORMAL")
         except sqlite3.DatabaseError as exc:
             raise ReputationError(f"cannot open the reputation file {path}: {exc}") from None
 
