@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import trio
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.client.chain import ChainPlan, ChainResult, run_chain
 from dinet.client.network import Network, open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import open_framed
 from dinet.routing.shard import Route, StageOffer
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
@@ -124,8 +122,7 @@ async def run_once(network: Network, config: Config, prompt: str, max_tokens: in
 
 async def _infer(network: Network, peer_id: str, request: GenerationParams) -> AsyncIterator[TokenFrame]:
     """A plain /dinet/infer/1 answer, without the client's retry and back-off logic."""
-    stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
-    framed = FramedStream(stream)
+    framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, 10.0)
     await framed.send(InferRequest(request_id=uuid.uuid4().hex, params=request))
     try:
         while (payload := await framed.receive()) is not None:

@@ -9,11 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import trio
 from libp2p.abc import IHost
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
-from dinet.errors import MalformedMessage, PeerError, PeerStalled, PeerUnreachable, RemoteError
-from dinet.p2p.streams import FramedStream
+from dinet.errors import MalformedMessage, PeerError, PeerStalled, RemoteError
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.shard import StageOffer
 from dinet.wire.ids import SHARD_PROTOCOL
 from dinet.wire.messages import ErrorFrame, GenerationParams
@@ -59,14 +57,7 @@ class StageLink:
         cls, host: IHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType
     ) -> StageLink:
         peer_id = offer.peer_id
-        try:
-            with trio.fail_after(OPEN_TIMEOUT_S):
-                stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(SHARD_PROTOCOL)])
-        except trio.TooSlowError:
-            raise PeerUnreachable(f"{peer_id} did not open a stream in {OPEN_TIMEOUT_S:g} s") from None
-        except Exception as exc:  # libp2p raises assorted types when a stream cannot open
-            raise PeerUnreachable(f"cannot open a shard stream to {peer_id}: {exc}") from None
-        framed = FramedStream(stream)
+        framed = await open_framed(host, peer_id, SHARD_PROTOCOL, OPEN_TIMEOUT_S)
         session_id = uuid.uuid4().hex
         try:
             await framed.send(ShardOpen(session_id=session_id, model_hash=model_hash,

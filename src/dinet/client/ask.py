@@ -14,8 +14,6 @@ from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 
 import trio
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.client.chain import plan_chain, run_chain
 from dinet.client.network import Network
@@ -31,7 +29,7 @@ from dinet.errors import (
     PeerUnreachable,
     RemoteError,
 )
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.select import PeerView, Policy, decode_speed, rank_peers, within_budget
 from dinet.trust.outcomes import VerificationOutcome
 from dinet.trust.reputation import Event, slower_than_claimed
@@ -415,14 +413,7 @@ async def _stream_from(
     frame is passed on; `timing` notes when frames came.
     """
     timing = _Timing() if timing is None else timing
-    try:
-        with trio.fail_after(OPEN_TIMEOUT_S):
-            stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
-    except trio.TooSlowError:
-        raise PeerUnreachable(f"{peer_id} did not open a stream in {OPEN_TIMEOUT_S:g} s") from None
-    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
-        raise PeerUnreachable(f"cannot open a stream to {peer_id}: {exc}") from None
-    framed = FramedStream(stream)
+    framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, OPEN_TIMEOUT_S)
     finished = False
     sent = encode(request)
     received: list[int] = []

@@ -16,12 +16,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import trio
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.client.network import Network
-from dinet.errors import MalformedMessage, PeerError, PeerStalled, PeerUnreachable, RemoteError
-from dinet.p2p.streams import FramedStream
+from dinet.errors import MalformedMessage, PeerError, PeerStalled, RemoteError
+from dinet.p2p.streams import open_framed
 from dinet.routing.select import rank_peers
 from dinet.trust.verify import DEFAULT_TOLERANCES, Tolerances, judge
 from dinet.wire.ids import VERIFY_PROTOCOL
@@ -102,14 +100,7 @@ async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -
     """`peer_id`'s scores for `claim`. RemoteError if it refuses (`unknown_model`,
     `bad_request`, `busy`...), MalformedMessage if its reply does not fit the claim,
     another PeerError if it cannot be reached or goes silent."""
-    try:
-        with trio.fail_after(5.0):
-            stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(VERIFY_PROTOCOL)])
-    except trio.TooSlowError:
-        raise PeerUnreachable(f"{peer_id} did not open a stream") from None
-    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
-        raise PeerUnreachable(f"cannot open a stream to {peer_id}: {exc}") from None
-    framed = FramedStream(stream)
+    framed = await open_framed(network.host, peer_id, VERIFY_PROTOCOL, 5.0)
     try:
         await framed.send(claim)
         while True:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import trio
 from libp2p.abc import IHost
-from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 
@@ -47,7 +46,7 @@ from dinet.p2p.discovery import (
 )
 from dinet.p2p.host import build_host, running_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.chunks import (
     MAX_BATCH,
     ChunkHeader,
@@ -103,14 +102,7 @@ class PullReport:
 
 
 async def _open(host: IHost, peer_id: str) -> FramedStream:
-    try:
-        with trio.fail_after(STREAM_TIMEOUT_S):
-            stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(CHUNKS_PROTOCOL)])
-    except trio.TooSlowError:
-        raise PeerUnreachable(f"{peer_id} did not open a chunk stream") from None
-    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
-        raise PeerUnreachable(f"{peer_id}: cannot open a chunk stream: {exc}") from None
-    return FramedStream(stream)
+    return await open_framed(host, peer_id, CHUNKS_PROTOCOL, STREAM_TIMEOUT_S)
 
 
 async def _reply(framed: FramedStream) -> SignedModelManifest | ChunkHeader | ErrorFrame:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from libp2p.abc import INetStream
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.peer.id import ID
 
-from dinet.errors import PeerError
+from dinet.errors import PeerError, PeerUnreachable
 from dinet.wire.framing import MAX_FRAME, FrameReader, encode_frame
 from dinet.wire.messages import Message, encode
 
@@ -71,3 +74,15 @@ class FramedStream:
             await self.stream.reset()
         except StreamError:
             pass  # already gone
+
+
+async def open_framed(host: IHost, peer_id: str, protocol: str, timeout: float) -> FramedStream:
+    """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
+    except Exception as exc:  # libp2p raises assorted types when a stream cannot open
+        raise PeerUnreachable(f"cannot open a {protocol} stream to {peer_id}: {exc}") from None
+    return FramedStream(stream)
