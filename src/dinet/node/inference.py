@@ -8,18 +8,15 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-import trio
 from libp2p.abc import INetStream
 
 from dinet.errors import (
     EngineCrashed,
     EngineUnavailable,
-    FrameTooLarge,
     InferenceError,
-    MalformedMessage,
     PeerError,
 )
-from dinet.node._replies import refuse, tell_queued, turn_away
+from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
@@ -37,7 +34,6 @@ from dinet.wire.receipt import SignedReceipt, request_hash
 
 logger = logging.getLogger(__name__)
 
-REQUEST_WAIT_S = 10.0  # a stream that sends no request in this time is dropped
 
 
 class Engine(Protocol):
@@ -98,20 +94,10 @@ class InferenceService:
         await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
-        peer = framed.remote_peer
-        if self.limiter is not None:  # checked before reading, so a flood costs no decoding
-            refusal = self.limiter.acquire(peer, trio.current_time())
-            if refusal is not None:
-                await turn_away(framed, self.limiter, refusal)
-                return
-        try:
-            await self._serve_request(framed)
-        finally:
-            if self.limiter is not None:
-                self.limiter.release(peer)
+        await within_limits(framed, self.limiter, lambda: self._serve_request(framed))
 
     async def _serve_request(self, framed: FramedStream) -> None:
-        read = await self._read_request(framed)
+        read = await read_request(framed, decode_request)
         if read is None:
             return
         request, payload = read
@@ -139,21 +125,6 @@ class InferenceService:
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
             await accountant.settle(framed, signed)
-
-    async def _read_request(self, framed: FramedStream) -> tuple[InferRequest, bytes] | None:
-        try:
-            with trio.fail_after(REQUEST_WAIT_S):
-                payload = await framed.receive()
-            if payload is None:
-                return None
-            return decode_request(payload), payload
-        except trio.TooSlowError:
-            await refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
-        except FrameTooLarge as exc:
-            await refuse(framed, "too_large", str(exc))
-        except MalformedMessage as exc:
-            await refuse(framed, "bad_request", str(exc))
-        return None
 
     def _serves(self, request: InferRequest) -> bool:
         if request.model_hash is not None and request.model_hash != self._model_hash:

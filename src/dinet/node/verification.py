@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-import trio
 from libp2p.abc import INetStream
 
-from dinet.errors import EngineCrashed, FrameTooLarge, InferenceError, MalformedMessage, PeerError
-from dinet.node._replies import refuse, tell_queued, turn_away
+from dinet.errors import EngineCrashed, InferenceError, PeerError
+from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
-from dinet.node.inference import REQUEST_WAIT_S
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import MAX_FRAME
@@ -51,28 +49,19 @@ class VerifyService:
 
     async def handle(self, stream: INetStream) -> None:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
-        peer = framed.remote_peer
         try:
-            limiter = self._limiter
-            refusal = None if limiter is None else limiter.acquire(peer, trio.current_time())
-            if limiter is not None and refusal is not None:
-                await turn_away(framed, limiter, refusal)
-            else:
-                try:
-                    await self._serve(framed)
-                finally:
-                    if limiter is not None:
-                        limiter.release(peer)
+            await within_limits(framed, self._limiter, lambda: self._serve(framed))
         except PeerError as exc:
-            logger.info("client %s went away mid-verification: %s", peer, exc)
+            logger.info("client %s went away mid-verification: %s", framed.remote_peer, exc)
             await framed.reset()
             return
         await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
-        request = await self._read(framed)
-        if request is None:
+        read = await read_request(framed, decode_verify_request)
+        if read is None:
             return
+        request = read[0]
         if request.model_hash != self._model_hash:
             await refuse(framed, "unknown_model", f"this node does not serve {request.model_hash}")
             return
@@ -98,19 +87,6 @@ class VerifyService:
             reply = reply.model_copy(update={"model_hash": self._model_hash})
             self.served += 1
         await framed.send(reply)
-
-    async def _read(self, framed: FramedStream) -> VerifyRequest | None:
-        try:
-            with trio.fail_after(REQUEST_WAIT_S):
-                payload = await framed.receive()
-            return None if payload is None else decode_verify_request(payload)
-        except trio.TooSlowError:
-            await refuse(framed, "bad_request", f"no request within {REQUEST_WAIT_S:g} s")
-        except FrameTooLarge as exc:
-            await refuse(framed, "too_large", str(exc))
-        except MalformedMessage as exc:
-            await refuse(framed, "bad_request", str(exc))
-        return None
 
     def _out_of_bounds(self, request: VerifyRequest) -> str | None:
         if self._bounds is None:
