@@ -34,14 +34,12 @@ from typing import Any
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.errors import DinetError
-from dinet.node.local_mesh import start_node
+from dinet.node.local_mesh import child_pids, start_node
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.host import build_host, running_host
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.messages import (
     ChatMessage,
@@ -64,8 +62,7 @@ WARM_UP_S = 1.0  # the flood is under way before the first flooded sample
 async def open_infer(host: Any, addr: str) -> FramedStream:
     info = peer_info_from(addr)
     await dial(host, info)
-    peer = ID.from_base58(info.peer_id.to_base58())
-    return FramedStream(await host.new_stream(peer, [TProtocol(INFER_PROTOCOL)]))
+    return await open_framed(host, info.peer_id.to_base58(), INFER_PROTOCOL, 10.0)
 
 
 async def calm_sample(host: Any, addr: str) -> tuple[float, float, int]:
@@ -166,19 +163,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 class CpuMeter:
     """Cores used by some processes between `start` and `stop`."""
 
@@ -197,7 +181,7 @@ async def one_run(addr: str, node_pid: int, samples: int, streams: int, style: s
     host = build_host(create_new_key_pair())
     async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
         await calm_sample(host, addr)  # connected and warm
-        pids = {"node": [node_pid], "worker": children(node_pid), "client": [os.getpid()]}
+        pids = {"node": [node_pid], "worker": child_pids(node_pid), "client": [os.getpid()]}
         meter = CpuMeter(pids)
         calm = await calm_samples(host, addr, samples)
         calm_cpu = meter.stop()

@@ -13,6 +13,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.ask import Answer, ask
+from dinet.node.local_mesh import child_pids
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.host import build_host, running_host
 from dinet.p2p.streams import FramedStream
@@ -69,19 +70,7 @@ async def request_replies(host: IHost, addr: str, params: GenerationParams) -> l
     return replies
 
 
-def worker_pids(node_pid: int) -> list[int]:
-    """Child processes of a node (its engine worker), read from /proc."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue  # the process ended while we looked
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == node_pid:
-                children.append(int(entry))
-    return children
+worker_pids = child_pids  # a node's engine worker
 
 
 def is_root() -> bool:

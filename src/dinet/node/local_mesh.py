@@ -143,3 +143,18 @@ class LocalMesh:
     @property
     def bootstrap(self) -> list[str]:
         return [n.addr for n in self.nodes]
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (a node's engine worker), read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # the process ended while we looked
+            if ppid == pid:
+                found.append(int(entry))
+    return found
