@@ -1,8 +1,10 @@
 """Pipeline chains of real `din node --layers` processes: same tokens as llama.cpp, and failover.
 
 One module-scoped set of stages is shared by the tests: A [0,10), B and B2 [10,20),
-C [20,30) in one mesh, and D [10,30) on its own (no bootstrap), so that automatic
-routing from A sees only 3-stage chains and a 2-stage chain A + D is asked for by name.
+C [20,30) in one mesh, and the pair A2 [0,10) + D [10,30) on their own (no bootstrap),
+so that automatic routing from A sees only 3-stage chains and a 2-stage chain A2 + D is
+asked for by name. (Relayed stages dial each other: a pair that included A would make
+D known to the mesh.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from dinet.wire.shard import (
 # others its own noise (~1.3 in the logits) can flip a token against any other engine.
 PROMPTS = ["What is the largest planet?", "Describe a cat in one sentence.", "What is 2 plus 2?"]
 MAX_TOKENS = 24
+LONG_PROMPT, LONG_TOKENS = "Write a long story about a lighthouse keeper.", 160
 STAGE_START_S = 240.0
 
 
@@ -61,11 +64,11 @@ def stages(tmp_path_factory):
     try:
         # Stages load torch and their tensors: slow on a busy 2-core machine.
         started["A"] = start_node(root / "A", extra_args=["--layers", "0:10"], start_timeout=STAGE_START_S)
-        rest = {"B": "10:20", "B2": "10:20", "C": "20:30", "D": "10:30"}
+        rest = {"B": "10:20", "B2": "10:20", "C": "20:30", "A2": "0:10", "D": "10:30"}
         threads = []
 
         def start(name: str, layers: str) -> None:
-            bootstrap = [] if name == "D" else [started["A"].addr]
+            bootstrap = [] if name in ("A2", "D") else [started["A"].addr]
             started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=["--layers", layers],
                                        start_timeout=STAGE_START_S)
 
@@ -135,7 +138,7 @@ async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, lla
 
 
 async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_answers):
-    a, d = stages["A"], stages["D"]
+    a, d = stages["A2"], stages["D"]
     async with open_network(settings_for(tmp_path, a)) as network:
         await dial(network.host, peer_info_from(d.addr))  # D is in no mesh: reach it by address
         route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(d.peer_id, 10, 30)), 0.0)
@@ -153,6 +156,55 @@ async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_a
         frames = [e async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
                   if isinstance(e, TokenFrame)]
         assert [f.token_id for f in frames] == llama_answers[prompt][0]
+
+
+async def test_a_session_lost_at_a_stage_is_replayed_without_a_change(tmp_path, stages):
+    a, c = stages["A"], stages["C"]
+    middle = next(stages[n] for n in ("B", "B2") if stages[n].process.poll() is None)
+    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20),
+                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    plan = ChainPlan(route, a.model_id, a.model_hash, 30)
+    params = chat(LONG_PROMPT, max_tokens=LONG_TOKENS)  # long enough to be mid-answer at the theft
+
+    async def answer(network, on_first=None) -> tuple[list[int], Chain]:
+        chain = Chain(network, plan, params, "f32")
+        await chain.start()
+        tokens: dict[int, int] = {}  # by completion index: a replayed chain sends them again
+        while True:
+            sampled = await chain.next_sampled()
+            tokens[sampled.index] = sampled.token_id
+            if on_first is not None:
+                await on_first(chain)
+                on_first = None
+            if sampled.finish_reason is not None:
+                await chain.close(clean=True)
+                return [tokens[i] for i in sorted(tokens)], chain
+
+    async with open_network(settings_for(tmp_path, a)) as network, raw_host() as thief:
+        await network.discover(None, None, timeout=30, or_stages=True)
+        await dial(thief, peer_info_from(middle.addr))
+        undisturbed, chain = await answer(network)
+        assert chain.repairs == 0 and len(undisturbed) == LONG_TOKENS
+
+        async def steal(chain: Chain) -> None:
+            """The middle stage loses the session: another stream takes its id over, then ends."""
+            stream = await thief.new_stream(ID.from_base58(middle.peer_id), [TProtocol(SHARD_PROTOCOL)])
+            stolen = FramedStream(stream)
+            session_id = chain.links[1].session_id
+            await stolen.send(ShardOpen(session_id=session_id, span=(10, 20), params=chat(LONG_PROMPT)))
+            with trio.fail_after(30):
+                assert isinstance(decode_shard_reply(await stolen.receive() or b""), ShardOpened)
+            await stolen.send(ShardClose(session_id=session_id))
+            with trio.fail_after(30):
+                assert await stolen.receive() is None
+
+        tokens, chain = await answer(network, on_first=steal)
+        assert tokens == undisturbed  # replayed into fresh sessions: unchanged
+        assert chain.repairs == 1  # the lost session was noticed and replayed once
+        # The thief's session may have met a relayed step before it ended (the middle stage
+        # then answered it wrongly and was left out, and its twin took over: this test runs
+        # before one of them is killed): either way a stage of [10, 20) served.
+        assert [(link.offer.start, link.offer.stop) for link in chain.links] == [(0, 10), (10, 20), (20, 30)]
 
 
 async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, stages, llama_answers):
@@ -179,42 +231,9 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
     assert {p for p in answer.chain if p in middle} == set(middle) - {victim.peer_id}
 
 
-async def test_a_session_lost_at_a_stage_is_replayed_there(tmp_path, stages, llama_answers):
-    prompt = PROMPTS[2]
-    a, c = stages["A"], stages["C"]
-    middle = next(stages[n] for n in ("B", "B2") if stages[n].process.poll() is None)
-    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20),
-                   StageOffer(c.peer_id, 20, 30)), 0.0)
-    async with open_network(settings_for(tmp_path, a)) as network, raw_host() as thief:
-        await network.discover(None, None, timeout=30, or_stages=True)
-        chain = Chain(network, ChainPlan(route, a.model_id, a.model_hash, 30), chat(prompt, max_tokens=8),
-                      "f32")
-        prompt_ids = await chain.open()
-        reply = await chain.step(np.asarray(prompt_ids, dtype=np.int32).reshape(-1, 1), sample=True)
-        # The middle stage loses the session: another stream takes its id over, then ends.
-        await dial(thief, peer_info_from(middle.addr))
-        stream = await thief.new_stream(ID.from_base58(middle.peer_id), [TProtocol(SHARD_PROTOCOL)])
-        stolen = FramedStream(stream)
-        await stolen.send(ShardOpen(session_id=chain.links[1].session_id, span=(10, 20), params=chat(prompt)))
-        with trio.fail_after(30):
-            assert isinstance(decode_shard_reply(await stolen.receive() or b""), ShardOpened)
-        await stolen.send(ShardClose(session_id=chain.links[1].session_id))
-        with trio.fail_after(30):
-            assert await stolen.receive() is None
-        tokens = [reply.token_id]
-        while reply is not None and reply.finish_reason is None:
-            reply = await chain.step(np.array([[reply.token_id]], dtype=np.int32), sample=True)
-            assert reply is not None
-            tokens.append(reply.token_id)
-        await chain.close(clean=True)
-        assert tokens == llama_answers[prompt][0][:8]  # replayed into a fresh session: unchanged
-        assert chain.repairs == 1  # the lost session was noticed and replayed once
-        assert [link.peer_id for link in chain.links] == list(route.peers)  # the same peer took it back
-
-
 def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages, llama_answers):
     prompt = PROMPTS[0]
-    alive = [n for n in stages.values() if n.process.poll() is None and n is not stages["D"]]
+    alive = [n for n in stages.values() if n.process.poll() is None and n not in (stages["A2"], stages["D"])]
     done = subprocess.run(
         [sys.executable, "-m", "dinet", "ask", "--sharded", "--json", "--no-mdns", "--home",
          str(tmp_path / "cli"), "--max-tokens", str(MAX_TOKENS), "--timeout", "30",

@@ -1,8 +1,11 @@
-"""The client's end of one stage's session: one long-lived stream, one frame pair per step."""
+"""The client's end of one stage's session: one long-lived stream.
+
+The client sends the prompt into the first stage; from then on the stages pass each
+step on among themselves, and only the last stage's sampled tokens (or a stage's
+error) come back on these streams."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,19 +25,15 @@ from dinet.wire.shard import (
     ShardHidden,
     ShardOpen,
     ShardOpened,
+    ShardRelay,
     ShardSampled,
     ShardStep,
     decode_shard_reply,
-    decode_tensor,
     tensor_frames,
 )
 
 OPEN_TIMEOUT_S = 5.0
 OPEN_REPLY_S = 30.0  # the stage tokenizes the prompt (first/last) before it answers
-STEP_STALL_S = 10.0  # a decode step this late means the stage is gone or stuck
-STALL_PER_ROW_S = 0.05  # prefill steps may take longer
-
-_DTYPE_NAMES = {np.dtype("int32"): "i32", np.dtype("float32"): "f32", np.dtype("float16"): "f16"}
 
 Tensor = npt.NDArray[np.generic]  # (rows, 1) int32 ids or (rows, n_embd) hidden states
 
@@ -46,7 +45,6 @@ class StageLink:
     session_id: str
     n_embd: int
     prompt_ids: tuple[int, ...]
-    steps: int = 0
 
     @property
     def peer_id(self) -> str:
@@ -54,14 +52,16 @@ class StageLink:
 
     @classmethod
     async def open(
-        cls, host: IHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType
+        cls, host: IHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType,
+        session_id: str, relay: ShardRelay,
     ) -> StageLink:
+        """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""
         peer_id = offer.peer_id
         framed = await open_framed(host, peer_id, SHARD_PROTOCOL, OPEN_TIMEOUT_S)
-        session_id = uuid.uuid4().hex
         try:
             await framed.send(ShardOpen(session_id=session_id, model_hash=model_hash,
-                                        span=(offer.start, offer.stop), params=params, dtype=dtype))
+                                        span=(offer.start, offer.stop), params=params, dtype=dtype,
+                                        relay=relay))
             reply = await _reply(framed, peer_id, OPEN_REPLY_S)
             if not isinstance(reply, ShardOpened) or reply.session_id != session_id:
                 raise MalformedMessage(f"{peer_id} answered an open with {reply.kind}")
@@ -71,27 +71,24 @@ class StageLink:
             raise
         return cls(offer, framed, session_id, reply.n_embd, reply.prompt_ids)
 
-    async def step(self, x: Tensor, *, sample: bool) -> Tensor | ShardSampled | None:
-        """Send one step; the stage's hidden output, its sampled token, or None (not sampled)."""
-        header = ShardStep(session_id=self.session_id, seq=self.steps, rows=x.shape[0],
-                           dtype=_DTYPE_NAMES[x.dtype], sample=sample)  # type: ignore[arg-type]
-        await self.framed.send_framed(tensor_frames(header, np.ascontiguousarray(x)))
-        reply = await _reply(self.framed, self.peer_id, STEP_STALL_S + STALL_PER_ROW_S * x.shape[0])
-        if isinstance(reply, ShardSampled) and sample:
-            result: Tensor | ShardSampled | None = reply
-        elif isinstance(reply, ShardAck) and not sample:
-            result = None
-        elif isinstance(reply, ShardHidden):
-            raw = await _receive(self.framed, self.peer_id, STEP_STALL_S)
-            if raw is None:
-                raise PeerError(f"{self.peer_id} ended the stream inside a step")
-            result = decode_tensor(raw, reply.rows, self.n_embd, reply.dtype)
-        else:
-            raise MalformedMessage(f"{self.peer_id} answered a step with {reply.kind}")
-        if reply.seq != self.steps:
-            raise MalformedMessage(f"{self.peer_id} answered step {reply.seq}, expected {self.steps}")
-        self.steps += 1
-        return result
+    async def send_prompt(self, ids: Tensor, seq: int, *, sample: bool) -> None:
+        """One prefill step into the first stage: (rows, 1) int32 token ids."""
+        header = ShardStep(session_id=self.session_id, seq=seq, rows=ids.shape[0], dtype="i32", sample=sample)
+        await self.framed.send_framed(tensor_frames(header, np.ascontiguousarray(ids, dtype=np.int32)))
+
+    async def receive(self) -> ShardSampled | None:
+        """The stage's next reply: a sampled token (last stage), or None when the stream ends.
+
+        RemoteError for an error frame (a relay that failed comes as one)."""
+        payload = await self.framed.receive()
+        if payload is None:
+            return None
+        reply = decode_shard_reply(payload)
+        if isinstance(reply, ErrorFrame):
+            raise RemoteError(reply.code, reply.message)
+        if not isinstance(reply, ShardSampled):
+            raise MalformedMessage(f"{self.peer_id} sent {reply.kind} in a relayed session")
+        return reply
 
     async def close(self, *, clean: bool) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2.0):

@@ -1,46 +1,57 @@
 """Asking through a chain of pipeline stages, with failover inside the chain.
 
-The client drives the chain token by token: the prompt's ids go to the first stage in
-one or more prefill steps, each stage's hidden states to the next, and the last
-stage's chosen token back to the first as the next step. Every stage keeps one stream
-for the whole session.
+The client plans a chain of stages that covers the model's blocks and opens one
+session on each, relayed in a ring (`/dinet/shard/1`): each stage passes its hidden
+states on to the next, and the last stage's chosen token goes back to the first as
+its next step. The client sends only the prompt, then reads the last stage's sampled
+tokens as they come, while it listens on every other stage's stream for a failure.
+A token costs three messages around the ring, not six through the client.
 
-The client records every input it sent into each layer boundary (ids at block 0,
-hidden states at the others), in the chunks it sent them. When a stage dies, stalls
-or loses its session, a new chain is planned for the missing blocks from the peers
-still alive, the recorded inputs are replayed into it step by step (the same chunks,
-so its KV caches are rebuilt exactly) and the chain goes on; the text is unchanged.
+When a stage dies, stalls, loses its session or cannot reach its neighbour, the client
+plans a new chain without the stage at fault, from the peers still alive, and replays
+the session into it: the same prompt ids in the same chunks, then each token in turn,
+so every KV cache is rebuilt exactly and the last stage chooses the same tokens again.
+Tokens already delivered are not delivered twice; the text is unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import trio
+from libp2p.peer.id import ID
 
-from dinet.client._stage_link import StageLink, Tensor
+from dinet.client._stage_link import StageLink
 from dinet.client.network import Network
 from dinet.errors import (
     MalformedMessage,
     NoCapablePeer,
     PeerError,
+    PeerStalled,
     RemoteError,
     RoutingError,
     first_dinet_error,
 )
 from dinet.routing.shard import Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
-from dinet.wire.shard import HiddenDType, ShardSampled, rows_per_frame
+from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
 
 logger = logging.getLogger(__name__)
 
 PREFILL_ROWS = 256  # prompt tokens per prefill step
-MAX_REPAIRS = 8  # stage replacements in one answer before giving up
+MAX_REPAIRS = 8  # chain replacements in one answer before giving up
+STEP_STALL_S = 10.0  # no token for this long: the chain is stuck
+STALL_PER_ROW_S = 0.05  # the first token waits for the whole prompt too
 _REPLAYABLE = {"unknown_session", "internal", "busy", "rate_limited"}  # same peer may do
+
+# What a stage's stream brought: the last stage's token, the end of the stream, or a failure.
+_Event = tuple[int, ShardSampled | None | Exception]
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ def _plan(
 
 
 class Chain:
-    """One session across a chain of stages, able to replace any of them mid-answer."""
+    """One session across a ring of relaying stages, replaced whole when a stage fails."""
 
     def __init__(
         self, network: Network, plan: ChainPlan, params: GenerationParams, dtype: HiddenDType
@@ -112,34 +123,53 @@ class Chain:
         self._dtype = dtype
         self.links: list[StageLink] = []
         self.tried: list[str] = []
-        self._inputs: dict[int, list[tuple[Tensor, bool]]] = defaultdict(list)  # boundary -> steps
+        self.repairs = 0  # chain replacements so far in this answer
         self._broken: set[str] = set()
-        self._repairs = 0
-        self.replayed: list[ShardSampled] = []  # sampled replies produced while replaying
+        self._events: trio.MemoryReceiveChannel[_Event] | None = None
+        self._stall_s = STEP_STALL_S
+        self._failed_opens: list[str] = []  # peers whose session did not open, in the last start()
 
-    @property
-    def repairs(self) -> int:
-        """Stage replacements (and session replays) so far in this answer."""
-        return self._repairs
+    async def start(self) -> tuple[int, ...]:
+        """Open a session on every stage of the plan, relayed in a ring, and send the
+        prompt into the first; the prompt's token ids."""
+        offers = list(self._plan.route.stages)
+        session_ids = [uuid.uuid4().hex for _ in offers]
+        self.links = await self._open_all(offers, session_ids)
+        send, self._events = trio.open_memory_channel[_Event](math.inf)
+        tasks = self._network.tasks
+        assert tasks is not None, "a chain needs a network from open_network()"
+        async with send:
+            for k, link in enumerate(self.links):
+                tasks.start_soon(_listen, k, link, send.clone())
+        first = self.links[0]
+        prompt = np.asarray(first.prompt_ids, dtype=np.int32).reshape(-1, 1)  # (T, 1)
+        rows = min(PREFILL_ROWS, rows_per_frame(first.n_embd, self._dtype))
+        chunks = [prompt[i : i + rows] for i in range(0, len(prompt), rows)]
+        for seq, chunk in enumerate(chunks):  # only the last chunk's output is sampled
+            await first.send_prompt(chunk, seq, sample=seq == len(chunks) - 1)
+        self._stall_s = STEP_STALL_S + STALL_PER_ROW_S * len(prompt)
+        return first.prompt_ids
 
-    async def open(self) -> tuple[int, ...]:
-        """Open every stage; the prompt's token ids (from the first stage)."""
-        self.links = await self._open_all(list(self._plan.route.stages))
-        return self.links[0].prompt_ids
-
-    async def _open_all(self, offers: list[StageOffer]) -> list[StageLink]:
+    async def _open_all(self, offers: list[StageOffer], session_ids: list[str]) -> list[StageLink]:
         links: list[StageLink | None] = [None] * len(offers)
+        self._failed_opens = failed = []
 
-        async def open_one(i: int) -> None:
-            self.tried.append(offers[i].peer_id)
-            links[i] = await StageLink.open(
-                self._network.host, offers[i], self._plan.model_hash, self._params, self._dtype
-            )
+        async def open_one(k: int) -> None:
+            after = (k + 1) % len(offers)  # the last stage's tokens go back to the first
+            relay = ShardRelay(peer_id=offers[after].peer_id, session_id=session_ids[after],
+                               addrs=self._addrs(offers[after].peer_id))
+            self.tried.append(offers[k].peer_id)
+            try:
+                links[k] = await StageLink.open(self._network.host, offers[k], self._plan.model_hash,
+                                                self._params, self._dtype, session_ids[k], relay)
+            except (PeerError, MalformedMessage):
+                failed.append(offers[k].peer_id)
+                raise
 
         try:
             async with trio.open_nursery() as nursery:
-                for i in range(len(offers)):
-                    nursery.start_soon(open_one, i)
+                for k in range(len(offers)):
+                    nursery.start_soon(open_one, k)
         except BaseException as exc:
             for link in links:
                 if link is not None:
@@ -150,82 +180,87 @@ class Chain:
             raise
         return [link for link in links if link is not None]
 
-    async def step(self, x: Tensor, *, sample: bool) -> ShardSampled | None:
-        """Run one step through the whole chain, repairing it as needed."""
-        k = 0
-        out: Tensor | ShardSampled | None = x
-        while k < len(self.links):
-            link = self.links[k]
-            assert out is not None and not isinstance(out, ShardSampled)
-            recorded = self._inputs[link.offer.start]
-            if len(recorded) == link.steps:
-                recorded.append((out, sample))
-            try:
-                out = await link.step(out, sample=sample)
-                k += 1
-            except (PeerError, MalformedMessage) as exc:
-                out, k = await self._repair(k, exc)
-        assert out is None or isinstance(out, ShardSampled)
-        return out
+    def _addrs(self, peer_id: str) -> tuple[str, ...]:
+        """Where this client reaches the peer: a stage that has not met it dials there."""
+        try:
+            known = self._network.host.get_peerstore().addrs(ID.from_base58(peer_id))
+        except Exception:  # py-libp2p raises when it has never heard of the peer
+            return ()
+        return tuple(str(addr) for addr in known[:16])
 
-    async def _repair(self, k: int, cause: Exception) -> tuple[Tensor | ShardSampled | None, int]:
-        """Replace stage k (and whatever else the new plan needs) and replay its steps.
-
-        Returns the output at the replaced span's end for the current step, and the
-        index of the next stage to run.
-        """
-        failed = self.links[k]
-        start, stop = failed.offer.start, failed.offer.stop
-        # After a lost session the same peer may serve again; otherwise it is out.
-        same_peer_ok = isinstance(cause, RemoteError) and cause.code in _REPLAYABLE
-        culprits = set() if same_peer_ok else {failed.peer_id}
-        await failed.close(clean=False)
+    async def next_sampled(self) -> ShardSampled:
+        """The last stage's next token, replacing the chain as often as it breaks."""
         while True:
-            self._repairs += 1
-            if self._repairs > MAX_REPAIRS:
+            k, event = await self._next_event()
+            if isinstance(event, ShardSampled) and k == len(self.links) - 1:
+                self._stall_s = STEP_STALL_S
+                return event
+            await self._replace(self._at_fault(k, event), event)
+
+    async def _next_event(self) -> _Event:
+        assert self._events is not None, "start() first"
+        with trio.move_on_after(self._stall_s):
+            return await self._events.receive()
+        return -1, PeerStalled(f"the chain sent no token for {self._stall_s:.1f} s")
+
+    def _at_fault(self, k: int, event: ShardSampled | None | Exception) -> set[str]:
+        """The peers not to ask again in this answer, from what stage k's stream brought."""
+        if k < 0:
+            return set()  # a stall: which stage stopped is not known
+        if isinstance(event, RemoteError) and event.code == "relay_failed":
+            return {self.links[(k + 1) % len(self.links)].peer_id}  # k could not reach the next one
+        if isinstance(event, RemoteError) and event.code in _REPLAYABLE:
+            return set()  # a lost session or a busy moment: the same peer may serve the replay
+        return {self.links[k].peer_id}
+
+    async def _replace(self, culprits: set[str], cause: object) -> None:
+        """Close this chain; plan another without the culprits and replay the session into it."""
+        await self.close(clean=False)
+        while True:
+            self.repairs += 1
+            if self.repairs > MAX_REPAIRS:
                 raise NoCapablePeer(f"the chain failed {MAX_REPAIRS} times; last: {cause}")
             for peer_id in culprits:
                 self._broken.add(peer_id)
                 self._network.health.failed(peer_id, trio.current_time())
-            logger.info("stage [%d, %d) failed (%s); replacing it", start, stop, cause)
+            logger.info("the chain broke (%s); replacing it without %s", cause, sorted(culprits) or "anyone")
             try:
                 route = plan_shard_route(
                     [s for _, s in self._network.stage_offers(self._plan.model_id, self._plan.model_hash)],
-                    self._plan.n_layers, start=start, stop=stop, exclude=frozenset(self._broken),
+                    self._plan.n_layers, exclude=frozenset(self._broken),
                 )
             except RoutingError as exc:
-                raise NoCapablePeer(f"no spare stage for blocks [{start}, {stop}): {exc}") from None
-            replacement: list[StageLink] = []
+                raise NoCapablePeer(f"no chain of stages is left: {exc}") from None
+            self._plan = replace(self._plan, route=route)
             try:
-                replacement = await self._open_all(list(route.stages))
-                out = await self._replay(replacement, start)
-            except (PeerError, MalformedMessage) as exc:
-                for link in replacement:
-                    await link.close(clean=False)
-                # Which of them failed is not known for sure: none of them is asked again.
-                cause, culprits = exc, set(route.peers)
-                continue
-            self.links[k : k + 1] = replacement
-            return out, k + len(replacement)
-
-    async def _replay(self, links: list[StageLink], start: int) -> Tensor | ShardSampled | None:
-        """Feed every recorded input at `start` through `links`; the last step's output."""
-        out: Tensor | ShardSampled | None = None
-        for x, sample in list(self._inputs[start]):
-            out = x
-            for link in links:
-                assert out is not None and not isinstance(out, ShardSampled)
-                recorded = self._inputs[link.offer.start]
-                if link.offer.start != start and len(recorded) == link.steps:
-                    recorded.append((out, sample))
-                out = await link.step(out, sample=sample)
-            if isinstance(out, ShardSampled):
-                self.replayed.append(out)
-        return out
+                await self.start()
+                return
+            except (PeerError, MalformedMessage) as exc:  # a session did not open, or the prompt not go in
+                cause, culprits = exc, set(self._failed_opens) or {route.peers[0]}
+            await self.close(clean=False)
 
     async def close(self, *, clean: bool) -> None:
+        if self._events is not None:
+            self._events.close()  # listeners still reading end with their streams
         for link in self.links:
             await link.close(clean=clean)
+
+
+async def _listen(k: int, link: StageLink, events: trio.MemorySendChannel[_Event]) -> None:
+    """Pass on what stage k's stream brings until it ends, fails or nobody listens."""
+    async with events:
+        while True:
+            event: ShardSampled | None | Exception
+            try:
+                event = await link.receive()
+            except Exception as exc:  # whatever broke, the chain must hear of it, not the network
+                event = exc if isinstance(exc, PeerError | MalformedMessage) else PeerError(repr(exc))
+            try:
+                await events.send((k, event))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the chain was closed or replaced
+            if not isinstance(event, ShardSampled):
+                return
 
 
 async def run_chain(
@@ -235,32 +270,22 @@ async def run_chain(
     chain = Chain(network, plan, params, dtype)
     clean = False
     try:
-        prompt = await chain.open()
-        ids = np.asarray(prompt, dtype=np.int32).reshape(-1, 1)  # (T, 1)
-        rows = min(PREFILL_ROWS, rows_per_frame(chain.links[0].n_embd, dtype))
-        chunks = [ids[i : i + rows] for i in range(0, len(ids), rows)]
+        prompt = await chain.start()
         next_index, count = 0, 0
-        reply: ShardSampled | None = None
-        for i, chunk in enumerate(chunks):
-            reply = await chain.step(chunk, sample=i == len(chunks) - 1)
         while True:
-            assert reply is not None
-            sampled = [*chain.replayed, reply]
-            chain.replayed.clear()
-            for frame in (f for s in sampled for f in s.frames):
-                if frame.index >= next_index:  # a replayed last stage repeats what was sent
+            sampled = await chain.next_sampled()
+            for frame in sampled.frames:
+                if frame.index >= next_index:  # a replayed chain repeats what was sent
                     next_index = frame.index + 1
                     count += 1
                     yield frame
-            if reply.finish_reason is not None:
+            if sampled.finish_reason is not None:
                 clean = True
                 yield ChainResult(
                     plan.model_id, plan.model_hash,
                     Usage(prompt_tokens=len(prompt), completion_tokens=count),
-                    reply.finish_reason, tuple(link.peer_id for link in chain.links), tuple(chain.tried),
+                    sampled.finish_reason, tuple(link.peer_id for link in chain.links), tuple(chain.tried),
                 )
                 return
-            reply = await chain.step(np.array([[reply.token_id]], dtype=np.int32), sample=True)
     finally:
         await chain.close(clean=clean)
-

@@ -53,6 +53,7 @@ class Network:
     reputation: Reputation | None = None  # what this client has seen each peer do
     exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
     min_evidence: float = MIN_EVIDENCE
+    tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
 
     async def note(self, peer_id: str, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
@@ -245,6 +246,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
                 nursery.start_soon(_learn_quietly, network, peer_id)
         network.liveness = LivenessWatch(host, network.directory, network._on_probe)
         async with trio.open_nursery() as nursery:
+            network.tasks = nursery
             nursery.start_soon(network.liveness.run)
             if settings.mdns:
                 nursery.start_soon(_follow_mdns, network)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
-from libp2p.abc import INetStream
+from libp2p.abc import IHost, INetStream
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
@@ -100,7 +100,9 @@ async def whole_model(
 
 
 @asynccontextmanager
-async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str) -> AsyncIterator[Serving]:
+async def model_stage(
+    settings: NodeSettings, model: LocalModel, model_hash: str, host: IHost
+) -> AsyncIterator[Serving]:
     from dinet.engine._compute_thread import ComputeThread
     from dinet.engine._stage import Stage
     from dinet.models._gguf import read_layout
@@ -113,7 +115,7 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
     try:
         stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
         service = ShardService(
-            stage, compute, model_hash, span,
+            stage, compute, model_hash, span, host,
             max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s,
         )
 
@@ -130,7 +132,7 @@ async def model_stage(settings: NodeSettings, model: LocalModel, model_hash: str
             figures, available=lambda: True,
             # Torch runs in a thread of the node: no worker process, so no sandbox either.
             state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
-            background=[service.expire_sessions],
+            background=[service.run],
         )
     finally:
         compute.close()

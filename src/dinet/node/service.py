@@ -84,7 +84,7 @@ async def serve_node(
         allowance=settings.free_allowance, priority=settings.priority,
     )
     serving_context = (
-        model_stage(settings, model, model_hash)
+        model_stage(settings, model, model_hash, host)
         if settings.layers is not None
         else whole_model(settings, model, model_hash, accountant)
     )

@@ -6,6 +6,14 @@ the session's KV cache. Steps run one at a time per stage on the stage's compute
 thread (`engine._compute_thread`): torch releases the GIL inside its kernels, and a
 thread hand-off costs far less per token than a pipe to another process would.
 
+A session opened with a relay does not answer its steps: each output goes on as a
+step of the next stage's session, over one stream this stage opens to it, and the
+last stage's chosen token goes back to the first stage as its next step. A token then
+costs three messages around the ring instead of six through the client. The last
+stage still sends the client its `shard_sampled` replies (gathered, `TELL_EVERY_S`); a
+relay that breaks is reported to the client as `relay_failed`, or as `unknown_session`
+when the next stage has lost its session (the client replays it there).
+
 Errors a client can act on keep the stream open (`unknown_session`, `bad_request`
 for a step the stage cannot take); a malformed or oversized frame closes it. The
 node keeps serving everyone else either way.
@@ -15,28 +23,34 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
+import numpy.typing as npt
 import trio
-from libp2p.abc import INetStream
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
 
 from dinet.engine._compute_thread import ComputeThread
 from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
-from dinet.p2p.streams import FramedStream
-from dinet.wire.messages import ErrorCode
+from dinet.p2p.host import remember_addrs
+from dinet.p2p.streams import FramedStream, open_framed
+from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.messages import ErrorCode, ErrorFrame
 from dinet.wire.shard import (
     ShardAck,
     ShardClose,
     ShardHidden,
     ShardOpen,
     ShardOpened,
+    ShardRelay,
     ShardSampled,
     ShardStep,
+    decode_shard_reply,
     decode_shard_request,
     decode_tensor,
     rows_per_frame,
@@ -48,12 +62,31 @@ logger = logging.getLogger(__name__)
 OPEN_WAIT_S = 10.0  # a new stream must open a session this soon
 RAW_WAIT_S = 10.0  # a step's tensor frame must follow its header this soon
 EXPIRE_EVERY_S = 1.0
+RELAY_OPEN_S = 5.0  # the next stage must take a stream this soon
+# The last stage of a relay sends its tokens to the client at most this often (the first
+# and the last at once). A write per token cost the client's and the stages' shared
+# cores enough to slow a 3-stage chain on 2 cores from 57 to 49 tok/s; 0.1 s is still
+# ten updates a second.
+TELL_EVERY_S = 0.1
 
 
 class _Refused(Exception):
     def __init__(self, code: ErrorCode, message: str, *, fatal: bool = False) -> None:
         super().__init__(message)
         self.code, self.message, self.fatal = code, message, fatal
+
+
+@dataclass
+class _Relay:
+    """Where a relayed session's outputs go, and the client to tell when that fails."""
+
+    target: ShardRelay
+    client: FramedStream  # the stream the session was opened on
+    link: FramedStream | None = None  # to the target, opened at the first step passed on
+    watch: trio.CancelScope = field(default_factory=trio.CancelScope)
+    failed: bool = False
+    untold: list[ShardSampled] = field(default_factory=list)  # tokens the client has not been sent
+    told_at: float = 0.0
 
 
 @dataclass
@@ -72,9 +105,13 @@ class StageStats:
 
 class ShardService:
     def __init__(
-        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], *,
+        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], host: IHost, *,
         max_kv_bytes: int, idle_s: float,
     ) -> None:
+        self._host = host
+        self._me = host.get_id().to_base58()
+        self._relays: dict[str, _Relay] = {}  # session id -> its relay, if it has one
+        self._tasks: trio.Nursery | None = None  # relay watchers run here
         self._stage = stage
         self._compute = compute  # the one thread of all of this stage's torch calls, in order
         self._model_hash = model_hash
@@ -87,11 +124,13 @@ class ShardService:
     def active(self) -> int:
         return len(self.table)
 
-    async def expire_sessions(self) -> None:
-        """Evict idle sessions, forever."""
-        while True:
-            self.table.expire(trio.current_time())
-            await trio.sleep(EXPIRE_EVERY_S)
+    async def run(self) -> None:
+        """Evict idle sessions and watch relays, forever."""
+        async with trio.open_nursery() as nursery:
+            self._tasks = nursery
+            while True:
+                self.table.expire(trio.current_time())
+                await trio.sleep(EXPIRE_EVERY_S)
 
     async def handle(self, stream: INetStream) -> None:
         framed = FramedStream(stream)
@@ -104,7 +143,7 @@ class ShardService:
             return
         finally:
             for session_id in owned:
-                self.table.remove(session_id)
+                await self._drop(session_id)
         await framed.close()
 
     async def _serve(self, framed: FramedStream, owned: set[str]) -> None:
@@ -140,15 +179,23 @@ class ShardService:
         if tuple(message.span) != self.span:
             held, asked = list(self.span), list(message.span)
             raise _Refused("wrong_span", f"this stage holds blocks {held}, not {asked}")
+        if message.relay is not None:
+            try:
+                ID.from_base58(message.relay.peer_id)
+            except ValueError:
+                raise _Refused("bad_request", "the relay's peer id is not a peer id") from None
         try:
             session = await self._compute.run(partial(self._stage.open, message.params, message.dtype))
         except StageRequestError as exc:
             raise _Refused("bad_request", str(exc)) from None
         for session_id in owned:  # one session per stream: a new open replaces the old one
-            self.table.remove(session_id)
+            await self._drop(session_id)
         owned.clear()
         owned.add(message.session_id)
+        await self._drop(message.session_id)  # an id opened again starts afresh
         self.table.add(message.session_id, session, trio.current_time())
+        if message.relay is not None:
+            self._relays[message.session_id] = _Relay(message.relay, framed)
         self.table.end(message.session_id, trio.current_time())
         await framed.send(
             ShardOpened(session_id=message.session_id, n_embd=self._stage.model.n_embd,
@@ -165,6 +212,19 @@ class ShardService:
         x = decode_tensor(raw, step.rows, width, step.dtype)  # (rows, width)
         if step.rows > self._max_rows:
             raise _Refused("bad_request", f"at most {self._max_rows} rows per step")
+        next_step: tuple[ShardStep, npt.NDArray[np.generic]] | None = (step, x)
+        while next_step is not None:  # a relay to a session of this same stage goes round here
+            step, x = next_step
+            session, out = await self._compute_step(step, x)
+            relay = self._relays.get(step.session_id)
+            if relay is None:
+                await self._answer(framed, step, session, out)
+                return
+            next_step = await self._pass_on(relay, step, session, out)
+
+    async def _compute_step(
+        self, step: ShardStep, x: npt.NDArray[np.generic]
+    ) -> tuple[StageSession, npt.NDArray[np.float32] | Sampled | None]:
         session = self.table.begin(step.session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(step.session_id))
@@ -183,15 +243,125 @@ class ShardService:
                 self.stats.record(time.perf_counter() - started)
         finally:
             self.table.end(step.session_id, trio.current_time())
+        return session, out
+
+    async def _answer(
+        self, framed: FramedStream, step: ShardStep, session: StageSession,
+        out: npt.NDArray[np.float32] | Sampled | None,
+    ) -> None:
+        """The step's output, back to whoever sent the step."""
         if out is None:
             await framed.send(ShardAck(seq=step.seq))
-            return
-        if isinstance(out, Sampled):
-            await framed.send(ShardSampled(seq=step.seq, index=out.index, token_id=out.token_id,
-                                           frames=out.frames, finish_reason=out.finish_reason))
-            return
-        dtype = session.dtype
-        hidden = out if dtype == "f32" else out.astype(np.float16)
-        header = ShardHidden(seq=step.seq, rows=step.rows, dtype=dtype)
-        await framed.send_framed(tensor_frames(header, hidden))
+        elif isinstance(out, Sampled):
+            await framed.send(_sampled(step, out))
+        else:
+            header = ShardHidden(seq=step.seq, rows=step.rows, dtype=session.dtype)
+            await framed.send_framed(tensor_frames(header, _hidden(session, out)))
 
+    async def _pass_on(
+        self, relay: _Relay, step: ShardStep, session: StageSession,
+        out: npt.NDArray[np.float32] | Sampled | None,
+    ) -> tuple[ShardStep, npt.NDArray[np.generic]] | None:
+        """Send the output on as the relay's next step; that step, if it is this stage's own."""
+        if relay.failed or out is None:  # failed: the client replaces the chain; None: a prompt chunk
+            return None
+        target = relay.target.session_id
+        if isinstance(out, Sampled):
+            if out.finish_reason is not None:
+                await self._tell_client(relay, _sampled(step, out))
+                return None
+            # The chosen token is the first stage's next step: seq counts the same on every stage.
+            on = ShardStep(session_id=target, seq=step.seq + 1, rows=1, dtype="i32")
+            data: npt.NDArray[np.generic] = np.array([[out.token_id]], dtype=np.int32)
+        else:
+            on = ShardStep(session_id=target, seq=step.seq, rows=step.rows, dtype=session.dtype,
+                           sample=step.sample)
+            data = _hidden(session, out)
+        if relay.target.peer_id == self._me:
+            if isinstance(out, Sampled):
+                await self._tell_client(relay, _sampled(step, out))
+            return on, data
+        await self._send_on(relay, on, data)
+        if isinstance(out, Sampled):  # after the next step is on its way: that is the critical path
+            await self._tell_client(relay, _sampled(step, out))
+        return None
+
+    async def _send_on(self, relay: _Relay, step: ShardStep, data: npt.NDArray[np.generic]) -> None:
+        try:
+            if relay.link is None:
+                relay.link = await self._dial(relay.target)
+                assert self._tasks is not None, "ShardService.run() is not running"
+                self._tasks.start_soon(self._watch, relay)
+            await relay.link.send_framed(tensor_frames(step, data))
+        except PeerError as exc:
+            await self._relay_failed(relay, "relay_failed", str(exc))
+
+    async def _dial(self, target: ShardRelay) -> FramedStream:
+        peer = ID.from_base58(target.peer_id)
+        try:
+            known = bool(self._host.get_peerstore().addrs(peer))
+        except Exception:  # py-libp2p raises when it has never heard of the peer
+            known = False
+        if not known and target.addrs:  # the client's addresses only fill a gap, never replace ours
+            remember_addrs(self._host, target.peer_id, target.addrs)
+        return await open_framed(self._host, target.peer_id, SHARD_PROTOCOL, RELAY_OPEN_S)
+
+    async def _watch(self, relay: _Relay) -> None:
+        """The next stage answers a relayed step only when it refuses it: report that."""
+        assert relay.link is not None
+        with relay.watch:
+            code: ErrorCode = "relay_failed"
+            try:
+                payload = await relay.link.receive()
+                reason = "it ended the stream"
+                if payload is not None:
+                    reply = decode_shard_reply(payload)
+                    if isinstance(reply, ErrorFrame):  # a lost session is the client's to replay
+                        code = "unknown_session" if reply.code == "unknown_session" else code
+                        reason = f"{reply.code}: {reply.message}"
+                    else:
+                        reason = f"it answered a relayed step with {reply.kind}"
+            except (PeerError, MalformedMessage, FrameTooLarge) as exc:
+                reason = str(exc)
+            await self._relay_failed(relay, code, reason)
+
+    async def _relay_failed(self, relay: _Relay, code: ErrorCode, reason: str) -> None:
+        if relay.failed:
+            return
+        relay.failed = True
+        message = f"the next stage {relay.target.peer_id}: {reason}"
+        try:
+            await refuse(relay.client, code, message)
+        except PeerError:
+            pass  # the client has gone as well
+
+    async def _tell_client(self, relay: _Relay, sampled: ShardSampled) -> None:
+        relay.untold.append(sampled)
+        now = trio.current_time()
+        if sampled.index > 0 and sampled.finish_reason is None and now - relay.told_at < TELL_EVERY_S:
+            return
+        told, relay.untold, relay.told_at = relay.untold, [], now
+        try:
+            await relay.client.send_all(told)
+        except PeerError:
+            relay.failed = True  # nobody to answer: stop the ring here
+
+    async def _drop(self, session_id: str) -> None:
+        """Free a session and close its relay."""
+        self.table.remove(session_id)
+        relay = self._relays.pop(session_id, None)
+        if relay is not None:
+            relay.failed = True
+            relay.watch.cancel()
+            if relay.link is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await relay.link.close()
+
+
+def _sampled(step: ShardStep, out: Sampled) -> ShardSampled:
+    return ShardSampled(seq=step.seq, index=out.index, token_id=out.token_id, frames=out.frames,
+                        finish_reason=out.finish_reason)
+
+
+def _hidden(session: StageSession, out: npt.NDArray[np.float32]) -> npt.NDArray[np.generic]:
+    return out if session.dtype == "f32" else out.astype(np.float16)

@@ -22,6 +22,9 @@ class FramedStream:
         self.stream = stream
         self._reader = FrameReader(self._read_some, max_size)
         self._max_size = max_size
+        # A relayed shard session writes to its client's stream from another stream's
+        # task: one write at a time keeps frames whole.
+        self._writing = trio.Lock()
 
     @property
     def remote_peer(self) -> str:
@@ -40,15 +43,13 @@ class FramedStream:
         return await self._reader.read_frame()
 
     async def send_payload(self, payload: bytes) -> None:
-        try:
-            await self.stream.write(encode_frame(payload, self._max_size))
-        except StreamError as exc:
-            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+        await self.send_framed(encode_frame(payload, self._max_size))
 
     async def send_framed(self, data: bytes) -> None:
         """Bytes that already hold whole frames (`encode_frame`), in one write."""
         try:
-            await self.stream.write(data)
+            async with self._writing:
+                await self.stream.write(data)
         except StreamError as exc:
             raise PeerError(f"stream broke: {type(exc).__name__}") from None
 
@@ -57,11 +58,7 @@ class FramedStream:
 
     async def send_all(self, messages: Sequence[Message]) -> None:
         """Several frames in one write: py-libp2p's cost is per write, not per byte."""
-        data = b"".join(encode_frame(encode(m), self._max_size) for m in messages)
-        try:
-            await self.stream.write(data)
-        except StreamError as exc:
-            raise PeerError(f"stream broke: {type(exc).__name__}") from None
+        await self.send_framed(b"".join(encode_frame(encode(m), self._max_size) for m in messages))
 
     async def close(self) -> None:
         try:

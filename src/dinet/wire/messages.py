@@ -121,6 +121,7 @@ ErrorCode = Literal[
     "internal",  # anything else
     "unknown_session",  # /dinet/shard/1: no such session here (never opened, ended or evicted)
     "wrong_span",  # /dinet/shard/1: this stage does not hold the layers asked for
+    "relay_failed",  # /dinet/shard/1: the next stage of a relayed session cannot be reached
 ]
 
 

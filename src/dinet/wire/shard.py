@@ -34,9 +34,28 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 MAX_STEP_ROWS = 4096  # a whole prompt fits the protocol; the frame cap bounds it further
 
 
+class ShardRelay(Message):
+    """Where a stage passes its outputs on: a session it may step on another stage.
+
+    The session id is the capability: the client chose it at random for that stage.
+    `addrs` let the stage dial a peer it has not met yet.
+    """
+
+    peer_id: str = Field(min_length=1, max_length=128)
+    session_id: str = Field(min_length=1, max_length=64)
+    addrs: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
+
+
 class ShardOpen(Message):
     """Start a session. Every stage gets the request's params: the first tokenizes the
-    prompt, the last samples and detokenizes; the others check and ignore them."""
+    prompt, the last samples and detokenizes; the others check and ignore them.
+
+    With `relay` set, the stage does not answer steps with their output: it sends each
+    output on as a step of the relay's session (hidden states to the next stage; the
+    last stage's chosen token back to the first), and the last stage sends only its
+    `shard_sampled` replies to this stream. A relay that fails is reported here as
+    `relay_failed`.
+    """
 
     kind: Literal["shard_open"] = "shard_open"
     session_id: str = Field(min_length=1, max_length=64)
@@ -44,6 +63,7 @@ class ShardOpen(Message):
     span: tuple[int, int]
     params: GenerationParams
     dtype: HiddenDType = "f32"  # of the hidden states this stage sends back
+    relay: ShardRelay | None = None
 
 
 class ShardOpened(Message):
