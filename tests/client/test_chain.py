@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from tests.gateway._gateway_helpers import API_KEY, start_gateway
@@ -33,6 +34,7 @@ from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.discovery import dial, peer_info_from
+from dinet.p2p.identity import peer_id_of
 from dinet.p2p.streams import FramedStream
 from dinet.routing.shard import Route, StageOffer
 from dinet.wire.ids import SHARD_PROTOCOL
@@ -42,6 +44,7 @@ from dinet.wire.shard import (
     ShardHidden,
     ShardOpen,
     ShardOpened,
+    ShardRelay,
     ShardStep,
     decode_shard_reply,
     decode_tensor,
@@ -302,6 +305,19 @@ async def test_bad_frames_get_typed_errors_and_the_stage_keeps_serving(stages):
         assert (await reply(framed)).code == "bad_request"
         with trio.fail_after(30):
             assert await framed.receive() is None  # a frame that does not decode ends the stream
+
+        # A relay the stage cannot follow: a peer id that is not one, then a peer nobody runs.
+        relayed = await shard_stream()
+        bogus = ShardRelay(peer_id="not-a-peer", session_id="x")
+        await relayed.send(ShardOpen(session_id="s3", span=(0, 10), params=params, relay=bogus))
+        assert (await reply(relayed)).code == "bad_request"
+        nobody = peer_id_of(create_new_key_pair())
+        gone = ShardRelay(peer_id=nobody, session_id="x", addrs=("/ip4/127.0.0.1/tcp/9",))
+        await relayed.send(ShardOpen(session_id="s3", span=(0, 10), params=params, relay=gone))
+        assert isinstance(await reply(relayed), ShardOpened)
+        await relayed.send_framed(step("s3", 0, ids))  # relayed: no answer unless the relay fails
+        failed = await reply(relayed)
+        assert failed.code == "relay_failed" and nobody in failed.message
 
         fresh = await shard_stream()  # and the stage still serves new sessions
         await fresh.send(ShardOpen(session_id="s2", span=(0, 10), params=params))
