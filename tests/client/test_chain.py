@@ -210,6 +210,32 @@ async def test_a_session_lost_at_a_stage_is_replayed_without_a_change(tmp_path, 
         assert [(link.offer.start, link.offer.stop) for link in chain.links] == [(0, 10), (10, 20), (20, 30)]
 
 
+async def test_a_hung_stage_is_found_and_left_out(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[1]
+    a, c = stages["A"], stages["C"]
+    hung, spare = stages["B"], stages["B2"]
+    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(hung.peer_id, 10, 20),
+                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    frames: list[TokenFrame] = []
+    result = None
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await network.discover(None, None, timeout=30, or_stages=True)
+        plan = ChainPlan(route, a.model_id, a.model_hash, 30)
+        try:
+            async for event in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS)):
+                if isinstance(event, ChainResult):
+                    result = event
+                    continue
+                frames.append(event)
+                if len(frames) == 1:  # mid-answer the middle stage hangs: no error, no closed stream
+                    os.kill(hung.process.pid, signal.SIGSTOP)
+        finally:
+            os.kill(hung.process.pid, signal.SIGCONT)
+    assert result is not None
+    assert [f.token_id for f in frames] == llama_answers[prompt][0]  # each token once, unchanged
+    assert result.chain == (a.peer_id, spare.peer_id, c.peer_id)  # the silent stage was left out
+
+
 async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, stages, llama_answers):
     prompt = PROMPTS[0]
     middle = {stages["B"].peer_id: stages["B"], stages["B2"].peer_id: stages["B2"]}

@@ -38,6 +38,7 @@ from dinet.errors import (
     RoutingError,
     first_dinet_error,
 )
+from dinet.p2p.discovery import fetch_manifests
 from dinet.routing.shard import Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
@@ -48,6 +49,7 @@ PREFILL_ROWS = 256  # prompt tokens per prefill step
 MAX_REPAIRS = 8  # chain replacements in one answer before giving up
 STEP_STALL_S = 10.0  # no token for this long: the chain is stuck
 STALL_PER_ROW_S = 0.05  # the first token waits for the whole prompt too
+STALL_PROBE_S = 3.0  # after a stall, a stage that does not answer a manifest query this soon is left out
 _REPLAYABLE = {"unknown_session", "internal", "busy", "rate_limited"}  # same peer may do
 
 # What a stage's stream brought: the last stage's token, the end of the stream, or a failure.
@@ -195,7 +197,8 @@ class Chain:
             if isinstance(event, ShardSampled) and k == len(self.links) - 1:
                 self._stall_s = STEP_STALL_S
                 return event
-            await self._replace(self._at_fault(k, event), event)
+            culprits = await self._silent_peers() if k < 0 else self._at_fault(k, event)
+            await self._replace(culprits, event)
 
     async def _next_event(self) -> _Event:
         assert self._events is not None, "start() first"
@@ -205,13 +208,28 @@ class Chain:
 
     def _at_fault(self, k: int, event: ShardSampled | None | Exception) -> set[str]:
         """The peers not to ask again in this answer, from what stage k's stream brought."""
-        if k < 0:
-            return set()  # a stall: which stage stopped is not known
         if isinstance(event, RemoteError) and event.code == "relay_failed":
             return {self.links[(k + 1) % len(self.links)].peer_id}  # k could not reach the next one
         if isinstance(event, RemoteError) and event.code in _REPLAYABLE:
             return set()  # a lost session or a busy moment: the same peer may serve the replay
         return {self.links[k].peer_id}
+
+    async def _silent_peers(self) -> set[str]:
+        """After a stall: the chain's stages that no longer answer at all (hung, or gone
+        without closing their connection). A stall nobody is found guilty of is replayed
+        on the same stages."""
+        silent: set[str] = set()
+
+        async def ask(peer_id: str) -> None:
+            try:
+                await fetch_manifests(self._network.host, peer_id, include_known=False, timeout=STALL_PROBE_S)
+            except (PeerError, MalformedMessage):
+                silent.add(peer_id)
+
+        async with trio.open_nursery() as nursery:
+            for link in self.links:
+                nursery.start_soon(ask, link.peer_id)
+        return silent
 
     async def _replace(self, culprits: set[str], cause: object) -> None:
         """Close this chain; plan another without the culprits and replay the session into it."""
