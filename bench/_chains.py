@@ -38,7 +38,7 @@ from dinet.wire.messages import (
     TokenFrame,
     decode_reply,
 )
-from dinet.wire.shard import ShardHidden, ShardStep, tensor_frames
+from dinet.wire.shard import ShardStep, tensor_frames
 
 N_LAYERS = 30
 N_EMBD = 576
@@ -136,11 +136,12 @@ async def _infer(network: Network, peer_id: str, request: GenerationParams) -> A
 
 
 def bytes_per_token_per_hop() -> int:
-    """One decode step on a middle hop: the step sent (header + f32 row) and the hidden state back."""
+    """One decode step passed on between stages of a relayed chain: its header and one f32 row.
+
+    (The hop from the last stage back to the first carries a token id: fewer bytes.)
+    """
     row = np.zeros((1, N_EMBD), dtype=np.float32)
-    sent = tensor_frames(ShardStep(session_id="0" * 32, seq=100, rows=1, dtype="f32"), row)
-    back = tensor_frames(ShardHidden(seq=100, rows=1, dtype="f32"), row)
-    return len(sent) + len(back)
+    return len(tensor_frames(ShardStep(session_id="0" * 32, seq=100, rows=1, dtype="f32"), row))
 
 
 def median(values: list[float]) -> float:
@@ -191,7 +192,7 @@ def measure_chains(
             per_hop_ms = (1000 / speed - 1000 / torch_whole_tokens_per_s) / config.hops
         ratio = speed / llama_whole_tokens_per_s if llama_whole_tokens_per_s else 0.0
         hop = "-" if per_hop_ms is None else f"{per_hop_ms:.2f}"
-        size = hop_bytes if config.hops else "-"
+        size = hop_bytes if config.hops > 1 else "-"  # one stage passes nothing on: it loops itself
         print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{size:>15} {hop:>9}")
         rows.append({"name": config.name, "stages": config.hops, "tokens_per_s": round(speed, 2),
                      "vs_llama_cpp_whole": round(ratio, 3),

@@ -6,7 +6,7 @@
    Also the cost of the torch engine's parts per decode step (30 blocks, output head)
    and the bytes a hidden state costs per token per hop.
 2. Chains (`bench/_chains.py`): `din node` processes over loopback, a whole llama.cpp
-   node and 1-, 2- and 3-stage torch chains (`--layers`) driven by the client, rounds
+   node and 1-, 2- and 3-stage torch chains (`--layers`), relayed in a ring, rounds
    alternated, medians of decode tok/s as the client sees tokens arrive; bytes per
    token per hop; per-hop overhead = (chain time per token - torch whole time per
    token) / hops.

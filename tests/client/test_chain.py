@@ -28,7 +28,7 @@ from tests.gateway._gateway_helpers import API_KEY, start_gateway
 from tests.helpers import chat, raw_host
 
 from dinet.client.ask import Answer, ask
-from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain
+from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain, silent_peers
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
@@ -229,6 +229,8 @@ async def test_a_hung_stage_is_found_and_left_out(tmp_path, stages, llama_answer
                 frames.append(event)
                 if len(frames) == 1:  # mid-answer the middle stage hangs: no error, no closed stream
                     os.kill(hung.process.pid, signal.SIGSTOP)
+            # How the chain found it: the one stage that no longer answers anything.
+            assert await silent_peers(network.host, list(route.peers)) == {hung.peer_id}
         finally:
             os.kill(hung.process.pid, signal.SIGCONT)
     assert result is not None

@@ -62,14 +62,18 @@ class StageLink:
             await framed.send(ShardOpen(session_id=session_id, model_hash=model_hash,
                                         span=(offer.start, offer.stop), params=params, dtype=dtype,
                                         relay=relay))
-            reply = await _reply(framed, peer_id, OPEN_REPLY_S)
-            if not isinstance(reply, ShardOpened) or reply.session_id != session_id:
-                raise MalformedMessage(f"{peer_id} answered an open with {reply.kind}")
+            with trio.move_on_after(OPEN_REPLY_S):
+                reply = await _next_reply(framed)
+                if reply is None:
+                    raise PeerError(f"{peer_id} ended the shard stream")
+                if not isinstance(reply, ShardOpened) or reply.session_id != session_id:
+                    raise MalformedMessage(f"{peer_id} answered an open with {reply.kind}")
+                return cls(offer, framed, session_id, reply.n_embd, reply.prompt_ids)
+            raise PeerStalled(f"{peer_id} sent nothing for {OPEN_REPLY_S:.1f} s")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await framed.reset()
             raise
-        return cls(offer, framed, session_id, reply.n_embd, reply.prompt_ids)
 
     async def send_prompt(self, ids: Tensor, seq: int, *, sample: bool) -> None:
         """One prefill step into the first stage: (rows, 1) int32 token ids."""
@@ -80,13 +84,8 @@ class StageLink:
         """The stage's next reply: a sampled token (last stage), or None when the stream ends.
 
         RemoteError for an error frame (a relay that failed comes as one)."""
-        payload = await self.framed.receive()
-        if payload is None:
-            return None
-        reply = decode_shard_reply(payload)
-        if isinstance(reply, ErrorFrame):
-            raise RemoteError(reply.code, reply.message)
-        if not isinstance(reply, ShardSampled):
+        reply = await _next_reply(self.framed)
+        if reply is not None and not isinstance(reply, ShardSampled):
             raise MalformedMessage(f"{self.peer_id} sent {reply.kind} in a relayed session")
         return reply
 
@@ -102,20 +101,11 @@ class StageLink:
                 await self.framed.reset()
 
 
-async def _receive(framed: FramedStream, peer_id: str, stall_s: float) -> bytes | None:
-    try:
-        with trio.fail_after(stall_s):
-            return await framed.receive()
-    except trio.TooSlowError:
-        raise PeerStalled(f"{peer_id} sent nothing for {stall_s:.1f} s") from None
-
-
-async def _reply(
-    framed: FramedStream, peer_id: str, stall_s: float
-) -> ShardOpened | ShardHidden | ShardSampled | ShardAck:
-    payload = await _receive(framed, peer_id, stall_s)
+async def _next_reply(framed: FramedStream) -> ShardOpened | ShardHidden | ShardSampled | ShardAck | None:
+    """The next reply on a stage's stream, or None at its end; RemoteError for an error frame."""
+    payload = await framed.receive()
     if payload is None:
-        raise PeerError(f"{peer_id} ended the shard stream")
+        return None
     reply = decode_shard_reply(payload)
     if isinstance(reply, ErrorFrame):
         raise RemoteError(reply.code, reply.message)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import trio
-from libp2p.peer.id import ID
+from libp2p.abc import IHost
 
 from dinet.client._stage_link import StageLink
 from dinet.client.network import Network
@@ -39,6 +39,7 @@ from dinet.errors import (
     first_dinet_error,
 )
 from dinet.p2p.discovery import fetch_manifests
+from dinet.p2p.host import known_addrs
 from dinet.routing.shard import Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
@@ -154,18 +155,19 @@ class Chain:
 
     async def _open_all(self, offers: list[StageOffer], session_ids: list[str]) -> list[StageLink]:
         links: list[StageLink | None] = [None] * len(offers)
-        self._failed_opens = failed = []
+        self._failed_opens = []
 
         async def open_one(k: int) -> None:
             after = (k + 1) % len(offers)  # the last stage's tokens go back to the first
-            relay = ShardRelay(peer_id=offers[after].peer_id, session_id=session_ids[after],
-                               addrs=self._addrs(offers[after].peer_id))
+            # Where this client reaches the next stage: a stage that has not met it dials there.
+            addrs = tuple(known_addrs(self._network.host, offers[after].peer_id)[:16])
+            relay = ShardRelay(peer_id=offers[after].peer_id, session_id=session_ids[after], addrs=addrs)
             self.tried.append(offers[k].peer_id)
             try:
                 links[k] = await StageLink.open(self._network.host, offers[k], self._plan.model_hash,
                                                 self._params, self._dtype, session_ids[k], relay)
             except (PeerError, MalformedMessage):
-                failed.append(offers[k].peer_id)
+                self._failed_opens.append(offers[k].peer_id)
                 raise
 
         try:
@@ -182,14 +184,6 @@ class Chain:
             raise
         return [link for link in links if link is not None]
 
-    def _addrs(self, peer_id: str) -> tuple[str, ...]:
-        """Where this client reaches the peer: a stage that has not met it dials there."""
-        try:
-            known = self._network.host.get_peerstore().addrs(ID.from_base58(peer_id))
-        except Exception:  # py-libp2p raises when it has never heard of the peer
-            return ()
-        return tuple(str(addr) for addr in known[:16])
-
     async def next_sampled(self) -> ShardSampled:
         """The last stage's next token, replacing the chain as often as it breaks."""
         while True:
@@ -197,7 +191,10 @@ class Chain:
             if isinstance(event, ShardSampled) and k == len(self.links) - 1:
                 self._stall_s = STEP_STALL_S
                 return event
-            culprits = await self._silent_peers() if k < 0 else self._at_fault(k, event)
+            culprits = (
+                await silent_peers(self._network.host, [link.peer_id for link in self.links])
+                if k < 0 else self._at_fault(k, event)
+            )
             await self._replace(culprits, event)
 
     async def _next_event(self) -> _Event:
@@ -213,23 +210,6 @@ class Chain:
         if isinstance(event, RemoteError) and event.code in _REPLAYABLE:
             return set()  # a lost session or a busy moment: the same peer may serve the replay
         return {self.links[k].peer_id}
-
-    async def _silent_peers(self) -> set[str]:
-        """After a stall: the chain's stages that no longer answer at all (hung, or gone
-        without closing their connection). A stall nobody is found guilty of is replayed
-        on the same stages."""
-        silent: set[str] = set()
-
-        async def ask(peer_id: str) -> None:
-            try:
-                await fetch_manifests(self._network.host, peer_id, include_known=False, timeout=STALL_PROBE_S)
-            except (PeerError, MalformedMessage):
-                silent.add(peer_id)
-
-        async with trio.open_nursery() as nursery:
-            for link in self.links:
-                nursery.start_soon(ask, link.peer_id)
-        return silent
 
     async def _replace(self, culprits: set[str], cause: object) -> None:
         """Close this chain; plan another without the culprits and replay the session into it."""
@@ -262,6 +242,24 @@ class Chain:
             self._events.close()  # listeners still reading end with their streams
         for link in self.links:
             await link.close(clean=clean)
+
+
+async def silent_peers(host: IHost, peer_ids: list[str]) -> set[str]:
+    """After a stall: the peers that no longer answer at all (hung, or gone without
+    closing their connection), by a manifest query each. A stall nobody is found guilty
+    of is replayed on the same stages."""
+    silent: set[str] = set()
+
+    async def ask(peer_id: str) -> None:
+        try:
+            await fetch_manifests(host, peer_id, include_known=False, timeout=STALL_PROBE_S)
+        except (PeerError, MalformedMessage):
+            silent.add(peer_id)
+
+    async with trio.open_nursery() as nursery:
+        for peer_id in peer_ids:
+            nursery.start_soon(ask, peer_id)
+    return silent
 
 
 async def _listen(k: int, link: StageLink, events: trio.MemorySendChannel[_Event]) -> None:

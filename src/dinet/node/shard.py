@@ -37,7 +37,7 @@ from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
-from dinet.p2p.host import remember_addrs
+from dinet.p2p.host import known_addrs, remember_addrs
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.ids import SHARD_PROTOCOL
 from dinet.wire.messages import ErrorCode, ErrorFrame
@@ -297,12 +297,8 @@ class ShardService:
             await self._relay_failed(relay, "relay_failed", str(exc))
 
     async def _dial(self, target: ShardRelay) -> FramedStream:
-        peer = ID.from_base58(target.peer_id)
-        try:
-            known = bool(self._host.get_peerstore().addrs(peer))
-        except Exception:  # py-libp2p raises when it has never heard of the peer
-            known = False
-        if not known and target.addrs:  # the client's addresses only fill a gap, never replace ours
+        if target.addrs and not known_addrs(self._host, target.peer_id):
+            # The client's addresses only fill a gap, never replace ours.
             remember_addrs(self._host, target.peer_id, target.addrs)
         return await open_framed(self._host, target.peer_id, SHARD_PROTOCOL, RELAY_OPEN_S)
 

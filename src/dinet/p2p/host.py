@@ -82,6 +82,14 @@ def full_addrs(host: IHost) -> list[str]:
     return out
 
 
+def known_addrs(host: IHost, peer_id: str) -> list[str]:
+    """The addresses libp2p holds for a peer; none if it has never heard of it."""
+    try:
+        return [str(addr) for addr in host.get_peerstore().addrs(ID.from_base58(peer_id))]
+    except Exception:  # py-libp2p raises when the peer is unknown
+        return []
+
+
 def remember_addrs(host: IHost, peer_id: str, addrs: Sequence[str]) -> None:
     """Tell libp2p where a peer is now, and forget that dials to it failed before.
 
