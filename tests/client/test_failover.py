@@ -75,6 +75,34 @@ async def wait_for_candidates(network, count: int, timeout: float = 30.0) -> set
     return found
 
 
+async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chaos_mesh):
+    """30 concurrent requests over 3 equal nodes: each serves its third, within 20%.
+
+    First in this module: after the chaos tests the nodes are no longer alike (one was
+    killed and restarted, one frozen and thawed), and in two fresh-clone suite runs the
+    spread after them came out 5 / 12 / 13.
+
+    The nodes queue at most 8 requests each beyond the one they generate, so 27 fit
+    at once: the rest are refused as busy and must spill over, not be dropped.
+    """
+    async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
+        await wait_for_candidates(network, 3)
+        answers: list[Answer] = []
+
+        async def one(i: int) -> None:
+            answers.append((await answer_to(network, chat(f"Write the number {i} in words.", max_tokens=12),
+                                      request_timeout=300))[1])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+        assert len(answers) == 30
+        shares = Counter(a.peer_id for a in answers)
+        assert set(shares) == {n.peer_id for n in chaos_mesh.nodes}
+        for peer_id, count in shares.items():
+            assert 8 <= count <= 12, f"{peer_id} served {count} of 30: {dict(shares)}"
+
+
 async def test_killing_the_serving_node_mid_answer_never_changes_the_text(tmp_path, chaos_mesh):
     rng = random.Random(20)
     async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
@@ -143,27 +171,3 @@ async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, 
             for _ in range(9):  # enough that spreading load must reach every usable peer
                 nursery.start_soon(one)
         assert frozen.peer_id in {a.peer_id for a in results}
-
-
-async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chaos_mesh):
-    """30 concurrent requests over 3 equal nodes: each serves its third, within 20%.
-
-    The nodes queue at most 8 requests each beyond the one they generate, so 27 fit
-    at once: the rest are refused as busy and must spill over, not be dropped.
-    """
-    async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
-        await wait_for_candidates(network, 3)
-        answers: list[Answer] = []
-
-        async def one(i: int) -> None:
-            answers.append((await answer_to(network, chat(f"Write the number {i} in words.", max_tokens=12),
-                                      request_timeout=300))[1])
-
-        async with trio.open_nursery() as nursery:
-            for i in range(30):
-                nursery.start_soon(one, i)
-        assert len(answers) == 30
-        shares = Counter(a.peer_id for a in answers)
-        assert set(shares) == {n.peer_id for n in chaos_mesh.nodes}
-        for peer_id, count in shares.items():
-            assert 8 <= count <= 12, f"{peer_id} served {count} of 30: {dict(shares)}"
