@@ -3,26 +3,30 @@
 The file is memory-mapped (`dinet.engine._gguf_file`): a stage touches only the pages
 of its own tensors.
 
-Two kinds of matrix, both `y = x @ W.T`, `x` (T, K) -> `y` (T, N) in the matrix's own
-compute dtype (`.dtype`: bf16 or float32; callers add it to the float32 residual, which
-promotes it back without a separate cast):
+A `Matrix` computes `y = x @ W.T`, `x` (T, K) -> `y` (T, N), with `matmul`, in one of
+two forms (callers add the result to the float32 residual, which promotes a bf16 `y`
+back without a separate cast):
 
-- `Int4Matrix` keeps 4-bit weights 4-bit with `torch._weight_int4pack_mm_for_cpu`
-  (bf16 activations, groups of 32 along K). That kernel dequantizes as
-  `(q - 8) * scale + zero`, so a Q4_1 block (`d * q + m`, q in 0..15) maps over
-  with scale = d and zero = m + 8d. A Q8_0 block (`d * q`, q in -128..127) is split
-  into nibbles, q = 16 * hi + lo with hi in -8..7 and lo in 0..15, and becomes two
-  4-bit halves side by side along K: [hi | lo] with scales (16d, d) and zeros (0, 8d),
-  applied to [x | x]. Only the rounding of d to bf16 differs from the file.
-- `DenseMatrix`: float32, from `gguf.quants.dequantize`, for every other type (and
-  for all weights when int4 is off).
+- 4-bit: the weights stay packed nibbles and run through
+  `torch._weight_int4pack_mm_for_cpu` (bf16 activations and output, groups of 32
+  along K). That kernel dequantizes as `(q - 8) * scale + zero`, so a Q4_1 block
+  (`d * q + m`, q in 0..15) maps over with scale = d and zero = m + 8d. A Q8_0 block
+  (`d * q`, q in -128..127) is split into nibbles, q = 16 * hi + lo with hi in -8..7
+  and lo in 0..15, and becomes two 4-bit halves side by side along K: [hi | lo] with
+  scales (16d, d) and zeros (0, 8d), applied to [x | x]. Only the rounding of d to
+  bf16 differs from the file.
+- float32, from `gguf.quants.dequantize`, for every other type (and for all weights
+  when int4 is off).
+
+`Matrix` is a NamedTuple and `matmul` TorchScript, so a whole stage's blocks run in
+one scripted call (`dinet.engine._torch_block`). No `from __future__ import
+annotations` here: TorchScript cannot read the NamedTuple's fields as strings.
 """
-
-from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gguf
 import numpy as np
@@ -40,42 +44,42 @@ _Q8_0_BYTES = 34  # f16 d, 32 int8
 _PACK_ROWS = 4096
 
 
-class Int4Matrix:
-    """A (N, K) weight kept as packed nibbles plus bf16 scales and zeros per group."""
+class Matrix(NamedTuple):
+    """A (N, K) weight, 4-bit or float32; see the module's docstring."""
 
-    def __init__(self, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, repeat: int) -> None:
-        # values (N, K*repeat) uint8 in 0..15; scales, zeros (N, K*repeat/GROUP) float32
-        self.out_features = values.shape[0]
-        self._repeat = repeat  # 2 for a split Q8_0: the input is fed twice, [x | x]
-        # The packer wants int32: convert a slice of rows at a time (packing is row by row).
-        self._packed = torch.cat([
-            torch._convert_weight_to_int4pack_for_cpu(values[i : i + _PACK_ROWS].to(torch.int32), 1)
-            for i in range(0, values.shape[0], _PACK_ROWS)
-        ])
-        pairs = torch.stack([scales.T, zeros.T], dim=-1)  # (K/GROUP, N, 2)
-        self._scales_zeros = pairs.to(torch.bfloat16).contiguous()
-
-    dtype = torch.bfloat16
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x16 = x.to(torch.bfloat16)  # (T, K); no copy if it already is
-        if self._repeat > 1:
-            x16 = x16.repeat(1, self._repeat)
-        return torch._weight_int4pack_mm_for_cpu(x16, self._packed, GROUP, self._scales_zeros)  # (T, N)
+    weight: torch.Tensor  # 4-bit: packed nibbles in torch's layout; float32: (N, K)
+    scales_zeros: torch.Tensor | None  # 4-bit: (K*repeat/GROUP, N, 2) bf16; float32: None
+    repeat: int  # 2 for a split Q8_0: the input is fed twice, [x | x]
+    out_features: int  # N
 
 
-class DenseMatrix:
-    dtype = torch.float32
+@torch.jit.script
+def matmul(x: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """x (T, K) -> (T, N): bf16 for a 4-bit matrix, float32 for a float32 one."""
+    scales_zeros = m.scales_zeros
+    if scales_zeros is None:
+        return torch.nn.functional.linear(x.float(), m.weight)
+    x16 = x.to(torch.bfloat16)  # no copy if it already is
+    if m.repeat > 1:
+        x16 = x16.repeat(1, m.repeat)
+    group = 32  # GROUP: TorchScript reads no globals
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x16, m.weight, group, scales_zeros)
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        self.out_features = weight.shape[0]
-        self._weight = weight.contiguous()  # (N, K) float32
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x.float(), self._weight)
+def int4_matrix(values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, repeat: int) -> Matrix:
+    """values (N, K*repeat) uint8 in 0..15; scales, zeros (N, K*repeat/GROUP) float32."""
+    # The packer wants int32: convert a slice of rows at a time (packing is row by row).
+    packed = torch.cat([
+        torch._convert_weight_to_int4pack_for_cpu(values[i : i + _PACK_ROWS].to(torch.int32), 1)
+        for i in range(0, values.shape[0], _PACK_ROWS)
+    ])
+    pairs = torch.stack([scales.T, zeros.T], dim=-1)  # (K/GROUP, N, 2)
+    return Matrix(packed, pairs.to(torch.bfloat16).contiguous(), repeat, values.shape[0])
 
 
-Matrix = Int4Matrix | DenseMatrix
+def dense_matrix(weight: torch.Tensor) -> Matrix:
+    """weight (N, K) float32."""
+    return Matrix(weight.contiguous(), None, 1, weight.shape[0])
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class GGUFWeights:
             parts = [_NIBBLES[kind](self._file.data(name)) for kind, name in zip(kinds, names, strict=True)]
             if len({p.repeat for p in parts}) == 1:
                 try:
-                    return Int4Matrix(
+                    return int4_matrix(
                         torch.from_numpy(np.concatenate([p.values for p in parts])),
                         torch.from_numpy(np.concatenate([p.scales for p in parts])),
                         torch.from_numpy(np.concatenate([p.zeros for p in parts])),
@@ -159,7 +163,7 @@ class GGUFWeights:
                     )
                 except RuntimeError as exc:  # a shape the packing kernel refuses: run it in float32
                     logger.warning("%s stays float32: %s", ", ".join(names), exc)
-        return DenseMatrix(torch.cat([self.dense(name) for name in names]))
+        return dense_matrix(torch.cat([self.dense(name) for name in names]))
 
     def _get(self, name: str) -> TensorInfo:
         tensor = self._file.tensors.get(name)
@@ -194,8 +198,8 @@ class OutputHead:
         self._matrix = weights.matrix([name], int4=int4)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self._matrix(x)[0].float()  # (n_vocab,)
-        if isinstance(self._matrix, Int4Matrix):
+        logits = matmul(x, self._matrix)[0].float()  # (n_vocab,)
+        if self._matrix.scales_zeros is not None:  # 4-bit
             near = torch.nonzero(logits >= logits.max() - self.REFINE_MARGIN)[:, 0]  # (C,)
             rows = self._weights.rows(self._name, near.numpy())  # (C, n_embd) float32, exact
             logits.index_copy_(0, near, rows @ x[0])

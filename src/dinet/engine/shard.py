@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dinet.engine._gguf_file import GGUFFile
 from dinet.engine._gguf_tokenizer import GGUFTokenizer
 from dinet.engine._gguf_weights import GGUFWeights, OutputHead
-from dinet.engine._torch_block import Block, ModelShape, rotary_table
+from dinet.engine._torch_block import ModelShape, load_block, rotary_table, run_blocks
 from dinet.errors import BadLayerSpan, BadShardInput
 
 __all__ = ["GGUFTokenizer", "LayerSpan", "ShardModel", "ShardSession"]
@@ -87,7 +87,7 @@ class ShardModel:
         self.is_first = span.start == 0
         self.is_last = span.stop == shape.n_layers
         self._weights = weights  # the first stage embeds from it, row by row
-        self.blocks = [Block(shape, weights, i, int4=int4) for i in range(span.start, span.stop)]
+        self.blocks = [load_block(weights, i, int4=int4) for i in range(span.start, span.stop)]
         self.rotary = rotary_table(shape, n_ctx)  # (n_ctx, head_dim/2) complex64
         self.output_norm: torch.Tensor | None = None
         self.output: OutputHead | None = None
@@ -160,8 +160,8 @@ class ShardSession:
             mask = None  # one new position may attend to all; several, each to those before it
             if t > 1:
                 mask = torch.ones(t, start + t, dtype=torch.bool).tril(diagonal=start)
-            for i, block in enumerate(m.blocks):
-                x = block.forward(x, rotary, self._k[i], self._v[i], start, mask)
+            heads, kv_heads, eps = m.shape.n_head, m.shape.n_head_kv, m.shape.rms_eps
+            x = run_blocks(x, m.blocks, rotary, self._k, self._v, start, mask, heads, kv_heads, eps)
             self.length += t
             if not m.is_last:
                 return x
