@@ -70,6 +70,8 @@ def torch_parts(generator: object) -> dict[str, float]:
     """Milliseconds per decode step in the blocks and in the output head (median of 64)."""
     import torch
 
+    from dinet.engine._torch_block import run_blocks
+
     model = generator._models[0]  # type: ignore[attr-defined]
     session = model.new_session()
     session.forward(torch.arange(100, 164))  # a 64-token context
@@ -78,9 +80,9 @@ def torch_parts(generator: object) -> dict[str, float]:
     with torch.inference_mode():
         for _ in range(64):
             start = time.perf_counter()
-            h = x
-            for i, block in enumerate(model.blocks):
-                h = block.forward(h, model.rotary[64:65], session._k[i], session._v[i], 64, None)
+            shape, rotary = model.shape, model.rotary[64:65]
+            h = run_blocks(x, model.blocks, rotary, session._k, session._v, 64, None,
+                           shape.n_head, shape.n_head_kv, shape.rms_eps)
             mid = time.perf_counter()
             model.output(torch.nn.functional.rms_norm(h, (N_EMBD,), model.output_norm, model.shape.rms_eps))
             blocks.append(mid - start)
