@@ -37,6 +37,7 @@ class Serving:
     figures: Callable[[], dict[str, object]]  # live manifest fields: speed and load
     available: Callable[[], bool]  # False once the engine has given up
     state: Callable[[], dict[str, object]]  # for `din node --json` and the node file
+    busy: Callable[[], bool]  # computing for someone now: chores wait (`dinet.node.chores`)
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -96,6 +97,7 @@ async def whole_model(
         yield Serving(
             {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle}, model_offer, figures,
             available=lambda: engine.available, state=lambda: engine_state(engine),
+            busy=lambda: inference.admission.active > 0,
         )
 
 
@@ -129,7 +131,7 @@ async def model_stage(
         yield Serving(
             {SHARD_PROTOCOL: service.handle},
             offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
-            figures, available=lambda: True,
+            figures, available=lambda: True, busy=service.busy,
             # Torch runs in a thread of the node: no worker process, so no sandbox either.
             state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
             background=[service.run],

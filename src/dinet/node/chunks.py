@@ -118,8 +118,12 @@ async def _try_send(framed: FramedStream, frame: ErrorFrame) -> None:
 class ModelKeeper:
     """Keeps the node's one served model checked, and repairs it from peers."""
 
-    def __init__(self, store: ModelStore, model_hash: str, scrub_bytes_per_s: float) -> None:
+    def __init__(
+        self, store: ModelStore, model_hash: str, scrub_bytes_per_s: float,
+        lull: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
+        self._lull = lull  # awaited before each chunk is re-checked
         self.model_hash = model_hash
         self.healthy = True
         self._rate = scrub_bytes_per_s
@@ -171,6 +175,8 @@ class ModelKeeper:
         sizes = stored.manifest.chunk_sizes
         while True:
             for index, size in enumerate(sizes):
+                if self._lull is not None:
+                    await self._lull()
                 if self.healthy and not await trio.to_thread.run_sync(self.store.chunk_ok, stored, index):
                     logger.warning("chunk %d of %s fails its hash", index, self.model_hash[:16])
                     self.report_corrupt(self.model_hash)

@@ -20,6 +20,7 @@ from dinet.errors import DinetError
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node._serving import model_stage, whole_model
+from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
@@ -68,7 +69,6 @@ async def serve_node(
     key_pair = load_or_create_identity(settings.home)
     peer_id = peer_id_of(key_pair)
     model, model_hash = await prepare_model(settings)  # imported into the store, or pulled from peers
-    keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6)
     host = build_host(key_pair, enable_mdns=settings.mdns)
     directory = PeerDirectory(peer_id, lambda m: remember_addrs(host, m.peer_id, m.addrs))
 
@@ -89,6 +89,8 @@ async def serve_node(
         else whole_model(settings, model, model_hash, accountant)
     )
     async with serving_context as serving:
+        chores = Chores(serving.busy)
+        keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, chores.lull)
         def describe() -> dict[str, object]:
             # Never offer damaged bytes, nor a model whose engine has given up.
             offered = serving.offer if keeper.healthy and serving.available() else None
@@ -115,9 +117,10 @@ async def serve_node(
                 nursery.start_soon(publisher.follow, pubsub, joiner.meet)
                 nursery.start_soon(_keep_bootstrapped, joiner, settings.bootstrap)
                 nursery.start_soon(_keep_providing, dht, model_hash)
-                nursery.start_soon(_pull_directories, joiner)
+                nursery.start_soon(_pull_directories, joiner, chores)
                 nursery.start_soon(keeper.keep_healthy, host, dht, directory)
-                nursery.start_soon(LivenessWatch(host, directory, interval=LIVENESS_EVERY_S).run)
+                liveness = LivenessWatch(host, directory, interval=LIVENESS_EVERY_S, lull=chores.lull)
+                nursery.start_soon(liveness.run)
                 for task in serving.background:
                     nursery.start_soon(task)
                 if settings.mdns:
@@ -193,7 +196,7 @@ async def _keep_bootstrapped(joiner: _Joiner, bootstrap: list[str]) -> None:
         await trio.sleep(REDISCOVER_S)
 
 
-async def _pull_directories(joiner: _Joiner) -> None:
+async def _pull_directories(joiner: _Joiner, chores: Chores) -> None:
     """Ask a few known peers for the manifests they hold, every few seconds.
 
     Gossip alone may miss a peer (it drops messages under load and needs a mesh
@@ -201,6 +204,7 @@ async def _pull_directories(joiner: _Joiner) -> None:
     """
     while True:
         await trio.sleep(PULL_EVERY_S)
+        await chores.lull()
         known = [m.peer_id for m in joiner.directory.manifests()]
         for peer_id in random.sample(known, min(PULL_FANOUT, len(known))):
             try:

@@ -22,6 +22,7 @@ node keeps serving everyone else either way.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 OPEN_WAIT_S = 10.0  # a new stream must open a session this soon
 RAW_WAIT_S = 10.0  # a step's tensor frame must follow its header this soon
 EXPIRE_EVERY_S = 1.0
+BUSY_FOR_S = 1.0  # a stage that stepped this recently is serving: its chores wait
 RELAY_OPEN_S = 5.0  # the next stage must take a stream this soon
 # The last stage of a relay sends its tokens to the client at most this often (the first
 # and the last at once). A write per token, and the client's work on it, cost the stages
@@ -119,6 +121,11 @@ class ShardService:
         self.table: SessionTable[StageSession] = SessionTable(max_kv_bytes, idle_s)
         self.stats = StageStats()
         self._max_rows = rows_per_frame(stage.model.n_embd)
+        self._last_step_at = -math.inf  # trio time
+
+    def busy(self) -> bool:
+        """A step ran within the last BUSY_FOR_S: a chain is going through this stage."""
+        return trio.current_time() - self._last_step_at < BUSY_FOR_S
 
     @property
     def active(self) -> int:
@@ -242,7 +249,8 @@ class ShardService:
             if step.rows == 1:
                 self.stats.record(time.perf_counter() - started)
         finally:
-            self.table.end(step.session_id, trio.current_time())
+            self._last_step_at = trio.current_time()
+            self.table.end(step.session_id, self._last_step_at)
         return session, out
 
     async def _answer(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -45,6 +45,7 @@ class LivenessWatch:
     interval: float = PROBE_INTERVAL_S
     timeout: float = PROBE_TIMEOUT_S
     misses_allowed: int = 1
+    lull: Callable[[], Awaitable[None]] | None = None  # awaited before each round (a node's chores)
     _misses: dict[str, int] = field(default_factory=dict)
     absent: dict[str, _Absent] = field(default_factory=dict)
 
@@ -53,6 +54,8 @@ class LivenessWatch:
 
     async def run(self) -> None:
         while True:
+            if self.lull is not None:
+                await self.lull()
             now = trio.current_time()
             present = [m.peer_id for m in self.directory.manifests()]
             # One peer a round also shares what it knows: peers that joined or moved.
