@@ -131,6 +131,7 @@ class Chain:
         self._events: trio.MemoryReceiveChannel[_Event] | None = None
         self._stall_s = STEP_STALL_S
         self._failed_opens: list[str] = []  # peers whose session did not open, in the last start()
+        self._resting: list[str] = []  # counted in network.in_chain until close()
 
     async def start(self) -> tuple[int, ...]:
         """Open a session on every stage of the plan, relayed in a ring, and send the
@@ -138,6 +139,8 @@ class Chain:
         offers = list(self._plan.route.stages)
         session_ids = [uuid.uuid4().hex for _ in offers]
         self.links = await self._open_all(offers, session_ids)
+        self._resting = [link.peer_id for link in self.links]  # left out of the client's liveness probes
+        self._network.in_chain.update(self._resting)
         send, self._events = trio.open_memory_channel[_Event](math.inf)
         tasks = self._network.tasks
         assert tasks is not None, "a chain needs a network from open_network()"
@@ -240,6 +243,8 @@ class Chain:
     async def close(self, *, clean: bool) -> None:
         if self._events is not None:
             self._events.close()  # listeners still reading end with their streams
+        self._network.in_chain.subtract(self._resting)
+        self._resting = []
         for link in self.links:
             await link.close(clean=clean)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Network:
     rtt_ms: dict[str, float] = field(default_factory=dict)
     health: HealthBook = field(default_factory=HealthBook)
     liveness: LivenessWatch | None = None
+    in_chain: Counter[str] = field(default_factory=Counter)  # stages holding our chain sessions: not probed
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
     outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
@@ -244,7 +246,9 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         async with trio.open_nursery() as nursery:
             for peer_id in reached:
                 nursery.start_soon(_learn_quietly, network, peer_id)
-        network.liveness = LivenessWatch(host, network.directory, network._on_probe)
+        network.liveness = LivenessWatch(
+            host, network.directory, network._on_probe, resting=lambda peer_id: network.in_chain[peer_id] > 0
+        )
         async with trio.open_nursery() as nursery:
             network.tasks = nursery
             nursery.start_soon(network.liveness.run)

@@ -46,6 +46,9 @@ class LivenessWatch:
     timeout: float = PROBE_TIMEOUT_S
     misses_allowed: int = 1
     lull: Callable[[], Awaitable[None]] | None = None  # awaited before each round (a node's chores)
+    # Peers left out of a round: a session open with them shows they are alive, and a
+    # probe would take a core from the step they are computing for us.
+    resting: Callable[[str], bool] = lambda peer_id: False
     _misses: dict[str, int] = field(default_factory=dict)
     absent: dict[str, _Absent] = field(default_factory=dict)
 
@@ -57,7 +60,7 @@ class LivenessWatch:
             if self.lull is not None:
                 await self.lull()
             now = trio.current_time()
-            present = [m.peer_id for m in self.directory.manifests()]
+            present = [m.peer_id for m in self.directory.manifests() if not self.resting(m.peer_id)]
             # One peer a round also shares what it knows: peers that joined or moved.
             sharer = random.choice(present) if present else None
             async with trio.open_nursery() as nursery:
