@@ -126,38 +126,6 @@ def _attend(
     return out.view(hkv, g, t, hd).permute(2, 0, 1, 3).reshape(t, hkv * g * hd)
 
 
-@torch.jit.script
-def _block_forward(
-    x: torch.Tensor,
-    block: Block,
-    rotary: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    start: int,
-    mask: torch.Tensor | None,
-    n_head: int,
-    n_head_kv: int,
-    rms_eps: float,
-) -> torch.Tensor:
-    t, n_embd = x.shape[0], x.shape[1]
-    hd = n_embd // n_head
-    rope_heads = n_head + n_head_kv  # Q and K heads, rotated together
-    qkv = matmul(F.rms_norm(x, [n_embd], block.attn_norm, rms_eps), block.qkv).float()  # (T, (H+2Hkv)*hd)
-    qk = qkv[:, : rope_heads * hd].reshape(t, rope_heads, hd // 2, 2)
-    qk = torch.view_as_real(torch.view_as_complex(qk) * rotary[:, None, :])  # (T, H + Hkv, hd/2, 2)
-    q = qk[:, :n_head].reshape(t, n_head_kv, n_head // n_head_kv, hd)  # (T, Hkv, G, hd)
-    k_new = qk[:, n_head:].reshape(t, n_head_kv, hd)  # (T, Hkv, hd)
-    v_new = qkv[:, rope_heads * hd :].reshape(t, n_head_kv, hd)
-    k_cache[:, start : start + t] = k_new.transpose(0, 1)
-    v_cache[:, start : start + t] = v_new.transpose(0, 1)
-    attn = _attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
-    h = x + matmul(attn, block.wo)  # float32 residual
-    # The feed-forward stays in the matrices' dtype (bf16 when 4-bit) until the residual.
-    gate_up = matmul(F.rms_norm(h, [n_embd], block.ffn_norm, rms_eps), block.gate_up)  # (T, 2 * n_ff)
-    n_ff = block.gate_up.out_features // 2
-    return h + matmul(F.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:], block.down)
-
-
 # The blocks run as TorchScript: one call from Python per step for all of a stage's
 # blocks, instead of ~30 Python-dispatched ops per block. The ops are the same, so the
 # numbers are too, bit for bit. SmolLM2, 10 blocks, one position, 2 threads: 2.3 ms a
@@ -183,9 +151,21 @@ def run_blocks(
     head_dim), each block's keys and values appended at `start`; mask (T, start+T)
     bool, None when T == 1. Returns (T, n_embd) float32.
     """
-    i = 0
-    for block in blocks:
-        k_cache, v_cache = k_caches[i], v_caches[i]
-        x = _block_forward(x, block, rotary, k_cache, v_cache, start, mask, n_head, n_head_kv, rms_eps)
-        i += 1
+    t, n_embd = x.shape[0], x.shape[1]
+    hd = n_embd // n_head
+    rope_heads = n_head + n_head_kv  # Q and K heads, rotated together
+    for i in range(len(blocks)):
+        block, k_cache, v_cache = blocks[i], k_caches[i], v_caches[i]
+        qkv = matmul(F.rms_norm(x, [n_embd], block.attn_norm, rms_eps), block.qkv).float()  # (T, (H+2Hkv)*hd)
+        qk = qkv[:, : rope_heads * hd].reshape(t, rope_heads, hd // 2, 2)
+        qk = torch.view_as_real(torch.view_as_complex(qk) * rotary[:, None, :])  # (T, H + Hkv, hd/2, 2)
+        q = qk[:, :n_head].reshape(t, n_head_kv, n_head // n_head_kv, hd)  # (T, Hkv, G, hd)
+        k_cache[:, start : start + t] = qk[:, n_head:].reshape(t, n_head_kv, hd).transpose(0, 1)
+        v_cache[:, start : start + t] = qkv[:, rope_heads * hd :].reshape(t, n_head_kv, hd).transpose(0, 1)
+        attn = _attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
+        h = x + matmul(attn, block.wo)  # float32 residual
+        # The feed-forward stays in the matrices' dtype (bf16 when 4-bit) until the residual.
+        gate_up = matmul(F.rms_norm(h, [n_embd], block.ffn_norm, rms_eps), block.gate_up)  # (T, 2 * n_ff)
+        n_ff = block.gate_up.out_features // 2
+        x = h + matmul(F.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:], block.down)
     return x

@@ -8,7 +8,7 @@ those wake-ups takes a core from a compute thread, and the whole decode step wai
 for it at the threads' next barrier.
 
 So a chore asks `Chores.lull()` first. While the node is serving, that waits, for
-at most `max_defer_s`: a node that never stops serving still scrubs and probes,
+at most `MAX_DEFER_S`: a node that never stops serving still scrubs and probes,
 only less often.
 """
 
@@ -23,15 +23,11 @@ POLL_S = 0.25
 
 
 class Chores:
-    def __init__(self, busy: Callable[[], bool], max_defer_s: float = MAX_DEFER_S) -> None:
+    def __init__(self, busy: Callable[[], bool]) -> None:
         self._busy = busy
-        self._max_defer_s = max_defer_s
-        self.deferred_s = 0.0  # total time chores waited: for tests and logs
 
     async def lull(self) -> None:
-        """Return once the node is not serving, or after `max_defer_s` anyway."""
-        started = trio.current_time()
-        deadline = started + self._max_defer_s
+        """Return once the node is not serving, or after `MAX_DEFER_S` anyway."""
+        deadline = trio.current_time() + MAX_DEFER_S
         while self._busy() and trio.current_time() < deadline:
             await trio.sleep(POLL_S)
-        self.deferred_s += trio.current_time() - started

@@ -120,7 +120,7 @@ class ModelKeeper:
 
     def __init__(
         self, store: ModelStore, model_hash: str, scrub_bytes_per_s: float,
-        lull: Callable[[], Awaitable[None]] | None = None,
+        lull: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
         self._lull = lull  # awaited before each chunk is re-checked
@@ -175,8 +175,7 @@ class ModelKeeper:
         sizes = stored.manifest.chunk_sizes
         while True:
             for index, size in enumerate(sizes):
-                if self._lull is not None:
-                    await self._lull()
+                await self._lull()
                 if self.healthy and not await trio.to_thread.run_sync(self.store.chunk_ok, stored, index):
                     logger.warning("chunk %d of %s fails its hash", index, self.model_hash[:16])
                     self.report_corrupt(self.model_hash)

@@ -91,6 +91,7 @@ async def serve_node(
     async with serving_context as serving:
         chores = Chores(serving.busy)
         keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, chores.lull)
+
         def describe() -> dict[str, object]:
             # Never offer damaged bytes, nor a model whose engine has given up.
             offered = serving.offer if keeper.healthy and serving.available() else None

@@ -2,8 +2,9 @@
 
 Stages hold contiguous block ranges `[start, stop)` and run their whole range, so a
 chain is a path over layer boundaries: 0 -> s1 -> s2 -> ... -> n_layers, one stage per
-edge. Each stage costs its per-token latency plus the round trip to it (the client
-drives the chain, so every stage is one round trip from the client). Edges only go
+edge. Each stage costs its per-token latency plus the client's round trip to it, which
+stands in for the hop into it (the stages relay to each other; only the client has
+measured them all). Edges only go
 forward, so the boundaries form a DAG and one pass over them in ascending order finds
 the cheapest chain (as Petals' shortest path, without needing a heap).
 
@@ -53,30 +54,24 @@ _Best = tuple[float, int, tuple[str, ...]]  # (cost, stage count, peer ids): com
 
 
 def plan_shard_route(
-    spans: list[StageOffer],
-    n_layers: int,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    exclude: frozenset[str] = frozenset(),
+    spans: list[StageOffer], n_layers: int, *, exclude: frozenset[str] = frozenset()
 ) -> Route:
-    """The cheapest chain covering `[start, stop)` (default: all `n_layers` blocks).
+    """The cheapest chain covering all `n_layers` blocks.
 
     Peers in `exclude` are not used. RoutingError names the first boundary no chain
     can get past when the spans leave a gap.
     """
-    stop = n_layers if stop is None else stop
-    if not 0 <= start < stop <= n_layers:
-        raise RoutingError(f"cannot plan layers [{start}, {stop}) of a {n_layers}-layer model")
+    if n_layers < 1:
+        raise RoutingError(f"cannot plan a model of {n_layers} layers")
     by_start: dict[int, list[StageOffer]] = defaultdict(list)
     for span in spans:
-        if span.peer_id in exclude or not start <= span.start < span.stop <= stop:
+        if span.peer_id in exclude or not 0 <= span.start < span.stop <= n_layers:
             continue
         by_start[span.start].append(span)
-    best: dict[int, tuple[_Best, tuple[StageOffer, ...]]] = {start: ((0.0, 0, ()), ())}
+    best: dict[int, tuple[_Best, tuple[StageOffer, ...]]] = {0: ((0.0, 0, ()), ())}
     # Ascending boundaries: every edge into a boundary comes from a smaller one,
     # so each boundary is final by the time it is expanded.
-    for boundary in sorted(set(by_start) | {start}):
+    for boundary in sorted(set(by_start) | {0}):
         if boundary not in best:
             continue
         (cost, count, peers), chain = best[boundary]
@@ -85,10 +80,10 @@ def plan_shard_route(
             current = best.get(span.stop)
             if current is None or key < current[0]:
                 best[span.stop] = (key, (*chain, span))
-    if stop not in best:
+    if n_layers not in best:
         reached = max(best)
         raise RoutingError(
-            f"no chain of stages covers layers [{start}, {stop}): nothing continues from block {reached}"
+            f"no chain of stages covers layers [0, {n_layers}): nothing continues from block {reached}"
         )
-    (cost, _, _), chain = best[stop]
+    (cost, _, _), chain = best[n_layers]
     return Route(stages=chain, cost_ms=cost)
