@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -60,6 +61,33 @@ def quiet_threads(threads: int) -> None:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
+# A stage's compute workers (torch's OpenMP threads, and OpenBLAS's) run this many nice
+# levels below the rest of its node. After each step they spin for about 1 ms
+# (GOMP_SPINCOUNT), just when the chain's next hop wakes event loops and compute threads
+# on the same cores; lowered, they let those threads run first. 3-stage chain on 2
+# cores, 10 alternated answers each: token period mean 20.5 ms at the node's priority,
+# 19.3 at +10, 19.0 at +5; in another run 19.5, against 18.8 at +19 and 18.1 at +10.
+# Other programs on the machine now come first as well: they slow a stage more, and a
+# stage slows them less.
+WORKER_NICE_STEP = 10
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux: this process's threads cannot be told apart
+        return set()
+
+
+def _lower_priority(thread_ids: set[int]) -> None:
+    for tid in thread_ids:
+        try:
+            nice = os.getpriority(os.PRIO_PROCESS, tid)  # Linux: PRIO_PROCESS takes a thread id
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + WORKER_NICE_STEP))
+        except OSError:
+            pass  # the thread has ended
+
+
 class Stage:
     """A loaded layer range and, if it is first or last, the model's tokenizer."""
 
@@ -70,11 +98,19 @@ class Stage:
 
     @classmethod
     def load(cls, path: Path, start: int, stop: int, *, threads: int = 1) -> Stage:
+        """Load on the thread that will run every step: torch's OpenMP workers start now,
+        and are set WORKER_NICE_STEP below it (threads started meanwhile by others too)."""
         quiet_threads(threads)
+        import torch
+
         from dinet.engine.shard import GGUFTokenizer, LayerSpan, ShardModel
 
+        before = _thread_ids()
+
         model = ShardModel.load(path, LayerSpan(start, stop), threads=threads)
+        torch.ones(1 << 20).add_(1)  # big enough to be split: the workers are surely started
         tokenizer = GGUFTokenizer.from_gguf(path) if model.is_first or model.is_last else None
+        _lower_priority(_thread_ids() - before - {threading.get_native_id()})
         return cls(model, tokenizer)
 
     @property
