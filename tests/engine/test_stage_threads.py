@@ -1,8 +1,9 @@
-"""A stage's OpenMP workers run below the node's priority; the threads that take a hop do not."""
+"""A stage's OpenMP workers run below the node's priority and on cores of their own."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,10 @@ def probe():
         big.add_(1)
     after = cpu_ticks()
     nice = {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in after}
+    cores = {tid: sorted(os.sched_getaffinity(tid)) for tid in after}
     busy = [tid for tid in after if after[tid] - before.get(tid, 0) >= 5]
     print(json.dumps({"loader": threading.get_native_id(), "main": threading.main_thread().native_id,
-                      "nice": nice, "busy": busy}))
+                      "nice": nice, "busy": busy, "cores": cores}))
 
 thread = threading.Thread(target=probe)
 thread.start()
@@ -49,12 +51,13 @@ def _probe(model_path: Path, threads: int) -> dict[str, object]:
     done = subprocess.run([sys.executable, "-c", _PROBE, str(model_path), str(threads)],
                           capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    report["nice"] = {int(tid): value for tid, value in report["nice"].items()}
+    for key in ("nice", "cores"):
+        report[key] = {int(tid): value for tid, value in report[key].items()}  # type: ignore[attr-defined]
     return report
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads are told apart through /proc")
-def test_the_workers_that_spin_between_steps_are_lowered_and_the_stage_thread_is_not(model_path: Path):
+def test_the_workers_are_lowered_and_bound_to_other_cores_than_the_stage_thread(model_path: Path):
     report = _probe(model_path, threads=2)
     nice: dict[int, int] = report["nice"]  # type: ignore[assignment]
     loader, main = report["loader"], report["main"]
@@ -62,7 +65,14 @@ def test_the_workers_that_spin_between_steps_are_lowered_and_the_stage_thread_is
     lowered = {tid for tid, value in nice.items() if value == WORKER_NICE_STEP}
     assert lowered, f"no thread was lowered: {nice}"
     # The lowered threads are torch's workers: they did part of the parallel op.
-    assert lowered & set(report["busy"]), f"lowered {lowered}, busy {report['busy']}"
+    workers = lowered & set(report["busy"])  # type: ignore[arg-type]
+    assert workers, f"lowered {lowered}, busy {report['busy']}"
+    if len(os.sched_getaffinity(0)) < 2:
+        return  # one core: nothing to bind apart
+    # ...each bound to a core of its own, not the stage thread's.
+    cores: dict[int, list[int]] = report["cores"]  # type: ignore[assignment]
+    assert len(cores[loader]) == 1
+    assert all(len(cores[w]) == 1 and cores[w] != cores[loader] for w in workers), cores
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads are told apart through /proc")

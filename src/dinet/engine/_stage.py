@@ -52,13 +52,22 @@ def quiet_threads(threads: int) -> None:
     parallel regions of one step. 3-stage chain, 2 threads per stage: 27 tok/s at the
     default, 42 at 10,000 (3,000: 39; 1,000: 37). Not OMP_WAIT_POLICY=PASSIVE: its
     threads sleep after every region, and waking them ~200 times a step made a step
-    31 ms instead of 11 ms. A GOMP_SPINCOUNT the user set is kept.
+    31 ms instead of 11 ms.
+
+    Each thread of the team is bound to a core of its own (OMP_PROC_BIND). Unbound, the
+    scheduler of this machine (a VM whose kernel runs with sched_vcpu_pack) at times
+    ran a step's two threads on one core while the other stayed idle, and the step
+    took 10-40 ms instead of 3 (seen with `perf sched`). 3-stage chain, 10
+    alternated answers each: 55.6 tok/s bound against 51.9 unbound (another run of 8:
+    51.1 against 48.3). Settings the user made are kept.
     """
     if "torch" in sys.modules:
         logger.warning("torch was loaded before the stage's thread settings: they may not apply")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    os.environ.setdefault("OMP_PROC_BIND", "true")
+    os.environ.setdefault("OMP_PLACES", "cores")
 
 
 # A stage's compute workers (torch's OpenMP threads, and OpenBLAS's) run this many nice
