@@ -71,13 +71,13 @@ def quiet_threads(threads: int) -> None:
 
 
 # A stage's compute workers (torch's OpenMP threads, and OpenBLAS's) run this many nice
-# levels below the rest of its node. After each step they spin for about 1 ms
-# (GOMP_SPINCOUNT), just when the chain's next hop wakes event loops and compute threads
-# on the same cores; lowered, they let those threads run first. 3-stage chain on 2
-# cores, 10 alternated answers each: token period mean 20.5 ms at the node's priority,
-# 19.3 at +10, 19.0 at +5; in another run 19.5, against 18.8 at +19 and 18.1 at +10.
-# Other programs on the machine now come first as well: they slow a stage more, and a
-# stage slows them less.
+# levels below the rest of its node. They spin on after a step (GOMP_SPINCOUNT: with
+# steps 12 ms apart, a worker used 3.7-3.9 ms of a core per 4.2-4.5 ms step), just when
+# the chain's next hop wakes event loops and compute threads on the same cores;
+# lowered, they let those threads run first. 3-stage chain on 2 cores, 10 alternated
+# answers each: token period mean 20.5 ms at the node's priority, 19.3 at +10, 19.0 at
+# +5; in another run 19.5, against 18.8 at +19 and 18.1 at +10. Other programs on the
+# machine now come first as well: they slow a stage more, and a stage slows them less.
 WORKER_NICE_STEP = 10
 
 
