@@ -184,18 +184,22 @@ def measure_chains(
     whole_node = median(configs[0].speeds)
     rows = []
     print(f"\nchains of node processes over loopback, {rounds} alternated rounds, {threads} threads each")
-    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'bytes/tok/hop':>15} {'ms/hop':>9}")
+    # The machine's speed drifts over minutes: a ratio of medians mixes moments, so each
+    # round's answer is also set against the llama.cpp node's answer of the same round.
+    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'vs node, paired':>17}"
+          f"{'bytes/tok/hop':>15} {'ms/hop':>9}")
     for config in configs:
         speed = median(config.speeds)
         per_hop_ms = None
         if config.hops and speed and torch_whole_tokens_per_s:
             per_hop_ms = (1000 / speed - 1000 / torch_whole_tokens_per_s) / config.hops
         ratio = speed / llama_whole_tokens_per_s if llama_whole_tokens_per_s else 0.0
+        paired = median([s / w for s, w in zip(config.speeds, configs[0].speeds, strict=True) if w])
         hop = "-" if per_hop_ms is None else f"{per_hop_ms:.2f}"
         size = hop_bytes if config.hops > 1 else "-"  # one stage passes nothing on: it loops itself
-        print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{size:>15} {hop:>9}")
+        print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{paired:>17.2f}{size:>15} {hop:>9}")
         rows.append({"name": config.name, "stages": config.hops, "tokens_per_s": round(speed, 2),
-                     "vs_llama_cpp_whole": round(ratio, 3),
+                     "vs_llama_cpp_whole": round(ratio, 3), "vs_llama_node_paired": round(paired, 3),
                      "per_hop_ms": None if per_hop_ms is None else round(per_hop_ms, 3),
                      "runs": [round(s, 1) for s in config.speeds]})
     texts = {t for c in configs[1:] for t in c.texts}

@@ -7,9 +7,10 @@
    and the bytes a hidden state costs per token per hop.
 2. Chains (`bench/_chains.py`): `din node` processes over loopback, a whole llama.cpp
    node and 1-, 2- and 3-stage torch chains (`--layers`), relayed in a ring, rounds
-   alternated, medians of decode tok/s as the client sees tokens arrive; bytes per
-   token per hop; per-hop overhead = (chain time per token - torch whole time per
-   token) / hops.
+   alternated, medians of decode tok/s as the client sees tokens arrive, and each
+   chain's answers set against the llama.cpp node's answer of the same round (the
+   machine's speed drifts over minutes); bytes per token per hop; per-hop overhead =
+   (chain time per token - torch whole time per token) / hops.
 
 Prints tables, then one JSON line.
 
