@@ -115,7 +115,6 @@ class Stage:
         from dinet.engine.shard import GGUFTokenizer, LayerSpan, ShardModel
 
         before = _thread_ids()
-
         model = ShardModel.load(path, LayerSpan(start, stop), threads=threads)
         torch.ones(1 << 20).add_(1)  # big enough to be split: the workers are surely started
         tokenizer = GGUFTokenizer.from_gguf(path) if model.is_first or model.is_last else None

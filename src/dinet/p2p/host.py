@@ -26,16 +26,16 @@ logger = logging.getLogger(__name__)
 # refuses new ones past max_connections: set it far beyond any real lifetime.
 _MAX_CONNECTIONS = 1_000_000
 _ADDR_TTL_S = 600
-# py-libp2p's yamux sends a WINDOW_UPDATE frame after every read by default. With that
-# off its own hysteresis decides: on a chain's 2.4 KB messages it sent one per two reads
-# (counted), and a 3-stage chain's hop took 0.95 ms instead of 1.08 (medians of ~550
-# tokens, alternated runs). Pulling a model over loopback ran at the same speed.
-_YAMUX_CREDIT_PER_READ = ("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
 def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
     """A host that only speaks Noise (the library's default also accepts plaintext)."""
-    os.environ.setdefault(*_YAMUX_CREDIT_PER_READ)  # read by yamux at each read; a user's setting wins
+    # py-libp2p's yamux sends a WINDOW_UPDATE frame after every read unless this is off
+    # (it reads the variable at each read; a user's own setting wins). Off, its own
+    # hysteresis decides: on a chain's 2.4 KB messages one update per two reads (counted),
+    # and a 3-stage chain's hop took 0.95 ms instead of 1.08 (medians of ~550 tokens,
+    # alternated runs). Pulling a model over loopback ran at the same speed.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     security = {
         NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
     }

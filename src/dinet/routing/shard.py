@@ -4,9 +4,9 @@ Stages hold contiguous block ranges `[start, stop)` and run their whole range, s
 chain is a path over layer boundaries: 0 -> s1 -> s2 -> ... -> n_layers, one stage per
 edge. Each stage costs its per-token latency plus the client's round trip to it, which
 stands in for the hop into it (the stages relay to each other; only the client has
-measured them all). Edges only go
-forward, so the boundaries form a DAG and one pass over them in ascending order finds
-the cheapest chain (as Petals' shortest path, without needing a heap).
+measured them all). Edges only go forward, so the boundaries form a DAG and one pass
+over them in ascending order finds the cheapest chain (as Petals' shortest path,
+without needing a heap).
 
 Ties are broken by fewer stages, then by the peer ids in chain order, so the same
 spans always give the same route.
