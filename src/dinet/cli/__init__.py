@@ -58,7 +58,7 @@ def node(
         int | None, typer.Option(help="Address-space limit of the engine worker, in MiB")
     ] = None,
     sandbox: Annotated[
-        bool, typer.Option("--sandbox/--no-sandbox", help="Confine the engine worker (see README)")
+        bool, typer.Option("--sandbox/--no-sandbox", help="Confine the engine worker (see docs/sandbox.md)")
     ] = True,
     per_peer_rate: Annotated[float | None, typer.Option(help="Requests per second one peer may send")] = None,
     per_peer_burst: Annotated[int | None, typer.Option(help="Requests one peer may send at once")] = None,
