@@ -120,9 +120,9 @@ def test_an_unreadable_file_is_one_clear_error(tmp_path):
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
-        ("file", "invalid setting threads = 'many' (from file {path} [node]): Input should be a valid integer"),
-        ("env", "invalid setting threads = 'many' (from env DINET_THREADS): Input should be a valid integer"),
-        ("flag", "invalid setting threads = 'many' (from flag --threads): Input should be a valid integer"),
+        ("file", "invalid setting threads = 'many' (from file {path} [node]): Input should be a valid"),
+        ("env", "invalid setting threads = 'many' (from env DINET_THREADS): Input should be a valid"),
+        ("flag", "invalid setting threads = 'many' (from flag --threads): Input should be a valid"),
     ],
 )
 def test_a_bad_value_names_the_field_and_where_it_came_from(tmp_path, monkeypatch, where, expected):
@@ -159,3 +159,13 @@ def test_file_values_are_checked_against_the_role_that_reads_them(tmp_path):
     with pytest.raises(ConfigError, match="threads = 0"):
         resolve(NodeSettings, config=path)
     assert resolve(ClientSettings, config=path).settings  # a client does not read [node]
+
+
+def test_the_example_file_in_the_docs_is_valid_for_every_role(tmp_path):
+    docs = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(tmp_path, example)
+    assert resolve(NodeSettings, config=path).settings.threads == 1
+    assert resolve(ClientSettings, config=path).settings.verify_rate == 0.1
+    gateway = resolve(GatewaySettings, config=path).settings
+    assert (gateway.port, gateway.request_timeout_s, gateway.mdns) == (8080, 60, False)

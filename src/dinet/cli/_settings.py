@@ -21,6 +21,7 @@ import typer
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dinet._config_layers import CONFIG_ENV, Resolved, env_name, flag_name, resolve
@@ -98,7 +99,7 @@ def print_config(resolved: Resolved[Any], *, json_out: bool) -> None:
         value = row["value"]
         shown = value if isinstance(value, str) else json.dumps(value)
         origin = row["from"] if row["source"] is None else f"{row['from']} {row['source']}"
-        table.add_row(name, shown, origin)
+        table.add_row(name, escape(shown), escape(origin))  # "[node]" is no markup
     Console().print(table)
 
 
