@@ -1,12 +1,19 @@
-"""Settings for nodes and clients: one model each, fed by flags, environment (DINET_*) and defaults."""
+"""Settings of each role (node, client, gateway): one model each, the single source of truth.
+
+Every field, with its description, is at once a flag of its `din` command (`threads` ->
+`--threads`), an environment variable (`DINET_THREADS`) and a key of the optional config
+file (`threads = 1` in its `[node]` table). A value given in several places is taken by one
+rule: flag > environment > file > default (`dinet._config_layers`, `docs/settings.md`).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import ClassVar
 
 import platformdirs
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dinet.engine.liar import ALLOW_ENV, liars_allowed, parse_lie
@@ -22,12 +29,19 @@ def default_home() -> Path:
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DINET_", extra="forbid")
 
+    # The config file's tables this role reads, later ones winning; top-level keys are common.
+    sections: ClassVar[tuple[str, ...]] = ()
+
     home: Path = Field(default_factory=default_home, description="Directory for identity and state")
     bootstrap: list[str] = Field(default=[], description="Multiaddrs of peers to join through")
     mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
 
 
 class NodeSettings(CommonSettings):
+    """`din node`: serves a model on the network."""
+
+    sections: ClassVar[tuple[str, ...]] = ("node",)
+
     model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
     listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
     threads: int = Field(
@@ -35,7 +49,7 @@ class NodeSettings(CommonSettings):
     )
     memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
     sandbox: bool = Field(
-        default=True, description="Run the engine worker sandboxed: no network, read-only model, limits"
+        default=True, description="Run the engine worker sandboxed: no network, read-only model, limits (docs/sandbox.md)"
     )
     engine_restarts: int = Field(
         default=3, ge=0, le=100, description="Worker failures in a row before the model is given up"
@@ -92,13 +106,31 @@ class NodeSettings(CommonSettings):
         "(random, corrupt:K or wrong-model:PATH)",
     )
 
-    @model_validator(mode="after")
-    def _liars_only_when_allowed(self) -> NodeSettings:
-        if self.liar is not None:
+    api_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Also serve the OpenAI-compatible API and web page on this port (0: any free port)",
+    )
+    api_host: str = Field(
+        default="127.0.0.1", max_length=255,
+        description="Address the API binds (with api_port); other than loopback needs api_key",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="With api_port: clients must send `Authorization: Bearer KEY`"
+    )
+
+    @field_validator("liar")
+    @classmethod
+    def _liars_only_when_allowed(cls, liar: str | None) -> str | None:
+        if liar is not None:
             if not liars_allowed():
                 raise ValueError(LIAR_REFUSED)
-            parse_lie(self.liar)  # a ValueError names what is wrong with it
-        return self
+            parse_lie(liar)  # a ValueError names what is wrong with it
+        return liar
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: SecretStr | None) -> SecretStr | None:
+        return _not_empty(key)
 
 
 LIAR_REFUSED = (
@@ -108,6 +140,10 @@ LIAR_REFUSED = (
 
 
 class ClientSettings(CommonSettings):
+    """`din ask`, `din chat`, `din peers`: ask the network."""
+
+    sections: ClassVar[tuple[str, ...]] = ("client",)
+
     discover_timeout_s: float = Field(default=10.0, gt=0, description="How long to look for peers")
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
     max_price: float | None = Field(
@@ -129,7 +165,12 @@ class ClientSettings(CommonSettings):
 
 
 class GatewaySettings(ClientSettings):
-    """`din gateway`: an OpenAI-compatible HTTP API and web page in front of the network."""
+    """`din gateway`: an OpenAI-compatible HTTP API and web page in front of the network.
+
+    A gateway asks the network as a client does, so it reads the file's `[client]` table too.
+    """
+
+    sections: ClassVar[tuple[str, ...]] = ("client", "gateway")
 
     host: str = Field(default="127.0.0.1", max_length=255, description="Address the HTTP server binds")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (0: any free port)")
@@ -141,16 +182,30 @@ class GatewaySettings(ClientSettings):
     )
     refresh_s: float = Field(default=2.0, gt=0, description="Seconds between peer list refreshes")
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: SecretStr | None) -> SecretStr | None:
+        return _not_empty(key)
+
     @model_validator(mode="after")
     def _key_unless_loopback(self) -> GatewaySettings:
-        if self.api_key is not None and not self.api_key.get_secret_value():
-            raise ValueError("the API key is empty")
         if self.api_key is None and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it "
                 "could use the network in your name (set --api-key or DINET_API_KEY)"
             )
         return self
+
+
+ROLES: dict[str, type[CommonSettings]] = {
+    "node": NodeSettings, "client": ClientSettings, "gateway": GatewaySettings,
+}
+
+
+def _not_empty(key: SecretStr | None) -> SecretStr | None:
+    if key is not None and not key.get_secret_value():
+        raise ValueError("the API key is empty")
+    return key
 
 
 def is_loopback(host: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import trio
 import typer
@@ -20,13 +19,6 @@ from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
 from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ChatMessage, GenerationParams
-
-
-def client_settings(home: Path | None, bootstrap: list[str], mdns: bool, **extra: object) -> ClientSettings:
-    fields = {"bootstrap": bootstrap, "mdns": mdns, **extra}
-    if home is not None:
-        fields["home"] = home
-    return ClientSettings(**fields)  # type: ignore[arg-type]
 
 
 def answer_json(answer: Answer) -> dict[str, object]:
@@ -50,29 +42,20 @@ def answer_json(answer: Answer) -> dict[str, object]:
 
 def run_ask(
     prompt: str,
+    settings: ClientSettings,
     *,
-    home: Path | None,
-    bootstrap: list[str],
     model: str | None,
     model_hash: str | None,
     max_tokens: int,
     temperature: float,
     top_p: float,
     seed: int,
-    timeout: float,
     deadline: float | None,
     policy: str,
-    mdns: bool,
     json_out: bool,
-    max_price: float | None = None,
     sharded: bool = False,
     replicas: int = 1,
-    verify_rate: float | None = None,
 ) -> None:
-    if verify_rate is not None and not 0.0 <= verify_rate <= 1.0:
-        fail("--verify-rate must be between 0 and 1")
-    if max_price is not None and max_price < 0:
-        fail("--max-price cannot be negative")
     if not 1 <= replicas <= MAX_REPLICAS:
         fail(f"--replicas must be between 1 and {MAX_REPLICAS}")
     if replicas > 1 and deadline is not None:
@@ -86,20 +69,19 @@ def run_ask(
         )
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
-    budget = {} if max_price is None else {"max_price": max_price}  # else DINET_MAX_PRICE, if set
-    if verify_rate is not None:
-        budget["verify_rate"] = verify_rate  # else DINET_VERIFY_RATE, if set
-    settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, **budget)
 
     async def main() -> None:
         async with open_network(settings) as network:
             if replicas > 1:
                 vote = await ask_replicas(network, params, replicas, model_id=model, model_hash=model_hash,
-                                          discover_timeout=timeout, policy=policy)  # type: ignore[arg-type]
+                                          discover_timeout=settings.discover_timeout_s,
+                                          request_timeout=settings.request_timeout_s,
+                                          policy=policy)  # type: ignore[arg-type]
                 _show_vote(vote, json_out)
                 return
             async for event in ask(network, params, model_id=model, model_hash=model_hash,
-                                   discover_timeout=timeout, deadline_s=deadline,
+                                   discover_timeout=settings.discover_timeout_s,
+                                   request_timeout=settings.request_timeout_s, deadline_s=deadline,
                                    policy=policy,  # type: ignore[arg-type]
                                    sharded=True if sharded else None,
                                    verify_rate=settings.verify_rate):
@@ -151,17 +133,16 @@ def _verified_line(check: Verification) -> tuple[str, str]:
 
 
 def run_chat(
-    *, home: Path | None, bootstrap: list[str], model: str | None, max_tokens: int,
-    temperature: float, seed: int, mdns: bool,
+    settings: ClientSettings, *, model: str | None, max_tokens: int, temperature: float, seed: int,
+    json_out: bool,
 ) -> None:
-    settings = client_settings(home, bootstrap, mdns)
-
     async def main() -> None:
         history: list[ChatMessage] = []
         async with open_network(settings) as network:
-            typer.echo("Connected. Type a message; Ctrl-D to leave.")
+            if not json_out:
+                typer.echo("Connected. Type a message; Ctrl-D to leave.")
             while True:
-                line = await trio.to_thread.run_sync(_read_line)
+                line = await trio.to_thread.run_sync(_read_line, "" if json_out else "> ")
                 if line is None:
                     return
                 if not line.strip():
@@ -169,12 +150,18 @@ def run_chat(
                 history.append(ChatMessage(role="user", content=line))
                 params = GenerationParams(messages=tuple(history), max_tokens=max_tokens,
                                           temperature=temperature, seed=seed)
-                async for event in ask(network, params, model_id=model):
+                async for event in ask(network, params, model_id=model,
+                                       discover_timeout=settings.discover_timeout_s,
+                                       request_timeout=settings.request_timeout_s,
+                                       verify_rate=settings.verify_rate):
                     if isinstance(event, Answer):
-                        typer.echo()
-                        typer.secho(_served_line(event), fg="cyan", err=True)
                         history.append(ChatMessage(role="assistant", content=event.text))
-                    else:
+                        if json_out:
+                            print_json(answer_json(event))
+                        else:
+                            typer.echo()
+                            typer.secho(_served_line(event), fg="cyan", err=True)
+                    elif not json_out:
                         sys.stdout.write(event.text)
                         sys.stdout.flush()
 
@@ -186,16 +173,14 @@ def _offer_label(offer: ModelOffer) -> str:
     return f"{offer.model_id} [{offer.layers[0]}:{offer.layers[1]}]" if offer.stage else offer.model_id
 
 
-def _read_line() -> str | None:
+def _read_line(prompt: str) -> str | None:
     try:
-        return input("> ")
+        return input(prompt)
     except EOFError:
         return None
 
 
-def run_peers(*, home: Path | None, bootstrap: list[str], wait: float, mdns: bool, json_out: bool) -> None:
-    settings = client_settings(home, bootstrap, mdns)
-
+def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
     async def main() -> None:
         async with open_network(settings) as network:
             deadline = time.monotonic() + wait

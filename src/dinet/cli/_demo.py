@@ -10,10 +10,11 @@ from pathlib import Path
 import trio
 import typer
 
-from dinet.cli._ask import answer_json, client_settings
+from dinet.cli._ask import answer_json
 from dinet.cli._common import print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network, open_network
+from dinet.config import ClientSettings
 from dinet.errors import DinetError, ManifestError, RoutingError
 from dinet.node.local_mesh import LocalMesh
 from dinet.p2p.discovery import fetch_manifests
@@ -32,7 +33,7 @@ def run_demo(*, nodes: int, prompt: str, max_tokens: int, json_out: bool) -> Non
             for node in mesh.nodes:
                 say(f"  node {node.peer_id}  pid {node.process.pid}  {node.addr}")
             say(f"  all serving after {time.monotonic() - started:.1f} s")
-            settings = client_settings(Path(root) / "client", mesh.bootstrap[:1], mdns=False)
+            settings = ClientSettings(home=Path(root) / "client", bootstrap=mesh.bootstrap[:1], mdns=False)
             params = GenerationParams(
                 messages=(ChatMessage(role="user", content=prompt),), max_tokens=max_tokens
             )

@@ -6,66 +6,22 @@ from pathlib import Path
 
 import trio
 import typer
-from pydantic import ValidationError
 
+from dinet._config_layers import resolve
 from dinet.cli._common import fail, print_json, run
-from dinet.cli._gateway import describe, gateway_settings
-from dinet.config import LIAR_REFUSED, NodeSettings
-from dinet.engine.liar import liars_allowed
+from dinet.cli._gateway import describe
+from dinet.config import GatewaySettings, NodeSettings
+from dinet.errors import ConfigError
 from dinet.gateway import GatewayStarted, serve_gateway
 from dinet.node.service import NodeStarted, serve_node
 
 
-def run_node(
-    *,
-    model: str | None,
-    listen: list[str] | None,
-    bootstrap: list[str],
-    home: Path | None,
-    threads: int,
-    region: str,
-    price: float,
-    max_concurrent: int,
-    max_queue: int,
-    memory_mb: int | None,
-    mdns: bool,
-    json_out: bool,
-    api_port: int | None = None,
-    api_host: str = "127.0.0.1",
-    api_key: str | None = None,
-    prompt_price: float = 0.0,
-    priority: bool = True,
-    free_allowance: float = 1.0,
-    limits: dict[str, float | int | str | None] | None = None,
-    sandbox: bool = True,
-    liar: str | None = None,
-) -> None:
-    if liar is not None and not liars_allowed():
-        fail(LIAR_REFUSED)
-    given: dict[str, object] = {
-        "bootstrap": bootstrap, "threads": threads, "region": region, "price": price,
-        "prompt_price": prompt_price, "priority": priority, "free_allowance": free_allowance,
-        "mdns": mdns, "model": model, "memory_mb": memory_mb,
-        "max_concurrent": max_concurrent, "max_queue": max_queue, "sandbox": sandbox,
-    }
-    given.update({k: v for k, v in (limits or {}).items() if v is not None})  # unset: the defaults
-    if liar is not None:
-        given["liar"] = liar
-    if listen:
-        given["listen"] = listen
-    if home:
-        given["home"] = home
-    try:
-        settings = NodeSettings.model_validate(given)
-    except ValidationError as exc:
-        fail(f"invalid setting {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> None:
     if settings.liar is not None:
         typer.secho(f"WARNING: this node LIES ({settings.liar}): for tests of verification only",
                     fg="red", err=True)
     # Checked before the node starts, so a bad API setting fails at once.
-    api = None if api_port is None else gateway_settings(
-        host=api_host, port=api_port, home=settings.home, api_key=api_key, mdns=False,
-    )
+    api = None if settings.api_port is None else beside_node(settings, config)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -97,3 +53,19 @@ def run_node(
                 typer.echo(f"home     {settings.home}   (Ctrl-C to stop)")
 
     run(main)
+
+
+def beside_node(settings: NodeSettings, config: Path | None) -> GatewaySettings:
+    """The API a node serves itself (api_port): the node's address, port and key, and the
+    client settings (timeouts, verify_rate, ...) a gateway would read."""
+    own: dict[str, object] = {
+        "host": settings.api_host, "port": settings.api_port, "home": settings.home, "mdns": False,
+    }
+    if settings.api_key is not None:
+        own["api_key"] = settings.api_key
+    names = {"host": "--api-host", "port": "--api-port", "api_key": "--api-key"}
+    try:
+        return resolve(GatewaySettings, flags=own, config=config, flag_names=names).settings
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits

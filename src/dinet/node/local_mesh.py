@@ -49,7 +49,7 @@ def start_node(
     home: Path,
     *,
     bootstrap: list[str] = (),  # type: ignore[assignment]
-    threads: int = 1,
+    threads: int | None = 1,  # None: the node's own setting (DINET_THREADS, its config file, default)
     extra_args: list[str] = (),  # type: ignore[assignment]
     env: dict[str, str] | None = None,
     listen: str = "/ip4/127.0.0.1/tcp/0",
@@ -66,8 +66,10 @@ def start_node(
     args = [
         *command_prefix, sys.executable, "-m", "dinet", "node", "--json", "-v",
         "--mdns" if mdns else "--no-mdns",
-        "--home", str(home), "--threads", str(threads), "--listen", listen,
+        "--home", str(home), "--listen", listen,
     ]
+    if threads is not None:
+        args += ["--threads", str(threads)]
     for addr in bootstrap:
         args += ["--bootstrap", addr]
     args += list(extra_args)
