@@ -30,6 +30,7 @@ from tests.helpers import chat, raw_host
 from dinet.client.ask import Answer, ask
 from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain, silent_peers
 from dinet.client.network import open_network
+from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.node.local_mesh import NodeProcess, start_node
@@ -115,7 +116,7 @@ async def chain_answer(
     network, params: GenerationParams, sharded: bool | None = True
 ) -> tuple[list[TokenFrame], Answer]:
     frames, answer = [], None
-    async for event in ask(network, params, sharded=sharded, discover_timeout=30):
+    async for event in ask(network, params, AskOptions(sharded=sharded, discover_timeout_s=30)):
         if isinstance(event, Answer):
             answer = event
         else:
@@ -245,8 +246,8 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
     frames: list[TokenFrame] = []
     answer = None
     async with open_network(settings_for(tmp_path, stages["A"])) as network:
-        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS), sharded=True,
-                               discover_timeout=30, on_attempt=chosen.append):
+        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS),
+                               AskOptions(sharded=True, discover_timeout_s=30), on_attempt=chosen.append):
             if isinstance(event, Answer):
                 answer = event
                 continue

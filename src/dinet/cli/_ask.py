@@ -15,6 +15,7 @@ from rich.table import Table
 from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network, peer_trust
+from dinet.client.options import AskOptions
 from dinet.client.verify import Verification
 from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
@@ -92,17 +93,14 @@ def run_ask(
     settings = client_settings(home, bootstrap, mdns, discover_timeout_s=timeout, **budget)
 
     async def main() -> None:
+        options = AskOptions.from_settings(settings, model_id=model, model_hash=model_hash, policy=policy)
         async with open_network(settings) as network:
             if replicas > 1:
-                vote = await ask_replicas(network, params, replicas, model_id=model, model_hash=model_hash,
-                                          discover_timeout=timeout, policy=policy)  # type: ignore[arg-type]
+                vote = await ask_replicas(network, params, replicas, options)
                 _show_vote(vote, json_out)
                 return
-            async for event in ask(network, params, model_id=model, model_hash=model_hash,
-                                   discover_timeout=timeout, deadline_s=deadline,
-                                   policy=policy,  # type: ignore[arg-type]
-                                   sharded=True if sharded else None,
-                                   verify_rate=settings.verify_rate):
+            async for event in ask(network, params, options.with_(deadline_s=deadline,
+                                                                  sharded=True if sharded else None)):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
@@ -169,7 +167,7 @@ def run_chat(
                 history.append(ChatMessage(role="user", content=line))
                 params = GenerationParams(messages=tuple(history), max_tokens=max_tokens,
                                           temperature=temperature, seed=seed)
-                async for event in ask(network, params, model_id=model):
+                async for event in ask(network, params, AskOptions.from_settings(settings, model_id=model)):
                     if isinstance(event, Answer):
                         typer.echo()
                         typer.secho(_served_line(event), fg="cyan", err=True)
