@@ -25,7 +25,7 @@
     │   ├── UnsupportedModel a GGUF the torch layer-range engine cannot run
     │   ├── BadLayerSpan     a layer range the model does not have (or START >= STOP)
     │   └── PullFailed       no peer could supply every chunk of a model
-    ├── RequestError         a user's API request that is malformed or out of range
+    ├── RequestError         a user's request (library, CLI or HTTP API) malformed or out of range
     │   └── Unauthorized     a missing or wrong API key
     ├── LedgerError          the ledger cannot record or prove receipts
     │   ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
@@ -147,7 +147,8 @@ class BadLayerSpan(ModelError):
 
 
 class RequestError(DinetError):
-    """A user's request (HTTP API) that is malformed or out of range; `param` names the field."""
+    """A user's request (library call, CLI or HTTP API) that is malformed or out of range;
+    `param` names the option or field."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)

@@ -24,6 +24,7 @@ from dinet.errors import RoutingError
 
 UNKNOWN_STAGE_MS = 20.0  # per-token time assumed for a stage nobody has measured
 UNKNOWN_RTT_MS = 50.0
+PRICE_ROUNDING = 1e-9  # a sum of prices may exceed a limit it equals by float rounding
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class Route:
 
     def within(self, max_price: float | None) -> bool:
         """The chain's prompt and completion prices are both at most `max_price` (None: any)."""
-        return max_price is None or (
-            self.price_per_token <= max_price and self.price_per_prompt_token <= max_price
-        )
+        if max_price is None:
+            return True
+        limit = max_price * (1 + PRICE_ROUNDING) + PRICE_ROUNDING  # 0.1 * 3 is 0.30000000000000004
+        return self.price_per_token <= limit and self.price_per_prompt_token <= limit
 
 
 def chain_token_budget(route: Route, deadline_s: float) -> int:
