@@ -2,6 +2,7 @@
 
     DinetError
     ├── ConfigError          bad flags, settings or home directory
+    ├── ClientClosed         a library client that was closed (or whose network stopped)
     ├── WireError            a frame or message that cannot be decoded
     │   ├── FrameTooLarge    a length prefix above the cap
     │   └── MalformedMessage bytes that are not a valid message of the protocol
@@ -46,6 +47,10 @@ class DinetError(Exception):
 
 
 class ConfigError(DinetError):
+    pass
+
+
+class ClientClosed(DinetError):
     pass
 
 
