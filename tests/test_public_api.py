@@ -6,6 +6,7 @@ client is also used from this process, and the trio client from a trio test.
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -84,6 +85,15 @@ def test_a_sync_client_asks_chats_streams_and_closes(tmp_path, mesh, bootstrap):
     assert len(client_threads()) == before  # its thread has stopped
     with pytest.raises(dinet.ClientClosed):
         client.ask(PROMPT)
+
+
+def test_a_forgotten_client_closes_itself(tmp_path, bootstrap):
+    before = len(client_threads())
+    client = dinet.Client(bootstrap=bootstrap, home=tmp_path, mdns=False)
+    assert len(client_threads()) == before + 1
+    del client
+    gc.collect()
+    assert len(client_threads()) == before
 
 
 def test_bad_settings_and_unreachable_bootstraps_are_typed_errors(tmp_path, mesh):

@@ -8,12 +8,12 @@
 trio runs on a thread of the client's own, with one `AsyncClient`; each call becomes a
 task there and the calling thread waits for its result. Ctrl-C while waiting cancels
 that task (the peer stops generating) and raises KeyboardInterrupt at once; `close()`
-(or leaving the `with` block) stops the thread. Clients left open are closed at exit.
+(or leaving the `with` block) stops the thread; a client nobody closed is closed when it
+is garbage-collected, or at exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import queue
 import threading
 import weakref
@@ -51,7 +51,8 @@ class Client:
     ) -> None:
         self.settings = client_settings(bootstrap, home, settings)
         self._loop = _TrioThread(self.settings)
-        _open_clients.add(self)
+        # Closed when forgotten, or at the latest when the interpreter exits.
+        self._finalizer = weakref.finalize(self, self._loop.stop)
 
     @property
     def peer_id(self) -> str:
@@ -88,8 +89,7 @@ class Client:
 
     def close(self) -> None:
         """Leave the network and stop the client's thread. Calls still waiting raise ClientClosed."""
-        _open_clients.discard(self)
-        self._loop.stop()
+        self._finalizer()
 
     def __enter__(self) -> Client:
         return self
@@ -293,12 +293,3 @@ class _TrioThread:
         if threading.current_thread() is not self._thread:
             self._thread.join(CLOSE_WAIT_S)
 
-
-_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_clients() -> None:
-    """Clients nobody closed leave the network cleanly before the interpreter stops."""
-    for client in list(_open_clients):
-        client.close()

@@ -57,7 +57,7 @@ class AskOptions:
                 if isinstance(value, str) or not isinstance(value, Collection):
                     raise RequestError(f"{name} must be a collection of peer ids", name)
                 object.__setattr__(self, name, frozenset(value))
-        if self.sharded not in (None, True, False):
+        if not (self.sharded is None or isinstance(self.sharded, bool)):
             raise RequestError("sharded must be True, False or None", "sharded")
         if self.policy not in POLICIES:
             raise RequestError(f"unknown policy {self.policy!r}: use {', '.join(POLICIES)}", "policy")
