@@ -26,6 +26,7 @@ import trio
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network, open_network
+from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import LocalMesh, start_node
 from dinet.wire.messages import ChatMessage, GenerationParams
@@ -89,7 +90,8 @@ async def scaling_run(root: Path, nodes: int, concurrent: int, max_tokens: int) 
 
             async def one(i: int) -> None:
                 nonlocal produced
-                async for event in ask(network, params(max_tokens, f"{PROMPT} ({i})"), request_timeout=600):
+                prompt = params(max_tokens, f"{PROMPT} ({i})")
+                async for event in ask(network, prompt, AskOptions(request_timeout_s=600)):
                     if isinstance(event, Answer):
                         produced += event.usage.completion_tokens
             start = time.perf_counter()

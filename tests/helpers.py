@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from libp2p.abc import IHost
@@ -13,6 +14,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from dinet.client.ask import Answer, ask
+from dinet.client.options import AskOptions
 from dinet.node.local_mesh import child_pids
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.host import build_host, running_host
@@ -77,10 +79,13 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-async def answer_to(network, params: GenerationParams, **kwargs: object) -> tuple[str, Answer]:
-    """The streamed text and the final Answer of one `ask`; they must agree."""
+async def answer_to(
+    network, params: GenerationParams, *, on_attempt: Callable[[str], None] | None = None, **options: Any
+) -> tuple[str, Answer]:
+    """The streamed text and the final Answer of one `ask` (`options`: AskOptions' fields);
+    they must agree."""
     text, answer = "", None
-    async for event in ask(network, params, **kwargs):  # type: ignore[arg-type]
+    async for event in ask(network, params, AskOptions(**options), on_attempt=on_attempt):
         if isinstance(event, Answer):
             answer = event
         else:

@@ -2,6 +2,7 @@
 
     DinetError
     ├── ConfigError          bad flags, settings or home directory
+    ├── ClientClosed         a library client that was closed (or whose network stopped)
     ├── WireError            a frame or message that cannot be decoded
     │   ├── FrameTooLarge    a length prefix above the cap
     │   └── MalformedMessage bytes that are not a valid message of the protocol
@@ -25,7 +26,7 @@
     │   ├── UnsupportedModel a GGUF the torch layer-range engine cannot run
     │   ├── BadLayerSpan     a layer range the model does not have (or START >= STOP)
     │   └── PullFailed       no peer could supply every chunk of a model
-    ├── RequestError         a user's API request that is malformed or out of range
+    ├── RequestError         a user's request (library, CLI or HTTP API) malformed or out of range
     │   └── Unauthorized     a missing or wrong API key
     ├── LedgerError          the ledger cannot record or prove receipts
     │   ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
@@ -46,6 +47,10 @@ class DinetError(Exception):
 
 
 class ConfigError(DinetError):
+    pass
+
+
+class ClientClosed(DinetError):
     pass
 
 
@@ -147,7 +152,8 @@ class BadLayerSpan(ModelError):
 
 
 class RequestError(DinetError):
-    """A user's request (HTTP API) that is malformed or out of range; `param` names the field."""
+    """A user's request (library call, CLI or HTTP API) that is malformed or out of range;
+    `param` names the option or field."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)

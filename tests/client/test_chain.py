@@ -1,10 +1,13 @@
-"""Pipeline chains of real `din node --layers` processes: same tokens as llama.cpp, and failover.
+"""Pipeline chains of real `din node --layers` processes: same tokens as llama.cpp, failover,
+and every option of a request honoured (or refused) on a chain.
 
 One module-scoped set of stages is shared by the tests: A [0,10), B and B2 [10,20),
 C [20,30) in one mesh, and the pair A2 [0,10) + D [10,30) on their own (no bootstrap),
 so that automatic routing from A sees only 3-stage chains and a 2-stage chain A2 + D is
 asked for by name. (Relayed stages dial each other: a pair that included A would make
-D known to the mesh.)
+D known to the mesh.) A, B2 and C advertise prices (`PRICES`): a chain through B asks
+0.5 credits per token in all, one through B2 0.6. The tests that stop or kill stages
+come last.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import threading
 from contextlib import aclosing
+from typing import Any
 
 import httpx
 import numpy as np
@@ -30,13 +34,16 @@ from tests.helpers import chat, raw_host
 from dinet.client.ask import Answer, ask
 from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain, silent_peers
 from dinet.client.network import open_network
+from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
+from dinet.errors import AnswerTimedOut, NoCapablePeer
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.identity import peer_id_of
 from dinet.p2p.streams import FramedStream
 from dinet.routing.shard import Route, StageOffer
+from dinet.trust.reputation import Event
 from dinet.wire.ids import SHARD_PROTOCOL
 from dinet.wire.messages import GenerationParams, TokenFrame
 from dinet.wire.shard import (
@@ -57,6 +64,7 @@ PROMPTS = ["What is the largest planet?", "Describe a cat in one sentence.", "Wh
 MAX_TOKENS = 24
 LONG_PROMPT, LONG_TOKENS = "Write a long story about a lighthouse keeper.", 160
 STAGE_START_S = 240.0
+PRICES = {"A": 0.2, "B2": 0.1, "C": 0.3}  # credits per completion token
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +74,13 @@ def stages(tmp_path_factory):
     started: dict[str, NodeProcess] = {}
     try:
         # Stages load torch and their tensors: slow on a busy 2-core machine.
-        started["A"] = start_node(root / "A", extra_args=["--layers", "0:10"], start_timeout=STAGE_START_S)
+        started["A"] = start_node(root / "A", extra_args=stage_args("A", "0:10"), start_timeout=STAGE_START_S)
         rest = {"B": "10:20", "B2": "10:20", "C": "20:30", "A2": "0:10", "D": "10:30"}
         threads = []
 
         def start(name: str, layers: str) -> None:
             bootstrap = [] if name in ("A2", "D") else [started["A"].addr]
-            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=["--layers", layers],
+            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=stage_args(name, layers),
                                        start_timeout=STAGE_START_S)
 
         for name, layers in rest.items():
@@ -85,6 +93,10 @@ def stages(tmp_path_factory):
     finally:
         for node in started.values():
             node.stop()
+
+
+def stage_args(name: str, layers: str) -> list[str]:
+    return ["--layers", layers] + (["--price", str(PRICES[name])] if name in PRICES else [])
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +124,11 @@ def settings_for(tmp_path, *nodes: NodeProcess) -> ClientSettings:
 
 
 async def chain_answer(
-    network, params: GenerationParams, sharded: bool | None = True
+    network, params: GenerationParams, sharded: bool | None = True, **options: Any
 ) -> tuple[list[TokenFrame], Answer]:
     frames, answer = [], None
-    async for event in ask(network, params, sharded=sharded, discover_timeout=30):
+    options = {"discover_timeout_s": 30, **options}
+    async for event in ask(network, params, AskOptions(sharded=sharded, **options)):
         if isinstance(event, Answer):
             answer = event
         else:
@@ -159,6 +172,135 @@ async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_a
         frames = [e async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
                   if isinstance(e, TokenFrame)]
         assert [f.token_id for f in frames] == llama_answers[prompt][0]
+
+
+async def know_stages(network, *nodes: NodeProcess) -> None:
+    """Wait until this client has seen every one of `nodes` offer its stage."""
+    wanted = {n.peer_id for n in nodes}
+    with trio.fail_after(60):
+        while not wanted <= {stage.peer_id for _, stage in network.stage_offers(None, None)}:
+            unprobed = [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
+            await network.probe_all(unprobed)
+            await trio.sleep(0.2)
+
+
+def ids(frames: list[TokenFrame]) -> list[int]:
+    return [f.token_id for f in frames]
+
+
+async def test_a_price_limit_holds_for_the_whole_chain(tmp_path, stages, llama_answers):
+    a, b, c = stages["A"], stages["B"], stages["C"]
+    prompt = PROMPTS[0]
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await know_stages(network, a, b, stages["B2"], c)
+        # Every stage asks at most 0.3 per token, every chain at least 0.5 in all: refused.
+        with pytest.raises(NoCapablePeer, match="within 0.45 credits per token"):
+            await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), max_price=0.45)
+        # Within 0.5 only the chain through B will do (through B2 it asks 0.6).
+        frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), max_price=0.5)
+        assert answer.chain == (a.peer_id, b.peer_id, c.peer_id)
+        assert ids(frames) == llama_answers[prompt][0]
+        assert answer.receipts == ()  # stages issue no receipts: nothing was charged
+        # The network's own limit (DINET_MAX_PRICE) holds when a request sets none.
+        network.max_price = 0.45
+        with pytest.raises(NoCapablePeer, match="credits per token"):
+            await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS))
+
+
+async def test_the_cost_policy_takes_the_cheapest_chain(tmp_path, stages, llama_answers):
+    a, b, c = stages["A"], stages["B"], stages["C"]
+    prompt = PROMPTS[1]
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await know_stages(network, a, b, stages["B2"], c)
+        frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), policy="cost")
+    assert answer.chain == (a.peer_id, b.peer_id, c.peer_id)  # 0.5 per token, not 0.6
+    assert ids(frames) == llama_answers[prompt][0]
+
+
+async def test_only_peers_restricts_the_stages(tmp_path, stages, llama_answers):
+    a, b2, c = stages["A"], stages["B2"], stages["C"]
+    prompt = PROMPTS[2]
+    attempts: list[str] = []
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await know_stages(network, a, stages["B"], b2, c)
+        frames = []
+        options = AskOptions(sharded=True, only_peers={a.peer_id, b2.peer_id, c.peer_id})
+        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS), options,
+                               on_attempt=attempts.append):
+            if isinstance(event, TokenFrame):
+                frames.append(event)
+            else:
+                answer = event
+        assert answer.chain == (a.peer_id, b2.peer_id, c.peer_id) and attempts == list(answer.chain)
+        assert ids(frames) == llama_answers[prompt][0]
+        with pytest.raises(NoCapablePeer, match="no chain of stages"):  # nothing holds [10, 20) among them
+            await chain_answer(network, chat(prompt, max_tokens=4), only_peers={a.peer_id, c.peer_id},
+                               discover_timeout_s=1)
+
+
+async def test_a_deadline_caps_max_tokens_on_a_chain(tmp_path, stages, llama_answers):
+    prompt = PROMPTS[0]
+    async with open_network(settings_for(tmp_path, stages["A"])) as network:
+        frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), deadline_s=0.1)
+    capped = answer.max_tokens_capped
+    assert capped is not None and 1 <= capped < MAX_TOKENS
+    assert answer.usage.completion_tokens == len(frames) <= capped
+    assert ids(frames) == llama_answers[prompt][0][: len(frames)]  # a shorter answer, not another one
+
+
+async def test_the_request_timeout_ends_a_chain_answer_without_blaming_its_stages(tmp_path, stages):
+    async with open_network(settings_for(tmp_path, stages["A"])) as network:
+        with pytest.raises(AnswerTimedOut):
+            await chain_answer(network, chat(LONG_PROMPT, max_tokens=LONG_TOKENS), request_timeout_s=1.0)
+        book = network.reputation
+        assert book is not None
+        assert all(book.score(n.peer_id) is None for n in stages.values())  # the limit was ours
+        # The stages freed the sessions and serve the next request.
+        frames, answer = await chain_answer(network, chat(PROMPTS[2], max_tokens=4))
+        assert len(frames) == 4 and all(book.score(p) == 1.0 for p in answer.chain)
+
+
+async def test_stages_excluded_for_a_low_reputation_are_never_used(tmp_path, stages):
+    a, b2, c = stages["A"], stages["B2"], stages["C"]
+    async with open_network(settings_for(tmp_path, a)) as network:
+        await know_stages(network, a, stages["B"], b2, c)
+        book = network.reputation
+        assert book is not None
+        book.record_many([(b2.peer_id, Event.SUCCESS), (b2.peer_id, Event.VERIFY_FAIL)] * 2)  # caught twice
+        with pytest.raises(NoCapablePeer, match="low reputation"):
+            await chain_answer(network, chat(PROMPTS[0], max_tokens=4),
+                               only_peers={a.peer_id, b2.peer_id, c.peer_id})
+        _, answer = await chain_answer(network, chat(PROMPTS[0], max_tokens=4))
+        assert b2.peer_id not in answer.chain
+
+
+async def test_a_chain_answer_is_verified_by_a_whole_model_peer(tmp_path, stages, mesh):
+    a = stages["A"]
+    whole = {n.peer_id for n in mesh.nodes}
+    assert a.model_hash == mesh.nodes[0].model_hash  # the same model, split or whole
+    prompt = PROMPTS[1]
+    alone = ClientSettings(home=tmp_path / "alone", bootstrap=[a.addr], mdns=False, discover_timeout_s=30)
+    async with open_network(alone) as network:  # no whole-model peer in sight: nobody can check
+        _, unchecked = await chain_answer(network, chat(prompt, max_tokens=8), verify_rate=1.0)
+    assert unchecked.verification is not None and unchecked.verification.verified is None
+
+    both = ClientSettings(home=tmp_path / "both", bootstrap=[a.addr, mesh.bootstrap[0]], mdns=False)
+    async with open_network(both) as network:
+        await network.discover(None, a.model_hash, timeout=30, want=len(mesh.nodes))
+        _, answer = await chain_answer(network, chat(prompt, max_tokens=8), verify_rate=1.0)
+        check = answer.verification
+        assert check is not None and check.verified is True and check.verifier in whole
+        assert check.checked == answer.usage.completion_tokens == 8
+        book = network.reputation
+        assert book is not None
+        for peer_id in answer.chain:  # each stage answered and passed: success + verify_pass
+            standing = book.standing(peer_id)
+            assert standing is not None and standing.events == pytest.approx(2, abs=0.01)
+            assert standing.bad == 0
+        chosen = mesh.nodes[2].peer_id
+        _, again = await chain_answer(network, chat(prompt, max_tokens=8), verify_rate=1.0,
+                                      verifiers={chosen})
+        assert again.verification is not None and again.verification.verifier == chosen
 
 
 async def test_a_session_lost_at_a_stage_is_replayed_without_a_change(tmp_path, stages):
@@ -245,8 +387,8 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
     frames: list[TokenFrame] = []
     answer = None
     async with open_network(settings_for(tmp_path, stages["A"])) as network:
-        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS), sharded=True,
-                               discover_timeout=30, on_attempt=chosen.append):
+        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS),
+                               AskOptions(sharded=True, discover_timeout_s=30), on_attempt=chosen.append):
             if isinstance(event, Answer):
                 answer = event
                 continue
@@ -255,6 +397,10 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
                 (victim,) = [middle[p] for p in chosen if p in middle]
                 os.kill(victim.process.pid, signal.SIGKILL)
                 victim.process.wait()
+        book = network.reputation
+        assert book is not None
+        assert answer is not None and all(book.score(p) == 1.0 for p in answer.chain)  # each earned a success
+        assert book.score(victim.peer_id) != 1.0  # the killed stage did not
     assert answer is not None
     assert [f.token_id for f in frames] == llama_answers[prompt][0]
     assert answer.text == llama_answers[prompt][1]

@@ -95,7 +95,7 @@ async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chao
 
         async def one(i: int) -> None:
             answers.append((await answer_to(network, chat(f"Write the number {i} in words.", max_tokens=12),
-                                      request_timeout=300))[1])
+                                      request_timeout_s=300))[1])
 
         async with trio.open_nursery() as nursery:
             for i in range(30):

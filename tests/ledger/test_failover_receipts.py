@@ -14,6 +14,7 @@ from tests.helpers import chat
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
+from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer
 from dinet.ledger import Ledger
@@ -66,9 +67,9 @@ async def test_no_peer_above_the_budget_is_ever_used(tmp_path, priced_mesh):
     async with open_network(settings) as network:
         await network.discover(None, None, timeout=10)
         with pytest.raises(NoCapablePeer, match="within 0.4 credits"):
-            async for _ in ask(network, chat("Hi.", max_tokens=4), max_price=0.4):
+            async for _ in ask(network, chat("Hi.", max_tokens=4), AskOptions(max_price=0.4)):
                 pass
-        async for event in ask(network, chat("Hi.", max_tokens=4), max_price=0.5):
+        async for event in ask(network, chat("Hi.", max_tokens=4), AskOptions(max_price=0.5)):
             if isinstance(event, Answer):
                 assert event.receipts
     with Ledger.in_home(tmp_path) as ledger:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from dinet.errors import RoutingError
-from dinet.routing.shard import StageOffer, plan_shard_route
+from dinet.routing.shard import StageOffer, chain_token_budget, plan_shard_route
 
 
 def offer(peer: str, start: int, stop: int, latency: float = 10.0, rtt: float = 1.0) -> StageOffer:
@@ -76,3 +76,27 @@ def test_a_thousand_spans_plan_quickly_and_correctly():
     assert all(a.stop == b.start for a, b in zip(route.stages, route.stages[1:], strict=False))
     assert route.cost_ms == pytest.approx(sum(s.cost_ms for s in route.stages))
     assert route.cost_ms < 8 * 1000  # the expensive fallback cover is not the answer
+
+
+def priced(peer: str, start: int, stop: int, price: float, latency: float = 10.0) -> StageOffer:
+    return StageOffer(peer, start, stop, latency_ms=latency, rtt_ms=1.0, price_per_token=price,
+                      price_per_prompt_token=price / 2)
+
+
+def test_by_price_the_cheapest_chain_wins_and_time_breaks_ties():
+    spans = [priced("a", 0, 10, 0.1), priced("fast", 10, 30, 0.5, latency=1), priced("b", 10, 20, 0.1),
+             priced("c", 20, 30, 0.1, latency=30), priced("c-fast", 20, 30, 0.1, latency=5)]
+    assert plan_shard_route(spans, 30).peers == ("a", "fast")  # by time
+    cheapest = plan_shard_route(spans, 30, by="price")
+    assert cheapest.peers == ("a", "b", "c-fast")
+    # A chain's price is what every stage asks together: each works on every token.
+    assert cheapest.price_per_token == pytest.approx(0.3)
+    assert cheapest.price_per_prompt_token == pytest.approx(0.15)
+    assert cheapest.within(0.3) and cheapest.within(None) and not cheapest.within(0.29)
+
+
+def test_a_chain_token_budget_follows_its_time_per_token():
+    route = plan_shard_route([offer("a", 0, 15, latency=9), offer("b", 15, 30, latency=9)], 30)
+    assert route.cost_ms == pytest.approx(20.0)
+    assert chain_token_budget(route, 1.0) == 49  # 50 steps of 20 ms, one of them the prompt's
+    assert chain_token_budget(route, 0.001) == 1  # never below one token

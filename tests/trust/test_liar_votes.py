@@ -14,6 +14,7 @@ from tests.gateway._gateway_helpers import start_gateway, wait_for_peers
 from tests.helpers import answer_to, chat
 
 from dinet.client.network import open_network
+from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import ClientSettings
 from dinet.engine.liar import ALLOW_ENV
@@ -108,14 +109,14 @@ async def test_without_a_majority_verification_decides_and_otherwise_nobody_is_b
         await all_three(network)
         book = network.reputation
         assert book is not None
-        vote = await ask_replicas(network, params_for(0), 2, among=pair, verify=False)
+        vote = await ask_replicas(network, params_for(0), 2, AskOptions(only_peers=pair), verify=False)
         assert vote.answer is None and vote.decided_by is None
         assert vote.summary()["majority"] is False and vote.distinct_answers == 2
         assert "no majority among 2 replicas" in vote.explain()
         # Nobody is known to be wrong: both only answered.
         assert book.score(honest[0].peer_id) == book.score(liar.peer_id) == 1.0
 
-        vote = await ask_replicas(network, params_for(1), 2, among=pair)
+        vote = await ask_replicas(network, params_for(1), 2, AskOptions(only_peers=pair))
         assert vote.decided_by == "verification" and vote.answer is not None
         assert vote.answer.peer_id == honest[0].peer_id
         assert vote.verified == {honest[0].peer_id: True, liar.peer_id: False}

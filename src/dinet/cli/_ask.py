@@ -14,6 +14,7 @@ from rich.table import Table
 from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network, peer_trust
+from dinet.client.options import AskOptions
 from dinet.client.verify import Verification
 from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
@@ -71,20 +72,14 @@ def run_ask(
         fail(f"invalid request: {exc.errors()[0]['msg']}")
 
     async def main() -> None:
+        options = AskOptions.from_settings(settings, model_id=model, model_hash=model_hash, policy=policy)
         async with open_network(settings) as network:
             if replicas > 1:
-                vote = await ask_replicas(network, params, replicas, model_id=model, model_hash=model_hash,
-                                          discover_timeout=settings.discover_timeout_s,
-                                          request_timeout=settings.request_timeout_s,
-                                          policy=policy)  # type: ignore[arg-type]
+                vote = await ask_replicas(network, params, replicas, options)
                 _show_vote(vote, json_out)
                 return
-            async for event in ask(network, params, model_id=model, model_hash=model_hash,
-                                   discover_timeout=settings.discover_timeout_s,
-                                   request_timeout=settings.request_timeout_s, deadline_s=deadline,
-                                   policy=policy,  # type: ignore[arg-type]
-                                   sharded=True if sharded else None,
-                                   verify_rate=settings.verify_rate):
+            async for event in ask(network, params, options.with_(deadline_s=deadline,
+                                                                  sharded=True if sharded else None)):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
                         typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
@@ -150,10 +145,7 @@ def run_chat(
                 history.append(ChatMessage(role="user", content=line))
                 params = GenerationParams(messages=tuple(history), max_tokens=max_tokens,
                                           temperature=temperature, seed=seed)
-                async for event in ask(network, params, model_id=model,
-                                       discover_timeout=settings.discover_timeout_s,
-                                       request_timeout=settings.request_timeout_s,
-                                       verify_rate=settings.verify_rate):
+                async for event in ask(network, params, AskOptions.from_settings(settings, model_id=model)):
                     if isinstance(event, Answer):
                         history.append(ChatMessage(role="assistant", content=event.text))
                         if json_out:

@@ -12,6 +12,10 @@ plans a new chain without the stage at fault, from the peers still alive, and re
 the session into it: the same prompt ids in the same chunks, then each token in turn,
 so every KV cache is rebuilt exactly and the last stage chooses the same tokens again.
 Tokens already delivered are not delivered twice; the text is unchanged.
+
+A request's limits (`StageRules`: only these peers, a price limit, the cheapest or the
+fastest chain) hold for the first chain and every replacement alike; stages this client
+excludes for a low reputation are never used.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import logging
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import trio
 from libp2p.abc import IHost
 
+from dinet.client._records import Records
 from dinet.client._stage_link import StageLink
 from dinet.client.network import Network
 from dinet.errors import (
+    AnswerTimedOut,
     MalformedMessage,
     NoCapablePeer,
     PeerError,
@@ -40,7 +47,8 @@ from dinet.errors import (
 )
 from dinet.p2p.discovery import fetch_manifests
 from dinet.p2p.host import known_addrs
-from dinet.routing.shard import Route, StageOffer, plan_shard_route
+from dinet.routing.select import PeerView, Policy
+from dinet.routing.shard import By, Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
 
@@ -53,6 +61,7 @@ STALL_PER_ROW_S = 0.05  # the first token waits for the whole prompt too
 STALL_PROBE_S = 3.0  # after a stall, a stage that does not answer a manifest query this soon is left out
 _REPLAYABLE = {"unknown_session", "internal", "busy", "rate_limited"}  # same peer may do
 
+_T = TypeVar("_T")
 # What a stage's stream brought: the last stage's token, the end of the stream, or a failure.
 _Event = tuple[int, ShardSampled | None | Exception]
 
@@ -77,18 +86,32 @@ class ChainResult:
     peers_tried: tuple[str, ...]  # every stage peer used, replacements included
 
 
+@dataclass(frozen=True)
+class StageRules:
+    """Which stages a chain may use, and how it is chosen: the request's own limits."""
+
+    policy: Policy = "latency"  # "cost": the cheapest chain; otherwise the least time per token
+    max_price: float | None = None  # most credits per token for the whole chain (summed over its stages)
+    only_peers: frozenset[str] | None = None  # no stage outside these
+
+
 async def plan_chain(
     network: Network, model_id: str | None, model_hash: str | None, *, timeout: float,
-    exclude: frozenset[str] = frozenset(),
+    exclude: frozenset[str] = frozenset(), rules: StageRules = StageRules(),
 ) -> ChainPlan:
-    """Look for stages until some chain covers the model, or NoCapablePeer after `timeout`."""
+    """Look for stages until some chain covers the model, or NoCapablePeer after `timeout`.
+
+    NoCapablePeer at once when chains exist but `rules` (a price limit) or reputations
+    refuse every one of them."""
     last: RoutingError | None = None
     with trio.move_on_after(timeout):
         while True:
             unprobed = [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
             await network.probe_all(unprobed)
             try:
-                return _plan(network, model_id, model_hash, exclude)
+                return _plan(network, model_id, model_hash, exclude, rules)
+            except NoCapablePeer:
+                raise
             except RoutingError as exc:
                 last = exc
             await trio.sleep(0.3)
@@ -97,31 +120,76 @@ async def plan_chain(
 
 
 def _plan(
-    network: Network, model_id: str | None, model_hash: str | None, exclude: frozenset[str]
+    network: Network, model_id: str | None, model_hash: str | None, exclude: frozenset[str],
+    rules: StageRules,
 ) -> ChainPlan:
     groups: dict[tuple[str, str, int], list[StageOffer]] = defaultdict(list)
     for offer, stage in network.stage_offers(model_id, model_hash):
-        groups[(offer.model_hash, offer.model_id, offer.total_layers)].append(stage)
+        if rules.only_peers is None or stage.peer_id in rules.only_peers:
+            groups[(offer.model_hash, offer.model_id, offer.total_layers)].append(stage)
     if not groups:
-        raise RoutingError("no stage serves the model")
-    failures = []
+        raise RoutingError("no stage serves the model" + (" among only_peers" if rules.only_peers else ""))
+    distrusted = _distrusted(network)
+    failures, refusals = [], []
     for (found_hash, found_id, n_layers), stages in sorted(groups.items()):  # deterministic order
         try:
-            route = plan_shard_route(stages, n_layers, exclude=exclude)
+            route = _route(stages, n_layers, exclude, distrusted, rules)
             return ChainPlan(route, found_id, found_hash, n_layers)
+        except NoCapablePeer as exc:
+            refusals.append(str(exc))
         except RoutingError as exc:
             failures.append(str(exc))
+    if refusals:
+        raise NoCapablePeer("; ".join(refusals))
     raise RoutingError("; ".join(failures))
+
+
+def _route(
+    stages: list[StageOffer], n_layers: int, exclude: frozenset[str], distrusted: frozenset[str],
+    rules: StageRules,
+) -> Route:
+    """The chain `rules` choose. RoutingError when no chain covers the model (more stages may
+    yet be found); NoCapablePeer when chains do, but reputations or the price limit refuse all."""
+    plan_shard_route(stages, n_layers, exclude=exclude)
+    allowed = exclude | distrusted
+    try:
+        by: By = "price" if rules.policy == "cost" else "time"
+        route = plan_shard_route(stages, n_layers, exclude=allowed, by=by)
+    except RoutingError:
+        raise NoCapablePeer("every chain of stages goes through a stage excluded for a low reputation "
+                            "(`din peers` shows the scores)") from None
+    if route.within(rules.max_price):
+        return route
+    cheapest = plan_shard_route(stages, n_layers, exclude=allowed, by="price")
+    if cheapest.within(rules.max_price):
+        return cheapest  # not the fastest chain, but the fastest one within the limit may not exist
+    raise NoCapablePeer(
+        f"no chain of stages serves the model within {rules.max_price:g} credits per token: the cheapest "
+        f"asks {cheapest.price_per_token:g} per token ({cheapest.price_per_prompt_token:g} per prompt token)"
+    )
+
+
+def _distrusted(network: Network) -> frozenset[str]:
+    """The peers this client excludes for a low reputation."""
+    if network.reputation is None:
+        return frozenset()
+    views = [PeerView(peer_id, None, 0.0, 0.0, 0, 0, 1, reputation=s.score, evidence=s.events)
+             for peer_id, s in network.reputation.standings().items()]
+    kept = {v.peer_id for v in network.trusted(views)}
+    return frozenset(v.peer_id for v in views if v.peer_id not in kept)
 
 
 class Chain:
     """One session across a ring of relaying stages, replaced whole when a stage fails."""
 
     def __init__(
-        self, network: Network, plan: ChainPlan, params: GenerationParams, dtype: HiddenDType
+        self, network: Network, plan: ChainPlan, params: GenerationParams, dtype: HiddenDType, *,
+        rules: StageRules = StageRules(), records: Records | None = None,
     ) -> None:
         self._network = network
         self._plan = plan
+        self._rules = rules  # a replacement chain keeps to them too
+        self._records = Records(network) if records is None else records
         self._params = params
         self._dtype = dtype
         self.links: list[StageLink] = []
@@ -187,6 +255,14 @@ class Chain:
             raise
         return [link for link in links if link is not None]
 
+    async def begin(self) -> tuple[int, ...]:
+        """`start()`, on a replacement chain if a stage does not open its session."""
+        try:
+            return await self.start()
+        except (PeerError, MalformedMessage) as exc:
+            await self._replace(set(self._failed_opens) or {self._plan.route.peers[0]}, exc)
+            return self.links[0].prompt_ids
+
     async def next_sampled(self) -> ShardSampled:
         """The last stage's next token, replacing the chain as often as it breaks."""
         while True:
@@ -223,21 +299,18 @@ class Chain:
                 raise NoCapablePeer(f"the chain failed {MAX_REPAIRS} times; last: {cause}")
             for peer_id in culprits:
                 self._broken.add(peer_id)
-                self._network.health.failed(peer_id, trio.current_time())
+                await self._records.failed(peer_id, cause if isinstance(cause, BaseException) else str(cause))
             logger.info("the chain broke (%s); replacing it without %s", cause, sorted(culprits) or "anyone")
             try:
-                route = plan_shard_route(
-                    [s for _, s in self._network.stage_offers(self._plan.model_id, self._plan.model_hash)],
-                    self._plan.n_layers, exclude=frozenset(self._broken),
-                )
+                self._plan = _plan(self._network, self._plan.model_id, self._plan.model_hash,
+                                   frozenset(self._broken), self._rules)
             except RoutingError as exc:
                 raise NoCapablePeer(f"no chain of stages is left: {exc}") from None
-            self._plan = replace(self._plan, route=route)
             try:
                 await self.start()
                 return
             except (PeerError, MalformedMessage) as exc:  # a session did not open, or the prompt not go in
-                cause, culprits = exc, set(self._failed_opens) or {route.peers[0]}
+                cause, culprits = exc, set(self._failed_opens) or {self._plan.route.peers[0]}
             await self.close(clean=False)
 
     async def close(self, *, clean: bool) -> None:
@@ -286,15 +359,22 @@ async def _listen(k: int, link: StageLink, events: trio.MemorySendChannel[_Event
 
 async def run_chain(
     network: Network, plan: ChainPlan, params: GenerationParams, *, dtype: HiddenDType = "f32",
+    rules: StageRules = StageRules(), records: Records | None = None, deadline: float = math.inf,
 ) -> AsyncGenerator[TokenFrame | ChainResult, None]:
-    """Yield each completion token frame as it is released, then one ChainResult."""
-    chain = Chain(network, plan, params, dtype)
+    """Yield each completion token frame as it is released, then one ChainResult.
+
+    Replacement chains keep to `rules`; stages at fault and which stages produced which
+    tokens go to `records`; AnswerTimedOut once the trio clock passes `deadline`.
+    """
+    records = Records(network) if records is None else records
+    chain = Chain(network, plan, params, dtype, rules=rules, records=records)
     clean = False
     try:
-        prompt = await chain.start()
+        prompt = await _by(deadline, chain.begin)
         next_index, count = 0, 0
         while True:
-            sampled = await chain.next_sampled()
+            sampled = await _by(deadline, chain.next_sampled)
+            records.produced_by(tuple(link.peer_id for link in chain.links), next_index)
             for frame in sampled.frames:
                 if frame.index >= next_index:  # a replayed chain repeats what was sent
                     next_index = frame.index + 1
@@ -310,3 +390,10 @@ async def run_chain(
                 return
     finally:
         await chain.close(clean=clean)
+
+
+async def _by(deadline: float, step: Callable[[], Awaitable[_T]]) -> _T:
+    """`step()`, or AnswerTimedOut if it is not done when the trio clock reaches `deadline`."""
+    with trio.move_on_at(deadline):
+        return await step()
+    raise AnswerTimedOut("no complete answer in the time allowed")

@@ -175,7 +175,8 @@ class Network:
                 if o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash):
                     latency = 1000.0 / m.tokens_per_s if m.tokens_per_s > 0 else None
                     rtt = self.rtt_ms.get(m.peer_id)
-                    stage = StageOffer(m.peer_id, o.layers[0], o.layers[1], latency, rtt)
+                    stage = StageOffer(m.peer_id, o.layers[0], o.layers[1], latency, rtt,
+                                       m.price_per_token, m.price_per_prompt_token)
                     found.append((o, stage))
         return found
     def trusted(self, peers: list[PeerView]) -> list[PeerView]:

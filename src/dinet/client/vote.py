@@ -18,7 +18,7 @@ means no answer (`Vote.answer` is None).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,9 +26,10 @@ import trio
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network
+from dinet.client.options import AskOptions
 from dinet.client.verify import verify_answer
-from dinet.errors import DinetError, NoCapablePeer
-from dinet.routing.select import PeerView, Policy, rank_peers, within_budget
+from dinet.errors import DinetError, NoCapablePeer, RequestError
+from dinet.routing.select import PeerView, rank_peers, within_budget
 from dinet.trust.reputation import Event
 from dinet.trust.vote import Ballot, Group, Tally, tally
 from dinet.wire.messages import GenerationParams, TokenFrame
@@ -95,46 +96,47 @@ async def ask_replicas(
     network: Network,
     params: GenerationParams,
     replicas: int,
+    options: AskOptions | None = None,
     *,
-    model_id: str | None = None,
-    model_hash: str | None = None,
-    discover_timeout: float = 10.0,
-    request_timeout: float = 120.0,
-    policy: Policy = "latency",
-    max_price: float | None = None,
     verify: bool = True,
     check: Check | None = None,
-    among: Collection[str] | None = None,
 ) -> Vote:
     """Ask `replicas` distinct peers (at least 2 must be available) and vote.
 
     With `verify`, dissenters and (without a majority) every distinct answer are
-    re-scored by another peer (`check` replaces that check). With `among`, the
-    replicas are chosen from those peers only.
+    re-scored by another peer (`check` replaces that check). With
+    `options.only_peers`, the replicas are chosen from those peers only. Replicas are
+    whole-model peers: RequestError for `sharded=True` or a deadline.
     """
+    options = AskOptions() if options is None else options
     if not 2 <= replicas <= MAX_REPLICAS:
-        raise ValueError(f"a vote takes 2 to {MAX_REPLICAS} replicas")
-    max_price = network.max_price if max_price is None else max_price
-    await network.discover(model_id, model_hash, timeout=discover_timeout, want=replicas)
+        raise RequestError(f"a vote takes 2 to {MAX_REPLICAS} replicas", "replicas")
+    if options.sharded:
+        raise RequestError("a vote compares whole-model peers: it cannot be sharded", "sharded")
+    if options.deadline_s is not None:
+        raise RequestError("a vote cannot be combined with a deadline", "deadline_s")
+    model_id, model_hash = options.model_id, options.model_hash
+    max_price = network.max_price if options.max_price is None else options.max_price
+    await network.discover(model_id, model_hash, timeout=options.discover_timeout_s, want=replicas)
     capable = network.candidates(model_id, model_hash)
-    if among is not None:
-        capable = [p for p in capable if p.peer_id in among]
+    if options.only_peers is not None:
+        capable = [p for p in capable if p.peer_id in options.only_peers]
     usable = network.trusted(within_budget(capable, max_price))
     if model_hash is None:  # replicas must all run one version, or honest peers differ
         model_hash, usable = _one_version(network, usable, model_id)
-    chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, policy, limit=replicas)]
+    chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, options.policy, limit=replicas)]
     if len(chosen) < 2:
         wanted = model_hash or model_id or "the model"
         raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")
+    # Each replica stays on its peer, and the vote does its own checking.
+    replica = options.with_(model_hash=model_hash, max_price=max_price, sharded=False, verify_rate=0.0)
     answers: dict[str, tuple[Answer, tuple[TokenFrame, ...]]] = {}
     failed: dict[str, str] = {}
 
     async def one(peer_id: str) -> None:
         frames: list[TokenFrame] = []
         try:
-            async for event in ask(network, params, model_id=model_id, model_hash=model_hash,
-                                   discover_timeout=discover_timeout, request_timeout=request_timeout,
-                                   policy=policy, max_price=max_price, only_peers={peer_id}):
+            async for event in ask(network, params, replica.with_(only_peers=frozenset({peer_id}))):
                 if isinstance(event, TokenFrame):
                     frames.append(event)
                 else:

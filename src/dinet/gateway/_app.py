@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from dinet.client.ask import Answer, ask
+from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
@@ -117,12 +118,10 @@ class _Gateway:
         choice = await self.view.resolve(parsed.model)
         attempts: list[str] = []
         extra: dict[str, object] = {}
+        options = AskOptions.from_settings(self.settings, model_id=choice.model_id,
+                                           model_hash=choice.model_hash)
         if parsed.dinet.replicas > 1:
-            vote = await ask_replicas(
-                self.view.network, params, parsed.dinet.replicas, model_id=choice.model_id,
-                model_hash=choice.model_hash, discover_timeout=self.settings.discover_timeout_s,
-                request_timeout=self.settings.request_timeout_s,
-            )
+            vote = await ask_replicas(self.view.network, params, parsed.dinet.replicas, options)
             if vote.answer is None:
                 raise NoMajority(vote.explain())
             extra["vote"] = vote.summary()
@@ -131,10 +130,8 @@ class _Gateway:
         else:
             # `ask` is an async generator (annotated as an iterator): it must be closed.
             events = cast(AsyncGenerator[Event, None], ask(
-                self.view.network, params, model_id=choice.model_id, model_hash=choice.model_hash,
-                discover_timeout=self.settings.discover_timeout_s,
-                request_timeout=self.settings.request_timeout_s, on_attempt=attempts.append,
-                verify_rate=self.settings.verify_rate, sharded=_sharded(parsed, request),
+                self.view.network, params, options.with_(sharded=_sharded(parsed, request)),
+                on_attempt=attempts.append,
             ))
         # Wait for the first event before answering, so that a request no peer can take
         # gets a proper status code rather than an error inside a 200 stream.

@@ -60,6 +60,13 @@ def decode_speed(peer: PeerView) -> float:
     return weight * observed + (1.0 - weight) * advertised
 
 
+def token_budget(peer: PeerView, deadline_s: float) -> int:
+    """How many tokens `peer` can produce within `deadline_s`, by its known speed."""
+    rtt = peer.rtt_ms or 0.0
+    decode_s = deadline_s - (rtt + peer.ttft_ms) / 1000
+    return max(1, int(decode_s * decode_speed(peer)))
+
+
 def cost(peer: PeerView, max_tokens: int, policy: Policy = "latency", region: str = "") -> float:
     """The candidate's cost under `policy`, in milliseconds of expected time: lower is better."""
     decode_ms = max_tokens * 1000.0 / decode_speed(peer)

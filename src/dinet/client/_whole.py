@@ -1,0 +1,265 @@
+"""Answering from whole-model peers: choose one, stream its tokens, move to the next if it fails.
+
+When a peer fails after some tokens, the next peer continues from them
+(`prefix_tokens`), so the caller sees one unbroken answer. A busy peer is skipped for a
+moment; a peer that breaks or stalls is backed off. With `deadline_s`, max_tokens is
+capped to what the chosen peer can produce in that time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import trio
+
+from dinet.client._records import Records
+from dinet.client._strategy import Finished
+from dinet.client.network import Network
+from dinet.client.options import AskOptions
+from dinet.errors import (
+    AnswerTimedOut,
+    MalformedMessage,
+    NoCapablePeer,
+    PeerError,
+    PeerStalled,
+    RemoteError,
+)
+from dinet.p2p.streams import FramedStream, open_framed
+from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budget, within_budget
+from dinet.trust.reputation import slower_than_claimed
+from dinet.wire.ids import INFER_PROTOCOL
+from dinet.wire.messages import (
+    EndFrame,
+    ErrorFrame,
+    GenerationParams,
+    InferRequest,
+    QueuedFrame,
+    TokenFrame,
+    decode_reply,
+    encode,
+)
+from dinet.wire.receipt import request_hash
+
+logger = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 5.0
+FIRST_FRAME_MIN_S = 5.0
+BUSY_PAUSE_S = 0.2
+BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
+# Codes after which another peer may well succeed.
+_RETRYABLE = {"busy", "rate_limited", "engine_crashed", "internal", "unknown_model"}
+
+
+class WholeModel:
+    """The strategy for a model that single peers serve whole."""
+
+    def __init__(
+        self, network: Network, params: GenerationParams, options: AskOptions, records: Records,
+        on_attempt: Callable[[str], None] | None = None,
+    ) -> None:
+        self._network = network
+        self._params = params
+        self._options = options
+        self._records = records
+        self._on_attempt = on_attempt
+
+    async def run(self, deadline: float) -> AsyncGenerator[TokenFrame | Finished, None]:
+        network, options, records = self._network, self._options, self._records
+        params = self._params
+        wanted = options.model_hash or options.model_id or "the model"
+        tokens: list[TokenFrame] = []
+        tried: list[str] = []
+        last_error: Exception | None = None
+        broken: set[str] = set()  # failed during this request: not asked again
+        busy: set[str] = set()  # refused for lack of room: asked again after a pause
+        capped_to: int | None = None
+        while True:
+            candidates = self._candidates(wanted, broken | busy)
+            if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
+                await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
+                busy.clear()
+                continue
+            if not candidates:
+                break
+            peer = rank_peers(candidates, params.max_tokens - len(tokens), options.policy, limit=1)[0]
+            if options.deadline_s is not None and capped_to is None:
+                capped_to = token_budget(peer, options.deadline_s)
+                if capped_to < params.max_tokens:
+                    params = params.model_copy(update={"max_tokens": capped_to})
+            tried.append(peer.peer_id)
+            records.produced_by((peer.peer_id,), len(tokens))
+            if self._on_attempt is not None:
+                self._on_attempt(peer.peer_id)
+            resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
+            request = InferRequest(request_id=records.request_id, model_id=options.model_id,
+                                   model_hash=options.model_hash, params=resumed)
+            health = network.health.get(peer.peer_id)
+            health.in_flight += 1
+            timing = _Timing()
+            end: EndFrame | None = None
+            try:
+                frames = _stream_from(network, peer, request, deadline, records, timing)
+                async with aclosing(frames):
+                    async for frame in frames:
+                        if isinstance(frame, EndFrame):
+                            end = frame
+                        else:
+                            tokens.append(frame)
+                            yield frame
+            except AnswerTimedOut:
+                raise
+            except RemoteError as exc:
+                if exc.code not in _RETRYABLE:
+                    raise
+                last_error = exc
+                if exc.code in ("busy", "rate_limited"):
+                    busy.add(peer.peer_id)
+                    continue
+            except (PeerError, MalformedMessage) as exc:
+                last_error = exc
+            finally:
+                health.in_flight -= 1
+            if end is not None:
+                if end.tokens_per_s > 0:
+                    network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
+                slow = _slower_than_claimed(peer, timing, resumed=bool(resumed.prefix_tokens))
+                await records.answered([peer.peer_id], slow=[peer.peer_id] if slow else [])
+                yield Finished(
+                    peer_id=peer.peer_id, model_id=end.model_id, model_hash=end.model_hash,
+                    usage=end.usage, finish_reason=end.finish_reason, peers_tried=tuple(tried),
+                    params=params, max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
+                )
+                return
+            assert last_error is not None  # the attempt failed: every way out of it above says why
+            broken.add(peer.peer_id)
+            backoff = await records.failed(peer.peer_id, last_error)
+            logger.info("peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
+                        peer.peer_id, len(tokens), last_error, backoff)
+        if last_error is None:
+            raise NoCapablePeer(f"no reachable peer serves {wanted}")
+        raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+    def _candidates(self, wanted: str, skip: set[str]) -> list[PeerView]:
+        """The peers this request may ask now; NoCapablePeer when its limits leave none at all."""
+        network, options = self._network, self._options
+        capable = network.candidates(options.model_id, options.model_hash)
+        if options.only_peers is not None:
+            capable = [p for p in capable if p.peer_id in options.only_peers]
+        affordable = within_budget(capable, self._records.max_price)
+        if capable and not affordable:
+            limit = self._records.max_price
+            raise NoCapablePeer(f"no peer serves {wanted} within {limit:g} credits per token")
+        allowed = network.trusted(affordable)
+        if affordable and not allowed:
+            raise NoCapablePeer(f"every peer serving {wanted} is excluded for a low reputation "
+                                "(`din peers` shows the scores)")
+        return [p for p in allowed if p.peer_id not in skip]
+
+
+@dataclass(frozen=True)
+class _StallLimits:
+    """How long a peer may stay silent before it counts as stalled."""
+
+    first_frame_s: float
+    between_frames_s: float
+
+    @classmethod
+    def for_peer(cls, peer: PeerView) -> _StallLimits:
+        # A queued request hears from its peer every second (a queued frame), so
+        # the first frame is only as late as a prefill on a loaded machine.
+        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000
+        between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
+        return cls(first, between)
+
+
+@dataclass
+class _Timing:
+    """When one attempt's frames came (perf_counter seconds), to hold a peer to its claims."""
+
+    sent_at: float = 0.0
+    queued: bool = False  # it waited for a slot: its time to first token says nothing
+    first_token_at: float | None = None
+    ended_at: float = 0.0
+    tokens: int = 0
+
+
+def _slower_than_claimed(peer: PeerView, timing: _Timing, *, resumed: bool) -> bool:
+    first = timing.first_token_at
+    decode_s = timing.ended_at - first if first is not None else 0.0
+    observed_tps = (timing.tokens - 1) / decode_s if decode_s > 0 and timing.tokens > 1 else None
+    observed_ttft = None if first is None or timing.queued or resumed else (first - timing.sent_at) * 1e3
+    slow = slower_than_claimed(peer.tokens_per_s, peer.ttft_ms, tokens=timing.tokens,
+                               observed_tokens_per_s=observed_tps, observed_ttft_ms=observed_ttft)
+    if slow:
+        logger.info("peer %s answered far slower than it advertises", peer.peer_id)
+    return slow
+
+
+async def _stream_from(
+    network: Network, peer: PeerView, request: InferRequest, deadline: float, records: Records,
+    timing: _Timing,
+) -> AsyncGenerator[TokenFrame | EndFrame, None]:
+    """Frames from one peer until its end frame; errors as exceptions.
+
+    PeerStalled when it stays silent past its stall limits; AnswerTimedOut once `deadline`
+    (trio clock) passes. The peer's receipt is settled before the end frame is passed on;
+    `timing` notes when frames came.
+    """
+    limits = _StallLimits.for_peer(peer)
+    peer_id = peer.peer_id
+    framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, OPEN_TIMEOUT_S)
+    finished = False
+    sent = encode(request)
+    received: list[int] = []
+    try:
+        await framed.send_payload(sent)
+        timing.sent_at = time.perf_counter()
+        next_index = len(request.params.prefix_tokens)
+        silence_s = limits.first_frame_s
+        while True:
+            payload = await _receive_within(framed, peer_id, silence_s, deadline)
+            silence_s = limits.between_frames_s
+            if payload is None:
+                raise PeerError(f"{peer_id} ended the stream without an end frame")
+            frame = decode_reply(payload)
+            if isinstance(frame, QueuedFrame):
+                silence_s = limits.first_frame_s  # alive, waiting for a slot
+                timing.queued = True
+                continue
+            if isinstance(frame, ErrorFrame):
+                raise RemoteError(frame.code, frame.message)
+            if isinstance(frame, EndFrame):
+                finished = True
+                timing.ended_at = time.perf_counter()
+                await records.settle(framed, peer, request, request_hash(sent), received, frame)
+                yield frame
+                return
+            if frame.index != next_index:
+                raise MalformedMessage(f"{peer_id} sent token {frame.index}, expected {next_index}")
+            next_index += 1
+            received.append(frame.token_id)
+            if timing.first_token_at is None:
+                timing.first_token_at = time.perf_counter()
+            timing.tokens += 1
+            yield frame
+    finally:
+        # A reset tells a peer we left mid-answer, so it stops generating for nobody.
+        with trio.CancelScope(shield=True):
+            await (framed.close() if finished else framed.reset())
+
+
+async def _receive_within(
+    framed: FramedStream, peer_id: str, silence_s: float, deadline: float
+) -> bytes | None:
+    stall_at = trio.current_time() + silence_s
+    try:
+        with trio.fail_at(min(stall_at, deadline)):
+            return await framed.receive()
+    except trio.TooSlowError:
+        if trio.current_time() >= deadline:
+            raise AnswerTimedOut("no complete answer in the time allowed") from None
+        raise PeerStalled(f"{peer_id} sent nothing for {silence_s:.1f} s") from None

@@ -1,0 +1,98 @@
+"""How to ask: one frozen value that both ways of answering (a whole-model peer, a chain of
+pipeline stages) honour, or refuse with a typed error.
+
+    options = AskOptions.from_settings(settings, model_id="smollm2-135m-instruct", deadline_s=2.0)
+    async for event in ask(network, params, options): ...
+
+What each option means on a chain of stages:
+
+- `policy`: "latency" and "throughput" both take the chain with the shortest time per
+  token (for a ring of stages that is the same thing); "cost" the cheapest chain by
+  the stages' advertised prices, then the fastest.
+- `max_price`: the sum of the stages' advertised prices (completion, and prompt) must
+  stay within it; a chain above it is never used, and NoCapablePeer says so.
+- `deadline_s`: max_tokens is capped to what the chain's estimated time per token allows.
+- `only_peers`: no stage outside it is used.
+- `verify_rate`, `verifiers`: the chain's answer is re-scored by a whole-model peer of the
+  same model hash; `Answer.verification.verified` is None when no such peer exists.
+- `request_timeout_s`: the whole answer, chain repairs included; AnswerTimedOut after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass, fields, replace
+from typing import Any, get_args
+
+from dinet.config import ClientSettings
+from dinet.errors import RequestError
+from dinet.routing.select import Policy
+
+POLICIES: tuple[str, ...] = get_args(Policy)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """Everything about one request except what to generate (`GenerationParams`)."""
+
+    model_id: str | None = None
+    model_hash: str | None = None
+    # True: through a chain of pipeline stages; False: whole-model peers only; None: a
+    # chain only when no peer serves the whole model.
+    sharded: bool | None = None
+    policy: Policy = "latency"
+    max_price: float | None = None  # credits per token; None: the network's own limit, if any
+    deadline_s: float | None = None  # cap max_tokens to what can be produced in this time
+    only_peers: frozenset[str] | None = None  # ask no other peer (nor stage)
+    verify_rate: float = 0.0  # fraction of answers re-scored by another peer (1: all)
+    verifiers: frozenset[str] | None = None  # re-scoring only by these peers
+    discover_timeout_s: float = 10.0  # how long to look for peers before giving up
+    request_timeout_s: float = 120.0  # the whole answer, after discovery
+
+    def __post_init__(self) -> None:
+        for name in ("only_peers", "verifiers"):  # any collection in, a frozenset kept
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, frozenset):
+                if isinstance(value, str) or not isinstance(value, Collection):
+                    raise RequestError(f"{name} must be a collection of peer ids", name)
+                object.__setattr__(self, name, frozenset(value))
+        if not (self.sharded is None or isinstance(self.sharded, bool)):
+            raise RequestError("sharded must be True, False or None", "sharded")
+        if self.policy not in POLICIES:
+            raise RequestError(f"unknown policy {self.policy!r}: use {', '.join(POLICIES)}", "policy")
+        if self.max_price is not None and not _number(self.max_price, at_least=0.0):
+            raise RequestError("max_price must be a number of credits, 0 or more", "max_price")
+        if not _number(self.verify_rate, at_least=0.0) or self.verify_rate > 1.0:
+            raise RequestError("verify_rate must be between 0 and 1", "verify_rate")
+        for name in ("deadline_s", "discover_timeout_s", "request_timeout_s"):
+            value = getattr(self, name)
+            if (value is not None or name != "deadline_s") and not _number(value, above=0.0):
+                raise RequestError(f"{name} must be a number of seconds above 0", name)
+        if self.only_peers is not None and not self.only_peers:
+            raise RequestError("only_peers is empty: no peer could be asked", "only_peers")
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **request: Any) -> AskOptions:
+        """The client's settings (limits, timeouts, verification), overridden by `request`."""
+        base = cls(
+            max_price=settings.max_price,
+            verify_rate=settings.verify_rate,
+            discover_timeout_s=settings.discover_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        return base.with_(**request)
+
+    def with_(self, **changes: Any) -> AskOptions:
+        """A copy with `changes`; RequestError names an option that does not exist."""
+        known = {f.name for f in fields(self)}
+        for name in changes:
+            if name not in known:
+                raise RequestError(f"unknown option {name!r}", name)
+        return replace(self, **changes)
+
+
+def _number(value: object, *, at_least: float | None = None, above: float | None = None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return (at_least is None or value >= at_least) and (above is None or value > above)

@@ -1,0 +1,54 @@
+"""AskOptions: one value per request, from the client's settings, with typed errors for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dinet.client.options import AskOptions
+from dinet.config import ClientSettings
+from dinet.errors import RequestError
+
+
+def test_options_start_from_the_settings_and_the_request_overrides_them(tmp_path):
+    settings = ClientSettings(home=tmp_path, mdns=False, max_price=0.5, verify_rate=0.25,
+                              discover_timeout_s=3.0, request_timeout_s=40.0)
+    options = AskOptions.from_settings(settings, model_id="m", max_price=0.1, only_peers=["p1", "p2"])
+    assert (options.model_id, options.max_price, options.verify_rate) == ("m", 0.1, 0.25)
+    assert (options.discover_timeout_s, options.request_timeout_s) == (3.0, 40.0)
+    assert options.only_peers == frozenset({"p1", "p2"})  # any collection in, a frozenset kept
+    assert AskOptions.from_settings(settings).max_price == 0.5
+
+
+def test_options_are_frozen_and_changed_by_copy():
+    options = AskOptions(policy="cost")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.policy = "latency"  # type: ignore[misc]
+    changed = options.with_(sharded=True)
+    assert (changed.sharded, changed.policy, options.sharded) == (True, "cost", None)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("policy", "fastest"),
+    ("max_price", -1.0),
+    ("max_price", float("nan")),
+    ("verify_rate", 1.5),
+    ("verify_rate", "all"),
+    ("deadline_s", 0.0),
+    ("request_timeout_s", -3),
+    ("discover_timeout_s", True),
+    ("only_peers", "12D3KooW"),  # a string is a collection of characters, not of peer ids
+    ("only_peers", []),
+    ("sharded", "yes"),
+])
+def test_a_bad_value_is_a_request_error_naming_the_option(field, value):
+    with pytest.raises(RequestError) as refused:
+        AskOptions(**{field: value})
+    assert refused.value.param == field
+
+
+def test_an_unknown_option_is_a_request_error():
+    with pytest.raises(RequestError, match="unknown option 'max_cost'") as refused:
+        AskOptions().with_(max_cost=1.0)
+    assert refused.value.param == "max_cost"
