@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import itertools
 import json
+import math
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -266,6 +268,40 @@ def test_sampler_choices_over_a_large_vocabulary() -> None:
     got = [sampler.choose(logits, d["index"], temperature=case["temperature"], top_p=case["top_p"],
                           seed=case["seed"]) for d in case["draws"]]
     assert got == [d["token"] for d in case["draws"]]
+
+
+def spec_choose(logits: list[float], i: int, temperature: float, top_p: float, seed: int) -> int:
+    """The sampler as docs/protocol.md writes it, line by line, in plain Python floats (its
+    exp is libm's and its sum runs left to right: neither is NumPy's)."""
+    if temperature == 0:
+        return logits.index(max(logits))
+    s = [x / temperature for x in logits]
+    m = max(s)
+    w = [math.exp(x - m) for x in s]
+    total = sum(w)
+    order = sorted(range(len(s)), key=lambda t: (-s[t], t))
+    c = list(itertools.accumulate(w[t] for t in order))
+    u = float(int.from_bytes(hashlib.blake2b(seed.to_bytes(8, "big") + i.to_bytes(8, "big"), digest_size=8,
+                                             person=b"dinet-sampler").digest(), "big")) / 2**64
+    if top_p < 1:
+        n = next((k + 1 for k in range(len(c)) if c[k] >= top_p * total), len(c))
+        target = u * c[n - 1]
+    else:
+        n, target = len(c), u * total
+    k = next((k for k in range(n) if c[k] > target), n - 1)
+    return order[k]
+
+
+def test_the_written_algorithm_reproduces_every_sampler_vector() -> None:
+    v = vectors("sampler")
+    for case in v["choose"]:
+        args = (case["index"], case["temperature"], case["top_p"], case["seed"])
+        assert spec_choose(case["logits"], *args) == case["token"], case["why"]
+    many = v["choose_many"]
+    logits = [float(x) for x in np.frombuffer(base64.b64decode(many["logits_f32le_b64"]), dtype="<f4")]
+    for draw in many["draws"]:
+        args = (draw["index"], many["temperature"], many["top_p"], many["seed"])
+        assert spec_choose(logits, *args) == draw["token"]
 
 
 @pytest.mark.parametrize("case", vectors("text")["cases"], ids=lambda c: c["why"])
