@@ -57,6 +57,15 @@ def test_matches_the_full_sort_reference(spread: float, temperature: float, top_
         assert got == expected
 
 
+def test_logits_are_divided_by_the_temperature_in_float64() -> None:
+    # Near a boundary of the draw, found by search: float32 division (the quotient and the
+    # temperature rounded to float32) gives token 0 here, float64 division token 1.
+    logits = np.array([0.0, -0.2769584059715271], dtype=np.float32)
+    assert reference_choice(logits, 5, 0.7, 1.0, seed=0) == 1
+    assert choose_token(logits, 5, temperature=0.7, seed=0) == 1
+    assert choose_token(logits.astype(np.float64), 5, temperature=0.7, seed=0) == 1
+
+
 def test_ties_are_broken_by_token_id_not_memory_order() -> None:
     logits = np.zeros(N_VOCAB, dtype=np.float32)
     logits[[3000, 10, 2000]] = 5.0

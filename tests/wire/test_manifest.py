@@ -14,6 +14,7 @@ from dinet.wire.manifest import (
     sign_manifest,
     verify_manifest,
 )
+from dinet.wire.signing import sign_body
 
 
 def make_manifest(key_pair, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
@@ -85,3 +86,14 @@ def test_the_directory_keeps_the_newest_and_drops_expired():
     assert directory.add(old)[1] is False
     assert [m.region for m in directory.manifests()] == ["new"]
     assert directory.manifests(now=now + MANIFEST_TTL_S + 1) == []
+
+
+def test_a_manifest_whose_expiry_is_not_a_number_is_refused():
+    # Signed by the right key: without the JSON number rule it would never expire.
+    key_pair = create_new_key_pair()
+    body = make_manifest(key_pair).model_dump_json()
+    start, end = body.index('"expires_at":'), body.index(',"price_per_prompt_token"')
+    body = body[:start] + '"expires_at":NaN' + body[end:]
+    signed = SignedManifest(body=body, signature=sign_body(body, key_pair.private_key))
+    with pytest.raises(ManifestError, match="malformed"):
+        verify_manifest(signed, now=time.time() + 1e9)

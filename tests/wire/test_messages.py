@@ -48,6 +48,8 @@ def test_replies_survive_encoding(frame):
         b'"messages": [{"role": "user", "content": "y"}]}}',
         b'{"kind": "infer", "request_id": "a", "params": {"messages": [{"role": "god", "content": "y"}]}}',
         b"\xff\xfe",
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x", "temperature": NaN}}',
+        b'{"kind": "infer", "request_id": "a", "params": {"prompt": "x", "max_tokens": 5.0}}',
     ],
 )
 def test_malformed_requests_raise_a_typed_error(payload):
@@ -58,3 +60,11 @@ def test_malformed_requests_raise_a_typed_error(payload):
 def test_an_unknown_reply_kind_is_refused():
     with pytest.raises(MalformedMessage):
         decode_reply(b'{"kind": "surprise"}')
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_that_are_not_json_are_refused(token):
+    payload = b'{"kind": "end", "finish_reason": "stop", "usage": {"prompt_tokens": 1, ' \
+              b'"completion_tokens": 1}, "ttft_ms": 1.0, "tokens_per_s": ' + token.encode() + b"}"
+    with pytest.raises(MalformedMessage):
+        decode_reply(payload)

@@ -23,8 +23,8 @@ from dinet.p2p.streams import open_framed
 from dinet.routing.select import rank_peers
 from dinet.trust.verify import DEFAULT_TOLERANCES, Tolerances, judge
 from dinet.wire.ids import VERIFY_PROTOCOL
-from dinet.wire.messages import ErrorFrame, GenerationParams, QueuedFrame, decode_reply
-from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_scores
+from dinet.wire.messages import ErrorFrame, GenerationParams
+from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_verify_reply
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,12 @@ async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -
                 payload = await framed.receive()
                 if payload is None:
                     raise PeerError(f"{peer_id} closed the stream without scores")
-                if payload.startswith(b'{"kind":"scores"'):
-                    return _checked(decode_scores(payload), claim)
-                frame = decode_reply(payload)
+                frame = decode_verify_reply(payload)
+                if isinstance(frame, ScoresFrame):
+                    return _checked(frame, claim)
                 if isinstance(frame, ErrorFrame):
                     raise RemoteError(frame.code, frame.message)
-                if not isinstance(frame, QueuedFrame):
-                    raise MalformedMessage(f"{peer_id} answered a verify request with {frame.kind}")
-                continue
+                continue  # queued
             raise PeerStalled(f"{peer_id} sent nothing for {VERIFY_SILENCE_S:g} s")
     finally:
         with trio.CancelScope(shield=True):

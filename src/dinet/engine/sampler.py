@@ -49,7 +49,9 @@ class Sampler:
         """The token to emit at completion position `index`, given the logits for it."""
         if temperature <= 0.0:
             return int(np.argmax(logits))  # the first maximum
-        scaled = np.divide(logits, temperature, out=self._scaled)  # (n_vocab,) float64
+        # In float64 whatever the logits' type: float32 logits divided as float32 would round
+        # the quotient (and the temperature) to float32, and the draw would depend on the engine.
+        scaled = np.divide(logits, temperature, out=self._scaled, dtype=np.float64)  # (n_vocab,)
         top = float(scaled.max())
         weights = np.subtract(scaled, top, out=self._weights)
         np.exp(weights, out=weights)  # unnormalised softmax; the best token weighs 1.0

@@ -20,7 +20,9 @@ MAX_RECEIPT_BYTES = 4096
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # NaN and Infinity are not JSON (RFC 8259), yet the parser takes them: refuse them, or a
+    # manifest whose expires_at is NaN would never expire and a NaN issued_at pass every check.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ChatMessage(Message):

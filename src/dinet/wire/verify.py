@@ -9,12 +9,19 @@ request as `score` (no ids) and the same `scores` reply.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from dinet.errors import MalformedMessage
-from dinet.wire.messages import MAX_TOKENS_LIMIT, GenerationParams, Message, _brief
+from dinet.wire.messages import (
+    MAX_TOKENS_LIMIT,
+    ErrorFrame,
+    GenerationParams,
+    Message,
+    QueuedFrame,
+    _brief,
+)
 
 MAX_CLAIMED_TOKENS = MAX_TOKENS_LIMIT
 
@@ -91,5 +98,17 @@ def decode_verify_request(payload: bytes) -> VerifyRequest:
 def decode_scores(payload: bytes) -> ScoresFrame:
     try:
         return ScoresFrame.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MalformedMessage(_brief(exc)) from None
+
+
+VerifyReply = Annotated[ScoresFrame | ErrorFrame | QueuedFrame, Field(discriminator="kind")]
+_verify_reply: TypeAdapter[ScoresFrame | ErrorFrame | QueuedFrame] = TypeAdapter(VerifyReply)
+
+
+def decode_verify_reply(payload: bytes) -> ScoresFrame | ErrorFrame | QueuedFrame:
+    """A verifier's frame, by its `kind` wherever that stands in the object."""
+    try:
+        return _verify_reply.validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(_brief(exc)) from None
