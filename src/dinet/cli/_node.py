@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from dinet.cli._common import fail, print_json, run
 from dinet.cli._gateway import describe, gateway_settings
 from dinet.config import LIAR_REFUSED, NodeSettings
-from dinet.engine.liar import liars_allowed
+from dinet.engine.testing.liar import liars_allowed
 from dinet.gateway import GatewayStarted, serve_gateway
 from dinet.node.service import NodeStarted, serve_node
 

@@ -33,8 +33,8 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
-from dinet.engine._compute_thread import ComputeThread
-from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
+from dinet.engine.torch._compute_thread import ComputeThread
+from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable

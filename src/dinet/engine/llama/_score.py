@@ -131,7 +131,7 @@ def _nucleus_mass(
     values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64], top: float,
     temperature: float, top_p: float,
 ) -> float:
-    """The weight of the sampler's nucleus: its draw is `u * nucleus` (see `engine.sampler`)."""
+    """The weight of the sampler's nucleus: its draw is `u * nucleus` (see `dinet.engine.sampler`)."""
     total = float(weights.sum())
     if top_p >= 1.0:
         return total
@@ -147,7 +147,7 @@ def _nucleus_mass(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dinet.engine._score MODEL CACHE_DIR THREADS`: make the scoring copy, print its path.
+    """`python -m dinet.engine.llama._score MODEL CACHE_DIR THREADS`: make the scoring copy, print its path.
 
     Run by the node before it starts a worker: the sandboxed worker may not write files.
     """
