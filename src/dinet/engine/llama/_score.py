@@ -6,7 +6,7 @@ claimed token: position p's logits are the distribution of token p + 1. That is 
 prefill, far cheaper than decoding the same tokens one step at a time.
 
 Batched logits are not bit-identical to the step-by-step logits the answering node
-computed (see `_generate`): the judge (`dinet.trust.verify`) allows for that noise.
+computed (see `dinet.engine._generate`): the judge (`dinet.trust.verify`) allows for that noise.
 
 Scoring runs on a BF16 copy of the model (`scoring_copy`), converted once by
 llama.cpp from the very Q4_1 file that is served: llama.cpp's CPU prefill has fast
