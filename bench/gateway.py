@@ -36,11 +36,11 @@ from dinet.node.local_mesh import start_node
 QUESTION = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 # Started as `python -c`: llama_cpp.server's own entry point, after the AMX workaround
-# that dinet's engine applies (llama_cpp.server has no flag for it; see engine/_llama.py).
+# that dinet's engine applies (llama_cpp.server has no flag for it; see engine/llama/_llama_cpp.py).
 _BASELINE = """
 import sys
 import llama_cpp.llama_cpp as llama_c
-from dinet.engine._llama import cpu_has_amx
+from dinet.engine.llama._llama_cpp import cpu_has_amx
 if cpu_has_amx():
     original = llama_c.llama_model_default_params
     def patched():

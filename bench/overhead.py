@@ -25,7 +25,7 @@ from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.engine import default_model_path
-from dinet.engine._llama import load_llama
+from dinet.engine.llama._llama_cpp import load_llama
 from dinet.node.local_mesh import start_node
 from dinet.wire.messages import ChatMessage, GenerationParams
 

@@ -35,10 +35,10 @@ N_EMBD = 576
 def child(engine: str, threads: int, max_tokens: int) -> None:
     """Load one engine, then answer each line on stdin with one measured run (a JSON line)."""
     from dinet.engine import default_model_path
-    from dinet.engine._generate import Generator
-    from dinet.engine._llama import load_llama
-    from dinet.engine._torch_generate import TorchGenerator
-    from dinet.engine.shard import LayerSpan
+    from dinet.engine.llama._generator import Generator
+    from dinet.engine.llama._llama_cpp import load_llama
+    from dinet.engine.torch._generator import TorchGenerator
+    from dinet.engine.torch.shard import LayerSpan
     from dinet.wire.messages import ChatMessage, EndFrame, GenerationParams
 
     path = default_model_path()
@@ -71,7 +71,7 @@ def torch_parts(generator: object) -> dict[str, float]:
     """Milliseconds per decode step in the blocks and in the output head (median of 64)."""
     import torch
 
-    from dinet.engine._torch_block import run_blocks
+    from dinet.engine.torch._block import run_blocks
 
     model = generator._models[0]  # type: ignore[attr-defined]
     session = model.new_session()

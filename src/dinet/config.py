@@ -16,7 +16,7 @@ import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dinet.engine.liar import ALLOW_ENV, liars_allowed, parse_lie
+from dinet.engine.testing.liar import ALLOW_ENV, liars_allowed, parse_lie
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT

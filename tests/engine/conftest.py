@@ -20,7 +20,7 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def llm(model_path: Path) -> Iterator[object]:
     """In-process llama.cpp, loaded the way the worker loads it (AMX workaround included)."""
-    from dinet.engine._llama import load_llama
+    from dinet.engine.llama._llama_cpp import load_llama
 
     model = load_llama(model_path, threads=THREADS)
     yield model

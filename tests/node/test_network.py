@@ -12,7 +12,7 @@ from tests.helpers import answer_to, chat, open_infer, raw_host, read_replies, r
 
 from dinet.client.network import open_network
 from dinet.engine import default_model_path
-from dinet.engine._llama import load_llama
+from dinet.engine.llama._llama_cpp import load_llama
 from dinet.wire.messages import EndFrame, ErrorFrame, TokenFrame
 
 PROMPTS = [

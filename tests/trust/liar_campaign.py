@@ -28,8 +28,8 @@ from libp2p.peer.id import ID
 from dinet.client.network import Network
 from dinet.client.verify import request_scores
 from dinet.engine import default_model_path
-from dinet.engine.liar import ALLOW_ENV, derive_wrong_model
 from dinet.engine.sampler import uniform
+from dinet.engine.testing.liar import ALLOW_ENV, derive_wrong_model
 from dinet.errors import DinetError
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.streams import FramedStream

@@ -17,7 +17,7 @@ from dinet.client.network import open_network
 from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import ClientSettings
-from dinet.engine.liar import ALLOW_ENV
+from dinet.engine.testing.liar import ALLOW_ENV
 from dinet.errors import NoCapablePeer
 from dinet.node.local_mesh import LocalMesh, NodeProcess, start_node
 

@@ -1,15 +1,20 @@
-"""Inference behind one interface: a llama.cpp worker process per loaded model.
+"""Inference behind one interface, in three kinds of code.
 
-The node never imports llama.cpp itself: `WorkerEngine` runs it in a subprocess
-(`dinet.engine._worker`), sandboxed (`dinet.engine.sandbox`), so a crash or a runaway
-allocation takes down the worker, never the node. Decoding is deterministic
-(`dinet.engine.sampler`).
+- `llama/`: the llama.cpp engine. The node never imports llama.cpp itself:
+  `WorkerEngine` (`llama.worker_client`) runs it in a worker process
+  (`llama.worker_process`), so a crash or a runaway allocation takes down the worker,
+  never the node. Node and worker speak `worker_protocol`.
+- `sandbox/`: what confines every worker process (no network, the model read-only,
+  resource limits), for any kind of worker.
+- `torch/`: pipeline sharding, layer ranges of a GGUF run in PyTorch as stages
+  (`torch.shard`; imported on its own, so that a node without shards never loads torch).
 
-Names are imported on first use: the sandbox launcher (`dinet.engine._sandbox`) runs
-before every worker and must not pay for trio and pydantic.
+Shared by the kinds: the generation loop (`_generate`), the deterministic sampler
+(`sampler`), token text and stop strings (`_text`), the model's description (`info`)
+and the default model (`_paths`). `testing/` holds engines for tests only (liars).
 
-Pipeline sharding runs layer ranges of a GGUF in PyTorch: `dinet.engine.shard`
-(imported on its own, so that a node without shards never loads torch).
+Names are imported on first use: the sandbox launcher (`sandbox._launcher`) imports
+this package before every worker starts and must not pay for trio and pydantic.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dinet.engine._paths import default_model_path
-    from dinet.engine.info import ModelInfo, WorkerReady
+    from dinet.engine.info import ModelInfo
+    from dinet.engine.llama.worker_client import WorkerEngine
     from dinet.engine.sampler import choose_token, uniform
-    from dinet.engine.worker import WorkerEngine
+    from dinet.engine.worker_protocol import WorkerReady
 
 _PUBLIC = {
     "ModelInfo": "dinet.engine.info",
-    "WorkerEngine": "dinet.engine.worker",
-    "WorkerReady": "dinet.engine.info",
+    "WorkerEngine": "dinet.engine.llama.worker_client",
+    "WorkerReady": "dinet.engine.worker_protocol",
     "choose_token": "dinet.engine.sampler",
     "default_model_path": "dinet.engine._paths",
     "uniform": "dinet.engine.sampler",

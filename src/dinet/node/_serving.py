@@ -105,8 +105,8 @@ async def whole_model(
 async def model_stage(
     settings: NodeSettings, model: LocalModel, model_hash: str, host: IHost
 ) -> AsyncIterator[Serving]:
-    from dinet.engine._compute_thread import ComputeThread
-    from dinet.engine._stage import Stage
+    from dinet.engine.torch._compute_thread import ComputeThread
+    from dinet.engine.torch._stage import Stage
     from dinet.models._gguf import read_layout
     from dinet.models.manifest import summarize
 

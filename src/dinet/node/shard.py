@@ -3,7 +3,7 @@
 A stream carries one session at a time: `shard_open`, then steps (a JSON header and
 one raw tensor frame each), then `shard_close` or the end of the stream; either frees
 the session's KV cache. Steps run one at a time per stage on the stage's compute
-thread (`engine._compute_thread`): torch releases the GIL inside its kernels, and a
+thread (`engine.torch._compute_thread`): torch releases the GIL inside its kernels, and a
 thread hand-off costs far less per token than a pipe to another process would.
 
 A session opened with a relay does not answer its steps: each output goes on as a
@@ -33,8 +33,8 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 
-from dinet.engine._compute_thread import ComputeThread
-from dinet.engine._stage import Sampled, Stage, StageRequestError, StageSession
+from dinet.engine.torch._compute_thread import ComputeThread
+from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable

@@ -1,17 +1,13 @@
-"""The execution sandbox around engine workers, for any kind of worker.
+"""The owner's side of the sandbox: a worker's command line and environment, its status.
 
-    argv = sandboxed([sys.executable, "-m", "my.worker", ...], readable=[model], protect=[model])
-    process = await trio.lowlevel.open_process(argv, ...)
-    ...  # in the worker: status = current_status()  (what took effect, for its ready frame)
-
-`sandboxed` prefixes a command with the launcher (`dinet.engine._sandbox`), which
-confines itself and then execs the command: no network (a private network namespace,
-a seccomp filter refusing sockets, Landlock refusing TCP), the model read-only and
-the rest of the file system unreadable (Landlock, or a read-only bind mount where
-Landlock is missing), no new processes, and resource limits. Each mechanism the
-machine lacks is skipped and named in `SandboxStatus.warnings`; owners log those once
-(`warn_once`) and expose the status (the node puts it in `din node --json` and its
-node file).
+`sandboxed` prefixes a command with the launcher (`dinet.engine.sandbox._launcher`),
+which confines itself and then execs the command: no network (a private network
+namespace, a seccomp filter refusing sockets, Landlock refusing TCP), the model
+read-only and the rest of the file system unreadable (Landlock, or a read-only bind
+mount where Landlock is missing), no new processes, and resource limits. Each mechanism
+the machine lacks is skipped and named in `SandboxStatus.warnings`; owners log those
+once (`warn_once`) and expose the status (the node puts it in `din node --json` and its
+node file). In the worker, `current_status` reads what its launcher applied.
 """
 
 from __future__ import annotations
@@ -23,9 +19,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dinet.engine._sandbox import ENV_STATUS, Policy
+from dinet.engine.sandbox._launcher import ENV_STATUS, Policy
 
 logger = logging.getLogger(__name__)
+
+# The directory that holds dinet/ (src/ when run from source, else site-packages): the
+# launcher imports dinet from it, under -P and a sandbox that reads only what it lists.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 _warned: set[str] = set()
 
@@ -64,9 +64,8 @@ def sandboxed(
     """`command`, run under the sandbox. `readable`: files or directories it needs beyond
     the system's and Python's own (e.g. the model); `protect`: files that must stay
     read-only. The mechanism switches exist for tests of the fallbacks."""
-    package_root = str(Path(__file__).resolve().parents[2])  # holds dinet/, also when run from source
     policy = Policy(
-        readable=[package_root, *(str(Path(p).resolve()) for p in readable)],
+        readable=[_PACKAGE_ROOT, *(str(Path(p).resolve()) for p in readable)],
         protect=[str(Path(p).resolve()) for p in protect],
         memory_mb=memory_mb,
         max_open_files=max_open_files,
@@ -76,7 +75,7 @@ def sandboxed(
         seccomp=seccomp,
     )
     # -P: the launcher's sys.path (which Landlock lets it read) must not include the cwd.
-    launcher = [sys.executable, "-P", "-m", "dinet.engine._sandbox", policy.to_json(), "--"]
+    launcher = [sys.executable, "-P", "-m", "dinet.engine.sandbox._launcher", policy.to_json(), "--"]
     return launcher + command
 
 
@@ -97,8 +96,7 @@ def launcher_env(env: dict[str, str] | None = None) -> dict[str, str]:
     in which the launcher finds `dinet` even when it is not installed."""
     given = os.environ if env is None else env
     out = {k: v for k, v in given.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
-    package_root = str(Path(__file__).resolve().parents[2])
-    out["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, out.get("PYTHONPATH")]))
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, out.get("PYTHONPATH")]))
     out["PYTHONDONTWRITEBYTECODE"] = "1"  # the sandbox refuses writes; do not even try
     return out  # never ENV_STATUS: only the launcher may say what is in force
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dinet.engine._gguf_weights import GGUFWeights, Matrix, matmul
+from dinet.engine.torch._gguf_weights import GGUFWeights, Matrix, matmul
 from dinet.errors import UnsupportedModel
 
 SUPPORTED_ARCHITECTURES = frozenset({"llama"})

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from _engine_helpers import chat, collect
+from tests.engine._engine_helpers import chat, collect
 
-from dinet.engine import WorkerEngine, sandbox
-from dinet.engine._lsm import landlock_abi, seccomp_supported
-from dinet.engine.sandbox import SandboxStatus, current_status, launcher_env, sandboxed, warn_once
+from dinet.engine import WorkerEngine
+from dinet.engine.sandbox import SandboxStatus, _wrap, current_status, launcher_env, sandboxed, warn_once
+from dinet.engine.sandbox._lsm import landlock_abi, seccomp_supported
 
 PROBE = Path(__file__).with_name("_sandbox_probe.py")
 LANDLOCK = landlock_abi()
@@ -180,8 +180,8 @@ def test_missing_protections_are_warned_once(
     status = report["status"]
     assert status.network == () and "the worker has network access" in status.warnings
     assert report["results"]["tcp"] == 0 and target.accepted_anything()  # and it is true
-    monkeypatch.setattr(sandbox, "_warned", set())  # as in a fresh node process
-    with caplog.at_level(logging.WARNING, logger="dinet.engine.sandbox"):
+    monkeypatch.setattr(_wrap, "_warned", set())  # as in a fresh node process
+    with caplog.at_level(logging.WARNING, logger="dinet.engine.sandbox._wrap"):
         warn_once(status)
         warn_once(status)  # a restarted worker: no second warning
     network = [r for r in caplog.records if "network access" in r.getMessage()]

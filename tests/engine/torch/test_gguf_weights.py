@@ -8,8 +8,8 @@ import gguf
 import pytest
 import torch
 
-from dinet.engine._gguf_file import GGUFFile
-from dinet.engine._gguf_weights import GGUFWeights, matmul
+from dinet.engine.torch._gguf_file import GGUFFile
+from dinet.engine.torch._gguf_weights import GGUFWeights, matmul
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from dinet.errors import MalformedMessage
 from dinet.wire.messages import GenerationParams, TokenFrame
 
 if TYPE_CHECKING:
-    from dinet.engine.shard import GGUFTokenizer, ShardModel, ShardSession
+    from dinet.engine.torch.shard import GGUFTokenizer, ShardModel, ShardSession
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Stage:
         quiet_threads(threads)
         import torch
 
-        from dinet.engine.shard import GGUFTokenizer, LayerSpan, ShardModel
+        from dinet.engine.torch.shard import GGUFTokenizer, LayerSpan, ShardModel
 
         before = _thread_ids()
         model = ShardModel.load(path, LayerSpan(start, stop), threads=threads)

@@ -13,7 +13,7 @@ stages changes nothing, bit for bit: each block sees exactly the float32 numbers
 would see in the whole model.
 
 With `int4=True` (the default) Q4_1 and Q8_0 weights stay 4-bit in memory
-(`dinet.engine._gguf_weights`); other types, or `int4=False`, run in float32.
+(`dinet.engine.torch._gguf_weights`); other types, or `int4=False`, run in float32.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dinet.engine._gguf_file import GGUFFile
-from dinet.engine._gguf_tokenizer import GGUFTokenizer
-from dinet.engine._gguf_weights import GGUFWeights, OutputHead
-from dinet.engine._torch_block import ModelShape, load_block, rotary_table, run_blocks
+from dinet.engine.torch._block import ModelShape, load_block, rotary_table, run_blocks
+from dinet.engine.torch._gguf_file import GGUFFile
+from dinet.engine.torch._gguf_tokenizer import GGUFTokenizer
+from dinet.engine.torch._gguf_weights import GGUFWeights, OutputHead
 from dinet.errors import BadLayerSpan, BadShardInput
 
 __all__ = ["GGUFTokenizer", "LayerSpan", "ShardModel", "ShardSession"]

@@ -7,7 +7,7 @@ import threading
 import pytest
 import trio
 
-from dinet.engine._compute_thread import ComputeThread
+from dinet.engine.torch._compute_thread import ComputeThread
 
 
 async def test_calls_run_in_order_on_one_thread_other_than_the_event_loops() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
 
-from dinet.engine._gguf_file import GGUFFile
+from dinet.engine.torch._gguf_file import GGUFFile
 from dinet.errors import UnsupportedModel
 from dinet.wire.messages import ChatMessage
 
@@ -134,7 +134,7 @@ class GGUFTokenizer:
         return list(ids)
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
-        """Prompt ids and stop strings, as `dinet.engine._llama.chat_prompt` makes them."""
+        """Prompt ids and stop strings, as `dinet.engine.llama._llama_cpp.chat_prompt` makes them."""
         if self._template is None:
             raise UnsupportedModel("this model has no chat template")
         formatter = Jinja2ChatFormatter(
@@ -151,7 +151,7 @@ class GGUFTokenizer:
         return tokens, tuple(s for s in stops if s)
 
     def raw_prompt(self, text: str) -> list[int]:
-        """Prompt ids of a raw completion prompt, as `dinet.engine._llama.raw_prompt` makes them."""
+        """Prompt ids of a raw completion prompt, as `dinet.engine.llama._llama_cpp.raw_prompt` makes them."""
         bos_id = self._cls_id if self._cls_id != -1 else self.bos_id
         bos = [bos_id] if self._add_bos and bos_id != -1 else []
         eos = [self._sep_id if self._sep_id != -1 else self.eos_id]

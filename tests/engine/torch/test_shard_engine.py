@@ -8,12 +8,12 @@ from pathlib import Path
 import llama_cpp
 import pytest
 import torch
-from _engine_helpers import chat
+from tests.engine._engine_helpers import chat
 
-from dinet.engine._generate import Generator
-from dinet.engine._llama import load_llama
-from dinet.engine._torch_generate import TorchGenerator
-from dinet.engine.shard import LayerSpan, ShardModel, ShardSession
+from dinet.engine.llama._generator import Generator
+from dinet.engine.llama._llama_cpp import load_llama
+from dinet.engine.torch._generator import TorchGenerator
+from dinet.engine.torch.shard import LayerSpan, ShardModel, ShardSession
 from dinet.errors import BadLayerSpan, BadModelFile, BadShardInput, ModelNotFound
 from dinet.wire.messages import EndFrame, GenerationParams, TokenFrame
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dinet.engine._stage import WORKER_NICE_STEP
+from dinet.engine.torch._stage import WORKER_NICE_STEP
 
 # Loads a stage on a thread, as the node's compute thread does, then reports from that
 # thread (its OpenMP workers end with it): each thread's nice value, and which threads
@@ -18,7 +18,7 @@ from dinet.engine._stage import WORKER_NICE_STEP
 _PROBE = """
 import json, os, sys, threading
 from pathlib import Path
-from dinet.engine._stage import Stage
+from dinet.engine.torch._stage import Stage
 
 def cpu_ticks():
     ticks = {}

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from _engine_helpers import chat, collect
+from tests.engine._engine_helpers import chat, collect
 
 from dinet.engine import WorkerEngine
 from dinet.errors import EngineCrashed, EngineUnavailable

@@ -1,4 +1,4 @@
-"""The node's side of an engine worker process: spawn, stream, survive its death.
+"""The node's side of a llama.cpp worker process: spawn, stream, survive its death.
 
     async with WorkerEngine(default_model_path(), threads=2) as engine:
         async with aclosing(engine.generate(params)) as stream:
@@ -18,7 +18,8 @@ completed between them, the engine gives up: `failed` says why, and every reques
 EngineUnavailable at once instead of a crash loop. A worker that exits saying it could
 not load the model (llama.cpp refused the file) is not retried at all.
 
-Workers run in the sandbox (`dinet.engine.sandbox`). `preflight` checks the model
+Workers (`worker_process`) run in the sandbox (`dinet.engine.sandbox`) and speak
+the worker protocol (`dinet.engine.worker_protocol`). `preflight` checks the model
 file before every spawn (the node passes the GGUF validator), so a bad file is
 refused before llama.cpp sees it.
 """
@@ -38,9 +39,9 @@ from typing import IO, Literal, NoReturn, Self, TypeAlias
 
 import trio
 
-from dinet.engine._worker import EXIT_LOAD_FAILED
-from dinet.engine.info import CANCEL_PAYLOAD, ModelInfo, WorkerReady
+from dinet.engine.info import ModelInfo
 from dinet.engine.sandbox import UNSANDBOXED, SandboxStatus, launcher_env, sandboxed, warn_once
+from dinet.engine.worker_protocol import CANCEL_PAYLOAD, EXIT_LOAD_FAILED, WorkerReady
 from dinet.errors import EngineCrashed, EngineUnavailable, MalformedMessage, ModelError, WireError
 from dinet.wire.framing import FrameReader, encode_frame
 from dinet.wire.messages import (
@@ -125,7 +126,7 @@ class WorkerEngine:
     ) -> None:
         self.model_path = Path(model_path)
         self._argv = [
-            sys.executable, "-m", "dinet.engine._worker",
+            sys.executable, "-m", "dinet.engine.llama.worker_process",
             "--model", str(self.model_path),
             "--threads", str(threads),
             "--ctx", str(n_ctx),
@@ -340,7 +341,7 @@ class WorkerEngine:
     async def _make_scoring_copy(self, cache_dir: Path) -> Path | None:
         """The BF16 copy of the weights verification scores with, made outside the sandbox
         (a sandboxed worker cannot write it); None, and scoring on the weights, if that fails."""
-        command = [sys.executable, "-m", "dinet.engine._score", str(self._weights), str(cache_dir),
+        command = [sys.executable, "-m", "dinet.engine.llama._score", str(self._weights), str(cache_dir),
                    str(self._threads)]  # fmt: skip
         try:
             with trio.fail_after(_SCORING_COPY_LIMIT_S):

@@ -6,7 +6,7 @@ claimed token: position p's logits are the distribution of token p + 1. That is 
 prefill, far cheaper than decoding the same tokens one step at a time.
 
 Batched logits are not bit-identical to the step-by-step logits the answering node
-computed (see `_generate`): the judge (`dinet.trust.verify`) allows for that noise.
+computed (see `dinet.engine._generate`): the judge (`dinet.trust.verify`) allows for that noise.
 
 Scoring runs on a BF16 copy of the model (`scoring_copy`), converted once by
 llama.cpp from the very Q4_1 file that is served: llama.cpp's CPU prefill has fast
@@ -131,7 +131,7 @@ def _nucleus_mass(
     values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64], top: float,
     temperature: float, top_p: float,
 ) -> float:
-    """The weight of the sampler's nucleus: its draw is `u * nucleus` (see `engine.sampler`)."""
+    """The weight of the sampler's nucleus: its draw is `u * nucleus` (see `dinet.engine.sampler`)."""
     total = float(weights.sum())
     if top_p >= 1.0:
         return total
@@ -147,7 +147,7 @@ def _nucleus_mass(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dinet.engine._score MODEL CACHE_DIR THREADS`: make the scoring copy, print its path.
+    """`python -m dinet.engine.llama._score MODEL CACHE_DIR THREADS`: make the scoring copy, print its path.
 
     Run by the node before it starts a worker: the sandboxed worker may not write files.
     """

@@ -1,12 +1,8 @@
-"""The engine worker process: `python -m dinet.engine._worker --model PATH --threads N`.
+"""The llama.cpp worker process: `python -m dinet.engine.llama.worker_process --model PATH --threads N`.
 
-Protocol on its pipes, both ways length-prefixed frames (`dinet.wire.framing`) of JSON:
-after loading it writes one `WorkerReady`; then, for each `GenerationParams` read from
-stdin, it writes `TokenFrame`s and one `EndFrame`, or an `ErrorFrame`; for each
-`ScoreRequest` (verification), one `ScoresFrame` or an `ErrorFrame`. Requests are
-served one at a time. A cancel frame (`CANCEL_PAYLOAD`) arriving while a request runs
-ends it after the current token, still with its EndFrame; a cancel arriving between
-requests is ignored, so a cancel never adds a reply. End of stdin ends the worker.
+Started by the node's `WorkerEngine` (`worker_client`), in the sandbox; it loads the
+model, writes one `WorkerReady`, then serves requests one at a time as the worker
+protocol says (`dinet.engine.worker_protocol`).
 
 Only our frames may reach the pipe, so the real stdout is kept on a private fd and
 fd 1 is pointed at stderr before llama.cpp loads: anything C code prints goes to the
@@ -33,19 +29,19 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import BaseModel, ValidationError
 
-from dinet.engine.info import CANCEL_PAYLOAD
+from dinet.engine.worker_protocol import CANCEL_PAYLOAD, EXIT_LOAD_FAILED
 from dinet.errors import FrameTooLarge, MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
 from dinet.wire.messages import ErrorFrame, GenerationParams, TokenFrame, encode
 from dinet.wire.verify import ScoreRequest
 
 if TYPE_CHECKING:
-    from dinet.engine._generate import Emit, Generator
-    from dinet.engine.info import WorkerReady
+    from dinet.engine._generate import Emit
+    from dinet.engine.llama._generator import Generator
+    from dinet.engine.worker_protocol import WorkerReady
 
-logger = logging.getLogger("dinet.engine.worker_process")
+logger = logging.getLogger("dinet.engine.llama.worker_process")  # __name__ is "__main__"
 
-EXIT_LOAD_FAILED = 3
 _HEADER = struct.Struct(">I")
 BATCH_INTERVAL_S = 0.04
 _SCORE_PREFIX = b'{"kind":"score"'
@@ -53,7 +49,7 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dinet.engine._worker")
+    parser = argparse.ArgumentParser(prog="python -m dinet.engine.llama.worker_process")
     parser.add_argument("--model", type=Path, required=True, help="GGUF file to load")
     parser.add_argument("--threads", type=int, required=True, help="llama.cpp threads")
     parser.add_argument("--ctx", type=int, default=2048, help="context length in tokens")
@@ -178,11 +174,11 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
     # Imported only now: llama.cpp must see the thread settings and memory limit.
     from llama_cpp import Llama
 
-    from dinet.engine._generate import Generator
-    from dinet.engine._llama import load_llama, read_model_info
-    from dinet.engine.info import WorkerReady
-    from dinet.engine.liar import liars_allowed, parse_lie
+    from dinet.engine.llama._generator import Generator
+    from dinet.engine.llama._llama_cpp import load_llama, read_model_info
     from dinet.engine.sandbox import current_status
+    from dinet.engine.testing.liar import liars_allowed, parse_lie
+    from dinet.engine.worker_protocol import WorkerReady
 
     if not args.model.is_file():
         raise FileNotFoundError(f"no model file at {args.model}")

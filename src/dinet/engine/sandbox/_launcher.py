@@ -1,4 +1,4 @@
-"""The sandbox launcher: `python -m dinet.engine._sandbox POLICY_JSON -- COMMAND...`.
+"""The sandbox launcher: `python -m dinet.engine.sandbox._launcher POLICY_JSON -- COMMAND...`.
 
 It confines itself, then becomes COMMAND (execve keeps every restriction), so any
 worker kind runs sandboxed without code of its own. What it applies, each step on
@@ -32,7 +32,7 @@ import stat
 import sys
 from dataclasses import asdict, dataclass, field
 
-from dinet.engine import _lsm
+from dinet.engine.sandbox import _lsm
 
 ENV_STATUS = "DINET_SANDBOX"
 EXIT_EXEC_FAILED = 127
@@ -219,7 +219,7 @@ def apply(policy: Policy, command: list[str]) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m dinet.engine._sandbox POLICY_JSON -- COMMAND...\n")
+        sys.stderr.write("usage: python -m dinet.engine.sandbox._launcher POLICY_JSON -- COMMAND...\n")
         return 2
     policy, command = Policy.from_json(argv[0]), argv[2:]
     status = apply(policy, command)

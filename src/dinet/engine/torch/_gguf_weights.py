@@ -1,6 +1,6 @@
 """Weights of a llama-family GGUF, read one tensor at a time, as torch matrices.
 
-The file is memory-mapped (`dinet.engine._gguf_file`): a stage touches only the pages
+The file is memory-mapped (`dinet.engine.torch._gguf_file`): a stage touches only the pages
 of its own tensors.
 
 A `Matrix` computes `y = x @ W.T`, `x` (T, K) -> `y` (T, N), with `matmul`, in one of
@@ -19,7 +19,7 @@ back without a separate cast):
   when int4 is off).
 
 `Matrix` is a NamedTuple and `matmul` TorchScript, so a whole stage's blocks run in
-one scripted call (`dinet.engine._torch_block`). No `from __future__ import
+one scripted call (`dinet.engine.torch._block`). No `from __future__ import
 annotations` here: TorchScript cannot read the NamedTuple's fields as strings.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from dinet.engine._gguf_file import GGUFFile, TensorInfo
+from dinet.engine.torch._gguf_file import GGUFFile, TensorInfo
 from dinet.errors import UnsupportedModel
 
 logger = logging.getLogger(__name__)

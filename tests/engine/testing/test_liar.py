@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from _engine_helpers import chat, collect
 from pydantic import ValidationError
+from tests.engine._engine_helpers import chat, collect
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
-from dinet.engine.liar import ALLOW_ENV, CORRUPT_WITHIN, derive_wrong_model, parse_lie
+from dinet.engine.testing.liar import ALLOW_ENV, CORRUPT_WITHIN, derive_wrong_model, parse_lie
 from dinet.errors import EngineUnavailable
 
 QUESTION = "Name three rivers in Europe."

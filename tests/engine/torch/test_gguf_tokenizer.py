@@ -9,8 +9,8 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_c
 import pytest
 
-from dinet.engine._llama import chat_formatter, chat_prompt, raw_prompt, token_piece
-from dinet.engine.shard import GGUFTokenizer
+from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, token_piece
+from dinet.engine.torch.shard import GGUFTokenizer
 from dinet.errors import BadModelFile, ModelNotFound
 from dinet.wire.messages import ChatMessage
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _engine_helpers import chat, collect
+from tests.engine._engine_helpers import chat, collect
 
 from dinet.engine import WorkerEngine, _paths, default_model_path
 from dinet.errors import EngineCrashed, EngineUnavailable, ModelNotFound
@@ -145,7 +145,7 @@ async def test_worker_death_mid_stream_raises_and_restarts(engine: WorkerEngine,
 async def test_an_abandoned_stream_is_cancelled_not_waited_for(
     engine: WorkerEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dinet.engine.worker")
+    caplog.set_level(logging.DEBUG, logger="dinet.engine.llama.worker_client")
     pid = engine.pid
     async with aclosing(engine.generate(chat("Tell me a long story.", max_tokens=2000))) as stream:
         async for reply in stream:

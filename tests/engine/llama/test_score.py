@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _engine_helpers import chat, collect
+from tests.engine._engine_helpers import chat, collect
 
 from dinet.engine import WorkerEngine
 from dinet.trust.verify import judge

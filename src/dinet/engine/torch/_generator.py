@@ -17,9 +17,9 @@ import numpy.typing as npt
 import torch
 
 from dinet.engine._generate import BadRequest, Emit, ShouldStop, run_generation
-from dinet.engine._gguf_tokenizer import GGUFTokenizer
 from dinet.engine.sampler import Sampler
-from dinet.engine.shard import LayerSpan, ShardModel, ShardSession
+from dinet.engine.torch._gguf_tokenizer import GGUFTokenizer
+from dinet.engine.torch.shard import LayerSpan, ShardModel, ShardSession
 from dinet.errors import BadLayerSpan
 from dinet.wire.messages import GenerationParams
 

@@ -1,0 +1,43 @@
+"""The worker protocol: what passes between a node and an engine worker process.
+
+Both ways, on the worker's stdin and stdout, length-prefixed frames
+(`dinet.wire.framing`) of JSON:
+
+    worker -> node   `WorkerReady`, once, when the model is loaded
+    node -> worker   `GenerationParams`; back: `TokenFrame`s, then one `EndFrame` or `ErrorFrame`
+    node -> worker   `ScoreRequest` (verification); back: one `ScoresFrame` or `ErrorFrame`
+    node -> worker   `CANCEL_PAYLOAD`: ends the running request after its current token,
+                     still with its `EndFrame`
+
+Requests are served one at a time. A cancel that arrives between requests is ignored,
+so a cancel never adds a reply. End of stdin ends the worker. A worker that exits with
+`EXIT_LOAD_FAILED` could not load the model: its owner does not try again.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dinet.engine.info import ModelInfo
+from dinet.engine.sandbox import SandboxStatus
+
+CANCEL_PAYLOAD = b'{"kind":"cancel"}'
+"""Sent by the owner to end the running request early."""
+
+EXIT_LOAD_FAILED = 3
+"""The worker's exit status when the model would not load (a final failure, never retried)."""
+
+
+class WorkerReady(BaseModel):
+    """The first frame a worker writes: the model is loaded, requests may follow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    kind: Literal["ready"] = "ready"
+    pid: int
+    model: ModelInfo
+    threads: int = Field(ge=1)
+    extra_bufts: bool  # False when the AMX workaround is in force
+    sandbox: SandboxStatus | None = None  # None: started without the sandbox launcher
