@@ -295,15 +295,8 @@ async def pull_model(
 class Swarm:
     """A short-lived client host for pulling: joined through bootstrap peers, with a DHT."""
 
+    host: PeerHost
     joiner: Joiner
-
-    @property
-    def host(self) -> PeerHost:
-        return self.joiner.host
-
-    @property
-    def directory(self) -> PeerDirectory:
-        return self.joiner.directory
 
     async def holders(self, model_hash: str) -> list[str]:
         """Connected peers that say they hold `model_hash`: DHT provider records and manifests."""
@@ -312,7 +305,7 @@ class Swarm:
     async def model_hashes(self, model_id: str) -> list[str]:
         """Hashes that peers offer under `model_id`, most offered first."""
         counts: dict[str, int] = {}
-        for manifest in self.directory.manifests():
+        for manifest in self.joiner.directory.manifests():
             for o in manifest.models:
                 if o.model_id == model_id:
                     counts[o.model_hash] = counts.get(o.model_hash, 0) + 1
@@ -326,4 +319,4 @@ async def open_swarm(home: Path, bootstrap: Sequence[str], *, mdns: bool = False
         joiner = Joiner(host, PeerDirectory())
         if bootstrap and not await joiner.join(bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(bootstrap)})")
-        yield Swarm(joiner)
+        yield Swarm(host, joiner)

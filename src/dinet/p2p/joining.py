@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
@@ -32,6 +33,7 @@ def _ignore(*_: object) -> None:
     pass
 
 
+@dataclass
 class Joiner:
     """Meets peers for one host and feeds what they know into its directory.
 
@@ -41,30 +43,20 @@ class Joiner:
     is the log level of a peer that could not be met.
     """
 
-    def __init__(
-        self,
-        host: PeerHost,
-        directory: PeerDirectory,
-        *,
-        on_answer: Callable[[str, float], None] = _ignore,
-        on_silent: Callable[[str], None] = _ignore,
-        meet_new_in: trio.Nursery | None = None,
-        report_level: int = logging.DEBUG,
-    ) -> None:
-        self.host = host
-        self.directory = directory
-        self._on_answer = on_answer
-        self._on_silent = on_silent
-        self._meetings = meet_new_in
-        self._report_level = report_level
-        self._pending: set[str] = set()
+    host: PeerHost
+    directory: PeerDirectory
+    on_answer: Callable[[str, float], None] = _ignore
+    on_silent: Callable[[str], None] = _ignore
+    meet_new_in: trio.Nursery | None = None
+    report_level: int = logging.DEBUG
+    _pending: set[str] = field(default_factory=set)  # peers being met in the background
 
     async def learn(self, peer_id: str) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
         signed, rtt_ms = await fetch_manifests(self.host, peer_id)
-        self._on_answer(peer_id, rtt_ms)
+        self.on_answer(peer_id, rtt_ms)
         new = self.directory.add_from(peer_id, signed)
         for manifest in new:
             self.meet_soon(manifest.peer_id, manifest.addrs)
@@ -77,8 +69,8 @@ class Joiner:
                 raise PeerError("no address answered")
             await self.learn(peer_id)
         except DinetError as exc:
-            logger.log(self._report_level, "could not join %s: %s", peer_id, exc)
-            self._on_silent(peer_id)
+            logger.log(self.report_level, "could not join %s: %s", peer_id, exc)
+            self.on_silent(peer_id)
             return False
         return True
 
@@ -89,10 +81,10 @@ class Joiner:
 
     def meet_soon(self, peer_id: str, addrs: Sequence[str]) -> None:
         """Meet a peer in the background, if this joiner meets new peers and is not at it already."""
-        if self._meetings is None or peer_id in self._pending or self.host.is_connected(peer_id):
+        if self.meet_new_in is None or peer_id in self._pending or self.host.is_connected(peer_id):
             return
         self._pending.add(peer_id)
-        self._meetings.start_soon(self._meet_pending, peer_id, addrs)
+        self.meet_new_in.start_soon(self._meet_pending, peer_id, addrs)
 
     async def _meet_pending(self, peer_id: str, addrs: Sequence[str]) -> None:
         try:
@@ -156,7 +148,7 @@ class Joiner:
                 await self.learn(peer_id)
             except DinetError as exc:
                 logger.debug("directory pull from %s failed: %s", peer_id, exc)
-                self._on_silent(peer_id)
+                self.on_silent(peer_id)
 
         async with trio.open_nursery() as nursery:
             for peer_id in random.sample(peer_ids, min(fanout, len(peer_ids))):
