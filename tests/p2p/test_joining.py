@@ -95,3 +95,16 @@ async def test_a_peer_that_cannot_be_met_is_reported_silent_and_not_counted_a_ho
         assert not await joiner.meet(gone_manifest.peer_id, gone_manifest.addrs)
         assert silent == [gone_key.peer_id]
         assert await joiner.holders("cd" * 32) == []  # nobody offers another model
+
+
+async def test_a_signed_manifest_with_addresses_that_are_no_multiaddrs_harms_nobody():
+    async with manifest_peer() as (a, _), raw_host() as me:
+        key = SigningKey.generate()
+        bad = ("garbage", "/ip4/1.2.3.4/tcp/notaport")
+        odd = publisher_of(key, lambda: (*bad, *a.full_addrs()), serves=False)
+        # What a node does with every manifest it hears of: remember where that peer is.
+        directory = PeerDirectory(me.peer_id, lambda m: me.remember_addrs(m.peer_id, m.addrs))
+        manifest, is_new = directory.add(odd.current())
+        assert is_new and manifest.addrs[0] == "garbage"
+        assert me.known_addrs(key.peer_id) == [a.full_addrs()[0].split("/p2p/")[0]]
+        assert not await Joiner(me, directory).meet(key.peer_id, bad)

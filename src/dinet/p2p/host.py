@@ -191,7 +191,12 @@ class PeerHost:
         dialing its old addresses and refuse to dial it at all for 60 s after a failure.
         """
         target = ID.from_base58(peer_id)
-        bare = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+        bare = []
+        for addr in addrs:  # a peer's own manifest may carry anything here
+            try:
+                bare += parse_multiaddrs([addr.split("/p2p/")[0]])
+            except ConfigError:
+                logger.debug("%s advertises %r, which is no multiaddr: ignored", peer_id, addr)
         peerstore = self._raw.get_peerstore()
         peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
         peerstore.add_addrs(target, bare, _ADDR_TTL_S)
