@@ -26,9 +26,13 @@ MODEL = "ab" * 32
 def publisher_of(key: SigningKey, addrs: Callable[[], tuple[str, ...]], serves: bool) -> ManifestPublisher:
     def describe() -> dict[str, object]:
         return {
-            "region": "test", "addrs": addrs(),
+            "region": "test",
+            "addrs": addrs(),
             "models": (offer("tiny", MODEL, "f32", 256, 1),) if serves else (),
-            "max_concurrent": 1, "tokens_per_s": 0.0, "ttft_ms": 0.0, "price_per_token": 0.0,
+            "max_concurrent": 1,
+            "tokens_per_s": 0.0,
+            "ttft_ms": 0.0,
+            "price_per_token": 0.0,
             "load": load_of(0, 0),
         }
 

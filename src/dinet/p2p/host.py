@@ -87,9 +87,7 @@ class PeerHost:
             if gossip:
                 self._pubsub = await services.enter_async_context(running_pubsub(self._raw))
             if dht is not None:
-                self._dht = await services.enter_async_context(
-                    running_dht(self._raw, server=dht == "server")
-                )
+                self._dht = await services.enter_async_context(running_dht(self._raw, server=dht == "server"))
             try:
                 yield self
             finally:
@@ -257,9 +255,7 @@ def build_host(key: SigningKey, *, enable_mdns: bool = False) -> PeerHost:
     # alternated runs). Pulling a model over loopback ran at the same speed.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     key_pair = libp2p_key_pair(key)
-    security = {
-        NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
-    }
+    security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
     config = ConnectionConfig(
         max_connections=_MAX_CONNECTIONS,
         high_watermark=_MAX_CONNECTIONS,

@@ -143,6 +143,7 @@ class Joiner:
 
     async def pull_from_some(self, peer_ids: Sequence[str], fanout: int) -> None:
         """Learn again from `fanout` of `peer_ids`, chosen at random, at once."""
+
         async def pull(peer_id: str) -> None:
             try:
                 await self.learn(peer_id)

@@ -67,7 +67,7 @@ def public_key_of(peer_id: str) -> bytes:
     raw = _base58_decode(peer_id)
     if len(raw) != len(_PEER_ID_PREFIX) + _KEY_SIZE or not raw.startswith(_PEER_ID_PREFIX):
         raise ValueError(f"{peer_id!r} is not the peer id of an ed25519 key")
-    return raw[len(_PEER_ID_PREFIX):]
+    return raw[len(_PEER_ID_PREFIX) :]
 
 
 def is_peer_id(text: str) -> bool:
