@@ -26,7 +26,6 @@ from dinet.client.chain import ChainPlan, ChainResult, run_chain
 from dinet.client.network import Network, open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import NodeProcess, start_node
-from dinet.p2p.discovery import dial, peer_info_from
 from dinet.p2p.streams import open_framed
 from dinet.routing.shard import Route, StageOffer
 from dinet.wire.ids import INFER_PROTOCOL
@@ -92,7 +91,7 @@ async def _alone(config: Config, configs: list[Config]) -> None:
 async def connect(network: Network, configs: list[Config]) -> None:
     for config in configs:
         for node in config.nodes:
-            await dial(network.host, peer_info_from(node.addr))
+            await network.host.dial(node.addr)
 
 
 def params(prompt: str, max_tokens: int) -> GenerationParams:

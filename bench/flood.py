@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 
 from dinet.errors import DinetError
 from dinet.node.local_mesh import child_pids, start_node
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import build_host, running_host
+from dinet.p2p.host import open_host
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.ids import INFER_PROTOCOL
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import (
     ChatMessage,
     EndFrame,
@@ -60,9 +59,7 @@ WARM_UP_S = 1.0  # the flood is under way before the first flooded sample
 
 
 async def open_infer(host: Any, addr: str) -> FramedStream:
-    info = peer_info_from(addr)
-    await dial(host, info)
-    return await open_framed(host, info.peer_id.to_base58(), INFER_PROTOCOL, 10.0)
+    return await open_framed(host, await host.dial(addr), INFER_PROTOCOL, 10.0)
 
 
 async def calm_sample(host: Any, addr: str) -> tuple[float, float, int]:
@@ -138,9 +135,8 @@ async def flooder(addr: str, streams: int, style: str) -> None:
     if style == "paced":
         streams = 1
     started = time.perf_counter()
-    host = build_host(create_new_key_pair())
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
-        await dial(host, peer_info_from(addr))
+    async with open_host(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as host:
+        await host.dial(addr)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             print("ready", flush=True)
             async with trio.open_nursery() as nursery:
@@ -178,8 +174,7 @@ class CpuMeter:
 
 
 async def one_run(addr: str, node_pid: int, samples: int, streams: int, style: str) -> dict[str, Any]:
-    host = build_host(create_new_key_pair())
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
+    async with open_host(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as host:
         await calm_sample(host, addr)  # connected and warm
         pids = {"node": [node_pid], "worker": child_pids(node_pid), "client": [os.getpid()]}
         meter = CpuMeter(pids)

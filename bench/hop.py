@@ -19,23 +19,22 @@ import sys
 import time
 
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
 
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import build_host, full_addrs, running_host
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.host import build_host, open_host
+from dinet.p2p.streams import FramedStream, Stream, open_framed
 from dinet.wire.framing import encode_frame
+from dinet.wire.keys import SigningKey
 
-ECHO = TProtocol("/dinet-bench/echo/1")
+ECHO = "/dinet-bench/echo/1"
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
 async def serve() -> None:
     """The echoing side: a libp2p host and a TCP listener; prints where they are."""
-    host = build_host(create_new_key_pair())
+    host = build_host(SigningKey.generate())
 
-    async def echo_frames(stream: object) -> None:
-        framed = FramedStream(stream)  # type: ignore[arg-type]
+    async def echo_frames(stream: Stream) -> None:
+        framed = FramedStream(stream)
         while (payload := await framed.receive()) is not None:
             await framed.send_payload(payload)
 
@@ -43,11 +42,11 @@ async def serve() -> None:
         while data := await stream.receive_some(65536):
             await stream.send_all(data)
 
-    host.set_stream_handler(ECHO, echo_frames)  # type: ignore[arg-type]
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
+    host.set_handler(ECHO, echo_frames)
+    async with host.running(LOOPBACK):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
-        print(json.dumps({"addr": full_addrs(host)[0], "port": port}), flush=True)
+        print(json.dumps({"addr": host.full_addrs()[0], "port": port}), flush=True)
         await trio.serve_listeners(echo_bytes, listeners)
 
 
@@ -55,11 +54,8 @@ async def measure(addr: str, port: int, rounds: int, frames: int, size: int) -> 
     payload = b"\x01" * size
     frame = encode_frame(payload)
     results: dict[str, list[float]] = {"libp2p": [], "tcp": []}
-    host = build_host(create_new_key_pair())
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
-        info = peer_info_from(addr)
-        await dial(host, info)
-        framed = FramedStream(await host.new_stream(info.peer_id, [ECHO]))
+    async with open_host(SigningKey.generate(), LOOPBACK) as host:
+        framed = await open_framed(host, await host.dial(addr), ECHO, 10.0)
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
 
         async def over_libp2p() -> None:

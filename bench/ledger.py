@@ -18,27 +18,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-
 from dinet.ledger import Ledger
-from dinet.p2p.identity import peer_id_of
+from dinet.wire.keys import SigningKey
 from dinet.wire.receipt import ReceiptBody, charge, countersign, output_hash, sign_receipt
 
 
 def receipts(n: int) -> list:
-    node = create_new_key_pair(b"b" * 32)
-    clients = [create_new_key_pair() for _ in range(32)]
+    node = SigningKey(b"b" * 32)
+    clients = [SigningKey.generate() for _ in range(32)]
     out = []
     for i in range(n):
         client = clients[i % len(clients)]
         body = ReceiptBody(
             request_id=f"req-{i}", request_hash="ab" * 32, model_hash="cd" * 32,
-            node=peer_id_of(node), client=peer_id_of(client), prompt_tokens=30,
+            node=node.peer_id, client=client.peer_id, prompt_tokens=30,
             completion_tokens=1 + i % 128, first_index=0, price_per_prompt_token=1e-6,
             price_per_token=2e-5, amount=charge(30, 1 + i % 128, 1e-6, 2e-5),
             output_hash=output_hash(range(1 + i % 128)), issued_at=time.time(),
         )
-        out.append(countersign(sign_receipt(body, node.private_key), client.private_key))
+        out.append(countersign(sign_receipt(body, node), client))
     return out
 
 

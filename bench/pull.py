@@ -21,12 +21,12 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
 from tests.models._tiny import write_tiny  # noqa: E402
 
 from dinet.models.fetch import pull_model  # noqa: E402
 from dinet.models.store import ModelStore  # noqa: E402
 from dinet.node.local_mesh import LocalMesh  # noqa: E402
+from dinet.wire.keys import SigningKey  # noqa: E402
 
 
 def pull_once(home: Path, mesh: LocalMesh) -> dict[str, float]:
@@ -57,9 +57,9 @@ async def diff_bytes(root: Path) -> dict[str, int]:
     v1 = write_tiny(root / "v1.gguf")
     v2 = write_tiny(root / "v2.gguf", change="blk.0.attn_norm.weight")
     server = ModelStore(root / "server")
-    new = server.import_file(v2, create_new_key_pair(), model_id="tiny")
+    new = server.import_file(v2, SigningKey.generate(), model_id="tiny")
     mine = ModelStore(root / "me")
-    mine.import_file(v1, create_new_key_pair(), model_id="tiny")
+    mine.import_file(v1, SigningKey.generate(), model_id="tiny")
     async with serving(server) as host, raw_host() as me:
         peers = await connect(me, host)
         report = await pull_model(me, mine, new.model_hash, peers)

@@ -8,18 +8,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from libp2p.abc import IHost
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.client.ask import Answer, ask
 from dinet.client.options import AskOptions
 from dinet.node.local_mesh import child_pids
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import build_host, running_host
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.host import PeerHost, open_host
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.ids import INFER_PROTOCOL
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import (
     ChatMessage,
     EndFrame,
@@ -30,20 +26,24 @@ from dinet.wire.messages import (
     decode_reply,
 )
 
+OPEN_TIMEOUT_S = 60.0  # generous: some tests open streams to a node they are flooding
+
 
 @asynccontextmanager
-async def raw_host() -> AsyncIterator[IHost]:
-    """A bare dinet-style libp2p host with a fresh identity."""
-    host = build_host(create_new_key_pair())
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
+async def raw_host(key: SigningKey | None = None) -> AsyncIterator[PeerHost]:
+    """A bare dinet host on loopback (no DHT, no gossip), with a fresh identity unless given one."""
+    async with open_host(key or SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as host:
         yield host
 
 
-async def open_infer(host: IHost, addr: str) -> FramedStream:
-    info = peer_info_from(addr)
-    await dial(host, info)
-    stream = await host.new_stream(ID.from_base58(info.peer_id.to_base58()), [TProtocol(INFER_PROTOCOL)])
-    return FramedStream(stream)
+async def open_stream(host: PeerHost, addr: str, protocol: str) -> FramedStream:
+    """A framed stream of `protocol` to the peer at `addr`, dialed first."""
+    peer_id = await host.dial(addr)
+    return await open_framed(host, peer_id, protocol, OPEN_TIMEOUT_S)
+
+
+async def open_infer(host: PeerHost, addr: str) -> FramedStream:
+    return await open_stream(host, addr, INFER_PROTOCOL)
 
 
 def chat(content: str, **params: object) -> GenerationParams:
@@ -64,7 +64,7 @@ async def read_replies(framed: FramedStream, timeout: float = 60.0) -> list[Repl
     return replies
 
 
-async def request_replies(host: IHost, addr: str, params: GenerationParams) -> list:
+async def request_replies(host: PeerHost, addr: str, params: GenerationParams) -> list:
     framed = await open_infer(host, addr)
     await framed.send(InferRequest(request_id="test", params=params))
     replies = await read_replies(framed)

@@ -36,7 +36,7 @@ from dinet.engine._text import CompletionText
 from dinet.engine.sampler import choose_token, uniform
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
 from dinet.models.manifest import build_manifest
-from dinet.p2p.discovery import dht_key
+from dinet.p2p._dht import dht_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import ChunkHeader, ModelManifest, decode_chunk_query, decode_chunk_reply
 from dinet.wire.framing import encode_frame
@@ -168,7 +168,7 @@ def manifest() -> dict[str, Any]:
         load=Load(active=1, queued=0), issued_at=ISSUED_AT, expires_at=ISSUED_AT + 30,
         price_per_prompt_token=1e-06,
     )
-    message = sign_manifest(body, node.private_key)
+    message = sign_manifest(body, node)
     payload = encode(message).decode()
     signature = message.signature
     assert "+" in signature or "/" in signature  # so the URL-safe variant differs
@@ -184,14 +184,14 @@ def manifest() -> dict[str, Any]:
             refusal("body changed after signing",
                     replaced(payload, '\\"tokens_per_s\\":95.5', '\\"tokens_per_s\\":950.5')),
             refusal("signed by another key",
-                    replaced(payload, signature, sign_manifest(body, client.private_key).signature)),
+                    replaced(payload, signature, sign_manifest(body, client).signature)),
             refusal("signature in the URL-safe base64 alphabet",
                     replaced(payload, signature, signature.replace("+", "-").replace("/", "_"))),
             refusal("signature without its = padding", replaced(payload, signature, signature.rstrip("="))),
             refusal("expired: now is expires_at", payload, ISSUED_AT + 30),
             refusal("issued more than 60 s after now", payload, ISSUED_AT - 61),
             refusal("a lifetime over 300 s, though signed by its peer",
-                    encode(SignedManifest(body=long_life, signature=sign_body(long_life, node.private_key)))
+                    encode(SignedManifest(body=long_life, signature=sign_body(long_life, node)))
                     .decode()),
         ],
     }
@@ -219,12 +219,12 @@ def receipt() -> dict[str, Any]:
     assert body.amount == 31 * 1e-06 + 12 * 2e-05 != 0.000271  # IEEE doubles, in that order
     assert body.request_hash == hashlib.sha256(request_payload).hexdigest()
     assert body.output_hash == hashlib.sha256(b"".join(struct.pack(">I", t) for t in tokens)).hexdigest()
-    by_node = sign_receipt(body, node.private_key)
+    by_node = sign_receipt(body, node)
     end = EndFrame(finish_reason="length",
                    usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(prefix) + len(tokens)),
                    ttft_ms=41.5, tokens_per_s=88.25, model_id="smollm2-135m-instruct", model_hash=MODEL_HASH,
                    receipt=by_node)
-    both = countersign(by_node, client.private_key)
+    both = countersign(by_node, client)
     payload = encode(both).decode()
     wrong_amount = replaced(by_node.body, f'"amount":{body.amount}', '"amount":0.000271')
     return {
@@ -247,15 +247,15 @@ def receipt() -> dict[str, Any]:
                     replaced(payload, '\\"prompt_tokens\\":31', '\\"prompt_tokens\\":3')),
             refusal("the node's signature made over the client's domain",
                     replaced(payload, both.node_signature,
-                             sign_body(by_node.body, node.private_key, CLIENT_DOMAIN))),
+                             sign_body(by_node.body, node, CLIENT_DOMAIN))),
             refusal("the client's signature made over the node's domain",
                     replaced(payload, both.client_signature,
-                             sign_body(by_node.body, client.private_key, NODE_DOMAIN))),
+                             sign_body(by_node.body, client, NODE_DOMAIN))),
             refusal("an amount its counts and prices do not give, though both signed it",
                     encode(CountersignedReceipt(
                         body=wrong_amount,
-                        node_signature=sign_body(wrong_amount, node.private_key, NODE_DOMAIN),
-                        client_signature=sign_body(wrong_amount, client.private_key, CLIENT_DOMAIN),
+                        node_signature=sign_body(wrong_amount, node, NODE_DOMAIN),
+                        client_signature=sign_body(wrong_amount, client, CLIENT_DOMAIN),
                     )).decode()),
         ],
     }
@@ -314,7 +314,7 @@ def model_manifest() -> dict[str, Any]:
             refusal("body changed after signing", replaced(payload, '\\"version\\":\\"v1\\"',
                                                           '\\"version\\":\\"v2\\"')),
             refusal("signed by another key",
-                    replaced(payload, message.signature, sign_body(message.body, key("client").private_key))),
+                    replaced(payload, message.signature, sign_body(message.body, key("client")))),
         ],
     }
 

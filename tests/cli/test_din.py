@@ -6,9 +6,7 @@ import json
 import subprocess
 import sys
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-
-from dinet.p2p.identity import peer_id_of
+from dinet.wire.keys import SigningKey
 
 
 def din(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -56,7 +54,7 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_an_unreachable_bootstrap_is_one_clear_line(tmp_path):
-    nobody = peer_id_of(create_new_key_pair())
+    nobody = SigningKey.generate().peer_id
     done = din("ask", "--no-mdns", "--home", str(tmp_path),
                "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}", "hi")
     assert "bootstrap" in one_line_error(done)

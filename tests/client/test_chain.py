@@ -25,9 +25,6 @@ import httpx
 import numpy as np
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 from tests.gateway._gateway_helpers import API_KEY, start_gateway
 from tests.helpers import chat, raw_host
 
@@ -39,12 +36,11 @@ from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.errors import AnswerTimedOut, NoCapablePeer
 from dinet.node.local_mesh import NodeProcess, start_node
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.identity import peer_id_of
 from dinet.p2p.streams import FramedStream
 from dinet.routing.shard import Route, StageOffer
 from dinet.trust.reputation import Event
 from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import GenerationParams, TokenFrame
 from dinet.wire.shard import (
     ShardClose,
@@ -156,7 +152,7 @@ async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, lla
 async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_answers):
     a, d = stages["A2"], stages["D"]
     async with open_network(settings_for(tmp_path, a)) as network:
-        await dial(network.host, peer_info_from(d.addr))  # D is in no mesh: reach it by address
+        await network.host.dial(d.addr)  # D is in no mesh: reach it by address
         route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(d.peer_id, 10, 30)), 0.0)
         plan = ChainPlan(route, a.model_id, a.model_hash, 30)
         for prompt in PROMPTS[:2]:
@@ -327,13 +323,13 @@ async def test_a_session_lost_at_a_stage_is_replayed_without_a_change(tmp_path, 
 
     async with open_network(settings_for(tmp_path, a)) as network, raw_host() as thief:
         await network.discover(None, None, timeout=30, or_stages=True)
-        await dial(thief, peer_info_from(middle.addr))
+        await thief.dial(middle.addr)
         undisturbed, chain = await answer(network)
         assert chain.repairs == 0 and len(undisturbed) == LONG_TOKENS
 
         async def steal(chain: Chain) -> None:
             """The middle stage loses the session: another stream takes its id over, then ends."""
-            stream = await thief.new_stream(ID.from_base58(middle.peer_id), [TProtocol(SHARD_PROTOCOL)])
+            stream = await thief.open_stream(middle.peer_id, SHARD_PROTOCOL, 60)
             stolen = FramedStream(stream)
             session_id = chain.links[1].session_id
             await stolen.send(ShardOpen(session_id=session_id, span=(10, 20), params=chat(LONG_PROMPT)))
@@ -442,10 +438,10 @@ def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages
 async def test_bad_frames_get_typed_errors_and_the_stage_keeps_serving(stages):
     a = stages["A"]
     async with raw_host() as host:
-        await dial(host, peer_info_from(a.addr))
+        await host.dial(a.addr)
 
         async def shard_stream() -> FramedStream:
-            stream = await host.new_stream(ID.from_base58(a.peer_id), [TProtocol(SHARD_PROTOCOL)])
+            stream = await host.open_stream(a.peer_id, SHARD_PROTOCOL, 60)
             return FramedStream(stream)
 
         async def reply(framed: FramedStream):
@@ -485,7 +481,7 @@ async def test_bad_frames_get_typed_errors_and_the_stage_keeps_serving(stages):
         bogus = ShardRelay(peer_id="not-a-peer", session_id="x")
         await relayed.send(ShardOpen(session_id="s3", span=(0, 10), params=params, relay=bogus))
         assert (await reply(relayed)).code == "bad_request"
-        nobody = peer_id_of(create_new_key_pair())
+        nobody = SigningKey.generate().peer_id
         gone = ShardRelay(peer_id=nobody, session_id="x", addrs=("/ip4/127.0.0.1/tcp/9",))
         await relayed.send(ShardOpen(session_id="s3", span=(0, 10), params=params, relay=gone))
         assert isinstance(await reply(relayed), ShardOpened)

@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 from tests.helpers import answer_to, chat
 
 from dinet.client.network import open_network
@@ -81,7 +79,7 @@ async def test_bad_verify_requests_get_typed_errors_and_the_node_keeps_serving(c
     async with open_network(client_settings) as network:
         await network.discover(None, node.model_hash, timeout=20, want=len(mesh.nodes))
         # Not a verify message at all: bad_request, on the wire.
-        stream = await network.host.new_stream(ID.from_base58(node.peer_id), [TProtocol(VERIFY_PROTOCOL)])
+        stream = await network.host.open_stream(node.peer_id, VERIFY_PROTOCOL, 60)
         framed = FramedStream(stream)
         await framed.send_payload(b'{"kind":"verify","tokens":"all of them"}')
         reply = decode_reply(await framed.receive() or b"")

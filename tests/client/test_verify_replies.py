@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from libp2p.abc import IHost, INetStream
-from libp2p.custom_types import TProtocol
 from tests.helpers import chat, raw_host
 
 from dinet.client.verify import request_scores
 from dinet.errors import DinetError, MalformedMessage, RemoteError
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import full_addrs
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.host import PeerHost
+from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.ids import VERIFY_PROTOCOL
 from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_verify_request
 
@@ -25,13 +22,13 @@ MODEL_HASH = "ab" * 32
 class FakeNetwork:
     """Only what request_scores uses of a Network: its host."""
 
-    host: IHost
+    host: PeerHost
 
 
 def verifier_sending(*frames: dict[str, object]):
     """A fake verifier: reads the claim, then sends `frames`, fields in the order given."""
 
-    async def handle(stream: INetStream) -> None:
+    async def handle(stream: Stream) -> None:
         framed = FramedStream(stream)
         payload = await framed.receive()
         assert payload is not None
@@ -56,10 +53,10 @@ async def ask_fake(*frames: dict[str, object], claim: VerifyRequest) -> ScoresFr
     """What request_scores makes of the fake's frames: scores, or the error it raised
     (caught here: raised inside the hosts' nurseries it would come out wrapped in a group)."""
     async with raw_host() as verifier, raw_host() as client:
-        verifier.set_stream_handler(TProtocol(VERIFY_PROTOCOL), verifier_sending(*frames))
-        await dial(client, peer_info_from(full_addrs(verifier)[0]))
+        verifier.set_handler(VERIFY_PROTOCOL, verifier_sending(*frames))
+        await client.dial(verifier.full_addrs()[0])
         try:
-            return await request_scores(FakeNetwork(client), verifier.get_id().to_base58(), claim)  # type: ignore[arg-type]
+            return await request_scores(FakeNetwork(client), verifier.peer_id, claim)  # type: ignore[arg-type]
         except DinetError as exc:
             return exc
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from libp2p.crypto.ed25519 import create_new_key_pair
 from tests.ledger._receipts import make_receipt
 
 from dinet.ledger import Ledger
+from dinet.wire.keys import SigningKey
 
 
 def main(home: Path, batch: int) -> None:
-    node = create_new_key_pair(b"n" * 32)  # the home's own node identity (written by the test)
+    node = SigningKey(b"n" * 32)  # the home's own node identity (written by the test)
     with Ledger.in_home(home) as ledger:
         while True:
-            clients = [create_new_key_pair() for _ in range(batch)]
+            clients = [SigningKey.generate() for _ in range(batch)]
             receipts = [make_receipt(node, c) for c in clients]
             ledger.record_many(receipts) if batch > 1 else ledger.record(receipts[0])
             sys.stdout.write("".join(r.receipt_id + "\n" for r in receipts))

@@ -8,14 +8,13 @@ import sys
 
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 from tests.helpers import chat, open_infer, raw_host, read_replies
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network
 from dinet.errors import BadReceipt
 from dinet.ledger import Ledger
-from dinet.p2p.identity import peer_id_of
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import EndFrame, InferRequest, TokenFrame, encode
 from dinet.wire.receipt import (
     ReceiptBody,
@@ -93,7 +92,7 @@ async def test_the_client_refuses_forged_and_inflated_receipts(mesh):
     async with raw_host() as host:
         framed, end, tokens = await answer_with_receipt(host, node.addr, request)
         await framed.close()
-        me = host.get_id().to_base58()
+        me = host.peer_id
     honest = verify_node_signature(end.receipt)
     expected = dict(node=node.peer_id, client=me, request_id="forgery",
                     request_hash=request_hash(encode(request)), model_hash=node.model_hash,
@@ -108,11 +107,11 @@ async def test_the_client_refuses_forged_and_inflated_receipts(mesh):
     with pytest.raises(BadReceipt, match="node signature"):
         verify_node_signature(edited)
     # A dishonest node signs an inflated count with its own, valid key.
-    liar = create_new_key_pair()
-    inflated = sign_receipt(honest.model_copy(update={"node": peer_id_of(liar), "completion_tokens": 9}),
-                            liar.private_key)
+    liar = SigningKey.generate()
+    inflated = sign_receipt(honest.model_copy(update={"node": liar.peer_id, "completion_tokens": 9}),
+                            liar)
     with pytest.raises(BadReceipt, match="we received 6"):
-        check_delivery(verify_node_signature(inflated), **{**expected, "node": peer_id_of(liar)})
+        check_delivery(verify_node_signature(inflated), **{**expected, "node": liar.peer_id})
     # Or claims the tokens of another answer, or a price above the one it advertised.
     with pytest.raises(BadReceipt, match="output hash"):
         check_delivery(honest, **{**expected, "token_ids": [t + 1 for t in tokens]})
@@ -124,11 +123,11 @@ async def test_the_client_refuses_forged_and_inflated_receipts(mesh):
 async def test_the_node_keeps_only_genuine_countersignatures_and_no_replays(mesh):
     node = mesh.nodes[1]
     async with raw_host() as host:
-        key = host.get_private_key()
+        key = host.key
         # A countersignature by a key other than the client's own is not recorded.
         request = InferRequest(request_id="forged-countersign", params=chat("Hi.", max_tokens=3))
         framed, end, _ = await answer_with_receipt(host, node.addr, request)
-        forged = countersign(end.receipt, create_new_key_pair().private_key)
+        forged = countersign(end.receipt, SigningKey.generate())
         await framed.send(forged)
         await framed.close()
         # A genuine one is.

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from libp2p.crypto.ed25519 import create_new_key_pair
 from tests.ledger._receipts import make_receipt
 
 from dinet.errors import BadReceipt, ReplayedReceipt
 from dinet.ledger import Ledger
-from dinet.p2p.identity import peer_id_of
+from dinet.wire.keys import SigningKey
 from dinet.wire.receipt import CountersignedReceipt, countersign, verify_countersigned
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,20 +27,20 @@ def din(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_balances_come_from_receipts_alone(tmp_path):
-    me, alice, bob = (create_new_key_pair() for _ in range(3))
+    me, alice, bob = (SigningKey.generate() for _ in range(3))
     with Ledger.in_home(tmp_path) as ledger:
         ledger.record(make_receipt(me, alice, completion=10, prompt=4, price=1.0, prompt_price=0.5))
         ledger.record(make_receipt(me, alice, completion=2, prompt=0, price=1.0, prompt_price=0.5))
         ledger.record(make_receipt(bob, me, completion=3, prompt=2, price=2.0, prompt_price=1.0))
-        summary = ledger.summary([peer_id_of(me)])
+        summary = ledger.summary([me.peer_id])
     assert summary.earned == 14.0 and summary.spent == 8.0 and summary.balance == 6.0
     accounts = {p.peer_id: p for p in summary.peers}
-    assert accounts[peer_id_of(alice)].balance == 14.0
-    assert accounts[peer_id_of(bob)].balance == -8.0
+    assert accounts[alice.peer_id].balance == 14.0
+    assert accounts[bob.peer_id].balance == -8.0
 
 
 def test_a_replayed_receipt_is_refused_and_counts_once(tmp_path):
-    node, client = create_new_key_pair(), create_new_key_pair()
+    node, client = SigningKey.generate(), SigningKey.generate()
     receipt = make_receipt(node, client)
     with Ledger.in_home(tmp_path) as ledger:
         ledger.record(receipt)
@@ -57,11 +56,11 @@ def test_a_replayed_receipt_is_refused_and_counts_once(tmp_path):
         with pytest.raises(ReplayedReceipt):
             ledger.record_many([fresh, receipt])
         assert [r.receipt.receipt_id for r in ledger.receipts()] == [receipt.receipt_id]
-        assert ledger.verify([peer_id_of(node)]).ok
+        assert ledger.verify([node.peer_id]).ok
 
 
 def test_forged_and_inflated_receipts_are_refused(tmp_path):
-    node, client, mallory = (create_new_key_pair() for _ in range(3))
+    node, client, mallory = (SigningKey.generate() for _ in range(3))
     honest = make_receipt(node, client, completion=5)
     body = json.loads(honest.body)
     # Inflate the count and keep the node's signature: the signature no longer matches.
@@ -70,7 +69,7 @@ def test_forged_and_inflated_receipts_are_refused(tmp_path):
     forged = CountersignedReceipt(body=json.dumps(inflated), node_signature=honest.node_signature,
                                   client_signature=honest.client_signature)
     # A receipt "countersigned" by someone other than the client it names.
-    not_client = countersign(make_receipt(node, client).model_copy(), mallory.private_key)
+    not_client = countersign(make_receipt(node, client).model_copy(), mallory)
     # An amount that does not follow from the counts and prices, validly signed.
     overcharged = make_receipt(node, client, amount=999.0)
     with Ledger.in_home(tmp_path) as ledger:
@@ -83,7 +82,7 @@ def test_forged_and_inflated_receipts_are_refused(tmp_path):
 
 
 def test_verify_finds_a_row_changed_behind_the_ledgers_back(tmp_path):
-    node, client = create_new_key_pair(), create_new_key_pair()
+    node, client = SigningKey.generate(), SigningKey.generate()
     with Ledger.in_home(tmp_path) as ledger:
         for _ in range(3):
             ledger.record(make_receipt(node, client))
@@ -124,19 +123,19 @@ def test_kill_9_while_writing_loses_no_committed_receipt(tmp_path, batch):
         stored = {r.receipt.receipt_id for r in ledger.receipts()}
         assert set(committed) <= stored
         # Still writable after the crash.
-        ledger.record(make_receipt(create_new_key_pair(b"n" * 32), create_new_key_pair()))
+        ledger.record(make_receipt(SigningKey(b"n" * 32), SigningKey.generate()))
 
 
 def test_ten_thousand_receipts_are_recorded_and_verified(tmp_path):
-    me = create_new_key_pair(b"m" * 32)
+    me = SigningKey(b"m" * 32)
     (tmp_path / "identity.key").write_bytes(b"m" * 32)
-    clients = [create_new_key_pair() for _ in range(20)]
+    clients = [SigningKey.generate() for _ in range(20)]
     receipts = [make_receipt(me, clients[i % 20], completion=1 + i % 7) for i in range(10_000)]
     with Ledger.in_home(tmp_path) as ledger:
         for start in range(0, 10_000, 500):
             ledger.record_many(receipts[start:start + 500])
         expected = sum(verify_countersigned(r).amount for r in receipts)
-        summary = ledger.summary([peer_id_of(me)])
+        summary = ledger.summary([me.peer_id])
     assert summary.receipts == 10_000
     assert summary.earned == pytest.approx(expected)
     done = din("ledger", "verify", "--json", "--home", str(tmp_path))

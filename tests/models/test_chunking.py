@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.peer.id import ID
 from tests.models._tiny import write_tiny
 
 from dinet.errors import BadModelFile, ManifestError
@@ -14,6 +12,7 @@ from dinet.models._gguf import read_layout
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, model_hash
 from dinet.models.manifest import build_manifest, verify_model_manifest
 from dinet.wire.chunks import SignedModelManifest
+from dinet.wire.keys import SigningKey
 
 
 def test_chunks_start_at_every_tensor_and_never_exceed_the_chunk_size(tmp_path):
@@ -27,7 +26,7 @@ def test_chunks_start_at_every_tensor_and_never_exceed_the_chunk_size(tmp_path):
 
 
 def test_a_changed_tensor_changes_only_its_own_chunks(tmp_path):
-    key = create_new_key_pair()
+    key = SigningKey.generate()
     v1 = verify_model_manifest(build_manifest(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
     v2 = verify_model_manifest(
         build_manifest(write_tiny(tmp_path / "v2.gguf", change="blk.0.attn_norm.weight"), "tiny", "2", key)
@@ -39,7 +38,7 @@ def test_a_changed_tensor_changes_only_its_own_chunks(tmp_path):
 
 
 def test_grown_metadata_changes_no_tensor_chunk(tmp_path):
-    key = create_new_key_pair()
+    key = SigningKey.generate()
     v1 = verify_model_manifest(build_manifest(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
     v2 = verify_model_manifest(
         build_manifest(write_tiny(tmp_path / "v2.gguf", extra_meta="x" * 5000), "tiny", "2", key)
@@ -50,7 +49,7 @@ def test_grown_metadata_changes_no_tensor_chunk(tmp_path):
 
 
 def test_manifest_describes_the_gguf(tmp_path):
-    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", create_new_key_pair())
+    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
     m = verify_model_manifest(signed, model_hash(tmp_path / "a.gguf"))
     assert (m.gguf.architecture, m.gguf.quantization, m.gguf.layers, m.gguf.context, m.gguf.license) == (
         "llama", "all_f32", 1, 256, "apache-2.0",
@@ -58,7 +57,7 @@ def test_manifest_describes_the_gguf(tmp_path):
 
 
 def test_forged_or_inconsistent_manifests_are_refused(tmp_path):
-    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", create_new_key_pair())
+    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
     m = verify_model_manifest(signed)
     with pytest.raises(ManifestError, match="not"):
         verify_model_manifest(signed, "0" * 64)
@@ -66,11 +65,11 @@ def test_forged_or_inconsistent_manifests_are_refused(tmp_path):
     with pytest.raises(ManifestError, match="signature"):
         verify_model_manifest(SignedModelManifest(body=tampered, signature=signed.signature))
     # a publisher signing a manifest whose chunk hashes do not give its root
-    key = create_new_key_pair()
+    key = SigningKey.generate()
     bad = m.model_copy(update={"chunk_hashes": ("ab" * 32,) + m.chunk_hashes[1:],
-                               "publisher": ID.from_pubkey(key.public_key).to_base58()})
+                               "publisher": key.peer_id})
     body = bad.model_dump_json()
-    signature = base64.b64encode(key.private_key.sign(body.encode())).decode()
+    signature = base64.b64encode(key.sign(body.encode())).decode()
     resigned = SignedModelManifest(body=body, signature=signature)
     with pytest.raises(ManifestError, match="model hash"):
         verify_model_manifest(resigned)

@@ -7,9 +7,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 from tests.helpers import raw_host
 from tests.models._tiny import write_tiny
 
@@ -18,11 +15,10 @@ from dinet.models.fetch import pull_model
 from dinet.models.hashing import file_sha256
 from dinet.models.store import ModelStore, StoredModel
 from dinet.node.chunks import ChunkServer
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import full_addrs
 from dinet.p2p.streams import FramedStream
 from dinet.wire.chunks import ChunkRequest, decode_chunk_reply
 from dinet.wire.ids import CHUNKS_PROTOCOL
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import ErrorFrame
 
 
@@ -38,19 +34,19 @@ class LyingStore(ModelStore):
 @asynccontextmanager
 async def serving(store: ModelStore):
     async with raw_host() as host:
-        host.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), ChunkServer(store).handle)
+        host.set_handler(CHUNKS_PROTOCOL, ChunkServer(store).handle)
         yield host
 
 
 async def connect(puller, *hosts) -> list[str]:
     for h in hosts:
-        await dial(puller, peer_info_from(full_addrs(h)[0]))
-    return [h.get_id().to_base58() for h in hosts]
+        await puller.dial(h.full_addrs()[0])
+    return [h.peer_id for h in hosts]
 
 
 def stocked(root, gguf_path, cls=ModelStore) -> tuple[ModelStore, StoredModel]:
     store = cls(root)
-    return store, store.import_file(gguf_path, create_new_key_pair(), model_id="tiny")
+    return store, store.import_file(gguf_path, SigningKey.generate(), model_id="tiny")
 
 
 async def test_a_lying_peer_is_caught_banned_and_the_chunks_come_from_another(tmp_path):
@@ -107,7 +103,7 @@ async def test_bad_requests_get_an_error_frame(tmp_path, payload, code):
     store, stored = stocked(tmp_path / "server", write_tiny(tmp_path / "tiny.gguf"))
     async with serving(store) as server, raw_host() as me:
         (peer,) = await connect(me, server)
-        framed = FramedStream(await me.new_stream(ID.from_base58(peer), [TProtocol(CHUNKS_PROTOCOL)]))
+        framed = FramedStream(await me.open_stream(peer, CHUNKS_PROTOCOL, 60))
         await framed.send_payload(payload.replace(b"HASH", stored.model_hash.encode()))
         with trio.fail_after(10):
             reply = decode_chunk_reply(await framed.receive() or b"")
@@ -118,7 +114,7 @@ async def test_an_oversized_frame_is_refused(tmp_path):
     store, _ = stocked(tmp_path / "server", write_tiny(tmp_path / "tiny.gguf"))
     async with serving(store) as server, raw_host() as me:
         (peer,) = await connect(me, server)
-        stream = await me.new_stream(ID.from_base58(peer), [TProtocol(CHUNKS_PROTOCOL)])
+        stream = await me.open_stream(peer, CHUNKS_PROTOCOL, 60)
         await stream.write((50 << 20).to_bytes(4, "big") + b"{")
         with trio.fail_after(10):
             reply = decode_chunk_reply(await FramedStream(stream).receive() or b"")
@@ -143,7 +139,7 @@ async def test_a_truncated_answer_is_an_error_and_another_peer_completes_the_pul
     mine = ModelStore(tmp_path / "me")
     mine.begin(stored.signed)  # the manifest is already here: only chunks are asked for
     async with raw_host() as cheat, serving(store) as honest, raw_host() as me:
-        cheat.set_stream_handler(TProtocol(CHUNKS_PROTOCOL), truncating)
+        cheat.set_handler(CHUNKS_PROTOCOL, truncating)
         cheat_id, honest_id = await connect(me, cheat, honest)
         with pytest.raises(PullFailed, match="ended inside a frame"):
             await pull_model(me, mine, stored.model_hash, [cheat_id])

@@ -13,14 +13,12 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 from tests.helpers import chat, open_infer, raw_host, request_replies
 
 from dinet.errors import DinetError
 from dinet.node.limits import MAX_HELD, MAX_HOLD_S, PeerLimiter, RequestBounds
 from dinet.node.local_mesh import start_node
-from dinet.p2p.discovery import dial, peer_info_from
+from dinet.p2p.host import peer_of
 from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import FrameReader, encode_frame
 from dinet.wire.ids import INFER_PROTOCOL, MANIFEST_PROTOCOL
@@ -388,14 +386,13 @@ def _random_wire(rng: random.Random) -> bytes:
 
 async def test_live_fuzz_leaves_the_node_serving(open_node) -> None:
     rng = random.Random(7)
-    info = peer_info_from(open_node.addr)
-    peer = ID.from_base58(info.peer_id.to_base58())
+    peer = peer_of(open_node.addr)
     sent = 0
     refusals: dict[str, int] = {}
 
     async def one(host: Any, protocol: str, data: bytes) -> None:
         nonlocal sent
-        stream = await host.new_stream(peer, [TProtocol(protocol)])
+        stream = await host.open_stream(peer, protocol, 60)
         framed = FramedStream(stream)
         try:
             await stream.write(data)
@@ -411,7 +408,7 @@ async def test_live_fuzz_leaves_the_node_serving(open_node) -> None:
         sent += 1
 
     async with raw_host() as fuzzer:
-        await dial(fuzzer, info)
+        await fuzzer.dial(open_node.addr)
         for _ in range(15):
             async with trio.open_nursery() as nursery:
                 for _ in range(20):

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair
-from tests.helpers import chat, open_infer
+from tests.helpers import chat, open_infer, raw_host
 from tests.ledger._receipts import make_receipt
 
 from dinet.ledger import Ledger
 from dinet.node.local_mesh import start_node
-from dinet.p2p.host import build_host, running_host
 from dinet.p2p.identity import load_or_create_identity
+from dinet.wire.keys import SigningKey
 from dinet.wire.messages import EndFrame, InferRequest, QueuedFrame, TokenFrame, decode_reply
-
-
-@asynccontextmanager
-async def host_of(key_pair: KeyPair):
-    host = build_host(key_pair)
-    async with running_host(host, ["/ip4/127.0.0.1/tcp/0"]):
-        yield host
 
 
 async def send(host, addr: str, name: str, max_tokens: int):
@@ -40,14 +29,14 @@ async def until(framed, kind) -> None:
 async def test_a_contributor_is_served_before_a_peer_in_debt(tmp_path):
     home = tmp_path / "node"
     node_key = load_or_create_identity(home)
-    contributor, debtor, stranger = (create_new_key_pair() for _ in range(3))
+    contributor, debtor, stranger = (SigningKey.generate() for _ in range(3))
     with Ledger.in_home(home) as ledger:
         ledger.record(make_receipt(contributor, node_key, completion=4, price=1.0))  # it served us
         ledger.record(make_receipt(node_key, debtor, completion=8, price=1.0))  # it used us, beyond
     node = start_node(home, extra_args=["--price", "1", "--max-concurrent", "1", "--free-allowance", "2"])
     finished: list[str] = []
     try:
-        async with host_of(stranger) as s, host_of(debtor) as d, host_of(contributor) as c:
+        async with raw_host(stranger) as s, raw_host(debtor) as d, raw_host(contributor) as c:
             blocker = await send(s, node.addr, "blocker", 160)
             await until(blocker, TokenFrame)  # the only slot is taken
             late = await send(d, node.addr, "debtor", 4)

@@ -8,7 +8,6 @@ import trio
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import LocalMesh
-from dinet.p2p.discovery import find_model_providers
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,7 @@ async def test_providers_of_the_model_are_found_through_the_dht(tmp_path, five_n
         found: set[str] = set()
         with trio.move_on_after(30):
             while found != everyone:
-                providers = await find_model_providers(network.dht, model_hash)
-                found |= {p.peer_id.to_base58() for p in providers}
+                found |= {p.peer_id for p in await network.joiner.find_providers(model_hash)}
                 await trio.sleep(0.5)
         assert found == everyone
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
-from libp2p.custom_types import TProtocol
 from libp2p.stream_muxer.yamux import yamux
 from tests.helpers import raw_host
 
-from dinet.p2p.discovery import dial, peer_info_from
-from dinet.p2p.host import full_addrs
-from dinet.p2p.streams import FramedStream, open_framed
+from dinet.p2p.streams import FramedStream, Stream, open_framed
 
-ECHO = TProtocol("/dinet-test/echo/1")
+ECHO = "/dinet-test/echo/1"
 MESSAGES = 200
 HIDDEN_STATE = 2428  # the bytes a chain passes on per token and hop
 
@@ -32,17 +29,17 @@ def window_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
-async def _echo(stream: object) -> None:
-    framed = FramedStream(stream)  # type: ignore[arg-type]
+async def _echo(stream: Stream) -> None:
+    framed = FramedStream(stream)
     while (payload := await framed.receive()) is not None:
         await framed.send_payload(payload)
 
 
 async def test_small_messages_do_not_each_cost_a_window_update(window_updates: list[int]):
     async with raw_host() as server, raw_host() as client:
-        server.set_stream_handler(ECHO, _echo)  # type: ignore[arg-type]
-        await dial(client, peer_info_from(full_addrs(server)[0]))
-        framed = await open_framed(client, server.get_id().to_base58(), ECHO, 10)
+        server.set_handler(ECHO, _echo)
+        await client.dial(server.full_addrs()[0])
+        framed = await open_framed(client, server.peer_id, ECHO, 10)
         with trio.fail_after(30):
             for _ in range(10):  # the stream's set-up settles
                 await framed.send_payload(b"\x01" * HIDDEN_STATE)
@@ -61,9 +58,9 @@ async def test_a_transfer_far_past_the_window_still_gets_its_credit(window_updat
     """With credit returned sparingly, 4 MB (16 windows) still flows both ways, intact."""
     block = bytes(range(256)) * 256  # 64 KB
     async with raw_host() as server, raw_host() as client:
-        server.set_stream_handler(ECHO, _echo)  # type: ignore[arg-type]
-        await dial(client, peer_info_from(full_addrs(server)[0]))
-        framed = await open_framed(client, server.get_id().to_base58(), ECHO, 10)
+        server.set_handler(ECHO, _echo)
+        await client.dial(server.full_addrs()[0])
+        framed = await open_framed(client, server.peer_id, ECHO, 10)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 async def send_all() -> None:

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from libp2p.custom_types import TProtocol
-from libp2p.peer.id import ID
 
 from dinet.client.network import Network
 from dinet.client.verify import request_scores
@@ -126,7 +124,7 @@ class Tally:
 
 async def answer_from(network: Network, peer_id: str, params: GenerationParams) -> list[int]:
     """The token ids one peer sends for `params` (no failover: we want this peer's claim)."""
-    stream = await network.host.new_stream(ID.from_base58(peer_id), [TProtocol(INFER_PROTOCOL)])
+    stream = await network.host.open_stream(peer_id, INFER_PROTOCOL, 60)
     framed = FramedStream(stream)
     tokens: list[int] = []
     ended = False

@@ -1,11 +1,10 @@
 import time
 
 import pytest
-from libp2p.crypto.ed25519 import create_new_key_pair
 
 from dinet.errors import ManifestError
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.identity import peer_id_of
+from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import (
     MANIFEST_TTL_S,
     Load,
@@ -17,10 +16,10 @@ from dinet.wire.manifest import (
 from dinet.wire.signing import sign_body
 
 
-def make_manifest(key_pair, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
+def make_manifest(key, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
     now = time.time() if issued_at is None else issued_at
     fields = dict(
-        peer_id=peer_id_of(key_pair), version="dinet/0.1.0", region="test", addrs=(),
+        peer_id=key.peer_id, version="dinet/0.1.0", region="test", addrs=(),
         models=(), max_concurrent=1, tokens_per_s=50.0, ttft_ms=20.0, price_per_token=0.0,
         load=Load(active=0, queued=0), issued_at=now, expires_at=now + ttl,
     )
@@ -29,14 +28,14 @@ def make_manifest(key_pair, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
 
 
 def test_a_signed_manifest_verifies():
-    key_pair = create_new_key_pair()
-    manifest = make_manifest(key_pair)
-    assert verify_manifest(sign_manifest(manifest, key_pair.private_key)) == manifest
+    key = SigningKey.generate()
+    manifest = make_manifest(key)
+    assert verify_manifest(sign_manifest(manifest, key)) == manifest
 
 
 def test_a_tampered_body_is_rejected():
-    key_pair = create_new_key_pair()
-    signed = sign_manifest(make_manifest(key_pair), key_pair.private_key)
+    key = SigningKey.generate()
+    signed = sign_manifest(make_manifest(key), key)
     forged = SignedManifest(body=signed.body.replace('"tokens_per_s":50.0', '"tokens_per_s":5000.0'),
                             signature=signed.signature)
     assert forged.body != signed.body
@@ -45,43 +44,43 @@ def test_a_tampered_body_is_rejected():
 
 
 def test_a_manifest_signed_by_another_key_is_rejected():
-    victim, forger = create_new_key_pair(), create_new_key_pair()
-    forged = sign_manifest(make_manifest(victim), forger.private_key)
+    victim, forger = SigningKey.generate(), SigningKey.generate()
+    forged = sign_manifest(make_manifest(victim), forger)
     with pytest.raises(ManifestError, match="signature"):
         verify_manifest(forged)
 
 
 def test_an_expired_manifest_is_rejected():
-    key_pair = create_new_key_pair()
-    signed = sign_manifest(make_manifest(key_pair, issued_at=time.time() - 100), key_pair.private_key)
+    key = SigningKey.generate()
+    signed = sign_manifest(make_manifest(key, issued_at=time.time() - 100), key)
     with pytest.raises(ManifestError, match="expired"):
         verify_manifest(signed)
 
 
 def test_a_manifest_from_the_future_or_with_a_long_life_is_rejected():
-    key_pair = create_new_key_pair()
-    future = sign_manifest(make_manifest(key_pair, issued_at=time.time() + 3600), key_pair.private_key)
+    key = SigningKey.generate()
+    future = sign_manifest(make_manifest(key, issued_at=time.time() + 3600), key)
     with pytest.raises(ManifestError, match="future"):
         verify_manifest(future)
-    immortal = sign_manifest(make_manifest(key_pair, ttl=10**9), key_pair.private_key)
+    immortal = sign_manifest(make_manifest(key, ttl=10**9), key)
     with pytest.raises(ManifestError, match="lifetime"):
         verify_manifest(immortal)
 
 
 @pytest.mark.parametrize("signature", ["", "not base64!", "AAAA"])
 def test_garbage_signatures_are_rejected(signature):
-    key_pair = create_new_key_pair()
-    signed = sign_manifest(make_manifest(key_pair), key_pair.private_key)
+    key = SigningKey.generate()
+    signed = sign_manifest(make_manifest(key), key)
     with pytest.raises(ManifestError):
         verify_manifest(SignedManifest(body=signed.body, signature=signature))
 
 
 def test_the_directory_keeps_the_newest_and_drops_expired():
-    key_pair = create_new_key_pair()
+    key = SigningKey.generate()
     directory = PeerDirectory()
     now = time.time()
-    old = sign_manifest(make_manifest(key_pair, issued_at=now - 5, region="old"), key_pair.private_key)
-    new = sign_manifest(make_manifest(key_pair, issued_at=now, region="new"), key_pair.private_key)
+    old = sign_manifest(make_manifest(key, issued_at=now - 5, region="old"), key)
+    new = sign_manifest(make_manifest(key, issued_at=now, region="new"), key)
     assert directory.add(new)[1] is True
     assert directory.add(old)[1] is False
     assert [m.region for m in directory.manifests()] == ["new"]
@@ -90,10 +89,10 @@ def test_the_directory_keeps_the_newest_and_drops_expired():
 
 def test_a_manifest_whose_expiry_is_not_a_number_is_refused():
     # Signed by the right key: without the JSON number rule it would never expire.
-    key_pair = create_new_key_pair()
-    body = make_manifest(key_pair).model_dump_json()
+    key = SigningKey.generate()
+    body = make_manifest(key).model_dump_json()
     start, end = body.index('"expires_at":'), body.index(',"price_per_prompt_token"')
     body = body[:start] + '"expires_at":NaN' + body[end:]
-    signed = SignedManifest(body=body, signature=sign_body(body, key_pair.private_key))
+    signed = SignedManifest(body=body, signature=sign_body(body, key))
     with pytest.raises(ManifestError, match="malformed"):
         verify_manifest(signed, now=time.time() + 1e9)

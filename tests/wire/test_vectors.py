@@ -31,7 +31,7 @@ from dinet.engine.sampler import Sampler, choose_token, uniform
 from dinet.errors import BadReceipt, FrameTooLarge, MalformedMessage, ManifestError
 from dinet.models.hashing import chunk_spans, hash_spans, merkle_root
 from dinet.models.manifest import build_manifest, verify_model_manifest
-from dinet.p2p.discovery import dht_key
+from dinet.p2p._dht import dht_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import (
     ChunkHeader,
@@ -143,7 +143,7 @@ def test_the_capability_manifest_vector(tmp_path: Path) -> None:
     check_signed(v)
     node = key_of(v["signer"], tmp_path)
     manifest = Manifest.model_validate_json(v["body"])
-    again = sign_manifest(manifest, node.private_key)
+    again = sign_manifest(manifest, node)
     assert (again.body, again.signature) == (v["body"], v["signature"])
     message = SignedManifest.model_validate_json(v["payload"])
     assert message == again and encode(message) == v["payload"].encode()
@@ -170,12 +170,12 @@ def test_the_receipt_vector(tmp_path: Path) -> None:
     body = ReceiptBody.model_validate_json(v["node"]["body"])
     assert charge(body.prompt_tokens, body.completion_tokens, body.price_per_prompt_token,
                   body.price_per_token) == body.amount == v["amount"]
-    by_node = sign_receipt(body, node.private_key)
+    by_node = sign_receipt(body, node)
     assert by_node == SignedReceipt(body=v["node"]["body"], node_signature=v["node"]["signature"])
     end = decode_reply(v["end_payload"].encode())
     assert isinstance(end, EndFrame) and end.receipt == by_node
     assert encode(end) == v["end_payload"].encode()
-    both = countersign(by_node, client.private_key)
+    both = countersign(by_node, client)
     assert both.client_signature == v["client"]["signature"]
     assert both == decode_countersigned(v["countersigned_payload"].encode())
     assert encode(both) == v["countersigned_payload"].encode()
@@ -435,4 +435,4 @@ def test_sign_body_is_plain_ed25519_over_domain_and_utf8(tmp_path: Path) -> None
     node = key_of("node", tmp_path)
     seed = bytes.fromhex(vectors("keys")["keys"]["node"]["seed"])
     expected = Ed25519PrivateKey.from_private_bytes(seed).sign(b"dom\n" + body.encode("utf-8"))
-    assert sign_body(body, node.private_key, b"dom\n") == base64.b64encode(expected).decode()
+    assert sign_body(body, node, b"dom\n") == base64.b64encode(expected).decode()

@@ -29,7 +29,7 @@ from dinet.client.ask import Answer, ask
 from dinet.client.network import Network, open_network, peer_trust
 from dinet.config import ClientSettings
 from dinet.errors import ConfigError, PullFailed, RequestError, first_dinet_error
-from dinet.models.fetch import PullReport, find_holders, pull_model
+from dinet.models.fetch import PullReport, pull_model
 from dinet.models.store import ModelStore
 from dinet.wire.manifest import Manifest
 from dinet.wire.messages import TokenFrame
@@ -165,7 +165,7 @@ class AsyncClient:
             while True:
                 model_hash = model if _HASH.match(model) else _most_offered(network, model)
                 if model_hash is not None:
-                    holders = await find_holders(network.host, network.dht, network.directory, model_hash)
+                    holders = await network.joiner.holders(model_hash)
                     if holders:
                         return model_hash, holders
                 await network.probe_all([m for m in network.directory.manifests()

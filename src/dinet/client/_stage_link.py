@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import trio
-from libp2p.abc import IHost
 
 from dinet.errors import MalformedMessage, PeerError, PeerStalled, RemoteError
+from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.shard import StageOffer
 from dinet.wire.ids import SHARD_PROTOCOL
@@ -52,7 +52,7 @@ class StageLink:
 
     @classmethod
     async def open(
-        cls, host: IHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType,
+        cls, host: PeerHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType,
         session_id: str, relay: ShardRelay,
     ) -> StageLink:
         """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""

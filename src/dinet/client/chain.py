@@ -30,7 +30,6 @@ from typing import TypeVar
 
 import numpy as np
 import trio
-from libp2p.abc import IHost
 
 from dinet.client._records import Records
 from dinet.client._stage_link import StageLink
@@ -46,7 +45,7 @@ from dinet.errors import (
     first_dinet_error,
 )
 from dinet.p2p.discovery import fetch_manifests
-from dinet.p2p.host import known_addrs
+from dinet.p2p.host import PeerHost
 from dinet.routing.select import PeerView, Policy
 from dinet.routing.shard import By, Route, StageOffer, plan_shard_route
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
@@ -231,7 +230,7 @@ class Chain:
         async def open_one(k: int) -> None:
             after = (k + 1) % len(offers)  # the last stage's tokens go back to the first
             # Where this client reaches the next stage: a stage that has not met it dials there.
-            addrs = tuple(known_addrs(self._network.host, offers[after].peer_id)[:16])
+            addrs = tuple(self._network.host.known_addrs(offers[after].peer_id)[:16])
             relay = ShardRelay(peer_id=offers[after].peer_id, session_id=session_ids[after], addrs=addrs)
             self.tried.append(offers[k].peer_id)
             try:
@@ -322,7 +321,7 @@ class Chain:
             await link.close(clean=clean)
 
 
-async def silent_peers(host: IHost, peer_ids: list[str]) -> set[str]:
+async def silent_peers(host: PeerHost, peer_ids: list[str]) -> set[str]:
     """After a stall: the peers that no longer answer at all (hung, or gone without
     closing their connection), by a manifest query each. A stall nobody is found guilty
     of is replayed on the same stages."""

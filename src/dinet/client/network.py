@@ -9,32 +9,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
-from libp2p.abc import IHost
-from libp2p.crypto.keys import PrivateKey
-from libp2p.kad_dht.kad_dht import KadDHT
-from libp2p.peer.id import ID
 
 from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
-from dinet.errors import DinetError, NoCapablePeer, PeerUnreachable, ReputationError
+from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.discovery import (
-    dial,
-    dial_any,
-    fetch_manifests,
-    find_model_providers,
-    mdns_discoveries,
-    peer_info_from,
-    running_dht,
-)
-from dinet.p2p.host import build_host, remember_addrs, running_host
+from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
+from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.trust.outcomes import OutcomeRecorder
 from dinet.trust.reputation import Event, Reputation
+from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import Manifest, ModelOffer
 
 logger = logging.getLogger(__name__)
@@ -42,8 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Network:
-    host: IHost
-    dht: KadDHT
+    host: PeerHost
     directory: PeerDirectory = field(default_factory=PeerDirectory)
     rtt_ms: dict[str, float] = field(default_factory=dict)
     health: HealthBook = field(default_factory=HealthBook)
@@ -56,6 +44,12 @@ class Network:
     exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
     min_evidence: float = MIN_EVIDENCE
     tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
+    joiner: Joiner = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A peer that answers is timed; one that cannot be met is forgotten until heard of again.
+        self.joiner = Joiner(self.host, self.directory, on_answer=self.rtt_ms.__setitem__,
+                             on_silent=self.forget)
 
     async def note(self, peer_id: str, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
@@ -75,56 +69,29 @@ class Network:
 
     @property
     def peer_id(self) -> str:
-        return self.host.get_id().to_base58()
+        return self.host.peer_id
 
     @property
-    def key(self) -> PrivateKey:
-        return self.host.get_private_key()
+    def key(self) -> SigningKey:
+        return self.host.key
 
     def _on_probe(self, peer_id: str, rtt_ms: float | None) -> None:
         if rtt_ms is not None:
             self.rtt_ms[peer_id] = rtt_ms
             self.health.answered(peer_id)
 
-    async def learn_from(self, peer_id: str) -> None:
-        """Fetch the manifests a connected peer knows and measure its round trip."""
-        signed, rtt = await fetch_manifests(self.host, peer_id)
-        self.rtt_ms[peer_id] = rtt
-        self.directory.add_from(peer_id, signed)
-
-    async def probe(self, manifest: Manifest) -> None:
-        """Connect to a peer named in a manifest and refresh it first-hand."""
-        for addr in manifest.addrs:
-            try:
-                await dial(self.host, peer_info_from(addr))
-                await self.learn_from(manifest.peer_id)
-                return
-            except DinetError as exc:
-                logger.debug("probe of %s via %s failed: %s", manifest.peer_id, addr, exc)
-        self.directory.remove(manifest.peer_id)
+    def forget(self, peer_id: str) -> None:
+        self.directory.remove(peer_id)
+        self.rtt_ms.pop(peer_id, None)
 
     async def probe_all(self, manifests: list[Manifest]) -> None:
-        async with trio.open_nursery() as nursery:
-            for manifest in manifests:
-                nursery.start_soon(self.probe, manifest)
+        """Meet the peers named in these manifests and refresh them first-hand."""
+        await self.joiner.meet_all(manifests)
 
     async def find_by_dht(self, model_hash: str) -> None:
-        try:
-            providers = await find_model_providers(self.dht, model_hash)
-        except Exception as exc:  # the DHT raises assorted types when nobody answers
-            logger.debug("DHT lookup failed: %s", exc)
-            return
-        async with trio.open_nursery() as nursery:
-            for info in providers:
-                if info.addrs and info.peer_id.to_base58() not in self.rtt_ms:
-                    nursery.start_soon(self._join_quietly, info)
-
-    async def _join_quietly(self, info) -> None:  # type: ignore[no-untyped-def]
-        try:
-            await dial(self.host, info)
-            await self.learn_from(info.peer_id.to_base58())
-        except DinetError as exc:
-            logger.debug("DHT provider %s unreachable: %s", info.peer_id, exc)
+        """Meet the peers that announced the model in the DHT and that we have not met."""
+        providers = await self.joiner.find_providers(model_hash)
+        await self.joiner.meet_all(p for p in providers if p.addrs and p.peer_id not in self.rtt_ms)
 
     def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
         """Peers serving the model that are answering and not backed off, with their
@@ -231,22 +198,17 @@ def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: s
 @asynccontextmanager
 async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     """A running client host, joined through the bootstrap peers (and mDNS if on)."""
-    key_pair = load_or_create_identity(settings.home, CLIENT_IDENTITY)
-    host = build_host(key_pair, enable_mdns=settings.mdns)
-    async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
+    key = load_or_create_identity(settings.home, CLIENT_IDENTITY)
+    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client") as host:
         network = Network(
-            host, dht, PeerDirectory(on_moved=lambda m: remember_addrs(host, m.peer_id, m.addrs)),
+            host, PeerDirectory(on_moved=lambda m: host.remember_addrs(m.peer_id, m.addrs)),
             ledger=Ledger.in_home(settings.home), max_price=settings.max_price,
             reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
             exclude_below=settings.exclude_below, min_evidence=settings.min_evidence,
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
-        reached = await dial_any(host, settings.bootstrap) if settings.bootstrap else []
-        if settings.bootstrap and not reached:
+        if settings.bootstrap and not await network.joiner.join(settings.bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")
-        async with trio.open_nursery() as nursery:
-            for peer_id in reached:
-                nursery.start_soon(_learn_quietly, network, peer_id)
         network.liveness = LivenessWatch(
             host, network.directory, network._on_probe, resting=lambda peer_id: network.in_chain[peer_id] > 0
         )
@@ -254,24 +216,6 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             network.tasks = nursery
             nursery.start_soon(network.liveness.run)
             if settings.mdns:
-                nursery.start_soon(_follow_mdns, network)
+                nursery.start_soon(network.joiner.follow_mdns)
             yield network
             nursery.cancel_scope.cancel()
-
-
-async def _learn_quietly(network: Network, peer_id: str) -> None:
-    try:
-        await network.learn_from(peer_id)
-        await network.dht.routing_table.add_peer(ID.from_base58(peer_id))
-    except DinetError as exc:
-        logger.info("could not learn from %s: %s", peer_id, exc)
-
-
-async def _follow_mdns(network: Network) -> None:
-    async with mdns_discoveries(network.host) as found:
-        async for info in found:
-            try:
-                await dial(network.host, info)
-                await network.learn_from(info.peer_id.to_base58())
-            except DinetError as exc:
-                logger.debug("mDNS peer %s unreachable: %s", info.peer_id, exc)

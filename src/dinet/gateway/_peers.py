@@ -8,7 +8,6 @@ their directories every `refresh_s`, which also measures its round trip to each.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 
@@ -16,7 +15,6 @@ import trio
 
 from dinet.client.network import Network, peer_trust
 from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
-from dinet.p2p.discovery import dial_any
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ class NetworkView:
 
     @property
     def peer_id(self) -> str:
-        return self.network.host.get_id().to_base58()
+        return self.network.peer_id
 
     def manifests(self) -> list[Manifest]:
         return sorted(self.network.directory.manifests(), key=lambda m: m.peer_id)
@@ -55,10 +53,9 @@ class NetworkView:
     async def refresh(self) -> None:
         network = self.network
         known = network.directory.manifests()
-        if not known and self._bootstrap:
+        if not known and self._bootstrap:  # it knows nobody now: start again from the bootstrap peers
             try:
-                for peer_id in await dial_any(network.host, self._bootstrap):
-                    await self._learn(peer_id)
+                await network.joiner.join(self._bootstrap)
             except DinetError as exc:
                 logger.debug("bootstrap peers unreachable: %s", exc)
             known = network.directory.manifests()
@@ -66,16 +63,7 @@ class NetworkView:
         probed = [m.peer_id for m in known if m.peer_id in network.rtt_ms]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(network.probe_all, unprobed)
-            for peer_id in random.sample(probed, min(REFRESH_FANOUT, len(probed))):
-                nursery.start_soon(self._learn, peer_id)
-
-    async def _learn(self, peer_id: str) -> None:
-        try:
-            await self.network.learn_from(peer_id)
-        except DinetError as exc:
-            logger.info("peer %s did not answer a refresh: %s", peer_id, exc)
-            self.network.rtt_ms.pop(peer_id, None)
-            self.network.directory.remove(peer_id)
+            nursery.start_soon(network.joiner.pull_from_some, probed, REFRESH_FANOUT)
 
     async def resolve(self, name: str) -> ModelChoice:
         """The model a request names. ModelNotFound if peers are known but none offers it;

@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from libp2p.abc import IHost
-from libp2p.kad_dht.kad_dht import KadDHT
-from libp2p.peer.id import ID
 
 from dinet.errors import (
     BadChunk,
@@ -36,16 +33,9 @@ from dinet.errors import (
 from dinet.models.manifest import chunk_offsets, verify_model_manifest
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.discovery import (
-    dial,
-    dial_any,
-    fetch_manifests,
-    find_model_providers,
-    peer_info_from,
-    running_dht,
-)
-from dinet.p2p.host import build_host, running_host
+from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
+from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.chunks import (
     MAX_BATCH,
@@ -101,7 +91,7 @@ class PullReport:
         }
 
 
-async def _open(host: IHost, peer_id: str) -> FramedStream:
+async def _open(host: PeerHost, peer_id: str) -> FramedStream:
     return await open_framed(host, peer_id, CHUNKS_PROTOCOL, STREAM_TIMEOUT_S)
 
 
@@ -116,7 +106,7 @@ async def _reply(framed: FramedStream) -> SignedModelManifest | ChunkHeader | Er
     return reply
 
 
-async def fetch_model_manifest(host: IHost, peers: Sequence[str], model_hash: str) -> SignedModelManifest:
+async def fetch_model_manifest(host: PeerHost, peers: Sequence[str], model_hash: str) -> SignedModelManifest:
     """The signed manifest of `model_hash` from the first peer that gives a valid one."""
     problems = []
     for peer_id in peers:
@@ -143,7 +133,7 @@ class _Transfer:
 
     def __init__(
         self,
-        host: IHost,
+        host: PeerHost,
         manifest: ModelManifest,
         target: Path,
         missing: list[int],
@@ -246,7 +236,7 @@ class _Transfer:
 
 
 async def fetch_chunks(
-    host: IHost,
+    host: PeerHost,
     manifest: ModelManifest,
     target: Path,
     missing: list[int],
@@ -262,7 +252,7 @@ async def fetch_chunks(
 
 
 async def pull_model(
-    host: IHost,
+    host: PeerHost,
     store: ModelStore,
     model_hash: str,
     peers: Sequence[str],
@@ -301,61 +291,21 @@ async def pull_model(
     )
 
 
-async def find_holders(host: IHost, dht: KadDHT, directory: PeerDirectory, model_hash: str) -> list[str]:
-    """Connected peers that say they hold `model_hash`: DHT provider records and manifests."""
-    own = host.get_id().to_base58()
-    addrs: dict[str, list[str]] = {}
-    for manifest in directory.manifests():
-        if any(o.model_hash == model_hash for o in manifest.models):
-            addrs.setdefault(manifest.peer_id, list(manifest.addrs))
-    try:
-        providers = await find_model_providers(dht, model_hash)
-    except Exception as exc:  # the DHT raises assorted types when nobody answers
-        logger.debug("DHT lookup failed: %s", exc)
-        providers = []
-    for info in providers:
-        addrs.setdefault(info.peer_id.to_base58(), [])
-    reached: list[str] = []
-
-    async def reach(peer_id: str, known: list[str]) -> None:
-        if ID.from_base58(peer_id) in host.get_connected_peers():
-            reached.append(peer_id)
-            return
-        for addr in known:
-            try:
-                await dial(host, peer_info_from(addr))
-                reached.append(peer_id)
-                return
-            except DinetError as exc:
-                logger.debug("holder %s unreachable at %s: %s", peer_id, addr, exc)
-        try:  # the DHT may have told the peerstore how to reach it
-            await dial(host, host.get_peerstore().peer_info(ID.from_base58(peer_id)))
-            reached.append(peer_id)
-        except Exception as exc:  # no addresses known, or the dial failed
-            logger.debug("holder %s unreachable: %s", peer_id, exc)
-
-    async with trio.open_nursery() as nursery:
-        for peer_id, known in addrs.items():
-            if peer_id != own:
-                nursery.start_soon(reach, peer_id, known)
-    return reached
-
-
 @dataclass
 class Swarm:
     """A short-lived client host for pulling: joined through bootstrap peers, with a DHT."""
 
-    host: IHost
-    dht: KadDHT
-    directory: PeerDirectory
+    host: PeerHost
+    joiner: Joiner
 
     async def holders(self, model_hash: str) -> list[str]:
-        return await find_holders(self.host, self.dht, self.directory, model_hash)
+        """Connected peers that say they hold `model_hash`: DHT provider records and manifests."""
+        return await self.joiner.holders(model_hash)
 
     async def model_hashes(self, model_id: str) -> list[str]:
         """Hashes that peers offer under `model_id`, most offered first."""
         counts: dict[str, int] = {}
-        for manifest in self.directory.manifests():
+        for manifest in self.joiner.directory.manifests():
             for o in manifest.models:
                 if o.model_id == model_id:
                     counts[o.model_hash] = counts.get(o.model_hash, 0) + 1
@@ -364,19 +314,9 @@ class Swarm:
 
 @asynccontextmanager
 async def open_swarm(home: Path, bootstrap: Sequence[str], *, mdns: bool = False) -> AsyncIterator[Swarm]:
-    key_pair = load_or_create_identity(home, CLIENT_IDENTITY)
-    host = build_host(key_pair, enable_mdns=mdns)
-    async with running_host(host, ["/ip4/0.0.0.0/tcp/0"]), running_dht(host, server=False) as dht:
-        swarm = Swarm(host, dht, PeerDirectory())
-        reached = await dial_any(host, list(bootstrap)) if bootstrap else []
-        if bootstrap and not reached:
+    key = load_or_create_identity(home, CLIENT_IDENTITY)
+    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client") as host:
+        joiner = Joiner(host, PeerDirectory())
+        if bootstrap and not await joiner.join(bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(bootstrap)})")
-        for peer_id in reached:
-            await dht.routing_table.add_peer(ID.from_base58(peer_id))
-            try:
-                signed, _ = await fetch_manifests(host, peer_id)
-            except DinetError as exc:
-                logger.info("no manifests from %s: %s", peer_id, exc)
-                continue
-            swarm.directory.add_from(peer_id, signed)
-        yield swarm
+        yield Swarm(host, joiner)

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import gguf
-from libp2p.crypto.keys import KeyPair
-from libp2p.peer.id import ID
 from pydantic import ValidationError
 
 from dinet.errors import ManifestError
 from dinet.models._gguf import GGUFLayout, read_layout
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
 from dinet.wire.chunks import GGUFSummary, ModelManifest, SignedModelManifest
+from dinet.wire.keys import SigningKey
 from dinet.wire.signing import sign_body, signed_by
 
 
@@ -41,8 +40,8 @@ def summarize(layout: GGUFLayout) -> GGUFSummary:
     )
 
 
-def build_manifest(path: Path, model_id: str, version: str, key_pair: KeyPair) -> SignedModelManifest:
-    """Chunk, hash and describe the GGUF file at `path`, signed by `key_pair` (blocking)."""
+def build_manifest(path: Path, model_id: str, version: str, key: SigningKey) -> SignedModelManifest:
+    """Chunk, hash and describe the GGUF file at `path`, signed by `key` (blocking)."""
     layout = read_layout(path)
     spans = chunk_spans(path)
     hashes = hash_spans(path, spans)
@@ -56,11 +55,11 @@ def build_manifest(path: Path, model_id: str, version: str, key_pair: KeyPair) -
         chunk_sizes=tuple(length for _, length in spans),
         chunk_hashes=tuple(h.hex() for h in hashes),
         gguf=summarize(layout),
-        publisher=ID.from_pubkey(key_pair.public_key).to_base58(),
+        publisher=key.peer_id,
         created_at=time.time(),
     )
     body = manifest.model_dump_json()
-    return SignedModelManifest(body=body, signature=sign_body(body, key_pair.private_key))
+    return SignedModelManifest(body=body, signature=sign_body(body, key))
 
 
 def verify_model_manifest(signed: SignedModelManifest, model_hash: str | None = None) -> ModelManifest:

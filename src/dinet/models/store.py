@@ -18,12 +18,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from libp2p.crypto.keys import KeyPair
-
 from dinet.errors import ManifestError, ModelCorrupted, ModelNotFound
 from dinet.models.hashing import file_sha256, model_hash
 from dinet.models.manifest import build_manifest, chunk_offsets, verify_model_manifest
 from dinet.wire.chunks import ModelManifest, SignedModelManifest
+from dinet.wire.keys import SigningKey
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.gguf"
@@ -97,14 +96,14 @@ class ModelStore:
         return hits[0]
 
     def import_file(
-        self, path: Path, key_pair: KeyPair, *, model_id: str | None = None, version: str | None = None
+        self, path: Path, key: SigningKey, *, model_id: str | None = None, version: str | None = None
     ) -> StoredModel:
         """Chunk, hash and copy the GGUF at `path` into the store (a no-op if it is there)."""
         digest = model_hash(path)
         known = self.get(digest)
         if known is not None and known.complete:
             return known
-        signed = build_manifest(path, model_id or path.stem.lower(), version or digest[:12], key_pair)
+        signed = build_manifest(path, model_id or path.stem.lower(), version or digest[:12], key)
         manifest = verify_model_manifest(signed)
         directory = self._dir(manifest.model_hash)
         directory.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
-from libp2p.abc import IHost, INetStream
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
@@ -21,13 +20,12 @@ from dinet.node.manifests import load_of, offer
 from dinet.node.receipts import Accountant
 from dinet.node.shard import ShardService
 from dinet.node.verification import VerifyService
+from dinet.p2p.host import PeerHost
+from dinet.p2p.streams import Handler
 from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL
 from dinet.wire.manifest import ModelOffer
 
 logger = logging.getLogger(__name__)
-
-
-Handler = Callable[[INetStream], Awaitable[None]]
 
 
 @dataclass
@@ -103,7 +101,7 @@ async def whole_model(
 
 @asynccontextmanager
 async def model_stage(
-    settings: NodeSettings, model: LocalModel, model_hash: str, host: IHost
+    settings: NodeSettings, model: LocalModel, model_hash: str, host: PeerHost
 ) -> AsyncIterator[Serving]:
     from dinet.engine.torch._compute_thread import ComputeThread
     from dinet.engine.torch._stage import Stage

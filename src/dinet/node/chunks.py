@@ -13,8 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import trio
-from libp2p.abc import IHost, INetStream
-from libp2p.kad_dht.kad_dht import KadDHT
 
 from dinet.config import NodeSettings
 from dinet.errors import (
@@ -27,11 +25,11 @@ from dinet.errors import (
     WireError,
 )
 from dinet.models.catalog import LocalModel, resolve_model
-from dinet.models.fetch import fetch_chunks, find_holders, open_swarm, pull_model
+from dinet.models.fetch import fetch_chunks, open_swarm, pull_model
 from dinet.models.store import ModelStore, StoredModel
-from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.identity import load_or_create_identity
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.joining import Joiner
+from dinet.p2p.streams import FramedStream, Handler, Stream
 from dinet.wire.chunks import ChunkHeader, ChunkRequest, ModelManifestQuery, decode_chunk_query
 from dinet.wire.messages import ErrorCode, ErrorFrame
 
@@ -40,9 +38,6 @@ logger = logging.getLogger(__name__)
 IDLE_S = 30.0  # a chunk stream may wait this long for its next request
 PULL_RETRY_S = 2.0
 _HASH_CHARS = set("0123456789abcdef")
-
-Handler = Callable[[INetStream], Awaitable[None]]
-
 
 class ChunkServer:
     """Answers manifest queries and chunk requests for complete, healthy stored models."""
@@ -63,7 +58,7 @@ class ChunkServer:
             return None
         return stored
 
-    async def handle(self, stream: INetStream) -> None:
+    async def handle(self, stream: Stream) -> None:
         framed = FramedStream(stream)
         try:
             while True:
@@ -144,7 +139,7 @@ class ModelKeeper:
     def guard(self, handler: Handler) -> Handler:
         """`handler`, refusing every request while the model's bytes are known bad."""
 
-        async def guarded(stream: INetStream) -> None:
+        async def guarded(stream: Stream) -> None:
             if self.healthy:
                 await handler(stream)
                 return
@@ -154,7 +149,7 @@ class ModelKeeper:
 
         return guarded
 
-    async def keep_healthy(self, host: IHost, dht: KadDHT, directory: PeerDirectory) -> None:
+    async def keep_healthy(self, joiner: Joiner) -> None:
         """Scrub forever; on damage, repair from peers until every chunk matches again."""
         stored = await trio.to_thread.run_sync(self.store.get, self.model_hash)
         assert stored is not None
@@ -164,7 +159,7 @@ class ModelKeeper:
                 await self._suspect.wait()
                 self.healthy = False
                 logger.warning("model %s is damaged: out of service until repaired", self.model_hash[:16])
-                while not await self._repair(host, dht, directory, stored):
+                while not await self._repair(joiner, stored):
                     await trio.sleep(PULL_RETRY_S)
                 self._suspect = trio.Event()
                 self.healthy = True
@@ -181,13 +176,13 @@ class ModelKeeper:
                     self.report_corrupt(self.model_hash)
                 await trio.sleep(size / self._rate)
 
-    async def _repair(self, host: IHost, dht: KadDHT, directory: PeerDirectory, stored: StoredModel) -> bool:
+    async def _repair(self, joiner: Joiner, stored: StoredModel) -> bool:
         bad = await trio.to_thread.run_sync(self.store.bad_chunks, stored)
         if not bad:
             return True
         try:
-            peers = await find_holders(host, dht, directory, self.model_hash)
-            await fetch_chunks(host, stored.manifest, stored.path, bad, peers)
+            peers = await joiner.holders(self.model_hash)
+            await fetch_chunks(joiner.host, stored.manifest, stored.path, bad, peers)
         except DinetError as exc:
             logger.warning("repair of %s failed, will retry: %s", self.model_hash[:16], exc)
             return False
@@ -213,9 +208,9 @@ async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, str]:
                 stored = await _pull_before_serving(settings, store, name)
     if stored is None:
         model = resolve_model(name)
-        key_pair = load_or_create_identity(settings.home)
+        key = load_or_create_identity(settings.home)
         stored = await trio.to_thread.run_sync(
-            lambda: store.import_file(model.path, key_pair, model_id=model.model_id)
+            lambda: store.import_file(model.path, key, model_id=model.model_id)
         )
     return LocalModel(stored.manifest.model_id, stored.path), stored.model_hash
 

@@ -8,8 +8,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-from libp2p.abc import INetStream
-
 from dinet.errors import (
     EngineCrashed,
     EngineUnavailable,
@@ -20,7 +18,7 @@ from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import (
     EndFrame,
@@ -83,7 +81,7 @@ class InferenceService:
         self._bounds = bounds
         self._max_request_bytes = max_request_bytes
 
-    async def handle(self, stream: INetStream) -> None:
+    async def handle(self, stream: Stream) -> None:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
         try:
             await self._serve(framed)

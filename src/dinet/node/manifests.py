@@ -7,15 +7,14 @@ import time
 from collections.abc import Callable
 
 import trio
-from libp2p.abc import INetStream
-from libp2p.crypto.keys import KeyPair
-from libp2p.pubsub.pubsub import Pubsub
 from pydantic import ValidationError
 
 from dinet.errors import ManifestError, PeerError, WireError
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.host import PeerHost
+from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.ids import MANIFEST_TOPIC, PROTOCOL_VERSION
+from dinet.wire.keys import Signer
 from dinet.wire.manifest import (
     MANIFEST_TTL_S,
     MAX_DIRECTORY,
@@ -38,12 +37,12 @@ class ManifestPublisher:
 
     def __init__(
         self,
-        key_pair: KeyPair,
+        key: Signer,
         peer_id: str,
         directory: PeerDirectory,
         describe: Callable[[], dict[str, object]],
     ) -> None:
-        self._key = key_pair.private_key
+        self._key = key
         self._peer_id = peer_id
         self.directory = directory
         self._describe = describe  # live fields: addrs, models, load, speed, price ...
@@ -60,7 +59,7 @@ class ManifestPublisher:
         )
         return sign_manifest(manifest, self._key)
 
-    async def handle_query(self, stream: INetStream) -> None:
+    async def handle_query(self, stream: Stream) -> None:
         framed = FramedStream(stream)
         try:
             with trio.fail_after(QUERY_WAIT_S):
@@ -78,19 +77,19 @@ class ManifestPublisher:
             return
         await framed.close()
 
-    async def broadcast(self, pubsub: Pubsub, interval_s: float) -> None:
+    async def broadcast(self, host: PeerHost, interval_s: float) -> None:
         """Publish the manifest as a heartbeat, forever (gossip wants a low rate)."""
         while True:
-            await pubsub.publish(MANIFEST_TOPIC, self.current().model_dump_json().encode())
+            await host.publish(MANIFEST_TOPIC, self.current().model_dump_json().encode())
             await trio.sleep(interval_s)
 
-    async def follow(self, pubsub: Pubsub, on_new_peer: Callable[[Manifest], None]) -> None:
+    async def follow(self, host: PeerHost, on_new_peer: Callable[[Manifest], None]) -> None:
         """Keep the directory fed from gossip; forged or expired manifests are dropped."""
-        subscription = await pubsub.subscribe(MANIFEST_TOPIC)
+        subscription = await host.subscribe(MANIFEST_TOPIC)
         while True:
-            message = await subscription.get()
+            data = await subscription.get()
             try:
-                signed = SignedManifest.model_validate_json(message.data)
+                signed = SignedManifest.model_validate_json(data)
                 manifest, is_new = self.directory.add(signed)
             except (ValidationError, ManifestError) as exc:
                 logger.info("dropped a gossiped manifest: %s", exc)

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
-from libp2p.crypto.keys import PrivateKey
 
 from dinet.errors import FrameTooLarge, LedgerError, MalformedMessage
 from dinet.ledger import Ledger
 from dinet.p2p.streams import FramedStream
+from dinet.wire.keys import Signer
 from dinet.wire.messages import EndFrame, decode_countersigned
 from dinet.wire.receipt import (
     ReceiptBody,
@@ -46,7 +46,7 @@ class Accountant:
 
     def __init__(
         self,
-        key: PrivateKey,
+        key: Signer,
         peer_id: str,
         ledger: Ledger,
         prices: Prices,

@@ -30,17 +30,16 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 import trio
-from libp2p.abc import IHost, INetStream
-from libp2p.peer.id import ID
 
 from dinet.engine.torch._compute_thread import ComputeThread
 from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
-from dinet.p2p.host import known_addrs, remember_addrs
-from dinet.p2p.streams import FramedStream, open_framed
+from dinet.p2p.host import PeerHost
+from dinet.p2p.streams import FramedStream, Stream, open_framed
 from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.keys import is_peer_id
 from dinet.wire.messages import ErrorCode, ErrorFrame
 from dinet.wire.shard import (
     ShardAck,
@@ -107,11 +106,11 @@ class StageStats:
 
 class ShardService:
     def __init__(
-        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], host: IHost, *,
+        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], host: PeerHost, *,
         max_kv_bytes: int, idle_s: float,
     ) -> None:
         self._host = host
-        self._me = host.get_id().to_base58()
+        self._me = host.peer_id
         self._relays: dict[str, _Relay] = {}  # session id -> its relay, if it has one
         self._tasks: trio.Nursery | None = None  # relay watchers run here
         self._stage = stage
@@ -139,7 +138,7 @@ class ShardService:
                 self.table.expire(trio.current_time())
                 await trio.sleep(EXPIRE_EVERY_S)
 
-    async def handle(self, stream: INetStream) -> None:
+    async def handle(self, stream: Stream) -> None:
         framed = FramedStream(stream)
         owned: set[str] = set()  # sessions opened on this stream: freed when it ends
         try:
@@ -186,11 +185,8 @@ class ShardService:
         if tuple(message.span) != self.span:
             held, asked = list(self.span), list(message.span)
             raise _Refused("wrong_span", f"this stage holds blocks {held}, not {asked}")
-        if message.relay is not None:
-            try:
-                ID.from_base58(message.relay.peer_id)
-            except ValueError:
-                raise _Refused("bad_request", "the relay's peer id is not a peer id") from None
+        if message.relay is not None and not is_peer_id(message.relay.peer_id):
+            raise _Refused("bad_request", "the relay's peer id is not a peer id")
         try:
             session = await self._compute.run(partial(self._stage.open, message.params, message.dtype))
         except StageRequestError as exc:
@@ -305,9 +301,9 @@ class ShardService:
             await self._relay_failed(relay, "relay_failed", str(exc))
 
     async def _dial(self, target: ShardRelay) -> FramedStream:
-        if target.addrs and not known_addrs(self._host, target.peer_id):
+        if target.addrs and not self._host.known_addrs(target.peer_id):
             # The client's addresses only fill a gap, never replace ours.
-            remember_addrs(self._host, target.peer_id, target.addrs)
+            self._host.remember_addrs(target.peer_id, target.addrs)
         return await open_framed(self._host, target.peer_id, SHARD_PROTOCOL, RELAY_OPEN_S)
 
     async def _watch(self, relay: _Relay) -> None:

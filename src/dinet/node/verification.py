@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from libp2p.abc import INetStream
-
 from dinet.errors import EngineCrashed, InferenceError, PeerError
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
-from dinet.p2p.streams import FramedStream
+from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import ErrorFrame
 from dinet.wire.verify import ScoreRequest, ScoresFrame, VerifyRequest, decode_verify_request
@@ -47,7 +45,7 @@ class VerifyService:
         self._max_request_bytes = max_request_bytes
         self.served = 0
 
-    async def handle(self, stream: INetStream) -> None:
+    async def handle(self, stream: Stream) -> None:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
         try:
             await within_limits(framed, self._limiter, lambda: self._serve(framed))

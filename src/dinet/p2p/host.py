@@ -1,34 +1,252 @@
-"""The libp2p host every dinet process runs: TCP, Noise only, yamux only."""
+"""The host every dinet process runs (TCP, Noise only, yamux only), behind a small facade.
+
+Nothing above p2p/ sees py-libp2p: `PeerHost` speaks in peer ids and multiaddr
+strings, serves protocols with `Stream`s, and carries the DHT and gossip when the
+host runs them.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
 
 import multiaddr
+import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost
-from libp2p.crypto.keys import KeyPair
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI, PeerInfo
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.utils.address_validation import expand_wildcard_address
 
-from dinet.errors import ConfigError
+from dinet.errors import ConfigError, PeerError, PeerUnreachable
+from dinet.p2p._dht import dht_key, find_model_providers, running_dht
+from dinet.p2p.gossip import running_pubsub
+from dinet.p2p.identity import libp2p_key_pair
+from dinet.p2p.streams import Handler, Stream
+from dinet.wire.keys import SigningKey
 
 logger = logging.getLogger(__name__)
 
+DIAL_TIMEOUT_S = 5.0
 # py-libp2p keeps a slot per inbound connection for the host's whole life and
 # refuses new ones past max_connections: set it far beyond any real lifetime.
 _MAX_CONNECTIONS = 1_000_000
 _ADDR_TTL_S = 600
 
+DHTRole = Literal["server", "client"]
 
-def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
+
+@dataclass(frozen=True)
+class FoundPeer:
+    """A peer some discovery named, with the addresses it gave (each ending in /p2p/<peer id>)."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+class Subscription:
+    """The messages of one gossip topic, as they arrive."""
+
+    def __init__(self, raw: ISubscriptionAPI) -> None:
+        self._raw = raw
+
+    async def get(self) -> bytes:
+        return (await self._raw.get()).data
+
+
+class PeerHost:
+    """What dinet does with a libp2p host: its identity, protocols, dials, addresses,
+    DHT provider records and gossip."""
+
+    def __init__(self, raw: IHost, key: SigningKey) -> None:
+        self._raw = raw
+        self.key = key  # signs manifests, receipts and countersignatures
+        self.peer_id = raw.get_id().to_base58()
+        self._dht: KadDHT | None = None
+        self._pubsub: Pubsub | None = None
+
+    # --- lifetime ---
+
+    @asynccontextmanager
+    async def running(
+        self, listen: Sequence[str], *, dht: DHTRole | None = None, gossip: bool = False
+    ) -> AsyncIterator[PeerHost]:
+        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if asked."""
+        async with self._raw.run(parse_multiaddrs(listen)), AsyncExitStack() as services:
+            if gossip:
+                self._pubsub = await services.enter_async_context(running_pubsub(self._raw))
+            if dht is not None:
+                self._dht = await services.enter_async_context(running_dht(self._raw, server=dht == "server"))
+            try:
+                yield self
+            finally:
+                self._dht = self._pubsub = None
+
+    # --- protocols and streams ---
+
+    def set_handler(self, protocol: str, handler: Handler) -> None:
+        """Serve `protocol`: each inbound stream goes to `handler`."""
+
+        async def serve(raw: INetStream) -> None:
+            await handler(Stream(raw))
+
+        self._raw.set_stream_handler(TProtocol(protocol), serve)
+
+    async def open_stream(self, peer_id: str, protocol: str, timeout: float) -> Stream:
+        """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
+        try:
+            with trio.fail_after(timeout):
+                raw = await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+        except trio.TooSlowError:
+            raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
+        except Exception as exc:  # libp2p raises assorted types when a stream cannot open
+            raise PeerUnreachable(f"cannot open a {protocol} stream to {peer_id}: {exc}") from None
+        return Stream(raw)
+
+    # --- connections ---
+
+    async def dial(self, addr: str, timeout: float = DIAL_TIMEOUT_S) -> str:
+        """Connect to the peer at `addr` (…/p2p/<peer id>); its peer id, or PeerUnreachable."""
+        peer_id = peer_of(addr)
+        await self.connect(peer_id, [addr], timeout)
+        return peer_id
+
+    async def connect(self, peer_id: str, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S) -> None:
+        """Connect to `peer_id` at `addrs`, and at those libp2p already holds; PeerUnreachable."""
+        try:
+            info = PeerInfo(ID.from_base58(peer_id), parse_multiaddrs([a.split("/p2p/")[0] for a in addrs]))
+        except (ValueError, ConfigError) as exc:
+            raise PeerUnreachable(f"cannot dial {peer_id}: {exc}") from None
+        try:
+            with trio.fail_after(timeout):
+                await self._raw.connect(info)
+        except trio.TooSlowError:
+            raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
+        except Exception as exc:  # libp2p raises many unrelated types when a dial fails
+            raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from None
+
+    async def disconnect(self, peer_id: str) -> None:
+        await self._raw.disconnect(ID.from_base58(peer_id))
+
+    async def reach(self, peer_id: str, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S) -> bool:
+        """Whether `peer_id` is connected now: already, or by a dial to each of `addrs` in
+        turn (with none given, wherever libp2p knows it to be)."""
+        if self.is_connected(peer_id):
+            return True
+        for at in [[a] for a in addrs] or [[]]:
+            try:
+                await self.connect(peer_id, at, timeout)
+                return True
+            except PeerUnreachable as exc:
+                logger.debug("%s unreachable at %s: %s", peer_id, at or "its known addresses", exc)
+        return False
+
+    def connected_peers(self) -> set[str]:
+        return {peer.to_base58() for peer in self._raw.get_connected_peers()}
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self.connected_peers()
+
+    # --- addresses ---
+
+    def full_addrs(self) -> list[str]:
+        """Dialable addresses, each ending in /p2p/<peer id>; a wildcard listen
+        address is expanded to loopback and every interface."""
+        out: list[str] = []
+        for addr in self._raw.get_addrs():
+            base = str(addr).split("/p2p/")[0]
+            if base.startswith("/ip4/0.0.0.0/"):
+                rest = base.removeprefix("/ip4/0.0.0.0")
+                concrete = [f"/ip4/127.0.0.1{rest}"]
+                concrete += [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(base))]
+            else:
+                concrete = [base]
+            out += [f"{c}/p2p/{self.peer_id}" for c in concrete if f"{c}/p2p/{self.peer_id}" not in out]
+        return out
+
+    def known_addrs(self, peer_id: str) -> list[str]:
+        """The addresses libp2p holds for a peer; none if it has never heard of it."""
+        try:
+            return [str(addr) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:  # py-libp2p raises when the peer is unknown
+            return []
+
+    def remember_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+        """Tell libp2p where a peer is now, and forget that dials to it failed before.
+
+        A restarted peer comes back on a new port; py-libp2p would otherwise keep
+        dialing its old addresses and refuse to dial it at all for 60 s after a failure.
+        """
+        target = ID.from_base58(peer_id)
+        bare = []
+        for addr in addrs:  # a peer's own manifest may carry anything here
+            try:
+                bare += parse_multiaddrs([addr.split("/p2p/")[0]])
+            except ConfigError:
+                logger.debug("%s advertises %r, which is no multiaddr: ignored", peer_id, addr)
+        peerstore = self._raw.get_peerstore()
+        peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
+        peerstore.add_addrs(target, bare, _ADDR_TTL_S)
+        failed_dials = getattr(self._raw.get_network(), "_negative_peer_cache", None)
+        if failed_dials is not None:
+            failed_dials.evict(str(target))
+
+    # --- DHT provider records (a host without a DHT finds nothing and announces nothing) ---
+
+    async def provide(self, model_hash: str) -> bool:
+        """Announce that this host serves `model_hash`: whether a peer took the record, or PeerError."""
+        if self._dht is None:
+            return False
+        try:
+            return bool(await self._dht.provide(dht_key(model_hash)))
+        except Exception as exc:  # the DHT raises assorted types when no peer answers
+            raise PeerError(f"DHT provide failed: {exc}") from None
+
+    async def find_providers(self, model_hash: str) -> list[FoundPeer]:
+        """Peers that announced `model_hash`, each once; PeerError if the lookup fails."""
+        if self._dht is None:
+            return []
+        try:
+            providers = await find_model_providers(self._dht, model_hash)
+        except Exception as exc:  # the DHT raises assorted types when nobody answers
+            raise PeerError(f"DHT lookup failed: {exc}") from None
+        return [found_peer(info) for info in providers]
+
+    async def add_to_routing_table(self, peer_id: str) -> None:
+        """A peer we know answers: DHT lookups may start from it."""
+        if self._dht is not None:
+            await self._dht.routing_table.add_peer(ID.from_base58(peer_id))
+
+    def routing_table_size(self) -> int:
+        return self._dht.get_routing_table_size() if self._dht is not None else 0
+
+    # --- gossip ---
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Low-rate announcements only: gossip drops bursts silently."""
+        await self._gossip().publish(topic, data)
+
+    async def subscribe(self, topic: str) -> Subscription:
+        return Subscription(await self._gossip().subscribe(topic))
+
+    def _gossip(self) -> Pubsub:
+        if self._pubsub is None:
+            raise RuntimeError("this host runs without gossip")
+        return self._pubsub
+
+
+def build_host(key: SigningKey, *, enable_mdns: bool = False) -> PeerHost:
     """A host that only speaks Noise (the library's default also accepts plaintext)."""
     # py-libp2p's yamux sends a WINDOW_UPDATE frame after every read unless this is off
     # (it reads the variable at each read; a user's own setting wins). Off, its own
@@ -36,9 +254,8 @@ def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
     # and a 3-stage chain's hop took 0.95 ms instead of 1.08 (medians of ~550 tokens,
     # alternated runs). Pulling a model over loopback ran at the same speed.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-    security = {
-        NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
-    }
+    key_pair = libp2p_key_pair(key)
+    security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
     config = ConnectionConfig(
         max_connections=_MAX_CONNECTIONS,
         high_watermark=_MAX_CONNECTIONS,
@@ -47,13 +264,28 @@ def build_host(key_pair: KeyPair, *, enable_mdns: bool = False) -> IHost:
         # connect() waits a fixed 250 ms for extra connections unless this is 1.
         max_connections_per_peer=1,
     )
-    return new_host(
+    raw = new_host(
         key_pair=key_pair,
         sec_opt=security,
         muxer_opt=create_yamux_muxer_option(),
         connection_config=config,
         enable_mDNS=enable_mdns,
     )
+    return PeerHost(raw, key)
+
+
+@asynccontextmanager
+async def open_host(
+    key: SigningKey,
+    listen: Sequence[str],
+    *,
+    mdns: bool = False,
+    dht: DHTRole | None = None,
+    gossip: bool = False,
+) -> AsyncIterator[PeerHost]:
+    """A running host (see `PeerHost.running`)."""
+    async with build_host(key, enable_mdns=mdns).running(listen, dht=dht, gossip=gossip) as host:
+        yield host
 
 
 def parse_multiaddrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
@@ -66,48 +298,14 @@ def parse_multiaddrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
     return parsed
 
 
-@asynccontextmanager
-async def running_host(host: IHost, listen: Sequence[str]) -> AsyncIterator[IHost]:
-    async with host.run(parse_multiaddrs(listen)):
-        yield host
-
-
-def full_addrs(host: IHost) -> list[str]:
-    """Dialable addresses, each ending in /p2p/<peer id>; a wildcard listen
-    address is expanded to loopback and every interface."""
-    peer = host.get_id().to_base58()
-    out: list[str] = []
-    for addr in host.get_addrs():
-        base = str(addr).split("/p2p/")[0]
-        if base.startswith("/ip4/0.0.0.0/"):
-            rest = base.removeprefix("/ip4/0.0.0.0")
-            concrete = [f"/ip4/127.0.0.1{rest}"]
-            concrete += [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(base))]
-        else:
-            concrete = [base]
-        out += [f"{c}/p2p/{peer}" for c in concrete if f"{c}/p2p/{peer}" not in out]
-    return out
-
-
-def known_addrs(host: IHost, peer_id: str) -> list[str]:
-    """The addresses libp2p holds for a peer; none if it has never heard of it."""
+def peer_of(addr: str) -> str:
+    """The peer id at the end of a peer multiaddr (…/p2p/<peer id>), or ConfigError."""
     try:
-        return [str(addr) for addr in host.get_peerstore().addrs(ID.from_base58(peer_id))]
-    except Exception:  # py-libp2p raises when the peer is unknown
-        return []
+        return info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id.to_base58()
+    except Exception as exc:  # the multiaddr parser raises assorted types
+        raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {addr!r} ({exc})") from None
 
 
-def remember_addrs(host: IHost, peer_id: str, addrs: Sequence[str]) -> None:
-    """Tell libp2p where a peer is now, and forget that dials to it failed before.
-
-    A restarted peer comes back on a new port; py-libp2p would otherwise keep
-    dialing its old addresses and refuse to dial it at all for 60 s after a failure.
-    """
-    target = ID.from_base58(peer_id)
-    bare = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
-    peerstore = host.get_peerstore()
-    peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
-    peerstore.add_addrs(target, bare, _ADDR_TTL_S)
-    failed_dials = getattr(host.get_network(), "_negative_peer_cache", None)
-    if failed_dials is not None:
-        failed_dials.evict(str(target))
+def found_peer(info: PeerInfo) -> FoundPeer:
+    peer = info.peer_id.to_base58()
+    return FoundPeer(peer, tuple(f"{str(a).split('/p2p/')[0]}/p2p/{peer}" for a in info.addrs))

@@ -7,33 +7,37 @@ from pathlib import Path
 
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
-from libp2p.peer.id import ID
 
 from dinet.errors import ConfigError
+from dinet.wire.keys import SEED_SIZE, SigningKey
 
 NODE_IDENTITY = "identity.key"
 CLIENT_IDENTITY = "client.key"  # separate, so a client and a node may share a home
-_SEED_SIZE = 32
 
 
-def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> KeyPair:
-    """The key pair stored as `home/name`, created (mode 0600) on first use."""
+def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> SigningKey:
+    """The key stored as `home/name` (its 32-byte seed), created (mode 0600) on first use."""
     path = home / name
     if path.exists():
         seed = path.read_bytes()
-        if len(seed) != _SEED_SIZE:
+        if len(seed) != SEED_SIZE:
             raise ConfigError(f"{path} is not a dinet identity ({len(seed)} bytes, expected 32)")
-        return create_new_key_pair(seed)
+        return SigningKey(seed)
     home.mkdir(parents=True, exist_ok=True)
-    seed = os.urandom(_SEED_SIZE)
+    key = SigningKey.generate()
     # Write the seed where no other user can read it, then move it into place.
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(seed)
+        f.write(key.seed)
     os.replace(tmp, path)
-    return create_new_key_pair(seed)
+    return key
 
 
-def peer_id_of(key_pair: KeyPair) -> str:
-    return ID.from_pubkey(key_pair.public_key).to_base58()
+def peer_id_of(key: SigningKey) -> str:
+    return key.peer_id
+
+
+def libp2p_key_pair(key: SigningKey) -> KeyPair:
+    """The same key as py-libp2p's type, for its host and Noise handshake."""
+    return create_new_key_pair(key.seed)

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
-from libp2p.abc import IHost
 
 from dinet.errors import DinetError
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.discovery import dial, fetch_manifests, peer_info_from
+from dinet.p2p.discovery import fetch_manifests
+from dinet.p2p.host import PeerHost
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class _Absent:
 
 @dataclass
 class LivenessWatch:
-    host: IHost
+    host: PeerHost
     directory: PeerDirectory
     on_probe: OnProbe = lambda peer_id, rtt: None
     interval: float = PROBE_INTERVAL_S
@@ -98,19 +98,12 @@ class LivenessWatch:
             self.absent[peer_id] = _Absent(manifest, trio.current_time() + self.interval)
 
     async def _probe_absent(self, peer_id: str, entry: _Absent) -> None:
-        if not await self._redial(entry.manifest) or (rtt_ms := await self._probe(peer_id)) is None:
+        manifest = entry.manifest
+        reached = await self.host.reach(peer_id, manifest.addrs, timeout=self.timeout)
+        if not reached or (rtt_ms := await self._probe(peer_id)) is None:
             entry.wait_s = min(entry.wait_s * 2, MAX_RETRY_S)
             entry.retry_at = trio.current_time() + entry.wait_s
             return
         logger.info("peer %s answers again", peer_id)
         self.absent.pop(peer_id, None)
         self.on_probe(peer_id, rtt_ms)
-
-    async def _redial(self, manifest: Manifest) -> bool:
-        for addr in manifest.addrs:
-            try:
-                await dial(self.host, peer_info_from(addr), timeout=self.timeout)
-                return True
-            except DinetError:
-                continue
-        return False

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from libp2p.crypto.keys import PrivateKey
 from pydantic import Field, ValidationError
 
 from dinet.errors import ManifestError
+from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
 from dinet.wire.signing import sign_body, signed_by
 
@@ -78,7 +78,7 @@ class ManifestList(Message):
     manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_DIRECTORY)
 
 
-def sign_manifest(manifest: Manifest, key: PrivateKey) -> SignedManifest:
+def sign_manifest(manifest: Manifest, key: Signer) -> SignedManifest:
     body = manifest.model_dump_json()
     return SignedManifest(body=body, signature=sign_body(body, key))
 

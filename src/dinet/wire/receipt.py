@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable
 from typing import Literal
 
-from libp2p.crypto.keys import PrivateKey
 from pydantic import Field, ValidationError
 
 from dinet.errors import BadReceipt
+from dinet.wire.keys import Signer
 from dinet.wire.messages import CountersignedReceipt, Message, SignedReceipt, receipt_id
 from dinet.wire.signing import sign_body, signed_by
 
@@ -68,12 +68,12 @@ def request_hash(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def sign_receipt(body: ReceiptBody, key: PrivateKey) -> SignedReceipt:
+def sign_receipt(body: ReceiptBody, key: Signer) -> SignedReceipt:
     text = body.model_dump_json()
     return SignedReceipt(body=text, node_signature=sign_body(text, key, NODE_DOMAIN))
 
 
-def countersign(signed: SignedReceipt, key: PrivateKey) -> CountersignedReceipt:
+def countersign(signed: SignedReceipt, key: Signer) -> CountersignedReceipt:
     return CountersignedReceipt(
         body=signed.body, node_signature=signed.node_signature,
         client_signature=sign_body(signed.body, key, CLIENT_DOMAIN),

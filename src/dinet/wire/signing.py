@@ -7,12 +7,12 @@ Signing the bytes as sent (not a re-serialisation) lets any implementation verif
 from __future__ import annotations
 
 import base64
+import binascii
 
-from libp2p.crypto.keys import PrivateKey
-from libp2p.peer.id import ID
+from dinet.wire.keys import Signer, verify
 
 
-def sign_body(body: str, key: PrivateKey, domain: bytes = b"") -> str:
+def sign_body(body: str, key: Signer, domain: bytes = b"") -> str:
     """The base64 signature of `domain` + `body`'s UTF-8 bytes.
 
     A domain prefix keeps a signature made for one purpose from passing for another.
@@ -23,8 +23,8 @@ def sign_body(body: str, key: PrivateKey, domain: bytes = b"") -> str:
 def signed_by(peer_id: str, body: str, signature: str, domain: bytes = b"") -> bool:
     """Whether `signature` is `peer_id`'s over `domain` + `body`; False for any malformed part."""
     try:
-        public_key = ID.from_base58(peer_id).extract_public_key()
         raw = base64.b64decode(signature, validate=True)
-        return public_key is not None and bool(public_key.verify(domain + body.encode(), raw))
-    except Exception:  # base58, multihash, base64 and nacl raise assorted types
+        data = domain + body.encode()
+    except (binascii.Error, ValueError):  # not base64; a lone surrogate that has no UTF-8
         return False
+    return verify(peer_id, data, raw)

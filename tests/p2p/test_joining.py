@@ -1,0 +1,114 @@
+"""The one joiner: how a client and a node meet peers (real hosts in this process).
+
+The peers here answer manifest queries as a node does, with no engine behind them
+(`manifest_peer` is a fake node, named so: these tests are about joining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+from tests.helpers import raw_host
+
+from dinet.node.manifests import ManifestPublisher, load_of, offer
+from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.host import PeerHost
+from dinet.p2p.joining import Joiner
+from dinet.wire.ids import MANIFEST_PROTOCOL
+from dinet.wire.keys import SigningKey
+from dinet.wire.manifest import Manifest, verify_manifest
+
+MODEL = "ab" * 32
+
+
+def publisher_of(key: SigningKey, addrs: Callable[[], tuple[str, ...]], serves: bool) -> ManifestPublisher:
+    def describe() -> dict[str, object]:
+        return {
+            "region": "test",
+            "addrs": addrs(),
+            "models": (offer("tiny", MODEL, "f32", 256, 1),) if serves else (),
+            "max_concurrent": 1,
+            "tokens_per_s": 0.0,
+            "ttft_ms": 0.0,
+            "price_per_token": 0.0,
+            "load": load_of(0, 0),
+        }
+
+    return ManifestPublisher(key, key.peer_id, PeerDirectory(key.peer_id), describe)
+
+
+@asynccontextmanager
+async def manifest_peer(*, serves: bool = False) -> AsyncIterator[tuple[PeerHost, ManifestPublisher]]:
+    """A fake node: a host that answers manifest queries (offering MODEL if `serves`)."""
+    async with raw_host() as host:
+        publisher = publisher_of(host.key, lambda: tuple(host.full_addrs()), serves)
+        host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
+        yield host, publisher
+
+
+def introduce(known_by: ManifestPublisher, other: ManifestPublisher) -> Manifest:
+    """`known_by` now holds `other`'s manifest (as gossip would have brought it)."""
+    signed = other.current()
+    known_by.directory.add(signed)
+    return verify_manifest(signed)
+
+
+async def test_a_client_learns_of_peers_through_a_bootstrap_peer_and_meets_them_when_it_asks():
+    async with manifest_peer() as (a, pa), manifest_peer() as (b, pb), raw_host() as me:
+        introduce(pa, pb)
+        answered: dict[str, float] = {}
+        joiner = Joiner(me, PeerDirectory(), on_answer=answered.__setitem__)
+        assert await joiner.join([a.full_addrs()[0]]) == [a.peer_id]
+        assert {m.peer_id for m in joiner.directory.manifests()} == {a.peer_id, b.peer_id}
+        assert not me.is_connected(b.peer_id)  # a client meets peers only as it needs them
+        await joiner.meet_all(joiner.directory.manifests())
+        assert me.is_connected(b.peer_id)
+        assert set(answered) == {a.peer_id, b.peer_id}
+
+
+async def test_a_node_meets_every_peer_it_learns_of_by_itself():
+    async with manifest_peer() as (a, pa), manifest_peer() as (b, pb), raw_host() as me:
+        introduce(pa, pb)
+        b_answered = trio.Event()
+
+        def on_answer(peer_id: str, rtt_ms: float) -> None:
+            if peer_id == b.peer_id:
+                b_answered.set()
+
+        async with trio.open_nursery() as nursery:
+            joiner = Joiner(me, PeerDirectory(me.peer_id), on_answer=on_answer, meet_new_in=nursery)
+            await joiner.join([a.full_addrs()[0]])
+            with trio.fail_after(30):
+                await b_answered.wait()
+            nursery.cancel_scope.cancel()
+        assert me.is_connected(b.peer_id)
+
+
+async def test_a_peer_that_cannot_be_met_is_reported_silent_and_not_counted_a_holder():
+    silent: list[str] = []
+    gone_key = SigningKey.generate()  # a holder whose address leads nowhere (nothing listens on port 9)
+    gone = publisher_of(gone_key, lambda: (f"/ip4/127.0.0.1/tcp/9/p2p/{gone_key.peer_id}",), serves=True)
+    async with raw_host() as me, manifest_peer(serves=True) as (a, pa):
+        gone_manifest = introduce(pa, gone)
+        joiner = Joiner(me, PeerDirectory(), on_silent=silent.append)
+        await joiner.join([a.full_addrs()[0]])
+        assert gone_key.peer_id in {m.peer_id for m in joiner.directory.manifests()}
+        assert await joiner.holders(MODEL) == [a.peer_id]
+        assert not await joiner.meet(gone_manifest.peer_id, gone_manifest.addrs)
+        assert silent == [gone_key.peer_id]
+        assert await joiner.holders("cd" * 32) == []  # nobody offers another model
+
+
+async def test_a_signed_manifest_with_addresses_that_are_no_multiaddrs_harms_nobody():
+    async with manifest_peer() as (a, _), raw_host() as me:
+        key = SigningKey.generate()
+        bad = ("garbage", "/ip4/1.2.3.4/tcp/notaport")
+        odd = publisher_of(key, lambda: (*bad, *a.full_addrs()), serves=False)
+        # What a node does with every manifest it hears of: remember where that peer is.
+        directory = PeerDirectory(me.peer_id, lambda m: me.remember_addrs(m.peer_id, m.addrs))
+        manifest, is_new = directory.add(odd.current())
+        assert is_new and manifest.addrs[0] == "garbage"
+        assert me.known_addrs(key.peer_id) == [a.full_addrs()[0].split("/p2p/")[0]]
+        assert not await Joiner(me, directory).meet(key.peer_id, bad)
