@@ -63,8 +63,8 @@ async def diff_bytes(root: Path) -> dict[str, int]:
     async with serving(server) as host, raw_host() as me:
         peers = await connect(me, host)
         report = await pull_model(me, mine, new.model_hash, peers)
-    return {"file_bytes": new.manifest.file_size, "fetched_bytes": report.fetched_bytes,
-            "manifest_bytes": len(new.signed.model_dump_json()), "fetched_chunks": report.fetched_chunks,
+    return {"file_bytes": new.card.file_size, "fetched_bytes": report.fetched_bytes,
+            "card_bytes": len(new.signed.model_dump_json()), "fetched_chunks": report.fetched_chunks,
             "total_chunks": report.total_chunks}
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     d = results["diff"]
     assert isinstance(d, dict)
     print(f"one-tensor update: {d['fetched_bytes']} of {d['file_bytes']} bytes "
-          f"({d['fetched_chunks']}/{d['total_chunks']} chunks) + manifest {d['manifest_bytes']} bytes")
+          f"({d['fetched_chunks']}/{d['total_chunks']} chunks) + model card {d['card_bytes']} bytes")
     print(json.dumps(results))
 
 

@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import choose_token, uniform
+from dinet.models.card import build_card
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
-from dinet.models.manifest import build_manifest
 from dinet.p2p._dht import dht_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
-from dinet.wire.chunks import ChunkHeader, ModelManifest, decode_chunk_query, decode_chunk_reply
+from dinet.wire.chunks import ChunkHeader, ModelCard, decode_chunk_query, decode_chunk_reply
 from dinet.wire.framing import encode_frame
 from dinet.wire.manifest import (
     Load,
@@ -278,7 +278,7 @@ def tiny_gguf(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def model_manifest() -> dict[str, Any]:
+def model_card() -> dict[str, Any]:
     node = key("node")
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "tiny.gguf"
@@ -286,10 +286,10 @@ def model_manifest() -> dict[str, Any]:
         spans = chunk_spans(path)
         small_spans = chunk_spans(path, 64)
         small_hashes = hash_spans(path, small_spans)
-        with mock.patch("dinet.models.manifest.time.time", return_value=ISSUED_AT):
-            message = build_manifest(path, "tiny-vector", "v1", node)
+        with mock.patch("dinet.models.card.time.time", return_value=ISSUED_AT):
+            message = build_card(path, "tiny-vector", "v1", node)
         assert file_sha256(path) == hashlib.sha256(data).hexdigest()
-    parsed = ModelManifest.model_validate_json(message.body)
+    parsed = ModelCard.model_validate_json(message.body)
     hashes = [hashlib.sha256(data[o:o + n]).hexdigest() for o, n in spans]
     assert list(parsed.chunk_hashes) == hashes and parsed.chunk_size == CHUNK_SIZE
     assert parsed.model_hash == merkle_root([bytes.fromhex(h) for h in hashes]).hex()
@@ -297,7 +297,7 @@ def model_manifest() -> dict[str, Any]:
     header = ChunkHeader(index=1, size=spans[1][1])
     chunk = data[spans[1][0]:spans[1][0] + spans[1][1]]
     return {
-        "about": "A model manifest (/dinet/chunks/1) for the tiny GGUF file in `file_hex`, signed by its "
+        "about": "A model card (/dinet/chunks/1) for the tiny GGUF file in `file_hex`, signed by its "
                  "publisher with an empty domain: its chunks start at byte 0 and at each tensor's first "
                  "byte. `chunks_at_64` shows the same file cut with chunk size 64 instead of 1 MiB "
                  "(the protocol's size), to show the cuts within a segment. `chunk_1_reply_hex` is "
@@ -647,7 +647,7 @@ def messages() -> dict[str, Any]:
 
 
 def main() -> None:
-    files = {"keys": keys(), "manifest": manifest(), "receipt": receipt(), "model_manifest": model_manifest(),
+    files = {"keys": keys(), "manifest": manifest(), "receipt": receipt(), "model_card": model_card(),
              "sampler": sampler(), "text": text(), "framing": framing(), "hashes": hashes(),
              "messages": messages()}
     for name, content in files.items():

@@ -10,8 +10,8 @@
     │   ├── PeerUnreachable  dialing failed or timed out
     │   ├── PeerStalled      a peer stopped sending mid-answer for longer than its speed allows
     │   ├── AnswerTimedOut   no complete answer within the caller's time limit
-    │   ├── ManifestError    a manifest that is forged, expired or inconsistent
-    │   ├── BadChunk         a chunk whose bytes do not match the model manifest
+    │   ├── ManifestError    a node's capability manifest that is forged, expired or inconsistent
+    │   ├── BadChunk         a chunk whose bytes do not match the model card
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
     │   └── NoCapablePeer
@@ -23,6 +23,7 @@
     │   ├── ModelNotFound
     │   ├── BadModelFile     not a GGUF file, or a header that contradicts the file
     │   ├── ModelCorrupted   stored bytes that do not match the model's hash
+    │   ├── ModelCardError   a model card that is forged, malformed or not for the hash asked
     │   ├── UnsupportedModel a GGUF the torch layer-range engine cannot run
     │   ├── BadLayerSpan     a layer range the model does not have (or START >= STOP)
     │   └── PullFailed       no peer could supply every chunk of a model
@@ -136,6 +137,10 @@ class BadModelFile(ModelError):
 
 
 class ModelCorrupted(ModelError):
+    pass
+
+
+class ModelCardError(ModelError):
     pass
 
 

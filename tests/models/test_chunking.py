@@ -1,4 +1,4 @@
-"""Chunking, model manifests and bad model files, on tiny generated GGUFs."""
+"""Chunking, model cards and bad model files, on tiny generated GGUFs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import base64
 import pytest
 from tests.models._tiny import write_tiny
 
-from dinet.errors import BadModelFile, ManifestError
+from dinet.errors import BadModelFile, ModelCardError
 from dinet.models._gguf import read_layout
+from dinet.models.card import build_card, verify_model_card
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, model_hash
-from dinet.models.manifest import build_manifest, verify_model_manifest
-from dinet.wire.chunks import SignedModelManifest
+from dinet.wire.chunks import SignedModelCard
 from dinet.wire.keys import SigningKey
 
 
@@ -27,9 +27,9 @@ def test_chunks_start_at_every_tensor_and_never_exceed_the_chunk_size(tmp_path):
 
 def test_a_changed_tensor_changes_only_its_own_chunks(tmp_path):
     key = SigningKey.generate()
-    v1 = verify_model_manifest(build_manifest(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
-    v2 = verify_model_manifest(
-        build_manifest(write_tiny(tmp_path / "v2.gguf", change="blk.0.attn_norm.weight"), "tiny", "2", key)
+    v1 = verify_model_card(build_card(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
+    v2 = verify_model_card(
+        build_card(write_tiny(tmp_path / "v2.gguf", change="blk.0.attn_norm.weight"), "tiny", "2", key)
     )
     assert v1.model_hash != v2.model_hash
     changed = [i for i, (a, b) in enumerate(zip(v1.chunk_hashes, v2.chunk_hashes, strict=True)) if a != b]
@@ -39,40 +39,40 @@ def test_a_changed_tensor_changes_only_its_own_chunks(tmp_path):
 
 def test_grown_metadata_changes_no_tensor_chunk(tmp_path):
     key = SigningKey.generate()
-    v1 = verify_model_manifest(build_manifest(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
-    v2 = verify_model_manifest(
-        build_manifest(write_tiny(tmp_path / "v2.gguf", extra_meta="x" * 5000), "tiny", "2", key)
+    v1 = verify_model_card(build_card(write_tiny(tmp_path / "v1.gguf"), "tiny", "1", key))
+    v2 = verify_model_card(
+        build_card(write_tiny(tmp_path / "v2.gguf", extra_meta="x" * 5000), "tiny", "2", key)
     )
     assert v1.file_size != v2.file_size
     shared = set(v1.chunk_hashes) & set(v2.chunk_hashes)
     assert len(shared) == len(v1.chunk_hashes) - 1  # everything but the header chunk
 
 
-def test_manifest_describes_the_gguf(tmp_path):
-    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
-    m = verify_model_manifest(signed, model_hash(tmp_path / "a.gguf"))
+def test_model_card_describes_the_gguf(tmp_path):
+    signed = build_card(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
+    m = verify_model_card(signed, model_hash(tmp_path / "a.gguf"))
     assert (m.gguf.architecture, m.gguf.quantization, m.gguf.layers, m.gguf.context, m.gguf.license) == (
         "llama", "all_f32", 1, 256, "apache-2.0",
     )
 
 
-def test_forged_or_inconsistent_manifests_are_refused(tmp_path):
-    signed = build_manifest(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
-    m = verify_model_manifest(signed)
-    with pytest.raises(ManifestError, match="not"):
-        verify_model_manifest(signed, "0" * 64)
+def test_forged_or_inconsistent_model_cards_are_refused(tmp_path):
+    signed = build_card(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
+    m = verify_model_card(signed)
+    with pytest.raises(ModelCardError, match="not"):
+        verify_model_card(signed, "0" * 64)
     tampered = signed.body.replace('"tiny"', '"evil"')
-    with pytest.raises(ManifestError, match="signature"):
-        verify_model_manifest(SignedModelManifest(body=tampered, signature=signed.signature))
-    # a publisher signing a manifest whose chunk hashes do not give its root
+    with pytest.raises(ModelCardError, match="signature"):
+        verify_model_card(SignedModelCard(body=tampered, signature=signed.signature))
+    # a publisher signing a model card whose chunk hashes do not give its root
     key = SigningKey.generate()
     bad = m.model_copy(update={"chunk_hashes": ("ab" * 32,) + m.chunk_hashes[1:],
                                "publisher": key.peer_id})
     body = bad.model_dump_json()
     signature = base64.b64encode(key.sign(body.encode())).decode()
-    resigned = SignedModelManifest(body=body, signature=signature)
-    with pytest.raises(ManifestError, match="model hash"):
-        verify_model_manifest(resigned)
+    resigned = SignedModelCard(body=body, signature=signature)
+    with pytest.raises(ModelCardError, match="model hash"):
+        verify_model_card(resigned)
 
 
 @pytest.mark.parametrize(

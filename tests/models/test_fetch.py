@@ -70,13 +70,13 @@ async def test_an_update_transfers_only_the_changed_chunks(tmp_path):
     server_store, new = stocked(tmp_path / "server", v2)
     mine, old = stocked(tmp_path / "me", v1)
     changed = [
-        i for i, h in enumerate(new.manifest.chunk_hashes) if h not in set(old.manifest.chunk_hashes)
+        i for i, h in enumerate(new.card.chunk_hashes) if h not in set(old.card.chunk_hashes)
     ]
     async with serving(server_store) as server, raw_host() as me:
         peers = await connect(me, server)
         report = await pull_model(me, mine, new.model_hash, peers)
     assert 0 < report.fetched_chunks == len(changed) < report.total_chunks
-    assert report.fetched_bytes == sum(new.manifest.chunk_sizes[i] for i in changed)
+    assert report.fetched_bytes == sum(new.card.chunk_sizes[i] for i in changed)
     assert report.peers[peers[0]].bytes == report.fetched_bytes  # nothing else came over the wire
     assert file_sha256(report.path) == file_sha256(v2)
 
@@ -137,7 +137,7 @@ async def test_a_truncated_answer_is_an_error_and_another_peer_completes_the_pul
         await stream.close()
 
     mine = ModelStore(tmp_path / "me")
-    mine.begin(stored.signed)  # the manifest is already here: only chunks are asked for
+    mine.begin(stored.signed)  # the model card is already here: only chunks are asked for
     async with raw_host() as cheat, serving(store) as honest, raw_host() as me:
         cheat.set_handler(CHUNKS_PROTOCOL, truncating)
         cheat_id, honest_id = await connect(me, cheat, honest)

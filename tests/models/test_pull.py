@@ -35,7 +35,7 @@ def test_pull_from_several_peers_gives_the_exact_file(tmp_path, mesh):
     serving = [p for p, s in report["peers"].items() if s["chunks"] > 0]
     assert len(serving) >= 2 and set(serving) <= {n.peer_id for n in mesh.nodes}
     stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash)
-    assert file_sha256(stored.path) == stored.manifest.sha256
+    assert file_sha256(stored.path) == stored.card.sha256
 
 
 def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tmp_path, mesh):
@@ -54,7 +54,7 @@ def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tm
     assert report["reused_chunks"] > 0 and total - report["fetched_bytes"] >= 0.3 * total
     assert report["fetched_chunks"] == report["total_chunks"] - report["reused_chunks"]
     stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash)
-    assert file_sha256(stored.path) == stored.manifest.sha256
+    assert file_sha256(stored.path) == stored.card.sha256
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def fresh_node(tmp_path_factory, mesh):
 async def test_a_fresh_node_pulls_the_model_then_serves_it(fresh_node, mesh):
     assert fresh_node.model_hash == mesh.nodes[0].model_hash
     stored = ModelStore(fresh_node.home).find(fresh_node.model_hash)
-    assert file_sha256(stored.path) == stored.manifest.sha256
+    assert file_sha256(stored.path) == stored.card.sha256
     async with raw_host() as host:
         replies = await request_replies(host, fresh_node.addr, chat("Say hi.", max_tokens=4))
     assert isinstance(replies[-1], EndFrame) and replies[-1].model_hash == fresh_node.model_hash
@@ -79,7 +79,7 @@ async def test_a_corrupted_chunk_is_detected_refetched_and_service_resumes(fresh
     store = ModelStore(fresh_node.home)
     stored = store.find(fresh_node.model_hash)
     with stored.path.open("r+b") as f:  # flip bytes in the middle of chunk 150
-        f.seek(sum(stored.manifest.chunk_sizes[:150]) + 1000)
+        f.seek(sum(stored.card.chunk_sizes[:150]) + 1000)
         f.write(b"\xde\xad\xbe\xef" * 4)
     with trio.fail_after(90):
         while "repaired: back in service" not in fresh_node.log_path.read_text(errors="replace"):

@@ -28,15 +28,15 @@ from pydantic import ValidationError
 
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler, choose_token, uniform
-from dinet.errors import BadReceipt, FrameTooLarge, MalformedMessage, ManifestError
+from dinet.errors import BadReceipt, FrameTooLarge, MalformedMessage, ManifestError, ModelCardError
+from dinet.models.card import build_card, verify_model_card
 from dinet.models.hashing import chunk_spans, hash_spans, merkle_root
-from dinet.models.manifest import build_manifest, verify_model_manifest
 from dinet.p2p._dht import dht_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import (
     ChunkHeader,
-    ModelManifest,
-    SignedModelManifest,
+    ModelCard,
+    SignedModelCard,
     decode_chunk_query,
     decode_chunk_reply,
 )
@@ -197,8 +197,8 @@ def test_receipts_the_vectors_refuse(case: dict[str, Any]) -> None:
         verify_countersigned(decode_countersigned(case["payload"].encode()))
 
 
-def test_the_model_manifest_vector(tmp_path: Path) -> None:
-    v = vectors("model_manifest")
+def test_the_model_card_vector(tmp_path: Path) -> None:
+    v = vectors("model_card")
     check_signed(v)
     path = tmp_path / "tiny.gguf"
     path.write_bytes(bytes.fromhex(v["file_hex"]))
@@ -209,17 +209,17 @@ def test_the_model_manifest_vector(tmp_path: Path) -> None:
     assert [h.hex() for h in hash_spans(path, small)] == v["chunks_at_64"]["hashes"]
     assert merkle_root(hash_spans(path, small)).hex() == v["chunks_at_64"]["model_hash"]
     assert merkle_root(hash_spans(path, spans)).hex() == v["model_hash"]
-    manifest = ModelManifest.model_validate_json(v["body"])
-    with mock.patch("dinet.models.manifest.time.time", return_value=manifest.created_at):
-        built = build_manifest(path, manifest.model_id, manifest.version, key_of(v["signer"], tmp_path))
+    card = ModelCard.model_validate_json(v["body"])
+    with mock.patch("dinet.models.card.time.time", return_value=card.created_at):
+        built = build_card(path, card.model_id, card.version, key_of(v["signer"], tmp_path))
     assert (built.body, built.signature) == (v["body"], v["signature"])
-    message = SignedModelManifest.model_validate_json(v["payload"])
+    message = SignedModelCard.model_validate_json(v["payload"])
     assert message == built and encode(message) == v["payload"].encode()
-    assert verify_model_manifest(message, v["model_hash"]) == manifest
+    assert verify_model_card(message, v["model_hash"]) == card
 
 
 async def test_the_chunk_reply_vector() -> None:
-    v = vectors("model_manifest")
+    v = vectors("model_card")
     data = bytes.fromhex(v["file_hex"])
     offset, size = v["chunk_spans"][1]
     reply = bytes.fromhex(v["chunk_1_reply_hex"])
@@ -230,10 +230,10 @@ async def test_the_chunk_reply_vector() -> None:
     assert raw == chunk and then == "end"
 
 
-@pytest.mark.parametrize("case", vectors("model_manifest")["refused"], ids=lambda c: c["why"])
-def test_model_manifests_the_vectors_refuse(case: dict[str, Any]) -> None:
-    with pytest.raises(ManifestError):
-        verify_model_manifest(SignedModelManifest.model_validate_json(case["payload"]))
+@pytest.mark.parametrize("case", vectors("model_card")["refused"], ids=lambda c: c["why"])
+def test_model_cards_the_vectors_refuse(case: dict[str, Any]) -> None:
+    with pytest.raises(ModelCardError):
+        verify_model_card(SignedModelCard.model_validate_json(case["payload"]))
 
 
 # ---------------------------------------------------------------- sampler and text
@@ -417,7 +417,7 @@ def test_the_generator_writes_exactly_the_committed_files() -> None:
     assert spec is not None and spec.loader is not None
     make = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make)
-    for name in ("keys", "manifest", "receipt", "model_manifest", "sampler", "text", "framing", "hashes",
+    for name in ("keys", "manifest", "receipt", "model_card", "sampler", "text", "framing", "hashes",
                  "messages"):
         assert getattr(make, name)() == vectors(name), name
 
@@ -425,9 +425,9 @@ def test_the_generator_writes_exactly_the_committed_files() -> None:
 def test_every_signature_in_the_vectors_is_checked_above() -> None:
     # A new signed object added to the files must get its own checks here.
     signed = {p.stem for p in VECTORS.glob("*.json") if '"signed_bytes_hex"' in p.read_text(encoding="utf-8")}
-    assert signed == {"manifest", "receipt", "model_manifest"}
+    assert signed == {"manifest", "receipt", "model_card"}
     assert {p.stem for p in VECTORS.glob("*.json")} == {
-        "keys", "manifest", "receipt", "model_manifest", "sampler", "text", "framing", "hashes", "messages"}
+        "keys", "manifest", "receipt", "model_card", "sampler", "text", "framing", "hashes", "messages"}
 
 
 def test_sign_body_is_plain_ed25519_over_domain_and_utf8(tmp_path: Path) -> None:

@@ -43,19 +43,19 @@ def _store(home: Path | None, *, auto_import: bool = True) -> tuple[ModelStore, 
 
 
 def _describe(m: StoredModel) -> dict[str, object]:
-    man = m.manifest
+    card = m.card
     return {
-        "model_id": man.model_id,
-        "version": man.version,
-        "model_hash": man.model_hash,
+        "model_id": card.model_id,
+        "version": card.version,
+        "model_hash": card.model_hash,
         "complete": m.complete,
-        "file_size": man.file_size,
-        "sha256": man.sha256,
-        "chunks": len(man.chunk_hashes),
-        "chunk_size": man.chunk_size,
-        "gguf": man.gguf.model_dump(),
-        "publisher": man.publisher,
-        "created_at": man.created_at,
+        "file_size": card.file_size,
+        "sha256": card.sha256,
+        "chunks": len(card.chunk_hashes),
+        "chunk_size": card.chunk_size,
+        "gguf": card.gguf.model_dump(),
+        "publisher": card.publisher,
+        "created_at": card.created_at,
         "path": str(m.path if m.complete else m.part_path),
     }
 
@@ -76,7 +76,7 @@ def import_(
     home: Home = None,
     json_out: Json = False,
 ) -> None:
-    """Chunk, hash and copy a GGUF file into the store, with a manifest signed by this home's key."""
+    """Chunk, hash and copy a GGUF file into the store, with a model card signed by this home's key."""
     store, home = _store(home, auto_import=False)
     key = load_or_create_identity(home)
     if not path.is_file():
@@ -85,7 +85,7 @@ def import_(
     if json_out:
         print_json(_describe(m))
     else:
-        typer.echo(f"imported {m.manifest.model_id} {m.model_hash} ({len(m.manifest.chunk_hashes)} chunks)")
+        typer.echo(f"imported {m.card.model_id} {m.model_hash} ({len(m.card.chunk_hashes)} chunks)")
 
 
 @app.command("list")
@@ -98,16 +98,16 @@ def list_(home: Home = None, json_out: Json = False) -> None:
         return
     for m in models:
         state = "" if m.complete else "  (partial)"
-        man = m.manifest
+        card = m.card
         typer.echo(
-            f"{man.model_id:32} {m.model_hash[:16]}  {man.file_size / 1e6:8.1f} MB  "
-            f"{man.gguf.quantization:8} {man.version}{state}"
+            f"{card.model_id:32} {m.model_hash[:16]}  {card.file_size / 1e6:8.1f} MB  "
+            f"{card.gguf.quantization:8} {card.version}{state}"
         )
 
 
 @app.command()
 def info(ref: Ref, home: Home = None, json_out: Json = False) -> None:
-    """A stored model's manifest."""
+    """A stored model's model card: its chunks, hashes and GGUF metadata."""
     store, _ = _store(home)
     m = _guard(lambda: store.find(ref, complete=False))
     data = _describe(m)
@@ -128,7 +128,7 @@ def verify(
     store, _ = _store(home)
     models = [_guard(lambda: store.find(ref))] if ref else [m for m in store.models() if m.complete]
     results = [
-        {"model_id": m.manifest.model_id, "model_hash": m.model_hash, "bad_chunks": store.bad_chunks(m)}
+        {"model_id": m.card.model_id, "model_hash": m.model_hash, "bad_chunks": store.bad_chunks(m)}
         for m in models
     ]
     if json_out:
@@ -150,9 +150,9 @@ def rm(ref: Ref, home: Home = None, json_out: Json = False) -> None:
     m = _guard(lambda: store.find(ref, complete=False))
     store.remove(m)
     if json_out:
-        print_json({"removed": m.model_hash, "model_id": m.manifest.model_id})
+        print_json({"removed": m.model_hash, "model_id": m.card.model_id})
     else:
-        typer.echo(f"removed {m.manifest.model_id} {m.model_hash}")
+        typer.echo(f"removed {m.card.model_id} {m.model_hash}")
 
 
 @app.command()

@@ -1,5 +1,5 @@
 """Pulling a model from peers over `/dinet/chunks/1`: several peers at once, every
-chunk checked against the manifest before it touches the disk, resumable.
+chunk checked against the model card before it touches the disk, resumable.
 
 Each peer gets one stream and a worker that takes batches of missing chunks from
 a shared queue. A peer that sends bytes not matching a chunk's hash is banned for
@@ -30,7 +30,7 @@ from dinet.errors import (
     PullFailed,
     RemoteError,
 )
-from dinet.models.manifest import chunk_offsets, verify_model_manifest
+from dinet.models.card import chunk_offsets, verify_model_card
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.host import PeerHost, open_host
@@ -41,9 +41,9 @@ from dinet.wire.chunks import (
     MAX_BATCH,
     ChunkHeader,
     ChunkRequest,
-    ModelManifest,
-    ModelManifestQuery,
-    SignedModelManifest,
+    ModelCard,
+    ModelCardQuery,
+    SignedModelCard,
     decode_chunk_reply,
 )
 from dinet.wire.ids import CHUNKS_PROTOCOL
@@ -95,7 +95,7 @@ async def _open(host: PeerHost, peer_id: str) -> FramedStream:
     return await open_framed(host, peer_id, CHUNKS_PROTOCOL, STREAM_TIMEOUT_S)
 
 
-async def _reply(framed: FramedStream) -> SignedModelManifest | ChunkHeader | ErrorFrame:
+async def _reply(framed: FramedStream) -> SignedModelCard | ChunkHeader | ErrorFrame:
     with trio.fail_after(STREAM_TIMEOUT_S):
         payload = await framed.receive()
     if payload is None:
@@ -106,25 +106,25 @@ async def _reply(framed: FramedStream) -> SignedModelManifest | ChunkHeader | Er
     return reply
 
 
-async def fetch_model_manifest(host: PeerHost, peers: Sequence[str], model_hash: str) -> SignedModelManifest:
-    """The signed manifest of `model_hash` from the first peer that gives a valid one."""
+async def fetch_model_card(host: PeerHost, peers: Sequence[str], model_hash: str) -> SignedModelCard:
+    """The signed model card of `model_hash` from the first peer that gives a valid one."""
     problems = []
     for peer_id in peers:
         try:
             framed = await _open(host, peer_id)
             try:
-                await framed.send(ModelManifestQuery(model_hash=model_hash))
+                await framed.send(ModelCardQuery(model_hash=model_hash))
                 reply = await _reply(framed)
             finally:
                 await framed.close()
-            if not isinstance(reply, SignedModelManifest):
-                raise PeerError(f"{peer_id} answered a manifest query with {reply.kind!r}")
-            verify_model_manifest(reply, model_hash)
+            if not isinstance(reply, SignedModelCard):
+                raise PeerError(f"{peer_id} answered a model card query with {reply.kind!r}")
+            verify_model_card(reply, model_hash)
             return reply
         except (DinetError, trio.TooSlowError) as exc:
             problems.append(f"{peer_id[:12]}…: {exc or 'timed out'}")
     raise PullFailed(
-        f"no peer gave a valid manifest for {model_hash[:16]}…: " + "; ".join(problems or ["no peers"])
+        f"no peer gave a valid model card for {model_hash[:16]}…: " + "; ".join(problems or ["no peers"])
     )
 
 
@@ -134,21 +134,21 @@ class _Transfer:
     def __init__(
         self,
         host: PeerHost,
-        manifest: ModelManifest,
+        card: ModelCard,
         target: Path,
         missing: list[int],
         progress: Progress | None,
         max_rate: float | None,
     ) -> None:
         self._host = host
-        self._m = manifest
-        self._offsets = chunk_offsets(manifest)
+        self._m = card
+        self._offsets = chunk_offsets(card)
         self._target = target
         self._queue = deque(missing)
         self._remaining = set(missing)
         self._progress = progress
         self._max_rate = max_rate
-        self._done_bytes = manifest.file_size - sum(manifest.chunk_sizes[i] for i in missing)
+        self._done_bytes = card.file_size - sum(card.chunk_sizes[i] for i in missing)
         self._fetched = 0
         self._start = time.monotonic()
         self.peers: dict[str, PeerStats] = {}
@@ -237,7 +237,7 @@ class _Transfer:
 
 async def fetch_chunks(
     host: PeerHost,
-    manifest: ModelManifest,
+    card: ModelCard,
     target: Path,
     missing: list[int],
     peers: Sequence[str],
@@ -245,8 +245,8 @@ async def fetch_chunks(
     progress: Progress | None = None,
     max_rate: float | None = None,
 ) -> dict[str, PeerStats]:
-    """Fetch chunks `missing` of `manifest` from `peers` into the file `target`."""
-    transfer = _Transfer(host, manifest, target, missing, progress, max_rate)
+    """Fetch chunks `missing` of the model `card` describes from `peers` into the file `target`."""
+    transfer = _Transfer(host, card, target, missing, progress, max_rate)
     await transfer.run(peers)
     return transfer.peers
 
@@ -264,13 +264,13 @@ async def pull_model(
     start = time.monotonic()
     existing = await trio.to_thread.run_sync(store.get, model_hash)
     if existing is not None and existing.complete:
-        m = existing.manifest
+        m = existing.card
         return PullReport(
             model_hash, m.model_id, existing.path, len(m.chunk_hashes), len(m.chunk_hashes), 0, 0, 0.0
         )
-    signed = existing.signed if existing else await fetch_model_manifest(host, peers, model_hash)
+    signed = existing.signed if existing else await fetch_model_card(host, peers, model_hash)
     stored: StoredModel = await trio.to_thread.run_sync(store.begin, signed)
-    m = stored.manifest
+    m = stored.card
     missing = await trio.to_thread.run_sync(lambda: store.bad_chunks(stored, partial=True))
     missing = await trio.to_thread.run_sync(store.seed_from_local, stored, missing)
     stats = await fetch_chunks(

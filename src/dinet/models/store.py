@@ -1,6 +1,7 @@
 """The chunk store in a node's home: one directory per model version, named by its hash.
 
-    HOME/models/<model hash>/manifest.json   the signed model manifest
+    HOME/models/<model hash>/card.json       the signed model card (`manifest.json` in
+                                             homes from before the rename: still read)
     HOME/models/<model hash>/model.gguf      the file, once every chunk is verified
     HOME/models/<model hash>/model.gguf.part a file being pulled (sparse; chunks land in place)
 
@@ -18,13 +19,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinet.errors import ManifestError, ModelCorrupted, ModelNotFound
+from dinet.errors import ModelCardError, ModelCorrupted, ModelNotFound
+from dinet.models.card import build_card, chunk_offsets, verify_model_card
 from dinet.models.hashing import file_sha256, model_hash
-from dinet.models.manifest import build_manifest, chunk_offsets, verify_model_manifest
-from dinet.wire.chunks import ModelManifest, SignedModelManifest
+from dinet.wire.chunks import ModelCard, SignedModelCard
 from dinet.wire.keys import SigningKey
 
-MANIFEST_FILE = "manifest.json"
+CARD_FILE = "card.json"
+OLD_CARD_FILE = "manifest.json"  # what homes made before the rename call it
 MODEL_FILE = "model.gguf"
 PART_FILE = "model.gguf.part"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -32,13 +34,13 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class StoredModel:
-    manifest: ModelManifest
-    signed: SignedModelManifest
+    card: ModelCard
+    signed: SignedModelCard
     directory: Path
 
     @property
     def model_hash(self) -> str:
-        return self.manifest.model_hash
+        return self.card.model_hash
 
     @property
     def path(self) -> Path:
@@ -64,22 +66,23 @@ class ModelStore:
 
     def get(self, model_hash: str) -> StoredModel | None:
         directory = self._dir(model_hash)
+        path = _card_path(directory)
         try:
-            signed = SignedModelManifest.model_validate_json((directory / MANIFEST_FILE).read_bytes())
+            signed = SignedModelCard.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            raise ModelCorrupted(f"unreadable manifest in {directory}: {exc}") from None
+            raise ModelCorrupted(f"unreadable model card {path}: {exc}") from None
         try:
-            return StoredModel(verify_model_manifest(signed, model_hash), signed, directory)
-        except ManifestError as exc:
-            raise ModelCorrupted(f"bad manifest in {directory}: {exc}") from None
+            return StoredModel(verify_model_card(signed, model_hash), signed, directory)
+        except ModelCardError as exc:
+            raise ModelCorrupted(f"bad model card {path}: {exc}") from None
 
     def models(self) -> list[StoredModel]:
         if not self.root.is_dir():
             return []
         found = [self.get(d.name) for d in sorted(self.root.iterdir()) if _HASH.match(d.name)]
-        return sorted((m for m in found if m), key=lambda m: (m.manifest.model_id, m.manifest.created_at))
+        return sorted((m for m in found if m), key=lambda m: (m.card.model_id, m.card.created_at))
 
     def find(self, ref: str, *, complete: bool = True) -> StoredModel:
         """A model by hash, hash prefix (8+ hex digits) or id (the newest version of it)."""
@@ -89,7 +92,7 @@ class ModelStore:
         elif re.match(r"^[0-9a-f]{8,63}$", ref) and any(m.model_hash.startswith(ref) for m in models):
             hits = [m for m in models if m.model_hash.startswith(ref)]
         else:
-            hits = [m for m in models if m.manifest.model_id == ref][-1:]
+            hits = [m for m in models if m.card.model_id == ref][-1:]
         if len(hits) != 1:
             what = "no" if not hits else "more than one"
             raise ModelNotFound(f"{what} stored model matches {ref!r} (see `din model list`)")
@@ -103,43 +106,44 @@ class ModelStore:
         known = self.get(digest)
         if known is not None and known.complete:
             return known
-        signed = build_manifest(path, model_id or path.stem.lower(), version or digest[:12], key)
-        manifest = verify_model_manifest(signed)
-        directory = self._dir(manifest.model_hash)
+        signed = build_card(path, model_id or path.stem.lower(), version or digest[:12], key)
+        card = verify_model_card(signed)
+        directory = self._dir(card.model_hash)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / (MODEL_FILE + ".tmp")
         shutil.copyfile(path, tmp)
-        if file_sha256(tmp) != manifest.sha256:
+        if file_sha256(tmp) != card.sha256:
             tmp.unlink()
             raise ModelCorrupted(f"{path} changed while it was being imported")
-        self._write_manifest(directory, signed)
+        self._write_card(directory, signed)
         tmp.replace(directory / MODEL_FILE)
         (directory / PART_FILE).unlink(missing_ok=True)
-        return StoredModel(manifest, signed, directory)
+        return StoredModel(card, signed, directory)
 
-    def _write_manifest(self, directory: Path, signed: SignedModelManifest) -> None:
-        tmp = directory / (MANIFEST_FILE + ".tmp")
+    def _write_card(self, directory: Path, signed: SignedModelCard) -> None:
+        tmp = directory / (CARD_FILE + ".tmp")
         tmp.write_text(signed.model_dump_json())
-        tmp.replace(directory / MANIFEST_FILE)
+        tmp.replace(directory / CARD_FILE)
+        (directory / OLD_CARD_FILE).unlink(missing_ok=True)
 
-    def begin(self, signed: SignedModelManifest) -> StoredModel:
-        """Make room for a model to be pulled: its manifest and a sparse partial file."""
-        manifest = verify_model_manifest(signed)
-        directory = self._dir(manifest.model_hash)
+    def begin(self, signed: SignedModelCard) -> StoredModel:
+        """Make room for a model to be pulled: its model card and a sparse partial file."""
+        card = verify_model_card(signed)
+        directory = self._dir(card.model_hash)
         directory.mkdir(parents=True, exist_ok=True)
-        if not (directory / MANIFEST_FILE).exists():
-            self._write_manifest(directory, signed)
-        stored = self.get(manifest.model_hash)
+        if not _card_path(directory).exists():
+            self._write_card(directory, signed)
+        stored = self.get(card.model_hash)
         assert stored is not None
         if not stored.complete:
             with stored.part_path.open("ab") as f:
-                f.truncate(manifest.file_size)
+                f.truncate(card.file_size)
         return stored
 
     def bad_chunks(self, stored: StoredModel, *, partial: bool = False) -> list[int]:
-        """Indices of chunks whose bytes do not match the manifest (re-hashes the whole file)."""
+        """Indices of chunks whose bytes do not match the model card (re-hashes the whole file)."""
         path = stored.part_path if partial else stored.path
-        m = stored.manifest
+        m = stored.card
         bad = []
         with path.open("rb") as f:
             for index, (offset, size) in enumerate(zip(chunk_offsets(m), m.chunk_sizes, strict=True)):
@@ -149,14 +153,14 @@ class ModelStore:
         return bad
 
     def chunk_ok(self, stored: StoredModel, index: int) -> bool:
-        m = stored.manifest
+        m = stored.card
         with stored.path.open("rb") as f:
             f.seek(chunk_offsets(m)[index])
             return hashlib.sha256(f.read(m.chunk_sizes[index])).hexdigest() == m.chunk_hashes[index]
 
     def read_chunk(self, stored: StoredModel, index: int) -> bytes:
         """Chunk `index` of a complete model, checked against its hash (ModelCorrupted if not)."""
-        m = stored.manifest
+        m = stored.card
         with stored.path.open("rb") as f:
             f.seek(chunk_offsets(m)[index])
             data = f.read(m.chunk_sizes[index])
@@ -169,11 +173,11 @@ class ModelStore:
 
         Returns the indices still missing afterwards.
         """
-        target = stored.manifest
+        target = stored.card
         have: dict[str, tuple[Path, int, int]] = {}
         for other in self.models():
             if other.complete and other.model_hash != target.model_hash:
-                m = other.manifest
+                m = other.card
                 for h, offset, size in zip(m.chunk_hashes, chunk_offsets(m), m.chunk_sizes, strict=True):
                     have.setdefault(h, (other.path, offset, size))
         offsets = chunk_offsets(target)
@@ -193,13 +197,20 @@ class ModelStore:
 
     def finish(self, stored: StoredModel) -> StoredModel:
         """Check the whole pulled file's sha256 and make it the model file."""
-        if file_sha256(stored.part_path) != stored.manifest.sha256:
+        if file_sha256(stored.part_path) != stored.card.sha256:
             raise ModelCorrupted(f"pulled file for {stored.model_hash[:16]}… fails its sha256")
         stored.part_path.replace(stored.path)
         return stored
 
     def remove(self, stored: StoredModel) -> None:
         shutil.rmtree(stored.directory)
+
+
+def _card_path(directory: Path) -> Path:
+    """The model card file in `directory`, under its old name if only that exists."""
+    card = directory / CARD_FILE
+    old = directory / OLD_CARD_FILE
+    return old if not card.exists() and old.exists() else card
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:

@@ -106,7 +106,7 @@ async def model_stage(
     from dinet.engine.torch._compute_thread import ComputeThread
     from dinet.engine.torch._stage import Stage
     from dinet.models._gguf import read_layout
-    from dinet.models.manifest import summarize
+    from dinet.models.card import summarize
 
     assert settings.layers is not None
     summary = summarize(await trio.to_thread.run_sync(read_layout, model.path))

@@ -30,7 +30,7 @@ from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.identity import load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import FramedStream, Handler, Stream
-from dinet.wire.chunks import ChunkHeader, ChunkRequest, ModelManifestQuery, decode_chunk_query
+from dinet.wire.chunks import ChunkHeader, ChunkRequest, ModelCardQuery, decode_chunk_query
 from dinet.wire.messages import ErrorCode, ErrorFrame
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ PULL_RETRY_S = 2.0
 _HASH_CHARS = set("0123456789abcdef")
 
 class ChunkServer:
-    """Answers manifest queries and chunk requests for complete, healthy stored models."""
+    """Answers model card queries and chunk requests for complete, healthy stored models."""
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class ChunkServer:
                         ErrorFrame(code="unknown_model", message=f"no model {query.model_hash}")
                     )
                     break
-                if isinstance(query, ModelManifestQuery):
+                if isinstance(query, ModelCardQuery):
                     await framed.send(stored.signed)
                 elif not await self._send_chunks(framed, stored, query):
                     break
@@ -87,7 +87,7 @@ class ChunkServer:
         await framed.close()
 
     async def _send_chunks(self, framed: FramedStream, stored: StoredModel, query: ChunkRequest) -> bool:
-        count = len(stored.manifest.chunk_hashes)
+        count = len(stored.card.chunk_hashes)
         for index in query.indices:
             if index >= count:
                 await framed.send(ErrorFrame(code="bad_request", message=f"chunk {index} >= {count} chunks"))
@@ -167,7 +167,7 @@ class ModelKeeper:
                 logger.warning("model %s repaired: back in service", self.model_hash[:16])
 
     async def _scrub(self, stored: StoredModel) -> None:
-        sizes = stored.manifest.chunk_sizes
+        sizes = stored.card.chunk_sizes
         while True:
             for index, size in enumerate(sizes):
                 await self._lull()
@@ -182,7 +182,7 @@ class ModelKeeper:
             return True
         try:
             peers = await joiner.holders(self.model_hash)
-            await fetch_chunks(joiner.host, stored.manifest, stored.path, bad, peers)
+            await fetch_chunks(joiner.host, stored.card, stored.path, bad, peers)
         except DinetError as exc:
             logger.warning("repair of %s failed, will retry: %s", self.model_hash[:16], exc)
             return False
@@ -212,7 +212,7 @@ async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, str]:
         stored = await trio.to_thread.run_sync(
             lambda: store.import_file(model.path, key, model_id=model.model_id)
         )
-    return LocalModel(stored.manifest.model_id, stored.path), stored.model_hash
+    return LocalModel(stored.card.model_id, stored.path), stored.model_hash
 
 
 async def _pull_before_serving(settings: NodeSettings, store: ModelStore, model_hash: str) -> StoredModel:

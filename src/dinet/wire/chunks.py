@@ -1,4 +1,7 @@
-"""Messages of `/dinet/chunks/1`: model manifests and verified chunks of model files.
+"""Messages of `/dinet/chunks/1`: model cards and verified chunks of model files.
+
+A model card is the signed description of one model version: its chunks' sizes
+and hashes, the Merkle root, and GGUF metadata.
 
 A chunk travels as a `chunk` frame (JSON) followed by one raw frame holding
 exactly `size` bytes of the file; everything else is a JSON frame.
@@ -14,7 +17,7 @@ from dinet.errors import MalformedMessage
 from dinet.wire.messages import ErrorFrame, Message
 
 MAX_CHUNK = 1 << 20  # a chunk's bytes fill one frame at most
-MAX_CHUNKS = 8192  # per model: 8 GiB of 1 MiB chunks keeps a manifest under the frame cap
+MAX_CHUNKS = 8192  # per model: 8 GiB of 1 MiB chunks keeps a model card under the frame cap
 MAX_BATCH = 16  # chunks asked for in one request
 HASH_HEX = r"^[0-9a-f]{64}$"
 
@@ -30,7 +33,7 @@ class GGUFSummary(Message):
     name: str = Field(max_length=256)
 
 
-class ModelManifest(Message):
+class ModelCard(Message):
     """What a model version is: its bytes, chunk by chunk, and what the GGUF says."""
 
     model_id: str = Field(min_length=1, max_length=128)
@@ -46,14 +49,14 @@ class ModelManifest(Message):
     created_at: float
 
 
-class SignedModelManifest(Message):
-    kind: Literal["model_manifest"] = "model_manifest"
+class SignedModelCard(Message):
+    kind: Literal["model_card"] = "model_card"
     body: str = Field(max_length=900_000)
     signature: str = Field(max_length=256)
 
 
-class ModelManifestQuery(Message):
-    kind: Literal["model_manifest_query"] = "model_manifest_query"
+class ModelCardQuery(Message):
+    kind: Literal["model_card_query"] = "model_card_query"
     model_hash: Sha256Hex
 
 
@@ -73,21 +76,21 @@ class ChunkHeader(Message):
     size: int = Field(ge=0, le=MAX_CHUNK)
 
 
-ChunkQuery = Annotated[ModelManifestQuery | ChunkRequest, Field(discriminator="kind")]
-ChunkReply = Annotated[SignedModelManifest | ChunkHeader | ErrorFrame, Field(discriminator="kind")]
+ChunkQuery = Annotated[ModelCardQuery | ChunkRequest, Field(discriminator="kind")]
+ChunkReply = Annotated[SignedModelCard | ChunkHeader | ErrorFrame, Field(discriminator="kind")]
 
-_query: TypeAdapter[ModelManifestQuery | ChunkRequest] = TypeAdapter(ChunkQuery)
-_reply: TypeAdapter[SignedModelManifest | ChunkHeader | ErrorFrame] = TypeAdapter(ChunkReply)
+_query: TypeAdapter[ModelCardQuery | ChunkRequest] = TypeAdapter(ChunkQuery)
+_reply: TypeAdapter[SignedModelCard | ChunkHeader | ErrorFrame] = TypeAdapter(ChunkReply)
 
 
-def decode_chunk_query(payload: bytes) -> ModelManifestQuery | ChunkRequest:
+def decode_chunk_query(payload: bytes) -> ModelCardQuery | ChunkRequest:
     try:
         return _query.validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(_brief(exc)) from None
 
 
-def decode_chunk_reply(payload: bytes) -> SignedModelManifest | ChunkHeader | ErrorFrame:
+def decode_chunk_reply(payload: bytes) -> SignedModelCard | ChunkHeader | ErrorFrame:
     try:
         return _reply.validate_json(payload)
     except ValidationError as exc:
