@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 
 from dinet.errors import MalformedMessage
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame, Message
 
 MAX_CHUNK = 1 << 20  # a chunk's bytes fill one frame at most
@@ -22,6 +23,7 @@ MAX_BATCH = 16  # chunks asked for in one request
 HASH_HEX = r"^[0-9a-f]{64}$"
 
 Sha256Hex = Annotated[str, Field(pattern=HASH_HEX)]
+ModelHashHex = Annotated[ModelHash, Field(pattern=HASH_HEX)]
 
 
 class GGUFSummary(Message):
@@ -38,14 +40,14 @@ class ModelCard(Message):
 
     model_id: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
-    model_hash: Sha256Hex  # Merkle root over chunk_hashes
+    model_hash: ModelHashHex  # Merkle root over chunk_hashes
     file_size: int = Field(ge=0)
     sha256: Sha256Hex
     chunk_size: int = Field(ge=1, le=MAX_CHUNK)  # the largest a chunk may be
     chunk_sizes: tuple[int, ...] = Field(max_length=MAX_CHUNKS)
     chunk_hashes: tuple[Sha256Hex, ...] = Field(max_length=MAX_CHUNKS)
     gguf: GGUFSummary
-    publisher: str = Field(min_length=1, max_length=128)  # peer id whose key signed it
+    publisher: PeerId = Field(min_length=1, max_length=128)  # peer id whose key signed it
     created_at: float
 
 
@@ -57,12 +59,12 @@ class SignedModelCard(Message):
 
 class ModelCardQuery(Message):
     kind: Literal["model_card_query"] = "model_card_query"
-    model_hash: Sha256Hex
+    model_hash: ModelHashHex
 
 
 class ChunkRequest(Message):
     kind: Literal["chunk_request"] = "chunk_request"
-    model_hash: Sha256Hex
+    model_hash: ModelHashHex
     indices: tuple[Annotated[int, Field(ge=0, lt=MAX_CHUNKS)], ...] = Field(
         min_length=1, max_length=MAX_BATCH
     )

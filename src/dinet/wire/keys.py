@@ -14,6 +14,8 @@ from typing import Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from dinet.wire.ids import PeerId
+
 SEED_SIZE = 32
 SIGNATURE_SIZE = 64
 _KEY_SIZE = 32
@@ -53,11 +55,11 @@ class SigningKey:
         return f"SigningKey({self.peer_id})"  # never the seed
 
 
-def peer_id_of(public_key: bytes) -> str:
+def peer_id_of(public_key: bytes) -> PeerId:
     """The peer id of a raw 32-byte ed25519 public key."""
     if len(public_key) != _KEY_SIZE:
         raise ValueError(f"an ed25519 public key is {_KEY_SIZE} bytes, not {len(public_key)}")
-    return _base58_encode(_PEER_ID_PREFIX + public_key)
+    return PeerId(_base58_encode(_PEER_ID_PREFIX + public_key))
 
 
 def public_key_of(peer_id: str) -> bytes:

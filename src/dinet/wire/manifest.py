@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from dinet.errors import ManifestError
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
 from dinet.wire.signing import sign_body, signed_by
@@ -25,7 +26,7 @@ MAX_DIRECTORY = 256
 
 class ModelOffer(Message):
     model_id: str = Field(min_length=1, max_length=128)
-    model_hash: str = Field(min_length=1, max_length=128)
+    model_hash: ModelHash = Field(min_length=1, max_length=128)
     quantization: str = Field(max_length=32)
     context: int = Field(ge=1)
     layers: tuple[int, int]  # the blocks held, [start, stop)
@@ -45,7 +46,7 @@ class Load(Message):
 
 
 class Manifest(Message):
-    peer_id: str = Field(min_length=1, max_length=128)
+    peer_id: PeerId = Field(min_length=1, max_length=128)
     version: str = Field(max_length=32)
     region: str = Field(max_length=64)
     addrs: tuple[str, ...] = Field(max_length=16)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dinet.errors import MalformedMessage
+from dinet.wire.ids import ModelHash, RequestId
 
 MAX_PROMPT_CHARS = 64_000
 MAX_MESSAGES = 256
@@ -56,9 +57,9 @@ class GenerationParams(Message):
 
 class InferRequest(Message):
     kind: Literal["infer"] = "infer"
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: RequestId = Field(min_length=1, max_length=64)
     model_id: str | None = Field(default=None, max_length=128)
-    model_hash: str | None = Field(default=None, max_length=128)
+    model_hash: ModelHash | None = Field(default=None, max_length=128)
     params: GenerationParams
 
 
@@ -109,7 +110,7 @@ class EndFrame(Message):
     ttft_ms: float = Field(ge=0)
     tokens_per_s: float = Field(ge=0)
     model_id: str = ""
-    model_hash: str = ""
+    model_hash: ModelHash = ModelHash("")
     receipt: SignedReceipt | None = None  # the node's signed receipt; see docs/protocol.md
 
 

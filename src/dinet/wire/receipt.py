@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from dinet.errors import BadReceipt
+from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import CountersignedReceipt, Message, SignedReceipt, receipt_id
 from dinet.wire.signing import sign_body, signed_by
@@ -35,11 +36,11 @@ class ReceiptBody(Message):
     this node delivered (from index `first_index`), never a failover prefix."""
 
     version: Literal["dinet-receipt/1"] = "dinet-receipt/1"
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: RequestId = Field(min_length=1, max_length=64)
     request_hash: str = Field(pattern=_HEX64)
-    model_hash: str = Field(min_length=1, max_length=128)
-    node: str = Field(min_length=1, max_length=128)
-    client: str = Field(min_length=1, max_length=128)
+    model_hash: ModelHash = Field(min_length=1, max_length=128)
+    node: PeerId = Field(min_length=1, max_length=128)
+    client: PeerId = Field(min_length=1, max_length=128)
     prompt_tokens: int = Field(ge=0, le=1_000_000)
     completion_tokens: int = Field(ge=0, le=1_000_000)
     first_index: int = Field(ge=0, le=1_000_000)
@@ -115,11 +116,11 @@ def _parse(text: str) -> ReceiptBody:
 def check_delivery(
     body: ReceiptBody,
     *,
-    node: str,
-    client: str,
-    request_id: str,
+    node: PeerId,
+    client: PeerId,
+    request_id: RequestId,
     request_hash: str,
-    model_hash: str,
+    model_hash: ModelHash,
     first_index: int,
     token_ids: Iterable[int],
     prompt_tokens: int,

@@ -22,6 +22,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from dinet.errors import MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame, GenerationParams, Message, TokenFrame, encode
 
 TensorDType = Literal["i32", "f32", "f16"]
@@ -41,7 +42,7 @@ class ShardRelay(Message):
     `addrs` let the stage dial a peer it has not met yet.
     """
 
-    peer_id: str = Field(min_length=1, max_length=128)
+    peer_id: PeerId = Field(min_length=1, max_length=128)
     session_id: str = Field(min_length=1, max_length=64)
     addrs: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
 
@@ -59,7 +60,7 @@ class ShardOpen(Message):
 
     kind: Literal["shard_open"] = "shard_open"
     session_id: str = Field(min_length=1, max_length=64)
-    model_hash: str | None = Field(default=None, max_length=128)
+    model_hash: ModelHash | None = Field(default=None, max_length=128)
     span: tuple[int, int]
     params: GenerationParams
     dtype: HiddenDType = "f32"  # of the hidden states this stage sends back

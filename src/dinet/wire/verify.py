@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from dinet.errors import MalformedMessage
+from dinet.wire.ids import ModelHash, RequestId
 from dinet.wire.messages import (
     MAX_TOKENS_LIMIT,
     ErrorFrame,
@@ -44,8 +45,8 @@ class VerifyRequest(Message):
     """To a verifier peer. `model_hash` is required: a claim is about one exact model."""
 
     kind: Literal["verify"] = "verify"
-    request_id: str = Field(min_length=1, max_length=64)
-    model_hash: str = Field(min_length=1, max_length=128)
+    request_id: RequestId = Field(min_length=1, max_length=64)
+    model_hash: ModelHash = Field(min_length=1, max_length=128)
     params: GenerationParams
     tokens: tuple[int, ...] = Field(min_length=1, max_length=MAX_CLAIMED_TOKENS)
 
@@ -82,7 +83,7 @@ class PositionScore(Message):
 
 class ScoresFrame(Message):
     kind: Literal["scores"] = "scores"
-    model_hash: str = Field(default="", max_length=128)  # set by the node: what was scored
+    model_hash: ModelHash = Field(default=ModelHash(""), max_length=128)  # set by the node: what was scored
     prompt_tokens: int = Field(ge=0)
     positions: tuple[PositionScore, ...] = Field(max_length=MAX_CLAIMED_TOKENS)
     elapsed_ms: float = Field(ge=0.0)  # the worker's scoring time
