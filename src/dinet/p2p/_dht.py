@@ -10,13 +10,15 @@ from libp2p.abc import IHost, PeerInfo
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.tools.anyio_service import background_trio_service
 
+from dinet.wire.ids import ModelHash
 
-def dht_key(model_hash: str) -> str:
+
+def dht_key(model_hash: ModelHash) -> str:
     """The DHT key for a model: a sha256 multihash of the model hash, as hex."""
     return "1220" + hashlib.sha256(f"dinet-model:{model_hash}".encode()).hexdigest()
 
 
-async def find_model_providers(dht: KadDHT, model_hash: str) -> list[PeerInfo]:
+async def find_model_providers(dht: KadDHT, model_hash: ModelHash) -> list[PeerInfo]:
     """Peers that announced `model_hash` in the DHT, each once."""
     key = dht_key(model_hash)
     # py-libp2p answers from its local record store as soon as it holds any provider

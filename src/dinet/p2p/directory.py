@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from dinet.errors import ManifestError
+from dinet.wire.ids import PeerId
 from dinet.wire.manifest import MAX_DIRECTORY, Manifest, SignedManifest, verify_manifest
 
 logger = logging.getLogger(__name__)
@@ -15,16 +16,16 @@ logger = logging.getLogger(__name__)
 class PeerDirectory:
     def __init__(
         self,
-        own_peer_id: str | None = None,
+        own_peer_id: PeerId | None = None,
         on_moved: Callable[[Manifest], None] | None = None,
     ) -> None:
         self._own = own_peer_id
         # Told when a peer appears or its addresses change, so dialing can follow it.
         self._on_moved = on_moved
-        self._entries: dict[str, tuple[Manifest, SignedManifest]] = {}
+        self._entries: dict[PeerId, tuple[Manifest, SignedManifest]] = {}
         # Peers seen dead, with when: others may still pass on their unexpired manifests,
         # which are ignored; only a manifest issued after that moment brings a peer back.
-        self.absent: dict[str, float] = {}
+        self.absent: dict[PeerId, float] = {}
 
     def add(self, signed: SignedManifest, now: float | None = None) -> tuple[Manifest, bool]:
         """Verify and keep `signed` if it is newer than what we hold; ManifestError if invalid.
@@ -48,7 +49,7 @@ class PeerDirectory:
                     self._on_moved(manifest)
         return manifest, held is None
 
-    def add_from(self, source: str, signed: list[SignedManifest]) -> list[Manifest]:
+    def add_from(self, source: PeerId, signed: list[SignedManifest]) -> list[Manifest]:
         """Add every manifest peer `source` passed on; forged or expired ones are logged and
         skipped. Returns the manifests of peers that were new to us."""
         new = []
@@ -62,12 +63,12 @@ class PeerDirectory:
                 new.append(manifest)
         return new
 
-    def remove(self, peer_id: str, *, dead: bool = False) -> None:
+    def remove(self, peer_id: PeerId, *, dead: bool = False) -> None:
         self._entries.pop(peer_id, None)
         if dead:
             self.absent[peer_id] = time.time()
 
-    def get(self, peer_id: str) -> Manifest | None:
+    def get(self, peer_id: PeerId) -> Manifest | None:
         entry = self._entries.get(peer_id)
         return entry[0] if entry else None
 

@@ -17,14 +17,14 @@ from dinet.errors import MalformedMessage, PeerError, PeerUnreachable, WireError
 from dinet.p2p.host import DIAL_TIMEOUT_S, FoundPeer, PeerHost, found_peer
 from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import MAX_FRAME
-from dinet.wire.ids import MANIFEST_PROTOCOL
+from dinet.wire.ids import MANIFEST_PROTOCOL, PeerId
 from dinet.wire.manifest import ManifestList, ManifestQuery, SignedManifest
 
 logger = logging.getLogger(__name__)
 
 
 async def fetch_manifests(
-    host: PeerHost, peer_id: str, *, include_known: bool = True, timeout: float = DIAL_TIMEOUT_S
+    host: PeerHost, peer_id: PeerId, *, include_known: bool = True, timeout: float = DIAL_TIMEOUT_S
 ) -> tuple[list[SignedManifest], float]:
     """Ask a connected peer for its signed manifest (and those it knows), with the round trip in ms.
 

@@ -34,6 +34,7 @@ from dinet.p2p._dht import dht_key, find_model_providers, running_dht
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
 from dinet.p2p.streams import Handler, Stream
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ DHTRole = Literal["server", "client"]
 class FoundPeer:
     """A peer some discovery named, with the addresses it gave (each ending in /p2p/<peer id>)."""
 
-    peer_id: str
+    peer_id: PeerId
     addrs: tuple[str, ...]
 
 
@@ -72,7 +73,7 @@ class PeerHost:
     def __init__(self, raw: IHost, key: SigningKey) -> None:
         self._raw = raw
         self.key = key  # signs manifests, receipts and countersignatures
-        self.peer_id = raw.get_id().to_base58()
+        self.peer_id = PeerId(raw.get_id().to_base58())
         self._dht: KadDHT | None = None
         self._pubsub: Pubsub | None = None
 
@@ -103,7 +104,7 @@ class PeerHost:
 
         self._raw.set_stream_handler(TProtocol(protocol), serve)
 
-    async def open_stream(self, peer_id: str, protocol: str, timeout: float) -> Stream:
+    async def open_stream(self, peer_id: PeerId, protocol: str, timeout: float) -> Stream:
         """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
         try:
             with trio.fail_after(timeout):
@@ -116,13 +117,15 @@ class PeerHost:
 
     # --- connections ---
 
-    async def dial(self, addr: str, timeout: float = DIAL_TIMEOUT_S) -> str:
+    async def dial(self, addr: str, timeout: float = DIAL_TIMEOUT_S) -> PeerId:
         """Connect to the peer at `addr` (…/p2p/<peer id>); its peer id, or PeerUnreachable."""
         peer_id = peer_of(addr)
         await self.connect(peer_id, [addr], timeout)
         return peer_id
 
-    async def connect(self, peer_id: str, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S) -> None:
+    async def connect(
+        self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
+    ) -> None:
         """Connect to `peer_id` at `addrs`, and at those libp2p already holds; PeerUnreachable."""
         try:
             info = PeerInfo(ID.from_base58(peer_id), parse_multiaddrs([a.split("/p2p/")[0] for a in addrs]))
@@ -136,10 +139,12 @@ class PeerHost:
         except Exception as exc:  # libp2p raises many unrelated types when a dial fails
             raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from None
 
-    async def disconnect(self, peer_id: str) -> None:
+    async def disconnect(self, peer_id: PeerId) -> None:
         await self._raw.disconnect(ID.from_base58(peer_id))
 
-    async def reach(self, peer_id: str, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S) -> bool:
+    async def reach(
+        self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
+    ) -> bool:
         """Whether `peer_id` is connected now: already, or by a dial to each of `addrs` in
         turn (with none given, wherever libp2p knows it to be)."""
         if self.is_connected(peer_id):
@@ -152,10 +157,10 @@ class PeerHost:
                 logger.debug("%s unreachable at %s: %s", peer_id, at or "its known addresses", exc)
         return False
 
-    def connected_peers(self) -> set[str]:
-        return {peer.to_base58() for peer in self._raw.get_connected_peers()}
+    def connected_peers(self) -> set[PeerId]:
+        return {PeerId(peer.to_base58()) for peer in self._raw.get_connected_peers()}
 
-    def is_connected(self, peer_id: str) -> bool:
+    def is_connected(self, peer_id: PeerId) -> bool:
         return peer_id in self.connected_peers()
 
     # --- addresses ---
@@ -175,14 +180,14 @@ class PeerHost:
             out += [f"{c}/p2p/{self.peer_id}" for c in concrete if f"{c}/p2p/{self.peer_id}" not in out]
         return out
 
-    def known_addrs(self, peer_id: str) -> list[str]:
+    def known_addrs(self, peer_id: PeerId) -> list[str]:
         """The addresses libp2p holds for a peer; none if it has never heard of it."""
         try:
             return [str(addr) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
         except Exception:  # py-libp2p raises when the peer is unknown
             return []
 
-    def remember_addrs(self, peer_id: str, addrs: Sequence[str]) -> None:
+    def remember_addrs(self, peer_id: PeerId, addrs: Sequence[str]) -> None:
         """Tell libp2p where a peer is now, and forget that dials to it failed before.
 
         A restarted peer comes back on a new port; py-libp2p would otherwise keep
@@ -204,7 +209,7 @@ class PeerHost:
 
     # --- DHT provider records (a host without a DHT finds nothing and announces nothing) ---
 
-    async def provide(self, model_hash: str) -> bool:
+    async def provide(self, model_hash: ModelHash) -> bool:
         """Announce that this host serves `model_hash`: whether a peer took the record, or PeerError."""
         if self._dht is None:
             return False
@@ -213,7 +218,7 @@ class PeerHost:
         except Exception as exc:  # the DHT raises assorted types when no peer answers
             raise PeerError(f"DHT provide failed: {exc}") from None
 
-    async def find_providers(self, model_hash: str) -> list[FoundPeer]:
+    async def find_providers(self, model_hash: ModelHash) -> list[FoundPeer]:
         """Peers that announced `model_hash`, each once; PeerError if the lookup fails."""
         if self._dht is None:
             return []
@@ -223,7 +228,7 @@ class PeerHost:
             raise PeerError(f"DHT lookup failed: {exc}") from None
         return [found_peer(info) for info in providers]
 
-    async def add_to_routing_table(self, peer_id: str) -> None:
+    async def add_to_routing_table(self, peer_id: PeerId) -> None:
         """A peer we know answers: DHT lookups may start from it."""
         if self._dht is not None:
             await self._dht.routing_table.add_peer(ID.from_base58(peer_id))
@@ -298,14 +303,14 @@ def parse_multiaddrs(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
     return parsed
 
 
-def peer_of(addr: str) -> str:
+def peer_of(addr: str) -> PeerId:
     """The peer id at the end of a peer multiaddr (…/p2p/<peer id>), or ConfigError."""
     try:
-        return info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id.to_base58()
+        return PeerId(info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id.to_base58())
     except Exception as exc:  # the multiaddr parser raises assorted types
         raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {addr!r} ({exc})") from None
 
 
 def found_peer(info: PeerInfo) -> FoundPeer:
-    peer = info.peer_id.to_base58()
+    peer = PeerId(info.peer_id.to_base58())
     return FoundPeer(peer, tuple(f"{str(a).split('/p2p/')[0]}/p2p/{peer}" for a in info.addrs))

@@ -9,6 +9,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 
 from dinet.errors import ConfigError
+from dinet.wire.ids import PeerId
 from dinet.wire.keys import SEED_SIZE, SigningKey
 
 NODE_IDENTITY = "identity.key"
@@ -34,7 +35,7 @@ def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> SigningKey
     return key
 
 
-def peer_id_of(key: SigningKey) -> str:
+def peer_id_of(key: SigningKey) -> PeerId:
     return key.peer_id
 
 

@@ -21,6 +21,7 @@ from dinet.errors import DinetError, PeerError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests, mdns_discoveries
 from dinet.p2p.host import FoundPeer, PeerHost, peer_of
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -45,13 +46,13 @@ class Joiner:
 
     host: PeerHost
     directory: PeerDirectory
-    on_answer: Callable[[str, float], None] = _ignore
-    on_silent: Callable[[str], None] = _ignore
+    on_answer: Callable[[PeerId, float], None] = _ignore
+    on_silent: Callable[[PeerId], None] = _ignore
     meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
     _pending: set[str] = field(default_factory=set)  # peers being met in the background
 
-    async def learn(self, peer_id: str) -> list[Manifest]:
+    async def learn(self, peer_id: PeerId) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
@@ -62,7 +63,7 @@ class Joiner:
             self.meet_soon(manifest.peer_id, manifest.addrs)
         return new
 
-    async def meet(self, peer_id: str, addrs: Sequence[str] = ()) -> bool:
+    async def meet(self, peer_id: PeerId, addrs: Sequence[str] = ()) -> bool:
         """Connect to a peer (see `PeerHost.reach`) and learn what it knows; whether it answered."""
         try:
             if not await self.host.reach(peer_id, addrs):
@@ -79,25 +80,25 @@ class Joiner:
             for peer in peers:
                 nursery.start_soon(self.meet, peer.peer_id, peer.addrs)
 
-    def meet_soon(self, peer_id: str, addrs: Sequence[str]) -> None:
+    def meet_soon(self, peer_id: PeerId, addrs: Sequence[str]) -> None:
         """Meet a peer in the background, if this joiner meets new peers and is not at it already."""
         if self.meet_new_in is None or peer_id in self._pending or self.host.is_connected(peer_id):
             return
         self._pending.add(peer_id)
         self.meet_new_in.start_soon(self._meet_pending, peer_id, addrs)
 
-    async def _meet_pending(self, peer_id: str, addrs: Sequence[str]) -> None:
+    async def _meet_pending(self, peer_id: PeerId, addrs: Sequence[str]) -> None:
         try:
             await self.meet(peer_id, addrs)
         finally:
             self._pending.discard(peer_id)
 
-    async def join(self, bootstrap: Sequence[str]) -> list[str]:
+    async def join(self, bootstrap: Sequence[str]) -> list[PeerId]:
         """Dial every bootstrap address at once and learn from each peer that answers;
         the peer ids that answered. ConfigError for an address that names no peer."""
         for addr in bootstrap:
             peer_of(addr)  # every address checked before any is dialed
-        reached: list[str] = []
+        reached: list[PeerId] = []
 
         async def one(addr: str) -> None:
             try:
@@ -144,7 +145,7 @@ class Joiner:
     async def pull_from_some(self, peer_ids: Sequence[str], fanout: int) -> None:
         """Learn again from `fanout` of `peer_ids`, chosen at random, at once."""
 
-        async def pull(peer_id: str) -> None:
+        async def pull(peer_id: PeerId) -> None:
             try:
                 await self.learn(peer_id)
             except DinetError as exc:
@@ -155,7 +156,7 @@ class Joiner:
             for peer_id in random.sample(peer_ids, min(fanout, len(peer_ids))):
                 nursery.start_soon(pull, peer_id)
 
-    async def find_providers(self, model_hash: str) -> list[FoundPeer]:
+    async def find_providers(self, model_hash: ModelHash) -> list[FoundPeer]:
         """Peers that announced `model_hash` in the DHT; none if the lookup fails."""
         try:
             return await self.host.find_providers(model_hash)
@@ -163,7 +164,7 @@ class Joiner:
             logger.debug("%s", exc)
             return []
 
-    async def holders(self, model_hash: str) -> list[str]:
+    async def holders(self, model_hash: ModelHash) -> list[PeerId]:
         """Peers connected now that say they hold `model_hash`: in manifests or DHT records."""
         named = {
             m.peer_id: FoundPeer(m.peer_id, m.addrs)
@@ -172,7 +173,7 @@ class Joiner:
         }
         for provider in await self.find_providers(model_hash):
             named.setdefault(provider.peer_id, provider)
-        reached: list[str] = []
+        reached: list[PeerId] = []
 
         async def reach(peer: FoundPeer) -> None:
             if await self.host.reach(peer.peer_id, peer.addrs):
@@ -184,7 +185,7 @@ class Joiner:
                     nursery.start_soon(reach, peer)
         return reached
 
-    async def keep_providing(self, model_hash: str) -> None:
+    async def keep_providing(self, model_hash: ModelHash) -> None:
         """Announce the model in the DHT whenever the routing table changes, and
         every PROVIDE_EVERY_S anyway: records expire and peers come and go (forever)."""
         announced_to, last = -1, 0.0

@@ -19,6 +19,7 @@ from dinet.errors import DinetError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests
 from dinet.p2p.host import PeerHost
+from dinet.wire.ids import PeerId
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.5
 MAX_RETRY_S = 30.0
 
-OnProbe = Callable[[str, float | None], None]  # peer id, round trip in ms or None if it failed
+OnProbe = Callable[[PeerId, float | None], None]  # peer id, round trip in ms or None if it failed
 
 
 @dataclass
@@ -48,11 +49,11 @@ class LivenessWatch:
     lull: Callable[[], Awaitable[None]] | None = None  # awaited before each round (a node's chores)
     # Peers left out of a round: a session open with them shows they are alive, and a
     # probe would take a core from the step they are computing for us.
-    resting: Callable[[str], bool] = lambda peer_id: False
+    resting: Callable[[PeerId], bool] = lambda peer_id: False
     _misses: dict[str, int] = field(default_factory=dict)
-    absent: dict[str, _Absent] = field(default_factory=dict)
+    absent: dict[PeerId, _Absent] = field(default_factory=dict)
 
-    def is_absent(self, peer_id: str) -> bool:
+    def is_absent(self, peer_id: PeerId) -> bool:
         return peer_id in self.absent
 
     async def run(self) -> None:
@@ -71,7 +72,7 @@ class LivenessWatch:
                         nursery.start_soon(self._probe_absent, peer_id, entry)
             await trio.sleep(self.interval)
 
-    async def _probe(self, peer_id: str, share: bool = False) -> float | None:
+    async def _probe(self, peer_id: PeerId, share: bool = False) -> float | None:
         try:
             signed, rtt_ms = await fetch_manifests(
                 self.host, peer_id, include_known=share, timeout=self.timeout
@@ -82,7 +83,7 @@ class LivenessWatch:
             logger.debug("probe of %s failed: %s", peer_id, exc)
             return None
 
-    async def _probe_present(self, peer_id: str, share: bool) -> None:
+    async def _probe_present(self, peer_id: PeerId, share: bool) -> None:
         manifest = self.directory.get(peer_id)
         rtt_ms = await self._probe(peer_id, share)
         self.on_probe(peer_id, rtt_ms)
@@ -97,7 +98,7 @@ class LivenessWatch:
             self._misses.pop(peer_id, None)
             self.absent[peer_id] = _Absent(manifest, trio.current_time() + self.interval)
 
-    async def _probe_absent(self, peer_id: str, entry: _Absent) -> None:
+    async def _probe_absent(self, peer_id: PeerId, entry: _Absent) -> None:
         manifest = entry.manifest
         reached = await self.host.reach(peer_id, manifest.addrs, timeout=self.timeout)
         if not reached or (rtt_ms := await self._probe(peer_id)) is None:

@@ -11,6 +11,7 @@ from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
 from dinet.errors import PeerError
 from dinet.wire.framing import MAX_FRAME, FrameReader, encode_frame
+from dinet.wire.ids import PeerId
 from dinet.wire.messages import Message, encode
 
 if TYPE_CHECKING:
@@ -24,8 +25,8 @@ class Stream:
         self._raw = raw
 
     @property
-    def remote_peer(self) -> str:
-        return self._raw.muxed_conn.peer_id.to_base58()
+    def remote_peer(self) -> PeerId:
+        return PeerId(self._raw.muxed_conn.peer_id.to_base58())
 
     async def read(self, n: int) -> bytes:
         """Up to `n` bytes; b"" once the peer has closed its side."""
@@ -72,7 +73,7 @@ class FramedStream:
         self._writing = trio.Lock()
 
     @property
-    def remote_peer(self) -> str:
+    def remote_peer(self) -> PeerId:
         return self.stream.remote_peer
 
     async def receive(self) -> bytes | None:
@@ -101,6 +102,6 @@ class FramedStream:
         await self.stream.reset()
 
 
-async def open_framed(host: PeerHost, peer_id: str, protocol: str, timeout: float) -> FramedStream:
+async def open_framed(host: PeerHost, peer_id: PeerId, protocol: str, timeout: float) -> FramedStream:
     """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
     return FramedStream(await host.open_stream(peer_id, protocol, timeout))
