@@ -21,6 +21,7 @@ from dinet.errors import ModelCardError
 from dinet.models._gguf import GGUFLayout, read_layout
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
 from dinet.wire.chunks import GGUFSummary, ModelCard, SignedModelCard
+from dinet.wire.ids import ModelHash
 from dinet.wire.keys import SigningKey
 from dinet.wire.signing import sign_body, signed_by
 
@@ -52,7 +53,7 @@ def build_card(path: Path, model_id: str, version: str, key: SigningKey) -> Sign
     card = ModelCard(
         model_id=model_id,
         version=version,
-        model_hash=merkle_root(hashes).hex(),
+        model_hash=ModelHash(merkle_root(hashes).hex()),
         file_size=path.stat().st_size,
         sha256=file_sha256(path),
         chunk_size=CHUNK_SIZE,
@@ -66,7 +67,7 @@ def build_card(path: Path, model_id: str, version: str, key: SigningKey) -> Sign
     return SignedModelCard(body=body, signature=sign_body(body, key))
 
 
-def verify_model_card(signed: SignedModelCard, model_hash: str | None = None) -> ModelCard:
+def verify_model_card(signed: SignedModelCard, model_hash: ModelHash | None = None) -> ModelCard:
     """The card inside `signed` if it is signed by its publisher, self-consistent
     and (when given) for `model_hash`; ModelCardError otherwise."""
     try:

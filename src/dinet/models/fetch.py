@@ -46,7 +46,7 @@ from dinet.wire.chunks import (
     SignedModelCard,
     decode_chunk_reply,
 )
-from dinet.wire.ids import CHUNKS_PROTOCOL
+from dinet.wire.ids import CHUNKS_PROTOCOL, ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class PeerStats:
 
 @dataclass
 class PullReport:
-    model_hash: str
+    model_hash: ModelHash
     model_id: str
     path: Path
     total_chunks: int
@@ -75,7 +75,7 @@ class PullReport:
     fetched_chunks: int
     fetched_bytes: int
     seconds: float
-    peers: dict[str, PeerStats] = field(default_factory=dict)
+    peers: dict[PeerId, PeerStats] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -91,7 +91,7 @@ class PullReport:
         }
 
 
-async def _open(host: PeerHost, peer_id: str) -> FramedStream:
+async def _open(host: PeerHost, peer_id: PeerId) -> FramedStream:
     return await open_framed(host, peer_id, CHUNKS_PROTOCOL, STREAM_TIMEOUT_S)
 
 
@@ -106,7 +106,9 @@ async def _reply(framed: FramedStream) -> SignedModelCard | ChunkHeader | ErrorF
     return reply
 
 
-async def fetch_model_card(host: PeerHost, peers: Sequence[str], model_hash: str) -> SignedModelCard:
+async def fetch_model_card(
+    host: PeerHost, peers: Sequence[PeerId], model_hash: ModelHash
+) -> SignedModelCard:
     """The signed model card of `model_hash` from the first peer that gives a valid one."""
     problems = []
     for peer_id in peers:
@@ -151,9 +153,9 @@ class _Transfer:
         self._done_bytes = card.file_size - sum(card.chunk_sizes[i] for i in missing)
         self._fetched = 0
         self._start = time.monotonic()
-        self.peers: dict[str, PeerStats] = {}
+        self.peers: dict[PeerId, PeerStats] = {}
 
-    async def run(self, peers: Sequence[str]) -> None:
+    async def run(self, peers: Sequence[PeerId]) -> None:
         fd = os.open(self._target, os.O_RDWR)
         try:
             self._report()
@@ -176,7 +178,7 @@ class _Transfer:
             size += self._m.chunk_sizes[index]
         return batch
 
-    async def _worker(self, peer_id: str, fd: int) -> None:
+    async def _worker(self, peer_id: PeerId, fd: int) -> None:
         stats = self.peers[peer_id]
         batch: list[int] = []
         try:
@@ -240,11 +242,11 @@ async def fetch_chunks(
     card: ModelCard,
     target: Path,
     missing: list[int],
-    peers: Sequence[str],
+    peers: Sequence[PeerId],
     *,
     progress: Progress | None = None,
     max_rate: float | None = None,
-) -> dict[str, PeerStats]:
+) -> dict[PeerId, PeerStats]:
     """Fetch chunks `missing` of the model `card` describes from `peers` into the file `target`."""
     transfer = _Transfer(host, card, target, missing, progress, max_rate)
     await transfer.run(peers)
@@ -254,8 +256,8 @@ async def fetch_chunks(
 async def pull_model(
     host: PeerHost,
     store: ModelStore,
-    model_hash: str,
-    peers: Sequence[str],
+    model_hash: ModelHash,
+    peers: Sequence[PeerId],
     *,
     progress: Progress | None = None,
     max_rate: float | None = None,
@@ -298,13 +300,13 @@ class Swarm:
     host: PeerHost
     joiner: Joiner
 
-    async def holders(self, model_hash: str) -> list[str]:
+    async def holders(self, model_hash: ModelHash) -> list[PeerId]:
         """Connected peers that say they hold `model_hash`: DHT provider records and manifests."""
         return await self.joiner.holders(model_hash)
 
-    async def model_hashes(self, model_id: str) -> list[str]:
+    async def model_hashes(self, model_id: str) -> list[ModelHash]:
         """Hashes that peers offer under `model_id`, most offered first."""
-        counts: dict[str, int] = {}
+        counts: dict[ModelHash, int] = {}
         for manifest in self.joiner.directory.manifests():
             for o in manifest.models:
                 if o.model_id == model_id:

@@ -20,6 +20,7 @@ import hashlib
 from pathlib import Path
 
 from dinet.models._gguf import read_layout
+from dinet.wire.ids import ModelHash
 
 CHUNK_SIZE = 1 << 20
 
@@ -60,8 +61,8 @@ def merkle_root(leaves: list[bytes]) -> bytes:
     return level[0]
 
 
-def model_hash(path: Path) -> str:
-    return merkle_root(chunk_hashes(path)).hex()
+def model_hash(path: Path) -> ModelHash:
+    return ModelHash(merkle_root(chunk_hashes(path)).hex())
 
 
 def file_sha256(path: Path) -> str:

@@ -23,6 +23,7 @@ from dinet.errors import ModelCardError, ModelCorrupted, ModelNotFound
 from dinet.models.card import build_card, chunk_offsets, verify_model_card
 from dinet.models.hashing import file_sha256, model_hash
 from dinet.wire.chunks import ModelCard, SignedModelCard
+from dinet.wire.ids import ModelHash
 from dinet.wire.keys import SigningKey
 
 CARD_FILE = "card.json"
@@ -39,7 +40,7 @@ class StoredModel:
     directory: Path
 
     @property
-    def model_hash(self) -> str:
+    def model_hash(self) -> ModelHash:
         return self.card.model_hash
 
     @property
@@ -59,12 +60,12 @@ class ModelStore:
     def __init__(self, home: Path) -> None:
         self.root = home / "models"
 
-    def _dir(self, model_hash: str) -> Path:
+    def _dir(self, model_hash: ModelHash) -> Path:
         if not _HASH.match(model_hash):
             raise ModelNotFound(f"not a model hash: {model_hash!r}")
         return self.root / model_hash
 
-    def get(self, model_hash: str) -> StoredModel | None:
+    def get(self, model_hash: ModelHash) -> StoredModel | None:
         directory = self._dir(model_hash)
         path = _card_path(directory)
         try:
@@ -81,7 +82,7 @@ class ModelStore:
     def models(self) -> list[StoredModel]:
         if not self.root.is_dir():
             return []
-        found = [self.get(d.name) for d in sorted(self.root.iterdir()) if _HASH.match(d.name)]
+        found = [self.get(ModelHash(d.name)) for d in sorted(self.root.iterdir()) if _HASH.match(d.name)]
         return sorted((m for m in found if m), key=lambda m: (m.card.model_id, m.card.created_at))
 
     def find(self, ref: str, *, complete: bool = True) -> StoredModel:
