@@ -20,6 +20,8 @@ import heapq
 from dataclasses import dataclass
 from typing import Literal
 
+from dinet.wire.ids import PeerId
+
 Policy = Literal["latency", "throughput", "cost"]
 
 UNKNOWN_TOKENS_PER_S = 20.0  # assumed for a peer that neither advertises nor was measured
@@ -34,7 +36,7 @@ MIN_EVIDENCE = 3.5  # ... once this many (decayed) events stand behind it (two c
 class PeerView:
     """What is known of one candidate at decision time."""
 
-    peer_id: str
+    peer_id: PeerId
     rtt_ms: float | None  # measured by this client, None if never
     tokens_per_s: float  # advertised
     ttft_ms: float  # advertised

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dinet.errors import RoutingError
+from dinet.wire.ids import PeerId
 
 UNKNOWN_STAGE_MS = 20.0  # per-token time assumed for a stage nobody has measured
 UNKNOWN_RTT_MS = 50.0
@@ -31,7 +32,7 @@ PRICE_ROUNDING = 1e-9  # a sum of prices may exceed a limit it equals by float r
 class StageOffer:
     """One peer's span, with what is known of its speed."""
 
-    peer_id: str
+    peer_id: PeerId
     start: int
     stop: int
     latency_ms: float | None = None  # per decode step, measured or advertised
@@ -52,7 +53,7 @@ class Route:
     cost_ms: float
 
     @property
-    def peers(self) -> tuple[str, ...]:
+    def peers(self) -> tuple[PeerId, ...]:
         return tuple(s.peer_id for s in self.stages)
 
     @property
@@ -81,11 +82,11 @@ def chain_token_budget(route: Route, deadline_s: float) -> int:
 
 By = Literal["time", "price"]
 # (price, cost, stage count, peer ids), compared in order; price is 0 when planning by time
-_Best = tuple[float, float, int, tuple[str, ...]]
+_Best = tuple[float, float, int, tuple[PeerId, ...]]
 
 
 def plan_shard_route(
-    spans: list[StageOffer], n_layers: int, *, exclude: frozenset[str] = frozenset(), by: By = "time"
+    spans: list[StageOffer], n_layers: int, *, exclude: frozenset[PeerId] = frozenset(), by: By = "time"
 ) -> Route:
     """The cheapest chain covering all `n_layers` blocks: by time per token, or `by="price"`.
 
