@@ -17,6 +17,7 @@ from dinet.config import default_home
 from dinet.errors import DinetError
 from dinet.ledger import LEDGER_FILE, Ledger, StoredReceipt, Summary
 from dinet.p2p.identity import CLIENT_IDENTITY, NODE_IDENTITY, load_or_create_identity, peer_id_of
+from dinet.wire.ids import PeerId
 
 app = typer.Typer(
     help="The receipts this home signed or countersigned, and the balances they prove.",
@@ -28,7 +29,7 @@ Home = Annotated[Path | None, typer.Option(help="State directory holding ledger.
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 
 
-def _open(home: Path | None) -> tuple[Ledger, list[str]]:
+def _open(home: Path | None) -> tuple[Ledger, list[PeerId]]:
     home = home or default_home()
     if not (home / LEDGER_FILE).exists():
         fail(f"no ledger in {home}: it is created by the first answer served or received")
@@ -39,7 +40,7 @@ def _open(home: Path | None) -> tuple[Ledger, list[str]]:
         raise  # unreachable: fail exits
 
 
-def _identities(home: Path) -> list[str]:
+def _identities(home: Path) -> list[PeerId]:
     """The peer ids this home answers for: its node and client keys, where they exist."""
     return [
         peer_id_of(load_or_create_identity(home, name))

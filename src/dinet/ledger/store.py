@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dinet.errors import BadReceipt, LedgerCorrupted, LedgerError, ReplayedReceipt
 from dinet.sqlite_file import open_versioned
+from dinet.wire.ids import PeerId
 from dinet.wire.receipt import CountersignedReceipt, ReceiptBody, receipt_id, verify_countersigned
 
 LEDGER_FILE = "ledger.sqlite"
@@ -58,7 +59,7 @@ class StoredReceipt:
 class PeerAccount:
     """This home's account with one other peer."""
 
-    peer_id: str
+    peer_id: PeerId
     earned: float  # credits this home earned serving the peer
     spent: float  # credits this home spent on the peer's service
     receipts: int
@@ -70,7 +71,7 @@ class PeerAccount:
 
 @dataclass(frozen=True)
 class Summary:
-    me: tuple[str, ...]
+    me: tuple[PeerId, ...]
     earned: float
     spent: float
     receipts: int
@@ -183,7 +184,7 @@ class Ledger:
                 raise LedgerCorrupted(f"receipt {receipt.receipt_id} has an unreadable body") from None
             yield StoredReceipt(receipt, body, row[3])
 
-    def summary(self, me: Iterable[str]) -> Summary:
+    def summary(self, me: Iterable[PeerId]) -> Summary:
         """Earned, spent and per-peer accounts of the identities `me`, from receipts alone."""
         mine = tuple(sorted(set(me)))
         marks = ",".join("?" * len(mine)) or "NULL"
@@ -195,7 +196,7 @@ class Ledger:
                 f"SELECT node, SUM(amount), COUNT(*) FROM receipts WHERE client IN ({marks}) "
                 "GROUP BY node", mine).fetchall()
             total = self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
-        accounts: dict[str, list[float]] = {}
+        accounts: dict[PeerId, list[float]] = {}  # peer ids as the receipts' columns hold them
         for peer, amount, count in earned:
             accounts.setdefault(peer, [0.0, 0.0, 0])[0] += amount
             accounts[peer][2] += count
@@ -207,7 +208,7 @@ class Ledger:
         )
         return Summary(mine, sum(p.earned for p in peers), sum(p.spent for p in peers), total, peers)
 
-    def standing(self, peer_id: str, me: Iterable[str]) -> float:
+    def standing(self, peer_id: PeerId, me: Iterable[PeerId]) -> float:
         """What `peer_id` has earned from this home minus what it has spent here."""
         mine = tuple(set(me))
         marks = ",".join("?" * len(mine)) or "NULL"
@@ -220,7 +221,7 @@ class Ledger:
                 (peer_id, *mine)).fetchone()[0]
         return float(served_us - used_us)
 
-    def verify(self, me: Iterable[str] = ()) -> VerifyReport:
+    def verify(self, me: Iterable[PeerId] = ()) -> VerifyReport:
         """Re-check the file, every signature, every amount and the sums derived from them."""
         mine = set(me)
         report = VerifyReport()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dinet.errors import ReputationError
 from dinet.sqlite_file import open_versioned
+from dinet.wire.ids import PeerId
 
 SCHEMA_VERSION = 1
 RETENTION_S = 30 * 86400.0
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS standings (
 class Row:
     """A stored standing: decayed sums as of `at` (wall-clock seconds)."""
 
-    peer_id: str
+    peer_id: PeerId
     good: float
     bad: float
     events: float
@@ -64,7 +65,7 @@ class Row:
 
 
 # (standing before or None, peer id, event kind, time, half-life) -> standing after
-Advance = Callable[[Row | None, str, str, float, float], Row]
+Advance = Callable[[Row | None, PeerId, str, float, float], Row]
 
 
 class Store:
@@ -91,7 +92,7 @@ class Store:
                 raise ReputationError(f"cannot read {self.path}: {exc}") from None
         return [Row(*r) for r in rows]
 
-    def apply(self, items: list[tuple[str, str]], at: float, half_life_s: float,
+    def apply(self, items: list[tuple[PeerId, str]], at: float, half_life_s: float,
               advance: Advance) -> list[Row]:
         """Log each (peer, kind) event and move the peer's standing, all in one transaction."""
         for peer_id, _ in items:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from dinet.wire.ids import ModelHash, PeerId, RequestId
+
 
 @dataclass(frozen=True)
 class VerificationOutcome:
@@ -17,12 +19,12 @@ class VerificationOutcome:
 
     kind: Literal["verification"]
     passed: bool  # every token this peer produced passed the check
-    verifier: str  # peer id of the peer that re-scored it
-    model_hash: str
+    verifier: PeerId  # the peer that re-scored it
+    model_hash: ModelHash
     checked: int  # tokens of this peer that were checked
     bad_positions: tuple[int, ...]  # completion indices of this peer's tokens that failed
-    request_id: str
+    request_id: RequestId
 
 
 class OutcomeRecorder(Protocol):
-    def record_outcome(self, peer_id: str, event: VerificationOutcome) -> None: ...
+    def record_outcome(self, peer_id: PeerId, event: VerificationOutcome) -> None: ...

@@ -29,6 +29,7 @@ from pathlib import Path
 from dinet.errors import ReputationError
 from dinet.trust._store import Row, Store
 from dinet.trust.outcomes import VerificationOutcome
+from dinet.wire.ids import PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ WEIGHTS: dict[Event, tuple[float, float]] = {
 class Standing:
     """One peer's evidence, decayed to `at` (wall-clock seconds)."""
 
-    peer_id: str
+    peer_id: PeerId
     good: float
     bad: float
     events: float
@@ -117,7 +118,7 @@ def decay_factor(elapsed_s: float, half_life_s: float) -> float:
     return 0.5 ** (max(0.0, elapsed_s) / half_life_s)
 
 
-def fresh(peer_id: str, now: float) -> Standing:
+def fresh(peer_id: PeerId, now: float) -> Standing:
     return Standing(peer_id, 0.0, 0.0, 0.0, now)
 
 
@@ -135,7 +136,7 @@ class Reputation:
             raise ValueError("the half-life must be positive")
         self.half_life_s = half_life_s
         self._store = Store(path)
-        self._cache: dict[str, Standing] = {}
+        self._cache: dict[PeerId, Standing] = {}
         self.refresh()
 
     @classmethod
@@ -158,12 +159,12 @@ class Reputation:
     def refresh(self) -> None:
         self._cache = {r.peer_id: _standing(r) for r in self._store.standings()}
 
-    def record(self, peer_id: str, event: Event, *, now: float | None = None) -> Standing:
+    def record(self, peer_id: PeerId, event: Event, *, now: float | None = None) -> Standing:
         """Add one event to the peer's standing; returns the new standing."""
         return self.record_many([(peer_id, event)], now=now)[0]
 
     def record_many(
-        self, events: Iterable[tuple[str, Event]], *, now: float | None = None
+        self, events: Iterable[tuple[PeerId, Event]], *, now: float | None = None
     ) -> list[Standing]:
         """Add several events in one transaction: all of them or (on error) none."""
         at = time.time() if now is None else now
@@ -174,23 +175,23 @@ class Reputation:
             self._cache[s.peer_id] = s
         return standings
 
-    def standing(self, peer_id: str, *, now: float | None = None) -> Standing | None:
+    def standing(self, peer_id: PeerId, *, now: float | None = None) -> Standing | None:
         """The peer's standing decayed to `now`, or None if it has no recorded event."""
         known = self._cache.get(peer_id)
         if known is None:
             return None
         return known.decayed(time.time() if now is None else now, self.half_life_s)
 
-    def score(self, peer_id: str, *, now: float | None = None) -> float | None:
+    def score(self, peer_id: PeerId, *, now: float | None = None) -> float | None:
         """0 (caught lying every time) .. 1 (nothing bad seen); None if never seen."""
         known = self.standing(peer_id, now=now)
         return None if known is None else known.score
 
-    def standings(self, *, now: float | None = None) -> dict[str, Standing]:
+    def standings(self, *, now: float | None = None) -> dict[PeerId, Standing]:
         at = time.time() if now is None else now
         return {p: s.decayed(at, self.half_life_s) for p, s in self._cache.items()}
 
-    def record_outcome(self, peer_id: str, event: VerificationOutcome) -> None:
+    def record_outcome(self, peer_id: PeerId, event: VerificationOutcome) -> None:
         """`OutcomeRecorder`: a verified answer's outcome for one peer that produced it.
 
         Called from the event loop: one short write. A file that cannot be written
@@ -210,7 +211,7 @@ def _standing(row: Row) -> Standing:
     return Standing(row.peer_id, row.good, row.bad, row.events, row.at)
 
 
-def _advance(row: Row | None, peer_id: str, kind: str, at: float, half_life_s: float) -> Row:
+def _advance(row: Row | None, peer_id: PeerId, kind: str, at: float, half_life_s: float) -> Row:
     """The stored row after one event: the one formula, shared by writes and `check`."""
     before = fresh(peer_id, at) if row is None else _standing(row)
     after = before.after(Event(kind), at, half_life_s)

@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dinet.wire.ids import PeerId
+
 
 @dataclass(frozen=True)
 class Ballot:
     """One replica's complete answer."""
 
-    peer_id: str
+    peer_id: PeerId
     tokens: tuple[int, ...]
 
 
@@ -32,7 +34,7 @@ class Group:
     """Replicas that gave the same token sequence."""
 
     tokens: tuple[int, ...]
-    peers: tuple[str, ...]
+    peers: tuple[PeerId, ...]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Tally:
         return None
 
     @property
-    def dissenting(self) -> tuple[str, ...]:
+    def dissenting(self) -> tuple[PeerId, ...]:
         """Peers that answered something other than the winner (none without a winner)."""
         if self.winner is None:
             return ()
@@ -66,7 +68,7 @@ def tally(ballots: Sequence[Ballot], asked: int) -> Tally:
         raise ValueError(f"{len(ballots)} ballots from {asked} replicas asked")
     if len({b.peer_id for b in ballots}) != len(ballots):
         raise ValueError("a peer voted twice")
-    by_tokens: dict[tuple[int, ...], list[str]] = {}
+    by_tokens: dict[tuple[int, ...], list[PeerId]] = {}
     for b in ballots:
         by_tokens.setdefault(b.tokens, []).append(b.peer_id)
     groups = sorted((Group(t, tuple(sorted(p))) for t, p in by_tokens.items()),
