@@ -22,7 +22,7 @@ from dinet.node.shard import ShardService
 from dinet.node.verification import VerifyService
 from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import Handler
-from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL
+from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL, ModelHash
 from dinet.wire.manifest import ModelOffer
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
 
 @asynccontextmanager
 async def whole_model(
-    settings: NodeSettings, model: LocalModel, model_hash: str, accountant: Accountant
+    settings: NodeSettings, model: LocalModel, model_hash: ModelHash, accountant: Accountant
 ) -> AsyncIterator[Serving]:
     from dinet.models._gguf import read_layout
 
@@ -101,7 +101,7 @@ async def whole_model(
 
 @asynccontextmanager
 async def model_stage(
-    settings: NodeSettings, model: LocalModel, model_hash: str, host: PeerHost
+    settings: NodeSettings, model: LocalModel, model_hash: ModelHash, host: PeerHost
 ) -> AsyncIterator[Serving]:
     from dinet.engine.torch._compute_thread import ComputeThread
     from dinet.engine.torch._stage import Stage

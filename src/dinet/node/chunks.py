@@ -31,6 +31,7 @@ from dinet.p2p.identity import load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import FramedStream, Handler, Stream
 from dinet.wire.chunks import ChunkHeader, ChunkRequest, ModelCardQuery, decode_chunk_query
+from dinet.wire.ids import ModelHash
 from dinet.wire.messages import ErrorCode, ErrorFrame
 
 logger = logging.getLogger(__name__)
@@ -45,14 +46,14 @@ class ChunkServer:
     def __init__(
         self,
         store: ModelStore,
-        is_healthy: Callable[[str], bool] = lambda _: True,
-        on_corrupt: Callable[[str], None] = lambda _: None,
+        is_healthy: Callable[[ModelHash], bool] = lambda _: True,
+        on_corrupt: Callable[[ModelHash], None] = lambda _: None,
     ) -> None:
         self._store = store
         self._is_healthy = is_healthy
         self._on_corrupt = on_corrupt
 
-    async def _model(self, model_hash: str) -> StoredModel | None:
+    async def _model(self, model_hash: ModelHash) -> StoredModel | None:
         stored = await trio.to_thread.run_sync(self._store.get, model_hash)
         if stored is None or not stored.complete or not self._is_healthy(model_hash):
             return None
@@ -114,7 +115,7 @@ class ModelKeeper:
     """Keeps the node's one served model checked, and repairs it from peers."""
 
     def __init__(
-        self, store: ModelStore, model_hash: str, scrub_bytes_per_s: float,
+        self, store: ModelStore, model_hash: ModelHash, scrub_bytes_per_s: float,
         lull: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
@@ -125,10 +126,10 @@ class ModelKeeper:
         self._suspect = trio.Event()
         self.repairs = 0
 
-    def is_healthy(self, model_hash: str) -> bool:
+    def is_healthy(self, model_hash: ModelHash) -> bool:
         return model_hash != self.model_hash or self.healthy
 
-    def report_corrupt(self, model_hash: str) -> None:
+    def report_corrupt(self, model_hash: ModelHash) -> None:
         if model_hash == self.model_hash:
             self.healthy = False
             self._suspect.set()
@@ -193,7 +194,7 @@ def _looks_like_hash(name: str) -> bool:
     return 8 <= len(name) <= 64 and set(name) <= _HASH_CHARS
 
 
-async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, str]:
+async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, ModelHash]:
     """The node's model as a complete file in its store: imported from a path or the
     default package, found by id or hash, or pulled from peers when it is a hash the
     store lacks. Returns the model (its path inside the store) and its hash."""
@@ -205,7 +206,7 @@ async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, str]:
             stored = await trio.to_thread.run_sync(store.find, name)
         except ModelNotFound:
             if len(name) == 64 and _looks_like_hash(name):
-                stored = await _pull_before_serving(settings, store, name)
+                stored = await _pull_before_serving(settings, store, ModelHash(name))
     if stored is None:
         model = resolve_model(name)
         key = load_or_create_identity(settings.home)
@@ -215,7 +216,9 @@ async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, str]:
     return LocalModel(stored.card.model_id, stored.path), stored.model_hash
 
 
-async def _pull_before_serving(settings: NodeSettings, store: ModelStore, model_hash: str) -> StoredModel:
+async def _pull_before_serving(
+    settings: NodeSettings, store: ModelStore, model_hash: ModelHash
+) -> StoredModel:
     logger.info("model %s is not in the store: pulling it before serving", model_hash[:16])
     async with open_swarm(settings.home, settings.bootstrap, mdns=settings.mdns) as swarm:
         while True:

@@ -20,6 +20,7 @@ from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
+from dinet.wire.ids import ModelHash
 from dinet.wire.messages import (
     EndFrame,
     ErrorFrame,
@@ -65,7 +66,7 @@ class InferenceService:
         engine: Engine,
         admission: Admission,
         model_id: str,
-        model_hash: str,
+        model_hash: ModelHash,
         accountant: Accountant | None = None,
         limiter: PeerLimiter | None = None,
         bounds: RequestBounds | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinet.errors import DinetError
+from dinet.wire.ids import ModelHash, PeerId
 
 START_TIMEOUT_S = 60.0
 
@@ -23,10 +24,10 @@ START_TIMEOUT_S = 60.0
 @dataclass
 class NodeProcess:
     process: subprocess.Popen[bytes]
-    peer_id: str
+    peer_id: PeerId
     addrs: list[str]
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     home: Path
     log_path: Path
 

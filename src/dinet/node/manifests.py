@@ -13,7 +13,7 @@ from dinet.errors import ManifestError, PeerError, WireError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import FramedStream, Stream
-from dinet.wire.ids import MANIFEST_TOPIC, PROTOCOL_VERSION
+from dinet.wire.ids import MANIFEST_TOPIC, PROTOCOL_VERSION, ModelHash, PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.manifest import (
     MANIFEST_TTL_S,
@@ -38,7 +38,7 @@ class ManifestPublisher:
     def __init__(
         self,
         key: Signer,
-        peer_id: str,
+        peer_id: PeerId,
         directory: PeerDirectory,
         describe: Callable[[], dict[str, object]],
     ) -> None:
@@ -99,7 +99,7 @@ class ManifestPublisher:
 
 
 def offer(
-    model_id: str, model_hash: str, quantization: str, context: int, n_layers: int,
+    model_id: str, model_hash: ModelHash, quantization: str, context: int, n_layers: int,
     span: tuple[int, int] | None = None,
 ) -> ModelOffer:
     """A whole model, or with `span` the blocks a pipeline stage holds."""

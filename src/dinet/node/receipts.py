@@ -13,6 +13,7 @@ import trio
 from dinet.errors import FrameTooLarge, LedgerError, MalformedMessage
 from dinet.ledger import Ledger
 from dinet.p2p.streams import FramedStream
+from dinet.wire.ids import PeerId, RequestId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import EndFrame, decode_countersigned
 from dinet.wire.receipt import (
@@ -47,7 +48,7 @@ class Accountant:
     def __init__(
         self,
         key: Signer,
-        peer_id: str,
+        peer_id: PeerId,
         ledger: Ledger,
         prices: Prices,
         me: Sequence[str],
@@ -66,9 +67,9 @@ class Accountant:
     def issue(
         self,
         *,
-        request_id: str,
+        request_id: RequestId,
         request_hash: str,
-        client: str,
+        client: PeerId,
         first_index: int,
         token_ids: Sequence[int],
         end: EndFrame,

@@ -23,7 +23,7 @@ from dinet.p2p.host import build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
-from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL
+from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,10 @@ LIVENESS_EVERY_S = 2.0
 
 @dataclass(frozen=True)
 class NodeStarted:
-    peer_id: str
+    peer_id: PeerId
     addrs: list[str]
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     engine: dict[str, object] = field(default_factory=dict)  # engine_state(): served, error, sandbox
 
 

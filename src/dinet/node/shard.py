@@ -38,7 +38,7 @@ from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
 from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import FramedStream, Stream, open_framed
-from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.ids import SHARD_PROTOCOL, ModelHash
 from dinet.wire.keys import is_peer_id
 from dinet.wire.messages import ErrorCode, ErrorFrame
 from dinet.wire.shard import (
@@ -106,8 +106,8 @@ class StageStats:
 
 class ShardService:
     def __init__(
-        self, stage: Stage, compute: ComputeThread, model_hash: str, span: tuple[int, int], host: PeerHost, *,
-        max_kv_bytes: int, idle_s: float,
+        self, stage: Stage, compute: ComputeThread, model_hash: ModelHash, span: tuple[int, int],
+        host: PeerHost, *, max_kv_bytes: int, idle_s: float,
     ) -> None:
         self._host = host
         self._me = host.peer_id

@@ -17,6 +17,7 @@ from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
+from dinet.wire.ids import ModelHash
 from dinet.wire.messages import ErrorFrame
 from dinet.wire.verify import ScoreRequest, ScoresFrame, VerifyRequest, decode_verify_request
 
@@ -32,7 +33,7 @@ class VerifyService:
         self,
         engine: Scorer,
         admission: Admission,
-        model_hash: str,
+        model_hash: ModelHash,
         limiter: PeerLimiter | None = None,
         bounds: RequestBounds | None = None,
         max_request_bytes: int = MAX_FRAME,
