@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dinet.wire.ids import PeerId
 from dinet.wire.messages import GenerationParams
 
 MAX_TRACKED_PEERS = 4096
@@ -71,13 +72,13 @@ class PeerLimiter:
         self._burst = float(burst)
         self._concurrency = concurrency
         self._max_peers = max_peers
-        self._peers: dict[str, _Bucket] = {}
+        self._peers: dict[PeerId, _Bucket] = {}
 
     @property
     def tracked(self) -> int:
         return len(self._peers)
 
-    def acquire(self, peer: str, now: float) -> Refusal | None:
+    def acquire(self, peer: PeerId, now: float) -> Refusal | None:
         """Take one request's worth for `peer`: None if allowed (call `release` when
         done), else how it is refused."""
         bucket = self._peers.get(peer)
@@ -114,13 +115,13 @@ class PeerLimiter:
         hold = min(MAX_HOLD_S, max(until_calm, until_token))
         return Refusal(f"{reason}; cooling down: ask again in {hold:.1f} s at the earliest", hold_s=hold)
 
-    def unhold(self, peer: str) -> None:
+    def unhold(self, peer: PeerId) -> None:
         """A held refusal was sent (or its stream ended)."""
         bucket = self._peers.get(peer)
         if bucket is not None and bucket.held > 0:
             bucket.held -= 1
 
-    def release(self, peer: str) -> None:
+    def release(self, peer: PeerId) -> None:
         bucket = self._peers.get(peer)
         if bucket is not None and bucket.active > 0:
             bucket.active -= 1

@@ -117,7 +117,7 @@ class Accountant:
         logger.info("receipt %s recorded: %s owes %g", receipt.receipt_id[:12], body.client, body.amount)
         return body
 
-    async def standing(self, client: str) -> float:
+    async def standing(self, client: PeerId) -> float:
         """The client's credit with this node: the allowance, plus what it served us,
         minus what it has used here."""
         net = await trio.to_thread.run_sync(self.ledger.standing, client, self._me)

@@ -142,7 +142,7 @@ class Joiner:
                 await lull()
             await self.pull_from_some([m.peer_id for m in self.directory.manifests()], fanout)
 
-    async def pull_from_some(self, peer_ids: Sequence[str], fanout: int) -> None:
+    async def pull_from_some(self, peer_ids: Sequence[PeerId], fanout: int) -> None:
         """Learn again from `fanout` of `peer_ids`, chosen at random, at once."""
 
         async def pull(peer_id: PeerId) -> None:
