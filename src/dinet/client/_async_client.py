@@ -31,6 +31,7 @@ from dinet.config import ClientSettings
 from dinet.errors import ConfigError, PullFailed, RequestError, first_dinet_error
 from dinet.models.fetch import PullReport, pull_model
 from dinet.models.store import ModelStore
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 from dinet.wire.messages import TokenFrame
 
@@ -48,7 +49,7 @@ class PeerModel:
     """A model a peer offers: whole, or as a pipeline stage holding blocks `layers`."""
 
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     layers: tuple[int, int]
     stage: bool
 
@@ -57,7 +58,7 @@ class PeerModel:
 class Peer:
     """A peer as this client sees it: its signed manifest, and what the client measured."""
 
-    peer_id: str
+    peer_id: PeerId
     region: str
     addrs: tuple[str, ...]
     models: tuple[PeerModel, ...]
@@ -115,7 +116,7 @@ class AsyncClient:
         self.settings = settings
 
     @property
-    def peer_id(self) -> str:
+    def peer_id(self) -> PeerId:
         """This client's own peer id (its identity lives in `settings.home`)."""
         return self._network.peer_id
 
@@ -159,11 +160,11 @@ class AsyncClient:
             model_hash, holders = await self._holders(model, timeout_s)
             return await pull_model(network.host, store, model_hash, holders)
 
-    async def _holders(self, model: str, timeout_s: float) -> tuple[str, list[str]]:
+    async def _holders(self, model: str, timeout_s: float) -> tuple[ModelHash, list[PeerId]]:
         network = self._network
         with trio.move_on_after(timeout_s):
             while True:
-                model_hash = model if _HASH.match(model) else _most_offered(network, model)
+                model_hash = ModelHash(model) if _HASH.match(model) else _most_offered(network, model)
                 if model_hash is not None:
                     holders = await network.joiner.holders(model_hash)
                     if holders:
@@ -236,8 +237,8 @@ def _prompt(prompt: object) -> str:
     return prompt
 
 
-def _most_offered(network: Network, model_id: str) -> str | None:
-    counts: dict[str, int] = {}
+def _most_offered(network: Network, model_id: str) -> ModelHash | None:
+    counts: dict[ModelHash, int] = {}
     for manifest in network.directory.manifests():
         for offer in manifest.models:
             if offer.model_id == model_id:

@@ -18,6 +18,7 @@ from dinet.client.chain import ChainPlan, ChainResult, StageRules, plan_chain, r
 from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.routing.shard import chain_token_budget
+from dinet.wire.ids import PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame
 
 
@@ -38,7 +39,7 @@ class ChainOfStages:
     @classmethod
     async def plan(
         cls, network: Network, params: GenerationParams, options: AskOptions, records: Records,
-        on_attempt: Callable[[str], None] | None = None,
+        on_attempt: Callable[[PeerId], None] | None = None,
     ) -> ChainOfStages:
         """Find stages and plan a chain within the options; NoCapablePeer if none will do."""
         rules = StageRules(options.policy, records.max_price, options.only_peers)

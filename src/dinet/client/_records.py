@@ -24,26 +24,31 @@ from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView
 from dinet.trust.outcomes import VerificationOutcome
 from dinet.trust.reputation import Event
+from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.messages import CountersignedReceipt, EndFrame, InferRequest
 from dinet.wire.receipt import check_delivery, countersign, verify_node_signature
 
 logger = logging.getLogger(__name__)
 
+_NO_REQUEST = RequestId("")
+
 
 class Records:
     """One request's books: its receipts, and what it tells of each peer."""
 
-    def __init__(self, network: Network, request_id: str = "", max_price: float | None = None) -> None:
+    def __init__(
+        self, network: Network, request_id: RequestId = _NO_REQUEST, max_price: float | None = None
+    ) -> None:
         self._network = network
         self.request_id = request_id
         self.max_price = max_price  # no receipt above it is countersigned
         self.receipts: list[CountersignedReceipt] = []  # countersigned and kept in the ledger
         self.refused: list[str] = []  # why a peer's receipt was refused
-        self._segments: list[tuple[tuple[str, ...], int]] = []  # (peers, index of their first token)
+        self._segments: list[tuple[tuple[PeerId, ...], int]] = []  # (peers, index of their first token)
 
     # -- who produced what ----------------------------------------------------------------
 
-    def produced_by(self, peers: tuple[str, ...], first_index: int) -> None:
+    def produced_by(self, peers: tuple[PeerId, ...], first_index: int) -> None:
         """From completion token `first_index` on, `peers` produce the answer (one whole-model
         peer, or every stage of a chain)."""
         if self._segments and self._segments[-1][1] == first_index:
@@ -52,19 +57,19 @@ class Records:
             self._segments.append((peers, first_index))
 
     @property
-    def producers(self) -> frozenset[str]:
+    def producers(self) -> frozenset[PeerId]:
         return frozenset(p for peers, _ in self._segments for p in peers)
 
     # -- reputation and back-off ----------------------------------------------------------
 
-    async def answered(self, peers: Iterable[str], *, slow: Iterable[str] = ()) -> None:
+    async def answered(self, peers: Iterable[PeerId], *, slow: Iterable[PeerId] = ()) -> None:
         """These peers gave a complete answer (and those in `slow` far slower than they claim)."""
         events = [(p, Event.SUCCESS) for p in peers] + [(p, Event.SLOW) for p in slow]
         for peer_id, _ in events:
             self._network.health.answered(peer_id)
         await self._network.note_all(events)
 
-    async def failed(self, peer_id: str, cause: BaseException | str) -> float:
+    async def failed(self, peer_id: PeerId, cause: BaseException | str) -> float:
         """Back the peer off; the seconds it is backed off for.
 
         Its reputation suffers only for what the peer did: a stream that never opened, or a
@@ -122,7 +127,7 @@ class Records:
 
     # -- verification ---------------------------------------------------------------------
 
-    def verified(self, verification: Verification, n_tokens: int, model_hash: str) -> None:
+    def verified(self, verification: Verification, n_tokens: int, model_hash: ModelHash) -> None:
         """Tell `network.outcomes` how each producing peer's share of the answer fared: each
         stage of a chain answers for every token the chain produced while it was in it."""
         outcomes = self._network.outcomes

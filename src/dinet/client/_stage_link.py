@@ -16,7 +16,7 @@ from dinet.errors import MalformedMessage, PeerError, PeerStalled, RemoteError
 from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.shard import StageOffer
-from dinet.wire.ids import SHARD_PROTOCOL
+from dinet.wire.ids import SHARD_PROTOCOL, ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame, GenerationParams
 from dinet.wire.shard import (
     HiddenDType,
@@ -47,13 +47,13 @@ class StageLink:
     prompt_ids: tuple[int, ...]
 
     @property
-    def peer_id(self) -> str:
+    def peer_id(self) -> PeerId:
         return self.offer.peer_id
 
     @classmethod
     async def open(
-        cls, host: PeerHost, offer: StageOffer, model_hash: str, params: GenerationParams, dtype: HiddenDType,
-        session_id: str, relay: ShardRelay,
+        cls, host: PeerHost, offer: StageOffer, model_hash: ModelHash, params: GenerationParams,
+        dtype: HiddenDType, session_id: str, relay: ShardRelay,
     ) -> StageLink:
         """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""
         peer_id = offer.peer_id

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 
 
@@ -18,15 +19,15 @@ from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 class Finished:
     """How an answer ended: what an Answer needs beyond its tokens."""
 
-    peer_id: str  # the peer that sent the last token (a chain's last stage)
+    peer_id: PeerId  # the peer that sent the last token (a chain's last stage)
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     usage: Usage
     finish_reason: str
-    peers_tried: tuple[str, ...]
+    peers_tried: tuple[PeerId, ...]
     params: GenerationParams  # as asked in the end (max_tokens capped by a deadline)
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
-    chain: tuple[str, ...] = ()  # the stages of the final chain, in order (empty: one whole node)
+    chain: tuple[PeerId, ...] = ()  # the stages of the final chain, in order (empty: one whole node)
 
 
 class Strategy(Protocol):

@@ -31,6 +31,7 @@ from dinet.client.ask import Answer
 from dinet.config import ClientSettings
 from dinet.errors import ClientClosed, DinetError, first_dinet_error
 from dinet.models.fetch import PullReport
+from dinet.wire.ids import PeerId
 
 _T = TypeVar("_T")
 CLOSE_WAIT_S = 10.0  # the network's own shutdown (closing connections) takes well under this
@@ -55,7 +56,7 @@ class Client:
         self._finalizer = weakref.finalize(self, self._loop.stop)
 
     @property
-    def peer_id(self) -> str:
+    def peer_id(self) -> PeerId:
         return self._loop.client.peer_id
 
     def ask(self, prompt: str, **options: Unpack[Options]) -> Answer:

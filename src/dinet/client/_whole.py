@@ -31,7 +31,7 @@ from dinet.errors import (
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budget, within_budget
 from dinet.trust.reputation import slower_than_claimed
-from dinet.wire.ids import INFER_PROTOCOL
+from dinet.wire.ids import INFER_PROTOCOL, PeerId
 from dinet.wire.messages import (
     EndFrame,
     ErrorFrame,
@@ -59,7 +59,7 @@ class WholeModel:
 
     def __init__(
         self, network: Network, params: GenerationParams, options: AskOptions, records: Records,
-        on_attempt: Callable[[str], None] | None = None,
+        on_attempt: Callable[[PeerId], None] | None = None,
     ) -> None:
         self._network = network
         self._params = params
@@ -72,7 +72,7 @@ class WholeModel:
         params = self._params
         wanted = options.model_hash or options.model_id or "the model"
         tokens: list[TokenFrame] = []
-        tried: list[str] = []
+        tried: list[PeerId] = []
         last_error: Exception | None = None
         broken: set[str] = set()  # failed during this request: not asked again
         busy: set[str] = set()  # refused for lack of room: asked again after a pause
@@ -253,7 +253,7 @@ async def _stream_from(
 
 
 async def _receive_within(
-    framed: FramedStream, peer_id: str, silence_s: float, deadline: float
+    framed: FramedStream, peer_id: PeerId, silence_s: float, deadline: float
 ) -> bytes | None:
     stall_at = trio.current_time() + silence_s
     try:

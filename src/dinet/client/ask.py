@@ -29,25 +29,26 @@ from dinet.client._whole import WholeModel
 from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.client.verify import Verification, verify_answer
+from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.messages import CountersignedReceipt, GenerationParams, TokenFrame, Usage
 
 
 @dataclass(frozen=True)
 class Answer:
     text: str
-    peer_id: str  # the peer that sent the last token (a chain's last stage)
+    peer_id: PeerId  # the peer that sent the last token (a chain's last stage)
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     usage: Usage
     finish_reason: str
     ttft_ms: float
     tokens_per_s: float
-    peers_tried: tuple[str, ...]
+    peers_tried: tuple[PeerId, ...]
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
     # Countersigned and kept in the ledger. Whole-model peers only: stages issue none yet.
     receipts: tuple[CountersignedReceipt, ...] = ()
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
-    chain: tuple[str, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)
+    chain: tuple[PeerId, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)
     token_ids: tuple[int, ...] = ()  # the completion's tokens, as the peers claimed them
     verification: Verification | None = None  # set when the answer was checked by another peer
 
@@ -57,7 +58,7 @@ async def ask(
     params: GenerationParams,
     options: AskOptions | None = None,
     *,
-    on_attempt: Callable[[str], None] | None = None,
+    on_attempt: Callable[[PeerId], None] | None = None,
 ) -> AsyncGenerator[TokenFrame | Answer, None]:
     """Yield each token as it arrives, then one Answer.
 
@@ -72,7 +73,7 @@ async def ask(
     """
     options = AskOptions() if options is None else options
     max_price = options.max_price if options.max_price is not None else network.max_price
-    records = Records(network, uuid.uuid4().hex, max_price)
+    records = Records(network, RequestId(uuid.uuid4().hex), max_price)
     strategy = await _strategy(network, params, options, records, on_attempt)
     started = time.perf_counter()
     first_at: float | None = None
@@ -119,7 +120,7 @@ async def ask(
 
 async def _strategy(
     network: Network, params: GenerationParams, options: AskOptions, records: Records,
-    on_attempt: Callable[[str], None] | None,
+    on_attempt: Callable[[PeerId], None] | None,
 ) -> Strategy:
     """Whole-model peers, unless asked for a chain or only stages serve the model."""
     if options.sharded is not True:

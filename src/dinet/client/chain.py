@@ -48,6 +48,7 @@ from dinet.p2p.discovery import fetch_manifests
 from dinet.p2p.host import PeerHost
 from dinet.routing.select import PeerView, Policy
 from dinet.routing.shard import By, Route, StageOffer, plan_shard_route
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
 from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
 
@@ -69,7 +70,7 @@ _Event = tuple[int, ShardSampled | None | Exception]
 class ChainPlan:
     route: Route
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     n_layers: int
 
 
@@ -78,11 +79,11 @@ class ChainResult:
     """What an Answer needs from a finished chain."""
 
     model_id: str
-    model_hash: str
+    model_hash: ModelHash
     usage: Usage
     finish_reason: str
-    chain: tuple[str, ...]  # the peers of the final chain, in order
-    peers_tried: tuple[str, ...]  # every stage peer used, replacements included
+    chain: tuple[PeerId, ...]  # the peers of the final chain, in order
+    peers_tried: tuple[PeerId, ...]  # every stage peer used, replacements included
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,12 @@ class StageRules:
 
     policy: Policy = "latency"  # "cost": the cheapest chain; otherwise the least time per token
     max_price: float | None = None  # most credits per token for the whole chain (summed over its stages)
-    only_peers: frozenset[str] | None = None  # no stage outside these
+    only_peers: frozenset[PeerId] | None = None  # no stage outside these
 
 
 async def plan_chain(
-    network: Network, model_id: str | None, model_hash: str | None, *, timeout: float,
-    exclude: frozenset[str] = frozenset(), rules: StageRules = StageRules(),
+    network: Network, model_id: str | None, model_hash: ModelHash | None, *, timeout: float,
+    exclude: frozenset[PeerId] = frozenset(), rules: StageRules = StageRules(),
 ) -> ChainPlan:
     """Look for stages until some chain covers the model, or NoCapablePeer after `timeout`.
 
@@ -119,10 +120,10 @@ async def plan_chain(
 
 
 def _plan(
-    network: Network, model_id: str | None, model_hash: str | None, exclude: frozenset[str],
+    network: Network, model_id: str | None, model_hash: ModelHash | None, exclude: frozenset[PeerId],
     rules: StageRules,
 ) -> ChainPlan:
-    groups: dict[tuple[str, str, int], list[StageOffer]] = defaultdict(list)
+    groups: dict[tuple[ModelHash, str, int], list[StageOffer]] = defaultdict(list)
     for offer, stage in network.stage_offers(model_id, model_hash):
         if rules.only_peers is None or stage.peer_id in rules.only_peers:
             groups[(offer.model_hash, offer.model_id, offer.total_layers)].append(stage)
@@ -144,7 +145,7 @@ def _plan(
 
 
 def _route(
-    stages: list[StageOffer], n_layers: int, exclude: frozenset[str], distrusted: frozenset[str],
+    stages: list[StageOffer], n_layers: int, exclude: frozenset[PeerId], distrusted: frozenset[PeerId],
     rules: StageRules,
 ) -> Route:
     """The chain `rules` choose. RoutingError when no chain covers the model (more stages may
@@ -168,7 +169,7 @@ def _route(
     )
 
 
-def _distrusted(network: Network) -> frozenset[str]:
+def _distrusted(network: Network) -> frozenset[PeerId]:
     """The peers this client excludes for a low reputation."""
     if network.reputation is None:
         return frozenset()
@@ -192,13 +193,13 @@ class Chain:
         self._params = params
         self._dtype = dtype
         self.links: list[StageLink] = []
-        self.tried: list[str] = []
+        self.tried: list[PeerId] = []
         self.repairs = 0  # chain replacements so far in this answer
-        self._broken: set[str] = set()
+        self._broken: set[PeerId] = set()
         self._events: trio.MemoryReceiveChannel[_Event] | None = None
         self._stall_s = STEP_STALL_S
-        self._failed_opens: list[str] = []  # peers whose session did not open, in the last start()
-        self._resting: list[str] = []  # counted in network.in_chain until close()
+        self._failed_opens: list[PeerId] = []  # peers whose session did not open, in the last start()
+        self._resting: list[PeerId] = []  # counted in network.in_chain until close()
 
     async def start(self) -> tuple[int, ...]:
         """Open a session on every stage of the plan, relayed in a ring, and send the
@@ -281,7 +282,7 @@ class Chain:
             return await self._events.receive()
         return -1, PeerStalled(f"the chain sent no token for {self._stall_s:.1f} s")
 
-    def _at_fault(self, k: int, event: ShardSampled | None | Exception) -> set[str]:
+    def _at_fault(self, k: int, event: ShardSampled | None | Exception) -> set[PeerId]:
         """The peers not to ask again in this answer, from what stage k's stream brought."""
         if isinstance(event, RemoteError) and event.code == "relay_failed":
             return {self.links[(k + 1) % len(self.links)].peer_id}  # k could not reach the next one
@@ -289,7 +290,7 @@ class Chain:
             return set()  # a lost session or a busy moment: the same peer may serve the replay
         return {self.links[k].peer_id}
 
-    async def _replace(self, culprits: set[str], cause: object) -> None:
+    async def _replace(self, culprits: set[PeerId], cause: object) -> None:
         """Close this chain; plan another without the culprits and replay the session into it."""
         await self.close(clean=False)
         while True:
@@ -321,13 +322,13 @@ class Chain:
             await link.close(clean=clean)
 
 
-async def silent_peers(host: PeerHost, peer_ids: list[str]) -> set[str]:
+async def silent_peers(host: PeerHost, peer_ids: list[PeerId]) -> set[PeerId]:
     """After a stall: the peers that no longer answer at all (hung, or gone without
     closing their connection), by a manifest query each. A stall nobody is found guilty
     of is replayed on the same stages."""
-    silent: set[str] = set()
+    silent: set[PeerId] = set()
 
-    async def ask(peer_id: str) -> None:
+    async def ask(peer_id: PeerId) -> None:
         try:
             await fetch_manifests(host, peer_id, include_known=False, timeout=STALL_PROBE_S)
         except (PeerError, MalformedMessage):

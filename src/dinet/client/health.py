@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dinet.wire.ids import PeerId
+
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 
@@ -24,15 +26,15 @@ class HealthBook:
     def __init__(self, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> None:
         self._base = base_s
         self._cap = cap_s
-        self._peers: dict[str, PeerRecord] = {}
+        self._peers: dict[PeerId, PeerRecord] = {}
 
-    def get(self, peer_id: str) -> PeerRecord:
+    def get(self, peer_id: PeerId) -> PeerRecord:
         return self._peers.setdefault(peer_id, PeerRecord())
 
-    def usable(self, peer_id: str, now: float) -> bool:
+    def usable(self, peer_id: PeerId, now: float) -> bool:
         return self.get(peer_id).retry_at <= now
 
-    def failed(self, peer_id: str, now: float) -> float:
+    def failed(self, peer_id: PeerId, now: float) -> float:
         """Back the peer off, exponentially with a cap; returns the back-off in seconds."""
         record = self.get(peer_id)
         record.failures += 1
@@ -40,13 +42,13 @@ class HealthBook:
         record.retry_at = now + wait
         return wait
 
-    def answered(self, peer_id: str) -> None:
+    def answered(self, peer_id: PeerId) -> None:
         """It answered a probe or a request: forgive its past failures."""
         record = self.get(peer_id)
         record.failures = 0
         record.retry_at = 0.0
 
-    def measured(self, peer_id: str, tokens_per_s: float, now: float) -> None:
+    def measured(self, peer_id: PeerId, tokens_per_s: float, now: float) -> None:
         record = self.get(peer_id)
         record.observed_tokens_per_s = tokens_per_s
         record.observed_at = now

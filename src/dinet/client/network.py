@@ -23,6 +23,7 @@ from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.trust.outcomes import OutcomeRecorder
 from dinet.trust.reputation import Event, Reputation
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import Manifest, ModelOffer
 
@@ -33,10 +34,10 @@ logger = logging.getLogger(__name__)
 class Network:
     host: PeerHost
     directory: PeerDirectory = field(default_factory=PeerDirectory)
-    rtt_ms: dict[str, float] = field(default_factory=dict)
+    rtt_ms: dict[PeerId, float] = field(default_factory=dict)
     health: HealthBook = field(default_factory=HealthBook)
     liveness: LivenessWatch | None = None
-    in_chain: Counter[str] = field(default_factory=Counter)  # stages holding our chain sessions: not probed
+    in_chain: Counter[PeerId] = field(default_factory=Counter)  # stages holding our chain sessions: unprobed
     ledger: Ledger | None = None  # countersigned receipts are kept here
     max_price: float | None = None  # most credits per token this client pays
     outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
@@ -51,14 +52,14 @@ class Network:
         self.joiner = Joiner(self.host, self.directory, on_answer=self.rtt_ms.__setitem__,
                              on_silent=self.forget)
 
-    async def note(self, peer_id: str, event: Event) -> None:
+    async def note(self, peer_id: PeerId, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
 
         A reputation file that cannot be written costs the event, never the answer.
         """
         await self.note_all([(peer_id, event)])
 
-    async def note_all(self, events: list[tuple[str, Event]]) -> None:
+    async def note_all(self, events: list[tuple[PeerId, Event]]) -> None:
         """Several events in one transaction (a vote's agreements and dissents)."""
         if self.reputation is None or not events:
             return
@@ -68,19 +69,19 @@ class Network:
             logger.warning("reputation not updated: %s", exc)
 
     @property
-    def peer_id(self) -> str:
+    def peer_id(self) -> PeerId:
         return self.host.peer_id
 
     @property
     def key(self) -> SigningKey:
         return self.host.key
 
-    def _on_probe(self, peer_id: str, rtt_ms: float | None) -> None:
+    def _on_probe(self, peer_id: PeerId, rtt_ms: float | None) -> None:
         if rtt_ms is not None:
             self.rtt_ms[peer_id] = rtt_ms
             self.health.answered(peer_id)
 
-    def forget(self, peer_id: str) -> None:
+    def forget(self, peer_id: PeerId) -> None:
         self.directory.remove(peer_id)
         self.rtt_ms.pop(peer_id, None)
 
@@ -88,12 +89,12 @@ class Network:
         """Meet the peers named in these manifests and refresh them first-hand."""
         await self.joiner.meet_all(manifests)
 
-    async def find_by_dht(self, model_hash: str) -> None:
+    async def find_by_dht(self, model_hash: ModelHash) -> None:
         """Meet the peers that announced the model in the DHT and that we have not met."""
         providers = await self.joiner.find_providers(model_hash)
         await self.joiner.meet_all(p for p in providers if p.addrs and p.peer_id not in self.rtt_ms)
 
-    def candidates(self, model_id: str | None, model_hash: str | None) -> list[PeerView]:
+    def candidates(self, model_id: str | None, model_hash: ModelHash | None) -> list[PeerView]:
         """Peers serving the model that are answering and not backed off, with their
         reputation (excluded ones too: see `trusted`)."""
         now = trio.current_time()
@@ -130,7 +131,7 @@ class Network:
         return views
 
     def stage_offers(
-        self, model_id: str | None, model_hash: str | None
+        self, model_id: str | None, model_hash: ModelHash | None
     ) -> list[tuple[ModelOffer, StageOffer]]:
         """Pipeline stages serving the model that are answering and not backed off."""
         now = trio.current_time()
@@ -151,7 +152,7 @@ class Network:
         return trusted(peers, self.exclude_below, self.min_evidence)
 
     async def discover(
-        self, model_id: str | None, model_hash: str | None, *, timeout: float, want: int = 1,
+        self, model_id: str | None, model_hash: ModelHash | None, *, timeout: float, want: int = 1,
         or_stages: bool = False,
     ) -> list[PeerView]:
         """Peers serving the model, looking until `want` are found or `timeout` passes.
@@ -178,7 +179,7 @@ class Network:
         return found
 
 
-def peer_trust(network: Network, peer_id: str) -> dict[str, object]:
+def peer_trust(network: Network, peer_id: PeerId) -> dict[str, object]:
     """A peer's reputation as `din peers --json` and the gateway show it."""
     standing = network.reputation.standing(peer_id) if network.reputation is not None else None
     if standing is None:
@@ -191,7 +192,9 @@ def peer_trust(network: Network, peer_id: str) -> dict[str, object]:
     }
 
 
-def _matches(offer_id: str, offer_hash: str, model_id: str | None, model_hash: str | None) -> bool:
+def _matches(
+    offer_id: str, offer_hash: ModelHash, model_id: str | None, model_hash: ModelHash | None
+) -> bool:
     return (model_id is None or offer_id == model_id) and (model_hash is None or offer_hash == model_hash)
 
 

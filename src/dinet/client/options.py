@@ -28,6 +28,7 @@ from typing import Any, get_args
 from dinet.config import ClientSettings
 from dinet.errors import RequestError
 from dinet.routing.select import Policy
+from dinet.wire.ids import ModelHash, PeerId
 
 POLICIES: tuple[str, ...] = get_args(Policy)
 
@@ -37,16 +38,16 @@ class AskOptions:
     """Everything about one request except what to generate (`GenerationParams`)."""
 
     model_id: str | None = None
-    model_hash: str | None = None
+    model_hash: ModelHash | None = None
     # True: through a chain of pipeline stages; False: whole-model peers only; None: a
     # chain only when no peer serves the whole model.
     sharded: bool | None = None
     policy: Policy = "latency"
     max_price: float | None = None  # credits per token; None: the network's own limit, if any
     deadline_s: float | None = None  # cap max_tokens to what can be produced in this time
-    only_peers: frozenset[str] | None = None  # ask no other peer (nor stage)
+    only_peers: frozenset[PeerId] | None = None  # ask no other peer (nor stage)
     verify_rate: float = 0.0  # fraction of answers re-scored by another peer (1: all)
-    verifiers: frozenset[str] | None = None  # re-scoring only by these peers
+    verifiers: frozenset[PeerId] | None = None  # re-scoring only by these peers
     discover_timeout_s: float = 10.0  # how long to look for peers before giving up
     request_timeout_s: float = 120.0  # the whole answer, after discovery
 

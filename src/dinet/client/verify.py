@@ -22,7 +22,7 @@ from dinet.errors import MalformedMessage, PeerError, PeerStalled, RemoteError
 from dinet.p2p.streams import open_framed
 from dinet.routing.select import rank_peers
 from dinet.trust.verify import DEFAULT_TOLERANCES, Tolerances, judge
-from dinet.wire.ids import VERIFY_PROTOCOL
+from dinet.wire.ids import VERIFY_PROTOCOL, ModelHash, PeerId, RequestId
 from dinet.wire.messages import ErrorFrame, GenerationParams
 from dinet.wire.verify import ScoresFrame, VerifyRequest, decode_verify_reply
 
@@ -37,7 +37,7 @@ class Verification:
     """The outcome of checking one answer. `verified` is None when no peer could check it."""
 
     verified: bool | None
-    verifier: str | None
+    verifier: PeerId | None
     bad_positions: tuple[int, ...] = ()
     checked: int = 0
     worst_margin: float = 0.0
@@ -57,10 +57,10 @@ async def verify_answer(
     network: Network,
     params: GenerationParams,
     token_ids: list[int],
-    model_hash: str,
+    model_hash: ModelHash,
     *,
-    exclude: Collection[str] = (),
-    verifiers: Collection[str] | None = None,
+    exclude: Collection[PeerId] = (),
+    verifiers: Collection[PeerId] | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> Verification:
     """Have `token_ids` (a completion of `params`) re-scored by a peer not in `exclude`.
@@ -70,7 +70,7 @@ async def verify_answer(
     if not token_ids:
         return Verification(verified=True, verifier=None)  # nothing was claimed
     claim = VerifyRequest(
-        request_id=uuid.uuid4().hex, model_hash=model_hash,
+        request_id=RequestId(uuid.uuid4().hex), model_hash=model_hash,
         params=params.model_copy(update={"prefix_tokens": ()}), tokens=tuple(token_ids),
     )
     candidates = [
@@ -96,7 +96,7 @@ async def verify_answer(
     return Verification(verified=None, verifier=None, error=last_error)
 
 
-async def request_scores(network: Network, peer_id: str, claim: VerifyRequest) -> ScoresFrame:
+async def request_scores(network: Network, peer_id: PeerId, claim: VerifyRequest) -> ScoresFrame:
     """`peer_id`'s scores for `claim`. RemoteError if it refuses (`unknown_model`,
     `bad_request`, `busy`...), MalformedMessage if its reply does not fit the claim,
     another PeerError if it cannot be reached or goes silent."""

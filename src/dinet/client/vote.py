@@ -32,13 +32,14 @@ from dinet.errors import DinetError, NoCapablePeer, RequestError
 from dinet.routing.select import PeerView, rank_peers, within_budget
 from dinet.trust.reputation import Event
 from dinet.trust.vote import Ballot, Group, Tally, tally
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame
 
 logger = logging.getLogger(__name__)
 
 # Whether the completion tokens that these peers gave are a plausible answer under the
 # model (checked by another peer): True passes, False fails, None could not be checked.
-Check = Callable[[tuple[str, ...], tuple[int, ...]], Awaitable[bool | None]]
+Check = Callable[[tuple[PeerId, ...], tuple[int, ...]], Awaitable[bool | None]]
 Decision = Literal["majority", "verification"]
 MAX_REPLICAS = 9
 
@@ -47,13 +48,13 @@ MAX_REPLICAS = 9
 class Vote:
     answer: Answer | None  # the decided answer, None when nothing could decide
     decided_by: Decision | None
-    asked: tuple[str, ...]  # the replicas' peers
-    agreeing: tuple[str, ...]  # gave the decided answer
-    dissenting: tuple[str, ...]  # answered something else, and were counted against
-    failed: dict[str, str]  # peer -> why it gave no complete answer
+    asked: tuple[PeerId, ...]  # the replicas' peers
+    agreeing: tuple[PeerId, ...]  # gave the decided answer
+    dissenting: tuple[PeerId, ...]  # answered something else, and were counted against
+    failed: dict[PeerId, str]  # peer -> why it gave no complete answer
     tally: Tally
-    answers: dict[str, Answer] = field(default_factory=dict)
-    verified: dict[str, bool] = field(default_factory=dict)  # peer -> its answer passed a check
+    answers: dict[PeerId, Answer] = field(default_factory=dict)
+    verified: dict[PeerId, bool] = field(default_factory=dict)  # peer -> its answer passed a check
     frames: tuple[TokenFrame, ...] = ()  # the decided answer's tokens, as its peer sent them
 
     @property
@@ -88,7 +89,7 @@ class Vote:
         return how + dissent + _failures(self.failed)
 
 
-def _failures(failed: dict[str, str]) -> str:
+def _failures(failed: dict[PeerId, str]) -> str:
     return f"; failed: {', '.join(failed)}" if failed else ""
 
 
@@ -130,10 +131,10 @@ async def ask_replicas(
         raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")
     # Each replica stays on its peer, and the vote does its own checking.
     replica = options.with_(model_hash=model_hash, max_price=max_price, sharded=False, verify_rate=0.0)
-    answers: dict[str, tuple[Answer, tuple[TokenFrame, ...]]] = {}
-    failed: dict[str, str] = {}
+    answers: dict[PeerId, tuple[Answer, tuple[TokenFrame, ...]]] = {}
+    failed: dict[PeerId, str] = {}
 
-    async def one(peer_id: str) -> None:
+    async def one(peer_id: PeerId) -> None:
         frames: list[TokenFrame] = []
         try:
             async for event in ask(network, params, replica.with_(only_peers=frozenset({peer_id}))):
@@ -163,7 +164,7 @@ async def ask_replicas(
     )
 
 
-def _verification(network: Network, params: GenerationParams, model_hash: str,
+def _verification(network: Network, params: GenerationParams, model_hash: ModelHash,
                   winner: Group | None) -> Check:
     """Re-scoring by a peer that did not give the answer checked, and not a known liar.
 
@@ -171,7 +172,7 @@ def _verification(network: Network, params: GenerationParams, model_hash: str,
     faithfully on this very request); with no majority, by any other peer.
     """
 
-    async def check(peers: tuple[str, ...], tokens: tuple[int, ...]) -> bool | None:
+    async def check(peers: tuple[PeerId, ...], tokens: tuple[int, ...]) -> bool | None:
         verifiers = None if winner is None else set(winner.peers) - set(peers)
         outcome = await verify_answer(network, params, list(tokens), model_hash,
                                       exclude=set(peers), verifiers=verifiers)
@@ -184,9 +185,9 @@ def _verification(network: Network, params: GenerationParams, model_hash: str,
 
 def _one_version(
     network: Network, peers: list[PeerView], model_id: str | None
-) -> tuple[str | None, list[PeerView]]:
+) -> tuple[ModelHash | None, list[PeerView]]:
     """The model hash most of `peers` serve (ties: the lowest), and those peers."""
-    by_hash: dict[str, list[PeerView]] = {}
+    by_hash: dict[ModelHash, list[PeerView]] = {}
     for peer in peers:
         manifest = network.directory.get(peer.peer_id)
         for offer in manifest.models if manifest is not None else ():
@@ -202,9 +203,9 @@ def _one_version(
 class _Decided:
     group: Group | None = None
     by: Decision | None = None
-    dissenting: tuple[str, ...] = ()
-    verified: dict[str, bool] = field(default_factory=dict)
-    events: list[tuple[str, Event]] = field(default_factory=list)
+    dissenting: tuple[PeerId, ...] = ()
+    verified: dict[PeerId, bool] = field(default_factory=dict)
+    events: list[tuple[PeerId, Event]] = field(default_factory=list)
 
 
 async def _decide(result: Tally, check: Check | None) -> _Decided:
@@ -214,7 +215,7 @@ async def _decide(result: Tally, check: Check | None) -> _Decided:
     if winner is not None:
         decided.group, decided.by = winner, "majority"
         decided.events += [(p, Event.VOTE_AGREE) for p in winner.peers]
-        dissenting: list[str] = []
+        dissenting: list[PeerId] = []
         for group in result.groups[1:]:
             passed = await _check_group(group, check, decided)
             if passed is None:  # nothing else to go on: the majority's word stands
