@@ -18,6 +18,7 @@ from dinet.client.options import AskOptions
 from dinet.client.verify import Verification
 from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
+from dinet.wire.ids import ModelHash
 from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ChatMessage, GenerationParams
 
@@ -72,7 +73,8 @@ def run_ask(
         fail(f"invalid request: {exc.errors()[0]['msg']}")
 
     async def main() -> None:
-        options = AskOptions.from_settings(settings, model_id=model, model_hash=model_hash, policy=policy)
+        exact = None if model_hash is None else ModelHash(model_hash)  # as the user typed it
+        options = AskOptions.from_settings(settings, model_id=model, model_hash=exact, policy=policy)
         async with open_network(settings) as network:
             if replicas > 1:
                 vote = await ask_replicas(network, params, replicas, options)

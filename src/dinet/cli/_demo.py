@@ -18,6 +18,7 @@ from dinet.config import ClientSettings
 from dinet.errors import DinetError, ManifestError, RoutingError
 from dinet.node.local_mesh import LocalMesh
 from dinet.p2p.discovery import fetch_manifests
+from dinet.wire.ids import PeerId
 from dinet.wire.manifest import verify_manifest
 from dinet.wire.messages import ChatMessage, GenerationParams
 
@@ -73,7 +74,7 @@ def _say(text: str, end: str = "\n") -> None:
     sys.stdout.flush()
 
 
-async def _wait_for_full_mesh(network: Network, peer_ids: list[str]) -> None:
+async def _wait_for_full_mesh(network: Network, peer_ids: list[PeerId]) -> None:
     """Until every node holds a valid manifest of every other node."""
     with trio.move_on_after(MESH_TIMEOUT_S):
         while not await _full_mesh(network, peer_ids):
@@ -82,7 +83,7 @@ async def _wait_for_full_mesh(network: Network, peer_ids: list[str]) -> None:
     raise RoutingError(f"the nodes did not discover each other within {MESH_TIMEOUT_S:g} s")
 
 
-async def _full_mesh(network: Network, peer_ids: list[str]) -> bool:
+async def _full_mesh(network: Network, peer_ids: list[PeerId]) -> bool:
     for peer_id in peer_ids:
         try:
             signed, _ = await fetch_manifests(network.host, peer_id)

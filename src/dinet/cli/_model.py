@@ -15,9 +15,10 @@ from dinet.cli._common import fail, print_json, run, setup_logging
 from dinet.config import default_home
 from dinet.errors import DinetError, ModelNotFound, PullFailed
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
-from dinet.models.fetch import PullReport, open_swarm, pull_model
+from dinet.models.fetch import PullReport, Swarm, open_swarm, pull_model
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.identity import load_or_create_identity
+from dinet.wire.ids import ModelHash, PeerId
 
 app = typer.Typer(
     help="Models in the local store: import, list, check, remove, pull from peers.", no_args_is_help=True
@@ -195,9 +196,9 @@ def pull(
         )
 
 
-async def _find(swarm, ref: str, timeout: float) -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
-    model_hash = ref if re.match(r"^[0-9a-f]{64}$", ref) else None
-    peers: list[str] = []
+async def _find(swarm: Swarm, ref: str, timeout: float) -> tuple[ModelHash, list[PeerId]]:
+    model_hash = ModelHash(ref) if re.match(r"^[0-9a-f]{64}$", ref) else None
+    peers: list[PeerId] = []
     with trio.move_on_after(timeout):
         while True:
             if model_hash is None:

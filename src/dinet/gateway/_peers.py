@@ -15,6 +15,7 @@ import trio
 
 from dinet.client.network import Network, peer_trust
 from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
+from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class ModelChoice:
     """What a request's `model` names: a model id, or one exact version by its hash."""
 
     model_id: str | None
-    model_hash: str | None
+    model_hash: ModelHash | None
 
 
 class NetworkView:
@@ -38,7 +39,7 @@ class NetworkView:
         self.started_at = time.time()
 
     @property
-    def peer_id(self) -> str:
+    def peer_id(self) -> PeerId:
         return self.network.peer_id
 
     def manifests(self) -> list[Manifest]:
@@ -74,7 +75,7 @@ class NetworkView:
         if any(o.model_id == name for o in offers):
             return ModelChoice(name, None)
         if any(o.model_hash == name for o in offers):
-            return ModelChoice(None, name)
+            return ModelChoice(None, ModelHash(name))
         if not offers:
             raise NoCapablePeer("no peer of the network is reachable now")
         available = sorted({o.model_id for o in offers})

@@ -13,6 +13,7 @@ from dinet.client.network import Network, open_network
 from dinet.config import GatewaySettings
 from dinet.gateway._app import build_app
 from dinet.gateway._peers import NetworkView
+from dinet.wire.ids import PeerId
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GatewayStarted:
     url: str  # e.g. http://127.0.0.1:8000
-    peer_id: str  # the gateway's own libp2p identity (a client, not a serving peer)
+    peer_id: PeerId  # the gateway's own libp2p identity (a client, not a serving peer)
 
 
 async def serve_gateway(
