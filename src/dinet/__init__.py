@@ -11,8 +11,11 @@ Asking the network from Python, in plain synchronous code:
             print(text, end="", flush=True)
 
 and from trio, `async with dinet.open_client(...) as client:` with the same methods,
-awaited. Every error dinet raises on purpose is a `dinet.DinetError` (the tree is in
-`dinet.errors`, re-exported here). `serve_node` runs a node in-process.
+awaited. Ids are distinct types (`dinet.PeerId`, `dinet.ModelHash`, `dinet.RequestId`,
+all `str` at run time), so a type checker catches a model hash passed as a peer id;
+the keyword options of `ask` take plain strings. Every error dinet raises on purpose
+is a `dinet.DinetError` (the tree is in `dinet.errors`, re-exported here).
+`serve_node` runs a node in-process.
 
 Names other than the errors are imported on first use, so that `import dinet.engine`
 in a worker process does not pull in libp2p and the rest of the node.
@@ -61,6 +64,7 @@ from dinet.errors import (
     UnsupportedModel,
     WireError,
 )
+from dinet.wire.ids import ModelHash, PeerId, RequestId
 
 if TYPE_CHECKING:
     from dinet.client._async_client import AsyncClient, AsyncStream, Peer, PeerModel, open_client
@@ -94,7 +98,7 @@ _LAZY = {
 __all__ = [  # noqa: RUF022 (grouped: the client, a node, the errors)
     "Client", "Stream", "open_client", "AsyncClient", "AsyncStream", "Options", "Answer",
     "Verification", "Peer", "PeerModel", "PullReport",
-    "serve_node", "NodeSettings", "NodeStarted",
+    "serve_node", "NodeSettings", "NodeStarted", "PeerId", "ModelHash", "RequestId",
     "DinetError", "ConfigError", "ClientClosed", "WireError", "FrameTooLarge", "MalformedMessage",
     "PeerError", "PeerUnreachable", "PeerStalled", "AnswerTimedOut", "ManifestError", "BadChunk",
     "RemoteError", "RoutingError", "NoCapablePeer", "InferenceError", "EngineCrashed",
