@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from tests.helpers import chat, open_infer, raw_host, request_replies
+from tests.helpers import chat, open_infer, raw_host, read_replies, request_replies
 
 from dinet.errors import DinetError
 from dinet.node.limits import MAX_HELD, MAX_HOLD_S, PeerLimiter, RequestBounds
@@ -29,6 +29,7 @@ from dinet.wire.messages import (
     EndFrame,
     ErrorFrame,
     InferRequest,
+    QueuedFrame,
     TokenFrame,
     decode_reply,
     decode_request,
@@ -423,3 +424,34 @@ async def test_live_fuzz_leaves_the_node_serving(open_node) -> None:
     assert refusals.get("bad_request", 0) > 20 and refusals.get("too_large", 0) > 5  # decoders reached
     assert isinstance(replies[-1], EndFrame)
     assert open_node.process.poll() is None
+
+
+async def _logged(node: Any, text: str, times: int) -> None:
+    """Until the node's log holds `text` `times` times (or the node died)."""
+    with trio.fail_after(60):
+        while node.process.poll() is None and node.log_path.read_text(errors="replace").count(text) < times:
+            await trio.sleep(0.1)
+
+
+async def test_a_client_leaving_while_queued_costs_only_its_own_request(open_node) -> None:
+    """A request waiting for the slot hears 'queued' frames from a task of its own; its
+    client resetting the stream ends that request alone: not the client's other streams
+    on the connection, not the node."""
+    gone = "went away mid-request"
+    async with raw_host() as host:
+        first = await open_infer(host, open_node.addr)  # holds the one slot...
+        await first.send(InferRequest(request_id="long", params=chat("Tell a long story.", max_tokens=256)))
+        second = await open_infer(host, open_node.addr)  # ...so this one waits
+        await second.send(InferRequest(request_id="queued", params=chat("Hi.", max_tokens=4)))
+        with trio.fail_after(60):
+            while not isinstance(decode_reply(await second.receive() or b""), QueuedFrame):
+                pass
+        gone_before = open_node.log_path.read_text(errors="replace").count(gone)
+        await second.reset()
+        replies = await read_replies(first, timeout=120)  # its next 'queued' frame fails meanwhile
+        await first.close()
+        await _logged(open_node, gone, gone_before + 1)
+        assert open_node.process.poll() is None, "the node died when a queued client left"
+        again = await request_replies(host, open_node.addr, chat("Say hello.", max_tokens=4))
+    assert isinstance(replies[-1], EndFrame)  # the first answer went on to its end
+    assert isinstance(again[-1], EndFrame)
