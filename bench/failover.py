@@ -4,10 +4,14 @@
    random token; the time from the kill to the next token on the client (median,
    p95), beside what starting the answer again elsewhere would cost (time to first
    token plus regenerating the lost tokens at the same speed).
-2. Scaling: aggregate tokens/s of 1, 2 and 3 local nodes (one llama.cpp thread each)
+2. Detection: a node frozen (SIGSTOP) while idle; the time until it leaves the client's
+   view (median, max), and after SIGCONT until it is back. The liveness watch does this
+   for a node whose link is cut as well; tests/client/test_failover.py and test_cutoff.py
+   check only that it happens.
+3. Scaling: aggregate tokens/s of 1, 2 and 3 local nodes (one llama.cpp thread each)
    under 12 concurrent requests, beside the machine's core count.
 
-    .venv/bin/python bench/failover.py [--kills 20] [--max-tokens 64]
+    .venv/bin/python bench/failover.py [--kills 20] [--freezes 5] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -81,6 +85,29 @@ async def failover_run(mesh: LocalMesh, network: Network, max_tokens: int, rng: 
     return next_token_at - killed_at, kill_after + 1, first_at - started, answer.tokens_per_s
 
 
+async def freeze_run(mesh: LocalMesh, network: Network, rng: random.Random) -> tuple[float, float]:
+    """Freeze one idle node: (s until it left the client's view, s from thawing until it is back)."""
+    victim = rng.choice(mesh.nodes)
+
+    def in_view() -> bool:
+        return victim.peer_id in {p.peer_id for p in network.candidates(None, None)}
+
+    os.kill(victim.process.pid, signal.SIGSTOP)
+    frozen_at = time.perf_counter()
+    try:
+        with trio.fail_after(60):
+            while in_view():
+                await trio.sleep(0.05)
+        left_after = time.perf_counter() - frozen_at
+    finally:
+        os.kill(victim.process.pid, signal.SIGCONT)
+    thawed_at = time.perf_counter()
+    with trio.fail_after(60):
+        while not in_view():
+            await trio.sleep(0.05)
+    return left_after, time.perf_counter() - thawed_at
+
+
 async def scaling_run(root: Path, nodes: int, concurrent: int, max_tokens: int) -> float:
     with LocalMesh(root / f"scale-{nodes}", size=nodes, threads=1) as mesh:
         settings = ClientSettings(home=root / f"client-{nodes}", bootstrap=mesh.bootstrap, mdns=False)
@@ -104,6 +131,7 @@ async def scaling_run(root: Path, nodes: int, concurrent: int, max_tokens: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--freezes", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrent", type=int, default=12)
     args = parser.parse_args()
@@ -122,6 +150,7 @@ def main() -> None:
                         await failover_run(mesh, network, args.max_tokens, rng)
                         for _ in range(args.kills)
                     ]
+                    freezes = [await freeze_run(mesh, network, rng) for _ in range(args.freezes)]
             gaps = sorted(r[0] for r in runs)
             restart_costs = sorted(r[2] + r[1] / r[3] for r in runs if r[3] > 0)
             results["failover"] = {
@@ -131,6 +160,14 @@ def main() -> None:
                 "tokens_before_kill_median": statistics.median(r[1] for r in runs),
                 "start_over_median_s": round(statistics.median(restart_costs), 3),
             }
+            if freezes:
+                left, back = [r[0] for r in freezes], [r[1] for r in freezes]
+                results["freeze"] = {
+                    "freezes": len(freezes),
+                    "out_of_view_median_s": round(statistics.median(left), 2),
+                    "out_of_view_max_s": round(max(left), 2),
+                    "back_in_view_median_s": round(statistics.median(back), 2),
+                }
             results["scaling"] = {
                 str(n): round(await scaling_run(root, n, args.concurrent, args.max_tokens), 1)
                 for n in (1, 2, 3)
@@ -145,6 +182,12 @@ def main() -> None:
           f"p95 {f['next_token_p95_s']:.3f} s")
     print(f"  {'baseline: start the answer over':40} median {f['start_over_median_s']:.3f} s "
           "(time to first token + regenerating the lost tokens)")
+    if "freeze" in results:
+        z = results["freeze"]
+        print(f"\ndetection: {z['freezes']} idle nodes frozen (SIGSTOP), then thawed")
+        print(f"  {'frozen -> out of the client view':40} median {z['out_of_view_median_s']:.2f} s   "
+              f"max {z['out_of_view_max_s']:.2f} s")
+        print(f"  {'thawed -> back in view':40} median {z['back_in_view_median_s']:.2f} s")
     print(f"\nscaling: {args.concurrent} concurrent requests of {args.max_tokens} tokens, "
           f"1 llama.cpp thread per node, {os.cpu_count()} cores on this machine")
     for n, rate in s.items():

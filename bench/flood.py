@@ -7,8 +7,8 @@ streams at once, each asking again as soon as it has its answer or refusal), tim
 many calm requests during the flood, stops the flooder and reads what it got. Prints,
 per run, the median time to first token calm and flooded and their ratio; the node's
 own TTFT (from its end frames) and the cores its process used, calm/flooded; the
-cores the flooder used; and the flooder's outcomes per second. Then the medians over
-the runs and one JSON line.
+cores the flooder used; and the flooder's outcomes per second, with how many answers it
+got against the most its limits allow. Then the medians over the runs and one JSON line.
 
     .venv/bin/python bench/flood.py [--runs 3] [--samples 9] [--streams 8] [--flooder closed|open|paced]
 
@@ -52,7 +52,8 @@ from dinet.wire.messages import (
 )
 
 RATE = 2.0  # requests per second one peer may send
-NODE_LIMITS = ["--per-peer-rate", f"{RATE:g}", "--per-peer-burst", "4", "--per-peer-concurrency", "1"]
+BURST = 4  # requests one peer may send at once above its rate
+NODE_LIMITS = ["--per-peer-rate", f"{RATE:g}", "--per-peer-burst", f"{BURST}", "--per-peer-concurrency", "1"]
 CALM = GenerationParams(messages=(ChatMessage(role="user", content="Say hello."),), max_tokens=8)
 FLOOD = GenerationParams(messages=(ChatMessage(role="user", content="Count to ten."),), max_tokens=4)
 WARM_UP_S = 1.0  # the flood is under way before the first flooded sample
@@ -226,6 +227,9 @@ async def main(runs: int, samples: int, streams: int, style: str, node_args: lis
                 results.append(r)
                 seconds = r["flooder"]["seconds"]
                 outcomes = ", ".join(f"{k} {v / seconds:.1f}" for k, v in r["flooder"]["outcomes"].items())
+                # The limiter's promise: never more than the burst plus the rate over the flood.
+                served, allowed = r["flooder"]["outcomes"].get("EndFrame", 0), BURST + RATE * seconds
+                outcomes += f" (served {served}, at most {allowed:.0f} allowed)"
                 node_ms = f"{r['calm_node_ttft_ms']}/{r['flood_node_ttft_ms']}"
                 node_cores = f"{r['calm_cpu']['node']:.2f}/{r['flood_cpu']['node']:.2f}"
                 print(f"{run + 1:>3}  {r['calm_ttft_ms']:>7}  {r['flood_ttft_ms']:>10}  {r['ratio']:>5.2f}  "

@@ -22,6 +22,7 @@ from dinet.wire.messages import (
     ErrorFrame,
     GenerationParams,
     InferRequest,
+    QueuedFrame,
     TokenFrame,
     decode_reply,
 )
@@ -50,7 +51,7 @@ def chat(content: str, **params: object) -> GenerationParams:
     return GenerationParams(messages=(ChatMessage(role="user", content=content),), **params)  # type: ignore[arg-type]
 
 
-Reply = TokenFrame | EndFrame | ErrorFrame
+Reply = TokenFrame | QueuedFrame | EndFrame | ErrorFrame
 
 
 async def read_replies(framed: FramedStream, timeout: float = 60.0) -> list[Reply]:
@@ -59,7 +60,7 @@ async def read_replies(framed: FramedStream, timeout: float = 60.0) -> list[Repl
     with trio.fail_after(timeout):
         while (payload := await framed.receive()) is not None:
             replies.append(decode_reply(payload))
-            if not isinstance(replies[-1], TokenFrame):
+            if isinstance(replies[-1], EndFrame | ErrorFrame):  # a queued frame only says 'wait'
                 break
     return replies
 

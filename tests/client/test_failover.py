@@ -76,18 +76,14 @@ async def wait_for_candidates(network, count: int, timeout: float = 30.0) -> set
 
 
 async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chaos_mesh):
-    """30 concurrent requests over 3 equal nodes: each serves a share, none most of them.
+    """30 concurrent requests over 3 equal nodes: each serves a third, give or take two.
 
-    The shares are not exact thirds: in three of the last six full-suite runs (twice
-    after the chaos tests, once before them) one node served 5 and the others 12 and
-    13, with the client's stream opens to that node failing mid-negotiation ("fail to
-    read from multiselect communicator") during the burst, and spilling over to the
-    others. Run alone, or after the chain tests, it came out within 8-12 in all six
-    runs. Not diagnosed; the bound is 4-14 so it still fails when routing
-    ignores load (e.g. 20 / 5 / 5), not on this spill-over.
-
-    The nodes queue at most 8 requests each beyond the one they generate, so 27 fit
-    at once: the rest are refused as busy and must spill over, not be dropped.
+    A node takes at most 4 requests of one peer at once (per-peer concurrency), so 12
+    are in progress at a time: the rest are refused (rate_limited) and must be asked
+    again, never dropped. This once came out 5/12/13 under load: a node cut the client's
+    connection (a cancelled send broke py-libp2p's Noise framing, p2p/_yamux.py) or died
+    (a queued request's reset escaped its handler, node/inference.py). Both are fixed
+    and tested where they live; here no node may die and the shares stay even.
     """
     async with open_network(settings_for(tmp_path, chaos_mesh)) as network:
         await wait_for_candidates(network, 3)
@@ -101,10 +97,11 @@ async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chao
             for i in range(30):
                 nursery.start_soon(one, i)
         assert len(answers) == 30
+        assert [n.process.poll() for n in chaos_mesh.nodes] == [None] * 3  # every node still serving
         shares = Counter(a.peer_id for a in answers)
         assert set(shares) == {n.peer_id for n in chaos_mesh.nodes}
         for peer_id, count in shares.items():
-            assert 4 <= count <= 14, f"{peer_id} served {count} of 30: {dict(shares)}"
+            assert 8 <= count <= 12, f"{peer_id} served {count} of 30: {dict(shares)}"
 
 
 async def test_killing_the_serving_node_mid_answer_never_changes_the_text(tmp_path, chaos_mesh):
@@ -154,8 +151,8 @@ async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, 
                     os.kill(frozen.process.pid, signal.SIGSTOP)
             assert frozen is not None
             assert text == reference and answer.peer_id != frozen.peer_id
-            # Detected within 5 s: it leaves the client's view...
-            with trio.fail_after(5):
+            # It leaves the client's view (how fast: bench/failover.py)...
+            with trio.fail_after(60):
                 while frozen.peer_id in {p.peer_id for p in network.candidates(None, None)}:
                     await trio.sleep(0.1)
             # ...and requests meanwhile are served by the others.

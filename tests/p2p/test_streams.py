@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from libp2p.stream_muxer.yamux import yamux
 from tests.helpers import raw_host
 
+from dinet.errors import PeerError
+from dinet.p2p import _yamux
 from dinet.p2p.streams import FramedStream, Stream, open_framed
 
 ECHO = "/dinet-test/echo/1"
@@ -72,3 +75,56 @@ async def test_a_transfer_far_past_the_window_still_gets_its_credit(window_updat
                     assert await framed.receive() == block
         await framed.close()
     assert window_updates, "credit was never returned, yet 16 windows went through"
+
+
+async def test_a_send_cancelled_when_its_turn_comes_does_not_break_the_connection():
+    """A frame is encrypted once it has the connection's write turn: a cancel that lands
+    between that turn and the socket must not drop it, or the Noise nonces of the two
+    sides part, the peer can read nothing more, and every stream on the connection dies."""
+    async with raw_host() as server, raw_host() as client:
+        server.set_handler(ECHO, _echo)
+        await client.dial(server.full_addrs()[0])
+        framed = await open_framed(client, server.peer_id, ECHO, 10)
+        turn = framed.stream._raw.muxed_conn._write_lock  # type: ignore[attr-defined]  # whose frame goes out next
+        with trio.fail_after(30):
+            await framed.send_payload(b"first")  # the stream has its send credit
+            assert await framed.receive() == b"first"
+            async with trio.open_nursery() as nursery:
+                await trio.testing.wait_all_tasks_blocked(0.05)  # nothing else is writing
+                await turn.acquire()  # another frame is going out
+                cancelled = trio.CancelScope()
+
+                async def send_in_turn() -> None:
+                    with cancelled:
+                        await framed.send_payload(b"waited")
+
+                nursery.start_soon(send_in_turn)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert turn.statistics().tasks_waiting == 1  # ours, waiting for its turn
+                turn.release()  # its turn comes...
+                cancelled.cancel()  # ...and its caller gives up before it runs
+            await framed.send_payload(b"after")
+            echoed = [await framed.receive(), await framed.receive()]
+        await framed.close()
+    assert echoed == [b"waited", b"after"]  # the cancelled frame went out whole, and nothing broke
+
+
+async def test_a_frame_that_cannot_be_sent_in_time_gives_up_the_connection(monkeypatch: pytest.MonkeyPatch):
+    """The write that may not be cancelled is still bounded: past the limit its connection
+    is closed (a part frame may be out) and the sender gets a typed error, not a hang."""
+    async with raw_host() as server, raw_host() as client:
+        server.set_handler(ECHO, _echo)
+        await client.dial(server.full_addrs()[0])
+        framed = await open_framed(client, server.peer_id, ECHO, 10)
+        monkeypatch.setattr(_yamux, "FRAME_SEND_LIMIT_S", 0.0)  # every frame is too late
+        with trio.fail_after(30), pytest.raises(PeerError):
+            await framed.send_payload(b"late")
+        monkeypatch.undo()
+        with trio.fail_after(30):
+            while client.is_connected(server.peer_id):
+                await trio.sleep(0.05)  # the broken connection goes...
+            await client.dial(server.full_addrs()[0])  # ...and a new one works
+            again = await open_framed(client, server.peer_id, ECHO, 10)
+            await again.send_payload(b"on time")
+            assert await again.receive() == b"on time"
+        await again.close()

@@ -13,6 +13,7 @@ from dinet.errors import (
     EngineUnavailable,
     InferenceError,
     PeerError,
+    first_dinet_error,
 )
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
@@ -86,11 +87,11 @@ class InferenceService:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
         try:
             await self._serve(framed)
-        except PeerError as exc:
-            logger.info("client %s went away mid-request: %s", framed.remote_peer, exc)
+        except* PeerError as gone:  # also from a task of the request's own (its 'queued' heartbeat)
+            logger.info("client %s went away mid-request: %s", framed.remote_peer, first_dinet_error(gone))
             await framed.reset()
-            return
-        await framed.close()
+        else:
+            await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
         await within_limits(framed, self.limiter, lambda: self._serve_request(framed))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from dinet.errors import EngineCrashed, InferenceError, PeerError
+from dinet.errors import EngineCrashed, InferenceError, PeerError, first_dinet_error
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
@@ -50,11 +50,13 @@ class VerifyService:
         framed = FramedStream(stream, max_size=self._max_request_bytes)
         try:
             await within_limits(framed, self._limiter, lambda: self._serve(framed))
-        except PeerError as exc:
-            logger.info("client %s went away mid-verification: %s", framed.remote_peer, exc)
+        except* PeerError as gone:  # also from a task of the request's own (its 'queued' heartbeat)
+            logger.info(
+                "client %s went away mid-verification: %s", framed.remote_peer, first_dinet_error(gone)
+            )
             await framed.reset()
-            return
-        await framed.close()
+        else:
+            await framed.close()
 
     async def _serve(self, framed: FramedStream) -> None:
         read = await read_request(framed, decode_verify_request)

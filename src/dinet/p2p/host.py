@@ -31,6 +31,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from dinet.errors import ConfigError, PeerError, PeerUnreachable
 from dinet.p2p._dht import dht_key, find_model_providers, running_dht
+from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
 from dinet.p2p.streams import Handler, Stream
@@ -259,6 +260,7 @@ def build_host(key: SigningKey, *, enable_mdns: bool = False) -> PeerHost:
     # and a 3-stage chain's hop took 0.95 ms instead of 1.08 (medians of ~550 tokens,
     # alternated runs). Pulling a model over loopback ran at the same speed.
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    keep_frames_whole()  # else a cancelled send can break the whole connection (see _yamux)
     key_pair = libp2p_key_pair(key)
     security = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
     config = ConnectionConfig(

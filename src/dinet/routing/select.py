@@ -17,6 +17,7 @@ is low on enough evidence is not a candidate at all (`trusted`).
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,7 +59,7 @@ def decode_speed(peer: PeerView) -> float:
     observed = peer.observed_tokens_per_s
     if observed is None:
         return advertised
-    weight = 0.5 ** (peer.observed_age_s / MEASUREMENT_HALF_LIFE_S)
+    weight = math.pow(0.5, peer.observed_age_s / MEASUREMENT_HALF_LIFE_S)
     return weight * observed + (1.0 - weight) * advertised
 
 

@@ -20,6 +20,7 @@ The store is SQLite in the client's home (`_store.py`); reads come from memory.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def slower_than_claimed(
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
     """0.5 per half-life; a clock that went backwards decays nothing."""
-    return 0.5 ** (max(0.0, elapsed_s) / half_life_s)
+    return math.pow(0.5, max(0.0, elapsed_s) / half_life_s)
 
 
 def fresh(peer_id: PeerId, now: float) -> Standing:

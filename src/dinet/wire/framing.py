@@ -47,7 +47,7 @@ class FrameReader:
         """Whether a whole frame is already buffered, so read_frame() will not wait."""
         if len(self._buffer) < _HEADER.size:
             return False
-        (size,) = _HEADER.unpack_from(self._buffer)
+        size: int = _HEADER.unpack_from(self._buffer)[0]
         return len(self._buffer) >= _HEADER.size + size
 
     async def read_frame(self) -> bytes | None:

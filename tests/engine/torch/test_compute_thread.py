@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from dinet.engine.torch._compute_thread import ComputeThread
 
@@ -52,15 +53,28 @@ async def test_an_exception_in_a_call_reaches_the_caller_and_the_thread_goes_on(
 
 async def test_a_cancelled_caller_still_waits_for_its_call_to_finish() -> None:
     compute = ComputeThread("test-compute")
-    finished = threading.Event()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
     def slow() -> None:
-        finished.wait(0.2)
+        started.set()
+        release.wait(30)
         finished.set()
 
-    try:
-        with trio.move_on_after(0.01):
+    caller_scope = trio.CancelScope()
+    finished_when_back: list[bool] = []
+
+    async def caller() -> None:
+        with caller_scope:
             await compute.run(slow)
-        assert finished.is_set()  # not abandoned halfway: the session's state stays whole
+        finished_when_back.append(finished.is_set())
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            assert await trio.to_thread.run_sync(started.wait, 30)  # the call is running
+            caller_scope.cancel()  # the caller gives up halfway...
+            await trio.testing.wait_all_tasks_blocked()  # ...had it been let go, it would be back now
+            release.set()
     finally:
         compute.close()
+    assert finished_when_back == [True]  # not abandoned halfway: the session's state stays whole
