@@ -77,7 +77,8 @@ def _say(text: str, end: str = "\n") -> None:
 async def _wait_for_full_mesh(network: Network, peer_ids: list[PeerId]) -> None:
     """Until every node holds a valid manifest of every other node."""
     with trio.move_on_after(MESH_TIMEOUT_S):
-        while not await _full_mesh(network, peer_ids):
+        # The mesh is other processes' state: asked, not signalled.
+        while not await _full_mesh(network, peer_ids):  # noqa: ASYNC110
             await trio.sleep(0.5)
         return
     raise RoutingError(f"the nodes did not discover each other within {MESH_TIMEOUT_S:g} s")

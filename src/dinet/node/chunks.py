@@ -160,7 +160,8 @@ class ModelKeeper:
                 await self._suspect.wait()
                 self.healthy = False
                 logger.warning("model %s is damaged: out of service until repaired", self.model_hash[:16])
-                while not await self._repair(joiner, stored):
+                # A retry pause, not a wait for an event.
+                while not await self._repair(joiner, stored):  # noqa: ASYNC110
                     await trio.sleep(PULL_RETRY_S)
                 self._suspect = trio.Event()
                 self.healthy = True

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from dinet.engine.torch._compute_thread import ComputeThread
@@ -28,7 +29,7 @@ async def test_calls_run_in_order_on_one_thread_other_than_the_event_loops() -> 
         async with trio.open_nursery() as nursery:
             for i in range(20):
                 nursery.start_soon(call, i)
-                await trio.sleep(0)  # queued in this order
+                await trio.lowlevel.checkpoint()  # queued in this order
     finally:
         compute.close()
     assert [i for i, _ in seen] == list(range(20))

@@ -309,7 +309,7 @@ class WorkerEngine:
         if self._log_path is not None:
             _rotate(self._log_path)
         log: IO[bytes] = (
-            open(self._log_path, "a+b")  # owned, and closed, by the _Worker
+            open(self._log_path, "a+b")  # noqa: ASYNC230 — a local file, once per worker start; owned and closed by the _Worker
             if self._log_path is not None
             else tempfile.TemporaryFile(prefix="dinet-worker-")
         )
