@@ -181,9 +181,9 @@ async def ask(
         limits = _StallLimits.for_peer(peer)
         books = _Books(peer, max_price, receipts, refused)
         timing = _Timing()
+        frames = _stream_from(network, peer.peer_id, request, deadline, limits, books, timing)
         try:
-            async for frame in _stream_from(network, peer.peer_id, request, deadline, limits, books,
-                                            timing):
+            async for frame in frames:
                 if isinstance(frame, TokenFrame):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -236,6 +236,7 @@ async def ask(
             last_error = exc
         finally:
             record.in_flight -= 1
+            await frames.aclose()  # its stream closes now, not when the garbage collector comes
         if not isinstance(last_error, PeerUnreachable):
             # A stream that never opened says more about the path than the peer: back-off
             # and liveness probes deal with it; reputation judges what peers do.
