@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from dinet.engine import WorkerEngine
 from dinet.wire.messages import ChatMessage, EndFrame, ErrorFrame, GenerationParams, TokenFrame
 
@@ -33,9 +35,10 @@ class Run:
 
 async def collect(engine: WorkerEngine, params: GenerationParams) -> Run:
     frames: list[TokenFrame] = []
-    async for reply in engine.generate(params):
-        if isinstance(reply, TokenFrame):
-            frames.append(reply)
-        else:
-            return Run(frames, reply)
+    async with aclosing(engine.generate(params)) as replies:
+        async for reply in replies:
+            if isinstance(reply, TokenFrame):
+                frames.append(reply)
+            else:
+                return Run(frames, reply)
     raise AssertionError("the stream ended without an EndFrame or ErrorFrame")

@@ -36,6 +36,8 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()  # its pipe; only the first line was read
 
 
 def start_gateway(home: Path, args: list[str]) -> GatewayProcess:

@@ -101,19 +101,18 @@ def test_verify_finds_a_row_changed_behind_the_ledgers_back(tmp_path):
 @pytest.mark.parametrize("batch", [1, 50])
 def test_kill_9_while_writing_loses_no_committed_receipt(tmp_path, batch):
     (tmp_path / "identity.key").write_bytes(b"n" * 32)
-    writer = subprocess.Popen([sys.executable, "-m", "tests.ledger._writer", str(tmp_path), str(batch)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert writer.stdout is not None
-    committed = []
-    try:
-        while len(committed) < 300:  # kill it mid-stream, whatever it is doing at that moment
-            line = writer.stdout.readline()
-            assert line, "the writer stopped on its own"
-            committed.append(line.strip())
-        os.kill(writer.pid, signal.SIGKILL)
-    finally:
-        writer.kill()
-        writer.wait()
+    command = [sys.executable, "-m", "tests.ledger._writer", str(tmp_path), str(batch)]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None
+        committed = []
+        try:
+            while len(committed) < 300:  # kill it mid-stream, whatever it is doing at that moment
+                line = writer.stdout.readline()
+                assert line, "the writer stopped on its own"
+                committed.append(line.strip())
+            os.kill(writer.pid, signal.SIGKILL)
+        finally:
+            writer.kill()  # leaving the block closes its pipe and reaps it
     assert writer.returncode == -signal.SIGKILL
     done = din("ledger", "verify", "--json", "--home", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr

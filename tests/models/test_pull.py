@@ -39,14 +39,16 @@ def test_pull_from_several_peers_gives_the_exact_file(tmp_path, mesh):
 
 
 def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tmp_path, mesh):
-    process = subprocess.Popen(pull_args(tmp_path, mesh, "--max-rate", "20"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    for line in process.stderr:
-        if line.startswith("{") and (event := json.loads(line))["done_bytes"] >= 0.3 * event["total_bytes"]:
-            break
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    with subprocess.Popen(pull_args(tmp_path, mesh, "--max-rate", "20"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as process:  # leaving it closes the pipes
+        assert process.stderr is not None
+        for line in process.stderr:
+            event = json.loads(line) if line.startswith("{") else None
+            if event is not None and event["done_bytes"] >= 0.3 * event["total_bytes"]:
+                break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert event is not None, "the pull ended before it was 30% done"
     done = subprocess.run(pull_args(tmp_path, mesh), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

@@ -146,17 +146,6 @@ async def answer_from(network: Network, peer_id: str, params: GenerationParams) 
             await (framed.close() if ended else framed.reset())
 
 
-async def _retried(attempts: int, fn, *args):  # type: ignore[no-untyped-def]
-    """A loaded 2-core machine sometimes drops a stream while it opens: try again."""
-    for attempt in range(attempts):
-        try:
-            return await fn(*args)
-        except Exception:  # libp2p raises assorted types for a stream that fails to open
-            if attempt == attempts - 1:
-                raise
-            await trio.sleep(1.0)
-
-
 async def run_campaign(
     network: Network, nodes: dict[str, NodeProcess], requests: list[GenerationParams],
     roles: tuple[str, ...] = ANSWERING, concurrency: int = 8,
@@ -169,10 +158,10 @@ async def run_campaign(
 
     async def one(role: str, params: GenerationParams) -> None:
         async with limiter:
-            tokens = await _retried(3, answer_from, network, nodes[role].peer_id, params)
+            tokens = await answer_from(network, nodes[role].peer_id, params)
             claim = VerifyRequest(request_id=os.urandom(6).hex(), model_hash=model_hash, params=params,
                                   tokens=tuple(tokens))
-            scores = await _retried(3, request_scores, network, verifier, claim)
+            scores = await request_scores(network, verifier, claim)
         check: Verdict = judge(scores.positions, temperature=params.temperature, top_p=params.top_p,
                                seed=params.seed)
         tally = tallies[role]

@@ -126,19 +126,18 @@ def test_latency_against_claims():
 
 
 def test_kill_9_mid_write_leaves_a_consistent_file(tmp_path):
-    writer = subprocess.Popen([sys.executable, "-m", "tests.trust._writer", str(tmp_path)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert writer.stdout is not None
-    committed = 0
-    try:
-        while committed < 3000:  # kill it mid-stream, whatever it is doing at that moment
-            line = writer.stdout.readline()
-            assert line, "the writer stopped on its own"
-            committed = int(line)
-        os.kill(writer.pid, signal.SIGKILL)
-    finally:
-        writer.kill()
-        writer.wait()
+    command = [sys.executable, "-m", "tests.trust._writer", str(tmp_path)]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None
+        committed = 0
+        try:
+            while committed < 3000:  # kill it mid-stream, whatever it is doing at that moment
+                line = writer.stdout.readline()
+                assert line, "the writer stopped on its own"
+                committed = int(line)
+            os.kill(writer.pid, signal.SIGKILL)
+        finally:
+            writer.kill()  # leaving the block closes its pipe and reaps it
     assert writer.returncode == -signal.SIGKILL
     with Reputation.in_home(tmp_path, half_life_s=60.0) as book:
         assert book.check() == []
