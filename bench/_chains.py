@@ -68,8 +68,14 @@ def start_configs(root: Path, stages: list[int], threads: int) -> list[Config]:
         nodes: list[NodeProcess] = []
         for i, (a, b) in enumerate(SPLITS[count]):
             boot = [nodes[0].addr] if nodes else []
-            nodes.append(start_node(root / f"chain{count}-{i}", bootstrap=boot, threads=threads,
-                                    extra_args=["--layers", f"{a}:{b}"]))
+            nodes.append(
+                start_node(
+                    root / f"chain{count}-{i}",
+                    bootstrap=boot,
+                    threads=threads,
+                    extra_args=["--layers", f"{a}:{b}"],
+                )
+            )
         configs.append(Config(f"{count}-stage chain (torch)", nodes, SPLITS[count]))
     return configs
 
@@ -151,14 +157,20 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 
 def measure_chains(
-    *, rounds: int, max_tokens: int, threads: int, stage_counts: list[int],
-    torch_whole_tokens_per_s: float, llama_whole_tokens_per_s: float,
+    *,
+    rounds: int,
+    max_tokens: int,
+    threads: int,
+    stage_counts: list[int],
+    torch_whole_tokens_per_s: float,
+    llama_whole_tokens_per_s: float,
 ) -> dict[str, object]:
     """Start the node processes, run alternated rounds, print a table; the figures as a dict."""
     with tempfile.TemporaryDirectory(prefix="dinet-bench-chains-") as tmp:
         root = Path(tmp)
         configs = start_configs(root, stage_counts, threads)
         try:
+
             async def run() -> None:
                 settings = ClientSettings(home=root / "client", mdns=False)
                 async with open_network(settings) as network:
@@ -185,8 +197,10 @@ def measure_chains(
     print(f"\nchains of node processes over loopback, {rounds} alternated rounds, {threads} threads each")
     # The machine's speed drifts over minutes: a ratio of medians mixes moments, so each
     # round's answer is also set against the llama.cpp node's answer of the same round.
-    print(f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'vs node, paired':>17}"
-          f"{'bytes/tok/hop':>15} {'ms/hop':>9}")
+    print(
+        f"{'configuration':<28}{'tok/s':>8}{'vs llama.cpp':>14}{'vs node, paired':>17}"
+        f"{'bytes/tok/hop':>15} {'ms/hop':>9}"
+    )
     for config in configs:
         speed = median(config.speeds)
         per_hop_ms = None
@@ -197,12 +211,25 @@ def measure_chains(
         hop = "-" if per_hop_ms is None else f"{per_hop_ms:.2f}"
         size = hop_bytes if config.hops > 1 else "-"  # one stage passes nothing on: it loops itself
         print(f"{config.name:<28}{speed:>8.1f}{ratio:>14.2f}{paired:>17.2f}{size:>15} {hop:>9}")
-        rows.append({"name": config.name, "stages": config.hops, "tokens_per_s": round(speed, 2),
-                     "vs_llama_cpp_whole": round(ratio, 3), "vs_llama_node_paired": round(paired, 3),
-                     "per_hop_ms": None if per_hop_ms is None else round(per_hop_ms, 3),
-                     "runs": [round(s, 1) for s in config.speeds]})
+        rows.append(
+            {
+                "name": config.name,
+                "stages": config.hops,
+                "tokens_per_s": round(speed, 2),
+                "vs_llama_cpp_whole": round(ratio, 3),
+                "vs_llama_node_paired": round(paired, 3),
+                "per_hop_ms": None if per_hop_ms is None else round(per_hop_ms, 3),
+                "runs": [round(s, 1) for s in config.speeds],
+            }
+        )
     texts = {t for c in configs[1:] for t in c.texts}
-    print(f"every chain gave one and the same text: {len(texts) == 1}; "
-          f"llama.cpp whole node over loopback: {whole_node:.1f} tok/s")
-    return {"rounds": rounds, "bytes_per_token_per_hop": hop_bytes, "chains_agree": len(texts) == 1,
-            "configs": rows}
+    print(
+        f"every chain gave one and the same text: {len(texts) == 1}; "
+        f"llama.cpp whole node over loopback: {whole_node:.1f} tok/s"
+    )
+    return {
+        "rounds": rounds,
+        "bytes_per_token_per_hop": hop_bytes,
+        "chains_agree": len(texts) == 1,
+        "configs": rows,
+    }

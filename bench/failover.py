@@ -121,6 +121,7 @@ async def scaling_run(root: Path, nodes: int, concurrent: int, max_tokens: int) 
                 async for event in ask(network, prompt, AskOptions(request_timeout_s=600)):
                     if isinstance(event, Answer):
                         produced += event.usage.completion_tokens
+
             start = time.perf_counter()
             async with trio.open_nursery() as nursery:
                 for i in range(concurrent):
@@ -147,8 +148,7 @@ def main() -> None:
                 async with open_network(settings) as network:
                     await network.discover(None, None, timeout=30, want=3)
                     runs = [
-                        await failover_run(mesh, network, args.max_tokens, rng)
-                        for _ in range(args.kills)
+                        await failover_run(mesh, network, args.max_tokens, rng) for _ in range(args.kills)
                     ]
                     freezes = [await freeze_run(mesh, network, rng) for _ in range(args.freezes)]
             gaps = sorted(r[0] for r in runs)
@@ -176,20 +176,30 @@ def main() -> None:
         trio.run(bench)
 
     f, s = results["failover"], results["scaling"]
-    print(f"\nfailover: {f['kills']} answers of {args.max_tokens} tokens, serving node SIGKILLed at a "
-          f"random token (median {f['tokens_before_kill_median']} tokens in)")
-    print(f"  {'kill -> next token on the client':40} median {f['next_token_median_s']:.3f} s   "
-          f"p95 {f['next_token_p95_s']:.3f} s")
-    print(f"  {'baseline: start the answer over':40} median {f['start_over_median_s']:.3f} s "
-          "(time to first token + regenerating the lost tokens)")
+    print(
+        f"\nfailover: {f['kills']} answers of {args.max_tokens} tokens, serving node SIGKILLed at a "
+        f"random token (median {f['tokens_before_kill_median']} tokens in)"
+    )
+    print(
+        f"  {'kill -> next token on the client':40} median {f['next_token_median_s']:.3f} s   "
+        f"p95 {f['next_token_p95_s']:.3f} s"
+    )
+    print(
+        f"  {'baseline: start the answer over':40} median {f['start_over_median_s']:.3f} s "
+        "(time to first token + regenerating the lost tokens)"
+    )
     if "freeze" in results:
         z = results["freeze"]
         print(f"\ndetection: {z['freezes']} idle nodes frozen (SIGSTOP), then thawed")
-        print(f"  {'frozen -> out of the client view':40} median {z['out_of_view_median_s']:.2f} s   "
-              f"max {z['out_of_view_max_s']:.2f} s")
+        print(
+            f"  {'frozen -> out of the client view':40} median {z['out_of_view_median_s']:.2f} s   "
+            f"max {z['out_of_view_max_s']:.2f} s"
+        )
         print(f"  {'thawed -> back in view':40} median {z['back_in_view_median_s']:.2f} s")
-    print(f"\nscaling: {args.concurrent} concurrent requests of {args.max_tokens} tokens, "
-          f"1 llama.cpp thread per node, {os.cpu_count()} cores on this machine")
+    print(
+        f"\nscaling: {args.concurrent} concurrent requests of {args.max_tokens} tokens, "
+        f"1 llama.cpp thread per node, {os.cpu_count()} cores on this machine"
+    )
     for n, rate in s.items():
         print(f"  {n} node(s): {rate:7.1f} tokens/s aggregate   ({rate / s['1']:.2f}x one node)")
     print(json.dumps({"bench": "failover", "cores": os.cpu_count(), **results}))

@@ -183,7 +183,9 @@ async def one_run(addr: str, node_pid: int, samples: int, streams: int, style: s
         calm_cpu = meter.stop()
         flood = subprocess.Popen(
             [sys.executable, __file__, "--flood", addr, "--streams", str(streams), "--flooder", style],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,  # libp2p logs each reset stream
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,  # libp2p logs each reset stream
         )
         try:
             assert flood.stdout is not None
@@ -243,8 +245,14 @@ async def main(runs: int, samples: int, streams: int, style: str, node_args: lis
     }
     print(f"median over {runs} runs: TTFT calm {summary['calm_ttft_ms']} ms, flooded "
           f"{summary['flood_ttft_ms']} ms, ratio {summary['ratio']:.2f} (bar: 2.0)")  # fmt: skip
-    return {"runs": runs, "samples": samples, "streams": streams, "flooder": style, **summary,
-            "per_run": results}
+    return {
+        "runs": runs,
+        "samples": samples,
+        "streams": streams,
+        "flooder": style,
+        **summary,
+        "per_run": results,
+    }
 
 
 if __name__ == "__main__":
@@ -252,8 +260,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=9, help="calm requests timed per phase")
     parser.add_argument("--streams", type=int, default=8, help="the flooder's streams at once")
-    parser.add_argument("--flooder", choices=["closed", "open", "paced"], default="closed",
-                        help="how the flooder asks (see `flooder`)")
+    parser.add_argument(
+        "--flooder",
+        choices=["closed", "open", "paced"],
+        default="closed",
+        help="how the flooder asks (see `flooder`)",
+    )
     parser.add_argument("--node-arg", action="append", default=[], help="extra `din node` argument")
     parser.add_argument("--flood", metavar="ADDR", help=argparse.SUPPRESS)  # the flooder process
     args = parser.parse_args()

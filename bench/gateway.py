@@ -62,9 +62,23 @@ def free_port() -> int:
 
 def start_baseline(model: Path, threads: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    args = [sys.executable, "-c", _BASELINE, "--model", str(model), "--n_threads", str(threads),
-            "--n_threads_batch", str(threads), "--n_ctx", "2048", "--host", "127.0.0.1",
-            "--port", str(port)]
+    args = [
+        sys.executable,
+        "-c",
+        _BASELINE,
+        "--model",
+        str(model),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--n_ctx",
+        "2048",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -74,11 +88,28 @@ def start_baseline(model: Path, threads: int, log: Path) -> tuple[subprocess.Pop
 
 def start_gateway(home: Path, bootstrap: str) -> tuple[subprocess.Popen[bytes], str]:
     home.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "dinet", "gateway", "--json", "--no-mdns", "--port", "0",
-            "--home", str(home), "--bootstrap", bootstrap]
+    args = [
+        sys.executable,
+        "-m",
+        "dinet",
+        "gateway",
+        "--json",
+        "--no-mdns",
+        "--port",
+        "0",
+        "--home",
+        str(home),
+        "--bootstrap",
+        bootstrap,
+    ]
     with (home / "gateway.log").open("ab") as log:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   env={k: v for k, v in os.environ.items() if k != "DINET_API_KEY"})
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "DINET_API_KEY"},
+        )
     box: list[bytes] = []
     reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
     reader.start()
@@ -115,7 +146,9 @@ def streamed_run(
             {"role": "system", "content": f"[{run}] You are a helpful assistant."},
             {"role": "user", "content": QUESTION},
         ],
-        "max_tokens": max_tokens, "temperature": 0, "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
     }
     stamps: list[float] = []
     start = time.perf_counter()
@@ -179,17 +212,22 @@ def main() -> None:
 
 
 def report(
-    results: dict[str, list[tuple[float, float, int]]], failures: dict[str, list[str]],
+    results: dict[str, list[tuple[float, float, int]]],
+    failures: dict[str, list[str]],
     args: argparse.Namespace,
 ) -> None:
-    print(f"{args.runs} runs each, alternated; {args.max_tokens}-token greedy chat, streamed; "
-          f"{args.threads} llama.cpp threads\n")
+    print(
+        f"{args.runs} runs each, alternated; {args.max_tokens}-token greedy chat, streamed; "
+        f"{args.threads} llama.cpp threads\n"
+    )
     print(f"{'run':>4}  {'server':<17} {'ttft ms':>9} {'decode tok/s':>13} {'chunks':>7}")
     for name, runs in results.items():
         for i, (ttft, decode, chunks) in enumerate(runs):
             print(f"{i + 1:>4}  {name:<17} {ttft:>9.1f} {decode:>13.1f} {chunks:>7}")
-    med = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-           for name, runs in results.items()}
+    med = {
+        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        for name, runs in results.items()
+    }
     base, gw = med["llama_cpp.server"], med["din gateway"]
     ratio = gw[1] / base[1] if base[1] else 0.0
     diff = gw[0] - base[0]
@@ -198,14 +236,24 @@ def report(
     print(f"{'llama_cpp.server':<23} {base[0]:>9.1f} {base[1]:>13.1f}")
     print(f"{'din gateway':<23} {gw[0]:>9.1f} {gw[1]:>13.1f}")
     print(f"{'gateway / server':<23} {diff:>+9.1f} {ratio:>13.3f}   (ttft: difference; decode: ratio)")
-    print(json.dumps({
-        "bench": "gateway", "runs": args.runs, "max_tokens": args.max_tokens, "threads": args.threads,
-        "baseline_ttft_ms": round(base[0], 2), "gateway_ttft_ms": round(gw[0], 2),
-        "ttft_diff_ms": round(diff, 2), "baseline_decode_tok_s": round(base[1], 2),
-        "gateway_decode_tok_s": round(gw[1], 2), "decode_ratio": round(ratio, 4),
-        "chunks": {name: [r[2] for r in runs] for name, runs in results.items()},
-        "failed_runs": {name: len(f) for name, f in failures.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "gateway",
+                "runs": args.runs,
+                "max_tokens": args.max_tokens,
+                "threads": args.threads,
+                "baseline_ttft_ms": round(base[0], 2),
+                "gateway_ttft_ms": round(gw[0], 2),
+                "ttft_diff_ms": round(diff, 2),
+                "baseline_decode_tok_s": round(base[1], 2),
+                "gateway_decode_tok_s": round(gw[1], 2),
+                "decode_ratio": round(ratio, 4),
+                "chunks": {name: [r[2] for r in runs] for name, runs in results.items()},
+                "failed_runs": {name: len(f) for name, f in failures.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -99,16 +99,28 @@ def main() -> None:
         server.kill()
         server.wait()
     libp2p, tcp = statistics.median(results["libp2p"]), statistics.median(results["tcp"])
-    print(f"\na {args.size}-byte frame and its echo between two processes on loopback, "
-          f"{args.rounds} alternated rounds of {args.frames}, medians\n")
+    print(
+        f"\na {args.size}-byte frame and its echo between two processes on loopback, "
+        f"{args.rounds} alternated rounds of {args.frames}, medians\n"
+    )
     print(f"{'transport':34}{'round trip ms':>15}{'rounds':>40}")
     for name, label in (("libp2p", "py-libp2p stream (Noise + yamux)"), ("tcp", "plain trio TCP")):
         rounds = "  ".join(f"{r:.3f}" for r in results[name])
         print(f"{label:34}{statistics.median(results[name]):>15.3f}   {rounds}")
     print(f"\nlibp2p costs {libp2p - tcp:.3f} ms more per round trip ({libp2p / tcp:.1f}x)")
-    print(json.dumps({"bench": "hop", "size": args.size, "rounds": args.rounds, "frames": args.frames,
-                      "libp2p_rtt_ms": round(libp2p, 4), "tcp_rtt_ms": round(tcp, 4),
-                      "libp2p_extra_ms": round(libp2p - tcp, 4)}))
+    print(
+        json.dumps(
+            {
+                "bench": "hop",
+                "size": args.size,
+                "rounds": args.rounds,
+                "frames": args.frames,
+                "libp2p_rtt_ms": round(libp2p, 4),
+                "tcp_rtt_ms": round(tcp, 4),
+                "libp2p_extra_ms": round(libp2p - tcp, 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,19 @@ def receipts(n: int) -> list:
     for i in range(n):
         client = clients[i % len(clients)]
         body = ReceiptBody(
-            request_id=f"req-{i}", request_hash="ab" * 32, model_hash="cd" * 32,
-            node=node.peer_id, client=client.peer_id, prompt_tokens=30,
-            completion_tokens=1 + i % 128, first_index=0, price_per_prompt_token=1e-6,
-            price_per_token=2e-5, amount=charge(30, 1 + i % 128, 1e-6, 2e-5),
-            output_hash=output_hash(range(1 + i % 128)), issued_at=time.time(),
+            request_id=f"req-{i}",
+            request_hash="ab" * 32,
+            model_hash="cd" * 32,
+            node=node.peer_id,
+            client=client.peer_id,
+            prompt_tokens=30,
+            completion_tokens=1 + i % 128,
+            first_index=0,
+            price_per_prompt_token=1e-6,
+            price_per_token=2e-5,
+            amount=charge(30, 1 + i % 128, 1e-6, 2e-5),
+            output_hash=output_hash(range(1 + i % 128)),
+            issued_at=time.time(),
         )
         out.append(countersign(sign_receipt(body, node), client))
     return out
@@ -54,21 +62,35 @@ def main() -> None:
         t0 = time.perf_counter()
         with Ledger.in_home(home) as ledger:
             for start in range(0, len(made), args.batch):
-                chunk = made[start:start + args.batch]
+                chunk = made[start : start + args.batch]
                 ledger.record(chunk[0]) if len(chunk) == 1 else ledger.record_many(chunk)
         record_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "dinet", "ledger", "verify", "--json", "--home", tmp],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "dinet", "ledger", "verify", "--json", "--home", tmp],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         verify_cli_s = time.perf_counter() - t0
         report = json.loads(done.stdout)
         size = (home / "ledger.sqlite").stat().st_size
-    print(json.dumps({
-        "receipts": args.receipts, "batch": args.batch, "sign_and_countersign_s": round(signed_s, 2),
-        "record_s": round(record_s, 2), "record_per_s": round(args.receipts / record_s),
-        "verify_s": report["seconds"], "verify_cli_total_s": round(verify_cli_s, 2),
-        "verified": report["receipts"], "ok": report["ok"], "file_mb": round(size / 1e6, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "receipts": args.receipts,
+                "batch": args.batch,
+                "sign_and_countersign_s": round(signed_s, 2),
+                "record_s": round(record_s, 2),
+                "record_per_s": round(args.receipts / record_s),
+                "verify_s": report["seconds"],
+                "verify_cli_total_s": round(verify_cli_s, 2),
+                "verified": report["receipts"],
+                "ok": report["ok"],
+                "file_mb": round(size / 1e6, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ def in_process_run(llm, max_tokens: int) -> tuple[float, float, int]:
     start = time.perf_counter()
     stamps = []
     for chunk in llm.create_chat_completion(
-        messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens, stream=True,
-        temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=max_tokens,
+        stream=True,
+        temperature=0.0,
+        top_k=1,
+        top_p=1.0,
+        min_p=0.0,
+        repeat_penalty=1.0,
     ):
         if chunk["choices"][0]["delta"].get("content"):
             stamps.append(time.perf_counter())
@@ -52,8 +58,7 @@ def in_process_run(llm, max_tokens: int) -> tuple[float, float, int]:
 
 
 async def network_run(network, max_tokens: int) -> tuple[float, float, int]:
-    params = GenerationParams(messages=(ChatMessage(role="user", content=PROMPT),),
-                              max_tokens=max_tokens)
+    params = GenerationParams(messages=(ChatMessage(role="user", content=PROMPT),), max_tokens=max_tokens)
     start = time.perf_counter()
     stamps = []
     async for event in ask(network, params):
@@ -101,13 +106,18 @@ def main() -> None:
 
 def report(results: dict[str, list[tuple[float, float, int]]], args: argparse.Namespace) -> None:
     medians = {
-        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
-               statistics.median(r[2] for r in runs))
+        name: (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+            statistics.median(r[2] for r in runs),
+        )
         for name, runs in results.items()
     }
     base, net = medians["llama.cpp in-process"], medians["dinet network"]
-    print(f"\n{args.runs} alternated runs each, {args.max_tokens}-token greedy chat answer, "
-          f"{args.threads} threads, {os.cpu_count()} cores\n")
+    print(
+        f"\n{args.runs} alternated runs each, {args.max_tokens}-token greedy chat answer, "
+        f"{args.threads} threads, {os.cpu_count()} cores\n"
+    )
     print(f"{'':24}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
     for name, (ttft, decode, tokens) in medians.items():
         print(f"{name:24}{ttft:>10.1f}{decode:>15.1f}{tokens:>8.0f}")
@@ -117,13 +127,22 @@ def report(results: dict[str, list[tuple[float, float, int]]], args: argparse.Na
     print("runs (ttft ms, tok/s):")
     for name, runs in results.items():
         print(f"  {name:24}" + "  ".join(f"({t:.0f}, {d:.1f})" for t, d, _ in runs))
-    print(json.dumps({
-        "bench": "overhead", "runs": args.runs, "threads": args.threads, "max_tokens": args.max_tokens,
-        "in_process_ttft_ms": round(base[0], 2), "network_ttft_ms": round(net[0], 2),
-        "ttft_delta_ms": round(ttft_delta, 2),
-        "in_process_tokens_per_s": round(base[1], 2), "network_tokens_per_s": round(net[1], 2),
-        "decode_ratio": round(ratio, 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "overhead",
+                "runs": args.runs,
+                "threads": args.threads,
+                "max_tokens": args.max_tokens,
+                "in_process_ttft_ms": round(base[0], 2),
+                "network_ttft_ms": round(net[0], 2),
+                "ttft_delta_ms": round(ttft_delta, 2),
+                "in_process_tokens_per_s": round(base[1], 2),
+                "network_tokens_per_s": round(net[1], 2),
+                "decode_ratio": round(ratio, 4),
+            }
+        )
+    )
     sys.stdout.flush()
 
 

@@ -31,23 +31,44 @@ from dinet.wire.keys import SigningKey  # noqa: E402
 
 def pull_once(home: Path, mesh: LocalMesh) -> dict[str, float]:
     """One `din model pull` into an empty home from every node of `mesh`."""
-    args = [sys.executable, "-m", "dinet", "model", "pull", mesh.nodes[0].model_hash, "--json",
-            "--no-mdns", "--home", str(home), "--bootstrap", mesh.nodes[0].addr]
+    args = [
+        sys.executable,
+        "-m",
+        "dinet",
+        "model",
+        "pull",
+        mesh.nodes[0].model_hash,
+        "--json",
+        "--no-mdns",
+        "--home",
+        str(home),
+        "--bootstrap",
+        mesh.nodes[0].addr,
+    ]
     script = (
         "import resource, runpy, sys, json\n"
         "try:\n    runpy.run_module('dinet', run_name='__main__')\n"
         "finally:\n    sys.stderr.write(json.dumps({'peak_rss_kb': "
         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}) + '\\n')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, *args[3:]], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ))
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args[3:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     report = json.loads(done.stdout)
     peak = json.loads(done.stderr.strip().splitlines()[-1])["peak_rss_kb"]
     used = sum(1 for s in report["peers"].values() if s["chunks"])
-    return {"mb_s": report["fetched_bytes"] / 1e6 / report["seconds"], "peak_rss_mb": peak / 1024,
-            "seconds": report["seconds"], "peers_used": used}
+    return {
+        "mb_s": report["fetched_bytes"] / 1e6 / report["seconds"],
+        "peak_rss_mb": peak / 1024,
+        "seconds": report["seconds"],
+        "peers_used": used,
+    }
 
 
 async def diff_bytes(root: Path) -> dict[str, int]:
@@ -63,9 +84,13 @@ async def diff_bytes(root: Path) -> dict[str, int]:
     async with serving(server) as host, raw_host() as me:
         peers = await connect(me, host)
         report = await pull_model(me, mine, new.model_hash, peers)
-    return {"file_bytes": new.card.file_size, "fetched_bytes": report.fetched_bytes,
-            "card_bytes": len(new.signed.model_dump_json()), "fetched_chunks": report.fetched_chunks,
-            "total_chunks": report.total_chunks}
+    return {
+        "file_bytes": new.card.file_size,
+        "fetched_bytes": report.fetched_bytes,
+        "card_bytes": len(new.signed.model_dump_json()),
+        "fetched_chunks": report.fetched_chunks,
+        "total_chunks": report.total_chunks,
+    }
 
 
 def main() -> None:
@@ -89,8 +114,10 @@ def main() -> None:
         print(f"{label:28} {r['mb_s']:8.1f} {r['peak_rss_mb']:12.1f} {r['peers_used']:11.0f}")
     d = results["diff"]
     assert isinstance(d, dict)
-    print(f"one-tensor update: {d['fetched_bytes']} of {d['file_bytes']} bytes "
-          f"({d['fetched_chunks']}/{d['total_chunks']} chunks) + model card {d['card_bytes']} bytes")
+    print(
+        f"one-tensor update: {d['fetched_bytes']} of {d['file_bytes']} bytes "
+        f"({d['fetched_chunks']}/{d['total_chunks']} chunks) + model card {d['card_bytes']} bytes"
+    )
     print(json.dumps(results))
 
 

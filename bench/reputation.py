@@ -40,8 +40,12 @@ def writes(home: Path, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         problems = book.check()
         check_s = time.perf_counter() - t0
-    return {"record_per_s": round(n / single_s), "vote_per_s": round((n // 3) / vote_s),
-            "check_s": round(check_s, 3), "check_ok": not problems}
+    return {
+        "record_per_s": round(n / single_s),
+        "vote_per_s": round((n // 3) / vote_s),
+        "check_s": round(check_s, 3),
+        "check_ok": not problems,
+    }
 
 
 def reads(home: Path, peers: int) -> dict[str, float]:
@@ -58,9 +62,19 @@ def reads(home: Path, peers: int) -> dict[str, float]:
             views = []
             for p in ids:
                 s = standings.get(p)
-                views.append(PeerView(p, 1.0, speeds[p], 40.0, 0, 0, 1,
-                                      reputation=None if s is None else s.score,
-                                      evidence=0.0 if s is None else s.events))
+                views.append(
+                    PeerView(
+                        p,
+                        1.0,
+                        speeds[p],
+                        40.0,
+                        0,
+                        0,
+                        1,
+                        reputation=None if s is None else s.score,
+                        evidence=0.0 if s is None else s.events,
+                    )
+                )
             rank_peers(trusted(views) if with_reputation else views, 128, limit=1)
             return time.perf_counter() - t0
 
@@ -80,9 +94,25 @@ def simulated_votes(home: Path, rounds: int, fail_rate: float, seed: int) -> dic
         for r in range(rounds):
             now = 1.8e9 + 60.0 * r
             views = {p: book.standing(p, now=now) for p in [*honest, liar]}
-            usable = {v.peer_id for v in trusted([
-                PeerView(p, 1.0, 50.0, 40.0, 0, 0, 1, reputation=None if s is None else s.score,
-                         evidence=0.0 if s is None else s.events) for p, s in views.items()])}
+            usable = {
+                v.peer_id
+                for v in trusted(
+                    [
+                        PeerView(
+                            p,
+                            1.0,
+                            50.0,
+                            40.0,
+                            0,
+                            0,
+                            1,
+                            reputation=None if s is None else s.score,
+                            evidence=0.0 if s is None else s.events,
+                        )
+                        for p, s in views.items()
+                    ]
+                )
+            }
             false_positives += sum(p not in usable for p in honest)
             if liar not in usable:
                 excluded_at = r if excluded_at is None else excluded_at
@@ -95,8 +125,11 @@ def simulated_votes(home: Path, rounds: int, fail_rate: float, seed: int) -> dic
                 if answered:  # the honest majority, if it answered, outvotes the liar
                     events += [(p, Event.VOTE_AGREE) for p in answered] + [(liar, Event.VOTE_DISSENT)]
             book.record_many(events, now=now)
-    return {"fail_rate": fail_rate, "liar_excluded_after_rounds": excluded_at,
-            "honest_exclusions": false_positives}
+    return {
+        "fail_rate": fail_rate,
+        "liar_excluded_after_rounds": excluded_at,
+        "honest_exclusions": false_positives,
+    }
 
 
 def main() -> None:
@@ -109,11 +142,14 @@ def main() -> None:
         home = Path(tmp)
         result: dict[str, object] = {"events": args.events, **writes(home / "w", args.events)}
         result.update({"peers": args.peers, **reads(home / "r", args.peers)})
-        result["simulated"] = [simulated_votes(home, args.rounds, rate, seed)
-                               for seed, rate in enumerate((0.0, 0.1, 0.3))]
+        result["simulated"] = [
+            simulated_votes(home, args.rounds, rate, seed) for seed, rate in enumerate((0.0, 0.1, 0.3))
+        ]
     for row in result["simulated"]:  # type: ignore[attr-defined]
-        print(f"honest failure rate {row['fail_rate']:.0%}: liar excluded after "
-              f"{row['liar_excluded_after_rounds']} votes, honest exclusions {row['honest_exclusions']}")
+        print(
+            f"honest failure rate {row['fail_rate']:.0%}: liar excluded after "
+            f"{row['liar_excluded_after_rounds']} votes, honest exclusions {row['honest_exclusions']}"
+        )
     print(json.dumps(result))
 
 

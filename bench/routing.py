@@ -21,11 +21,17 @@ def population(n: int, seed: int = 7) -> list[PeerView]:
     rng = random.Random(seed)
     return [
         PeerView(
-            peer_id=f"peer-{i:05d}", rtt_ms=rng.uniform(0.5, 300), tokens_per_s=rng.uniform(5, 120),
-            ttft_ms=rng.uniform(10, 400), active=rng.randint(0, 4), queued=rng.randint(0, 8),
-            max_concurrent=rng.randint(1, 4), price_per_token=rng.choice([0.0, 1e-5, 2e-5]),
+            peer_id=f"peer-{i:05d}",
+            rtt_ms=rng.uniform(0.5, 300),
+            tokens_per_s=rng.uniform(5, 120),
+            ttft_ms=rng.uniform(10, 400),
+            active=rng.randint(0, 4),
+            queued=rng.randint(0, 8),
+            max_concurrent=rng.randint(1, 4),
+            price_per_token=rng.choice([0.0, 1e-5, 2e-5]),
             observed_tokens_per_s=rng.choice([None, rng.uniform(5, 120)]),
-            observed_age_s=rng.uniform(0, 300), reputation=rng.choice([None, rng.random()]),
+            observed_age_s=rng.uniform(0, 300),
+            reputation=rng.choice([None, rng.random()]),
             region=rng.choice(["eu", "us", "ap"]),
         )
         for i in range(n)
@@ -60,9 +66,18 @@ def main() -> None:
     print(f"\none routing decision among {args.peers} peers, median of {args.repeat}\n")
     for name, ms in rows.items():
         print(f"  {name:42} {ms * 1000:9.1f} µs")
-    print(json.dumps({"bench": "routing", "peers": args.peers,
-                      **{k.split(":")[0].replace(" ", "_").replace(",", ""): round(v * 1000, 1)
-                         for k, v in rows.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "routing",
+                "peers": args.peers,
+                **{
+                    k.split(":")[0].replace(" ", "_").replace(",", ""): round(v * 1000, 1)
+                    for k, v in rows.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,16 @@ def child(engine: str, threads: int, max_tokens: int) -> None:
             continue
         generator.run(params, time.perf_counter(), keep)
         end = ends[-1]
-        print(json.dumps({"ttft_ms": end.ttft_ms, "tokens_per_s": end.tokens_per_s,
-                          "tokens": end.usage.completion_tokens}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ttft_ms": end.ttft_ms,
+                    "tokens_per_s": end.tokens_per_s,
+                    "tokens": end.usage.completion_tokens,
+                }
+            ),
+            flush=True,
+        )
 
 
 def torch_parts(generator: object) -> dict[str, float]:
@@ -82,8 +90,18 @@ def torch_parts(generator: object) -> dict[str, float]:
         for _ in range(64):
             start = time.perf_counter()
             shape, rotary = model.shape, model.rotary[64:65]
-            h = run_blocks(x, model.blocks, rotary, session._k, session._v, 64, None,
-                           shape.n_head, shape.n_head_kv, shape.rms_eps)
+            h = run_blocks(
+                x,
+                model.blocks,
+                rotary,
+                session._k,
+                session._v,
+                64,
+                None,
+                shape.n_head,
+                shape.n_head_kv,
+                shape.rms_eps,
+            )
             mid = time.perf_counter()
             model.output(torch.nn.functional.rms_norm(h, (N_EMBD,), model.output_norm, model.shape.rms_eps))
             blocks.append(mid - start)
@@ -107,9 +125,19 @@ def main() -> None:
     procs = {}
     for engine in ENGINES:
         procs[engine] = subprocess.Popen(
-            [sys.executable, __file__, "--child", engine, "--threads", str(args.threads),
-             "--max-tokens", str(args.max_tokens)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                engine,
+                "--threads",
+                str(args.threads),
+                "--max-tokens",
+                str(args.max_tokens),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
     try:
         for proc in procs.values():
@@ -130,8 +158,11 @@ def main() -> None:
 
         torch_whole = summary["torch_int4_tokens_per_s"]
         summary["chains"] = measure_chains(
-            rounds=args.chain_rounds, max_tokens=args.max_tokens, threads=args.threads,
-            stage_counts=[int(s) for s in args.stages.split(",")], torch_whole_tokens_per_s=torch_whole,
+            rounds=args.chain_rounds,
+            max_tokens=args.max_tokens,
+            threads=args.threads,
+            stage_counts=[int(s) for s in args.stages.split(",")],
+            torch_whole_tokens_per_s=torch_whole,
             llama_whole_tokens_per_s=summary["llamacpp_tokens_per_s"],
         )
     print(json.dumps(summary))
@@ -157,25 +188,35 @@ def report(
     }
     names = {engine: engine.replace(" ", "_").replace(".", "") for engine in medians}
     base = medians["llama.cpp"]["tokens_per_s"]
-    print(f"\n{args.runs} alternated runs each, {args.max_tokens}-token greedy chat answer, "
-          f"{args.threads} threads, {os.cpu_count()} cores, each engine in its own process\n")
+    print(
+        f"\n{args.runs} alternated runs each, {args.max_tokens}-token greedy chat answer, "
+        f"{args.threads} threads, {os.cpu_count()} cores, each engine in its own process\n"
+    )
     print(f"{'engine (whole model)':24}{'ttft ms':>10}{'decode tok/s':>15}{'vs llama.cpp':>14}{'tokens':>8}")
     for engine, m in medians.items():
-        print(f"{engine:24}{m['ttft_ms']:>10.1f}{m['tokens_per_s']:>15.1f}"
-              f"{m['tokens_per_s'] / base:>14.2f}{m['tokens']:>8.0f}")
-    print(f"\ntorch int4, per decode step: 30 blocks {parts['blocks_ms']:.2f} ms, "
-          f"output head (49152 x {N_EMBD}) {parts['head_ms']:.2f} ms")
+        print(
+            f"{engine:24}{m['ttft_ms']:>10.1f}{m['tokens_per_s']:>15.1f}"
+            f"{m['tokens_per_s'] / base:>14.2f}{m['tokens']:>8.0f}"
+        )
+    print(
+        f"\ntorch int4, per decode step: 30 blocks {parts['blocks_ms']:.2f} ms, "
+        f"output head (49152 x {N_EMBD}) {parts['head_ms']:.2f} ms"
+    )
     print(f"hidden state per token per hop: {N_EMBD * 4} bytes as float32 ({N_EMBD * 2} as float16)")
     print("runs (tok/s):")
     for engine, runs in results.items():
         print(f"  {engine:22}" + "  ".join(f"{r['tokens_per_s']:.1f}" for r in runs))
     return {
-        "bench": "sharding", "runs": args.runs, "threads": args.threads, "max_tokens": args.max_tokens,
+        "bench": "sharding",
+        "runs": args.runs,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
         **{f"{names[e]}_tokens_per_s": round(m["tokens_per_s"], 2) for e, m in medians.items()},
         **{f"{names[e]}_ttft_ms": round(m["ttft_ms"], 2) for e, m in medians.items()},
         "torch_int4_blocks_ms": round(parts["blocks_ms"], 3),
         "torch_int4_head_ms": round(parts["head_ms"], 3),
-        "hop_bytes_per_token_f32": N_EMBD * 4, "hop_bytes_per_token_f16": N_EMBD * 2,
+        "hop_bytes_per_token_f32": N_EMBD * 4,
+        "hop_bytes_per_token_f16": N_EMBD * 2,
     }
 
 

@@ -68,7 +68,8 @@ async def measure_cost(runs: int, threads: int, max_tokens: int) -> dict[str, fl
             generator = await stack.enter_async_context(WorkerEngine(model, threads=threads))
             scorers = {
                 "bf16": await stack.enter_async_context(
-                    WorkerEngine(model, threads=threads, score_cache=Path(tmp))),
+                    WorkerEngine(model, threads=threads, score_cache=Path(tmp))
+                ),
                 "q4_1": generator,  # no scoring copy: scores with the served file
             }
             _, tokens = await generate(generator, params)  # warm-up; makes the BF16 copy below
@@ -81,7 +82,8 @@ async def measure_cost(runs: int, threads: int, max_tokens: int) -> dict[str, fl
                     score_s[name].append(await score(engine, params, tokens))
     generation = statistics.median(gen_s)
     return {
-        "tokens": len(tokens), "generate_s": generation,
+        "tokens": len(tokens),
+        "generate_s": generation,
         "score_bf16_s": statistics.median(score_s["bf16"]),
         "score_q4_1_s": statistics.median(score_s["q4_1"]),
         "ratio_bf16": statistics.median(score_s["bf16"]) / generation,
@@ -92,16 +94,25 @@ async def measure_cost(runs: int, threads: int, max_tokens: int) -> dict[str, fl
 async def measure_detection(requests: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="dinet-bench-liars-") as tmp:
         with liar_mesh(Path(tmp)) as nodes:
-            settings = ClientSettings(home=Path(tmp) / "client", bootstrap=[nodes["verifier"].addr],
-                                      mdns=False)
+            settings = ClientSettings(
+                home=Path(tmp) / "client", bootstrap=[nodes["verifier"].addr], mdns=False
+            )
             async with open_network(settings) as network:
                 await network.discover(None, nodes["verifier"].model_hash, timeout=30, want=len(nodes))
                 start = time.perf_counter()
                 tallies = await run_campaign(network, nodes, cases(requests, seed=1))
                 took = time.perf_counter() - start
-    out = {role: {"requests": t.total, "flagged": t.flagged, "rate": t.rate, "unchecked": t.unchecked,
-                  "worst_greedy_gap": t.worst_greedy_gap, "worst_sampled_logodds": t.worst_sampled_logodds}
-           for role, t in tallies.items()}
+    out = {
+        role: {
+            "requests": t.total,
+            "flagged": t.flagged,
+            "rate": t.rate,
+            "unchecked": t.unchecked,
+            "worst_greedy_gap": t.worst_greedy_gap,
+            "worst_sampled_logodds": t.worst_sampled_logodds,
+        }
+        for role, t in tallies.items()
+    }
     out["campaign"] = {"seconds": took}
     return out
 
@@ -110,16 +121,20 @@ async def main(args: argparse.Namespace) -> None:
     cost = await measure_cost(args.runs, args.threads, args.max_tokens)
     print(f"verifying a {cost['tokens']}-token answer ({args.runs} runs, {args.threads} threads, medians)")
     print(f"{'generate':>14} {'score bf16':>11} {'ratio':>7} {'score q4_1':>11} {'ratio':>7}")
-    print(f"{cost['generate_s']:>13.3f}s {cost['score_bf16_s']:>10.3f}s {cost['ratio_bf16']:>7.3f} "
-          f"{cost['score_q4_1_s']:>10.3f}s {cost['ratio_q4_1']:>7.3f}")
+    print(
+        f"{cost['generate_s']:>13.3f}s {cost['score_bf16_s']:>10.3f}s {cost['ratio_bf16']:>7.3f} "
+        f"{cost['score_q4_1_s']:>10.3f}s {cost['ratio_q4_1']:>7.3f}"
+    )
     result: dict[str, object] = {"cost": cost}
     if not args.skip_liars:
         detection = await measure_detection(args.requests)
         print(f"\n{'node':>12} {'requests':>9} {'flagged':>8} {'rate':>7} {'max gap':>8} {'max lodds':>9}")
         for role in ANSWERING:
             row = detection[role]
-            print(f"{role:>12} {row['requests']:>9} {row['flagged']:>8} {row['rate']:>7.3f} "
-                  f"{row['worst_greedy_gap']:>8.3f} {row['worst_sampled_logodds']:>9.3f}")
+            print(
+                f"{role:>12} {row['requests']:>9} {row['flagged']:>8} {row['rate']:>7.3f} "
+                f"{row['worst_greedy_gap']:>8.3f} {row['worst_sampled_logodds']:>9.3f}"
+            )
         print(f"campaign: {detection['campaign']['seconds']:.1f} s")
         result["detection"] = detection
         result["liars_caught_99"] = all(detection[k]["rate"] >= 0.99 for k in LIARS)

@@ -39,7 +39,10 @@ def main() -> None:
                 {"role": "system", "content": "You answer in one short sentence."},
                 {"role": "user", "content": "Why is the sky blue?"},
             ],
-            max_tokens=32, temperature=0.7, seed=1, verify_rate=1.0,
+            max_tokens=32,
+            temperature=0.7,
+            seed=1,
+            verify_rate=1.0,
         )
         print(reply.text)
         if reply.verification is not None:

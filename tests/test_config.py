@@ -59,7 +59,7 @@ def test_each_role_reads_the_shared_keys_and_its_own_tables(tmp_path):
 
 
 def test_a_role_table_beats_the_shared_keys(tmp_path):
-    path = write(tmp_path, 'mdns = true\n[node]\nmdns = false\n')
+    path = write(tmp_path, "mdns = true\n[node]\nmdns = false\n")
     assert resolve(NodeSettings, config=path).settings.mdns is False
     assert resolve(ClientSettings, config=path).settings.mdns is True
 

@@ -26,8 +26,9 @@ PROMPT = "What is the capital of France?"
 def bootstrap(mesh, tmp_path_factory) -> list[str]:
     """The mesh's first address, once a client there sees all its nodes."""
     wanted = {n.peer_id for n in mesh.nodes}
-    with dinet.Client(bootstrap=mesh.bootstrap[:1], home=tmp_path_factory.mktemp("watcher"),
-                      mdns=False) as client:
+    with dinet.Client(
+        bootstrap=mesh.bootstrap[:1], home=tmp_path_factory.mktemp("watcher"), mdns=False
+    ) as client:
         for _ in range(30):
             if wanted <= {p.peer_id for p in client.peers(wait_s=1.0)}:
                 break
@@ -45,7 +46,10 @@ def test_the_example_runs_as_a_plain_script(tmp_path, mesh, bootstrap):
         reference = client.ask(PROMPT, max_tokens=24)
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "ask.py"), *bootstrap, "--home", str(tmp_path / "example")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -68,8 +72,13 @@ def test_a_sync_client_asks_chats_streams_and_closes(tmp_path, mesh, bootstrap):
         stream = client.stream(PROMPT, max_tokens=12)
         assert "".join(stream) == answer.text and stream.answer is not None
         assert stream.answer.text == answer.text
-        reply = client.chat([{"role": "developer", "content": "Answer in one word."},
-                             {"role": "user", "content": [{"type": "text", "text": PROMPT}]}], max_tokens=8)
+        reply = client.chat(
+            [
+                {"role": "developer", "content": "Answer in one word."},
+                {"role": "user", "content": [{"type": "text", "text": PROMPT}]},
+            ],
+            max_tokens=8,
+        )
         assert reply.usage.completion_tokens >= 1
         with pytest.raises(dinet.RequestError, match="unknown option 'colour'"):
             client.ask(PROMPT, colour="blue")  # type: ignore[call-arg]
@@ -113,8 +122,13 @@ def test_ctrl_c_in_a_sync_stream_ends_the_program(tmp_path, bootstrap):
         "for text in client.stream('Write a long story about a lighthouse keeper.', max_tokens=1000):\n"
         "    print('token', flush=True)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, bootstrap[0], str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, bootstrap[0], str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert process.stdout is not None and process.stdout.readline() == "token\n"
         process.send_signal(signal.SIGINT)
@@ -137,8 +151,9 @@ async def test_the_trio_client_has_the_same_methods_awaited(tmp_path, mesh, boot
         assert "".join(texts) == answer.text and stream.answer is not None
         assert {p.peer_id for p in await client.peers()} == everyone
         with pytest.raises(dinet.NoCapablePeer):
-            await client.chat([{"role": "user", "content": "Hi"}], model_hash="ab" * 32,
-                              discover_timeout_s=0.5)
+            await client.chat(
+                [{"role": "user", "content": "Hi"}], model_hash="ab" * 32, discover_timeout_s=0.5
+            )
         with trio.fail_after(120):
             pulled = await client.pull(answer.model_id)
         assert pulled.model_hash == answer.model_hash and pulled.path.is_file()

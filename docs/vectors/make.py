@@ -125,12 +125,17 @@ def keys() -> dict[str, Any]:
         multihash = bytes([0x00, len(protobuf)]) + protobuf  # identity multihash
         peer_id = base58(multihash)
         assert peer_id == peer_id_of(key(name)), name
-        out[name] = {"seed": SEEDS[name], "public_key": public.hex(), "public_key_protobuf": protobuf.hex(),
-                     "peer_id_multihash": multihash.hex(), "peer_id": peer_id}
+        out[name] = {
+            "seed": SEEDS[name],
+            "public_key": public.hex(),
+            "public_key_protobuf": protobuf.hex(),
+            "peer_id_multihash": multihash.hex(),
+            "peer_id": peer_id,
+        }
     return {
         "about": "RFC 8032 TEST 1 (node) and TEST 2 (client) keys: seed -> ed25519 public key -> "
-                 "libp2p PublicKey protobuf -> identity multihash -> base58btc peer id. A dinet "
-                 "identity file (identity.key, client.key) holds the 32-byte seed, nothing else.",
+        "libp2p PublicKey protobuf -> identity multihash -> base58btc peer id. A dinet "
+        "identity file (identity.key, client.key) holds the 32-byte seed, nothing else.",
         "keys": out,
     }
 
@@ -139,8 +144,13 @@ def signed(name: str, domain: bytes, body: str, signature: str) -> dict[str, Any
     """The fields every signed-object vector shares, checked against an independent signer."""
     data = domain + body.encode()
     assert signature == independent_signature(name, data), name
-    return {"signer": name, "domain": domain.decode(), "body": body, "signed_bytes_hex": data.hex(),
-            "signature": signature}
+    return {
+        "signer": name,
+        "domain": domain.decode(),
+        "body": body,
+        "signed_bytes_hex": data.hex(),
+        "signature": signature,
+    }
 
 
 def refusal(why: str, payload: str, now: float | None = None) -> dict[str, Any]:
@@ -156,16 +166,35 @@ def manifest() -> dict[str, Any]:
     node, client = key("node"), key("client")
     peer = peer_id_of(node)
     body = Manifest(
-        peer_id=peer, version="dinet/0.1.0", region="São Paulo",
+        peer_id=peer,
+        version="dinet/0.1.0",
+        region="São Paulo",
         addrs=(f"/ip4/192.0.2.7/tcp/4001/p2p/{peer}",),
         models=(
-            ModelOffer(model_id="smollm2-135m-instruct", model_hash=MODEL_HASH, quantization="q4_1",
-                       context=2048, layers=(0, 30)),
-            ModelOffer(model_id="smollm2-135m-instruct", model_hash=MODEL_HASH, quantization="q4_1",
-                       context=2048, layers=(10, 20), stage=True, n_layers=30),
+            ModelOffer(
+                model_id="smollm2-135m-instruct",
+                model_hash=MODEL_HASH,
+                quantization="q4_1",
+                context=2048,
+                layers=(0, 30),
+            ),
+            ModelOffer(
+                model_id="smollm2-135m-instruct",
+                model_hash=MODEL_HASH,
+                quantization="q4_1",
+                context=2048,
+                layers=(10, 20),
+                stage=True,
+                n_layers=30,
+            ),
         ),
-        max_concurrent=4, tokens_per_s=95.5, ttft_ms=40.5, price_per_token=2e-05,
-        load=Load(active=1, queued=0), issued_at=ISSUED_AT, expires_at=ISSUED_AT + 30,
+        max_concurrent=4,
+        tokens_per_s=95.5,
+        ttft_ms=40.5,
+        price_per_token=2e-05,
+        load=Load(active=1, queued=0),
+        issued_at=ISSUED_AT,
+        expires_at=ISSUED_AT + 30,
         price_per_prompt_token=1e-06,
     )
     message = sign_manifest(body, node)
@@ -175,24 +204,30 @@ def manifest() -> dict[str, Any]:
     long_life = replaced(message.body, f'"expires_at":{ISSUED_AT + 30}', f'"expires_at":{ISSUED_AT + 301}')
     return {
         "about": "A node's capability manifest (/dinet/manifest/1 and the gossip topic /dinet/manifests/1), "
-                 "signed with an empty domain. Valid at `now`; every `refused` payload must be refused "
-                 "(at its own `now` if it has one).",
+        "signed with an empty domain. Valid at `now`; every `refused` payload must be refused "
+        "(at its own `now` if it has one).",
         **signed("node", b"", message.body, signature),
         "payload": payload,
         "now": ISSUED_AT + 1,
         "refused": [
-            refusal("body changed after signing",
-                    replaced(payload, '\\"tokens_per_s\\":95.5', '\\"tokens_per_s\\":950.5')),
-            refusal("signed by another key",
-                    replaced(payload, signature, sign_manifest(body, client).signature)),
-            refusal("signature in the URL-safe base64 alphabet",
-                    replaced(payload, signature, signature.replace("+", "-").replace("/", "_"))),
+            refusal(
+                "body changed after signing",
+                replaced(payload, '\\"tokens_per_s\\":95.5', '\\"tokens_per_s\\":950.5'),
+            ),
+            refusal(
+                "signed by another key", replaced(payload, signature, sign_manifest(body, client).signature)
+            ),
+            refusal(
+                "signature in the URL-safe base64 alphabet",
+                replaced(payload, signature, signature.replace("+", "-").replace("/", "_")),
+            ),
             refusal("signature without its = padding", replaced(payload, signature, signature.rstrip("="))),
             refusal("expired: now is expires_at", payload, ISSUED_AT + 30),
             refusal("issued more than 60 s after now", payload, ISSUED_AT - 61),
-            refusal("a lifetime over 300 s, though signed by its peer",
-                    encode(SignedManifest(body=long_life, signature=sign_body(long_life, node)))
-                    .decode()),
+            refusal(
+                "a lifetime over 300 s, though signed by its peer",
+                encode(SignedManifest(body=long_life, signature=sign_body(long_life, node))).decode(),
+            ),
         ],
     }
 
@@ -200,37 +235,60 @@ def manifest() -> dict[str, Any]:
 def receipt() -> dict[str, Any]:
     node, client = key("node"), key("client")
     prefix = (504, 1423)
-    request = InferRequest.model_validate({
-        "request_id": "9f1c6b0e8a2d4c3f9e7b5a1d2c3e4f50", "model_id": "smollm2-135m-instruct",
-        "model_hash": MODEL_HASH,
-        "params": {"prompt": "Name a river.", "max_tokens": 16, "temperature": 0.7, "top_p": 0.9,
-                   "seed": 42, "prefix_tokens": prefix},
-    }, strict=False)
+    request = InferRequest.model_validate(
+        {
+            "request_id": "9f1c6b0e8a2d4c3f9e7b5a1d2c3e4f50",
+            "model_id": "smollm2-135m-instruct",
+            "model_hash": MODEL_HASH,
+            "params": {
+                "prompt": "Name a river.",
+                "max_tokens": 16,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "seed": 42,
+                "prefix_tokens": prefix,
+            },
+        },
+        strict=False,
+    )
     request_payload = encode(request)
     tokens = [30, 28, 4837, 2817, 30, 198, 2, 49151, 0, 1, 17, 8]
     prompt_tokens, price_prompt, price = 31, 1e-06, 2e-05
     body = ReceiptBody(
-        request_id=request.request_id, request_hash=request_hash(request_payload), model_hash=MODEL_HASH,
-        node=peer_id_of(node), client=peer_id_of(client), prompt_tokens=prompt_tokens,
-        completion_tokens=len(tokens), first_index=len(prefix), price_per_prompt_token=price_prompt,
-        price_per_token=price, amount=charge(prompt_tokens, len(tokens), price_prompt, price),
-        output_hash=output_hash(tokens), issued_at=ISSUED_AT,
+        request_id=request.request_id,
+        request_hash=request_hash(request_payload),
+        model_hash=MODEL_HASH,
+        node=peer_id_of(node),
+        client=peer_id_of(client),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(tokens),
+        first_index=len(prefix),
+        price_per_prompt_token=price_prompt,
+        price_per_token=price,
+        amount=charge(prompt_tokens, len(tokens), price_prompt, price),
+        output_hash=output_hash(tokens),
+        issued_at=ISSUED_AT,
     )
     assert body.amount == 31 * 1e-06 + 12 * 2e-05 != 0.000271  # IEEE doubles, in that order
     assert body.request_hash == hashlib.sha256(request_payload).hexdigest()
     assert body.output_hash == hashlib.sha256(b"".join(struct.pack(">I", t) for t in tokens)).hexdigest()
     by_node = sign_receipt(body, node)
-    end = EndFrame(finish_reason="length",
-                   usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(prefix) + len(tokens)),
-                   ttft_ms=41.5, tokens_per_s=88.25, model_id="smollm2-135m-instruct", model_hash=MODEL_HASH,
-                   receipt=by_node)
+    end = EndFrame(
+        finish_reason="length",
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(prefix) + len(tokens)),
+        ttft_ms=41.5,
+        tokens_per_s=88.25,
+        model_id="smollm2-135m-instruct",
+        model_hash=MODEL_HASH,
+        receipt=by_node,
+    )
     both = countersign(by_node, client)
     payload = encode(both).decode()
     wrong_amount = replaced(by_node.body, f'"amount":{body.amount}', '"amount":0.000271')
     return {
         "about": "A node's receipt (in its end frame) and the client's countersignature (sent back on the "
-                 "same stream). `request_payload` is the client's infer frame payload, `token_ids` the "
-                 "tokens the node sent. Valid at `now`; every `refused` payload must be refused.",
+        "same stream). `request_payload` is the client's infer frame payload, `token_ids` the "
+        "tokens the node sent. Valid at `now`; every `refused` payload must be refused.",
         "request_payload": request_payload.decode(),
         "request_hash": body.request_hash,
         "token_ids": tokens,
@@ -243,20 +301,28 @@ def receipt() -> dict[str, Any]:
         "client": signed("client", CLIENT_DOMAIN, both.body, both.client_signature),
         "countersigned_payload": payload,
         "refused": [
-            refusal("body changed after signing",
-                    replaced(payload, '\\"prompt_tokens\\":31', '\\"prompt_tokens\\":3')),
-            refusal("the node's signature made over the client's domain",
-                    replaced(payload, both.node_signature,
-                             sign_body(by_node.body, node, CLIENT_DOMAIN))),
-            refusal("the client's signature made over the node's domain",
-                    replaced(payload, both.client_signature,
-                             sign_body(by_node.body, client, NODE_DOMAIN))),
-            refusal("an amount its counts and prices do not give, though both signed it",
-                    encode(CountersignedReceipt(
+            refusal(
+                "body changed after signing",
+                replaced(payload, '\\"prompt_tokens\\":31', '\\"prompt_tokens\\":3'),
+            ),
+            refusal(
+                "the node's signature made over the client's domain",
+                replaced(payload, both.node_signature, sign_body(by_node.body, node, CLIENT_DOMAIN)),
+            ),
+            refusal(
+                "the client's signature made over the node's domain",
+                replaced(payload, both.client_signature, sign_body(by_node.body, client, NODE_DOMAIN)),
+            ),
+            refusal(
+                "an amount its counts and prices do not give, though both signed it",
+                encode(
+                    CountersignedReceipt(
                         body=wrong_amount,
                         node_signature=sign_body(wrong_amount, node, NODE_DOMAIN),
                         client_signature=sign_body(wrong_amount, client, CLIENT_DOMAIN),
-                    )).decode()),
+                    )
+                ).decode(),
+            ),
         ],
     }
 
@@ -268,8 +334,11 @@ def tiny_gguf(path: Path) -> bytes:
     writer.add_context_length(64)
     writer.add_file_type(0)
     writer.add_license("apache-2.0")
-    for name, shape in {"token_embd.weight": (4, 8), "blk.0.attn_norm.weight": (8,),
-                        "output_norm.weight": (8,)}.items():
+    for name, shape in {
+        "token_embd.weight": (4, 8),
+        "blk.0.attn_norm.weight": (8,),
+        "output_norm.weight": (8,),
+    }.items():
         writer.add_tensor(name, np.arange(math.prod(shape), dtype=np.float32).reshape(shape) / 8)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -290,31 +359,38 @@ def model_card() -> dict[str, Any]:
             message = build_card(path, "tiny-vector", "v1", node)
         assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     parsed = ModelCard.model_validate_json(message.body)
-    hashes = [hashlib.sha256(data[o:o + n]).hexdigest() for o, n in spans]
+    hashes = [hashlib.sha256(data[o : o + n]).hexdigest() for o, n in spans]
     assert list(parsed.chunk_hashes) == hashes and parsed.chunk_size == CHUNK_SIZE
     assert parsed.model_hash == merkle_root([bytes.fromhex(h) for h in hashes]).hex()
     payload = encode(message).decode()
     header = ChunkHeader(index=1, size=spans[1][1])
-    chunk = data[spans[1][0]:spans[1][0] + spans[1][1]]
+    chunk = data[spans[1][0] : spans[1][0] + spans[1][1]]
     return {
         "about": "A model card (/dinet/chunks/1) for the tiny GGUF file in `file_hex`, signed by its "
-                 "publisher with an empty domain: its chunks start at byte 0 and at each tensor's first "
-                 "byte. `chunks_at_64` shows the same file cut with chunk size 64 instead of 1 MiB "
-                 "(the protocol's size), to show the cuts within a segment. `chunk_1_reply_hex` is "
-                 "what a node sends for chunk_request indices [1]: a chunk frame, then a raw frame.",
+        "publisher with an empty domain: its chunks start at byte 0 and at each tensor's first "
+        "byte. `chunks_at_64` shows the same file cut with chunk size 64 instead of 1 MiB "
+        "(the protocol's size), to show the cuts within a segment. `chunk_1_reply_hex` is "
+        "what a node sends for chunk_request indices [1]: a chunk frame, then a raw frame.",
         "file_hex": data.hex(),
         "chunk_spans": [list(s) for s in spans],
-        "chunks_at_64": {"spans": [list(s) for s in small_spans], "hashes": [h.hex() for h in small_hashes],
-                         "model_hash": merkle_root(small_hashes).hex()},
+        "chunks_at_64": {
+            "spans": [list(s) for s in small_spans],
+            "hashes": [h.hex() for h in small_hashes],
+            "model_hash": merkle_root(small_hashes).hex(),
+        },
         "model_hash": parsed.model_hash,
         **signed("node", b"", message.body, message.signature),
         "payload": payload,
         "chunk_1_reply_hex": (encode_frame(encode(header)) + encode_frame(chunk)).hex(),
         "refused": [
-            refusal("body changed after signing", replaced(payload, '\\"version\\":\\"v1\\"',
-                                                          '\\"version\\":\\"v2\\"')),
-            refusal("signed by another key",
-                    replaced(payload, message.signature, sign_body(message.body, key("client")))),
+            refusal(
+                "body changed after signing",
+                replaced(payload, '\\"version\\":\\"v1\\"', '\\"version\\":\\"v2\\"'),
+            ),
+            refusal(
+                "signed by another key",
+                replaced(payload, message.signature, sign_body(message.body, key("client"))),
+            ),
         ],
     }
 
@@ -322,8 +398,9 @@ def model_card() -> dict[str, Any]:
 # ---------------------------------------------------------------- sampler and text
 
 
-def reference_choice(logits: list[float], index: int, temperature: float, top_p: float,
-                     seed: int) -> tuple[int, float | None, float | None]:
+def reference_choice(
+    logits: list[float], index: int, temperature: float, top_p: float, seed: int
+) -> tuple[int, float | None, float | None]:
     """The sampler's definition the slow, obvious way: (token, lo, hi) with lo <= u < hi."""
     if temperature <= 0:
         return logits.index(max(logits)), None, None
@@ -353,40 +430,90 @@ def sampler() -> dict[str, Any]:
         digest = hashlib.blake2b(data, digest_size=8, person=b"dinet-sampler").digest()
         u = uniform(seed, index)
         assert u == float(int.from_bytes(digest, "big")) / 2.0**64
-        draws.append({"seed": seed, "index": index, "input_hex": data.hex(), "digest_hex": digest.hex(),
-                      "u": u, "u_hex": u.hex()})
+        draws.append(
+            {
+                "seed": seed,
+                "index": index,
+                "input_hex": data.hex(),
+                "digest_hex": digest.hex(),
+                "u": u,
+                "u_hex": u.hex(),
+            }
+        )
     rng = np.random.default_rng(2024)
     cases: list[dict[str, Any]] = [
-        {"why": "greedy: the first of the tied best logits", "logits": as_f32([1.5, 3.25, -2.0, 3.25]),
-         "temperature": 0.0, "top_p": 1.0, "seed": 9, "index": 0},
-        {"why": "plain sampling", "logits": as_f32(rng.standard_normal(8) * 2),
-         "temperature": 0.7, "top_p": 1.0, "seed": 42, "index": 3},
-        {"why": "nucleus, with ties at the top (broken by the lower id)",
-         "logits": as_f32([2.0, 5.0, 5.0, 1.0, 5.0, -1.0, 0.5, 4.0]),
-         "temperature": 1.0, "top_p": 0.9, "seed": 7, "index": 2},
-        {"why": "a small nucleus at a high temperature", "logits": as_f32(rng.standard_normal(16) * 3),
-         "temperature": 1.5, "top_p": 0.5, "seed": 11, "index": 0},
-        {"why": "a token far below the best (most of the mass is in the long tail)",
-         "logits": as_f32([12.0] + [0.0] * 62 + [-3.0]), "temperature": 2.0, "top_p": 1.0,
-         "seed": 0, "index": 0},
-        {"why": "near a boundary: division in float32 (not float64) would choose token 0",
-         "logits": as_f32([0.0, -0.2769584059715271]), "temperature": 0.7, "top_p": 1.0,
-         "seed": 0, "index": 5, "near_boundary": True},
+        {
+            "why": "greedy: the first of the tied best logits",
+            "logits": as_f32([1.5, 3.25, -2.0, 3.25]),
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "seed": 9,
+            "index": 0,
+        },
+        {
+            "why": "plain sampling",
+            "logits": as_f32(rng.standard_normal(8) * 2),
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "seed": 42,
+            "index": 3,
+        },
+        {
+            "why": "nucleus, with ties at the top (broken by the lower id)",
+            "logits": as_f32([2.0, 5.0, 5.0, 1.0, 5.0, -1.0, 0.5, 4.0]),
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "seed": 7,
+            "index": 2,
+        },
+        {
+            "why": "a small nucleus at a high temperature",
+            "logits": as_f32(rng.standard_normal(16) * 3),
+            "temperature": 1.5,
+            "top_p": 0.5,
+            "seed": 11,
+            "index": 0,
+        },
+        {
+            "why": "a token far below the best (most of the mass is in the long tail)",
+            "logits": as_f32([12.0] + [0.0] * 62 + [-3.0]),
+            "temperature": 2.0,
+            "top_p": 1.0,
+            "seed": 0,
+            "index": 0,
+        },
+        {
+            "why": "near a boundary: division in float32 (not float64) would choose token 0",
+            "logits": as_f32([0.0, -0.2769584059715271]),
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "seed": 0,
+            "index": 5,
+            "near_boundary": True,
+        },
     ]
     for case in cases:
         logits = np.asarray(case["logits"], dtype=np.float32)
-        token, lo, hi = reference_choice(case["logits"], case["index"], case["temperature"],
-                                         case["top_p"], case["seed"])
-        assert token == choose_token(logits, case["index"], temperature=case["temperature"],
-                                     top_p=case["top_p"], seed=case["seed"]), case["why"]
+        token, lo, hi = reference_choice(
+            case["logits"], case["index"], case["temperature"], case["top_p"], case["seed"]
+        )
+        assert token == choose_token(
+            logits, case["index"], temperature=case["temperature"], top_p=case["top_p"], seed=case["seed"]
+        ), case["why"]
         case["token"] = token
         if lo is not None:
             case.update(u=uniform(case["seed"], case["index"]), lo=lo, hi=hi)
         _check_margin(case)
     # A vocabulary-sized case, as raw little-endian float32 bytes: many draws from one distribution.
     big = (rng.standard_normal(4096) * 3).astype("<f4")
-    big_case: dict[str, Any] = {"why": "4096 logits, 24 draws", "logits_f32le_b64": base64.b64encode(
-        big.tobytes()).decode(), "temperature": 0.8, "top_p": 0.95, "seed": 7, "draws": []}
+    big_case: dict[str, Any] = {
+        "why": "4096 logits, 24 draws",
+        "logits_f32le_b64": base64.b64encode(big.tobytes()).decode(),
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "seed": 7,
+        "draws": [],
+    }
     for index in range(24):
         token, lo, hi = reference_choice(as_f32(big), index, 0.8, 0.95, 7)
         assert token == choose_token(big, index, temperature=0.8, top_p=0.95, seed=7)
@@ -395,9 +522,9 @@ def sampler() -> dict[str, Any]:
         big_case["draws"].append(draw)
     return {
         "about": "uniform(seed, index) = float64(big-endian uint64 of BLAKE2b-64(seed_be8 || index_be8, "
-                 "personal 'dinet-sampler' zero-padded to 16 bytes)) / 2^64; then choose(logits, index, "
-                 "temperature, top_p, seed) -> token. `lo`, `hi`: the token is chosen exactly when "
-                 "lo <= u < hi. Logits are float32 values (as engines give them), written as JSON numbers.",
+        "personal 'dinet-sampler' zero-padded to 16 bytes)) / 2^64; then choose(logits, index, "
+        "temperature, top_p, seed) -> token. `lo`, `hi`: the token is chosen exactly when "
+        "lo <= u < hi. Logits are float32 values (as engines give them), written as JSON numbers.",
         "personal_hex": b"dinet-sampler".ljust(16, b"\0").hex(),
         "uniform": draws,
         "choose": cases,
@@ -418,16 +545,36 @@ def _check_margin(case: dict[str, Any]) -> None:
 def text() -> dict[str, Any]:
     e, wave, euro = "é".encode(), "🌊".encode(), "€".encode()
     cases = [
-        {"why": "a character split across tokens comes with the token that completes it",
-         "stops": [], "prefix": [], "pieces": [e[:1], e[1:] + b"t", wave[:2], wave[2:]]},
-        {"why": "invalid bytes are dropped; an unfinished character at the end is dropped",
-         "stops": [], "prefix": [], "pieces": [b"ok", b"\xff", b" then", euro[:2]]},
-        {"why": "a stop string ends the text before it; the token that holds its start is cut",
-         "stops": ["END"], "prefix": [], "pieces": [b"Hello", b" E", b"N", b"Dless", b"more"]},
-        {"why": "text that may begin a stop string is held back, then released when it does not",
-         "stops": ["<|im_end|>"], "prefix": [], "pieces": [b"a <", b"|im", b" b", b"c"]},
-        {"why": "a resumed answer: prefix tokens prime the decoder and send nothing",
-         "stops": [], "prefix": [b"caf", e[:1]], "pieces": [e[1:] + b"!", b" ok"]},
+        {
+            "why": "a character split across tokens comes with the token that completes it",
+            "stops": [],
+            "prefix": [],
+            "pieces": [e[:1], e[1:] + b"t", wave[:2], wave[2:]],
+        },
+        {
+            "why": "invalid bytes are dropped; an unfinished character at the end is dropped",
+            "stops": [],
+            "prefix": [],
+            "pieces": [b"ok", b"\xff", b" then", euro[:2]],
+        },
+        {
+            "why": "a stop string ends the text before it; the token that holds its start is cut",
+            "stops": ["END"],
+            "prefix": [],
+            "pieces": [b"Hello", b" E", b"N", b"Dless", b"more"],
+        },
+        {
+            "why": "text that may begin a stop string is held back, then released when it does not",
+            "stops": ["<|im_end|>"],
+            "prefix": [],
+            "pieces": [b"a <", b"|im", b" b", b"c"],
+        },
+        {
+            "why": "a resumed answer: prefix tokens prime the decoder and send nothing",
+            "stops": [],
+            "prefix": [b"caf", e[:1]],
+            "pieces": [e[1:] + b"!", b" ok"],
+        },
     ]
     out = []
     for case in cases:
@@ -438,22 +585,38 @@ def text() -> dict[str, Any]:
         tokens, answer, stopped = [], "", False
         for offset, piece in enumerate(case["pieces"]):
             released, stopped = completion.push(first + offset, 1000 + offset, piece)
-            tokens.append({"index": first + offset, "token_id": 1000 + offset, "bytes_hex": piece.hex(),
-                           "releases": [_frame(f) for f in released]})
+            tokens.append(
+                {
+                    "index": first + offset,
+                    "token_id": 1000 + offset,
+                    "bytes_hex": piece.hex(),
+                    "releases": [_frame(f) for f in released],
+                }
+            )
             answer += "".join(f.text for f in released)
             if stopped:
                 break
         at_end = [] if stopped else completion.finish()
         answer += "".join(f.text for f in at_end)
-        out.append({"why": case["why"], "stops": case["stops"],
-                    "prefix_hex": [p.hex() for p in case["prefix"]], "tokens": tokens, "stopped": stopped,
-                    "finish_releases": [_frame(f) for f in at_end], "answer": answer})
-    return {"about": "Token bytes in, token frames out (the node's side of /dinet/infer/1 and of a last "
-                     "stage's shard_sampled): `releases` are the frames sent after each token; with "
-                     "`stopped` a stop string ended the completion (no later token is pushed), else "
-                     "`finish_releases` are sent at its end. The answer is the frames' texts joined "
-                     "in order.",
-            "cases": out}
+        out.append(
+            {
+                "why": case["why"],
+                "stops": case["stops"],
+                "prefix_hex": [p.hex() for p in case["prefix"]],
+                "tokens": tokens,
+                "stopped": stopped,
+                "finish_releases": [_frame(f) for f in at_end],
+                "answer": answer,
+            }
+        )
+    return {
+        "about": "Token bytes in, token frames out (the node's side of /dinet/infer/1 and of a last "
+        "stage's shard_sampled): `releases` are the frames sent after each token; with "
+        "`stopped` a stop string ended the completion (no later token is pushed), else "
+        "`finish_releases` are sent at its end. The answer is the frames' texts joined "
+        "in order.",
+        "cases": out,
+    }
 
 
 def _frame(frame: Any) -> dict[str, Any]:
@@ -471,29 +634,40 @@ def framing() -> dict[str, Any]:
     hidden = (np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5) / 4
     return {
         "about": "A frame is a 4-byte big-endian length, then that many payload bytes; at most 1048576. "
-                 "`streams` are byte streams and what a reader makes of them: frames, then `end` (a "
-                 "clean end between frames), `truncated` or `too_large`.",
+        "`streams` are byte streams and what a reader makes of them: frames, then `end` (a "
+        "clean end between frames), `truncated` or `too_large`.",
         "max_frame": 1 << 20,
         "frames": [{"payload_hex": p.hex(), "frame_hex": encode_frame(p).hex()} for p in payloads],
         "streams": [
             {"bytes_hex": "", "frames_hex": [], "then": "end"},
             {"bytes_hex": two.hex(), "frames_hex": [payloads[1].hex(), payloads[2].hex()], "then": "end"},
             {"bytes_hex": "000000", "frames_hex": [], "then": "truncated"},
-            {"bytes_hex": (encode_frame(payloads[1]) + bytes.fromhex("0000000a7b7d")).hex(),
-             "frames_hex": [payloads[1].hex()], "then": "truncated"},
+            {
+                "bytes_hex": (encode_frame(payloads[1]) + bytes.fromhex("0000000a7b7d")).hex(),
+                "frames_hex": [payloads[1].hex()],
+                "then": "truncated",
+            },
             {"bytes_hex": "00100000", "frames_hex": [], "then": "truncated"},
             {"bytes_hex": "00100001", "frames_hex": [], "then": "too_large"},
         ],
         "tensors": [
-            {"header": json.loads(encode(ShardStep(session_id="s1", seq=0, rows=3, dtype="i32"))),
-             "array": ids.tolist(), "bytes_hex": tensor_frames(
-                ShardStep(session_id="s1", seq=0, rows=3, dtype="i32"), ids).hex()},
-            {"header": json.loads(encode(ShardHidden(seq=4, rows=2, dtype="f32"))),
-             "array": hidden.tolist(), "bytes_hex": tensor_frames(
-                ShardHidden(seq=4, rows=2, dtype="f32"), hidden).hex()},
-            {"header": json.loads(encode(ShardHidden(seq=4, rows=2, dtype="f16"))),
-             "array": hidden.tolist(), "bytes_hex": tensor_frames(
-                ShardHidden(seq=4, rows=2, dtype="f16"), hidden.astype(np.float16)).hex()},
+            {
+                "header": json.loads(encode(ShardStep(session_id="s1", seq=0, rows=3, dtype="i32"))),
+                "array": ids.tolist(),
+                "bytes_hex": tensor_frames(ShardStep(session_id="s1", seq=0, rows=3, dtype="i32"), ids).hex(),
+            },
+            {
+                "header": json.loads(encode(ShardHidden(seq=4, rows=2, dtype="f32"))),
+                "array": hidden.tolist(),
+                "bytes_hex": tensor_frames(ShardHidden(seq=4, rows=2, dtype="f32"), hidden).hex(),
+            },
+            {
+                "header": json.loads(encode(ShardHidden(seq=4, rows=2, dtype="f16"))),
+                "array": hidden.tolist(),
+                "bytes_hex": tensor_frames(
+                    ShardHidden(seq=4, rows=2, dtype="f16"), hidden.astype(np.float16)
+                ).hex(),
+            },
         ],
     }
 
@@ -510,8 +684,8 @@ def hashes() -> dict[str, Any]:
     assert key_hex == "1220" + h(f"dinet-model:{MODEL_HASH}".encode()).hexdigest()
     return {
         "about": "Merkle roots over chunk hashes (an odd last node goes up unchanged; no leaves: "
-                 "sha256 of nothing), the DHT provider key of a model hash (the bytes of `key_hex`), "
-                 "and output hashes of token ids.",
+        "sha256 of nothing), the DHT provider key of a model hash (the bytes of `key_hex`), "
+        "and output hashes of token ids.",
         "merkle": merkle,
         "dht_key": {"model_hash": MODEL_HASH, "key_hex": key_hex},
         "output_hash": [{"token_ids": ids, "hash": output_hash(ids)} for ids in ([], [0, 1, 2**32 - 1])],
@@ -556,17 +730,27 @@ def chunks(indices: list[int], model_hash: str = MODEL_HASH) -> str:
 _END = '"usage":{"prompt_tokens":5,"completion_tokens":0},"ttft_ms":12,"tokens_per_s":0}'
 MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     ("infer_request", infer(), "the least request: every other field takes its default"),
-    ("infer_request", '{"params": {"messages": [{"content": "Hi", "role": "user"}], "seed": 5},\n'
-                      ' "request_id": "r1", "kind": "infer"}', "fields in any order, whitespace anywhere"),
+    (
+        "infer_request",
+        '{"params": {"messages": [{"content": "Hi", "role": "user"}], "seed": 5},\n'
+        ' "request_id": "r1", "kind": "infer"}',
+        "fields in any order, whitespace anywhere",
+    ),
     ("infer_request", infer(head='"request_id":"r1"'), "kind may be left out of a request (send it anyway)"),
     ("infer_request", infer(hi('"temperature":1')), "an integer where a number is due"),
     ("infer_request", infer(head=f'"kind":"infer","request_id":"{"é" * 64}"'), "64 characters, not bytes"),
-    ("infer_request", infer(hi('"seed":9223372036854775807,"max_tokens":4096')),
-     "the largest seed and max_tokens"),
+    (
+        "infer_request",
+        infer(hi('"seed":9223372036854775807,"max_tokens":4096')),
+        "the largest seed and max_tokens",
+    ),
     ("infer_request", infer(hi('"stop":["a","bb","ccc","dddd"]')), "four stop strings"),
     ("infer_request", infer(head=_ID + ',"model_id":null,"model_hash":null'), "null for an optional field"),
-    ("infer_request", infer(hi('"prefix_tokens":[-1]')),
-     "a negative prefix token decodes (the node's engine then answers bad_request)"),
+    (
+        "infer_request",
+        infer(hi('"prefix_tokens":[-1]')),
+        "a negative prefix token decodes (the node's engine then answers bad_request)",
+    ),
     ("infer_request", infer(tail=',"extra":1'), "an unknown field"),
     ("infer_request", infer(hi('"logprobs":true')), "an unknown field inside params"),
     ("infer_request", infer(head='"kind":"infer"'), "no request_id"),
@@ -589,8 +773,11 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     ("infer_request", infer(head='"kind":"ask","request_id":"r1"'), "an unknown kind"),
     ("infer_reply", '{"kind":"token","index":0,"token_id":9,"text":""}', "a token frame"),
     ("infer_reply", '{"kind":"queued","waiting":0}', "a queued frame"),
-    ("infer_reply", '{"kind":"end","finish_reason":"stop",' + _END,
-     "an end frame without receipt, model_id, model_hash"),
+    (
+        "infer_reply",
+        '{"kind":"end","finish_reason":"stop",' + _END,
+        "an end frame without receipt, model_id, model_hash",
+    ),
     ("infer_reply", '{"kind":"error","code":"busy","message":"2 generating and 8 queued"}', "an error frame"),
     ("infer_reply", '{"index":0,"token_id":9,"text":""}', "a reply without kind"),
     ("infer_reply", '{"kind":"error","code":"teapot","message":""}', "an unknown error code"),
@@ -600,19 +787,36 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     ("verify_request", verify(model_hash=False), "no model_hash"),
     ("verify_request", verify(hi('"prefix_tokens":[3]')), "prefix_tokens in a verify request"),
     ("verify_request", verify(tokens="[]"), "no tokens"),
-    ("verify_reply", '{"positions":[{"index":0,"token_id":1,"rank":0,"logprob":-0.5,"best_logprob":-0.5}],'
-                     '"prompt_tokens":3,"elapsed_ms":1.5,"kind":"scores"}', "scores at temperature 0"),
-    ("verify_reply", '{"kind":"scores","prompt_tokens":3,"elapsed_ms":1.5,"positions":[{"index":0,'
-                     '"token_id":1,"rank":0,"logprob":0.5,"best_logprob":0}]}', "a positive log-probability"),
+    (
+        "verify_reply",
+        '{"positions":[{"index":0,"token_id":1,"rank":0,"logprob":-0.5,"best_logprob":-0.5}],'
+        '"prompt_tokens":3,"elapsed_ms":1.5,"kind":"scores"}',
+        "scores at temperature 0",
+    ),
+    (
+        "verify_reply",
+        '{"kind":"scores","prompt_tokens":3,"elapsed_ms":1.5,"positions":[{"index":0,'
+        '"token_id":1,"rank":0,"logprob":0.5,"best_logprob":0}]}',
+        "a positive log-probability",
+    ),
     ("manifest_query", '{"kind":"manifest_query"}', "include_known defaults to true"),
     ("manifest_query", '{"kind":"manifest_query","include_known":1}', "1 is not a boolean"),
     ("manifest_reply", '{"kind":"manifests","manifests":[]}', "an empty list"),
-    ("shard_request", '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"}}',
-     "the least shard_open"),
-    ("shard_request", '{"kind":"shard_step","session_id":"s1","seq":0,"rows":3,"dtype":"i32"}',
-     "sample defaults to true"),
-    ("shard_request", '{"kind":"shard_step","session_id":"s1","seq":0,"rows":3,"dtype":"f64"}',
-     "an unknown dtype"),
+    (
+        "shard_request",
+        '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"}}',
+        "the least shard_open",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_step","session_id":"s1","seq":0,"rows":3,"dtype":"i32"}',
+        "sample defaults to true",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_step","session_id":"s1","seq":0,"rows":3,"dtype":"f64"}',
+        "an unknown dtype",
+    ),
     ("shard_reply", '{"kind":"shard_sampled","seq":3,"index":0,"token_id":9}', "the least shard_sampled"),
     ("shard_reply", '{"kind":"shard_opened","session_id":"s1","n_embd":576}', "prompt_ids defaults to []"),
     ("chunk_query", chunks([0, 1]), "two chunks"),
@@ -640,21 +844,31 @@ def messages() -> dict[str, Any]:
         assert case.pop("_error", "MalformedMessage") in {"MalformedMessage", "ValidationError"}, case
     return {
         "about": "Payloads and what a receiver makes of them: `valid` ones decode to `decoded` (every "
-                 "field, defaults filled in, as the reference encodes it); the others are refused "
-                 "(bad_request on a node). `decoder` names the message set a receiver expects.",
+        "field, defaults filled in, as the reference encodes it); the others are refused "
+        "(bad_request on a node). `decoder` names the message set a receiver expects.",
         "cases": out,
     }
 
 
 def main() -> None:
-    files = {"keys": keys(), "manifest": manifest(), "receipt": receipt(), "model_card": model_card(),
-             "sampler": sampler(), "text": text(), "framing": framing(), "hashes": hashes(),
-             "messages": messages()}
+    files = {
+        "keys": keys(),
+        "manifest": manifest(),
+        "receipt": receipt(),
+        "model_card": model_card(),
+        "sampler": sampler(),
+        "text": text(),
+        "framing": framing(),
+        "hashes": hashes(),
+        "messages": messages(),
+    }
     for name, content in files.items():
         path = HERE / f"{name}.json"
         path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}",
-              file=sys.stderr)
+        print(
+            f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -82,18 +82,22 @@ class NodeSettings(CommonSettings):
         default=MAX_TOKENS_LIMIT, ge=1, le=MAX_TOKENS_LIMIT, description="Most tokens one request may ask for"
     )
     max_prompt_chars: int = Field(
-        default=MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS,
+        default=MAX_PROMPT_CHARS,
+        ge=1,
+        le=MAX_PROMPT_CHARS,
         description="Most characters of prompt (all messages together) in one request",
     )
     max_request_bytes: int = Field(
         default=MAX_FRAME, ge=16_384, le=MAX_FRAME, description="Largest request frame accepted, in bytes"
     )
     layers: str | None = Field(
-        default=None, pattern=r"^\d+:\d+$",
+        default=None,
+        pattern=r"^\d+:\d+$",
         description="Serve only blocks START:STOP of the model as a pipeline stage (/dinet/shard/1)",
     )
     shard_kv_mb: float = Field(
-        default=512.0, gt=0,
+        default=512.0,
+        gt=0,
         description="Most MB of KV cache a stage keeps; least recently used sessions go first",
     )
     shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
@@ -108,11 +112,14 @@ class NodeSettings(CommonSettings):
     )
 
     api_port: int | None = Field(
-        default=None, ge=0, le=65535,
+        default=None,
+        ge=0,
+        le=65535,
         description="Also serve the OpenAI-compatible API and web page on this port (0: any free port)",
     )
     api_host: str = Field(
-        default="127.0.0.1", max_length=255,
+        default="127.0.0.1",
+        max_length=255,
         description="Address the API binds (with api_port); other than loopback needs api_key",
     )
     api_key: SecretStr | None = Field(
@@ -160,7 +167,9 @@ class ClientSettings(CommonSettings):
         default=MIN_EVIDENCE, ge=1, description="Events a reputation must rest on before it can exclude"
     )
     verify_rate: float = Field(
-        default=0.0, ge=0.0, le=1.0,
+        default=0.0,
+        ge=0.0,
+        le=1.0,
         description="Fraction of answers re-scored by another peer serving the same model (1: all)",
     )
 
@@ -199,7 +208,9 @@ class GatewaySettings(ClientSettings):
 
 
 ROLES: dict[str, type[CommonSettings]] = {
-    "node": NodeSettings, "client": ClientSettings, "gateway": GatewaySettings,
+    "node": NodeSettings,
+    "client": ClientSettings,
+    "gateway": GatewaySettings,
 }
 
 

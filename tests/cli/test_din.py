@@ -16,8 +16,18 @@ def din(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_ask_json_reports_the_answer_and_who_served_it(tmp_path, mesh):
-    done = din("ask", "--json", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "12",
-               "--bootstrap", mesh.bootstrap[0], "Name a colour.")
+    done = din(
+        "ask",
+        "--json",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--max-tokens",
+        "12",
+        "--bootstrap",
+        mesh.bootstrap[0],
+        "Name a colour.",
+    )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["text"].strip()
@@ -29,16 +39,34 @@ def test_ask_json_reports_the_answer_and_who_served_it(tmp_path, mesh):
 
 
 def test_ask_streams_plain_text_to_a_person(tmp_path, mesh):
-    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "8",
-               "--bootstrap", mesh.bootstrap[0], "Say hello.")
+    done = din(
+        "ask",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--max-tokens",
+        "8",
+        "--bootstrap",
+        mesh.bootstrap[0],
+        "Say hello.",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     assert "served by" in done.stderr
 
 
 def test_peers_lists_every_node(tmp_path, mesh):
-    done = din("peers", "--json", "--no-mdns", "--home", str(tmp_path), "--wait", "2",
-               "--bootstrap", mesh.bootstrap[0])
+    done = din(
+        "peers",
+        "--json",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--wait",
+        "2",
+        "--bootstrap",
+        mesh.bootstrap[0],
+    )
     assert done.returncode == 0, done.stderr
     peers = json.loads(done.stdout)
     assert {p["peer_id"] for p in peers} == {n.peer_id for n in mesh.nodes}
@@ -55,14 +83,26 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
 
 def test_an_unreachable_bootstrap_is_one_clear_line(tmp_path):
     nobody = SigningKey.generate().peer_id
-    done = din("ask", "--no-mdns", "--home", str(tmp_path),
-               "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}", "hi")
+    done = din(
+        "ask", "--no-mdns", "--home", str(tmp_path), "--bootstrap", f"/ip4/127.0.0.1/tcp/9/p2p/{nobody}", "hi"
+    )
     assert "bootstrap" in one_line_error(done)
 
 
 def test_a_model_nobody_serves_is_one_clear_line(tmp_path, mesh):
-    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--model", "no-such-model",
-               "--timeout", "2", "--bootstrap", mesh.bootstrap[0], "hi")
+    done = din(
+        "ask",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--model",
+        "no-such-model",
+        "--timeout",
+        "2",
+        "--bootstrap",
+        mesh.bootstrap[0],
+        "hi",
+    )
     assert "no-such-model" in one_line_error(done)
 
 
@@ -83,18 +123,42 @@ def test_demo_runs_a_mesh_answers_and_cleans_up(tmp_path):
 def _demo_node_pids() -> set[int]:
     """Node processes whose home is a demo's (other tests' nodes may come and go)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines()
-            if "dinet node" in line and "dinet-demo-" in line}
+    return {
+        int(line.split()[0]) for line in out.splitlines() if "dinet node" in line and "dinet-demo-" in line
+    }
 
 
 def test_asking_for_a_model_version_by_hash(tmp_path, mesh):
     """Only peers advertising that exact hash are chosen; an unknown version is refused."""
     wanted = mesh.nodes[0].model_hash
-    done = din("ask", "--json", "--no-mdns", "--home", str(tmp_path), "--max-tokens", "4",
-               "--model-hash", wanted, "--bootstrap", mesh.bootstrap[0], "Say hi.")
+    done = din(
+        "ask",
+        "--json",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--max-tokens",
+        "4",
+        "--model-hash",
+        wanted,
+        "--bootstrap",
+        mesh.bootstrap[0],
+        "Say hi.",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model_hash"] == wanted
     missing = "0" * 64
-    done = din("ask", "--no-mdns", "--home", str(tmp_path), "--model-hash", missing, "--timeout", "2",
-               "--bootstrap", mesh.bootstrap[0], "Say hi.")
+    done = din(
+        "ask",
+        "--no-mdns",
+        "--home",
+        str(tmp_path),
+        "--model-hash",
+        missing,
+        "--timeout",
+        "2",
+        "--bootstrap",
+        mesh.bootstrap[0],
+        "Say hi.",
+    )
     assert missing in one_line_error(done)

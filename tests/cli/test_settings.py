@@ -29,22 +29,31 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def din(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True,
-                          timeout=120, env=env or clean_env())
+    return subprocess.run(
+        [sys.executable, "-m", "dinet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or clean_env(),
+    )
 
 
 def effective(*args: str, **env: str) -> dict[str, dict[str, object]]:
     """`din ... --print-config --json`, in this process (click parses it as it would argv)."""
-    done = CliRunner().invoke(app, [*args, "--print-config", "--json"],
-                              env={**{k: None for k in os.environ if k.startswith("DINET_")}, **env})
+    done = CliRunner().invoke(
+        app,
+        [*args, "--print-config", "--json"],
+        env={**{k: None for k in os.environ if k.startswith("DINET_")}, **env},
+    )
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout)
 
 
 def refused(*args: str, **env: str) -> str:
     """The one line a command prints when a setting is bad (exit 1, no traceback)."""
-    done = CliRunner().invoke(app, [*args, "--print-config"],
-                              env={**{k: None for k in os.environ if k.startswith("DINET_")}, **env})
+    done = CliRunner().invoke(
+        app, [*args, "--print-config"], env={**{k: None for k in os.environ if k.startswith("DINET_")}, **env}
+    )
     assert done.exit_code == 1, done.output
     assert done.exception is None or isinstance(done.exception, SystemExit)
     lines = done.stderr.strip().splitlines()
@@ -87,8 +96,16 @@ def test_each_role_takes_flag_over_env_over_file_over_default(tmp_path, command,
 def test_the_precedence_holds_in_a_real_process_too(tmp_path):
     config = tmp_path / "dinet.toml"
     config.write_text('[node]\nthreads = 3\nregion = "from-file"\nprice = 0.5\n')
-    done = din("node", "--print-config", "--json", "--config", str(config), "--price", "0.125",
-               env=clean_env(DINET_REGION="from-env", DINET_PRICE="0.25"))
+    done = din(
+        "node",
+        "--print-config",
+        "--json",
+        "--config",
+        str(config),
+        "--price",
+        "0.125",
+        env=clean_env(DINET_REGION="from-env", DINET_PRICE="0.25"),
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert origin(report, "threads") == (3, "file")
@@ -122,28 +139,60 @@ def test_every_setting_is_a_flag_of_its_command_with_help():
 
 
 def test_the_spellings_of_before_still_work():
-    report = effective("ask", "hi", "-b", "/ip4/127.0.0.1/tcp/1", "--bootstrap", "/ip4/127.0.0.1/tcp/2",
-                       "--timeout", "3", "--no-mdns", "--home", "/tmp/x", "--max-price", "0.5",
-                       "--verify-rate", "0.1")
+    report = effective(
+        "ask",
+        "hi",
+        "-b",
+        "/ip4/127.0.0.1/tcp/1",
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/2",
+        "--timeout",
+        "3",
+        "--no-mdns",
+        "--home",
+        "/tmp/x",
+        "--max-price",
+        "0.5",
+        "--verify-rate",
+        "0.1",
+    )
     assert report["bootstrap"]["value"] == ["/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"]
     assert origin(report, "discover_timeout_s") == (3.0, "flag")
     assert report["discover_timeout_s"]["source"] == "--discover-timeout-s/--timeout"
     assert (report["max_price"]["value"], report["verify_rate"]["value"]) == (0.5, 0.1)
-    report = effective("node", "--threads", "2", "--max-concurrent", "2", "--api-port", "0",
-                       "--layers", "0:10", "--shard-kv-mb", "64", "--no-sandbox", "--no-priority",
-                       "--liar", "random", DINET_ALLOW_LIARS="1", DINET_API_KEY="sk-1")
+    report = effective(
+        "node",
+        "--threads",
+        "2",
+        "--max-concurrent",
+        "2",
+        "--api-port",
+        "0",
+        "--layers",
+        "0:10",
+        "--shard-kv-mb",
+        "64",
+        "--no-sandbox",
+        "--no-priority",
+        "--liar",
+        "random",
+        DINET_ALLOW_LIARS="1",
+        DINET_API_KEY="sk-1",
+    )
     assert report["layers"]["value"] == "0:10" and report["liar"]["value"] == "random"
     assert report["api_key"] == {"value": "**********", "from": "env", "source": "DINET_API_KEY"}
-    report = effective("gateway", "--host", "0.0.0.0", "--port", "0", "--timeout", "2",
-                       "--api-key", "sk-2")
+    report = effective("gateway", "--host", "0.0.0.0", "--port", "0", "--timeout", "2", "--api-key", "sk-2")
     assert report["host"]["value"] == "0.0.0.0" and report["api_key"]["value"] == "**********"
 
 
 def test_print_config_as_a_table_names_each_source(tmp_path):
     config = tmp_path / "dinet.toml"
     config.write_text("[node]\nregion = 'eu-west'\n")
-    done = CliRunner().invoke(app, ["node", "--print-config", "--config", str(config), "--threads", "1"],
-                              env={"DINET_MAX_QUEUE": "3", "COLUMNS": "300"})
+    done = CliRunner().invoke(
+        app,
+        ["node", "--print-config", "--config", str(config), "--threads", "1"],
+        env={"DINET_MAX_QUEUE": "3", "COLUMNS": "300"},
+    )
     assert done.exit_code == 0, done.output
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") == 4}
     assert "flag --threads" in rows["threads"]
@@ -194,8 +243,9 @@ def test_client_settings_reach_din_ask(tmp_path, mesh):
     """request_timeout_s from the environment limits the answer; verify_rate from the file
     has it checked by another peer."""
     base = ["ask", "--json", "--no-mdns", "--home", str(tmp_path), "--bootstrap", mesh.bootstrap[0]]
-    done = din(*base, "--max-tokens", "200", "Tell a long story.",
-               env=clean_env(DINET_REQUEST_TIMEOUT_S="0.001"))
+    done = din(
+        *base, "--max-tokens", "200", "Tell a long story.", env=clean_env(DINET_REQUEST_TIMEOUT_S="0.001")
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: no complete answer in the time allowed"
     config = tmp_path / "dinet.toml"

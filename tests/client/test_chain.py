@@ -76,8 +76,12 @@ def stages(tmp_path_factory):
 
         def start(name: str, layers: str) -> None:
             bootstrap = [] if name in ("A2", "D") else [started["A"].addr]
-            started[name] = start_node(root / name, bootstrap=bootstrap, extra_args=stage_args(name, layers),
-                                       start_timeout=STAGE_START_S)
+            started[name] = start_node(
+                root / name,
+                bootstrap=bootstrap,
+                extra_args=stage_args(name, layers),
+                start_timeout=STAGE_START_S,
+            )
 
         for name, layers in rest.items():
             threads.append(threading.Thread(target=start, args=(name, layers)))
@@ -115,8 +119,9 @@ def llama_answers():
 
 
 def settings_for(tmp_path, *nodes: NodeProcess) -> ClientSettings:
-    return ClientSettings(home=tmp_path / "client", bootstrap=[n.addr for n in nodes], mdns=False,
-                          discover_timeout_s=30)
+    return ClientSettings(
+        home=tmp_path / "client", bootstrap=[n.addr for n in nodes], mdns=False, discover_timeout_s=30
+    )
 
 
 async def chain_answer(
@@ -165,8 +170,11 @@ async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_a
             assert [f.token_id for f in frames] == llama_answers[prompt][0]
         # Hidden states handed on as f16: half the bytes, and here still the same tokens.
         prompt = PROMPTS[0]
-        frames = [e async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
-                  if isinstance(e, TokenFrame)]
+        frames = [
+            e
+            async for e in run_chain(network, plan, chat(prompt, max_tokens=MAX_TOKENS), dtype="f16")
+            if isinstance(e, TokenFrame)
+        ]
         assert [f.token_id for f in frames] == llama_answers[prompt][0]
 
 
@@ -221,8 +229,9 @@ async def test_only_peers_restricts_the_stages(tmp_path, stages, llama_answers):
         await know_stages(network, a, stages["B"], b2, c)
         frames = []
         options = AskOptions(sharded=True, only_peers={a.peer_id, b2.peer_id, c.peer_id})
-        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS), options,
-                               on_attempt=attempts.append):
+        async for event in ask(
+            network, chat(prompt, max_tokens=MAX_TOKENS), options, on_attempt=attempts.append
+        ):
             if isinstance(event, TokenFrame):
                 frames.append(event)
             else:
@@ -230,8 +239,9 @@ async def test_only_peers_restricts_the_stages(tmp_path, stages, llama_answers):
         assert answer.chain == (a.peer_id, b2.peer_id, c.peer_id) and attempts == list(answer.chain)
         assert ids(frames) == llama_answers[prompt][0]
         with pytest.raises(NoCapablePeer, match="no chain of stages"):  # nothing holds [10, 20) among them
-            await chain_answer(network, chat(prompt, max_tokens=4), only_peers={a.peer_id, c.peer_id},
-                               discover_timeout_s=1)
+            await chain_answer(
+                network, chat(prompt, max_tokens=4), only_peers={a.peer_id, c.peer_id}, discover_timeout_s=1
+            )
 
 
 async def test_a_deadline_caps_max_tokens_on_a_chain(tmp_path, stages, llama_answers):
@@ -264,8 +274,9 @@ async def test_stages_excluded_for_a_low_reputation_are_never_used(tmp_path, sta
         assert book is not None
         book.record_many([(b2.peer_id, Event.SUCCESS), (b2.peer_id, Event.VERIFY_FAIL)] * 2)  # caught twice
         with pytest.raises(NoCapablePeer, match="low reputation"):
-            await chain_answer(network, chat(PROMPTS[0], max_tokens=4),
-                               only_peers={a.peer_id, b2.peer_id, c.peer_id})
+            await chain_answer(
+                network, chat(PROMPTS[0], max_tokens=4), only_peers={a.peer_id, b2.peer_id, c.peer_id}
+            )
         _, answer = await chain_answer(network, chat(PROMPTS[0], max_tokens=4))
         assert b2.peer_id not in answer.chain
 
@@ -294,16 +305,18 @@ async def test_a_chain_answer_is_verified_by_a_whole_model_peer(tmp_path, stages
             assert standing is not None and standing.events == pytest.approx(2, abs=0.01)
             assert standing.bad == 0
         chosen = mesh.nodes[2].peer_id
-        _, again = await chain_answer(network, chat(prompt, max_tokens=8), verify_rate=1.0,
-                                      verifiers={chosen})
+        _, again = await chain_answer(
+            network, chat(prompt, max_tokens=8), verify_rate=1.0, verifiers={chosen}
+        )
         assert again.verification is not None and again.verification.verifier == chosen
 
 
 async def test_a_session_lost_at_a_stage_is_replayed_without_a_change(tmp_path, stages):
     a, c = stages["A"], stages["C"]
     middle = next(stages[n] for n in ("B", "B2") if stages[n].process.poll() is None)
-    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20),
-                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    route = Route(
+        (StageOffer(a.peer_id, 0, 10), StageOffer(middle.peer_id, 10, 20), StageOffer(c.peer_id, 20, 30)), 0.0
+    )
     plan = ChainPlan(route, a.model_id, a.model_hash, 30)
     params = chat(LONG_PROMPT, max_tokens=LONG_TOKENS)  # long enough to be mid-answer at the theft
 
@@ -352,8 +365,9 @@ async def test_a_hung_stage_is_found_and_left_out(tmp_path, stages, llama_answer
     prompt = PROMPTS[1]
     a, c = stages["A"], stages["C"]
     hung, spare = stages["B"], stages["B2"]
-    route = Route((StageOffer(a.peer_id, 0, 10), StageOffer(hung.peer_id, 10, 20),
-                   StageOffer(c.peer_id, 20, 30)), 0.0)
+    route = Route(
+        (StageOffer(a.peer_id, 0, 10), StageOffer(hung.peer_id, 10, 20), StageOffer(c.peer_id, 20, 30)), 0.0
+    )
     frames: list[TokenFrame] = []
     result = None
     async with open_network(settings_for(tmp_path, a)) as network:
@@ -383,8 +397,12 @@ async def test_killing_the_middle_stage_mid_answer_changes_nothing(tmp_path, sta
     frames: list[TokenFrame] = []
     answer = None
     async with open_network(settings_for(tmp_path, stages["A"])) as network:
-        async for event in ask(network, chat(prompt, max_tokens=MAX_TOKENS),
-                               AskOptions(sharded=True, discover_timeout_s=30), on_attempt=chosen.append):
+        async for event in ask(
+            network,
+            chat(prompt, max_tokens=MAX_TOKENS),
+            AskOptions(sharded=True, discover_timeout_s=30),
+            on_attempt=chosen.append,
+        ):
             if isinstance(event, Answer):
                 answer = event
                 continue
@@ -408,24 +426,48 @@ def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages
     prompt = PROMPTS[0]
     alive = [n for n in stages.values() if n.process.poll() is None and n not in (stages["A2"], stages["D"])]
     done = subprocess.run(
-        [sys.executable, "-m", "dinet", "ask", "--sharded", "--json", "--no-mdns", "--home",
-         str(tmp_path / "cli"), "--max-tokens", str(MAX_TOKENS), "--timeout", "30",
-         "--bootstrap", stages["A"].addr, prompt],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dinet",
+            "ask",
+            "--sharded",
+            "--json",
+            "--no-mdns",
+            "--home",
+            str(tmp_path / "cli"),
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--timeout",
+            "30",
+            "--bootstrap",
+            stages["A"].addr,
+            prompt,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["text"] == llama_answers[prompt][1]
     assert len(answer["chain"]) == 3 and set(answer["chain"]) <= {n.peer_id for n in alive}
 
-    gateway = start_gateway(tmp_path / "gw", ["--api-key", API_KEY, "--bootstrap", stages["A"].addr,
-                                              "--timeout", "30"])
+    gateway = start_gateway(
+        tmp_path / "gw", ["--api-key", API_KEY, "--bootstrap", stages["A"].addr, "--timeout", "30"]
+    )
     try:
         reply = httpx.post(
-            f"{gateway.base_url}/chat/completions", timeout=120,
+            f"{gateway.base_url}/chat/completions",
+            timeout=120,
             headers={"authorization": f"Bearer {API_KEY}"},
-            json={"model": stages["A"].model_id, "max_tokens": MAX_TOKENS, "temperature": 0,
-                  "dinet_sharded": True, "messages": [{"role": "user", "content": prompt}]},
+            json={
+                "model": stages["A"].model_id,
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "dinet_sharded": True,
+                "messages": [{"role": "user", "content": prompt}],
+            },
         )
         assert reply.status_code == 200, reply.text
         body = reply.json()

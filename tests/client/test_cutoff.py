@@ -61,10 +61,16 @@ async def test_a_node_cut_off_is_routed_around_and_used_again(tmp_path, lan):
     nodes = []
     try:
         for i, (space, _) in enumerate(lan):
-            nodes.append(await trio.to_thread.run_sync(lambda i=i, space=space: start_node(
-                tmp_path / f"node-{i}", listen=f"/ip4/{SUBNET}.{i + 1}/tcp/0",
-                bootstrap=[nodes[0].addr] if nodes else [],
-                command_prefix=["ip", "netns", "exec", space])))
+            nodes.append(
+                await trio.to_thread.run_sync(
+                    lambda i=i, space=space: start_node(
+                        tmp_path / f"node-{i}",
+                        listen=f"/ip4/{SUBNET}.{i + 1}/tcp/0",
+                        bootstrap=[nodes[0].addr] if nodes else [],
+                        command_prefix=["ip", "netns", "exec", space],
+                    )
+                )
+            )
         settings = ClientSettings(home=tmp_path / "client", bootstrap=[nodes[0].addr], mdns=False)
         async with open_network(settings) as network:
             everyone = {n.peer_id for n in nodes}

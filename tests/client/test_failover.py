@@ -90,8 +90,13 @@ async def test_load_spreads_by_capacity_and_full_nodes_spill_over(tmp_path, chao
         answers: list[Answer] = []
 
         async def one(i: int) -> None:
-            answers.append((await answer_to(network, chat(f"Write the number {i} in words.", max_tokens=12),
-                                      request_timeout_s=300))[1])
+            answers.append(
+                (
+                    await answer_to(
+                        network, chat(f"Write the number {i} in words.", max_tokens=12), request_timeout_s=300
+                    )
+                )[1]
+            )
 
         async with trio.open_nursery() as nursery:
             for i in range(30):
@@ -140,8 +145,9 @@ async def test_a_frozen_node_is_detected_routed_around_and_used_again(tmp_path, 
         frozen: NodeProcess | None = None
         text = ""
         try:
-            async for event in ask(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS),
-                                   on_attempt=attempts.append):
+            async for event in ask(
+                network, chat(PROMPTS[0], max_tokens=MAX_TOKENS), on_attempt=attempts.append
+            ):
                 if isinstance(event, Answer):
                     answer = event
                     continue

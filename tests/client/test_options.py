@@ -12,8 +12,14 @@ from dinet.errors import RequestError
 
 
 def test_options_start_from_the_settings_and_the_request_overrides_them(tmp_path):
-    settings = ClientSettings(home=tmp_path, mdns=False, max_price=0.5, verify_rate=0.25,
-                              discover_timeout_s=3.0, request_timeout_s=40.0)
+    settings = ClientSettings(
+        home=tmp_path,
+        mdns=False,
+        max_price=0.5,
+        verify_rate=0.25,
+        discover_timeout_s=3.0,
+        request_timeout_s=40.0,
+    )
     options = AskOptions.from_settings(settings, model_id="m", max_price=0.1, only_peers=["p1", "p2"])
     assert (options.model_id, options.max_price, options.verify_rate) == ("m", 0.1, 0.25)
     assert (options.discover_timeout_s, options.request_timeout_s) == (3.0, 40.0)
@@ -29,19 +35,22 @@ def test_options_are_frozen_and_changed_by_copy():
     assert (changed.sharded, changed.policy, options.sharded) == (True, "cost", None)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("policy", "fastest"),
-    ("max_price", -1.0),
-    ("max_price", float("nan")),
-    ("verify_rate", 1.5),
-    ("verify_rate", "all"),
-    ("deadline_s", 0.0),
-    ("request_timeout_s", -3),
-    ("discover_timeout_s", True),
-    ("only_peers", "12D3KooW"),  # a string is a collection of characters, not of peer ids
-    ("only_peers", []),
-    ("sharded", "yes"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("policy", "fastest"),
+        ("max_price", -1.0),
+        ("max_price", float("nan")),
+        ("verify_rate", 1.5),
+        ("verify_rate", "all"),
+        ("deadline_s", 0.0),
+        ("request_timeout_s", -3),
+        ("discover_timeout_s", True),
+        ("only_peers", "12D3KooW"),  # a string is a collection of characters, not of peer ids
+        ("only_peers", []),
+        ("sharded", "yes"),
+    ],
+)
 def test_a_bad_value_is_a_request_error_naming_the_option(field, value):
     with pytest.raises(RequestError) as refused:
         AskOptions(**{field: value})

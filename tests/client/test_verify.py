@@ -31,9 +31,25 @@ class Outcomes:
 
 def test_din_ask_verify_json_reports_the_check(tmp_path, mesh) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dinet", "ask", "--json", "--verify", "--no-mdns", "--home", str(tmp_path),
-         "--max-tokens", "10", "--bootstrap", mesh.bootstrap[0], "Name a river."],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dinet",
+            "ask",
+            "--json",
+            "--verify",
+            "--no-mdns",
+            "--home",
+            str(tmp_path),
+            "--max-tokens",
+            "10",
+            "--bootstrap",
+            mesh.bootstrap[0],
+            "Name a river.",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
@@ -49,8 +65,11 @@ async def test_ask_verifies_sampled_answers_and_records_outcomes(client_settings
     async with open_network(client_settings) as network:
         network.outcomes = outcomes
         await network.discover(None, mesh.nodes[0].model_hash, timeout=20, want=len(mesh.nodes))
-        _, answer = await answer_to(network, chat("Describe a market.", max_tokens=12, temperature=0.9,
-                                                  top_p=0.95, seed=5), verify_rate=1.0)
+        _, answer = await answer_to(
+            network,
+            chat("Describe a market.", max_tokens=12, temperature=0.9, top_p=0.95, seed=5),
+            verify_rate=1.0,
+        )
         _, unchecked = await answer_to(network, chat("Describe a market.", max_tokens=4), verify_rate=0.0)
     check = answer.verification
     assert check is not None and check.verified is True and check.verifier != answer.peer_id

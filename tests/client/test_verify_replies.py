@@ -45,8 +45,13 @@ def scores_for(claim: VerifyRequest) -> dict[str, object]:
         {"logprob": -0.5, "best_logprob": -0.5, "rank": 0, "token_id": t, "index": i}
         for i, t in enumerate(claim.tokens)
     ]
-    return {"positions": positions, "elapsed_ms": 3.0, "prompt_tokens": 7, "model_hash": MODEL_HASH,
-            "kind": "scores"}
+    return {
+        "positions": positions,
+        "elapsed_ms": 3.0,
+        "prompt_tokens": 7,
+        "model_hash": MODEL_HASH,
+        "kind": "scores",
+    }
 
 
 async def ask_fake(*frames: dict[str, object], claim: VerifyRequest) -> ScoresFrame | DinetError:

@@ -44,11 +44,28 @@ def start_gateway(home: Path, args: list[str]) -> GatewayProcess:
     """Start `din gateway --json` on a free loopback port; its first line says where it listens."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "gateway.log"
-    command = [sys.executable, "-m", "dinet", "gateway", "--json", "-v", "--no-mdns", "--port", "0",
-               "--home", str(home), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "dinet",
+        "gateway",
+        "--json",
+        "-v",
+        "--no-mdns",
+        "--port",
+        "0",
+        "--home",
+        str(home),
+        *args,
+    ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   env={k: v for k, v in os.environ.items() if k != "DINET_API_KEY"})
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "DINET_API_KEY"},
+        )
     line = _first_line(process, START_TIMEOUT_S)
     if not line:
         process.kill()

@@ -12,8 +12,9 @@ from _gateway_helpers import API_KEY, GatewayProcess, start_gateway, wait_for_pe
 @pytest.fixture(scope="session")
 def gateway(mesh, tmp_path_factory) -> Iterator[GatewayProcess]:
     """`din gateway` with an API key, bootstrapped from the first node of the mesh."""
-    running = start_gateway(tmp_path_factory.mktemp("gateway"),
-                            ["--bootstrap", mesh.bootstrap[0], "--api-key", API_KEY])
+    running = start_gateway(
+        tmp_path_factory.mktemp("gateway"), ["--bootstrap", mesh.bootstrap[0], "--api-key", API_KEY]
+    )
     try:
         wait_for_peers(running, 1)
         yield running

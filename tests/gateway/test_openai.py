@@ -29,7 +29,8 @@ def test_models_lists_what_the_network_offers(client, mesh):
 
 def test_chat_answer_names_its_peer_and_usage(client, mesh):
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
+        model=MODEL, messages=HELLO, max_tokens=24, temperature=0
+    )
     reply = raw.parse()
     text = reply.choices[0].message.content
     assert text and text.strip()
@@ -45,7 +46,11 @@ def test_chat_answer_names_its_peer_and_usage(client, mesh):
 def test_streamed_chat_gives_the_same_greedy_text(client, mesh):
     whole = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=32, temperature=0)
     with client.chat.completions.with_streaming_response.create(
-        model=MODEL, messages=HELLO, max_tokens=32, temperature=0, stream=True,
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=32,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -62,19 +67,22 @@ def test_streamed_chat_gives_the_same_greedy_text(client, mesh):
 
 
 def test_completions_streamed_and_not(client):
-    whole = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
-                                      temperature=0)
+    whole = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
     assert "Paris" in whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage.completion_tokens == 8
-    streamed = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
-                                         temperature=0, stream=True)
+    streamed = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
 
 
 def test_stop_sequence_ends_the_answer(client):
-    reply = client.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=40,
-                                      temperature=0, stop=[" 8"])
+    reply = client.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=40, temperature=0, stop=[" 8"]
+    )
     assert reply.choices[0].finish_reason == "stop"
     assert " 8" not in reply.choices[0].text
     assert "7" in reply.choices[0].text
@@ -82,8 +90,9 @@ def test_stop_sequence_ends_the_answer(client):
 
 def test_seeded_sampling_is_reproducible(client):
     def sample() -> str:
-        reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16,
-                                               temperature=0.9, top_p=0.95, seed=1234)
+        reply = client.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=16, temperature=0.9, top_p=0.95, seed=1234
+        )
         return reply.choices[0].message.content or ""
 
     assert sample() == sample()
@@ -101,8 +110,9 @@ def test_errors_are_openai_exceptions_of_the_right_class(client, gateway):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100_000)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "tool", "content": "x",
-                                                               "tool_call_id": "1"}])
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]
+        )
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt=["one", "two"])
     wrong = openai.OpenAI(base_url=gateway.base_url, api_key="wrong", max_retries=0)
@@ -110,15 +120,19 @@ def test_errors_are_openai_exceptions_of_the_right_class(client, gateway):
         wrong.chat.completions.create(model=MODEL, messages=HELLO)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
-    garbage = httpx.post(f"{gateway.base_url}/chat/completions", content=b"{not json",
-                         headers={"authorization": f"Bearer {API_KEY}"})
+    garbage = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {API_KEY}"},
+    )
     assert garbage.status_code == 400
     assert garbage.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_a_client_leaving_mid_stream_does_not_disturb_the_next(client):
-    stream = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=200,
-                                            temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=200, temperature=0, stream=True
+    )
     for i, _ in enumerate(stream):
         if i == 2:
             break
@@ -168,9 +182,22 @@ def test_no_peer_at_all_is_a_503(tmp_path):
 
 def test_refuses_to_listen_beyond_loopback_without_a_key(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dinet", "gateway", "--host", "0.0.0.0", "--port", "0", "--no-mdns",
-         "--home", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "dinet",
+            "gateway",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--no-mdns",
+            "--home",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={k: v for k, v in os.environ.items() if k != "DINET_API_KEY"},
     )
     assert result.returncode == 1

@@ -10,8 +10,14 @@ from _gateway_helpers import API_KEY, wait_for_peers
 from playwright.sync_api import expect, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-extensions", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--no-first-run",
+]
 
 
 def chromium_path() -> str:
@@ -25,8 +31,9 @@ def test_page_chats_and_shows_every_peer(gateway, mesh):
     wait_for_peers(gateway, len(mesh.nodes))
     node_ids = {n.peer_id for n in mesh.nodes}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
-                                             args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 860})
             context.add_init_script(f"localStorage.setItem('dinet-api-key', {API_KEY!r})")

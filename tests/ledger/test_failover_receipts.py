@@ -24,8 +24,12 @@ from dinet.wire.receipt import ReceiptBody
 
 @pytest.fixture(scope="module")
 def priced_mesh(tmp_path_factory):
-    with LocalMesh(tmp_path_factory.mktemp("priced"), size=2, threads=1,
-                   extra_args=["--price", "0.5", "--prompt-price", "0.25"]) as running:
+    with LocalMesh(
+        tmp_path_factory.mktemp("priced"),
+        size=2,
+        threads=1,
+        extra_args=["--price", "0.5", "--prompt-price", "0.25"],
+    ) as running:
         yield running
 
 
@@ -55,15 +59,22 @@ async def test_the_finishing_peer_bills_only_its_share_at_its_price(tmp_path, pr
     with Ledger.in_home(tmp_path) as ledger:
         summary = ledger.summary([network.peer_id])
     assert summary.spent == body.amount
-    done = subprocess.run([sys.executable, "-m", "dinet", "ledger", "--json", "--home", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "ledger", "--json", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     shown = json.loads(done.stdout)
     assert shown["spent"] == body.amount and shown["peers"][0]["peer_id"] == answer.peer_id
 
 
 async def test_no_peer_above_the_budget_is_ever_used(tmp_path, priced_mesh):
-    settings = ClientSettings(home=tmp_path, bootstrap=[n.addr for n in priced_mesh.nodes
-                                                        if n.process.poll() is None][:1], mdns=False)
+    settings = ClientSettings(
+        home=tmp_path,
+        bootstrap=[n.addr for n in priced_mesh.nodes if n.process.poll() is None][:1],
+        mdns=False,
+    )
     async with open_network(settings) as network:
         await network.discover(None, None, timeout=10)
         with pytest.raises(NoCapablePeer, match="within 0.4 credits"):

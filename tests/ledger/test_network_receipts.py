@@ -27,8 +27,7 @@ from dinet.wire.receipt import (
 
 
 def din(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=120)
 
 
 async def node_has(node_home, receipt_id: str, wait_s: float = 15.0) -> bool:
@@ -94,22 +93,30 @@ async def test_the_client_refuses_forged_and_inflated_receipts(mesh):
         await framed.close()
         me = host.peer_id
     honest = verify_node_signature(end.receipt)
-    expected = dict(node=node.peer_id, client=me, request_id="forgery",
-                    request_hash=request_hash(encode(request)), model_hash=node.model_hash,
-                    first_index=0, token_ids=tokens, prompt_tokens=end.usage.prompt_tokens,
-                    max_price_prompt=0.0, max_price=0.0)
+    expected = dict(
+        node=node.peer_id,
+        client=me,
+        request_id="forgery",
+        request_hash=request_hash(encode(request)),
+        model_hash=node.model_hash,
+        first_index=0,
+        token_ids=tokens,
+        prompt_tokens=end.usage.prompt_tokens,
+        max_price_prompt=0.0,
+        max_price=0.0,
+    )
     check_delivery(honest, **expected)  # the real node's receipt describes what it sent
     assert honest.completion_tokens == len(tokens) == 6
 
     # The node's signature over a body someone edited.
-    edited = end.receipt.model_copy(update={"body": end.receipt.body.replace(
-        '"completion_tokens":6', '"completion_tokens":60')})
+    edited = end.receipt.model_copy(
+        update={"body": end.receipt.body.replace('"completion_tokens":6', '"completion_tokens":60')}
+    )
     with pytest.raises(BadReceipt, match="node signature"):
         verify_node_signature(edited)
     # A dishonest node signs an inflated count with its own, valid key.
     liar = SigningKey.generate()
-    inflated = sign_receipt(honest.model_copy(update={"node": liar.peer_id, "completion_tokens": 9}),
-                            liar)
+    inflated = sign_receipt(honest.model_copy(update={"node": liar.peer_id, "completion_tokens": 9}), liar)
     with pytest.raises(BadReceipt, match="we received 6"):
         check_delivery(verify_node_signature(inflated), **{**expected, "node": liar.peer_id})
     # Or claims the tokens of another answer, or a price above the one it advertised.

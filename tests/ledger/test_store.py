@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def din(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_balances_come_from_receipts_alone(tmp_path):
@@ -64,17 +63,26 @@ def test_forged_and_inflated_receipts_are_refused(tmp_path):
     honest = make_receipt(node, client, completion=5)
     body = json.loads(honest.body)
     # Inflate the count and keep the node's signature: the signature no longer matches.
-    inflated = {**body, "completion_tokens": 50, "amount": 50 * body["price_per_token"]
-                + body["prompt_tokens"] * body["price_per_prompt_token"]}
-    forged = CountersignedReceipt(body=json.dumps(inflated), node_signature=honest.node_signature,
-                                  client_signature=honest.client_signature)
+    inflated = {
+        **body,
+        "completion_tokens": 50,
+        "amount": 50 * body["price_per_token"] + body["prompt_tokens"] * body["price_per_prompt_token"],
+    }
+    forged = CountersignedReceipt(
+        body=json.dumps(inflated),
+        node_signature=honest.node_signature,
+        client_signature=honest.client_signature,
+    )
     # A receipt "countersigned" by someone other than the client it names.
     not_client = countersign(make_receipt(node, client).model_copy(), mallory)
     # An amount that does not follow from the counts and prices, validly signed.
     overcharged = make_receipt(node, client, amount=999.0)
     with Ledger.in_home(tmp_path) as ledger:
-        for bad, reason in ((forged, "node signature"), (not_client, "client signature"),
-                            (overcharged, "its counts give")):
+        for bad, reason in (
+            (forged, "node signature"),
+            (not_client, "client signature"),
+            (overcharged, "its counts give"),
+        ):
             with pytest.raises(BadReceipt, match=reason):
                 ledger.record(bad)
         ledger.record(honest)
@@ -132,7 +140,7 @@ def test_ten_thousand_receipts_are_recorded_and_verified(tmp_path):
     receipts = [make_receipt(me, clients[i % 20], completion=1 + i % 7) for i in range(10_000)]
     with Ledger.in_home(tmp_path) as ledger:
         for start in range(0, 10_000, 500):
-            ledger.record_many(receipts[start:start + 500])
+            ledger.record_many(receipts[start : start + 500])
         expected = sum(verify_countersigned(r).amount for r in receipts)
         summary = ledger.summary([me.peer_id])
     assert summary.receipts == 10_000
@@ -144,6 +152,9 @@ def test_ten_thousand_receipts_are_recorded_and_verified(tmp_path):
     assert report["earned"] == pytest.approx(expected)
     exported = din("ledger", "export", "--home", str(tmp_path)).stdout.splitlines()
     assert len(exported) == 10_000
-    assert CountersignedReceipt.model_validate(
-        {k: v for k, v in json.loads(exported[0]).items() if k != "receipt_id"}
-    ).receipt_id == receipts[0].receipt_id
+    assert (
+        CountersignedReceipt.model_validate(
+            {k: v for k, v in json.loads(exported[0]).items() if k != "receipt_id"}
+        ).receipt_id
+        == receipts[0].receipt_id
+    )

@@ -52,7 +52,11 @@ def test_model_card_describes_the_gguf(tmp_path):
     signed = build_card(write_tiny(tmp_path / "a.gguf"), "tiny", "1", SigningKey.generate())
     m = verify_model_card(signed, model_hash(tmp_path / "a.gguf"))
     assert (m.gguf.architecture, m.gguf.quantization, m.gguf.layers, m.gguf.context, m.gguf.license) == (
-        "llama", "all_f32", 1, 256, "apache-2.0",
+        "llama",
+        "all_f32",
+        1,
+        256,
+        "apache-2.0",
     )
 
 
@@ -66,8 +70,7 @@ def test_forged_or_inconsistent_model_cards_are_refused(tmp_path):
         verify_model_card(SignedModelCard(body=tampered, signature=signed.signature))
     # a publisher signing a model card whose chunk hashes do not give its root
     key = SigningKey.generate()
-    bad = m.model_copy(update={"chunk_hashes": ("ab" * 32,) + m.chunk_hashes[1:],
-                               "publisher": key.peer_id})
+    bad = m.model_copy(update={"chunk_hashes": ("ab" * 32,) + m.chunk_hashes[1:], "publisher": key.peer_id})
     body = bad.model_dump_json()
     signature = base64.b64encode(key.sign(body.encode())).decode()
     resigned = SignedModelCard(body=body, signature=signature)
@@ -77,8 +80,12 @@ def test_forged_or_inconsistent_model_cards_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"not a gguf at all" * 10, b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16,
-     b"GGUF\x03\x00\x00\x00" + (1).to_bytes(8, "little") + (0).to_bytes(8, "little") + b"\x00" * 8],
+    [
+        b"",
+        b"not a gguf at all" * 10,
+        b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16,
+        b"GGUF\x03\x00\x00\x00" + (1).to_bytes(8, "little") + (0).to_bytes(8, "little") + b"\x00" * 8,
+    ],
     ids=["empty", "text", "huge-counts", "truncated-tensor-table"],
 )
 def test_garbage_files_are_refused_with_a_clear_error(tmp_path, content):

@@ -69,9 +69,7 @@ async def test_an_update_transfers_only_the_changed_chunks(tmp_path):
     v2 = write_tiny(tmp_path / "v2.gguf", change="blk.0.ffn.weight")
     server_store, new = stocked(tmp_path / "server", v2)
     mine, old = stocked(tmp_path / "me", v1)
-    changed = [
-        i for i, h in enumerate(new.card.chunk_hashes) if h not in set(old.card.chunk_hashes)
-    ]
+    changed = [i for i, h in enumerate(new.card.chunk_hashes) if h not in set(old.card.chunk_hashes)]
     async with serving(server_store) as server, raw_host() as me:
         peers = await connect(me, server)
         report = await pull_model(me, mine, new.model_hash, peers)

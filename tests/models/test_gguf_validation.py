@@ -241,9 +241,7 @@ async def test_the_worker_start_path_refuses_before_llama_cpp_sees_it(tmp_path: 
 
 
 def din(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_import_and_node_refuse_a_bad_file_in_one_clear_line(tmp_path: Path) -> None:

@@ -39,8 +39,12 @@ def test_pull_from_several_peers_gives_the_exact_file(tmp_path, mesh):
 
 
 def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tmp_path, mesh):
-    with subprocess.Popen(pull_args(tmp_path, mesh, "--max-rate", "20"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:  # leaving it closes the pipes
+    with subprocess.Popen(
+        pull_args(tmp_path, mesh, "--max-rate", "20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:  # leaving it closes the pipes
         assert process.stderr is not None
         for line in process.stderr:
             event = json.loads(line) if line.startswith("{") else None
@@ -62,8 +66,12 @@ def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tm
 @pytest.fixture(scope="module")
 def fresh_node(tmp_path_factory, mesh):
     """A node started with an empty home and only the model's hash: it pulls, then serves."""
-    node = start_node(tmp_path_factory.mktemp("fresh"), bootstrap=mesh.bootstrap[:1],
-                      extra_args=["--model", mesh.nodes[0].model_hash], env={"DINET_SCRUB_MB_S": "100"})
+    node = start_node(
+        tmp_path_factory.mktemp("fresh"),
+        bootstrap=mesh.bootstrap[:1],
+        extra_args=["--model", mesh.nodes[0].model_hash],
+        env={"DINET_SCRUB_MB_S": "100"},
+    )
     yield node
     node.stop()
 

@@ -164,9 +164,33 @@ _json = st.recursive(
     max_leaves=12,
 )
 _keys = st.sampled_from(
-    ["kind", "request_id", "params", "messages", "prompt", "max_tokens", "role", "content", "index",
-     "token_id", "text", "code", "message", "usage", "finish_reason", "body", "signature", "peer_id",
-     "issued_at", "expires_at", "models", "receipt", "prefix_tokens", "stop", "seed"]
+    [
+        "kind",
+        "request_id",
+        "params",
+        "messages",
+        "prompt",
+        "max_tokens",
+        "role",
+        "content",
+        "index",
+        "token_id",
+        "text",
+        "code",
+        "message",
+        "usage",
+        "finish_reason",
+        "body",
+        "signature",
+        "peer_id",
+        "issued_at",
+        "expires_at",
+        "models",
+        "receipt",
+        "prefix_tokens",
+        "stop",
+        "seed",
+    ]
 )
 _kinds = st.sampled_from(["infer", "token", "end", "error", "queued", "receipt", "manifest", "x"])
 # Objects that look like protocol messages: known keys, known kinds, values of any type.
@@ -267,8 +291,18 @@ def limited_node(tmp_path_factory):
     node = start_node(
         tmp_path_factory.mktemp("limited"),
         extra_args=[
-            "--per-peer-rate", "2", "--per-peer-burst", "4", "--per-peer-concurrency", "1",
-            "--max-tokens-limit", "64", "--max-prompt-chars", "8000", "--max-request-bytes", "16384",
+            "--per-peer-rate",
+            "2",
+            "--per-peer-burst",
+            "4",
+            "--per-peer-concurrency",
+            "1",
+            "--max-tokens-limit",
+            "64",
+            "--max-prompt-chars",
+            "8000",
+            "--max-request-bytes",
+            "16384",
         ],
     )
     yield node

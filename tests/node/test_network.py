@@ -29,16 +29,19 @@ def in_process_answers():
     answers = {}
     for prompt in PROMPTS:
         result = llm.create_chat_completion(
-            messages=[{"role": "user", "content": prompt}], max_tokens=48,
-            temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=48,
+            temperature=0.0,
+            top_k=1,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
         )
         answers[prompt] = result["choices"][0]["message"]["content"]
     return answers
 
 
-async def test_answers_through_the_mesh_equal_llama_cpp_in_process(
-    client_settings, mesh, in_process_answers
-):
+async def test_answers_through_the_mesh_equal_llama_cpp_in_process(client_settings, mesh, in_process_answers):
     async with open_network(client_settings) as network:
         for prompt in PROMPTS:
             text, answer = await answer_to(network, chat(prompt, max_tokens=48))

@@ -27,4 +27,3 @@ async def test_providers_of_the_model_are_found_through_the_dht(tmp_path, five_n
                 found |= {p.peer_id for p in await network.joiner.find_providers(model_hash)}
                 await trio.sleep(0.5)
         assert found == everyone
-

@@ -25,7 +25,6 @@ def test_node_json_records_the_running_node(tmp_path):
         record = json.loads((tmp_path / "home" / "node.json").read_text())
         assert record["peer_id"] == node.peer_id
         assert record["pid"] == node.process.pid
-        assert any(a.startswith("/ip4/127.0.0.1/tcp/") and a.endswith(node.peer_id)
-                   for a in record["addrs"])
+        assert any(a.startswith("/ip4/127.0.0.1/tcp/") and a.endswith(node.peer_id) for a in record["addrs"])
     finally:
         node.stop()

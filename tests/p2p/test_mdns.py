@@ -13,9 +13,7 @@ from tests.helpers import is_root
 
 from dinet.node.local_mesh import start_node
 
-pytestmark = pytest.mark.skipif(
-    not is_root(), reason="network namespaces need root (CI runs as root)"
-)
+pytestmark = pytest.mark.skipif(not is_root(), reason="network namespaces need root (CI runs as root)")
 
 # Addresses from the benchmarking range (RFC 2544): they exist only inside the namespaces.
 # A subnet per run, so leftovers of an interrupted run cannot shadow this one's routes.
@@ -50,8 +48,12 @@ def lan():
 
 def test_nodes_on_a_lan_find_each_other_by_mdns_alone(tmp_path, lan):
     nodes = [
-        start_node(tmp_path / f"node-{i}", mdns=True, listen=f"/ip4/{SUBNET}.{i + 1}/tcp/0",
-                   command_prefix=["ip", "netns", "exec", space])
+        start_node(
+            tmp_path / f"node-{i}",
+            mdns=True,
+            listen=f"/ip4/{SUBNET}.{i + 1}/tcp/0",
+            command_prefix=["ip", "netns", "exec", space],
+        )
         for i, space in enumerate(lan)
     ]
     try:
@@ -59,10 +61,27 @@ def test_nodes_on_a_lan_find_each_other_by_mdns_alone(tmp_path, lan):
         # it can list node B only if node A discovered B over mDNS.
         for _ in range(10):
             listing = subprocess.run(
-                ["ip", "netns", "exec", lan[0], sys.executable, "-m", "dinet", "peers", "--json",
-                 "--no-mdns", "--wait", "2", "--home", str(tmp_path / "client"),
-                 "--bootstrap", nodes[0].addr],
-                capture_output=True, text=True, timeout=60,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lan[0],
+                    sys.executable,
+                    "-m",
+                    "dinet",
+                    "peers",
+                    "--json",
+                    "--no-mdns",
+                    "--wait",
+                    "2",
+                    "--home",
+                    str(tmp_path / "client"),
+                    "--bootstrap",
+                    nodes[0].addr,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert listing.returncode == 0, listing.stderr
             seen = {peer["peer_id"] for peer in json.loads(listing.stdout)}

@@ -66,6 +66,7 @@ async def test_a_transfer_far_past_the_window_still_gets_its_credit(window_updat
         framed = await open_framed(client, server.peer_id, ECHO, 10)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
+
                 async def send_all() -> None:
                     for _ in range(64):
                         await framed.send_payload(block)

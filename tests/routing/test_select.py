@@ -30,8 +30,11 @@ def test_throughput_policy_prefers_speed_over_distance():
 
 
 def test_cost_policy_prefers_the_cheaper_peer_then_the_faster():
-    peers = [view("dear", tps=100, price_per_token=0.002), view("cheap-slow", tps=20),
-             view("cheap-fast", tps=80)]
+    peers = [
+        view("dear", tps=100, price_per_token=0.002),
+        view("cheap-slow", tps=20),
+        view("cheap-fast", tps=80),
+    ]
     assert order(peers, policy="cost") == ["cheap-fast", "cheap-slow", "dear"]
     assert order(peers, policy="latency")[0] == "dear"
 
@@ -62,9 +65,12 @@ def test_ties_are_broken_by_peer_id_and_limit_keeps_the_best():
 
 
 def test_low_reputation_excludes_only_on_enough_evidence():
-    peers = [view("liar", reputation=0.2, evidence=4.0),
-             view("new-and-unlucky", reputation=0.2, evidence=1.0),
-             view("fine", reputation=0.9, evidence=40.0), view("unknown")]
+    peers = [
+        view("liar", reputation=0.2, evidence=4.0),
+        view("new-and-unlucky", reputation=0.2, evidence=1.0),
+        view("fine", reputation=0.9, evidence=40.0),
+        view("unknown"),
+    ]
     assert [p.peer_id for p in trusted(peers)] == ["new-and-unlucky", "fine", "unknown"]
     assert [p.peer_id for p in trusted(peers, exclude_below=0.1)] == [p.peer_id for p in peers]
     assert [p.peer_id for p in trusted(peers, min_evidence=1.0)] == ["fine", "unknown"]

@@ -15,8 +15,13 @@ def offer(peer: str, start: int, stop: int, latency: float = 10.0, rtt: float = 
 
 
 def test_the_cheapest_chain_wins_over_fewer_but_slower_stages():
-    spans = [offer("slow-whole", 0, 30, latency=100), offer("a", 0, 10), offer("b", 10, 20),
-             offer("c", 20, 30), offer("c2", 20, 30, latency=50)]
+    spans = [
+        offer("slow-whole", 0, 30, latency=100),
+        offer("a", 0, 10),
+        offer("b", 10, 20),
+        offer("c", 20, 30),
+        offer("c2", 20, 30, latency=50),
+    ]
     route = plan_shard_route(spans, 30)
     assert route.peers == ("a", "b", "c")
     assert route.cost_ms == pytest.approx(33.0)
@@ -49,8 +54,13 @@ def test_a_model_without_layers_is_a_routing_error():
 
 
 def test_ties_are_broken_by_stage_count_then_peer_ids_whatever_the_input_order():
-    spans = [offer("z", 0, 30, latency=31), offer("b", 0, 15), offer("a", 0, 15),
-             offer("d", 15, 30), offer("c", 15, 30)]
+    spans = [
+        offer("z", 0, 30, latency=31),
+        offer("b", 0, 15),
+        offer("a", 0, 15),
+        offer("d", 15, 30),
+        offer("c", 15, 30),
+    ]
     # a and b cost the same, as do c and d: the lower peer ids win, in any input order.
     routes = set()
     for seed in range(20):
@@ -58,8 +68,11 @@ def test_ties_are_broken_by_stage_count_then_peer_ids_whatever_the_input_order()
         random.Random(seed).shuffle(shuffled)
         routes.add(plan_shard_route(shuffled, 30).peers)
     assert routes == {("a", "c")}
-    tie = [offer("two-a", 0, 15, latency=5), offer("two-b", 15, 30, latency=5),
-           offer("one", 0, 30, latency=11)]
+    tie = [
+        offer("two-a", 0, 15, latency=5),
+        offer("two-b", 15, 30, latency=5),
+        offer("one", 0, 30, latency=11),
+    ]
     assert plan_shard_route(tie, 30).peers == ("one",)  # 12 ms either way: fewer stages
 
 
@@ -68,8 +81,15 @@ def test_a_thousand_spans_plan_quickly_and_correctly():
     spans = []
     for i in range(1000):
         start = rng.randrange(0, 60)
-        spans.append(offer(f"p{i:04d}", start, min(64, start + rng.randrange(1, 12)),
-                           latency=rng.uniform(1, 30), rtt=rng.uniform(0.5, 20)))
+        spans.append(
+            offer(
+                f"p{i:04d}",
+                start,
+                min(64, start + rng.randrange(1, 12)),
+                latency=rng.uniform(1, 30),
+                rtt=rng.uniform(0.5, 20),
+            )
+        )
     spans += [offer(f"cover{i}", i * 8, i * 8 + 8, latency=1000) for i in range(8)]
     route = plan_shard_route(spans, 64)
     assert route.stages[0].start == 0 and route.stages[-1].stop == 64
@@ -79,13 +99,25 @@ def test_a_thousand_spans_plan_quickly_and_correctly():
 
 
 def priced(peer: str, start: int, stop: int, price: float, latency: float = 10.0) -> StageOffer:
-    return StageOffer(peer, start, stop, latency_ms=latency, rtt_ms=1.0, price_per_token=price,
-                      price_per_prompt_token=price / 2)
+    return StageOffer(
+        peer,
+        start,
+        stop,
+        latency_ms=latency,
+        rtt_ms=1.0,
+        price_per_token=price,
+        price_per_prompt_token=price / 2,
+    )
 
 
 def test_by_price_the_cheapest_chain_wins_and_time_breaks_ties():
-    spans = [priced("a", 0, 10, 0.1), priced("fast", 10, 30, 0.5, latency=1), priced("b", 10, 20, 0.1),
-             priced("c", 20, 30, 0.1, latency=30), priced("c-fast", 20, 30, 0.1, latency=5)]
+    spans = [
+        priced("a", 0, 10, 0.1),
+        priced("fast", 10, 30, 0.5, latency=1),
+        priced("b", 10, 20, 0.1),
+        priced("c", 20, 30, 0.1, latency=30),
+        priced("c-fast", 20, 30, 0.1, latency=5),
+    ]
     assert plan_shard_route(spans, 30).peers == ("a", "fast")  # by time
     cheapest = plan_shard_route(spans, 30, by="price")
     assert cheapest.peers == ("a", "b", "c-fast")

@@ -51,10 +51,34 @@ _OPEN_LIMITS = [
     "--per-peer-rate", "10000", "--per-peer-burst", "10000", "--per-peer-concurrency", "256",
     "--max-queue", "512",
 ]  # fmt: skip
-_TOPICS = ["rivers", "cats", "the moon", "bread", "chess", "volcanoes", "music", "trains", "winter",
-           "bees", "paper", "the sea", "glass", "clocks", "maps", "salt", "bridges", "forests"]
-_ASKS = ["Tell me about {}.", "Write a short poem about {}.", "Give three facts about {}.",
-         "Why do people like {}?", "Explain {} to a child.", "Describe {} in detail."]
+_TOPICS = [
+    "rivers",
+    "cats",
+    "the moon",
+    "bread",
+    "chess",
+    "volcanoes",
+    "music",
+    "trains",
+    "winter",
+    "bees",
+    "paper",
+    "the sea",
+    "glass",
+    "clocks",
+    "maps",
+    "salt",
+    "bridges",
+    "forests",
+]
+_ASKS = [
+    "Tell me about {}.",
+    "Write a short poem about {}.",
+    "Give three facts about {}.",
+    "Why do people like {}?",
+    "Explain {} to a child.",
+    "Describe {} in detail.",
+]
 _DECODINGS = [(0.0, 1.0), (0.0, 1.0), (0.7, 0.9), (1.0, 1.0), (0.8, 0.95)]  # (temperature, top_p)
 
 
@@ -65,10 +89,15 @@ def cases(n: int, seed: int = 0) -> list[GenerationParams]:
     for i in range(n):
         temperature, top_p = _DECODINGS[i % len(_DECODINGS)]
         content = rng.choice(_ASKS).format(rng.choice(_TOPICS))
-        out.append(GenerationParams(
-            messages=(ChatMessage(role="user", content=content),), max_tokens=rng.choice((8, 12)),
-            temperature=temperature, top_p=top_p, seed=rng.randrange(2**31),
-        ))
+        out.append(
+            GenerationParams(
+                messages=(ChatMessage(role="user", content=content),),
+                max_tokens=rng.choice((8, 12)),
+                temperature=temperature,
+                top_p=top_p,
+                seed=rng.randrange(2**31),
+            )
+        )
     return out
 
 
@@ -86,7 +115,9 @@ def liar_mesh(root: Path) -> Iterator[dict[str, NodeProcess]]:
             lie = lies.get(role)
             try:
                 nodes[role] = start_node(
-                    root / role.replace(":", "-"), bootstrap=[nodes["verifier"].addr], threads=1,
+                    root / role.replace(":", "-"),
+                    bootstrap=[nodes["verifier"].addr],
+                    threads=1,
                     extra_args=_OPEN_LIMITS + (["--liar", lie] if lie else []),
                     env={ALLOW_ENV: "1"} if lie else None,
                 )
@@ -147,8 +178,11 @@ async def answer_from(network: Network, peer_id: str, params: GenerationParams) 
 
 
 async def run_campaign(
-    network: Network, nodes: dict[str, NodeProcess], requests: list[GenerationParams],
-    roles: tuple[str, ...] = ANSWERING, concurrency: int = 8,
+    network: Network,
+    nodes: dict[str, NodeProcess],
+    requests: list[GenerationParams],
+    roles: tuple[str, ...] = ANSWERING,
+    concurrency: int = 8,
 ) -> dict[str, Tally]:
     """Ask every role every request, verify each answer on the verifier; tallies by role."""
     verifier = nodes["verifier"].peer_id
@@ -159,11 +193,13 @@ async def run_campaign(
     async def one(role: str, params: GenerationParams) -> None:
         async with limiter:
             tokens = await answer_from(network, nodes[role].peer_id, params)
-            claim = VerifyRequest(request_id=os.urandom(6).hex(), model_hash=model_hash, params=params,
-                                  tokens=tuple(tokens))
+            claim = VerifyRequest(
+                request_id=os.urandom(6).hex(), model_hash=model_hash, params=params, tokens=tuple(tokens)
+            )
             scores = await request_scores(network, verifier, claim)
-        check: Verdict = judge(scores.positions, temperature=params.temperature, top_p=params.top_p,
-                               seed=params.seed)
+        check: Verdict = judge(
+            scores.positions, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+        )
         tally = tallies[role]
         tally.total += 1
         if not check.ok:

@@ -23,8 +23,14 @@ from dinet.node.local_mesh import LocalMesh, NodeProcess, start_node
 
 # Long answers: the liar's corrupted position lies within the first MAX_TOKENS tokens,
 # and an answer that stopped before it would be honest by accident.
-PROMPTS = ["Describe the sea.", "Explain how rain forms.", "Describe a busy market.",
-           "Tell me about the moon.", "Explain why the sky is blue.", "Describe a forest at night."]
+PROMPTS = [
+    "Describe the sea.",
+    "Explain how rain forms.",
+    "Describe a busy market.",
+    "Tell me about the moon.",
+    "Explain why the sky is blue.",
+    "Describe a forest at night.",
+]
 MAX_TOKENS = 12
 
 
@@ -32,8 +38,13 @@ MAX_TOKENS = 12
 def liar_mesh(tmp_path_factory):
     root = tmp_path_factory.mktemp("liar-votes")
     with LocalMesh(root, size=2, threads=1) as honest:
-        liar = start_node(root / "liar", bootstrap=honest.bootstrap[:1], threads=1,
-                          extra_args=["--liar", "corrupt:1"], env={ALLOW_ENV: "1"})
+        liar = start_node(
+            root / "liar",
+            bootstrap=honest.bootstrap[:1],
+            threads=1,
+            extra_args=["--liar", "corrupt:1"],
+            env={ALLOW_ENV: "1"},
+        )
         try:
             yield honest.nodes, liar
         finally:
@@ -58,8 +69,7 @@ async def all_three(network) -> None:
 
 
 def din(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "dinet", *args], capture_output=True, text=True, timeout=120)
 
 
 async def test_votes_flag_the_liar_and_reputation_excludes_it(tmp_path, liar_mesh):
@@ -92,8 +102,11 @@ async def test_votes_flag_the_liar_and_reputation_excludes_it(tmp_path, liar_mes
         with pytest.raises(NoCapablePeer, match="low reputation"):
             await answer_to(network, chat("Name a colour.", max_tokens=4), only_peers={liar.peer_id})
     # `din peers` reads the same book.
-    done = await trio.to_thread.run_sync(lambda: din(
-        "peers", "--json", "--no-mdns", "--wait", "2", "--home", str(home), "--bootstrap", honest[0].addr))
+    done = await trio.to_thread.run_sync(
+        lambda: din(
+            "peers", "--json", "--no-mdns", "--wait", "2", "--home", str(home), "--bootstrap", honest[0].addr
+        )
+    )
     assert done.returncode == 0, done.stderr
     shown = {p["peer_id"]: p for p in json.loads(done.stdout)}
     assert shown[liar.peer_id]["excluded"] and shown[liar.peer_id]["reputation"] < 0.35
@@ -128,8 +141,19 @@ async def test_without_a_majority_verification_decides_and_otherwise_nobody_is_b
 def test_din_ask_and_the_gateway_vote(tmp_path, liar_mesh):
     honest, liar = liar_mesh
     everyone = [f"--bootstrap={n.addr}" for n in [*honest, liar]]
-    done = din("ask", "--json", "--no-mdns", "--replicas", "3", "--max-tokens", str(MAX_TOKENS),
-               "--home", str(tmp_path / "cli"), *everyone, PROMPTS[0])
+    done = din(
+        "ask",
+        "--json",
+        "--no-mdns",
+        "--replicas",
+        "3",
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--home",
+        str(tmp_path / "cli"),
+        *everyone,
+        PROMPTS[0],
+    )
     assert done.returncode == 0, done.stderr
     reply = json.loads(done.stdout)
     assert reply["vote"]["majority"] and reply["vote"]["dissenting"] == [liar.peer_id]
@@ -140,8 +164,13 @@ def test_din_ask_and_the_gateway_vote(tmp_path, liar_mesh):
     gateway = start_gateway(tmp_path / "gateway", everyone)
     try:
         wait_for_peers(gateway, 3)
-        body = {"model": "smollm2-135m-instruct", "max_tokens": MAX_TOKENS, "temperature": 0,
-                "messages": [{"role": "user", "content": PROMPTS[0]}], "dinet": {"replicas": 3}}
+        body = {
+            "model": "smollm2-135m-instruct",
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": PROMPTS[0]}],
+            "dinet": {"replicas": 3},
+        }
         answer = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=120).json()
         assert answer["choices"][0]["message"]["content"] == reply["text"]
         assert answer["dinet"]["vote"]["dissenting"] == [liar.peer_id]

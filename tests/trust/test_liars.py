@@ -37,11 +37,18 @@ async def test_every_liar_is_caught_and_no_honest_peer_is_flagged(tmp_path, lyin
     async with open_network(settings) as network:
         await network.discover(None, lying_mesh["verifier"].model_hash, timeout=30, want=len(lying_mesh))
         tallies = await run_campaign(network, lying_mesh, cases(REQUESTS))
-    report = {role: {"requests": t.total, "flagged": t.flagged, "rate": round(t.rate, 4),
-                     "unchecked": t.unchecked, "worst_greedy_gap": round(t.worst_greedy_gap, 4),
-                     "worst_sampled_logodds": round(t.worst_sampled_logodds, 4),
-                     "examples": t.examples}
-              for role, t in tallies.items()}
+    report = {
+        role: {
+            "requests": t.total,
+            "flagged": t.flagged,
+            "rate": round(t.rate, 4),
+            "unchecked": t.unchecked,
+            "worst_greedy_gap": round(t.worst_greedy_gap, 4),
+            "worst_sampled_logodds": round(t.worst_sampled_logodds, 4),
+            "examples": t.examples,
+        }
+        for role, t in tallies.items()
+    }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "liars.json").write_text(json.dumps(report, indent=2) + "\n")
     sys.stderr.write(json.dumps(report) + "\n")

@@ -22,9 +22,17 @@ T0 = 1_800_000_000.0
 
 def view_of(book: Reputation, peer_id: str, now: float = T0) -> PeerView:
     standing = book.standing(peer_id, now=now)
-    return PeerView(peer_id, 1.0, 50.0, 20.0, 0, 0, 1,
-                    reputation=None if standing is None else standing.score,
-                    evidence=0.0 if standing is None else standing.events)
+    return PeerView(
+        peer_id,
+        1.0,
+        50.0,
+        20.0,
+        0,
+        0,
+        1,
+        reputation=None if standing is None else standing.score,
+        evidence=0.0 if standing is None else standing.events,
+    )
 
 
 def test_unknown_peers_have_no_score_and_good_work_keeps_a_perfect_one(tmp_path):
@@ -141,8 +149,11 @@ def test_kill_9_mid_write_leaves_a_consistent_file(tmp_path):
     assert writer.returncode == -signal.SIGKILL
     with Reputation.in_home(tmp_path, half_life_s=60.0) as book:
         assert book.check() == []
-        logged = sqlite3.connect(tmp_path / "reputation.sqlite").execute(
-            "SELECT COUNT(*) FROM events").fetchone()[0]
+        logged = (
+            sqlite3.connect(tmp_path / "reputation.sqlite")
+            .execute("SELECT COUNT(*) FROM events")
+            .fetchone()[0]
+        )
         assert logged >= committed and logged % 3 == 0  # every vote whole, or not at all
         before = book.standings()
         book.record("12D3KooWpeer0", Event.SUCCESS)  # still writable

@@ -12,8 +12,9 @@ from dinet.wire.verify import PositionScore
 
 
 def greedy(index: int, gap: float, rank: int = 1) -> PositionScore:
-    return PositionScore(index=index, token_id=7, rank=0 if gap == 0 else rank, logprob=-0.5 - gap,
-                         best_logprob=-0.5)
+    return PositionScore(
+        index=index, token_id=7, rank=0 if gap == 0 else rank, logprob=-0.5 - gap, best_logprob=-0.5
+    )
 
 
 def sampled(index: int, lo: float, hi: float) -> PositionScore:
@@ -22,14 +23,20 @@ def sampled(index: int, lo: float, hi: float) -> PositionScore:
 
 def test_greedy_accepts_the_argmax_and_near_ties_only() -> None:
     tolerances = Tolerances(greedy_gap=1.0, sample_logodds=2.0)
-    verdict = judge([greedy(0, 0.0), greedy(1, 0.4), greedy(2, 1.2), greedy(3, 12.0)],
-                    temperature=0.0, top_p=1.0, seed=0, tolerances=tolerances)
+    verdict = judge(
+        [greedy(0, 0.0), greedy(1, 0.4), greedy(2, 1.2), greedy(3, 12.0)],
+        temperature=0.0,
+        top_p=1.0,
+        seed=0,
+        tolerances=tolerances,
+    )
     assert not verdict.ok
     assert verdict.bad_positions == (2, 3)
     assert verdict.checked == 4
     assert verdict.worst_margin == pytest.approx(12.0)
-    assert judge([greedy(0, 0.0), greedy(1, 0.9)], temperature=0.0, top_p=1.0, seed=0,
-                 tolerances=tolerances).ok
+    assert judge(
+        [greedy(0, 0.0), greedy(1, 0.9)], temperature=0.0, top_p=1.0, seed=0, tolerances=tolerances
+    ).ok
 
 
 def test_sampled_checks_the_draw_against_the_claimed_interval() -> None:
@@ -67,8 +74,9 @@ def test_nothing_claimed_is_trivially_plausible() -> None:
 def test_a_near_tie_of_the_verifiers_own_draw_passes() -> None:
     u = uniform(3, 0)
     far = (0.0, 1e-9) if u > 0.5 else (1.0 - 1e-9, 1.0 - 1e-12)  # an interval nowhere near u
-    swapped = PositionScore(index=0, token_id=7, rank=1, logprob=-1.0, best_logprob=-0.9,
-                            lo=far[0], hi=far[1], drawn_logprob=-0.9)
+    swapped = PositionScore(
+        index=0, token_id=7, rank=1, logprob=-1.0, best_logprob=-0.9, lo=far[0], hi=far[1], drawn_logprob=-0.9
+    )
     assert judge([swapped], temperature=0.8, top_p=1.0, seed=3).ok
     unrelated = swapped.model_copy(update={"drawn_logprob": -4.0})
     assert not judge([unrelated], temperature=0.8, top_p=1.0, seed=3).ok

@@ -19,9 +19,18 @@ from dinet.wire.signing import sign_body
 def make_manifest(key, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
     now = time.time() if issued_at is None else issued_at
     fields = dict(
-        peer_id=key.peer_id, version="dinet/0.1.0", region="test", addrs=(),
-        models=(), max_concurrent=1, tokens_per_s=50.0, ttft_ms=20.0, price_per_token=0.0,
-        load=Load(active=0, queued=0), issued_at=now, expires_at=now + ttl,
+        peer_id=key.peer_id,
+        version="dinet/0.1.0",
+        region="test",
+        addrs=(),
+        models=(),
+        max_concurrent=1,
+        tokens_per_s=50.0,
+        ttft_ms=20.0,
+        price_per_token=0.0,
+        load=Load(active=0, queued=0),
+        issued_at=now,
+        expires_at=now + ttl,
     )
     fields.update(changes)
     return Manifest(**fields)
@@ -36,8 +45,9 @@ def test_a_signed_manifest_verifies():
 def test_a_tampered_body_is_rejected():
     key = SigningKey.generate()
     signed = sign_manifest(make_manifest(key), key)
-    forged = SignedManifest(body=signed.body.replace('"tokens_per_s":50.0', '"tokens_per_s":5000.0'),
-                            signature=signed.signature)
+    forged = SignedManifest(
+        body=signed.body.replace('"tokens_per_s":50.0', '"tokens_per_s":5000.0'), signature=signed.signature
+    )
     assert forged.body != signed.body
     with pytest.raises(ManifestError, match="signature"):
         verify_manifest(forged)

@@ -25,8 +25,12 @@ def test_a_request_survives_encoding():
     "frame",
     [
         TokenFrame(index=3, token_id=42, text="é"),
-        EndFrame(finish_reason="length", usage=Usage(prompt_tokens=5, completion_tokens=9),
-                 ttft_ms=12.5, tokens_per_s=80.0),
+        EndFrame(
+            finish_reason="length",
+            usage=Usage(prompt_tokens=5, completion_tokens=9),
+            ttft_ms=12.5,
+            tokens_per_s=80.0,
+        ),
         ErrorFrame(code="busy", message="full"),
     ],
 )
@@ -64,7 +68,9 @@ def test_an_unknown_reply_kind_is_refused():
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_numbers_that_are_not_json_are_refused(token):
-    payload = b'{"kind": "end", "finish_reason": "stop", "usage": {"prompt_tokens": 1, ' \
-              b'"completion_tokens": 1}, "ttft_ms": 1.0, "tokens_per_s": ' + token.encode() + b"}"
+    payload = (
+        b'{"kind": "end", "finish_reason": "stop", "usage": {"prompt_tokens": 1, '
+        b'"completion_tokens": 1}, "ttft_ms": 1.0, "tokens_per_s": ' + token.encode() + b"}"
+    )
     with pytest.raises(MalformedMessage):
         decode_reply(payload)

@@ -168,8 +168,11 @@ def test_the_receipt_vector(tmp_path: Path) -> None:
     assert request_hash(v["request_payload"].encode()) == v["request_hash"]
     assert output_hash(v["token_ids"]) == v["output_hash"]
     body = ReceiptBody.model_validate_json(v["node"]["body"])
-    assert charge(body.prompt_tokens, body.completion_tokens, body.price_per_prompt_token,
-                  body.price_per_token) == body.amount == v["amount"]
+    assert (
+        charge(body.prompt_tokens, body.completion_tokens, body.price_per_prompt_token, body.price_per_token)
+        == body.amount
+        == v["amount"]
+    )
     by_node = sign_receipt(body, node)
     assert by_node == SignedReceipt(body=v["node"]["body"], node_signature=v["node"]["signature"])
     end = decode_reply(v["end_payload"].encode())
@@ -183,11 +186,18 @@ def test_the_receipt_vector(tmp_path: Path) -> None:
     assert receipt_id(both.body) == v["receipt_id"]
     request = decode_request(v["request_payload"].encode())
     check_delivery(
-        body, node=peer_of("node"), client=peer_of("client"), request_id=request.request_id,
-        request_hash=v["request_hash"], model_hash=end.model_hash,
-        first_index=len(request.params.prefix_tokens), token_ids=v["token_ids"],
-        prompt_tokens=end.usage.prompt_tokens, max_price_prompt=body.price_per_prompt_token,
-        max_price=body.price_per_token, now=v["now"],
+        body,
+        node=peer_of("node"),
+        client=peer_of("client"),
+        request_id=request.request_id,
+        request_hash=v["request_hash"],
+        model_hash=end.model_hash,
+        first_index=len(request.params.prefix_tokens),
+        token_ids=v["token_ids"],
+        prompt_tokens=end.usage.prompt_tokens,
+        max_price_prompt=body.price_per_prompt_token,
+        max_price=body.price_per_token,
+        now=v["now"],
     )
 
 
@@ -254,8 +264,9 @@ def test_uniform_draws(draw: dict[str, Any]) -> None:
 def test_sampler_choices(case: dict[str, Any]) -> None:
     logits = np.array(case["logits"], dtype=np.float32)
     assert [float(x) for x in logits] == case["logits"]  # the numbers are float32 values exactly
-    token = choose_token(logits, case["index"], temperature=case["temperature"], top_p=case["top_p"],
-                         seed=case["seed"])
+    token = choose_token(
+        logits, case["index"], temperature=case["temperature"], top_p=case["top_p"], seed=case["seed"]
+    )
     assert token == case["token"]
     if case["temperature"] > 0:
         assert case["lo"] <= uniform(case["seed"], case["index"]) == case["u"] < case["hi"]
@@ -265,8 +276,12 @@ def test_sampler_choices_over_a_large_vocabulary() -> None:
     case = vectors("sampler")["choose_many"]
     logits = np.frombuffer(base64.b64decode(case["logits_f32le_b64"]), dtype="<f4")
     sampler = Sampler(logits.shape[0])  # one sampler for every draw, as an engine keeps it
-    got = [sampler.choose(logits, d["index"], temperature=case["temperature"], top_p=case["top_p"],
-                          seed=case["seed"]) for d in case["draws"]]
+    got = [
+        sampler.choose(
+            logits, d["index"], temperature=case["temperature"], top_p=case["top_p"], seed=case["seed"]
+        )
+        for d in case["draws"]
+    ]
     assert got == [d["token"] for d in case["draws"]]
 
 
@@ -281,8 +296,17 @@ def spec_choose(logits: list[float], i: int, temperature: float, top_p: float, s
     total = sum(w)
     order = sorted(range(len(s)), key=lambda t: (-s[t], t))
     c = list(itertools.accumulate(w[t] for t in order))
-    u = float(int.from_bytes(hashlib.blake2b(seed.to_bytes(8, "big") + i.to_bytes(8, "big"), digest_size=8,
-                                             person=b"dinet-sampler").digest(), "big")) / 2**64
+    u = (
+        float(
+            int.from_bytes(
+                hashlib.blake2b(
+                    seed.to_bytes(8, "big") + i.to_bytes(8, "big"), digest_size=8, person=b"dinet-sampler"
+                ).digest(),
+                "big",
+            )
+        )
+        / 2**64
+    )
     if top_p < 1:
         n = next((k + 1 for k in range(len(c)) if c[k] >= top_p * total), len(c))
         target = u * c[n - 1]
@@ -417,8 +441,17 @@ def test_the_generator_writes_exactly_the_committed_files() -> None:
     assert spec is not None and spec.loader is not None
     make = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make)
-    for name in ("keys", "manifest", "receipt", "model_card", "sampler", "text", "framing", "hashes",
-                 "messages"):
+    for name in (
+        "keys",
+        "manifest",
+        "receipt",
+        "model_card",
+        "sampler",
+        "text",
+        "framing",
+        "hashes",
+        "messages",
+    ):
         assert getattr(make, name)() == vectors(name), name
 
 
@@ -427,7 +460,16 @@ def test_every_signature_in_the_vectors_is_checked_above() -> None:
     signed = {p.stem for p in VECTORS.glob("*.json") if '"signed_bytes_hex"' in p.read_text(encoding="utf-8")}
     assert signed == {"manifest", "receipt", "model_card"}
     assert {p.stem for p in VECTORS.glob("*.json")} == {
-        "keys", "manifest", "receipt", "model_card", "sampler", "text", "framing", "hashes", "messages"}
+        "keys",
+        "manifest",
+        "receipt",
+        "model_card",
+        "sampler",
+        "text",
+        "framing",
+        "hashes",
+        "messages",
+    }
 
 
 def test_sign_body_is_plain_ed25519_over_domain_and_utf8(tmp_path: Path) -> None:

@@ -77,9 +77,19 @@ def ask(
     if verify:
         settings = settings.model_copy(update={"verify_rate": 1.0})
     _ask.run_ask(
-        prompt, settings, model=model, model_hash=model_hash, max_tokens=max_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, deadline=deadline, policy=policy,
-        json_out=json_out, sharded=sharded, replicas=replicas,
+        prompt,
+        settings,
+        model=model,
+        model_hash=model_hash,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        deadline=deadline,
+        policy=policy,
+        json_out=json_out,
+        sharded=sharded,
+        replicas=replicas,
     )
 
 

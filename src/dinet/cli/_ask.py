@@ -66,8 +66,11 @@ def run_ask(
         fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
         params = GenerationParams(
-            messages=(ChatMessage(role="user", content=prompt),), max_tokens=max_tokens,
-            temperature=temperature, top_p=top_p, seed=seed,
+            messages=(ChatMessage(role="user", content=prompt),),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
         )
     except ValidationError as exc:
         fail(f"invalid request: {exc.errors()[0]['msg']}")
@@ -80,12 +83,17 @@ def run_ask(
                 vote = await ask_replicas(network, params, replicas, options)
                 _show_vote(vote, json_out)
                 return
-            async for event in ask(network, params, options.with_(deadline_s=deadline,
-                                                                  sharded=True if sharded else None)):
+            async for event in ask(
+                network, params, options.with_(deadline_s=deadline, sharded=True if sharded else None)
+            ):
                 if isinstance(event, Answer):
                     if event.max_tokens_capped is not None and not json_out:
-                        typer.secho(f"(max tokens capped to {event.max_tokens_capped} to answer "
-                                    f"within {deadline:g} s)", fg="yellow", err=True)
+                        typer.secho(
+                            f"(max tokens capped to {event.max_tokens_capped} to answer "
+                            f"within {deadline:g} s)",
+                            fg="yellow",
+                            err=True,
+                        )
                     if json_out:
                         print_json(answer_json(event))
                     else:
@@ -125,12 +133,20 @@ def _verified_line(check: Verification) -> tuple[str, str]:
         return f"— not verified: {check.error}", "yellow"
     if check.verified:
         return f"— verified by {check.verifier}: {check.checked} tokens plausible", "green"
-    return (f"— FAILED verification by {check.verifier}: tokens at {list(check.bad_positions)} "
-            f"are not what this model produces", "red")
+    return (
+        f"— FAILED verification by {check.verifier}: tokens at {list(check.bad_positions)} "
+        f"are not what this model produces",
+        "red",
+    )
 
 
 def run_chat(
-    settings: ClientSettings, *, model: str | None, max_tokens: int, temperature: float, seed: int,
+    settings: ClientSettings,
+    *,
+    model: str | None,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
     json_out: bool,
 ) -> None:
     async def main() -> None:
@@ -145,8 +161,9 @@ def run_chat(
                 if not line.strip():
                     continue
                 history.append(ChatMessage(role="user", content=line))
-                params = GenerationParams(messages=tuple(history), max_tokens=max_tokens,
-                                          temperature=temperature, seed=seed)
+                params = GenerationParams(
+                    messages=tuple(history), max_tokens=max_tokens, temperature=temperature, seed=seed
+                )
                 async for event in ask(network, params, AskOptions.from_settings(settings, model_id=model)):
                     if isinstance(event, Answer):
                         history.append(ChatMessage(role="assistant", content=event.text))
@@ -185,21 +202,41 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
             manifests = sorted(network.directory.manifests(), key=lambda m: m.peer_id)
             trust = {m.peer_id: peer_trust(network, m.peer_id) for m in manifests}
             if json_out:
-                print_json([
-                    {**m.model_dump(mode="json"), "rtt_ms": network.rtt_ms.get(m.peer_id), **trust[m.peer_id]}
-                    for m in manifests
-                ])
+                print_json(
+                    [
+                        {
+                            **m.model_dump(mode="json"),
+                            "rtt_ms": network.rtt_ms.get(m.peer_id),
+                            **trust[m.peer_id],
+                        }
+                        for m in manifests
+                    ]
+                )
                 return
             table = Table(title=f"{len(manifests)} peers")
-            for column in ("peer", "region", "models", "load", "tok/s", "ttft ms", "rtt ms", "price",
-                           "score"):
+            for column in (
+                "peer",
+                "region",
+                "models",
+                "load",
+                "tok/s",
+                "ttft ms",
+                "rtt ms",
+                "price",
+                "score",
+            ):
                 table.add_column(column)
             for m in manifests:
                 rtt = network.rtt_ms.get(m.peer_id)
                 table.add_row(
-                    m.peer_id, m.region, ", ".join(_offer_label(o) for o in m.models),
-                    f"{m.load.active}+{m.load.queued}/{m.max_concurrent}", f"{m.tokens_per_s:.1f}",
-                    f"{m.ttft_ms:.0f}", "-" if rtt is None else f"{rtt:.1f}", f"{m.price_per_token:g}",
+                    m.peer_id,
+                    m.region,
+                    ", ".join(_offer_label(o) for o in m.models),
+                    f"{m.load.active}+{m.load.queued}/{m.max_concurrent}",
+                    f"{m.tokens_per_s:.1f}",
+                    f"{m.ttft_ms:.0f}",
+                    "-" if rtt is None else f"{rtt:.1f}",
+                    f"{m.price_per_token:g}",
                     _score_cell(trust[m.peer_id]),
                 )
             Console().print(table)

@@ -50,7 +50,6 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
         fail(str(error))
 
 
-
 async def _cancel_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:

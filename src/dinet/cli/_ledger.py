@@ -61,8 +61,10 @@ def balance(ctx: typer.Context, home: Home = None, json_out: Json = False) -> No
         print_json(_summary_json(summary))
         return
     typer.echo(f"identities  {', '.join(me) or '(none)'}")
-    typer.echo(f"balance     {summary.balance:g}   earned {summary.earned:g}   spent {summary.spent:g}"
-               f"   ({summary.receipts} receipts)")
+    typer.echo(
+        f"balance     {summary.balance:g}   earned {summary.earned:g}   spent {summary.spent:g}"
+        f"   ({summary.receipts} receipts)"
+    )
     if summary.peers:
         table = Table()
         for column in ("peer", "earned", "spent", "balance", "receipts"):
@@ -74,11 +76,19 @@ def balance(ctx: typer.Context, home: Home = None, json_out: Json = False) -> No
 
 def _summary_json(summary: Summary) -> dict[str, object]:
     return {
-        "identities": list(summary.me), "balance": summary.balance, "earned": summary.earned,
-        "spent": summary.spent, "receipts": summary.receipts,
+        "identities": list(summary.me),
+        "balance": summary.balance,
+        "earned": summary.earned,
+        "spent": summary.spent,
+        "receipts": summary.receipts,
         "peers": [
-            {"peer_id": p.peer_id, "earned": p.earned, "spent": p.spent, "balance": p.balance,
-             "receipts": p.receipts}
+            {
+                "peer_id": p.peer_id,
+                "earned": p.earned,
+                "spent": p.spent,
+                "balance": p.balance,
+                "receipts": p.receipts,
+            }
             for p in summary.peers
         ],
     }
@@ -110,9 +120,15 @@ def receipts(
         table.add_column(column)
     for r in rows:
         b = r.body
-        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.issued_at)), b.request_id[:12],
-                      b.node[-8:], b.client[-8:], str(b.prompt_tokens), str(b.completion_tokens),
-                      f"{b.amount:g}")
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.issued_at)),
+            b.request_id[:12],
+            b.node[-8:],
+            b.client[-8:],
+            str(b.prompt_tokens),
+            str(b.completion_tokens),
+            f"{b.amount:g}",
+        )
     Console().print(table)
 
 
@@ -125,14 +141,24 @@ def verify(home: Home = None, json_out: Json = False) -> None:
         report = ledger.verify(me)
     seconds = time.perf_counter() - started
     if json_out:
-        print_json({"ok": report.ok, "receipts": report.receipts, "earned": report.earned,
-                    "spent": report.spent, "problems": report.problems, "seconds": round(seconds, 3)})
+        print_json(
+            {
+                "ok": report.ok,
+                "receipts": report.receipts,
+                "earned": report.earned,
+                "spent": report.spent,
+                "problems": report.problems,
+                "seconds": round(seconds, 3),
+            }
+        )
     else:
         for problem in report.problems:
             typer.echo(f"problem: {problem}", err=True)
         verdict = "ok" if report.ok else f"{len(report.problems)} problems"
-        typer.echo(f"{verdict}: {report.receipts} receipts verified in {seconds:.2f} s; "
-                   f"earned {report.earned:g}, spent {report.spent:g}")
+        typer.echo(
+            f"{verdict}: {report.receipts} receipts verified in {seconds:.2f} s; "
+            f"earned {report.earned:g}, spent {report.spent:g}"
+        )
     if not report.ok:
         raise typer.Exit(1)
 

@@ -18,8 +18,9 @@ from dinet.node.service import NodeStarted, serve_node
 
 def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> None:
     if settings.liar is not None:
-        typer.secho(f"WARNING: this node LIES ({settings.liar}): for tests of verification only",
-                    fg="red", err=True)
+        typer.secho(
+            f"WARNING: this node LIES ({settings.liar}): for tests of verification only", fg="red", err=True
+        )
     # Checked before the node starts, so a bad API setting fails at once.
     api = None if settings.api_port is None else beside_node(settings, config)
 
@@ -33,9 +34,14 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
                 gateway = await nursery.start(serve_gateway, joined)
             if json_out:
                 print_json(
-                    {"peer_id": started.peer_id, "addrs": started.addrs,
-                     "model_id": started.model_id, "model_hash": started.model_hash,
-                     "engine": started.engine, **({"api": gateway.url} if gateway else {})}
+                    {
+                        "peer_id": started.peer_id,
+                        "addrs": started.addrs,
+                        "model_id": started.model_id,
+                        "model_hash": started.model_hash,
+                        "engine": started.engine,
+                        **({"api": gateway.url} if gateway else {}),
+                    }
                 )
             else:
                 typer.echo(f"peer id  {started.peer_id}")
@@ -59,7 +65,10 @@ def beside_node(settings: NodeSettings, config: Path | None) -> GatewaySettings:
     """The API a node serves itself (api_port): the node's address, port and key, and the
     client settings (timeouts, verify_rate, ...) a gateway would read."""
     own: dict[str, object] = {
-        "host": settings.api_host, "port": settings.api_port, "home": settings.home, "mdns": False,
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "home": settings.home,
+        "mdns": False,
     }
     if settings.api_key is not None:
         own["api_key"] = settings.api_key

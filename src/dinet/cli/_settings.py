@@ -66,7 +66,9 @@ def with_settings(role: type[S]) -> Callable[[Callable[..., None]], Callable[...
             flags = {name: given.pop(name) for name in role.model_fields}
             try:
                 resolved = resolve(
-                    role, flags={k: v for k, v in flags.items() if v is not None}, config=config,
+                    role,
+                    flags={k: v for k, v in flags.items() if v is not None},
+                    config=config,
                     flag_names=spellings,
                 )
             except ConfigError as exc:
@@ -129,14 +131,18 @@ def _layer_options() -> list[inspect.Parameter]:
     config = Annotated[
         Path | None,
         typer.Option(
-            "--config", envvar=CONFIG_ENV, metavar="FILE", rich_help_panel=PANEL,
+            "--config",
+            envvar=CONFIG_ENV,
+            metavar="FILE",
+            rich_help_panel=PANEL,
             help="Read settings from this TOML file (docs/settings.md)",
         ),
     ]
     show = Annotated[
         bool,
         typer.Option(
-            "--print-config", rich_help_panel=PANEL,
+            "--print-config",
+            rich_help_panel=PANEL,
             help="Print each setting's value and where it came from (with --json: as JSON), then exit",
         ),
     ]

@@ -142,8 +142,9 @@ class AsyncClient:
         deadline = trio.current_time() + wait_s
         while True:
             with _typed_errors():
-                await network.probe_all([m for m in network.directory.manifests()
-                                         if m.peer_id not in network.rtt_ms])
+                await network.probe_all(
+                    [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
+                )
             if trio.current_time() >= deadline:
                 break
             await trio.sleep(min(0.3, max(0.0, deadline - trio.current_time())))
@@ -169,8 +170,9 @@ class AsyncClient:
                     holders = await network.joiner.holders(model_hash)
                     if holders:
                         return model_hash, holders
-                await network.probe_all([m for m in network.directory.manifests()
-                                         if m.peer_id not in network.rtt_ms])
+                await network.probe_all(
+                    [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
+                )
                 await trio.sleep(0.5)
         raise PullFailed(f"no peer holds {model!r} (looked for {timeout_s:g} s)")
 
@@ -250,10 +252,18 @@ def _peer(network: Network, m: Manifest) -> Peer:
     trust = peer_trust(network, m.peer_id)
     reputation = trust["reputation"]
     return Peer(
-        peer_id=m.peer_id, region=m.region, addrs=m.addrs,
+        peer_id=m.peer_id,
+        region=m.region,
+        addrs=m.addrs,
         models=tuple(PeerModel(o.model_id, o.model_hash, o.layers, o.stage) for o in m.models),
-        tokens_per_s=m.tokens_per_s, ttft_ms=m.ttft_ms, price_per_token=m.price_per_token,
-        price_per_prompt_token=m.price_per_prompt_token, active=m.load.active, queued=m.load.queued,
-        max_concurrent=m.max_concurrent, rtt_ms=network.rtt_ms.get(m.peer_id),
-        reputation=reputation if isinstance(reputation, float) else None, excluded=bool(trust["excluded"]),
+        tokens_per_s=m.tokens_per_s,
+        ttft_ms=m.ttft_ms,
+        price_per_token=m.price_per_token,
+        price_per_prompt_token=m.price_per_prompt_token,
+        active=m.load.active,
+        queued=m.load.queued,
+        max_concurrent=m.max_concurrent,
+        rtt_ms=network.rtt_ms.get(m.peer_id),
+        reputation=reputation if isinstance(reputation, float) else None,
+        excluded=bool(trust["excluded"]),
     )

@@ -26,8 +26,13 @@ class ChainOfStages:
     """The strategy for a model that only a chain of stages serves (or that was asked so)."""
 
     def __init__(
-        self, network: Network, plan: ChainPlan, params: GenerationParams, rules: StageRules,
-        records: Records, capped_to: int | None,
+        self,
+        network: Network,
+        plan: ChainPlan,
+        params: GenerationParams,
+        rules: StageRules,
+        records: Records,
+        capped_to: int | None,
     ) -> None:
         self._network = network
         self._plan = plan
@@ -38,13 +43,18 @@ class ChainOfStages:
 
     @classmethod
     async def plan(
-        cls, network: Network, params: GenerationParams, options: AskOptions, records: Records,
+        cls,
+        network: Network,
+        params: GenerationParams,
+        options: AskOptions,
+        records: Records,
         on_attempt: Callable[[PeerId], None] | None = None,
     ) -> ChainOfStages:
         """Find stages and plan a chain within the options; NoCapablePeer if none will do."""
         rules = StageRules(options.policy, records.max_price, options.only_peers)
-        plan = await plan_chain(network, options.model_id, options.model_hash,
-                                timeout=options.discover_timeout_s, rules=rules)
+        plan = await plan_chain(
+            network, options.model_id, options.model_hash, timeout=options.discover_timeout_s, rules=rules
+        )
         capped_to = None
         if options.deadline_s is not None:
             budget = chain_token_budget(plan.route, options.deadline_s)
@@ -58,8 +68,14 @@ class ChainOfStages:
 
     async def run(self, deadline: float) -> AsyncGenerator[TokenFrame | Finished, None]:
         result: ChainResult | None = None
-        events = run_chain(self._network, self._plan, self._params, rules=self._rules,
-                           records=self._records, deadline=deadline)
+        events = run_chain(
+            self._network,
+            self._plan,
+            self._params,
+            rules=self._rules,
+            records=self._records,
+            deadline=deadline,
+        )
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TokenFrame):
@@ -69,7 +85,13 @@ class ChainOfStages:
         assert result is not None, "run_chain ends with its result"
         await self._records.answered(result.chain)
         yield Finished(
-            peer_id=result.chain[-1], model_id=result.model_id, model_hash=result.model_hash,
-            usage=result.usage, finish_reason=result.finish_reason, peers_tried=result.peers_tried,
-            params=self._params, max_tokens_capped=self._capped_to, chain=result.chain,
+            peer_id=result.chain[-1],
+            model_id=result.model_id,
+            model_hash=result.model_hash,
+            usage=result.usage,
+            finish_reason=result.finish_reason,
+            peers_tried=result.peers_tried,
+            params=self._params,
+            max_tokens_capped=self._capped_to,
+            chain=result.chain,
         )

@@ -86,8 +86,13 @@ class Records:
     # -- receipts -------------------------------------------------------------------------
 
     async def settle(
-        self, framed: FramedStream, peer: PeerView, request: InferRequest, digest: str,
-        token_ids: list[int], end: EndFrame,
+        self,
+        framed: FramedStream,
+        peer: PeerView,
+        request: InferRequest,
+        digest: str,
+        token_ids: list[int],
+        end: EndFrame,
     ) -> None:
         """Check a whole-model peer's receipt against what it delivered; countersign, send
         back on `framed` and keep it.
@@ -102,9 +107,14 @@ class Records:
         try:
             body = verify_node_signature(end.receipt)
             check_delivery(
-                body, node=peer_id, client=self._network.peer_id, request_id=request.request_id,
-                request_hash=digest, model_hash=end.model_hash,
-                first_index=len(request.params.prefix_tokens), token_ids=token_ids,
+                body,
+                node=peer_id,
+                client=self._network.peer_id,
+                request_id=request.request_id,
+                request_hash=digest,
+                model_hash=end.model_hash,
+                first_index=len(request.params.prefix_tokens),
+                token_ids=token_ids,
                 prompt_tokens=end.usage.prompt_tokens,
                 max_price_prompt=_cap(peer.price_per_prompt_token, self.max_price),
                 max_price=_cap(peer.price_per_token, self.max_price),
@@ -139,11 +149,18 @@ class Records:
                 continue  # these peers produced nothing
             bad = tuple(i for i in verification.bad_positions if start <= i < end)
             for peer_id in peers:
-                outcomes.record_outcome(peer_id, VerificationOutcome(
-                    kind="verification", passed=not bad, verifier=verification.verifier,
-                    model_hash=model_hash, checked=end - start, bad_positions=bad,
-                    request_id=self.request_id,
-                ))
+                outcomes.record_outcome(
+                    peer_id,
+                    VerificationOutcome(
+                        kind="verification",
+                        passed=not bad,
+                        verifier=verification.verifier,
+                        model_hash=model_hash,
+                        checked=end - start,
+                        bad_positions=bad,
+                        request_id=self.request_id,
+                    ),
+                )
 
 
 def _cap(advertised: float, limit: float | None) -> float:

@@ -86,8 +86,10 @@ def _message(i: int, message: object) -> ChatMessage:
         raise RequestError(f"{where}: role must be one of {', '.join(_ROLES)}", "messages")
     content = message.get("content")
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                   for p in content):
+        if not all(
+            isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
             raise RequestError(f"{where}: only text content parts are supported", "messages")
         content = "".join(p["text"] for p in content)
     if content is None:

@@ -52,16 +52,29 @@ class StageLink:
 
     @classmethod
     async def open(
-        cls, host: PeerHost, offer: StageOffer, model_hash: ModelHash, params: GenerationParams,
-        dtype: HiddenDType, session_id: str, relay: ShardRelay,
+        cls,
+        host: PeerHost,
+        offer: StageOffer,
+        model_hash: ModelHash,
+        params: GenerationParams,
+        dtype: HiddenDType,
+        session_id: str,
+        relay: ShardRelay,
     ) -> StageLink:
         """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""
         peer_id = offer.peer_id
         framed = await open_framed(host, peer_id, SHARD_PROTOCOL, OPEN_TIMEOUT_S)
         try:
-            await framed.send(ShardOpen(session_id=session_id, model_hash=model_hash,
-                                        span=(offer.start, offer.stop), params=params, dtype=dtype,
-                                        relay=relay))
+            await framed.send(
+                ShardOpen(
+                    session_id=session_id,
+                    model_hash=model_hash,
+                    span=(offer.start, offer.stop),
+                    params=params,
+                    dtype=dtype,
+                    relay=relay,
+                )
+            )
             with trio.move_on_after(OPEN_REPLY_S):
                 reply = await _next_reply(framed)
                 if reply is None:

@@ -119,8 +119,9 @@ class Stream:
             return
         self._iterated = True
         items: queue.SimpleQueue[str | _End] = queue.SimpleQueue()
-        self._task = self._loop.spawn(lambda: _produce(self._stream, items),
-                                      refused=lambda error: items.put(_End(error)))
+        self._task = self._loop.spawn(
+            lambda: _produce(self._stream, items), refused=lambda error: items.put(_End(error))
+        )
         try:
             while not isinstance(item := items.get(), _End):
                 yield item
@@ -189,8 +190,9 @@ class _TrioThread:
         self._stopping: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
         self._client: AsyncClient | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._main, settings),
-                                        name="dinet-client", daemon=True)
+        self._thread = threading.Thread(
+            target=trio.run, args=(self._main, settings), name="dinet-client", daemon=True
+        )
         self._thread.start()
         try:
             self._ready.wait()
@@ -293,4 +295,3 @@ class _TrioThread:
             self.soon(stopping.set)
         if threading.current_thread() is not self._thread:
             self._thread.join(CLOSE_WAIT_S)
-

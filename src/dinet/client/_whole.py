@@ -58,7 +58,11 @@ class WholeModel:
     """The strategy for a model that single peers serve whole."""
 
     def __init__(
-        self, network: Network, params: GenerationParams, options: AskOptions, records: Records,
+        self,
+        network: Network,
+        params: GenerationParams,
+        options: AskOptions,
+        records: Records,
         on_attempt: Callable[[PeerId], None] | None = None,
     ) -> None:
         self._network = network
@@ -95,8 +99,12 @@ class WholeModel:
             if self._on_attempt is not None:
                 self._on_attempt(peer.peer_id)
             resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
-            request = InferRequest(request_id=records.request_id, model_id=options.model_id,
-                                   model_hash=options.model_hash, params=resumed)
+            request = InferRequest(
+                request_id=records.request_id,
+                model_id=options.model_id,
+                model_hash=options.model_hash,
+                params=resumed,
+            )
             health = network.health.get(peer.peer_id)
             health.in_flight += 1
             timing = _Timing()
@@ -129,16 +137,26 @@ class WholeModel:
                 slow = _slower_than_claimed(peer, timing, resumed=bool(resumed.prefix_tokens))
                 await records.answered([peer.peer_id], slow=[peer.peer_id] if slow else [])
                 yield Finished(
-                    peer_id=peer.peer_id, model_id=end.model_id, model_hash=end.model_hash,
-                    usage=end.usage, finish_reason=end.finish_reason, peers_tried=tuple(tried),
-                    params=params, max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
+                    peer_id=peer.peer_id,
+                    model_id=end.model_id,
+                    model_hash=end.model_hash,
+                    usage=end.usage,
+                    finish_reason=end.finish_reason,
+                    peers_tried=tuple(tried),
+                    params=params,
+                    max_tokens_capped=capped_to if capped_to == params.max_tokens else None,
                 )
                 return
             assert last_error is not None  # the attempt failed: every way out of it above says why
             broken.add(peer.peer_id)
             backoff = await records.failed(peer.peer_id, last_error)
-            logger.info("peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
-                        peer.peer_id, len(tokens), last_error, backoff)
+            logger.info(
+                "peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
+                peer.peer_id,
+                len(tokens),
+                last_error,
+                backoff,
+            )
         if last_error is None:
             raise NoCapablePeer(f"no reachable peer serves {wanted}")
         raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
@@ -155,8 +173,9 @@ class WholeModel:
             raise NoCapablePeer(f"no peer serves {wanted} within {limit:g} credits per token")
         allowed = network.trusted(affordable)
         if affordable and not allowed:
-            raise NoCapablePeer(f"every peer serving {wanted} is excluded for a low reputation "
-                                "(`din peers` shows the scores)")
+            raise NoCapablePeer(
+                f"every peer serving {wanted} is excluded for a low reputation (`din peers` shows the scores)"
+            )
         return [p for p in allowed if p.peer_id not in skip]
 
 
@@ -192,15 +211,24 @@ def _slower_than_claimed(peer: PeerView, timing: _Timing, *, resumed: bool) -> b
     decode_s = timing.ended_at - first if first is not None else 0.0
     observed_tps = (timing.tokens - 1) / decode_s if decode_s > 0 and timing.tokens > 1 else None
     observed_ttft = None if first is None or timing.queued or resumed else (first - timing.sent_at) * 1e3
-    slow = slower_than_claimed(peer.tokens_per_s, peer.ttft_ms, tokens=timing.tokens,
-                               observed_tokens_per_s=observed_tps, observed_ttft_ms=observed_ttft)
+    slow = slower_than_claimed(
+        peer.tokens_per_s,
+        peer.ttft_ms,
+        tokens=timing.tokens,
+        observed_tokens_per_s=observed_tps,
+        observed_ttft_ms=observed_ttft,
+    )
     if slow:
         logger.info("peer %s answered far slower than it advertises", peer.peer_id)
     return slow
 
 
 async def _stream_from(
-    network: Network, peer: PeerView, request: InferRequest, deadline: float, records: Records,
+    network: Network,
+    peer: PeerView,
+    request: InferRequest,
+    deadline: float,
+    records: Records,
     timing: _Timing,
 ) -> AsyncGenerator[TokenFrame | EndFrame, None]:
     """Frames from one peer until its end frame; errors as exceptions.

@@ -95,8 +95,12 @@ async def ask(
     verification = None
     if options.verify_rate > 0 and random.random() < options.verify_rate:
         verification = await verify_answer(
-            network, finished.params, list(token_ids), finished.model_hash,
-            exclude=records.producers, verifiers=options.verifiers,
+            network,
+            finished.params,
+            list(token_ids),
+            finished.model_hash,
+            exclude=records.producers,
+            verifiers=options.verifiers,
         )
         records.verified(verification, len(tokens), finished.model_hash)
     yield Answer(
@@ -119,13 +123,20 @@ async def ask(
 
 
 async def _strategy(
-    network: Network, params: GenerationParams, options: AskOptions, records: Records,
+    network: Network,
+    params: GenerationParams,
+    options: AskOptions,
+    records: Records,
     on_attempt: Callable[[PeerId], None] | None,
 ) -> Strategy:
     """Whole-model peers, unless asked for a chain or only stages serve the model."""
     if options.sharded is not True:
-        whole = await network.discover(options.model_id, options.model_hash,
-                                       timeout=options.discover_timeout_s, or_stages=options.sharded is None)
+        whole = await network.discover(
+            options.model_id,
+            options.model_hash,
+            timeout=options.discover_timeout_s,
+            or_stages=options.sharded is None,
+        )
         if whole or options.sharded is False:
             return WholeModel(network, params, options, records, on_attempt)
     return await ChainOfStages.plan(network, params, options, records, on_attempt)

@@ -96,8 +96,13 @@ class StageRules:
 
 
 async def plan_chain(
-    network: Network, model_id: str | None, model_hash: ModelHash | None, *, timeout: float,
-    exclude: frozenset[PeerId] = frozenset(), rules: StageRules = StageRules(),
+    network: Network,
+    model_id: str | None,
+    model_hash: ModelHash | None,
+    *,
+    timeout: float,
+    exclude: frozenset[PeerId] = frozenset(),
+    rules: StageRules = StageRules(),
 ) -> ChainPlan:
     """Look for stages until some chain covers the model, or NoCapablePeer after `timeout`.
 
@@ -120,7 +125,10 @@ async def plan_chain(
 
 
 def _plan(
-    network: Network, model_id: str | None, model_hash: ModelHash | None, exclude: frozenset[PeerId],
+    network: Network,
+    model_id: str | None,
+    model_hash: ModelHash | None,
+    exclude: frozenset[PeerId],
     rules: StageRules,
 ) -> ChainPlan:
     groups: dict[tuple[ModelHash, str, int], list[StageOffer]] = defaultdict(list)
@@ -145,7 +153,10 @@ def _plan(
 
 
 def _route(
-    stages: list[StageOffer], n_layers: int, exclude: frozenset[PeerId], distrusted: frozenset[PeerId],
+    stages: list[StageOffer],
+    n_layers: int,
+    exclude: frozenset[PeerId],
+    distrusted: frozenset[PeerId],
     rules: StageRules,
 ) -> Route:
     """The chain `rules` choose. RoutingError when no chain covers the model (more stages may
@@ -156,8 +167,10 @@ def _route(
         by: By = "price" if rules.policy == "cost" else "time"
         route = plan_shard_route(stages, n_layers, exclude=allowed, by=by)
     except RoutingError:
-        raise NoCapablePeer("every chain of stages goes through a stage excluded for a low reputation "
-                            "(`din peers` shows the scores)") from None
+        raise NoCapablePeer(
+            "every chain of stages goes through a stage excluded for a low reputation "
+            "(`din peers` shows the scores)"
+        ) from None
     if route.within(rules.max_price):
         return route
     cheapest = plan_shard_route(stages, n_layers, exclude=allowed, by="price")
@@ -173,8 +186,10 @@ def _distrusted(network: Network) -> frozenset[PeerId]:
     """The peers this client excludes for a low reputation."""
     if network.reputation is None:
         return frozenset()
-    views = [PeerView(peer_id, None, 0.0, 0.0, 0, 0, 1, reputation=s.score, evidence=s.events)
-             for peer_id, s in network.reputation.standings().items()]
+    views = [
+        PeerView(peer_id, None, 0.0, 0.0, 0, 0, 1, reputation=s.score, evidence=s.events)
+        for peer_id, s in network.reputation.standings().items()
+    ]
     kept = {v.peer_id for v in network.trusted(views)}
     return frozenset(v.peer_id for v in views if v.peer_id not in kept)
 
@@ -183,8 +198,14 @@ class Chain:
     """One session across a ring of relaying stages, replaced whole when a stage fails."""
 
     def __init__(
-        self, network: Network, plan: ChainPlan, params: GenerationParams, dtype: HiddenDType, *,
-        rules: StageRules = StageRules(), records: Records | None = None,
+        self,
+        network: Network,
+        plan: ChainPlan,
+        params: GenerationParams,
+        dtype: HiddenDType,
+        *,
+        rules: StageRules = StageRules(),
+        records: Records | None = None,
     ) -> None:
         self._network = network
         self._plan = plan
@@ -235,8 +256,15 @@ class Chain:
             relay = ShardRelay(peer_id=offers[after].peer_id, session_id=session_ids[after], addrs=addrs)
             self.tried.append(offers[k].peer_id)
             try:
-                links[k] = await StageLink.open(self._network.host, offers[k], self._plan.model_hash,
-                                                self._params, self._dtype, session_ids[k], relay)
+                links[k] = await StageLink.open(
+                    self._network.host,
+                    offers[k],
+                    self._plan.model_hash,
+                    self._params,
+                    self._dtype,
+                    session_ids[k],
+                    relay,
+                )
             except (PeerError, MalformedMessage):
                 self._failed_opens.append(offers[k].peer_id)
                 raise
@@ -272,7 +300,8 @@ class Chain:
                 return event
             culprits = (
                 await silent_peers(self._network.host, [link.peer_id for link in self.links])
-                if k < 0 else self._at_fault(k, event)
+                if k < 0
+                else self._at_fault(k, event)
             )
             await self._replace(culprits, event)
 
@@ -302,8 +331,13 @@ class Chain:
                 await self._records.failed(peer_id, cause if isinstance(cause, BaseException) else str(cause))
             logger.info("the chain broke (%s); replacing it without %s", cause, sorted(culprits) or "anyone")
             try:
-                self._plan = _plan(self._network, self._plan.model_id, self._plan.model_hash,
-                                   frozenset(self._broken), self._rules)
+                self._plan = _plan(
+                    self._network,
+                    self._plan.model_id,
+                    self._plan.model_hash,
+                    frozenset(self._broken),
+                    self._rules,
+                )
             except RoutingError as exc:
                 raise NoCapablePeer(f"no chain of stages is left: {exc}") from None
             try:
@@ -358,8 +392,14 @@ async def _listen(k: int, link: StageLink, events: trio.MemorySendChannel[_Event
 
 
 async def run_chain(
-    network: Network, plan: ChainPlan, params: GenerationParams, *, dtype: HiddenDType = "f32",
-    rules: StageRules = StageRules(), records: Records | None = None, deadline: float = math.inf,
+    network: Network,
+    plan: ChainPlan,
+    params: GenerationParams,
+    *,
+    dtype: HiddenDType = "f32",
+    rules: StageRules = StageRules(),
+    records: Records | None = None,
+    deadline: float = math.inf,
 ) -> AsyncGenerator[TokenFrame | ChainResult, None]:
     """Yield each completion token frame as it is released, then one ChainResult.
 
@@ -383,9 +423,12 @@ async def run_chain(
             if sampled.finish_reason is not None:
                 clean = True
                 yield ChainResult(
-                    plan.model_id, plan.model_hash,
+                    plan.model_id,
+                    plan.model_hash,
                     Usage(prompt_tokens=len(prompt), completion_tokens=count),
-                    sampled.finish_reason, tuple(link.peer_id for link in chain.links), tuple(chain.tried),
+                    sampled.finish_reason,
+                    tuple(link.peer_id for link in chain.links),
+                    tuple(chain.tried),
                 )
                 return
     finally:

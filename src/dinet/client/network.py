@@ -49,8 +49,9 @@ class Network:
 
     def __post_init__(self) -> None:
         # A peer that answers is timed; one that cannot be met is forgotten until heard of again.
-        self.joiner = Joiner(self.host, self.directory, on_answer=self.rtt_ms.__setitem__,
-                             on_silent=self.forget)
+        self.joiner = Joiner(
+            self.host, self.directory, on_answer=self.rtt_ms.__setitem__, on_silent=self.forget
+        )
 
     async def note(self, peer_id: PeerId, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
@@ -143,16 +144,29 @@ class Network:
                 if o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash):
                     latency = 1000.0 / m.tokens_per_s if m.tokens_per_s > 0 else None
                     rtt = self.rtt_ms.get(m.peer_id)
-                    stage = StageOffer(m.peer_id, o.layers[0], o.layers[1], latency, rtt,
-                                       m.price_per_token, m.price_per_prompt_token)
+                    stage = StageOffer(
+                        m.peer_id,
+                        o.layers[0],
+                        o.layers[1],
+                        latency,
+                        rtt,
+                        m.price_per_token,
+                        m.price_per_prompt_token,
+                    )
                     found.append((o, stage))
         return found
+
     def trusted(self, peers: list[PeerView]) -> list[PeerView]:
         """`peers` without those this client excludes for a low reputation."""
         return trusted(peers, self.exclude_below, self.min_evidence)
 
     async def discover(
-        self, model_id: str | None, model_hash: ModelHash | None, *, timeout: float, want: int = 1,
+        self,
+        model_id: str | None,
+        model_hash: ModelHash | None,
+        *,
+        timeout: float,
+        want: int = 1,
         or_stages: bool = False,
     ) -> list[PeerView]:
         """Peers serving the model, looking until `want` are found or `timeout` passes.
@@ -204,10 +218,13 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     key = load_or_create_identity(settings.home, CLIENT_IDENTITY)
     async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client") as host:
         network = Network(
-            host, PeerDirectory(on_moved=lambda m: host.remember_addrs(m.peer_id, m.addrs)),
-            ledger=Ledger.in_home(settings.home), max_price=settings.max_price,
+            host,
+            PeerDirectory(on_moved=lambda m: host.remember_addrs(m.peer_id, m.addrs)),
+            ledger=Ledger.in_home(settings.home),
+            max_price=settings.max_price,
             reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
-            exclude_below=settings.exclude_below, min_evidence=settings.min_evidence,
+            exclude_below=settings.exclude_below,
+            min_evidence=settings.min_evidence,
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):

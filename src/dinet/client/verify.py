@@ -70,8 +70,10 @@ async def verify_answer(
     if not token_ids:
         return Verification(verified=True, verifier=None)  # nothing was claimed
     claim = VerifyRequest(
-        request_id=RequestId(uuid.uuid4().hex), model_hash=model_hash,
-        params=params.model_copy(update={"prefix_tokens": ()}), tokens=tuple(token_ids),
+        request_id=RequestId(uuid.uuid4().hex),
+        model_hash=model_hash,
+        params=params.model_copy(update={"prefix_tokens": ()}),
+        tokens=tuple(token_ids),
     )
     candidates = [
         p for p in network.trusted(network.candidates(None, model_hash))  # never a known liar
@@ -86,12 +88,19 @@ async def verify_answer(
             last_error = f"{peer.peer_id}: {exc}"
             continue
         verdict = judge(
-            scores.positions, temperature=params.temperature, top_p=params.top_p,
-            seed=params.seed, tolerances=tolerances,
+            scores.positions,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            tolerances=tolerances,
         )
         return Verification(
-            verified=verdict.ok, verifier=peer.peer_id, bad_positions=verdict.bad_positions,
-            checked=verdict.checked, worst_margin=verdict.worst_margin, scoring_ms=scores.elapsed_ms,
+            verified=verdict.ok,
+            verifier=peer.peer_id,
+            bad_positions=verdict.bad_positions,
+            checked=verdict.checked,
+            worst_margin=verdict.worst_margin,
+            scoring_ms=scores.elapsed_ms,
         )
     return Verification(verified=None, verifier=None, error=last_error)
 

@@ -80,11 +80,16 @@ class Vote:
         """One line for people: how the answer was decided, or why none was."""
         n = len(self.asked)
         if self.answer is None:
-            return (f"no majority among {n} replicas: {len(self.answers)} answered, "
-                    f"{self.distinct_answers} distinct answers, agreeing on the first "
-                    f"{self.tally.agreed_prefix} tokens" + _failures(self.failed))
-        how = (f"agreed by {len(self.agreeing)} of {n} replicas" if self.decided_by == "majority"
-               else f"no majority among {n} replicas; decided by verification")
+            return (
+                f"no majority among {n} replicas: {len(self.answers)} answered, "
+                f"{self.distinct_answers} distinct answers, agreeing on the first "
+                f"{self.tally.agreed_prefix} tokens" + _failures(self.failed)
+            )
+        how = (
+            f"agreed by {len(self.agreeing)} of {n} replicas"
+            if self.decided_by == "majority"
+            else f"no majority among {n} replicas; decided by verification"
+        )
         dissent = f"; dissenting: {', '.join(self.dissenting)}" if self.dissenting else ""
         return how + dissent + _failures(self.failed)
 
@@ -157,15 +162,22 @@ async def ask_replicas(
     winner = decided.group
     answer, frames = (None, ()) if winner is None else answers[winner.peers[0]]
     return Vote(
-        answer=answer, decided_by=decided.by, asked=tuple(chosen),
+        answer=answer,
+        decided_by=decided.by,
+        asked=tuple(chosen),
         agreeing=() if winner is None else winner.peers,
-        dissenting=decided.dissenting, failed=failed, tally=result,
-        answers={p: a for p, (a, _) in answers.items()}, verified=decided.verified, frames=frames,
+        dissenting=decided.dissenting,
+        failed=failed,
+        tally=result,
+        answers={p: a for p, (a, _) in answers.items()},
+        verified=decided.verified,
+        frames=frames,
     )
 
 
-def _verification(network: Network, params: GenerationParams, model_hash: ModelHash,
-                  winner: Group | None) -> Check:
+def _verification(
+    network: Network, params: GenerationParams, model_hash: ModelHash, winner: Group | None
+) -> Check:
     """Re-scoring by a peer that did not give the answer checked, and not a known liar.
 
     A dissent is checked by the majority's peers (they showed they run the model
@@ -174,8 +186,9 @@ def _verification(network: Network, params: GenerationParams, model_hash: ModelH
 
     async def check(peers: tuple[PeerId, ...], tokens: tuple[int, ...]) -> bool | None:
         verifiers = None if winner is None else set(winner.peers) - set(peers)
-        outcome = await verify_answer(network, params, list(tokens), model_hash,
-                                      exclude=set(peers), verifiers=verifiers)
+        outcome = await verify_answer(
+            network, params, list(tokens), model_hash, exclude=set(peers), verifiers=verifiers
+        )
         if outcome.verified is None:
             logger.info("could not verify the answer of %s: %s", ", ".join(peers), outcome.error)
         return outcome.verified
@@ -225,8 +238,9 @@ async def _decide(result: Tally, check: Check | None) -> _Decided:
         decided.dissenting = tuple(dissenting)
         return decided
     if check is None:
-        logger.warning("no majority among %d replicas (%d distinct answers)",
-                       result.asked, len(result.groups))
+        logger.warning(
+            "no majority among %d replicas (%d distinct answers)", result.asked, len(result.groups)
+        )
         return decided
     for group in result.groups:  # most supported first
         passed = await _check_group(group, check, decided)

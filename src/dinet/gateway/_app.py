@@ -66,8 +66,9 @@ class _Gateway:
                 error = first_dinet_error(exc)
                 if error is None:
                     logger.exception("unexpected error answering %s", name)
-                    response = self._error(ApiError(500, "server_error", "internal_error",
-                                                    "internal error in the gateway"))
+                    response = self._error(
+                        ApiError(500, "server_error", "internal_error", "internal error in the gateway")
+                    )
                 else:
                     response = self._error(api_error(error))
             self.metrics.requests.labels(name, str(response.status_code)).inc()
@@ -118,8 +119,9 @@ class _Gateway:
         choice = await self.view.resolve(parsed.model)
         attempts: list[str] = []
         extra: dict[str, object] = {}
-        options = AskOptions.from_settings(self.settings, model_id=choice.model_id,
-                                           model_hash=choice.model_hash)
+        options = AskOptions.from_settings(
+            self.settings, model_id=choice.model_id, model_hash=choice.model_hash
+        )
         if parsed.dinet.replicas > 1:
             vote = await ask_replicas(self.view.network, params, parsed.dinet.replicas, options)
             if vote.answer is None:
@@ -129,10 +131,15 @@ class _Gateway:
             events = _replay(vote.frames, vote.answer)
         else:
             # `ask` is an async generator (annotated as an iterator): it must be closed.
-            events = cast(AsyncGenerator[Event, None], ask(
-                self.view.network, params, options.with_(sharded=_sharded(parsed, request)),
-                on_attempt=attempts.append,
-            ))
+            events = cast(
+                AsyncGenerator[Event, None],
+                ask(
+                    self.view.network,
+                    params,
+                    options.with_(sharded=_sharded(parsed, request)),
+                    on_attempt=attempts.append,
+                ),
+            )
         # Wait for the first event before answering, so that a request no peer can take
         # gets a proper status code rather than an error inside a 200 stream.
         try:
@@ -152,11 +159,14 @@ class _Gateway:
                         answer = event
             assert answer is not None  # ask always ends with its Answer
             tracker.finish(answer)
-            return JSONResponse(oa.full_response(kind, response_id, created, answer, extra),
-                                headers={PEER_HEADER: answer.peer_id})
+            return JSONResponse(
+                oa.full_response(kind, response_id, created, answer, extra),
+                headers={PEER_HEADER: answer.peer_id},
+            )
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        stream = _SseStream(self, kind, response_id, created, parsed.model, first, events, tracker,
-                            include_usage, extra)
+        stream = _SseStream(
+            self, kind, response_id, created, parsed.model, first, events, tracker, include_usage, extra
+        )
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if attempts:
             # The peer that sent the first token; the last chunk's `dinet.peer_id` names
@@ -191,9 +201,19 @@ class _Tracker:
 class _SseStream:
     """The body of a streamed answer: one `data:` event per token, then `data: [DONE]`."""
 
-    def __init__(self, gateway: _Gateway, kind: oa.Kind, response_id: str, created: int, model: str,
-                 first: Event, events: AsyncGenerator[Event, None], tracker: _Tracker,
-                 include_usage: bool, extra: dict[str, object]) -> None:
+    def __init__(
+        self,
+        gateway: _Gateway,
+        kind: oa.Kind,
+        response_id: str,
+        created: int,
+        model: str,
+        first: Event,
+        events: AsyncGenerator[Event, None],
+        tracker: _Tracker,
+        include_usage: bool,
+        extra: dict[str, object],
+    ) -> None:
         self.gateway, self.kind, self.response_id, self.created = gateway, kind, response_id, created
         self.model, self.first, self.events, self.tracker = model, first, events, tracker
         self.include_usage, self.extra = include_usage, extra
@@ -209,9 +229,18 @@ class _SseStream:
                 while event is not None:
                     if isinstance(event, TokenFrame):
                         if event.text:
-                            await write(self._event(oa.chunk(
-                                self.kind, self.response_id, self.created, self.model, event.text,
-                                first=not sent_first)))
+                            await write(
+                                self._event(
+                                    oa.chunk(
+                                        self.kind,
+                                        self.response_id,
+                                        self.created,
+                                        self.model,
+                                        event.text,
+                                        first=not sent_first,
+                                    )
+                                )
+                            )
                             sent_first = True
                     else:
                         await self._finish(event, write)
@@ -230,8 +259,14 @@ class _SseStream:
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
         self.tracker.finish(answer)
-        last = oa.chunk(self.kind, self.response_id, self.created, answer.model_id, None,
-                        finish_reason=answer.finish_reason)
+        last = oa.chunk(
+            self.kind,
+            self.response_id,
+            self.created,
+            answer.model_id,
+            None,
+            finish_reason=answer.finish_reason,
+        )
         last["dinet"] = {**oa.dinet_extra(answer), **self.extra}
         if not self.include_usage:
             last["usage"] = oa.usage(answer)
@@ -249,16 +284,18 @@ class _EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
+        headers: dict[str, str],
+    ) -> None:
         super().__init__(None, status_code=200, headers=headers)
         # The length is unknown: drop the `content-length: 0` Starlette adds for an empty body.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._produce = produce
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
 
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -330,4 +367,3 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
     app = Starlette(routes=routes)
     app.state.gateway = gw
     return app
-

@@ -27,9 +27,7 @@ class ApiError:
     param: str | None = None
 
     def body(self) -> dict[str, object]:
-        return {
-            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        }
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 # First match wins: subclasses before their bases.
@@ -55,4 +53,3 @@ def api_error(exc: DinetError) -> ApiError:
         if isinstance(exc, cls):
             return ApiError(status, kind, code, str(exc), param)
     return ApiError(500, "server_error", "internal_error", str(exc))
-

@@ -17,25 +17,34 @@ class GatewayMetrics:
     def __init__(self, peers_known: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "dinet_gateway_requests", "HTTP API requests answered, by endpoint and status",
-            ["endpoint", "status"], registry=self.registry,
+            "dinet_gateway_requests",
+            "HTTP API requests answered, by endpoint and status",
+            ["endpoint", "status"],
+            registry=self.registry,
         )
         self.tokens = Counter(
-            "dinet_gateway_tokens", "Tokens processed, by kind (prompt or completion)",
-            ["kind"], registry=self.registry,
+            "dinet_gateway_tokens",
+            "Tokens processed, by kind (prompt or completion)",
+            ["kind"],
+            registry=self.registry,
         )
         self.ttft = Histogram(
             "dinet_gateway_time_to_first_token_seconds",
-            "From a request's arrival to its first token", buckets=_TTFT_BUCKETS, registry=self.registry,
+            "From a request's arrival to its first token",
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
         )
         self.time_per_token = Histogram(
             "dinet_gateway_time_per_output_token_seconds",
             "Per-token latency after the first token (one observation per answer: its mean)",
-            buckets=_TPOT_BUCKETS, registry=self.registry,
+            buckets=_TPOT_BUCKETS,
+            registry=self.registry,
         )
         self.errors = Counter(
-            "dinet_gateway_errors", "Errors answered, by kind (OpenAI error code)",
-            ["kind"], registry=self.registry,
+            "dinet_gateway_errors",
+            "Errors answered, by kind (OpenAI error code)",
+            ["kind"],
+            registry=self.registry,
         )
         self.peers = Gauge("dinet_gateway_peers_known", "Peers with a valid manifest", registry=self.registry)
         self.peers.set_function(lambda: float(peers_known()))

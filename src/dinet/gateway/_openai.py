@@ -161,8 +161,9 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
     }
 
 
-def full_response(kind: Kind, response_id: str, created: int, answer: Answer,
-                  extra: dict[str, object] | None = None) -> dict[str, object]:
+def full_response(
+    kind: Kind, response_id: str, created: int, answer: Answer, extra: dict[str, object] | None = None
+) -> dict[str, object]:
     if kind == "chat":
         choice: dict[str, object] = {
             "index": 0,
@@ -203,8 +204,12 @@ def chunk(
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        choice: dict[str, object] = {"index": 0, "delta": delta, "finish_reason": finish_reason,
-                                     "logprobs": None}
+        choice: dict[str, object] = {
+            "index": 0,
+            "delta": delta,
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}

@@ -86,11 +86,19 @@ class NetworkView:
         by_id: dict[str, dict[str, object]] = {}
         for m in self.manifests():
             for offer in m.models:
-                entry = by_id.setdefault(offer.model_id, {
-                    "id": offer.model_id, "object": "model", "created": 0, "owned_by": "dinet",
-                    "peers": 0, "model_hashes": [], "quantization": offer.quantization,
-                    "context": offer.context,
-                })
+                entry = by_id.setdefault(
+                    offer.model_id,
+                    {
+                        "id": offer.model_id,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "dinet",
+                        "peers": 0,
+                        "model_hashes": [],
+                        "quantization": offer.quantization,
+                        "context": offer.context,
+                    },
+                )
                 entry["peers"] = int(entry["peers"]) + 1  # type: ignore[call-overload]
                 hashes = entry["model_hashes"]
                 assert isinstance(hashes, list)
@@ -104,21 +112,25 @@ class NetworkView:
         peers = []
         for m in self.manifests():
             rtt = self.network.rtt_ms.get(m.peer_id)
-            peers.append({
-                "peer_id": m.peer_id,
-                "region": m.region,
-                "version": m.version,
-                "models": [{"model_id": o.model_id, "model_hash": o.model_hash,
-                            "quantization": o.quantization} for o in m.models],
-                "load": {"active": m.load.active, "queued": m.load.queued},
-                "max_concurrent": m.max_concurrent,
-                "tokens_per_s": m.tokens_per_s,
-                "ttft_ms": m.ttft_ms,
-                "rtt_ms": None if rtt is None else round(rtt, 2),
-                "price_per_token": m.price_per_token,
-                **peer_trust(self.network, m.peer_id),  # reputation, evidence, excluded
-                "age_s": round(max(0.0, now - m.issued_at), 1),
-            })
+            peers.append(
+                {
+                    "peer_id": m.peer_id,
+                    "region": m.region,
+                    "version": m.version,
+                    "models": [
+                        {"model_id": o.model_id, "model_hash": o.model_hash, "quantization": o.quantization}
+                        for o in m.models
+                    ],
+                    "load": {"active": m.load.active, "queued": m.load.queued},
+                    "max_concurrent": m.max_concurrent,
+                    "tokens_per_s": m.tokens_per_s,
+                    "ttft_ms": m.ttft_ms,
+                    "rtt_ms": None if rtt is None else round(rtt, 2),
+                    "price_per_token": m.price_per_token,
+                    **peer_trust(self.network, m.peer_id),  # reputation, evidence, excluded
+                    "age_s": round(max(0.0, now - m.issued_at), 1),
+                }
+            )
         return {
             "gateway": {"peer_id": self.peer_id, "uptime_s": round(now - self.started_at, 1)},
             "peers": peers,

@@ -38,7 +38,9 @@ async def serve_gateway(
 
 
 async def _serve_on(
-    network: Network, settings: GatewaySettings, task_status: trio.TaskStatus[GatewayStarted]  # type: ignore[name-defined]
+    network: Network,
+    settings: GatewaySettings,
+    task_status: trio.TaskStatus[GatewayStarted],  # type: ignore[name-defined]
 ) -> None:
     view = NetworkView(network, settings.bootstrap, settings.discover_timeout_s)
     await view.refresh()

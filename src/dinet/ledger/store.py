@@ -129,18 +129,28 @@ class Ledger:
         checked = [(r, verify_countersigned(r)) for r in receipts]
         now = time.time()
         rows = [
-            (r.receipt_id, b.node, b.client, b.request_id, b.model_hash, b.prompt_tokens,
-             b.completion_tokens, b.amount, b.issued_at, r.body, r.node_signature,
-             r.client_signature, now)
+            (
+                r.receipt_id,
+                b.node,
+                b.client,
+                b.request_id,
+                b.model_hash,
+                b.prompt_tokens,
+                b.completion_tokens,
+                b.amount,
+                b.issued_at,
+                r.body,
+                r.node_signature,
+                r.client_signature,
+                now,
+            )
             for r, b in checked
         ]
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(
-                        "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
-                    )
+                    self._db.executemany("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -157,7 +167,8 @@ class Ledger:
             key = (b.node, b.client, b.request_id)
             found = self._db.execute(
                 "SELECT receipt_id FROM receipts WHERE receipt_id = ? OR "
-                "(node = ? AND client = ? AND request_id = ?)", (r.receipt_id, *key)
+                "(node = ? AND client = ? AND request_id = ?)",
+                (r.receipt_id, *key),
             ).fetchone()
             if found is not None or key in seen:
                 same = found is not None and found[0] == r.receipt_id
@@ -190,11 +201,13 @@ class Ledger:
         marks = ",".join("?" * len(mine)) or "NULL"
         with self._lock:
             earned = self._db.execute(
-                f"SELECT client, SUM(amount), COUNT(*) FROM receipts WHERE node IN ({marks}) "
-                "GROUP BY client", mine).fetchall()
+                f"SELECT client, SUM(amount), COUNT(*) FROM receipts WHERE node IN ({marks}) GROUP BY client",
+                mine,
+            ).fetchall()
             spent = self._db.execute(
-                f"SELECT node, SUM(amount), COUNT(*) FROM receipts WHERE client IN ({marks}) "
-                "GROUP BY node", mine).fetchall()
+                f"SELECT node, SUM(amount), COUNT(*) FROM receipts WHERE client IN ({marks}) GROUP BY node",
+                mine,
+            ).fetchall()
             total = self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
         accounts: dict[PeerId, list[float]] = {}  # peer ids as the receipts' columns hold them
         for peer, amount, count in earned:
@@ -203,9 +216,7 @@ class Ledger:
         for peer, amount, count in spent:
             accounts.setdefault(peer, [0.0, 0.0, 0])[1] += amount
             accounts[peer][2] += count
-        peers = tuple(
-            PeerAccount(peer, e, s, int(n)) for peer, (e, s, n) in sorted(accounts.items())
-        )
+        peers = tuple(PeerAccount(peer, e, s, int(n)) for peer, (e, s, n) in sorted(accounts.items()))
         return Summary(mine, sum(p.earned for p in peers), sum(p.spent for p in peers), total, peers)
 
     def standing(self, peer_id: PeerId, me: Iterable[PeerId]) -> float:
@@ -215,10 +226,12 @@ class Ledger:
         with self._lock:
             served_us = self._db.execute(
                 f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE node = ? AND client IN ({marks})",
-                (peer_id, *mine)).fetchone()[0]
+                (peer_id, *mine),
+            ).fetchone()[0]
             used_us = self._db.execute(
                 f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE client = ? AND node IN ({marks})",
-                (peer_id, *mine)).fetchone()[0]
+                (peer_id, *mine),
+            ).fetchone()[0]
         return float(served_us - used_us)
 
     def verify(self, me: Iterable[PeerId] = ()) -> VerifyReport:
@@ -231,7 +244,8 @@ class Ledger:
                 rows = self._db.execute(
                     "SELECT receipt_id, node, client, request_id, model_hash, prompt_tokens, "
                     "completion_tokens, amount, issued_at, body, node_signature, client_signature "
-                    "FROM receipts ORDER BY rowid").fetchall()
+                    "FROM receipts ORDER BY rowid"
+                ).fetchall()
             except sqlite3.DatabaseError as exc:
                 report.problems.append(f"the file cannot be read: {exc}")
                 return report
@@ -245,8 +259,16 @@ class Ledger:
             except BadReceipt as exc:
                 report.problems.append(f"receipt {rid}: {exc}")
                 continue
-            copied = (body.node, body.client, body.request_id, body.model_hash, body.prompt_tokens,
-                      body.completion_tokens, body.amount, body.issued_at)
+            copied = (
+                body.node,
+                body.client,
+                body.request_id,
+                body.model_hash,
+                body.prompt_tokens,
+                body.completion_tokens,
+                body.amount,
+                body.issued_at,
+            )
             if rid != receipt_id(row[9]) or tuple(row[1:9]) != copied:
                 report.problems.append(f"receipt {rid}: its columns do not match its signed body")
                 continue

@@ -106,9 +106,7 @@ async def _reply(framed: FramedStream) -> SignedModelCard | ChunkHeader | ErrorF
     return reply
 
 
-async def fetch_model_card(
-    host: PeerHost, peers: Sequence[PeerId], model_hash: ModelHash
-) -> SignedModelCard:
+async def fetch_model_card(host: PeerHost, peers: Sequence[PeerId], model_hash: ModelHash) -> SignedModelCard:
     """The signed model card of `model_hash` from the first peer that gives a valid one."""
     problems = []
     for peer_id in peers:

@@ -58,15 +58,23 @@ async def whole_model(
     from dinet.models._gguf import read_layout
 
     engine = WorkerEngine(
-        model.path, threads=settings.threads, memory_mb=settings.memory_mb,
-        log_path=settings.home / "worker.log", sandbox=settings.sandbox,
+        model.path,
+        threads=settings.threads,
+        memory_mb=settings.memory_mb,
+        log_path=settings.home / "worker.log",
+        sandbox=settings.sandbox,
         preflight=read_layout,  # the GGUF header checks, again before every worker start
-        max_restarts=settings.engine_restarts, restart_backoff_s=settings.engine_backoff_s,
-        liar=settings.liar, score_cache=settings.home / "scoring",
+        max_restarts=settings.engine_restarts,
+        restart_backoff_s=settings.engine_backoff_s,
+        liar=settings.liar,
+        score_cache=settings.home / "scoring",
     )
     async with _engine_started(engine):
         inference = InferenceService(
-            engine, Admission(settings.max_concurrent, settings.max_queue), model.model_id, model_hash,
+            engine,
+            Admission(settings.max_concurrent, settings.max_queue),
+            model.model_id,
+            model_hash,
             accountant,
             limiter=PeerLimiter(
                 settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
@@ -75,7 +83,10 @@ async def whole_model(
             max_request_bytes=settings.max_request_bytes,
         )
         verifier = VerifyService(
-            engine, inference.admission, model_hash, limiter=inference.limiter,
+            engine,
+            inference.admission,
+            model_hash,
+            limiter=inference.limiter,
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
         )
@@ -93,8 +104,11 @@ async def whole_model(
             info = engine.info
             model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
         yield Serving(
-            {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle}, model_offer, figures,
-            available=lambda: engine.available, state=lambda: engine_state(engine),
+            {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle},
+            model_offer,
+            figures,
+            available=lambda: engine.available,
+            state=lambda: engine_state(engine),
             busy=lambda: inference.admission.active > 0,
         )
 
@@ -115,8 +129,13 @@ async def model_stage(
     try:
         stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
         service = ShardService(
-            stage, compute, model_hash, span, host,
-            max_kv_bytes=int(settings.shard_kv_mb * 2**20), idle_s=settings.shard_idle_s,
+            stage,
+            compute,
+            model_hash,
+            span,
+            host,
+            max_kv_bytes=int(settings.shard_kv_mb * 2**20),
+            idle_s=settings.shard_idle_s,
         )
 
         def figures() -> dict[str, object]:
@@ -129,7 +148,9 @@ async def model_stage(
         yield Serving(
             {SHARD_PROTOCOL: service.handle},
             offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
-            figures, available=lambda: True, busy=service.busy,
+            figures,
+            available=lambda: True,
+            busy=service.busy,
             # Torch runs in a thread of the node: no worker process, so no sandbox either.
             state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
             background=[service.run],

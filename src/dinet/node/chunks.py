@@ -40,6 +40,7 @@ IDLE_S = 30.0  # a chunk stream may wait this long for its next request
 PULL_RETRY_S = 2.0
 _HASH_CHARS = set("0123456789abcdef")
 
+
 class ChunkServer:
     """Answers model card queries and chunk requests for complete, healthy stored models."""
 
@@ -115,7 +116,10 @@ class ModelKeeper:
     """Keeps the node's one served model checked, and repairs it from peers."""
 
     def __init__(
-        self, store: ModelStore, model_hash: ModelHash, scrub_bytes_per_s: float,
+        self,
+        store: ModelStore,
+        model_hash: ModelHash,
+        scrub_bytes_per_s: float,
         lull: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store

@@ -35,7 +35,6 @@ from dinet.wire.receipt import SignedReceipt, request_hash
 logger = logging.getLogger(__name__)
 
 
-
 class Engine(Protocol):
     def generate(
         self, params: GenerationParams
@@ -115,7 +114,8 @@ class InferenceService:
             priority = await accountant.standing(framed.remote_peer)
         try:
             async with self.admission.slot(
-                while_waiting=lambda: tell_queued(framed, self.admission), priority=priority,
+                while_waiting=lambda: tell_queued(framed, self.admission),
+                priority=priority,
                 peer=framed.remote_peer,
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
@@ -151,9 +151,11 @@ class InferenceService:
                         self.stats.record(frame)
                         if self.accountant is not None:
                             receipt = self.accountant.issue(
-                                request_id=request.request_id, request_hash=request_digest,
+                                request_id=request.request_id,
+                                request_hash=request_digest,
                                 client=framed.remote_peer,
-                                first_index=len(request.params.prefix_tokens), token_ids=sent,
+                                first_index=len(request.params.prefix_tokens),
+                                token_ids=sent,
                                 end=frame,
                             )
                             frame = frame.model_copy(update={"receipt": receipt})

@@ -63,9 +63,7 @@ class _Bucket:
 
 
 class PeerLimiter:
-    def __init__(
-        self, rate: float, burst: int, concurrency: int, max_peers: int = MAX_TRACKED_PEERS
-    ) -> None:
+    def __init__(self, rate: float, burst: int, concurrency: int, max_peers: int = MAX_TRACKED_PEERS) -> None:
         if rate <= 0 or burst < 1 or concurrency < 1 or max_peers < 1:
             raise ValueError("rate, burst, concurrency and max_peers must be positive")
         self._rate = rate

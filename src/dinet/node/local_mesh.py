@@ -67,9 +67,18 @@ def start_node(
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "node.log"
     args = [
-        *command_prefix, sys.executable, "-m", "dinet", "node", "--json", "-v",
+        *command_prefix,
+        sys.executable,
+        "-m",
+        "dinet",
+        "node",
+        "--json",
+        "-v",
         "--mdns" if mdns else "--no-mdns",
-        "--home", str(home), "--listen", listen,
+        "--home",
+        str(home),
+        "--listen",
+        listen,
     ]
     if threads is not None:
         args += ["--threads", str(threads)]
@@ -78,7 +87,10 @@ def start_node(
     args += list(extra_args)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            args,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
     line = _first_line(process, start_timeout)
@@ -88,8 +100,9 @@ def start_node(
         tail = log_path.read_text(errors="replace")[-2000:]
         raise DinetError(f"node in {home} did not start; its log ends:\n{tail}")
     info = json.loads(line)
-    return NodeProcess(process, info["peer_id"], info["addrs"], info["model_id"],
-                       info["model_hash"], home, log_path)
+    return NodeProcess(
+        process, info["peer_id"], info["addrs"], info["model_id"], info["model_hash"], home, log_path
+    )
 
 
 def _first_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
@@ -116,8 +129,7 @@ class LocalMesh:
             first = start_node(self.root / "node-0", threads=self.threads, extra_args=self.extra_args)
             self.nodes.append(first)
             threads = [
-                threading.Thread(target=self._start_one, args=(i, first.addr))
-                for i in range(1, self.size)
+                threading.Thread(target=self._start_one, args=(i, first.addr)) for i in range(1, self.size)
             ]
             for t in threads:
                 t.start()
@@ -132,8 +144,12 @@ class LocalMesh:
 
     def _start_one(self, index: int, bootstrap: str) -> None:
         try:
-            node = start_node(self.root / f"node-{index}", bootstrap=[bootstrap],
-                              threads=self.threads, extra_args=self.extra_args)
+            node = start_node(
+                self.root / f"node-{index}",
+                bootstrap=[bootstrap],
+                threads=self.threads,
+                extra_args=self.extra_args,
+            )
             self.nodes.append(node)
         except DinetError as exc:
             sys.stderr.write(f"{exc}\n")

@@ -99,15 +99,31 @@ class ManifestPublisher:
 
 
 def offer(
-    model_id: str, model_hash: ModelHash, quantization: str, context: int, n_layers: int,
+    model_id: str,
+    model_hash: ModelHash,
+    quantization: str,
+    context: int,
+    n_layers: int,
     span: tuple[int, int] | None = None,
 ) -> ModelOffer:
     """A whole model, or with `span` the blocks a pipeline stage holds."""
     if span is None:
-        return ModelOffer(model_id=model_id, model_hash=model_hash, quantization=quantization,
-                          context=context, layers=(0, n_layers))
-    return ModelOffer(model_id=model_id, model_hash=model_hash, quantization=quantization,
-                      context=context, layers=span, stage=True, n_layers=n_layers)
+        return ModelOffer(
+            model_id=model_id,
+            model_hash=model_hash,
+            quantization=quantization,
+            context=context,
+            layers=(0, n_layers),
+        )
+    return ModelOffer(
+        model_id=model_id,
+        model_hash=model_hash,
+        quantization=quantization,
+        context=context,
+        layers=span,
+        stage=True,
+        n_layers=n_layers,
+    )
 
 
 def load_of(active: int, queued: int) -> Load:

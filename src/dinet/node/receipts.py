@@ -77,12 +77,19 @@ class Accountant:
         prompt = end.usage.prompt_tokens
         completion = len(token_ids)
         body = ReceiptBody(
-            request_id=request_id, request_hash=request_hash, model_hash=end.model_hash,
-            node=self.peer_id, client=client, prompt_tokens=prompt, completion_tokens=completion,
-            first_index=first_index, price_per_prompt_token=self.prices.per_prompt_token,
+            request_id=request_id,
+            request_hash=request_hash,
+            model_hash=end.model_hash,
+            node=self.peer_id,
+            client=client,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            first_index=first_index,
+            price_per_prompt_token=self.prices.per_prompt_token,
             price_per_token=self.prices.per_token,
             amount=charge(prompt, completion, self.prices.per_prompt_token, self.prices.per_token),
-            output_hash=output_hash(token_ids), issued_at=time.time(),
+            output_hash=output_hash(token_ids),
+            issued_at=time.time(),
         )
         return sign_receipt(body, self._key)
 

@@ -56,15 +56,23 @@ async def serve_node(
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
 
     if settings.liar is not None:
-        logger.warning("THIS NODE LIES (%s) while advertising %s: for tests of verification only",
-                       settings.liar, model_hash)
+        logger.warning(
+            "THIS NODE LIES (%s) while advertising %s: for tests of verification only",
+            settings.liar,
+            model_hash,
+        )
     ledger = Ledger.in_home(settings.home)
     me = [peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
         me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
     accountant = Accountant(
-        key, peer_id, ledger, Prices(settings.prompt_price, settings.price), me,
-        allowance=settings.free_allowance, priority=settings.priority,
+        key,
+        peer_id,
+        ledger,
+        Prices(settings.prompt_price, settings.price),
+        me,
+        allowance=settings.free_allowance,
+        priority=settings.priority,
     )
     serving_context = (
         model_stage(settings, model, model_hash, host)

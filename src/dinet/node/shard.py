@@ -106,8 +106,15 @@ class StageStats:
 
 class ShardService:
     def __init__(
-        self, stage: Stage, compute: ComputeThread, model_hash: ModelHash, span: tuple[int, int],
-        host: PeerHost, *, max_kv_bytes: int, idle_s: float,
+        self,
+        stage: Stage,
+        compute: ComputeThread,
+        model_hash: ModelHash,
+        span: tuple[int, int],
+        host: PeerHost,
+        *,
+        max_kv_bytes: int,
+        idle_s: float,
     ) -> None:
         self._host = host
         self._me = host.peer_id
@@ -201,8 +208,9 @@ class ShardService:
             self._relays[message.session_id] = _Relay(message.relay, framed)
         self.table.end(message.session_id, trio.current_time())
         await framed.send(
-            ShardOpened(session_id=message.session_id, n_embd=self._stage.model.n_embd,
-                        prompt_ids=session.prompt_ids)
+            ShardOpened(
+                session_id=message.session_id, n_embd=self._stage.model.n_embd, prompt_ids=session.prompt_ids
+            )
         )
 
     async def _step(self, framed: FramedStream, step: ShardStep) -> None:
@@ -250,7 +258,10 @@ class ShardService:
         return session, out
 
     async def _answer(
-        self, framed: FramedStream, step: ShardStep, session: StageSession,
+        self,
+        framed: FramedStream,
+        step: ShardStep,
+        session: StageSession,
         out: npt.NDArray[np.float32] | Sampled | None,
     ) -> None:
         """The step's output, back to whoever sent the step."""
@@ -263,7 +274,10 @@ class ShardService:
             await framed.send_framed(tensor_frames(header, _hidden(session, out)))
 
     async def _pass_on(
-        self, relay: _Relay, step: ShardStep, session: StageSession,
+        self,
+        relay: _Relay,
+        step: ShardStep,
+        session: StageSession,
         out: npt.NDArray[np.float32] | Sampled | None,
     ) -> tuple[ShardStep, npt.NDArray[np.generic]] | None:
         """Send the output on as the relay's next step; that step, if it is this stage's own."""
@@ -278,8 +292,9 @@ class ShardService:
             on = ShardStep(session_id=target, seq=step.seq + 1, rows=1, dtype="i32")
             data: npt.NDArray[np.generic] = np.array([[out.token_id]], dtype=np.int32)
         else:
-            on = ShardStep(session_id=target, seq=step.seq, rows=step.rows, dtype=session.dtype,
-                           sample=step.sample)
+            on = ShardStep(
+                session_id=target, seq=step.seq, rows=step.rows, dtype=session.dtype, sample=step.sample
+            )
             data = _hidden(session, out)
         if relay.target.peer_id == self._me:
             if isinstance(out, Sampled):
@@ -359,8 +374,13 @@ class ShardService:
 
 
 def _sampled(step: ShardStep, out: Sampled) -> ShardSampled:
-    return ShardSampled(seq=step.seq, index=out.index, token_id=out.token_id, frames=out.frames,
-                        finish_reason=out.finish_reason)
+    return ShardSampled(
+        seq=step.seq,
+        index=out.index,
+        token_id=out.token_id,
+        frames=out.frames,
+        finish_reason=out.finish_reason,
+    )
 
 
 def _hidden(session: StageSession, out: npt.NDArray[np.float32]) -> npt.NDArray[np.generic]:

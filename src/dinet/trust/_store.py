@@ -92,8 +92,9 @@ class Store:
                 raise ReputationError(f"cannot read {self.path}: {exc}") from None
         return [Row(*r) for r in rows]
 
-    def apply(self, items: list[tuple[PeerId, str]], at: float, half_life_s: float,
-              advance: Advance) -> list[Row]:
+    def apply(
+        self, items: list[tuple[PeerId, str]], at: float, half_life_s: float, advance: Advance
+    ) -> list[Row]:
         """Log each (peer, kind) event and move the peer's standing, all in one transaction."""
         for peer_id, _ in items:
             if not peer_id or len(peer_id) > MAX_PEER_ID:
@@ -108,15 +109,18 @@ class Store:
                     for peer_id, kind in items:
                         found = self._db.execute(
                             "SELECT peer_id, good, bad, events, at FROM standings WHERE peer_id = ?",
-                            (peer_id,)).fetchone()
+                            (peer_id,),
+                        ).fetchone()
                         row = advance(None if found is None else Row(*found), peer_id, kind, at, half_life_s)
                         event_id = self._db.execute(
                             "INSERT INTO events (peer_id, kind, at, half_life_s, good, bad, events) "
                             "VALUES (?,?,?,?,?,?,?)",
-                            (peer_id, kind, row.at, half_life_s, row.good, row.bad, row.events)).lastrowid
+                            (peer_id, kind, row.at, half_life_s, row.good, row.bad, row.events),
+                        ).lastrowid
                         self._db.execute(
                             "INSERT OR REPLACE INTO standings VALUES (?,?,?,?,?,?)",
-                            (peer_id, row.good, row.bad, row.events, row.at, event_id))
+                            (peer_id, row.good, row.bad, row.events, row.at, event_id),
+                        )
                         after.append(row)
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -133,8 +137,8 @@ class Store:
     def _prune(self, before: float) -> None:
         try:
             self._db.execute(
-                "DELETE FROM events WHERE at < ? AND id NOT IN (SELECT last_event FROM standings)",
-                (before,))
+                "DELETE FROM events WHERE at < ? AND id NOT IN (SELECT last_event FROM standings)", (before,)
+            )
         except sqlite3.DatabaseError as exc:
             raise ReputationError(f"cannot prune {self.path}: {exc}") from None
 
@@ -142,13 +146,18 @@ class Store:
         """Re-derive each peer's chain of standings from its events; list what disagrees."""
         with self._lock:
             try:
-                problems = [f"sqlite: {r[0]}" for r in self._db.execute("PRAGMA integrity_check")
-                            if r[0] != "ok"]
+                problems = [
+                    f"sqlite: {r[0]}" for r in self._db.execute("PRAGMA integrity_check") if r[0] != "ok"
+                ]
                 events = self._db.execute(
-                    "SELECT id, peer_id, kind, at, half_life_s, good, bad, events FROM events "
-                    "ORDER BY id").fetchall()
-                latest = {r[0]: r[1:] for r in self._db.execute(
-                    "SELECT peer_id, good, bad, events, at, last_event FROM standings")}
+                    "SELECT id, peer_id, kind, at, half_life_s, good, bad, events FROM events ORDER BY id"
+                ).fetchall()
+                latest = {
+                    r[0]: r[1:]
+                    for r in self._db.execute(
+                        "SELECT peer_id, good, bad, events, at, last_event FROM standings"
+                    )
+                }
             except sqlite3.DatabaseError as exc:
                 return [f"the file cannot be read: {exc}"]
         last: dict[str, tuple[int, Row]] = {}
@@ -162,8 +171,9 @@ class Store:
                     problems.append(f"event {event_id}: unknown kind {kind!r}")
                     expected = stored
                 if not _same(expected, stored):
-                    problems.append(f"event {event_id} of {peer_id}: its standing does not follow "
-                                    "from the one before")
+                    problems.append(
+                        f"event {event_id} of {peer_id}: its standing does not follow from the one before"
+                    )
             last[peer_id] = (event_id, stored)
         for peer_id, (good, bad, count, at, last_event) in latest.items():
             tail, stored = last.get(peer_id), Row(peer_id, good, bad, count, at)
@@ -174,5 +184,7 @@ class Store:
 
 
 def _same(a: Row, b: Row) -> bool:
-    return all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-               for x, y in ((a.good, b.good), (a.bad, b.bad), (a.events, b.events), (a.at, b.at)))
+    return all(
+        math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+        for x, y in ((a.good, b.good), (a.bad, b.bad), (a.events, b.events), (a.at, b.at))
+    )

@@ -80,8 +80,9 @@ class Standing:
 
     def decayed(self, now: float, half_life_s: float) -> Standing:
         factor = decay_factor(now - self.at, half_life_s)
-        return Standing(self.peer_id, self.good * factor, self.bad * factor, self.events * factor,
-                        max(now, self.at))
+        return Standing(
+            self.peer_id, self.good * factor, self.bad * factor, self.events * factor, max(now, self.at)
+        )
 
     def after(self, event: Event, now: float, half_life_s: float) -> Standing:
         """This standing once `event` is added at `now`."""
@@ -97,8 +98,12 @@ TTFT_GRACE_MS = 1000.0  # scheduling on a loaded machine, and up to 1 s between 
 
 
 def slower_than_claimed(
-    claimed_tokens_per_s: float, claimed_ttft_ms: float, *, tokens: int,
-    observed_tokens_per_s: float | None, observed_ttft_ms: float | None,
+    claimed_tokens_per_s: float,
+    claimed_ttft_ms: float,
+    *,
+    tokens: int,
+    observed_tokens_per_s: float | None,
+    observed_ttft_ms: float | None,
 ) -> bool:
     """Whether an answer came far slower than the peer advertises.
 
@@ -106,12 +111,18 @@ def slower_than_claimed(
     when it was measured (None when the request waited in the peer's queue or resumed
     another peer's answer, whose replay is not a prefill). A claim of 0 is no claim.
     """
-    if (claimed_tokens_per_s > 0 and observed_tokens_per_s is not None
-            and tokens >= MIN_TOKENS_FOR_SPEED
-            and observed_tokens_per_s * SLOW_FACTOR < claimed_tokens_per_s):
+    if (
+        claimed_tokens_per_s > 0
+        and observed_tokens_per_s is not None
+        and tokens >= MIN_TOKENS_FOR_SPEED
+        and observed_tokens_per_s * SLOW_FACTOR < claimed_tokens_per_s
+    ):
         return True
-    return (claimed_ttft_ms > 0 and observed_ttft_ms is not None
-            and observed_ttft_ms > SLOW_FACTOR * claimed_ttft_ms + TTFT_GRACE_MS)
+    return (
+        claimed_ttft_ms > 0
+        and observed_ttft_ms is not None
+        and observed_ttft_ms > SLOW_FACTOR * claimed_ttft_ms + TTFT_GRACE_MS
+    )
 
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:

@@ -71,8 +71,9 @@ def tally(ballots: Sequence[Ballot], asked: int) -> Tally:
     by_tokens: dict[tuple[int, ...], list[PeerId]] = {}
     for b in ballots:
         by_tokens.setdefault(b.tokens, []).append(b.peer_id)
-    groups = sorted((Group(t, tuple(sorted(p))) for t, p in by_tokens.items()),
-                    key=lambda g: (-len(g.peers), g.peers[0]))
+    groups = sorted(
+        (Group(t, tuple(sorted(p))) for t, p in by_tokens.items()), key=lambda g: (-len(g.peers), g.peers[0])
+    )
     return Tally(asked, tuple(groups), agreed_prefix(ballots, asked))
 
 

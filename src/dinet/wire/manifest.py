@@ -100,4 +100,3 @@ def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifes
     if manifest.expires_at - manifest.issued_at > 10 * MANIFEST_TTL_S:
         raise ManifestError(f"manifest of {manifest.peer_id} claims too long a lifetime")
     return manifest
-

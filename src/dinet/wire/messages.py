@@ -45,9 +45,7 @@ class GenerationParams(Message):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0, lt=2**63)
-    stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
-        default=(), max_length=4
-    )
+    stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(default=(), max_length=4)
     prefix_tokens: tuple[int, ...] = Field(default=(), max_length=MAX_TOKENS_LIMIT)
 
     def model_post_init(self, _context: object) -> None:
@@ -141,9 +139,7 @@ class ErrorFrame(Message):
     message: str = Field(max_length=1000)
 
 
-InferReply = Annotated[
-    TokenFrame | EndFrame | ErrorFrame | QueuedFrame, Field(discriminator="kind")
-]
+InferReply = Annotated[TokenFrame | EndFrame | ErrorFrame | QueuedFrame, Field(discriminator="kind")]
 
 _reply_adapter: TypeAdapter[TokenFrame | EndFrame | ErrorFrame | QueuedFrame] = TypeAdapter(InferReply)
 

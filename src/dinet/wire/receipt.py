@@ -76,7 +76,8 @@ def sign_receipt(body: ReceiptBody, key: Signer) -> SignedReceipt:
 
 def countersign(signed: SignedReceipt, key: Signer) -> CountersignedReceipt:
     return CountersignedReceipt(
-        body=signed.body, node_signature=signed.node_signature,
+        body=signed.body,
+        node_signature=signed.node_signature,
         client_signature=sign_body(signed.body, key, CLIENT_DOMAIN),
     )
 
@@ -106,8 +107,9 @@ def _parse(text: str) -> ReceiptBody:
         raise BadReceipt(f"malformed receipt at {where}: {first['msg']}") from None
     if body.node == body.client:
         raise BadReceipt("a receipt's node and client must differ")
-    expected = charge(body.prompt_tokens, body.completion_tokens, body.price_per_prompt_token,
-                      body.price_per_token)
+    expected = charge(
+        body.prompt_tokens, body.completion_tokens, body.price_per_prompt_token, body.price_per_token
+    )
     if body.amount != expected:
         raise BadReceipt(f"receipt for {body.request_id} claims {body.amount}, its counts give {expected}")
     return body

@@ -159,9 +159,7 @@ def decode_tensor(raw: bytes, rows: int, width: int, dtype: str) -> npt.NDArray[
     """The (rows, width) array in `raw`, or MalformedMessage if its size disagrees."""
     np_dtype = NUMPY_DTYPES[dtype]
     if len(raw) != rows * width * np_dtype.itemsize:
-        raise MalformedMessage(
-            f"tensor of {len(raw)} bytes, expected {rows} x {width} {dtype}"
-        )
+        raise MalformedMessage(f"tensor of {len(raw)} bytes, expected {rows} x {width} {dtype}")
     return np.frombuffer(raw, dtype=np_dtype).reshape(rows, width)
 
 

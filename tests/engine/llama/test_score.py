@@ -23,8 +23,9 @@ async def test_an_honest_answer_scores_as_its_own_choices(model_path: Path, tmp_
             assert isinstance(scores, ScoresFrame)
             assert [p.token_id for p in scores.positions] == run.tokens
             assert scores.prompt_tokens == run.end.usage.prompt_tokens
-            verdict = judge(scores.positions, temperature=params.temperature, top_p=params.top_p,
-                            seed=params.seed)
+            verdict = judge(
+                scores.positions, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+            )
             assert verdict.ok, verdict
             ranks[params.temperature] = [p.rank for p in scores.positions]
         # Greedy tokens are the verifier's top ones, but for a rare near-tie that noise swaps.

@@ -23,7 +23,10 @@ def test_din_node_refuses_a_liar_unless_explicitly_allowed(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != ALLOW_ENV}
     done = subprocess.run(
         [sys.executable, "-m", "dinet", "node", "--no-mdns", "--home", str(tmp_path), "--liar", "random"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: ")

@@ -48,8 +48,13 @@ thread.join()
 
 
 def _probe(model_path: Path, threads: int) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(model_path), str(threads)],
-                          capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(model_path), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("nice", "cores"):
         report[key] = {int(tid): value for tid, value in report[key].items()}  # type: ignore[attr-defined]

@@ -66,8 +66,15 @@ class Generator:
     ) -> None:
         """Generate for one request (see `run_generation`)."""
         run_generation(
-            self, self._sampler, self._model_id, params, received_at, emit, should_stop,
-            lie=self._lie, random_token=self._random_token,
+            self,
+            self._sampler,
+            self._model_id,
+            params,
+            received_at,
+            emit,
+            should_stop,
+            lie=self._lie,
+            random_token=self._random_token,
         )
 
     def score(self, request: ScoreRequest) -> ScoresFrame:
@@ -77,7 +84,11 @@ class Generator:
         check_request(self, prompt, claimed)
         params = request.params
         return score_tokens(
-            self._scoring_llm(), prompt, claimed, temperature=params.temperature, top_p=params.top_p,
+            self._scoring_llm(),
+            prompt,
+            claimed,
+            temperature=params.temperature,
+            top_p=params.top_p,
             seed=params.seed,
         )
 

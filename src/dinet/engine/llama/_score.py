@@ -61,7 +61,12 @@ def scoring_copy(model: Path, cache_dir: Path, threads: int) -> Path:
 
 
 def score_tokens(
-    llm: llama_cpp.Llama, prompt: list[int], claimed: list[int], *, temperature: float, top_p: float,
+    llm: llama_cpp.Llama,
+    prompt: list[int],
+    claimed: list[int],
+    *,
+    temperature: float,
+    top_p: float,
     seed: int = 0,
 ) -> ScoresFrame:
     """One PositionScore per claimed token, from a single prefill over prompt + claimed."""
@@ -99,7 +104,11 @@ def score_tokens(
 
 
 def score_position(
-    logits: npt.NDArray[np.floating], index: int, token: int, temperature: float, top_p: float,
+    logits: npt.NDArray[np.floating],
+    index: int,
+    token: int,
+    temperature: float,
+    top_p: float,
     drawn: int | None = None,
 ) -> PositionScore:
     """Rank, log-probabilities and (sampled) draw interval of `token` under `logits`."""
@@ -128,8 +137,11 @@ def score_position(
 
 
 def _nucleus_mass(
-    values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64], top: float,
-    temperature: float, top_p: float,
+    values: npt.NDArray[np.float64],
+    weights: npt.NDArray[np.float64],
+    top: float,
+    temperature: float,
+    top_p: float,
 ) -> float:
     """The weight of the sampler's nucleus: its draw is `u * nucleus` (see `dinet.engine.sampler`)."""
     total = float(weights.sum())

@@ -62,7 +62,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--liar", default=None, help="testing only: random, corrupt:K or wrong-model:PATH")
     parser.add_argument(
-        "--score-model", type=Path, default=None,
+        "--score-model",
+        type=Path,
+        default=None,
         help="the BF16 copy verification scores with (none: score with the model itself)",
     )
     return parser.parse_args(argv)
@@ -199,6 +201,7 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
         extra_bufts=bool(llm.model_params.use_extra_bufts),
         sandbox=current_status(),
     )
+
     def load_scorer() -> Llama:
         return load_llama(args.score_model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
 

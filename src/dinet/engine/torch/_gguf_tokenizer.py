@@ -31,14 +31,33 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _PRE_SPLITS: dict[str, tuple[str, ...]] = {"smollm": (r"\p{N}",), "gpt-2": (), "default": ()}
 
 # Control tokens that end a generation, by their text (as llama.cpp lists them).
-_EOG_TEXTS = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
-})
-_FIM_TEXTS = frozenset({
-    "<|fim_pad|>", "<fim-pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>",
-    "<reponame>", "<|file_sep|>",
-})
+_EOG_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "<|end_of_text|>",
+        "<end_of_utterance>",
+    }
+)
+_FIM_TEXTS = frozenset(
+    {
+        "<|fim_pad|>",
+        "<fim-pad>",
+        "<PAD>",
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+        "<|file_sep|>",
+    }
+)
 
 
 def _byte_chars() -> dict[str, int]:
@@ -86,18 +105,26 @@ class GGUFTokenizer:
         vocab = {token: i for i, token in enumerate(self._tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
         tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs))  # type: ignore[arg-type]
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            *(pre_tokenizers.Split(Regex(s), behavior="isolated") for s in splits),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
-        tokenizer.add_special_tokens([
-            AddedToken(t, special=True, normalized=False)
-            for t, kind in zip(self._tokens, self._types, strict=True) if kind == _CONTROL
-        ])
-        tokenizer.add_tokens([
-            AddedToken(t, normalized=False)
-            for t, kind in zip(self._tokens, self._types, strict=True) if kind == _USER_DEFINED
-        ])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                *(pre_tokenizers.Split(Regex(s), behavior="isolated") for s in splits),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        tokenizer.add_special_tokens(
+            [
+                AddedToken(t, special=True, normalized=False)
+                for t, kind in zip(self._tokens, self._types, strict=True)
+                if kind == _CONTROL
+            ]
+        )
+        tokenizer.add_tokens(
+            [
+                AddedToken(t, normalized=False)
+                for t, kind in zip(self._tokens, self._types, strict=True)
+                if kind == _USER_DEFINED
+            ]
+        )
         return tokenizer
 
     def _all_pieces(self) -> list[bytes]:
@@ -117,7 +144,8 @@ class GGUFTokenizer:
 
     def _eog_ids(self, fields: dict[str, Any]) -> frozenset[int]:
         ids = {
-            i for i, (t, kind) in enumerate(zip(self._tokens, self._types, strict=True))
+            i
+            for i, (t, kind) in enumerate(zip(self._tokens, self._types, strict=True))
             if t in _EOG_TEXTS or (t in _FIM_TEXTS and kind == _CONTROL)
         }
         for key in ("eos", "eot", "eom"):

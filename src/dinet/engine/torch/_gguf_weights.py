@@ -69,10 +69,12 @@ def matmul(x: torch.Tensor, m: Matrix) -> torch.Tensor:
 def int4_matrix(values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, repeat: int) -> Matrix:
     """values (N, K*repeat) uint8 in 0..15; scales, zeros (N, K*repeat/GROUP) float32."""
     # The packer wants int32: convert a slice of rows at a time (packing is row by row).
-    packed = torch.cat([
-        torch._convert_weight_to_int4pack_for_cpu(values[i : i + _PACK_ROWS].to(torch.int32), 1)
-        for i in range(0, values.shape[0], _PACK_ROWS)
-    ])
+    packed = torch.cat(
+        [
+            torch._convert_weight_to_int4pack_for_cpu(values[i : i + _PACK_ROWS].to(torch.int32), 1)
+            for i in range(0, values.shape[0], _PACK_ROWS)
+        ]
+    )
     pairs = torch.stack([scales.T, zeros.T], dim=-1)  # (K/GROUP, N, 2)
     return Matrix(packed, pairs.to(torch.bfloat16).contiguous(), repeat, values.shape[0])
 
