@@ -358,7 +358,9 @@ async def test_a_flood_from_one_peer_does_not_starve_the_others(limited_node) ->
             during = [await request_replies(calm, addr, chat("Say hello.", max_tokens=8)) for _ in range(3)]
             nursery.cancel_scope.cancel()
     assert [type(replies[-1]) for replies in during] == [EndFrame] * 3, during  # in full, during the flood
-    assert codes.get("rate_limited", 0) >= 8, codes  # the flooder's streams were refused
+    # Eight streams at once against a cap of one: at least seven refused, however the
+    # rest of the flood was timed.
+    assert codes.get("rate_limited", 0) >= 7, codes
 
 
 @pytest.fixture(scope="module")
