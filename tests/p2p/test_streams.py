@@ -1,4 +1,5 @@
-"""Framed streams between two dinet hosts: yamux returns receive credit sparingly, never too little."""
+"""Framed streams between two dinet hosts: yamux returns receive credit sparingly, never too
+little, and a send that is cancelled never breaks the connection."""
 
 from __future__ import annotations
 
