@@ -130,3 +130,31 @@ async def test_a_frame_that_cannot_be_sent_in_time_gives_up_the_connection(monke
             await again.send_payload(b"on time")
             assert await again.receive() == b"on time"
         await again.close()
+
+
+async def test_a_failing_handler_costs_its_own_stream_only(caplog: pytest.LogCaptureFixture):
+    """A handler that raises resets its stream; the connection and the host serve on."""
+    broken = "/dinet-test/broken/1"
+
+    async def fail(stream: Stream) -> None:
+        await FramedStream(stream).receive()
+        raise ValueError("a bug in a handler")
+
+    async with raw_host() as server, raw_host() as client:
+        server.set_handler(ECHO, _echo)
+        server.set_handler(broken, fail)
+        await client.dial(server.full_addrs()[0])
+        with trio.fail_after(30):
+            doomed = await open_framed(client, server.peer_id, broken, 10)
+            await doomed.send_payload(b"hello")
+            try:
+                ended = await doomed.receive()  # a reset reads as the end, or as a broken stream
+            except PeerError:
+                ended = None
+            assert ended is None
+            framed = await open_framed(client, server.peer_id, ECHO, 10)
+            await framed.send_payload(b"still here")
+            assert await framed.receive() == b"still here"
+        await framed.close()
+        assert client.is_connected(server.peer_id)
+    assert "a bug in a handler" in caplog.text

@@ -98,10 +98,19 @@ class PeerHost:
     # --- protocols and streams ---
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
-        """Serve `protocol`: each inbound stream goes to `handler`."""
+        """Serve `protocol`: each inbound stream goes to `handler`.
+
+        A handler's failure costs its own stream only: py-libp2p would close the peer's
+        whole connection, or stop the host when it escapes the swarm's task.
+        """
 
         async def serve(raw: INetStream) -> None:
-            await handler(Stream(raw))
+            stream = Stream(raw)
+            try:
+                await handler(stream)
+            except Exception:  # logged in full: a bug here must not reach every other stream
+                logger.exception("the %s handler failed; its stream is reset", protocol)
+                await stream.reset()
 
         self._raw.set_stream_handler(TProtocol(protocol), serve)
 
