@@ -436,22 +436,26 @@ def test_message_vectors(case: dict[str, Any]) -> None:
             decode(case["payload"].encode())
 
 
+# Every file in docs/vectors/, each written by the generator function of the same name.
+VECTOR_FILES = (
+    "keys",
+    "manifest",
+    "receipt",
+    "model_card",
+    "sampler",
+    "text",
+    "framing",
+    "hashes",
+    "messages",
+)
+
+
 def test_the_generator_writes_exactly_the_committed_files() -> None:
     spec = importlib.util.spec_from_file_location("vectors_make", VECTORS / "make.py")
     assert spec is not None and spec.loader is not None
     make = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make)
-    for name in (
-        "keys",
-        "manifest",
-        "receipt",
-        "model_card",
-        "sampler",
-        "text",
-        "framing",
-        "hashes",
-        "messages",
-    ):
+    for name in VECTOR_FILES:
         assert getattr(make, name)() == vectors(name), name
 
 
@@ -459,17 +463,7 @@ def test_every_signature_in_the_vectors_is_checked_above() -> None:
     # A new signed object added to the files must get its own checks here.
     signed = {p.stem for p in VECTORS.glob("*.json") if '"signed_bytes_hex"' in p.read_text(encoding="utf-8")}
     assert signed == {"manifest", "receipt", "model_card"}
-    assert {p.stem for p in VECTORS.glob("*.json")} == {
-        "keys",
-        "manifest",
-        "receipt",
-        "model_card",
-        "sampler",
-        "text",
-        "framing",
-        "hashes",
-        "messages",
-    }
+    assert {p.stem for p in VECTORS.glob("*.json")} == set(VECTOR_FILES)
 
 
 def test_sign_body_is_plain_ed25519_over_domain_and_utf8(tmp_path: Path) -> None:
