@@ -44,6 +44,12 @@ class NodeSettings(CommonSettings):
 
     model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
     listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
+    announce: list[str] = Field(
+        default=[],
+        description="Multiaddrs that reach this node (a forwarded port): advertised as given, "
+        "and reported if peers cannot dial them back",
+    )
+    upnp: bool = Field(default=False, description="Ask the home router (UPnP) to forward the listen ports")
     threads: int = Field(
         default=2, ge=1, le=256, description="Compute threads: llama.cpp's in the worker, torch's in a stage"
     )

@@ -23,6 +23,7 @@ from dinet.p2p.host import build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
+from dinet.p2p.reachability import Reachability
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def serve_node(
             offered = serving.offer if keeper.healthy and serving.available() else None
             return {
                 "region": settings.region,
-                "addrs": tuple(host.full_addrs()[:16]),
+                "addrs": tuple(host.advertised_addrs()[:16]),
                 "models": (offered,) if offered is not None else (),
                 "max_concurrent": settings.max_concurrent,
                 "price_per_token": settings.price,
@@ -102,7 +103,15 @@ async def serve_node(
         host.set_handler(CHUNKS_PROTOCOL, keeper.server().handle)
         host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
 
-        async with host.running(settings.listen, dht="server", gossip=True), trio.open_nursery() as nursery:
+        running = host.running(
+            settings.listen,
+            dht="server",
+            gossip=True,
+            check_reach=True,
+            announce=settings.announce,
+            upnp=settings.upnp,
+        )
+        async with running, trio.open_nursery() as nursery:
             joiner = Joiner(host, directory, meet_new_in=nursery, report_level=logging.INFO)
             nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
             nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
@@ -117,27 +126,31 @@ async def serve_node(
             if settings.mdns:
                 nursery.start_soon(joiner.follow_mdns)
             started = NodeStarted(peer_id, host.full_addrs(), model.model_id, model_hash, serving.state())
-            _write_node_file(settings, started)
-            nursery.start_soon(_keep_node_file, settings, started, serving.state)
+            _write_node_file(settings, started, host.reachability())
+            nursery.start_soon(_keep_node_file, settings, started, serving.state, host.reachability)
             logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
             task_status.started(started)
             await trio.sleep_forever()
 
 
 async def _keep_node_file(
-    settings: NodeSettings, started: NodeStarted, engine_state: Callable[[], dict[str, object]]
+    settings: NodeSettings,
+    started: NodeStarted,
+    engine_state: Callable[[], dict[str, object]],
+    reachability: Callable[[], Reachability],
 ) -> None:
-    """Rewrite the node file when the engine's state changes (it gave up, it restarted)."""
-    last = started.engine
+    """Rewrite the node file when the engine's state changes (it gave up, it restarted),
+    or what the node knows of its reachability."""
+    last = (started.engine, reachability())
     while True:
         await trio.sleep(1.0)
-        state = engine_state()
-        if state != last:
-            _write_node_file(settings, replace(started, engine=state))
-            last = state
+        now = (engine_state(), reachability())
+        if now != last:
+            _write_node_file(settings, replace(started, engine=now[0]), now[1])
+            last = now
 
 
-def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
+def _write_node_file(settings: NodeSettings, started: NodeStarted, reachability: Reachability) -> None:
     path = settings.home / NODE_FILE
     record = {
         "peer_id": started.peer_id,
@@ -146,6 +159,7 @@ def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
         "model_hash": started.model_hash,
         "pid": os.getpid(),
         "engine": started.engine,
+        "reachability": reachability.as_dict(),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

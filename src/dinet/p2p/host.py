@@ -27,13 +27,16 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.utils.address_validation import expand_wildcard_address
 
 from dinet.errors import ConfigError, PeerError, PeerUnreachable
 from dinet.p2p._dht import dht_key, find_model_providers, running_dht
 from dinet.p2p._yamux import keep_frames_whole
+from dinet.p2p.addresses import AddressBook
+from dinet.p2p.autonat import PROTOCOL as AUTONAT_PROTOCOL
+from dinet.p2p.autonat import DialBackServer
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
+from dinet.p2p.reachability import Reachability
 from dinet.p2p.streams import Handler, Stream
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
@@ -77,15 +80,33 @@ class PeerHost:
         self.peer_id = PeerId(raw.get_id().to_base58())
         self._dht: KadDHT | None = None
         self._pubsub: Pubsub | None = None
+        self._addresses = AddressBook(raw, self.peer_id)
+        raw.set_stream_handler(TProtocol(AUTONAT_PROTOCOL), DialBackServer(raw).handle)
 
     # --- lifetime ---
 
     @asynccontextmanager
     async def running(
-        self, listen: Sequence[str], *, dht: DHTRole | None = None, gossip: bool = False
+        self,
+        listen: Sequence[str],
+        *,
+        dht: DHTRole | None = None,
+        gossip: bool = False,
+        check_reach: bool = False,
+        announce: Sequence[str] = (),
+        upnp: bool = False,
     ) -> AsyncIterator[PeerHost]:
-        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if asked."""
+        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if asked.
+
+        `check_reach`: find out by AutoNAT which addresses peers reach (see `reachability`),
+        with the router's forwarded ports if `upnp`; `announce`: addresses the operator knows.
+        """
+        self._addresses.announce(announce)
         async with self._raw.run(parse_multiaddrs(listen)), AsyncExitStack() as services:
+            if check_reach:
+                checks = await services.enter_async_context(trio.open_nursery())
+                services.callback(checks.cancel_scope.cancel)
+                await checks.start(self._addresses.keep_checked, upnp)
             if gossip:
                 self._pubsub = await services.enter_async_context(running_pubsub(self._raw))
             if dht is not None:
@@ -176,19 +197,18 @@ class PeerHost:
     # --- addresses ---
 
     def full_addrs(self) -> list[str]:
-        """Dialable addresses, each ending in /p2p/<peer id>; a wildcard listen
+        """Dialable listen addresses, each ending in /p2p/<peer id>; a wildcard listen
         address is expanded to loopback and every interface."""
-        out: list[str] = []
-        for addr in self._raw.get_addrs():
-            base = str(addr).split("/p2p/")[0]
-            if base.startswith("/ip4/0.0.0.0/"):
-                rest = base.removeprefix("/ip4/0.0.0.0")
-                concrete = [f"/ip4/127.0.0.1{rest}"]
-                concrete += [str(a) for a in expand_wildcard_address(multiaddr.Multiaddr(base))]
-            else:
-                concrete = [base]
-            out += [f"{c}/p2p/{self.peer_id}" for c in concrete if f"{c}/p2p/{self.peer_id}" not in out]
-        return out
+        return [f"{a}/p2p/{self.peer_id}" for a in self._addresses.listen_addrs()]
+
+    def advertised_addrs(self) -> list[str]:
+        """What peers are told to dial (each ending in /p2p/<peer id>): addresses peers
+        dialed back and those announced; the listen addresses while that is unknown."""
+        return self._addresses.advertised()
+
+    def reachability(self) -> Reachability:
+        """Whether peers can dial this host, and why we think so."""
+        return self._addresses.reachability()
 
     def known_addrs(self, peer_id: PeerId) -> list[str]:
         """The addresses libp2p holds for a peer; none if it has never heard of it."""
