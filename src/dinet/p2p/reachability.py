@@ -105,8 +105,5 @@ class DialBacks:
         if peers < AGREE:
             return Reachability("unknown", f"fewer than {AGREE} peers to ask{note}", addrs)
         answering = set().union(set(), *(self.answered(a, now) for a in candidates))
-        return Reachability(
-            "unknown",
-            f"{len(answering)} of {peers} peers dialed back or failed; {AGREE} must agree{note}",
-            addrs,
-        )
+        told = f"{len(answering)} of {peers} peers answered; {AGREE} must agree{note}"
+        return Reachability("unknown", told, addrs)
