@@ -55,6 +55,11 @@ class AddressBook:
         self._announced = list(dict.fromkeys(bare))
 
     def set_mapped(self, addrs: Sequence[str]) -> None:
+        """The router forwards these to us now: ask about them again (an observed address
+        that failed before may be one of them)."""
+        changed = set(addrs) ^ set(self._mapped)
+        self._dial_backs.forget(changed)
+        self._asked = {key: at for key, at in self._asked.items() if key[0] not in changed}
         self._mapped = list(addrs)
 
     # --- what we have ---
@@ -126,8 +131,8 @@ class AddressBook:
         self._state = Reachability("unknown", "not checked yet")
         task_status.started()
         async with trio.open_nursery() as nursery:
-            if upnp:
-                nursery.start_soon(keep_ports_mapped, self._tcp_ports, self.set_mapped)
+            if upnp:  # its address is the observed one, often: ask once it is mapped
+                await nursery.start(keep_ports_mapped, self._tcp_ports, self.set_mapped)
             while True:
                 await self.check_once()
                 await trio.sleep(POLL_S)

@@ -59,8 +59,12 @@ class DialBacks:
 
     def keep_only(self, addrs: set[str]) -> None:
         """Forget answers about addresses we no longer have."""
-        for gone in set(self._answers) - addrs:
-            del self._answers[gone]
+        self.forget(set(self._answers) - addrs)
+
+    def forget(self, addrs: set[str]) -> None:
+        """Forget answers about addresses that may answer differently now."""
+        for addr in addrs:
+            self._answers.pop(addr, None)
 
     def answered(self, addr: str, now: float) -> set[PeerId]:
         return self._peers(addr, now, reached=None)

@@ -23,9 +23,16 @@ _DISCOVER_MS = 2000
 _DESCRIPTION = "dinet"
 
 
-async def keep_ports_mapped(ports: Callable[[], Sequence[int]], mapped: Callable[[list[str]], None]) -> None:
+async def keep_ports_mapped(
+    ports: Callable[[], Sequence[int]],
+    mapped: Callable[[list[str]], None],
+    *,
+    # trio-typing's stubs, which libp2p pulls in, hide trio's own TaskStatus from mypy.
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
+) -> None:
     """Map `ports()` (TCP) on the router and renew the lease until cancelled; report the
-    outside addresses to `mapped`. The mappings are removed on the way out."""
+    outside addresses to `mapped`. Started once the first attempt is over; the mappings
+    are removed on the way out."""
     gateway = miniupnpc.UPnP()
     gateway.discoverdelay = _DISCOVER_MS
     done: list[int] = []
@@ -37,6 +44,8 @@ async def keep_ports_mapped(ports: Callable[[], Sequence[int]], mapped: Callable
                 logger.warning("--upnp: the router did not map our ports: %s", exc)
                 addrs = []
             mapped(addrs)
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(RENEW_S)
     finally:
         mapped([])
