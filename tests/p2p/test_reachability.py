@@ -63,3 +63,10 @@ def test_an_announced_address_that_fails_is_reported_still_advertised_and_not_pr
     decided = dial_backs.decide([PUBLIC, OUTSIDE], [OUTSIDE], peers=2, now=1.0)
     assert (decided.state, decided.addrs) == ("public", (PUBLIC, OUTSIDE))
     assert decided.reason == f"2 peers dialed back {PUBLIC}; announced {OUTSIDE} not dialed back"
+
+
+def test_an_announced_address_that_fails_with_nothing_else_dialed_back_is_private_and_still_advertised():
+    dial_backs = answers((OUTSIDE, A, False), (OUTSIDE, B, False))
+    decided = dial_backs.decide([LAN, OUTSIDE], [OUTSIDE], peers=2, now=1.0)
+    assert (decided.state, decided.addrs) == ("private", (OUTSIDE,))
+    assert decided.reason == f"2 peers could not dial back {OUTSIDE} (announced)"

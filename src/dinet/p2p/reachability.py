@@ -88,26 +88,25 @@ class DialBacks:
 
         `candidates` are the addresses we ask about (`announced` among them); `peers` is how
         many peers there are to ask. The operator's `announced` addresses are advertised
-        whatever the answers (the operator said so); their failures are reported, and do
-        not make the node private.
+        whatever the answers (the operator said so); their failures are reported, and make
+        the node private only when no other address was dialed back.
         """
         confirmed = tuple(a for a in candidates if len(self.reached(a, now)) >= AGREE)
         addrs = tuple(dict.fromkeys([*confirmed, *announced]))
-        refuted = [a for a in candidates if a not in announced and len(self.failed(a, now)) >= AGREE]
-        bad_announced = [a for a in announced if len(self.failed(a, now)) >= AGREE]
-        note = f"; announced {', '.join(bad_announced)} not dialed back" if bad_announced else ""
-        if refuted:
+        refuted = [a for a in candidates if len(self.failed(a, now)) >= AGREE]
+        bad_announced = [a for a in refuted if a in announced]
+        if len(bad_announced) < len(refuted) or (bad_announced and not confirmed):
             failed = set().union(*(self.failed(a, now) for a in refuted))
-            return Reachability(
-                "private", f"{len(failed)} peers could not dial back {', '.join(refuted)}{note}", addrs
-            )
+            named = ", ".join(f"{a} (announced)" if a in announced else a for a in refuted)
+            return Reachability("private", f"{len(failed)} peers could not dial back {named}", addrs)
+        note = f"; announced {', '.join(bad_announced)} not dialed back" if bad_announced else ""
         if confirmed:
             reached = set().union(*(self.reached(a, now) for a in confirmed))
             return Reachability(
                 "public", f"{len(reached)} peers dialed back {', '.join(confirmed)}{note}", addrs
             )
         if peers < AGREE:
-            return Reachability("unknown", f"fewer than {AGREE} peers to ask{note}", addrs)
+            return Reachability("unknown", f"fewer than {AGREE} peers to ask", addrs)
         answering = set().union(set(), *(self.answered(a, now) for a in candidates))
-        told = f"{len(answering)} of {peers} peers answered; {AGREE} must agree{note}"
+        told = f"{len(answering)} of {peers} peers answered; {AGREE} must agree"
         return Reachability("unknown", told, addrs)
