@@ -37,9 +37,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# Network-namespace tests need iproute2 (present on most Linux systems) and the NAT lab's
-# home routers nftables, the --upnp test a UPnP router (miniupnpd); the web page test drives Debian's chromium (`playwright install`
-# cannot download browsers here).
+# Network-namespace tests need iproute2 (present on most Linux systems), the NAT lab's
+# home routers nftables and the --upnp test a UPnP router (miniupnpd); the web page test
+# drives Debian's chromium (`playwright install` cannot download browsers here).
 .PHONY: system-deps
 system-deps:
 	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
