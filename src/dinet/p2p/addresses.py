@@ -23,7 +23,8 @@ from dinet.wire.ids import PeerId
 
 logger = logging.getLogger(__name__)
 
-RECHECK_S = 600.0  # an answer counts this long; then the address is asked about again
+RECHECK_S = 600.0  # then an address is asked about again; an answer counts twice as long,
+# so that the node stays what it is while the new answers come in
 POLL_S = 2.0  # how often to look for new addresses and new peers to ask
 WANT = AGREE + 1  # answers sought per address: two agreeing out of three decide
 _MAX_ASKS = 8  # requests in flight in one round
@@ -37,7 +38,7 @@ class AddressBook:
         self._peer_id = peer_id
         self._announced: list[str] = []
         self._mapped: list[str] = []  # by the home router (UPnP)
-        self._dial_backs = DialBacks(fresh_for=RECHECK_S)
+        self._dial_backs = DialBacks(fresh_for=2 * RECHECK_S)
         self._asked: dict[tuple[str, PeerId], float] = {}
         self._state = NOT_CHECKED
 
@@ -145,7 +146,7 @@ class AddressBook:
         random.shuffle(peers)
         asks: list[tuple[str, PeerId]] = []
         for addr in candidates:
-            wanted = WANT - len(self._dial_backs.answered(addr, now))
+            wanted = WANT - len(self._dial_backs.answered(addr, now, within=RECHECK_S))
             fresh = [p for p in peers if now - self._asked.get((addr, p), -math.inf) >= RECHECK_S]
             asks += [(addr, p) for p in fresh[: max(0, wanted)]]
         async with trio.open_nursery() as nursery:

@@ -66,8 +66,12 @@ class DialBacks:
         for addr in addrs:
             self._answers.pop(addr, None)
 
-    def answered(self, addr: str, now: float) -> set[PeerId]:
-        return self._peers(addr, now, reached=None)
+    def answered(self, addr: str, now: float, within: float | None = None) -> set[PeerId]:
+        """Peers that answered about `addr` (in the last `within` seconds, if given)."""
+        recent = self._peers(addr, now, reached=None)
+        if within is None:
+            return recent
+        return {p for p in recent if now - self._answers[addr][p].at <= within}
 
     def reached(self, addr: str, now: float) -> set[PeerId]:
         return self._peers(addr, now, reached=True)
