@@ -9,4 +9,9 @@ discovery.py  the manifest query and mDNS announcements
 directory.py  the verified manifests a process knows
 liveness.py   noticing dead peers, and their return
 identity.py   the ed25519 identity kept in a home (as dinet.wire.keys.SigningKey)
+addresses.py  AddressBook: listen, observed, announced and UPnP-mapped addresses, which
+              peers dial back, and which the host advertises
+autonat.py    AutoNAT v1 with a dial-back on a fresh connection (server and asking)
+reachability.py  Reachability, and how dial-back answers decide it (sans-IO)
+upnp.py       --upnp: leased port mappings on the home router
 """
