@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class NatLab:
         self._made: list[str] = []  # namespaces created so far
         self._processes: list[subprocess.Popen[Any]] = []
         self._wan_link: subprocess.Popen[str] | None = None
+        self._wan_link_lock = threading.RLock()  # tests may set the WAN from worker threads
         self._wan_rules = False
         self._closed = False
 
@@ -149,7 +151,7 @@ class NatLab:
         h = self._host(host)
         if h.kind == "wan":
             raise LabError("the wan router has no cable of its own; cut the hosts instead")
-        where = h.router if h.kind == "lan" else "wan"
+        where = h.router or "wan"
         _ip(
             "-n",
             self.ns(where),
@@ -159,25 +161,28 @@ class NatLab:
             state,
         )
 
-    def set_wan(self, delay_ms: float, loss: float = 0.0) -> None:
+    def set_wan(self, delay_ms: float, loss: float = 0.0, *, bypass: bool = True) -> None:
         """Hold every packet the wan router forwards for `delay_ms` (one way: a round trip
         between two attached hosts gains 2 * delay_ms) and drop the fraction `loss` of them.
 
-        Takes effect before it returns. (0, 0) forwards plainly, bypassing the emulator."""
+        Takes effect before it returns. With (0, 0) the wan router forwards plainly, at
+        kernel speed, unless `bypass=False` (to measure the emulator itself)."""
         if delay_ms < 0 or not 0.0 <= loss <= 1.0:
             raise LabError(f"bad WAN settings: delay_ms={delay_ms}, loss={loss}")
-        if delay_ms == 0 and loss == 0:
-            self._route_through_wan_link(False)
-            if self._wan_link is not None:
-                self._wan_link_command("set 0 0")
-            return
-        if self._wan_link is None:
-            self._start_wan_link()
-        self._wan_link_command(f"set {delay_ms} {loss}")
-        self._route_through_wan_link(True)
+        with self._wan_link_lock:
+            if delay_ms == 0 and loss == 0 and bypass:
+                self._route_through_wan_link(False)
+                if self._wan_link is not None:
+                    self._wan_link_command("set 0 0")
+                return
+            if self._wan_link is None:
+                self._start_wan_link()
+            self._wan_link_command(f"set {delay_ms} {loss}")
+            self._route_through_wan_link(True)
 
-    def wan_link_stats(self) -> dict[str, int]:
-        """Packets into/out of the emulator, dropped, queued (all zero if it never ran)."""
+    def wan_link_stats(self) -> dict[str, float]:
+        """The emulator's packets in and out, dropped, queued, and its CPU seconds ({} if it
+        never ran)."""
         if self._wan_link is None:
             return {}
         return self._wan_link_command("stats")
@@ -202,9 +207,10 @@ class NatLab:
     def _wan_link_command(self, line: str) -> dict[str, Any]:
         process = self._wan_link
         assert process is not None and process.stdin is not None and process.stdout is not None
-        process.stdin.write(line + "\n")
-        process.stdin.flush()
-        reply = process.stdout.readline()
+        with self._wan_link_lock:
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            reply = process.stdout.readline()
         if not reply:
             raise LabError(f"the WAN link emulator died (exit code {process.poll()}); see stderr")
         answer: dict[str, Any] = json.loads(reply)
@@ -399,6 +405,7 @@ table inet filter {{
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    ct state invalid drop
     ct state established,related accept
     iifname "{wan}" drop
   }}

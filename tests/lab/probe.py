@@ -6,9 +6,11 @@
                                            A connection's first line asks for:
                                              whoami  -> "IP:PORT" it was seen from
                                              send N  -> N bytes of `payload(N)`, then close
+                                             zeros N -> N zero bytes (not hashed: for speed)
     python probe.py connect HOST PORT REQUEST [--bind-port P] [--timeout S] [--hold]
                                            connect, send REQUEST, read the whole reply;
-                                           prints {"ok", "connect_ms", "local", "reply"
+                                           prints {"ok", "connect_ms", "transfer_ms",
+                                           "local", "reply"
                                            or "sha256" and "bytes", "error"}; with --hold
                                            it keeps the connection open until end of stdin.
     python probe.py punch PEER_IP PEER_PORT --bind-port P [--name X] [--timeout S]
@@ -54,10 +56,10 @@ def read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, 
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout):
-            raise TimeoutError(f"no output from {process.args} in {timeout} s")
+            raise TimeoutError(f"no output from {process.args!r} in {timeout} s")
     line = process.stdout.readline()
     if not line:
-        raise EOFError(f"{process.args} ended (exit code {process.wait()}) without output")
+        raise EOFError(f"{process.args!r} ended (exit code {process.wait()}) without output")
     answer: dict[str, Any] = json.loads(line)
     return answer
 
@@ -85,6 +87,11 @@ def _serve_one(conn: socket.socket, peer: tuple[str, int]) -> None:
             conn.sendall(f"{peer[0]}:{peer[1]}\n".encode())
         elif len(request) == 2 and request[0] == "send":
             conn.sendall(payload(int(request[1])))
+        elif len(request) == 2 and request[0] == "zeros":  # for throughput: nothing to compute
+            block, left = bytes(1 << 20), int(request[1])
+            while left > 0:
+                conn.sendall(block[: min(left, len(block))])
+                left -= len(block)
 
 
 def serve(port: int) -> None:
@@ -115,13 +122,21 @@ def connect(host: str, port: int, request: str, bind_port: int, timeout: float, 
     local = _endpoint(sock.getsockname())
     sock.sendall(request.encode() + b"\n")
     digest, size, first = hashlib.sha256(), 0, b""
+    hashing = not request.startswith("zeros")
     while chunk := sock.recv(1 << 20):
-        digest.update(chunk)
+        if hashing:
+            digest.update(chunk)
         size += len(chunk)
         first = first or chunk
         if hold and request == "whoami" and first.endswith(b"\n"):
             break
-    result: dict[str, object] = {"ok": True, "connect_ms": connect_ms, "local": local}
+    transfer_ms = (time.monotonic() - started) * 1000.0 - connect_ms
+    result: dict[str, object] = {
+        "ok": True,
+        "connect_ms": connect_ms,
+        "transfer_ms": transfer_ms,
+        "local": local,
+    }
     if request == "whoami":
         result["reply"] = first.decode().strip()
     else:
