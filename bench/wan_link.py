@@ -5,7 +5,7 @@ and home A's NAT) over one TCP connection, for each WAN setting: plain kernel fo
 (the emulator bypassed), the emulator with no delay, and with delay and loss. Runs
 alternate between settings; medians. Prints a table, then one JSON line. Needs root.
 
-    PYTHONPATH=. .venv/bin/python bench/wan_link.py [--runs 3] [--size-mb 100]
+    .venv/bin/python bench/wan_link.py [--runs 3] [--size-mb 100]
 """
 
 from __future__ import annotations
