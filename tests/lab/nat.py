@@ -141,25 +141,29 @@ class NatLab:
     def cut(self, host: str) -> None:
         """Pull `host`'s cable: its link goes down at the far end (the wan router or its home's
         bridge), so its own addresses and routes stay as they are. A router cuts its whole home."""
-        self._far_end(host, "down")
+        _, (ns, link) = self._cable(host)
+        _ip("-n", ns, "link", "set", link, "down")
 
     def restore(self, host: str) -> None:
-        """Plug `host`'s cable back in."""
-        self._far_end(host, "up")
+        """Plug `host`'s cable back in; returns once packets cross it again. Address
+        resolution that failed while it was out is forgotten at both ends (else the first
+        connection after it would fail with "no route to host")."""
+        near, far = self._cable(host)
+        _ip("-n", far[0], "link", "set", far[1], "up")
+        for ns, link in (near, far):
+            self._wait_for_carrier(ns, link)
+            _ip("-n", ns, "neigh", "flush", "dev", link)
 
-    def _far_end(self, host: str, state: str) -> None:
+    def _cable(self, host: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(namespace, link) of `host`'s end of its cable and of the far end."""
         h = self._host(host)
         if h.kind == "wan":
             raise LabError("the wan router has no cable of its own; cut the hosts instead")
-        where = h.router or "wan"
-        _ip(
-            "-n",
-            self.ns(where),
-            "link",
-            "set",
-            self._link(f"w{host}" if where == "wan" else f"p{host}"),
-            state,
-        )
+        if h.kind == "lan":
+            assert h.router is not None
+            return (self.ns(host), self._link("eth")), (self.ns(h.router), self._link(f"p{host}"))
+        near = self._link("wan" if h.kind == "router" else "eth")
+        return (self.ns(host), near), (self.ns("wan"), self._link(f"w{host}"))
 
     def set_wan(self, delay_ms: float, loss: float = 0.0, *, bypass: bool = True) -> None:
         """Hold every packet the wan router forwards for `delay_ms` (one way: a round trip
@@ -315,20 +319,20 @@ class NatLab:
         _nft(self.ns("wan"), self._wan_rules_text())
         for router in ("ha", "hb"):
             _nft(self.ns(router), self._home_router_rules(router))
-        self._wait_for_carrier()
+        for h in HOSTS:
+            self._wait_for_carrier(self.ns(h.name))
 
-    def _wait_for_carrier(self) -> None:
+    def _wait_for_carrier(self, ns: str, link: str | None = None) -> None:
         """A veth reports carrier a moment after both ends are up; until then it drops packets."""
         deadline = time.monotonic() + CARRIER_TIMEOUT_S
-        waiting = [h.name for h in HOSTS]
-        while waiting:
-            links = json.loads(_ip_netns_output(self.ns(waiting[0]), ["ip", "-j", "link", "show"]))
-            if all(link["operstate"] in ("UP", "UNKNOWN") for link in links):
-                waiting.pop(0)
-            elif time.monotonic() > deadline:
-                raise LabError(f"links in {waiting[0]} still down after {CARRIER_TIMEOUT_S} s: {links}")
-            else:
-                time.sleep(0.02)
+        which = ["dev", link] if link else []
+        while True:
+            links = json.loads(_ip_netns_output(ns, ["ip", "-j", "link", "show", *which]))
+            if all(entry["operstate"] in ("UP", "UNKNOWN") for entry in links):
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"links in {ns} still down after {CARRIER_TIMEOUT_S} s: {links}")
+            time.sleep(0.02)
 
     def _sysctls(self, h: Host) -> None:
         settings = {"net/ipv6/conf/all/disable_ipv6": "1", "net/ipv6/conf/default/disable_ipv6": "1"}

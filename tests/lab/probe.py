@@ -3,6 +3,8 @@
     python probe.py serve PORT             listen on 0.0.0.0:PORT (0: any) with SO_REUSEPORT;
                                            prints {"port": P}, then one JSON line per
                                            connection it accepts; stops at end of stdin.
+                                           It answers UDP datagrams to the same port with
+                                           the "IP:PORT" they came from.
                                            A connection's first line asks for:
                                              whoami  -> "IP:PORT" it was seen from
                                              send N  -> N bytes of `payload(N)`, then close
@@ -18,6 +20,12 @@
                                            stdin ("go"), then connects from P to the peer
                                            again and again until a connection stands;
                                            both ends send their name and read the other's.
+    python probe.py udp-whoami HOST PORT --bind-port P
+                                           {"ok", "reply"}: whom a UDP server saw us as.
+    python probe.py udp-punch PEER_IP PEER_PORT --bind-port P [--name X] [--timeout S]
+                                           UDP hole punching: send our name to the peer
+                                           every 50 ms until we hear its name, then a few
+                                           more times (so it hears us too); {"ok", "heard"}.
 
 Use `argv(...)` to build the command line for `NatLab.popen` / `NatLab.run`.
 """
@@ -94,10 +102,26 @@ def _serve_one(conn: socket.socket, peer: tuple[str, int]) -> None:
                 left -= len(block)
 
 
+def _udp_socket(bind_port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", bind_port))
+    return sock
+
+
 def serve(port: int) -> None:
     server = _reusable_socket(port)
     server.listen(64)
-    _say(port=server.getsockname()[1])
+    port = server.getsockname()[1]
+    udp = _udp_socket(port)
+    _say(port=port)
+
+    def answer_datagrams() -> None:
+        while True:
+            _, peer = udp.recvfrom(2048)
+            udp.sendto(_endpoint(peer).encode(), peer)
+
+    threading.Thread(target=answer_datagrams, daemon=True).start()
 
     def accept_forever() -> None:
         while True:
@@ -173,6 +197,38 @@ def punch(peer_ip: str, peer_port: int, bind_port: int, name: str, timeout: floa
     _say(ok=False, error=last_error, attempts=attempts)
 
 
+def udp_whoami(host: str, port: int, bind_port: int, timeout: float) -> None:
+    sock = _udp_socket(bind_port)
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # datagrams get lost: ask again
+        sock.sendto(b"whoami", (host, port))
+        try:
+            reply, _ = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        _say(ok=True, reply=reply.decode())
+        return
+    _say(ok=False, error="no answer")
+
+
+def udp_punch(peer_ip: str, peer_port: int, bind_port: int, name: str, timeout: float) -> None:
+    sock = _udp_socket(bind_port)
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    heard, sent_after = "", 0
+    while time.monotonic() < deadline and sent_after < 10:
+        sock.sendto(name.encode(), (peer_ip, peer_port))
+        sent_after += bool(heard)
+        try:
+            data, source = sock.recvfrom(2048)  # waits up to 50 ms: the resend interval
+        except TimeoutError:
+            continue
+        if source == (peer_ip, peer_port):
+            heard = data.decode()
+    _say(ok=bool(heard), heard=heard)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -191,8 +247,19 @@ def main() -> None:
     p.add_argument("--bind-port", type=int, required=True)
     p.add_argument("--name", default="")
     p.add_argument("--timeout", type=float, default=10.0)
+    for command in ("udp-whoami", "udp-punch"):
+        p = commands.add_parser(command)
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        p.add_argument("--bind-port", type=int, required=True)
+        p.add_argument("--name", default="")
+        p.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
-    if args.command == "serve":
+    if args.command == "udp-whoami":
+        udp_whoami(args.host, args.port, args.bind_port, args.timeout)
+    elif args.command == "udp-punch":
+        udp_punch(args.host, args.port, args.bind_port, args.name, args.timeout)
+    elif args.command == "serve":
         serve(args.port)
     elif args.command == "connect":
         connect(args.host, args.port, args.request, args.bind_port, args.timeout, args.hold)

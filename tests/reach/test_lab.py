@@ -22,17 +22,19 @@ PORT = 4100  # the public server's port
 REFUSED_S = 2.0  # a connection that has not opened in this long was dropped on the way
 
 
-def connect(
-    lab: NatLab, host: str, ip: str, port: int, request: str = "whoami", **opts: object
-) -> dict[str, Any]:
-    """Run a one-shot probe client on `host`; its JSON result."""
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
-    done = lab.run(
-        host, probe.argv("connect", ip, port, request, *flags), capture_output=True, text=True, timeout=60
-    )
+def run_probe(lab: NatLab, host: str, *args: object) -> dict[str, Any]:
+    """Run a one-shot probe program on `host`; its JSON result."""
+    done = lab.run(host, probe.argv(*args), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def connect(
+    lab: NatLab, host: str, ip: str, port: int, request: str = "whoami", **opts: Any
+) -> dict[str, Any]:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    return run_probe(lab, host, "connect", ip, port, request, *flags)
 
 
 @contextmanager
@@ -134,6 +136,28 @@ def test_two_homes_connect_by_tcp_simultaneous_open(nat_lab):
     assert results["b1"]["remote"] == "198.18.3.2:5003"
     assert nat_lab.wan_bytes(between=("a1", "b1")) > 0  # home to home, through no one else
     assert nat_lab.wan_bytes("pub1") == 0
+
+
+def test_two_homes_reach_each_other_by_udp_hole_punching(nat_lab):
+    ports = {"a1": 5005, "b1": 5006}
+    public = nat_lab.addr("pub1")
+    with server(nat_lab, "pub1"):
+        seen = {
+            h: run_probe(nat_lab, h, "udp-whoami", public, PORT, f"--bind-port={p}") for h, p in ports.items()
+        }
+    outside = {h: result["reply"] for h, result in seen.items()}
+    assert outside == {"a1": "198.18.3.2:5005", "b1": "198.18.4.2:5006"}
+    punchers = {
+        h: nat_lab.popen(
+            h,
+            probe.argv("udp-punch", *outside[other].split(":"), f"--bind-port={ports[h]}", f"--name={h}"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for h, other in (("a1", "b1"), ("b1", "a1"))
+    }
+    results = {h: probe.read_json_line(process, 30) for h, process in punchers.items()}
+    assert results == {"a1": {"ok": True, "heard": "b1"}, "b1": {"ok": True, "heard": "a1"}}
 
 
 def test_wan_delay_holds_every_packet_and_a_transfer_arrives_whole(nat_lab):
