@@ -293,6 +293,7 @@ class NatLab:
         for h in HOSTS:
             self._sysctls(h)
         batches: dict[str, list[str]] = {h.name: ["link set lo up"] for h in HOSTS}
+        batches["wan"].append(f"addr add {self.addr('wan')}/32 dev lo")  # so that addr("wan") answers
         for h in HOSTS:
             if h.kind in ("public", "router"):
                 self._wire_to_wan(h, batches)
