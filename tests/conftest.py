@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.lab.nat import NatLab
 
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import LocalMesh
@@ -25,5 +24,9 @@ def client_settings(tmp_path, mesh):
 def nat_lab():
     """A fresh NAT lab (tests/lab/README.md): namespaces pub1, pub2, a1, a2 (home A), b1, b2
     (home B) around a wan router; torn down after the test, whatever happened in it."""
+    # Imported here: `tests.lab` needs the repo root on sys.path (`python -m pytest` puts it
+    # there, the `pytest` script does not), and tests that use no lab must not depend on it.
+    from tests.lab.nat import NatLab
+
     with NatLab() as lab:
         yield lab

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class NatLab:
         self._made: list[str] = []  # namespaces created so far
         self._processes: list[subprocess.Popen[Any]] = []
         self._wan_link: subprocess.Popen[str] | None = None
+        self._wan_link_lock = threading.RLock()  # tests may set the WAN from worker threads
         self._wan_rules = False
         self._closed = False
 
@@ -139,45 +141,52 @@ class NatLab:
     def cut(self, host: str) -> None:
         """Pull `host`'s cable: its link goes down at the far end (the wan router or its home's
         bridge), so its own addresses and routes stay as they are. A router cuts its whole home."""
-        self._far_end(host, "down")
+        _, (ns, link) = self._cable(host)
+        _ip("-n", ns, "link", "set", link, "down")
 
     def restore(self, host: str) -> None:
-        """Plug `host`'s cable back in."""
-        self._far_end(host, "up")
+        """Plug `host`'s cable back in; returns once packets cross it again. Address
+        resolution that failed while it was out is forgotten at both ends (else the first
+        connection after it would fail with "no route to host")."""
+        near, far = self._cable(host)
+        _ip("-n", far[0], "link", "set", far[1], "up")
+        for ns, link in (near, far):
+            self._wait_for_carrier(ns, link)
+            _ip("-n", ns, "neigh", "flush", "dev", link)
 
-    def _far_end(self, host: str, state: str) -> None:
+    def _cable(self, host: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(namespace, link) of `host`'s end of its cable and of the far end."""
         h = self._host(host)
         if h.kind == "wan":
             raise LabError("the wan router has no cable of its own; cut the hosts instead")
-        where = h.router if h.kind == "lan" else "wan"
-        _ip(
-            "-n",
-            self.ns(where),
-            "link",
-            "set",
-            self._link(f"w{host}" if where == "wan" else f"p{host}"),
-            state,
-        )
+        if h.kind == "lan":
+            assert h.router is not None
+            return (self.ns(host), self._link("eth")), (self.ns(h.router), self._link(f"p{host}"))
+        near = self._link("wan" if h.kind == "router" else "eth")
+        return (self.ns(host), near), (self.ns("wan"), self._link(f"w{host}"))
 
-    def set_wan(self, delay_ms: float, loss: float = 0.0) -> None:
+    def set_wan(self, delay_ms: float, loss: float = 0.0, *, bypass: bool = True) -> None:
         """Hold every packet the wan router forwards for `delay_ms` (one way: a round trip
         between two attached hosts gains 2 * delay_ms) and drop the fraction `loss` of them.
 
-        Takes effect before it returns. (0, 0) forwards plainly, bypassing the emulator."""
+        Takes effect before it returns. With (0, 0) the wan router forwards plainly, at
+        kernel speed, unless `bypass=False` (to measure the emulator itself)."""
         if delay_ms < 0 or not 0.0 <= loss <= 1.0:
             raise LabError(f"bad WAN settings: delay_ms={delay_ms}, loss={loss}")
-        if delay_ms == 0 and loss == 0:
-            self._route_through_wan_link(False)
-            if self._wan_link is not None:
-                self._wan_link_command("set 0 0")
-            return
-        if self._wan_link is None:
-            self._start_wan_link()
-        self._wan_link_command(f"set {delay_ms} {loss}")
-        self._route_through_wan_link(True)
+        with self._wan_link_lock:
+            if delay_ms == 0 and loss == 0 and bypass:
+                self._route_through_wan_link(False)
+                if self._wan_link is not None:
+                    self._wan_link_command("set 0 0")
+                return
+            if self._wan_link is None:
+                self._start_wan_link()
+            self._wan_link_command(f"set {delay_ms} {loss}")
+            self._route_through_wan_link(True)
 
-    def wan_link_stats(self) -> dict[str, int]:
-        """Packets into/out of the emulator, dropped, queued (all zero if it never ran)."""
+    def wan_link_stats(self) -> dict[str, float]:
+        """The emulator's packets in and out, dropped, queued, and its CPU seconds ({} if it
+        never ran)."""
         if self._wan_link is None:
             return {}
         return self._wan_link_command("stats")
@@ -202,9 +211,10 @@ class NatLab:
     def _wan_link_command(self, line: str) -> dict[str, Any]:
         process = self._wan_link
         assert process is not None and process.stdin is not None and process.stdout is not None
-        process.stdin.write(line + "\n")
-        process.stdin.flush()
-        reply = process.stdout.readline()
+        with self._wan_link_lock:
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            reply = process.stdout.readline()
         if not reply:
             raise LabError(f"the WAN link emulator died (exit code {process.poll()}); see stderr")
         answer: dict[str, Any] = json.loads(reply)
@@ -283,6 +293,7 @@ class NatLab:
         for h in HOSTS:
             self._sysctls(h)
         batches: dict[str, list[str]] = {h.name: ["link set lo up"] for h in HOSTS}
+        batches["wan"].append(f"addr add {self.addr('wan')}/32 dev lo")  # so that addr("wan") answers
         for h in HOSTS:
             if h.kind in ("public", "router"):
                 self._wire_to_wan(h, batches)
@@ -309,20 +320,20 @@ class NatLab:
         _nft(self.ns("wan"), self._wan_rules_text())
         for router in ("ha", "hb"):
             _nft(self.ns(router), self._home_router_rules(router))
-        self._wait_for_carrier()
+        for h in HOSTS:
+            self._wait_for_carrier(self.ns(h.name))
 
-    def _wait_for_carrier(self) -> None:
+    def _wait_for_carrier(self, ns: str, link: str | None = None) -> None:
         """A veth reports carrier a moment after both ends are up; until then it drops packets."""
         deadline = time.monotonic() + CARRIER_TIMEOUT_S
-        waiting = [h.name for h in HOSTS]
-        while waiting:
-            links = json.loads(_ip_netns_output(self.ns(waiting[0]), ["ip", "-j", "link", "show"]))
-            if all(link["operstate"] in ("UP", "UNKNOWN") for link in links):
-                waiting.pop(0)
-            elif time.monotonic() > deadline:
-                raise LabError(f"links in {waiting[0]} still down after {CARRIER_TIMEOUT_S} s: {links}")
-            else:
-                time.sleep(0.02)
+        which = ["dev", link] if link else []
+        while True:
+            links = json.loads(_ip_netns_output(ns, ["ip", "-j", "link", "show", *which]))
+            if all(entry["operstate"] in ("UP", "UNKNOWN") for entry in links):
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"links in {ns} still down after {CARRIER_TIMEOUT_S} s: {links}")
+            time.sleep(0.02)
 
     def _sysctls(self, h: Host) -> None:
         settings = {"net/ipv6/conf/all/disable_ipv6": "1", "net/ipv6/conf/default/disable_ipv6": "1"}
@@ -399,6 +410,7 @@ table inet filter {{
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
+    ct state invalid drop
     ct state established,related accept
     iifname "{wan}" drop
   }}

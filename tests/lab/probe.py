@@ -3,12 +3,16 @@
     python probe.py serve PORT             listen on 0.0.0.0:PORT (0: any) with SO_REUSEPORT;
                                            prints {"port": P}, then one JSON line per
                                            connection it accepts; stops at end of stdin.
+                                           It answers UDP datagrams to the same port with
+                                           the "IP:PORT" they came from.
                                            A connection's first line asks for:
                                              whoami  -> "IP:PORT" it was seen from
                                              send N  -> N bytes of `payload(N)`, then close
+                                             zeros N -> N zero bytes (not hashed: for speed)
     python probe.py connect HOST PORT REQUEST [--bind-port P] [--timeout S] [--hold]
                                            connect, send REQUEST, read the whole reply;
-                                           prints {"ok", "connect_ms", "local", "reply"
+                                           prints {"ok", "connect_ms", "transfer_ms",
+                                           "local", "reply"
                                            or "sha256" and "bytes", "error"}; with --hold
                                            it keeps the connection open until end of stdin.
     python probe.py punch PEER_IP PEER_PORT --bind-port P [--name X] [--timeout S]
@@ -16,6 +20,12 @@
                                            stdin ("go"), then connects from P to the peer
                                            again and again until a connection stands;
                                            both ends send their name and read the other's.
+    python probe.py udp-whoami HOST PORT --bind-port P
+                                           {"ok", "reply"}: whom a UDP server saw us as.
+    python probe.py udp-punch PEER_IP PEER_PORT --bind-port P [--name X] [--timeout S]
+                                           UDP hole punching: send our name to the peer
+                                           every 50 ms until we hear its name, then a few
+                                           more times (so it hears us too); {"ok", "heard"}.
 
 Use `argv(...)` to build the command line for `NatLab.popen` / `NatLab.run`.
 """
@@ -54,10 +64,10 @@ def read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, 
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout):
-            raise TimeoutError(f"no output from {process.args} in {timeout} s")
+            raise TimeoutError(f"no output from {process.args!r} in {timeout} s")
     line = process.stdout.readline()
     if not line:
-        raise EOFError(f"{process.args} ended (exit code {process.wait()}) without output")
+        raise EOFError(f"{process.args!r} ended (exit code {process.wait()}) without output")
     answer: dict[str, Any] = json.loads(line)
     return answer
 
@@ -85,12 +95,33 @@ def _serve_one(conn: socket.socket, peer: tuple[str, int]) -> None:
             conn.sendall(f"{peer[0]}:{peer[1]}\n".encode())
         elif len(request) == 2 and request[0] == "send":
             conn.sendall(payload(int(request[1])))
+        elif len(request) == 2 and request[0] == "zeros":  # for throughput: nothing to compute
+            block, left = bytes(1 << 20), int(request[1])
+            while left > 0:
+                conn.sendall(block[: min(left, len(block))])
+                left -= len(block)
+
+
+def _udp_socket(bind_port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", bind_port))
+    return sock
 
 
 def serve(port: int) -> None:
     server = _reusable_socket(port)
     server.listen(64)
-    _say(port=server.getsockname()[1])
+    port = server.getsockname()[1]
+    udp = _udp_socket(port)
+    _say(port=port)
+
+    def answer_datagrams() -> None:
+        while True:
+            _, peer = udp.recvfrom(2048)
+            udp.sendto(_endpoint(peer).encode(), peer)
+
+    threading.Thread(target=answer_datagrams, daemon=True).start()
 
     def accept_forever() -> None:
         while True:
@@ -115,13 +146,21 @@ def connect(host: str, port: int, request: str, bind_port: int, timeout: float, 
     local = _endpoint(sock.getsockname())
     sock.sendall(request.encode() + b"\n")
     digest, size, first = hashlib.sha256(), 0, b""
+    hashing = not request.startswith("zeros")
     while chunk := sock.recv(1 << 20):
-        digest.update(chunk)
+        if hashing:
+            digest.update(chunk)
         size += len(chunk)
         first = first or chunk
         if hold and request == "whoami" and first.endswith(b"\n"):
             break
-    result: dict[str, object] = {"ok": True, "connect_ms": connect_ms, "local": local}
+    transfer_ms = (time.monotonic() - started) * 1000.0 - connect_ms
+    result: dict[str, object] = {
+        "ok": True,
+        "connect_ms": connect_ms,
+        "transfer_ms": transfer_ms,
+        "local": local,
+    }
     if request == "whoami":
         result["reply"] = first.decode().strip()
     else:
@@ -158,6 +197,38 @@ def punch(peer_ip: str, peer_port: int, bind_port: int, name: str, timeout: floa
     _say(ok=False, error=last_error, attempts=attempts)
 
 
+def udp_whoami(host: str, port: int, bind_port: int, timeout: float) -> None:
+    sock = _udp_socket(bind_port)
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # datagrams get lost: ask again
+        sock.sendto(b"whoami", (host, port))
+        try:
+            reply, _ = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        _say(ok=True, reply=reply.decode())
+        return
+    _say(ok=False, error="no answer")
+
+
+def udp_punch(peer_ip: str, peer_port: int, bind_port: int, name: str, timeout: float) -> None:
+    sock = _udp_socket(bind_port)
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    heard, sent_after = "", 0
+    while time.monotonic() < deadline and sent_after < 10:
+        sock.sendto(name.encode(), (peer_ip, peer_port))
+        sent_after += bool(heard)
+        try:
+            data, source = sock.recvfrom(2048)  # waits up to 50 ms: the resend interval
+        except TimeoutError:
+            continue
+        if source == (peer_ip, peer_port):
+            heard = data.decode()
+    _say(ok=bool(heard), heard=heard)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -176,8 +247,19 @@ def main() -> None:
     p.add_argument("--bind-port", type=int, required=True)
     p.add_argument("--name", default="")
     p.add_argument("--timeout", type=float, default=10.0)
+    for command in ("udp-whoami", "udp-punch"):
+        p = commands.add_parser(command)
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        p.add_argument("--bind-port", type=int, required=True)
+        p.add_argument("--name", default="")
+        p.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
-    if args.command == "serve":
+    if args.command == "udp-whoami":
+        udp_whoami(args.host, args.port, args.bind_port, args.timeout)
+    elif args.command == "udp-punch":
+        udp_punch(args.host, args.port, args.bind_port, args.name, args.timeout)
+    elif args.command == "serve":
         serve(args.port)
     elif args.command == "connect":
         connect(args.host, args.port, args.request, args.bind_port, args.timeout, args.hold)

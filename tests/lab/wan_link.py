@@ -122,7 +122,8 @@ def answer(line: str, link: Link) -> dict[str, object]:
         link.configure(float(words[1]), float(words[2]))
         return {"delay_ms": link.delay * 1000.0, "loss": link.loss}
     if words == ["stats"]:
-        return {**link.stats, "queued": len(link.queue)}
+        times = os.times()
+        return {**link.stats, "queued": len(link.queue), "cpu_s": times.user + times.system}
     return {"error": f"unknown command {line.strip()!r}"}
 
 

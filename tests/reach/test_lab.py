@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,17 +22,19 @@ PORT = 4100  # the public server's port
 REFUSED_S = 2.0  # a connection that has not opened in this long was dropped on the way
 
 
-def connect(
-    lab: NatLab, host: str, ip: str, port: int, request: str = "whoami", **opts: object
-) -> dict[str, Any]:
-    """Run a one-shot probe client on `host`; its JSON result."""
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
-    done = lab.run(
-        host, probe.argv("connect", ip, port, request, *flags), capture_output=True, text=True, timeout=60
-    )
+def run_probe(lab: NatLab, host: str, *args: object) -> dict[str, Any]:
+    """Run a one-shot probe program on `host`; its JSON result."""
+    done = lab.run(host, probe.argv(*args), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def connect(
+    lab: NatLab, host: str, ip: str, port: int, request: str = "whoami", **opts: Any
+) -> dict[str, Any]:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    return run_probe(lab, host, "connect", ip, port, request, *flags)
 
 
 @contextmanager
@@ -55,13 +58,13 @@ def accepted(process: subprocess.Popen[str]) -> list[str]:
     return [json.loads(line)["accepted"] for line in process.stdout]
 
 
-def test_a_home_host_reaches_a_public_host_from_its_routers_address_and_port(nat_lab):
-    with server(nat_lab, "pub1"):
-        result = connect(nat_lab, "a1", nat_lab.addr("pub1"), PORT, bind_port=5001)
-    assert result["ok"], result
-    assert result["local"] == "192.168.1.2:5001"
-    # Masquerade: seen from the router's WAN address, with the inside port kept.
-    assert result["reply"] == "198.18.3.2:5001"
+def test_a_home_host_reaches_public_hosts_from_one_outside_address_and_port(nat_lab):
+    """Masquerade shows the router's WAN address with the inside port kept, and the same
+    mapping to every destination (endpoint-independent): what hole punching relies on."""
+    with server(nat_lab, "pub1"), server(nat_lab, "pub2"):
+        seen = [connect(nat_lab, "a1", nat_lab.addr(h), PORT, bind_port=5001) for h in ("pub1", "pub2")]
+    assert all(r["ok"] and r["local"] == "192.168.1.2:5001" for r in seen), seen
+    assert [r["reply"] for r in seen] == ["198.18.3.2:5001", "198.18.3.2:5001"]
 
 
 def test_nothing_from_outside_opens_a_connection_into_a_home(nat_lab):
@@ -135,6 +138,28 @@ def test_two_homes_connect_by_tcp_simultaneous_open(nat_lab):
     assert nat_lab.wan_bytes("pub1") == 0
 
 
+def test_two_homes_reach_each_other_by_udp_hole_punching(nat_lab):
+    ports = {"a1": 5005, "b1": 5006}
+    public = nat_lab.addr("pub1")
+    with server(nat_lab, "pub1"):
+        seen = {
+            h: run_probe(nat_lab, h, "udp-whoami", public, PORT, f"--bind-port={p}") for h, p in ports.items()
+        }
+    outside = {h: result["reply"] for h, result in seen.items()}
+    assert outside == {"a1": "198.18.3.2:5005", "b1": "198.18.4.2:5006"}
+    punchers = {
+        h: nat_lab.popen(
+            h,
+            probe.argv("udp-punch", *outside[other].split(":"), f"--bind-port={ports[h]}", f"--name={h}"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for h, other in (("a1", "b1"), ("b1", "a1"))
+    }
+    results = {h: probe.read_json_line(process, 30) for h, process in punchers.items()}
+    assert results == {"a1": {"ok": True, "heard": "b1"}, "b1": {"ok": True, "heard": "a1"}}
+
+
 def test_wan_delay_holds_every_packet_and_a_transfer_arrives_whole(nat_lab):
     size = 4_000_000
     with server(nat_lab, "pub1"):
@@ -169,21 +194,33 @@ def test_wan_loss_drops_packets_and_tcp_still_delivers(nat_lab):
 
 def test_a_cut_host_is_unreachable_until_restored(nat_lab):
     with server(nat_lab, "pub1"):
-        nat_lab.cut("pub1")
-        while_cut = connect(nat_lab, "a1", nat_lab.addr("pub1"), PORT, timeout=REFUSED_S)
-        nat_lab.restore("pub1")
-        restored = connect(nat_lab, "a1", nat_lab.addr("pub1"), PORT, timeout=10)
-    assert not while_cut["ok"], while_cut
-    assert restored["ok"], restored
+        reached = {}
+        target = nat_lab.addr("pub1")
+        for host in ("pub1", "a1", "ha"):  # a public host, a LAN host, a whole home
+            nat_lab.cut(host)
+            reached[f"{host} cut"] = connect(nat_lab, "a1", target, PORT, timeout=REFUSED_S)["ok"]
+            nat_lab.restore(host)
+            reached[f"{host} restored"] = connect(nat_lab, "a1", target, PORT, timeout=10)["ok"]
+    assert reached == {
+        "pub1 cut": False,
+        "pub1 restored": True,
+        "a1 cut": False,
+        "a1 restored": True,
+        "ha cut": False,
+        "ha restored": True,
+    }
 
 
 def test_two_labs_run_side_by_side_and_leave_nothing_behind():
-    with NatLab() as one, NatLab() as two:
-        for lab in (one, two):
+    with NatLab(delay_ms=10) as slow, NatLab() as plain:
+        results = {}
+        for name, lab in (("slow", slow), ("plain", plain)):
             with server(lab, "pub1"):
-                assert connect(lab, "a1", lab.addr("pub1"), PORT)["ok"]
-        sleeper = one.popen("b2", ["sleep", "300"])
-        names = [lab.ns(h) for lab in (one, two) for h in lab.hosts]
+                results[name] = connect(lab, "a1", lab.addr("pub1"), PORT)
+        sleeper = slow.popen("b2", ["sleep", "300"])
+        names = [lab.ns(h) for lab in (slow, plain) for h in lab.hosts]
+    assert results["slow"]["ok"] and results["plain"]["ok"], results
+    assert results["slow"]["connect_ms"] >= 20.0  # the delay given at creation: 2 x 10 ms
     assert len(set(names)) == len(names)
     assert sleeper.poll() is not None  # killed with its lab
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
@@ -193,3 +230,10 @@ def test_two_labs_run_side_by_side_and_leave_nothing_behind():
 def test_a_bad_host_name_is_a_clear_error(nat_lab):
     with pytest.raises(LabError, match="no host 'c1' in the lab"):
         nat_lab.prefix("c1")
+
+
+def test_without_root_the_lab_fails_with_the_reason(monkeypatch):
+    """Where the lab cannot run, its tests fail saying why; they never skip."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"), NatLab():
+        pass
