@@ -49,6 +49,26 @@ _ADDR_TTL_S = 600
 DHTRole = Literal["server", "client"]
 
 
+# --- reachability (placeholder until the autonat/reach branches are merged) ---
+
+ReachState = Literal["public", "private", "unknown"]
+LinkKind = Literal["direct", "relayed"]
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """Whether peers can dial this host: `public` (dial-backs succeeded), `private`
+    (behind NAT: reached through `relays`) or `unknown`; `reason` says why."""
+
+    state: ReachState
+    reason: str
+    addrs: tuple[str, ...] = ()  # confirmed or announced public addresses
+    relays: tuple[PeerId, ...] = ()  # relays this host holds reservations on
+
+
+# --- end of the placeholder ---
+
+
 @dataclass(frozen=True)
 class FoundPeer:
     """A peer some discovery named, with the addresses it gave (each ending in /p2p/<peer id>)."""
@@ -245,6 +265,17 @@ class PeerHost:
 
     def routing_table_size(self) -> int:
         return self._dht.get_routing_table_size() if self._dht is not None else 0
+
+    # --- reachability (placeholder until the autonat/reach branches are merged) ---
+
+    def reachability(self) -> Reachability:
+        """Whether peers can dial this host, and why we think so (placeholder: unknown)."""
+        return Reachability("unknown", "not checked (no AutoNAT in this build)")
+
+    def link_kind(self, peer_id: PeerId) -> LinkKind | None:
+        """How this host reaches a peer now: directly or through a relay; None if not
+        connected (placeholder: every connection is direct)."""
+        return "direct" if self.is_connected(peer_id) else None
 
     # --- gossip ---
 
