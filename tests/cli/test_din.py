@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -71,6 +73,24 @@ def test_peers_lists_every_node(tmp_path, mesh):
     peers = json.loads(done.stdout)
     assert {p["peer_id"] for p in peers} == {n.peer_id for n in mesh.nodes}
     assert all(p["models"][0]["model_hash"] == mesh.nodes[0].model_hash for p in peers)
+    # What each peer found out about itself, and how this client reaches it (on loopback: directly).
+    assert all(p["reach"] in ("public", "private", "unknown") and p["link"] == "direct" for p in peers)
+
+
+def test_peers_table_has_a_reach_column(tmp_path, mesh):
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "peers", "--no-mdns", "--home", str(tmp_path), "--wait", "2"]
+        + ["--bootstrap", mesh.bootstrap[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "300"},  # one line per peer
+    )
+    assert done.returncode == 0, done.stderr
+    assert "reach" in done.stdout.splitlines()[1]  # the header, under the title
+    rows = [line for line in done.stdout.splitlines() if any(n.peer_id in line for n in mesh.nodes)]
+    assert len(rows) == len(mesh.nodes)
+    assert all(re.search(r"(public|private|unknown), direct", row) for row in rows), rows
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -31,7 +32,8 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
             if api is not None:
                 own = [a for a in started.addrs if a.startswith("/ip4/127.0.0.1/")] or started.addrs
                 joined = api.model_copy(update={"bootstrap": own[:1]})
-                gateway = await nursery.start(serve_gateway, joined)
+                beside = partial(serve_gateway, node_reachability=lambda: started.live().reachability)
+                gateway = await nursery.start(beside, joined)
             if json_out:
                 print_json({**started.record(), **({"api": gateway.url} if gateway else {})})
             else:

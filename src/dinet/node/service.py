@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import trio
 
@@ -42,8 +42,10 @@ class NodeStarted:
     addrs: list[str]
     model_id: str | None  # None: the node serves no model (--no-model)
     model_hash: ModelHash | None
-    engine: dict[str, object] | None = None  # engine_state(): served, error, sandbox; None: no model
-    reachability: Reachability = Reachability("unknown", "not checked yet")
+    engine: dict[str, object] | None  # engine_state(): served, error, sandbox; None: no model
+    reachability: Reachability
+    # The same figures as they are now (addresses, engine and reachability change).
+    live: Callable[[], NodeStarted] = field(compare=False, repr=False)
 
     def record(self) -> dict[str, object]:
         """What `din node --json` prints and the node file holds (with the pid)."""
@@ -160,6 +162,7 @@ async def _run(
             serving.model_hash,
             serving.state(),
             host.reachability(),
+            now,
         )
 
     publisher = ManifestPublisher(key, peer_id, directory, describe)
