@@ -46,7 +46,8 @@ def test_page_chats_and_shows_every_peer(gateway, mesh):
             expect(rows).to_have_count(len(node_ids), timeout=30_000)
             assert {rows.nth(i).get_attribute("data-peer") for i in range(rows.count())} == node_ids
             # On loopback the gateway reaches every peer directly, and each row says so.
-            expect(page.locator("#peers tr[data-link='direct'] td.link")).to_have_text(["direct"] * len(node_ids))
+            direct = page.locator("#peers tr[data-link='direct'] td.link")
+            expect(direct).to_have_text(["direct"] * len(node_ids))
             expect(page.locator("#model")).to_have_value("smollm2-135m-instruct")
 
             page.fill("#prompt", "Name three colours.")
