@@ -48,7 +48,10 @@ async function refreshNetwork() {
   renderModels(snapshot.models);
   const peers = snapshot.peers.length;
   $("live-dot").className = peers ? "dot live" : "dot down";
-  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`;
+  const node = snapshot.gateway.node_reachability;  // set when this gateway runs beside a node
+  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`
+    + (node ? ` · node reachability ${node.state}` : "");
+  $("status").title = node ? node.reason : "";
   $("peer-count").textContent = `${peers} peer${peers === 1 ? "" : "s"}`;
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
