@@ -48,6 +48,8 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
 def test_it_says_it_serves_no_model_in_its_json_node_file_and_log(deployment):
     router = deployment.router
     assert (router.model_id, router.model_hash) == (None, None)  # from `din node --json`
+    assert router.printed["engine"] is None
+    assert router.printed["reachability"]["state"] in ("public", "private", "unknown")
     record = json.loads((router.home / "node.json").read_text())
     assert (record["model_id"], record["model_hash"], record["engine"]) == (None, None, None)
     assert record["peer_id"] == router.peer_id and record["pid"] == router.process.pid

@@ -14,6 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dinet.errors import DinetError
 from dinet.wire.ids import ModelHash, PeerId
@@ -30,6 +31,7 @@ class NodeProcess:
     model_hash: ModelHash | None
     home: Path
     log_path: Path
+    printed: dict[str, Any] = field(default_factory=dict)  # what `din node --json` printed at start
 
     @property
     def addr(self) -> str:
@@ -105,7 +107,7 @@ def start_node(
         raise DinetError(f"node in {home} did not start; its log ends:\n{tail}")
     info = json.loads(line)
     return NodeProcess(
-        process, info["peer_id"], info["addrs"], info.get("model_id"), info.get("model_hash"), home, log_path
+        process, info["peer_id"], info["addrs"], info["model_id"], info["model_hash"], home, log_path, info
     )
 
 
