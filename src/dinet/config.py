@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from dinet.engine.testing.liar import ALLOW_ENV, liars_allowed, parse_lie
 from dinet.errors import ConfigError
 from dinet.p2p.addresses import check_peer_addr
+from dinet.p2p.host import DIAL_TIMEOUT_S
+from dinet.p2p.liveness import PROBE_TIMEOUT_S
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
@@ -64,6 +66,20 @@ class CommonSettings(BaseSettings):
         "/dns6) or /dnsaddr/<domain>; in the environment, separated by commas or spaces",
     )
     mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
+    dial_timeout_s: float = Field(
+        default=DIAL_TIMEOUT_S,
+        gt=0,
+        le=120,
+        description="Seconds one dial, or one manifest query, to a peer may take "
+        "(raise it on slow or distant links)",
+    )
+    probe_timeout_s: float = Field(
+        default=PROBE_TIMEOUT_S,
+        gt=0,
+        le=60,
+        description="Seconds a liveness probe of a connected peer may take; "
+        "two missed in a row drop the peer",
+    )
 
     @field_validator("bootstrap", mode="before")
     @classmethod

@@ -171,12 +171,25 @@ async def _run(
     host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
 
     async with host.running(settings.listen, dht="server", gossip=True), trio.open_nursery() as nursery:
-        joiner = Joiner(host, directory, meet_new_in=nursery, report_level=logging.INFO)
+        joiner = Joiner(
+            host,
+            directory,
+            meet_new_in=nursery,
+            report_level=logging.INFO,
+            dial_timeout_s=settings.dial_timeout_s,
+        )
         nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
         nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
         nursery.start_soon(joiner.pull_directories, PULL_EVERY_S, PULL_FANOUT, chores.lull)
-        liveness = LivenessWatch(host, directory, interval=LIVENESS_EVERY_S, lull=chores.lull)
+        liveness = LivenessWatch(
+            host,
+            directory,
+            interval=LIVENESS_EVERY_S,
+            timeout=settings.probe_timeout_s,
+            dial_timeout=settings.dial_timeout_s,
+            lull=chores.lull,
+        )
         nursery.start_soon(liveness.run)
         for task in serving.background:
             nursery.start_soon(task, joiner)

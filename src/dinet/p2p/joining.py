@@ -21,7 +21,7 @@ from dinet.errors import DinetError, PeerError
 from dinet.p2p.addresses import TxtLookup, check_peer_addr, peer_named, resolve_addr
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests, mdns_discoveries
-from dinet.p2p.host import FoundPeer, PeerHost, peer_of
+from dinet.p2p.host import DIAL_TIMEOUT_S, FoundPeer, PeerHost, peer_of
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 
@@ -43,7 +43,8 @@ class Joiner:
     of every peer that could not be met. With `meet_new_in`, every peer newly learned
     of is met in the background, in that nursery (a node's full mesh). `report_level`
     is the log level of a peer that could not be met. `txt` answers the TXT lookups of
-    `/dnsaddr` bootstrap addresses (default: the system's DNS servers).
+    `/dnsaddr` bootstrap addresses (default: the system's DNS servers). `dial_timeout_s`
+    bounds each dial and each manifest query.
     """
 
     host: PeerHost
@@ -53,13 +54,14 @@ class Joiner:
     meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
     txt: TxtLookup | None = None  # where /dnsaddr TXT records are looked up; None: the system's DNS
+    dial_timeout_s: float = DIAL_TIMEOUT_S  # a dial, or a manifest query, to one peer
     _pending: set[str] = field(default_factory=set)  # peers being met in the background
 
     async def learn(self, peer_id: PeerId) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
-        signed, rtt_ms = await fetch_manifests(self.host, peer_id)
+        signed, rtt_ms = await fetch_manifests(self.host, peer_id, timeout=self.dial_timeout_s)
         self.on_answer(peer_id, rtt_ms)
         new = self.directory.add_from(peer_id, signed)
         for manifest in new:
@@ -69,7 +71,7 @@ class Joiner:
     async def meet(self, peer_id: PeerId, addrs: Sequence[str] = ()) -> bool:
         """Connect to a peer (see `PeerHost.reach`) and learn what it knows; whether it answered."""
         try:
-            if not await self.host.reach(peer_id, addrs):
+            if not await self.host.reach(peer_id, addrs, self.dial_timeout_s):
                 raise PeerError("no address answered")
             await self.learn(peer_id)
         except DinetError as exc:
@@ -146,7 +148,7 @@ class Joiner:
         """Connect to a bootstrap peer at each of its addresses in turn; whether one answered."""
         for addr in addrs:
             try:
-                await self.host.connect(peer_id, [addr])
+                await self.host.connect(peer_id, [addr], self.dial_timeout_s)
                 return True
             except PeerError as exc:
                 logger.info("bootstrap %s: %s", addr, exc)
@@ -217,7 +219,7 @@ class Joiner:
         reached: list[PeerId] = []
 
         async def reach(peer: FoundPeer) -> None:
-            if await self.host.reach(peer.peer_id, peer.addrs):
+            if await self.host.reach(peer.peer_id, peer.addrs, self.dial_timeout_s):
                 reached.append(peer.peer_id)
 
         async with trio.open_nursery() as nursery:
