@@ -23,6 +23,9 @@ from dinet.node.local_mesh import start_node
 COMMANDS = {"node": "node", "client": "ask", "gateway": "gateway"}
 
 
+PEER = "12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV"  # RFC 8032 TEST 1 key: never real
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the developer's own DINET_* settings."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("DINET_")}, **extra}
@@ -143,9 +146,9 @@ def test_the_spellings_of_before_still_work():
         "ask",
         "hi",
         "-b",
-        "/ip4/127.0.0.1/tcp/1",
+        f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}",
         "--bootstrap",
-        "/ip4/127.0.0.1/tcp/2",
+        f"/ip4/127.0.0.1/tcp/2/p2p/{PEER}",
         "--timeout",
         "3",
         "--no-mdns",
@@ -156,7 +159,10 @@ def test_the_spellings_of_before_still_work():
         "--verify-rate",
         "0.1",
     )
-    assert report["bootstrap"]["value"] == ["/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"]
+    assert report["bootstrap"]["value"] == [
+        f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}",
+        f"/ip4/127.0.0.1/tcp/2/p2p/{PEER}",
+    ]
     assert origin(report, "discover_timeout_s") == (3.0, "flag")
     assert report["discover_timeout_s"]["source"] == "--discover-timeout-s/--timeout"
     assert (report["max_price"]["value"], report["verify_rate"]["value"]) == (0.5, 0.1)
@@ -210,7 +216,12 @@ def test_print_config_as_a_table_names_each_source(tmp_path):
         (["gateway", "--port", "70000"], {}, "port = '70000' (from flag --port)"),
         (["gateway", "--host", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without an API key"),
         (["ask", "hi"], {"DINET_VERIFY_RATE": "2"}, "verify_rate = '2' (from env DINET_VERIFY_RATE)"),
-        (["peers"], {"DINET_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1"}, "DINET_BOOTSTRAP"),
+        (
+            ["peers"],
+            {"DINET_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1"},
+            "(from env DINET_BOOTSTRAP): not a peer multiaddr",
+        ),
+        (["node", "--no-model", "--layers", "0:10"], {}, "--no-model contradicts --layers"),
         (["node", "--config", "/nonexistent/dinet.toml"], {}, "cannot read config file /nonexistent"),
     ],
 )
