@@ -94,6 +94,27 @@ def test_peers_table_has_a_reach_column(tmp_path, mesh):
     assert all(re.search(r"(public|private|unknown), direct", row) for row in rows), rows
 
 
+def test_peers_through_a_dns_name_in_a_listed_environment_variable(tmp_path, mesh):
+    """`DINET_BOOTSTRAP` as an operator writes it: several addresses separated by commas,
+    one a host name that resolves (localhost, from /etc/hosts), one that does not."""
+    first = mesh.nodes[0]
+    port = first.addr.split("/tcp/")[1].split("/")[0]
+    listed = (
+        f"/dns4/no-such-host.invalid/tcp/4001/p2p/{mesh.nodes[1].peer_id}, "
+        f"/dns4/localhost/tcp/{port}/p2p/{first.peer_id}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "peers", "--json", "--no-mdns", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DINET_BOOTSTRAP": listed},
+    )
+    assert done.returncode == 0, done.stderr
+    assert {p["peer_id"] for p in json.loads(done.stdout)} == {n.peer_id for n in mesh.nodes}
+    assert "no-such-host.invalid" in done.stderr and "cannot resolve" in done.stderr  # said, not fatal
+
+
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
