@@ -96,7 +96,7 @@ class CommonSettings(BaseSettings):
 
 
 class NodeSettings(CommonSettings):
-    """`din node`: serves a model on the network."""
+    """`din node`: serves a model on the network (with `no_model`, only joins and routes)."""
 
     sections: ClassVar[tuple[str, ...]] = ("node",)
 

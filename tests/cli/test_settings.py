@@ -123,6 +123,14 @@ def test_a_boolean_left_off_the_command_line_keeps_the_environments_value():
     assert origin(effective("peers", "--mdns", DINET_MDNS="false"), "mdns") == (True, "flag")
 
 
+def test_a_setting_named_no_something_is_one_flag():
+    """`--no-model`, not `--no-model/--no-no-model`; left off, the environment decides."""
+    assert origin(effective("node", "--no-model"), "no_model") == (True, "flag")
+    assert origin(effective("node"), "no_model") == (False, "default")
+    assert origin(effective("node", DINET_NO_MODEL="true"), "no_model") == (True, "env")
+    assert "--no-no-model" not in CliRunner().invoke(app, ["node", "--help"], env={"COLUMNS": "200"}).stdout
+
+
 def test_the_config_file_can_come_from_dinet_config(tmp_path):
     config = tmp_path / "dinet.toml"
     config.write_text("[client]\nverify_rate = 0.5\n")
