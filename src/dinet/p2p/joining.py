@@ -135,7 +135,7 @@ class Joiner:
                 logger.warning("bootstrap %s: %s; joining through the other addresses", addr, exc)
                 return
             if found != [addr]:
-                logger.info("bootstrap %s resolves to %s", addr, ", ".join(found))
+                logger.debug("bootstrap %s resolves to %s", addr, ", ".join(found))
             for one in found:
                 named.setdefault(peer_of(one), []).append(one)
 
