@@ -20,6 +20,9 @@ def no_dinet_env(monkeypatch):
             monkeypatch.delenv(name)
 
 
+PEER = "12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV"  # RFC 8032 TEST 1 key: never real
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "dinet.toml"
     path.write_text(text)
@@ -27,7 +30,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 ONE_FILE = """
-bootstrap = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample"]
+bootstrap = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV"]
 mdns = false
 
 [node]
@@ -50,7 +53,7 @@ def test_each_role_reads_the_shared_keys_and_its_own_tables(tmp_path):
     client = resolve(ClientSettings, config=path).settings
     gateway = resolve(GatewaySettings, config=path).settings
     for settings in (node, client, gateway):
-        assert settings.bootstrap == ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWExample"]
+        assert settings.bootstrap == [f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}"]
         assert settings.mdns is False
     assert (node.threads, node.region) == (3, "eu-west")
     assert (client.request_timeout_s, client.discover_timeout_s) == (30, 4)
@@ -135,12 +138,61 @@ def test_a_bad_value_names_the_field_and_where_it_came_from(tmp_path, monkeypatc
     assert str(caught.value).startswith(expected.format(path=path))
 
 
-def test_a_list_in_the_environment_must_be_json(monkeypatch):
-    monkeypatch.setenv("DINET_BOOTSTRAP", "/ip4/127.0.0.1/tcp/1")
-    with pytest.raises(ConfigError, match="DINET_BOOTSTRAP.*JSON list"):
+A, B = f"/ip4/192.0.2.7/tcp/4001/p2p/{PEER}", f"/dns4/boot.example/tcp/4001/p2p/{PEER}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'["{A}", "{B}"]',  # JSON
+        f"{A},{B}",
+        f"{A}, {B}",
+        f"{A} {B}",
+        f"\n  {A}\n  {B}\n",  # as a shell heredoc or a compose file may give it
+    ],
+)
+def test_bootstrap_in_the_environment_is_a_json_list_or_separated_text(monkeypatch, text):
+    monkeypatch.setenv("DINET_BOOTSTRAP", text)
+    assert resolve(ClientSettings).settings.bootstrap == [A, B]
+    assert ClientSettings().bootstrap == [A, B]  # constructed in Python, it reads the same
+
+
+def test_bootstrap_from_a_file_list_and_repeated_flags(tmp_path):
+    path = write(tmp_path, f'bootstrap = ["{A}", "/dnsaddr/boot.example"]\n')
+    assert resolve(NodeSettings, config=path).settings.bootstrap == [A, "/dnsaddr/boot.example"]
+    assert resolve(ClientSettings, flags={"bootstrap": [A, B]}).settings.bootstrap == [A, B]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("/ip4/127.0.0.1/tcp/1", "not a peer multiaddr"),  # names no peer
+        ("/dns4/boot.example/tcp/1", "not a peer multiaddr"),
+        ("not-an-address", "not a multiaddr"),
+        (f'["{A}"', "neither a JSON list nor addresses separated by commas"),
+    ],
+)
+def test_a_bootstrap_that_names_no_peer_is_refused_with_its_source(monkeypatch, text, why):
+    monkeypatch.setenv("DINET_BOOTSTRAP", text)
+    with pytest.raises(ConfigError, match=f"invalid setting bootstrap .*from env DINET_BOOTSTRAP.*{why}"):
         resolve(ClientSettings)
-    monkeypatch.setenv("DINET_BOOTSTRAP", '["/ip4/127.0.0.1/tcp/1"]')
-    assert resolve(ClientSettings).settings.bootstrap == ["/ip4/127.0.0.1/tcp/1"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ({"model": "smollm2-135m-instruct"}, "--model"),
+        ({"layers": "0:10"}, "--layers"),
+        ({"model": "x.gguf", "layers": "0:10"}, "--model and --layers"),
+    ],
+)
+def test_no_model_refuses_settings_that_choose_a_model(tmp_path, flags, named):
+    with pytest.raises(ConfigError, match=f"--no-model contradicts {named}"):
+        resolve(NodeSettings, flags={"no_model": True, **flags})
+    path = write(tmp_path, "[node]\nno_model = true\n")  # the same, whichever layer says it
+    with pytest.raises(ConfigError, match="--no-model contradicts"):
+        resolve(NodeSettings, flags=flags, config=path)
+    assert resolve(NodeSettings, config=path).settings.no_model
 
 
 def test_a_secret_is_never_echoed_in_an_error(monkeypatch):

@@ -196,6 +196,7 @@ def manifest() -> dict[str, Any]:
         issued_at=ISSUED_AT,
         expires_at=ISSUED_AT + 30,
         price_per_prompt_token=1e-06,
+        reach="public",
     )
     message = sign_manifest(body, node)
     payload = encode(message).decode()

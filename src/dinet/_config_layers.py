@@ -100,7 +100,8 @@ def resolve(
 
 
 def read_env(role: type[CommonSettings]) -> dict[str, object]:
-    """The role's fields set in the environment; lists as JSON (`DINET_BOOTSTRAP='["/ip4/…"]'`)."""
+    """The role's fields set in the environment. A list of multiaddrs is a JSON list or
+    plain text separated by commas or whitespace (`dinet.config.split_multiaddrs`)."""
     source = EnvSettingsSource(role)
     found: dict[str, object] = {}
     for name, field in role.model_fields.items():

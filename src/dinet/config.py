@@ -9,14 +9,20 @@ rule: flag > environment > file > default (`dinet._config_layers`, `docs/setting
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dinet.engine.testing.liar import ALLOW_ENV, liars_allowed, parse_lie
+from dinet.errors import ConfigError
+from dinet.p2p.host import DIAL_TIMEOUT_S
+from dinet.p2p.liveness import PROBE_TIMEOUT_S
+from dinet.p2p.peer_addrs import check_peer_addr
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
@@ -26,6 +32,27 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("dinet"))
 
 
+# A list of multiaddrs: from the environment a JSON list or plain text, separated by
+# commas or whitespace (`DINET_BOOTSTRAP="/dns4/a/…,/dns4/b/…"`); no multiaddr holds either.
+Multiaddrs = Annotated[list[str], NoDecode]
+
+
+def split_multiaddrs(value: object) -> object:
+    """A JSON list, or text of addresses separated by commas or whitespace, as a list; each
+    item of a list is split the same way (so `--bootstrap A,B` gives two)."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"neither a JSON list nor addresses separated by commas: {exc}") from None
+        else:
+            value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return value  # the field's own type check says what is wrong
+    return [part for item in value for part in re.split(r"[,\s]+", item) if part]
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DINET_", extra="forbid")
 
@@ -33,18 +60,54 @@ class CommonSettings(BaseSettings):
     sections: ClassVar[tuple[str, ...]] = ()
 
     home: Path = Field(default_factory=default_home, description="Directory for identity and state")
-    bootstrap: list[str] = Field(default=[], description="Multiaddrs of peers to join through")
+    bootstrap: Multiaddrs = Field(
+        default=[],
+        description="Peers to join through: multiaddrs ending in /p2p/<peer id> (/ip4, /ip6, /dns4, "
+        "/dns6) or /dnsaddr/<domain>; in the environment, separated by commas or spaces",
+    )
     mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
+    dial_timeout_s: float = Field(
+        default=DIAL_TIMEOUT_S,
+        gt=0,
+        le=120,
+        description="Seconds one dial, or one manifest query, to a peer may take "
+        "(raise it on slow or distant links)",
+    )
+    probe_timeout_s: float = Field(
+        default=PROBE_TIMEOUT_S,
+        gt=0,
+        le=60,
+        description="Seconds a liveness probe of a connected peer may take; "
+        "two missed in a row drop the peer",
+    )
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _split_bootstrap(cls, value: object) -> object:
+        return split_multiaddrs(value)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _peer_addrs(cls, addrs: list[str]) -> list[str]:
+        try:
+            return [check_peer_addr(addr) for addr in addrs]
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class NodeSettings(CommonSettings):
-    """`din node`: serves a model on the network."""
+    """`din node`: serves a model on the network (with `no_model`, only joins and routes)."""
 
     sections: ClassVar[tuple[str, ...]] = ("node",)
 
     model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
-    listen: list[str] = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
-    announce: list[str] = Field(
+    no_model: bool = Field(
+        default=False,
+        description="Serve no model: only join, route, keep the DHT and pass manifests on "
+        "(a cheap always-on peer, e.g. a public VPS)",
+    )
+    listen: Multiaddrs = Field(default=["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on")
+    announce: Multiaddrs = Field(
         default=[],
         description="Multiaddrs that reach this node (a forwarded port): advertised as given, "
         "and reported if peers cannot dial them back",
@@ -145,6 +208,26 @@ class NodeSettings(CommonSettings):
     @classmethod
     def _key_not_empty(cls, key: SecretStr | None) -> SecretStr | None:
         return _not_empty(key)
+
+    @field_validator("listen", "announce", mode="before")
+    @classmethod
+    def _split_listen(cls, value: object) -> object:
+        return split_multiaddrs(value)
+
+    @model_validator(mode="after")
+    def _no_model_serves_nothing(self) -> NodeSettings:
+        if self.no_model:
+            given = [
+                flag
+                for flag, value in (("--model", self.model), ("--layers", self.layers), ("--liar", self.liar))
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"--no-model contradicts {' and '.join(given)}: a node that serves no model "
+                    "cannot take it (set one or the other)"
+                )
+        return self
 
 
 LIAR_REFUSED = (

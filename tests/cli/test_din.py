@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -71,6 +73,46 @@ def test_peers_lists_every_node(tmp_path, mesh):
     peers = json.loads(done.stdout)
     assert {p["peer_id"] for p in peers} == {n.peer_id for n in mesh.nodes}
     assert all(p["models"][0]["model_hash"] == mesh.nodes[0].model_hash for p in peers)
+    # What each peer found out about itself, and how this client reaches it (on loopback: directly).
+    assert all(p["reach"] in ("public", "private", "unknown") and p["link"] == "direct" for p in peers)
+
+
+def test_peers_table_has_a_reach_column(tmp_path, mesh):
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "peers", "--no-mdns", "--home", str(tmp_path), "--wait", "2"]
+        + ["--bootstrap", mesh.bootstrap[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "300"},  # one line per peer
+    )
+    assert done.returncode == 0, done.stderr
+    header = next(line for line in done.stdout.splitlines() if "peer" in line and "region" in line)
+    assert "reach" in header
+    rows = [line for line in done.stdout.splitlines() if any(n.peer_id in line for n in mesh.nodes)]
+    assert len(rows) == len(mesh.nodes)
+    assert all(re.search(r"(public|private|unknown), direct", row) for row in rows), rows
+
+
+def test_peers_through_a_dns_name_in_a_listed_environment_variable(tmp_path, mesh):
+    """`DINET_BOOTSTRAP` as an operator writes it: several addresses separated by commas,
+    one a host name that resolves (localhost, from /etc/hosts), one that does not."""
+    first = mesh.nodes[0]
+    port = first.addr.split("/tcp/")[1].split("/")[0]
+    listed = (
+        f"/dns4/no-such-host.invalid/tcp/4001/p2p/{mesh.nodes[1].peer_id}, "
+        f"/dns4/localhost/tcp/{port}/p2p/{first.peer_id}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", "peers", "--json", "--no-mdns", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DINET_BOOTSTRAP": listed},
+    )
+    assert done.returncode == 0, done.stderr
+    assert {p["peer_id"] for p in json.loads(done.stdout)} == {n.peer_id for n in mesh.nodes}
+    assert "no-such-host.invalid" in done.stderr and "cannot resolve" in done.stderr  # said, not fatal
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:

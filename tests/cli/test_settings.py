@@ -23,6 +23,9 @@ from dinet.node.local_mesh import start_node
 COMMANDS = {"node": "node", "client": "ask", "gateway": "gateway"}
 
 
+PEER = "12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV"  # RFC 8032 TEST 1 key: never real
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the developer's own DINET_* settings."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("DINET_")}, **extra}
@@ -120,6 +123,14 @@ def test_a_boolean_left_off_the_command_line_keeps_the_environments_value():
     assert origin(effective("peers", "--mdns", DINET_MDNS="false"), "mdns") == (True, "flag")
 
 
+def test_a_setting_named_no_something_is_one_flag():
+    """`--no-model`, not `--no-model/--no-no-model`; left off, the environment decides."""
+    assert origin(effective("node", "--no-model"), "no_model") == (True, "flag")
+    assert origin(effective("node"), "no_model") == (False, "default")
+    assert origin(effective("node", DINET_NO_MODEL="true"), "no_model") == (True, "env")
+    assert "--no-no-model" not in CliRunner().invoke(app, ["node", "--help"], env={"COLUMNS": "200"}).stdout
+
+
 def test_the_config_file_can_come_from_dinet_config(tmp_path):
     config = tmp_path / "dinet.toml"
     config.write_text("[client]\nverify_rate = 0.5\n")
@@ -143,9 +154,9 @@ def test_the_spellings_of_before_still_work():
         "ask",
         "hi",
         "-b",
-        "/ip4/127.0.0.1/tcp/1",
+        f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}",
         "--bootstrap",
-        "/ip4/127.0.0.1/tcp/2",
+        f"/ip4/127.0.0.1/tcp/2/p2p/{PEER}",
         "--timeout",
         "3",
         "--no-mdns",
@@ -156,7 +167,10 @@ def test_the_spellings_of_before_still_work():
         "--verify-rate",
         "0.1",
     )
-    assert report["bootstrap"]["value"] == ["/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"]
+    assert report["bootstrap"]["value"] == [
+        f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}",
+        f"/ip4/127.0.0.1/tcp/2/p2p/{PEER}",
+    ]
     assert origin(report, "discover_timeout_s") == (3.0, "flag")
     assert report["discover_timeout_s"]["source"] == "--discover-timeout-s/--timeout"
     assert (report["max_price"]["value"], report["verify_rate"]["value"]) == (0.5, 0.1)
@@ -210,7 +224,12 @@ def test_print_config_as_a_table_names_each_source(tmp_path):
         (["gateway", "--port", "70000"], {}, "port = '70000' (from flag --port)"),
         (["gateway", "--host", "0.0.0.0"], {}, "refusing to listen on 0.0.0.0 without an API key"),
         (["ask", "hi"], {"DINET_VERIFY_RATE": "2"}, "verify_rate = '2' (from env DINET_VERIFY_RATE)"),
-        (["peers"], {"DINET_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1"}, "DINET_BOOTSTRAP"),
+        (
+            ["peers"],
+            {"DINET_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1"},
+            "(from env DINET_BOOTSTRAP): not a peer multiaddr",
+        ),
+        (["node", "--no-model", "--layers", "0:10"], {}, "--no-model contradicts --layers"),
         (["node", "--config", "/nonexistent/dinet.toml"], {}, "cannot read config file /nonexistent"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,12 +11,13 @@ import sys
 import httpx
 import openai
 import pytest
-from _gateway_helpers import API_KEY, start_gateway
+from _gateway_helpers import API_KEY, start_gateway, wait_for_peers
 
 from dinet.node.local_mesh import start_node
 
 MODEL = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Name three colours."}]
+REACH_STATES = ("public", "private", "unknown")
 
 
 def test_models_lists_what_the_network_offers(client, mesh):
@@ -156,6 +158,18 @@ def test_metrics_count_requests_tokens_latency_and_errors(client, gateway):
     assert values["dinet_gateway_time_to_first_token_seconds_count"] >= 1
     assert values["dinet_gateway_time_per_output_token_seconds_count"] >= 1
     assert values["dinet_gateway_peers_known"] >= 1
+    assert "dinet_node_reachability" not in text  # a gateway on its own runs beside no node
+
+
+def test_peers_show_how_the_gateway_reaches_them_in_the_api_and_metrics(gateway, mesh):
+    """On loopback every peer is reached directly; each says what it found out about itself."""
+    peers = wait_for_peers(gateway, len(mesh.nodes))
+    assert {p["peer_id"]: p["link"] for p in peers} == {n.peer_id: "direct" for n in mesh.nodes}
+    assert all(p["reach"] in REACH_STATES for p in peers)
+    text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}).text
+    values = _samples(text)
+    assert values['dinet_gateway_peer_links{link="direct"}'] == len(mesh.nodes)
+    assert values['dinet_gateway_peer_links{link="relayed"}'] == 0
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -212,6 +226,15 @@ def test_node_serves_the_api_itself(tmp_path):
         assert client.models.list().data[0].id == MODEL
         reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
         assert (reply.model_extra or {})["dinet"]["peer_id"] == node.peer_id
+        # Beside a node, the metrics and the page say how reachable the node is: one state
+        # at 1, the same the node's own file says.
+        values = _samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        states = {s: values[f'dinet_node_reachability{{state="{s}"}}'] for s in REACH_STATES}
+        assert sorted(states.values()) == [0.0, 0.0, 1.0]
+        network = httpx.get(f"http://127.0.0.1:{port}/api/network").json()
+        said = network["gateway"]["node_reachability"]["state"]
+        assert states[said] == 1.0
+        assert said == json.loads((node.home / "node.json").read_text())["reachability"]["state"]
     finally:
         node.stop()
 

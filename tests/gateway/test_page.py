@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from _gateway_helpers import API_KEY, wait_for_peers
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Route, expect, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_FLAGS = [
@@ -45,6 +45,9 @@ def test_page_chats_and_shows_every_peer(gateway, mesh):
             rows = page.locator("#peers tbody tr[data-peer]")
             expect(rows).to_have_count(len(node_ids), timeout=30_000)
             assert {rows.nth(i).get_attribute("data-peer") for i in range(rows.count())} == node_ids
+            # On loopback the gateway reaches every peer directly, and each row says so.
+            direct = page.locator("#peers tr[data-link='direct'] td.link")
+            expect(direct).to_have_text(["direct"] * len(node_ids))
             expect(page.locator("#model")).to_have_value("smollm2-135m-instruct")
 
             page.fill("#prompt", "Name three colours.")
@@ -64,5 +67,40 @@ def test_page_chats_and_shows_every_peer(gateway, mesh):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "gateway-page.png"), full_page=True)
             assert outside == [], f"the page must work offline, but it loaded {outside}"
+        finally:
+            browser.close()
+
+
+def test_the_page_marks_a_peer_reached_through_a_relay(gateway, mesh):
+    """Which peers are relayed is the gateway's to say (its `/api/network`, checked against
+    real links in tests/gateway/test_openai.py); this is about the page showing it. Nothing
+    is relayed on loopback, so the page is given the gateway's real answer with one peer's
+    link changed (a doctored reply, named so: the test is about rendering)."""
+    wait_for_peers(gateway, len(mesh.nodes))
+    relayed = mesh.nodes[1].peer_id
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            context = browser.new_context()
+            context.add_init_script(f"localStorage.setItem('dinet-api-key', {API_KEY!r})")
+            page = context.new_page()
+
+            def doctored(route: Route) -> None:
+                snapshot = route.fetch().json()
+                for peer in snapshot["peers"]:
+                    if peer["peer_id"] == relayed:
+                        peer["link"], peer["reach"] = "relayed", "private"
+                route.fulfill(json=snapshot)
+
+            page.route("**/api/network", doctored)
+            page.goto(gateway.url)
+            cell = page.locator(f"#peers tr[data-peer='{relayed}'] td.link")
+            expect(cell).to_have_text("relayed", timeout=30_000)
+            assert "through a relay" in (cell.get_attribute("title") or "")
+            assert "private" in (cell.get_attribute("title") or "")
+            others = page.locator(f"#peers tr[data-link='direct']:not([data-peer='{relayed}'])")
+            expect(others).to_have_count(len(mesh.nodes) - 1)
         finally:
             browser.close()

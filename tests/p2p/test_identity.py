@@ -26,5 +26,12 @@ def test_node_json_records_the_running_node(tmp_path):
         assert record["peer_id"] == node.peer_id
         assert record["pid"] == node.process.pid
         assert any(a.startswith("/ip4/127.0.0.1/tcp/") and a.endswith(node.peer_id) for a in record["addrs"])
+        assert (record["model_id"], record["model_hash"]) == (node.model_id, node.model_hash) != (None, None)
+        assert record["engine"]["serving"] is True
+        # `din node --json` printed the same record (less the pid), reachability included.
+        assert set(node.printed) == set(record) - {"pid"}
+        for said in (record["reachability"], node.printed["reachability"]):
+            assert set(said) == {"state", "reason", "addrs", "relays"}
+            assert said["state"] in ("public", "private", "unknown") and said["reason"]
     finally:
         node.stop()

@@ -106,3 +106,16 @@ def test_a_manifest_whose_expiry_is_not_a_number_is_refused():
     signed = SignedManifest(body=body, signature=sign_body(body, key))
     with pytest.raises(ManifestError, match="malformed"):
         verify_manifest(signed, now=time.time() + 1e9)
+
+
+def test_reach_is_optional_and_one_of_three_states():
+    """A manifest written before `reach` existed still verifies (its node's reach: unknown);
+    a state other than the three is refused, signed or not."""
+    key = SigningKey.generate()
+    older = make_manifest(key).model_dump_json(exclude={"reach"})
+    assert '"reach"' not in older
+    assert verify_manifest(SignedManifest(body=older, signature=sign_body(older, key))).reach == "unknown"
+    assert verify_manifest(sign_manifest(make_manifest(key, reach="private"), key)).reach == "private"
+    odd = older[:-1] + ',"reach":"behind-a-relay"}'
+    with pytest.raises(ManifestError, match="malformed"):
+        verify_manifest(SignedManifest(body=odd, signature=sign_body(odd, key)))

@@ -29,7 +29,7 @@ app.add_typer(_ledger.app, name="ledger")
 @app.command()
 @with_settings(NodeSettings)
 def node(settings: NodeSettings, config: Path | None, json_out: Json = False, verbose: Verbose = 0) -> None:
-    """Serve a model on the network until Ctrl-C or SIGTERM."""
+    """Serve a model on the network (or, with --no-model, only join and route) until Ctrl-C or SIGTERM."""
     setup_logging(verbose)
     _node.run_node(settings, config=config, json_out=json_out)
 

@@ -207,6 +207,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                         {
                             **m.model_dump(mode="json"),
                             "rtt_ms": network.rtt_ms.get(m.peer_id),
+                            "link": network.host.link_kind(m.peer_id),  # how this client reaches it
                             **trust[m.peer_id],
                         }
                         for m in manifests
@@ -222,6 +223,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                 "tok/s",
                 "ttft ms",
                 "rtt ms",
+                "reach",
                 "price",
                 "score",
             ):
@@ -231,17 +233,23 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                 table.add_row(
                     m.peer_id,
                     m.region,
-                    ", ".join(_offer_label(o) for o in m.models),
+                    ", ".join(_offer_label(o) for o in m.models) or "no model",
                     f"{m.load.active}+{m.load.queued}/{m.max_concurrent}",
                     f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}",
                     "-" if rtt is None else f"{rtt:.1f}",
+                    _reach_cell(m.reach, network.host.link_kind(m.peer_id)),
                     f"{m.price_per_token:g}",
                     _score_cell(trust[m.peer_id]),
                 )
             Console().print(table)
 
     run(main)
+
+
+def _reach_cell(advertised: str, link: str | None) -> str:
+    """What the peer says of itself (public, private, unknown) and how we reach it now."""
+    return f"{advertised}, {link or 'not connected'}"
 
 
 def _score_cell(trust: dict[str, object]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -31,26 +32,16 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
             if api is not None:
                 own = [a for a in started.addrs if a.startswith("/ip4/127.0.0.1/")] or started.addrs
                 joined = api.model_copy(update={"bootstrap": own[:1]})
-                gateway = await nursery.start(serve_gateway, joined)
+                beside = partial(serve_gateway, node_reachability=lambda: started.live().reachability)
+                gateway = await nursery.start(beside, joined)
             if json_out:
-                print_json(
-                    {
-                        "peer_id": started.peer_id,
-                        "addrs": started.addrs,
-                        "model_id": started.model_id,
-                        "model_hash": started.model_hash,
-                        "engine": started.engine,
-                        **({"api": gateway.url} if gateway else {}),
-                    }
-                )
+                print_json({**started.record(), **({"api": gateway.url} if gateway else {})})
             else:
                 typer.echo(f"peer id  {started.peer_id}")
-                typer.echo(f"model    {started.model_id} ({started.model_hash[:16]}…)")
-                if not started.engine.get("serving", True):
-                    typer.echo(f"NOT SERVED  {started.engine.get('error')}")
-                sandbox = started.engine.get("sandbox")
-                for warning in sandbox.get("warnings", ()) if isinstance(sandbox, dict) else ():
-                    typer.echo(f"sandbox  warning: {warning}")
+                for line in _describe_model(started):
+                    typer.echo(line)
+                reach = started.reachability
+                typer.echo(f"reach    {reach.state} ({reach.reason})")
                 for addr in started.addrs:
                     typer.echo(f"listen   {addr}")
                 if gateway is not None:
@@ -59,6 +50,19 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
                 typer.echo(f"home     {settings.home}   (Ctrl-C to stop)")
 
     run(main)
+
+
+def _describe_model(started: NodeStarted) -> list[str]:
+    if started.model_hash is None or started.engine is None:
+        return ["model    none (--no-model: this node joins and routes, and serves no model)"]
+    lines = [f"model    {started.model_id} ({started.model_hash[:16]}…)"]
+    if not started.engine.get("serving", True):
+        lines.append(f"NOT SERVED  {started.engine.get('error')}")
+    sandbox = started.engine.get("sandbox")
+    lines += [
+        f"sandbox  warning: {w}" for w in (sandbox.get("warnings", ()) if isinstance(sandbox, dict) else ())
+    ]
+    return lines
 
 
 def beside_node(settings: NodeSettings, config: Path | None) -> GatewaySettings:

@@ -1,9 +1,10 @@
 """A command's settings options, derived from its role's settings model: none written by hand.
 
 `@with_settings(NodeSettings)` gives a command one option per field (`threads` ->
-`--threads`, a bool `mdns` -> `--mdns/--no-mdns`), with the field's description as help,
-plus `--config FILE` and `--print-config`. An option left off the command line is absent,
-so it overrides neither the environment nor the config file (`dinet._config_layers`).
+`--threads`, a bool `mdns` -> `--mdns/--no-mdns`, a bool `no_model` -> `--no-model` alone),
+with the field's description as help, plus `--config FILE` and `--print-config`. An option
+left off the command line is absent, so it overrides neither the environment nor the config
+file (`dinet._config_layers`).
 Values are checked by the model, whichever layer they came from, so every bad value gets
 the same one-line error naming the field and its source.
 """
@@ -109,9 +110,14 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter:
     kind = _bare(field.annotation)
     decls = (flag_name(name), *OTHER_SPELLINGS.get(name, ()))
     help_text = f"{field.description} ({_default_text(name, field)}{env_name(name)})"
-    if kind is bool:
-        flag = flag_name(name)
+    if kind is bool and name.startswith("no_"):  # `--no-model`, never `--no-no-model`
         annotation: Any = Annotated[
+            bool | None,
+            typer.Option(flag_name(name), help=help_text, rich_help_panel=PANEL),
+        ]
+    elif kind is bool:
+        flag = flag_name(name)
+        annotation = Annotated[
             bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, rich_help_panel=PANEL)
         ]
     elif get_origin(kind) is list:
@@ -163,7 +169,7 @@ def _bare(annotation: Any) -> Any:
 
 def _default_text(name: str, field: FieldInfo) -> str:
     default = field.get_default(call_default_factory=True)
-    if default is None or default == []:
+    if default is None or default == [] or (default is False and name.startswith("no_")):
         return ""
     if isinstance(default, bool):
         shown = flag_name(name) if default else f"--no-{flag_name(name)[2:]}"

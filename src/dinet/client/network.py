@@ -15,7 +15,7 @@ from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.host import PeerHost, open_host
+from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
@@ -45,12 +45,17 @@ class Network:
     exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
     min_evidence: float = MIN_EVIDENCE
     tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
+    dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, or one manifest query
     joiner: Joiner = field(init=False)
 
     def __post_init__(self) -> None:
         # A peer that answers is timed; one that cannot be met is forgotten until heard of again.
         self.joiner = Joiner(
-            self.host, self.directory, on_answer=self.rtt_ms.__setitem__, on_silent=self.forget
+            self.host,
+            self.directory,
+            on_answer=self.rtt_ms.__setitem__,
+            on_silent=self.forget,
+            dial_timeout_s=self.dial_timeout_s,
         )
 
     async def note(self, peer_id: PeerId, event: Event) -> None:
@@ -225,12 +230,18 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             reputation=Reputation.in_home(settings.home, settings.reputation_half_life_h * 3600),
             exclude_below=settings.exclude_below,
             min_evidence=settings.min_evidence,
+            dial_timeout_s=settings.dial_timeout_s,
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")
         network.liveness = LivenessWatch(
-            host, network.directory, network._on_probe, resting=lambda peer_id: network.in_chain[peer_id] > 0
+            host,
+            network.directory,
+            network._on_probe,
+            timeout=settings.probe_timeout_s,
+            dial_timeout=settings.dial_timeout_s,
+            resting=lambda peer_id: network.in_chain[peer_id] > 0,
         )
         async with trio.open_nursery() as nursery:
             network.tasks = nursery

@@ -49,7 +49,12 @@ class _Gateway:
     def __init__(self, view: NetworkView, settings: GatewaySettings) -> None:
         self.view = view
         self.settings = settings
-        self.metrics = GatewayMetrics(lambda: len(view.network.directory.manifests()))
+        beside = view.node_reachability
+        self.metrics = GatewayMetrics(
+            lambda: len(view.network.directory.manifests()),
+            view.links,
+            None if beside is None else lambda: beside().state,
+        )
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -13,8 +13,20 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
+LINKS = ("direct", "relayed")
+REACH_STATES = ("public", "private", "unknown")
+
+
 class GatewayMetrics:
-    def __init__(self, peers_known: Callable[[], int]) -> None:
+    """`links()`: known peers connected now, by link (direct, relayed). `node_reach()`: the
+    reachability state of the node this gateway runs beside, if it runs beside one."""
+
+    def __init__(
+        self,
+        peers_known: Callable[[], int],
+        links: Callable[[], Mapping[str, int]],
+        node_reach: Callable[[], str] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "dinet_gateway_requests",
@@ -48,6 +60,32 @@ class GatewayMetrics:
         )
         self.peers = Gauge("dinet_gateway_peers_known", "Peers with a valid manifest", registry=self.registry)
         self.peers.set_function(lambda: float(peers_known()))
+        self.links = Gauge(
+            "dinet_gateway_peer_links",
+            "Known peers this gateway is connected to, by link: direct, or through a relay",
+            ["link"],
+            registry=self.registry,
+        )
+        for kind in LINKS:
+            self.links.labels(kind).set_function(_count_of(links, kind))
+        if node_reach is not None:
+            reach = Gauge(
+                "dinet_node_reachability",
+                "The node beside this gateway: 1 for its reachability now (public: peers dialed it "
+                "back; private: behind NAT, reached through relays; unknown), 0 for the others",
+                ["state"],
+                registry=self.registry,
+            )
+            for state in REACH_STATES:
+                reach.labels(state).set_function(_is(node_reach, state))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _count_of(counts: Callable[[], Mapping[str, int]], key: str) -> Callable[[], float]:
+    return lambda: float(counts().get(key, 0))
+
+
+def _is(current: Callable[[], str], value: str) -> Callable[[], float]:
+    return lambda: float(current() == value)

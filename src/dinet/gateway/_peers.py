@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import trio
 
 from dinet.client.network import Network, peer_trust
 from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
+from dinet.p2p.host import LinkKind, Reachability
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 
@@ -32,10 +34,20 @@ class ModelChoice:
 
 
 class NetworkView:
-    def __init__(self, network: Network, bootstrap: list[str], discover_timeout_s: float) -> None:
+    """`node_reachability`: for a gateway beside a node (`din node --api-port`), the
+    node's own reachability now."""
+
+    def __init__(
+        self,
+        network: Network,
+        bootstrap: list[str],
+        discover_timeout_s: float,
+        node_reachability: Callable[[], Reachability] | None = None,
+    ) -> None:
         self.network = network
         self._bootstrap = bootstrap
         self._discover_timeout_s = discover_timeout_s
+        self.node_reachability = node_reachability
         self.started_at = time.time()
 
     @property
@@ -44,6 +56,19 @@ class NetworkView:
 
     def manifests(self) -> list[Manifest]:
         return sorted(self.network.directory.manifests(), key=lambda m: m.peer_id)
+
+    def link(self, peer_id: PeerId) -> LinkKind | None:
+        """How this gateway reaches the peer now: directly, through a relay, or not at all."""
+        return self.network.host.link_kind(peer_id)
+
+    def links(self) -> dict[str, int]:
+        """Known peers connected now, counted by how: directly or through a relay."""
+        counts = {"direct": 0, "relayed": 0}
+        for m in self.manifests():
+            kind = self.link(m.peer_id)
+            if kind is not None:
+                counts[kind] += 1
+        return counts
 
     async def keep_fresh(self, every_s: float) -> None:
         """Refresh manifests and round trips until cancelled."""
@@ -77,6 +102,8 @@ class NetworkView:
         if any(o.model_hash == name for o in offers):
             return ModelChoice(None, ModelHash(name))
         if not offers:
+            if self.network.directory.manifests():  # e.g. only nodes that serve no model
+                raise NoCapablePeer("no peer known now offers a model")
             raise NoCapablePeer("no peer of the network is reachable now")
         available = sorted({o.model_id for o in offers})
         raise ModelNotFound(f"no peer offers model {name!r}; available: {', '.join(available)}")
@@ -126,13 +153,20 @@ class NetworkView:
                     "tokens_per_s": m.tokens_per_s,
                     "ttft_ms": m.ttft_ms,
                     "rtt_ms": None if rtt is None else round(rtt, 2),
+                    "reach": m.reach,  # what the peer found out about itself
+                    "link": self.link(m.peer_id),  # how this gateway reaches it
                     "price_per_token": m.price_per_token,
                     **peer_trust(self.network, m.peer_id),  # reputation, evidence, excluded
                     "age_s": round(max(0.0, now - m.issued_at), 1),
                 }
             )
+        beside = self.node_reachability
         return {
-            "gateway": {"peer_id": self.peer_id, "uptime_s": round(now - self.started_at, 1)},
+            "gateway": {
+                "peer_id": self.peer_id,
+                "uptime_s": round(now - self.started_at, 1),
+                "node_reachability": None if beside is None else asdict(beside()),
+            },
             "peers": peers,
             "models": self.models(),
         }

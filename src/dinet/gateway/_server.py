@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -13,6 +14,7 @@ from dinet.client.network import Network, open_network
 from dinet.config import GatewaySettings
 from dinet.gateway._app import build_app
 from dinet.gateway._peers import NetworkView
+from dinet.p2p.host import Reachability
 from dinet.wire.ids import PeerId
 
 logger = logging.getLogger(__name__)
@@ -27,22 +29,25 @@ class GatewayStarted:
 async def serve_gateway(
     settings: GatewaySettings,
     *,
+    node_reachability: Callable[[], Reachability] | None = None,
     task_status: trio.TaskStatus[GatewayStarted] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
     """Serve the OpenAI-compatible API and the web page until cancelled.
 
-    Reports GatewayStarted once the HTTP server listens.
+    Reports GatewayStarted once the HTTP server listens. Beside a node, `node_reachability`
+    gives the node's reachability, for the metrics and the page.
     """
     async with open_network(settings) as network:
-        await _serve_on(network, settings, task_status)
+        await _serve_on(network, settings, node_reachability, task_status)
 
 
 async def _serve_on(
     network: Network,
     settings: GatewaySettings,
+    node_reachability: Callable[[], Reachability] | None,
     task_status: trio.TaskStatus[GatewayStarted],  # type: ignore[name-defined]
 ) -> None:
-    view = NetworkView(network, settings.bootstrap, settings.discover_timeout_s)
+    view = NetworkView(network, settings.bootstrap, settings.discover_timeout_s, node_reachability)
     await view.refresh()
     app = build_app(view, settings)
     config = Config()

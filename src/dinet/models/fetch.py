@@ -51,7 +51,10 @@ from dinet.wire.messages import ErrorFrame
 
 logger = logging.getLogger(__name__)
 
-STREAM_TIMEOUT_S = 10.0  # opening a stream, or silence in the middle of a batch
+STREAM_TIMEOUT_S = 10.0  # opening a stream, or waiting for a reply's header
+# One chunk's bytes (1 MiB): a home node's uplink may be ~1 Mbit/s, shared by a few
+# pullers. Was the 10 s above, which drops such a holder in the middle of every pull.
+CHUNK_TIMEOUT_S = 30.0
 BATCH_BYTES = 4 << 20
 
 Progress = Callable[[int, int], None]  # (bytes verified so far, total bytes)
@@ -205,7 +208,7 @@ class _Transfer:
         size = self._m.chunk_sizes[index]
         if not isinstance(header, ChunkHeader) or header.index != index or header.size != size:
             raise BadChunk(f"expected chunk {index} of {size} bytes, got {header.kind} {header!r:.80}")
-        with trio.fail_after(STREAM_TIMEOUT_S):
+        with trio.fail_after(CHUNK_TIMEOUT_S):
             data = await framed.receive()
         if data is None or len(data) != size:
             raise PeerError(f"chunk {index} truncated ({0 if data is None else len(data)} of {size} bytes)")

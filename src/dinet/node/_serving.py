@@ -1,4 +1,5 @@
-"""What a node serves: the whole model on /dinet/infer/1, or a layer range on /dinet/shard/1."""
+"""What a node serves: the whole model on /dinet/infer/1, a layer range on /dinet/shard/1,
+or nothing at all (`--no-model`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dinet.node.receipts import Accountant
 from dinet.node.shard import ShardService
 from dinet.node.verification import VerifyService
 from dinet.p2p.host import PeerHost
+from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import Handler
 from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL, ModelHash
 from dinet.wire.manifest import ModelOffer
@@ -30,13 +32,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Serving:
+    model_id: str | None  # the model served; None for a node that serves none
+    model_hash: ModelHash | None
     handlers: dict[str, Handler]  # protocol id -> stream handler
-    offer: ModelOffer | None  # None: the engine could not start
+    offer: ModelOffer | None  # None: the engine could not start, or no model
     figures: Callable[[], dict[str, object]]  # live manifest fields: speed and load
     available: Callable[[], bool]  # False once the engine has given up
-    state: Callable[[], dict[str, object]]  # for `din node --json` and the node file
+    state: Callable[[], dict[str, object] | None]  # the engine, for `din node --json` and the node file
     busy: Callable[[], bool]  # computing for someone now: chores wait (`dinet.node.chores`)
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Tasks that run as long as the node, given its joiner (to find peers that hold the model).
+    background: list[Callable[[Joiner], Awaitable[None]]] = field(default_factory=list)
 
 
 def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
@@ -104,6 +109,8 @@ async def whole_model(
             info = engine.info
             model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
         yield Serving(
+            model.model_id,
+            model_hash,
             {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle},
             model_offer,
             figures,
@@ -146,6 +153,8 @@ async def model_stage(
             }
 
         yield Serving(
+            model.model_id,
+            model_hash,
             {SHARD_PROTOCOL: service.handle},
             offer(model.model_id, model_hash, summary.quantization, stage.model.n_ctx, summary.layers, span),
             figures,
@@ -153,10 +162,27 @@ async def model_stage(
             busy=service.busy,
             # Torch runs in a thread of the node: no worker process, so no sandbox either.
             state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
-            background=[service.run],
+            background=[lambda _: service.run()],
         )
     finally:
         compute.close()
+
+
+@asynccontextmanager
+async def no_engine() -> AsyncIterator[Serving]:
+    """A node that serves no model (`--no-model`): no engine, no protocol of its own, an
+    offer of nothing (so no client sends it a request) and no model bytes. What every node
+    does besides serving (joining, routing, the DHT, passing manifests on) it still does."""
+    yield Serving(
+        None,
+        None,
+        {},
+        None,
+        lambda: {"tokens_per_s": 0.0, "ttft_ms": 0.0, "load": load_of(0, 0)},
+        available=lambda: False,
+        state=lambda: None,
+        busy=lambda: False,
+    )
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dinet.errors import DinetError
 from dinet.wire.ids import ModelHash, PeerId
@@ -26,10 +27,11 @@ class NodeProcess:
     process: subprocess.Popen[bytes]
     peer_id: PeerId
     addrs: list[str]
-    model_id: str
-    model_hash: ModelHash
+    model_id: str | None  # None for a node started with no_model
+    model_hash: ModelHash | None
     home: Path
     log_path: Path
+    printed: dict[str, Any] = field(default_factory=dict)  # what `din node --json` printed at start
 
     @property
     def addr(self) -> str:
@@ -59,10 +61,12 @@ def start_node(
     mdns: bool = False,
     command_prefix: list[str] = (),  # type: ignore[assignment]
     start_timeout: float = START_TIMEOUT_S,
+    no_model: bool = False,
 ) -> NodeProcess:
     """Start `din node` (on loopback unless told otherwise) and wait until it is serving.
 
-    `command_prefix` runs it inside something, e.g. `ip netns exec NS`.
+    `command_prefix` runs it inside something, e.g. `ip netns exec NS`; `no_model` starts
+    a node that serves no model (`--no-model`: it joins and routes only).
     """
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "node.log"
@@ -82,6 +86,8 @@ def start_node(
     ]
     if threads is not None:
         args += ["--threads", str(threads)]
+    if no_model:
+        args.append("--no-model")
     for addr in bootstrap:
         args += ["--bootstrap", addr]
     args += list(extra_args)
@@ -101,7 +107,7 @@ def start_node(
         raise DinetError(f"node in {home} did not start; its log ends:\n{tail}")
     info = json.loads(line)
     return NodeProcess(
-        process, info["peer_id"], info["addrs"], info["model_id"], info["model_hash"], home, log_path
+        process, info["peer_id"], info["addrs"], info["model_id"], info["model_hash"], home, log_path, info
     )
 
 

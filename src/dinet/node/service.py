@@ -1,11 +1,12 @@
-"""A dinet node: one engine, one libp2p host, announced and discoverable."""
+"""A dinet node: one libp2p host, announced and discoverable, serving one engine or none."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -13,18 +14,18 @@ import trio
 from dinet.config import NodeSettings
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
-from dinet.node._serving import model_stage, whole_model
+from dinet.node._serving import Serving, model_stage, no_engine, whole_model
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.host import build_host
+from dinet.p2p.host import PeerHost, Reachability, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
-from dinet.p2p.reachability import Reachability
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
+from dinet.wire.keys import SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +33,30 @@ NODE_FILE = "node.json"
 PULL_EVERY_S = 3.0
 PULL_FANOUT = 3
 LIVENESS_EVERY_S = 2.0
+NODE_FILE_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
 class NodeStarted:
     peer_id: PeerId
     addrs: list[str]
-    model_id: str
-    model_hash: ModelHash
-    engine: dict[str, object] = field(default_factory=dict)  # engine_state(): served, error, sandbox
+    model_id: str | None  # None: the node serves no model (--no-model)
+    model_hash: ModelHash | None
+    engine: dict[str, object] | None  # engine_state(): served, error, sandbox; None: no model
+    reachability: Reachability
+    # The same figures as they are now (addresses, engine and reachability change).
+    live: Callable[[], NodeStarted] = field(compare=False, repr=False)
+
+    def record(self) -> dict[str, object]:
+        """What `din node --json` prints and the node file holds (with the pid)."""
+        return {
+            "peer_id": self.peer_id,
+            "addrs": self.addrs,
+            "model_id": self.model_id,
+            "model_hash": self.model_hash,
+            "engine": self.engine,
+            "reachability": self.reachability.as_dict(),
+        }
 
 
 async def serve_node(
@@ -51,11 +67,17 @@ async def serve_node(
 ) -> None:
     """Run a node until cancelled. Reports NodeStarted once it is serving."""
     key = load_or_create_identity(settings.home)
-    peer_id = key.peer_id
-    model, model_hash = await prepare_model(settings)  # imported into the store, or pulled from peers
     host = build_host(key, enable_mdns=settings.mdns)
-    directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
+    serving = no_engine() if settings.no_model else _model_served(settings, key, host)
+    async with serving as served:
+        await _run(settings, key, host, served, task_status)
 
+
+@asynccontextmanager
+async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost) -> AsyncIterator[Serving]:
+    """The node's model, imported or pulled from peers, served by its engine (or as a
+    pipeline stage), its bytes kept healthy and shared with peers."""
+    model, model_hash = await prepare_model(settings)
     if settings.liar is not None:
         logger.warning(
             "THIS NODE LIES (%s) while advertising %s: for tests of verification only",
@@ -63,12 +85,12 @@ async def serve_node(
             model_hash,
         )
     ledger = Ledger.in_home(settings.home)
-    me = [peer_id]
+    me = [key.peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
         me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
     accountant = Accountant(
         key,
-        peer_id,
+        key.peer_id,
         ledger,
         Prices(settings.prompt_price, settings.price),
         me,
@@ -81,86 +103,136 @@ async def serve_node(
         else whole_model(settings, model, model_hash, accountant)
     )
     async with serving_context as serving:
-        chores = Chores(serving.busy)
-        keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, chores.lull)
-
-        def describe() -> dict[str, object]:
-            # Never offer damaged bytes, nor a model whose engine has given up.
-            offered = serving.offer if keeper.healthy and serving.available() else None
-            return {
-                "region": settings.region,
-                "addrs": tuple(host.advertised_addrs()[:16]),
-                "models": (offered,) if offered is not None else (),
-                "max_concurrent": settings.max_concurrent,
-                "price_per_token": settings.price,
-                "price_per_prompt_token": settings.prompt_price,
-                **serving.figures(),
-            }
-
-        publisher = ManifestPublisher(key, peer_id, directory, describe)
-        for protocol, handle in serving.handlers.items():
-            host.set_handler(protocol, keeper.guard(handle))
-        host.set_handler(CHUNKS_PROTOCOL, keeper.server().handle)
-        host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
-
-        running = host.running(
-            settings.listen,
-            dht="server",
-            gossip=True,
-            check_reach=True,
-            announce=settings.announce,
-            upnp=settings.upnp,
+        lull = Chores(serving.busy).lull
+        yield _kept(
+            serving, ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, lull)
         )
-        async with running, trio.open_nursery() as nursery:
-            joiner = Joiner(host, directory, meet_new_in=nursery, report_level=logging.INFO)
-            nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
-            nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
-            nursery.start_soon(joiner.keep_joined, settings.bootstrap)
-            nursery.start_soon(joiner.keep_providing, model_hash)
-            nursery.start_soon(joiner.pull_directories, PULL_EVERY_S, PULL_FANOUT, chores.lull)
-            nursery.start_soon(keeper.keep_healthy, joiner)
-            liveness = LivenessWatch(host, directory, interval=LIVENESS_EVERY_S, lull=chores.lull)
-            nursery.start_soon(liveness.run)
-            for task in serving.background:
-                nursery.start_soon(task)
-            if settings.mdns:
-                nursery.start_soon(joiner.follow_mdns)
-            started = NodeStarted(peer_id, host.full_addrs(), model.model_id, model_hash, serving.state())
-            _write_node_file(settings, started, host.reachability())
-            nursery.start_soon(_keep_node_file, settings, started, serving.state, host.reachability)
-            logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
-            task_status.started(started)
-            await trio.sleep_forever()
+
+
+def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
+    """`serving` with its model's bytes in the keeper's care: chunks served to peers,
+    requests refused and the offer withdrawn while any chunk is damaged, repairs made,
+    and the model announced in the DHT."""
+    return replace(
+        serving,
+        handlers={
+            **{protocol: keeper.guard(handle) for protocol, handle in serving.handlers.items()},
+            CHUNKS_PROTOCOL: keeper.server().handle,
+        },
+        # Never offer damaged bytes, nor a model whose engine has given up.
+        available=lambda: keeper.healthy and serving.available(),
+        background=[
+            *serving.background,
+            keeper.keep_healthy,
+            lambda joiner: joiner.keep_providing(keeper.model_hash),
+        ],
+    )
+
+
+async def _run(
+    settings: NodeSettings,
+    key: SigningKey,
+    host: PeerHost,
+    serving: Serving,
+    task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
+) -> None:
+    """What every node does, whatever it serves: listen, join, keep its directory and the
+    DHT, pass manifests on, watch its peers, and say what it is in its node file."""
+    peer_id = key.peer_id
+    directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
+    chores = Chores(serving.busy)
+
+    def describe() -> dict[str, object]:
+        return {
+            "region": settings.region,
+            "addrs": tuple(host.advertised_addrs()[:16]),
+            "models": (serving.offer,) if serving.offer is not None and serving.available() else (),
+            "max_concurrent": settings.max_concurrent,
+            "price_per_token": settings.price,
+            "price_per_prompt_token": settings.prompt_price,
+            "reach": host.reachability().state,
+            **serving.figures(),
+        }
+
+    def now() -> NodeStarted:
+        return NodeStarted(
+            peer_id,
+            host.full_addrs(),
+            serving.model_id,
+            serving.model_hash,
+            serving.state(),
+            host.reachability(),
+            now,
+        )
+
+    publisher = ManifestPublisher(key, peer_id, directory, describe)
+    for protocol, handle in serving.handlers.items():
+        host.set_handler(protocol, handle)
+    host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
+
+    running = host.running(
+        settings.listen,
+        dht="server",
+        gossip=True,
+        check_reach=True,
+        announce=settings.announce,
+        upnp=settings.upnp,
+    )
+    async with running, trio.open_nursery() as nursery:
+        joiner = Joiner(
+            host,
+            directory,
+            meet_new_in=nursery,
+            report_level=logging.INFO,
+            dial_timeout_s=settings.dial_timeout_s,
+        )
+        nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
+        nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
+        nursery.start_soon(joiner.keep_joined, settings.bootstrap)
+        nursery.start_soon(joiner.pull_directories, PULL_EVERY_S, PULL_FANOUT, chores.lull)
+        liveness = LivenessWatch(
+            host,
+            directory,
+            interval=LIVENESS_EVERY_S,
+            timeout=settings.probe_timeout_s,
+            dial_timeout=settings.dial_timeout_s,
+            lull=chores.lull,
+        )
+        nursery.start_soon(liveness.run)
+        for task in serving.background:
+            nursery.start_soon(task, joiner)
+        if settings.mdns:
+            nursery.start_soon(joiner.follow_mdns)
+        started = now()
+        _write_node_file(settings, started)
+        nursery.start_soon(_keep_node_file, settings, started, now)
+        if started.model_id is None:
+            logger.info(
+                "node %s serves no model (--no-model); it joins and routes on %s", peer_id, started.addrs
+            )
+        else:
+            logger.info("node %s serving %s on %s", peer_id, started.model_id, started.addrs)
+        task_status.started(started)
+        await trio.sleep_forever()
 
 
 async def _keep_node_file(
-    settings: NodeSettings,
-    started: NodeStarted,
-    engine_state: Callable[[], dict[str, object]],
-    reachability: Callable[[], Reachability],
+    settings: NodeSettings, started: NodeStarted, now: Callable[[], NodeStarted]
 ) -> None:
-    """Rewrite the node file when the engine's state changes (it gave up, it restarted),
-    or what the node knows of its reachability."""
-    last = (started.engine, reachability())
+    """Rewrite the node file when what it says changes (the engine gave up or restarted,
+    reachability was found out, addresses changed)."""
+    last = started
     while True:
-        await trio.sleep(1.0)
-        now = (engine_state(), reachability())
-        if now != last:
-            _write_node_file(settings, replace(started, engine=now[0]), now[1])
-            last = now
+        await trio.sleep(NODE_FILE_EVERY_S)
+        current = now()
+        if current != last:
+            _write_node_file(settings, current)
+            last = current
 
 
-def _write_node_file(settings: NodeSettings, started: NodeStarted, reachability: Reachability) -> None:
+def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
     path = settings.home / NODE_FILE
-    record = {
-        "peer_id": started.peer_id,
-        "addrs": started.addrs,
-        "model_id": started.model_id,
-        "model_hash": started.model_hash,
-        "pid": os.getpid(),
-        "engine": started.engine,
-        "reachability": reachability.as_dict(),
-    }
+    record = {**started.record(), "pid": os.getpid()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)

@@ -50,6 +50,7 @@ _MAX_CONNECTIONS = 1_000_000
 _ADDR_TTL_S = 600
 
 DHTRole = Literal["server", "client"]
+LinkKind = Literal["direct", "relayed"]
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,13 @@ class PeerHost:
 
     def routing_table_size(self) -> int:
         return self._dht.get_routing_table_size() if self._dht is not None else 0
+
+    # --- links (placeholder until the reach branch is merged) ---
+
+    def link_kind(self, peer_id: PeerId) -> LinkKind | None:
+        """How this host reaches a peer now: directly or through a relay; None if not
+        connected (placeholder: every connection is direct)."""
+        return "direct" if self.is_connected(peer_id) else None
 
     # --- gossip ---
 

@@ -20,7 +20,8 @@ import trio
 from dinet.errors import DinetError, PeerError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests, mdns_discoveries
-from dinet.p2p.host import FoundPeer, PeerHost, peer_of
+from dinet.p2p.host import DIAL_TIMEOUT_S, FoundPeer, PeerHost, peer_of
+from dinet.p2p.peer_addrs import TxtLookup, check_peer_addr, peer_named, resolve_addr
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
 
@@ -41,7 +42,9 @@ class Joiner:
     `on_answer(peer_id, rtt_ms)` hears of every peer that answered; `on_silent(peer_id)`
     of every peer that could not be met. With `meet_new_in`, every peer newly learned
     of is met in the background, in that nursery (a node's full mesh). `report_level`
-    is the log level of a peer that could not be met.
+    is the log level of a peer that could not be met. `txt` answers the TXT lookups of
+    `/dnsaddr` bootstrap addresses (default: the system's DNS servers). `dial_timeout_s`
+    bounds each dial and each manifest query.
     """
 
     host: PeerHost
@@ -50,13 +53,15 @@ class Joiner:
     on_silent: Callable[[PeerId], None] = _ignore
     meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
+    txt: TxtLookup | None = None  # where /dnsaddr TXT records are looked up; None: the system's DNS
+    dial_timeout_s: float = DIAL_TIMEOUT_S  # a dial, or a manifest query, to one peer
     _pending: set[str] = field(default_factory=set)  # peers being met in the background
 
     async def learn(self, peer_id: PeerId) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
-        signed, rtt_ms = await fetch_manifests(self.host, peer_id)
+        signed, rtt_ms = await fetch_manifests(self.host, peer_id, timeout=self.dial_timeout_s)
         self.on_answer(peer_id, rtt_ms)
         new = self.directory.add_from(peer_id, signed)
         for manifest in new:
@@ -66,7 +71,7 @@ class Joiner:
     async def meet(self, peer_id: PeerId, addrs: Sequence[str] = ()) -> bool:
         """Connect to a peer (see `PeerHost.reach`) and learn what it knows; whether it answered."""
         try:
-            if not await self.host.reach(peer_id, addrs):
+            if not await self.host.reach(peer_id, addrs, self.dial_timeout_s):
                 raise PeerError("no address answered")
             await self.learn(peer_id)
         except DinetError as exc:
@@ -93,18 +98,19 @@ class Joiner:
         finally:
             self._pending.discard(peer_id)
 
-    async def join(self, bootstrap: Sequence[str]) -> list[PeerId]:
-        """Dial every bootstrap address at once and learn from each peer that answers;
-        the peer ids that answered. ConfigError for an address that names no peer."""
+    async def join(self, bootstrap: Sequence[str], *, skip_connected: bool = False) -> list[PeerId]:
+        """Resolve every bootstrap address (DNS names: `dinet.p2p.peer_addrs`), dial every
+        peer they name at once and learn from each that answers; the peer ids that
+        answered. An address that does not resolve is logged and the others are used.
+        ConfigError for an address that names no peer. With `skip_connected`, peers
+        connected already are left alone."""
         for addr in bootstrap:
-            peer_of(addr)  # every address checked before any is dialed
+            check_peer_addr(addr)  # every address checked before any is dialed
+        named = await self._resolve_all(bootstrap)
         reached: list[PeerId] = []
 
-        async def one(addr: str) -> None:
-            try:
-                peer_id = await self.host.dial(addr)
-            except PeerError as exc:
-                logger.info("bootstrap: %s", exc)
+        async def one(peer_id: PeerId, addrs: list[str]) -> None:
+            if not await self._dial_bootstrap(peer_id, addrs):
                 return
             reached.append(peer_id)
             try:
@@ -113,15 +119,52 @@ class Joiner:
                 logger.info("could not learn from %s: %s", peer_id, exc)
 
         async with trio.open_nursery() as nursery:
-            for addr in bootstrap:
-                nursery.start_soon(one, addr)
+            for peer_id, addrs in named.items():
+                if peer_id != self.host.peer_id and not (skip_connected and self.host.is_connected(peer_id)):
+                    nursery.start_soon(one, peer_id, addrs)
         return reached
 
+    async def _resolve_all(self, bootstrap: Sequence[str]) -> dict[PeerId, list[str]]:
+        """The peers the addresses name, each with its dialable addresses, resolved at once."""
+        named: dict[PeerId, list[str]] = {}
+
+        async def resolve(addr: str) -> None:
+            try:
+                found = await resolve_addr(addr, txt=self.txt)
+            except PeerError as exc:
+                logger.warning("bootstrap %s: %s; joining through the other addresses", addr, exc)
+                return
+            if found != [addr]:
+                logger.debug("bootstrap %s resolves to %s", addr, ", ".join(found))
+            for one in found:
+                named.setdefault(peer_of(one), []).append(one)
+
+        async with trio.open_nursery() as nursery:
+            for addr in bootstrap:
+                nursery.start_soon(resolve, addr)
+        return named
+
+    async def _dial_bootstrap(self, peer_id: PeerId, addrs: list[str]) -> bool:
+        """Connect to a bootstrap peer at each of its addresses in turn; whether one answered."""
+        for addr in addrs:
+            try:
+                await self.host.connect(peer_id, [addr], self.dial_timeout_s)
+                return True
+            except PeerError as exc:
+                logger.info("bootstrap %s: %s", addr, exc)
+        return False
+
     async def keep_joined(self, bootstrap: Sequence[str], every_s: float = REDISCOVER_S) -> None:
-        """Join the bootstrap peers, and again every `every_s` those that are not connected (forever)."""
+        """Join the bootstrap peers, and again every `every_s` those that are not connected
+        (forever). Names are resolved again each time: a DNS record may have moved."""
         while bootstrap:
-            await self.join([a for a in bootstrap if not self.host.is_connected(peer_of(a))])
+            await self.join([a for a in bootstrap if not self._connected_to(a)], skip_connected=True)
             await trio.sleep(every_s)
+
+    def _connected_to(self, addr: str) -> bool:
+        """Whether the peer a bootstrap address names is connected (unknown for a bare /dnsaddr)."""
+        peer = peer_named(addr)
+        return peer is not None and self.host.is_connected(peer)
 
     async def follow_mdns(self) -> None:
         """Meet every peer announced on the LAN (forever; the host must run mDNS)."""
@@ -176,7 +219,7 @@ class Joiner:
         reached: list[PeerId] = []
 
         async def reach(peer: FoundPeer) -> None:
-            if await self.host.reach(peer.peer_id, peer.addrs):
+            if await self.host.reach(peer.peer_id, peer.addrs, self.dial_timeout_s):
                 reached.append(peer.peer_id)
 
         async with trio.open_nursery() as nursery:

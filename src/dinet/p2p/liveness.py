@@ -18,14 +18,16 @@ import trio
 from dinet.errors import DinetError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests
-from dinet.p2p.host import PeerHost
+from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost
 from dinet.wire.ids import PeerId
 from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 1.0
-PROBE_TIMEOUT_S = 1.5
+# A probe opens a stream and asks one question: ~3 round trips, each maybe ~300 ms between
+# continents, twice that through a relay. Was 1.5 s, which only loopback and LANs meet.
+PROBE_TIMEOUT_S = 3.0
 MAX_RETRY_S = 30.0
 
 OnProbe = Callable[[PeerId, float | None], None]  # peer id, round trip in ms or None if it failed
@@ -44,7 +46,8 @@ class LivenessWatch:
     directory: PeerDirectory
     on_probe: OnProbe = lambda peer_id, rtt: None
     interval: float = PROBE_INTERVAL_S
-    timeout: float = PROBE_TIMEOUT_S
+    timeout: float = PROBE_TIMEOUT_S  # one probe of a connected peer
+    dial_timeout: float = DIAL_TIMEOUT_S  # dialing an absent peer again: a new (maybe relayed) connection
     misses_allowed: int = 1
     lull: Callable[[], Awaitable[None]] | None = None  # awaited before each round (a node's chores)
     # Peers left out of a round: a session open with them shows they are alive, and a
@@ -100,7 +103,7 @@ class LivenessWatch:
 
     async def _probe_absent(self, peer_id: PeerId, entry: _Absent) -> None:
         manifest = entry.manifest
-        reached = await self.host.reach(peer_id, manifest.addrs, timeout=self.timeout)
+        reached = await self.host.reach(peer_id, manifest.addrs, timeout=self.dial_timeout)
         if not reached or (rtt_ms := await self._probe(peer_id)) is None:
             entry.wait_s = min(entry.wait_s * 2, MAX_RETRY_S)
             entry.retry_at = trio.current_time() + entry.wait_s

@@ -31,7 +31,12 @@ class Reachability:
     relays: tuple[PeerId, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {"state": self.state, "reason": self.reason, "addrs": list(self.addrs)}
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "addrs": list(self.addrs),
+            "relays": list(self.relays),
+        }
 
 
 NOT_CHECKED = Reachability("unknown", "not checked: this host does not ask peers to dial it back")

@@ -23,6 +23,8 @@ MAX_CLOCK_SKEW_S = 60.0
 MAX_MANIFEST_BYTES = 16_384
 MAX_DIRECTORY = 256
 
+Reach = Literal["public", "private", "unknown"]
+
 
 class ModelOffer(Message):
     model_id: str = Field(min_length=1, max_length=128)
@@ -59,6 +61,9 @@ class Manifest(Message):
     issued_at: float
     expires_at: float
     price_per_prompt_token: float = Field(default=0.0, ge=0)
+    # Whether peers can dial the node, as it found out by asking them to dial it back
+    # (`private`: behind NAT, reached through relays); absent in older manifests.
+    reach: Reach = "unknown"
 
 
 class SignedManifest(Message):

@@ -48,7 +48,10 @@ async function refreshNetwork() {
   renderModels(snapshot.models);
   const peers = snapshot.peers.length;
   $("live-dot").className = peers ? "dot live" : "dot down";
-  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`;
+  const node = snapshot.gateway.node_reachability;  // set when this gateway runs beside a node
+  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`
+    + (node ? ` · node reachability ${node.state}` : "");
+  $("status").title = node ? node.reason : "";
   $("peer-count").textContent = `${peers} peer${peers === 1 ? "" : "s"}`;
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
@@ -59,7 +62,7 @@ function renderPeers(peers) {
   if (!peers.length) {
     const row = el("tr", "empty");
     const cell = el("td", "", "No peers found yet: looking…");
-    cell.colSpan = 9;
+    cell.colSpan = 10;
     row.append(cell);
     body.append(row);
     return;
@@ -67,6 +70,7 @@ function renderPeers(peers) {
   for (const p of peers) {
     const row = el("tr", p.peer_id === lastServedBy ? "served" : "");
     row.dataset.peer = p.peer_id;
+    row.dataset.link = p.link ?? "none";
     const id = el("td", "peer-id", shortId(p.peer_id));
     id.title = p.peer_id;
     const models = el("td");
@@ -75,6 +79,11 @@ function renderPeers(peers) {
       tag.title = `${m.quantization} · ${m.model_hash}`;
       models.append(tag);
     }
+    if (!p.models.length) models.append(el("span", "muted", "no model"));
+    // How this gateway reaches the peer, and what the peer found out about itself.
+    const link = el("td", `link ${p.link ?? "none"}`, p.link ?? "–");
+    link.title = `${p.link ? `reached ${p.link === "relayed" ? "through a relay" : "directly"}` : "not connected"}`
+      + ` · the peer says it is ${p.reach === "unknown" ? "of unknown reachability" : p.reach}`;
     const load = el("td");
     const used = p.load.active + p.load.queued;
     const wrap = el("div", "load");
@@ -91,6 +100,7 @@ function renderPeers(peers) {
       load,
       el("td", "num", p.tokens_per_s ? p.tokens_per_s.toFixed(1) : "–"),
       el("td", "num", p.rtt_ms == null ? "–" : `${p.rtt_ms.toFixed(1)} ms`),
+      link,
       el("td", "num", p.ttft_ms ? `${Math.round(p.ttft_ms)} ms` : "–"),
       el("td", "num", p.price_per_token ? p.price_per_token.toPrecision(2) : "free"),
       el("td", "num", p.reputation == null ? "–"
