@@ -35,6 +35,14 @@ class CommonSettings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="Directory for identity and state")
     bootstrap: list[str] = Field(default=[], description="Multiaddrs of peers to join through")
     mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
+    swarm_key: Path | None = Field(
+        default=None,
+        description="Join only the private swarm of this swarm.key file (libp2p pnet; `din swarm-key new`)",
+    )
+    allow_peers: Path | None = Field(
+        default=None,
+        description="Speak only to the peer ids in this file (one a line, # comments; reloaded on change)",
+    )
 
 
 class NodeSettings(CommonSettings):

@@ -19,6 +19,7 @@ from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
@@ -52,7 +53,8 @@ async def serve_node(
     key = load_or_create_identity(settings.home)
     peer_id = key.peer_id
     model, model_hash = await prepare_model(settings)  # imported into the store, or pulled from peers
-    host = build_host(key, enable_mdns=settings.mdns)
+    gate = peer_gate(settings.swarm_key, settings.allow_peers)
+    host = build_host(key, enable_mdns=settings.mdns, gate=gate)
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
 
     if settings.liar is not None:
