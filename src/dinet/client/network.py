@@ -230,7 +230,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):
-            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")
+            raise PeerUnreachable(f"no bootstrap peer answered: {network.joiner.why_unreached()}")
         network.liveness = LivenessWatch(
             host, network.directory, network._on_probe, resting=lambda peer_id: network.in_chain[peer_id] > 0
         )

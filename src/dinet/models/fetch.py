@@ -321,5 +321,5 @@ async def open_swarm(
     async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate) as host:
         joiner = Joiner(host, PeerDirectory())
         if bootstrap and not await joiner.join(bootstrap):
-            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(bootstrap)})")
+            raise PeerUnreachable(f"no bootstrap peer answered: {joiner.why_unreached()}")
         yield Swarm(host, joiner)

@@ -51,6 +51,7 @@ class Joiner:
     meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
     _pending: set[str] = field(default_factory=set)  # peers being met in the background
+    unreached: dict[str, str] = field(default_factory=dict)  # bootstrap address -> why the last dial failed
 
     async def learn(self, peer_id: PeerId) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
@@ -105,7 +106,9 @@ class Joiner:
                 peer_id = await self.host.dial(addr)
             except PeerError as exc:
                 logger.info("bootstrap: %s", exc)
+                self.unreached[addr] = str(exc)
                 return
+            self.unreached.pop(addr, None)
             reached.append(peer_id)
             try:
                 await self.learn(peer_id)
@@ -116,6 +119,10 @@ class Joiner:
             for addr in bootstrap:
                 nursery.start_soon(one, addr)
         return reached
+
+    def why_unreached(self) -> str:
+        """The bootstrap addresses last dialed in vain, each with its reason."""
+        return "; ".join(f"{addr} ({why})" for addr, why in self.unreached.items()) or "none dialed"
 
     async def keep_joined(self, bootstrap: Sequence[str], every_s: float = REDISCOVER_S) -> None:
         """Join the bootstrap peers, and again every `every_s` those that are not connected (forever)."""
