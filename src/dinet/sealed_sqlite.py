@@ -186,10 +186,13 @@ def _read_or_none(path: Path) -> bytes | None:
 
 
 def _plaintext_database(path: Path) -> bytes:
-    """A plain SQLite file's contents, its write-ahead log included."""
+    """A plain SQLite file's contents, its write-ahead log included, as a rollback-journal
+    database: an image marked WAL (header bytes 18-19 = 2) cannot be opened in memory."""
     plain = sqlite3.connect(path)
     try:
         plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return plain.serialize()
+        image = bytearray(plain.serialize())
     finally:
         plain.close()
+    image[18:20] = b"\x01\x01"
+    return bytes(image)

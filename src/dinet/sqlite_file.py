@@ -45,4 +45,5 @@ def _prepare(db: sqlite3.Connection, schema: str, version: int) -> None:
     if found > version:
         raise sqlite3.DatabaseError(f"written by a newer dinet (schema {found})")
     db.executescript(schema)
-    db.execute(f"PRAGMA user_version={version}")
+    if found != version:  # an unchanged file stays byte for byte (a sealed one is not rewritten)
+        db.execute(f"PRAGMA user_version={version}")
