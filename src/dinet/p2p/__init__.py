@@ -9,4 +9,7 @@ discovery.py  the manifest query and mDNS announcements
 directory.py  the verified manifests a process knows
 liveness.py   noticing dead peers, and their return
 identity.py   the ed25519 identity kept in a home (as dinet.wire.keys.SigningKey)
+gate.py       who may connect: a private swarm's key and an allowlist, on every connection
+pnet.py       the swarm key file and libp2p's pre-shared key layer (XSalsa20)
+allowlist.py  the allowlist file, reloaded when it changes
 """
