@@ -66,6 +66,14 @@ class CommonSettings(BaseSettings):
         "/dns6) or /dnsaddr/<domain>; in the environment, separated by commas or spaces",
     )
     mdns: bool = Field(default=True, description="Discover peers on the local network by mDNS")
+    swarm_key: Path | None = Field(
+        default=None,
+        description="Join only the private swarm of this swarm.key file (libp2p pnet; `din swarm-key new`)",
+    )
+    allow_peers: Path | None = Field(
+        default=None,
+        description="Speak only to the peer ids in this file (one a line, # comments; reloaded on change)",
+    )
     dial_timeout_s: float = Field(
         default=DIAL_TIMEOUT_S,
         gt=0,

@@ -6,6 +6,9 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
+from dinet.home_crypto import home_passphrase, is_sealed_file, missing_passphrase
+from dinet.sealed_sqlite import open_sealed
+
 
 def open_versioned(
     path: Path, schema: str, version: int, *, synchronous: Literal["NORMAL", "FULL"]
@@ -13,19 +16,34 @@ def open_versioned(
     """`path` in WAL mode with `schema` applied and `version` recorded; autocommit (callers
     open their own transactions), shareable between threads under the caller's lock.
 
-    Raises sqlite3.DatabaseError if the file is not a database, or if a newer dinet wrote it.
+    With DINET_HOME_PASSPHRASE set the file is kept encrypted (`dinet.sealed_sqlite`: the
+    same guarantees; FULL then also syncs the directory at each commit).
+    Raises sqlite3.DatabaseError if the file is not a database, or if a newer dinet wrote it;
+    ConfigError for an encrypted file without the passphrase, or with a wrong one.
     """
+    passphrase = home_passphrase()
+    if passphrase is not None:
+        return open_sealed(
+            path, passphrase, durable=synchronous == "FULL", prepare=lambda db: _prepare(db, schema, version)
+        )
+    if is_sealed_file(path):
+        raise missing_passphrase(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
-        found = db.execute("PRAGMA user_version").fetchone()[0]
-        if found > version:
-            raise sqlite3.DatabaseError(f"written by a newer dinet (schema {found})")
-        db.executescript(schema)
-        db.execute(f"PRAGMA user_version={version}")
+        _prepare(db, schema, version)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _prepare(db: sqlite3.Connection, schema: str, version: int) -> None:
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    if found > version:
+        raise sqlite3.DatabaseError(f"written by a newer dinet (schema {found})")
+    db.executescript(schema)
+    if found != version:  # an unchanged file stays byte for byte (a sealed one is not rewritten)
+        db.execute(f"PRAGMA user_version={version}")

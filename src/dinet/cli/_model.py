@@ -17,6 +17,7 @@ from dinet.errors import DinetError, ModelNotFound, PullFailed
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
 from dinet.models.fetch import PullReport, Swarm, open_swarm, pull_model
 from dinet.models.store import ModelStore, StoredModel
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.identity import load_or_create_identity
 from dinet.wire.ids import ModelHash, PeerId
 
@@ -164,6 +165,12 @@ def pull(
     timeout: Annotated[float, typer.Option(help="Seconds to look for holders")] = 15.0,
     max_rate: Annotated[float | None, typer.Option(help="Limit in MB/s")] = None,
     mdns: Annotated[bool, typer.Option("--mdns/--no-mdns", help="Discover peers by mDNS")] = True,
+    swarm_key: Annotated[
+        Path | None, typer.Option(envvar="DINET_SWARM_KEY", help="The private swarm's swarm.key file")
+    ] = None,
+    allow_peers: Annotated[
+        Path | None, typer.Option(envvar="DINET_ALLOW_PEERS", help="Speak only to the peer ids in this file")
+    ] = None,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -172,7 +179,8 @@ def pull(
     store, home = _store(home, auto_import=False)
 
     async def main() -> PullReport:
-        async with open_swarm(home, bootstrap or [], mdns=mdns) as swarm:
+        gate = peer_gate(swarm_key, allow_peers)
+        async with open_swarm(home, bootstrap or [], mdns=mdns, gate=gate) as swarm:
             model_hash, peers = await _find(swarm, ref, timeout)
             with _progress(json_out) as progress:
                 return await pull_model(

@@ -15,6 +15,7 @@ from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
@@ -221,7 +222,8 @@ def _matches(
 async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     """A running client host, joined through the bootstrap peers (and mDNS if on)."""
     key = load_or_create_identity(settings.home, CLIENT_IDENTITY)
-    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client") as host:
+    gate = peer_gate(settings.swarm_key, settings.allow_peers)
+    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client", gate=gate) as host:
         network = Network(
             host,
             PeerDirectory(on_moved=lambda m: host.remember_addrs(m.peer_id, m.addrs)),
@@ -234,7 +236,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):
-            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(settings.bootstrap)})")
+            raise PeerUnreachable(f"no bootstrap peer answered: {network.joiner.why_unreached()}")
         network.liveness = LivenessWatch(
             host,
             network.directory,

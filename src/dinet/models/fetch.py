@@ -33,6 +33,7 @@ from dinet.errors import (
 from dinet.models.card import chunk_offsets, verify_model_card
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.gate import PeerGate
 from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
@@ -316,10 +317,12 @@ class Swarm:
 
 
 @asynccontextmanager
-async def open_swarm(home: Path, bootstrap: Sequence[str], *, mdns: bool = False) -> AsyncIterator[Swarm]:
+async def open_swarm(
+    home: Path, bootstrap: Sequence[str], *, mdns: bool = False, gate: PeerGate | None = None
+) -> AsyncIterator[Swarm]:
     key = load_or_create_identity(home, CLIENT_IDENTITY)
-    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client") as host:
+    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate) as host:
         joiner = Joiner(host, PeerDirectory())
         if bootstrap and not await joiner.join(bootstrap):
-            raise PeerUnreachable(f"no bootstrap peer answered ({', '.join(bootstrap)})")
+            raise PeerUnreachable(f"no bootstrap peer answered: {joiner.why_unreached()}")
         yield Swarm(host, joiner)

@@ -27,6 +27,7 @@ from dinet.errors import (
 from dinet.models.catalog import LocalModel, resolve_model
 from dinet.models.fetch import fetch_chunks, open_swarm, pull_model
 from dinet.models.store import ModelStore, StoredModel
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.identity import load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import FramedStream, Handler, Stream
@@ -225,7 +226,8 @@ async def _pull_before_serving(
     settings: NodeSettings, store: ModelStore, model_hash: ModelHash
 ) -> StoredModel:
     logger.info("model %s is not in the store: pulling it before serving", model_hash[:16])
-    async with open_swarm(settings.home, settings.bootstrap, mdns=settings.mdns) as swarm:
+    gate = peer_gate(settings.swarm_key, settings.allow_peers)
+    async with open_swarm(settings.home, settings.bootstrap, mdns=settings.mdns, gate=gate) as swarm:
         while True:
             peers = await swarm.holders(model_hash)
             try:

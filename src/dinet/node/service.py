@@ -20,6 +20,7 @@ from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import PeerHost, Reachability, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
@@ -67,7 +68,9 @@ async def serve_node(
 ) -> None:
     """Run a node until cancelled. Reports NodeStarted once it is serving."""
     key = load_or_create_identity(settings.home)
-    host = build_host(key, enable_mdns=settings.mdns)
+    host = build_host(
+        key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
+    )
     serving = no_engine() if settings.no_model else _model_served(settings, key, host)
     async with serving as served:
         await _run(settings, key, host, served, task_status)

@@ -14,4 +14,7 @@ addresses.py  AddressBook: listen, observed, announced and UPnP-mapped addresses
 autonat.py    AutoNAT v1 with a dial-back on a fresh connection (server and asking)
 reachability.py  Reachability, and how dial-back answers decide it (sans-IO)
 upnp.py       --upnp: leased port mappings on the home router
+gate.py       who may connect: a private swarm's key and an allowlist, on every connection
+pnet.py       the swarm key file and libp2p's pre-shared key layer (XSalsa20)
+allowlist.py  the allowlist file, reloaded when it changes
 """

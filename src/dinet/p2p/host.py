@@ -34,6 +34,7 @@ from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.addresses import AddressBook
 from dinet.p2p.autonat import PROTOCOL as AUTONAT_PROTOCOL
 from dinet.p2p.autonat import DialBackServer
+from dinet.p2p.gate import PeerGate, install_gate, policing, refusal_in
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
 from dinet.p2p.reachability import Reachability
@@ -75,9 +76,10 @@ class PeerHost:
     """What dinet does with a libp2p host: its identity, protocols, dials, addresses,
     DHT provider records and gossip."""
 
-    def __init__(self, raw: IHost, key: SigningKey) -> None:
+    def __init__(self, raw: IHost, key: SigningKey, gate: PeerGate | None = None) -> None:
         self._raw = raw
         self.key = key  # signs manifests, receipts and countersignatures
+        self._gate = gate  # who may connect (build_host installed it on `raw`)
         self.peer_id = PeerId(raw.get_id().to_base58())
         self._dht: KadDHT | None = None
         self._pubsub: Pubsub | None = None
@@ -104,6 +106,7 @@ class PeerHost:
         """
         self._addresses.announce(announce)
         async with self._raw.run(parse_multiaddrs(listen)), AsyncExitStack() as services:
+            await services.enter_async_context(policing(self._raw, self._gate))
             if check_reach:
                 checks = await services.enter_async_context(trio.open_nursery())
                 services.callback(checks.cancel_scope.cancel)
@@ -159,6 +162,8 @@ class PeerHost:
         self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
     ) -> None:
         """Connect to `peer_id` at `addrs`, and at those libp2p already holds; PeerUnreachable."""
+        if self._gate is not None and (refused := self._gate.refusal(peer_id)) is not None:
+            raise PeerUnreachable(f"not dialing: {refused}")
         try:
             info = PeerInfo(ID.from_base58(peer_id), parse_multiaddrs([a.split("/p2p/")[0] for a in addrs]))
         except (ValueError, ConfigError) as exc:
@@ -169,7 +174,7 @@ class PeerHost:
         except trio.TooSlowError:
             raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
         except Exception as exc:  # libp2p raises many unrelated types when a dial fails
-            raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from None
+            raise PeerUnreachable(f"cannot reach {peer_id}: {refusal_in(exc) or exc}") from None
 
     async def disconnect(self, peer_id: PeerId) -> None:
         await self._raw.disconnect(ID.from_base58(peer_id))
@@ -289,8 +294,9 @@ class PeerHost:
         return self._pubsub
 
 
-def build_host(key: SigningKey, *, enable_mdns: bool = False) -> PeerHost:
-    """A host that only speaks Noise (the library's default also accepts plaintext)."""
+def build_host(key: SigningKey, *, enable_mdns: bool = False, gate: PeerGate | None = None) -> PeerHost:
+    """A host that only speaks Noise (the library's default also accepts plaintext), to the
+    peers `gate` admits (a private swarm's key, an allowlist; every peer without one)."""
     # py-libp2p's yamux sends a WINDOW_UPDATE frame after every read unless this is off
     # (it reads the variable at each read; a user's own setting wins). Off, its own
     # hysteresis decides: on a chain's 2.4 KB messages one update per two reads (counted),
@@ -315,7 +321,8 @@ def build_host(key: SigningKey, *, enable_mdns: bool = False) -> PeerHost:
         connection_config=config,
         enable_mDNS=enable_mdns,
     )
-    return PeerHost(raw, key)
+    install_gate(raw, gate or PeerGate())
+    return PeerHost(raw, key, gate)
 
 
 @asynccontextmanager
@@ -326,9 +333,10 @@ async def open_host(
     mdns: bool = False,
     dht: DHTRole | None = None,
     gossip: bool = False,
+    gate: PeerGate | None = None,
 ) -> AsyncIterator[PeerHost]:
     """A running host (see `PeerHost.running`)."""
-    async with build_host(key, enable_mdns=mdns).running(listen, dht=dht, gossip=gossip) as host:
+    async with build_host(key, enable_mdns=mdns, gate=gate).running(listen, dht=dht, gossip=gossip) as host:
         yield host
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 
 from dinet.errors import ConfigError
+from dinet.home_crypto import read_secret, write_secret
 from dinet.wire.ids import PeerId
 from dinet.wire.keys import SEED_SIZE, SigningKey
 
@@ -17,22 +17,20 @@ CLIENT_IDENTITY = "client.key"  # separate, so a client and a node may share a h
 
 
 def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> SigningKey:
-    """The key stored as `home/name` (its 32-byte seed), created (mode 0600) on first use."""
+    """The key stored as `home/name` (its 32-byte seed), created (mode 0600) on first use;
+    encrypted at rest when DINET_HOME_PASSPHRASE is set (`dinet.home_crypto`)."""
     path = home / name
-    if path.exists():
-        seed = path.read_bytes()
+
+    def is_a_seed(seed: bytes) -> None:
         if len(seed) != SEED_SIZE:
             raise ConfigError(f"{path} is not a dinet identity ({len(seed)} bytes, expected 32)")
-        return SigningKey(seed)
-    home.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate()
-    # Write the seed where no other user can read it, then move it into place.
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.seed)
-    os.replace(tmp, path)
-    return key
+
+    try:
+        return SigningKey(read_secret(path, is_a_seed))
+    except FileNotFoundError:
+        key = SigningKey.generate()
+        write_secret(path, key.seed)  # where no other user can read it, in one rename
+        return key
 
 
 def peer_id_of(key: SigningKey) -> PeerId:

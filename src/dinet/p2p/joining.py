@@ -56,6 +56,7 @@ class Joiner:
     txt: TxtLookup | None = None  # where /dnsaddr TXT records are looked up; None: the system's DNS
     dial_timeout_s: float = DIAL_TIMEOUT_S  # a dial, or a manifest query, to one peer
     _pending: set[str] = field(default_factory=set)  # peers being met in the background
+    unreached: dict[str, str] = field(default_factory=dict)  # bootstrap address -> why the last dial failed
 
     async def learn(self, peer_id: PeerId) -> list[Manifest]:
         """Ask a peer for the manifests it knows; the manifests of peers new to us.
@@ -133,6 +134,7 @@ class Joiner:
                 found = await resolve_addr(addr, txt=self.txt)
             except PeerError as exc:
                 logger.warning("bootstrap %s: %s; joining through the other addresses", addr, exc)
+                self.unreached[addr] = str(exc)
                 return
             if found != [addr]:
                 logger.debug("bootstrap %s resolves to %s", addr, ", ".join(found))
@@ -149,10 +151,17 @@ class Joiner:
         for addr in addrs:
             try:
                 await self.host.connect(peer_id, [addr], self.dial_timeout_s)
-                return True
             except PeerError as exc:
                 logger.info("bootstrap %s: %s", addr, exc)
+                self.unreached[addr] = str(exc)
+                continue
+            self.unreached.pop(addr, None)
+            return True
         return False
+
+    def why_unreached(self) -> str:
+        """The bootstrap addresses last dialed in vain, each with its reason."""
+        return "; ".join(f"{addr} ({why})" for addr, why in self.unreached.items()) or "none dialed"
 
     async def keep_joined(self, bootstrap: Sequence[str], every_s: float = REDISCOVER_S) -> None:
         """Join the bootstrap peers, and again every `every_s` those that are not connected
