@@ -1,9 +1,11 @@
 """Mid-stream failover across a WAN with 40 ms of delay each way (tests/lab/README.md).
 
 Model nodes on pub1 and pub2, the client in home A (behind NAT): the node serving an
-answer is killed after a few tokens, and the answer goes on from the other node, unbroken,
-with exactly the text an unbroken greedy answer gives. The loopback version of this test
-is tests/client/test_failover.py.
+answer fails after a few tokens, and the answer goes on from the other node, unbroken,
+with exactly the text an unbroken greedy answer gives. It fails in two ways: killed (its
+kernel closes the connection, so the client hears of it one delay later) and cut off the
+WAN (nothing arrives any more; the client notices the silence). The loopback version of
+this test is tests/client/test_failover.py.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.lab.nat import NatLab
 
 from dinet.node.local_mesh import NodeProcess, start_node
@@ -28,7 +32,7 @@ PORT = 4001
 DELAY_MS = 40
 PROMPT = "Tell me about the moon."
 MAX_TOKENS = 64
-KILL_AFTER = 3  # tokens: early, so the victim surely has more to send when it dies
+FAIL_AFTER = 3  # tokens: early, so the victim surely has more to send when it is lost
 EVENT_TIMEOUT_S = 60.0
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 class Failover:
     events: list[dict[str, Any]]
     victim: NodeProcess
-    killed_at: float  # unix time
+    failed_at: float  # unix time
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == kind]
@@ -47,14 +51,14 @@ class Failover:
         return found
 
     @property
-    def kill_to_next_token_s(self) -> float:
-        """From the kill to the first token of another node (for bench numbers, not asserted)."""
+    def to_next_token_s(self) -> float:
+        """From the failure to the first token of another node (for bench numbers, not asserted)."""
         after = [t for t in self.of("token") if t["peer_id"] != self.victim.peer_id]
-        return float(after[0]["at"]) - self.killed_at
+        return float(after[0]["at"]) - self.failed_at
 
 
 def start_model_nodes(lab: NatLab, root: Path) -> dict[str, NodeProcess]:
-    """Model nodes on pub1 and pub2 (pub2 bootstrapped from pub1), started side by side."""
+    """Model nodes on pub1 and pub2, pub2 bootstrapped from pub1."""
     first = start_node(
         root / "pub1",
         listen=f"/ip4/{lab.addr('pub1')}/tcp/{PORT}",
@@ -75,8 +79,22 @@ def public_addr(lab: NatLab, host: str, node: NodeProcess) -> str:
     return f"/ip4/{lab.addr(host)}/tcp/{PORT}/p2p/{node.peer_id}"
 
 
-def fail_over_once(lab: NatLab, nodes: dict[str, NodeProcess], home: Path) -> Failover:
-    """Ask from a1; SIGKILL the serving node once it has sent KILL_AFTER + 1 tokens."""
+def kill(lab: NatLab, host: str, node: NodeProcess) -> None:
+    os.kill(node.process.pid, signal.SIGKILL)
+
+
+def cut(lab: NatLab, host: str, node: NodeProcess) -> None:
+    lab.cut(host)
+
+
+def fail_over_once(
+    lab: NatLab,
+    nodes: dict[str, NodeProcess],
+    home: Path,
+    fail: Callable[[NatLab, str, NodeProcess], None] = kill,
+) -> Failover:
+    """Ask from a1; `fail` the serving node (SIGKILL it unless told otherwise) once it has
+    sent FAIL_AFTER + 1 tokens."""
     bootstrap = [arg for host, node in nodes.items() for arg in ("--bootstrap", public_addr(lab, host, node))]
     argv = [sys.executable, "-m", "tests.reach._failover_client", "--home", str(home), *bootstrap]
     argv += ["--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS), "--peers", str(len(nodes))]
@@ -85,10 +103,10 @@ def fail_over_once(lab: NatLab, nodes: dict[str, NodeProcess], home: Path) -> Fa
     stderr: list[str] = []
     threading.Thread(target=lambda: [lines.put(line) for line in client.stdout], daemon=True).start()  # type: ignore[union-attr]
     threading.Thread(target=lambda: stderr.append(client.stderr.read()), daemon=True).start()  # type: ignore[union-attr]
-    by_id = {n.peer_id: n for n in nodes.values()}
+    by_id = {n.peer_id: (host, n) for host, n in nodes.items()}
     events: list[dict[str, Any]] = []
     victim: NodeProcess | None = None
-    killed_at = 0.0
+    failed_at = 0.0
     try:
         while not events or events[-1]["event"] not in ("reference", "error"):
             try:
@@ -101,23 +119,24 @@ def fail_over_once(lab: NatLab, nodes: dict[str, NodeProcess], home: Path) -> Fa
                     f"its events: {events}; stderr: {stderr}"
                 ) from None
             events.append(event)
-            if event["event"] == "token" and event["index"] == KILL_AFTER and victim is None:
-                victim = by_id[event["peer_id"]]
-                os.kill(victim.process.pid, signal.SIGKILL)
-                killed_at = time.time()
+            if event["event"] == "token" and event["index"] == FAIL_AFTER and victim is None:
+                host, victim = by_id[event["peer_id"]]
+                fail(lab, host, victim)
+                failed_at = time.time()
     finally:
         client.kill()
         client.wait()
     assert events[-1]["event"] != "error", f"client failed: {events[-1]}; stderr: {stderr}"
-    assert victim is not None, f"no token {KILL_AFTER} came: {events}"
-    return Failover(events, victim, killed_at)
+    assert victim is not None, f"no token {FAIL_AFTER} came: {events}"
+    return Failover(events, victim, failed_at)
 
 
-def test_killing_the_serving_node_mid_answer_over_a_slow_wan_never_changes_the_text(tmp_path, nat_lab):
+@pytest.mark.parametrize("fail", [kill, cut], ids=["killed", "cut"])
+def test_a_serving_node_lost_mid_answer_over_a_slow_wan_never_changes_the_text(tmp_path, nat_lab, fail):
     nat_lab.set_wan(DELAY_MS)
     nodes = start_model_nodes(nat_lab, tmp_path)
     try:
-        run = fail_over_once(nat_lab, nodes, tmp_path / "client")
+        run = fail_over_once(nat_lab, nodes, tmp_path / "client", fail)
     finally:
         for node in nodes.values():
             node.stop()
@@ -134,7 +153,7 @@ def test_killing_the_serving_node_mid_answer_over_a_slow_wan_never_changes_the_t
     tokens = run.of("token")
     survivor = next(n for n in nodes.values() if n is not run.victim)
     from_victim = [t for t in tokens if t["peer_id"] == run.victim.peer_id]
-    assert len(from_victim) > KILL_AFTER
+    assert len(from_victim) > FAIL_AFTER
     assert tokens[len(from_victim) :] and {t["peer_id"] for t in tokens[len(from_victim) :]} == {
         survivor.peer_id
     }
@@ -147,5 +166,8 @@ def test_killing_the_serving_node_mid_answer_over_a_slow_wan_never_changes_the_t
     reference = run.one("reference")
     assert reference["peer_id"] == survivor.peer_id
     assert "".join(t["text"] for t in tokens) == answer["text"] == reference["text"]
-    assert len(tokens) > len(from_victim)
-    print(json.dumps({"delay_ms": DELAY_MS, "kill_to_next_token_s": round(run.kill_to_next_token_s, 3)}))
+    print(
+        json.dumps(
+            {"delay_ms": DELAY_MS, "fail": fail.__name__, "to_next_token_s": round(run.to_next_token_s, 3)}
+        )
+    )
