@@ -164,6 +164,10 @@ def pull(
     timeout: Annotated[float, typer.Option(help="Seconds to look for holders")] = 15.0,
     max_rate: Annotated[float | None, typer.Option(help="Limit in MB/s")] = None,
     mdns: Annotated[bool, typer.Option("--mdns/--no-mdns", help="Discover peers by mDNS")] = True,
+    hole_punching: Annotated[
+        bool,
+        typer.Option("--hole-punching/--no-hole-punching", help="Upgrade relayed connections to direct ones"),
+    ] = True,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -172,7 +176,7 @@ def pull(
     store, home = _store(home, auto_import=False)
 
     async def main() -> PullReport:
-        async with open_swarm(home, bootstrap or [], mdns=mdns) as swarm:
+        async with open_swarm(home, bootstrap or [], mdns=mdns, hole_punching=hole_punching) as swarm:
             model_hash, peers = await _find(swarm, ref, timeout)
             with _progress(json_out) as progress:
                 return await pull_model(

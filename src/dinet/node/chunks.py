@@ -225,7 +225,9 @@ async def _pull_before_serving(
     settings: NodeSettings, store: ModelStore, model_hash: ModelHash
 ) -> StoredModel:
     logger.info("model %s is not in the store: pulling it before serving", model_hash[:16])
-    async with open_swarm(settings.home, settings.bootstrap, mdns=settings.mdns) as swarm:
+    async with open_swarm(
+        settings.home, settings.bootstrap, mdns=settings.mdns, hole_punching=settings.hole_punching
+    ) as swarm:
         while True:
             peers = await swarm.holders(model_hash)
             try:

@@ -19,10 +19,12 @@ from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
-from dinet.p2p.host import build_host
+from dinet.p2p.host import PeerHost, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
+from dinet.p2p.reach import ReachConfig, ReachState
+from dinet.p2p.relay import RelayPolicy
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ NODE_FILE = "node.json"
 PULL_EVERY_S = 3.0
 PULL_FANOUT = 3
 LIVENESS_EVERY_S = 2.0
+# TESTING ONLY, until AutoNAT decides (helper "autonat", dinet.p2p.autonat): the NAT lab tells
+# its nodes whether they are public ("public" or "private"). Nothing else may set it.
+TESTING_REACHABILITY_ENV = "DINET_TESTING_REACHABILITY"
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ async def serve_node(
             offered = serving.offer if keeper.healthy and serving.available() else None
             return {
                 "region": settings.region,
-                "addrs": tuple(host.full_addrs()[:16]),
+                "addrs": tuple(host.advertised_addrs()[:16]),
                 "models": (offered,) if offered is not None else (),
                 "max_concurrent": settings.max_concurrent,
                 "price_per_token": settings.price,
@@ -102,7 +107,12 @@ async def serve_node(
         host.set_handler(CHUNKS_PROTOCOL, keeper.server().handle)
         host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
 
-        async with host.running(settings.listen, dht="server", gossip=True), trio.open_nursery() as nursery:
+        reach = reach_config(settings)
+        async with (
+            host.running(settings.listen, dht="server", gossip=True, reach=reach),
+            trio.open_nursery() as nursery,
+        ):
+            _assume_reachability_for_tests(host)
             joiner = Joiner(host, directory, meet_new_in=nursery, report_level=logging.INFO)
             nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
             nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
@@ -116,25 +126,55 @@ async def serve_node(
                 nursery.start_soon(task)
             if settings.mdns:
                 nursery.start_soon(joiner.follow_mdns)
-            started = NodeStarted(peer_id, host.full_addrs(), model.model_id, model_hash, serving.state())
+            started = NodeStarted(
+                peer_id, host.advertised_addrs(), model.model_id, model_hash, serving.state()
+            )
             _write_node_file(settings, started)
-            nursery.start_soon(_keep_node_file, settings, started, serving.state)
+            nursery.start_soon(_keep_node_file, settings, started, serving.state, host.advertised_addrs)
             logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
             task_status.started(started)
             await trio.sleep_forever()
 
 
+def reach_config(settings: NodeSettings) -> ReachConfig:
+    """What the node's host does about NAT: relay while public, keep reservations while not."""
+    policy = RelayPolicy(
+        max_reservations=settings.relay_max_reservations,
+        max_circuits=settings.relay_max_circuits,
+        circuit_bytes=settings.relay_circuit_bytes,
+        circuit_s=settings.relay_circuit_s,
+        reservation_s=settings.relay_reservation_s,
+    )
+    return ReachConfig(
+        hole_punching=settings.hole_punching,
+        relay=policy if settings.relay else None,
+        reservations=settings.relays,
+    )
+
+
+def _assume_reachability_for_tests(host: PeerHost) -> None:
+    states: dict[str, ReachState] = {"public": "public", "private": "private"}
+    assumed = states.get(os.environ.get(TESTING_REACHABILITY_ENV, ""))
+    if assumed is not None:
+        logger.warning("TESTING: reachability assumed %s (%s)", assumed, TESTING_REACHABILITY_ENV)
+        host.set_reachability(assumed, f"assumed for a test ({TESTING_REACHABILITY_ENV})")
+
+
 async def _keep_node_file(
-    settings: NodeSettings, started: NodeStarted, engine_state: Callable[[], dict[str, object]]
+    settings: NodeSettings,
+    started: NodeStarted,
+    engine_state: Callable[[], dict[str, object]],
+    addrs: Callable[[], list[str]],
 ) -> None:
-    """Rewrite the node file when the engine's state changes (it gave up, it restarted)."""
-    last = started.engine
+    """Rewrite the node file when the engine's state changes (it gave up, it restarted),
+    or the node's addresses do (a relay reservation came or went)."""
+    last = started
     while True:
         await trio.sleep(1.0)
-        state = engine_state()
-        if state != last:
-            _write_node_file(settings, replace(started, engine=state))
-            last = state
+        now = replace(started, engine=engine_state(), addrs=addrs())
+        if now != last:
+            _write_node_file(settings, now)
+            last = now
 
 
 def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:

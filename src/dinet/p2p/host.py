@@ -2,7 +2,8 @@
 
 Nothing above p2p/ sees py-libp2p: `PeerHost` speaks in peer ids and multiaddr
 strings, serves protocols with `Stream`s, and carries the DHT and gossip when the
-host runs them.
+host runs them, and its reach: relayed connections, hole punching, reservations
+(`dinet.p2p.reach`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import multiaddr
 import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost, INetStream, ISubscriptionAPI, PeerInfo
+from libp2p.abc import IHost, INetConn, INetStream, ISubscriptionAPI, PeerInfo
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import KadDHT
@@ -31,9 +33,11 @@ from libp2p.utils.address_validation import expand_wildcard_address
 
 from dinet.errors import ConfigError, PeerError, PeerUnreachable
 from dinet.p2p._dht import dht_key, find_model_providers, running_dht
+from dinet.p2p._dialing import bare, dial_first, dial_plan, is_circuit
 from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
+from dinet.p2p.reach import UNKNOWN, Reach, Reachability, ReachConfig, ReachState, running_reach
 from dinet.p2p.streams import Handler, Stream
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
@@ -47,6 +51,7 @@ _MAX_CONNECTIONS = 1_000_000
 _ADDR_TTL_S = 600
 
 DHTRole = Literal["server", "client"]
+LinkKind = Literal["direct", "relayed"]
 
 
 @dataclass(frozen=True)
@@ -77,23 +82,44 @@ class PeerHost:
         self.peer_id = PeerId(raw.get_id().to_base58())
         self._dht: KadDHT | None = None
         self._pubsub: Pubsub | None = None
+        self._reach: Reach | None = None
+        self._verdict = UNKNOWN
+        self._verdict_changed = trio.Event()
+        self._rtt_ms: dict[PeerId, float] = {}
+        # py-libp2p 0.8.1's get_addrs() strips every /p2p/ part of an advertised address and
+        # appends ours, which turns a circuit address into the relay's own address. Identify,
+        # DHT provider records, relay reservations and DCUtR all read it: one replacement here
+        # makes them all advertise what `advertised_addrs` says.
+        raw.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
+
+    @property
+    def raw(self) -> IHost:
+        """The libp2p host, for the rest of p2p/ only."""
+        return self._raw
 
     # --- lifetime ---
 
     @asynccontextmanager
     async def running(
-        self, listen: Sequence[str], *, dht: DHTRole | None = None, gossip: bool = False
+        self,
+        listen: Sequence[str],
+        *,
+        dht: DHTRole | None = None,
+        gossip: bool = False,
+        reach: ReachConfig | None = None,
     ) -> AsyncIterator[PeerHost]:
-        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if asked."""
+        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if
+        asked, and reach as `reach` says (default: hole punching, no relaying, no reservations)."""
         async with self._raw.run(parse_multiaddrs(listen)), AsyncExitStack() as services:
             if gossip:
                 self._pubsub = await services.enter_async_context(running_pubsub(self._raw))
             if dht is not None:
                 self._dht = await services.enter_async_context(running_dht(self._raw, server=dht == "server"))
+            self._reach = await services.enter_async_context(running_reach(self, reach or ReachConfig()))
             try:
                 yield self
             finally:
-                self._dht = self._pubsub = None
+                self._dht = self._pubsub = self._reach = None
 
     # --- protocols and streams ---
 
@@ -115,12 +141,18 @@ class PeerHost:
         self._raw.set_stream_handler(TProtocol(protocol), serve)
 
     async def open_stream(self, peer_id: PeerId, protocol: str, timeout: float) -> Stream:
-        """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
+        """A new stream to `peer_id` for `protocol` (over a direct connection when there is
+        one; dialed first if there is none, circuits too); PeerUnreachable if it does not
+        open in time."""
         try:
             with trio.fail_after(timeout):
+                if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
+                    await self.connect(peer_id, (), timeout)
                 raw = await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.TooSlowError:
             raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
+        except PeerUnreachable:
+            raise
         except Exception as exc:  # libp2p raises assorted types when a stream cannot open
             raise PeerUnreachable(f"cannot open a {protocol} stream to {peer_id}: {exc}") from None
         return Stream(raw)
@@ -136,18 +168,27 @@ class PeerHost:
     async def connect(
         self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
     ) -> None:
-        """Connect to `peer_id` at `addrs`, and at those libp2p already holds; PeerUnreachable."""
+        """Connect to `peer_id` (unless connected) at `addrs` and at those libp2p already
+        holds: direct addresses first, `/p2p-circuit` ones after a head start (see
+        `dinet.p2p._dialing`); PeerUnreachable."""
+        if self.is_connected(peer_id):
+            return
         try:
-            info = PeerInfo(ID.from_base58(peer_id), parse_multiaddrs([a.split("/p2p/")[0] for a in addrs]))
-        except (ValueError, ConfigError) as exc:
-            raise PeerUnreachable(f"cannot dial {peer_id}: {exc}") from None
+            target = ID.from_base58(peer_id)
+        except ValueError as exc:
+            raise PeerUnreachable(f"cannot dial {peer_id!r}: {exc}") from None
+        plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
+        if not plan:
+            raise PeerUnreachable(f"no address known for {peer_id}")
         try:
             with trio.fail_after(timeout):
-                await self._raw.connect(info)
+                await dial_first(self, peer_id, plan)
         except trio.TooSlowError:
             raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
-        except Exception as exc:  # libp2p raises many unrelated types when a dial fails
-            raise PeerUnreachable(f"cannot reach {peer_id}: {exc}") from None
+        finally:
+            # A dial that reached another peer makes libp2p forget every address of this one.
+            self._raw.get_peerstore().add_addrs(target, _parsed(plan), _ADDR_TTL_S)
+        self._forgive_failed_dials(target)
 
     async def disconnect(self, peer_id: PeerId) -> None:
         await self._raw.disconnect(ID.from_base58(peer_id))
@@ -155,17 +196,14 @@ class PeerHost:
     async def reach(
         self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
     ) -> bool:
-        """Whether `peer_id` is connected now: already, or by a dial to each of `addrs` in
-        turn (with none given, wherever libp2p knows it to be)."""
-        if self.is_connected(peer_id):
-            return True
-        for at in [[a] for a in addrs] or [[]]:
-            try:
-                await self.connect(peer_id, at, timeout)
-                return True
-            except PeerUnreachable as exc:
-                logger.debug("%s unreachable at %s: %s", peer_id, at or "its known addresses", exc)
-        return False
+        """Whether `peer_id` is connected now: already, or by a dial (see `connect`) to
+        `addrs` and wherever libp2p knows it to be."""
+        try:
+            await self.connect(peer_id, addrs, timeout)
+        except PeerUnreachable as exc:
+            logger.debug("%s unreachable: %s", peer_id, exc)
+            return False
+        return True
 
     def connected_peers(self) -> set[PeerId]:
         return {PeerId(peer.to_base58()) for peer in self._raw.get_connected_peers()}
@@ -173,14 +211,88 @@ class PeerHost:
     def is_connected(self, peer_id: PeerId) -> bool:
         return peer_id in self.connected_peers()
 
+    def link_kind(self, peer_id: PeerId) -> LinkKind | None:
+        """How this host is connected to `peer_id`: "direct", "relayed" (only through a
+        relay), or None (not connected)."""
+        conns = self._connections(peer_id)
+        if not conns:
+            return None
+        return "direct" if any(not _relayed(c) for c in conns) else "relayed"
+
+    def remote_addrs(self, peer_id: PeerId) -> list[str]:
+        """The addresses this host's direct connections to `peer_id` run to (bare)."""
+        out: list[str] = []
+        for conn in self._connections(peer_id):
+            if not _relayed(conn):
+                out += [bare(str(a), peer_id) for a in conn.get_transport_addresses()]
+        return list(dict.fromkeys(out))
+
+    def _connections(self, peer_id: PeerId) -> list[INetConn]:
+        try:
+            return list(self._raw.get_network().get_connections(ID.from_base58(peer_id)))
+        except ValueError:  # not a peer id
+            return []
+
+    def speaks(self, peer_id: PeerId, protocol: str) -> bool:
+        """Whether identify says `peer_id` serves `protocol`."""
+        try:
+            return bool(self._raw.get_peerstore().supports_protocols(ID.from_base58(peer_id), [protocol]))
+        except Exception:  # py-libp2p raises when the peer is unknown
+            return False
+
+    def note_rtt(self, peer_id: PeerId, rtt_ms: float) -> None:
+        """A round trip measured to `peer_id` (relays are chosen by it)."""
+        self._rtt_ms[peer_id] = rtt_ms
+
+    def rtt_ms(self, peer_id: PeerId) -> float | None:
+        return self._rtt_ms.get(peer_id)
+
+    # --- reach ---
+
+    def reachability(self) -> Reachability:
+        """Whether peers can dial this host, why, and through which relays."""
+        relays = tuple(self._reach.keeper.held) if self._reach is not None else ()
+        return replace(self._verdict, relays=relays)
+
+    def set_reachability(self, state: ReachState, reason: str, addrs: Sequence[str] = ()) -> None:
+        """Record the verdict on this host's reachability (AutoNAT's, or an operator's):
+        a public host relays for others, one that is not keeps reservations on relays."""
+        full = tuple(a if a.endswith(f"/p2p/{self.peer_id}") else f"{a}/p2p/{self.peer_id}" for a in addrs)
+        verdict = Reachability(state, reason, full)
+        if verdict != self._verdict:
+            logger.info("reachability: %s (%s)", state, reason)
+            self._verdict = verdict
+            self._verdict_changed.set()
+            self._verdict_changed = trio.Event()
+
+    async def reachability_changed(self) -> None:
+        """Return when the verdict next changes."""
+        await self._verdict_changed.wait()
+
+    def reach_counters(self) -> dict[str, int]:
+        """Hole punches attempted and succeeded, reservations held, circuits relayed for
+        others and their bytes (all zero before the host runs)."""
+        if self._reach is None:
+            return {}
+        return self._reach.counters()
+
+    async def tell_peers_what_changed(self) -> None:
+        """Push identify to every connected peer (our protocols or addresses changed)."""
+        push = getattr(self._raw, "_push_identify_to_all_peers", None)  # py-libp2p 0.8.1
+        if push is not None:
+            try:
+                await push()
+            except Exception as exc:  # best effort: peers identify again when they reconnect
+                logger.debug("identify push failed: %s", exc)
+
     # --- addresses ---
 
     def full_addrs(self) -> list[str]:
-        """Dialable addresses, each ending in /p2p/<peer id>; a wildcard listen
-        address is expanded to loopback and every interface."""
+        """The addresses this host listens on, each ending in /p2p/<peer id>; a wildcard
+        listen address is expanded to loopback and every interface."""
         out: list[str] = []
-        for addr in self._raw.get_addrs():
-            base = str(addr).split("/p2p/")[0]
+        for addr in self._raw.get_transport_addrs():
+            base = bare(str(addr), self.peer_id)
             if base.startswith("/ip4/0.0.0.0/"):
                 rest = base.removeprefix("/ip4/0.0.0.0")
                 concrete = [f"/ip4/127.0.0.1{rest}"]
@@ -190,10 +302,34 @@ class PeerHost:
             out += [f"{c}/p2p/{self.peer_id}" for c in concrete if f"{c}/p2p/{self.peer_id}" not in out]
         return out
 
+    def advertised_addrs(self) -> list[str]:
+        """Where peers should dial this host, each ending in /p2p/<peer id>: addresses
+        confirmed from outside, then circuits through the relays holding a reservation
+        for it, then its own interfaces (loopback last). Manifests, identify and DHT
+        provider records carry these."""
+        me = f"/p2p/{self.peer_id}"
+        circuits = self._reach.keeper.circuit_addrs() if self._reach is not None else []
+        direct = self.full_addrs()
+        loopback = [a for a in direct if a.startswith(("/ip4/127.", "/ip6/::1/"))]
+        ordered = [*self._verdict.addrs, *circuits, *[a for a in direct if a not in loopback], *loopback]
+        return [a for a in dict.fromkeys(ordered) if a.endswith(me)]
+
+    def _libp2p_addrs(self) -> list[multiaddr.Multiaddr]:
+        out = []
+        for addr in self.advertised_addrs():
+            try:
+                out.append(multiaddr.Multiaddr(addr))
+            except Exception:  # an announced address that is no multiaddr is not advertised
+                logger.debug("not advertising %r: no multiaddr", addr)
+        return out
+
     def known_addrs(self, peer_id: PeerId) -> list[str]:
-        """The addresses libp2p holds for a peer; none if it has never heard of it."""
+        """The addresses libp2p holds for a peer (bare: without /p2p/<its id>); none if it
+        has never heard of it."""
         try:
-            return [str(addr) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
+            return [
+                bare(str(addr), peer_id) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
+            ]
         except Exception:  # py-libp2p raises when the peer is unknown
             return []
 
@@ -204,15 +340,13 @@ class PeerHost:
         dialing its old addresses and refuse to dial it at all for 60 s after a failure.
         """
         target = ID.from_base58(peer_id)
-        bare = []
-        for addr in addrs:  # a peer's own manifest may carry anything here
-            try:
-                bare += parse_multiaddrs([addr.split("/p2p/")[0]])
-            except ConfigError:
-                logger.debug("%s advertises %r, which is no multiaddr: ignored", peer_id, addr)
         peerstore = self._raw.get_peerstore()
         peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
-        peerstore.add_addrs(target, bare, _ADDR_TTL_S)
+        peerstore.add_addrs(target, _parsed([bare(a, peer_id) for a in addrs]), _ADDR_TTL_S)
+        self._forgive_failed_dials(target)
+
+    def _forgive_failed_dials(self, target: ID) -> None:
+        """py-libp2p refuses to dial a peer for 60 s after every address failed once."""
         failed_dials = getattr(self._raw.get_network(), "_negative_peer_cache", None)
         if failed_dials is not None:
             failed_dials.evict(str(target))
@@ -298,9 +432,10 @@ async def open_host(
     mdns: bool = False,
     dht: DHTRole | None = None,
     gossip: bool = False,
+    reach: ReachConfig | None = None,
 ) -> AsyncIterator[PeerHost]:
     """A running host (see `PeerHost.running`)."""
-    async with build_host(key, enable_mdns=mdns).running(listen, dht=dht, gossip=gossip) as host:
+    async with build_host(key, enable_mdns=mdns).running(listen, dht=dht, gossip=gossip, reach=reach) as host:
         yield host
 
 
@@ -324,4 +459,21 @@ def peer_of(addr: str) -> PeerId:
 
 def found_peer(info: PeerInfo) -> FoundPeer:
     peer = PeerId(info.peer_id.to_base58())
-    return FoundPeer(peer, tuple(f"{str(a).split('/p2p/')[0]}/p2p/{peer}" for a in info.addrs))
+    return FoundPeer(peer, tuple(f"{bare(str(a), peer)}/p2p/{peer}" for a in info.addrs))
+
+
+def _parsed(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    """The multiaddrs among `addrs` (a peer's own advert may carry anything)."""
+    out = []
+    for addr in addrs:
+        try:
+            out += parse_multiaddrs([addr])
+        except ConfigError:
+            logger.debug("%r is no multiaddr: ignored", addr)
+    return out
+
+
+def _relayed(conn: INetConn) -> bool:
+    if conn.get_connection_type() == ConnectionType.RELAYED:
+        return True
+    return any(is_circuit(str(a)) for a in conn.get_transport_addresses())
