@@ -268,7 +268,7 @@ async def bulk_holders(host: PeerHost, peers: Sequence[PeerId]) -> list[PeerId]:
 
     if peers and not unrelayed():
         with trio.move_on_after(PUNCH_WAIT_S):
-            while not unrelayed():  # a poll: the punch happens in the host, out of sight
+            while not unrelayed():  # noqa: ASYNC110 (a poll: the punch happens inside the host)
                 await trio.sleep(0.1)
         if not unrelayed():
             logger.info("no holder is connected directly: pulling through a relay")
