@@ -37,11 +37,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# Network-namespace tests need iproute2 (present on most Linux systems); the web page test
-# drives Debian's chromium (`playwright install` cannot download browsers here).
+# Network-namespace tests need iproute2 (present on most Linux systems) and the NAT lab's
+# home routers nftables; the web page test drives Debian's chromium (`playwright install`
+# cannot download browsers here).
 .PHONY: system-deps
 system-deps:
 	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
+	@command -v nft >/dev/null || (apt-get update -qq && apt-get install -y -qq nftables)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 clean:
