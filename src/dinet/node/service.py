@@ -45,6 +45,7 @@ class NodeStarted:
     model_id: str
     model_hash: ModelHash
     engine: dict[str, object] = field(default_factory=dict)  # engine_state(): served, error, sandbox
+    reach: dict[str, int] = field(default_factory=dict)  # PeerHost.reach_counters(): punches, relaying
 
 
 async def serve_node(
@@ -130,7 +131,7 @@ async def serve_node(
                 peer_id, host.advertised_addrs(), model.model_id, model_hash, serving.state()
             )
             _write_node_file(settings, started)
-            nursery.start_soon(_keep_node_file, settings, started, serving.state, host.advertised_addrs)
+            nursery.start_soon(_keep_node_file, settings, started, serving.state, host)
             logger.info("node %s serving %s on %s", peer_id, model.model_id, started.addrs)
             task_status.started(started)
             await trio.sleep_forever()
@@ -164,14 +165,16 @@ async def _keep_node_file(
     settings: NodeSettings,
     started: NodeStarted,
     engine_state: Callable[[], dict[str, object]],
-    addrs: Callable[[], list[str]],
+    host: PeerHost,
 ) -> None:
     """Rewrite the node file when the engine's state changes (it gave up, it restarted),
-    or the node's addresses do (a relay reservation came or went)."""
+    the node's addresses do (a relay reservation came or went) or its reach counters."""
     last = started
     while True:
         await trio.sleep(1.0)
-        now = replace(started, engine=engine_state(), addrs=addrs())
+        now = replace(
+            started, engine=engine_state(), addrs=host.advertised_addrs(), reach=host.reach_counters()
+        )
         if now != last:
             _write_node_file(settings, now)
             last = now
@@ -186,6 +189,7 @@ def _write_node_file(settings: NodeSettings, started: NodeStarted) -> None:
         "model_hash": started.model_hash,
         "pid": os.getpid(),
         "engine": started.engine,
+        "reach": started.reach,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

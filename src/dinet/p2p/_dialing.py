@@ -32,10 +32,11 @@ def is_circuit(addr: str) -> bool:
     return _CIRCUIT in addr
 
 
-def bare(addr: str, peer_id: PeerId) -> str:
-    """`addr` without its trailing /p2p/<peer_id>, if it has one (a circuit address keeps
-    the relay's /p2p/ part: only the last one names the peer)."""
-    return addr.removesuffix(f"/p2p/{peer_id}")
+def bare(addr: str) -> str:
+    """`addr` without the /p2p/<peer id> that ends it, if one does (a circuit address keeps
+    its relay's: only the last part names the peer)."""
+    head, sep, last = addr.rpartition("/p2p/")
+    return head if sep and "/" not in last else addr
 
 
 def relay_of(circuit: str) -> tuple[str, PeerId]:
@@ -53,7 +54,7 @@ def dial_plan(peer_id: PeerId, addrs: list[str], me: PeerId) -> list[str]:
     peer itself or through this host are left out."""
     seen: dict[str, None] = {}
     for addr in addrs:
-        b = bare(addr, peer_id)
+        b = bare(addr)
         if not b or b.startswith(_WILDCARDS):
             continue
         if is_circuit(b):

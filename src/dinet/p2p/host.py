@@ -224,7 +224,7 @@ class PeerHost:
         out: list[str] = []
         for conn in self._connections(peer_id):
             if not _relayed(conn):
-                out += [bare(str(a), peer_id) for a in conn.get_transport_addresses()]
+                out += [bare(str(a)) for a in conn.get_transport_addresses()]
         return list(dict.fromkeys(out))
 
     def _connections(self, peer_id: PeerId) -> list[INetConn]:
@@ -292,7 +292,7 @@ class PeerHost:
         listen address is expanded to loopback and every interface."""
         out: list[str] = []
         for addr in self._raw.get_transport_addrs():
-            base = bare(str(addr), self.peer_id)
+            base = bare(str(addr))
             if base.startswith("/ip4/0.0.0.0/"):
                 rest = base.removeprefix("/ip4/0.0.0.0")
                 concrete = [f"/ip4/127.0.0.1{rest}"]
@@ -328,7 +328,7 @@ class PeerHost:
         has never heard of it."""
         try:
             return [
-                bare(str(addr), peer_id) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
+                bare(str(addr)) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
             ]
         except Exception:  # py-libp2p raises when the peer is unknown
             return []
@@ -342,7 +342,7 @@ class PeerHost:
         target = ID.from_base58(peer_id)
         peerstore = self._raw.get_peerstore()
         peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
-        peerstore.add_addrs(target, _parsed([bare(a, peer_id) for a in addrs]), _ADDR_TTL_S)
+        peerstore.add_addrs(target, _parsed([bare(a) for a in addrs]), _ADDR_TTL_S)
         self._forgive_failed_dials(target)
 
     def _forgive_failed_dials(self, target: ID) -> None:
@@ -459,7 +459,7 @@ def peer_of(addr: str) -> PeerId:
 
 def found_peer(info: PeerInfo) -> FoundPeer:
     peer = PeerId(info.peer_id.to_base58())
-    return FoundPeer(peer, tuple(f"{bare(str(a), peer)}/p2p/{peer}" for a in info.addrs))
+    return FoundPeer(peer, tuple(f"{bare(str(a))}/p2p/{peer}" for a in info.addrs))
 
 
 def _parsed(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
