@@ -10,6 +10,10 @@ two NATs). Changed here:
 - Its punch dials bind the first listen address the host advertises. dinet advertises
   concrete addresses (loopback among them), so the dials bind the wildcard the host
   listens on instead, with the same port (what the NAT maps, and what was measured).
+- A minute after a punch it closed the relayed connection, streams and all: an answer
+  still streaming over the relay broke. Here the relayed connection is closed once its
+  last dinet stream has ended (new streams take the direct connection meanwhile; the
+  library's own long-lived streams, gossip's, are opened again there).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.peer.id import ID
-from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.dcutr import RELAY_CLOSE_GRACE_PERIOD, DCUtRProtocol
 
 logger = logging.getLogger(__name__)
 
 UNILATERAL_S = 1.5  # a plain direct dial before punching gets this long
+RELAYED_STREAMS_S = 600.0  # streams left on a relayed connection after a punch get this long
 _WILDCARDS = ("/ip4/0.0.0.0/", "/ip6/::/")
 
 
@@ -73,6 +78,21 @@ class HolePuncher(DCUtRProtocol):
         if source is not None:
             source = (self._listen_ip(source[1]), source[1])
         await super()._dial_peer(peer_id, addr, source, as_responder)
+
+    async def _close_relayed_conns_after_grace(
+        self, peer_id: ID, grace: float = RELAY_CLOSE_GRACE_PERIOD
+    ) -> None:
+        await trio.sleep(grace)
+        with trio.move_on_after(RELAYED_STREAMS_S):
+            while self._relayed_streams(peer_id):  # noqa: ASYNC110 (streams end without an event)
+                await trio.sleep(1.0)
+        await super()._close_relayed_conns_after_grace(peer_id, grace=0)
+
+    def _relayed_streams(self, peer_id: ID) -> int:
+        """dinet's streams still open on relayed connections to `peer_id`."""
+        conns = self.host.get_network().get_connections(peer_id)
+        relayed = [c for c in conns if any("/p2p-circuit" in str(a) for a in c.get_transport_addresses())]
+        return sum(1 for c in relayed for s in c.get_streams() if str(s.get_protocol()).startswith("/dinet/"))
 
     def _listen_ip(self, port: int) -> str:
         """The IP the host listens on at `port` (a wildcard, usually)."""

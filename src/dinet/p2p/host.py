@@ -327,9 +327,7 @@ class PeerHost:
         """The addresses libp2p holds for a peer (bare: without /p2p/<its id>); none if it
         has never heard of it."""
         try:
-            return [
-                bare(str(addr)) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
-            ]
+            return [bare(str(addr)) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
         except Exception:  # py-libp2p raises when the peer is unknown
             return []
 
