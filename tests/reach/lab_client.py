@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from dinet.cli._common import setup_logging
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network, open_network
 from dinet.client.options import AskOptions
@@ -69,5 +70,6 @@ async def main(home: str, bootstrap: str, model_hash: str, hole_punching: bool) 
 
 
 if __name__ == "__main__":
+    setup_logging(0)  # as `din` does: py-libp2p's routine failures stay out of the test's output
     home, bootstrap, model_hash, *flags = sys.argv[1:]
     trio.run(main, home, bootstrap, model_hash, "--no-hole-punching" not in flags)

@@ -24,6 +24,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pubsub import Pubsub
@@ -91,6 +92,8 @@ class PeerHost:
         # DHT provider records, relay reservations and DCUtR all read it: one replacement here
         # makes them all advertise what `advertised_addrs` says.
         raw.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
+        raw.get_network().dial_peer = self._libp2p_dial_peer  # type: ignore[method-assign,assignment]
+        self._dialing: dict[PeerId, trio.Event] = {}
 
     @property
     def raw(self) -> IHost:
@@ -177,18 +180,36 @@ class PeerHost:
             target = ID.from_base58(peer_id)
         except ValueError as exc:
             raise PeerUnreachable(f"cannot dial {peer_id!r}: {exc}") from None
-        plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
-        if not plan:
-            raise PeerUnreachable(f"no address known for {peer_id}")
         try:
             with trio.fail_after(timeout):
-                await dial_first(self, peer_id, plan)
+                if (other := self._dialing.get(peer_id)) is not None:  # one dial to a peer at a time
+                    await other.wait()
+                    if self.is_connected(peer_id):
+                        return
+                plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
+                if not plan:
+                    raise PeerUnreachable(f"no address known for {peer_id}")
+                self._dialing[peer_id] = done = trio.Event()
+                try:
+                    await dial_first(self, peer_id, plan)
+                finally:
+                    del self._dialing[peer_id]
+                    done.set()
+                    # A dial that reached another peer makes libp2p forget every address of this one.
+                    self._raw.get_peerstore().add_addrs(target, _parsed(plan), _ADDR_TTL_S)
         except trio.TooSlowError:
             raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
-        finally:
-            # A dial that reached another peer makes libp2p forget every address of this one.
-            self._raw.get_peerstore().add_addrs(target, _parsed(plan), _ADDR_TTL_S)
         self._forgive_failed_dials(target)
+
+    async def _libp2p_dial_peer(self, peer: ID) -> list[INetConn]:
+        """The swarm's own dials (DHT queries, gossip, a stream to a peer not connected)
+        go through `connect` too: py-libp2p 0.8.1's dial_peer tries one address of each
+        kind, never a circuit, and waits out a LAN address of another home (~20 s)."""
+        try:
+            await self.connect(PeerId(peer.to_base58()), (), DIAL_TIMEOUT_S)
+        except PeerUnreachable as exc:
+            raise SwarmException(str(exc)) from None
+        return list(self._raw.get_network().get_connections(peer))
 
     async def disconnect(self, peer_id: PeerId) -> None:
         await self._raw.disconnect(ID.from_base58(peer_id))
