@@ -1,79 +1,36 @@
 """Circuit relay v2 between real hosts on loopback: relays, reservations, circuits, limits.
 
-A "home" host here listens nowhere: like a host behind NAT, it can only dial out, so the
-only way to reach it is a circuit through a relay it holds a reservation on. Hole
-punching is off in these tests unless a test is about it (on loopback a punch always
-succeeds, and the connection would stop being relayed).
+A "home" host (tests/p2p/relaying.py) listens nowhere: like a host behind NAT, it can only
+dial out, so the only way to reach it is a circuit through a relay it holds a reservation
+on. Hole punching is off in these tests unless a test is about it (on loopback a punch
+always succeeds, and the connection would stop being relayed).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from tests.p2p.relaying import (
+    ECHO,
+    LOOPBACK,
+    circuits,
+    dialer,
+    echo,
+    home_host,
+    relay_host,
+    reserved_on,
+    until,
+)
 
 from dinet.errors import PeerError, PeerUnreachable
 from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.relay import HOP_PROTOCOL, RelayPolicy, reserve
-from dinet.p2p.streams import FramedStream, Stream
+from dinet.p2p.streams import FramedStream
+from dinet.wire.ids import ModelHash
 from dinet.wire.keys import SigningKey
-
-ECHO = "/dinet-test/echo/1"
-LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
-
-
-@asynccontextmanager
-async def relay_host(policy: RelayPolicy | None = None) -> AsyncIterator[PeerHost]:
-    """A public host that relays (its reachability set by hand: AutoNAT is not under test)."""
-    config = ReachConfig(hole_punching=False, relay=policy or RelayPolicy())
-    async with open_host(SigningKey.generate(), LOOPBACK, reach=config) as host:
-        host.set_reachability("public", "set by the test")
-        yield host
-
-
-@asynccontextmanager
-async def home_host(reservations: int = 1, *, hole_punching: bool = False) -> AsyncIterator[PeerHost]:
-    """A private host that listens nowhere and keeps `reservations` relays; it echoes on ECHO."""
-    config = ReachConfig(hole_punching=hole_punching, reservations=reservations)
-    async with open_host(SigningKey.generate(), [], reach=config) as host:
-        host.set_reachability("private", "set by the test")
-        host.set_handler(ECHO, echo)
-        yield host
-
-
-@asynccontextmanager
-async def dialer(*, hole_punching: bool = False) -> AsyncIterator[PeerHost]:
-    async with open_host(
-        SigningKey.generate(), LOOPBACK, reach=ReachConfig(hole_punching=hole_punching)
-    ) as host:
-        yield host
-
-
-async def echo(stream: Stream) -> None:
-    framed = FramedStream(stream)
-    while (payload := await framed.receive()) is not None:
-        await framed.send_payload(payload)
-    await framed.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.05)
-
-
-def circuits(host: PeerHost) -> list[str]:
-    return [a for a in host.advertised_addrs() if "/p2p-circuit" in a]
-
-
-async def reserved_on(home: PeerHost, relay: PeerHost) -> list[str]:
-    """Connect `home` to `relay` and wait for its reservation there; its circuit addresses."""
-    await home.dial(relay.full_addrs()[0])
-    await until(lambda: relay.peer_id in home.reachability().relays)
-    return circuits(home)
 
 
 async def echo_once(host: PeerHost, peer: PeerHost, payload: bytes = b"ping") -> bytes | None:
@@ -247,3 +204,29 @@ async def test_a_host_that_is_not_public_offers_no_relay():
         with pytest.raises(PeerUnreachable):
             await reserve(home, relay.peer_id)
         assert home.reachability().relays == ()
+
+
+async def test_a_home_host_s_dht_record_carries_its_circuits_and_they_lead_to_it():
+    model = ModelHash("cd" * 32)
+    public = ReachConfig(hole_punching=False, relay=RelayPolicy())
+    private = ReachConfig(hole_punching=False, reservations=1)
+    client_only = ReachConfig(hole_punching=False)
+    async with (
+        open_host(SigningKey.generate(), LOOPBACK, dht="server", reach=public) as relay,
+        open_host(SigningKey.generate(), [], dht="server", reach=private) as home,
+        open_host(SigningKey.generate(), LOOPBACK, dht="client", reach=client_only) as client,
+    ):
+        relay.set_reachability("public", "set by the test")
+        home.set_reachability("private", "set by the test")
+        home.set_handler(ECHO, echo)
+        addrs = await reserved_on(home, relay)
+        await home.add_to_routing_table(relay.peer_id)
+        assert await home.provide(model)
+        await client.dial(relay.full_addrs()[0])
+        await client.add_to_routing_table(relay.peer_id)
+
+        [found] = await client.find_providers(model)
+
+        assert found.peer_id == home.peer_id and set(addrs) <= set(found.addrs)
+        await client.connect(home.peer_id, found.addrs)
+        assert await echo_once(client, home) == b"ping"
