@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 RESERVE_S = 10.0  # a relay must answer a reservation request by then
 CHECK_S = 1.0  # how often held reservations are checked (relay gone, renewal due)
+SHORT_CHECK_S = 0.2  # ... and connected peers looked at for relays, while it holds too few
 RETRY_RELAY_S = 30.0  # a relay that refused is not asked again for this long
 CIRCUIT_ADDRS_PER_RELAY = 2
 
@@ -84,7 +85,7 @@ class ReservationKeeper:
         while True:
             if self.want > 0 and self._host.reachability().state != "public":
                 await self._tend()
-                with trio.move_on_after(CHECK_S):
+                with trio.move_on_after(CHECK_S if len(self.held) >= self.want else SHORT_CHECK_S):
                     await self._host.reachability_changed()
             else:
                 self._set(dict())
