@@ -156,6 +156,9 @@ def test_metrics_count_requests_tokens_latency_and_errors(client, gateway):
     assert values["dinet_gateway_time_to_first_token_seconds_count"] >= 1
     assert values["dinet_gateway_time_per_output_token_seconds_count"] >= 1
     assert values["dinet_gateway_peers_known"] >= 1
+    assert {"punch_attempts", "punch_successes", "reservations_held"} <= {
+        name.split('"')[1] for name in values if name.startswith("dinet_reach{")
+    }
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -207,6 +207,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                         {
                             **m.model_dump(mode="json"),
                             "rtt_ms": network.rtt_ms.get(m.peer_id),
+                            "link": network.host.link_kind(m.peer_id),  # direct, relayed or null
                             **trust[m.peer_id],
                         }
                         for m in manifests
@@ -222,6 +223,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                 "tok/s",
                 "ttft ms",
                 "rtt ms",
+                "link",
                 "price",
                 "score",
             ):
@@ -236,6 +238,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
                     f"{m.tokens_per_s:.1f}",
                     f"{m.ttft_ms:.0f}",
                     "-" if rtt is None else f"{rtt:.1f}",
+                    network.host.link_kind(m.peer_id) or "-",
                     f"{m.price_per_token:g}",
                     _score_cell(trust[m.peer_id]),
                 )

@@ -49,7 +49,9 @@ class _Gateway:
     def __init__(self, view: NetworkView, settings: GatewaySettings) -> None:
         self.view = view
         self.settings = settings
-        self.metrics = GatewayMetrics(lambda: len(view.network.directory.manifests()))
+        self.metrics = GatewayMetrics(
+            lambda: len(view.network.directory.manifests()), view.network.host.reach_counters
+        )
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     # -- plumbing ---------------------------------------------------------------------------

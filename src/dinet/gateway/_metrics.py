@@ -14,8 +14,9 @@ _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64,
 
 
 class GatewayMetrics:
-    def __init__(self, peers_known: Callable[[], int]) -> None:
+    def __init__(self, peers_known: Callable[[], int], reach: Callable[[], dict[str, int]] = dict) -> None:
         self.registry = CollectorRegistry()
+        self._reach = reach
         self.requests = Counter(
             "dinet_gateway_requests",
             "HTTP API requests answered, by endpoint and status",
@@ -48,6 +49,15 @@ class GatewayMetrics:
         )
         self.peers = Gauge("dinet_gateway_peers_known", "Peers with a valid manifest", registry=self.registry)
         self.peers.set_function(lambda: float(peers_known()))
+        self.reach = Gauge(
+            "dinet_reach",
+            "NAT traversal, totals since start: punch_attempts, punch_successes, circuits_relayed, "
+            "relayed_bytes; and now: reservations_held, circuits_active",
+            ["what"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
+        for what, value in self._reach().items():
+            self.reach.labels(what=what).set(value)
         return generate_latest(self.registry)

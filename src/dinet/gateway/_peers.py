@@ -126,6 +126,7 @@ class NetworkView:
                     "tokens_per_s": m.tokens_per_s,
                     "ttft_ms": m.ttft_ms,
                     "rtt_ms": None if rtt is None else round(rtt, 2),
+                    "link": self.network.host.link_kind(m.peer_id),  # direct, relayed or null
                     "price_per_token": m.price_per_token,
                     **peer_trust(self.network, m.peer_id),  # reputation, evidence, excluded
                     "age_s": round(max(0.0, now - m.issued_at), 1),

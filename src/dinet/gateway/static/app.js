@@ -91,6 +91,7 @@ function renderPeers(peers) {
       load,
       el("td", "num", p.tokens_per_s ? p.tokens_per_s.toFixed(1) : "–"),
       el("td", "num", p.rtt_ms == null ? "–" : `${p.rtt_ms.toFixed(1)} ms`),
+      el("td", "", p.link ?? "–"),  // direct, or through a relay
       el("td", "num", p.ttft_ms ? `${Math.round(p.ttft_ms)} ms` : "–"),
       el("td", "num", p.price_per_token ? p.price_per_token.toPrecision(2) : "free"),
       el("td", "num", p.reputation == null ? "–"
