@@ -102,6 +102,7 @@ async def running_reach(host: PeerHost, config: ReachConfig) -> AsyncIterator[Re
             if config.relay is not None:
                 nursery.start_soon(_relay_while_public, host, relay)
             nursery.start_soon(keeper.run)
+            nursery.start_soon(_announce_new_circuits, host, keeper)
             try:
                 yield reach
             finally:
@@ -116,3 +117,11 @@ async def _relay_while_public(host: PeerHost, relay: BoundedRelay) -> None:
             relay.serve_hop(public)
             await host.tell_peers_what_changed()  # peers look for relays among those that speak HOP
         await host.reachability_changed()
+
+
+async def _announce_new_circuits(host: PeerHost, keeper: ReservationKeeper) -> None:
+    """Tell connected peers (identify push) whenever the relays, so the circuit addresses,
+    change: manifests and DHT records follow on their own schedules (forever)."""
+    while True:
+        await keeper.changed()
+        await host.tell_peers_what_changed()
