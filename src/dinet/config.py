@@ -74,6 +74,10 @@ class CommonSettings(BaseSettings):
         default=None,
         description="Speak only to the peer ids in this file (one a line, # comments; reloaded on change)",
     )
+    hole_punching: bool = Field(
+        default=True,
+        description="Upgrade connections through a relay to direct ones by hole punching (DCUtR)",
+    )
     dial_timeout_s: float = Field(
         default=DIAL_TIMEOUT_S,
         gt=0,
@@ -179,6 +183,28 @@ class NodeSettings(CommonSettings):
     )
     shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
+    relay: bool = Field(
+        default=True, description="Relay for peers behind NAT (circuit relay v2) while publicly reachable"
+    )
+    relay_max_reservations: int = Field(
+        default=128, ge=1, le=100_000, description="Peers behind NAT this relay keeps a slot for at once"
+    )
+    relay_max_circuits: int = Field(default=256, ge=1, le=100_000, description="Relayed connections at once")
+    relay_circuit_bytes: int = Field(
+        default=32 << 20, ge=0, description="Bytes one relayed connection may carry, both ways (0: no limit)"
+    )
+    relay_circuit_s: float = Field(
+        default=900.0, ge=0, description="Seconds one relayed connection may last (0: no limit)"
+    )
+    relay_reservation_s: int = Field(
+        default=3600, ge=1, le=86_400, description="Seconds a slot on this relay lasts unless renewed"
+    )
+    relays: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Relays a node behind NAT keeps a slot on, to be reachable through",
+    )
     scrub_mb_s: float = Field(
         default=4.0, gt=0, description="MB/s at which the served model's chunks are re-checked"
     )

@@ -170,6 +170,9 @@ def test_peers_show_how_the_gateway_reaches_them_in_the_api_and_metrics(gateway,
     values = _samples(text)
     assert values['dinet_gateway_peer_links{link="direct"}'] == len(mesh.nodes)
     assert values['dinet_gateway_peer_links{link="relayed"}'] == 0
+    assert {"punch_attempts", "punch_successes", "reservations_held"} <= {
+        name.split('"')[1] for name in values if name.startswith("dinet_reach{")
+    }
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -171,6 +171,10 @@ def pull(
     allow_peers: Annotated[
         Path | None, typer.Option(envvar="DINET_ALLOW_PEERS", help="Speak only to the peer ids in this file")
     ] = None,
+    hole_punching: Annotated[
+        bool,
+        typer.Option("--hole-punching/--no-hole-punching", help="Upgrade relayed connections to direct ones"),
+    ] = True,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -181,6 +185,7 @@ def pull(
     async def main() -> PullReport:
         gate = peer_gate(swarm_key, allow_peers)
         async with open_swarm(home, bootstrap or [], mdns=mdns, gate=gate) as swarm:
+        async with open_swarm(home, bootstrap or [], mdns=mdns, hole_punching=hole_punching) as swarm:
             model_hash, peers = await _find(swarm, ref, timeout)
             with _progress(json_out) as progress:
                 return await pull_model(

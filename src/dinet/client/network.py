@@ -20,6 +20,7 @@ from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
+from dinet.p2p.reach import ReachConfig
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.trust.outcomes import OutcomeRecorder
@@ -223,7 +224,10 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     """A running client host, joined through the bootstrap peers (and mDNS if on)."""
     key = load_or_create_identity(settings.home, CLIENT_IDENTITY)
     gate = peer_gate(settings.swarm_key, settings.allow_peers)
-    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client", gate=gate) as host:
+    reach = ReachConfig(hole_punching=settings.hole_punching)  # a client dials out: no relaying, no slots
+    async with open_host(
+        key, ["/ip4/0.0.0.0/tcp/0"], mdns=settings.mdns, dht="client", reach=reach, gate=gate
+    ) as host:
         network = Network(
             host,
             PeerDirectory(on_moved=lambda m: host.remember_addrs(m.peer_id, m.addrs)),

@@ -54,6 +54,7 @@ class _Gateway:
             lambda: len(view.network.directory.manifests()),
             view.links,
             None if beside is None else lambda: beside().state,
+            view.network.host.reach_counters,
         )
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 

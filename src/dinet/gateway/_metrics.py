@@ -19,15 +19,18 @@ REACH_STATES = ("public", "private", "unknown")
 
 class GatewayMetrics:
     """`links()`: known peers connected now, by link (direct, relayed). `node_reach()`: the
-    reachability state of the node this gateway runs beside, if it runs beside one."""
+    reachability state of the node this gateway runs beside, if it runs beside one.
+    `reach()`: this gateway's own NAT traversal counters (`PeerHost.reach_counters`)."""
 
     def __init__(
         self,
         peers_known: Callable[[], int],
         links: Callable[[], Mapping[str, int]],
         node_reach: Callable[[], str] | None = None,
+        reach: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
+        self._reach = reach
         self.requests = Counter(
             "dinet_gateway_requests",
             "HTTP API requests answered, by endpoint and status",
@@ -78,8 +81,17 @@ class GatewayMetrics:
             )
             for state in REACH_STATES:
                 reach.labels(state).set_function(_is(node_reach, state))
+        self.reach = Gauge(
+            "dinet_reach",
+            "NAT traversal, totals since start: punch_attempts, punch_successes, circuits_relayed, "
+            "relayed_bytes; and now: reservations_held, circuits_active",
+            ["what"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
+        for what, value in self._reach().items():
+            self.reach.labels(what=what).set(value)
         return generate_latest(self.registry)
 
 

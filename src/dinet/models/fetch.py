@@ -37,6 +37,7 @@ from dinet.p2p.gate import PeerGate
 from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
+from dinet.p2p.reach import ReachConfig
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.chunks import (
     MAX_BATCH,
@@ -57,6 +58,9 @@ STREAM_TIMEOUT_S = 10.0  # opening a stream, or waiting for a reply's header
 # pullers. Was the 10 s above, which drops such a holder in the middle of every pull.
 CHUNK_TIMEOUT_S = 30.0
 BATCH_BYTES = 4 << 20
+# A holder reached only through a relay is usually connected directly a few seconds later
+# (hole punching): bulk bytes wait this long for that rather than load a relay.
+PUNCH_WAIT_S = 8.0
 
 Progress = Callable[[int, int], None]  # (bytes verified so far, total bytes)
 
@@ -111,9 +115,10 @@ async def _reply(framed: FramedStream) -> SignedModelCard | ChunkHeader | ErrorF
 
 
 async def fetch_model_card(host: PeerHost, peers: Sequence[PeerId], model_hash: ModelHash) -> SignedModelCard:
-    """The signed model card of `model_hash` from the first peer that gives a valid one."""
+    """The signed model card of `model_hash` from the first peer that gives a valid one
+    (peers connected directly first)."""
     problems = []
-    for peer_id in peers:
+    for peer_id in sorted(peers, key=lambda p: host.link_kind(p) == "relayed"):
         try:
             framed = await _open(host, peer_id)
             try:
@@ -249,10 +254,29 @@ async def fetch_chunks(
     progress: Progress | None = None,
     max_rate: float | None = None,
 ) -> dict[PeerId, PeerStats]:
-    """Fetch chunks `missing` of the model `card` describes from `peers` into the file `target`."""
+    """Fetch chunks `missing` of the model `card` describes from `peers` into the file
+    `target`, from holders not behind a relay when there are any (see `bulk_holders`)."""
     transfer = _Transfer(host, card, target, missing, progress, max_rate)
-    await transfer.run(peers)
+    await transfer.run(await bulk_holders(host, peers))
     return transfer.peers
+
+
+async def bulk_holders(host: PeerHost, peers: Sequence[PeerId]) -> list[PeerId]:
+    """The holders to pull bulk bytes from: every one not reached through a relay. When
+    all of them are, they get PUNCH_WAIT_S to be connected directly; if none is by then,
+    the relayed ones serve (a relay may cut such a stream: its chunks go to the others,
+    or the pull fails and is tried again; no unchecked byte is kept either way)."""
+
+    def unrelayed() -> list[PeerId]:
+        return [p for p in peers if host.link_kind(p) != "relayed"]
+
+    if peers and not unrelayed():
+        with trio.move_on_after(PUNCH_WAIT_S):
+            while not unrelayed():  # noqa: ASYNC110 (a poll: the punch happens inside the host)
+                await trio.sleep(0.1)
+        if not unrelayed():
+            logger.info("no holder is connected directly: pulling through a relay")
+    return unrelayed() or list(peers)
 
 
 async def pull_model(
@@ -318,10 +342,16 @@ class Swarm:
 
 @asynccontextmanager
 async def open_swarm(
-    home: Path, bootstrap: Sequence[str], *, mdns: bool = False, gate: PeerGate | None = None
+    home: Path,
+    bootstrap: Sequence[str],
+    *,
+    mdns: bool = False,
+    gate: PeerGate | None = None,
+    hole_punching: bool = True,
 ) -> AsyncIterator[Swarm]:
     key = load_or_create_identity(home, CLIENT_IDENTITY)
-    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate) as host:
+    reach = ReachConfig(hole_punching=hole_punching)
+    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate, reach=reach) as host:
         joiner = Joiner(host, PeerDirectory())
         if bootstrap and not await joiner.join(bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered: {joiner.why_unreached()}")

@@ -227,7 +227,9 @@ async def _pull_before_serving(
 ) -> StoredModel:
     logger.info("model %s is not in the store: pulling it before serving", model_hash[:16])
     gate = peer_gate(settings.swarm_key, settings.allow_peers)
-    async with open_swarm(settings.home, settings.bootstrap, mdns=settings.mdns, gate=gate) as swarm:
+    async with open_swarm(
+        settings.home, settings.bootstrap, mdns=settings.mdns, gate=gate, hole_punching=settings.hole_punching
+    ) as swarm:
         while True:
             peers = await swarm.holders(model_hash)
             try:

@@ -21,10 +21,13 @@ from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import peer_gate
-from dinet.p2p.host import PeerHost, Reachability, build_host
+from dinet.p2p.host import PeerHost, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
+from dinet.p2p.reach import ReachConfig
+from dinet.p2p.reachability import Reachability
+from dinet.p2p.relay import RelayPolicy
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
@@ -45,6 +48,8 @@ class NodeStarted:
     model_hash: ModelHash | None
     engine: dict[str, object] | None  # engine_state(): served, error, sandbox; None: no model
     reachability: Reachability
+    advertised: list[str]  # what peers are told to dial: confirmed addresses, relay circuits
+    reach: dict[str, int]  # PeerHost.reach_counters(): hole punches, reservations, relaying
     # The same figures as they are now (addresses, engine and reachability change).
     live: Callable[[], NodeStarted] = field(compare=False, repr=False)
 
@@ -57,6 +62,8 @@ class NodeStarted:
             "model_hash": self.model_hash,
             "engine": self.engine,
             "reachability": self.reachability.as_dict(),
+            "advertised": self.advertised,
+            "reach": self.reach,
         }
 
 
@@ -165,6 +172,8 @@ async def _run(
             serving.model_hash,
             serving.state(),
             host.reachability(),
+            host.advertised_addrs(),
+            host.reach_counters(),
             now,
         )
 
@@ -177,6 +186,7 @@ async def _run(
         settings.listen,
         dht="server",
         gossip=True,
+        reach=reach_config(settings),
         check_reach=True,
         announce=settings.announce,
         upnp=settings.upnp,
@@ -217,6 +227,22 @@ async def _run(
             logger.info("node %s serving %s on %s", peer_id, started.model_id, started.addrs)
         task_status.started(started)
         await trio.sleep_forever()
+
+
+def reach_config(settings: NodeSettings) -> ReachConfig:
+    """What the node's host does about NAT: relay while public, keep reservations while not."""
+    policy = RelayPolicy(
+        max_reservations=settings.relay_max_reservations,
+        max_circuits=settings.relay_max_circuits,
+        circuit_bytes=settings.relay_circuit_bytes,
+        circuit_s=settings.relay_circuit_s,
+        reservation_s=settings.relay_reservation_s,
+    )
+    return ReachConfig(
+        hole_punching=settings.hole_punching,
+        relay=policy if settings.relay else None,
+        reservations=settings.relays,
+    )
 
 
 async def _keep_node_file(

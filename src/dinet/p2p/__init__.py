@@ -17,4 +17,10 @@ upnp.py       --upnp: leased port mappings on the home router
 gate.py       who may connect: a private swarm's key and an allowlist, on every connection
 pnet.py       the swarm key file and libp2p's pre-shared key layer (XSalsa20)
 allowlist.py  the allowlist file, reloaded when it changes
+reach.py      running a host's reach: relaying while public,
+              reservations while not, hole punching
+relay.py      reservations kept on relays, circuits dialed through them
+holepunch.py  DCUtR (the library's, counted and adjusted)
+_dialing.py   happy-eyeballs dialing of direct and circuit addresses
+_relay_fixes.py  the library's relay side, fixed and bounded (subclasses)
 """

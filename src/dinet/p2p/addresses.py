@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import multiaddr
 import trio
@@ -33,8 +33,9 @@ _MAX_ASKS = 8  # requests in flight in one round
 class AddressBook:
     """Which addresses this host advertises, found out by asking peers to dial it back."""
 
-    def __init__(self, raw: IHost, peer_id: PeerId) -> None:
+    def __init__(self, raw: IHost, peer_id: PeerId, on_change: Callable[[], None] = lambda: None) -> None:
         self._raw = raw
+        self._on_change = on_change  # told when the state or the confirmed addresses change
         self._peer_id = peer_id
         self._announced: list[str] = []
         self._mapped: list[str] = []  # by the home router (UPnP)
@@ -165,6 +166,8 @@ class AddressBook:
         state = self._dial_backs.decide(candidates, self._announced, peers, trio.current_time())
         if (state.state, state.addrs) != (self._state.state, self._state.addrs):
             logger.info("reachability: %s (%s)", state.state, state.reason)
+            self._state = state
+            self._on_change()
         self._state = state
 
 

@@ -2,7 +2,8 @@
 
 Nothing above p2p/ sees py-libp2p: `PeerHost` speaks in peer ids and multiaddr
 strings, serves protocols with `Stream`s, and carries the DHT and gossip when the
-host runs them.
+host runs them, and its reach: relayed connections, hole punching, reservations
+(`dinet.p2p.reach`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import multiaddr
 import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost, INetStream, ISubscriptionAPI, PeerInfo
+from libp2p.abc import IHost, INetConn, INetStream, ISubscriptionAPI, PeerInfo
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pubsub import Pubsub
@@ -30,14 +33,16 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from dinet.errors import ConfigError, PeerError, PeerUnreachable
 from dinet.p2p._dht import dht_key, find_model_providers, running_dht
+from dinet.p2p._dialing import bare, dial_first, dial_plan, is_circuit
 from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.addresses import AddressBook
 from dinet.p2p.autonat import PROTOCOL as AUTONAT_PROTOCOL
 from dinet.p2p.autonat import DialBackServer
-from dinet.p2p.gate import PeerGate, install_gate, policing, refusal_in
+from dinet.p2p.gate import PeerGate, install_gate, policing
 from dinet.p2p.gossip import running_pubsub
 from dinet.p2p.identity import libp2p_key_pair
-from dinet.p2p.reachability import Reachability
+from dinet.p2p.reach import Reach, ReachConfig, running_reach
+from dinet.p2p.reachability import Reachability, ReachState
 from dinet.p2p.streams import Handler, Stream
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
@@ -83,8 +88,25 @@ class PeerHost:
         self.peer_id = PeerId(raw.get_id().to_base58())
         self._dht: KadDHT | None = None
         self._pubsub: Pubsub | None = None
-        self._addresses = AddressBook(raw, self.peer_id)
+        self._reach: Reach | None = None
+        self._verdict_changed = trio.Event()
+        # What peers' dial-backs say (AutoNAT), unless set_reachability overrides it.
+        self._addresses = AddressBook(raw, self.peer_id, on_change=self._reachability_moved)
+        self._assumed: Reachability | None = None
         raw.set_stream_handler(TProtocol(AUTONAT_PROTOCOL), DialBackServer(raw).handle)
+        self._rtt_ms: dict[PeerId, float] = {}
+        # py-libp2p 0.8.1's get_addrs() strips every /p2p/ part of an advertised address and
+        # appends ours, which turns a circuit address into the relay's own address. Identify,
+        # DHT provider records, relay reservations and DCUtR all read it: one replacement here
+        # makes them all advertise what `advertised_addrs` says.
+        raw.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
+        raw.get_network().dial_peer = self._libp2p_dial_peer  # type: ignore[method-assign,assignment]
+        self._dialing: dict[PeerId, trio.Event] = {}
+
+    @property
+    def raw(self) -> IHost:
+        """The libp2p host, for the rest of p2p/ only."""
+        return self._raw
 
     # --- lifetime ---
 
@@ -95,11 +117,13 @@ class PeerHost:
         *,
         dht: DHTRole | None = None,
         gossip: bool = False,
+        reach: ReachConfig | None = None,
         check_reach: bool = False,
         announce: Sequence[str] = (),
         upnp: bool = False,
     ) -> AsyncIterator[PeerHost]:
-        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if asked.
+        """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if
+        asked, and reach as `reach` says (default: hole punching, no relaying, no reservations).
 
         `check_reach`: find out by AutoNAT which addresses peers reach (see `reachability`),
         with the router's forwarded ports if `upnp`; `announce`: addresses the operator knows.
@@ -115,10 +139,11 @@ class PeerHost:
                 self._pubsub = await services.enter_async_context(running_pubsub(self._raw))
             if dht is not None:
                 self._dht = await services.enter_async_context(running_dht(self._raw, server=dht == "server"))
+            self._reach = await services.enter_async_context(running_reach(self, reach or ReachConfig()))
             try:
                 yield self
             finally:
-                self._dht = self._pubsub = None
+                self._dht = self._pubsub = self._reach = None
 
     # --- protocols and streams ---
 
@@ -140,12 +165,18 @@ class PeerHost:
         self._raw.set_stream_handler(TProtocol(protocol), serve)
 
     async def open_stream(self, peer_id: PeerId, protocol: str, timeout: float) -> Stream:
-        """A new stream to `peer_id` for `protocol`; PeerUnreachable if it does not open in time."""
+        """A new stream to `peer_id` for `protocol` (over a direct connection when there is
+        one; dialed first if there is none, circuits too); PeerUnreachable if it does not
+        open in time."""
         try:
             with trio.fail_after(timeout):
+                if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
+                    await self.connect(peer_id, (), timeout)
                 raw = await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.TooSlowError:
             raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
+        except PeerUnreachable:
+            raise
         except Exception as exc:  # libp2p raises assorted types when a stream cannot open
             raise PeerUnreachable(f"cannot open a {protocol} stream to {peer_id}: {exc}") from None
         return Stream(raw)
@@ -161,20 +192,47 @@ class PeerHost:
     async def connect(
         self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
     ) -> None:
-        """Connect to `peer_id` at `addrs`, and at those libp2p already holds; PeerUnreachable."""
+        """Connect to `peer_id` (unless connected) at `addrs` and at those libp2p already
+        holds: direct addresses first, `/p2p-circuit` ones after a head start (see
+        `dinet.p2p._dialing`); PeerUnreachable."""
+        if self.is_connected(peer_id):
+            return
         if self._gate is not None and (refused := self._gate.refusal(peer_id)) is not None:
             raise PeerUnreachable(f"not dialing: {refused}")
         try:
-            info = PeerInfo(ID.from_base58(peer_id), parse_multiaddrs([a.split("/p2p/")[0] for a in addrs]))
-        except (ValueError, ConfigError) as exc:
-            raise PeerUnreachable(f"cannot dial {peer_id}: {exc}") from None
+            target = ID.from_base58(peer_id)
+        except ValueError as exc:
+            raise PeerUnreachable(f"cannot dial {peer_id!r}: {exc}") from None
         try:
             with trio.fail_after(timeout):
-                await self._raw.connect(info)
+                if (other := self._dialing.get(peer_id)) is not None:  # one dial to a peer at a time
+                    await other.wait()
+                    if self.is_connected(peer_id):
+                        return
+                plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
+                if not plan:
+                    raise PeerUnreachable(f"no address known for {peer_id}")
+                self._dialing[peer_id] = done = trio.Event()
+                try:
+                    await dial_first(self, peer_id, plan)
+                finally:
+                    del self._dialing[peer_id]
+                    done.set()
+                    # A dial that reached another peer makes libp2p forget every address of this one.
+                    self._raw.get_peerstore().add_addrs(target, _parsed(plan), _ADDR_TTL_S)
         except trio.TooSlowError:
             raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
-        except Exception as exc:  # libp2p raises many unrelated types when a dial fails
-            raise PeerUnreachable(f"cannot reach {peer_id}: {refusal_in(exc) or exc}") from None
+        self._forgive_failed_dials(target)
+
+    async def _libp2p_dial_peer(self, peer: ID) -> list[INetConn]:
+        """The swarm's own dials (DHT queries, gossip, a stream to a peer not connected)
+        go through `connect` too: py-libp2p 0.8.1's dial_peer tries one address of each
+        kind, never a circuit, and waits out a LAN address of another home (~20 s)."""
+        try:
+            await self.connect(PeerId(peer.to_base58()), (), DIAL_TIMEOUT_S)
+        except PeerUnreachable as exc:
+            raise SwarmException(str(exc)) from None
+        return list(self._raw.get_network().get_connections(peer))
 
     async def disconnect(self, peer_id: PeerId) -> None:
         await self._raw.disconnect(ID.from_base58(peer_id))
@@ -182,17 +240,14 @@ class PeerHost:
     async def reach(
         self, peer_id: PeerId, addrs: Sequence[str] = (), timeout: float = DIAL_TIMEOUT_S
     ) -> bool:
-        """Whether `peer_id` is connected now: already, or by a dial to each of `addrs` in
-        turn (with none given, wherever libp2p knows it to be)."""
-        if self.is_connected(peer_id):
-            return True
-        for at in [[a] for a in addrs] or [[]]:
-            try:
-                await self.connect(peer_id, at, timeout)
-                return True
-            except PeerUnreachable as exc:
-                logger.debug("%s unreachable at %s: %s", peer_id, at or "its known addresses", exc)
-        return False
+        """Whether `peer_id` is connected now: already, or by a dial (see `connect`) to
+        `addrs` and wherever libp2p knows it to be."""
+        try:
+            await self.connect(peer_id, addrs, timeout)
+        except PeerUnreachable as exc:
+            logger.debug("%s unreachable: %s", peer_id, exc)
+            return False
+        return True
 
     def connected_peers(self) -> set[PeerId]:
         return {PeerId(peer.to_base58()) for peer in self._raw.get_connected_peers()}
@@ -200,26 +255,118 @@ class PeerHost:
     def is_connected(self, peer_id: PeerId) -> bool:
         return peer_id in self.connected_peers()
 
+    def link_kind(self, peer_id: PeerId) -> LinkKind | None:
+        """How this host is connected to `peer_id`: "direct", "relayed" (only through a
+        relay), or None (not connected)."""
+        conns = self._connections(peer_id)
+        if not conns:
+            return None
+        return "direct" if any(not _relayed(c) for c in conns) else "relayed"
+
+    def remote_addrs(self, peer_id: PeerId) -> list[str]:
+        """The addresses this host's direct connections to `peer_id` run to (bare)."""
+        out: list[str] = []
+        for conn in self._connections(peer_id):
+            if not _relayed(conn):
+                out += [bare(str(a)) for a in conn.get_transport_addresses()]
+        return list(dict.fromkeys(out))
+
+    def _connections(self, peer_id: PeerId) -> list[INetConn]:
+        try:
+            return list(self._raw.get_network().get_connections(ID.from_base58(peer_id)))
+        except ValueError:  # not a peer id
+            return []
+
+    def speaks(self, peer_id: PeerId, protocol: str) -> bool:
+        """Whether identify says `peer_id` serves `protocol`."""
+        try:
+            return bool(self._raw.get_peerstore().supports_protocols(ID.from_base58(peer_id), [protocol]))
+        except Exception:  # py-libp2p raises when the peer is unknown
+            return False
+
+    def note_rtt(self, peer_id: PeerId, rtt_ms: float) -> None:
+        """A round trip measured to `peer_id` (relays are chosen by it)."""
+        self._rtt_ms[peer_id] = rtt_ms
+
+    def rtt_ms(self, peer_id: PeerId) -> float | None:
+        return self._rtt_ms.get(peer_id)
+
+    # --- reach ---
+
+    def reachability(self) -> Reachability:
+        """Whether peers can dial this host, why, and through which relays."""
+        relays = tuple(self._reach.keeper.held) if self._reach is not None else ()
+        return replace(self._assumed or self._addresses.reachability(), relays=relays)
+
+    def set_reachability(self, state: ReachState, reason: str, addrs: Sequence[str] = ()) -> None:
+        """Override what peers' dial-backs say (tests on loopback, where every dial-back
+        succeeds): a public host relays for others, one that is not keeps reservations."""
+        full = tuple(a if a.endswith(f"/p2p/{self.peer_id}") else f"{a}/p2p/{self.peer_id}" for a in addrs)
+        verdict = Reachability(state, reason, full)
+        if verdict != self._assumed:
+            logger.info("reachability assumed: %s (%s)", state, reason)
+            self._assumed = verdict
+            self._reachability_moved()
+
+    def _reachability_moved(self) -> None:
+        self._verdict_changed.set()
+        self._verdict_changed = trio.Event()
+
+    async def reachability_changed(self) -> None:
+        """Return when the verdict next changes."""
+        await self._verdict_changed.wait()
+
+    def reach_counters(self) -> dict[str, int]:
+        """Hole punches attempted and succeeded, reservations held, circuits relayed for
+        others and their bytes (all zero before the host runs)."""
+        if self._reach is None:
+            return {}
+        return self._reach.counters()
+
+    async def tell_peers_what_changed(self) -> None:
+        """Push identify to every connected peer (our protocols or addresses changed)."""
+        push = getattr(self._raw, "_push_identify_to_all_peers", None)  # py-libp2p 0.8.1
+        if push is not None:
+            try:
+                await push()
+            except Exception as exc:  # best effort: peers identify again when they reconnect
+                logger.debug("identify push failed: %s", exc)
+
     # --- addresses ---
 
     def full_addrs(self) -> list[str]:
-        """Dialable listen addresses, each ending in /p2p/<peer id>; a wildcard listen
-        address is expanded to loopback and every interface."""
+        """The addresses this host listens on, each ending in /p2p/<peer id>; a wildcard
+        listen address is expanded to loopback and every interface."""
         return [f"{a}/p2p/{self.peer_id}" for a in self._addresses.listen_addrs()]
 
     def advertised_addrs(self) -> list[str]:
-        """What peers are told to dial (each ending in /p2p/<peer id>): addresses peers
-        dialed back and those announced; the listen addresses while that is unknown."""
-        return self._addresses.advertised()
+        """Where peers should dial this host, each ending in /p2p/<peer id>: addresses
+        peers dialed back and those announced (the listen addresses while that is unknown),
+        then circuits through the relays holding a reservation for it; a host that is not
+        public adds its LAN addresses last, for peers on its LAN and for hole punching.
+        Manifests, identify and DHT provider records carry these."""
+        me = f"/p2p/{self.peer_id}"
+        assumed = list(self._assumed.addrs) if self._assumed is not None else []
+        circuits = self._reach.keeper.circuit_addrs() if self._reach is not None else []
+        ordered = [*assumed, *self._addresses.advertised(), *circuits]
+        if self.reachability().state != "public":
+            ordered += [a for a in self.full_addrs() if not a.startswith(("/ip4/127.", "/ip6/::1/"))]
+        return [a for a in dict.fromkeys(ordered) if a.endswith(me)]
 
-    def reachability(self) -> Reachability:
-        """Whether peers can dial this host, and why we think so."""
-        return self._addresses.reachability()
+    def _libp2p_addrs(self) -> list[multiaddr.Multiaddr]:
+        out = []
+        for addr in self.advertised_addrs():
+            try:
+                out.append(multiaddr.Multiaddr(addr))
+            except Exception:  # an announced address that is no multiaddr is not advertised
+                logger.debug("not advertising %r: no multiaddr", addr)
+        return out
 
     def known_addrs(self, peer_id: PeerId) -> list[str]:
-        """The addresses libp2p holds for a peer; none if it has never heard of it."""
+        """The addresses libp2p holds for a peer (bare: without /p2p/<its id>); none if it
+        has never heard of it."""
         try:
-            return [str(addr) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
+            return [bare(str(addr)) for addr in self._raw.get_peerstore().addrs(ID.from_base58(peer_id))]
         except Exception:  # py-libp2p raises when the peer is unknown
             return []
 
@@ -230,15 +377,13 @@ class PeerHost:
         dialing its old addresses and refuse to dial it at all for 60 s after a failure.
         """
         target = ID.from_base58(peer_id)
-        bare = []
-        for addr in addrs:  # a peer's own manifest may carry anything here
-            try:
-                bare += parse_multiaddrs([addr.split("/p2p/")[0]])
-            except ConfigError:
-                logger.debug("%s advertises %r, which is no multiaddr: ignored", peer_id, addr)
         peerstore = self._raw.get_peerstore()
         peerstore.clear_addrs(target)  # its old ports are dead: dialing them only wastes time
-        peerstore.add_addrs(target, bare, _ADDR_TTL_S)
+        peerstore.add_addrs(target, _parsed([bare(a) for a in addrs]), _ADDR_TTL_S)
+        self._forgive_failed_dials(target)
+
+    def _forgive_failed_dials(self, target: ID) -> None:
+        """py-libp2p refuses to dial a peer for 60 s after every address failed once."""
         failed_dials = getattr(self._raw.get_network(), "_negative_peer_cache", None)
         if failed_dials is not None:
             failed_dials.evict(str(target))
@@ -271,13 +416,6 @@ class PeerHost:
 
     def routing_table_size(self) -> int:
         return self._dht.get_routing_table_size() if self._dht is not None else 0
-
-    # --- links (placeholder until the reach branch is merged) ---
-
-    def link_kind(self, peer_id: PeerId) -> LinkKind | None:
-        """How this host reaches a peer now: directly or through a relay; None if not
-        connected (placeholder: every connection is direct)."""
-        return "direct" if self.is_connected(peer_id) else None
 
     # --- gossip ---
 
@@ -333,10 +471,12 @@ async def open_host(
     mdns: bool = False,
     dht: DHTRole | None = None,
     gossip: bool = False,
+    reach: ReachConfig | None = None,
     gate: PeerGate | None = None,
 ) -> AsyncIterator[PeerHost]:
     """A running host (see `PeerHost.running`)."""
-    async with build_host(key, enable_mdns=mdns, gate=gate).running(listen, dht=dht, gossip=gossip) as host:
+    host = build_host(key, enable_mdns=mdns, gate=gate)
+    async with host.running(listen, dht=dht, gossip=gossip, reach=reach):
         yield host
 
 
@@ -360,4 +500,21 @@ def peer_of(addr: str) -> PeerId:
 
 def found_peer(info: PeerInfo) -> FoundPeer:
     peer = PeerId(info.peer_id.to_base58())
-    return FoundPeer(peer, tuple(f"{str(a).split('/p2p/')[0]}/p2p/{peer}" for a in info.addrs))
+    return FoundPeer(peer, tuple(f"{bare(str(a))}/p2p/{peer}" for a in info.addrs))
+
+
+def _parsed(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
+    """The multiaddrs among `addrs` (a peer's own advert may carry anything)."""
+    out = []
+    for addr in addrs:
+        try:
+            out += parse_multiaddrs([addr])
+        except ConfigError:
+            logger.debug("%r is no multiaddr: ignored", addr)
+    return out
+
+
+def _relayed(conn: INetConn) -> bool:
+    if conn.get_connection_type() == ConnectionType.RELAYED:
+        return True
+    return any(is_circuit(str(a)) for a in conn.get_transport_addresses())

@@ -63,6 +63,7 @@ class Joiner:
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
         signed, rtt_ms = await fetch_manifests(self.host, peer_id, timeout=self.dial_timeout_s)
+        self.host.note_rtt(peer_id, rtt_ms)
         self.on_answer(peer_id, rtt_ms)
         new = self.directory.add_from(peer_id, signed)
         for manifest in new:
@@ -238,15 +239,18 @@ class Joiner:
         return reached
 
     async def keep_providing(self, model_hash: ModelHash) -> None:
-        """Announce the model in the DHT whenever the routing table changes, and
-        every PROVIDE_EVERY_S anyway: records expire and peers come and go (forever)."""
-        announced_to, last = -1, 0.0
+        """Announce the model in the DHT whenever the routing table or this host's
+        addresses change (a record carries them: circuits through new relays), and every
+        PROVIDE_EVERY_S anyway: records expire and peers come and go (forever)."""
+        announced_to, announced_at, last = -1, list[str](), 0.0
         while True:
             size = self.host.routing_table_size()
-            if size and (size != announced_to or trio.current_time() - last > PROVIDE_EVERY_S):
+            addrs = self.host.advertised_addrs()
+            changed = size != announced_to or addrs != announced_at
+            if size and (changed or trio.current_time() - last > PROVIDE_EVERY_S):
                 try:
                     stored = await self.host.provide(model_hash)
-                    announced_to, last = size, trio.current_time()
+                    announced_to, announced_at, last = size, addrs, trio.current_time()
                     logger.info(
                         "announced the model in the DHT (routing table: %d peers, ok=%s)", size, stored
                     )

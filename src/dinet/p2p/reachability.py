@@ -13,6 +13,8 @@ from typing import Literal
 
 from dinet.wire.ids import PeerId
 
+ReachState = Literal["public", "private", "unknown"]
+
 # Distinct peers that must agree before an address counts as reachable or not.
 AGREE = 2
 
@@ -25,7 +27,7 @@ class Reachability:
     `relays`: peers that hold a relay reservation for it.
     """
 
-    state: Literal["public", "private", "unknown"]
+    state: ReachState
     reason: str
     addrs: tuple[str, ...] = ()
     relays: tuple[PeerId, ...] = ()
