@@ -184,8 +184,9 @@ def pull(
 
     async def main() -> PullReport:
         gate = peer_gate(swarm_key, allow_peers)
-        async with open_swarm(home, bootstrap or [], mdns=mdns, gate=gate) as swarm:
-        async with open_swarm(home, bootstrap or [], mdns=mdns, hole_punching=hole_punching) as swarm:
+        async with open_swarm(
+            home, bootstrap or [], mdns=mdns, gate=gate, hole_punching=hole_punching
+        ) as swarm:
             model_hash, peers = await _find(swarm, ref, timeout)
             with _progress(json_out) as progress:
                 return await pull_model(

@@ -72,7 +72,7 @@ class GatewayMetrics:
         for kind in LINKS:
             self.links.labels(kind).set_function(_count_of(links, kind))
         if node_reach is not None:
-            reach = Gauge(
+            node_reachability = Gauge(
                 "dinet_node_reachability",
                 "The node beside this gateway: 1 for its reachability now (public: peers dialed it "
                 "back; private: behind NAT, reached through relays; unknown), 0 for the others",
@@ -80,7 +80,7 @@ class GatewayMetrics:
                 registry=self.registry,
             )
             for state in REACH_STATES:
-                reach.labels(state).set_function(_is(node_reach, state))
+                node_reachability.labels(state).set_function(_is(node_reach, state))
         self.reach = Gauge(
             "dinet_reach",
             "NAT traversal, totals since start: punch_attempts, punch_successes, circuits_relayed, "

@@ -351,7 +351,9 @@ async def open_swarm(
 ) -> AsyncIterator[Swarm]:
     key = load_or_create_identity(home, CLIENT_IDENTITY)
     reach = ReachConfig(hole_punching=hole_punching)
-    async with open_host(key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate, reach=reach) as host:
+    async with open_host(
+        key, ["/ip4/0.0.0.0/tcp/0"], mdns=mdns, dht="client", gate=gate, reach=reach
+    ) as host:
         joiner = Joiner(host, PeerDirectory())
         if bootstrap and not await joiner.join(bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered: {joiner.why_unreached()}")

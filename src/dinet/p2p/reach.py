@@ -20,7 +20,6 @@ from libp2p.tools.anyio_service import background_trio_service
 from dinet.p2p._relay_fixes import BoundedRelay
 from dinet.p2p.holepunch import HolePuncher
 from dinet.p2p.relay import RelayPolicy, ReservationKeeper
-from dinet.wire.ids import PeerId
 
 if TYPE_CHECKING:
     from dinet.p2p.host import PeerHost
