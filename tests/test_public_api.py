@@ -117,10 +117,14 @@ def test_bad_settings_and_unreachable_bootstraps_are_typed_errors(tmp_path, mesh
 
 def test_ctrl_c_in_a_sync_stream_ends_the_program(tmp_path, bootstrap):
     script = (
-        "import sys, dinet\n"
+        "import sys, time, dinet\n"
         "client = dinet.Client(bootstrap=[sys.argv[1]], home=sys.argv[2], mdns=False)\n"
         "for text in client.stream('Write a long story about a lighthouse keeper.', max_tokens=1000):\n"
         "    print('token', flush=True)\n"
+        # A slow reader: the answer cannot be over before the signal comes, however late
+        # the test gets to send it (once, on a loaded machine, a whole answer was).
+        "    time.sleep(0.02)\n"
+        "print('answer complete', flush=True)\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script, bootstrap[0], str(tmp_path)],
@@ -132,12 +136,13 @@ def test_ctrl_c_in_a_sync_stream_ends_the_program(tmp_path, bootstrap):
     try:
         assert process.stdout is not None and process.stdout.readline() == "token\n"
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)  # a hang would time out here
+        stdout, stderr = process.communicate(timeout=60)  # a hang would time out here
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert "answer complete" not in stdout, f"the answer ended before Ctrl-C: {stdout.count('token')} tokens"
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr, (process.returncode, stderr[-2000:])
 
 
 async def test_the_trio_client_has_the_same_methods_awaited(tmp_path, mesh, bootstrap):
