@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 from tests.p2p.relaying import (
     ECHO,
     LOOPBACK,
@@ -25,7 +26,9 @@ from tests.p2p.relaying import (
 )
 
 from dinet.errors import PeerError, PeerUnreachable
-from dinet.p2p.host import PeerHost, open_host
+from dinet.p2p.allowlist import Allowlist
+from dinet.p2p.gate import PeerGate
+from dinet.p2p.host import PeerHost, open_host, parse_multiaddrs
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.relay import HOP_PROTOCOL, RelayPolicy, reserve
 from dinet.p2p.streams import FramedStream
@@ -230,3 +233,44 @@ async def test_a_home_host_s_dht_record_carries_its_circuits_and_they_lead_to_it
         assert found.peer_id == home.peer_id and set(addrs) <= set(found.addrs)
         await client.connect(home.peer_id, found.addrs)
         assert await echo_once(client, home) == b"ping"
+
+
+async def test_concurrent_dials_to_a_home_whose_allowlist_refuses_each_say_so(tmp_path):
+    """Streams opened at once to a peer that refuses on circuits: each is told why.
+
+    Two bugs, found in the NAT lab (tests/reach/test_private_nat.py), each making this test
+    fail when its fix is undone (checked): with three or more dials waiting for one, the
+    next round shared one slot in `PeerHost._dialing` and the last to finish failed with a
+    bare KeyError ("cannot open a … stream to X: 'X'"; fixed by the `while` in
+    `PeerHost.connect`); and a circuit's failure named the swarm's wrapper ("failed to
+    upgrade mux") instead of the gate's reason under it (fixed by `refusal_in` in
+    `dial_circuit`).
+    """
+    me = SigningKey.generate()
+    allowlist = tmp_path / "allow"
+    async with relay_host() as relay:
+        allowlist.write_text(f"{relay.peer_id}\n")  # the relay only
+        gate = PeerGate(allowlist=Allowlist(allowlist))
+        config = ReachConfig(hole_punching=False, reservations=1)
+        async with (
+            open_host(SigningKey.generate(), [], reach=config, gate=gate) as home,
+            open_host(me, LOOPBACK, reach=ReachConfig(hole_punching=False)) as client,
+        ):
+            home.set_reachability("private", "set by the test")
+            addrs = await reserved_on(home, relay)
+            client.raw.get_peerstore().add_addrs(ID.from_base58(home.peer_id), parse_multiaddrs(addrs), 600)
+            failures: list[Exception] = []
+
+            async def open_one() -> None:
+                try:
+                    await client.open_stream(home.peer_id, ECHO, 20.0)
+                except Exception as exc:  # every kind, to be looked at below
+                    failures.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(open_one)
+
+    assert len(failures) == 4
+    for failure in failures:
+        assert isinstance(failure, PeerUnreachable) and "allowlist" in str(failure), repr(failure)

@@ -205,7 +205,8 @@ class PeerHost:
             raise PeerUnreachable(f"cannot dial {peer_id!r}: {exc}") from None
         try:
             with trio.fail_after(timeout):
-                if (other := self._dialing.get(peer_id)) is not None:  # one dial to a peer at a time
+                # One dial to a peer at a time: of those that waited, the first dials next.
+                while (other := self._dialing.get(peer_id)) is not None:
                     await other.wait()
                     if self.is_connected(peer_id):
                         return
