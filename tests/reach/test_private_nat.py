@@ -130,7 +130,7 @@ def swarm(tmp_path_factory) -> Iterator[Swarm]:
                 )
             pub1, pub2 = nodes
             allowlist = root / "allow.txt"
-            allowlist.write_text(f"{pub1.peer_id}  # relay\n{pub2.peer_id}  # relay\n{client_id(member)}  # member\n")
+            allowlist.write_text(f"{pub1.peer_id}\n{pub2.peer_id}\n{client_id(member)}  # the member\n")
             b1 = start_node(
                 root / "b1",
                 bootstrap=[pub1.addr],
@@ -139,7 +139,8 @@ def swarm(tmp_path_factory) -> Iterator[Swarm]:
                 extra_args=["--swarm-key", str(key), "--allow-peers", str(allowlist)],
             )
             nodes.append(b1)
-            until(lambda: relays_of(b1) == {pub1.peer_id, pub2.peer_id}, what="b1's reservations on both relays")
+            both = {pub1.peer_id, pub2.peer_id}
+            until(lambda: relays_of(b1) == both, what="b1's reservations on both relays")
             yield Swarm(lab, root, key, pub1, pub2, b1, member)
         finally:
             for node in nodes:
@@ -232,7 +233,8 @@ def test_a_member_not_on_b1_s_allowlist_gets_no_answer_from_b1_and_a_listed_one_
     # It is in the swarm: the relays speak to it, but b1 never did.
     assert seen.returncode == 0, seen.stderr[-3000:]
     connected = {p["peer_id"]: p["link"] for p in json.loads(seen.stdout)}
-    assert connected.get(swarm.pub1.peer_id) == "direct" and connected.get(swarm.b1.peer_id) is None, connected
+    assert connected.get(swarm.pub1.peer_id) == "direct", connected
+    assert connected.get(swarm.b1.peer_id) is None, connected
     answered = swarm.ask(swarm.member, "--swarm-key", str(swarm.key))
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert json.loads(answered.stdout)["peer_id"] == swarm.b1.peer_id
