@@ -291,18 +291,23 @@ async def test_concurrent_dials_to_a_home_whose_allowlist_refuses_each_say_so(tm
 
 async def test_a_dial_that_runs_out_of_time_names_the_refusals_it_met(tmp_path):
     """A home's LAN address dialed from outside never answers; its circuit refuses at once.
-    The dial ends at its deadline, and says what refused meanwhile (it said only "no
-    answer within 3 s" before; checked by undoing the fix)."""
+    The dial ends at its deadline, and says what refused meanwhile, whether asked for
+    directly or by a stream. Both said only "no answer" or "did not open a stream within
+    3 s" before (checked by undoing each fix: the message in `PeerHost.connect`, the
+    stream's deadline that cut the dial short in `PeerHost.open_stream`)."""
     async with refusing_home(tmp_path) as (_, home, client, circuits), trio.open_nursery() as nursery:
         silent = await nursery.start(partial(trio.serve_tcp, hold_silently, 0, host="127.0.0.1"))
         port = silent[0].socket.getsockname()[1]
         lan = f"/ip4/127.0.0.1/tcp/{port}/p2p/{home.peer_id}"
 
-        with pytest.raises(PeerUnreachable) as caught:
+        with pytest.raises(PeerUnreachable) as dialed:
             await client.connect(home.peer_id, [lan, *circuits], timeout=3.0)
+        with pytest.raises(PeerUnreachable) as streamed:  # the same addresses, known by now
+            await client.open_stream(home.peer_id, ECHO, 3.0)
         nursery.cancel_scope.cancel()
 
-    assert "within 3 s" in str(caught.value) and "allowlist" in str(caught.value), caught.value
+    for caught in (dialed, streamed):
+        assert "within 3 s" in str(caught.value) and "allowlist" in str(caught.value), caught.value
 
 
 async def hold_silently(stream: trio.SocketStream) -> None:

@@ -177,10 +177,11 @@ class PeerHost:
         """A new stream to `peer_id` for `protocol` (over a direct connection when there is
         one; dialed first if there is none, circuits too); PeerUnreachable if it does not
         open in time."""
+        deadline = trio.current_time() + timeout
         try:
-            with trio.fail_after(timeout):
-                if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
-                    await self.connect(peer_id, (), timeout)
+            if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
+                await self.connect(peer_id, (), timeout)  # by its own deadline: its error says what failed
+            with trio.fail_at(deadline):
                 raw = await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.TooSlowError:
             raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
