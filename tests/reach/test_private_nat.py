@@ -3,9 +3,11 @@ punches; a host without the swarm key, or not on a node's allowlist, is refused 
 nothing.
 
 The world: `--no-model` relays on pub1 and pub2 (two, so that AutoNAT has two peers to agree)
-and node b1 in home B serving the default model, all holding swarm key K. b1 also admits only
-the peers on its allowlist: the relays and the member client (whose id `din peer-id` gives
-before it first runs). Clients run in home A and know only pub1's address.
+and node b1 in home B serving the default model, all holding swarm key K: every connection
+here (TCP to the relays, circuits through them, the punched one between the homes, AutoNAT's
+dial-backs) runs under the pnet layer. b1 also admits only the peers on its allowlist: the
+relays (it dials them itself) and the member client, whose id `din peer-id` gives before it
+first runs. Clients run in home A and know only pub1's address.
 """
 
 from __future__ import annotations
@@ -84,11 +86,9 @@ class Swarm:
             str(self.b1.model_hash),
             "--max-tokens",
             str(MAX_TOKENS),
-            "--timeout",
-            "30",
             *flags,
             PROMPT,
-            timeout=REFUSED_WITHIN_S + 120,
+            timeout=180,
         )
 
     def peers(self, home: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -183,9 +183,10 @@ def test_a_member_in_another_home_is_answered_through_the_relay_then_the_punched
         assert "ready" in member.reply(60)
         first = member.command(f"ask {PROMPT}")
         assert first["peer_id"] == b1.peer_id and first["text"].strip()
-        assert swarm.circuits_relayed() > relayed_before  # reached b1 through a relay circuit
+        # It reached b1 through a relay circuit (node.json is rewritten every second)...
+        until(lambda: swarm.circuits_relayed() > relayed_before, 10, "a circuit relayed for the member")
 
-        assert member.command(f"direct {b1.peer_id} 30") == {"link": "direct"}  # then punched
+        assert member.command(f"direct {b1.peer_id} 30") == {"link": "direct"}  # ...then punched
         lab.reset_wan_counters()
         second = member.command(f"ask {PROMPT}")
 
@@ -227,7 +228,7 @@ def test_a_member_not_on_b1_s_allowlist_gets_no_answer_from_b1_and_a_listed_one_
     refused = swarm.ask(stranger, "--swarm-key", str(swarm.key))
     seen = swarm.peers(stranger, "--swarm-key", str(swarm.key))
 
-    assert refused.returncode != 0 and not refused.stdout, refused
+    assert refused.returncode == 1 and not refused.stdout, refused
     assert "allowlist" in refused.stderr, refused.stderr[-3000:]
     assert f"refused a connection: {stranger_id} is not on the allowlist" in swarm.b1.log_path.read_text()
     # It is in the swarm: the relays speak to it, but b1 never did.
