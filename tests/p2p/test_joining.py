@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 from tests.helpers import raw_host
 
+from dinet.client.network import Network
+from dinet.errors import NoCapablePeer
 from dinet.node.manifests import ManifestPublisher, load_of, offer
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.host import PeerHost
 from dinet.p2p.joining import Joiner
-from dinet.wire.ids import MANIFEST_PROTOCOL
+from dinet.wire.ids import MANIFEST_PROTOCOL, ModelHash
 from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import Manifest, verify_manifest
 
@@ -87,17 +90,18 @@ async def test_a_node_meets_every_peer_it_learns_of_by_itself():
 
 
 async def test_a_peer_that_cannot_be_met_is_reported_silent_and_not_counted_a_holder():
-    silent: list[str] = []
+    silent: list[tuple[str, str]] = []
     gone_key = SigningKey.generate()  # a holder whose address leads nowhere (nothing listens on port 9)
     gone = publisher_of(gone_key, lambda: (f"/ip4/127.0.0.1/tcp/9/p2p/{gone_key.peer_id}",), serves=True)
     async with raw_host() as me, manifest_peer(serves=True) as (a, pa):
         gone_manifest = introduce(pa, gone)
-        joiner = Joiner(me, PeerDirectory(), on_silent=silent.append)
+        joiner = Joiner(me, PeerDirectory(), on_silent=lambda peer, why: silent.append((peer, why)))
         await joiner.join([a.full_addrs()[0]])
         assert gone_key.peer_id in {m.peer_id for m in joiner.directory.manifests()}
         assert await joiner.holders(MODEL) == [a.peer_id]
         assert not await joiner.meet(gone_manifest.peer_id, gone_manifest.addrs)
-        assert silent == [gone_key.peer_id]
+        [(peer, why)] = silent
+        assert peer == gone_key.peer_id and "/tcp/9" in why  # why: the address that failed
         assert await joiner.holders("cd" * 32) == []  # nobody offers another model
 
 
@@ -112,3 +116,20 @@ async def test_a_signed_manifest_with_addresses_that_are_no_multiaddrs_harms_nob
         assert is_new and manifest.addrs[0] == "garbage"
         assert me.known_addrs(key.peer_id) == [a.full_addrs()[0].split("/p2p/")[0]]
         assert not await Joiner(me, directory).meet(key.peer_id, bad)
+
+
+async def test_a_client_that_meets_no_server_of_a_model_says_which_it_heard_of_and_why_not():
+    """Before, only "no reachable peer serves …": a peer refused by a node's allowlist, or
+    behind a dead address, could not tell why (checked by undoing `Network._why_unmet`)."""
+    gone_key = SigningKey.generate()  # a holder whose address leads nowhere (nothing listens on port 9)
+    gone = publisher_of(gone_key, lambda: (f"/ip4/127.0.0.1/tcp/9/p2p/{gone_key.peer_id}",), serves=True)
+    async with raw_host() as me, manifest_peer() as (a, pa):
+        introduce(pa, gone)
+        network = Network(me)
+        await network.joiner.join([a.full_addrs()[0]])
+
+        with pytest.raises(NoCapablePeer) as caught:
+            await network.discover(None, ModelHash(MODEL), timeout=3.0)
+
+    told = str(caught.value)
+    assert f"{gone_key.peer_id} serves it but could not be met" in told and "/tcp/9" in told, told

@@ -8,10 +8,14 @@ always succeeds, and the connection would stop being relayed).
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 from tests.p2p.relaying import (
     ECHO,
     LOOPBACK,
@@ -25,7 +29,9 @@ from tests.p2p.relaying import (
 )
 
 from dinet.errors import PeerError, PeerUnreachable
-from dinet.p2p.host import PeerHost, open_host
+from dinet.p2p.allowlist import Allowlist
+from dinet.p2p.gate import PeerGate
+from dinet.p2p.host import PeerHost, open_host, parse_multiaddrs
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.relay import HOP_PROTOCOL, RelayPolicy, reserve
 from dinet.p2p.streams import FramedStream
@@ -230,3 +236,80 @@ async def test_a_home_host_s_dht_record_carries_its_circuits_and_they_lead_to_it
         assert found.peer_id == home.peer_id and set(addrs) <= set(found.addrs)
         await client.connect(home.peer_id, found.addrs)
         assert await echo_once(client, home) == b"ping"
+
+
+@asynccontextmanager
+async def refusing_home(tmp_path: Path) -> AsyncIterator[tuple[PeerHost, PeerHost, PeerHost, list[str]]]:
+    """A relay, a home host behind it that admits only the relay (an allowlist), a client
+    that knows the home's circuit addresses, and those addresses."""
+    allowlist = tmp_path / "allow"
+    async with relay_host() as relay:
+        allowlist.write_text(f"{relay.peer_id}\n")
+        gate = PeerGate(allowlist=Allowlist(allowlist))
+        config = ReachConfig(hole_punching=False, reservations=1)
+        async with (
+            open_host(SigningKey.generate(), [], reach=config, gate=gate) as home,
+            open_host(SigningKey.generate(), LOOPBACK, reach=ReachConfig(hole_punching=False)) as client,
+        ):
+            home.set_reachability("private", "set by the test")
+            addrs = await reserved_on(home, relay)
+            client.raw.get_peerstore().add_addrs(ID.from_base58(home.peer_id), parse_multiaddrs(addrs), 600)
+            yield relay, home, client, addrs
+
+
+async def test_concurrent_dials_to_a_home_whose_allowlist_refuses_each_say_so(tmp_path):
+    """Streams opened at once to a peer that refuses on circuits: one dial, each told why.
+
+    Three faults, found in the NAT lab (tests/reach/test_private_nat.py), each making this
+    test fail when its fix is undone (checked): with three or more dials waiting for one, the
+    next round shared one slot in `PeerHost._dialing` and the last to finish failed with a
+    bare KeyError ("cannot open a … stream to X: 'X'"); each waiter dialed again in turn
+    after the dial it waited for had failed (four circuits here, and a stream's 5 s ran out
+    before its own turn came); and a circuit's failure named the swarm's wrapper ("failed
+    to upgrade mux") instead of the gate's reason under it (fixed by `refusal_in` in
+    `dial_circuit`).
+    """
+    failures: list[Exception] = []
+    async with refusing_home(tmp_path) as (relay, home, client, _):
+
+        async def open_one() -> None:
+            try:
+                await client.open_stream(home.peer_id, ECHO, 20.0)
+            except Exception as exc:  # every kind, to be looked at below
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(open_one)
+        relayed = relay.reach_counters()["circuits_relayed"]
+
+    assert len(failures) == 4
+    for failure in failures:
+        assert isinstance(failure, PeerUnreachable) and "allowlist" in str(failure), repr(failure)
+    assert relayed == 1  # one dial, its refusal shared by every stream that waited for it
+
+
+async def test_a_dial_that_runs_out_of_time_names_the_refusals_it_met(tmp_path):
+    """A home's LAN address dialed from outside never answers; its circuit refuses at once.
+    The dial ends at its deadline, and says what refused meanwhile, whether asked for
+    directly or by a stream. Both said only "no answer" or "did not open a stream within
+    3 s" before (checked by undoing each fix: the message in `PeerHost.connect`, the
+    stream's deadline that cut the dial short in `PeerHost.open_stream`)."""
+    async with refusing_home(tmp_path) as (_, home, client, circuits), trio.open_nursery() as nursery:
+        silent = await nursery.start(partial(trio.serve_tcp, hold_silently, 0, host="127.0.0.1"))
+        port = silent[0].socket.getsockname()[1]
+        lan = f"/ip4/127.0.0.1/tcp/{port}/p2p/{home.peer_id}"
+
+        with pytest.raises(PeerUnreachable) as dialed:
+            await client.connect(home.peer_id, [lan, *circuits], timeout=3.0)
+        with pytest.raises(PeerUnreachable) as streamed:  # the same addresses, known by now
+            await client.open_stream(home.peer_id, ECHO, 3.0)
+        nursery.cancel_scope.cancel()
+
+    for caught in (dialed, streamed):
+        assert "within 3 s" in str(caught.value) and "allowlist" in str(caught.value), caught.value
+
+
+async def hold_silently(stream: trio.SocketStream) -> None:
+    """Accept a connection and never say a word (a host that does not speak, or a black hole)."""
+    await trio.sleep_forever()

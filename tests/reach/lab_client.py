@@ -1,6 +1,6 @@
 """A dinet client that a NAT lab test drives line by line, run inside a lab host.
 
-    python -m tests.reach.lab_client HOME BOOTSTRAP MODEL_HASH [--no-hole-punching]
+    python -m tests.reach.lab_client HOME BOOTSTRAP MODEL_HASH [--no-hole-punching] [--swarm-key=FILE]
 
 It joins through BOOTSTRAP and answers each command on stdin with one JSON line:
 
@@ -51,8 +51,15 @@ async def wait_direct(network: Network, peer: PeerId, seconds: float) -> dict[st
     return {"link": network.host.link_kind(peer)}
 
 
-async def main(home: str, bootstrap: str, model_hash: str, hole_punching: bool) -> None:
-    settings = ClientSettings(home=Path(home), bootstrap=[bootstrap], mdns=False, hole_punching=hole_punching)
+async def main(home: str, bootstrap: str, model_hash: str, flags: list[str]) -> None:
+    keys = [Path(f.removeprefix("--swarm-key=")) for f in flags if f.startswith("--swarm-key=")]
+    settings = ClientSettings(
+        home=Path(home),
+        bootstrap=[bootstrap],
+        mdns=False,
+        hole_punching="--no-hole-punching" not in flags,
+        swarm_key=keys[0] if keys else None,
+    )
     async with open_network(settings) as network:
         print(json.dumps({"ready": network.peer_id}), flush=True)
         while line := await trio.to_thread.run_sync(sys.stdin.readline):
@@ -72,4 +79,4 @@ async def main(home: str, bootstrap: str, model_hash: str, hole_punching: bool) 
 if __name__ == "__main__":
     setup_logging(0)  # as `din` does: py-libp2p's routine failures stay out of the test's output
     home, bootstrap, model_hash, *flags = sys.argv[1:]
-    trio.run(main, home, bootstrap, model_hash, "--no-hole-punching" not in flags)
+    trio.run(main, home, bootstrap, model_hash, flags)

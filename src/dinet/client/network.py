@@ -31,6 +31,8 @@ from dinet.wire.manifest import Manifest, ModelOffer
 
 logger = logging.getLogger(__name__)
 
+UNMET_NAMED = 3  # an error names at most this many peers that could not be met, with why
+
 
 @dataclass
 class Network:
@@ -48,6 +50,8 @@ class Network:
     min_evidence: float = MIN_EVIDENCE
     tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
     dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, or one manifest query
+    # Peers forgotten because they could not be met: their manifest then, and why (for errors).
+    unmet: dict[PeerId, tuple[Manifest, str]] = field(default_factory=dict)
     joiner: Joiner = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +59,7 @@ class Network:
         self.joiner = Joiner(
             self.host,
             self.directory,
-            on_answer=self.rtt_ms.__setitem__,
+            on_answer=self._answered,
             on_silent=self.forget,
             dial_timeout_s=self.dial_timeout_s,
         )
@@ -89,7 +93,14 @@ class Network:
             self.rtt_ms[peer_id] = rtt_ms
             self.health.answered(peer_id)
 
-    def forget(self, peer_id: PeerId) -> None:
+    def _answered(self, peer_id: PeerId, rtt_ms: float) -> None:
+        self.rtt_ms[peer_id] = rtt_ms
+        self.unmet.pop(peer_id, None)
+
+    def forget(self, peer_id: PeerId, why: str = "") -> None:
+        manifest = self.directory.get(peer_id)
+        if manifest is not None and why:
+            self.unmet[peer_id] = (manifest, why)
         self.directory.remove(peer_id)
         self.rtt_ms.pop(peer_id, None)
 
@@ -109,9 +120,7 @@ class Network:
         standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
-            if not any(
-                not o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash) for o in m.models
-            ):
+            if not _serves_whole(m, model_id, model_hash):
                 continue
             if not self.health.usable(m.peer_id, now):
                 continue
@@ -196,8 +205,17 @@ class Network:
             return found
         if not found:
             wanted = model_hash or model_id or "any model"
-            raise NoCapablePeer(f"no reachable peer serves {wanted}")
+            raise NoCapablePeer(f"no reachable peer serves {wanted}{self._why_unmet(model_id, model_hash)}")
         return found
+
+    def _why_unmet(self, model_id: str | None, model_hash: ModelHash | None) -> str:
+        """Why peers heard to serve the model could not be met (a gate's refusal, say), if any were."""
+        whys = [
+            f"{peer_id} serves it but could not be met: {why}"
+            for peer_id, (manifest, why) in self.unmet.items()
+            if _serves_whole(manifest, model_id, model_hash)
+        ]
+        return "".join(f"; {w}" for w in whys[:UNMET_NAMED])
 
 
 def peer_trust(network: Network, peer_id: PeerId) -> dict[str, object]:
@@ -211,6 +229,13 @@ def peer_trust(network: Network, peer_id: PeerId) -> dict[str, object]:
         "evidence": round(standing.events, 2),
         "excluded": not network.trusted([view]),
     }
+
+
+def _serves_whole(manifest: Manifest, model_id: str | None, model_hash: ModelHash | None) -> bool:
+    """Whether the peer serves the whole model (not only a pipeline stage of it)."""
+    return any(
+        not o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash) for o in manifest.models
+    )
 
 
 def _matches(

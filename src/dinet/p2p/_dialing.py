@@ -73,12 +73,12 @@ def _is_loopback(addr: str) -> bool:
     return addr.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
-async def dial_first(host: PeerHost, peer_id: PeerId, plan: list[str]) -> None:
+async def dial_first(host: PeerHost, peer_id: PeerId, plan: list[str], problems: list[str]) -> None:
     """Connect to `peer_id` at the first address of `plan` (see `dial_plan`) that answers;
-    PeerUnreachable, naming every failure, if none does."""
+    PeerUnreachable, naming every failure, if none does. Each failure is added to
+    `problems` as it happens (for a caller whose deadline comes first)."""
     direct = [a for a in plan if not is_circuit(a)]
     circuits = [a for a in plan if is_circuit(a)]
-    problems: list[str] = []
     directs_failed = trio.Event()
     failed_directs = 0
     won = False

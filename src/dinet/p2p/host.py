@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import multiaddr
@@ -67,6 +67,15 @@ class FoundPeer:
     addrs: tuple[str, ...]
 
 
+@dataclass
+class _Dial:
+    """A dial to one peer in progress: the addresses it tries, and how it ended."""
+
+    plan: list[str]
+    done: trio.Event = field(default_factory=trio.Event)
+    failure: PeerUnreachable | None = None
+
+
 class Subscription:
     """The messages of one gossip topic, as they arrive."""
 
@@ -101,7 +110,7 @@ class PeerHost:
         # makes them all advertise what `advertised_addrs` says.
         raw.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
         raw.get_network().dial_peer = self._libp2p_dial_peer  # type: ignore[method-assign,assignment]
-        self._dialing: dict[PeerId, trio.Event] = {}
+        self._dialing: dict[PeerId, _Dial] = {}
 
     @property
     def raw(self) -> IHost:
@@ -168,10 +177,11 @@ class PeerHost:
         """A new stream to `peer_id` for `protocol` (over a direct connection when there is
         one; dialed first if there is none, circuits too); PeerUnreachable if it does not
         open in time."""
+        deadline = trio.current_time() + timeout
         try:
-            with trio.fail_after(timeout):
-                if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
-                    await self.connect(peer_id, (), timeout)
+            if not self.is_connected(peer_id):  # a relayed connection that dropped is dialed again here
+                await self.connect(peer_id, (), timeout)  # by its own deadline: its error says what failed
+            with trio.fail_at(deadline):
                 raw = await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.TooSlowError:
             raise PeerUnreachable(f"{peer_id} did not open a {protocol} stream in {timeout:g} s") from None
@@ -203,25 +213,36 @@ class PeerHost:
             target = ID.from_base58(peer_id)
         except ValueError as exc:
             raise PeerUnreachable(f"cannot dial {peer_id!r}: {exc}") from None
+        problems: list[str] = []  # the failed attempts of this dial, as they come
         try:
             with trio.fail_after(timeout):
-                if (other := self._dialing.get(peer_id)) is not None:  # one dial to a peer at a time
-                    await other.wait()
+                # One dial to a peer at a time. Those that waited share its failure, unless
+                # they bring addresses it did not try; then the first of them dials next.
+                while (other := self._dialing.get(peer_id)) is not None:
+                    await other.done.wait()
                     if self.is_connected(peer_id):
                         return
+                    plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
+                    if other.failure is not None and set(plan) <= set(other.plan):
+                        raise PeerUnreachable(str(other.failure))
                 plan = dial_plan(peer_id, [*addrs, *self.known_addrs(peer_id)], self.peer_id)
                 if not plan:
                     raise PeerUnreachable(f"no address known for {peer_id}")
-                self._dialing[peer_id] = done = trio.Event()
+                self._dialing[peer_id] = dial = _Dial(plan)
                 try:
-                    await dial_first(self, peer_id, plan)
+                    await dial_first(self, peer_id, plan, problems)
+                except PeerUnreachable as exc:
+                    dial.failure = exc
+                    raise
                 finally:
                     del self._dialing[peer_id]
-                    done.set()
+                    dial.done.set()
                     # A dial that reached another peer makes libp2p forget every address of this one.
                     self._raw.get_peerstore().add_addrs(target, _parsed(plan), _ADDR_TTL_S)
         except trio.TooSlowError:
-            raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s") from None
+            # What failed meanwhile tells more than the silence of the rest (a refusal, say).
+            failed = f"; meanwhile {'; '.join(problems)}" if problems else ""
+            raise PeerUnreachable(f"no answer from {peer_id} within {timeout:g} s{failed}") from None
         self._forgive_failed_dials(target)
 
     async def _libp2p_dial_peer(self, peer: ID) -> list[INetConn]:

@@ -39,8 +39,8 @@ def _ignore(*_: object) -> None:
 class Joiner:
     """Meets peers for one host and feeds what they know into its directory.
 
-    `on_answer(peer_id, rtt_ms)` hears of every peer that answered; `on_silent(peer_id)`
-    of every peer that could not be met. With `meet_new_in`, every peer newly learned
+    `on_answer(peer_id, rtt_ms)` hears of every peer that answered; `on_silent(peer_id,
+    why)` of every peer that could not be met, and why. With `meet_new_in`, every peer newly learned
     of is met in the background, in that nursery (a node's full mesh). `report_level`
     is the log level of a peer that could not be met. `txt` answers the TXT lookups of
     `/dnsaddr` bootstrap addresses (default: the system's DNS servers). `dial_timeout_s`
@@ -50,7 +50,7 @@ class Joiner:
     host: PeerHost
     directory: PeerDirectory
     on_answer: Callable[[PeerId, float], None] = _ignore
-    on_silent: Callable[[PeerId], None] = _ignore
+    on_silent: Callable[[PeerId, str], None] = _ignore
     meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
     txt: TxtLookup | None = None  # where /dnsaddr TXT records are looked up; None: the system's DNS
@@ -71,14 +71,13 @@ class Joiner:
         return new
 
     async def meet(self, peer_id: PeerId, addrs: Sequence[str] = ()) -> bool:
-        """Connect to a peer (see `PeerHost.reach`) and learn what it knows; whether it answered."""
+        """Connect to a peer (see `PeerHost.connect`) and learn what it knows; whether it answered."""
         try:
-            if not await self.host.reach(peer_id, addrs, self.dial_timeout_s):
-                raise PeerError("no address answered")
+            await self.host.connect(peer_id, addrs, self.dial_timeout_s)  # its error says why not
             await self.learn(peer_id)
         except DinetError as exc:
             logger.log(self.report_level, "could not join %s: %s", peer_id, exc)
-            self.on_silent(peer_id)
+            self.on_silent(peer_id, str(exc))
             return False
         return True
 
@@ -203,7 +202,7 @@ class Joiner:
                 await self.learn(peer_id)
             except DinetError as exc:
                 logger.debug("directory pull from %s failed: %s", peer_id, exc)
-                self.on_silent(peer_id)
+                self.on_silent(peer_id, str(exc))
 
         async with trio.open_nursery() as nursery:
             for peer_id in random.sample(peer_ids, min(fanout, len(peer_ids))):

@@ -32,6 +32,7 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from dinet.errors import PeerUnreachable
+from dinet.p2p.gate import refusal_in
 from dinet.wire.ids import PeerId
 
 if TYPE_CHECKING:
@@ -219,7 +220,8 @@ async def dial_circuit(host: PeerHost, relay_addr: str, relay: PeerId, target: P
         raise
     except Exception as exc:  # stream errors, malformed replies, a failed upgrade
         await _reset(stream)
-        raise PeerUnreachable(f"circuit through {relay} to {target} failed: {exc!r}") from None
+        why = refusal_in(exc) or repr(exc)  # a gate's refusal lies under the swarm's wrapping
+        raise PeerUnreachable(f"circuit through {relay} to {target} failed: {why}") from None
     except BaseException:
         await _reset(stream)
         raise
