@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,10 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def reserved_only_on(node: NodeProcess, relay: NodeProcess) -> bool:
+    return relays_of(node) == {relay.peer_id}
+
+
 def build(lab: NatLab, root: Path) -> World:
     world = World(lab, root)
     variant = variant_model(root / "smollm2-relayed.gguf")
@@ -196,9 +201,8 @@ def build(lab: NatLab, root: Path) -> World:
     world.node("b1", [pub2.addr], "--model", str(variant), "--relays", "1")
     world.node("a1", [pub2.addr], "--relays", "1")  # the default model
     for host in ("a1", "b1"):
-        until(
-            lambda h=host: relays_of(world.nodes[h]) == {pub2.peer_id}, 120, f"{host}'s reservation on pub2"
-        )
+        node = world.nodes[host]
+        until(partial(reserved_only_on, node, pub2), 120, f"{host}'s reservation on pub2")
     return world
 
 
@@ -210,7 +214,7 @@ def punch_attempts(world: World, relay: Relay, attempts: int, bootstrap: str) ->
         client = Client(world, f"fresh-{i}", "a2", bootstrap)
         try:
             line = f"punch {b1.peer_id} {b1.model_hash} 8 {PUNCH_WITHIN_S} {PROMPT}"
-            reply, cost = measured(world.lab, relay, lambda c=client, ln=line: c.command(ln))
+            reply, cost = measured(world.lab, relay, partial(client.command, line))
             counters = punch_counters(client, settled=reply["direct_s"] is not None)
         finally:
             client.close()
@@ -260,7 +264,7 @@ def ask_paths(
                 client = clients["relay" if path == "relay only" else "punching"]
                 line = f"ask {node.peer_id} {node.model_hash} {max_tokens} {PROMPT}"
                 before = relay.counters() if path == "relay only" else None
-                reply, cost = measured(world.lab, relay, lambda c=client, ln=line: c.command(ln))
+                reply, cost = measured(world.lab, relay, partial(client.command, line))
                 if before is not None:
                     after = relay.counters()
                     reply["relay_counted_bytes"] = after["relayed_bytes"] - before["relayed_bytes"]
@@ -520,7 +524,8 @@ def path_row(
     if path == "relay only":
         idle = _idle_cpu_rate([a for p, others in answers[delay].items() if p != path for a in others])
         lan = answers[delay]["direct LAN"]
-        row["relay_cpu_ms"] = _round(1e3 * median([a["relay_cpu_s"] - idle * a["wall_s"] for a in runs]), 1)
+        cpu = median([a["relay_cpu_s"] - idle * a["wall_s"] for a in runs])
+        row["relay_cpu_ms"] = None if cpu is None else round(1e3 * cpu, 1)
         row["relayed_bytes"] = median([a["relay_counted_bytes"] for a in runs])
         row["wan_bytes_via_relay"] = median(
             [a["relay_legs"] - b["relay_legs"] for a, b in zip(runs, lan, strict=True)]
@@ -557,6 +562,12 @@ def report_pulls(
                 f"{kind:<9}{delay:>3g}ms{row['mb_s']:>7.1f}{row['pull_s']:>8.1f}{row['homes_share']:>8.1%}"
                 f"{row['relay_share']:>9.1%}{_cell(row['relay_cpu_s_per_gb'], '.1f'):>16}"
             )
+    direct = [r["homes_share"] for by_kind in pulled.values() for r in by_kind["direct"]]
+    if direct:
+        print(
+            f"   pulls with hole punching: at least {min(direct):.1%} of the model's bytes crossed "
+            f"directly between the homes (done-when: >= 90%)"
+        )
     return rows
 
 
