@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -70,6 +71,7 @@ PATH_HOPS = {
     "plain public": "a2 -> pub1",
 }
 PULLS = ("direct", "relayed")
+PULL_NOTES = re.compile(r"hole punch|through a relay|dropping")  # in a pull's log (-v)
 FIRST_TOKENS = 3  # first tokens timed per path and round: the 96-token answer's and 2 more
 
 
@@ -248,6 +250,23 @@ def punch_counters(client: Client, *, settled: bool) -> dict[str, int]:
         time.sleep(0.1)
 
 
+def start_clients(world: World, bootstrap: str) -> dict[str, Client]:
+    """The long-lived clients on a2, warmed up: one that punches (its link to b1 direct
+    before this returns), one that does not."""
+    b1 = world.nodes["b1"]
+    clients = {
+        "punching": Client(world, "punching", "a2", bootstrap),
+        "relay": Client(world, "relay-only", "a2", bootstrap, "--no-hole-punching"),
+    }
+    for host in ("a1", "b1", "pub1"):  # connections open, caches filled
+        n = world.nodes[host]
+        clients["punching"].command(f"ask {n.peer_id} {n.model_hash} 8 {PROMPT}")
+    clients["relay"].command(f"ask {b1.peer_id} {b1.model_hash} 8 {PROMPT}")
+    if clients["punching"].command(f"direct {b1.peer_id} 30")["link"] != "direct":
+        raise RuntimeError("the long-lived client's link to b1 was not punched within 30 s")
+    return clients
+
+
 def ask_paths(
     world: World, relay: Relay, clients: dict[str, Client], rounds: int, delays: list[float], max_tokens: int
 ) -> dict[float, dict[str, list[dict[str, Any]]]]:
@@ -282,17 +301,17 @@ def pull_once(world: World, relay: Relay, name: str, punching: bool, bootstrap: 
     """`din model pull` of b1's model on a2 into a fresh home; its timings and its path."""
     b1 = world.nodes["b1"]
     home = world.root / name
-    argv = [sys.executable, "-m", "dinet", "model", "pull", str(b1.model_hash), "--json", "--no-mdns"]
+    argv = [sys.executable, "-m", "dinet", "model", "pull", str(b1.model_hash), "--json", "--no-mdns", "-v"]
     argv += ["--home", str(home), "--bootstrap", bootstrap, "--timeout", "60"]
     if not punching:
         argv.append("--no-hole-punching")
     progress: list[tuple[float, int]] = []
+    log: list[str] = []  # its other lines on stderr: what it says of punches and relays
 
     def run() -> dict[str, Any]:
         process = world.lab.popen(
             "a2", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
         )
-        errors: list[str] = []
 
         def read_stderr() -> None:
             assert process.stderr is not None
@@ -300,14 +319,16 @@ def pull_once(world: World, relay: Relay, name: str, punching: bool, bootstrap: 
                 if line.startswith('{"event": "progress"'):
                     progress.append((time.perf_counter(), json.loads(line)["done_bytes"]))
                 else:
-                    errors.append(line)
+                    log.append(line.rstrip())
 
         reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
-        out, _ = process.communicate(timeout=900)
+        assert process.stdout is not None
+        out = process.stdout.read()
+        process.wait(60)
         reader.join(10)
         if process.returncode != 0:
-            raise RuntimeError(f"pull failed ({process.returncode}): {''.join(errors)[-2000:]}")
+            raise RuntimeError(f"pull failed ({process.returncode}): " + "\n".join(log[-30:]))
         report: dict[str, Any] = json.loads(out)
         return report
 
@@ -326,6 +347,7 @@ def pull_once(world: World, relay: Relay, name: str, punching: bool, bootstrap: 
         "homes_share": wan["homes"] / size,
         "relay_share": wan["relay_legs"] / 2 / size,  # each byte crosses both legs
         "relay_cpu_s": cost.relay_cpu_s,
+        "notes": [line.split(" INFO ", 1)[-1] for line in log if PULL_NOTES.search(line)],
     }
 
 
@@ -345,7 +367,7 @@ def pulls(
                 results[delay][kind].append(run)
                 print(
                     f"  pull {kind:8} at {delay:g} ms: {run['mb_s']:.1f} MB/s, "
-                    f"{run['homes_share']:.0%} between the homes",
+                    f"{run['homes_share']:.0%} between the homes; " + ("; ".join(run["notes"]) or "-"),
                     flush=True,
                 )
     return results
@@ -376,17 +398,13 @@ def main() -> None:
             )
             punches = punch_attempts(world, relay, args.attempts, pub2.addr)
 
-            b1 = world.nodes["b1"]
-            clients["punching"] = Client(world, "punching", "a2", pub2.addr)
-            clients["relay"] = Client(world, "relay-only", "a2", pub2.addr, "--no-hole-punching")
-            for host in ("a1", "b1", "pub1"):  # warm-up: connections open, caches filled
-                n = world.nodes[host]
-                clients["punching"].command(f"ask {n.peer_id} {n.model_hash} 8 {PROMPT}")
-            clients["relay"].command(f"ask {b1.peer_id} {b1.model_hash} 8 {PROMPT}")
-            if clients["punching"].command(f"direct {b1.peer_id} 30")["link"] != "direct":
-                raise RuntimeError("the long-lived client's link to b1 was not punched within 30 s")
-            print(f"{args.rounds} rounds of answers on {len(PATHS)} paths at {delays} ms", flush=True)
-            answers = ask_paths(world, relay, clients, args.rounds, delays, args.max_tokens)
+            answers: dict[float, dict[str, list[dict[str, Any]]]] = {
+                d: {p: [] for p in PATHS} for d in delays
+            }
+            if args.rounds:
+                clients.update(start_clients(world, pub2.addr))
+                print(f"{args.rounds} rounds of answers on {len(PATHS)} paths at {delays} ms", flush=True)
+                answers = ask_paths(world, relay, clients, args.rounds, delays, args.max_tokens)
             print(f"{args.pull_rounds} rounds of pulls", flush=True)
             pulled = pulls(world, relay, args.pull_rounds, delays, pub2.addr)
             relay_end = relay.counters()
@@ -409,7 +427,7 @@ def report(
     print(f"\nNAT lab, {os.cpu_count()} cores shared with other work; {took_s / 60:.1f} min in all")
     summary: dict[str, Any] = {"bench": "reach", "cores": os.cpu_count(), "minutes": round(took_s / 60, 1)}
     summary["punching"] = report_punches(punches)
-    summary["paths"] = report_paths(args, answers)
+    summary["paths"] = report_paths(args, answers) if args.rounds else {}
     summary["pulls"] = report_pulls(args, pulled, answers)
     circuits = relay_end.get("circuits_relayed", 0)
     relayed = relay_end.get("relayed_bytes", 0)
