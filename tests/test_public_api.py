@@ -117,7 +117,12 @@ def test_bad_settings_and_unreachable_bootstraps_are_typed_errors(tmp_path, mesh
 
 def test_ctrl_c_in_a_sync_stream_ends_the_program(tmp_path, bootstrap):
     script = (
-        "import sys, time, dinet\n"
+        # As a shell starts a program: SIGINT handled by Python and not blocked. A test run
+        # may hand its children SIGINT ignored or blocked (a clean clone's full suite did:
+        # 999 tokens streamed through the signal).
+        "import signal, sys, time, dinet\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
         "client = dinet.Client(bootstrap=[sys.argv[1]], home=sys.argv[2], mdns=False)\n"
         "for text in client.stream('Write a long story about a lighthouse keeper.', max_tokens=1000):\n"
         "    print('token', flush=True)\n"
