@@ -428,7 +428,7 @@ def report(
     summary: dict[str, Any] = {"bench": "reach", "cores": os.cpu_count(), "minutes": round(took_s / 60, 1)}
     summary["punching"] = report_punches(punches)
     summary["paths"] = report_paths(args, answers) if args.rounds else {}
-    summary["pulls"] = report_pulls(args, pulled, answers)
+    summary["pulls"] = report_pulls(args, pulled, answers) if args.pull_rounds else {}
     circuits = relay_end.get("circuits_relayed", 0)
     relayed = relay_end.get("relayed_bytes", 0)
     print(
@@ -479,12 +479,13 @@ def report_paths(
         f"\n2. Paths to a model from a2: {args.max_tokens}-token greedy answers (one per path, delay and "
         f"round; {args.rounds} rounds, paths and delays alternated), medians. ttft: from the client's "
         f"ask() call (network joined, connection open) to the first token, {FIRST_TOKENS} per path and "
-        f"round; +RTT: its growth from 0 to {slow:g} ms in round trips of {2 * slow:g} ms. Relay: pub2's "
+        f"round (IQR: its quartiles); +RTT: its growth from 0 to {slow:g} ms in round trips of "
+        f"{2 * slow:g} ms. Relay: pub2's "
         f"CPU per answer above its idle rate, the bytes it relayed (its own count) and the WAN bytes "
         f"through it above a same-round LAN answer's"
     )
     print(
-        f"{'path':<13}{'hops':<21}{'WAN':>5}{'ttft ms':>9}{'+RTT':>6}{'tok/s':>7}{'link':>9}"
+        f"{'path':<13}{'hops':<21}{'WAN':>5}{'ttft ms':>9}{'IQR':>10}{'+RTT':>6}{'tok/s':>7}{'link':>9}"
         f"{'relay CPU ms':>13}{'relayed B':>11}{'WAN B via relay':>16}"
     )
     rows: dict[str, Any] = {}
@@ -493,6 +494,7 @@ def report_paths(
             row = rows[f"{delay:g}ms {path}"] = path_row(answers, delay, path)
             print(
                 f"{path:<13}{PATH_HOPS[path]:<21}{delay:>3g}ms{row['ttft_ms']:>9.1f}"
+                f"{row['ttft_iqr_ms'][0]:>5.0f}-{row['ttft_iqr_ms'][1]:<4.0f}"
                 f"{_cell(row['ttft_extra_rtt'], '+.1f'):>6}{row['decode_tok_s']:>7.1f}"
                 f"{'/'.join(row['links']):>9}{_cell(row['relay_cpu_ms'], '.0f'):>13}"
                 f"{_cell(row['relayed_bytes'], '.0f'):>11}{_cell(row['wan_bytes_via_relay'], '.0f'):>16}"
@@ -537,7 +539,9 @@ def path_row(
         "relay_cpu_ms": None,
         "relayed_bytes": None,
         "wan_bytes_via_relay": None,
-        "first_tokens_ms": [round(t) for t in first],
+        "ttft_iqr_ms": [round(q) for q in statistics.quantiles(first, n=4)[::2]]
+        if len(first) > 1
+        else [0, 0],
     }
     if path == "relay only":
         idle = _idle_cpu_rate([a for p, others in answers[delay].items() if p != path for a in others])
