@@ -98,38 +98,23 @@ class World:
             node.stop()
 
 
-class Client:
+class Client(probe.LineDriven):
     """bench/_reach_client.py on a lab host."""
 
     def __init__(self, world: World, name: str, host: str, bootstrap: str, *flags: str) -> None:
         argv = [sys.executable, CLIENT, str(world.root / name), bootstrap, *flags]
         started = time.perf_counter()
-        self.process = world.lab.popen(
-            host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
+        super().__init__(
+            world.lab.popen(host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
         )
         self.ready = self.reply(90)
         self.start_s = time.perf_counter() - started
 
-    def reply(self, timeout: float) -> dict[str, Any]:
-        return probe.read_json_line(self.process, timeout)
-
     def command(self, line: str, timeout: float = 180) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        reply = self.reply(timeout)
+        reply = super().command(line, timeout)
         if "error" in reply:
             raise RuntimeError(f"client: {reply['error']}")
         return reply
-
-    def close(self) -> None:
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            self.process.stdin.close()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def cpu_s(pid: int) -> float:

@@ -269,3 +269,30 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class LineDriven:
+    """A program on a lab host driven line by line: each command on its stdin is answered
+    by one JSON line on its stdout (tests/reach/lab_client.py, bench/_reach_client.py)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    def reply(self, timeout: float) -> dict[str, Any]:
+        return read_json_line(self.process, timeout)
+
+    def command(self, line: str, timeout: float = 120) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.reply(timeout)
+
+    def close(self) -> None:
+        """Close its stdin (it ends) and wait; killed if it does not end in 20 s."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -130,43 +130,18 @@ class World:
         answer: dict[str, Any] = json.loads(done.stdout)
         return answer
 
-    def client(self, host: str, bootstrap: str, model_hash: str, *flags: str) -> LabClient:
+    def client(self, host: str, bootstrap: str, model_hash: str, *flags: str) -> probe.LineDriven:
         home = self.root / f"lab-client-{host}-{len(list(self.root.glob('lab-client-*')))}"
         argv = [sys.executable, "-m", "tests.reach.lab_client", str(home), bootstrap, model_hash, *flags]
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
         process = self.lab.popen(host, argv, **pipes, text=True, cwd=REPO)
-        client = LabClient(process)
+        client = probe.LineDriven(process)
         assert "ready" in client.reply(60)
         return client
 
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
-
-
-class LabClient:
-    """tests/reach/lab_client.py running in a lab host."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-
-    def reply(self, timeout: float) -> dict[str, Any]:
-        return probe.read_json_line(self.process, timeout)
-
-    def command(self, line: str, timeout: float = 120) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        return self.reply(timeout)
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -147,32 +147,14 @@ def swarm(tmp_path_factory) -> Iterator[Swarm]:
                 node.stop()
 
 
-class LabClient:
+class LabClient(probe.LineDriven):
     """tests/reach/lab_client.py running in a lab host."""
 
     def __init__(self, swarm: Swarm, host: str, home: Path) -> None:
         argv = [sys.executable, "-m", "tests.reach.lab_client", str(home), swarm.pub1.addr]
         argv += [str(swarm.b1.model_hash), f"--swarm-key={swarm.key}"]
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
-        self.process = swarm.lab.popen(host, argv, **pipes, text=True, cwd=REPO)
-
-    def reply(self, timeout: float) -> dict[str, Any]:
-        return probe.read_json_line(self.process, timeout)
-
-    def command(self, line: str, timeout: float = 120) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        return self.reply(timeout)
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        super().__init__(swarm.lab.popen(host, argv, **pipes, text=True, cwd=REPO))
 
 
 def test_a_member_in_another_home_is_answered_through_the_relay_then_the_punched_path(swarm):
