@@ -36,7 +36,7 @@ from dinet.engine._text import CompletionText
 from dinet.engine.sampler import choose_token, uniform
 from dinet.models.card import build_card
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
-from dinet.p2p._dht import dht_key
+from dinet.p2p._dht import dht_key, model_id_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import ChunkHeader, ModelCard, decode_chunk_query, decode_chunk_reply
 from dinet.wire.framing import encode_frame
@@ -686,9 +686,13 @@ def hashes() -> dict[str, Any]:
     return {
         "about": "Merkle roots over chunk hashes (an odd last node goes up unchanged; no leaves: "
         "sha256 of nothing), the DHT provider key of a model hash (the bytes of `key_hex`), "
-        "and output hashes of token ids.",
+        "the provider key of a model id, and output hashes of token ids.",
         "merkle": merkle,
         "dht_key": {"model_hash": MODEL_HASH, "key_hex": key_hex},
+        "model_id_key": {
+            "model_id": "SmolLM2-135M-Instruct",
+            "key_hex": model_id_key("SmolLM2-135M-Instruct"),
+        },
         "output_hash": [{"token_ids": ids, "hash": output_hash(ids)} for ids in ([], [0, 1, 2**32 - 1])],
     }
 

@@ -182,7 +182,15 @@ class NodeSettings(CommonSettings):
         description="Most MB of KV cache a stage keeps; least recently used sessions go first",
     )
     shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
-    heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="Seconds between checks whether the manifest changed (gossiped then)"
+    )
+    max_connections: int = Field(
+        default=32,
+        ge=4,
+        le=10_000,
+        description="Connections kept open; idle ones past this are closed (busy ones and relays stay)",
+    )
     relay: bool = Field(
         default=True, description="Relay for peers behind NAT (circuit relay v2) while publicly reachable"
     )

@@ -31,7 +31,7 @@ from dinet.engine.sampler import Sampler, choose_token, uniform
 from dinet.errors import BadReceipt, FrameTooLarge, MalformedMessage, ManifestError, ModelCardError
 from dinet.models.card import build_card, verify_model_card
 from dinet.models.hashing import chunk_spans, hash_spans, merkle_root
-from dinet.p2p._dht import dht_key
+from dinet.p2p._dht import dht_key, model_id_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import (
     ChunkHeader,
@@ -407,6 +407,7 @@ def test_hash_vectors() -> None:
     for case in v["merkle"]:
         assert merkle_root([bytes.fromhex(h) for h in case["leaves"]]).hex() == case["root"]
     assert dht_key(v["dht_key"]["model_hash"]) == v["dht_key"]["key_hex"]
+    assert model_id_key(v["model_id_key"]["model_id"]) == v["model_id_key"]["key_hex"]
     for case in v["output_hash"]:
         assert output_hash(case["token_ids"]) == case["hash"]
 

@@ -24,7 +24,6 @@ from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import PeerHost, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
-from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
@@ -34,10 +33,7 @@ from dinet.wire.keys import SigningKey
 logger = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
-PULL_EVERY_S = 3.0
-PULL_FANOUT = 3
-LIVENESS_EVERY_S = 2.0
-NODE_FILE_EVERY_S = 1.0
+NODE_FILE_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -134,7 +130,8 @@ def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
         background=[
             *serving.background,
             keeper.keep_healthy,
-            lambda joiner: joiner.keep_providing(keeper.model_hash),
+            lambda joiner: joiner.keep_providing(keeper.model_hash, serving.model_id),
+            lambda joiner: joiner.keep_neighbours(keeper.model_hash),
         ],
     )
 
@@ -146,11 +143,11 @@ async def _run(
     serving: Serving,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
 ) -> None:
-    """What every node does, whatever it serves: listen, join, keep its directory and the
-    DHT, pass manifests on, watch its peers, and say what it is in its node file."""
+    """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
+    set of connections, gossip its manifest on its model's topic, pass manifests on, and
+    say what it is in its node file."""
     peer_id = key.peer_id
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
-    chores = Chores(serving.busy)
 
     def describe() -> dict[str, object]:
         return {
@@ -192,26 +189,10 @@ async def _run(
         upnp=settings.upnp,
     )
     async with running, trio.open_nursery() as nursery:
-        joiner = Joiner(
-            host,
-            directory,
-            meet_new_in=nursery,
-            report_level=logging.INFO,
-            dial_timeout_s=settings.dial_timeout_s,
-        )
-        nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
-        nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
+        joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
+        nursery.start_soon(publisher.gossip, host, settings.heartbeat_s)
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
-        nursery.start_soon(joiner.pull_directories, PULL_EVERY_S, PULL_FANOUT, chores.lull)
-        liveness = LivenessWatch(
-            host,
-            directory,
-            interval=LIVENESS_EVERY_S,
-            timeout=settings.probe_timeout_s,
-            dial_timeout=settings.dial_timeout_s,
-            lull=chores.lull,
-        )
-        nursery.start_soon(liveness.run)
+        nursery.start_soon(host.keep_bounded, settings.max_connections, joiner.neighbours.__contains__)
         for task in serving.background:
             nursery.start_soon(task, joiner)
         if settings.mdns:

@@ -18,9 +18,13 @@ def dht_key(model_hash: ModelHash) -> str:
     return "1220" + hashlib.sha256(f"dinet-model:{model_hash}".encode()).hexdigest()
 
 
-async def find_model_providers(dht: KadDHT, model_hash: ModelHash) -> list[PeerInfo]:
-    """Peers that announced `model_hash` in the DHT, each once."""
-    key = dht_key(model_hash)
+def model_id_key(model_id: str) -> str:
+    """The DHT key for every version of a model id (peers serving any of its versions)."""
+    return "1220" + hashlib.sha256(f"dinet-model-id:{model_id}".encode()).hexdigest()
+
+
+async def find_model_providers(dht: KadDHT, key: str) -> list[PeerInfo]:
+    """Peers that announced the key (`dht_key`, `model_id_key`) in the DHT, each once."""
     # py-libp2p answers from its local record store as soon as it holds any provider
     # for a key, so a client would never see providers that announced later.
     dht.provider_store.providers.pop(bytes.fromhex(key), None)

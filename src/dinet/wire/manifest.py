@@ -21,7 +21,8 @@ from dinet.wire.signing import sign_body, signed_by
 MANIFEST_TTL_S = 30.0
 MAX_CLOCK_SKEW_S = 60.0
 MAX_MANIFEST_BYTES = 16_384
-MAX_DIRECTORY = 256
+MAX_LISTED = 256  # manifests in one answer to a manifest query, at most
+LISTED_BY_DEFAULT = 32  # what a query that names no limit gets
 
 Reach = Literal["public", "private", "unknown"]
 
@@ -73,15 +74,27 @@ class SignedManifest(Message):
 
 
 class ManifestQuery(Message):
-    """Ask a peer for its manifest, and with `include_known` the valid ones it knows."""
+    """Ask a peer for its manifest, and with `include_known` up to `limit` valid ones it
+    knows: of peers serving `model_id` / `model_hash` when named (whole or as stages)."""
 
     kind: Literal["manifest_query"] = "manifest_query"
     include_known: bool = True
+    model_id: str | None = Field(default=None, max_length=128)
+    model_hash: ModelHash | None = Field(default=None, max_length=128)
+    limit: int = Field(default=LISTED_BY_DEFAULT, ge=0, le=MAX_LISTED - 1)
 
 
 class ManifestList(Message):
     kind: Literal["manifests"] = "manifests"
-    manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_DIRECTORY)
+    manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_LISTED)
+
+
+def serves(manifest: Manifest, model_id: str | None, model_hash: ModelHash | None) -> bool:
+    """Whether the peer offers the model (whole or a stage of it); any model if neither is named."""
+    return any(
+        (model_id is None or o.model_id == model_id) and (model_hash is None or o.model_hash == model_hash)
+        for o in manifest.models
+    ) or (model_id is None and model_hash is None)
 
 
 def sign_manifest(manifest: Manifest, key: Signer) -> SignedManifest:
