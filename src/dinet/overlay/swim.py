@@ -141,16 +141,16 @@ class Swim:
     _probe_ids: int = field(default=0, init=False)
     _period: int = field(default=0, init=False)
     _period_start: float | None = field(default=None, init=False)
-    _rumours: OrderedDict[str, News] = field(
-        default_factory=OrderedDict, init=False
-    )  # the latest about each peer
-    _spreading: dict[str, _Spreading] = field(default_factory=dict, init=False)  # those still being passed on
+    # The latest news about each peer, and those items still being passed on.
+    _rumours: OrderedDict[str, News] = field(default_factory=OrderedDict, init=False)
+    _spreading: dict[str, _Spreading] = field(default_factory=dict, init=False)
     _events: list[Action] = field(default_factory=list, init=False)
 
     # --- the members ---
 
     def track(self, peer: str, now: float) -> None:
-        """Watch `peer` (again): it starts alive and joins the round at a random place."""
+        """Watch `peer`: it starts alive and joins the round at a random place (a dead member
+        tracked again is watched afresh)."""
         if peer == self.me:
             return
         member = self._members.get(peer)
@@ -180,14 +180,16 @@ class Swim:
     # --- time ---
 
     def next_tick_at(self) -> float | None:
-        """When `tick` next has work (None: nothing is tracked yet)."""
+        """When `tick` next has work (None: nothing is tracked yet; a past time: now)."""
         if self._period_start is None:
             return None
+        if self._events:
+            return self._period_start  # a death or revival to report
         at = self._period_start + self.period_s
         for probe in self._probes.values():
             if not probe.asked_others:
                 at = min(at, probe.sent_at + self.ack_timeout_s)
-        return min(at, self._period_start) if self._events else at
+        return at
 
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
