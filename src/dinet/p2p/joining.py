@@ -63,7 +63,6 @@ class Joiner:
         PeerError if it does not answer."""
         await self.host.add_to_routing_table(peer_id)
         signed, rtt_ms = await fetch_manifests(self.host, peer_id, timeout=self.dial_timeout_s)
-        self.host.note_rtt(peer_id, rtt_ms)
         self.on_answer(peer_id, rtt_ms)
         new = self.directory.add_from(peer_id, signed)
         for manifest in new:
