@@ -57,7 +57,7 @@ FIRST_FRAME_MIN_S = 5.0
 BUSY_PAUSE_S = 0.2
 BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
 # Codes after which another peer may well succeed.
-_RETRYABLE = {"busy", "rate_limited", "engine_crashed", "internal", "unknown_model"}
+_RETRYABLE = {"busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model"}
 
 
 class WholeModel:
