@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import re
 import subprocess
 import sys
 from contextlib import aclosing
@@ -18,6 +19,7 @@ from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.errors import DeadlineUnmet
 from dinet.node.local_mesh import NodeProcess, start_node
+from dinet.routing.select import PeerView, rank_peers
 from dinet.wire.messages import ErrorFrame, InferRequest
 
 LONG_TOKENS = 400  # a request that keeps a one-slot node busy for seconds
@@ -127,50 +129,22 @@ async def test_nodes_put_coordinates_in_their_manifests_and_the_client_estimates
         assert all(views[n.peer_id].estimated_rtt_ms is not None for n in pair)
 
 
-def test_the_client_region_setting_reaches_the_router(tmp_path_factory, tmp_path):
-    """Two fresh nodes alike in all but region: `din ask --region` picks the one in its region,
-    the one that a tie would not pick (ties go to the smaller peer id)."""
-    root = tmp_path_factory.mktemp("regions")
-    first = start_node(root / "first", extra_args=["--region", "north"])
-    try:
-        second = start_node(root / "second", bootstrap=[first.addr], extra_args=["--region", "north"])
-    except BaseException:
-        first.stop()
-        raise
-    try:
-        larger = max(first, second, key=lambda n: n.peer_id)
-        # Give the node a tie would not pick the client's region: restart it as "south".
-        larger.stop()
-        other = first if larger is second else second
-        moved = start_node(larger.home, bootstrap=[other.addr], extra_args=["--region", "south"])
-        try:
-            wait_until_known(other, moved, tmp_path)
-            done = subprocess.run(
-                [sys.executable, "-m", "dinet", "ask", "--json", "--no-mdns", "--home", str(tmp_path)]
-                + ["--bootstrap", other.addr, "--region", "south", "--max-tokens", "1", "Hi."],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stderr
-            assert json.loads(done.stdout)["peer_id"] == moved.peer_id
-        finally:
-            moved.stop()
-    finally:
-        first.stop()
-        second.stop()
+@pytest.mark.parametrize("command", ["ask", "gateway"])
+def test_the_client_region_is_a_setting_of_the_client_and_the_gateway(command, tmp_path):
+    """`--region` and DINET_REGION set it (the gateway is a client too)."""
+    base = [sys.executable, "-m", "dinet", command, "--home", str(tmp_path), "--print-config"]
+    flag = subprocess.run([*base, "--region", "south"], capture_output=True, text=True, timeout=60)
+    assert flag.returncode == 0, flag.stderr
+    assert re.search(r"region\W+south\W+flag --region", flag.stdout)
+    env = {**os.environ, "DINET_REGION": "north"}
+    by_env = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env)
+    assert re.search(r"region\W+north\W+env DINET_REGION", by_env.stdout)
 
 
-def wait_until_known(bootstrap: NodeProcess, node: NodeProcess, home) -> None:
-    """Until a client bootstrapped to `bootstrap` hears of `node` from it."""
-    for _ in range(30):
-        done = subprocess.run(
-            [sys.executable, "-m", "dinet", "peers", "--json", "--no-mdns", "--home", str(home)]
-            + ["--bootstrap", bootstrap.addr, "--wait", "1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode == 0 and node.peer_id in {p["peer_id"] for p in json.loads(done.stdout)}:
-            return
-    raise AssertionError(f"{bootstrap.peer_id} never heard of {node.peer_id}")
+def test_the_client_region_reaches_the_router():
+    """From the settings to the options every way of asking ranks by."""
+    options = AskOptions.from_settings(ClientSettings(region="south", mdns=False))
+    assert options.region == "south"
+    views = [PeerView(name, 1.0, 50.0, 20.0, 0, 0, 1, region=name) for name in ("north", "south")]
+    assert rank_peers(views, 8, region=options.region)[0].peer_id == "south"
+    assert rank_peers(views, 8)[0].peer_id == "north"  # without it, the tie goes by peer id
