@@ -303,6 +303,10 @@ class ClientSettings(CommonSettings):
         le=1.0,
         description="Fraction of answers re-scored by another peer serving the same model (1: all)",
     )
+    # issue 20, SLA-aware routing (sla): peers of another region pay a small routing penalty.
+    region: str = Field(
+        default="", max_length=64, description="This client's region: peers of other regions rank lower"
+    )
 
 
 class GatewaySettings(ClientSettings):

@@ -14,7 +14,8 @@
     │   ├── BadChunk         a chunk whose bytes do not match the model card
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
-    │   └── NoCapablePeer
+    │   ├── NoCapablePeer
+    │   └── DeadlineUnmet    no peer can answer within the request's deadline
     ├── InferenceError       the engine could not produce an answer
     │   ├── EngineCrashed    the worker process died mid-request
     │   ├── EngineUnavailable the worker could not be started
@@ -105,6 +106,10 @@ class RoutingError(DinetError):
 
 
 class NoCapablePeer(RoutingError):
+    pass
+
+
+class DeadlineUnmet(RoutingError):
     pass
 
 

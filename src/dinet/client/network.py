@@ -21,6 +21,7 @@ from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
+from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.trust.outcomes import OutcomeRecorder
@@ -57,8 +58,13 @@ class Network:
     # Peers in use or about to be, each until when: only these are probed for liveness.
     in_use: dict[PeerId, float] = field(default_factory=dict)
     joiner: Joiner = field(init=False)
+    # Our place in the latency space, from the round trips we measure: estimates the
+    # round trip to peers never probed.
+    coordinates: CoordinateBook = field(init=False)
 
     def __post_init__(self) -> None:
+        self.coordinates = CoordinateBook(self.directory.get)
+        self.host.on_rtt(self.coordinates.sample)
         # A peer that answers is timed; one that cannot be met is forgotten until heard of again.
         self.joiner = Joiner(
             self.host,
@@ -150,6 +156,7 @@ class Network:
                 PeerView(
                     peer_id=m.peer_id,
                     rtt_ms=self.rtt_ms.get(m.peer_id),
+                    estimated_rtt_ms=self.coordinates.estimate_ms(m),
                     tokens_per_s=m.tokens_per_s,
                     ttft_ms=m.ttft_ms,
                     # Its advert is seconds old: our own requests there count at once.

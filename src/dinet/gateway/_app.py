@@ -32,7 +32,7 @@ from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
-from dinet.wire.messages import TokenFrame
+from dinet.wire.messages import MAX_DEADLINE_MS, TokenFrame
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
 SHARDED_HEADER = "x-dinet-sharded"
+DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
@@ -126,7 +127,10 @@ class _Gateway:
         attempts: list[str] = []
         extra: dict[str, object] = {}
         options = AskOptions.from_settings(
-            self.settings, model_id=choice.model_id, model_hash=choice.model_hash
+            self.settings,
+            model_id=choice.model_id,
+            model_hash=choice.model_hash,
+            deadline_s=_deadline_s(request),
         )
         if parsed.dinet.replicas > 1:
             vote = await ask_replicas(self.view.network, params, parsed.dinet.replicas, options)
@@ -331,6 +335,20 @@ def _sharded(parsed: oa.Request, request: Request) -> bool | None:
     if header in ("0", "false", "no"):
         return False
     return None
+
+
+def _deadline_s(request: Request) -> float | None:
+    """The `x-dinet-deadline-ms` header in seconds (None without it); RequestError if bad."""
+    header = request.headers.get(DEADLINE_HEADER)
+    if header is None:
+        return None
+    text = header.strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_DEADLINE_MS:
+        raise RequestError(
+            f"{DEADLINE_HEADER} must be a whole number of milliseconds from 1 to {MAX_DEADLINE_MS}",
+            DEADLINE_HEADER,
+        )
+    return int(text) / 1000
 
 
 async def _replay(frames: tuple[TokenFrame, ...], answer: Answer) -> AsyncGenerator[Event, None]:

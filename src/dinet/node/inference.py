@@ -34,6 +34,10 @@ from dinet.wire.receipt import SignedReceipt, request_hash
 
 logger = logging.getLogger(__name__)
 
+# A deadline is refused only when the expected time is this much over it: the measured
+# figures are averages, and the client capped max_tokens by much the same ones.
+DEADLINE_SLACK = 1.2
+
 
 class Engine(Protocol):
     def generate(
@@ -58,6 +62,14 @@ class SpeedStats:
             self.tokens_per_s += weight * (end.tokens_per_s - self.tokens_per_s)
         self.ttft_ms += weight * (end.ttft_ms - self.ttft_ms)
         self.served += 1
+
+    def expected_s(self, params: GenerationParams) -> float:
+        """How long an answer of at most `params.max_tokens` should take; 0 before the
+        first measurement (unknown)."""
+        if not self.served or self.tokens_per_s <= 0:
+            return 0.0
+        tokens = params.max_tokens - len(params.prefix_tokens)
+        return self.ttft_ms / 1000 + max(tokens, 0) / self.tokens_per_s
 
 
 class InferenceService:
@@ -108,6 +120,11 @@ class InferenceService:
         if out_of_bounds is not None:
             await refuse(framed, "bad_request", out_of_bounds)
             return
+        expected_s = self.stats.expected_s(request.params)
+        missed = self._misses_deadline(request, expected_s)
+        if missed is not None:
+            await refuse(framed, "deadline", missed)
+            return
         accountant = self.accountant
         priority = 0.0
         if accountant is not None and accountant.priority:
@@ -117,6 +134,7 @@ class InferenceService:
                 while_waiting=lambda: tell_queued(framed, self.admission),
                 priority=priority,
                 peer=framed.remote_peer,
+                expected_s=expected_s,
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:
@@ -125,6 +143,16 @@ class InferenceService:
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
             await accountant.settle(framed, signed)
+
+    def _misses_deadline(self, request: InferRequest, expected_s: float) -> str | None:
+        """Why the request's deadline cannot be met here (the wait for a slot, then the
+        answer at the measured speed), or None if it can or nothing is measured yet."""
+        if request.deadline_ms is None or expected_s <= 0:
+            return None
+        total_s = self.admission.expected_wait_s() + expected_s
+        if total_s <= request.deadline_ms / 1000 * DEADLINE_SLACK:
+            return None
+        return f"expected to answer in {total_s:.1f} s, over the {request.deadline_ms} ms deadline"
 
     def _serves(self, request: InferRequest) -> bool:
         if request.model_hash is not None and request.model_hash != self._model_hash:

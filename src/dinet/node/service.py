@@ -27,6 +27,7 @@ from dinet.p2p.joining import Joiner
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
+from dinet.routing.coordinates import CoordinateBook
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
@@ -148,6 +149,8 @@ async def _run(
     say what it is in its node file."""
     peer_id = key.peer_id
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
+    coordinates = CoordinateBook(directory.get)
+    host.on_rtt(coordinates.sample)
 
     def describe() -> dict[str, object]:
         return {
@@ -158,6 +161,7 @@ async def _run(
             "price_per_token": settings.price,
             "price_per_prompt_token": settings.prompt_price,
             "reach": host.reachability().state,
+            "coords": coordinates.advert(),
             **serving.figures(),
         }
 

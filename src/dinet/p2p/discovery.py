@@ -35,7 +35,8 @@ async def fetch_manifests(
     """Ask a connected peer for its signed manifest (and those it knows, of peers serving
     the model if one is named), with the round trip in ms.
 
-    Nothing is verified here: the caller's directory does that.
+    Nothing is verified here: the caller's directory does that. The round trip is noted
+    on the host (`PeerHost.note_rtt`).
     """
     start = time.perf_counter()
     try:
@@ -56,6 +57,7 @@ async def fetch_manifests(
         listing = ManifestList.model_validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(f"bad manifest list from {peer_id}: {exc.errors()[0]['msg']}") from None
+    host.note_rtt(peer_id, rtt_ms)
     return list(listing.manifests), rtt_ms
 
 

@@ -105,6 +105,7 @@ class PeerHost:
         self._assumed: Reachability | None = None
         raw.set_stream_handler(TProtocol(AUTONAT_PROTOCOL), DialBackServer(raw).handle)
         self._rtt_ms: dict[PeerId, float] = {}
+        self._rtt_listeners: list[Callable[[PeerId, float], None]] = []
         # py-libp2p 0.8.1's get_addrs() strips every /p2p/ part of an advertised address and
         # appends ours, which turns a circuit address into the relay's own address. Identify,
         # DHT provider records, relay reservations and DCUtR all read it: one replacement here
@@ -346,8 +347,15 @@ class PeerHost:
             return False
 
     def note_rtt(self, peer_id: PeerId, rtt_ms: float) -> None:
-        """A round trip measured to `peer_id` (relays are chosen by it)."""
+        """A round trip measured to `peer_id` (relays are chosen by it; network
+        coordinates are kept from it: see `on_rtt`)."""
         self._rtt_ms[peer_id] = rtt_ms
+        for listener in self._rtt_listeners:
+            listener(peer_id, rtt_ms)
+
+    def on_rtt(self, listener: Callable[[PeerId, float], None]) -> None:
+        """Have `listener` told every round trip measured from now on."""
+        self._rtt_listeners.append(listener)
 
     def rtt_ms(self, peer_id: PeerId) -> float | None:
         return self._rtt_ms.get(peer_id)

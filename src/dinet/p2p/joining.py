@@ -82,7 +82,6 @@ class Joiner:
             model_hash=model_hash,
             timeout=self.dial_timeout_s,
         )
-        self.host.note_rtt(peer_id, rtt_ms)
         self.on_answer(peer_id, rtt_ms)
         return self.directory.add_from(peer_id, signed)
 

@@ -8,11 +8,12 @@ embedded in the peer id, so a manifest cannot speak for another peer.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
 from dinet.errors import ManifestError
+from dinet.overlay.vivaldi import DIMENSIONS, MAX_COORDINATE_MS, MAX_ERROR
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
@@ -48,6 +49,17 @@ class Load(Message):
     queued: int = Field(ge=0)
 
 
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE_MS, le=MAX_COORDINATE_MS)]
+
+
+class NetworkCoordinates(Message):
+    """A node's Vivaldi coordinates (dinet.overlay.vivaldi), in milliseconds."""
+
+    vector: tuple[Coordinate, ...] = Field(min_length=DIMENSIONS, max_length=DIMENSIONS)
+    height: float = Field(ge=0, le=MAX_COORDINATE_MS)
+    error: float = Field(ge=0, le=MAX_ERROR)
+
+
 class Manifest(Message):
     peer_id: PeerId = Field(min_length=1, max_length=128)
     version: str = Field(max_length=32)
@@ -65,6 +77,9 @@ class Manifest(Message):
     # Whether peers can dial the node, as it found out by asking them to dial it back
     # (`private`: behind NAT, reached through relays); absent in older manifests.
     reach: Reach = "unknown"
+    # Where the node sits in the latency space, once it has measured a round trip; left
+    # out of the body when absent, so a node without them is read by older readers too.
+    coords: NetworkCoordinates | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class SignedManifest(Message):
