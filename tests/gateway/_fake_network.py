@@ -89,6 +89,18 @@ def fake_peers(count: int, seed: int = 20, now: float | None = None) -> list[Fak
     return peers
 
 
+def fake_chains(peers: list[FakePeer], count: int) -> list[tuple[PeerId, PeerId]]:
+    """`count` chains of CHAIN_MODEL's two stages, each stage 0 with a stage 1 of another
+    region when there is one: chains a gateway could have used."""
+    firsts = [p for p in peers if p.stage == 0]
+    seconds = [p for p in peers if p.stage == 1]
+    chains = []
+    for first in firsts[:count]:
+        second = next((p for p in seconds if p.region != first.region), seconds[0])
+        chains.append((first.peer_id, second.peer_id))
+    return chains
+
+
 def expected_groups(peers: list[FakePeer]) -> Counter[tuple[str, str]]:
     """Peers per (region, model), from how they were made."""
     return Counter((p.region, p.model) for p in peers)
