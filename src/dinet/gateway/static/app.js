@@ -85,8 +85,9 @@ function renderMap(summary) {
   drawn = shape;
   const colors = drawMap($("map"), summary, {
     selected: key,
-    onSelect: (group) => {
-      selected = { region: group.region, model: group.model };
+    onSelect: (group) => {  // a second click on the group listed lets it go
+      const same = selected && selected.region === group.region && selected.model === group.model;
+      selected = same ? null : { region: group.region, model: group.model };
       refreshNetwork();
     },
   });
@@ -192,7 +193,11 @@ function renderModels(models) {
     option.value = m.id;
     return option;
   }));
-  if (ids.includes(chosen)) select.value = chosen;
+  if (ids.includes(chosen)) {
+    select.value = chosen;
+  } else if (models.length) {  // nothing chosen yet: the model most peers serve
+    select.value = models.reduce((best, m) => (m.peers > best.peers ? m : best)).id;
+  }
 }
 
 // ---- chat ------------------------------------------------------------------------------

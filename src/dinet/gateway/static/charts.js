@@ -100,7 +100,7 @@ export function drawCharts(series) {
   const t = series.totals;
   const charts = [
     ["chart-tokens", drawTokens, `${short(lastValue(series.tokens_per_s) ?? 0)} tok/s now · ${short(t.tokens)} tokens`],
-    ["chart-requests", drawRequests, `${t.requests} requests · ${t.errors} failed`],
+    ["chart-requests", drawRequests, `${t.requests} request${t.requests === 1 ? "" : "s"} · ${t.errors} failed`],
     ["chart-ttft", drawTtft, t.ttft_p50_ms == null ? "no answer yet"
       : `p50 ${Math.round(t.ttft_p50_ms)} ms · p95 ${Math.round(t.ttft_p95_ms)} ms`],
   ];
