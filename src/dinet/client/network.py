@@ -14,6 +14,7 @@ from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
+from dinet.models.catalog import DEFAULT_MODEL_ID
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost, open_host
@@ -135,6 +136,8 @@ class Network:
         peers told us of and we have not met, a bounded sample at a time, and a sample of
         the providers the DHT names."""
         unmet = [m for m in self.directory.serving(model_id, model_hash) if m.peer_id not in self.rtt_ms]
+        if model_id is None and model_hash is None:
+            model_id = DEFAULT_MODEL_ID  # the DHT names servers of a model, not of any: try the usual one
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.probe_all, unmet[:UNMET_MET_AT_ONCE])
             nursery.start_soon(self.joiner.look_for, model_id, model_hash)

@@ -19,6 +19,7 @@ from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
+from dinet.node.watching import PeerWatch
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import PeerHost, build_host
@@ -197,6 +198,7 @@ async def _run(
         nursery.start_soon(publisher.gossip, host, settings.heartbeat_s)
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
         nursery.start_soon(host.keep_bounded, settings.max_connections, joiner.neighbours.__contains__)
+        nursery.start_soon(PeerWatch(host, directory, joiner, nursery).run)
         for task in serving.background:
             nursery.start_soon(task, joiner)
         if settings.mdns:
