@@ -2,15 +2,17 @@
 to it, while a stream begun on version 1 finishes on version 1 (real processes, the
 real model).
 
-Version 2 is the shipped model with four blocks switched off (`derive_wrong_model`): a
-real GGUF of the same size whose answers differ, and whose bytes differ in a few chunks
-only, so a follower pulls those and copies the rest from version 1.
+Version 2 is the shipped model with the quantized blocks of four tensors rotated by one
+block: a real GGUF of the same size whose answers differ, and whose bytes differ in four
+chunks only, so a follower pulls those and copies the rest from version 1. (Zeroing
+tensors would not do: a pull's sparse file already holds zero chunks.)
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import pytest
 import trio
 from tests.helpers import chat, open_infer, raw_host, read_replies
 
-from dinet.engine.testing.liar import derive_wrong_model
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
 from dinet.models.hashing import model_hash
 from dinet.node.local_mesh import NodeProcess, child_pids, start_node
@@ -31,6 +32,28 @@ FOLLOW = ["--follow", "--follow-every-s", "0.5"]
 # A raw prompt a small model continues for as long as it may: the stream lasts.
 LONG = GenerationParams(prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=1900)
 SHORT = chat("Name three colours of the rainbow.", max_tokens=32)
+
+
+def derive_version_2(source: Path, target: Path) -> Path:
+    import gguf  # only this helper needs it
+
+    shutil.copyfile(source, target)
+    reader = gguf.GGUFReader(target)
+    names = {f"blk.{i}.ffn_down.weight" for i in (6, 12, 18, 24)}
+    spans = [
+        (int(t.data_offset), int(t.n_bytes), gguf.GGML_QUANT_SIZES[t.tensor_type][1])
+        for t in reader.tensors
+        if t.name in names
+    ]
+    del reader  # release the memory map before writing
+    assert len(spans) == len(names)
+    with target.open("r+b") as out:
+        for offset, size, block in spans:
+            out.seek(offset)
+            data = out.read(size)
+            out.seek(offset)
+            out.write(data[block:] + data[:block])  # whole blocks: still valid quantized data
+    return target
 
 
 async def publish(home: Path, model: str, version: str) -> dict:
@@ -84,7 +107,7 @@ async def test_a_follower_switches_to_version_2_and_a_stream_on_version_1_finish
     first = await publish(publisher.home, v1, "1")
     assert (first["sequence"], first["versions"][0]["model_hash"]) == (0, v1)
     shipped = resolve_model(None).path
-    v2_file = await trio.to_thread.run_sync(derive_wrong_model, shipped, tmp_path / "v2.gguf")
+    v2_file = await trio.to_thread.run_sync(derive_version_2, shipped, tmp_path / "v2.gguf")
     v2 = await trio.to_thread.run_sync(model_hash, v2_file)
     short_v1, _ = await answer(follower, SHORT)
 
@@ -133,7 +156,7 @@ async def test_a_follower_switches_to_version_2_and_a_stream_on_version_1_finish
     pulled = re.search(rf"pulled {v2[:16]}: (\d+) chunks fetched \(\d+ bytes\), (\d+) reused", log(follower))
     assert pulled is not None
     fetched, reused = int(pulled[1]), int(pulled[2])
-    assert 0 < fetched < reused / 10
+    assert fetched == 4 and reused == 298  # the four rotated tensors' chunks, of 302
 
 
 async def next_reply(stream):

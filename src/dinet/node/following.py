@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 import trio
 
 from dinet.config import NodeSettings
-from dinet.errors import DinetError, ModelVersionsError, PeerError
-from dinet.models.fetch import pull_model
+from dinet.errors import DinetError, ModelVersionsError, PeerError, PullFailed
+from dinet.models.fetch import PullReport, pull_model
 from dinet.models.store import ModelStore
 from dinet.node._serving import Serving
 from dinet.node.switching import OpenVersion, ServingSwitch, hold_version
@@ -67,8 +67,7 @@ class Follower:
             return
         logger.info("version %s of %s is newer: pulling %s", newest.version, self.model_id, newest.model_hash)
         try:
-            holders = await joiner.holders(newest.model_hash)
-            report = await pull_model(joiner.host, self._store, newest.model_hash, holders)
+            report = await self._pull(joiner, newest.model_hash)
         except DinetError as exc:  # nobody holds it yet, or the pull broke: the next look retries
             logger.warning("pull of %s failed, will retry: %s", newest.model_hash[:16], exc)
             return
@@ -86,6 +85,20 @@ class Follower:
             switched = False
         if not switched:
             self._unservable.add(newest.model_hash)
+
+    async def _pull(self, joiner: Joiner, model_hash: ModelHash) -> PullReport:
+        """`model_hash` complete in the store: already there (the publisher's own node), or
+        pulled from the publisher (who usually holds what it just published, before any
+        node announces it), or else from the holders that peers and the DHT name."""
+        stored = await trio.to_thread.run_sync(self._store.get, model_hash)
+        if stored is None or not stored.complete:
+            if await joiner.host.reach(self.publisher):
+                try:
+                    return await pull_model(joiner.host, self._store, model_hash, [self.publisher])
+                except PullFailed as exc:
+                    logger.info("the publisher does not hand out %s: %s", model_hash[:16], exc)
+            return await pull_model(joiner.host, self._store, model_hash, await joiner.holders(model_hash))
+        return await pull_model(joiner.host, self._store, model_hash, [])
 
 
 @asynccontextmanager
