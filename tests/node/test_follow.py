@@ -152,6 +152,16 @@ async def test_a_follower_switches_to_version_2_and_a_stream_on_version_1_finish
         while len(child_pids(follower.process.pid)) != 1:
             await trio.sleep(0.2)
 
+    # Anyone can read the record, through any node.
+    done = await trio.run_process(
+        [sys.executable, "-m", "dinet", "model", "versions", DEFAULT_MODEL_ID, "--json"]
+        + ["--publisher", publisher.peer_id, "-b", follower.addr, "--home", str(tmp_path / "reader")],
+        capture_stdout=True,
+        check=True,
+    )
+    record = json.loads(done.stdout)
+    assert record["sequence"] == 1 and [v["version"] for v in record["versions"]] == ["2", "1"]
+
     # Only the changed chunks crossed the network.
     pulled = re.search(rf"pulled {v2[:16]}: (\d+) chunks fetched \(\d+ bytes\), (\d+) reused", log(follower))
     assert pulled is not None

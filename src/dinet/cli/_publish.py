@@ -69,7 +69,7 @@ def publish(
     home = home or default_home()
     key = load_or_create_identity(home)
     stored = _guard(lambda: _stored(ModelStore(home), key, model_id, model, version))
-    peers = bootstrap or _own_node(home)
+    peers = bootstrap or _guard(lambda: _own_node(home))
 
     async def main() -> tuple[ModelVersions, int]:
         async with open_swarm(home, peers, mdns=False) as swarm:
@@ -114,7 +114,7 @@ def versions(
     if publisher is not None and not is_peer_id(publisher):
         fail(f"--publisher takes a peer id, not {publisher!r}")
     signer = PeerId(publisher) if publisher else load_or_create_identity(home).peer_id
-    peers = bootstrap or _own_node(home)
+    peers = bootstrap or _guard(lambda: _own_node(home))
 
     async def main() -> SignedModelVersions | None:
         async with open_swarm(home, peers, mdns=False) as swarm:
@@ -149,7 +149,7 @@ def _own_node(home: Path) -> list[str]:
     try:
         addrs = json.loads((home / NODE_FILE).read_text())["addrs"]
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"give --bootstrap: no running node in {home} ({exc})") from None
+        raise ConfigError(f"no running node in {home} to publish through: give --bootstrap ({exc})") from None
     return [a for a in addrs if isinstance(a, str)]
 
 
