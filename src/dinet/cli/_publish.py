@@ -22,7 +22,7 @@ import typer
 from dinet.cli._common import fail, print_json, run, setup_logging
 from dinet.config import default_home
 from dinet.errors import ConfigError, DinetError, PeerUnreachable
-from dinet.models.fetch import open_swarm
+from dinet.models.fetch import Swarm, open_swarm
 from dinet.models.store import ModelStore, StoredModel
 from dinet.node.service import NODE_FILE
 from dinet.p2p.identity import load_or_create_identity
@@ -41,6 +41,7 @@ from dinet.wire.versions import (
 
 VERSIONS_DIR = "versions"
 LOOKUP_TIMEOUT_S = 30.0
+ROUTING_WAIT_S = 10.0
 
 Home = Annotated[Path | None, typer.Option(help="State directory (holds models/ and versions/)")]
 Bootstrap = Annotated[
@@ -73,6 +74,7 @@ def publish(
 
     async def main() -> tuple[ModelVersions, int]:
         async with open_swarm(home, peers, mdns=False) as swarm:
+            await _routing_ready(swarm)
             found = None  # none found in time: the home's own copy decides the sequence
             with trio.move_on_after(LOOKUP_TIMEOUT_S):
                 found = await swarm.host.get_versions(key.peer_id, model_id)
@@ -118,6 +120,7 @@ def versions(
 
     async def main() -> SignedModelVersions | None:
         async with open_swarm(home, peers, mdns=False) as swarm:
+            await _routing_ready(swarm)
             with trio.fail_after(LOOKUP_TIMEOUT_S):
                 return await swarm.host.get_versions(signer, model_id)
 
@@ -132,6 +135,17 @@ def versions(
     typer.echo(f"{model_id} by {record.publisher}: record {record.sequence}, expires {expires}")
     for v in record.versions:
         typer.echo(f"  {v.version:16} {v.model_hash}  {_when(v.published_at)}")
+
+
+async def _routing_ready(swarm: Swarm) -> None:
+    """Wait (a little) for the bootstrap peers to enter the DHT routing table: the DHT
+    takes a peer only once identify says it serves the DHT, a moment after joining, and
+    a lookup from an empty table finds nothing."""
+    with trio.move_on_after(ROUTING_WAIT_S):
+        while swarm.host.routing_table_size() == 0:  # noqa: ASYNC110 (identify runs inside libp2p)
+            await trio.sleep(0.1)
+            for peer in swarm.host.connected_peers():
+                await swarm.host.add_to_routing_table(peer)
 
 
 def _stored(
