@@ -25,6 +25,7 @@ from dinet.errors import ConfigError, DinetError, PeerUnreachable
 from dinet.models.fetch import Swarm, open_swarm
 from dinet.models.store import ModelStore, StoredModel
 from dinet.node.service import NODE_FILE
+from dinet.p2p.gate import peer_gate
 from dinet.p2p.identity import load_or_create_identity
 from dinet.wire.ids import PeerId
 from dinet.wire.keys import SigningKey, is_peer_id
@@ -51,6 +52,12 @@ Bootstrap = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging")]
 ModelId = Annotated[str, typer.Argument(help="The model id the record is for")]
+SwarmKey = Annotated[
+    Path | None, typer.Option(envvar="DINET_SWARM_KEY", help="The private swarm's swarm.key file")
+]
+AllowPeers = Annotated[
+    Path | None, typer.Option(envvar="DINET_ALLOW_PEERS", help="Speak only to the peer ids in this file")
+]
 
 
 def publish(
@@ -62,6 +69,8 @@ def publish(
     ] = 7.0,
     bootstrap: Bootstrap = None,
     home: Home = None,
+    swarm_key: SwarmKey = None,
+    allow_peers: AllowPeers = None,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -73,7 +82,7 @@ def publish(
     peers = bootstrap or _guard(lambda: _own_node(home))
 
     async def main() -> tuple[ModelVersions, int]:
-        async with open_swarm(home, peers, mdns=False) as swarm:
+        async with open_swarm(home, peers, gate=peer_gate(swarm_key, allow_peers)) as swarm:
             await _routing_ready(swarm)
             found = None  # none found in time: the home's own copy decides the sequence
             with trio.move_on_after(LOOKUP_TIMEOUT_S):
@@ -107,6 +116,8 @@ def versions(
     publisher: Annotated[str | None, typer.Option(help="Publisher's peer id (default: this home's)")] = None,
     bootstrap: Bootstrap = None,
     home: Home = None,
+    swarm_key: SwarmKey = None,
+    allow_peers: AllowPeers = None,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -119,7 +130,7 @@ def versions(
     peers = bootstrap or _guard(lambda: _own_node(home))
 
     async def main() -> SignedModelVersions | None:
-        async with open_swarm(home, peers, mdns=False) as swarm:
+        async with open_swarm(home, peers, gate=peer_gate(swarm_key, allow_peers)) as swarm:
             await _routing_ready(swarm)
             with trio.fail_after(LOOKUP_TIMEOUT_S):
                 return await swarm.host.get_versions(signer, model_id)

@@ -12,6 +12,8 @@ import trio
 from libp2p.abc import IHost, PeerInfo
 from libp2p.kad_dht.common import QUERY_TIMEOUT
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Record
+from libp2p.peer.id import ID
 from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -73,10 +75,10 @@ async def put_versions(dht: KadDHT, key: str, value: bytes) -> int:
     closest = await dht.peer_routing.find_closest_peers_network(key_bytes)
     took = 0
 
-    async def store_at(peer: object) -> None:
+    async def store_at(peer: ID) -> None:
         nonlocal took
         with trio.move_on_after(QUERY_TIMEOUT):
-            if await dht.value_store._store_at_peer(peer, key_bytes, value):  # type: ignore[arg-type]
+            if await dht.value_store._store_at_peer(peer, key_bytes, value):
                 took += 1
 
     async with trio.open_nursery() as nursery:
@@ -87,31 +89,54 @@ async def put_versions(dht: KadDHT, key: str, value: bytes) -> int:
 
 
 async def get_versions(dht: KadDHT, key: str) -> bytes | None:
-    """The newest valid model-version record under `key`, of the network's and this
-    node's own, or None.
+    """The newest valid model-version record under `key`, of what the peers closest to
+    the key hold and this node's own store, or None. The winner is kept here, and given
+    to the closest peers that lack it or hold an older one.
 
-    py-libp2p answers from its local store whenever it holds a value for the key, so a
-    node that looked once would never see a newer record: the local copy is set aside for
-    the lookup, then kept only if it is newer than what the network says.
+    Not py-libp2p's get_value: it answers from the local store whenever that holds a
+    value (so a node that looked once would never see a newer record), and it overwrites
+    the local store with what the lookup found, even a newer record that a PUT_VALUE
+    brought in the meantime.
     """
     key_bytes = key.encode()
-    local = dht.value_store.get(key_bytes)
-    dht.value_store.remove(key_bytes)
-    try:
-        await dht.get_value(key)  # stores the network's best here when it finds one
-    finally:
-        network = dht.value_store.get(key_bytes)
-        if local is not None and (network is None or _keep_first(key, local.value, network.value)):
-            dht.value_store.put_record(key_bytes, local)
-    best = dht.value_store.get(key_bytes)
-    if best is None:
+    found_peers = await dht.peer_routing.find_closest_peers_network(key_bytes)
+    closest = [p for p in found_peers if p != dht.local_peer_id]
+    answers: dict[ID, Record | None] = {}
+
+    async def ask(peer: ID) -> None:
+        with trio.move_on_after(QUERY_TIMEOUT):
+            found = await dht.value_store._get_from_peer(peer, key_bytes, return_record=True)
+            answers[peer] = found if isinstance(found, Record) and _valid(key, found.value) else None
+
+    async with trio.open_nursery() as nursery:
+        for peer in closest:
+            nursery.start_soon(ask, peer)
+    local = dht.value_store.get(key_bytes)  # read now: a PUT may have come during the lookup
+    held = [r for r in (*answers.values(), local) if r is not None and _valid(key, r.value)]
+    if not held:
         return None
-    try:
-        decode_versions(best.value, key)
-    except ModelVersionsError as exc:
-        logger.debug("no valid model-version record under %s: %s", key, exc)
-        return None
+    best = held[VersionsValidator().select(key, [r.value for r in held])]
+    if local is None or local.value != best.value:
+        dht.value_store.put_record(key_bytes, best)
+    stale = [p for p, r in answers.items() if r is None or r.value != best.value]
+    async with trio.open_nursery() as nursery:
+        for peer in stale:  # they keep what wins against theirs (their validator's select)
+            nursery.start_soon(_give, dht, peer, key_bytes, best)
     return best.value
+
+
+async def _give(dht: KadDHT, peer: ID, key: bytes, record: Record) -> None:
+    with trio.move_on_after(QUERY_TIMEOUT):
+        await dht.value_store._store_at_peer(peer, key, record.value, record=record)
+
+
+def _valid(key: str, value: bytes) -> bool:
+    try:
+        decode_versions(value, key)
+    except ModelVersionsError as exc:
+        logger.debug("ignoring a model-version record: %s", exc)
+        return False
+    return True
 
 
 def _keep_first(key: str, first: bytes, second: bytes) -> bool:
