@@ -25,6 +25,7 @@ from dinet.p2p.liveness import PROBE_TIMEOUT_S
 from dinet.p2p.peer_addrs import check_peer_addr
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
+from dinet.wire.keys import is_peer_id
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
 
@@ -236,6 +237,21 @@ class NodeSettings(CommonSettings):
     api_key: SecretStr | None = Field(
         default=None, description="With api_port: clients must send `Authorization: Bearer KEY`"
     )
+    # follow (issue 20): automatic model upgrades from signed model-version records
+    follow: bool = Field(
+        default=False,
+        description="Serve the newest version of the model that its publisher has signed, "
+        "switching over without dropping streams (docs/models.md)",
+    )
+    publisher: str | None = Field(
+        default=None,
+        max_length=128,
+        description="With follow: the peer id whose version records to follow "
+        "(default: the publisher of the served model's card)",
+    )
+    follow_every_s: float = Field(
+        default=60.0, gt=0, description="With follow: seconds between looks for a newer version record"
+    )
 
     @field_validator("liar")
     @classmethod
@@ -269,6 +285,14 @@ class NodeSettings(CommonSettings):
                     f"--no-model contradicts {' and '.join(given)}: a node that serves no model "
                     "cannot take it (set one or the other)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _follow_serves_whole_models(self) -> NodeSettings:
+        if self.follow and (self.no_model or self.layers is not None):
+            raise ValueError("--follow switches a whole model: it takes neither --no-model nor --layers")
+        if self.publisher is not None and not is_peer_id(self.publisher):
+            raise ValueError(f"--publisher takes a peer id, not {self.publisher!r}")
         return self
 
 

@@ -11,6 +11,7 @@
     │   ├── PeerStalled      a peer stopped sending mid-answer for longer than its speed allows
     │   ├── AnswerTimedOut   no complete answer within the caller's time limit
     │   ├── ManifestError    a node's capability manifest that is forged, expired or inconsistent
+    │   ├── ModelVersionsError a model-version record that is forged, expired or under another key
     │   ├── BadChunk         a chunk whose bytes do not match the model card
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
@@ -85,6 +86,10 @@ class AnswerTimedOut(PeerError):
 
 
 class ManifestError(PeerError):
+    pass
+
+
+class ModelVersionsError(PeerError):
     pass
 
 

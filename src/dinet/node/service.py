@@ -17,6 +17,7 @@ from dinet.models.store import ModelStore
 from dinet.node._serving import Serving, model_stage, no_engine, whole_model
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
+from dinet.node.following import following
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
 from dinet.node.watching import PeerWatch
@@ -76,9 +77,19 @@ async def serve_node(
     host = build_host(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
-    serving = no_engine() if settings.no_model else _model_served(settings, key, host)
+    if settings.no_model:
+        serving = no_engine()
+    elif settings.follow:
+        serving = following(settings, lambda model: _model_served(_serving_model(settings, model), key, host))
+    else:
+        serving = _model_served(settings, key, host)
     async with serving as served:
         await _run(settings, key, host, served, task_status)
+
+
+def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
+    """`settings` with `model` to serve (None: the model they name)."""
+    return settings if model is None else settings.model_copy(update={"model": model})
 
 
 @asynccontextmanager

@@ -31,9 +31,16 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from dinet.errors import ConfigError, PeerError, PeerUnreachable
+from dinet.errors import ConfigError, ModelVersionsError, PeerError, PeerUnreachable
 from dinet.overlay.connections import Link, links_to_close
-from dinet.p2p._dht import dht_key, find_model_providers, model_id_key, running_dht
+from dinet.p2p._dht import (
+    dht_key,
+    find_model_providers,
+    get_versions,
+    model_id_key,
+    put_versions,
+    running_dht,
+)
 from dinet.p2p._dialing import bare, dial_first, dial_plan, is_circuit
 from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.addresses import AddressBook
@@ -47,6 +54,7 @@ from dinet.p2p.reachability import Reachability, ReachState
 from dinet.p2p.streams import Handler, Stream
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
+from dinet.wire.versions import SignedModelVersions, verify_versions, versions_key
 
 logger = logging.getLogger(__name__)
 
@@ -491,6 +499,35 @@ class PeerHost:
             await self._dht.refresh_routing_table()
         except Exception as exc:  # the DHT raises assorted types when nobody answers
             logger.debug("DHT self-lookup failed: %s", exc)
+
+    # --- DHT values: model-version records (dinet.wire.versions) ---
+
+    async def put_versions(self, signed: SignedModelVersions) -> int:
+        """Store a publisher's model-version record in the DHT: how many peers took it.
+        ModelVersionsError if it is invalid or older than one this host holds; PeerError if
+        the DHT fails."""
+        if self._dht is None:
+            return 0
+        record = verify_versions(signed)
+        try:
+            return await put_versions(
+                self._dht, versions_key(record.publisher, record.model_id), signed.model_dump_json().encode()
+            )
+        except ModelVersionsError:
+            raise
+        except Exception as exc:  # the DHT raises assorted types when no peer answers
+            raise PeerError(f"DHT put failed: {exc}") from None
+
+    async def get_versions(self, publisher: PeerId, model_id: str) -> SignedModelVersions | None:
+        """The newest valid record `publisher` signed for `model_id` that the DHT holds, or
+        None; PeerError if the lookup fails."""
+        if self._dht is None:
+            return None
+        try:
+            value = await get_versions(self._dht, versions_key(publisher, model_id))
+        except Exception as exc:  # the DHT raises assorted types when nobody answers
+            raise PeerError(f"DHT lookup failed: {exc}") from None
+        return SignedModelVersions.model_validate_json(value) if value is not None else None
 
     async def add_to_routing_table(self, peer_id: PeerId) -> None:
         """A peer we know answers: DHT lookups may start from it."""
