@@ -172,3 +172,12 @@ def test_supply_follows_a_demand_shift_across_many_nodes():
     on_b = sum(1 for n in nodes if current[n] == B)
     on_a = sum(1 for n in nodes if current[n] == A)
     assert 8 <= on_b <= 17 and on_a >= 3
+
+
+def test_idle_nodes_deciding_at_once_spread_over_the_models_in_need():
+    rng = random.Random(2)
+    book = DemandBook()
+    publish(book, 0, A, 60)
+    publish(book, 0, B, 40, publisher="q")
+    picks = [choose(book, 1, None, rng=rng).model for _ in range(200)]
+    assert 90 <= picks.count(A) <= 150 and 50 <= picks.count(B) <= 110  # about 60:40

@@ -15,7 +15,9 @@ so which model to serve:
     choice.model                                    # serve this (None: serve nothing)
 
 The rule. A model's load is its demand per server counting this node among them
-(`demand / (other servers + 1)`). An idle node joins the candidate with the highest load.
+(`demand / (other servers + 1)`). An idle node joins the candidate with the highest load
+(given an `rng`: one drawn in proportion to its shortfall of servers, so that idle nodes
+deciding at once do not all pick the same).
 A serving node moves to another candidate only when (1) it has served its model at least
 `min_dwell_s`, (2) the other's load beats its own by more than the `margin` (hysteresis),
 and (3) it is not its model's last server while demand for it remains. Many nodes see
@@ -165,6 +167,8 @@ def choose_model(
     if current is None:
         if best is None:
             return Choice(None, "no demand for any model that fits")
+        if rng is not None:
+            best = _spread(book, now, wanted, demand, rng) or best
         return Choice(best, f"idle; {best} has {load(best):.1f}/min per server")
     if current not in fits:
         return Choice(best, f"{current} no longer fits the budget")
@@ -182,6 +186,20 @@ def choose_model(
     if rng is not None and rng.random() >= _leave_probability(book, now, current, demand[current]):
         return Choice(current, "another server of this model moves instead")
     return Choice(best, f"{best} has {load(best):.1f}/min per server, {current} {load(current):.1f}")
+
+
+def _spread(
+    book: DemandBook, now: float, wanted: list[ModelHash], demand: dict[ModelHash, float], rng: random.Random
+) -> ModelHash | None:
+    """For an idle node: a model drawn in proportion to its shortfall of servers against
+    its fair share, so that idle nodes deciding at once spread out (None: none falls short)."""
+    models = book.models(now) | set(wanted)
+    total_demand = sum(book.demand(m, now) for m in models)
+    total_servers = len({p for m in models for p in book.servers(m, now)}) + 1
+    shortfall = [total_servers * demand[m] / total_demand - len(book.servers(m, now)) for m in wanted]
+    if total_demand <= 0 or max(shortfall) <= 0:
+        return None
+    return rng.choices(wanted, weights=[max(0.0, s) for s in shortfall])[0]
 
 
 def _leave_probability(book: DemandBook, now: float, current: ModelHash, current_demand: float) -> float:
