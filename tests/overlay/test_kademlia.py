@@ -209,3 +209,12 @@ def test_provider_records_expire_and_renew():
     assert store.expire(now=160) == 1  # b went
     assert store.get(key, now=160) == ["a"] and len(store) == 1
     assert store.expire(now=1000) == 1 and len(store) == 0
+
+
+def test_closest_agrees_with_sorting_the_whole_table():
+    tables = network(400)
+    rng = random.Random(11)
+    for table in list(tables.values())[:20]:
+        for key in [rng.getrandbits(256), peer_key(table.me) ^ rng.getrandbits(8), peer_key(table.me)]:
+            for count in (1, 5, 20, 60):
+                assert table.closest(key, count) == true_closest(key, list(table), count)

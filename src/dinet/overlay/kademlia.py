@@ -32,7 +32,6 @@ Keys are ints (`peer_key`, `record_key`); peer ids are `PeerId` strings.
 from __future__ import annotations
 
 import hashlib
-import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -134,8 +133,26 @@ class RoutingTable:
             bucket.remove(peer)
 
     def closest(self, key: int, count: int = BUCKET_SIZE) -> list[PeerId]:
-        """The `count` peers nearest `key` by XOR distance, nearest first."""
-        return heapq.nsmallest(count, self, key=lambda peer: peer_key(peer) ^ key)
+        """The `count` peers nearest `key` by XOR distance, nearest first.
+
+        Buckets come in distance order, so only a few are sorted: the bucket `key` falls
+        in holds the nearest (distance below 2^j), all lower buckets the next (between 2^j
+        and 2^(j+1)), then each higher bucket i (top bit i)."""
+        j = bucket_of(self._my_key, key)
+        out: list[PeerId] = []
+
+        def take(group: list[PeerId]) -> None:
+            group.sort(key=lambda peer: peer_key(peer) ^ key)
+            out.extend(group[: count - len(out)])
+
+        take(list(self._buckets.get(j, ())))
+        if len(out) < count:
+            take([peer for i, bucket in self._buckets.items() if i < j for peer in bucket])
+        for i in sorted(i for i in self._buckets if i > j):
+            if len(out) >= count:
+                break
+            take(list(self._buckets[i]))
+        return out
 
     def bucket_sizes(self) -> dict[int, int]:
         """Occupancy by bucket index (non-empty buckets only)."""
