@@ -36,7 +36,8 @@ The scenario, per network size N:
   `choose_model` over a shared demand book, pull for `--pull-s`, then serve and announce.
   Demand per model follows popularity until half-time, when the least popular model's
   demand jumps to the most popular's. "Supply follows" is the time from that shift until
-  the auto nodes on that model first reach 80% of their number at the end.
+  the auto nodes on that model first make 80% of the way from their number at the shift
+  to their number at the end (pull time included).
 - Per-node cost: the DHT's background (refreshes every 600 s, run by a sample of
   `--refresh-sample` nodes, and the pings that guard full buckets), SWIM per client, and
   the demand records on the model topics (computed: each server publishes one record
@@ -591,9 +592,9 @@ class Simulation:
 
     def _supply_follow(self) -> float | None:
         series = [(t, c) for t, c in self.results.supply_series if t >= self.demand_shift_at]
-        if not series or series[-1][1] == 0:
-            return None
-        target = 0.8 * series[-1][1]
+        if not series or series[-1][1] <= series[0][1]:
+            return None  # supply did not grow
+        target = series[0][1] + 0.8 * (series[-1][1] - series[0][1])
         return next((t - self.demand_shift_at for t, c in series if c >= target), None)
 
 
