@@ -333,6 +333,8 @@ class Simulation:
         def found(result: LookupResult) -> None:
             providers = [self.net.index[p] for p in result.lookup.providers]
             answered = [p for p in providers if self.net.alive[p]]
+            # A manifest says what its node serves now: records outlive a node's move to another model.
+            answered = [p for p in answered if self.serving[p] == model]
             for p in providers:  # manifests fetched in parallel; the dead never answer
                 self.net.traffic.add("discovery", MANIFEST_QUERY_BYTES)
                 if self.net.alive[p]:
