@@ -199,7 +199,8 @@ class Joiner:
                 for peer in random.sample(others, min(want - len(self.neighbours), len(others))):
                     if await self.host.reach(peer.peer_id, peer.addrs, self.dial_timeout_s):
                         self.neighbours.add(peer.peer_id)
-            await trio.sleep(NEIGHBOURS_EVERY_S)
+            # A node with none looks again soon: at start, its model's records are still on their way.
+            await trio.sleep(NEIGHBOURS_EVERY_S if self.neighbours else NEIGHBOURS_EVERY_S / 6)
 
     async def follow_mdns(self) -> None:
         """Meet every peer announced on the LAN (forever; the host must run mDNS)."""
