@@ -13,12 +13,15 @@ import json
 
 import pytest
 import trio
+from pydantic import ValidationError
 from tests.helpers import chat, open_infer, raw_host, read_replies
 from tests.node.test_follow import derive_version_2
 
+from dinet.config import NodeSettings
 from dinet.errors import PeerError
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
 from dinet.models.hashing import model_hash
+from dinet.node.auto import within_budget
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.discovery import fetch_manifests
 from dinet.wire.manifest import verify_manifest
@@ -142,3 +145,25 @@ async def test_an_idle_auto_node_serves_a_model_in_demand_and_stops_when_demand_
     assert await offered(auto) == []  # so no client sends it a question
     log = auto.log_path.read_text(errors="replace")
     assert f"auto: serve {model_b[:16]}" in log and "auto: serve nothing" in log
+
+
+def test_a_model_larger_than_either_budget_is_never_a_candidate():
+    settings = NodeSettings(serve="auto", auto_models=["m"], auto_disk_mb=100, auto_memory_mb=50)
+    assert within_budget(40 << 20, settings)
+    assert not within_budget(60 << 20, settings)  # over the memory budget
+    assert within_budget(10**12, NodeSettings(serve="auto", auto_models=["m"]))  # no budgets given
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"serve": "auto"}, "needs --auto-models"),
+        ({"serve": "auto", "auto_models": ["m"], "model": "x"}, "takes no --model"),
+        ({"serve": "auto", "auto_models": ["m"], "follow": True}, "takes no --follow"),
+        ({"auto_models": ["m"]}, "is for --serve auto"),
+        ({"serve": "sometimes"}, "'model' or 'auto'"),
+    ],
+)
+def test_serve_auto_settings_that_contradict_each_other_are_refused(fields, complaint):
+    with pytest.raises(ValidationError, match=complaint):
+        NodeSettings(**fields)

@@ -87,9 +87,7 @@ class AutoServer:
         """Known, within both budgets, and not found unservable."""
         if candidate.card is None or candidate.model_hash in self._unservable:
             return False
-        size_mb = candidate.card.file_size / MB
-        budgets = (self._settings.auto_disk_mb, self._settings.auto_memory_mb)
-        return all(budget is None or size_mb <= budget for budget in budgets)
+        return within_budget(candidate.card.file_size, self._settings)
 
     async def decide(self, joiner: Joiner) -> None:
         await self._learn_cards(joiner)
@@ -165,6 +163,13 @@ class AutoServer:
                 candidate.card.model_id,
                 candidate.card.file_size / MB,
             )
+
+
+def within_budget(file_size: int, settings: NodeSettings) -> bool:
+    """Whether a model file of `file_size` bytes fits both budgets (on disk, and in memory:
+    llama.cpp maps the whole file)."""
+    budgets = (settings.auto_disk_mb, settings.auto_memory_mb)
+    return all(budget is None or file_size / MB <= budget for budget in budgets)
 
 
 def _short(model_hash: ModelHash | None) -> str:
