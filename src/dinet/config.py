@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -252,6 +252,52 @@ class NodeSettings(CommonSettings):
     follow_every_s: float = Field(
         default=60.0, gt=0, description="With follow: seconds between looks for a newer version record"
     )
+    # auto (issue 20): supply follows demand, demand records and `--serve auto`
+    serve: Literal["model", "auto"] = Field(
+        default="model",
+        description="What to serve: `model` (the one --model names) or `auto` (the candidate of "
+        "--auto-models whose demand most exceeds its supply, moving as demand moves; docs/models.md)",
+    )
+    auto_models: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="With serve auto: the models this node may serve (ids, hashes or .gguf paths), "
+        "separated by commas",
+    )
+    auto_disk_mb: float | None = Field(
+        default=None, gt=0, description="With serve auto: never serve a model whose file is larger (MB)"
+    )
+    auto_memory_mb: float | None = Field(
+        default=None, gt=0, description="With serve auto: never serve a model that needs more memory (MB)"
+    )
+    auto_every_s: float = Field(
+        default=60.0, gt=0, description="With serve auto: seconds between decisions which model to serve"
+    )
+    auto_dwell_s: float = Field(
+        default=600.0, ge=0, description="With serve auto: serve a model at least this long before moving"
+    )
+    auto_idle_after_s: float = Field(
+        default=600.0, ge=0, description="With serve auto: stop serving a model nobody asked for this long"
+    )
+    auto_margin: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="With serve auto: how much busier per server another model "
+        "must be to move to it (0.5: 50%)",
+    )
+    demand_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds between a server's demand records (requests and busy refusals per minute)",
+    )
+    demand_publishers: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Demand records a model's topic carries per period, about: each server publishes "
+        "with probability publishers / servers",
+    )
 
     @field_validator("liar")
     @classmethod
@@ -293,6 +339,33 @@ class NodeSettings(CommonSettings):
             raise ValueError("--follow switches a whole model: it takes neither --no-model nor --layers")
         if self.publisher is not None and not is_peer_id(self.publisher):
             raise ValueError(f"--publisher takes a peer id, not {self.publisher!r}")
+        return self
+
+    @field_validator("auto_models", mode="before")
+    @classmethod
+    def _split_auto_models(cls, value: object) -> object:
+        return split_multiaddrs(value)
+
+    @model_validator(mode="after")
+    def _auto_chooses_its_model(self) -> NodeSettings:
+        if self.serve != "auto":
+            if self.auto_models:
+                raise ValueError("--auto-models is for --serve auto")
+            return self
+        given = [
+            flag
+            for flag, value in (
+                ("--model", self.model is not None),
+                ("--no-model", self.no_model),
+                ("--layers", self.layers is not None),
+                ("--follow", self.follow),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(f"--serve auto chooses its model: it takes no {' or '.join(given)}")
+        if not self.auto_models:
+            raise ValueError("--serve auto needs --auto-models: the models this node may serve")
         return self
 
 

@@ -12,6 +12,7 @@
     │   ├── AnswerTimedOut   no complete answer within the caller's time limit
     │   ├── ManifestError    a node's capability manifest that is forged, expired or inconsistent
     │   ├── ModelVersionsError a model-version record that is forged, expired or under another key
+    │   ├── DemandRecordError a demand record that is forged, malformed or expired
     │   ├── BadChunk         a chunk whose bytes do not match the model card
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
@@ -90,6 +91,10 @@ class ManifestError(PeerError):
 
 
 class ModelVersionsError(PeerError):
+    pass
+
+
+class DemandRecordError(PeerError):
     pass
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import random
 
-from dinet.overlay.demand import Choice, DemandBook, DemandRecord, Policy, choose_model
+from dinet.overlay.demand import (
+    Choice,
+    DemandBook,
+    DemandRecord,
+    Policy,
+    choose_model,
+    publish_probability,
+    record_weight,
+)
 from dinet.wire.ids import ModelHash, PeerId
 
 A, B, C = ModelHash("model-a"), ModelHash("model-b"), ModelHash("model-c")
@@ -181,3 +189,56 @@ def test_idle_nodes_deciding_at_once_spread_over_the_models_in_need():
     publish(book, 0, B, 40, publisher="q")
     picks = [choose(book, 1, None, rng=rng).model for _ in range(200)]
     assert 90 <= picks.count(A) <= 150 and 50 <= picks.count(B) <= 110  # about 60:40
+
+
+def test_a_model_with_few_servers_has_every_one_publish_and_many_a_target_number():
+    assert publish_probability(5, target=16) == 1.0
+    assert publish_probability(16, target=16) == 1.0
+    assert publish_probability(1600, target=16) == 0.01
+    assert record_weight(1.0, periods_live=3) == 1.0  # every server always has a live record
+    # Published one period in a hundred, counted for three: live about 3% of the time.
+    assert 33.0 < record_weight(0.01, periods_live=3) < 34.0
+
+
+def test_sampled_records_estimate_a_models_demand_and_servers():
+    """30,000 servers of one model, each asked 2 requests a minute, publishing with
+    probability 16/30,000 a period: the book, from the ~48 records live at any time,
+    estimates the model's demand (60,000/min) and servers (30,000) within 20%."""
+    rng = random.Random(7)
+    servers, target, period, periods_live = 30_000, 16, 60.0, 3
+    p = publish_probability(servers, target)
+    book = DemandBook(record_ttl_s=periods_live * period)
+    published = 0
+    for step in range(20):
+        now = step * period
+        for i in range(servers):
+            if rng.random() < p:
+                published += 1
+                book.add(
+                    DemandRecord(
+                        PeerId(f"s{i}"),
+                        A,
+                        requests_per_min=2,
+                        busy_per_min=0,
+                        at=now,
+                        weight=record_weight(p, periods_live),
+                        from_server=True,
+                    )
+                )
+    now = 19 * period + 1
+    assert published / 20 < 2 * target  # the topic's traffic: about `target` a period
+    assert abs(book.demand(A, now) - 60_000) < 0.2 * 60_000
+    assert abs(book.server_count(A, now) - servers) < 0.2 * servers
+    assert book.server_count(A, now, besides=PeerId("nobody")) == book.server_count(A, now)
+
+
+def test_servers_counted_from_sampled_records_make_an_idle_node_see_a_model_as_served():
+    """A model with much demand but, by the weighted records, many servers is less
+    attractive than one with a little less demand and one server."""
+    book = DemandBook()
+    for i in range(4):  # 4 records standing for 10 servers each: 40 servers of A
+        book.add(DemandRecord(PeerId(f"a{i}"), A, 100, 0, at=0, weight=10, from_server=True))
+    book.add(DemandRecord(PeerId("b0"), B, 300, 0, at=0, from_server=True))
+    assert book.demand(A, 1) == 4000 and book.server_count(A, 1) == 40
+    choice = choose(book, 1, current=None, candidates=(A, B))
+    assert choice.model == B  # 300 for 2 servers beats 4000 for 41

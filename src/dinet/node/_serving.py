@@ -58,7 +58,11 @@ def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
 
 @asynccontextmanager
 async def whole_model(
-    settings: NodeSettings, model: LocalModel, model_hash: ModelHash, accountant: Accountant
+    settings: NodeSettings,
+    model: LocalModel,
+    model_hash: ModelHash,
+    accountant: Accountant,
+    on_request: Callable[[bool], None] = lambda busy: None,
 ) -> AsyncIterator[Serving]:
     from dinet.models._gguf import read_layout
 
@@ -86,6 +90,7 @@ async def whole_model(
             ),
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
+            on_request=on_request,
         )
         verifier = VerifyService(
             engine,

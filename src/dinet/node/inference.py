@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -83,8 +83,12 @@ class InferenceService:
         limiter: PeerLimiter | None = None,
         bounds: RequestBounds | None = None,
         max_request_bytes: int = MAX_FRAME,
+        on_request: Callable[[bool], None] = lambda busy: None,
     ) -> None:
+        """`on_request(busy)`: told of every request for the model that is admitted or
+        refused for want of capacity (busy or deadline), the node's demand records."""
         self._engine = engine
+        self._on_request = on_request
         self.admission = admission
         self._model_id = model_id
         self._model_hash = model_hash
@@ -123,12 +127,14 @@ class InferenceService:
         expected_s = self.stats.expected_s(request.params)
         missed = self._misses_deadline(request, expected_s)
         if missed is not None:
+            self._on_request(True)
             await refuse(framed, "deadline", missed)
             return
         accountant = self.accountant
         priority = 0.0
         if accountant is not None and accountant.priority:
             priority = await accountant.standing(framed.remote_peer)
+        busy = False
         try:
             async with self.admission.slot(
                 while_waiting=lambda: tell_queued(framed, self.admission),
@@ -138,8 +144,11 @@ class InferenceService:
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:
+            busy = True
             await refuse(framed, "busy", str(exc))
             return
+        finally:
+            self._on_request(busy)
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
             await accountant.settle(framed, signed)

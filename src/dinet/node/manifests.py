@@ -1,19 +1,22 @@
 """A node's side of manifests: build and sign its own, answer queries, and gossip it on
-the topics of the models it serves when its offer changes."""
+the topics of the models it serves when its offer changes. The same topics carry demand
+records (`dinet.node.demand`), passed on to whoever wants them."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Annotated
 
 import trio
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from dinet.errors import ManifestError, PeerError, WireError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.host import PeerHost, Subscription
 from dinet.p2p.streams import FramedStream, Stream
+from dinet.wire.demand import SignedDemand
 from dinet.wire.ids import PROTOCOL_VERSION, ModelHash, PeerId, model_topic
 from dinet.wire.keys import Signer
 from dinet.wire.manifest import (
@@ -47,8 +50,13 @@ class ManifestPublisher:
         peer_id: PeerId,
         directory: PeerDirectory,
         describe: Callable[[], dict[str, object]],
+        *,
+        also_follow: Collection[ModelHash] = (),
+        on_demand: Callable[[SignedDemand], None] = lambda _: None,
     ) -> None:
         self._key = key
+        self._also_follow = also_follow  # topics of models not served (yet): `--serve auto`
+        self._on_demand = on_demand
         self._peer_id = peer_id
         self.directory = directory
         self._describe = describe  # live fields: addrs, models, load, speed, price ...
@@ -103,7 +111,7 @@ class ManifestPublisher:
             while True:
                 fields = self._describe()
                 served = {offer.model_hash for offer in fields["models"]}  # type: ignore[attr-defined]
-                for model_hash in served - followed:
+                for model_hash in (served | set(self._also_follow)) - followed:
                     subscription = await host.subscribe(model_topic(model_hash))
                     nursery.start_soon(self._follow, subscription)
                     followed.add(model_hash)
@@ -116,14 +124,28 @@ class ManifestPublisher:
                 await trio.sleep(check_every_s)
 
     async def _follow(self, subscription: Subscription) -> None:
-        """Keep the directory fed from one topic; forged or expired manifests are dropped."""
+        """Keep the directory fed from one topic, and pass its demand records on; forged or
+        expired manifests are dropped."""
         while True:
             data = await subscription.get()
             try:
-                signed = SignedManifest.model_validate_json(data)
-                self.directory.add(signed)
-            except (ValidationError, ManifestError) as exc:
+                message = _TOPIC_MESSAGE.validate_json(data)
+            except ValidationError as exc:
+                logger.info("dropped a gossiped message: %s", exc.errors()[0]["msg"])
+                continue
+            if isinstance(message, SignedDemand):
+                self._on_demand(message)
+                continue
+            try:
+                self.directory.add(message)
+            except ManifestError as exc:
                 logger.info("dropped a gossiped manifest: %s", exc)
+
+
+# What a model's topic carries, told apart by `kind`.
+_TOPIC_MESSAGE: TypeAdapter[SignedManifest | SignedDemand] = TypeAdapter(
+    Annotated[SignedManifest | SignedDemand, Field(discriminator="kind")]
+)
 
 
 def offer(

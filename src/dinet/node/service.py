@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,10 @@ from dinet.config import NodeSettings
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node._serving import Serving, model_stage, no_engine, whole_model
+from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
+from dinet.node.demand import DemandDesk
 from dinet.node.following import following
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
@@ -77,14 +80,27 @@ async def serve_node(
     host = build_host(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
+    desk = DemandDesk(key, key.peer_id, settings, random.Random())
     if settings.no_model:
         serving = no_engine()
+    elif settings.serve == "auto":
+        serving = serving_auto(
+            settings,
+            lambda model: (
+                no_engine()
+                if model is None
+                else _model_served(_serving_model(settings, model), key, host, desk)
+            ),
+            desk,
+        )
     elif settings.follow:
-        serving = following(settings, lambda model: _model_served(_serving_model(settings, model), key, host))
+        serving = following(
+            settings, lambda model: _model_served(_serving_model(settings, model), key, host, desk)
+        )
     else:
-        serving = _model_served(settings, key, host)
+        serving = _model_served(settings, key, host, desk)
     async with serving as served:
-        await _run(settings, key, host, served, task_status)
+        await _run(settings, key, host, served, desk, task_status)
 
 
 def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
@@ -93,7 +109,9 @@ def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSetti
 
 
 @asynccontextmanager
-async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost) -> AsyncIterator[Serving]:
+async def _model_served(
+    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk
+) -> AsyncIterator[Serving]:
     """The node's model, imported or pulled from peers, served by its engine (or as a
     pipeline stage), its bytes kept healthy and shared with peers."""
     model, model_hash = await prepare_model(settings)
@@ -119,7 +137,9 @@ async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
-        else whole_model(settings, model, model_hash, accountant)
+        else whole_model(
+            settings, model, model_hash, accountant, lambda busy: desk.saw(model_hash, busy=busy)
+        )
     )
     async with serving_context as serving:
         lull = Chores(serving.busy).lull
@@ -154,11 +174,12 @@ async def _run(
     key: SigningKey,
     host: PeerHost,
     serving: Serving,
+    desk: DemandDesk,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
 ) -> None:
     """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
-    set of connections, gossip its manifest on its model's topic, pass manifests on, and
-    say what it is in its node file."""
+    set of connections, gossip its manifest on its model's topic, pass manifests on,
+    publish the demand it sees, and say what it is in its node file."""
     peer_id = key.peer_id
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
     coordinates = CoordinateBook(directory.get)
@@ -190,7 +211,9 @@ async def _run(
             now,
         )
 
-    publisher = ManifestPublisher(key, peer_id, directory, describe)
+    publisher = ManifestPublisher(
+        key, peer_id, directory, describe, also_follow=desk.watched, on_demand=desk.heard
+    )
     for protocol, handle in serving.handlers.items():
         host.set_handler(protocol, handle)
     host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
@@ -207,6 +230,9 @@ async def _run(
     async with running, trio.open_nursery() as nursery:
         joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
         nursery.start_soon(publisher.gossip, host, settings.heartbeat_s)
+        nursery.start_soon(
+            desk.publish, host, directory, lambda: serving.model_hash if serving.offer else None
+        )
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
         nursery.start_soon(host.keep_bounded, settings.max_connections, joiner.neighbours.__contains__)
         nursery.start_soon(PeerWatch(host, directory, joiner, nursery).run)
@@ -217,7 +243,9 @@ async def _run(
         started = now()
         _write_node_file(settings, started)
         nursery.start_soon(_keep_node_file, settings, started, now)
-        if started.model_id is None:
+        if settings.serve == "auto":
+            logger.info("node %s serves automatically; it joins and routes on %s", peer_id, started.addrs)
+        elif started.model_id is None:
             logger.info(
                 "node %s serves no model (--no-model); it joins and routes on %s", peer_id, started.addrs
             )

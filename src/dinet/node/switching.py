@@ -7,6 +7,9 @@ next version (its engine, its chunk keeper, its DHT announcements), makes it cur
 once it serves, and retires the old one: the streams it has in flight run to their end
 on its engine, which is closed after the last of them. Model files are never deleted
 here, so the old version's bytes stay until its engine is gone (and after).
+
+`din node --serve auto` switches the same way between models, and to none (`switch_to(None)`:
+the node stays up, routing, and serves nothing).
 """
 
 from __future__ import annotations
@@ -69,7 +72,15 @@ async def hold_version(
 class ServingSwitch:
     """The node's one `Serving`, passing work to whichever version is current."""
 
-    def __init__(self, versions: trio.Nursery, open_version: OpenVersion, first: _Version) -> None:
+    def __init__(
+        self,
+        versions: trio.Nursery,
+        open_version: OpenVersion,
+        first: _Version,
+        protocols: tuple[str, ...] = (),
+    ) -> None:
+        """`protocols`: the protocols a later version may speak besides the first's (a node
+        that starts serving nothing registers them all at once)."""
         self._versions = versions  # where each version's hold_version task runs
         self._open_version = open_version
         self._current = first
@@ -80,7 +91,7 @@ class ServingSwitch:
         self.serving = Serving(
             s.model_id,
             s.model_hash,
-            {protocol: self._dispatch(protocol) for protocol in s.handlers},
+            {protocol: self._dispatch(protocol) for protocol in (*s.handlers, *protocols)},
             s.offer,
             lambda: self._current.serving.figures(),
             available=lambda: self._current.serving.available(),
@@ -128,12 +139,12 @@ class ServingSwitch:
 
         nursery.start_soon(run_all)
 
-    async def switch_to(self, model_hash: ModelHash) -> bool:
-        """Serve `model_hash` from now on, the current version finishing its streams;
-        False (and the current version kept) if the new one cannot serve."""
+    async def switch_to(self, model_hash: ModelHash | None) -> bool:
+        """Serve `model_hash` (None: nothing) from now on, the current version finishing
+        its streams; False (and the current version kept) if the new one cannot serve."""
         await self._running.wait()
         new: _Version = await self._versions.start(hold_version, self._open_version, model_hash)
-        if not new.serving.available() or new.serving.offer is None:
+        if model_hash is not None and (not new.serving.available() or new.serving.offer is None):
             logger.error("model %s cannot be served: keeping %s", model_hash[:16], str(self.model_hash)[:16])
             new.retire()
             return False
@@ -144,7 +155,7 @@ class ServingSwitch:
         self._start_background(new)
         logger.info(
             "now serving %s; %s finishes its %d stream(s) in flight",
-            model_hash[:16],
+            str(model_hash)[:16],
             str(old.serving.model_hash)[:16],
             old.streams,
         )

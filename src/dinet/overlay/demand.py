@@ -27,6 +27,15 @@ its fair share (servers in proportion to demand) divided by its servers. A node 
 (model None) when nobody has asked for its model for `idle_after_s`, unless another
 candidate has demand. Records count for `record_ttl_s`; one record per publisher and
 model, the newest wins. Supply entries (manifests) expire after `record_ttl_s` too.
+
+Sampled publication. If every server of a model published every period, the model's
+topic would carry traffic in proportion to its servers. A server publishes instead with
+probability `publish_probability(servers, target)` (about `target` records a period
+whatever the number of servers), and a record carries a `weight`, the inverse of the
+chance that its publisher has a record live in a book (`record_weight`): summed over the
+live records, weighted rates estimate the whole model's demand, and the weights of
+servers' records (`from_server`) estimate its number of servers, which no node knows
+directly at scale (`DemandBook.server_count`).
 """
 
 from __future__ import annotations
@@ -52,10 +61,28 @@ class DemandRecord:
     requests_per_min: float
     busy_per_min: float
     at: float
+    weight: float = 1.0  # how many publishers this record stands for (`record_weight`)
+    from_server: bool = False  # published by a server of `model`: it counts as supply too
 
     @property
     def load(self) -> float:
-        return max(0.0, self.requests_per_min) + max(0.0, self.busy_per_min)
+        """Requests and refusals per minute this record stands for (weighted)."""
+        return self.weight * (max(0.0, self.requests_per_min) + max(0.0, self.busy_per_min))
+
+
+def publish_probability(servers: float, target: float) -> float:
+    """The chance a server publishes its record this period, so that about `target` of a
+    model's `servers` do (all of them while they are fewer)."""
+    return 1.0 if servers <= target else target / servers
+
+
+def record_weight(probability: float, periods_live: float) -> float:
+    """The weight of a record published with `probability` per period and counted for
+    `periods_live` periods: the inverse of the chance that its publisher has at least one
+    record live in a book (the newest replaces the older ones), so weighted sums over the
+    live records estimate sums over all publishers."""
+    p = min(1.0, max(probability, 1e-9))
+    return 1.0 / (1.0 - (1.0 - p) ** max(periods_live, 1.0))
 
 
 @dataclass(frozen=True)
@@ -110,8 +137,21 @@ class DemandBook:
         return sum(r.load for r in self._records.get(model, {}).values() if r.at > horizon)
 
     def servers(self, model: ModelHash, now: float) -> set[PeerId]:
+        """The servers of `model` known by name (manifests)."""
         horizon = now - self.record_ttl_s
         return {peer for peer, at in self._servers.get(model, {}).items() if at > horizon}
+
+    def server_count(self, model: ModelHash, now: float, *, besides: PeerId | None = None) -> float:
+        """How many nodes serve `model` (other than `besides`): those known by name, or the
+        weighted count of servers' live records if that is more (sampled publication)."""
+        horizon = now - self.record_ttl_s
+        sampled = sum(
+            r.weight
+            for r in self._records.get(model, {}).values()
+            if r.from_server and r.at > horizon and r.publisher != besides
+        )
+        named = self.servers(model, now) - ({besides} if besides is not None else set())
+        return max(float(len(named)), sampled)
 
     def last_demand(self, model: ModelHash) -> float | None:
         """When a record last showed demand for `model` (None: never)."""
@@ -157,7 +197,7 @@ def choose_model(
     that qualifies to move always moves (deterministic, for tests of one node)."""
     fits = sorted(set(candidates))
     demand = {m: book.demand(m, now) for m in set(fits) | ({current} if current else set())}
-    others = {m: len(book.servers(m, now) - {me}) for m in demand}
+    others = {m: book.server_count(m, now, besides=me) for m in demand}
 
     def load(model: ModelHash) -> float:
         return demand[model] / (others[model] + 1)
@@ -195,8 +235,8 @@ def _spread(
     its fair share, so that idle nodes deciding at once spread out (None: none falls short)."""
     models = book.models(now) | set(wanted)
     total_demand = sum(book.demand(m, now) for m in models)
-    total_servers = len({p for m in models for p in book.servers(m, now)}) + 1
-    shortfall = [total_servers * demand[m] / total_demand - len(book.servers(m, now)) for m in wanted]
+    total_servers = _total_servers(book, now, models) + 1
+    shortfall = [total_servers * demand[m] / total_demand - book.server_count(m, now) for m in wanted]
     if total_demand <= 0 or max(shortfall) <= 0:
         return None
     return rng.choices(wanted, weights=[max(0.0, s) for s in shortfall])[0]
@@ -207,7 +247,13 @@ def _leave_probability(book: DemandBook, now: float, current: ModelHash, current
     (at least one of them, so a move that qualifies happens somewhere)."""
     models = book.models(now)
     total_demand = sum(book.demand(m, now) for m in models)
-    total_servers = len({p for m in models for p in book.servers(m, now)})
-    servers = max(1, len(book.servers(current, now)))
+    total_servers = _total_servers(book, now, models)
+    servers = max(1.0, book.server_count(current, now))
     fair = total_servers * current_demand / total_demand if total_demand > 0 else 0.0
     return min(1.0, max(servers - fair, 1.0) / servers)
+
+
+def _total_servers(book: DemandBook, now: float, models: set[ModelHash]) -> float:
+    """Nodes serving any of `models`: by name, or by the weighted records if more."""
+    named = len({p for m in models for p in book.servers(m, now)})
+    return max(float(named), sum(book.server_count(m, now) for m in models))
