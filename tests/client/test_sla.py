@@ -116,7 +116,7 @@ async def test_nodes_put_coordinates_in_their_manifests_and_the_client_estimates
     async with open_network(settings_for(tmp_path, pair)) as network:
         await network.discover(None, None, timeout=30, want=2)
         # Nodes and client probe each other anyway (liveness): the samples place them all.
-        with trio.fail_after(60):
+        with trio.fail_after(120):
             while True:
                 manifests = [network.directory.get(n.peer_id) for n in pair]
                 estimates = [network.coordinates.estimate_ms(m) for m in manifests if m is not None]
