@@ -40,8 +40,9 @@ The scenario, per network size N:
   to their number at the end (pull time included).
 - Per-node cost: the DHT's background (refreshes every 600 s, run by a sample of
   `--refresh-sample` nodes, and the pings that guard full buckets), SWIM per client, and
-  the demand records on the model topics (computed: each server publishes one record
-  a minute, each subscriber of the topic receives it ~1.5 times through GossipSub).
+  the demand records on the model topics (computed: about 16 of a model's servers publish
+  a record a minute, as nodes do (`publish_probability`), each weighted for the others;
+  each subscriber of the topic receives it ~1.5 times through GossipSub).
 
 Prints a table and ends with ONE JSON line.
 """
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 
 from bench._simnet import LookupResult, Network
 
-from dinet.overlay.demand import DemandBook, DemandRecord, choose_model
+from dinet.overlay.demand import DemandBook, DemandRecord, choose_model, publish_probability, record_weight
 from dinet.overlay.kademlia import BUCKET_SIZE, REFRESH_INTERVAL_S, peer_key, record_key
 from dinet.overlay.swim import Died, Ping, PingReq, Swim
 from dinet.routing.select import PeerView, rank_peers
@@ -82,6 +83,7 @@ SWIM_WATCH = 8
 AUTO_FRACTION = 0.01
 DECIDE_EVERY_S = 60.0
 GOSSIP_COPIES = 1.5  # GossipSub: each subscriber gets a message ~1.5 times (mesh duplicates, IHAVE)
+DEMAND_PUBLISHERS = 16  # a model's servers publishing a demand record each period (the node's default)
 DEMAND_RECORD_BYTES = 300  # kind, publisher id, model hash, two rates, time, signature (JSON)
 SWIM_BASE_BYTES = 150  # a ping or ack: kind, ids, probe id, incarnation, stream overhead
 SWIM_NEWS_BYTES = 80  # one news item: peer id, state, incarnation
@@ -492,15 +494,29 @@ class Simulation:
             servers = [i for i, m in enumerate(self.serving) if m == model and self.net.alive[i]]
             publishers = servers or [-1 - MODELS.index(model)]  # nobody serves it: clients see refusals
             rate = self._demand(model, now)
+            # As nodes do: about DEMAND_PUBLISHERS of a model's servers publish each period,
+            # and each record stands for the servers that did not.
+            chance = publish_probability(len(servers), DEMAND_PUBLISHERS) if servers else 1.0
+            weight = record_weight(chance, self.book.record_ttl_s / 60)
             for p in publishers:
                 peer = self.net.ids[p] if p >= 0 else PeerId(f"client-of-{model[:4]}")
+                if p >= 0:
+                    self.book.serving(peer, {model}, now)
+                if self.rng.random() >= chance:
+                    continue
                 share = rate / len(publishers) * self.rng.uniform(0.8, 1.2)
                 capacity = self.speed[p] * 60 / MAX_TOKENS if p >= 0 else 0.0
                 self.book.add(
-                    DemandRecord(peer, model, min(share, capacity), max(0.0, share - capacity), now)
+                    DemandRecord(
+                        peer,
+                        model,
+                        min(share, capacity),
+                        max(0.0, share - capacity),
+                        now,
+                        weight=weight,
+                        from_server=p >= 0,
+                    )
                 )
-                if p >= 0:
-                    self.book.serving(peer, {model}, now)
         self.book.expire(now)
         on_last = sum(1 for i in self.auto if self.serving[i] == MODELS[-1])
         self.results.supply_series.append((now, on_last))
@@ -589,7 +605,8 @@ class Simulation:
         for model in MODELS:
             servers = sum(1 for i, m in enumerate(self.serving) if m == model and self.net.alive[i])
             subscribers = servers + self.s.clients * POPULARITY[MODELS.index(model)]
-            total += servers / 60 * subscribers * GOSSIP_COPIES
+            publishing = servers * publish_probability(servers, DEMAND_PUBLISHERS) if servers else 0.0
+            total += publishing / 60 * subscribers * GOSSIP_COPIES
         return total / live, total / live * DEMAND_RECORD_BYTES
 
     def _supply_follow(self) -> float | None:

@@ -10,7 +10,7 @@ core follows py-libp2p 0.8.1's parameters to make the simulation speak for the n
   id, sha256 of a record key (`routing_table.peer_id_to_key`, `find_local_closest_peers`);
 - `ALPHA` 10 queries in flight (`common.ALPHA`; the Kademlia paper's 3 is a parameter
   here), `BETA` 3 of the closest queried before a lookup may stop for lack of progress
-  (`common.BETA`), `QUERY_TIMEOUT_S` 10 (`common.QUERY_TIMEOUT`);
+  (`common.BETA`), `QUERY_TIMEOUT_S` 3 (py-libp2p's `common.QUERY_TIMEOUT` is 10; dinet sets 3);
 - provider records live `PROVIDER_TTL_S` 48 h and are republished every
   `PROVIDER_REPUBLISH_S` 22 h (`provider_store.PROVIDER_RECORD_*`); the routing table is
   refreshed every `REFRESH_INTERVAL_S` 600 s by a lookup of the node's own id and one of
@@ -42,7 +42,7 @@ KEY_BITS = 256
 BUCKET_SIZE = 20
 ALPHA = 10
 BETA = 3
-QUERY_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 3.0  # dinet's, set on py-libp2p's DHT in p2p/_dht.py (py-libp2p's own: 10)
 PROVIDER_TTL_S = 48 * 3600.0
 PROVIDER_REPUBLISH_S = 22 * 3600.0
 REFRESH_INTERVAL_S = 600.0

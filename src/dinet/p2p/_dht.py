@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import trio
 from libp2p.abc import IHost, PeerInfo
-from libp2p.kad_dht.common import QUERY_TIMEOUT
+from libp2p.kad_dht import kad_dht as kad_dht_module
+from libp2p.kad_dht import peer_routing, provider_store
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Record
 from libp2p.peer.id import ID
@@ -22,6 +23,14 @@ from dinet.wire.ids import ModelHash
 from dinet.wire.versions import VERSIONS_NAMESPACE, ModelVersions, decode_versions, newest_record
 
 logger = logging.getLogger(__name__)
+
+
+# py-libp2p waits 10 s for each DHT query; under churn a departed peer among the nearest
+# holds a lookup that long (bench/simulate.py: p95 ~10 s at every size). A live peer
+# answers within a few round trips, even across continents and through a relay.
+QUERY_TIMEOUT_S = 3.0
+for _module in (kad_dht_module, peer_routing, provider_store):
+    _module.QUERY_TIMEOUT = QUERY_TIMEOUT_S  # type: ignore[attr-defined]
 
 
 def dht_key(model_hash: ModelHash) -> str:
@@ -81,7 +90,7 @@ async def put_versions(dht: KadDHT, key: str, value: bytes) -> int:
 
     async def store_at(peer: ID) -> None:
         nonlocal took
-        with trio.move_on_after(QUERY_TIMEOUT):
+        with trio.move_on_after(QUERY_TIMEOUT_S):
             if await dht.value_store._store_at_peer(peer, key_bytes, value):
                 took += 1
 
@@ -108,7 +117,7 @@ async def get_versions(dht: KadDHT, key: str) -> bytes | None:
     answers: dict[ID, Record | None] = {}
 
     async def ask(peer: ID) -> None:
-        with trio.move_on_after(QUERY_TIMEOUT):
+        with trio.move_on_after(QUERY_TIMEOUT_S):
             found = await dht.value_store._get_from_peer(peer, key_bytes, return_record=True)
             answers[peer] = found if isinstance(found, Record) and _valid(key, found.value) else None
 
@@ -130,7 +139,7 @@ async def get_versions(dht: KadDHT, key: str) -> bytes | None:
 
 
 async def _give(dht: KadDHT, peer: ID, key: bytes, record: Record) -> None:
-    with trio.move_on_after(QUERY_TIMEOUT):
+    with trio.move_on_after(QUERY_TIMEOUT_S):
         await dht.value_store._store_at_peer(peer, key, record.value, record=record)
 
 
