@@ -7,7 +7,6 @@ embedded in the peer id, so a manifest cannot speak for another peer.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
@@ -17,10 +16,9 @@ from dinet.overlay.vivaldi import DIMENSIONS, MAX_COORDINATE_MS, MAX_ERROR
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
-from dinet.wire.signing import sign_body, signed_by
+from dinet.wire.signing import lifetime_problem, sign_body, signed_by
 
 MANIFEST_TTL_S = 30.0
-MAX_CLOCK_SKEW_S = 60.0
 MAX_MANIFEST_BYTES = 16_384
 MAX_LISTED = 256  # manifests in one answer to a manifest query, at most
 LISTED_BY_DEFAULT = 32  # what a query that names no limit gets
@@ -125,11 +123,7 @@ def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifes
         raise ManifestError(f"malformed manifest: {exc.errors()[0]['msg']}") from None
     if not signed_by(manifest.peer_id, signed.body, signed.signature):
         raise ManifestError(f"manifest signature does not match peer {manifest.peer_id}")
-    now = time.time() if now is None else now
-    if manifest.expires_at <= now:
-        raise ManifestError(f"manifest of {manifest.peer_id} expired")
-    if manifest.issued_at > now + MAX_CLOCK_SKEW_S:
-        raise ManifestError(f"manifest of {manifest.peer_id} is issued in the future")
-    if manifest.expires_at - manifest.issued_at > 10 * MANIFEST_TTL_S:
-        raise ManifestError(f"manifest of {manifest.peer_id} claims too long a lifetime")
+    problem = lifetime_problem(manifest.issued_at, manifest.expires_at, 10 * MANIFEST_TTL_S, now)
+    if problem is not None:
+        raise ManifestError(f"manifest of {manifest.peer_id} {problem}")
     return manifest

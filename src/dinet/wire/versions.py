@@ -12,7 +12,6 @@ stops being followed.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,14 +22,13 @@ from dinet.wire.chunks import ModelHashHex
 from dinet.wire.ids import PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
-from dinet.wire.signing import sign_body, signed_by
+from dinet.wire.signing import lifetime_problem, sign_body, signed_by
 
 VERSIONS_DOMAIN = b"dinet-versions/1\n"
 VERSIONS_NAMESPACE = "dinet-versions"  # the DHT key's namespace: /dinet-versions/<hex>
 MAX_VERSIONS = 16  # the newest ones; older versions drop off the record
 MAX_VERSIONS_BYTES = 8192
 MAX_LIFETIME_S = 30 * 86400.0
-MAX_CLOCK_SKEW_S = 60.0
 
 
 class ModelVersion(Message):
@@ -79,13 +77,8 @@ def verify_versions(signed: SignedModelVersions, now: float | None = None) -> Mo
         raise ModelVersionsError(f"malformed model-version record: {exc.errors()[0]['msg']}") from None
     if not signed_by(record.publisher, signed.body, signed.signature, VERSIONS_DOMAIN):
         raise ModelVersionsError(f"model-version record not signed by its publisher {record.publisher}")
-    now = time.time() if now is None else now
-    if record.expires_at <= now:
-        raise ModelVersionsError(f"model-version record for {record.model_id!r} expired")
-    if record.issued_at > now + MAX_CLOCK_SKEW_S:
-        raise ModelVersionsError(f"model-version record for {record.model_id!r} is issued in the future")
-    if record.expires_at - record.issued_at > MAX_LIFETIME_S:
-        raise ModelVersionsError(f"model-version record for {record.model_id!r} claims too long a lifetime")
+    if (problem := lifetime_problem(record.issued_at, record.expires_at, MAX_LIFETIME_S, now)) is not None:
+        raise ModelVersionsError(f"model-version record for {record.model_id!r} {problem}")
     hashes = [v.model_hash for v in record.versions]
     if len(set(hashes)) != len(hashes):
         raise ModelVersionsError("model-version record lists a model hash twice")
