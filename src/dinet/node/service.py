@@ -14,7 +14,7 @@ import trio
 from dinet.config import NodeSettings
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
-from dinet.node._serving import Serving, model_stage, no_engine, whole_model
+from dinet.node._serving import Serving, fake_model, model_stage, no_engine, whole_model
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.manifests import ManifestPublisher
@@ -78,7 +78,12 @@ async def serve_node(
     host = build_host(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
-    serving = no_engine() if settings.no_model else _model_served(settings, key, host)
+    if settings.no_model:
+        serving = no_engine()
+    elif settings.fake_engine:  # benchmarks only
+        serving = fake_model(settings, _accountant(settings, key))
+    else:
+        serving = _model_served(settings, key, host)
     async with serving as served:
         await _run(settings, key, host, served, task_status)
 
@@ -94,19 +99,7 @@ async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost)
             settings.liar,
             model_hash,
         )
-    ledger = Ledger.in_home(settings.home)
-    me = [key.peer_id]
-    if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
-        me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
-    accountant = Accountant(
-        key,
-        key.peer_id,
-        ledger,
-        Prices(settings.prompt_price, settings.price),
-        me,
-        allowance=settings.free_allowance,
-        priority=settings.priority,
-    )
+    accountant = _accountant(settings, key)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
@@ -117,6 +110,22 @@ async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost)
         yield _kept(
             serving, ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, lull)
         )
+
+
+def _accountant(settings: NodeSettings, key: SigningKey) -> Accountant:
+    """Who signs this node's receipts and keeps its ledger."""
+    me = [key.peer_id]
+    if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
+        me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
+    return Accountant(
+        key,
+        key.peer_id,
+        Ledger.in_home(settings.home),
+        Prices(settings.prompt_price, settings.price),
+        me,
+        allowance=settings.free_allowance,
+        priority=settings.priority,
+    )
 
 
 def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
