@@ -51,7 +51,7 @@ class Swarm:
 
     root: Path
     parallel: int = 4  # nodes starting at once (each start is a few CPU-seconds of imports)
-    extra_args: list[str] = field(default_factory=list)  # for every node but the bootstrap
+    extra_args: list[str] = field(default_factory=list)  # flags of every node
     members: list[Member] = field(default_factory=list)
     _started: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -107,7 +107,7 @@ class Swarm:
             self._started += 1
         home = self.root / f"{kind}-{index}"
         if kind == "bootstrap":
-            return start_node(home, no_model=True, start_timeout=START_TIMEOUT_S)
+            return start_node(home, no_model=True, extra_args=self.extra_args, start_timeout=START_TIMEOUT_S)
         bootstrap = [self.bootstrap.node.addr]
         extra = [*self.extra_args, *(["--fake-engine"] if kind == "fake" else [])]
         return start_node(home, bootstrap=bootstrap, extra_args=extra, start_timeout=START_TIMEOUT_S)
