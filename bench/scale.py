@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import statistics
@@ -67,15 +68,22 @@ def main() -> None:
     )
     parser.add_argument("--parallel", type=int, default=4, help="nodes starting at once")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log", type=Path, help="the bench's clients log here (INFO)")
+    parser.add_argument("--keep", type=Path, help="keep the nodes' homes and logs under this directory")
     args = parser.parse_args()
+    if args.log is not None:
+        logging.basicConfig(filename=args.log, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sizes = [int(s) for s in args.sizes.split(",")]
     if min(sizes) < args.real + 3:
         parser.error(f"each size needs at least {args.real + 3} nodes (bootstrap, --real, two fake)")
 
     results = []
     for size in sizes:
-        with tempfile.TemporaryDirectory(prefix=f"dinet-scale-{size}-") as root:
-            results.append(run_size(size, Path(root), args))
+        if args.keep is not None:
+            results.append(run_size(size, Path(tempfile.mkdtemp(prefix=f"{size}-", dir=args.keep)), args))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"dinet-scale-{size}-") as root:
+                results.append(run_size(size, Path(root), args))
         print_size(results[-1])
     if len(results) > 1:
         print_ratios(results)
