@@ -145,10 +145,11 @@ def measure_idle(swarm: Swarm, idle_s: float) -> dict[str, Any]:
         time.sleep(min(SAMPLE_EVERY_S, left))  # pacing: the window is the measurement
         meter.sample()
     elapsed = time.monotonic() - began
+    members = [m for m in members if m.alive]  # one that crashed meanwhile would count as idle
     cpu = {m.pid: 100.0 * (cpu_seconds(tree(m)) - cpu_before[m.pid]) / elapsed for m in members}
-    rates = {pid: count / elapsed for pid, count in meter.bytes.items()}
-    conns = {pid: statistics.median(samples) for pid, samples in meter.connection_samples.items()}
-    conns_max = {pid: max(samples) for pid, samples in meter.connection_samples.items()}
+    rates = {m.pid: meter.bytes[m.pid] / elapsed for m in members}
+    conns = {m.pid: statistics.median(meter.connection_samples[m.pid]) for m in members}
+    conns_max = {m.pid: max(meter.connection_samples[m.pid]) for m in members}
     rss = {kind: [rss_mb(m.pid) for m in members if m.kind == kind] for kind in ("bootstrap", "fake", "real")}
     return {
         "window_s": round(elapsed, 1),
@@ -159,6 +160,7 @@ def measure_idle(swarm: Swarm, idle_s: float) -> dict[str, Any]:
         "nodes_cpu_pct_sum": round(sum(cpu.values()), 1),
         "machine_busy_pct": round(100.0 * (machine_busy_s() - busy_before) / elapsed, 1),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "crashed": len(swarm.crashed()),  # nodes that ended by themselves so far
         "rss_mb": {kind: round(statistics.median(v), 1) for kind, v in rss.items() if v},
         "bootstrap": {
             "cpu_pct": round(cpu[swarm.bootstrap.pid], 2),
@@ -268,6 +270,7 @@ def measure_churn(
         "round_s": spread(rounds) if rounds else None,
         "errors": dict(errors.most_common(10)),
         "churn_errors": churn_errors[:5],
+        "crashed": len(swarm.crashed()),  # nodes that ended by themselves, not killed by the churn
     }
 
 
@@ -302,7 +305,7 @@ def print_size(result: dict[str, Any]) -> None:
     print(
         f"all nodes together {idle['nodes_cpu_pct_sum']:.0f}% of one core; machine busy "
         f"{idle['machine_busy_pct']:.0f}% (of {100 * (os.cpu_count() or 1)}%), load {idle['loadavg_1m']}; "
-        f"RSS MB {idle['rss_mb']}"
+        f"RSS MB {idle['rss_mb']}; {idle['crashed']} nodes crashed by then"
     )
     for name, client in result["client"].items():
         if "error" in client:
@@ -318,7 +321,7 @@ def print_size(result: dict[str, Any]) -> None:
         print(
             f"churn: {churn['rounds']} rounds of {churn['killed_per_round']} killed + started; "
             f"{churn['answered']}/{churn['asked']} answered ({churn['answered_pct']}%), "
-            f"{churn['answers_after_failover']} after failover"
+            f"{churn['answers_after_failover']} after failover; {churn['crashed']} nodes crashed in all"
         )
         for error, count in churn["errors"].items():
             print(f"   {count} x {error}")

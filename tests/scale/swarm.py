@@ -36,6 +36,9 @@ class Member:
     kind: Kind
     node: NodeProcess
 
+    def log_tail(self, chars: int = 600) -> str:
+        return self.node.log_path.read_text(errors="replace")[-chars:]
+
     @property
     def pid(self) -> int:
         return self.node.process.pid
@@ -67,6 +70,10 @@ class Swarm:
 
     def live(self) -> list[Member]:
         return [m for m in self.members if m.alive]
+
+    def crashed(self) -> list[Member]:
+        """Members that ended by themselves (those `replace` killed are no longer members)."""
+        return [m for m in self.members if not m.alive]
 
     def start(self, fake: int, real: int) -> None:
         """The bootstrap node (if not started yet), then `real` model nodes and `fake` fake

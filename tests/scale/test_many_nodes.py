@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -44,6 +45,12 @@ def swarm(tmp_path_factory) -> Iterator[Swarm]:
         yield running
 
 
+def client_of(entry: Member, home: Path) -> dinet.Client:
+    """A client that knows only `entry`. Looking for peers may take long on a loaded machine:
+    this test is about finding them, not about how fast."""
+    return dinet.Client(bootstrap=[entry.node.addr], home=home, mdns=False, discover_timeout_s=60)
+
+
 def real_node(swarm: Swarm) -> Member:
     return next(m for m in swarm.members if m.kind == "real")
 
@@ -58,7 +65,7 @@ def test_every_node_keeps_its_connections_bounded(swarm):
 def test_a_client_joined_through_the_last_node_finds_the_real_model_and_is_answered(swarm, tmp_path):
     real = real_node(swarm)
     assert swarm.last.kind == "fake"  # the entry knows of the model node only through others
-    with dinet.Client(bootstrap=[swarm.last.node.addr], home=tmp_path / "client", mdns=False) as client:
+    with client_of(swarm.last, tmp_path / "client") as client:
         answer = client.ask("Name one colour of the rainbow.", model=real.node.model_id, max_tokens=8)
     assert answer.peer_id == real.node.peer_id
     assert answer.model_hash == real.node.model_hash and answer.text.strip()
@@ -72,7 +79,7 @@ def test_under_churn_every_request_is_answered_or_gets_a_typed_error(swarm, tmp_
     done = threading.Event()
 
     def keep_asking() -> None:
-        with dinet.Client(bootstrap=[entry.node.addr], home=tmp_path / "client", mdns=False) as client:
+        with client_of(entry, tmp_path / "client") as client:
             while not done.is_set():
                 try:
                     answer = client.ask("one two three", model=FAKE_MODEL_ID, max_tokens=8)
@@ -100,7 +107,8 @@ def test_under_churn_every_request_is_answered_or_gets_a_typed_error(swarm, tmp_
         done.set()
         asker.join()
     assert len(killed) == ROUNDS * PER_ROUND and not any(m.alive for m in killed)
-    assert len(swarm.live()) == FAKE + 2
+    crashed = swarm.crashed()
+    assert not crashed, f"{len(crashed)} nodes ended by themselves; one's log ends: {crashed[0].log_tail()}"
     assert not untyped, f"untyped errors: {untyped!r}"
     assert len(answered) >= asked() - 1, f"{len(typed)} of {asked()} not answered: {typed!r}"
     assert all(text.strip() for text in answered)
