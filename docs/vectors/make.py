@@ -36,7 +36,7 @@ from dinet.engine._text import CompletionText
 from dinet.engine.sampler import choose_token, uniform
 from dinet.models.card import build_card
 from dinet.models.hashing import CHUNK_SIZE, chunk_spans, file_sha256, hash_spans, merkle_root
-from dinet.p2p._dht import dht_key
+from dinet.p2p._dht import dht_key, model_id_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import ChunkHeader, ModelCard, decode_chunk_query, decode_chunk_reply
 from dinet.wire.framing import encode_frame
@@ -73,6 +73,7 @@ from dinet.wire.receipt import (
 from dinet.wire.shard import ShardHidden, ShardStep, decode_shard_reply, decode_shard_request, tensor_frames
 from dinet.wire.signing import sign_body
 from dinet.wire.verify import decode_verify_reply, decode_verify_request
+from dinet.wire.versions import VERSIONS_DOMAIN, ModelVersion, ModelVersions, sign_versions, versions_key
 
 HERE = Path(__file__).resolve().parent
 # RFC 8032 section 7.1, TEST 1 and TEST 2: published ed25519 keys, never to be used for real.
@@ -228,6 +229,57 @@ def manifest() -> dict[str, Any]:
             refusal(
                 "a lifetime over 300 s, though signed by its peer",
                 encode(SignedManifest(body=long_life, signature=sign_body(long_life, node))).decode(),
+            ),
+        ],
+    }
+
+
+def model_versions() -> dict[str, Any]:
+    node, client = key("node"), key("client")
+    publisher = peer_id_of(node)
+    v1 = ModelVersion(model_hash=MODEL_HASH, version="1", published_at=ISSUED_AT - 86400)
+    v2 = ModelVersion(model_hash="ab" * 32, version="2", published_at=ISSUED_AT)
+    record = ModelVersions(
+        publisher=publisher,
+        model_id="smollm2-135m-instruct",
+        sequence=1,
+        versions=(v2, v1),
+        issued_at=ISSUED_AT,
+        expires_at=ISSUED_AT + 7 * 86400,
+    )
+    message = sign_versions(record, node)
+    payload = encode(message).decode()
+    digest = hashlib.sha256(f"{publisher}\n{record.model_id}".encode()).hexdigest()
+    key_text = f"/dinet-versions/{digest}"
+    assert key_text == versions_key(publisher, record.model_id)
+    older = record.model_copy(update={"sequence": 0, "versions": (v1,)})
+    out_of_order = record.model_copy(update={"versions": (v1, v2)})
+    other_model = record.model_copy(update={"model_id": "another-model"})
+    return {
+        "about": "A publisher's model-version record (a DHT value under `key`), signed with the "
+        "domain `dinet-versions/1` + LF. Valid at `now` under `key`; every `refused` payload "
+        "must be refused under `key` (at its own `now` if it has one); `older` must lose to "
+        "`payload` when a store or reader chooses between them.",
+        **signed("node", VERSIONS_DOMAIN, message.body, message.signature),
+        "payload": payload,
+        "key": key_text,
+        "key_preimage": f"{publisher}\n{record.model_id}",
+        "now": ISSUED_AT + 1,
+        "older": encode(sign_versions(older, node)).decode(),
+        "refused": [
+            refusal("body changed after signing", replaced(payload, '\\"sequence\\":1', '\\"sequence\\":9')),
+            refusal(
+                "signed by another key",
+                replaced(payload, message.signature, sign_versions(record, client).signature),
+            ),
+            refusal(
+                "signed with an empty domain",
+                replaced(payload, message.signature, sign_body(message.body, node)),
+            ),
+            refusal("expired: now is expires_at", payload, ISSUED_AT + 7 * 86400),
+            refusal("versions not newest first", encode(sign_versions(out_of_order, node)).decode()),
+            refusal(
+                "another model's record under this key", encode(sign_versions(other_model, node)).decode()
             ),
         ],
     }
@@ -686,9 +738,13 @@ def hashes() -> dict[str, Any]:
     return {
         "about": "Merkle roots over chunk hashes (an odd last node goes up unchanged; no leaves: "
         "sha256 of nothing), the DHT provider key of a model hash (the bytes of `key_hex`), "
-        "and output hashes of token ids.",
+        "the provider key of a model id, and output hashes of token ids.",
         "merkle": merkle,
         "dht_key": {"model_hash": MODEL_HASH, "key_hex": key_hex},
+        "model_id_key": {
+            "model_id": "SmolLM2-135M-Instruct",
+            "key_hex": model_id_key("SmolLM2-135M-Instruct"),
+        },
         "output_hash": [{"token_ids": ids, "hash": output_hash(ids)} for ids in ([], [0, 1, 2**32 - 1])],
     }
 
@@ -857,6 +913,7 @@ def main() -> None:
         "manifest": manifest(),
         "receipt": receipt(),
         "model_card": model_card(),
+        "model_versions": model_versions(),
         "sampler": sampler(),
         "text": text(),
         "framing": framing(),

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -25,6 +25,7 @@ from dinet.p2p.liveness import PROBE_TIMEOUT_S
 from dinet.p2p.peer_addrs import check_peer_addr
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
+from dinet.wire.keys import is_peer_id
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
 
@@ -182,7 +183,15 @@ class NodeSettings(CommonSettings):
         description="Most MB of KV cache a stage keeps; least recently used sessions go first",
     )
     shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
-    heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between manifest broadcasts")
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="Seconds between checks whether the manifest changed (gossiped then)"
+    )
+    max_connections: int = Field(
+        default=32,
+        ge=4,
+        le=10_000,
+        description="Connections kept open; idle ones past this are closed (busy ones and relays stay)",
+    )
     relay: bool = Field(
         default=True, description="Relay for peers behind NAT (circuit relay v2) while publicly reachable"
     )
@@ -228,6 +237,67 @@ class NodeSettings(CommonSettings):
     api_key: SecretStr | None = Field(
         default=None, description="With api_port: clients must send `Authorization: Bearer KEY`"
     )
+    # follow (issue 20): automatic model upgrades from signed model-version records
+    follow: bool = Field(
+        default=False,
+        description="Serve the newest version of the model that its publisher has signed, "
+        "switching over without dropping streams (docs/models.md)",
+    )
+    publisher: str | None = Field(
+        default=None,
+        max_length=128,
+        description="With follow: the peer id whose version records to follow "
+        "(default: the publisher of the served model's card)",
+    )
+    follow_every_s: float = Field(
+        default=60.0, gt=0, description="With follow: seconds between looks for a newer version record"
+    )
+    # auto (issue 20): supply follows demand, demand records and `--serve auto`
+    serve: Literal["model", "auto"] = Field(
+        default="model",
+        description="What to serve: `model` (the one --model names) or `auto` (the candidate of "
+        "--auto-models whose demand most exceeds its supply, moving as demand moves; docs/models.md)",
+    )
+    auto_models: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="With serve auto: the models this node may serve (ids, hashes or .gguf paths), "
+        "separated by commas",
+    )
+    auto_disk_mb: float | None = Field(
+        default=None, gt=0, description="With serve auto: never serve a model whose file is larger (MB)"
+    )
+    auto_memory_mb: float | None = Field(
+        default=None, gt=0, description="With serve auto: never serve a model that needs more memory (MB)"
+    )
+    auto_every_s: float = Field(
+        default=60.0, gt=0, description="With serve auto: seconds between decisions which model to serve"
+    )
+    auto_dwell_s: float = Field(
+        default=600.0, ge=0, description="With serve auto: serve a model at least this long before moving"
+    )
+    auto_idle_after_s: float = Field(
+        default=600.0, ge=0, description="With serve auto: stop serving a model nobody asked for this long"
+    )
+    auto_margin: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="With serve auto: how much busier per server another model "
+        "must be to move to it (0.5: 50%)",
+    )
+    demand_every_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds between a server's demand records (requests and busy refusals per minute)",
+    )
+    demand_publishers: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Demand records a model's topic carries per period, about: each server publishes "
+        "with probability publishers / servers",
+    )
 
     @field_validator("liar")
     @classmethod
@@ -263,6 +333,41 @@ class NodeSettings(CommonSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _follow_serves_whole_models(self) -> NodeSettings:
+        if self.follow and (self.no_model or self.layers is not None):
+            raise ValueError("--follow switches a whole model: it takes neither --no-model nor --layers")
+        if self.publisher is not None and not is_peer_id(self.publisher):
+            raise ValueError(f"--publisher takes a peer id, not {self.publisher!r}")
+        return self
+
+    @field_validator("auto_models", mode="before")
+    @classmethod
+    def _split_auto_models(cls, value: object) -> object:
+        return split_multiaddrs(value)
+
+    @model_validator(mode="after")
+    def _auto_chooses_its_model(self) -> NodeSettings:
+        if self.serve != "auto":
+            if self.auto_models:
+                raise ValueError("--auto-models is for --serve auto")
+            return self
+        given = [
+            flag
+            for flag, value in (
+                ("--model", self.model is not None),
+                ("--no-model", self.no_model),
+                ("--layers", self.layers is not None),
+                ("--follow", self.follow),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(f"--serve auto chooses its model: it takes no {' or '.join(given)}")
+        if not self.auto_models:
+            raise ValueError("--serve auto needs --auto-models: the models this node may serve")
+        return self
+
     # issue 20, scalebench: many nodes on one machine for bench/scale.py.
     fake_engine: bool = Field(
         default=False,
@@ -280,6 +385,8 @@ class NodeSettings(CommonSettings):
                     ("--model", self.model),
                     ("--layers", self.layers),
                     ("--liar", self.liar),
+                    ("--follow", self.follow or None),
+                    ("--serve auto", self.serve == "auto" or None),
                 )
                 if value is not None
             ]
@@ -321,6 +428,10 @@ class ClientSettings(CommonSettings):
         ge=0.0,
         le=1.0,
         description="Fraction of answers re-scored by another peer serving the same model (1: all)",
+    )
+    # issue 20, SLA-aware routing (sla): peers of another region pay a small routing penalty.
+    region: str = Field(
+        default="", max_length=64, description="This client's region: peers of other regions rank lower"
     )
 
 

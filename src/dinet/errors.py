@@ -11,10 +11,13 @@
     │   ├── PeerStalled      a peer stopped sending mid-answer for longer than its speed allows
     │   ├── AnswerTimedOut   no complete answer within the caller's time limit
     │   ├── ManifestError    a node's capability manifest that is forged, expired or inconsistent
+    │   ├── ModelVersionsError a model-version record that is forged, expired or under another key
+    │   ├── DemandRecordError a demand record that is forged, malformed or expired
     │   ├── BadChunk         a chunk whose bytes do not match the model card
     │   └── RemoteError      the peer answered with an error frame (carries its code)
     ├── RoutingError         no peer can take the request
-    │   └── NoCapablePeer
+    │   ├── NoCapablePeer
+    │   └── DeadlineUnmet    no peer can answer within the request's deadline
     ├── InferenceError       the engine could not produce an answer
     │   ├── EngineCrashed    the worker process died mid-request
     │   ├── EngineUnavailable the worker could not be started
@@ -87,6 +90,14 @@ class ManifestError(PeerError):
     pass
 
 
+class ModelVersionsError(PeerError):
+    pass
+
+
+class DemandRecordError(PeerError):
+    pass
+
+
 class BadChunk(PeerError):
     pass
 
@@ -105,6 +116,10 @@ class RoutingError(DinetError):
 
 
 class NoCapablePeer(RoutingError):
+    pass
+
+
+class DeadlineUnmet(RoutingError):
     pass
 
 

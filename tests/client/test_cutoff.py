@@ -74,9 +74,8 @@ async def test_a_node_cut_off_is_routed_around_and_used_again(tmp_path, lan):
         settings = ClientSettings(home=tmp_path / "client", bootstrap=[nodes[0].addr], mdns=False)
         async with open_network(settings) as network:
             everyone = {n.peer_id for n in nodes}
-            with trio.fail_after(30):
-                while {p.peer_id for p in network.candidates(None, None)} != everyone:
-                    await trio.sleep(0.2)
+            found = await network.discover(None, None, timeout=30, want=len(everyone))
+            assert {p.peer_id for p in found} == everyone  # and the client watches them now
             cut = nodes[2]
             ip("link", "set", lan[2][1], "down")
             try:

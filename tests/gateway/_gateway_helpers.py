@@ -42,8 +42,6 @@ class GatewayProcess:
 
 def start_gateway(home: Path, args: list[str]) -> GatewayProcess:
     """Start `din gateway --json` on a free loopback port; its first line says where it listens."""
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "gateway.log"
     command = [
         sys.executable,
         "-m",
@@ -58,6 +56,13 @@ def start_gateway(home: Path, args: list[str]) -> GatewayProcess:
         str(home),
         *args,
     ]
+    return start_gateway_command(home, command)
+
+
+def start_gateway_command(home: Path, command: list[str]) -> GatewayProcess:
+    """Start a gateway process whose first line of output is JSON with its `url`."""
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "gateway.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,

@@ -161,6 +161,39 @@ def test_metrics_count_requests_tokens_latency_and_errors(client, gateway):
     assert "dinet_node_reachability" not in text  # a gateway on its own runs beside no node
 
 
+def test_the_last_hour_series_counts_requests_errors_tokens_and_first_token_times(client, gateway):
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    before = httpx.get(f"{gateway.url}/api/network/series", headers=auth).json()["totals"]
+    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    series = httpx.get(f"{gateway.url}/api/network/series", headers=auth).json()
+    after = series["totals"]
+    assert after["requests"] - before["requests"] == 2  # the page's own polls are not counted
+    assert after["errors"] - before["errors"] == 1
+    assert after["tokens"] - before["tokens"] >= 2
+    assert after["ttft_p50_ms"] > 0
+    assert len(series["requests"]) == 360 and series["bucket_s"] == 10
+    assert series["tokens_per_s"][-1] > 0 or series["tokens_per_s"][-2] > 0
+
+
+def test_the_summary_groups_peers_and_the_list_filters_by_group(gateway, mesh):
+    peers = wait_for_peers(gateway, len(mesh.nodes))
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    summary = httpx.get(f"{gateway.url}/api/network/summary", headers=auth).json()
+    assert summary["peers"] == len(peers) and summary["links"]["direct"] == len(mesh.nodes)
+    group = next(g for g in summary["groups"] if g["model"] == MODEL)
+    assert group["peers"] == sum(any(m["model_id"] == MODEL for m in p["models"]) for p in peers)
+    rows = httpx.get(
+        f"{gateway.url}/api/network",
+        params={"region": group["region"], "model": MODEL, "limit": 1},
+        headers=auth,
+    ).json()
+    assert rows["total"] == group["peers"] and len(rows["peers"]) == 1
+    bad = httpx.get(f"{gateway.url}/api/network", params={"limit": "-1"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+
+
 def test_peers_show_how_the_gateway_reaches_them_in_the_api_and_metrics(gateway, mesh):
     """On loopback every peer is reached directly; each says what it found out about itself."""
     peers = wait_for_peers(gateway, len(mesh.nodes))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from _gateway_helpers import API_KEY, wait_for_peers
+from _fake_network import CHAIN_MODEL, expected_groups, fake_peers
+from _gateway_helpers import API_KEY, start_gateway_command, wait_for_peers
 from playwright.sync_api import Route, expect, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+MODEL = "smollm2-135m-instruct"  # what the real mesh serves
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -102,5 +106,79 @@ def test_the_page_marks_a_peer_reached_through_a_relay(gateway, mesh):
             assert "private" in (cell.get_attribute("title") or "")
             others = page.locator(f"#peers tr[data-link='direct']:not([data-peer='{relayed}'])")
             expect(others).to_have_count(len(mesh.nodes) - 1)
+        finally:
+            browser.close()
+
+
+FAKE_PEERS = 1000
+
+
+@pytest.fixture
+def big_gateway(mesh, tmp_path):
+    """A gateway that knows the real mesh and a FAKE directory of 1,000 validly signed
+    manifests (tests/gateway/_fake_network.py), with three chains among them noted as used."""
+    script = Path(__file__).with_name("_fake_network_gateway.py")
+    home = tmp_path / "gateway"
+    command = [sys.executable, str(script), str(home), mesh.bootstrap[0], API_KEY, str(FAKE_PEERS)]
+    running = start_gateway_command(home, command)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_page_draws_a_thousand_peers_by_region_and_model(big_gateway, mesh, tmp_path):
+    fakes = fake_peers(FAKE_PEERS)  # the same seed as the gateway's: the same peers
+    expected = expected_groups(fakes)
+    wait_for_peers(big_gateway, FAKE_PEERS + len(mesh.nodes))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.add_init_script(f"localStorage.setItem('dinet-api-key', {API_KEY!r})")
+            page = context.new_page()
+            page.goto(big_gateway.url)
+
+            # The drawing appears: one cluster per (region, model) group, one dot per peer.
+            dots = page.locator("#map g.group circle.peer")
+            expect(dots).to_have_count(FAKE_PEERS + len(mesh.nodes), timeout=30_000)
+            for (region, model), count in expected.items():
+                cluster = page.locator(f"#map g.group[data-region='{region}'][data-model='{model}']")
+                expect(cluster).to_have_attribute("data-peers", str(count))
+                relayed = sum(p.link == "relayed" for p in fakes if (p.region, p.model) == (region, model))
+                expect(cluster.locator("circle.peer.relayed")).to_have_count(relayed)
+            real = page.locator(f"#map g.group[data-model='{MODEL}']")
+            expect(real).to_have_attribute("data-peers", str(len(mesh.nodes)))
+            # Relayed peers get a dashed link of their own; the chains in use are drawn too.
+            with_relayed = len({(p.region, p.model) for p in fakes if p.link == "relayed"})
+            expect(page.locator("#map line.link.relayed")).to_have_count(with_relayed)
+            expect(page.locator(f"#map path.chain[data-model='{CHAIN_MODEL}']")).to_have_count(3)
+            # A big network is drawn, not listed: the table waits for a group to be chosen.
+            expect(page.locator("#peers tbody tr[data-peer]")).to_have_count(0)
+
+            # One group's peers are listed on demand.
+            (region, model), count = expected.most_common(1)[0]
+            page.locator(f"#map g.group[data-region='{region}'][data-model='{model}']").click()
+            expect(page.locator("#peers tbody tr[data-peer]")).to_have_count(count, timeout=10_000)
+            expect(page.locator("#list-title")).to_contain_text(f"{region} · {model}: {count}")
+
+            # A real answer through the page, then the charts of the last hour have data.
+            page.select_option("#model", MODEL)
+            page.fill("#prompt", "Name a colour.")
+            page.keyboard.press("Enter")
+            meta = page.locator(".msg.assistant").last.locator("[data-testid=answer-meta]")
+            expect(meta).to_be_visible(timeout=90_000)
+            for chart in ("chart-tokens", "chart-requests", "chart-ttft"):
+                expect(page.locator(f"#{chart}")).not_to_have_attribute("data-points", "0", timeout=15_000)
+                expect(page.locator(f"#{chart}")).to_have_attribute("data-points", re.compile(r"^[1-9]"))
+            expect(page.locator("#chart-ttft .point.p50")).not_to_have_count(0)
+
+            # The one the docs show (docs/page-1000-peers.png comes from a run of this test).
+            page.screenshot(path=str(tmp_path / "page-1000-peers.png"), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "page-1000-peers.png"), full_page=True)
+            assert (tmp_path / "page-1000-peers.png").stat().st_size > 0
         finally:
             browser.close()

@@ -77,3 +77,23 @@ async def test_a_full_queue_is_busy_and_nothing_leaks() -> None:
     # Nobody is left counted as in progress: "a" and "b" now wait their turn as newcomers.
     assert await _served_in_order(admission, [("a", 0.0), ("b", 0.0)]) == ["a0", "b1"]
     assert await _served_in_order(admission, [("b", 0.0), ("a", 0.0)]) == ["b0", "a1"]
+
+
+async def test_the_expected_wait_follows_the_requests_ahead() -> None:
+    admission = Admission(1, 8)
+    assert admission.expected_wait_s() == 0.0  # a free slot
+    release = trio.Event()
+
+    async def hold(peer: str, expected_s: float) -> None:
+        async with admission.slot(peer=peer, expected_s=expected_s):
+            await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, "long", 10.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert 9.0 < admission.expected_wait_s() <= 10.0  # the one generating
+        nursery.start_soon(hold, "next", 4.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert 13.0 < admission.expected_wait_s() <= 14.0  # and then the one waiting
+        release.set()
+    assert admission.expected_wait_s() == 0.0

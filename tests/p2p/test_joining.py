@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-import trio
 from tests.helpers import raw_host
 
 from dinet.client.network import Network
@@ -71,22 +70,31 @@ async def test_a_client_learns_of_peers_through_a_bootstrap_peer_and_meets_them_
         assert set(answered) == {a.peer_id, b.peer_id}
 
 
-async def test_a_node_meets_every_peer_it_learns_of_by_itself():
+async def test_hearing_of_peers_dials_none_of_them():
+    """Membership is bounded: learning a peer's manifest is no reason to connect to it."""
     async with manifest_peer() as (a, pa), manifest_peer() as (b, pb), raw_host() as me:
         introduce(pa, pb)
-        b_answered = trio.Event()
+        joiner = Joiner(me, PeerDirectory(me.peer_id))
+        await joiner.join([a.full_addrs()[0]])
+        assert joiner.directory.get(b.peer_id) is not None
+        assert me.connected_peers() == {a.peer_id}
 
-        def on_answer(peer_id: str, rtt_ms: float) -> None:
-            if peer_id == b.peer_id:
-                b_answered.set()
 
-        async with trio.open_nursery() as nursery:
-            joiner = Joiner(me, PeerDirectory(me.peer_id), on_answer=on_answer, meet_new_in=nursery)
-            await joiner.join([a.full_addrs()[0]])
-            with trio.fail_after(30):
-                await b_answered.wait()
-            nursery.cancel_scope.cancel()
-        assert me.is_connected(b.peer_id)
+async def test_a_peer_asked_for_the_servers_of_a_model_passes_on_only_those():
+    async with (
+        manifest_peer() as (a, pa),
+        manifest_peer(serves=True) as (b, pb),
+        manifest_peer() as (c, pc),
+        raw_host() as me,
+    ):
+        introduce(pa, pb)
+        introduce(pa, pc)
+        joiner = Joiner(me, PeerDirectory(me.peer_id))
+        await me.connect(a.peer_id, a.full_addrs())
+        await joiner.learn(a.peer_id, model_id="tiny")
+        assert {m.peer_id for m in joiner.directory.manifests()} == {a.peer_id, b.peer_id}
+        await joiner.learn(a.peer_id, model_hash=ModelHash("cd" * 32))  # nobody serves that one
+        assert joiner.directory.get(c.peer_id) is None
 
 
 async def test_a_peer_that_cannot_be_met_is_reported_silent_and_not_counted_a_holder():

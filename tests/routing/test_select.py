@@ -1,6 +1,8 @@
 from dataclasses import replace
 
-from dinet.routing.select import PeerView, decode_speed, rank_peers, trusted
+import pytest
+
+from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budget, trusted
 
 
 def view(peer_id, rtt=1.0, tps=50.0, ttft=20.0, active=0, queued=0, slots=1, **more):
@@ -74,3 +76,28 @@ def test_low_reputation_excludes_only_on_enough_evidence():
     assert [p.peer_id for p in trusted(peers)] == ["new-and-unlucky", "fine", "unknown"]
     assert [p.peer_id for p in trusted(peers, exclude_below=0.1)] == [p.peer_id for p in peers]
     assert [p.peer_id for p in trusted(peers, min_evidence=1.0)] == ["fine", "unknown"]
+
+
+def test_an_unprobed_near_peer_ranks_before_an_unprobed_far_one_by_coordinates():
+    near = view("near", rtt=None, estimated_rtt_ms=4.0)
+    far = view("far", rtt=None, estimated_rtt_ms=400.0)
+    guessed = view("guessed", rtt=None)  # no coordinates: the flat UNKNOWN_RTT_MS
+    assert order([far, guessed, near], max_tokens=4) == ["near", "guessed", "far"]
+    # A measured round trip beats any estimate.
+    assert replace(far, rtt_ms=1.0).known_rtt_ms == 1.0
+
+
+def test_under_a_deadline_peers_that_can_meet_it_come_first():
+    # The cheapest peer is too slow to answer 100 tokens in 3 s.
+    cheap = view("cheap", tps=20, price_per_token=0.1)
+    dear = view("dear", tps=80, price_per_token=1.0)
+    assert order([cheap, dear], max_tokens=100, policy="cost") == ["cheap", "dear"]
+    assert order([cheap, dear], max_tokens=100, policy="cost", deadline_s=3.0) == ["dear", "cheap"]
+    # When none can, cost decides as before.
+    assert order([cheap, dear], max_tokens=100, policy="cost", deadline_s=0.01) == ["cheap", "dear"]
+
+
+def test_the_deadline_token_budget_rests_on_measured_speed():
+    claims = view("claims", tps=100, ttft=100, observed_tokens_per_s=20.0, observed_age_s=0.0)
+    assert token_budget(claims, 2.0) < token_budget(replace(claims, observed_tokens_per_s=None), 2.0) // 3
+    assert token_budget(claims, 2.0) == pytest.approx(20 * (2.0 - 0.101), abs=1)

@@ -9,6 +9,7 @@ from dinet.wire.manifest import (
     MANIFEST_TTL_S,
     Load,
     Manifest,
+    NetworkCoordinates,
     SignedManifest,
     sign_manifest,
     verify_manifest,
@@ -119,3 +120,23 @@ def test_reach_is_optional_and_one_of_three_states():
     odd = older[:-1] + ',"reach":"behind-a-relay"}'
     with pytest.raises(ManifestError, match="malformed"):
         verify_manifest(SignedManifest(body=odd, signature=sign_body(odd, key)))
+
+
+def test_coordinates_are_optional_bounded_and_left_out_when_absent():
+    key = SigningKey.generate()
+    plain = sign_manifest(make_manifest(key), key)
+    assert '"coords"' not in plain.body  # older readers read it as before
+    assert verify_manifest(plain).coords is None
+    placed = NetworkCoordinates(vector=(1.0, -2.0, 3.5, 0.0), height=4.0, error=0.3)
+    signed = sign_manifest(make_manifest(key, coords=placed), key)
+    assert verify_manifest(signed).coords == placed
+    body = plain.body[:-1]
+    for bad in (
+        '{"vector":[1,2],"height":1.0,"error":0.5}',  # wrong size
+        '{"vector":[1e9,0,0,0],"height":1.0,"error":0.5}',  # out of range
+        '{"vector":[0,0,0,0],"height":-1.0,"error":0.5}',
+        '{"vector":[NaN,0,0,0],"height":1.0,"error":0.5}',
+    ):
+        odd = body + f',"coords":{bad}}}'
+        with pytest.raises(ManifestError, match="malformed"):
+            verify_manifest(SignedManifest(body=odd, signature=sign_body(odd, key)))

@@ -28,10 +28,17 @@ from pydantic import ValidationError
 
 from dinet.engine._text import CompletionText
 from dinet.engine.sampler import Sampler, choose_token, uniform
-from dinet.errors import BadReceipt, FrameTooLarge, MalformedMessage, ManifestError, ModelCardError
+from dinet.errors import (
+    BadReceipt,
+    FrameTooLarge,
+    MalformedMessage,
+    ManifestError,
+    ModelCardError,
+    ModelVersionsError,
+)
 from dinet.models.card import build_card, verify_model_card
 from dinet.models.hashing import chunk_spans, hash_spans, merkle_root
-from dinet.p2p._dht import dht_key
+from dinet.p2p._dht import dht_key, model_id_key
 from dinet.p2p.identity import load_or_create_identity, peer_id_of
 from dinet.wire.chunks import (
     ChunkHeader,
@@ -79,6 +86,7 @@ from dinet.wire.shard import (
 )
 from dinet.wire.signing import sign_body, signed_by
 from dinet.wire.verify import decode_verify_reply, decode_verify_request
+from dinet.wire.versions import VERSIONS_DOMAIN, ModelVersions, decode_versions, newest_record, sign_versions
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "vectors"
 B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -157,6 +165,28 @@ def test_capability_manifests_the_vectors_refuse(case: dict[str, Any]) -> None:
     message = SignedManifest.model_validate_json(case["payload"])
     with pytest.raises(ManifestError):
         verify_manifest(message, now=case.get("now", vectors("manifest")["now"]))
+
+
+def test_the_model_versions_vector(tmp_path: Path) -> None:
+    v = vectors("model_versions")
+    check_signed(v)
+    assert v["domain"].encode() == VERSIONS_DOMAIN
+    node = key_of(v["signer"], tmp_path)
+    record = ModelVersions.model_validate_json(v["body"])
+    again = sign_versions(record, node)
+    assert (again.body, again.signature) == (v["body"], v["signature"])
+    assert encode(again) == v["payload"].encode()
+    assert "/dinet-versions/" + hashlib.sha256(v["key_preimage"].encode()).hexdigest() == v["key"]
+    assert decode_versions(v["payload"].encode(), v["key"], now=v["now"]) == record
+    older = decode_versions(v["older"].encode(), v["key"], now=v["now"])
+    assert newest_record([older, record]) == 1 and newest_record([record, older]) == 0
+
+
+@pytest.mark.parametrize("case", vectors("model_versions")["refused"], ids=lambda c: c["why"])
+def test_model_versions_the_vectors_refuse(case: dict[str, Any]) -> None:
+    v = vectors("model_versions")
+    with pytest.raises(ModelVersionsError):
+        decode_versions(case["payload"].encode(), v["key"], now=case.get("now", v["now"]))
 
 
 def test_the_receipt_vector(tmp_path: Path) -> None:
@@ -407,6 +437,7 @@ def test_hash_vectors() -> None:
     for case in v["merkle"]:
         assert merkle_root([bytes.fromhex(h) for h in case["leaves"]]).hex() == case["root"]
     assert dht_key(v["dht_key"]["model_hash"]) == v["dht_key"]["key_hex"]
+    assert model_id_key(v["model_id_key"]["model_id"]) == v["model_id_key"]["key_hex"]
     for case in v["output_hash"]:
         assert output_hash(case["token_ids"]) == case["hash"]
 
@@ -442,6 +473,7 @@ VECTOR_FILES = (
     "manifest",
     "receipt",
     "model_card",
+    "model_versions",
     "sampler",
     "text",
     "framing",
@@ -462,7 +494,7 @@ def test_the_generator_writes_exactly_the_committed_files() -> None:
 def test_every_signature_in_the_vectors_is_checked_above() -> None:
     # A new signed object added to the files must get its own checks here.
     signed = {p.stem for p in VECTORS.glob("*.json") if '"signed_bytes_hex"' in p.read_text(encoding="utf-8")}
-    assert signed == {"manifest", "receipt", "model_card"}
+    assert signed == {"manifest", "receipt", "model_card", "model_versions"}
     assert {p.stem for p in VECTORS.glob("*.json")} == set(VECTOR_FILES)
 
 

@@ -56,7 +56,10 @@ def ask(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     deadline: Annotated[
-        float | None, typer.Option(help="Answer within this many seconds: caps max-tokens by peer speed")
+        float | None,
+        typer.Option(
+            help="Answer within this many seconds: peers that can go first, max-tokens capped to fit"
+        ),
     ] = None,
     policy: Annotated[str, typer.Option(help="Peer choice: latency, throughput or cost")] = "latency",
     sharded: Annotated[

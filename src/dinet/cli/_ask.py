@@ -196,8 +196,7 @@ def run_peers(settings: ClientSettings, *, wait: float, json_out: bool) -> None:
         async with open_network(settings) as network:
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                unprobed = [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
-                await network.probe_all(unprobed)
+                await network.look()
                 await trio.sleep(0.3)
             manifests = sorted(network.directory.manifests(), key=lambda m: m.peer_id)
             trust = {m.peer_id: peer_trust(network, m.peer_id) for m in manifests}

@@ -12,6 +12,7 @@ import trio
 import typer
 
 from dinet.cli._common import fail, print_json, run, setup_logging
+from dinet.cli._publish import publish, versions
 from dinet.config import default_home
 from dinet.errors import DinetError, ModelNotFound, PullFailed
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
@@ -22,8 +23,11 @@ from dinet.p2p.identity import load_or_create_identity
 from dinet.wire.ids import ModelHash, PeerId
 
 app = typer.Typer(
-    help="Models in the local store: import, list, check, remove, pull from peers.", no_args_is_help=True
+    help="Models in the local store: import, list, check, remove, pull from peers; publish versions.",
+    no_args_is_help=True,
 )
+app.command()(publish)
+app.command()(versions)
 
 Home = Annotated[Path | None, typer.Option(help="State directory (holds models/)")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]

@@ -42,7 +42,7 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
                 print_json({**started.record(), **({"api": gateway.url} if gateway else {})})
             else:
                 typer.echo(f"peer id  {started.peer_id}")
-                for line in _describe_model(started):
+                for line in _describe_model(started, auto=settings.serve == "auto"):
                     typer.echo(line)
                 reach = started.reachability
                 typer.echo(f"reach    {reach.state} ({reach.reason})")
@@ -56,7 +56,9 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
     run(main)
 
 
-def _describe_model(started: NodeStarted) -> list[str]:
+def _describe_model(started: NodeStarted, *, auto: bool = False) -> list[str]:
+    if auto:
+        return ["model    chosen by demand (--serve auto): see the log and the node file"]
     if started.model_hash is None or started.engine is None:
         return ["model    none (--no-model: this node joins and routes, and serves no model)"]
     lines = [f"model    {started.model_id} ({started.model_hash[:16]}…)"]

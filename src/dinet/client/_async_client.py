@@ -142,9 +142,7 @@ class AsyncClient:
         deadline = trio.current_time() + wait_s
         while True:
             with _typed_errors():
-                await network.probe_all(
-                    [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
-                )
+                await network.look()
             if trio.current_time() >= deadline:
                 break
             await trio.sleep(min(0.3, max(0.0, deadline - trio.current_time())))
@@ -170,9 +168,7 @@ class AsyncClient:
                     holders = await network.joiner.holders(model_hash)
                     if holders:
                         return model_hash, holders
-                await network.probe_all(
-                    [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
-                )
+                await network.look(None if _HASH.match(model) else model)
                 await trio.sleep(0.5)
         raise PullFailed(f"no peer holds {model!r} (looked for {timeout_s:g} s)")
 

@@ -2,8 +2,12 @@
 
 When a peer fails after some tokens, the next peer continues from them
 (`prefix_tokens`), so the caller sees one unbroken answer. A busy peer is skipped for a
-moment; a peer that breaks or stalls is backed off. With `deadline_s`, max_tokens is
-capped to what the chosen peer can produce in that time.
+moment; a peer that breaks or stalls is backed off.
+
+With `deadline_s`, the peers expected to answer in time are asked first, max_tokens is
+capped to what the chosen peer can produce in that time, and the time left travels in
+the request (`deadline_ms`): a node whose queue and speed cannot meet it refuses at
+once (`deadline`), and the next peer is asked at once. DeadlineUnmet when none can.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.errors import (
     AnswerTimedOut,
+    DeadlineUnmet,
     MalformedMessage,
     NoCapablePeer,
     PeerError,
@@ -33,6 +38,7 @@ from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budge
 from dinet.trust.reputation import slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL, PeerId
 from dinet.wire.messages import (
+    MAX_DEADLINE_MS,
     EndFrame,
     ErrorFrame,
     GenerationParams,
@@ -51,7 +57,7 @@ FIRST_FRAME_MIN_S = 5.0
 BUSY_PAUSE_S = 0.2
 BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
 # Codes after which another peer may well succeed.
-_RETRYABLE = {"busy", "rate_limited", "engine_crashed", "internal", "unknown_model"}
+_RETRYABLE = {"busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model"}
 
 
 class WholeModel:
@@ -64,12 +70,15 @@ class WholeModel:
         options: AskOptions,
         records: Records,
         on_attempt: Callable[[PeerId], None] | None = None,
+        asked_at: float | None = None,
     ) -> None:
         self._network = network
         self._params = params
         self._options = options
         self._records = records
         self._on_attempt = on_attempt
+        # When the caller asked (trio clock): a deadline counts from there.
+        self._asked_at = trio.current_time() if asked_at is None else asked_at
 
     async def run(self, deadline: float) -> AsyncGenerator[TokenFrame | Finished, None]:
         network, options, records = self._network, self._options, self._records
@@ -80,18 +89,27 @@ class WholeModel:
         last_error: Exception | None = None
         broken: set[str] = set()  # failed during this request: not asked again
         busy: set[str] = set()  # refused for lack of room: asked again after a pause
+        too_slow: set[str] = set()  # refused because they cannot meet the deadline
         capped_to: int | None = None
         while True:
-            candidates = self._candidates(wanted, broken | busy)
+            candidates = self._candidates(wanted, broken | busy | too_slow)
             if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
                 await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
                 busy.clear()
                 continue
             if not candidates:
                 break
-            peer = rank_peers(candidates, params.max_tokens - len(tokens), options.policy, limit=1)[0]
-            if options.deadline_s is not None and capped_to is None:
-                capped_to = token_budget(peer, options.deadline_s)
+            left_s = self._time_left_s()
+            peer = rank_peers(
+                candidates,
+                params.max_tokens - len(tokens),
+                options.policy,
+                region=options.region,
+                deadline_s=left_s,
+                limit=1,
+            )[0]
+            if left_s is not None and capped_to is None:
+                capped_to = token_budget(peer, left_s)
                 if capped_to < params.max_tokens:
                     params = params.model_copy(update={"max_tokens": capped_to})
             tried.append(peer.peer_id)
@@ -104,6 +122,7 @@ class WholeModel:
                 model_id=options.model_id,
                 model_hash=options.model_hash,
                 params=resumed,
+                deadline_ms=_deadline_ms(self._time_left_s()),
             )
             health = network.health.get(peer.peer_id)
             health.in_flight += 1
@@ -127,13 +146,18 @@ class WholeModel:
                 if exc.code in ("busy", "rate_limited"):
                     busy.add(peer.peer_id)
                     continue
+                if exc.code == "deadline":  # no fault of the peer's: the next one, at once
+                    too_slow.add(peer.peer_id)
+                    continue
             except (PeerError, MalformedMessage) as exc:
                 last_error = exc
             finally:
                 health.in_flight -= 1
             if end is not None:
-                if end.tokens_per_s > 0:
-                    network.health.measured(peer.peer_id, end.tokens_per_s, trio.current_time())
+                # Our own timing, not the node's word: a deadline's token budget rests on it.
+                measured_tps = timing.tokens_per_s()
+                if measured_tps is not None:
+                    network.health.measured(peer.peer_id, measured_tps, trio.current_time())
                 slow = _slower_than_claimed(peer, timing, resumed=bool(resumed.prefix_tokens))
                 await records.answered([peer.peer_id], slow=[peer.peer_id] if slow else [])
                 yield Finished(
@@ -159,7 +183,18 @@ class WholeModel:
             )
         if last_error is None:
             raise NoCapablePeer(f"no reachable peer serves {wanted}")
+        if isinstance(last_error, RemoteError) and last_error.code == "deadline":
+            raise DeadlineUnmet(
+                f"no peer serving {wanted} can answer within {options.deadline_s:g} s; last refusal: "
+                f"{last_error.message}"
+            )
         raise NoCapablePeer(f"every peer serving {wanted} failed; last error: {last_error}")
+
+    def _time_left_s(self) -> float | None:
+        """What is left of the deadline, if the request has one."""
+        if self._options.deadline_s is None:
+            return None
+        return self._asked_at + self._options.deadline_s - trio.current_time()
 
     def _candidates(self, wanted: str, skip: set[str]) -> list[PeerView]:
         """The peers this request may ask now; NoCapablePeer when its limits leave none at all."""
@@ -205,11 +240,23 @@ class _Timing:
     ended_at: float = 0.0
     tokens: int = 0
 
+    def tokens_per_s(self) -> float | None:
+        """The decode speed we saw (after the first token); None with fewer than 2 tokens."""
+        first = self.first_token_at
+        decode_s = self.ended_at - first if first is not None else 0.0
+        return (self.tokens - 1) / decode_s if decode_s > 0 and self.tokens > 1 else None
+
+
+def _deadline_ms(left_s: float | None) -> int | None:
+    """The deadline as it travels: whole ms left, at least 1 (a node refuses what it cannot meet)."""
+    if left_s is None:
+        return None
+    return min(max(1, int(left_s * 1000)), MAX_DEADLINE_MS)
+
 
 def _slower_than_claimed(peer: PeerView, timing: _Timing, *, resumed: bool) -> bool:
     first = timing.first_token_at
-    decode_s = timing.ended_at - first if first is not None else 0.0
-    observed_tps = (timing.tokens - 1) / decode_s if decode_s > 0 and timing.tokens > 1 else None
+    observed_tps = timing.tokens_per_s()
     observed_ttft = None if first is None or timing.queued or resumed else (first - timing.sent_at) * 1e3
     slow = slower_than_claimed(
         peer.tokens_per_s,

@@ -64,17 +64,19 @@ async def ask(
 
     `on_attempt` is told each peer id as it is asked (every stage of a chain). Errors:
     NoCapablePeer when no peer (or chain) can take the request within its options,
-    AnswerTimedOut after `options.request_timeout_s`, RemoteError for a refusal that
-    another peer would repeat (a bad request).
+    DeadlineUnmet when the peers left refused its deadline, AnswerTimedOut after
+    `options.request_timeout_s`, RemoteError for a refusal that another peer would
+    repeat (a bad request).
 
     A fraction `options.verify_rate` of answers is re-scored by another peer serving
     the same model hash before the Answer is yielded; the outcome is in
     `Answer.verification` (`verified` is None when no peer could check it).
     """
     options = AskOptions() if options is None else options
+    asked_at = trio.current_time()  # a deadline counts from here, discovery included
     max_price = options.max_price if options.max_price is not None else network.max_price
     records = Records(network, RequestId(uuid.uuid4().hex), max_price)
-    strategy = await _strategy(network, params, options, records, on_attempt)
+    strategy = await _strategy(network, params, options, records, on_attempt, asked_at)
     started = time.perf_counter()
     first_at: float | None = None
     tokens: list[TokenFrame] = []
@@ -128,6 +130,7 @@ async def _strategy(
     options: AskOptions,
     records: Records,
     on_attempt: Callable[[PeerId], None] | None,
+    asked_at: float,
 ) -> Strategy:
     """Whole-model peers, unless asked for a chain or only stages serve the model."""
     if options.sharded is not True:
@@ -138,5 +141,5 @@ async def _strategy(
             or_stages=options.sharded is None,
         )
         if whole or options.sharded is False:
-            return WholeModel(network, params, options, records, on_attempt)
+            return WholeModel(network, params, options, records, on_attempt, asked_at)
     return await ChainOfStages.plan(network, params, options, records, on_attempt)

@@ -111,8 +111,7 @@ async def plan_chain(
     last: RoutingError | None = None
     with trio.move_on_after(timeout):
         while True:
-            unprobed = [m for m in network.directory.manifests() if m.peer_id not in network.rtt_ms]
-            await network.probe_all(unprobed)
+            await network.look(model_id, model_hash)
             try:
                 return _plan(network, model_id, model_hash, exclude, rules)
             except NoCapablePeer:

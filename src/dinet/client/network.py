@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -14,6 +14,7 @@ from dinet.client.health import HealthBook
 from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
+from dinet.models.catalog import DEFAULT_MODEL_ID
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import DIAL_TIMEOUT_S, PeerHost, open_host
@@ -21,6 +22,7 @@ from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
+from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.trust.outcomes import OutcomeRecorder
@@ -32,6 +34,8 @@ from dinet.wire.manifest import Manifest, ModelOffer
 logger = logging.getLogger(__name__)
 
 UNMET_NAMED = 3  # an error names at most this many peers that could not be met, with why
+UNMET_MET_AT_ONCE = 32  # peers heard of (not met yet) that one look meets at once
+IN_USE_S = 60.0  # a candidate found is watched this long after the last look for its model
 
 
 @dataclass
@@ -52,9 +56,16 @@ class Network:
     dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, or one manifest query
     # Peers forgotten because they could not be met: their manifest then, and why (for errors).
     unmet: dict[PeerId, tuple[Manifest, str]] = field(default_factory=dict)
+    # Peers in use or about to be, each until when: only these are probed for liveness.
+    in_use: dict[PeerId, float] = field(default_factory=dict)
     joiner: Joiner = field(init=False)
+    # Our place in the latency space, from the round trips we measure: estimates the
+    # round trip to peers never probed.
+    coordinates: CoordinateBook = field(init=False)
 
     def __post_init__(self) -> None:
+        self.coordinates = CoordinateBook(self.directory.get)
+        self.host.on_rtt(self.coordinates.sample)
         # A peer that answers is timed; one that cannot be met is forgotten until heard of again.
         self.joiner = Joiner(
             self.host,
@@ -93,6 +104,18 @@ class Network:
             self.rtt_ms[peer_id] = rtt_ms
             self.health.answered(peer_id)
 
+    def watched(self) -> set[PeerId]:
+        """The peers in use or about to be (found for a request within IN_USE_S)."""
+        now = trio.current_time()
+        for peer_id in [p for p, until in self.in_use.items() if until <= now]:
+            del self.in_use[peer_id]
+        return set(self.in_use)
+
+    def use(self, peer_ids: Iterable[PeerId]) -> None:
+        until = trio.current_time() + IN_USE_S
+        for peer_id in peer_ids:
+            self.in_use[peer_id] = until
+
     def _answered(self, peer_id: PeerId, rtt_ms: float) -> None:
         self.rtt_ms[peer_id] = rtt_ms
         self.unmet.pop(peer_id, None)
@@ -108,10 +131,16 @@ class Network:
         """Meet the peers named in these manifests and refresh them first-hand."""
         await self.joiner.meet_all(manifests)
 
-    async def find_by_dht(self, model_hash: ModelHash) -> None:
-        """Meet the peers that announced the model in the DHT and that we have not met."""
-        providers = await self.joiner.find_providers(model_hash)
-        await self.joiner.meet_all(p for p in providers if p.addrs and p.peer_id not in self.rtt_ms)
+    async def look(self, model_id: str | None = None, model_hash: ModelHash | None = None) -> None:
+        """Meet peers that serve the model (any model if neither is named): those other
+        peers told us of and we have not met, a bounded sample at a time, and a sample of
+        the providers the DHT names."""
+        unmet = [m for m in self.directory.serving(model_id, model_hash) if m.peer_id not in self.rtt_ms]
+        if model_id is None and model_hash is None:
+            model_id = DEFAULT_MODEL_ID  # the DHT names servers of a model, not of any: try the usual one
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.probe_all, unmet[:UNMET_MET_AT_ONCE])
+            nursery.start_soon(self.joiner.look_for, model_id, model_hash)
 
     def candidates(self, model_id: str | None, model_hash: ModelHash | None) -> list[PeerView]:
         """Peers serving the model that are answering and not backed off, with their
@@ -120,8 +149,8 @@ class Network:
         standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
-            if not _serves_whole(m, model_id, model_hash):
-                continue
+            if not _serves_whole(m, model_id, model_hash) or m.peer_id in self.unmet:
+                continue  # a peer that could not be met is no candidate until it answers
             if not self.health.usable(m.peer_id, now):
                 continue
             record = self.health.get(m.peer_id)
@@ -130,6 +159,7 @@ class Network:
                 PeerView(
                     peer_id=m.peer_id,
                     rtt_ms=self.rtt_ms.get(m.peer_id),
+                    estimated_rtt_ms=self.coordinates.estimate_ms(m),
                     tokens_per_s=m.tokens_per_s,
                     ttft_ms=m.ttft_ms,
                     # Its advert is seconds old: our own requests there count at once.
@@ -192,15 +222,16 @@ class Network:
         """
         with trio.move_on_after(timeout):
             while True:
-                unprobed = [m for m in self.directory.manifests() if m.peer_id not in self.rtt_ms]
-                await self.probe_all(unprobed)
-                if model_hash is not None and len(self.candidates(model_id, model_hash)) < want:
-                    await self.find_by_dht(model_hash)
+                known = self.candidates(model_id, model_hash)
+                if len(known) < want or any(p.rtt_ms is None for p in known):
+                    await self.look(model_id, model_hash)
                 found = self.candidates(model_id, model_hash)
                 if len(found) >= want or (or_stages and self.stage_offers(model_id, model_hash)):
+                    self.use(p.peer_id for p in found)
                     return found
                 await trio.sleep(0.5)
         found = self.candidates(model_id, model_hash)
+        self.use(p.peer_id for p in found)
         if or_stages and self.stage_offers(model_id, model_hash):
             return found
         if not found:
@@ -273,6 +304,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             timeout=settings.probe_timeout_s,
             dial_timeout=settings.dial_timeout_s,
             resting=lambda peer_id: network.in_chain[peer_id] > 0,
+            watched=network.watched,
         )
         async with trio.open_nursery() as nursery:
             network.tasks = nursery

@@ -11,7 +11,9 @@ What each option means on a chain of stages:
   the stages' advertised prices, then the fastest.
 - `max_price`: the sum of the stages' advertised prices (completion, and prompt) must
   stay within it; a chain above it is never used, and NoCapablePeer says so.
-- `deadline_s`: max_tokens is capped to what the chain's estimated time per token allows.
+- `deadline_s`: max_tokens is capped to what the chain's estimated time per token allows
+  (on whole-model peers the deadline also travels to the node: see `dinet.client._whole`).
+- `region`: not used (a chain is chosen by time per token, which already holds its hops).
 - `only_peers`: no stage outside it is used.
 - `verify_rate`, `verifiers`: the chain's answer is re-scored by a whole-model peer of the
   same model hash; `Answer.verification.verified` is None when no such peer exists.
@@ -29,6 +31,9 @@ from dinet.config import ClientSettings
 from dinet.errors import RequestError
 from dinet.routing.select import Policy
 from dinet.wire.ids import ModelHash, PeerId
+from dinet.wire.messages import MAX_DEADLINE_MS
+
+MAX_REGION_CHARS = 64  # as a manifest's region
 
 POLICIES: tuple[str, ...] = get_args(Policy)
 
@@ -44,12 +49,15 @@ class AskOptions:
     sharded: bool | None = None
     policy: Policy = "latency"
     max_price: float | None = None  # credits per token; None: the network's own limit, if any
-    deadline_s: float | None = None  # cap max_tokens to what can be produced in this time
+    # Answer within this time: peers that can come first, max_tokens is capped to what the
+    # chosen one can produce in it, and a node that cannot meet it refuses at once.
+    deadline_s: float | None = None
     only_peers: frozenset[PeerId] | None = None  # ask no other peer (nor stage)
     verify_rate: float = 0.0  # fraction of answers re-scored by another peer (1: all)
     verifiers: frozenset[PeerId] | None = None  # re-scoring only by these peers
     discover_timeout_s: float = 10.0  # how long to look for peers before giving up
     request_timeout_s: float = 120.0  # the whole answer, after discovery
+    region: str = ""  # ours: peers of another region rank a little lower ("": no preference)
 
     def __post_init__(self) -> None:
         for name in ("only_peers", "verifiers"):  # any collection in, a frozenset kept
@@ -70,6 +78,10 @@ class AskOptions:
             value = getattr(self, name)
             if (value is not None or name != "deadline_s") and not _number(value, above=0.0):
                 raise RequestError(f"{name} must be a number of seconds above 0", name)
+        if self.deadline_s is not None and self.deadline_s * 1000 > MAX_DEADLINE_MS:
+            raise RequestError(f"deadline_s must be at most {MAX_DEADLINE_MS // 1000} s", "deadline_s")
+        if not isinstance(self.region, str) or len(self.region) > MAX_REGION_CHARS:
+            raise RequestError(f"region must be text of at most {MAX_REGION_CHARS} characters", "region")
         if self.only_peers is not None and not self.only_peers:
             raise RequestError("only_peers is empty: no peer could be asked", "only_peers")
 
@@ -81,6 +93,7 @@ class AskOptions:
             verify_rate=settings.verify_rate,
             discover_timeout_s=settings.discover_timeout_s,
             request_timeout_s=settings.request_timeout_s,
+            region=settings.region,
         )
         return base.with_(**request)
 

@@ -130,7 +130,8 @@ async def ask_replicas(
     usable = network.trusted(within_budget(capable, max_price))
     if model_hash is None:  # replicas must all run one version, or honest peers differ
         model_hash, usable = _one_version(network, usable, model_id)
-    chosen = [p.peer_id for p in rank_peers(usable, params.max_tokens, options.policy, limit=replicas)]
+    ranked = rank_peers(usable, params.max_tokens, options.policy, region=options.region, limit=replicas)
+    chosen = [p.peer_id for p in ranked]
     if len(chosen) < 2:
         wanted = model_hash or model_id or "the model"
         raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")

@@ -32,14 +32,18 @@ from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
-from dinet.wire.messages import TokenFrame
+from dinet.gateway._series import RecentChains, Series
+from dinet.wire.messages import MAX_DEADLINE_MS, TokenFrame
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
+COMPLETIONS = ("chat", "completions")  # the endpoints the page's charts count
+MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
+DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
@@ -57,6 +61,8 @@ class _Gateway:
             view.network.host.reach_counters,
         )
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.series = Series()  # the last hour of completions, for the page's charts
+        self.chains = RecentChains()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -78,6 +84,8 @@ class _Gateway:
                 else:
                     response = self._error(api_error(error))
             self.metrics.requests.labels(name, str(response.status_code)).inc()
+            if name in COMPLETIONS:
+                self.series.request(time.time(), failed=response.status_code >= 400)
             return response
 
         return wrapped
@@ -107,7 +115,23 @@ class _Gateway:
         raise ModelNotFound(f"no peer offers model {name!r}")
 
     async def network(self, request: Request) -> Response:
-        return JSONResponse(self.view.snapshot())
+        query = request.query_params
+        limit = query.get("limit")
+        if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= 100_000):
+            raise RequestError("limit must be a whole number from 1 to 100000", "limit")
+        for name in ("region", "model"):
+            if len(query.get(name, "")) > MAX_FILTER_CHARS:
+                raise RequestError(f"{name} is longer than {MAX_FILTER_CHARS} characters", name)
+        snapshot = self.view.snapshot(
+            query.get("region"), query.get("model"), None if limit is None else int(limit)
+        )
+        return JSONResponse(snapshot)
+
+    async def network_summary(self, request: Request) -> Response:
+        return JSONResponse(self.view.summary(self.chains.recent(time.time())))
+
+    async def network_series(self, request: Request) -> Response:
+        return JSONResponse(self.series.window(time.time()))
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -126,7 +150,10 @@ class _Gateway:
         attempts: list[str] = []
         extra: dict[str, object] = {}
         options = AskOptions.from_settings(
-            self.settings, model_id=choice.model_id, model_hash=choice.model_hash
+            self.settings,
+            model_id=choice.model_id,
+            model_hash=choice.model_hash,
+            deadline_s=_deadline_s(request),
         )
         if parsed.dinet.replicas > 1:
             vote = await ask_replicas(self.view.network, params, parsed.dinet.replicas, options)
@@ -153,7 +180,7 @@ class _Gateway:
         except BaseException:
             await events.aclose()
             raise
-        tracker = _Tracker(self.metrics, arrived)
+        tracker = _Tracker(self, arrived)
         tracker.see(first)
         response_id, created = oa.new_id(kind), oa.now()
         if not parsed.stream:
@@ -182,10 +209,10 @@ class _Gateway:
 
 
 class _Tracker:
-    """Times one answer for the metrics."""
+    """Times one answer for the metrics and the page's series; notes its chain."""
 
-    def __init__(self, metrics: GatewayMetrics, arrived: float) -> None:
-        self.metrics = metrics
+    def __init__(self, gateway: _Gateway, arrived: float) -> None:
+        self.metrics, self.series, self.chains = gateway.metrics, gateway.series, gateway.chains
         self.arrived = arrived
         self.first_at: float | None = None
         self.tokens = 0
@@ -195,9 +222,12 @@ class _Tracker:
             if self.first_at is None:
                 self.first_at = time.perf_counter()
                 self.metrics.ttft.observe(self.first_at - self.arrived)
+                self.series.first_token(time.time(), self.first_at - self.arrived)
             self.tokens += 1
+            self.series.tokens(time.time())
 
     def finish(self, answer: Answer) -> None:
+        self.chains.used(time.time(), answer.model_id, answer.chain)
         self.metrics.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(answer.usage.completion_tokens)
         if self.first_at is not None and self.tokens > 1:
@@ -261,6 +291,7 @@ class _SseStream:
                 raise
             api = api_error(error)
             self.gateway.metrics.errors.labels(api.code).inc()
+            self.gateway.series.error(time.time())
             await write(self._event(api.body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
@@ -333,6 +364,20 @@ def _sharded(parsed: oa.Request, request: Request) -> bool | None:
     return None
 
 
+def _deadline_s(request: Request) -> float | None:
+    """The `x-dinet-deadline-ms` header in seconds (None without it); RequestError if bad."""
+    header = request.headers.get(DEADLINE_HEADER)
+    if header is None:
+        return None
+    text = header.strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_DEADLINE_MS:
+        raise RequestError(
+            f"{DEADLINE_HEADER} must be a whole number of milliseconds from 1 to {MAX_DEADLINE_MS}",
+            DEADLINE_HEADER,
+        )
+    return int(text) / 1000
+
+
 async def _replay(frames: tuple[TokenFrame, ...], answer: Answer) -> AsyncGenerator[Event, None]:
     """A decided vote's answer as the events of an ordinary one."""
     for frame in frames:
@@ -367,6 +412,8 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/v1/chat/completions", gw.endpoint("chat", gw.chat), methods=["POST"]),
         Route("/v1/completions", gw.endpoint("completions", gw.completion), methods=["POST"]),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
+        Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
+        Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dinet.errors import (
     AnswerTimedOut,
+    DeadlineUnmet,
     DinetError,
     InferenceError,
     ModelNotFound,
@@ -35,6 +36,7 @@ _MAP: tuple[tuple[type[DinetError], int, str, str], ...] = (
     (Unauthorized, 401, "authentication_error", "invalid_api_key"),
     (RequestError, 400, "invalid_request_error", "invalid_request"),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (DeadlineUnmet, 504, "timeout", "deadline_unmet"),
     (RoutingError, 503, "service_unavailable", "no_capable_peer"),
     (AnswerTimedOut, 504, "timeout", "answer_timed_out"),
     (NoMajority, 502, "upstream_error", "no_majority"),

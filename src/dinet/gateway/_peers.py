@@ -16,6 +16,8 @@ import trio
 
 from dinet.client.network import Network, peer_trust
 from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
+from dinet.gateway._series import ChainUsed
+from dinet.gateway._summary import group_keys, summarize
 from dinet.p2p.host import LinkKind, Reachability
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.manifest import Manifest
@@ -133,11 +135,38 @@ class NetworkView:
                     hashes.append(offer.model_hash)
         return [by_id[k] for k in sorted(by_id)]
 
-    def snapshot(self) -> dict[str, object]:
-        """Everything the page's network view shows."""
+    def gateway_info(self, now: float) -> dict[str, object]:
+        beside = self.node_reachability
+        return {
+            "peer_id": self.peer_id,
+            "uptime_s": round(now - self.started_at, 1),
+            "node_reachability": None if beside is None else asdict(beside()),
+        }
+
+    def summary(self, chains: list[ChainUsed]) -> dict[str, object]:
+        """The network grouped by region and model, for the page's drawing (see _summary)."""
+        return {
+            "gateway": self.gateway_info(time.time()),
+            **summarize(self.manifests(), self.link, chains),
+            "models": self.models(),
+        }
+
+    def snapshot(
+        self, region: str | None = None, model: str | None = None, limit: int | None = None
+    ) -> dict[str, object]:
+        """The peer rows: all, or those in `region` and/or serving `model` ("": serving
+        none), at most `limit` of them; `total` counts them before the limit."""
         now = time.time()
+        chosen = self.manifests()
+        if region is not None or model is not None:
+            chosen = [
+                m
+                for m in chosen
+                if any((region in (None, r)) and (model in (None, g)) for r, g, _ in group_keys(m))
+            ]
+        total = len(chosen)
         peers = []
-        for m in self.manifests():
+        for m in chosen[:limit]:
             rtt = self.network.rtt_ms.get(m.peer_id)
             peers.append(
                 {
@@ -160,13 +189,9 @@ class NetworkView:
                     "age_s": round(max(0.0, now - m.issued_at), 1),
                 }
             )
-        beside = self.node_reachability
         return {
-            "gateway": {
-                "peer_id": self.peer_id,
-                "uptime_s": round(now - self.started_at, 1),
-                "node_reachability": None if beside is None else asdict(beside()),
-            },
+            "gateway": self.gateway_info(now),
             "peers": peers,
+            "total": total,
             "models": self.models(),
         }

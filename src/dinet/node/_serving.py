@@ -58,7 +58,11 @@ def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
 
 @asynccontextmanager
 async def whole_model(
-    settings: NodeSettings, model: LocalModel, model_hash: ModelHash, accountant: Accountant
+    settings: NodeSettings,
+    model: LocalModel,
+    model_hash: ModelHash,
+    accountant: Accountant,
+    on_request: Callable[[bool], None] = lambda busy: None,
 ) -> AsyncIterator[Serving]:
     from dinet.models._gguf import read_layout
 
@@ -75,7 +79,7 @@ async def whole_model(
         score_cache=settings.home / "scoring",
     )
     async with _engine_started(engine):
-        inference = _inference(settings, engine, model.model_id, model_hash, accountant)
+        inference = _inference(settings, engine, model.model_id, model_hash, accountant, on_request)
         verifier = VerifyService(
             engine,
             inference.admission,
@@ -102,7 +106,12 @@ async def whole_model(
 
 
 def _inference(
-    settings: NodeSettings, engine: Engine, model_id: str, model_hash: ModelHash, accountant: Accountant
+    settings: NodeSettings,
+    engine: Engine,
+    model_id: str,
+    model_hash: ModelHash,
+    accountant: Accountant,
+    on_request: Callable[[bool], None],
 ) -> InferenceService:
     """The /dinet/infer/1 handler of `engine`, within the node's limits."""
     return InferenceService(
@@ -114,6 +123,7 @@ def _inference(
         limiter=PeerLimiter(settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency),
         bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
         max_request_bytes=settings.max_request_bytes,
+        on_request=on_request,
     )
 
 
@@ -128,7 +138,9 @@ def _figures(inference: InferenceService) -> dict[str, object]:
 
 
 @asynccontextmanager
-async def fake_model(settings: NodeSettings, accountant: Accountant) -> AsyncIterator[Serving]:
+async def fake_model(
+    settings: NodeSettings, accountant: Accountant, on_request: Callable[[bool], None]
+) -> AsyncIterator[Serving]:
     """BENCHMARKS ONLY (`fake_engine`): a FAKE model served by the real inference handler,
     so that many nodes fit on one machine (`dinet.engine.testing.fake`). It is announced
     in the DHT like a real model, so discovery finds it the same way."""
@@ -146,7 +158,7 @@ async def fake_model(settings: NodeSettings, accountant: Accountant) -> AsyncIte
         FAKE_MODEL_ID,
         FAKE_MODEL_HASH,
     )
-    inference = _inference(settings, FakeEngine(), FAKE_MODEL_ID, FAKE_MODEL_HASH, accountant)
+    inference = _inference(settings, FakeEngine(), FAKE_MODEL_ID, FAKE_MODEL_HASH, accountant, on_request)
     yield Serving(
         FAKE_MODEL_ID,
         FAKE_MODEL_HASH,
@@ -156,7 +168,10 @@ async def fake_model(settings: NodeSettings, accountant: Accountant) -> AsyncIte
         available=lambda: True,
         state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None, "fake": True},
         busy=lambda: inference.admission.active > 0,
-        background=[lambda joiner: joiner.keep_providing(FAKE_MODEL_HASH)],
+        background=[
+            lambda joiner: joiner.keep_providing(FAKE_MODEL_HASH, FAKE_MODEL_ID),
+            lambda joiner: joiner.keep_neighbours(FAKE_MODEL_HASH),
+        ],
     )
 
 

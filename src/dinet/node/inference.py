@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +34,10 @@ from dinet.wire.receipt import SignedReceipt, request_hash
 
 logger = logging.getLogger(__name__)
 
+# A deadline is refused only when the expected time is this much over it: the measured
+# figures are averages, and the client capped max_tokens by much the same ones.
+DEADLINE_SLACK = 1.2
+
 
 class Engine(Protocol):
     def generate(
@@ -59,6 +63,14 @@ class SpeedStats:
         self.ttft_ms += weight * (end.ttft_ms - self.ttft_ms)
         self.served += 1
 
+    def expected_s(self, params: GenerationParams) -> float:
+        """How long an answer of at most `params.max_tokens` should take; 0 before the
+        first measurement (unknown)."""
+        if not self.served or self.tokens_per_s <= 0:
+            return 0.0
+        tokens = params.max_tokens - len(params.prefix_tokens)
+        return self.ttft_ms / 1000 + max(tokens, 0) / self.tokens_per_s
+
 
 class InferenceService:
     def __init__(
@@ -71,8 +83,12 @@ class InferenceService:
         limiter: PeerLimiter | None = None,
         bounds: RequestBounds | None = None,
         max_request_bytes: int = MAX_FRAME,
+        on_request: Callable[[bool], None] = lambda busy: None,
     ) -> None:
+        """`on_request(busy)`: told of every request for the model that is admitted or
+        refused for want of capacity (busy or deadline), the node's demand records."""
         self._engine = engine
+        self._on_request = on_request
         self.admission = admission
         self._model_id = model_id
         self._model_hash = model_hash
@@ -108,23 +124,44 @@ class InferenceService:
         if out_of_bounds is not None:
             await refuse(framed, "bad_request", out_of_bounds)
             return
+        expected_s = self.stats.expected_s(request.params)
+        missed = self._misses_deadline(request, expected_s)
+        if missed is not None:
+            self._on_request(True)
+            await refuse(framed, "deadline", missed)
+            return
         accountant = self.accountant
         priority = 0.0
         if accountant is not None and accountant.priority:
             priority = await accountant.standing(framed.remote_peer)
+        busy = False
         try:
             async with self.admission.slot(
                 while_waiting=lambda: tell_queued(framed, self.admission),
                 priority=priority,
                 peer=framed.remote_peer,
+                expected_s=expected_s,
             ):
                 signed = await self._generate(framed, request, request_hash(payload))
         except Busy as exc:
+            busy = True
             await refuse(framed, "busy", str(exc))
             return
+        finally:
+            self._on_request(busy)
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
             await accountant.settle(framed, signed)
+
+    def _misses_deadline(self, request: InferRequest, expected_s: float) -> str | None:
+        """Why the request's deadline cannot be met here (the wait for a slot, then the
+        answer at the measured speed), or None if it can or nothing is measured yet."""
+        if request.deadline_ms is None or expected_s <= 0:
+            return None
+        total_s = self.admission.expected_wait_s() + expected_s
+        if total_s <= request.deadline_ms / 1000 * DEADLINE_SLACK:
+            return None
+        return f"expected to answer in {total_s:.1f} s, over the {request.deadline_ms} ms deadline"
 
     def _serves(self, request: InferRequest) -> bool:
         if request.model_hash is not None and request.model_hash != self._model_hash:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -12,32 +13,34 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from dinet.config import NodeSettings
+from dinet.engine.testing.fake import FAKE_MODEL_HASH
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node._serving import Serving, fake_model, model_stage, no_engine, whole_model
+from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
+from dinet.node.demand import DemandDesk
+from dinet.node.following import following
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
+from dinet.node.watching import PeerWatch
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.host import PeerHost, build_host
 from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
-from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
+from dinet.routing.coordinates import CoordinateBook
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
 logger = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
-PULL_EVERY_S = 3.0
-PULL_FANOUT = 3
-LIVENESS_EVERY_S = 2.0
-NODE_FILE_EVERY_S = 1.0
+NODE_FILE_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,18 +81,42 @@ async def serve_node(
     host = build_host(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
+    desk = DemandDesk(key, key.peer_id, settings, random.Random())
     if settings.no_model:
         serving = no_engine()
     elif settings.fake_engine:  # benchmarks only
-        serving = fake_model(settings, _accountant(settings, key))
+        serving = fake_model(
+            settings, _accountant(settings, key), lambda busy: desk.saw(FAKE_MODEL_HASH, busy=busy)
+        )
+    elif settings.serve == "auto":
+        serving = serving_auto(
+            settings,
+            lambda model: (
+                no_engine()
+                if model is None
+                else _model_served(_serving_model(settings, model), key, host, desk)
+            ),
+            desk,
+        )
+    elif settings.follow:
+        serving = following(
+            settings, lambda model: _model_served(_serving_model(settings, model), key, host, desk)
+        )
     else:
-        serving = _model_served(settings, key, host)
+        serving = _model_served(settings, key, host, desk)
     async with serving as served:
-        await _run(settings, key, host, served, task_status)
+        await _run(settings, key, host, served, desk, task_status)
+
+
+def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
+    """`settings` with `model` to serve (None: the model they name)."""
+    return settings if model is None else settings.model_copy(update={"model": model})
 
 
 @asynccontextmanager
-async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost) -> AsyncIterator[Serving]:
+async def _model_served(
+    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk
+) -> AsyncIterator[Serving]:
     """The node's model, imported or pulled from peers, served by its engine (or as a
     pipeline stage), its bytes kept healthy and shared with peers."""
     model, model_hash = await prepare_model(settings)
@@ -103,7 +130,9 @@ async def _model_served(settings: NodeSettings, key: SigningKey, host: PeerHost)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
-        else whole_model(settings, model, model_hash, accountant)
+        else whole_model(
+            settings, model, model_hash, accountant, lambda busy: desk.saw(model_hash, busy=busy)
+        )
     )
     async with serving_context as serving:
         lull = Chores(serving.busy).lull
@@ -143,7 +172,8 @@ def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
         background=[
             *serving.background,
             keeper.keep_healthy,
-            lambda joiner: joiner.keep_providing(keeper.model_hash),
+            lambda joiner: joiner.keep_providing(keeper.model_hash, serving.model_id),
+            lambda joiner: joiner.keep_neighbours(keeper.model_hash),
         ],
     )
 
@@ -153,13 +183,16 @@ async def _run(
     key: SigningKey,
     host: PeerHost,
     serving: Serving,
+    desk: DemandDesk,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
 ) -> None:
-    """What every node does, whatever it serves: listen, join, keep its directory and the
-    DHT, pass manifests on, watch its peers, and say what it is in its node file."""
+    """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
+    set of connections, gossip its manifest on its model's topic, pass manifests on,
+    publish the demand it sees, and say what it is in its node file."""
     peer_id = key.peer_id
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
-    chores = Chores(serving.busy)
+    coordinates = CoordinateBook(directory.get)
+    host.on_rtt(coordinates.sample)
 
     def describe() -> dict[str, object]:
         return {
@@ -170,6 +203,7 @@ async def _run(
             "price_per_token": settings.price,
             "price_per_prompt_token": settings.prompt_price,
             "reach": host.reachability().state,
+            "coords": coordinates.advert(),
             **serving.figures(),
         }
 
@@ -186,7 +220,9 @@ async def _run(
             now,
         )
 
-    publisher = ManifestPublisher(key, peer_id, directory, describe)
+    publisher = ManifestPublisher(
+        key, peer_id, directory, describe, also_follow=desk.watched, on_demand=desk.heard
+    )
     for protocol, handle in serving.handlers.items():
         host.set_handler(protocol, handle)
     host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
@@ -201,26 +237,14 @@ async def _run(
         upnp=settings.upnp,
     )
     async with running, trio.open_nursery() as nursery:
-        joiner = Joiner(
-            host,
-            directory,
-            meet_new_in=nursery,
-            report_level=logging.INFO,
-            dial_timeout_s=settings.dial_timeout_s,
+        joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
+        nursery.start_soon(publisher.gossip, host, settings.heartbeat_s)
+        nursery.start_soon(
+            desk.publish, host, directory, lambda: serving.model_hash if serving.offer else None
         )
-        nursery.start_soon(publisher.broadcast, host, settings.heartbeat_s)
-        nursery.start_soon(publisher.follow, host, lambda m: joiner.meet_soon(m.peer_id, m.addrs))
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
-        nursery.start_soon(joiner.pull_directories, PULL_EVERY_S, PULL_FANOUT, chores.lull)
-        liveness = LivenessWatch(
-            host,
-            directory,
-            interval=LIVENESS_EVERY_S,
-            timeout=settings.probe_timeout_s,
-            dial_timeout=settings.dial_timeout_s,
-            lull=chores.lull,
-        )
-        nursery.start_soon(liveness.run)
+        nursery.start_soon(host.keep_bounded, settings.max_connections, joiner.neighbours.__contains__)
+        nursery.start_soon(PeerWatch(host, directory, joiner, nursery).run)
         for task in serving.background:
             nursery.start_soon(task, joiner)
         if settings.mdns:
@@ -228,7 +252,9 @@ async def _run(
         started = now()
         _write_node_file(settings, started)
         nursery.start_soon(_keep_node_file, settings, started, now)
-        if started.model_id is None:
+        if settings.serve == "auto":
+            logger.info("node %s serves automatically; it joins and routes on %s", peer_id, started.addrs)
+        elif started.model_id is None:
             logger.info(
                 "node %s serves no model (--no-model); it joins and routes on %s", peer_id, started.addrs
             )

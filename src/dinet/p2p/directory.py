@@ -1,4 +1,9 @@
-"""The verified manifests a process currently knows, newest per peer, expired ones dropped."""
+"""The verified manifests a process currently knows, newest per peer, expired ones dropped.
+
+It is a cache of candidates, not a list of the world: peers are found by DHT records
+and asked for their manifests when a model is wanted, and when the cache is full the
+manifest closest to expiry makes room for the new one.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import time
 from collections.abc import Callable
 
 from dinet.errors import ManifestError
-from dinet.wire.ids import PeerId
-from dinet.wire.manifest import MAX_DIRECTORY, Manifest, SignedManifest, verify_manifest
+from dinet.wire.ids import ModelHash, PeerId
+from dinet.wire.manifest import Manifest, SignedManifest, serves, verify_manifest
 
 logger = logging.getLogger(__name__)
+
+CACHE_SIZE = 2048  # manifests kept at most (each is at most 16 KB, most ~1.5 KB)
 
 
 class PeerDirectory:
@@ -18,8 +25,10 @@ class PeerDirectory:
         self,
         own_peer_id: PeerId | None = None,
         on_moved: Callable[[Manifest], None] | None = None,
+        capacity: int = CACHE_SIZE,
     ) -> None:
         self._own = own_peer_id
+        self._capacity = capacity
         # Told when a peer appears or its addresses change, so dialing can follow it.
         self._on_moved = on_moved
         self._entries: dict[PeerId, tuple[Manifest, SignedManifest]] = {}
@@ -40,13 +49,12 @@ class PeerDirectory:
             del self.absent[manifest.peer_id]
         held = self._entries.get(manifest.peer_id)
         if held is None or held[0].issued_at <= manifest.issued_at:
-            if held is None and len(self._entries) >= MAX_DIRECTORY:
-                self._prune(now)
-            if held is not None or len(self._entries) < MAX_DIRECTORY:
-                self._entries[manifest.peer_id] = (manifest, signed)
-                moved = held is None or held[0].addrs != manifest.addrs
-                if moved and self._on_moved is not None and manifest.peer_id != self._own:
-                    self._on_moved(manifest)
+            if held is None and len(self._entries) >= self._capacity:
+                self._make_room(now)
+            self._entries[manifest.peer_id] = (manifest, signed)
+            moved = held is None or held[0].addrs != manifest.addrs
+            if moved and self._on_moved is not None and manifest.peer_id != self._own:
+                self._on_moved(manifest)
         return manifest, held is None
 
     def add_from(self, source: PeerId, signed: list[SignedManifest]) -> list[Manifest]:
@@ -76,9 +84,35 @@ class PeerDirectory:
         self._prune(now)
         return [m for m, _ in self._entries.values() if include_own or m.peer_id != self._own]
 
-    def signed(self, now: float | None = None) -> list[SignedManifest]:
+    def serving(
+        self, model_id: str | None, model_hash: ModelHash | None, now: float | None = None
+    ) -> list[Manifest]:
+        """The peers (not this process) that offer the model, whole or a stage of it; all if
+        neither is named."""
+        return [m for m in self.manifests(now) if serves(m, model_id, model_hash)]
+
+    def signed(
+        self,
+        now: float | None = None,
+        *,
+        model_id: str | None = None,
+        model_hash: ModelHash | None = None,
+        limit: int | None = None,
+    ) -> list[SignedManifest]:
+        """The signed manifests held (of peers offering the model, if named), freshest first."""
         self._prune(now)
-        return [s for _, s in self._entries.values()]
+        held = sorted(self._entries.values(), key=lambda entry: -entry[0].issued_at)
+        picked = [s for m, s in held if serves(m, model_id, model_hash)]
+        return picked if limit is None else picked[:limit]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _make_room(self, now: float | None) -> None:
+        self._prune(now)
+        while len(self._entries) >= self._capacity:
+            soonest = min(self._entries, key=lambda peer_id: self._entries[peer_id][0].expires_at)
+            del self._entries[soonest]
 
     def _prune(self, now: float | None) -> None:
         now = time.time() if now is None else now

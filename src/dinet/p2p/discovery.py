@@ -17,24 +17,33 @@ from dinet.errors import MalformedMessage, PeerError, PeerUnreachable, WireError
 from dinet.p2p.host import DIAL_TIMEOUT_S, FoundPeer, PeerHost, found_peer
 from dinet.p2p.streams import FramedStream
 from dinet.wire.framing import MAX_FRAME
-from dinet.wire.ids import MANIFEST_PROTOCOL, PeerId
+from dinet.wire.ids import MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.manifest import ManifestList, ManifestQuery, SignedManifest
 
 logger = logging.getLogger(__name__)
 
 
 async def fetch_manifests(
-    host: PeerHost, peer_id: PeerId, *, include_known: bool = True, timeout: float = DIAL_TIMEOUT_S
+    host: PeerHost,
+    peer_id: PeerId,
+    *,
+    include_known: bool = True,
+    model_id: str | None = None,
+    model_hash: ModelHash | None = None,
+    timeout: float = DIAL_TIMEOUT_S,
 ) -> tuple[list[SignedManifest], float]:
-    """Ask a connected peer for its signed manifest (and those it knows), with the round trip in ms.
+    """Ask a connected peer for its signed manifest (and those it knows, of peers serving
+    the model if one is named), with the round trip in ms.
 
-    Nothing is verified here: the caller's directory does that.
+    Nothing is verified here: the caller's directory does that. The round trip is noted
+    on the host (`PeerHost.note_rtt`).
     """
     start = time.perf_counter()
     try:
         with trio.fail_after(timeout):
             framed = FramedStream(await host.open_stream(peer_id, MANIFEST_PROTOCOL, timeout), MAX_FRAME)
-            await framed.send(ManifestQuery(include_known=include_known))
+            query = ManifestQuery(include_known=include_known, model_id=model_id, model_hash=model_hash)
+            await framed.send(query)
             payload = await framed.receive()
             await framed.close()
     except trio.TooSlowError:
@@ -48,6 +57,7 @@ async def fetch_manifests(
         listing = ManifestList.model_validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(f"bad manifest list from {peer_id}: {exc.errors()[0]['msg']}") from None
+    host.note_rtt(peer_id, rtt_ms)
     return list(listing.manifests), rtt_ms
 
 

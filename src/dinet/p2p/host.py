@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -31,8 +31,16 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from dinet.errors import ConfigError, PeerError, PeerUnreachable
-from dinet.p2p._dht import dht_key, find_model_providers, running_dht
+from dinet.errors import ConfigError, ModelVersionsError, PeerError, PeerUnreachable
+from dinet.overlay.connections import Link, links_to_close
+from dinet.p2p._dht import (
+    dht_key,
+    find_model_providers,
+    get_versions,
+    model_id_key,
+    put_versions,
+    running_dht,
+)
 from dinet.p2p._dialing import bare, dial_first, dial_plan, is_circuit
 from dinet.p2p._yamux import keep_frames_whole
 from dinet.p2p.addresses import AddressBook
@@ -46,6 +54,7 @@ from dinet.p2p.reachability import Reachability, ReachState
 from dinet.p2p.streams import Handler, Stream
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
+from dinet.wire.versions import SignedModelVersions, verify_versions, versions_key
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +113,7 @@ class PeerHost:
         self._assumed: Reachability | None = None
         raw.set_stream_handler(TProtocol(AUTONAT_PROTOCOL), DialBackServer(raw).handle)
         self._rtt_ms: dict[PeerId, float] = {}
+        self._rtt_listeners: list[Callable[[PeerId, float], None]] = []
         # py-libp2p 0.8.1's get_addrs() strips every /p2p/ part of an advertised address and
         # appends ours, which turns a circuit address into the relay's own address. Identify,
         # DHT provider records, relay reservations and DCUtR all read it: one replacement here
@@ -111,6 +121,10 @@ class PeerHost:
         raw.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
         raw.get_network().dial_peer = self._libp2p_dial_peer  # type: ignore[method-assign,assignment]
         self._dialing: dict[PeerId, _Dial] = {}
+        # When each connected peer was first seen connected, and last carried a dinet stream:
+        # the connection set is trimmed by them (`keep_bounded`).
+        self._opened_at: dict[PeerId, float] = {}
+        self._used_at: dict[PeerId, float] = {}
 
     @property
     def raw(self) -> IHost:
@@ -165,6 +179,7 @@ class PeerHost:
 
         async def serve(raw: INetStream) -> None:
             stream = Stream(raw)
+            self._used_at[stream.remote_peer] = trio.current_time()
             try:
                 await handler(stream)
             except Exception:  # logged in full: a bug here must not reach every other stream
@@ -189,6 +204,7 @@ class PeerHost:
             raise
         except Exception as exc:  # libp2p raises assorted types when a stream cannot open
             raise PeerUnreachable(f"cannot open a {protocol} stream to {peer_id}: {exc}") from None
+        self._used_at[peer_id] = trio.current_time()
         return Stream(raw)
 
     # --- connections ---
@@ -292,6 +308,39 @@ class PeerHost:
                 out += [bare(str(a)) for a in conn.get_transport_addresses()]
         return list(dict.fromkeys(out))
 
+    def links(self, kept: Callable[[PeerId], bool]) -> list[Link]:
+        """The connected peers as the connection set sees them (`kept`: which the node
+        needs; the relays holding a reservation for this host are always needed)."""
+        now = trio.current_time()
+        relays = set(self.reachability().relays)
+        connected = self.connected_peers()
+        for gone in set(self._opened_at) - connected:
+            del self._opened_at[gone]
+            self._used_at.pop(gone, None)
+        links = []
+        for peer_id in connected:
+            opened = self._opened_at.setdefault(peer_id, now)
+            busy = any(
+                str(stream.get_protocol() or "").startswith("/dinet/")
+                for conn in self._connections(peer_id)
+                for stream in conn.get_streams()
+            )
+            needed = peer_id in relays or kept(peer_id)
+            links.append(Link(peer_id, opened, self._used_at.get(peer_id, opened), busy, needed))
+        return links
+
+    async def keep_bounded(self, bound: int, kept: Callable[[PeerId], bool], every_s: float = 5.0) -> None:
+        """Close the least recently used idle connections whenever more than `bound` are
+        open (forever); see `dinet.overlay.connections`."""
+        while True:
+            for peer_id in links_to_close(self.links(kept), bound, trio.current_time()):
+                logger.debug("closing the idle connection to %s (over %d connections)", peer_id, bound)
+                try:
+                    await self.disconnect(PeerId(peer_id))
+                except Exception as exc:  # it may have closed meanwhile
+                    logger.debug("closing %s: %s", peer_id, exc)
+            await trio.sleep(every_s)
+
     def _connections(self, peer_id: PeerId) -> list[INetConn]:
         try:
             return list(self._raw.get_network().get_connections(ID.from_base58(peer_id)))
@@ -306,8 +355,15 @@ class PeerHost:
             return False
 
     def note_rtt(self, peer_id: PeerId, rtt_ms: float) -> None:
-        """A round trip measured to `peer_id` (relays are chosen by it)."""
+        """A round trip measured to `peer_id` (relays are chosen by it; network
+        coordinates are kept from it: see `on_rtt`)."""
         self._rtt_ms[peer_id] = rtt_ms
+        for listener in self._rtt_listeners:
+            listener(peer_id, rtt_ms)
+
+    def on_rtt(self, listener: Callable[[PeerId, float], None]) -> None:
+        """Have `listener` told every round trip measured from now on."""
+        self._rtt_listeners.append(listener)
 
     def rtt_ms(self, peer_id: PeerId) -> float | None:
         return self._rtt_ms.get(peer_id)
@@ -411,24 +467,67 @@ class PeerHost:
 
     # --- DHT provider records (a host without a DHT finds nothing and announces nothing) ---
 
-    async def provide(self, model_hash: ModelHash) -> bool:
-        """Announce that this host serves `model_hash`: whether a peer took the record, or PeerError."""
+    async def provide(self, model_hash: ModelHash | None = None, *, model_id: str | None = None) -> bool:
+        """Announce that this host serves `model_hash` (or any version of `model_id`):
+        whether a peer took the record, or PeerError."""
         if self._dht is None:
             return False
         try:
-            return bool(await self._dht.provide(dht_key(model_hash)))
+            return bool(await self._dht.provide(_provider_key(model_hash, model_id)))
         except Exception as exc:  # the DHT raises assorted types when no peer answers
             raise PeerError(f"DHT provide failed: {exc}") from None
 
-    async def find_providers(self, model_hash: ModelHash) -> list[FoundPeer]:
-        """Peers that announced `model_hash`, each once; PeerError if the lookup fails."""
+    async def find_providers(
+        self, model_hash: ModelHash | None = None, *, model_id: str | None = None
+    ) -> list[FoundPeer]:
+        """Peers that announced `model_hash` (or `model_id`), each once; PeerError if the
+        lookup fails."""
         if self._dht is None:
             return []
         try:
-            providers = await find_model_providers(self._dht, model_hash)
+            providers = await find_model_providers(self._dht, _provider_key(model_hash, model_id))
         except Exception as exc:  # the DHT raises assorted types when nobody answers
             raise PeerError(f"DHT lookup failed: {exc}") from None
         return [found_peer(info) for info in providers]
+
+    async def explore(self) -> None:
+        """Look up this host's own id in the DHT: the peers met on the way fill its routing
+        table, and they learn of it (Kademlia's join). Best effort."""
+        if self._dht is None:
+            return
+        try:
+            await self._dht.refresh_routing_table()
+        except Exception as exc:  # the DHT raises assorted types when nobody answers
+            logger.debug("DHT self-lookup failed: %s", exc)
+
+    # --- DHT values: model-version records (dinet.wire.versions) ---
+
+    async def put_versions(self, signed: SignedModelVersions) -> int:
+        """Store a publisher's model-version record in the DHT: how many peers took it.
+        ModelVersionsError if it is invalid or older than one this host holds; PeerError if
+        the DHT fails."""
+        if self._dht is None:
+            return 0
+        record = verify_versions(signed)
+        try:
+            return await put_versions(
+                self._dht, versions_key(record.publisher, record.model_id), signed.model_dump_json().encode()
+            )
+        except ModelVersionsError:
+            raise
+        except Exception as exc:  # the DHT raises assorted types when no peer answers
+            raise PeerError(f"DHT put failed: {exc}") from None
+
+    async def get_versions(self, publisher: PeerId, model_id: str) -> SignedModelVersions | None:
+        """The newest valid record `publisher` signed for `model_id` that the DHT holds, or
+        None; PeerError if the lookup fails."""
+        if self._dht is None:
+            return None
+        try:
+            value = await get_versions(self._dht, versions_key(publisher, model_id))
+        except Exception as exc:  # the DHT raises assorted types when nobody answers
+            raise PeerError(f"DHT lookup failed: {exc}") from None
+        return SignedModelVersions.model_validate_json(value) if value is not None else None
 
     async def add_to_routing_table(self, peer_id: PeerId) -> None:
         """A peer we know answers: DHT lookups may start from it."""
@@ -533,6 +632,14 @@ def _parsed(addrs: Sequence[str]) -> list[multiaddr.Multiaddr]:
         except ConfigError:
             logger.debug("%r is no multiaddr: ignored", addr)
     return out
+
+
+def _provider_key(model_hash: ModelHash | None, model_id: str | None) -> str:
+    if model_hash is not None:
+        return dht_key(model_hash)
+    if model_id is not None:
+        return model_id_key(model_id)
+    raise ValueError("a provider record names a model hash or a model id")
 
 
 def _relayed(conn: INetConn) -> bool:

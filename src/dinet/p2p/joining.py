@@ -1,19 +1,21 @@
 """Joining the network and keeping up with it: the one place where a process meets peers.
 
-Peers are named by bootstrap addresses, mDNS on the LAN, other peers' manifests
-(pulled from their directories or gossiped) and DHT provider records. To meet a peer
-is to connect to it and ask for the manifests it knows; the directory verifies and
-keeps them. Nodes and clients differ only in what they ask of the joiner: a node
-meets every peer it learns of and keeps its bootstrap peers; a client meets peers as
-it looks for a model.
+Peers are named by bootstrap addresses, mDNS on the LAN, DHT provider records (keyed
+by model hash and by model id) and other peers' manifests. To meet a peer is to
+connect to it and ask for its manifest (and those it knows of the model wanted); the
+directory verifies and keeps them. Nobody meets a peer only because it heard of it:
+a node keeps its DHT routing table, a few neighbours that serve its model and the
+peers it works with; a client meets a bounded sample of a model's providers when it
+looks for that model.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -27,8 +29,12 @@ from dinet.wire.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-REDISCOVER_S = 10.0  # bootstrap peers that dropped are dialed again this often
-PROVIDE_EVERY_S = 60.0  # provider records expire and DHT peers come and go
+REJOIN_S = 10.0  # a process that lost touch with every peer joins its bootstrap peers again this often
+REPROVIDE_S = 600.0  # provider records are announced again this often anyway (DHT peers come and go)
+NEIGHBOURS = 4  # other servers of its model a node keeps connected: its model topic's mesh
+NEIGHBOURS_EVERY_S = 30.0
+SAMPLE = 8  # providers of a model a client meets at once when it looks for that model
+ASKED = 2  # connected peers a client asks at once which servers of a model they know
 
 
 def _ignore(*_: object) -> None:
@@ -40,64 +46,60 @@ class Joiner:
     """Meets peers for one host and feeds what they know into its directory.
 
     `on_answer(peer_id, rtt_ms)` hears of every peer that answered; `on_silent(peer_id,
-    why)` of every peer that could not be met, and why. With `meet_new_in`, every peer newly learned
-    of is met in the background, in that nursery (a node's full mesh). `report_level`
-    is the log level of a peer that could not be met. `txt` answers the TXT lookups of
-    `/dnsaddr` bootstrap addresses (default: the system's DNS servers). `dial_timeout_s`
-    bounds each dial and each manifest query.
+    why)` of every peer that could not be met, and why. `report_level` is the log level
+    of a peer that could not be met. `txt` answers the TXT lookups of `/dnsaddr`
+    bootstrap addresses (default: the system's DNS servers). `dial_timeout_s` bounds each
+    dial and each manifest query.
     """
 
     host: PeerHost
     directory: PeerDirectory
     on_answer: Callable[[PeerId, float], None] = _ignore
     on_silent: Callable[[PeerId, str], None] = _ignore
-    meet_new_in: trio.Nursery | None = None
     report_level: int = logging.DEBUG
     txt: TxtLookup | None = None  # where /dnsaddr TXT records are looked up; None: the system's DNS
     dial_timeout_s: float = DIAL_TIMEOUT_S  # a dial, or a manifest query, to one peer
-    _pending: set[str] = field(default_factory=set)  # peers being met in the background
+    neighbours: set[PeerId] = field(default_factory=set)  # other servers of this node's model, kept connected
     unreached: dict[str, str] = field(default_factory=dict)  # bootstrap address -> why the last dial failed
 
-    async def learn(self, peer_id: PeerId) -> list[Manifest]:
-        """Ask a peer for the manifests it knows; the manifests of peers new to us.
-        PeerError if it does not answer."""
+    async def learn(
+        self,
+        peer_id: PeerId,
+        *,
+        include_known: bool = True,
+        model_id: str | None = None,
+        model_hash: ModelHash | None = None,
+    ) -> list[Manifest]:
+        """Ask a peer for its manifest and (with `include_known`) those it knows, of peers
+        serving the model if one is named; the manifests of peers new to us. PeerError if
+        it does not answer."""
         await self.host.add_to_routing_table(peer_id)
-        signed, rtt_ms = await fetch_manifests(self.host, peer_id, timeout=self.dial_timeout_s)
-        self.host.note_rtt(peer_id, rtt_ms)
+        signed, rtt_ms = await fetch_manifests(
+            self.host,
+            peer_id,
+            include_known=include_known,
+            model_id=model_id,
+            model_hash=model_hash,
+            timeout=self.dial_timeout_s,
+        )
         self.on_answer(peer_id, rtt_ms)
-        new = self.directory.add_from(peer_id, signed)
-        for manifest in new:
-            self.meet_soon(manifest.peer_id, manifest.addrs)
-        return new
+        return self.directory.add_from(peer_id, signed)
 
-    async def meet(self, peer_id: PeerId, addrs: Sequence[str] = ()) -> bool:
+    async def meet(self, peer_id: PeerId, addrs: Sequence[str] = (), *, include_known: bool = True) -> bool:
         """Connect to a peer (see `PeerHost.connect`) and learn what it knows; whether it answered."""
         try:
             await self.host.connect(peer_id, addrs, self.dial_timeout_s)  # its error says why not
-            await self.learn(peer_id)
+            await self.learn(peer_id, include_known=include_known)
         except DinetError as exc:
             logger.log(self.report_level, "could not join %s: %s", peer_id, exc)
             self.on_silent(peer_id, str(exc))
             return False
         return True
 
-    async def meet_all(self, peers: Iterable[FoundPeer | Manifest]) -> None:
+    async def meet_all(self, peers: Iterable[FoundPeer | Manifest], *, include_known: bool = True) -> None:
         async with trio.open_nursery() as nursery:
             for peer in peers:
-                nursery.start_soon(self.meet, peer.peer_id, peer.addrs)
-
-    def meet_soon(self, peer_id: PeerId, addrs: Sequence[str]) -> None:
-        """Meet a peer in the background, if this joiner meets new peers and is not at it already."""
-        if self.meet_new_in is None or peer_id in self._pending or self.host.is_connected(peer_id):
-            return
-        self._pending.add(peer_id)
-        self.meet_new_in.start_soon(self._meet_pending, peer_id, addrs)
-
-    async def _meet_pending(self, peer_id: PeerId, addrs: Sequence[str]) -> None:
-        try:
-            await self.meet(peer_id, addrs)
-        finally:
-            self._pending.discard(peer_id)
+                nursery.start_soon(partial(self.meet, include_known=include_known), peer.peer_id, peer.addrs)
 
     async def join(self, bootstrap: Sequence[str], *, skip_connected: bool = False) -> list[PeerId]:
         """Resolve every bootstrap address (DNS names: `dinet.p2p.peer_addrs`), dial every
@@ -163,17 +165,42 @@ class Joiner:
         """The bootstrap addresses last dialed in vain, each with its reason."""
         return "; ".join(f"{addr} ({why})" for addr, why in self.unreached.items()) or "none dialed"
 
-    async def keep_joined(self, bootstrap: Sequence[str], every_s: float = REDISCOVER_S) -> None:
-        """Join the bootstrap peers, and again every `every_s` those that are not connected
-        (forever). Names are resolved again each time: a DNS record may have moved."""
+    async def keep_joined(self, bootstrap: Sequence[str], every_s: float = REJOIN_S) -> None:
+        """Join the bootstrap peers and look this host up in the DHT (Kademlia's join), then
+        again whenever it has lost touch: no connection and an empty routing table (forever).
+        A bootstrap peer that trims our idle connection is not dialed again for that: the
+        routing table still knows the network. Names are resolved again each time: a DNS
+        record may have moved."""
         while bootstrap:
-            await self.join([a for a in bootstrap if not self._connected_to(a)], skip_connected=True)
+            if not self.host.connected_peers() or not self.host.routing_table_size():
+                reached = await self.join(
+                    [a for a in bootstrap if not self._connected_to(a)], skip_connected=True
+                )
+                if reached:
+                    await self.host.explore()
             await trio.sleep(every_s)
 
     def _connected_to(self, addr: str) -> bool:
         """Whether the peer a bootstrap address names is connected (unknown for a bare /dnsaddr)."""
         peer = peer_named(addr)
         return peer is not None and self.host.is_connected(peer)
+
+    async def keep_neighbours(self, model_hash: ModelHash, want: int = NEIGHBOURS) -> None:
+        """Keep `want` other servers of the model connected (forever): the model's gossip
+        topic runs over these links. Providers are looked up only while some are missing."""
+        while True:
+            self.neighbours &= self.host.connected_peers()
+            if len(self.neighbours) < want:
+                others = [
+                    p
+                    for p in await self.find_providers(model_hash)
+                    if p.peer_id != self.host.peer_id and p.peer_id not in self.neighbours
+                ]
+                for peer in random.sample(others, min(want - len(self.neighbours), len(others))):
+                    if await self.host.reach(peer.peer_id, peer.addrs, self.dial_timeout_s):
+                        self.neighbours.add(peer.peer_id)
+            # A node with none looks again soon: at start, its model's records are still on their way.
+            await trio.sleep(NEIGHBOURS_EVERY_S if self.neighbours else NEIGHBOURS_EVERY_S / 6)
 
     async def follow_mdns(self) -> None:
         """Meet every peer announced on the LAN (forever; the host must run mDNS)."""
@@ -182,20 +209,9 @@ class Joiner:
                 if not self.host.is_connected(peer.peer_id):
                     await self.meet(peer.peer_id, peer.addrs)
 
-    async def pull_directories(
-        self, every_s: float, fanout: int, lull: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        """Learn again from `fanout` random known peers every `every_s` (forever; `lull` is
-        awaited before each round). Gossip alone may miss a peer (it drops messages under
-        load and needs a mesh first); pulling from random peers makes directories converge."""
-        while True:
-            await trio.sleep(every_s)
-            if lull is not None:
-                await lull()
-            await self.pull_from_some([m.peer_id for m in self.directory.manifests()], fanout)
-
     async def pull_from_some(self, peer_ids: Sequence[PeerId], fanout: int) -> None:
-        """Learn again from `fanout` of `peer_ids`, chosen at random, at once."""
+        """Learn again from `fanout` of `peer_ids`, chosen at random, at once (a gateway
+        keeping the manifests of the peers it routes to fresh)."""
 
         async def pull(peer_id: PeerId) -> None:
             try:
@@ -208,13 +224,45 @@ class Joiner:
             for peer_id in random.sample(peer_ids, min(fanout, len(peer_ids))):
                 nursery.start_soon(pull, peer_id)
 
-    async def find_providers(self, model_hash: ModelHash) -> list[FoundPeer]:
-        """Peers that announced `model_hash` in the DHT; none if the lookup fails."""
+    async def find_providers(
+        self, model_hash: ModelHash | None = None, *, model_id: str | None = None
+    ) -> list[FoundPeer]:
+        """Peers that announced `model_hash` (or any version of `model_id`) in the DHT; none
+        if the lookup fails."""
         try:
-            return await self.host.find_providers(model_hash)
+            return await self.host.find_providers(model_hash, model_id=model_id)
         except PeerError as exc:
             logger.debug("%s", exc)
             return []
+
+    async def look_for(
+        self, model_id: str | None, model_hash: ModelHash | None, sample: int = SAMPLE
+    ) -> None:
+        """Meet a random sample of the peers that announced the model in the DHT (by hash
+        if known, else by id) and that are not in the directory, and ask the peers we are
+        connected to which servers of it they know."""
+        if model_hash is None and model_id is None:
+            return
+        known = {m.peer_id for m in self.directory.manifests()}
+        providers = [
+            p
+            for p in await self.find_providers(model_hash, model_id=model_id if model_hash is None else None)
+            if p.peer_id != self.host.peer_id and p.peer_id not in known and p.addrs
+        ]
+        chosen = random.sample(providers, min(sample, len(providers)))
+        connected = sorted(self.host.connected_peers())
+        asked = random.sample(connected, min(ASKED, len(connected)))
+
+        async def ask(peer_id: PeerId) -> None:
+            try:
+                await self.learn(peer_id, model_id=model_id, model_hash=model_hash)
+            except DinetError as exc:
+                logger.debug("could not ask %s for servers of the model: %s", peer_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(self.meet_all, chosen, include_known=False))
+            for peer_id in asked:
+                nursery.start_soon(ask, peer_id)
 
     async def holders(self, model_hash: ModelHash) -> list[PeerId]:
         """Peers connected now that say they hold `model_hash`: in manifests or DHT records."""
@@ -237,18 +285,21 @@ class Joiner:
                     nursery.start_soon(reach, peer)
         return reached
 
-    async def keep_providing(self, model_hash: ModelHash) -> None:
-        """Announce the model in the DHT whenever the routing table or this host's
-        addresses change (a record carries them: circuits through new relays), and every
-        PROVIDE_EVERY_S anyway: records expire and peers come and go (forever)."""
-        announced_to, announced_at, last = -1, list[str](), 0.0
+    async def keep_providing(self, model_hash: ModelHash, model_id: str | None = None) -> None:
+        """Announce the model in the DHT, by hash and by id (forever): once the routing
+        table is not empty, again when it has doubled (the records then reach peers
+        closer to their keys), when this host's addresses change (a record carries them:
+        circuits through new relays), and every REPROVIDE_S anyway: peers come and go."""
+        announced_to, announced_at, last = 0, list[str](), 0.0
         while True:
             size = self.host.routing_table_size()
             addrs = self.host.advertised_addrs()
-            changed = size != announced_to or addrs != announced_at
-            if size and (changed or trio.current_time() - last > PROVIDE_EVERY_S):
+            changed = size >= 2 * announced_to or addrs != announced_at
+            if size and (changed or trio.current_time() - last > REPROVIDE_S):
                 try:
                     stored = await self.host.provide(model_hash)
+                    if model_id is not None:
+                        await self.host.provide(model_id=model_id)
                     announced_to, announced_at, last = size, addrs, trio.current_time()
                     logger.info(
                         "announced the model in the DHT (routing table: %d peers, ok=%s)", size, stored

@@ -1,6 +1,7 @@
 """Noticing dead peers quickly, and noticing when they come back.
 
-Every known peer is asked for its own manifest every `interval` seconds (a ping
+Every peer in use (`watched`: the candidates a client is about to choose among and
+those it is using) is asked for its own manifest every `interval` seconds (a ping
 that also refreshes its load figures). A peer that misses `misses_allowed + 1`
 probes in a row leaves the directory; its last manifest is kept aside so it can
 still be probed, less and less often, and it returns the moment it answers.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -53,6 +54,8 @@ class LivenessWatch:
     # Peers left out of a round: a session open with them shows they are alive, and a
     # probe would take a core from the step they are computing for us.
     resting: Callable[[PeerId], bool] = lambda peer_id: False
+    # The peers to probe; every peer in the directory when None (a small mesh's tests).
+    watched: Callable[[], Collection[PeerId]] | None = None
     _misses: dict[str, int] = field(default_factory=dict)
     absent: dict[PeerId, _Absent] = field(default_factory=dict)
 
@@ -64,14 +67,21 @@ class LivenessWatch:
             if self.lull is not None:
                 await self.lull()
             now = trio.current_time()
-            present = [m.peer_id for m in self.directory.manifests() if not self.resting(m.peer_id)]
+            watched = self.watched() if self.watched is not None else None
+            present = [
+                m.peer_id
+                for m in self.directory.manifests()
+                if not self.resting(m.peer_id) and (watched is None or m.peer_id in watched)
+            ]
             # One peer a round also shares what it knows: peers that joined or moved.
             sharer = random.choice(present) if present else None
             async with trio.open_nursery() as nursery:
                 for peer_id in present:
                     nursery.start_soon(self._probe_present, peer_id, peer_id == sharer)
                 for peer_id, entry in list(self.absent.items()):
-                    if entry.retry_at <= now:
+                    if watched is not None and peer_id not in watched:
+                        del self.absent[peer_id]  # no longer in use: nobody needs to know it came back
+                    elif entry.retry_at <= now:
                         nursery.start_soon(self._probe_absent, peer_id, entry)
             await trio.sleep(self.interval)
 

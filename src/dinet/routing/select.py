@@ -9,9 +9,12 @@ Each candidate gets a cost under a policy; lower is better.
 - `cost`: price first (the request's expected credits), expected time to break ties.
 
 Measured figures (this client's own observations) beat advertised ones, and stale
-measurements decay towards the advertised value. A known bad reputation adds a
+measurements decay towards the advertised value. A round trip never measured is
+estimated from network coordinates when both sides have them (`estimated_rtt_ms`, see
+dinet.overlay.vivaldi), else taken as `UNKNOWN_RTT_MS`. A known bad reputation adds a
 penalty; a peer outside the caller's region pays a small one. A peer whose reputation
-is low on enough evidence is not a candidate at all (`trusted`).
+is low on enough evidence is not a candidate at all (`trusted`). Under a deadline, the
+peers expected to finish in time come first, in order of cost, then the others.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ class PeerView:
     reputation: float | None = None  # 0 (bad) .. 1 (good), None if unknown
     evidence: float = 0.0  # how many (decayed) events the reputation rests on
     region: str = ""
+    estimated_rtt_ms: float | None = None  # from network coordinates, for a peer never measured
+
+    @property
+    def known_rtt_ms(self) -> float:
+        """The round trip to reckon with: measured, else estimated, else a guess."""
+        if self.rtt_ms is not None:
+            return self.rtt_ms
+        return UNKNOWN_RTT_MS if self.estimated_rtt_ms is None else self.estimated_rtt_ms
 
 
 def decode_speed(peer: PeerView) -> float:
@@ -65,20 +76,13 @@ def decode_speed(peer: PeerView) -> float:
 
 def token_budget(peer: PeerView, deadline_s: float) -> int:
     """How many tokens `peer` can produce within `deadline_s`, by its known speed."""
-    rtt = peer.rtt_ms or 0.0
-    decode_s = deadline_s - (rtt + peer.ttft_ms) / 1000
+    decode_s = deadline_s - (peer.known_rtt_ms + peer.ttft_ms) / 1000
     return max(1, int(decode_s * decode_speed(peer)))
 
 
 def cost(peer: PeerView, max_tokens: int, policy: Policy = "latency", region: str = "") -> float:
     """The candidate's cost under `policy`, in milliseconds of expected time: lower is better."""
-    decode_ms = max_tokens * 1000.0 / decode_speed(peer)
-    if policy == "throughput":
-        decode_ms *= 2.0
-    rtt = UNKNOWN_RTT_MS if peer.rtt_ms is None else peer.rtt_ms
-    # Work ahead of us shares the peer's slots: each full round of it costs one more answer.
-    waiting_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
-    time_ms = rtt + peer.ttft_ms + decode_ms * (1.0 + waiting_rounds)
+    time_ms = expected_ms(peer, max_tokens, decode_weight=2.0 if policy == "throughput" else 1.0)
     if peer.reputation is not None:
         time_ms *= 1.0 + 4.0 * (1.0 - min(max(peer.reputation, 0.0), 1.0))
     if region and peer.region and peer.region != region:
@@ -89,27 +93,49 @@ def cost(peer: PeerView, max_tokens: int, policy: Policy = "latency", region: st
     return time_ms
 
 
+def expected_ms(peer: PeerView, max_tokens: int, *, decode_weight: float = 1.0) -> float:
+    """How long `peer` is expected to take for an answer of `max_tokens`, from our side."""
+    decode_ms = max_tokens * 1000.0 / decode_speed(peer) * decode_weight
+    # Work ahead of us shares the peer's slots: each full round of it costs one more answer.
+    waiting_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
+    return peer.known_rtt_ms + peer.ttft_ms + decode_ms * (1.0 + waiting_rounds)
+
+
+def meets_deadline(peer: PeerView, max_tokens: int, deadline_s: float) -> bool:
+    return expected_ms(peer, max_tokens) <= deadline_s * 1000.0
+
+
 def rank_peers(
     peers: list[PeerView],
     max_tokens: int,
     policy: Policy = "latency",
     *,
     region: str = "",
+    deadline_s: float | None = None,
     limit: int | None = None,
 ) -> list[PeerView]:
     """Best first; ties broken by peer id so the order is reproducible.
 
-    With `limit`, only the best `limit` are ordered (a heap: O(n log limit)).
+    With `deadline_s`, the peers expected to miss it come after all the others. With
+    `limit`, only the best `limit` are ordered (a heap: O(n log limit)).
     """
-    keyed = [(cost(p, max_tokens, policy, region), p.peer_id, p) for p in peers]
+    keyed = [
+        (
+            deadline_s is not None and not meets_deadline(p, max_tokens, deadline_s),
+            cost(p, max_tokens, policy, region),
+            p.peer_id,
+            p,
+        )
+        for p in peers
+    ]
     if limit is None:
-        keyed.sort(key=_cost_then_id)
-        return [p for _, _, p in keyed]
-    return [p for _, _, p in heapq.nsmallest(limit, keyed, key=_cost_then_id)]
+        keyed.sort(key=_order)
+        return [p for *_, p in keyed]
+    return [p for *_, p in heapq.nsmallest(limit, keyed, key=_order)]
 
 
-def _cost_then_id(entry: tuple[float, str, PeerView]) -> tuple[float, str]:
-    return entry[0], entry[1]
+def _order(entry: tuple[bool, float, str, PeerView]) -> tuple[bool, float, str]:
+    return entry[0], entry[1], entry[2]
 
 
 def within_budget(peers: list[PeerView], max_price: float | None) -> list[PeerView]:

@@ -10,8 +10,12 @@ RequestId = NewType("RequestId", str)
 
 INFER_PROTOCOL = "/dinet/infer/1"
 MANIFEST_PROTOCOL = "/dinet/manifest/1"
-MANIFEST_TOPIC = "/dinet/manifests/1"
 PROTOCOL_VERSION = "dinet/0.1.0"
 CHUNKS_PROTOCOL = "/dinet/chunks/1"
 SHARD_PROTOCOL = "/dinet/shard/1"
 VERIFY_PROTOCOL = "/dinet/verify/1"
+
+
+def model_topic(model_hash: ModelHash) -> str:
+    """The gossip topic of one model: its servers' manifests when their offer changes."""
+    return f"/dinet/model/1/{model_hash}"

@@ -7,21 +7,21 @@ embedded in the peer id, so a manifest cannot speak for another peer.
 
 from __future__ import annotations
 
-import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
 from dinet.errors import ManifestError
+from dinet.overlay.vivaldi import DIMENSIONS, MAX_COORDINATE_MS, MAX_ERROR
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import Message
-from dinet.wire.signing import sign_body, signed_by
+from dinet.wire.signing import lifetime_problem, sign_body, signed_by
 
 MANIFEST_TTL_S = 30.0
-MAX_CLOCK_SKEW_S = 60.0
 MAX_MANIFEST_BYTES = 16_384
-MAX_DIRECTORY = 256
+MAX_LISTED = 256  # manifests in one answer to a manifest query, at most
+LISTED_BY_DEFAULT = 32  # what a query that names no limit gets
 
 Reach = Literal["public", "private", "unknown"]
 
@@ -47,6 +47,17 @@ class Load(Message):
     queued: int = Field(ge=0)
 
 
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE_MS, le=MAX_COORDINATE_MS)]
+
+
+class NetworkCoordinates(Message):
+    """A node's Vivaldi coordinates (dinet.overlay.vivaldi), in milliseconds."""
+
+    vector: tuple[Coordinate, ...] = Field(min_length=DIMENSIONS, max_length=DIMENSIONS)
+    height: float = Field(ge=0, le=MAX_COORDINATE_MS)
+    error: float = Field(ge=0, le=MAX_ERROR)
+
+
 class Manifest(Message):
     peer_id: PeerId = Field(min_length=1, max_length=128)
     version: str = Field(max_length=32)
@@ -64,6 +75,9 @@ class Manifest(Message):
     # Whether peers can dial the node, as it found out by asking them to dial it back
     # (`private`: behind NAT, reached through relays); absent in older manifests.
     reach: Reach = "unknown"
+    # Where the node sits in the latency space, once it has measured a round trip; left
+    # out of the body when absent, so a node without them is read by older readers too.
+    coords: NetworkCoordinates | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class SignedManifest(Message):
@@ -73,15 +87,27 @@ class SignedManifest(Message):
 
 
 class ManifestQuery(Message):
-    """Ask a peer for its manifest, and with `include_known` the valid ones it knows."""
+    """Ask a peer for its manifest, and with `include_known` up to `limit` valid ones it
+    knows: of peers serving `model_id` / `model_hash` when named (whole or as stages)."""
 
     kind: Literal["manifest_query"] = "manifest_query"
     include_known: bool = True
+    model_id: str | None = Field(default=None, max_length=128)
+    model_hash: ModelHash | None = Field(default=None, max_length=128)
+    limit: int = Field(default=LISTED_BY_DEFAULT, ge=0, le=MAX_LISTED - 1)
 
 
 class ManifestList(Message):
     kind: Literal["manifests"] = "manifests"
-    manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_DIRECTORY)
+    manifests: tuple[SignedManifest, ...] = Field(max_length=MAX_LISTED)
+
+
+def serves(manifest: Manifest, model_id: str | None, model_hash: ModelHash | None) -> bool:
+    """Whether the peer offers the model (whole or a stage of it); any model if neither is named."""
+    return any(
+        (model_id is None or o.model_id == model_id) and (model_hash is None or o.model_hash == model_hash)
+        for o in manifest.models
+    ) or (model_id is None and model_hash is None)
 
 
 def sign_manifest(manifest: Manifest, key: Signer) -> SignedManifest:
@@ -97,11 +123,7 @@ def verify_manifest(signed: SignedManifest, now: float | None = None) -> Manifes
         raise ManifestError(f"malformed manifest: {exc.errors()[0]['msg']}") from None
     if not signed_by(manifest.peer_id, signed.body, signed.signature):
         raise ManifestError(f"manifest signature does not match peer {manifest.peer_id}")
-    now = time.time() if now is None else now
-    if manifest.expires_at <= now:
-        raise ManifestError(f"manifest of {manifest.peer_id} expired")
-    if manifest.issued_at > now + MAX_CLOCK_SKEW_S:
-        raise ManifestError(f"manifest of {manifest.peer_id} is issued in the future")
-    if manifest.expires_at - manifest.issued_at > 10 * MANIFEST_TTL_S:
-        raise ManifestError(f"manifest of {manifest.peer_id} claims too long a lifetime")
+    problem = lifetime_problem(manifest.issued_at, manifest.expires_at, 10 * MANIFEST_TTL_S, now)
+    if problem is not None:
+        raise ManifestError(f"manifest of {manifest.peer_id} {problem}")
     return manifest

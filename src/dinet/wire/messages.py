@@ -18,6 +18,7 @@ MAX_PROMPT_CHARS = 64_000
 MAX_MESSAGES = 256
 MAX_TOKENS_LIMIT = 4096
 MAX_RECEIPT_BYTES = 4096
+MAX_DEADLINE_MS = 3_600_000  # an hour: beyond it, no deadline is worth stating
 
 
 class Message(BaseModel):
@@ -59,6 +60,9 @@ class InferRequest(Message):
     model_id: str | None = Field(default=None, max_length=128)
     model_hash: ModelHash | None = Field(default=None, max_length=128)
     params: GenerationParams
+    # The time left to answer when the request was sent, in ms: relative, because peers'
+    # clocks disagree. Left out of the frame when absent, so older nodes read it too.
+    deadline_ms: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_MS, exclude_if=lambda v: v is None)
 
 
 class TokenFrame(Message):
@@ -117,6 +121,7 @@ ErrorCode = Literal[
     "too_large",  # a frame above the size cap
     "unknown_model",  # this node does not serve that model
     "busy",  # no capacity now: try another peer
+    "deadline",  # this node's queue and speed cannot meet the request's deadline: try another peer
     "rate_limited",  # this peer is over its request rate or concurrency here: try another peer
     "engine_crashed",  # the worker died; it is being restarted
     "internal",  # anything else

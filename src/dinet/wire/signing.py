@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 
 from dinet.wire.keys import Signer, verify
 
@@ -28,3 +29,21 @@ def signed_by(peer_id: str, body: str, signature: str, domain: bytes = b"") -> b
     except (binascii.Error, ValueError):  # not base64; a lone surrogate that has no UTF-8
         return False
     return verify(peer_id, data, raw)
+
+
+MAX_CLOCK_SKEW_S = 60.0  # how far in the future a signed record may say it was issued
+
+
+def lifetime_problem(
+    issued_at: float, expires_at: float, max_lifetime_s: float, now: float | None
+) -> str | None:
+    """Why a signed record cannot be taken now ("expired", "is issued in the future",
+    "claims too long a lifetime"), or None when its lifetime is fine."""
+    now = time.time() if now is None else now
+    if expires_at <= now:
+        return "expired"
+    if issued_at > now + MAX_CLOCK_SKEW_S:
+        return "is issued in the future"
+    if expires_at - issued_at > max_lifetime_s:
+        return "claims too long a lifetime"
+    return None

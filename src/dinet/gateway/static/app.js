@@ -1,12 +1,20 @@
-// dinet's page: chat through the gateway's own OpenAI API, and a live view of the peers.
-// Plain JavaScript, no build step, nothing loaded from outside this gateway.
-"use strict";
+// dinet's page: chat through the gateway's own OpenAI API, and a live view of the network:
+// drawn from a summary whose size grows with groups, not peers; one group's peers listed
+// on demand; the last hour charted. Plain ES modules, no build step, nothing loaded from
+// outside this gateway.
+import { drawCharts } from "./charts.js";
+import { drawMap, groupLabel } from "./map.js";
+
+const LIST_ALL_UP_TO = 40; // a network this small is listed whole, as well as drawn
+const LIST_LIMIT = 200; // rows of one group fetched at once
 
 const $ = (id) => document.getElementById(id);
 const history = [];
 let apiKey = localStorage.getItem("dinet-api-key") || "";
 let lastServedBy = null;
 let busy = false;
+let selected = null; // the group listed: {region, model}, chosen by a click on the map
+let drawn = ""; // what the map shows now, to redraw only when it changes
 
 function headers(extra = {}) {
   return apiKey ? { ...extra, authorization: `Bearer ${apiKey}` } : extra;
@@ -31,37 +39,102 @@ function needKey() {
 
 // ---- network view ----------------------------------------------------------------------
 
+async function getJson(path) {
+  const reply = await fetch(path, { headers: headers() });
+  if (reply.status === 401) {
+    needKey();
+    return null;
+  }
+  if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
+  return reply.json();
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 async function refreshNetwork() {
-  let snapshot;
+  let summary;
   try {
-    const reply = await fetch("/api/network", { headers: headers() });
-    if (reply.status === 401) return needKey();
-    if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
-    snapshot = await reply.json();
+    summary = await getJson("/api/network/summary");
   } catch (err) {
     $("live-dot").className = "dot down";
     $("status").textContent = `gateway unreachable (${err.message})`;
     return;
   }
+  if (!summary) return;
   $("key-form").hidden = true;
-  renderPeers(snapshot.peers);
-  renderModels(snapshot.models);
-  const peers = snapshot.peers.length;
+  renderModels(summary.models);
+  renderMap(summary);
+  const peers = summary.peers;
   $("live-dot").className = peers ? "dot live" : "dot down";
-  const node = snapshot.gateway.node_reachability;  // set when this gateway runs beside a node
-  $("status").textContent = `${peers} peer${peers === 1 ? "" : "s"} · ${snapshot.models.length} model${snapshot.models.length === 1 ? "" : "s"} · gateway ${shortId(snapshot.gateway.peer_id)}`
+  const node = summary.gateway.node_reachability;  // set when this gateway runs beside a node
+  $("status").textContent = `${plural(peers, "peer")} · ${plural(summary.models.length, "model")} · gateway ${shortId(summary.gateway.peer_id)}`
     + (node ? ` · node reachability ${node.state}` : "");
   $("status").title = node ? node.reason : "";
-  $("peer-count").textContent = `${peers} peer${peers === 1 ? "" : "s"}`;
+  $("peer-count").textContent = `${plural(peers, "peer")} · ${plural(summary.groups.length, "group")}`
+    + ` · ${summary.links.direct} direct · ${summary.links.relayed} relayed`;
+  await refreshList(peers);
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
-function renderPeers(peers) {
+function renderMap(summary) {
+  const key = selected ? `${selected.region}\u0000${selected.model}` : null;
+  const shape = JSON.stringify([key, summary.groups, summary.chains.map((c) => [c.model, c.stages, c.uses])]);
+  if (shape === drawn) return;
+  drawn = shape;
+  const colors = drawMap($("map"), summary, {
+    selected: key,
+    onSelect: (group) => {  // a second click on the group listed lets it go
+      const same = selected && selected.region === group.region && selected.model === group.model;
+      selected = same ? null : { region: group.region, model: group.model };
+      refreshNetwork();
+    },
+  });
+  const peersByModel = new Map();
+  for (const g of summary.groups) peersByModel.set(g.model, (peersByModel.get(g.model) ?? 0) + g.peers);
+  $("model-keys").replaceChildren(...[...peersByModel.entries()].sort().map(([model, count]) => {
+    const item = el("span", "key");
+    const swatch = el("span", "swatch");
+    swatch.style.background = colors.get(model);
+    item.append(swatch, `${model || "no model"} (${count})`);
+    return item;
+  }));
+}
+
+// The table: the whole network while it is small, else the group chosen on the map.
+async function refreshList(peers) {
+  let path = null;
+  if (selected) {
+    const query = new URLSearchParams({ region: selected.region, model: selected.model, limit: LIST_LIMIT });
+    path = `/api/network?${query}`;
+  } else if (peers <= LIST_ALL_UP_TO) {
+    path = "/api/network";
+  }
+  if (path === null) {
+    $("list-title").textContent = "Peers";
+    renderPeers([], "Click a group on the map to list its peers.");
+    return;
+  }
+  let snapshot;
+  try {
+    snapshot = await getJson(path);
+  } catch (err) {
+    return; // the status line already says when the gateway is unreachable
+  }
+  if (!snapshot) return;
+  $("list-title").textContent = selected
+    ? `Peers of ${groupLabel(selected)}: ${snapshot.total}${snapshot.total > snapshot.peers.length ? ` (first ${snapshot.peers.length} listed)` : ""}`
+    : "Peers";
+  renderPeers(snapshot.peers);
+}
+
+function renderPeers(peers, empty = "No peers found yet: looking…") {
   const body = $("peers").tBodies[0];
   body.replaceChildren();
   if (!peers.length) {
     const row = el("tr", "empty");
-    const cell = el("td", "", "No peers found yet: looking…");
+    const cell = el("td", "", empty);
     cell.colSpan = 10;
     row.append(cell);
     body.append(row);
@@ -120,7 +193,11 @@ function renderModels(models) {
     option.value = m.id;
     return option;
   }));
-  if (ids.includes(chosen)) select.value = chosen;
+  if (ids.includes(chosen)) {
+    select.value = chosen;
+  } else if (models.length) {  // nothing chosen yet: the model most peers serve
+    select.value = models.reduce((best, m) => (m.peers > best.peers ? m : best)).id;
+  }
 }
 
 // ---- chat ------------------------------------------------------------------------------
@@ -210,6 +287,16 @@ async function send(prompt) {
     addMessage("error", `Could not answer: ${err.message}`);
   }
   refreshNetwork();
+  refreshSeries();
+}
+
+async function refreshSeries() {
+  try {
+    const series = await getJson("/api/network/series");
+    if (series) drawCharts(series);
+  } catch (err) {
+    // the status line already says when the gateway is unreachable
+  }
 }
 
 $("composer").addEventListener("submit", async (event) => {
@@ -240,7 +327,10 @@ $("key-form").addEventListener("submit", (event) => {
   apiKey = $("key-input").value.trim();
   localStorage.setItem("dinet-api-key", apiKey);
   refreshNetwork();
+  refreshSeries();
 });
 
 refreshNetwork();
-setInterval(refreshNetwork, 1500);
+refreshSeries();
+setInterval(refreshNetwork, 2000);
+setInterval(refreshSeries, 5000);

@@ -1,0 +1,40 @@
+"""Which connections a node closes to keep its connection set bounded.
+
+A node keeps the links it needs (its relays, the peers it serves or uses, its model
+neighbours) and as few others as it can: every open connection costs keep-alives,
+gossip heartbeats and memory, so a network where each node kept every peer it ever
+met would cost each node more as the network grows. Peers met once, for a DHT query
+or a manifest, are closed again once the set is over its bound; the DHT's routing
+table remembers them without a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+GRACE_S = 20.0  # a new link is never closed this soon: its first use may still be coming
+
+
+@dataclass(frozen=True)
+class Link:
+    """One connected peer as the node sees it now."""
+
+    peer_id: str
+    opened_at: float  # when this node first saw the connection
+    last_used_at: float  # the last dinet stream over it, either way (opened_at if none)
+    busy: bool  # a dinet stream is open on it now (an answer, a chain step, a pull)
+    kept: bool  # the node needs it: a relay, a bootstrap peer, a model neighbour
+
+
+def links_to_close(links: Iterable[Link], bound: int, now: float, grace_s: float = GRACE_S) -> list[str]:
+    """The peers whose connections to close so that at most `bound` remain, least
+    recently used first; busy, kept and new links are never closed, so the set may
+    stay above the bound while they are many."""
+    links = list(links)
+    excess = len(links) - bound
+    if excess <= 0:
+        return []
+    closable = [link for link in links if not link.busy and not link.kept and now - link.opened_at >= grace_s]
+    closable.sort(key=lambda link: (link.last_used_at, link.peer_id))
+    return [link.peer_id for link in closable[:excess]]

@@ -1,0 +1,30 @@
+"""Which connections a node closes to stay within its bound (the pure core)."""
+
+from __future__ import annotations
+
+from dinet.overlay.connections import GRACE_S, Link, links_to_close
+
+NOW = 1000.0
+
+
+def link(peer: str, used: float, *, busy: bool = False, kept: bool = False, opened: float = 0.0) -> Link:
+    return Link(peer, opened, used, busy, kept)
+
+
+def test_nothing_is_closed_within_the_bound():
+    assert links_to_close([link("a", 1), link("b", 2)], bound=2, now=NOW) == []
+
+
+def test_the_least_recently_used_idle_links_go_first():
+    links = [link("a", 900), link("b", 100), link("c", 500), link("d", 950)]
+    assert links_to_close(links, bound=2, now=NOW) == ["b", "c"]
+
+
+def test_busy_kept_and_new_links_stay_even_over_the_bound():
+    links = [
+        link("busy", 1, busy=True),
+        link("relay", 2, kept=True),
+        link("new", 3, opened=NOW - GRACE_S / 2),
+        link("idle", 4),
+    ]
+    assert links_to_close(links, bound=1, now=NOW) == ["idle"]
