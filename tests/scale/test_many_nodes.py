@@ -21,7 +21,6 @@ import pytest
 from tests.scale.swarm import Member, Swarm, connections
 
 import dinet
-from dinet.config import NodeSettings
 from dinet.engine.testing.fake import FAKE_MODEL_ID
 from dinet.errors import DinetError
 
@@ -29,11 +28,8 @@ pytestmark = pytest.mark.timeout(600)  # 26 Python processes start on a 2-core m
 
 FAKE = 24
 T = TypeVar("T")
-# Below the network's size, so that a full mesh breaks it.
-# TODO(issue 20): `max_connections` is being added to NodeSettings by the lead; until it is,
-# the nodes have no bound and test_every_node_keeps_its_connections_bounded fails (full mesh).
-BOUND = 16
-BOUND_ARGS = ["--max-connections", str(BOUND)] if "max_connections" in NodeSettings.model_fields else []
+BOUND = 16  # `max_connections` of every node: below the network's size, so a full mesh breaks it
+BOUND_ARGS = ["--max-connections", str(BOUND)]
 SETTLE_S = 60.0  # a node over the bound is given this long to shed connections
 ROUNDS, PER_ROUND = 2, 3
 
