@@ -368,6 +368,35 @@ class NodeSettings(CommonSettings):
             raise ValueError("--serve auto needs --auto-models: the models this node may serve")
         return self
 
+    # issue 20, scalebench: many nodes on one machine for bench/scale.py.
+    fake_engine: bool = Field(
+        default=False,
+        description="BENCHMARKS ONLY: serve a FAKE model (fake-echo, answers echo the prompt, "
+        "no llama.cpp), so that a hundred nodes fit on one machine",
+    )
+
+    @model_validator(mode="after")
+    def _fake_engine_serves_nothing_else(self) -> NodeSettings:
+        if self.fake_engine:
+            given = [
+                flag
+                for flag, value in (
+                    ("--no-model", self.no_model or None),
+                    ("--model", self.model),
+                    ("--layers", self.layers),
+                    ("--liar", self.liar),
+                    ("--follow", self.follow or None),
+                    ("--serve auto", self.serve == "auto" or None),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"--fake-engine contradicts {' and '.join(given)}: a fake node serves "
+                    "its fake model and nothing else (set one or the other)"
+                )
+        return self
+
 
 LIAR_REFUSED = (
     f"--liar makes this node lie to its clients, for tests of verification only; "

@@ -22,6 +22,10 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
         typer.secho(
             f"WARNING: this node LIES ({settings.liar}): for tests of verification only", fg="red", err=True
         )
+    if settings.fake_engine:
+        typer.secho(
+            "WARNING: this node serves a FAKE model (fake-echo): for benchmarks only", fg="red", err=True
+        )
     # Checked before the node starts, so a bad API setting fails at once.
     api = None if settings.api_port is None else beside_node(settings, config)
 

@@ -15,7 +15,7 @@ from dinet.engine import WorkerEngine
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
 from dinet.models.catalog import LocalModel
 from dinet.node.admission import Admission
-from dinet.node.inference import InferenceService
+from dinet.node.inference import Engine, InferenceService
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import load_of, offer
 from dinet.node.receipts import Accountant
@@ -79,19 +79,7 @@ async def whole_model(
         score_cache=settings.home / "scoring",
     )
     async with _engine_started(engine):
-        inference = InferenceService(
-            engine,
-            Admission(settings.max_concurrent, settings.max_queue),
-            model.model_id,
-            model_hash,
-            accountant,
-            limiter=PeerLimiter(
-                settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency
-            ),
-            bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
-            max_request_bytes=settings.max_request_bytes,
-            on_request=on_request,
-        )
+        inference = _inference(settings, engine, model.model_id, model_hash, accountant, on_request)
         verifier = VerifyService(
             engine,
             inference.admission,
@@ -100,14 +88,6 @@ async def whole_model(
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
         )
-
-        def figures() -> dict[str, object]:
-            admission = inference.admission
-            return {
-                "tokens_per_s": round(inference.stats.tokens_per_s, 2),
-                "ttft_ms": round(inference.stats.ttft_ms, 2),
-                "load": load_of(admission.active, admission.queued),
-            }
 
         model_offer = None
         if engine.available:
@@ -118,11 +98,81 @@ async def whole_model(
             model_hash,
             {INFER_PROTOCOL: inference.handle, VERIFY_PROTOCOL: verifier.handle},
             model_offer,
-            figures,
+            lambda: _figures(inference),
             available=lambda: engine.available,
             state=lambda: engine_state(engine),
             busy=lambda: inference.admission.active > 0,
         )
+
+
+def _inference(
+    settings: NodeSettings,
+    engine: Engine,
+    model_id: str,
+    model_hash: ModelHash,
+    accountant: Accountant,
+    on_request: Callable[[bool], None],
+) -> InferenceService:
+    """The /dinet/infer/1 handler of `engine`, within the node's limits."""
+    return InferenceService(
+        engine,
+        Admission(settings.max_concurrent, settings.max_queue),
+        model_id,
+        model_hash,
+        accountant,
+        limiter=PeerLimiter(settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency),
+        bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
+        max_request_bytes=settings.max_request_bytes,
+        on_request=on_request,
+    )
+
+
+def _figures(inference: InferenceService) -> dict[str, object]:
+    """The manifest's live fields of a whole-model node: speed and load."""
+    admission = inference.admission
+    return {
+        "tokens_per_s": round(inference.stats.tokens_per_s, 2),
+        "ttft_ms": round(inference.stats.ttft_ms, 2),
+        "load": load_of(admission.active, admission.queued),
+    }
+
+
+@asynccontextmanager
+async def fake_model(
+    settings: NodeSettings, accountant: Accountant, on_request: Callable[[bool], None]
+) -> AsyncIterator[Serving]:
+    """BENCHMARKS ONLY (`fake_engine`): a FAKE model served by the real inference handler,
+    so that many nodes fit on one machine (`dinet.engine.testing.fake`). It is announced
+    in the DHT like a real model, so discovery finds it the same way."""
+    from dinet.engine.testing.fake import (
+        FAKE_CONTEXT,
+        FAKE_LAYERS,
+        FAKE_MODEL_HASH,
+        FAKE_MODEL_ID,
+        FAKE_QUANTIZATION,
+        FakeEngine,
+    )
+
+    logger.warning(
+        "THIS NODE SERVES A FAKE MODEL (%s, %s): for benchmarks only, its answers are echoes",
+        FAKE_MODEL_ID,
+        FAKE_MODEL_HASH,
+    )
+    inference = _inference(settings, FakeEngine(), FAKE_MODEL_ID, FAKE_MODEL_HASH, accountant, on_request)
+    yield Serving(
+        FAKE_MODEL_ID,
+        FAKE_MODEL_HASH,
+        {INFER_PROTOCOL: inference.handle},
+        offer(FAKE_MODEL_ID, FAKE_MODEL_HASH, FAKE_QUANTIZATION, FAKE_CONTEXT, FAKE_LAYERS),
+        lambda: _figures(inference),
+        available=lambda: True,
+        state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None, "fake": True},
+        busy=lambda: inference.admission.active > 0,
+        background=[
+            lambda joiner: joiner.keep_providing(FAKE_MODEL_HASH, FAKE_MODEL_ID),
+            lambda joiner: joiner.keep_neighbours(FAKE_MODEL_HASH),
+        ],
+    )
 
 
 @asynccontextmanager

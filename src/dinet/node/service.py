@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from dinet.config import NodeSettings
+from dinet.engine.testing.fake import FAKE_MODEL_HASH
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
-from dinet.node._serving import Serving, model_stage, no_engine, whole_model
+from dinet.node._serving import Serving, fake_model, model_stage, no_engine, whole_model
 from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
@@ -83,6 +84,10 @@ async def serve_node(
     desk = DemandDesk(key, key.peer_id, settings, random.Random())
     if settings.no_model:
         serving = no_engine()
+    elif settings.fake_engine:  # benchmarks only
+        serving = fake_model(
+            settings, _accountant(settings, key), lambda busy: desk.saw(FAKE_MODEL_HASH, busy=busy)
+        )
     elif settings.serve == "auto":
         serving = serving_auto(
             settings,
@@ -121,19 +126,7 @@ async def _model_served(
             settings.liar,
             model_hash,
         )
-    ledger = Ledger.in_home(settings.home)
-    me = [key.peer_id]
-    if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
-        me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
-    accountant = Accountant(
-        key,
-        key.peer_id,
-        ledger,
-        Prices(settings.prompt_price, settings.price),
-        me,
-        allowance=settings.free_allowance,
-        priority=settings.priority,
-    )
+    accountant = _accountant(settings, key)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
@@ -146,6 +139,22 @@ async def _model_served(
         yield _kept(
             serving, ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, lull)
         )
+
+
+def _accountant(settings: NodeSettings, key: SigningKey) -> Accountant:
+    """Who signs this node's receipts and keeps its ledger."""
+    me = [key.peer_id]
+    if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
+        me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
+    return Accountant(
+        key,
+        key.peer_id,
+        Ledger.in_home(settings.home),
+        Prices(settings.prompt_price, settings.price),
+        me,
+        allowance=settings.free_allowance,
+        priority=settings.priority,
+    )
 
 
 def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
