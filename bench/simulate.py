@@ -40,8 +40,8 @@ The scenario, per network size N:
   to their number at the end (pull time included).
 - Per-node cost: the DHT's background (refreshes every 600 s, run by a sample of
   `--refresh-sample` nodes, and the pings that guard full buckets), SWIM per client, and
-  the demand records on the model topics (computed: about 16 of a model's servers publish
-  a record a minute, as nodes do (`publish_probability`), each weighted for the others;
+  the demand records on the model topics (computed: about 8 of a model's servers publish
+  a record every 5 minutes, as nodes do (`publish_probability`), each weighted for the others;
   each subscriber of the topic receives it ~1.5 times through GossipSub).
 
 Prints a table and ends with ONE JSON line.
@@ -82,8 +82,9 @@ CANDIDATE_CACHE_S = 600.0
 SWIM_WATCH = 8
 AUTO_FRACTION = 0.01
 DECIDE_EVERY_S = 60.0
+DEMAND_EVERY_S = 300.0  # a server's demand record period (the node's default `demand_every_s`)
 GOSSIP_COPIES = 1.5  # GossipSub: each subscriber gets a message ~1.5 times (mesh duplicates, IHAVE)
-DEMAND_PUBLISHERS = 16  # a model's servers publishing a demand record each period (the node's default)
+DEMAND_PUBLISHERS = 8  # a model's servers publishing a demand record each period (the node's default)
 DEMAND_RECORD_BYTES = 300  # kind, publisher id, model hash, two rates, time, signature (JSON)
 SWIM_BASE_BYTES = 150  # a ping or ack: kind, ids, probe id, incarnation, stream overhead
 SWIM_NEWS_BYTES = 80  # one news item: peer id, state, incarnation
@@ -152,7 +153,7 @@ class Simulation:
         self.speed: list[float] = []
         self.serving: list[ModelHash | None] = []
         self.death_at: list[float] = []
-        self.book = DemandBook()
+        self.book = DemandBook(record_ttl_s=3 * DEMAND_EVERY_S)  # as nodes keep them
         self.auto: list[int] = []
         self.auto_since: dict[int, float] = {}
         self.demand_shift_at = settings.seconds / 2
@@ -255,7 +256,7 @@ class Simulation:
         t = 0.0
         while t < self.s.seconds:
             self.net.at(t, self._publish_demand)
-            t += DECIDE_EVERY_S
+            t += DEMAND_EVERY_S
 
     def _fill_tables(self) -> None:
         """Each bucket gets min(k, peers in its key range), drawn at random (module doc)."""
@@ -497,7 +498,7 @@ class Simulation:
             # As nodes do: about DEMAND_PUBLISHERS of a model's servers publish each period,
             # and each record stands for the servers that did not.
             chance = publish_probability(len(servers), DEMAND_PUBLISHERS) if servers else 1.0
-            weight = record_weight(chance, self.book.record_ttl_s / 60)
+            weight = record_weight(chance, self.book.record_ttl_s / DEMAND_EVERY_S)
             for p in publishers:
                 peer = self.net.ids[p] if p >= 0 else PeerId(f"client-of-{model[:4]}")
                 if p >= 0:
@@ -606,7 +607,7 @@ class Simulation:
             servers = sum(1 for i, m in enumerate(self.serving) if m == model and self.net.alive[i])
             subscribers = servers + self.s.clients * POPULARITY[MODELS.index(model)]
             publishing = servers * publish_probability(servers, DEMAND_PUBLISHERS) if servers else 0.0
-            total += publishing / 60 * subscribers * GOSSIP_COPIES
+            total += publishing / DEMAND_EVERY_S * subscribers * GOSSIP_COPIES
         return total / live, total / live * DEMAND_RECORD_BYTES
 
     def _supply_follow(self) -> float | None:

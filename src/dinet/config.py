@@ -286,13 +286,13 @@ class NodeSettings(CommonSettings):
         "must be to move to it (0.5: 50%)",
     )
     demand_every_s: float = Field(
-        default=60.0,
+        default=300.0,
         gt=0,
         le=3600,
         description="Seconds between a server's demand records (requests and busy refusals per minute)",
     )
     demand_publishers: int = Field(
-        default=16,
+        default=8,
         ge=1,
         le=10_000,
         description="Demand records a model's topic carries per period, about: each server publishes "
