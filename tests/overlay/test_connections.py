@@ -15,9 +15,9 @@ def test_nothing_is_closed_within_the_bound():
     assert links_to_close([link("a", 1), link("b", 2)], bound=2, now=NOW) == []
 
 
-def test_the_least_recently_used_idle_links_go_first():
-    links = [link("a", 900), link("b", 100), link("c", 500), link("d", 950)]
-    assert links_to_close(links, bound=2, now=NOW) == ["b", "c"]
+def test_past_the_bound_the_least_recently_used_idle_links_go_down_to_three_quarters_of_it():
+    links = [link(f"p{i}", used=i) for i in range(9)]
+    assert links_to_close(links, bound=8, now=NOW) == ["p0", "p1", "p2"]
 
 
 def test_busy_kept_and_new_links_stay_even_over_the_bound():

@@ -28,13 +28,14 @@ class Link:
 
 
 def links_to_close(links: Iterable[Link], bound: int, now: float, grace_s: float = GRACE_S) -> list[str]:
-    """The peers whose connections to close so that at most `bound` remain, least
-    recently used first; busy, kept and new links are never closed, so the set may
-    stay above the bound while they are many."""
+    """Once more than `bound` links are open, the peers whose connections to close so
+    that three quarters of `bound` remain (room for the links that DHT lookups and
+    clients open meanwhile), least recently used first. Busy, kept and new links are
+    never closed, so the set may stay above the bound while they are many."""
     links = list(links)
-    excess = len(links) - bound
-    if excess <= 0:
+    if len(links) <= bound:
         return []
+    excess = len(links) - bound * 3 // 4
     closable = [link for link in links if not link.busy and not link.kept and now - link.opened_at >= grace_s]
     closable.sort(key=lambda link: (link.last_used_at, link.peer_id))
     return [link.peer_id for link in closable[:excess]]
