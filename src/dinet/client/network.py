@@ -55,7 +55,7 @@ class Network:
     tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
     dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, or one manifest query
     # Peers forgotten because they could not be met: their manifest then, and why (for errors).
-    unmet: dict[PeerId, tuple[Manifest, str]] = field(default_factory=dict)
+    unmet: dict[PeerId, tuple[Manifest | None, str]] = field(default_factory=dict)
     # Peers in use or about to be, each until when: only these are probed for liveness.
     in_use: dict[PeerId, float] = field(default_factory=dict)
     joiner: Joiner = field(init=False)
@@ -122,7 +122,7 @@ class Network:
 
     def forget(self, peer_id: PeerId, why: str = "") -> None:
         manifest = self.directory.get(peer_id)
-        if manifest is not None and why:
+        if why:  # None: a provider the DHT named, never met, so no manifest of it is known
             self.unmet[peer_id] = (manifest, why)
         self.directory.remove(peer_id)
         self.rtt_ms.pop(peer_id, None)
@@ -244,7 +244,7 @@ class Network:
         whys = [
             f"{peer_id} serves it but could not be met: {why}"
             for peer_id, (manifest, why) in self.unmet.items()
-            if _serves_whole(manifest, model_id, model_hash)
+            if manifest is None or _serves_whole(manifest, model_id, model_hash)
         ]
         return "".join(f"; {w}" for w in whys[:UNMET_NAMED])
 

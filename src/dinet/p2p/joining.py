@@ -247,7 +247,7 @@ class Joiner:
         providers = [
             p
             for p in await self.find_providers(model_hash, model_id=model_id if model_hash is None else None)
-            if p.peer_id != self.host.peer_id and p.peer_id not in known and p.addrs
+            if p.peer_id != self.host.peer_id and p.peer_id not in known
         ]
         chosen = random.sample(providers, min(sample, len(providers)))
         connected = sorted(self.host.connected_peers())
