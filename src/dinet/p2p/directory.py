@@ -105,9 +105,6 @@ class PeerDirectory:
         picked = [s for m, s in held if serves(m, model_id, model_hash)]
         return picked if limit is None else picked[:limit]
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def _make_room(self, now: float | None) -> None:
         self._prune(now)
         while len(self._entries) >= self._capacity:
