@@ -139,7 +139,7 @@ def _figures(inference: InferenceService) -> dict[str, object]:
 
 @asynccontextmanager
 async def fake_model(
-    settings: NodeSettings, accountant: Accountant, on_request: Callable[[bool], None]
+    settings: NodeSettings, accountant: Accountant, on_request: Callable[[ModelHash, bool], None]
 ) -> AsyncIterator[Serving]:
     """BENCHMARKS ONLY (`fake_engine`): a FAKE model served by the real inference handler,
     so that many nodes fit on one machine (`dinet.engine.testing.fake`). It is announced
@@ -158,7 +158,14 @@ async def fake_model(
         FAKE_MODEL_ID,
         FAKE_MODEL_HASH,
     )
-    inference = _inference(settings, FakeEngine(), FAKE_MODEL_ID, FAKE_MODEL_HASH, accountant, on_request)
+    inference = _inference(
+        settings,
+        FakeEngine(),
+        FAKE_MODEL_ID,
+        FAKE_MODEL_HASH,
+        accountant,
+        lambda busy: on_request(FAKE_MODEL_HASH, busy),
+    )
     yield Serving(
         FAKE_MODEL_ID,
         FAKE_MODEL_HASH,
@@ -168,11 +175,17 @@ async def fake_model(
         available=lambda: True,
         state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None, "fake": True},
         busy=lambda: inference.admission.active > 0,
-        background=[
-            lambda joiner: joiner.keep_providing(FAKE_MODEL_HASH, FAKE_MODEL_ID),
-            lambda joiner: joiner.keep_neighbours(FAKE_MODEL_HASH),
-        ],
+        background=findable(FAKE_MODEL_HASH, FAKE_MODEL_ID),
     )
+
+
+def findable(model_hash: ModelHash, model_id: str | None) -> list[Callable[[Joiner], Awaitable[None]]]:
+    """The tasks that make a served model findable: its provider records (by hash and by
+    id) and the neighbours its gossip topic runs over."""
+    return [
+        lambda joiner: joiner.keep_providing(model_hash, model_id),
+        lambda joiner: joiner.keep_neighbours(model_hash),
+    ]
 
 
 @asynccontextmanager

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from dinet.config import NodeSettings
-from dinet.engine.testing.fake import FAKE_MODEL_HASH
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
-from dinet.node._serving import Serving, fake_model, model_stage, no_engine, whole_model
+from dinet.node._serving import Serving, fake_model, findable, model_stage, no_engine, whole_model
 from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
@@ -86,7 +85,7 @@ async def serve_node(
         serving = no_engine()
     elif settings.fake_engine:  # benchmarks only
         serving = fake_model(
-            settings, _accountant(settings, key), lambda busy: desk.saw(FAKE_MODEL_HASH, busy=busy)
+            settings, _accountant(settings, key), lambda model, busy: desk.saw(model, busy=busy)
         )
     elif settings.serve == "auto":
         serving = serving_auto(
@@ -172,8 +171,7 @@ def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
         background=[
             *serving.background,
             keeper.keep_healthy,
-            lambda joiner: joiner.keep_providing(keeper.model_hash, serving.model_id),
-            lambda joiner: joiner.keep_neighbours(keeper.model_hash),
+            *findable(keeper.model_hash, serving.model_id),
         ],
     )
 
