@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.wire.ids import INFER_PROTOCOL
 from dinet.wire.keys import SigningKey
+from dinet.wire.manifest import MANIFEST_TTL_S, Load, Manifest
 from dinet.wire.messages import (
     ChatMessage,
     EndFrame,
@@ -93,3 +95,24 @@ async def answer_to(
             text += event.text
     assert answer is not None and answer.text == text
     return text, answer
+
+
+def make_manifest(key, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
+    """An unsigned manifest of `key`'s peer with plain figures; `changes` replace fields."""
+    now = time.time() if issued_at is None else issued_at
+    fields = dict(
+        peer_id=key.peer_id,
+        version="dinet/0.1.0",
+        region="test",
+        addrs=(),
+        models=(),
+        max_concurrent=1,
+        tokens_per_s=50.0,
+        ttft_ms=20.0,
+        price_per_token=0.0,
+        load=Load(active=0, queued=0),
+        issued_at=now,
+        expires_at=now + ttl,
+    )
+    fields.update(changes)
+    return Manifest(**fields)

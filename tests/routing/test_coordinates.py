@@ -1,31 +1,18 @@
 """A host's coordinates kept from measured round trips and peers' manifests."""
 
 import random
-import time
+
+from tests.helpers import make_manifest
 
 from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import PeerView, rank_peers
 from dinet.wire.keys import SigningKey
-from dinet.wire.manifest import Load, Manifest, NetworkCoordinates
+from dinet.wire.manifest import Manifest, NetworkCoordinates
 
 
 def manifest_at(vector, height=2.0, error=0.2) -> Manifest:
-    now = time.time()
-    return Manifest(
-        peer_id=SigningKey.generate().peer_id,
-        version="dinet/0.1.0",
-        region="test",
-        addrs=(),
-        models=(),
-        max_concurrent=1,
-        tokens_per_s=50.0,
-        ttft_ms=20.0,
-        price_per_token=0.0,
-        load=Load(active=0, queued=0),
-        issued_at=now,
-        expires_at=now + 30,
-        coords=NetworkCoordinates(vector=vector, height=height, error=error),
-    )
+    coords = NetworkCoordinates(vector=vector, height=height, error=error)
+    return make_manifest(SigningKey.generate(), coords=coords)
 
 
 def test_a_client_ranks_unprobed_peers_by_the_coordinates_in_their_manifests():

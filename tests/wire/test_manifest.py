@@ -1,40 +1,19 @@
 import time
 
 import pytest
+from tests.helpers import make_manifest
 
 from dinet.errors import ManifestError
 from dinet.p2p.directory import PeerDirectory
 from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import (
     MANIFEST_TTL_S,
-    Load,
-    Manifest,
     NetworkCoordinates,
     SignedManifest,
     sign_manifest,
     verify_manifest,
 )
 from dinet.wire.signing import sign_body
-
-
-def make_manifest(key, issued_at=None, ttl=MANIFEST_TTL_S, **changes):
-    now = time.time() if issued_at is None else issued_at
-    fields = dict(
-        peer_id=key.peer_id,
-        version="dinet/0.1.0",
-        region="test",
-        addrs=(),
-        models=(),
-        max_concurrent=1,
-        tokens_per_s=50.0,
-        ttft_ms=20.0,
-        price_per_token=0.0,
-        load=Load(active=0, queued=0),
-        issued_at=now,
-        expires_at=now + ttl,
-    )
-    fields.update(changes)
-    return Manifest(**fields)
 
 
 def test_a_signed_manifest_verifies():
