@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trio
 from tests.helpers import raw_host
 
 from dinet.client.network import Network
@@ -141,3 +142,18 @@ async def test_a_client_that_meets_no_server_of_a_model_says_which_it_heard_of_a
 
     told = str(caught.value)
     assert f"{gone_key.peer_id} serves it but could not be met" in told and "/tcp/9" in told, told
+
+
+async def test_a_host_dials_no_peer_only_because_it_knows_its_address():
+    """py-libp2p's auto-connector would: after any disconnect, and every 30 s, it dials the
+    peers its peerstore holds, up to the midpoint of the watermarks. A node met in a DHT
+    query would be connected again right after the bound closed its connection."""
+    async with raw_host() as a, raw_host() as b, raw_host() as c:
+        a.remember_addrs(c.peer_id, c.full_addrs())  # heard of, as from a DHT answer
+        await a.dial(b.full_addrs()[0])
+        await a.disconnect(b.peer_id)  # the trigger
+        with trio.fail_after(30):
+            while a.is_connected(b.peer_id):
+                await trio.sleep(0.05)
+        await trio.sleep(3)  # py-libp2p dials at once after a disconnect, when it does
+        assert not a.is_connected(c.peer_id)

@@ -151,3 +151,43 @@ async def _answer_or_none(framed: FramedStream) -> bytes | None:
             return await framed.receive()
         except PeerError:
             return None
+
+
+async def test_a_helper_not_connected_to_the_target_says_no_rather_than_dial_it(tmp_path: Path):
+    """As above, but B has never connected to C, only holds its addresses: B's connections
+    are bounded, so it will not open one to a stranger for A's probe. C stays suspect."""
+    suspected: list[PeerId] = []
+    a_key, b_key, c_key = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    gate = _allowing(tmp_path / "allow.txt", PeerId(b_key.peer_id))
+    async with (
+        open_host(a_key, ["/ip4/127.0.0.1/tcp/0"]) as a,
+        open_host(b_key, ["/ip4/127.0.0.1/tcp/0"]) as b,
+        open_host(c_key, ["/ip4/127.0.0.1/tcp/0"], gate=gate) as c,
+        running(fast_membership(b)) as helper,
+        running(fast_membership(a, on_suspected=suspected.append)) as watch,
+    ):
+        await a.dial(b.full_addrs()[0])
+        a.remember_addrs(c.peer_id, c.full_addrs())
+        b.remember_addrs(c.peer_id, c.full_addrs())
+        watch.track(b.peer_id)
+        watch.track(c.peer_id)
+        await until(lambda: helper.counts["forwarded"] >= 1 and c.peer_id in suspected)
+        await trio.sleep(1)  # a dial for the probe, had B started one, has connected by now
+        assert not b.is_connected(c.peer_id)
+        assert watch.counts["indirect_acks"] == 0 and c.peer_id in suspected
+
+
+async def test_the_peers_pinging_a_host_are_its_watchers():
+    async with (
+        raw_host() as server,
+        raw_host() as prober,
+        running(fast_membership(server)) as served,
+        running(fast_membership(prober)) as watch,
+    ):
+        assert served.watchers(limit=8) == set()
+        watch.track(await prober.dial(server.full_addrs()[0]))
+        await until(lambda: served.counts["answered"] >= 2)
+        assert served.watchers(limit=8) == {prober.peer_id}
+        assert served.watchers(limit=0) == set()
+        watch.untrack(server.peer_id)
+        await until(lambda: not served.watchers(limit=8))  # a peer that stopped pinging is forgotten

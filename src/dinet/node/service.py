@@ -241,8 +241,9 @@ async def _run(
             desk.publish, host, directory, lambda: serving.model_hash if serving.offer else None
         )
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
-        nursery.start_soon(host.keep_bounded, settings.max_connections, joiner.neighbours.__contains__)
-        nursery.start_soon(PeerWatch(host, directory, joiner, nursery).run)
+        watch = PeerWatch(host, directory, joiner, nursery)
+        nursery.start_soon(host.keep_bounded, settings.max_connections, watch.kept)
+        nursery.start_soon(watch.run)
         for task in serving.background:
             nursery.start_soon(task, joiner)
         if settings.mdns:

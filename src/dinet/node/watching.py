@@ -2,7 +2,9 @@
 
 A node watches only its model neighbours (the other servers of its model it keeps
 connected for the model's topic) and the relays holding a slot for it: one or two
-pings a period whatever their number (`dinet.p2p.membership`). A neighbour declared
+pings a period whatever their number (`dinet.p2p.membership`). The links to the peers
+watching it are kept too, so that a neighbour's link is not closed by one side while
+the other keeps probing it. A neighbour declared
 dead leaves the directory and the neighbours (another is found), and its connection
 is closed. A neighbour's manifest, passed on to clients that ask which peers serve
 the model, is fetched again after a ping when it is close to expiry, so gossip need
@@ -20,7 +22,7 @@ from dinet.errors import DinetError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests
 from dinet.p2p.host import PeerHost
-from dinet.p2p.joining import Joiner
+from dinet.p2p.joining import NEIGHBOURS, Joiner
 from dinet.p2p.membership import Membership
 from dinet.wire.ids import PeerId
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 RESYNC_S = 5.0  # how often the watched set follows the neighbours and relays
 REFRESH_BEFORE_S = 15.0  # a watched peer's manifest is fetched again this close to expiry
+WATCHERS_KEPT = 2 * NEIGHBOURS  # peers watching this node whose links it keeps (more are trimmed as usual)
 
 
 class PeerWatch:
@@ -53,6 +56,11 @@ class PeerWatch:
                 self.membership.untrack(peer_id)
             watched = wanted
             await trio.sleep(RESYNC_S)
+
+    def kept(self) -> set[PeerId]:
+        """The peers whose connections the node keeps however many it has open: its
+        neighbours, and the peers watching it (those whose neighbour it is)."""
+        return self._joiner.neighbours | self.membership.watchers(limit=WATCHERS_KEPT)
 
     def _died(self, peer_id: PeerId) -> None:
         logger.info("peer %s stopped answering; dropping it", peer_id)

@@ -24,7 +24,7 @@ class Link:
     opened_at: float  # when this node first saw the connection
     last_used_at: float  # the last dinet stream over it, either way (opened_at if none)
     busy: bool  # a dinet stream is open on it now (an answer, a chain step, a pull)
-    kept: bool  # the node needs it: a relay, a bootstrap peer, a model neighbour
+    kept: bool  # the node needs it: a relay, a model neighbour, a peer watching this node
 
 
 def links_to_close(links: Iterable[Link], bound: int, now: float, grace_s: float = GRACE_S) -> list[str]:

@@ -39,6 +39,8 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits, RelayResourceManager
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
+from dinet.wire.ids import PeerId
+
 if TYPE_CHECKING:
     from dinet.p2p.relay import RelayPolicy
 
@@ -153,8 +155,13 @@ class BoundedRelay(CircuitV2Protocol):
 
     def reservations(self) -> int:
         """Reservations held by connected peers."""
+        return len(self.reserved_peers())
+
+    def reserved_peers(self) -> set[PeerId]:
+        """The connected peers holding a reservation here."""
         manager = self.resource_manager
-        return sum(1 for p in list(manager._reservations) if manager.get_reservation(p) is not None)
+        held = [p for p in list(manager._reservations) if manager.get_reservation(p) is not None]
+        return {PeerId(p.to_base58()) for p in held}
 
     def circuits_open(self) -> int:
         """Circuits relayed now, as the reservations count them."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -308,11 +308,14 @@ class PeerHost:
                 out += [bare(str(a)) for a in conn.get_transport_addresses()]
         return list(dict.fromkeys(out))
 
-    def links(self, kept: Callable[[PeerId], bool]) -> list[Link]:
-        """The connected peers as the connection set sees them (`kept`: which the node
-        needs; the relays holding a reservation for this host are always needed)."""
+    def links(self, kept: Collection[PeerId]) -> list[Link]:
+        """The connected peers as the connection set sees them (`kept`: the peers the node
+        needs; the relays holding a reservation for this host, and the peers holding one
+        here, are always needed: closing the link would void the reservation)."""
         now = trio.current_time()
         relays = set(self.reachability().relays)
+        if self._reach is not None:
+            relays |= self._reach.relay.reserved_peers()
         connected = self.connected_peers()
         for gone in set(self._opened_at) - connected:
             del self._opened_at[gone]
@@ -325,15 +328,18 @@ class PeerHost:
                 for conn in self._connections(peer_id)
                 for stream in conn.get_streams()
             )
-            needed = peer_id in relays or kept(peer_id)
+            needed = peer_id in relays or peer_id in kept
             links.append(Link(peer_id, opened, self._used_at.get(peer_id, opened), busy, needed))
         return links
 
-    async def keep_bounded(self, bound: int, kept: Callable[[PeerId], bool], every_s: float = 5.0) -> None:
+    async def keep_bounded(
+        self, bound: int, kept: Callable[[], Collection[PeerId]], every_s: float = 5.0
+    ) -> None:
         """Close the least recently used idle connections whenever more than `bound` are
-        open (forever); see `dinet.overlay.connections`."""
+        open (forever); `kept()` names the peers the node needs now. See
+        `dinet.overlay.connections`."""
         while True:
-            for peer_id in links_to_close(self.links(kept), bound, trio.current_time()):
+            for peer_id in links_to_close(self.links(kept()), bound, trio.current_time()):
                 logger.debug("closing the idle connection to %s (over %d connections)", peer_id, bound)
                 try:
                     await self.disconnect(PeerId(peer_id))
@@ -580,7 +586,16 @@ def build_host(key: SigningKey, *, enable_mdns: bool = False, gate: PeerGate | N
         enable_mDNS=enable_mdns,
     )
     install_gate(raw, gate or PeerGate())
+    # py-libp2p's auto-connector dials peers of its peerstore whenever the connections are
+    # below the watermarks' midpoint, every 30 s and after each disconnect: every peer
+    # ever heard of, and again each one `keep_bounded` has just closed. dinet chooses its
+    # links itself (joining, model neighbours, the connection bound).
+    raw.get_network().auto_connector.maybe_connect = _never_dial  # type: ignore[attr-defined]
     return PeerHost(raw, key, gate)
+
+
+async def _never_dial() -> None:
+    pass
 
 
 @asynccontextmanager

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 REJOIN_S = 10.0  # a process that lost touch with every peer joins its bootstrap peers again this often
 REPROVIDE_S = 600.0  # provider records are announced again this often anyway (DHT peers come and go)
 NEIGHBOURS = 4  # other servers of its model a node keeps connected: its model topic's mesh
-NEIGHBOURS_EVERY_S = 30.0
+NEIGHBOURS_EVERY_S = 30.0  # how often a node with all its neighbours checks it still has them
+NEIGHBOURS_FIRST_S = 5.0  # a missing neighbour is looked for this soon (its records may be on their way)
+NEIGHBOURS_LONGEST_S = 300.0  # then less often while lookups find nobody new, up to this
 SAMPLE = 8  # providers of a model a client meets at once when it looks for that model
 ASKED = 2  # connected peers a client asks at once which servers of a model they know
 
@@ -187,10 +189,23 @@ class Joiner:
 
     async def keep_neighbours(self, model_hash: ModelHash, want: int = NEIGHBOURS) -> None:
         """Keep `want` other servers of the model connected (forever): the model's gossip
-        topic runs over these links. Providers are looked up only while some are missing."""
+        topic runs over these links. Servers connected already are taken first; providers
+        are looked up in the DHT only while some are still missing, and less often each
+        time a lookup finds nobody new (the only server of a model would otherwise look
+        every few seconds, each lookup opening connections the bound then closes)."""
+        wait = NEIGHBOURS_FIRST_S
         while True:
-            self.neighbours &= self.host.connected_peers()
+            connected = self.host.connected_peers()
+            self.neighbours &= connected
+            at_hand = [
+                m.peer_id
+                for m in self.directory.serving(None, model_hash)
+                if m.peer_id in connected and m.peer_id not in self.neighbours
+            ]
+            room = max(want - len(self.neighbours), 0)
+            self.neighbours |= set(random.sample(at_hand, min(room, len(at_hand))))
             if len(self.neighbours) < want:
+                before = len(self.neighbours)
                 others = [
                     p
                     for p in await self.find_providers(model_hash)
@@ -199,8 +214,12 @@ class Joiner:
                 for peer in random.sample(others, min(want - len(self.neighbours), len(others))):
                     if await self.host.reach(peer.peer_id, peer.addrs, self.dial_timeout_s):
                         self.neighbours.add(peer.peer_id)
-            # A node with none looks again soon: at start, its model's records are still on their way.
-            await trio.sleep(NEIGHBOURS_EVERY_S if self.neighbours else NEIGHBOURS_EVERY_S / 6)
+                found = len(self.neighbours) > before
+                wait = NEIGHBOURS_FIRST_S if found else min(2 * wait, NEIGHBOURS_LONGEST_S)
+                await trio.sleep(wait)
+            else:
+                wait = NEIGHBOURS_FIRST_S  # a neighbour lost later is looked for soon
+                await trio.sleep(NEIGHBOURS_EVERY_S)
 
     async def follow_mdns(self) -> None:
         """Meet every peer announced on the LAN (forever; the host must run mDNS)."""

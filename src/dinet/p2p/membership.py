@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST_WAIT_S = 5.0  # how long a handler waits for the request frame of a stream
 MAX_FORWARDS = 8  # pings sent for others at once; more ping_reqs get a nack
+WATCHED_FOR_PERIODS = 3  # a peer that pinged us this many periods ago still watches us
 
 
 def new_swim(
@@ -97,6 +98,7 @@ class Membership:
         # pings and ping_reqs sent, acks and relayed acks received, pings answered and
         # forwarded for others, streams refused
         self.counts: Counter[str] = Counter()
+        self._pinged_by: dict[PeerId, float] = {}  # when each peer last pinged us
         host.set_handler(SWIM_PROTOCOL, self.handle)
 
     # --- the members ---
@@ -110,6 +112,15 @@ class Membership:
 
     def is_dead(self, peer_id: PeerId) -> bool:
         return self.core.state_of(peer_id) == "dead"
+
+    def watchers(self, limit: int) -> set[PeerId]:
+        """The peers watching us: those that pinged us in the last few periods, the `limit`
+        most recent. Watching is mutual this way: a peer that keeps us as its neighbour is
+        kept by us too, rather than trimmed and dialed again at its next probe."""
+        since = trio.current_time() - WATCHED_FOR_PERIODS * self.core.period_s
+        self._pinged_by = {p: at for p, at in self._pinged_by.items() if at >= since}
+        recent = sorted(self._pinged_by, key=self._pinged_by.__getitem__, reverse=True)
+        return set(recent[:limit])
 
     # --- probing ---
 
@@ -226,6 +237,7 @@ class Membership:
         answer: SwimAck | SwimNack
         if isinstance(request, SwimPing):
             self.counts["answered"] += 1
+            self._pinged_by[peer] = now
             news = self.core.on_ping(now, peer, _core(request.news), request.incarnation)
             answer = SwimAck(probe_id=request.probe_id, incarnation=self.core.incarnation, news=_wire(news))
         else:
@@ -242,8 +254,8 @@ class Membership:
         """Ping `request.target` for `peer`: its ack (our news on it), or a nack."""
         nack = SwimNack(probe_id=request.probe_id)
         target = PeerId(request.target)
-        if target in (peer, self.host.peer_id):
-            return nack
+        if target in (peer, self.host.peer_id) or not self.host.is_connected(target):
+            return nack  # never a dial to a stranger for someone else's probe: our links are bounded
         news = self.core.on_ping_req(trio.current_time(), peer, target, _core(request.news))
         try:
             self._forwards.acquire_nowait()
