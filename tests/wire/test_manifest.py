@@ -42,7 +42,7 @@ def test_a_manifest_signed_by_another_key_is_rejected():
 
 def test_an_expired_manifest_is_rejected():
     key = SigningKey.generate()
-    signed = sign_manifest(make_manifest(key, issued_at=time.time() - 100), key)
+    signed = sign_manifest(make_manifest(key, issued_at=time.time() - MANIFEST_TTL_S - 10), key)
     with pytest.raises(ManifestError, match="expired"):
         verify_manifest(signed)
 
