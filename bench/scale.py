@@ -43,11 +43,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repo root, for tests.scale
 
-from tests.scale.swarm import Swarm, TrafficMeter, connections, cpu_seconds, rss_mb, tree  # noqa: E402
+from tests.scale.swarm import Member, Swarm, TrafficMeter, connections, cpu_seconds, rss_mb, tree  # noqa: E402
 
 import dinet  # noqa: E402
 from dinet.engine.testing.fake import FAKE_MODEL_ID  # noqa: E402
 from dinet.errors import DinetError  # noqa: E402
+from dinet.node.service import NODE_FILE  # noqa: E402
 
 SAMPLE_EVERY_S = 5.0
 PROMPT = "Name three colours of the rainbow."
@@ -151,6 +152,7 @@ def measure_idle(swarm: Swarm, idle_s: float) -> dict[str, Any]:
     conns = {m.pid: statistics.median(meter.connection_samples[m.pid]) for m in members}
     conns_max = {m.pid: max(meter.connection_samples[m.pid]) for m in members}
     rss = {kind: [rss_mb(m.pid) for m in members if m.kind == kind] for kind in ("bootstrap", "fake", "real")}
+    held = [manifests_held(m) for m in members]
     return {
         "window_s": round(elapsed, 1),
         "cpu_pct": spread(cpu.values()),
@@ -162,12 +164,18 @@ def measure_idle(swarm: Swarm, idle_s: float) -> dict[str, Any]:
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "crashed": len(swarm.crashed()),  # nodes that ended by themselves so far
         "rss_mb": {kind: round(statistics.median(v), 1) for kind, v in rss.items() if v},
+        "manifests_held": spread(held),  # in each node's directory (its node.json)
         "bootstrap": {
             "cpu_pct": round(cpu[swarm.bootstrap.pid], 2),
             "bytes_per_s": round(rates[swarm.bootstrap.pid]),
             "connections": conns[swarm.bootstrap.pid],
         },
     }
+
+
+def manifests_held(member: Member) -> int:
+    record: dict[str, Any] = json.loads((member.node.home / NODE_FILE).read_text())
+    return int(record["manifests_held"])
 
 
 def measure_client(swarm: Swarm, root: Path, real_id: str) -> dict[str, Any]:
@@ -310,6 +318,8 @@ def print_size(result: dict[str, Any]) -> None:
         f"{idle['machine_busy_pct']:.0f}% (of {100 * (os.cpu_count() or 1)}%), load {idle['loadavg_1m']}; "
         f"RSS MB {idle['rss_mb']}; {idle['crashed']} nodes crashed by then"
     )
+    held = idle["manifests_held"]
+    print(f"manifests held per node: median {held['median']:g}, max {held['max']:g} (of {nodes} nodes)")
     for name, client in result["client"].items():
         if "error" in client:
             print(f"client ({name} model): {client['error']}")

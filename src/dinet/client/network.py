@@ -218,10 +218,13 @@ class Network:
         """Peers serving the model, looking until `want` are found or `timeout` passes.
 
         With `or_stages`, pipeline stages of the model also end the search (the list
-        of whole-model peers may then be empty).
+        of whole-model peers may then be empty). A look under way at the deadline may
+        finish, for one dial timeout more at most: the peers it is meeting may still
+        refuse us, and that refusal is the reason to tell.
         """
-        with trio.move_on_after(timeout):
-            while True:
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline + self.dial_timeout_s):
+            while trio.current_time() < deadline:
                 known = self.candidates(model_id, model_hash)
                 if len(known) < want or any(p.rtt_ms is None for p in known):
                     await self.look(model_id, model_hash)

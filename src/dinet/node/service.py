@@ -52,6 +52,7 @@ class NodeStarted:
     reachability: Reachability
     advertised: list[str]  # what peers are told to dial: confirmed addresses, relay circuits
     reach: dict[str, int]  # PeerHost.reach_counters(): hole punches, reservations, relaying
+    manifests_held: int  # in its directory, its own included: bounded, whatever the network's size
     # The same figures as they are now (addresses, engine and reachability change).
     live: Callable[[], NodeStarted] = field(compare=False, repr=False)
 
@@ -66,6 +67,7 @@ class NodeStarted:
             "reachability": self.reachability.as_dict(),
             "advertised": self.advertised,
             "reach": self.reach,
+            "manifests_held": self.manifests_held,
         }
 
 
@@ -215,6 +217,7 @@ async def _run(
             host.reachability(),
             host.advertised_addrs(),
             host.reach_counters(),
+            len(directory.manifests(include_own=True)),
             now,
         )
 
