@@ -95,15 +95,24 @@ def _allowing(path: Path, *peers: PeerId) -> PeerGate:
     return PeerGate(allowlist=Allowlist(path))
 
 
-async def test_a_peer_we_cannot_reach_is_probed_through_a_third_host(tmp_path: Path):
-    """C lets B in, not A: A's pings to C fail, and B pings C for A."""
-    suspected: list[PeerId] = []
+@asynccontextmanager
+async def c_admits_only_b(tmp_path: Path) -> AsyncIterator[tuple[PeerHost, PeerHost, PeerHost]]:
+    """Hosts A, B and C on loopback; C's allowlist names only B, so A cannot reach C."""
     a_key, b_key, c_key = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
     gate = _allowing(tmp_path / "allow.txt", PeerId(b_key.peer_id))
     async with (
         open_host(a_key, ["/ip4/127.0.0.1/tcp/0"]) as a,
         open_host(b_key, ["/ip4/127.0.0.1/tcp/0"]) as b,
         open_host(c_key, ["/ip4/127.0.0.1/tcp/0"], gate=gate) as c,
+    ):
+        yield a, b, c
+
+
+async def test_a_peer_we_cannot_reach_is_probed_through_a_third_host(tmp_path: Path):
+    """C lets B in, not A: A's pings to C fail, and B pings C for A."""
+    suspected: list[PeerId] = []
+    async with (
+        c_admits_only_b(tmp_path) as (a, b, c),
         running(fast_membership(b)),
         running(fast_membership(c)),
         running(fast_membership(a, on_suspected=suspected.append)) as watch,
@@ -157,12 +166,8 @@ async def test_a_helper_not_connected_to_the_target_says_no_rather_than_dial_it(
     """As above, but B has never connected to C, only holds its addresses: B's connections
     are bounded, so it will not open one to a stranger for A's probe. C stays suspect."""
     suspected: list[PeerId] = []
-    a_key, b_key, c_key = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
-    gate = _allowing(tmp_path / "allow.txt", PeerId(b_key.peer_id))
     async with (
-        open_host(a_key, ["/ip4/127.0.0.1/tcp/0"]) as a,
-        open_host(b_key, ["/ip4/127.0.0.1/tcp/0"]) as b,
-        open_host(c_key, ["/ip4/127.0.0.1/tcp/0"], gate=gate) as c,
+        c_admits_only_b(tmp_path) as (a, b, c),
         running(fast_membership(b)) as helper,
         running(fast_membership(a, on_suspected=suspected.append)) as watch,
     ):
