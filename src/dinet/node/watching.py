@@ -4,11 +4,10 @@ A node watches only its model neighbours (the other servers of its model it keep
 connected for the model's topic) and the relays holding a slot for it: one or two
 pings a period whatever their number (`dinet.p2p.membership`). The links to the peers
 watching it are kept too, so that a neighbour's link is not closed by one side while
-the other keeps probing it. A neighbour declared
-dead leaves the directory and the neighbours (another is found), and its connection
-is closed. A neighbour's manifest, passed on to clients that ask which peers serve
-the model, is fetched again after a ping when it is close to expiry, so gossip need
-not repeat it.
+the other keeps probing it. A neighbour declared dead leaves the directory and the
+neighbours (another is found), and its connection is closed. A neighbour's manifest,
+passed on to clients that ask which peers serve the model, is fetched again after a
+ping when it is close to expiry, so gossip need not repeat it.
 """
 
 from __future__ import annotations
