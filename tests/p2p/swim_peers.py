@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from contextlib import AsyncExitStack
 
 import trio
+from tests.helpers import make_manifest
 
 from dinet.p2p.host import PeerHost, open_host
 from dinet.p2p.membership import Membership
 from dinet.p2p.streams import FramedStream, Handler, Stream
-from dinet.wire.ids import MANIFEST_PROTOCOL, PROTOCOL_VERSION
+from dinet.wire.ids import MANIFEST_PROTOCOL
 from dinet.wire.keys import SigningKey
-from dinet.wire.manifest import Load, Manifest, ManifestList, sign_manifest
+from dinet.wire.manifest import ManifestList, sign_manifest
 
 
 def _manifest_server(host: PeerHost) -> Handler:
@@ -29,21 +29,7 @@ def _manifest_server(host: PeerHost) -> Handler:
         framed = FramedStream(stream)
         if await framed.receive() is None:
             return
-        now = time.time()
-        manifest = Manifest(
-            peer_id=host.peer_id,
-            version=PROTOCOL_VERSION,
-            region="",
-            addrs=tuple(host.full_addrs()[:1]),
-            models=(),
-            max_concurrent=1,
-            tokens_per_s=0.0,
-            ttft_ms=0.0,
-            price_per_token=0.0,
-            load=Load(active=0, queued=0),
-            issued_at=now,
-            expires_at=now + 30,
-        )
+        manifest = make_manifest(host.key, addrs=tuple(host.full_addrs()[:1]))
         await framed.send(ManifestList(manifests=(sign_manifest(manifest, host.key),)))
         await framed.close()
 

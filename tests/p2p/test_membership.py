@@ -163,8 +163,9 @@ async def _answer_or_none(framed: FramedStream) -> bytes | None:
 
 
 async def test_a_helper_not_connected_to_the_target_says_no_rather_than_dial_it(tmp_path: Path):
-    """As above, but B has never connected to C, only holds its addresses: B's connections
-    are bounded, so it will not open one to a stranger for A's probe. C stays suspect."""
+    """C lets B in, not A, as in the test of indirect probes; but B has never connected to
+    C, it only holds C's addresses. B's connections are bounded, so it will not open one
+    to a stranger for A's probe, and C stays suspect."""
     suspected: list[PeerId] = []
     async with (
         c_admits_only_b(tmp_path) as (a, b, c),
