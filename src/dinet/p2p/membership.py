@@ -254,9 +254,11 @@ class Membership:
         """Ping `request.target` for `peer`: its ack (our news on it), or a nack."""
         nack = SwimNack(probe_id=request.probe_id)
         target = PeerId(request.target)
-        if target in (peer, self.host.peer_id) or not self.host.is_connected(target):
-            return nack  # never a dial to a stranger for someone else's probe: our links are bounded
+        if target in (peer, self.host.peer_id):
+            return nack
         news = self.core.on_ping_req(trio.current_time(), peer, target, _core(request.news))
+        if not self.host.is_connected(target):
+            return nack  # never a dial to a stranger for someone else's probe: our links are bounded
         try:
             self._forwards.acquire_nowait()
         except trio.WouldBlock:
