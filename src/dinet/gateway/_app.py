@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +34,7 @@ from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
 from dinet.gateway._series import RecentChains, Series
-from dinet.wire.messages import MAX_DEADLINE_MS, TokenFrame
+from dinet.wire.messages import MAX_DEADLINE_MS, GenerationParams, TokenFrame
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,40 @@ class _Gateway:
         arrived = time.perf_counter()
         parsed = oa.parse_request(kind, await _json_body(request))
         params = oa.generation_params(parsed, self.settings.default_max_tokens)
-        choice = await self.view.resolve(parsed.model)
+        started = await self.start_answer(
+            request,
+            parsed.model,
+            params,
+            arrived,
+            replicas=parsed.dinet.replicas,
+            sharded=parsed.dinet_sharded,
+        )
+        response_id, created = oa.new_id(kind), oa.now()
+        if not parsed.stream:
+            answer = await started.answer()
+            return JSONResponse(
+                oa.full_response(kind, response_id, created, answer, started.extra),
+                headers={PEER_HEADER: answer.peer_id},
+            )
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        stream = _SseStream(self, kind, response_id, created, parsed.model, started, include_usage)
+        return _EventStreamResponse(stream.run, started.stream_headers())
+
+    async def start_answer(
+        self,
+        request: Request,
+        model: str,
+        params: GenerationParams,
+        arrived: float,
+        *,
+        replicas: int = 1,
+        sharded: bool | None = None,
+    ) -> Started:
+        """Ask the network for `params` and wait for the first event, so that a request no
+        peer can take gets a proper status code rather than an error inside a 200 stream.
+        Every API the gateway speaks (OpenAI's, Ollama's, ...) answers through here.
+        `sharded`: the request's own choice of a chain; None defers to the header."""
+        choice = await self.view.resolve(model)
         attempts: list[str] = []
         extra: dict[str, object] = {}
         options = AskOptions.from_settings(
@@ -155,8 +189,8 @@ class _Gateway:
             model_hash=choice.model_hash,
             deadline_s=_deadline_s(request),
         )
-        if parsed.dinet.replicas > 1:
-            vote = await ask_replicas(self.view.network, params, parsed.dinet.replicas, options)
+        if replicas > 1:
+            vote = await ask_replicas(self.view.network, params, replicas, options)
             if vote.answer is None:
                 raise NoMajority(vote.explain())
             extra["vote"] = vote.summary()
@@ -169,12 +203,10 @@ class _Gateway:
                 ask(
                     self.view.network,
                     params,
-                    options.with_(sharded=_sharded(parsed, request)),
+                    options.with_(sharded=sharded if sharded is not None else _sharded_header(request)),
                     on_attempt=attempts.append,
                 ),
             )
-        # Wait for the first event before answering, so that a request no peer can take
-        # gets a proper status code rather than an error inside a 200 stream.
         try:
             first = await events.__anext__()
         except BaseException:
@@ -182,30 +214,46 @@ class _Gateway:
             raise
         tracker = _Tracker(self, arrived)
         tracker.see(first)
-        response_id, created = oa.new_id(kind), oa.now()
-        if not parsed.stream:
-            async with aclosing(events):
-                answer = first if isinstance(first, Answer) else None
-                async for event in events:
-                    tracker.see(event)
-                    if isinstance(event, Answer):
-                        answer = event
-            assert answer is not None  # ask always ends with its Answer
-            tracker.finish(answer)
-            return JSONResponse(
-                oa.full_response(kind, response_id, created, answer, extra),
-                headers={PEER_HEADER: answer.peer_id},
-            )
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        stream = _SseStream(
-            self, kind, response_id, created, parsed.model, first, events, tracker, include_usage, extra
-        )
+        return Started(first, events, tracker, attempts, extra)
+
+
+@dataclass
+class Started:
+    """An answer under way: its first event has arrived (`first`), the rest follow in
+    `events`; `extra` holds what the gateway adds to the response's `dinet` field."""
+
+    first: Event
+    events: AsyncGenerator[Event, None]
+    tracker: _Tracker
+    attempts: list[str]  # the peers tried, in order
+    extra: dict[str, object]
+
+    async def all_events(self) -> AsyncGenerator[Event, None]:
+        """Every event, the first included, each seen by the metrics; closes the answer."""
+        async with aclosing(self.events):
+            yield self.first
+            async for event in self.events:
+                self.tracker.see(event)
+                yield event
+
+    async def answer(self) -> Answer:
+        """The whole answer, for a response that is not streamed."""
+        answer: Answer | None = None
+        async with aclosing(self.all_events()) as events:
+            async for event in events:
+                if isinstance(event, Answer):
+                    answer = event
+        assert answer is not None  # ask always ends with its Answer
+        self.tracker.finish(answer)
+        return answer
+
+    def stream_headers(self) -> dict[str, str]:
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-        if attempts:
-            # The peer that sent the first token; the last chunk's `dinet.peer_id` names
-            # the one that finished the answer (they differ only after a failover).
-            headers[PEER_HEADER] = attempts[-1]
-        return _EventStreamResponse(stream.run, headers)
+        if self.attempts:
+            # The peer that sent the first token; the answer's last event names the one
+            # that finished it (they differ only after a failover).
+            headers[PEER_HEADER] = self.attempts[-1]
+        return headers
 
 
 class _Tracker:
@@ -244,15 +292,11 @@ class _SseStream:
         response_id: str,
         created: int,
         model: str,
-        first: Event,
-        events: AsyncGenerator[Event, None],
-        tracker: _Tracker,
+        started: Started,
         include_usage: bool,
-        extra: dict[str, object],
     ) -> None:
         self.gateway, self.kind, self.response_id, self.created = gateway, kind, response_id, created
-        self.model, self.first, self.events, self.tracker = model, first, events, tracker
-        self.include_usage, self.extra = include_usage, extra
+        self.model, self.started, self.include_usage = model, started, include_usage
 
     def _event(self, payload: dict[str, object]) -> bytes:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
@@ -260,30 +304,22 @@ class _SseStream:
     async def run(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         sent_first = False
         try:
-            async with aclosing(self.events):
-                event: Event | None = self.first
-                while event is not None:
-                    if isinstance(event, TokenFrame):
-                        if event.text:
-                            await write(
-                                self._event(
-                                    oa.chunk(
-                                        self.kind,
-                                        self.response_id,
-                                        self.created,
-                                        self.model,
-                                        event.text,
-                                        first=not sent_first,
-                                    )
-                                )
-                            )
-                            sent_first = True
-                    else:
+            async with aclosing(self.started.all_events()) as events:
+                async for event in events:
+                    if isinstance(event, Answer):
                         await self._finish(event, write)
                         return
-                    event = await anext(self.events, None)
-                    if event is not None:
-                        self.tracker.see(event)
+                    if event.text:
+                        chunk = oa.chunk(
+                            self.kind,
+                            self.response_id,
+                            self.created,
+                            self.model,
+                            event.text,
+                            first=not sent_first,
+                        )
+                        await write(self._event(chunk))
+                        sent_first = True
         except Exception as exc:
             error = first_dinet_error(exc)
             if error is None:
@@ -295,7 +331,7 @@ class _SseStream:
             await write(self._event(api.body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
-        self.tracker.finish(answer)
+        self.started.tracker.finish(answer)
         last = oa.chunk(
             self.kind,
             self.response_id,
@@ -304,7 +340,7 @@ class _SseStream:
             None,
             finish_reason=answer.finish_reason,
         )
-        last["dinet"] = {**oa.dinet_extra(answer), **self.extra}
+        last["dinet"] = {**oa.dinet_extra(answer), **self.started.extra}
         if not self.include_usage:
             last["usage"] = oa.usage(answer)
         await write(self._event(last))
@@ -352,10 +388,8 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
             return
 
 
-def _sharded(parsed: oa.Request, request: Request) -> bool | None:
-    """Chain or whole model: the body's `dinet_sharded`, else the `x-dinet-sharded` header."""
-    if parsed.dinet_sharded is not None:
-        return parsed.dinet_sharded
+def _sharded_header(request: Request) -> bool | None:
+    """Chain or whole model as the `x-dinet-sharded` header asks; None without it."""
     header = request.headers.get(SHARDED_HEADER, "").strip().lower()
     if header in ("1", "true", "yes"):
         return True
