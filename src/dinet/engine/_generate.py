@@ -16,9 +16,10 @@ the cost of one decode step per prefix token.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, Protocol
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dinet.engine._text import CompletionText
-from dinet.engine.sampler import Sampler
+from dinet.engine.sampler import NothingAllowed, Sampler
 from dinet.engine.testing.liar import Lie
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
 
@@ -36,6 +37,14 @@ ShouldStop = Callable[[], bool]
 
 class BadRequest(Exception):
     """A request this model cannot serve; the worker answers it and keeps serving."""
+
+
+class Constraint(Protocol):
+    """What a request's grammar tells the loop (see `dinet.engine.llama._grammar`)."""
+
+    def allows(self, ids: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]: ...
+    def accept(self, token: int) -> None: ...  # BadRequest if it does not allow `token`
+    def close(self) -> None: ...
 
 
 class Model(Protocol):
@@ -51,6 +60,7 @@ class Model(Protocol):
     def last_logits(self) -> npt.NDArray[np.float32]: ...  # (n_vocab,) for the last position
     def piece(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
+    def constraint(self, grammar: str) -> Constraint: ...  # BadRequest where grammars are not supported
 
 
 def run_generation(
@@ -73,55 +83,59 @@ def run_generation(
     prompt, template_stops = model.prompt_tokens(params)
     prefix = list(params.prefix_tokens)
     check_request(model, prompt, prefix)
-    text = CompletionText(params.stop + template_stops)
-    for token in prefix:
-        text.prime(model.piece(token))
+    with _constraint(model, params) as constraint:
+        if constraint is not None:
+            for token in prefix:
+                constraint.accept(token)  # a resumed answer holds to the grammar too
+        text = CompletionText(params.stop + template_stops)
+        for token in prefix:
+            text.prime(model.piece(token))
 
-    model.start(prompt)
-    for token in prefix:  # one step each, exactly as they were first generated
-        model.step(token)
-    index = len(prefix)
-    emitted = steps = 0
-    first_at = last_at = 0.0
-    finish: Literal["stop", "length"] = "length"
-    tamper = lie.tamperer(index, params.max_tokens) if lie is not None and random_token else None
-    while index < params.max_tokens:
-        if tamper is not None and random_token is not None and tamper.replaces_all:
-            token = tamper.token(index, -1, random_token)
-        else:
-            token = sampler.choose(
-                model.last_logits(),
-                index,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                seed=params.seed,
-            )
-            if tamper is not None and random_token is not None:
-                token = tamper.token(index, token, random_token, model.is_eog(token))
-        last_at = time.perf_counter()
-        first_at = first_at or last_at
-        steps += 1
-        if model.is_eog(token):
-            finish = "stop"
-            break
-        frames, stopped = text.push(index, token, model.piece(token))
-        for frame in frames:
-            emit(frame)
-        emitted += len(frames)
-        index += 1
-        if stopped:
-            finish = "stop"
-            break
-        if index >= params.max_tokens or model.n_tokens() >= model.n_ctx:
-            break
-        if should_stop():
-            finish = "stop"
-            break
-        if tamper is None or not tamper.replaces_all:
+        model.start(prompt)
+        for token in prefix:  # one step each, exactly as they were first generated
             model.step(token)
-    for frame in text.finish():
-        emit(frame)
-        emitted += 1
+        index = len(prefix)
+        emitted = steps = 0
+        first_at = last_at = 0.0
+        finish: Literal["stop", "length"] = "length"
+        tamper = lie.tamperer(index, params.max_tokens) if lie is not None and random_token else None
+        while index < params.max_tokens:
+            if tamper is not None and random_token is not None and tamper.replaces_all:
+                token = tamper.token(index, -1, random_token)
+            else:
+                try:
+                    token = _choose(sampler, model.last_logits(), index, params, constraint)
+                except NothingAllowed:
+                    finish = "stop"  # the grammar allows nothing more, not even the end
+                    break
+                if tamper is not None and random_token is not None:
+                    token = tamper.token(index, token, random_token, model.is_eog(token))
+            last_at = time.perf_counter()
+            first_at = first_at or last_at
+            steps += 1
+            if model.is_eog(token):
+                finish = "stop"
+                break
+            if constraint is not None and tamper is None:
+                constraint.accept(token)
+            frames, stopped = text.push(index, token, model.piece(token))
+            for frame in frames:
+                emit(frame)
+            emitted += len(frames)
+            index += 1
+            if stopped:
+                finish = "stop"
+                break
+            if index >= params.max_tokens or model.n_tokens() >= model.n_ctx:
+                break
+            if should_stop():
+                finish = "stop"
+                break
+            if tamper is None or not tamper.replaces_all:
+                model.step(token)
+        for frame in text.finish():
+            emit(frame)
+            emitted += 1
 
     decode_s = last_at - first_at  # the decode steps after the first token
     emit(
@@ -132,6 +146,35 @@ def run_generation(
             tokens_per_s=(steps - 1) / decode_s if steps > 1 and decode_s > 0 else 0.0,
             model_id=model_id,
         )
+    )
+
+
+@contextlib.contextmanager
+def _constraint(model: Model, params: GenerationParams) -> Iterator[Constraint | None]:
+    if params.grammar is None:
+        yield None
+        return
+    constraint = model.constraint(params.grammar)
+    try:
+        yield constraint
+    finally:
+        constraint.close()
+
+
+def _choose(
+    sampler: Sampler,
+    logits: npt.NDArray[np.float32],
+    index: int,
+    params: GenerationParams,
+    constraint: Constraint | None,
+) -> int:
+    """The next token: the deterministic sampler's, among the grammar's tokens if there is one."""
+    if constraint is None:
+        return sampler.choose(
+            logits, index, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+        )
+    return sampler.choose_allowed(
+        logits, index, constraint.allows, temperature=params.temperature, top_p=params.top_p, seed=params.seed
     )
 
 

@@ -18,6 +18,10 @@ the one the verifier's own logits would give, up to floating-point noise:
   token's interval by the other's whole mass: so a token whose log-prob is within
   `greedy_gap` of the token the verifier itself draws counts as no miss.
 
+Under a grammar (structured outputs) the verifier scores the logits the grammar
+leaves, so both rules apply unchanged; a claimed token the grammar refuses fails at
+once, whatever its scores.
+
 A random token sits deep in the tail (lo ~ 1, log-odds ~ 10 and more), a wrong
 model's token far from the draw: both are caught by margins that honest noise never
 reaches.
@@ -81,6 +85,17 @@ def judge(
 ) -> Verdict:
     """Whether every claimed token is plausible under the verifier's scores."""
     del top_p  # already inside lo/hi, which the verifier computed with it
+    verdict = _judge_scores(positions, temperature, seed, tolerances)
+    refused = {p.index for p in positions if not p.allowed}
+    if not refused:
+        return verdict
+    bad = tuple(sorted(refused.union(verdict.bad_positions)))
+    return Verdict(ok=False, bad_positions=bad, checked=verdict.checked, worst_margin=verdict.worst_margin)
+
+
+def _judge_scores(
+    positions: Sequence[PositionScore], temperature: float, seed: int, tolerances: Tolerances
+) -> Verdict:
     if temperature <= 0.0:
         gaps = [(p.index, p.best_logprob - p.logprob) for p in positions]
         bad = tuple(i for i, gap in gaps if gap > tolerances.greedy_gap)

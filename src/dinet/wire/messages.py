@@ -19,6 +19,7 @@ MAX_MESSAGES = 256
 MAX_TOKENS_LIMIT = 4096
 MAX_RECEIPT_BYTES = 4096
 MAX_DEADLINE_MS = 3_600_000  # an hour: beyond it, no deadline is worth stating
+MAX_GRAMMAR_CHARS = 64_000
 
 
 class Message(BaseModel):
@@ -38,6 +39,8 @@ class GenerationParams(Message):
     `prefix_tokens` are completion tokens already produced elsewhere (failover):
     the engine continues after them, and the sampler's draw for token i stays
     keyed by (seed, i) counted from the start of the completion.
+    `grammar` restricts every token to those the grammar allows (see
+    `dinet.engine.sampler.Sampler.choose_allowed`).
     """
 
     messages: tuple[ChatMessage, ...] | None = Field(default=None, max_length=MAX_MESSAGES)
@@ -48,6 +51,12 @@ class GenerationParams(Message):
     seed: int = Field(default=0, ge=0, lt=2**63)
     stop: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(default=(), max_length=4)
     prefix_tokens: tuple[int, ...] = Field(default=(), max_length=MAX_TOKENS_LIMIT)
+    # A GBNF grammar (llama.cpp's format, start rule `root`) every completion token must
+    # keep to: structured outputs. Left out of the frame when absent, so older nodes read
+    # plain requests; an older node refuses a request that has one (it cannot keep to it).
+    grammar: str | None = Field(
+        default=None, min_length=1, max_length=MAX_GRAMMAR_CHARS, exclude_if=lambda v: v is None
+    )
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):

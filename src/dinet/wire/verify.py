@@ -69,6 +69,8 @@ class PositionScore(Message):
     the claimed token's interval of the sampler's draw: the honest sampler emits it
     exactly when `uniform(seed, index)` falls inside (`lo` >= 1: outside the nucleus),
     and `drawn_logprob` is the log-prob of the token the verifier's own sampler draws.
+    Under a grammar, all of these are of the logits the grammar leaves (the refused
+    tokens' at -inf), and a token the grammar refuses has `allowed` false.
     """
 
     index: int = Field(ge=0)
@@ -79,6 +81,8 @@ class PositionScore(Message):
     lo: float | None = Field(default=None, ge=0.0)
     hi: float | None = Field(default=None, ge=0.0)
     drawn_logprob: float | None = Field(default=None, le=0.0)  # sampled: the verifier's own draw's
+    # False: the request's grammar does not allow this token here (or a token before it)
+    allowed: bool = Field(default=True, exclude_if=lambda v: v)
 
 
 class ScoresFrame(Message):

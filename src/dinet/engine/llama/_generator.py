@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dinet.engine._generate import BadRequest, Emit, ShouldStop, check_request, run_generation
+from dinet.engine.llama._grammar import Grammar
 from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, token_piece
 from dinet.engine.llama._score import score_tokens
 from dinet.engine.sampler import Sampler
@@ -83,14 +84,23 @@ class Generator:
         claimed = list(request.tokens)
         check_request(self, prompt, claimed)
         params = request.params
-        return score_tokens(
-            self._scoring_llm(),
-            prompt,
-            claimed,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-        )
+        grammar = None if params.grammar is None else Grammar(self._llm, params.grammar)
+        try:
+            return score_tokens(
+                self._scoring_llm(),
+                prompt,
+                claimed,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                grammar=grammar,
+            )
+        finally:
+            if grammar is not None:
+                grammar.close()
+
+    def constraint(self, grammar: str) -> Grammar:
+        return Grammar(self._llm, grammar)
 
     def _scoring_llm(self) -> llama_cpp.Llama:
         if self._scorer is None:

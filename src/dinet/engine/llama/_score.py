@@ -29,6 +29,7 @@ import llama_cpp.llama_cpp as llama_c
 import numpy as np
 import numpy.typing as npt
 
+from dinet.engine.llama._grammar import Grammar
 from dinet.engine.sampler import Sampler
 from dinet.wire.verify import PositionScore, ScoresFrame
 
@@ -68,8 +69,14 @@ def score_tokens(
     temperature: float,
     top_p: float,
     seed: int = 0,
+    grammar: Grammar | None = None,
 ) -> ScoresFrame:
-    """One PositionScore per claimed token, from a single prefill over prompt + claimed."""
+    """One PositionScore per claimed token, from a single prefill over prompt + claimed.
+
+    With a `grammar`, each position is scored as the constrained sampler sees it: every
+    token the grammar refuses there has a logit of -inf. A claimed token it refuses is
+    scored on the plain logits and marked `allowed=False`, as is every token after it
+    (the grammar cannot follow a completion that has left it)."""
     started = time.perf_counter()
     n_vocab = llm.n_vocab()
     sequence = prompt + claimed[:-1]  # the last claimed token is never an input
@@ -79,6 +86,7 @@ def score_tokens(
     batch = llm._batch.batch  # llama-cpp-python's own batch of n_batch slots
     positions: list[PositionScore] = []
     sampler = Sampler(n_vocab)
+    broken = False  # the claim has left the grammar
     for start in range(0, len(sequence), llm.n_batch):
         chunk = sequence[start : start + llm.n_batch]
         batch.n_tokens = len(chunk)
@@ -93,8 +101,17 @@ def score_tokens(
             k = start + i - first_out  # which claimed token these logits predict
             pointer = llama_c.llama_get_logits_ith(llm._ctx.ctx, i)
             logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+            allowed = True
+            if grammar is not None:
+                broken = broken or not grammar.allows(np.array([claimed[k]], dtype=np.intp))[0]
+                if broken:
+                    allowed = False
+                else:
+                    logits = np.where(grammar.allows_all(), logits, -np.inf).astype(np.float32)
+                    grammar.accept(claimed[k])
             drawn = sampler.choose(logits, k, temperature=temperature, top_p=top_p, seed=seed)
-            positions.append(score_position(logits, k, claimed[k], temperature, top_p, drawn))
+            position = score_position(logits, k, claimed[k], temperature, top_p, drawn)
+            positions.append(position if allowed else position.model_copy(update={"allowed": False}))
     llm._ctx.kv_cache_clear()  # the next request starts from an empty cache anyway
     return ScoresFrame(
         prompt_tokens=len(prompt),

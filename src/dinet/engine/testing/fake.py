@@ -45,6 +45,9 @@ class FakeEngine:
         self, params: GenerationParams
     ) -> AsyncGenerator[TokenFrame | EndFrame | ErrorFrame, None]:
         received = trio.current_time()
+        if params.grammar is not None:  # echoing words cannot keep to a grammar
+            yield ErrorFrame(code="bad_request", message="the fake engine does not keep to a grammar")
+            return
         words = _words(params)
         index = len(params.prefix_tokens)
         first_at = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +91,9 @@ class TorchGenerator:
 
     def is_eog(self, token: int) -> bool:
         return self._tokenizer.is_eog(token)
+
+    def constraint(self, grammar: str) -> NoReturn:
+        raise BadRequest("the layer-range engine does not keep to a grammar yet")
 
     def _forward(self, tokens: list[int]) -> None:
         """Tokens through every stage in turn; keeps the last position's logits."""

@@ -155,6 +155,8 @@ class StageSession:
         model = self.stage.model
         if self.params.prefix_tokens:
             raise StageRequestError("a chain replays its own steps: prefix_tokens are not taken")
+        if self.params.grammar is not None:
+            raise StageRequestError("a chain does not keep to a grammar yet: ask a whole-model peer")
         stops: tuple[str, ...] = ()
         if model.is_first or model.is_last:
             ids, stops = self._prompt()
