@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from pydantic import ValidationError
 
 from dinet.client.options import AskOptions
+from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.config import ClientSettings
 from dinet.errors import RequestError
 from dinet.routing.select import Policy
@@ -30,6 +31,9 @@ class Options(TypedDict, total=False):
     top_p: float
     seed: int  # with temperature > 0, the same seed gives the same answer
     stop: str | Sequence[str]  # up to 4 strings that end the answer
+    json: bool  # True: the answer is a JSON object (a grammar keeps every token to it)
+    json_schema: Mapping[str, Any]  # the answer is JSON matching this JSON Schema
+    grammar: str  # the answer keeps to this GBNF grammar (llama.cpp's format, rule `root`)
     sharded: bool | None  # True: through a chain of pipeline stages; False: whole-model peers only
     policy: Policy  # "latency" (default), "throughput" or "cost"
     max_price: float  # most credits per token (a chain: all its stages together)
@@ -42,6 +46,7 @@ class Options(TypedDict, total=False):
 
 
 _GENERATION = ("max_tokens", "temperature", "top_p", "seed", "stop")
+_STRUCTURE = ("json", "json_schema", "grammar")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -52,6 +57,9 @@ def build_request(
     if unknown:
         raise RequestError(f"unknown option {unknown[0]!r}", unknown[0])
     generation = {name: options[name] for name in _GENERATION if name in options}
+    grammar = _grammar(options)
+    if grammar is not None:
+        generation["grammar"] = grammar
     if isinstance(generation.get("stop"), str):
         generation["stop"] = (generation["stop"],)
     elif "stop" in generation:
@@ -62,7 +70,11 @@ def build_request(
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "messages"
         raise RequestError(f"invalid {name}: {first['msg']}", name) from None
-    asking = {("model_id" if k == "model" else k): v for k, v in options.items() if k not in _GENERATION}
+    asking = {
+        ("model_id" if k == "model" else k): v
+        for k, v in options.items()
+        if k not in _GENERATION and k not in _STRUCTURE
+    }
     return params, AskOptions.from_settings(settings, **asking)
 
 
@@ -100,3 +112,17 @@ def _message(i: int, message: object) -> ChatMessage:
         return ChatMessage(role=role, content=content)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise RequestError(f"{where}: {exc.errors()[0]['msg']}", "messages") from None
+
+
+def _grammar(options: Mapping[str, Any]) -> str | None:
+    """The grammar that `json`, `json_schema` or `grammar` asks for (at most one of them)."""
+    given = [name for name in _STRUCTURE if options.get(name) not in (None, False)]
+    if len(given) > 1:
+        raise RequestError(f"give one of {', '.join(given)}, not several", given[1])
+    if not given:
+        return None
+    if given[0] == "json":
+        return json_object_grammar()
+    if given[0] == "json_schema":
+        return json_schema_grammar(dict(options["json_schema"]), "json_schema")
+    return str(options["grammar"])

@@ -1,9 +1,12 @@
 """The OpenAI request and response shapes the gateway speaks, and their translation.
 
-Requests are parsed leniently where the OpenAI API is lenient (unknown fields are
-ignored, as OpenAI's own SDKs add new ones often) and refused with a RequestError
-naming the field where a request asks for something dinet does not do (n > 1,
-logprobs, tools, images, echo).
+Nothing a request asks for is silently ignored. Every field of OpenAI's chat and
+completions APIs is either honoured or refused with a RequestError naming it; a field
+OpenAI does not have is refused too, as OpenAI refuses it. Some fields are honoured by
+doing nothing, because here they change nothing: `user`, `metadata`,
+`safety_identifier`, `service_tier`, the prompt-cache fields and `parallel_tool_calls`
+(no tools). A feature dinet does not have yet is refused only when asked for: its
+"off" value (`n: 1`, `logprobs: false`, `presence_penalty: 0`, `tools: []`) is taken.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dinet.client.ask import Answer
+from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
 from dinet.wire.messages import ChatMessage, GenerationParams
@@ -25,6 +29,10 @@ Kind = Literal["chat", "completion"]
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class _TextPart(_Lenient):
@@ -49,6 +57,30 @@ class _StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class _JsonSchema(_Lenient):
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the grammar keeps to the schema either way
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> _ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with, and only with, type json_schema")
+        return self
+
+    def grammar(self) -> str | None:
+        if self.type == "json_object":
+            return json_object_grammar()
+        if self.json_schema is not None:
+            return json_schema_grammar(self.json_schema.schema_, "response_format")
+        return None
+
+
 class DinetOptions(BaseModel):
     """The request's own `dinet` field: what dinet does beyond the OpenAI API."""
 
@@ -56,17 +88,33 @@ class DinetOptions(BaseModel):
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # >1: ask that many peers, keep the majority
 
 
-class _Common(_Lenient):
+Off = Literal[None, False, 0]  # the value of a feature that is not asked for
+NOT_YET = frozenset(
+    {
+        "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "tools",
+        "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+        "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
+        "suffix", "best_of", "n",
+    }
+)  # fmt: skip
+
+
+class _Common(_Strict):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
-    n: Literal[1] = 1
+    n: Literal[1, None] = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
-    logprobs: Literal[False, None] = None
+    # Not yet: refused unless off.
+    frequency_penalty: Off = None
+    presence_penalty: Off = None
+    logit_bias: dict[str, Literal[0]] | None = None
+    # Honoured by doing nothing: they do not change the answer.
+    user: str | None = None
     # dinet's own: true answers through a chain of pipeline stages, false only from
     # whole-model peers; unset, a chain is used only when no peer holds the whole model.
     dinet_sharded: bool | None = None
@@ -76,14 +124,37 @@ class _Common(_Lenient):
 class ChatRequest(_Common):
     messages: list[_InMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: Literal[None] = None
-    functions: Literal[None] = None
+    response_format: _ResponseFormat | None = None
+    # Not yet: refused unless off.
+    logprobs: Literal[False, None] = None
+    top_logprobs: Literal[0, None] = None
+    tools: list[None] | None = Field(default=None, max_length=0)
+    tool_choice: Literal["none", "auto", None] = None
+    functions: list[None] | None = Field(default=None, max_length=0)
+    function_call: Literal["none", "auto", None] = None
+    audio: None = None
+    modalities: list[Literal["text"]] | None = None
+    prediction: None = None
+    reasoning_effort: None = None
+    verbosity: None = None
+    web_search_options: None = None
+    moderation: None = None
+    store: Literal[False, None] = None  # nothing is stored: asking for it is refused
+    # Honoured by doing nothing: they do not change the answer.
+    metadata: dict[str, str] | None = None
+    parallel_tool_calls: bool | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
     prompt: str | list[str]
+    # Not yet: refused unless off.
     echo: Literal[False] = False
-    suffix: Literal[None] = None
+    suffix: Literal[None, ""] = None
     best_of: Literal[1, None] = None
     logprobs: Literal[0, None] = None  # type: ignore[assignment]
 
@@ -101,6 +172,11 @@ def parse_request(kind: Kind, body: object) -> Request:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise RequestError(f"unrecognised request field: {where}", where) from None
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field in NOT_YET:
+            raise RequestError(f"{field} is not supported by dinet yet: leave it out", field) from None
         raise RequestError(f"invalid value for {where or 'body'}: {first['msg']}", where or None) from None
 
 
@@ -121,6 +197,8 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
     }
     if isinstance(request, ChatRequest):
         fields["messages"] = tuple(m.to_wire() for m in request.messages)
+        if request.response_format is not None:
+            fields["grammar"] = request.response_format.grammar()
     else:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if len(prompts) != 1:

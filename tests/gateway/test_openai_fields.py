@@ -1,0 +1,129 @@
+"""Every field of OpenAI's chat and completions requests is honoured or refused by name,
+none silently ignored (issue 23). The lists walked are the official `openai` SDK's own,
+so a field a newer SDK adds fails here until it is decided."""
+
+from __future__ import annotations
+
+import pytest
+from openai.types import completion_create_params
+from openai.types.chat import completion_create_params as chat_create_params
+
+from dinet.errors import RequestError
+from dinet.gateway._openai import generation_params, parse_request
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+# field: (a value that asks for something, honoured?)
+CHAT_FIELDS = {
+    "model": ("m", True),
+    "messages": (MESSAGES, True),
+    "max_tokens": (8, True),
+    "max_completion_tokens": (8, True),
+    "temperature": (0.5, True),
+    "top_p": (0.9, True),
+    "seed": (7, True),
+    "stop": (["\n"], True),
+    "stream": (True, True),
+    "stream_options": ({"include_usage": True}, True),
+    "response_format": ({"type": "json_object"}, True),
+    "user": ("someone", True),  # honoured by doing nothing, as each below
+    "metadata": ({"k": "v"}, True),
+    "safety_identifier": ("x", True),
+    "service_tier": ("auto", True),
+    "prompt_cache_key": ("k", True),
+    "prompt_cache_retention": ("24h", True),
+    "prompt_cache_options": ({}, True),
+    "parallel_tool_calls": (False, True),
+    "n": (2, False),
+    "frequency_penalty": (0.5, False),
+    "presence_penalty": (0.5, False),
+    "logit_bias": ({"50256": -100}, False),
+    "logprobs": (True, False),
+    "top_logprobs": (3, False),
+    "tools": ([TOOL], False),
+    "tool_choice": ("required", False),
+    "functions": ([TOOL["function"]], False),
+    "function_call": ({"name": "f"}, False),
+    "audio": ({"voice": "alloy", "format": "wav"}, False),
+    "modalities": (["text", "audio"], False),
+    "prediction": ({"type": "content", "content": "x"}, False),
+    "reasoning_effort": ("low", False),
+    "verbosity": ("low", False),
+    "web_search_options": ({}, False),
+    "moderation": ({}, False),
+    "store": (True, False),
+}
+COMPLETION_FIELDS = {
+    "model": ("m", True),
+    "prompt": ("Once", True),
+    "max_tokens": (8, True),
+    "temperature": (0.5, True),
+    "top_p": (0.9, True),
+    "seed": (7, True),
+    "stop": ("\n", True),
+    "stream": (True, True),
+    "stream_options": ({"include_usage": True}, True),
+    "user": ("someone", True),
+    "n": (2, False),
+    "best_of": (2, False),
+    "echo": (True, False),
+    "suffix": ("end", False),
+    "logprobs": (2, False),
+    "frequency_penalty": (0.5, False),
+    "presence_penalty": (0.5, False),
+    "logit_bias": ({"50256": -100}, False),
+}
+BASE = {"chat": {"model": "m", "messages": MESSAGES}, "completion": {"model": "m", "prompt": "Once"}}
+
+
+def sdk_fields(params: type) -> set[str]:
+    return set(params.__annotations__) | {"stream"}
+
+
+def test_the_tables_hold_every_field_of_the_sdk():
+    assert set(CHAT_FIELDS) == sdk_fields(chat_create_params.CompletionCreateParamsBase)
+    assert set(COMPLETION_FIELDS) == sdk_fields(completion_create_params.CompletionCreateParamsBase)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "honoured"),
+    [("chat", f, v, h) for f, (v, h) in CHAT_FIELDS.items()]
+    + [("completion", f, v, h) for f, (v, h) in COMPLETION_FIELDS.items()],
+)
+def test_a_field_is_honoured_or_refused_by_name(kind, field, value, honoured):
+    body = {**BASE[kind], field: value}
+    if honoured:
+        generation_params(parse_request(kind, body), 16)
+        return
+    with pytest.raises(RequestError) as refused:
+        generation_params(parse_request(kind, body), 16)
+    assert refused.value.param == field and field in str(refused.value)
+
+
+@pytest.mark.parametrize("field", ["presence_penalty", "logprobs", "n", "tools"])
+def test_a_feature_not_asked_for_is_taken(field):
+    off = {"presence_penalty": 0.0, "logprobs": False, "n": 1, "tools": []}[field]
+    parse_request("chat", {**BASE["chat"], field: off})
+
+
+def test_a_field_openai_does_not_have_is_refused_by_name():
+    with pytest.raises(RequestError) as refused:
+        parse_request("chat", {**BASE["chat"], "top_k": 40})
+    assert refused.value.param == "top_k"
+
+
+def test_response_formats_become_the_grammar_the_request_carries():
+    def grammar(response_format: object) -> str | None:
+        return generation_params(
+            parse_request("chat", {**BASE["chat"], "response_format": response_format}), 16
+        ).grammar
+
+    assert grammar({"type": "text"}) is None
+    assert "object" in (grammar({"type": "json_object"}) or "")
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}}, "required": ["colour"]}
+    made = grammar({"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}})
+    assert made is not None and 'red' in made and 'blue' in made and 'colour' in made
+    with pytest.raises(RequestError) as refused:
+        grammar({"type": "json_schema"})
+    assert refused.value.param == "response_format"
