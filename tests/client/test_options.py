@@ -61,3 +61,24 @@ def test_an_unknown_option_is_a_request_error():
     with pytest.raises(RequestError, match="unknown option 'max_cost'") as refused:
         AskOptions().with_(max_cost=1.0)
     assert refused.value.param == "max_cost"
+
+
+def test_structured_output_options_become_the_request_grammar(tmp_path):
+    from dinet.client._request import build_request, chat_messages
+
+    settings = ClientSettings(home=tmp_path, mdns=False)
+    messages = chat_messages("Describe a person.")
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    by_schema, _ = build_request(messages, {"json_schema": schema}, settings)
+    assert by_schema.grammar is not None and "age" in by_schema.grammar
+    as_json, _ = build_request(messages, {"json": True, "max_tokens": 8}, settings)
+    assert as_json.grammar is not None and "object" in as_json.grammar
+    own, _ = build_request(messages, {"grammar": 'root ::= "yes" | "no"'}, settings)
+    assert own.grammar == 'root ::= "yes" | "no"'
+    assert build_request(messages, {"json": False}, settings)[0].grammar is None
+    with pytest.raises(RequestError) as both:
+        build_request(messages, {"json": True, "json_schema": schema}, settings)
+    assert both.value.param == "json_schema"
+    with pytest.raises(RequestError) as bad:
+        build_request(messages, {"json_schema": {"type": "object", "$ref": "#/nowhere"}}, settings)
+    assert bad.value.param == "json_schema"
