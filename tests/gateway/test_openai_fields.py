@@ -123,7 +123,7 @@ def test_response_formats_become_the_grammar_the_request_carries():
     assert "object" in (grammar({"type": "json_object"}) or "")
     schema = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}}, "required": ["colour"]}
     made = grammar({"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}})
-    assert made is not None and 'red' in made and 'blue' in made and 'colour' in made
+    assert made is not None and "red" in made and "blue" in made and "colour" in made
     with pytest.raises(RequestError) as refused:
         grammar({"type": "json_schema"})
     assert refused.value.param == "response_format"
