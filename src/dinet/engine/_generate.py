@@ -27,6 +27,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from dinet.engine._text import CompletionText
+from dinet.engine.adjust import Adjuster
 from dinet.engine.sampler import NothingAllowed, Sampler
 from dinet.engine.testing.liar import Lie
 from dinet.wire.messages import EndFrame, GenerationParams, Usage
@@ -82,11 +83,14 @@ def run_generation(
     """
     prompt, template_stops = model.prompt_tokens(params)
     prefix = list(params.prefix_tokens)
-    check_request(model, prompt, prefix)
+    check_request(model, params, prompt, prefix)
+    adjuster = Adjuster(params, prompt) if Adjuster.needed(params) else None
     with _constraint(model, params) as constraint:
-        if constraint is not None:
-            for token in prefix:
-                constraint.accept(token)  # a resumed answer holds to the grammar too
+        for token in prefix:  # a resumed answer keeps to the grammar and the penalties too
+            if constraint is not None:
+                constraint.accept(token)
+            if adjuster is not None:
+                adjuster.push(token)
         text = CompletionText(params.stop + template_stops)
         for token in prefix:
             text.prime(model.piece(token))
@@ -104,7 +108,10 @@ def run_generation(
                 token = tamper.token(index, -1, random_token)
             else:
                 try:
-                    token = _choose(sampler, model.last_logits(), index, params, constraint)
+                    logits: npt.NDArray[np.floating] = model.last_logits()
+                    if adjuster is not None:
+                        logits = adjuster.logits(logits)
+                    token = _choose(sampler, logits, index, params, constraint)
                 except NothingAllowed:
                     finish = "stop"  # the grammar allows nothing more, not even the end
                     break
@@ -118,6 +125,8 @@ def run_generation(
                 break
             if constraint is not None and tamper is None:
                 constraint.accept(token)
+            if adjuster is not None:
+                adjuster.push(token)
             frames, stopped = text.push(index, token, model.piece(token))
             for frame in frames:
                 emit(frame)
@@ -163,7 +172,7 @@ def _constraint(model: Model, params: GenerationParams) -> Iterator[Constraint |
 
 def _choose(
     sampler: Sampler,
-    logits: npt.NDArray[np.float32],
+    logits: npt.NDArray[np.floating],
     index: int,
     params: GenerationParams,
     constraint: Constraint | None,
@@ -178,12 +187,14 @@ def _choose(
     )
 
 
-def check_request(model: Model, prompt: list[int], prefix: list[int]) -> None:
+def check_request(model: Model, params: GenerationParams, prompt: list[int], prefix: list[int]) -> None:
     """Refuse (BadRequest) an empty prompt, a token outside the vocabulary, or too long an input."""
     if not prompt:
         raise BadRequest("the prompt is empty")
     if any(not 0 <= token < model.n_vocab for token in prefix):
         raise BadRequest(f"a token id is outside the vocabulary ({model.n_vocab})")
+    if any(token >= model.n_vocab for token, _ in params.logit_bias):
+        raise BadRequest(f"a logit_bias token id is outside the vocabulary ({model.n_vocab})")
     if len(prompt) + len(prefix) >= model.n_ctx:
         raise BadRequest(
             f"prompt of {len(prompt)} tokens plus {len(prefix)} completion tokens "

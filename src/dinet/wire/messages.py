@@ -20,6 +20,7 @@ MAX_TOKENS_LIMIT = 4096
 MAX_RECEIPT_BYTES = 4096
 MAX_DEADLINE_MS = 3_600_000  # an hour: beyond it, no deadline is worth stating
 MAX_GRAMMAR_CHARS = 64_000
+MAX_LOGIT_BIAS = 300  # token biases in one request, as OpenAI's limit
 
 
 class Message(BaseModel):
@@ -40,7 +41,8 @@ class GenerationParams(Message):
     the engine continues after them, and the sampler's draw for token i stays
     keyed by (seed, i) counted from the start of the completion.
     `grammar` restricts every token to those the grammar allows (see
-    `dinet.engine.sampler.Sampler.choose_allowed`).
+    `dinet.engine.sampler.Sampler.choose_allowed`); `logit_bias`, the penalties and
+    `min_p` adjust the logits before the sampler sees them (`dinet.engine.adjust`).
     """
 
     messages: tuple[ChatMessage, ...] | None = Field(default=None, max_length=MAX_MESSAGES)
@@ -57,6 +59,14 @@ class GenerationParams(Message):
     grammar: str | None = Field(
         default=None, min_length=1, max_length=MAX_GRAMMAR_CHARS, exclude_if=lambda v: v is None
     )
+    # Sampling controls (see `dinet.engine.adjust`), each left out of the frame when off.
+    logit_bias: tuple[tuple[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100, le=100)]], ...] = (
+        Field(default=(), max_length=MAX_LOGIT_BIAS, exclude_if=lambda v: not v)
+    )
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0, exclude_if=lambda v: v == 1.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, exclude_if=lambda v: v == 0.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, exclude_if=lambda v: v == 0.0)
+    min_p: float = Field(default=0.0, ge=0.0, lt=1.0, exclude_if=lambda v: v == 0.0)
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dinet.engine._generate import BadRequest, Emit, ShouldStop, check_request, run_generation
+from dinet.engine.adjust import Adjuster
 from dinet.engine.llama._grammar import Grammar
 from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, token_piece
 from dinet.engine.llama._score import score_tokens
@@ -82,8 +83,8 @@ class Generator:
         """Re-score a claimed completion (verification): one prefill, no decoding."""
         prompt, _ = self.prompt_tokens(request.params)
         claimed = list(request.tokens)
-        check_request(self, prompt, claimed)
         params = request.params
+        check_request(self, params, prompt, claimed)
         grammar = None if params.grammar is None else Grammar(self._llm, params.grammar)
         try:
             return score_tokens(
@@ -94,6 +95,7 @@ class Generator:
                 top_p=params.top_p,
                 seed=params.seed,
                 grammar=grammar,
+                adjuster=Adjuster(params, prompt) if Adjuster.needed(params) else None,
             )
         finally:
             if grammar is not None:

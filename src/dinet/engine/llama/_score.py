@@ -29,6 +29,7 @@ import llama_cpp.llama_cpp as llama_c
 import numpy as np
 import numpy.typing as npt
 
+from dinet.engine.adjust import Adjuster
 from dinet.engine.llama._grammar import Grammar
 from dinet.engine.sampler import Sampler
 from dinet.wire.verify import PositionScore, ScoresFrame
@@ -70,13 +71,16 @@ def score_tokens(
     top_p: float,
     seed: int = 0,
     grammar: Grammar | None = None,
+    adjuster: Adjuster | None = None,
 ) -> ScoresFrame:
     """One PositionScore per claimed token, from a single prefill over prompt + claimed.
 
     With a `grammar`, each position is scored as the constrained sampler sees it: every
     token the grammar refuses there has a logit of -inf. A claimed token it refuses is
     scored on the plain logits and marked `allowed=False`, as is every token after it
-    (the grammar cannot follow a completion that has left it)."""
+    (the grammar cannot follow a completion that has left it). With an `adjuster`
+    (penalties, bias, min-p), each position is scored on the logits it adjusts, as the
+    answering peer chose from them."""
     started = time.perf_counter()
     n_vocab = llm.n_vocab()
     sequence = prompt + claimed[:-1]  # the last claimed token is never an input
@@ -101,13 +105,16 @@ def score_tokens(
             k = start + i - first_out  # which claimed token these logits predict
             pointer = llama_c.llama_get_logits_ith(llm._ctx.ctx, i)
             logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+            if adjuster is not None:
+                logits = adjuster.logits(logits)
+                adjuster.push(claimed[k])
             allowed = True
             if grammar is not None:
                 broken = broken or not grammar.allows(np.array([claimed[k]], dtype=np.intp))[0]
                 if broken:
                     allowed = False
                 else:
-                    logits = np.where(grammar.allows_all(), logits, -np.inf).astype(np.float32)
+                    logits = np.where(grammar.allows_all(), logits, -np.inf)
                     grammar.accept(claimed[k])
             drawn = sampler.choose(logits, k, temperature=temperature, top_p=top_p, seed=seed)
             position = score_position(logits, k, claimed[k], temperature, top_p, drawn)

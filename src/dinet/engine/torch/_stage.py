@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dinet.engine._text import CompletionText
+from dinet.engine.adjust import Adjuster
 from dinet.engine.sampler import Sampler
 from dinet.errors import MalformedMessage
 from dinet.wire.messages import GenerationParams, TokenFrame
@@ -148,6 +149,7 @@ class StageSession:
     _kv: ShardSession = field(init=False)
     _text: CompletionText | None = field(init=False, default=None)
     _sampler: Sampler | None = field(init=False, default=None)
+    _adjuster: Adjuster | None = field(init=False, default=None)
     _index: int = field(init=False, default=0)
     _finished: bool = field(init=False, default=False)
 
@@ -171,6 +173,10 @@ class StageSession:
         if model.is_last:
             self._text = CompletionText(self.params.stop + stops)
             self._sampler = Sampler(model.n_vocab)
+            if Adjuster.needed(self.params):
+                if any(token >= model.n_vocab for token, _ in self.params.logit_bias):
+                    raise StageRequestError(f"a logit_bias token id is not below {model.n_vocab}")
+                self._adjuster = Adjuster(self.params, ids)
         self._kv = model.new_session()
 
     def _prompt(self) -> tuple[list[int], tuple[str, ...]]:
@@ -219,8 +225,9 @@ class StageSession:
     def _sample(self, logits: npt.NDArray[np.float32]) -> Sampled:
         assert self._text is not None and self._sampler is not None
         params, index = self.params, self._index
+        adjusted = logits if self._adjuster is None else self._adjuster.logits(logits)
         token = self._sampler.choose(
-            logits, index, temperature=params.temperature, top_p=params.top_p, seed=params.seed
+            adjusted, index, temperature=params.temperature, top_p=params.top_p, seed=params.seed
         )
         finish: Literal["stop", "length"] | None = None
         frames: list[TokenFrame] = []
@@ -228,6 +235,8 @@ class StageSession:
             finish = "stop"
         else:
             frames, stopped = self._text.push(index, token, self.stage.piece(token))
+            if self._adjuster is not None:
+                self._adjuster.push(token)
             self._index += 1
             if stopped:
                 finish = "stop"
