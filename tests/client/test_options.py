@@ -82,3 +82,16 @@ def test_structured_output_options_become_the_request_grammar(tmp_path):
     with pytest.raises(RequestError) as bad:
         build_request(messages, {"json_schema": {"type": "object", "$ref": "#/nowhere"}}, settings)
     assert bad.value.param == "json_schema"
+
+
+def test_sampling_controls_are_generation_options(tmp_path):
+    from dinet.client._request import build_request, chat_messages
+
+    settings = ClientSettings(home=tmp_path, mdns=False)
+    options = {"presence_penalty": 0.5, "min_p": 0.1, "logit_bias": {9: 2.0, 3: -1.0}, "verify_rate": 1.0}
+    params, asking = build_request(chat_messages("Hi"), options, settings)
+    assert (params.presence_penalty, params.min_p, params.logit_bias) == (0.5, 0.1, ((3, -1.0), (9, 2.0)))
+    assert asking.verify_rate == 1.0
+    with pytest.raises(RequestError) as refused:
+        build_request(chat_messages("Hi"), {"frequency_penalty": 3.0}, settings)
+    assert refused.value.param == "frequency_penalty"

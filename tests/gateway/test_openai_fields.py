@@ -35,10 +35,10 @@ CHAT_FIELDS = {
     "prompt_cache_retention": ("24h", True),
     "prompt_cache_options": ({}, True),
     "parallel_tool_calls": (False, True),
+    "frequency_penalty": (0.5, True),
+    "presence_penalty": (0.5, True),
+    "logit_bias": ({"50256": -100}, True),
     "n": (2, False),
-    "frequency_penalty": (0.5, False),
-    "presence_penalty": (0.5, False),
-    "logit_bias": ({"50256": -100}, False),
     "logprobs": (True, False),
     "top_logprobs": (3, False),
     "tools": ([TOOL], False),
@@ -70,9 +70,9 @@ COMPLETION_FIELDS = {
     "echo": (True, False),
     "suffix": ("end", False),
     "logprobs": (2, False),
-    "frequency_penalty": (0.5, False),
-    "presence_penalty": (0.5, False),
-    "logit_bias": ({"50256": -100}, False),
+    "frequency_penalty": (0.5, True),
+    "presence_penalty": (0.5, True),
+    "logit_bias": ({"50256": -100}, True),
 }
 BASE = {"chat": {"model": "m", "messages": MESSAGES}, "completion": {"model": "m", "prompt": "Once"}}
 
@@ -101,9 +101,9 @@ def test_a_field_is_honoured_or_refused_by_name(kind, field, value, honoured):
     assert refused.value.param == field and field in str(refused.value)
 
 
-@pytest.mark.parametrize("field", ["presence_penalty", "logprobs", "n", "tools"])
+@pytest.mark.parametrize("field", ["logprobs", "n", "tools"])
 def test_a_feature_not_asked_for_is_taken(field):
-    off = {"presence_penalty": 0.0, "logprobs": False, "n": 1, "tools": []}[field]
+    off = {"logprobs": False, "n": 1, "tools": []}[field]
     parse_request("chat", {**BASE["chat"], field: off})
 
 
@@ -127,3 +127,22 @@ def test_response_formats_become_the_grammar_the_request_carries():
     with pytest.raises(RequestError) as refused:
         grammar({"type": "json_schema"})
     assert refused.value.param == "response_format"
+
+
+def test_sampling_controls_reach_the_request():
+    body = {
+        **BASE["chat"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "logit_bias": {"7": 3, "2": -100},
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+    }
+    params = generation_params(parse_request("chat", body), 16)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.25)
+    assert params.logit_bias == ((2, -100.0), (7, 3.0))
+    assert (params.min_p, params.repetition_penalty) == (0.05, 1.1)
+    for bad in ({"x": 1}, {"7": 101}):
+        with pytest.raises(RequestError) as refused:
+            generation_params(parse_request("chat", {**BASE["chat"], "logit_bias": bad}), 16)
+        assert refused.value.param == "logit_bias"

@@ -31,6 +31,11 @@ class Options(TypedDict, total=False):
     top_p: float
     seed: int  # with temperature > 0, the same seed gives the same answer
     stop: str | Sequence[str]  # up to 4 strings that end the answer
+    presence_penalty: float  # -2 to 2: less (more) likely to say a token again once said
+    frequency_penalty: float  # -2 to 2: as presence_penalty, by how often it was said
+    repetition_penalty: float  # above 1: tokens among the last 64 of prompt and answer less likely
+    min_p: float  # sampled answers: only tokens at least this likely relative to the best
+    logit_bias: Mapping[int, float]  # token id -> -100 to 100 added to its logit
     json: bool  # True: the answer is a JSON object (a grammar keeps every token to it)
     json_schema: Mapping[str, Any]  # the answer is JSON matching this JSON Schema
     grammar: str  # the answer keeps to this GBNF grammar (llama.cpp's format, rule `root`)
@@ -45,7 +50,10 @@ class Options(TypedDict, total=False):
     discover_timeout_s: float  # looking for peers
 
 
-_GENERATION = ("max_tokens", "temperature", "top_p", "seed", "stop")
+_GENERATION = (
+    "max_tokens", "temperature", "top_p", "seed", "stop",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "logit_bias",
+)  # fmt: skip
 _STRUCTURE = ("json", "json_schema", "grammar")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -64,6 +72,8 @@ def build_request(
         generation["stop"] = (generation["stop"],)
     elif "stop" in generation:
         generation["stop"] = tuple(generation["stop"])
+    if "logit_bias" in generation:
+        generation["logit_bias"] = tuple(sorted(dict(generation["logit_bias"]).items()))
     try:
         params = GenerationParams(messages=messages, **generation)
     except ValidationError as exc:

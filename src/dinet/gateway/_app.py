@@ -182,7 +182,7 @@ class _Gateway:
         `sharded`: the request's own choice of a chain; None defers to the header."""
         choice = await self.view.resolve(model)
         attempts: list[str] = []
-        extra: dict[str, object] = {}
+        extra: dict[str, object] = {"seed": params.seed}  # the same request with it replays the answer
         options = AskOptions.from_settings(
             self.settings,
             model_id=choice.model_id,

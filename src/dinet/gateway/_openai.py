@@ -6,7 +6,8 @@ OpenAI does not have is refused too, as OpenAI refuses it. Some fields are honou
 doing nothing, because here they change nothing: `user`, `metadata`,
 `safety_identifier`, `service_tier`, the prompt-cache fields and `parallel_tool_calls`
 (no tools). A feature dinet does not have yet is refused only when asked for: its
-"off" value (`n: 1`, `logprobs: false`, `presence_penalty: 0`, `tools: []`) is taken.
+"off" value (`n: 1`, `logprobs: false`, `tools: []`) is taken. `min_p` and
+`repetition_penalty` are taken beyond OpenAI's fields, as llama-server and vLLM take them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dinet.client.ask import Answer
 from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
-from dinet.wire.messages import ChatMessage, GenerationParams
+from dinet.wire.messages import MAX_LOGIT_BIAS, ChatMessage, GenerationParams
 
 Kind = Literal["chat", "completion"]
 
@@ -91,7 +92,7 @@ class DinetOptions(BaseModel):
 Off = Literal[None, False, 0]  # the value of a feature that is not asked for
 NOT_YET = frozenset(
     {
-        "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "tools",
+        "logprobs", "top_logprobs", "tools",
         "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
         "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
         "suffix", "best_of", "n",
@@ -109,10 +110,12 @@ class _Common(_Strict):
     n: Literal[1, None] = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
-    # Not yet: refused unless off.
-    frequency_penalty: Off = None
-    presence_penalty: Off = None
-    logit_bias: dict[str, Literal[0]] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    # Beyond OpenAI's fields, as llama-server and vLLM take them (the SDK's `extra_body`).
+    min_p: float | None = Field(default=None, ge=0.0, lt=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     # Honoured by doing nothing: they do not change the answer.
     user: str | None = None
     # dinet's own: true answers through a chain of pipeline stages, false only from
@@ -194,6 +197,11 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         "top_p": 1.0 if request.top_p is None else float(request.top_p),
         "seed": seed,
         "stop": tuple(stop),
+        "logit_bias": _logit_bias(request.logit_bias or {}),
+        "presence_penalty": float(request.presence_penalty or 0.0),
+        "frequency_penalty": float(request.frequency_penalty or 0.0),
+        "min_p": float(request.min_p or 0.0),
+        "repetition_penalty": float(request.repetition_penalty or 1.0),
     }
     if isinstance(request, ChatRequest):
         fields["messages"] = tuple(m.to_wire() for m in request.messages)
@@ -210,6 +218,16 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
         raise RequestError(f"invalid value for {param or 'request'}: {first['msg']}", param) from None
+
+
+def _logit_bias(bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `{"token id": bias}` as the wire's pairs, by token id."""
+    pairs = []
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()) or not -100.0 <= value <= 100.0:
+            raise RequestError("logit_bias maps token ids to biases from -100 to 100", "logit_bias")
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
 
 
 def new_id(kind: Kind) -> str:
