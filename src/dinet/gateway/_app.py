@@ -28,7 +28,7 @@ from dinet.client.ask import Answer, ask
 from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
-from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.errors import DinetError, ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -48,6 +48,7 @@ DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
+ErrorBody = Callable[[ApiError], dict[str, object]]
 
 
 class _Gateway:
@@ -67,8 +68,11 @@ class _Gateway:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def endpoint(self, name: str, fn: Handler, *, auth: bool = True) -> Handler:
-        """`fn` with the API key checked, errors as OpenAI error objects, and counted."""
+    def endpoint(
+        self, name: str, fn: Handler, *, auth: bool = True, errors: ErrorBody = ApiError.body
+    ) -> Handler:
+        """`fn` with the API key checked, errors in the API's shape (OpenAI's unless `errors`
+        says otherwise), and counted."""
 
         async def wrapped(request: Request) -> Response:
             try:
@@ -79,11 +83,12 @@ class _Gateway:
                 error = first_dinet_error(exc)
                 if error is None:
                     logger.exception("unexpected error answering %s", name)
-                    response = self._error(
-                        ApiError(500, "server_error", "internal_error", "internal error in the gateway")
+                    internal = ApiError(
+                        500, "server_error", "internal_error", "internal error in the gateway"
                     )
+                    response = self._error(internal, errors)
                 else:
-                    response = self._error(api_error(error))
+                    response = self._error(api_error(error), errors)
             self.metrics.requests.labels(name, str(response.status_code)).inc()
             if name in COMPLETIONS:
                 self.series.request(time.time(), failed=response.status_code >= 400)
@@ -98,10 +103,10 @@ class _Gateway:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
 
-    def _error(self, error: ApiError) -> JSONResponse:
+    def _error(self, error: ApiError, errors: ErrorBody) -> JSONResponse:
         self.metrics.errors.labels(error.code).inc()
         headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(errors(error), status_code=error.status, headers=headers)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -216,6 +221,13 @@ class _Gateway:
         tracker.see(first)
         return Started(first, events, tracker, attempts, extra)
 
+    def stream_failed(self, error: DinetError) -> ApiError:
+        """An error that ended a streamed answer, counted; its status and message."""
+        api = api_error(error)
+        self.metrics.errors.labels(api.code).inc()
+        self.series.error(time.time())
+        return api
+
 
 @dataclass
 class Started:
@@ -325,10 +337,7 @@ class _SseStream:
             if error is None:
                 logger.exception("unexpected error while streaming")
                 raise
-            api = api_error(error)
-            self.gateway.metrics.errors.labels(api.code).inc()
-            self.gateway.series.error(time.time())
-            await write(self._event(api.body()))
+            await write(self._event(self.gateway.stream_failed(error).body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
         self.started.tracker.finish(answer)
@@ -353,16 +362,16 @@ class _SseStream:
 
 
 class _EventStreamResponse(Response):
-    """A text/event-stream response that stops its producer when the client goes away."""
-
-    media_type = "text/event-stream"
+    """A streamed response (server-sent events unless `media_type` says otherwise) that
+    stops its producer when the client goes away."""
 
     def __init__(
         self,
         produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
         headers: dict[str, str],
+        media_type: str = "text/event-stream",
     ) -> None:
-        super().__init__(None, status_code=200, headers=headers)
+        super().__init__(None, status_code=200, headers=headers, media_type=media_type)
         # The length is unknown: drop the `content-length: 0` Starlette adds for an empty body.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._produce = produce
