@@ -1,4 +1,4 @@
-"""The gateway's ASGI app: the OpenAI-compatible API, metrics, and the web page.
+"""The gateway's ASGI app: the OpenAI-compatible API, Ollama's, metrics, and the web page.
 
 Runs under trio (hypercorn's trio worker) in the same process as the libp2p client,
 so handlers call `dinet.client.ask` directly.
@@ -29,6 +29,8 @@ from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import DinetError, ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.gateway import _ollama as ol
+from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -41,7 +43,8 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
-COMPLETIONS = ("chat", "completions")  # the endpoints the page's charts count
+# The endpoints the page's charts count.
+COMPLETIONS = ("chat", "completions", "ollama_chat", "ollama_generate")
 MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
 DEADLINE_HEADER = "x-dinet-deadline-ms"
@@ -227,6 +230,42 @@ class _Gateway:
         self.metrics.errors.labels(api.code).inc()
         self.series.error(time.time())
         return api
+
+    # -- Ollama's API (its shapes: _ollama, _ollama_models) ----------------------------------
+
+    async def ollama_chat(self, request: Request) -> Response:
+        return await self._ollama_answer(request, "chat")
+
+    async def ollama_generate(self, request: Request) -> Response:
+        return await self._ollama_answer(request, "generate")
+
+    async def _ollama_answer(self, request: Request, kind: ol.Kind) -> Response:
+        arrived = time.perf_counter()
+        models = self.view.models()
+        parsed = ol.parse_request(kind, await _json_body(request), models, self.settings.default_max_tokens)
+        if parsed.params is None:
+            await self.view.resolve(parsed.model)  # a 404 for a model the network does not offer
+            return JSONResponse(ol.loaded(kind, parsed.model))
+        started = await self.start_answer(request, parsed.model, parsed.params, arrived)
+        if parsed.stream:
+            stream = ol.NdjsonStream(kind, parsed.model, started, self.stream_failed)
+            return _EventStreamResponse(stream.run, started.stream_headers(), media_type=ol.NDJSON)
+        answer = await started.answer()
+        timing = ol.Timing(arrived, started.tracker.first_at, time.perf_counter())
+        body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra)
+        return JSONResponse(body, headers={PEER_HEADER: answer.peer_id})
+
+    async def ollama_tags(self, request: Request) -> Response:
+        return JSONResponse(olm.tags(self.view.models()))
+
+    async def ollama_ps(self, request: Request) -> Response:
+        return JSONResponse(olm.running(self.view.models()))
+
+    async def ollama_show(self, request: Request) -> Response:
+        return JSONResponse(olm.show(self.view.models(), await _json_body(request)))
+
+    async def ollama_pull(self, request: Request) -> Response:
+        return olm.pull(self.view.models(), await _json_body(request))
 
 
 @dataclass
@@ -459,7 +498,30 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *_ollama_routes(gw),
     ]
     app = Starlette(routes=routes)
     app.state.gateway = gw
     return app
+
+
+def _ollama_routes(gw: _Gateway) -> list[Route]:
+    """Ollama's API; `/` (which its clients probe with HEAD) stays the page."""
+
+    def route(path: str, name: str, fn: Handler, method: str) -> Route:
+        return Route(path, gw.endpoint(name, fn, errors=ol.error_body), methods=[method])
+
+    async def version(request: Request) -> Response:
+        return JSONResponse(olm.version())
+
+    return [
+        route("/api/chat", "ollama_chat", gw.ollama_chat, "POST"),
+        route("/api/generate", "ollama_generate", gw.ollama_generate, "POST"),
+        route("/api/tags", "ollama_tags", gw.ollama_tags, "GET"),
+        route("/api/ps", "ollama_ps", gw.ollama_ps, "GET"),
+        route("/api/show", "ollama_show", gw.ollama_show, "POST"),
+        route("/api/pull", "ollama_pull", gw.ollama_pull, "POST"),
+        route("/api/version", "ollama_version", version, "GET"),
+        route("/api/embed", "ollama_embed", olm.no_embeddings, "POST"),
+        route("/api/embeddings", "ollama_embeddings", olm.no_embeddings, "POST"),
+    ]
