@@ -1,4 +1,4 @@
-"""The gateway's ASGI app: the OpenAI-compatible API, metrics, and the web page.
+"""The gateway's ASGI app: the OpenAI-compatible API, Ollama's, metrics, and the web page.
 
 Runs under trio (hypercorn's trio worker) in the same process as the libp2p client,
 so handlers call `dinet.client.ask` directly.
@@ -28,7 +28,9 @@ from dinet.client.ask import Answer, ask
 from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
-from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.errors import DinetError, ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.gateway import _ollama as ol
+from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -41,13 +43,15 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
-COMPLETIONS = ("chat", "completions")  # the endpoints the page's charts count
+# The endpoints the page's charts count.
+COMPLETIONS = ("chat", "completions", "ollama_chat", "ollama_generate")
 MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
 DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
+ErrorBody = Callable[[ApiError], dict[str, object]]
 
 
 class _Gateway:
@@ -67,8 +71,11 @@ class _Gateway:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def endpoint(self, name: str, fn: Handler, *, auth: bool = True) -> Handler:
-        """`fn` with the API key checked, errors as OpenAI error objects, and counted."""
+    def endpoint(
+        self, name: str, fn: Handler, *, auth: bool = True, errors: ErrorBody = ApiError.body
+    ) -> Handler:
+        """`fn` with the API key checked, errors in the API's shape (OpenAI's unless `errors`
+        says otherwise), and counted."""
 
         async def wrapped(request: Request) -> Response:
             try:
@@ -79,11 +86,12 @@ class _Gateway:
                 error = first_dinet_error(exc)
                 if error is None:
                     logger.exception("unexpected error answering %s", name)
-                    response = self._error(
-                        ApiError(500, "server_error", "internal_error", "internal error in the gateway")
+                    internal = ApiError(
+                        500, "server_error", "internal_error", "internal error in the gateway"
                     )
+                    response = self._error(internal, errors)
                 else:
-                    response = self._error(api_error(error))
+                    response = self._error(api_error(error), errors)
             self.metrics.requests.labels(name, str(response.status_code)).inc()
             if name in COMPLETIONS:
                 self.series.request(time.time(), failed=response.status_code >= 400)
@@ -98,10 +106,10 @@ class _Gateway:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
 
-    def _error(self, error: ApiError) -> JSONResponse:
+    def _error(self, error: ApiError, errors: ErrorBody) -> JSONResponse:
         self.metrics.errors.labels(error.code).inc()
         headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(errors(error), status_code=error.status, headers=headers)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -216,6 +224,49 @@ class _Gateway:
         tracker.see(first)
         return Started(first, events, tracker, attempts, extra)
 
+    def stream_failed(self, error: DinetError) -> ApiError:
+        """An error that ended a streamed answer, counted; its status and message."""
+        api = api_error(error)
+        self.metrics.errors.labels(api.code).inc()
+        self.series.error(time.time())
+        return api
+
+    # -- Ollama's API (its shapes: _ollama, _ollama_models) ----------------------------------
+
+    async def ollama_chat(self, request: Request) -> Response:
+        return await self._ollama_answer(request, "chat")
+
+    async def ollama_generate(self, request: Request) -> Response:
+        return await self._ollama_answer(request, "generate")
+
+    async def _ollama_answer(self, request: Request, kind: ol.Kind) -> Response:
+        arrived = time.perf_counter()
+        models = self.view.models()
+        parsed = ol.parse_request(kind, await _json_body(request), models, self.settings.default_max_tokens)
+        if parsed.params is None:
+            await self.view.resolve(parsed.model)  # a 404 for a model the network does not offer
+            return JSONResponse(ol.loaded(kind, parsed.model))
+        started = await self.start_answer(request, parsed.model, parsed.params, arrived)
+        if parsed.stream:
+            stream = ol.NdjsonStream(kind, parsed.model, started, self.stream_failed)
+            return _EventStreamResponse(stream.run, started.stream_headers(), media_type=ol.NDJSON)
+        answer = await started.answer()
+        timing = ol.Timing(arrived, started.tracker.first_at, time.perf_counter())
+        body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra)
+        return JSONResponse(body, headers={PEER_HEADER: answer.peer_id})
+
+    async def ollama_tags(self, request: Request) -> Response:
+        return JSONResponse(olm.tags(self.view.models()))
+
+    async def ollama_ps(self, request: Request) -> Response:
+        return JSONResponse(olm.running(self.view.models()))
+
+    async def ollama_show(self, request: Request) -> Response:
+        return JSONResponse(olm.show(self.view.models(), await _json_body(request)))
+
+    async def ollama_pull(self, request: Request) -> Response:
+        return olm.pull(self.view.models(), await _json_body(request))
+
 
 @dataclass
 class Started:
@@ -325,10 +376,7 @@ class _SseStream:
             if error is None:
                 logger.exception("unexpected error while streaming")
                 raise
-            api = api_error(error)
-            self.gateway.metrics.errors.labels(api.code).inc()
-            self.gateway.series.error(time.time())
-            await write(self._event(api.body()))
+            await write(self._event(self.gateway.stream_failed(error).body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
         self.started.tracker.finish(answer)
@@ -353,16 +401,16 @@ class _SseStream:
 
 
 class _EventStreamResponse(Response):
-    """A text/event-stream response that stops its producer when the client goes away."""
-
-    media_type = "text/event-stream"
+    """A streamed response (server-sent events unless `media_type` says otherwise) that
+    stops its producer when the client goes away."""
 
     def __init__(
         self,
         produce: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]],
         headers: dict[str, str],
+        media_type: str = "text/event-stream",
     ) -> None:
-        super().__init__(None, status_code=200, headers=headers)
+        super().__init__(None, status_code=200, headers=headers, media_type=media_type)
         # The length is unknown: drop the `content-length: 0` Starlette adds for an empty body.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._produce = produce
@@ -450,7 +498,30 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *_ollama_routes(gw),
     ]
     app = Starlette(routes=routes)
     app.state.gateway = gw
     return app
+
+
+def _ollama_routes(gw: _Gateway) -> list[Route]:
+    """Ollama's API; `/` (which its clients probe with HEAD) stays the page."""
+
+    def route(path: str, name: str, fn: Handler, method: str) -> Route:
+        return Route(path, gw.endpoint(name, fn, errors=ol.error_body), methods=[method])
+
+    async def version(request: Request) -> Response:
+        return JSONResponse(olm.version())
+
+    return [
+        route("/api/chat", "ollama_chat", gw.ollama_chat, "POST"),
+        route("/api/generate", "ollama_generate", gw.ollama_generate, "POST"),
+        route("/api/tags", "ollama_tags", gw.ollama_tags, "GET"),
+        route("/api/ps", "ollama_ps", gw.ollama_ps, "GET"),
+        route("/api/show", "ollama_show", gw.ollama_show, "POST"),
+        route("/api/pull", "ollama_pull", gw.ollama_pull, "POST"),
+        route("/api/version", "ollama_version", version, "GET"),
+        route("/api/embed", "ollama_embed", olm.no_embeddings, "POST"),
+        route("/api/embeddings", "ollama_embeddings", olm.no_embeddings, "POST"),
+    ]
