@@ -81,7 +81,7 @@ def test_seeded_sampling_is_reproducible_and_options_that_change_nothing_are_acc
     context = ollama_client.show(MODEL).modelinfo["dinet.context_length"]  # type: ignore[index]
     sampled = {"temperature": 0.9, "top_p": 0.95, "seed": 1234, "num_predict": 12}
     # Ollama's way to turn off what dinet's sampler lacks, and options that only say how to run.
-    neutral = {"top_k": 0, "repeat_penalty": 1.0, "num_ctx": context, "num_thread": 1}
+    neutral = {"top_k": 0, "repeat_last_n": 0, "num_ctx": context, "num_thread": 1}
     first = ollama_client.chat(model=MODEL, messages=HELLO, options={**sampled, **neutral}, keep_alive="5m")
     again = ollama_client.chat(model=MODEL, messages=HELLO, options=sampled)
     assert first.message.content and first.message.content == again.message.content
@@ -117,10 +117,12 @@ def test_what_dinet_cannot_do_is_refused_naming_the_field(ollama_client):
         (lambda: chat(options={"top_k": 40}), "options.top_k"),
         (lambda: chat(options={"mirostat": 2}), "options.mirostat"),
         (lambda: chat(options={"temperature": 5}), "options.temperature"),
-        (lambda: chat(format="json"), "format"),
+        (lambda: chat(format={"$ref": "#/nowhere"}), "format"),  # a schema with no grammar
+        (lambda: chat(options={"repeat_last_n": 128}), "options.repeat_last_n"),
+        (lambda: chat(options={"min_p": 1.5}), "options.min_p"),
         (lambda: chat(tools=[tool]), "tools"),
         (lambda: chat(think=True), "think"),
-        (lambda: list(chat(format="json", stream=True)), "format"),
+        (lambda: list(chat(format={"$ref": "#/nowhere"}, stream=True)), "format"),
         (lambda: ollama_client.generate(model=MODEL, prompt="x", images=["aGVsbG8="]), "images"),
         (lambda: ollama_client.generate(model=MODEL, prompt="x", template="{{ .Prompt }}"), "template"),
     ]
@@ -186,3 +188,20 @@ def test_requests_translate_to_generation_params_with_ollamas_defaults():
     with pytest.raises(RequestError) as tool_turn:
         parse("chat", messages=[{"role": "tool", "content": "42"}])
     assert tool_turn.value.param == "messages[0].role"
+
+
+def test_format_and_penalties_are_kept_to(ollama_client):
+    colours = ["red", "green", "blue"]
+    schema = {"type": "object", "properties": {"colour": {"enum": colours}}, "required": ["colour"]}
+    shaped = ollama_client.chat(model=MODEL, messages=HELLO, format=schema, options={"temperature": 0})
+    assert json.loads(shaped.message.content)["colour"] in colours
+    as_json = ollama_client.generate(
+        model=MODEL, prompt="Name a colour.", format="json", options={"num_predict": 12}
+    )
+    assert as_json.response.lstrip().startswith("{")
+    greedy = {"temperature": 0, "num_predict": 16}
+    free = ollama_client.chat(model=MODEL, messages=HELLO, options=greedy)
+    penalised = ollama_client.chat(
+        model=MODEL, messages=HELLO, options={**greedy, "repeat_penalty": 1.5, "frequency_penalty": 1.5}
+    )
+    assert penalised.message.content != free.message.content

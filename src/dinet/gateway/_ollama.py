@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dinet.client.ask import Answer
+from dinet.client.structured import json_object_grammar, json_schema_grammar
+from dinet.engine.adjust import REPETITION_WINDOW
 from dinet.errors import DinetError, RequestError, first_dinet_error
 from dinet.gateway._errors import ApiError
 from dinet.gateway._openai import dinet_extra
@@ -34,9 +36,10 @@ logger = logging.getLogger(__name__)
 Kind = Literal["chat", "generate"]
 NDJSON = "application/x-ndjson"
 
-# Ollama's defaults for a request that sets none (its DefaultOptions); its top_k 40 and
-# repeat_penalty 1.1 dinet's sampler cannot apply yet, so greedy answers match it, sampled
-# ones need not.
+# Ollama's defaults for a request that sets none (its DefaultOptions). Its top_k 40 dinet's
+# sampler does not have, and its repeat_penalty 1.1 is not applied unless asked for, so an
+# answer here is the same as the OpenAI endpoint's for the same request (greedy answers
+# then differ from Ollama's own).
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.9
 
@@ -52,13 +55,8 @@ RUNTIME_OPTIONS = frozenset(
 # off: that value asks for what dinet does and is accepted; any other is refused.
 SAMPLER_OFF: Mapping[str, float] = {
     "top_k": 0,
-    "min_p": 0.0,
     "typical_p": 1.0,
     "tfs_z": 1.0,
-    "repeat_penalty": 1.0,
-    "repeat_last_n": 0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
     "mirostat": 0,
     "penalize_newline": False,
 }
@@ -82,6 +80,11 @@ class _Options(BaseModel):
     num_predict: int | None = None
     stop: str | list[str] | None = None
     num_ctx: int | None = None  # checked against the model's context, then ignored
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None  # dinet's window is 64 tokens; 0 turns the penalty off
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 class _Message(_Lenient):
@@ -154,7 +157,7 @@ def parse_request(
         params = None
     else:
         fields = _sampling(request.options or _Options(), default_max_tokens, _context(model, models))
-        params = _params(fields, messages=turns or None, prompt=prompt)
+        params = _params(fields, messages=turns or None, prompt=prompt, grammar=_grammar(request))
     return Parsed(kind, model, request.stream is not False, params)
 
 
@@ -180,9 +183,18 @@ def _refuse(field: str, why: str) -> RequestError:
     return RequestError(f"{field}: {why}", field)
 
 
+def _grammar(request: _Request) -> str | None:
+    """The grammar `format` asks for: "json" any JSON, an object a JSON schema."""
+    if not request.format:
+        return None
+    if request.format == "json":
+        return json_object_grammar()
+    if isinstance(request.format, dict):
+        return json_schema_grammar(request.format, "format")
+    raise _refuse("format", 'give "json" or a JSON schema')
+
+
 def _refuse_common(request: _Request) -> None:
-    if request.format:
-        raise _refuse("format", "structured output (JSON or a schema) is not supported by dinet yet")
     if request.think:  # false is what dinet does: its answers carry no separate thinking
         raise _refuse("think", "dinet does not separate a model's thinking from its answer yet")
     if request.logprobs or request.top_logprobs:
@@ -262,6 +274,11 @@ def _sampling(options: _Options, default_max_tokens: int, context: int | None) -
         )
     seed = options.seed
     stop = options.stop
+    repeat_penalty = 1.0 if options.repeat_penalty is None else options.repeat_penalty
+    if options.repeat_last_n == 0:
+        repeat_penalty = 1.0
+    elif options.repeat_last_n not in (None, REPETITION_WINDOW):
+        raise _refuse("options.repeat_last_n", f"dinet's window is {REPETITION_WINDOW} tokens (or 0: off)")
     return {
         "temperature": float(DEFAULT_TEMPERATURE if options.temperature is None else options.temperature),
         "top_p": float(DEFAULT_TOP_P if options.top_p is None else options.top_p),
@@ -269,6 +286,10 @@ def _sampling(options: _Options, default_max_tokens: int, context: int | None) -
         # Ollama's -1 (and any negative seed) asks for a random one, as does none.
         "seed": secrets.randbelow(2**63) if seed is None or seed < 0 else seed,
         "stop": tuple([stop] if isinstance(stop, str) else stop or ()),
+        "min_p": float(options.min_p or 0.0),
+        "repetition_penalty": float(repeat_penalty),
+        "presence_penalty": float(options.presence_penalty or 0.0),
+        "frequency_penalty": float(options.frequency_penalty or 0.0),
     }
 
 
@@ -279,6 +300,11 @@ _FIELD_NAMES = {
     "seed": "options.seed",
     "max_tokens": "options.num_predict",
     "stop": "options.stop",
+    "min_p": "options.min_p",
+    "repetition_penalty": "options.repeat_penalty",
+    "presence_penalty": "options.presence_penalty",
+    "frequency_penalty": "options.frequency_penalty",
+    "grammar": "format",
 }
 
 
