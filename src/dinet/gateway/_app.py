@@ -1,4 +1,4 @@
-"""The gateway's ASGI app: the OpenAI-compatible API, metrics, and the web page.
+"""The gateway's ASGI app: the OpenAI- and Anthropic-compatible APIs, metrics, and the web page.
 
 Runs under trio (hypercorn's trio worker) in the same process as the libp2p client,
 so handlers call `dinet.client.ask` directly.
@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 from starlette.applications import Starlette
@@ -29,6 +30,7 @@ from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.gateway import _anthropic
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -41,13 +43,15 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
-COMPLETIONS = ("chat", "completions")  # the endpoints the page's charts count
+COMPLETIONS = ("chat", "completions", "messages")  # the endpoints the page's charts count
 MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
 DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
+Write = Callable[[bytes], Awaitable[None]]
+ErrorBody = Callable[[ApiError], dict[str, object]]
 
 
 class _Gateway:
@@ -67,8 +71,11 @@ class _Gateway:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def endpoint(self, name: str, fn: Handler, *, auth: bool = True) -> Handler:
-        """`fn` with the API key checked, errors as OpenAI error objects, and counted."""
+    def endpoint(
+        self, name: str, fn: Handler, *, auth: bool = True, errors: ErrorBody = ApiError.body
+    ) -> Handler:
+        """`fn` with the API key checked, errors drawn by `errors` (OpenAI's objects unless
+        told otherwise), and counted."""
 
         async def wrapped(request: Request) -> Response:
             try:
@@ -80,10 +87,11 @@ class _Gateway:
                 if error is None:
                     logger.exception("unexpected error answering %s", name)
                     response = self._error(
-                        ApiError(500, "server_error", "internal_error", "internal error in the gateway")
+                        ApiError(500, "server_error", "internal_error", "internal error in the gateway"),
+                        errors,
                     )
                 else:
-                    response = self._error(api_error(error))
+                    response = self._error(api_error(error), errors)
             self.metrics.requests.labels(name, str(response.status_code)).inc()
             if name in COMPLETIONS:
                 self.series.request(time.time(), failed=response.status_code >= 400)
@@ -92,16 +100,20 @@ class _Gateway:
         return wrapped
 
     def _authorize(self, request: Request) -> None:
+        """The key as OpenAI's clients send it (`Authorization: Bearer`) or Anthropic's (`x-api-key`)."""
         if self._key is None:
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        given = [request.headers.get("x-api-key", "")] + ([bearer] if scheme.lower() == "bearer" else [])
+        if not any(hmac.compare_digest(key.strip().encode(), self._key) for key in given):
+            raise Unauthorized(
+                "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
+            )
 
-    def _error(self, error: ApiError) -> JSONResponse:
+    def _error(self, error: ApiError, body: ErrorBody = ApiError.body) -> JSONResponse:
         self.metrics.errors.labels(error.code).inc()
         headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(body(error), status_code=error.status, headers=headers)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -165,6 +177,26 @@ class _Gateway:
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         stream = _SseStream(self, kind, response_id, created, parsed.model, started, include_usage)
         return _EventStreamResponse(stream.run, started.stream_headers())
+
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API."""
+        arrived = time.perf_counter()
+        parsed = _anthropic.parse_request(await _json_body(request))
+        started = await self.start_answer(
+            request,
+            parsed.model,
+            _anthropic.generation_params(parsed),
+            arrived,
+            replicas=parsed.dinet.replicas,
+        )
+        message_id = _anthropic.new_id()
+        if not parsed.stream:
+            answer = await started.answer()
+            return JSONResponse(
+                _anthropic.message(message_id, answer, started.extra), headers={PEER_HEADER: answer.peer_id}
+            )
+        shape = _anthropic.MessageStream(message_id, parsed.model)
+        return _EventStreamResponse(partial(started.stream, shape), started.stream_headers())
 
     async def start_answer(
         self,
@@ -247,6 +279,27 @@ class Started:
         self.tracker.finish(answer)
         return answer
 
+    async def stream(self, shape: StreamShape, write: Write) -> None:
+        """Write the answer as `shape`'s events. A failure after the first event can no longer
+        change the status: it becomes the shape's error event, and is counted."""
+        await write(shape.opening())
+        try:
+            async with aclosing(self.all_events()) as events:
+                async for event in events:
+                    if isinstance(event, Answer):
+                        self.tracker.finish(event)
+                        await write(shape.closing(event, self.extra))
+                    elif event.text:
+                        await write(shape.text(event.text))
+        except Exception as exc:
+            error = first_dinet_error(exc)
+            if error is None:
+                logger.exception("unexpected error while streaming")
+                raise
+            api = api_error(error)
+            self.tracker.failed(api)
+            await write(shape.failure(api))
+
     def stream_headers(self) -> dict[str, str]:
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if self.attempts:
@@ -254,6 +307,15 @@ class Started:
             # that finished it (they differ only after a failover).
             headers[PEER_HEADER] = self.attempts[-1]
         return headers
+
+
+class StreamShape(Protocol):
+    """How one API draws a streamed answer: each method gives the bytes of its events."""
+
+    def opening(self) -> bytes: ...
+    def text(self, text: str) -> bytes: ...
+    def closing(self, answer: Answer, extra: dict[str, object]) -> bytes: ...
+    def failure(self, error: ApiError) -> bytes: ...
 
 
 class _Tracker:
@@ -280,6 +342,10 @@ class _Tracker:
         self.metrics.tokens.labels("completion").inc(answer.usage.completion_tokens)
         if self.first_at is not None and self.tokens > 1:
             self.metrics.time_per_token.observe((time.perf_counter() - self.first_at) / (self.tokens - 1))
+
+    def failed(self, error: ApiError) -> None:
+        self.metrics.errors.labels(error.code).inc()
+        self.series.error(time.time())
 
 
 class _SseStream:
@@ -326,8 +392,7 @@ class _SseStream:
                 logger.exception("unexpected error while streaming")
                 raise
             api = api_error(error)
-            self.gateway.metrics.errors.labels(api.code).inc()
-            self.gateway.series.error(time.time())
+            self.started.tracker.failed(api)
             await write(self._event(api.body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
@@ -445,6 +510,11 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/v1/models/{model:path}", gw.endpoint("model", gw.model), methods=["GET"]),
         Route("/v1/chat/completions", gw.endpoint("chat", gw.chat), methods=["POST"]),
         Route("/v1/completions", gw.endpoint("completions", gw.completion), methods=["POST"]),
+        Route(
+            "/v1/messages",
+            gw.endpoint("messages", gw.messages, errors=ApiError.anthropic_body),
+            methods=["POST"],
+        ),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
