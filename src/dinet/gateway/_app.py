@@ -30,7 +30,7 @@ from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
-from dinet.gateway import _anthropic
+from dinet.gateway import _anthropic, _responses
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
-COMPLETIONS = ("chat", "completions", "messages")  # the endpoints the page's charts count
+COMPLETIONS = ("chat", "completions", "messages", "responses")  # the endpoints the page's charts count
 MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
 DEADLINE_HEADER = "x-dinet-deadline-ms"
@@ -197,6 +197,24 @@ class _Gateway:
             )
         shape = _anthropic.MessageStream(message_id, parsed.model)
         return _EventStreamResponse(partial(started.stream, shape), started.stream_headers())
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API."""
+        arrived = time.perf_counter()
+        parsed = _responses.parse_request(await _json_body(request))
+        params = _responses.generation_params(parsed, self.settings.default_max_tokens)
+        started = await self.start_answer(
+            request, parsed.model, params, arrived, replicas=parsed.dinet.replicas
+        )
+        echo = _responses.Echo.of(parsed, params)
+        if not parsed.stream:
+            answer = await started.answer()
+            return JSONResponse(
+                _responses.response_body(echo, answer, started.extra), headers={PEER_HEADER: answer.peer_id}
+            )
+        return _EventStreamResponse(
+            partial(started.stream, _responses.ResponseStream(echo)), started.stream_headers()
+        )
 
     async def start_answer(
         self,
@@ -515,6 +533,7 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
             gw.endpoint("messages", gw.messages, errors=ApiError.anthropic_body),
             methods=["POST"],
         ),
+        Route("/v1/responses", gw.endpoint("responses", gw.responses), methods=["POST"]),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
