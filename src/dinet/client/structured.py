@@ -30,4 +30,6 @@ def json_schema_grammar(schema: dict[str, Any], param: str = "response_format") 
     try:
         return json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain errors of many kinds for what it cannot do
-        raise RequestError(f"{param}: this JSON schema cannot be turned into a grammar: {exc}", param) from None
+        raise RequestError(
+            f"{param}: this JSON schema cannot be turned into a grammar: {exc}", param
+        ) from None

@@ -1,4 +1,5 @@
-"""The gateway's ASGI app: the OpenAI-compatible API, Ollama's, metrics, and the web page.
+"""The gateway's ASGI app: the OpenAI-, Anthropic- and Ollama-compatible APIs, metrics,
+and the web page.
 
 Runs under trio (hypercorn's trio worker) in the same process as the libp2p client,
 so handlers call `dinet.client.ask` directly.
@@ -13,8 +14,9 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 from starlette.applications import Starlette
@@ -28,7 +30,8 @@ from dinet.client.ask import Answer, ask
 from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
-from dinet.errors import DinetError, ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
+from dinet.gateway import _anthropic, _responses
 from dinet.gateway import _ollama as ol
 from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
@@ -44,13 +47,14 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1_000_000
 PEER_HEADER = "x-dinet-peer"
 # The endpoints the page's charts count.
-COMPLETIONS = ("chat", "completions", "ollama_chat", "ollama_generate")
+COMPLETIONS = ("chat", "completions", "messages", "responses", "ollama_chat", "ollama_generate")
 MAX_FILTER_CHARS = 128
 SHARDED_HEADER = "x-dinet-sharded"
 DEADLINE_HEADER = "x-dinet-deadline-ms"
 
 Event = TokenFrame | Answer
 Handler = Callable[[Request], Awaitable[Response]]
+Write = Callable[[bytes], Awaitable[None]]
 ErrorBody = Callable[[ApiError], dict[str, object]]
 
 
@@ -100,16 +104,20 @@ class _Gateway:
         return wrapped
 
     def _authorize(self, request: Request) -> None:
+        """The key as OpenAI's clients send it (`Authorization: Bearer`) or Anthropic's (`x-api-key`)."""
         if self._key is None:
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer KEY'")
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        given = [request.headers.get("x-api-key", "")] + ([bearer] if scheme.lower() == "bearer" else [])
+        if not any(hmac.compare_digest(key.strip().encode(), self._key) for key in given):
+            raise Unauthorized(
+                "missing or wrong API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
+            )
 
-    def _error(self, error: ApiError, errors: ErrorBody) -> JSONResponse:
+    def _error(self, error: ApiError, body: ErrorBody = ApiError.body) -> JSONResponse:
         self.metrics.errors.labels(error.code).inc()
         headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(errors(error), status_code=error.status, headers=headers)
+        return JSONResponse(body(error), status_code=error.status, headers=headers)
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -174,6 +182,44 @@ class _Gateway:
         stream = _SseStream(self, kind, response_id, created, parsed.model, started, include_usage)
         return _EventStreamResponse(stream.run, started.stream_headers())
 
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API."""
+        arrived = time.perf_counter()
+        parsed = _anthropic.parse_request(await _json_body(request))
+        started = await self.start_answer(
+            request,
+            parsed.model,
+            _anthropic.generation_params(parsed),
+            arrived,
+            replicas=parsed.dinet.replicas,
+        )
+        message_id = _anthropic.new_id()
+        if not parsed.stream:
+            answer = await started.answer()
+            return JSONResponse(
+                _anthropic.message(message_id, answer, started.extra), headers={PEER_HEADER: answer.peer_id}
+            )
+        shape = _anthropic.MessageStream(message_id, parsed.model)
+        return _EventStreamResponse(partial(started.stream, shape), started.stream_headers())
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API."""
+        arrived = time.perf_counter()
+        parsed = _responses.parse_request(await _json_body(request))
+        params = _responses.generation_params(parsed, self.settings.default_max_tokens)
+        started = await self.start_answer(
+            request, parsed.model, params, arrived, replicas=parsed.dinet.replicas
+        )
+        echo = _responses.Echo.of(parsed, params)
+        if not parsed.stream:
+            answer = await started.answer()
+            return JSONResponse(
+                _responses.response_body(echo, answer, started.extra), headers={PEER_HEADER: answer.peer_id}
+            )
+        return _EventStreamResponse(
+            partial(started.stream, _responses.ResponseStream(echo)), started.stream_headers()
+        )
+
     async def start_answer(
         self,
         request: Request,
@@ -224,13 +270,6 @@ class _Gateway:
         tracker.see(first)
         return Started(first, events, tracker, attempts, extra)
 
-    def stream_failed(self, error: DinetError) -> ApiError:
-        """An error that ended a streamed answer, counted; its status and message."""
-        api = api_error(error)
-        self.metrics.errors.labels(api.code).inc()
-        self.series.error(time.time())
-        return api
-
     # -- Ollama's API (its shapes: _ollama, _ollama_models) ----------------------------------
 
     async def ollama_chat(self, request: Request) -> Response:
@@ -248,8 +287,9 @@ class _Gateway:
             return JSONResponse(ol.loaded(kind, parsed.model))
         started = await self.start_answer(request, parsed.model, parsed.params, arrived)
         if parsed.stream:
-            stream = ol.NdjsonStream(kind, parsed.model, started, self.stream_failed)
-            return _EventStreamResponse(stream.run, started.stream_headers(), media_type=ol.NDJSON)
+            shape = ol.NdjsonShape(kind, parsed.model, started.tracker)
+            stream = partial(started.stream, shape)
+            return _EventStreamResponse(stream, started.stream_headers(), media_type=ol.NDJSON)
         answer = await started.answer()
         timing = ol.Timing(arrived, started.tracker.first_at, time.perf_counter())
         body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra)
@@ -298,6 +338,27 @@ class Started:
         self.tracker.finish(answer)
         return answer
 
+    async def stream(self, shape: StreamShape, write: Write) -> None:
+        """Write the answer as `shape`'s events. A failure after the first event can no longer
+        change the status: it becomes the shape's error event, and is counted."""
+        await write(shape.opening())
+        try:
+            async with aclosing(self.all_events()) as events:
+                async for event in events:
+                    if isinstance(event, Answer):
+                        self.tracker.finish(event)
+                        await write(shape.closing(event, self.extra))
+                    elif event.text:
+                        await write(shape.text(event.text))
+        except Exception as exc:
+            error = first_dinet_error(exc)
+            if error is None:
+                logger.exception("unexpected error while streaming")
+                raise
+            api = api_error(error)
+            self.tracker.failed(api)
+            await write(shape.failure(api))
+
     def stream_headers(self) -> dict[str, str]:
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if self.attempts:
@@ -305,6 +366,15 @@ class Started:
             # that finished it (they differ only after a failover).
             headers[PEER_HEADER] = self.attempts[-1]
         return headers
+
+
+class StreamShape(Protocol):
+    """How one API draws a streamed answer: each method gives the bytes of its events."""
+
+    def opening(self) -> bytes: ...
+    def text(self, text: str) -> bytes: ...
+    def closing(self, answer: Answer, extra: dict[str, object]) -> bytes: ...
+    def failure(self, error: ApiError) -> bytes: ...
 
 
 class _Tracker:
@@ -331,6 +401,10 @@ class _Tracker:
         self.metrics.tokens.labels("completion").inc(answer.usage.completion_tokens)
         if self.first_at is not None and self.tokens > 1:
             self.metrics.time_per_token.observe((time.perf_counter() - self.first_at) / (self.tokens - 1))
+
+    def failed(self, error: ApiError) -> None:
+        self.metrics.errors.labels(error.code).inc()
+        self.series.error(time.time())
 
 
 class _SseStream:
@@ -376,7 +450,9 @@ class _SseStream:
             if error is None:
                 logger.exception("unexpected error while streaming")
                 raise
-            await write(self._event(self.gateway.stream_failed(error).body()))
+            api = api_error(error)
+            self.started.tracker.failed(api)
+            await write(self._event(api.body()))
 
     async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
         self.started.tracker.finish(answer)
@@ -493,6 +569,12 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/v1/models/{model:path}", gw.endpoint("model", gw.model), methods=["GET"]),
         Route("/v1/chat/completions", gw.endpoint("chat", gw.chat), methods=["POST"]),
         Route("/v1/completions", gw.endpoint("completions", gw.completion), methods=["POST"]),
+        Route(
+            "/v1/messages",
+            gw.endpoint("messages", gw.messages, errors=ApiError.anthropic_body),
+            methods=["POST"],
+        ),
+        Route("/v1/responses", gw.endpoint("responses", gw.responses), methods=["POST"]),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),

@@ -1,4 +1,8 @@
-"""dinet errors as OpenAI error objects: classes, never message text, decide the status."""
+"""dinet errors as API error objects: classes, never message text, decide the status.
+
+The status and code are chosen once, here; each API only draws its own envelope
+around them (OpenAI's by default, Anthropic's from the status).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,23 @@ class ApiError:
     param: str | None = None
 
     def body(self) -> dict[str, object]:
+        """OpenAI's error object."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def anthropic_body(self) -> dict[str, object]:
+        """Anthropic's error envelope: a type per status, no code or param (the message names it)."""
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+# Anthropic's error types for the statuses chosen below; any other status is an `api_error`.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    503: "overloaded_error",  # no peer can take it now; Anthropic's own would be a 529
+    504: "timeout_error",
+}
 
 
 # First match wins: subclasses before their bases.

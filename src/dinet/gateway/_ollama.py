@@ -9,29 +9,26 @@ that cannot change the answer is accepted and ignored, each with the reason belo
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dinet.client.ask import Answer
 from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.engine.adjust import REPETITION_WINDOW
-from dinet.errors import DinetError, RequestError, first_dinet_error
+from dinet.errors import RequestError
 from dinet.gateway._errors import ApiError
 from dinet.gateway._openai import dinet_extra
 from dinet.wire.messages import ChatMessage, GenerationParams
 
 if TYPE_CHECKING:
-    from dinet.gateway._app import Started
+    pass
 
-logger = logging.getLogger(__name__)
 
 Kind = Literal["chat", "generate"]
 NDJSON = "application/x-ndjson"
@@ -394,34 +391,28 @@ def ndjson_line(obj: Mapping[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-class NdjsonStream:
-    """The body of a streamed answer: a line per token that has text, then the `done` line;
-    an error after the first token becomes a last `{"error": ...}` line, as Ollama's does.
-    `failed` maps (and counts) an error from the network."""
+class NdjsonShape:
+    """A streamed answer as Ollama draws it (a `StreamShape`): a line per token that has
+    text, then the `done` line; an error after the first token becomes a last
+    `{"error": ...}` line, as Ollama's does."""
 
-    def __init__(
-        self, kind: Kind, model: str, started: Started, failed: Callable[[DinetError], ApiError]
-    ) -> None:
-        self.kind, self.model, self.started, self.failed = kind, model, started, failed
+    def __init__(self, kind: Kind, model: str, tracker: Timed) -> None:
+        self.kind, self.model, self.tracker = kind, model, tracker
 
-    async def run(self, write: Callable[[bytes], Awaitable[None]]) -> None:
-        try:
-            async with aclosing(self.started.all_events()) as events:
-                async for event in events:
-                    if isinstance(event, Answer):
-                        await write(ndjson_line(self._last(event)))
-                        return
-                    if event.text:
-                        await write(ndjson_line(piece(self.kind, self.model, event.text)))
-        except Exception as exc:
-            error = first_dinet_error(exc)
-            if error is None:
-                logger.exception("unexpected error while streaming")
-                raise
-            await write(ndjson_line(error_body(self.failed(error))))
+    def opening(self) -> bytes:
+        return b""
 
-    def _last(self, answer: Answer) -> dict[str, object]:
-        tracker = self.started.tracker
-        tracker.finish(answer)
-        timing = Timing(tracker.arrived, tracker.first_at, time.perf_counter())
-        return finished(self.kind, self.model, answer, "", timing, self.started.extra)
+    def text(self, text: str) -> bytes:
+        return ndjson_line(piece(self.kind, self.model, text))
+
+    def closing(self, answer: Answer, extra: dict[str, object]) -> bytes:
+        timing = Timing(self.tracker.arrived, self.tracker.first_at, time.perf_counter())
+        return ndjson_line(finished(self.kind, self.model, answer, "", timing, extra))
+
+    def failure(self, error: ApiError) -> bytes:
+        return ndjson_line(error_body(error))
+
+
+class Timed(Protocol):
+    arrived: float  # perf_counter when the request arrived
+    first_at: float | None  # and when its first token did

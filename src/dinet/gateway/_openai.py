@@ -12,10 +12,12 @@ doing nothing, because here they change nothing: `user`, `metadata`,
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,6 +28,7 @@ from dinet.errors import RequestError
 from dinet.wire.messages import MAX_LOGIT_BIAS, ChatMessage, GenerationParams
 
 Kind = Literal["chat", "completion"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Lenient(BaseModel):
@@ -167,9 +170,15 @@ Request = ChatRequest | CompletionRequest
 
 def parse_request(kind: Kind, body: object) -> Request:
     """A validated request, or RequestError naming the first bad field."""
+    if kind == "chat":
+        return validated(ChatRequest, body)
+    return validated(CompletionRequest, body)
+
+
+def validated(model: type[M], body: object) -> M:
+    """`body` as a `model`, or RequestError naming the first bad field (any API's request)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    model = ChatRequest if kind == "chat" else CompletionRequest
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -183,6 +192,16 @@ def parse_request(kind: Kind, body: object) -> Request:
         raise RequestError(f"invalid value for {where or 'body'}: {first['msg']}", where or None) from None
 
 
+def refuse_unsupported(body: object, refused: Mapping[str, tuple[tuple[object, ...], str]]) -> None:
+    """RequestError naming the first field of `refused` the body sets to a value other than
+    those that ask for nothing (null, an empty list...): dinet never ignores what it cannot do."""
+    if not isinstance(body, dict):
+        return
+    for field, (harmless, why) in refused.items():
+        if field in body and body[field] not in harmless:
+            raise RequestError(f"{field}: {why}", field)
+
+
 def generation_params(request: Request, default_max_tokens: int) -> GenerationParams:
     """What to ask the network. OpenAI's defaults: temperature 1, a fresh seed when none is given."""
     max_tokens = request.max_tokens
@@ -190,7 +209,7 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         max_tokens = request.max_completion_tokens
     stop = request.stop if isinstance(request.stop, list) else [request.stop] if request.stop else []
     temperature = 1.0 if request.temperature is None else request.temperature
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+    seed = request.seed if request.seed is not None else random_seed()
     fields: dict[str, Any] = {
         "max_tokens": max_tokens or default_max_tokens,
         "temperature": float(temperature),
@@ -212,11 +231,19 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         if len(prompts) != 1:
             raise RequestError("give exactly one prompt (batches are not supported)", "prompt")
         fields["prompt"] = prompts[0]
+    return checked_params(fields)
+
+
+def checked_params(fields: dict[str, Any], names: Mapping[str, str] | None = None) -> GenerationParams:
+    """GenerationParams from `fields`, or RequestError naming the request's field; `names`
+    maps GenerationParams' field names to the API's own where they differ."""
     try:
         return GenerationParams(**fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
+        if param is not None and names:
+            param = names.get(param, param)
         raise RequestError(f"invalid value for {param or 'request'}: {first['msg']}", param) from None
 
 
@@ -228,6 +255,11 @@ def _logit_bias(bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
             raise RequestError("logit_bias maps token ids to biases from -100 to 100", "logit_bias")
         pairs.append((int(key), float(value)))
     return tuple(sorted(pairs))
+
+
+def random_seed() -> int:
+    """A fresh seed, for an API that has none or a request that gives none."""
+    return secrets.randbelow(2**63)
 
 
 def new_id(kind: Kind) -> str:
@@ -315,3 +347,9 @@ def chunk(
 
 def now() -> int:
     return int(time.time())
+
+
+def sse(event: str, payload: Mapping[str, object]) -> bytes:
+    """One server-sent event named by an `event:` line, as Anthropic's API and OpenAI's
+    Responses API send them (the chat API's chunks go without a name)."""
+    return f"event: {event}\ndata: ".encode() + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
