@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import openai
 import pytest
+from pydantic import BaseModel
 
 MODEL = "smollm2-135m-instruct"
 SYSTEM = "You are a helpful assistant. Answer briefly."
@@ -98,7 +101,7 @@ REFUSED = [
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
     ({"store": True}, "store"),
     ({"reasoning": {"effort": "low"}}, "reasoning"),
-    ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+    ({"text": {"format": {"type": "xml"}}}, "text.format"),
     (
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]},
         "input.0.content.0",
@@ -121,3 +124,13 @@ def test_errors_are_openai_errors_of_the_right_class(client, gateway):
     with pytest.raises(openai.NotFoundError) as unknown:
         client.responses.create(model="no-such-model", input=LONG, max_output_tokens=8)
     assert unknown.value.code == "model_not_found"
+
+
+def test_parse_with_a_pydantic_model_gives_that_model(client):
+    class Colour(BaseModel):
+        name: Literal["red", "green", "blue"]
+
+    response = client.responses.parse(
+        model=MODEL, input="Name a colour.", text_format=Colour, temperature=0, max_output_tokens=24
+    )
+    assert response.status == "completed" and isinstance(response.output_parsed, Colour)

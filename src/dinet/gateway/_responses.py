@@ -3,8 +3,9 @@ their translation.
 
 Parsed leniently like the chat API (unknown fields are ignored: OpenAI's SDKs add new
 ones often), but a field that asks for what dinet cannot do (tools, stored responses
-and conversations, reasoning, structured output, images and files) is refused with a
-400 naming it. dinet keeps no responses: every request carries its whole conversation.
+and conversations, reasoning, images and files) is refused with a 400 naming it.
+`text.format` json_object and json_schema are structured outputs, as on the chat API.
+dinet keeps no responses: every request carries its whole conversation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dinet.client.ask import Answer
+from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.errors import RequestError
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError
@@ -39,6 +41,7 @@ _REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
     "truncation": ((None, "disabled"), "dinet does not truncate a conversation: send one that fits"),
 }
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_FORMATS = ("text", "json_object", "json_schema")
 _TEXT_PARTS = ("input_text", "output_text")  # a user's text, or an earlier answer's sent back
 
 
@@ -79,6 +82,19 @@ class _Item(_Lenient):
 
 class _Format(_Lenient):
     type: str
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the grammar keeps to the schema either way
+
+    def grammar(self) -> str | None:
+        """The grammar of a JSON format (structured outputs); None for plain text."""
+        if self.type == "json_object":
+            return json_object_grammar()
+        if self.type == "json_schema":
+            if self.schema_ is None:
+                raise RequestError("text.format: a json_schema format needs its schema", "text.format")
+            return json_schema_grammar(self.schema_, "text.format")
+        return None
 
 
 class _TextOptions(_Lenient):
@@ -104,8 +120,8 @@ def parse_request(body: object) -> ResponsesRequest:
     oa.refuse_unsupported(body, _REFUSED)
     request = oa.validated(ResponsesRequest, body)
     text = request.text
-    if text is not None and text.format is not None and text.format.type != "text":
-        raise RequestError("text.format: only plain text output is supported by dinet yet", "text.format")
+    if text is not None and text.format is not None and text.format.type not in _FORMATS:
+        raise RequestError(f"text.format: the type is one of {', '.join(_FORMATS)}", "text.format")
     if text is not None and text.verbosity not in (None, "medium"):
         raise RequestError("text.verbosity: not supported by dinet", "text.verbosity")
     return request
@@ -125,7 +141,10 @@ def generation_params(request: ResponsesRequest, default_max_tokens: int) -> Gen
         "top_p": 1.0 if request.top_p is None else float(request.top_p),
         "seed": oa.random_seed(),
     }
-    return oa.checked_params(fields, {"max_tokens": "max_output_tokens", "messages": "input"})
+    if request.text is not None and request.text.format is not None:
+        fields["grammar"] = request.text.format.grammar()
+    names = {"max_tokens": "max_output_tokens", "messages": "input", "grammar": "text.format"}
+    return oa.checked_params(fields, names)
 
 
 @dataclass(frozen=True)
