@@ -30,7 +30,7 @@ from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.client.verify import Verification, verify_answer
 from dinet.wire.ids import ModelHash, PeerId, RequestId
-from dinet.wire.messages import CountersignedReceipt, GenerationParams, TokenFrame, Usage
+from dinet.wire.messages import CountersignedReceipt, GenerationParams, TokenFrame, TokenLogprobs, Usage
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class Answer:
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
     chain: tuple[PeerId, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)
     token_ids: tuple[int, ...] = ()  # the completion's tokens, as the peers claimed them
+    # Per token, when the request asked for log-probabilities (`GenerationParams.logprobs`).
+    logprobs: tuple[TokenLogprobs | None, ...] = ()
     verification: Verification | None = None  # set when the answer was checked by another peer
 
 
@@ -94,6 +96,7 @@ async def ask(
     assert finished is not None, "a strategy ends with Finished"
     decode_s = time.perf_counter() - (first_at or started)
     token_ids = tuple(t.token_id for t in tokens)
+    logprobs = tuple(t.logprobs for t in tokens) if finished.params.logprobs is not None else ()
     verification = None
     if options.verify_rate > 0 and random.random() < options.verify_rate:
         verification = await verify_answer(
@@ -103,6 +106,7 @@ async def ask(
             finished.model_hash,
             exclude=records.producers,
             verifiers=options.verifiers,
+            claimed_logprobs=[None if lp is None else lp.logprob for lp in logprobs] if logprobs else None,
         )
         records.verified(verification, len(tokens), finished.model_hash)
     yield Answer(
@@ -120,6 +124,7 @@ async def ask(
         refused_receipts=tuple(records.refused),
         chain=finished.chain,
         token_ids=token_ids,
+        logprobs=logprobs,
         verification=verification,
     )
 

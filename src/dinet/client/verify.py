@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -62,10 +62,13 @@ async def verify_answer(
     exclude: Collection[PeerId] = (),
     verifiers: Collection[PeerId] | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    claimed_logprobs: Sequence[float | None] | None = None,
 ) -> Verification:
     """Have `token_ids` (a completion of `params`) re-scored by a peer not in `exclude`.
 
-    `verifiers`, if given, limits the choice to those peers.
+    `verifiers`, if given, limits the choice to those peers. `claimed_logprobs` (one per
+    token, None where not claimed) are the log-probabilities the answering peers sent:
+    they are checked against the verifier's too.
     """
     if not token_ids:
         return Verification(verified=True, verifier=None)  # nothing was claimed
@@ -93,6 +96,7 @@ async def verify_answer(
             top_p=params.top_p,
             seed=params.seed,
             tolerances=tolerances,
+            claimed_logprobs=claimed_logprobs,
         )
         return Verification(
             verified=verdict.ok,

@@ -28,9 +28,10 @@ from pydantic import BaseModel
 
 from dinet.engine._text import CompletionText
 from dinet.engine.adjust import Adjuster
+from dinet.engine.logprobs import token_logprobs
 from dinet.engine.sampler import NothingAllowed, Sampler
 from dinet.engine.testing.liar import Lie
-from dinet.wire.messages import EndFrame, GenerationParams, Usage
+from dinet.wire.messages import EndFrame, GenerationParams, TokenFrame, TokenLogprobs, Usage
 
 Emit = Callable[[BaseModel], None]
 ShouldStop = Callable[[], bool]
@@ -103,6 +104,7 @@ def run_generation(
         first_at = last_at = 0.0
         finish: Literal["stop", "length"] = "length"
         tamper = lie.tamperer(index, params.max_tokens) if lie is not None and random_token else None
+        logprobs: dict[int, TokenLogprobs] = {}  # by index, until the token's frame is released
         while index < params.max_tokens:
             if tamper is not None and random_token is not None and tamper.replaces_all:
                 token = tamper.token(index, -1, random_token)
@@ -115,6 +117,9 @@ def run_generation(
                 except NothingAllowed:
                     finish = "stop"  # the grammar allows nothing more, not even the end
                     break
+                if params.logprobs is not None and not model.is_eog(token):
+                    scored = logits if constraint is None else _masked(logits, constraint)
+                    logprobs[index] = token_logprobs(scored, token, params.logprobs, model.piece)
                 if tamper is not None and random_token is not None:
                     token = tamper.token(index, token, random_token, model.is_eog(token))
             last_at = time.perf_counter()
@@ -129,7 +134,7 @@ def run_generation(
                 adjuster.push(token)
             frames, stopped = text.push(index, token, model.piece(token))
             for frame in frames:
-                emit(frame)
+                emit(_with_logprobs(frame, logprobs))
             emitted += len(frames)
             index += 1
             if stopped:
@@ -143,7 +148,7 @@ def run_generation(
             if tamper is None or not tamper.replaces_all:
                 model.step(token)
         for frame in text.finish():
-            emit(frame)
+            emit(_with_logprobs(frame, logprobs))
             emitted += 1
 
     decode_s = last_at - first_at  # the decode steps after the first token
@@ -185,6 +190,17 @@ def _choose(
     return sampler.choose_allowed(
         logits, index, constraint.allows, temperature=params.temperature, top_p=params.top_p, seed=params.seed
     )
+
+
+def _masked(logits: npt.NDArray[np.floating], constraint: Constraint) -> npt.NDArray[np.float64]:
+    """The logits with every token the grammar refuses at -inf (asks about all of them)."""
+    allowed = constraint.allows(np.arange(logits.shape[0], dtype=np.intp))
+    return np.where(allowed, np.asarray(logits, dtype=np.float64), -np.inf)
+
+
+def _with_logprobs(frame: TokenFrame, logprobs: dict[int, TokenLogprobs]) -> TokenFrame:
+    found = logprobs.pop(frame.index, None)
+    return frame if found is None else frame.model_copy(update={"logprobs": found})
 
 
 def check_request(model: Model, params: GenerationParams, prompt: list[int], prefix: list[int]) -> None:

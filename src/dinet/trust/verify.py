@@ -20,7 +20,8 @@ the one the verifier's own logits would give, up to floating-point noise:
 
 Under a grammar (structured outputs) the verifier scores the logits the grammar
 leaves, so both rules apply unchanged; a claimed token the grammar refuses fails at
-once, whatever its scores.
+once, whatever its scores. A claimed log-probability (`logprobs`) fails when it lies
+more than `logprob_gap` from the verifier's own.
 
 A random token sits deep in the tail (lo ~ 1, log-odds ~ 10 and more), a wrong
 model's token far from the draw: both are caught by margins that honest noise never
@@ -62,6 +63,9 @@ class Tolerances:
     # and caught 239 of 240 wrong-model ones.
     greedy_gap: float = 0.75
     sample_logodds: float = 3.0  # the most total miss of the draws over a sampled answer
+    # A claimed log-probability against the verifier's: the same logit noise as greedy_gap
+    # (tests/engine/llama/test_logprobs.py prints the honest gaps it sees).
+    logprob_gap: float = 0.75
 
 
 DEFAULT_TOLERANCES = Tolerances()
@@ -82,11 +86,20 @@ def judge(
     top_p: float,
     seed: int,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    claimed_logprobs: Sequence[float | None] | None = None,
 ) -> Verdict:
-    """Whether every claimed token is plausible under the verifier's scores."""
+    """Whether every claimed token is plausible under the verifier's scores, and every
+    claimed log-probability (one per position, None where none was claimed) near the
+    verifier's own."""
     del top_p  # already inside lo/hi, which the verifier computed with it
     verdict = _judge_scores(positions, temperature, seed, tolerances)
     refused = {p.index for p in positions if not p.allowed}
+    if claimed_logprobs is not None:
+        refused |= {
+            p.index
+            for p, claimed in zip(positions, claimed_logprobs, strict=False)
+            if claimed is not None and abs(claimed - p.logprob) > tolerances.logprob_gap
+        }
     if not refused:
         return verdict
     bad = tuple(sorted(refused.union(verdict.bad_positions)))

@@ -21,6 +21,8 @@ MAX_RECEIPT_BYTES = 4096
 MAX_DEADLINE_MS = 3_600_000  # an hour: beyond it, no deadline is worth stating
 MAX_GRAMMAR_CHARS = 64_000
 MAX_LOGIT_BIAS = 300  # token biases in one request, as OpenAI's limit
+MAX_TOP_LOGPROBS = 20  # as OpenAI's limit
+MAX_PIECE_BYTES = 256  # one token's bytes
 
 
 class Message(BaseModel):
@@ -67,6 +69,10 @@ class GenerationParams(Message):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, exclude_if=lambda v: v == 0.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0, exclude_if=lambda v: v == 0.0)
     min_p: float = Field(default=0.0, ge=0.0, lt=1.0, exclude_if=lambda v: v == 0.0)
+    # Log-probabilities in every token frame: the token's own and the `logprobs` most
+    # likely tokens' (0: the token's only), of the logits the sampler chose from (after
+    # the adjustments and the grammar) at temperature 1. None: no log-probabilities.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, exclude_if=lambda v: v is None)
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -84,6 +90,23 @@ class InferRequest(Message):
     deadline_ms: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_MS, exclude_if=lambda v: v is None)
 
 
+class TokenChoice(Message):
+    """A token and its log-probability under the distribution the sampler chose from."""
+
+    token_id: int = Field(ge=0)
+    piece: str = Field(max_length=2 * MAX_PIECE_BYTES, pattern="^([0-9a-f]{2})*$")  # its bytes, in hex
+    logprob: float = Field(le=0.0)
+
+
+class TokenLogprobs(Message):
+    """What a request with `logprobs` learns of one token: its own log-probability and the
+    `logprobs` most likely tokens at its position (see `GenerationParams.logprobs`)."""
+
+    logprob: float = Field(le=0.0)
+    piece: str = Field(max_length=2 * MAX_PIECE_BYTES, pattern="^([0-9a-f]{2})*$")
+    top: tuple[TokenChoice, ...] = Field(default=(), max_length=MAX_TOP_LOGPROBS)
+
+
 class TokenFrame(Message):
     """One completion token. `text` may be empty while a UTF-8 character is incomplete."""
 
@@ -91,6 +114,7 @@ class TokenFrame(Message):
     index: int = Field(ge=0)
     token_id: int = Field(ge=0)
     text: str
+    logprobs: TokenLogprobs | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class Usage(Message):

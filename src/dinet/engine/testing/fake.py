@@ -45,8 +45,8 @@ class FakeEngine:
         self, params: GenerationParams
     ) -> AsyncGenerator[TokenFrame | EndFrame | ErrorFrame, None]:
         received = trio.current_time()
-        if params.grammar is not None:  # echoing words cannot keep to a grammar
-            yield ErrorFrame(code="bad_request", message="the fake engine does not keep to a grammar")
+        if params.grammar is not None or params.logprobs is not None:  # echoed words have neither
+            yield ErrorFrame(code="bad_request", message="the fake engine has no grammar nor logprobs")
             return
         words = _words(params)
         index = len(params.prefix_tokens)

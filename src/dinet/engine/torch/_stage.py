@@ -159,6 +159,8 @@ class StageSession:
             raise StageRequestError("a chain replays its own steps: prefix_tokens are not taken")
         if self.params.grammar is not None:
             raise StageRequestError("a chain does not keep to a grammar yet: ask a whole-model peer")
+        if self.params.logprobs is not None:
+            raise StageRequestError("a chain does not report log-probabilities yet: ask a whole-model peer")
         stops: tuple[str, ...] = ()
         if model.is_first or model.is_last:
             ids, stops = self._prompt()
