@@ -38,9 +38,8 @@ CHAT_FIELDS = {
     "frequency_penalty": (0.5, True),
     "presence_penalty": (0.5, True),
     "logit_bias": ({"50256": -100}, True),
+    "logprobs": (True, True),
     "n": (2, False),
-    "logprobs": (True, False),
-    "top_logprobs": (3, False),
     "tools": ([TOOL], False),
     "tool_choice": ("required", False),
     "functions": ([TOOL["function"]], False),
@@ -48,6 +47,7 @@ CHAT_FIELDS = {
     "audio": ({"voice": "alloy", "format": "wav"}, False),
     "modalities": (["text", "audio"], False),
     "prediction": ({"type": "content", "content": "x"}, False),
+    "top_logprobs": (3, False),  # without logprobs: true (see below)
     "reasoning_effort": ("low", False),
     "verbosity": ("low", False),
     "web_search_options": ({}, False),
@@ -69,7 +69,7 @@ COMPLETION_FIELDS = {
     "best_of": (2, False),
     "echo": (True, False),
     "suffix": ("end", False),
-    "logprobs": (2, False),
+    "logprobs": (2, True),
     "frequency_penalty": (0.5, True),
     "presence_penalty": (0.5, True),
     "logit_bias": ({"50256": -100}, True),
@@ -101,9 +101,9 @@ def test_a_field_is_honoured_or_refused_by_name(kind, field, value, honoured):
     assert refused.value.param == field and field in str(refused.value)
 
 
-@pytest.mark.parametrize("field", ["logprobs", "n", "tools"])
+@pytest.mark.parametrize("field", ["n", "tools"])
 def test_a_feature_not_asked_for_is_taken(field):
-    off = {"logprobs": False, "n": 1, "tools": []}[field]
+    off = {"n": 1, "tools": []}[field]
     parse_request("chat", {**BASE["chat"], field: off})
 
 
@@ -146,3 +146,16 @@ def test_sampling_controls_reach_the_request():
         with pytest.raises(RequestError) as refused:
             generation_params(parse_request("chat", {**BASE["chat"], "logit_bias": bad}), 16)
         assert refused.value.param == "logit_bias"
+
+
+def test_logprobs_reach_the_request():
+    def asked(kind: str, **fields: object) -> int | None:
+        return generation_params(parse_request(kind, {**BASE[kind], **fields}), 16).logprobs
+
+    assert asked("chat") is None and asked("chat", logprobs=False) is None
+    assert asked("chat", logprobs=True) == 0 and asked("chat", logprobs=True, top_logprobs=5) == 5
+    assert asked("completion", logprobs=3) == 3 and asked("completion") is None
+    for kind, fields in (("chat", {"logprobs": True, "top_logprobs": 21}), ("completion", {"logprobs": 6})):
+        with pytest.raises(RequestError) as refused:
+            parse_request(kind, {**BASE[kind], **fields})
+        assert refused.value.param in fields

@@ -434,7 +434,7 @@ class _SseStream:
                     if isinstance(event, Answer):
                         await self._finish(event, write)
                         return
-                    if event.text:
+                    if event.text or event.logprobs is not None:
                         chunk = oa.chunk(
                             self.kind,
                             self.response_id,
@@ -442,6 +442,7 @@ class _SseStream:
                             self.model,
                             event.text,
                             first=not sent_first,
+                            logprobs=event.logprobs,
                         )
                         await write(self._event(chunk))
                         sent_first = True

@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +25,7 @@ from dinet.client.ask import Answer
 from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
-from dinet.wire.messages import MAX_LOGIT_BIAS, ChatMessage, GenerationParams
+from dinet.wire.messages import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, ChatMessage, GenerationParams, TokenLogprobs
 
 Kind = Literal["chat", "completion"]
 M = TypeVar("M", bound=BaseModel)
@@ -95,7 +95,7 @@ class DinetOptions(BaseModel):
 Off = Literal[None, False, 0]  # the value of a feature that is not asked for
 NOT_YET = frozenset(
     {
-        "logprobs", "top_logprobs", "tools",
+        "tools",
         "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
         "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
         "suffix", "best_of", "n",
@@ -131,9 +131,9 @@ class ChatRequest(_Common):
     messages: list[_InMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: _ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     # Not yet: refused unless off.
-    logprobs: Literal[False, None] = None
-    top_logprobs: Literal[0, None] = None
     tools: list[None] | None = Field(default=None, max_length=0)
     tool_choice: Literal["none", "auto", None] = None
     functions: list[None] | None = Field(default=None, max_length=0)
@@ -162,7 +162,7 @@ class CompletionRequest(_Common):
     echo: Literal[False] = False
     suffix: Literal[None, ""] = None
     best_of: Literal[1, None] = None
-    logprobs: Literal[0, None] = None  # type: ignore[assignment]
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # type: ignore[assignment]  # OpenAI's limit
 
 
 Request = ChatRequest | CompletionRequest
@@ -226,7 +226,12 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         fields["messages"] = tuple(m.to_wire() for m in request.messages)
         if request.response_format is not None:
             fields["grammar"] = request.response_format.grammar()
+        if request.top_logprobs is not None and not request.logprobs:
+            raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
+        if request.logprobs:
+            fields["logprobs"] = request.top_logprobs or 0
     else:
+        fields["logprobs"] = request.logprobs
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if len(prompts) != 1:
             raise RequestError("give exactly one prompt (batches are not supported)", "prompt")
@@ -292,16 +297,18 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
 def full_response(
     kind: Kind, response_id: str, created: int, answer: Answer, extra: dict[str, object] | None = None
 ) -> dict[str, object]:
+    logprobs = logprobs_object(kind, answer.logprobs) if answer.logprobs else None
     if kind == "chat":
         choice: dict[str, object] = {
             "index": 0,
             "message": {"role": "assistant", "content": answer.text},
             "finish_reason": answer.finish_reason,
-            "logprobs": None,
+            "logprobs": logprobs,
         }
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": None}
+        choice = {"index": 0, "text": answer.text, "finish_reason": answer.finish_reason}
+        choice["logprobs"] = logprobs
         obj = "text_completion"
     return {
         "id": response_id,
@@ -324,8 +331,11 @@ def chunk(
     *,
     first: bool = False,
     finish_reason: str | None = None,
+    logprobs: TokenLogprobs | None = None,
 ) -> dict[str, object]:
-    """One streamed chunk: some text, or the closing one with `finish_reason`."""
+    """One streamed chunk: some text (with its token's `logprobs` when asked), or the
+    closing one with `finish_reason`."""
+    token_logprobs = None if logprobs is None else logprobs_object(kind, (logprobs,))
     if kind == "chat":
         delta: dict[str, str] = {}
         if first:
@@ -336,13 +346,45 @@ def chunk(
             "index": 0,
             "delta": delta,
             "finish_reason": finish_reason,
-            "logprobs": None,
+            "logprobs": token_logprobs,
         }
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": token_logprobs}
         obj = "text_completion"
     return {"id": response_id, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+
+def logprobs_object(kind: Kind, tokens: Sequence[TokenLogprobs | None]) -> dict[str, object]:
+    """The answer's `logprobs` in OpenAI's shape: the chat API's `content` list, or the
+    completions API's parallel lists. A token without log-probabilities (none sent) is
+    left out."""
+    known = [t for t in tokens if t is not None]
+    if kind == "chat":
+        content = [
+            _token_entry(t.piece, t.logprob, [_token_entry(c.piece, c.logprob) for c in t.top]) for t in known
+        ]
+        return {"content": content, "refusal": None}
+    texts = [_piece_text(t.piece) for t in known]
+    offsets = [sum(len(text) for text in texts[:i]) for i in range(len(texts))]
+    return {
+        "tokens": texts,
+        "token_logprobs": [t.logprob for t in known],
+        "top_logprobs": [{_piece_text(c.piece): c.logprob for c in t.top} for t in known],
+        "text_offset": offsets,
+    }
+
+
+def _token_entry(piece: str, logprob: float, top: list[dict[str, object]] | None = None) -> dict[str, object]:
+    raw = bytes.fromhex(piece)
+    entry: dict[str, object] = {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
+    if top is not None:
+        entry["top_logprobs"] = top
+    return entry
+
+
+def _piece_text(piece: str) -> str:
+    return bytes.fromhex(piece).decode(errors="replace")
 
 
 def now() -> int:
