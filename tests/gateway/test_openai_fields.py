@@ -159,3 +159,12 @@ def test_logprobs_reach_the_request():
         with pytest.raises(RequestError) as refused:
             parse_request(kind, {**BASE[kind], **fields})
         assert refused.value.param in fields
+
+
+def test_a_message_too_long_is_a_request_error_not_a_crash():
+    with pytest.raises(RequestError) as refused:
+        generation_params(
+            parse_request("chat", {**BASE["chat"], "messages": [{"role": "user", "content": "x" * 70_000}]}),
+            16,
+        )
+    assert refused.value.param == "messages"

@@ -54,7 +54,10 @@ class _InMessage(_Lenient):
         else:
             text = self.content or ""
         role = "system" if self.role == "developer" else self.role
-        return ChatMessage(role=role, content=text)
+        try:
+            return ChatMessage(role=role, content=text)
+        except ValidationError as exc:
+            raise RequestError(f"invalid value for messages: {exc.errors()[0]['msg']}", "messages") from None
 
 
 class _StreamOptions(_Lenient):
