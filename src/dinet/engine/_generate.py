@@ -82,6 +82,8 @@ def run_generation(
     owner has abandoned the stream), still with an EndFrame. `lie` (testing only,
     see `dinet.engine.testing.liar`) falsifies tokens with ones drawn by `random_token`.
     """
+    if lie is not None:
+        params = lie.followed(params)  # a liar that ignores part of the request
     prompt, template_stops = model.prompt_tokens(params)
     prefix = list(params.prefix_tokens)
     check_request(model, params, prompt, prefix)
@@ -103,7 +105,8 @@ def run_generation(
         emitted = steps = 0
         first_at = last_at = 0.0
         finish: Literal["stop", "length"] = "length"
-        tamper = lie.tamperer(index, params.max_tokens) if lie is not None and random_token else None
+        tampering = lie is not None and lie.tampers and random_token is not None
+        tamper = lie.tamperer(index, params.max_tokens) if lie is not None and tampering else None
         logprobs: dict[int, TokenLogprobs] = {}  # by index, until the token's frame is released
         while index < params.max_tokens:
             if tamper is not None and random_token is not None and tamper.replaces_all:
@@ -120,6 +123,8 @@ def run_generation(
                 if params.logprobs is not None and not model.is_eog(token):
                     scored = logits if constraint is None else _masked(logits, constraint)
                     logprobs[index] = token_logprobs(scored, token, params.logprobs, model.piece)
+                    if lie is not None:
+                        logprobs[index] = lie.reported(logprobs[index])
                 if tamper is not None and random_token is not None:
                     token = tamper.token(index, token, random_token, model.is_eog(token))
             last_at = time.perf_counter()

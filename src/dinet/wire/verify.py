@@ -81,7 +81,7 @@ class PositionScore(Message):
     lo: float | None = Field(default=None, ge=0.0)
     hi: float | None = Field(default=None, ge=0.0)
     drawn_logprob: float | None = Field(default=None, le=0.0)  # sampled: the verifier's own draw's
-    # False: the request's grammar does not allow this token here (or a token before it)
+    # False: the request rules this token out here: its grammar (or broken before), or min-p
     allowed: bool = Field(default=True, exclude_if=lambda v: v)
 
 

@@ -80,7 +80,7 @@ def score_tokens(
     scored on the plain logits and marked `allowed=False`, as is every token after it
     (the grammar cannot follow a completion that has left it). With an `adjuster`
     (penalties, bias, min-p), each position is scored on the logits it adjusts, as the
-    answering peer chose from them."""
+    answering peer chose from them; a claimed token min-p rules out is `allowed=False`."""
     started = time.perf_counter()
     n_vocab = llm.n_vocab()
     sequence = prompt + claimed[:-1]  # the last claimed token is never an input
@@ -104,20 +104,20 @@ def score_tokens(
         for i in range(max(0, first_out - start), len(chunk)):
             k = start + i - first_out  # which claimed token these logits predict
             pointer = llama_c.llama_get_logits_ith(llm._ctx.ctx, i)
-            logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+            raw = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+            logits = raw if adjuster is None else adjuster.logits(raw)
             if adjuster is not None:
-                logits = adjuster.logits(logits)
                 adjuster.push(claimed[k])
-            allowed = True
             if grammar is not None:
                 broken = broken or not grammar.allows(np.array([claimed[k]], dtype=np.intp))[0]
-                if broken:
-                    allowed = False
-                else:
+                if not broken:
                     logits = np.where(grammar.allows_all(), logits, -np.inf)
                     grammar.accept(claimed[k])
-            drawn = sampler.choose(logits, k, temperature=temperature, top_p=top_p, seed=seed)
-            position = score_position(logits, k, claimed[k], temperature, top_p, drawn)
+            # A token the request rules out (its grammar, or min-p) is scored on the plain logits.
+            allowed = not broken and bool(np.isfinite(logits[claimed[k]]))
+            scored = logits if allowed else raw
+            drawn = sampler.choose(scored, k, temperature=temperature, top_p=top_p, seed=seed)
+            position = score_position(scored, k, claimed[k], temperature, top_p, drawn)
             positions.append(position if allowed else position.model_copy(update={"allowed": False}))
     llm._ctx.kv_cache_clear()  # the next request starts from an empty cache anyway
     return ScoresFrame(

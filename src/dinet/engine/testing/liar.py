@@ -13,7 +13,11 @@ what it sent); only the tokens are false:
   16 (or max_tokens), with random vocabulary tokens, and continues from them (so every
   other token stays consistent with the text so far: only the K positions are false);
   an answer that would end before its lies are told is lengthened by them;
-- `random` sends random vocabulary tokens without running the model at all.
+- `random` sends random vocabulary tokens without running the model at all;
+- `ignore-grammar` answers as if the request had no grammar (structured outputs);
+- `ignore-penalties` answers as if it had no logit bias, penalties nor min-p;
+- `fake-logprobs` answers honestly but claims every log-probability 1 nat higher than
+  it is (at most 0): a peer overstating its confidence.
 
 Nothing here runs unless DINET_ALLOW_LIARS=1 is set in the environment: settings
 refuse a lie otherwise (see `dinet.config`).
@@ -30,9 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dinet.wire.messages import GenerationParams, TokenLogprobs
+
 ALLOW_ENV = "DINET_ALLOW_LIARS"
 CORRUPT_WITHIN = 16  # corrupted positions are drawn among an answer's first tokens
-_SPEC = re.compile(r"^(?:(random)|corrupt:(\d{1,4})|wrong-model:(.+))$")
+_KINDS = "random|ignore-grammar|ignore-penalties|fake-logprobs"
+_SPEC = re.compile(rf"^(?:({_KINDS})|corrupt:(\d{{1,4}})|wrong-model:(.+))$")
+FAKED_LOGPROB_NATS = 1.0
 
 
 def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
@@ -41,7 +49,7 @@ def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(frozen=True)
 class Lie:
-    kind: Literal["wrong-model", "corrupt", "random"]
+    kind: Literal["wrong-model", "corrupt", "random", "ignore-grammar", "ignore-penalties", "fake-logprobs"]
     count: int = 0  # tokens replaced per answer (corrupt)
     model: Path | None = None  # the GGUF actually used (wrong-model)
 
@@ -51,6 +59,26 @@ class Lie:
         if self.kind == "wrong-model":
             return f"wrong-model:{self.model}"
         return self.kind
+
+    @property
+    def tampers(self) -> bool:
+        """Whether it replaces tokens (see `tamperer`)."""
+        return self.kind in ("corrupt", "random")
+
+    def followed(self, params: GenerationParams) -> GenerationParams:
+        """What the liar really generates for: `params` without what it ignores."""
+        if self.kind == "ignore-grammar":
+            return params.model_copy(update={"grammar": None})
+        if self.kind == "ignore-penalties":
+            off = {"logit_bias": (), "repetition_penalty": 1.0, "min_p": 0.0}
+            return params.model_copy(update={**off, "presence_penalty": 0.0, "frequency_penalty": 0.0})
+        return params
+
+    def reported(self, logprobs: TokenLogprobs) -> TokenLogprobs:
+        """The log-probabilities it claims."""
+        if self.kind != "fake-logprobs":
+            return logprobs
+        return logprobs.model_copy(update={"logprob": min(0.0, logprobs.logprob + FAKED_LOGPROB_NATS)})
 
     def tamperer(self, start: int, max_tokens: int, seed: int | None = None) -> Tamperer:
         """The lies for one answer whose completion runs from `start` to `max_tokens`."""
@@ -63,12 +91,16 @@ class Lie:
 
 
 def parse_lie(text: str) -> Lie:
-    """`random`, `corrupt:K` (K >= 1) or `wrong-model:PATH` (an existing GGUF file)."""
+    """`random`, `corrupt:K` (K >= 1), `wrong-model:PATH` (an existing GGUF file),
+    `ignore-grammar`, `ignore-penalties` or `fake-logprobs`."""
     match = _SPEC.match(text.strip())
     if match is None:
-        raise ValueError(f"unknown lie {text!r}: use random, corrupt:K or wrong-model:PATH")
+        raise ValueError(
+            f"unknown lie {text!r}: use random, corrupt:K, wrong-model:PATH, ignore-grammar, "
+            "ignore-penalties or fake-logprobs"
+        )
     if match.group(1):
-        return Lie("random")
+        return Lie(match.group(1))  # type: ignore[arg-type]  # the pattern admits only the kinds
     if match.group(2):
         count = int(match.group(2))
         if count < 1:
