@@ -108,7 +108,7 @@ def test_errors_are_openai_exceptions_of_the_right_class(client, gateway):
         client.chat.completions.create(model=MODEL, messages=HELLO, temperature=5)
     assert hot.value.param == "temperature"
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=HELLO, n=2)
+        client.chat.completions.create(model=MODEL, messages=HELLO, n=9)  # above the limit of 8
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100_000)
     with pytest.raises(openai.BadRequestError):

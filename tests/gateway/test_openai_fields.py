@@ -39,7 +39,7 @@ CHAT_FIELDS = {
     "presence_penalty": (0.5, True),
     "logit_bias": ({"50256": -100}, True),
     "logprobs": (True, True),
-    "n": (2, False),
+    "n": (2, True),
     "tools": ([TOOL], False),
     "tool_choice": ("required", False),
     "functions": ([TOOL["function"]], False),
@@ -65,7 +65,7 @@ COMPLETION_FIELDS = {
     "stream": (True, True),
     "stream_options": ({"include_usage": True}, True),
     "user": ("someone", True),
-    "n": (2, False),
+    "n": (2, True),
     "best_of": (2, False),
     "echo": (True, False),
     "suffix": ("end", False),
@@ -101,10 +101,11 @@ def test_a_field_is_honoured_or_refused_by_name(kind, field, value, honoured):
     assert refused.value.param == field and field in str(refused.value)
 
 
-@pytest.mark.parametrize("field", ["n", "tools"])
+@pytest.mark.parametrize("field", ["best_of", "tools"])
 def test_a_feature_not_asked_for_is_taken(field):
-    off = {"n": 1, "tools": []}[field]
-    parse_request("chat", {**BASE["chat"], field: off})
+    off = {"best_of": 1, "tools": []}[field]
+    kind = "completion" if field == "best_of" else "chat"
+    parse_request(kind, {**BASE[kind], field: off})
 
 
 def test_a_field_openai_does_not_have_is_refused_by_name():

@@ -163,24 +163,44 @@ class _Gateway:
         arrived = time.perf_counter()
         parsed = oa.parse_request(kind, await _json_body(request))
         params = oa.generation_params(parsed, self.settings.default_max_tokens)
-        started = await self.start_answer(
-            request,
-            parsed.model,
-            params,
-            arrived,
-            replicas=parsed.dinet.replicas,
-            sharded=parsed.dinet_sharded,
-        )
+        choices = oa.choice_params(params, parsed.n)
+        if len(choices) > 1 and parsed.dinet.replicas > 1:
+            raise RequestError("n answers and a vote over replicas do not go together", "n")
+        started = await self._start_all(request, parsed, choices, arrived)
         response_id, created = oa.new_id(kind), oa.now()
+        seeds = [c.seed for c in choices]
         if not parsed.stream:
-            answer = await started.answer()
-            return JSONResponse(
-                oa.full_response(kind, response_id, created, answer, started.extra),
-                headers={PEER_HEADER: answer.peer_id},
-            )
+            answers = await _answers(started)
+            body = oa.full_response(kind, response_id, created, answers, started[0].extra, seeds)
+            return JSONResponse(body, headers={PEER_HEADER: answers[0].peer_id})
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         stream = _SseStream(self, kind, response_id, created, parsed.model, started, include_usage)
-        return _EventStreamResponse(stream.run, started.stream_headers())
+        return _EventStreamResponse(stream.run, started[0].stream_headers())
+
+    async def _start_all(
+        self, request: Request, parsed: oa.Request, choices: list[GenerationParams], arrived: float
+    ) -> list[Started]:
+        """Every choice's answer under way at once (so the router spreads them over peers);
+        if one cannot start, the others are closed and its error raised."""
+        started: list[Started | None] = [None] * len(choices)
+
+        async def start(index: int) -> None:
+            started[index] = await self.start_answer(
+                request, parsed.model, choices[index], arrived,
+                replicas=parsed.dinet.replicas, sharded=parsed.dinet_sharded,
+            )  # fmt: skip
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(len(choices)):
+                    nursery.start_soon(start, index)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for one in started:
+                    if one is not None:
+                        await one.events.aclose()
+            raise
+        return [one for one in started if one is not None]
 
     async def messages(self, request: Request) -> Response:
         """Anthropic's Messages API."""
@@ -308,6 +328,19 @@ class _Gateway:
         return olm.pull(self.view.models(), await _json_body(request))
 
 
+async def _answers(choices: list[Started]) -> list[Answer]:
+    """Each choice's whole answer, read at once."""
+    answers: list[Answer | None] = [None] * len(choices)
+
+    async def read(index: int) -> None:
+        answers[index] = await choices[index].answer()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(choices)):
+            nursery.start_soon(read, index)
+    return [a for a in answers if a is not None]
+
+
 @dataclass
 class Started:
     """An answer under way: its first event has arrived (`first`), the rest follow in
@@ -408,7 +441,8 @@ class _Tracker:
 
 
 class _SseStream:
-    """The body of a streamed answer: one `data:` event per token, then `data: [DONE]`."""
+    """The body of a streamed answer: one `data:` event per token, then `data: [DONE]`.
+    With `n` choices their tokens interleave as they come, each chunk naming its choice."""
 
     def __init__(
         self,
@@ -417,46 +451,69 @@ class _SseStream:
         response_id: str,
         created: int,
         model: str,
-        started: Started,
+        choices: list[Started],
         include_usage: bool,
     ) -> None:
         self.gateway, self.kind, self.response_id, self.created = gateway, kind, response_id, created
-        self.model, self.started, self.include_usage = model, started, include_usage
+        self.model, self.choices, self.include_usage = model, choices, include_usage
 
     def _event(self, payload: dict[str, object]) -> bytes:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
     async def run(self, write: Callable[[bytes], Awaitable[None]]) -> None:
-        sent_first = False
+        sending, receiving = trio.open_memory_channel[tuple[int, Event]](0)
+        answers: list[Answer] = []
+        sent_first: set[int] = set()
         try:
-            async with aclosing(self.started.all_events()) as events:
-                async for event in events:
-                    if isinstance(event, Answer):
-                        await self._finish(event, write)
-                        return
-                    if event.text or event.logprobs is not None:
-                        chunk = oa.chunk(
-                            self.kind,
-                            self.response_id,
-                            self.created,
-                            self.model,
-                            event.text,
-                            first=not sent_first,
-                            logprobs=event.logprobs,
-                        )
-                        await write(self._event(chunk))
-                        sent_first = True
+            async with trio.open_nursery() as nursery:
+                for index, started in enumerate(self.choices):
+                    nursery.start_soon(self._pump, index, started, sending.clone())
+                sending.close()
+                async with receiving:
+                    async for index, event in receiving:
+                        if isinstance(event, Answer):
+                            answers.append(event)
+                            await write(self._event(self._last(index, event)))
+                        elif event.text or event.logprobs is not None:
+                            chunk = oa.chunk(
+                                self.kind,
+                                self.response_id,
+                                self.created,
+                                self.model,
+                                event.text,
+                                first=index not in sent_first,
+                                logprobs=event.logprobs,
+                                index=index,
+                            )
+                            await write(self._event(chunk))
+                            sent_first.add(index)
         except Exception as exc:
             error = first_dinet_error(exc)
             if error is None:
                 logger.exception("unexpected error while streaming")
                 raise
             api = api_error(error)
-            self.started.tracker.failed(api)
+            self.choices[0].tracker.failed(api)
             await write(self._event(api.body()))
+            return
+        if self.include_usage:
+            usage_chunk = oa.chunk(self.kind, self.response_id, self.created, answers[0].model_id, None)
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = oa.usage(*answers)
+            await write(self._event(usage_chunk))
+        await write(b"data: [DONE]\n\n")
 
-    async def _finish(self, answer: Answer, write: Callable[[bytes], Awaitable[None]]) -> None:
-        self.started.tracker.finish(answer)
+    @staticmethod
+    async def _pump(index: int, started: Started, out: trio.MemorySendChannel[tuple[int, Event]]) -> None:
+        async with out, aclosing(started.all_events()) as events:
+            async for event in events:
+                if isinstance(event, Answer):
+                    started.tracker.finish(event)
+                await out.send((index, event))
+
+    def _last(self, index: int, answer: Answer) -> dict[str, object]:
+        """A choice's closing chunk: its finish reason, who served it, and (unless a usage
+        chunk follows) its usage."""
         last = oa.chunk(
             self.kind,
             self.response_id,
@@ -464,17 +521,12 @@ class _SseStream:
             answer.model_id,
             None,
             finish_reason=answer.finish_reason,
+            index=index,
         )
-        last["dinet"] = {**oa.dinet_extra(answer), **self.started.extra}
+        last["dinet"] = {**oa.dinet_extra(answer), **self.choices[index].extra}
         if not self.include_usage:
             last["usage"] = oa.usage(answer)
-        await write(self._event(last))
-        if self.include_usage:
-            usage_chunk = oa.chunk(self.kind, self.response_id, self.created, answer.model_id, None)
-            usage_chunk["choices"] = []
-            usage_chunk["usage"] = oa.usage(answer)
-            await write(self._event(usage_chunk))
-        await write(b"data: [DONE]\n\n")
+        return last
 
 
 class _EventStreamResponse(Response):

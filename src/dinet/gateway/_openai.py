@@ -6,7 +6,8 @@ OpenAI does not have is refused too, as OpenAI refuses it. Some fields are honou
 doing nothing, because here they change nothing: `user`, `metadata`,
 `safety_identifier`, `service_tier`, the prompt-cache fields and `parallel_tool_calls`
 (no tools). A feature dinet does not have yet is refused only when asked for: its
-"off" value (`n: 1`, `logprobs: false`, `tools: []`) is taken. `min_p` and
+"off" value (`tools: []`, `best_of: 1`) is taken. `n` answers are n asks with seeds
+`seed`, `seed + 1`, ..., run at once, so the router spreads them over peers. `min_p` and
 `repetition_penalty` are taken beyond OpenAI's fields, as llama-server and vLLM take them.
 """
 
@@ -29,6 +30,7 @@ from dinet.wire.messages import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, ChatMessage, G
 
 Kind = Literal["chat", "completion"]
 M = TypeVar("M", bound=BaseModel)
+MAX_CHOICES = 8  # `n`: answers to one request, each with its own seed
 
 
 class _Lenient(BaseModel):
@@ -101,7 +103,7 @@ NOT_YET = frozenset(
         "tools",
         "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
         "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
-        "suffix", "best_of", "n",
+        "suffix", "best_of",
     }
 )  # fmt: skip
 
@@ -113,7 +115,7 @@ class _Common(_Strict):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
-    n: Literal[1, None] = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: _StreamOptions | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
@@ -242,6 +244,11 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
     return checked_params(fields)
 
 
+def choice_params(params: GenerationParams, n: int | None) -> list[GenerationParams]:
+    """The request of each of the `n` choices: the same but for the seed, one more each."""
+    return [params.model_copy(update={"seed": (params.seed + i) % 2**63}) for i in range(n or 1)]
+
+
 def checked_params(fields: dict[str, Any], names: Mapping[str, str] | None = None) -> GenerationParams:
     """GenerationParams from `fields`, or RequestError naming the request's field; `names`
     maps GenerationParams' field names to the API's own where they differ."""
@@ -274,13 +281,11 @@ def new_id(kind: Kind) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
 
 
-def usage(answer: Answer) -> dict[str, int]:
-    u = answer.usage
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    }
+def usage(*answers: Answer) -> dict[str, int]:
+    """Of one answer, or of the choices of one request (the prompt counted once)."""
+    prompt = answers[0].usage.prompt_tokens
+    completion = sum(a.usage.completion_tokens for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def dinet_extra(answer: Answer) -> dict[str, object]:
@@ -298,30 +303,37 @@ def dinet_extra(answer: Answer) -> dict[str, object]:
 
 
 def full_response(
-    kind: Kind, response_id: str, created: int, answer: Answer, extra: dict[str, object] | None = None
+    kind: Kind,
+    response_id: str,
+    created: int,
+    answers: Sequence[Answer],
+    extra: dict[str, object] | None = None,
+    seeds: Sequence[int] = (),
 ) -> dict[str, object]:
-    logprobs = logprobs_object(kind, answer.logprobs) if answer.logprobs else None
-    if kind == "chat":
-        choice: dict[str, object] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": answer.text},
-            "finish_reason": answer.finish_reason,
-            "logprobs": logprobs,
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": answer.text, "finish_reason": answer.finish_reason}
+    """The whole response: a choice per answer (each with its own peer and seed in its
+    `dinet` field when there are several); the first answer's in the top `dinet` field."""
+    choices = []
+    for index, answer in enumerate(answers):
+        logprobs = logprobs_object(kind, answer.logprobs) if answer.logprobs else None
+        choice: dict[str, object] = {"index": index, "finish_reason": answer.finish_reason}
         choice["logprobs"] = logprobs
-        obj = "text_completion"
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": answer.text}
+        else:
+            choice["text"] = answer.text
+        if len(answers) > 1:
+            choice["dinet"] = {"peer_id": answer.peer_id, "seed": seeds[index] if seeds else None}
+        choices.append(choice)
+    first = answers[0]
     return {
         "id": response_id,
-        "object": obj,
+        "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
-        "model": answer.model_id,
-        "system_fingerprint": answer.model_hash[:16],
-        "choices": [choice],
-        "usage": usage(answer),
-        "dinet": {**dinet_extra(answer), **(extra or {})},
+        "model": first.model_id,
+        "system_fingerprint": first.model_hash[:16],
+        "choices": choices,
+        "usage": usage(*answers),
+        "dinet": {**dinet_extra(first), **(extra or {})},
     }
 
 
@@ -335,6 +347,7 @@ def chunk(
     first: bool = False,
     finish_reason: str | None = None,
     logprobs: TokenLogprobs | None = None,
+    index: int = 0,
 ) -> dict[str, object]:
     """One streamed chunk: some text (with its token's `logprobs` when asked), or the
     closing one with `finish_reason`."""
@@ -346,14 +359,15 @@ def chunk(
         if text is not None:
             delta["content"] = text
         choice: dict[str, object] = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "finish_reason": finish_reason,
             "logprobs": token_logprobs,
         }
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": token_logprobs}
+        choice = {"index": index, "text": text or "", "finish_reason": finish_reason}
+        choice["logprobs"] = token_logprobs
         obj = "text_completion"
     return {"id": response_id, "object": obj, "created": created, "model": model, "choices": [choice]}
 
