@@ -67,9 +67,20 @@ def test_page_chats_and_shows_every_peer(gateway, mesh):
             # The peer that answered is marked in the live list, which refreshes by itself.
             served_row = page.locator(f"#peers tr.served[data-peer='{served_by}']")
             expect(served_row).to_have_count(1, timeout=10_000)
+            # Each token says, on hover, how likely the serving peer's model found it.
+            token = answer.locator(".tok[data-logprob]").first
+            assert float(token.get_attribute("data-logprob") or "1") <= 0.0
+            assert "%" in (token.get_attribute("title") or "")
 
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "gateway-page.png"), full_page=True)
+
+            page.check("#json-mode")  # JSON mode: a grammar keeps the answer to a JSON object
+            page.fill("#prompt", "Describe a cat.")
+            page.keyboard.press("Enter")
+            json_answer = page.locator(".msg.assistant").nth(1)
+            expect(json_answer.locator("[data-testid=answer-meta]")).to_be_visible(timeout=90_000)
+            assert json_answer.locator(".text").inner_text().lstrip().startswith("{")
             assert outside == [], f"the page must work offline, but it loaded {outside}"
         finally:
             browser.close()

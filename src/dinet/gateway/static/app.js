@@ -212,6 +212,27 @@ function addMessage(role, text) {
   return box;
 }
 
+function chatRequest(model) {
+  const request = {
+    model, messages: history, stream: true, max_tokens: 256, temperature: 0, logprobs: true, top_logprobs: 3,
+  };
+  if ($("json-mode").checked) request.response_format = { type: "json_object" };
+  return request;
+}
+
+// A chunk's text, titled with how likely the serving peer's model found its token(s)
+// and the likeliest alternatives: shown on hover.
+function tokenSpan(content, logprobs) {
+  const span = el("span", "tok", content);
+  const percent = (logprob) => `${(100 * Math.exp(logprob)).toFixed(1)}%`;
+  span.title = logprobs
+    .map((t) => `${JSON.stringify(t.token)} ${percent(t.logprob)}` +
+      (t.top_logprobs.length ? ` · also ${t.top_logprobs.map((c) => `${JSON.stringify(c.token)} ${percent(c.logprob)}`).join(", ")}` : ""))
+    .join("\n");
+  if (logprobs.length) span.dataset.logprob = String(logprobs[0].logprob);
+  return span;
+}
+
 async function send(prompt) {
   const model = $("model").value;
   if (!model) {
@@ -230,7 +251,7 @@ async function send(prompt) {
     const reply = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers({ "content-type": "application/json" }),
-      body: JSON.stringify({ model, messages: history, stream: true, max_tokens: 256, temperature: 0 }),
+      body: JSON.stringify(chatRequest(model)),
     });
     if (reply.status === 401) needKey();
     if (!reply.ok) {
@@ -259,7 +280,7 @@ async function send(prompt) {
         const choice = event.choices?.[0];
         if (choice?.delta?.content) {
           firstAt ??= performance.now();
-          text.textContent += choice.delta.content;
+          text.append(tokenSpan(choice.delta.content, choice.logprobs?.content ?? []));
           box.dataset.chunks = String(Number(box.dataset.chunks || 0) + 1);
           box.scrollIntoView({ block: "end" });
         }
