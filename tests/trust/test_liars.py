@@ -19,9 +19,9 @@ from liar_campaign import LIARS, cases, liar_mesh, run_campaign
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 
-# Per answering node. The suite runs 50 (about 2 minutes); bench/verify.py runs the 200 of
+# Per answering node. The suite runs 30 (about a minute); bench/verify.py runs the 200 of
 # the measurement (`DINET_LIAR_REQUESTS=200` runs them here too).
-REQUESTS = int(os.environ.get("DINET_LIAR_REQUESTS", "50"))
+REQUESTS = int(os.environ.get("DINET_LIAR_REQUESTS", "30"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
