@@ -125,12 +125,28 @@ def _load(args: argparse.Namespace) -> tuple[Llama, WorkerReady]:
 
 
 def embed(llm: Llama, texts: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
-    """Unit vectors (n, n_embd) and each input's token count, one input at a time (so one
-    input's tokens never share a batch with another's and the window is each one's own)."""
-    window = llm.n_ctx()
-    counts = [min(len(llm.tokenize(t.encode("utf-8"))), window) for t in texts]
-    rows = [llm.embed(t, normalize=True, truncate=True) for t in texts]
-    return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1), counts  # (n, n_embd)
+    """Unit vectors (n, n_embd) and each input's token count, one input at a time.
+
+    Not `Llama.embed`: it cuts a long input's tokens at the window, dropping the closing
+    [SEP] that sentence-transformers keeps (the vector then drifts, cosine ~0.997).
+    """
+    import llama_cpp
+
+    window, n_embd, sep = llm.n_ctx(), llm.n_embd(), llm._model.token_sep()
+    rows, counts = [], []
+    for text in texts:
+        tokens = llm.tokenize(text.encode("utf-8"))
+        if len(tokens) > window:
+            tail = tokens[-1:] if sep != -1 and tokens[-1] == sep else []
+            tokens = tokens[: window - len(tail)] + tail
+        llm._batch.reset()
+        llm._batch.add_sequence(tokens, 0, True)  # every token an output, as Llama.embed marks them
+        llm._ctx.kv_cache_clear()
+        llm._ctx.decode(llm._batch)
+        pooled = np.array(llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0)[:n_embd], dtype=np.float64)
+        rows.append(pooled / max(float(np.linalg.norm(pooled)), 1e-12))
+        counts.append(len(tokens))
+    return np.asarray(rows, dtype=np.float32), counts  # (n, n_embd)
 
 
 def _serve(frames: _StdinFrames, out: BinaryIO, llm: Llama, dims: int, liar: str | None) -> None:
