@@ -5,7 +5,8 @@
 
 Fields dinet cannot honour are refused by name, never ignored: token arrays as input,
 `dimensions` other than the model's own (the vectors are not shortened), and Ollama's
-`truncate: false` for an input that the model's window cut.
+`truncate: false` for an input that the model's window cut. A field OpenAI does not have
+is refused; one Ollama does not have is ignored, as on the gateway's other Ollama endpoints.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class OpenAIEmbeddingsRequest(_Strict):
     user: str | None = Field(default=None, max_length=256)
 
 
-class OllamaEmbedRequest(_Strict):
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # as the gateway's other Ollama endpoints
+
+
+class OllamaEmbedRequest(_Lenient):
     model: str = Field(min_length=1, max_length=200)
     input: str | list[str]
     truncate: bool = True
@@ -48,7 +53,7 @@ class OllamaEmbedRequest(_Strict):
     dimensions: int | None = Field(default=None, ge=1)
 
 
-class OllamaEmbeddingsRequest(_Strict):
+class OllamaEmbeddingsRequest(_Lenient):
     """The older endpoint: one `prompt`, one `embedding` back."""
 
     model: str = Field(min_length=1, max_length=200)
