@@ -15,6 +15,7 @@ from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.engine import embedding_model_path
 from dinet.errors import RemoteError, RequestError
+from dinet.ledger import Ledger
 from dinet.node.local_mesh import start_node
 from dinet.p2p.streams import FramedStream
 from dinet.wire.embed import MAX_EMBED_CHARS, MAX_EMBED_INPUTS, EmbedRequest, decode_embed_reply
@@ -41,6 +42,14 @@ def test_client_embed_is_verified_by_another_peer(tmp_path, mesh) -> None:
     assert check.verifier not in (None, result.peer_id) and check.worst_cosine >= MIN_COSINE
     assert np.allclose(single.vectors[0], result.vectors[0], atol=1e-5) and single.verification is None
     assert result.prompt_tokens == sum(result.tokens) and all(n > 2 for n in result.tokens)
+    # Receipts, countersigned and kept: for the prompt tokens, from the answering peer and the verifier.
+    with Ledger.in_home(tmp_path) as ledger:
+        bodies = [r.body for r in ledger.receipts()]
+    assert {(b.node, b.prompt_tokens, b.completion_tokens, b.model_hash) for b in bodies} == {
+        (result.peer_id, result.prompt_tokens, 0, result.model_hash),
+        (check.verifier, result.prompt_tokens, 0, result.model_hash),
+        (single.peer_id, single.prompt_tokens, 0, result.model_hash),
+    }
 
 
 async def test_a_lying_embedding_node_is_caught(tmp_path, mesh) -> None:

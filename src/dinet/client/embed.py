@@ -25,8 +25,17 @@ import trio
 
 from dinet.client.network import Network
 from dinet.client.options import AskOptions
-from dinet.errors import MalformedMessage, NoCapablePeer, PeerError, PeerStalled, RemoteError, RequestError
-from dinet.p2p.streams import open_framed
+from dinet.errors import (
+    BadReceipt,
+    LedgerError,
+    MalformedMessage,
+    NoCapablePeer,
+    PeerError,
+    PeerStalled,
+    RemoteError,
+    RequestError,
+)
+from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.select import rank_peers
 from dinet.trust.reputation import Event
 from dinet.wire.embed import (
@@ -37,7 +46,8 @@ from dinet.wire.embed import (
     decode_embed_reply,
 )
 from dinet.wire.ids import EMBED_PROTOCOL, ModelHash, PeerId, RequestId
-from dinet.wire.messages import ErrorFrame
+from dinet.wire.messages import ErrorFrame, encode
+from dinet.wire.receipt import check_delivery, countersign, request_hash, verify_node_signature
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +204,9 @@ async def request_embeddings(network: Network, peer_id: PeerId, request: EmbedRe
     """`peer_id`'s vectors for `request`. RemoteError if it refuses, MalformedMessage if its
     reply does not fit the request, another PeerError if it cannot be reached or goes silent."""
     framed = await open_framed(network.host, peer_id, EMBED_PROTOCOL, network.dial_timeout_s)
+    sent = encode(request)
     try:
-        await framed.send(request)
+        await framed.send_payload(sent)
         while True:
             with trio.move_on_after(EMBED_SILENCE_S):
                 payload = await framed.receive()
@@ -213,9 +224,54 @@ async def request_embeddings(network: Network, peer_id: PeerId, request: EmbedRe
                         raise MalformedMessage(
                             f"{len(frame.vectors)} vectors for {len(request.inputs)} inputs"
                         )
+                    await _settle(network, framed, peer_id, request, request_hash(sent), frame)
                     return frame
                 continue  # queued
             raise PeerStalled(f"{peer_id} sent nothing for {EMBED_SILENCE_S:g} s")
     finally:
         with trio.CancelScope(shield=True):
             await framed.close()
+
+
+async def _settle(
+    network: Network,
+    framed: FramedStream,
+    peer_id: PeerId,
+    request: EmbedRequest,
+    digest: str,
+    frame: EmbeddingsFrame,
+) -> None:
+    """Check the node's receipt against what it delivered (the prompt tokens it counted,
+    no completion tokens, its advertised prompt price); countersign, send back and keep
+    it. A receipt that does not match is refused (never countersigned): MalformedMessage."""
+    if frame.receipt is None:
+        return
+    manifest = network.directory.get(peer_id)
+    advertised = (
+        (manifest.price_per_prompt_token, manifest.price_per_token) if manifest is not None else (0.0, 0.0)
+    )
+    cap = network.max_price
+    try:
+        body = verify_node_signature(frame.receipt)
+        check_delivery(
+            body,
+            node=peer_id,
+            client=network.peer_id,
+            request_id=request.request_id,
+            request_hash=digest,
+            model_hash=frame.model_hash,
+            first_index=0,
+            token_ids=(),
+            prompt_tokens=sum(frame.tokens),
+            max_price_prompt=advertised[0] if cap is None else min(advertised[0], cap),
+            max_price=advertised[1] if cap is None else min(advertised[1], cap),
+        )
+    except BadReceipt as exc:
+        raise MalformedMessage(f"refused the receipt of {peer_id}: {exc}") from None
+    receipt = countersign(frame.receipt, network.key)
+    await framed.send(receipt)
+    if network.ledger is not None:
+        try:
+            await trio.to_thread.run_sync(network.ledger.record, receipt)
+        except LedgerError as exc:
+            logger.warning("receipt of %s not kept: %s", peer_id, exc)

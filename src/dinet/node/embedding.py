@@ -2,7 +2,8 @@
 (`din node --embedding-model PATH`).
 
 One `embed` frame in; `queued` frames while the engine is busy with another request;
-one `embeddings` (or `error`) frame out. The same per-peer limits as inference apply,
+one `embeddings` (or `error`) frame out, with a receipt for the prompt tokens that the
+client countersigns, as for inference. The same per-peer limits as inference apply,
 with an admission queue of its own: embeddings never take a generation's slot.
 """
 
@@ -22,12 +23,14 @@ from dinet.models.hashing import model_hash as hash_model
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter
+from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream, Handler, Stream
 from dinet.wire.embed import EmbeddingsFrame, EmbedTexts, decode_embed_request
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.ids import EMBED_PROTOCOL, ModelHash
 from dinet.wire.manifest import ModelOffer
 from dinet.wire.messages import ErrorFrame
+from dinet.wire.receipt import request_hash
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,10 @@ class EmbedService:
         model_hash: ModelHash,
         limiter: PeerLimiter | None = None,
         max_request_bytes: int = MAX_FRAME,
+        accountant: Accountant | None = None,
     ) -> None:
         self._engine = engine
+        self._accountant = accountant
         self.admission = admission
         self._model_hash = model_hash
         self._limiter = limiter
@@ -66,7 +71,7 @@ class EmbedService:
         read = await read_request(framed, decode_embed_request)
         if read is None:
             return
-        request = read[0]
+        request, payload = read
         if request.model_hash != self._model_hash:
             await refuse(framed, "unknown_model", f"this node embeds with no model {request.model_hash}")
             return
@@ -84,10 +89,21 @@ class EmbedService:
         except InferenceError as exc:
             await refuse(framed, "internal", str(exc))
             return
+        receipt = None
         if isinstance(reply, EmbeddingsFrame):
-            reply = reply.model_copy(update={"model_hash": self._model_hash})
+            if self._accountant is not None:
+                receipt = self._accountant.issue_for_prompt(
+                    request_id=request.request_id,
+                    request_hash=request_hash(payload),
+                    client=framed.remote_peer,
+                    model_hash=self._model_hash,
+                    prompt_tokens=sum(reply.tokens),
+                )
+            reply = reply.model_copy(update={"model_hash": self._model_hash, "receipt": receipt})
             self.served += 1
         await framed.send(reply)
+        if receipt is not None and self._accountant is not None:
+            await self._accountant.settle(framed, receipt)
 
 
 @dataclass
@@ -108,7 +124,9 @@ def embedding_model_id(path_name: str) -> str:
 
 
 @asynccontextmanager
-async def embedding_served(settings: NodeSettings) -> AsyncIterator[EmbeddingServing | None]:
+async def embedding_served(
+    settings: NodeSettings, accountant: Accountant | None = None
+) -> AsyncIterator[EmbeddingServing | None]:
     """The node's embedding model served by its own worker; None when it has none."""
     if settings.embedding_model is None:
         yield None
@@ -140,6 +158,7 @@ async def embedding_served(settings: NodeSettings) -> AsyncIterator[EmbeddingSer
         model_hash,
         limiter=PeerLimiter(settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency),
         max_request_bytes=settings.max_request_bytes,
+        accountant=accountant,
     )
 
     def offer() -> ModelOffer | None:

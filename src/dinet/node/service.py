@@ -106,7 +106,8 @@ async def serve_node(
         )
     else:
         serving = _model_served(settings, key, host, desk)
-    async with serving as served, embedding_served(settings) as embedding:
+    embedding_accountant = _accountant(settings, key) if settings.embedding_model is not None else None
+    async with serving as served, embedding_served(settings, embedding_accountant) as embedding:
         await _run(settings, key, host, served, desk, task_status, embedding)
 
 

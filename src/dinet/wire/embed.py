@@ -2,7 +2,8 @@
 
 A client sends one `embed` frame (the model hash and up to MAX_EMBED_INPUTS texts); the
 node answers with `queued` frames while it waits for its engine, then one `embeddings`
-frame (a vector per input, in order) or an `error` frame. The worker pipe carries the
+frame (a vector per input, in order, and the node's signed receipt) or an `error` frame;
+the client sends the receipt back countersigned, as on `/dinet/infer/1`. The worker pipe carries the
 texts alone (`embed_texts`) and the same `embeddings` reply.
 
 Vectors travel as base64 of little-endian float32 (exact, and a quarter of the size of
@@ -20,7 +21,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from dinet.errors import MalformedMessage
 from dinet.wire.ids import ModelHash, RequestId
-from dinet.wire.messages import ErrorFrame, Message, QueuedFrame, _brief
+from dinet.wire.messages import ErrorFrame, Message, QueuedFrame, SignedReceipt, _brief
 
 MAX_EMBED_INPUTS = 64  # texts in one request
 MAX_EMBED_CHARS = 8192  # characters of one text (the model reads at most its window of tokens)
@@ -60,6 +61,8 @@ class EmbeddingsFrame(Message):
     )
     tokens: tuple[Annotated[int, Field(ge=0)], ...] = Field(max_length=MAX_EMBED_INPUTS)
     elapsed_ms: float = Field(ge=0.0)
+    # Set by a node that issues receipts: for the prompt tokens alone (no completion tokens).
+    receipt: SignedReceipt | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _consistent(self) -> EmbeddingsFrame:
