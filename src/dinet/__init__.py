@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from dinet.client._request import Options
     from dinet.client._sync_client import Client, Stream
     from dinet.client.ask import Answer
+    from dinet.client.embed import Embeddings
     from dinet.client.verify import Verification
     from dinet.config import NodeSettings
     from dinet.models.fetch import PullReport
@@ -90,6 +91,7 @@ _LAZY = {
     "PeerModel": "dinet.client._async_client",
     "Options": "dinet.client._request",
     "Answer": "dinet.client.ask",
+    "Embeddings": "dinet.client.embed",
     "Verification": "dinet.client.verify",
     "PullReport": "dinet.models.fetch",
     "NodeSettings": "dinet.config",
@@ -105,6 +107,7 @@ __all__ = [  # noqa: RUF022 (grouped: the client, a node, the errors)
     "AsyncStream",
     "Options",
     "Answer",
+    "Embeddings",
     "Verification",
     "Peer",
     "PeerModel",

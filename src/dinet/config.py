@@ -222,6 +222,16 @@ class NodeSettings(CommonSettings):
         description=f"TESTING ONLY, refused unless {ALLOW_ENV}=1: lie about answers "
         "(random, corrupt:K or wrong-model:PATH)",
     )
+    # embeddings (issue 23): a second, small model served on /dinet/embed/1
+    embedding_model: Path | None = Field(
+        default=None,
+        description="Also serve this embedding GGUF on /dinet/embed/1 (all-MiniLM-L6-v2, made by "
+        "`make embedding-model`, is in the environment's share/dinet/)",
+    )
+    embedding_liar: Literal["random"] | None = Field(
+        default=None,
+        description=f"TESTING ONLY, refused unless {ALLOW_ENV}=1: answer embeddings with random vectors",
+    )
 
     api_port: int | None = Field(
         default=None,
@@ -306,6 +316,13 @@ class NodeSettings(CommonSettings):
             if not liars_allowed():
                 raise ValueError(LIAR_REFUSED)
             parse_lie(liar)  # a ValueError names what is wrong with it
+        return liar
+
+    @field_validator("embedding_liar")
+    @classmethod
+    def _embedding_liars_only_when_allowed(cls, liar: str | None) -> str | None:
+        if liar is not None and not liars_allowed():
+            raise ValueError(LIAR_REFUSED)
         return liar
 
     @field_validator("api_key")

@@ -88,8 +88,8 @@ def test_seeded_sampling_is_reproducible_and_options_that_change_nothing_are_acc
 
 
 def test_models_are_those_the_network_offers(ollama_client, client, gateway, mesh):
-    offered = client.models.list().data[0].model_extra or {}
-    listed = ollama_client.list().models
+    offered = client.models.retrieve(MODEL).model_extra or {}
+    listed = [m for m in ollama_client.list().models if m.model != "all-minilm-l6-v2"]  # it embeds
     assert [m.model for m in listed] == [MODEL]
     assert listed[0].digest in {n.model_hash for n in mesh.nodes}
     assert listed[0].details and listed[0].details.quantization_level == offered["quantization"]
@@ -97,7 +97,7 @@ def test_models_are_those_the_network_offers(ollama_client, client, gateway, mes
     shown = ollama_client.show(f"{MODEL}:latest")  # the tag Ollama's clients add
     assert shown.capabilities == ["completion"]
     assert shown.modelinfo and shown.modelinfo["dinet.context_length"] == offered["context"]
-    assert [m.model for m in ollama_client.ps().models] == [MODEL]
+    assert [m.model for m in ollama_client.ps().models] == ["all-minilm-l6-v2", MODEL]  # one embeds
     assert ollama_client.pull(MODEL).status == "success"
     assert [p.status for p in ollama_client.pull(MODEL, stream=True)][-1] == "success"
 
@@ -143,7 +143,7 @@ def test_errors_have_ollamas_shape_and_status(ollama_client, gateway):
         assert missing.value.status_code == 404
     with pytest.raises(ollama.ResponseError) as embed:
         ollama_client.embed(model=MODEL, input="hello")
-    assert embed.value.status_code == 501 and "embedding" in embed.value.error
+    assert embed.value.status_code == 400 and "embeddings" in embed.value.error
     wrong = ollama.Client(host=gateway.url, headers={"Authorization": "Bearer wrong"})
     with pytest.raises(ollama.ResponseError) as unauthorized:
         wrong.list()

@@ -18,11 +18,13 @@ from dinet.node.local_mesh import start_node
 MODEL = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Name three colours."}]
 REACH_STATES = ("public", "private", "unknown")
+EMBED_MODEL = "all-minilm-l6-v2"  # what two nodes of the mesh serve beside MODEL
 
 
 def test_models_lists_what_the_network_offers(client, mesh):
-    models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
+    listed = client.models.list().data
+    assert {m.id: (m.model_extra or {})["task"] for m in listed} == {MODEL: "generate", EMBED_MODEL: "embed"}
+    models = [m for m in listed if m.id == MODEL]
     extra = models[0].model_extra or {}
     assert 1 <= extra["peers"] <= len(mesh.nodes)
     assert mesh.nodes[0].model_hash in extra["model_hashes"]

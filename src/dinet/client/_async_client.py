@@ -26,7 +26,9 @@ from pydantic import ValidationError
 
 from dinet.client._request import Options, build_request, chat_messages
 from dinet.client.ask import Answer, ask
+from dinet.client.embed import Embeddings, embed
 from dinet.client.network import Network, open_network, peer_trust
+from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.errors import ConfigError, PullFailed, RequestError, first_dinet_error
 from dinet.models.fetch import PullReport, pull_model
@@ -135,6 +137,17 @@ class AsyncClient:
         """The answer's texts as they arrive (`async for text in ...`); `.answer` after the end."""
         params, asking = build_request(chat_messages(prompt_or_messages), options, self.settings)
         return AsyncStream(ask(self._network, params, asking))
+
+    async def embed(
+        self, texts: str | Sequence[str], *, model: str | None = None, **options: Any
+    ) -> Embeddings:
+        """Vectors for `texts` (one text or a list) from a peer serving an embedding model
+        (`model`: its id; any if None). Options: those of `AskOptions` that apply (`verify_rate`,
+        `verifiers`, `only_peers`, `policy`, `discover_timeout_s`, `request_timeout_s`)."""
+        inputs = [texts] if isinstance(texts, str) else list(texts)
+        asking = AskOptions.from_settings(self.settings, model_id=model, **options)
+        with _typed_errors():
+            return await embed(self._network, inputs, asking)
 
     async def peers(self, *, wait_s: float = 0.0) -> list[Peer]:
         """The peers found so far (looking for more for `wait_s` seconds), by peer id."""

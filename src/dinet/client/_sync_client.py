@@ -28,6 +28,7 @@ import trio
 from dinet.client._async_client import AsyncClient, AsyncStream, Peer, _open, client_settings
 from dinet.client._request import Options
 from dinet.client.ask import Answer
+from dinet.client.embed import Embeddings
 from dinet.config import ClientSettings
 from dinet.errors import ClientClosed, DinetError, first_dinet_error
 from dinet.models.fetch import PullReport
@@ -77,6 +78,11 @@ class Client:
         A bad option raises RequestError here, before anything is sent."""
         # Only a generator is made here: the answer is asked for when iteration starts.
         return Stream(self._loop, self._loop.client.stream(prompt_or_messages, **options))
+
+    def embed(self, texts: str | Sequence[str], *, model: str | None = None, **options: Any) -> Embeddings:
+        """Vectors for `texts` from a peer serving an embedding model; see `AsyncClient.embed`."""
+        client = self._loop.client
+        return self._loop.call(lambda: client.embed(texts, model=model, **options))
 
     def peers(self, *, wait_s: float = 0.0) -> list[Peer]:
         """The peers found so far (looking for more for `wait_s` seconds), by peer id."""

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
@@ -30,6 +31,8 @@ from dinet.trust.reputation import Event, Reputation
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 from dinet.wire.manifest import Manifest, ModelOffer
+
+Task = Literal["generate", "embed"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +145,16 @@ class Network:
             nursery.start_soon(self.probe_all, unmet[:UNMET_MET_AT_ONCE])
             nursery.start_soon(self.joiner.look_for, model_id, model_hash)
 
-    def candidates(self, model_id: str | None, model_hash: ModelHash | None) -> list[PeerView]:
-        """Peers serving the model that are answering and not backed off, with their
-        reputation (excluded ones too: see `trusted`)."""
+    def candidates(
+        self, model_id: str | None, model_hash: ModelHash | None, task: Task = "generate"
+    ) -> list[PeerView]:
+        """Peers serving the model for `task` that are answering and not backed off, with
+        their reputation (excluded ones too: see `trusted`)."""
         now = trio.current_time()
         standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
-            if not _serves_whole(m, model_id, model_hash) or m.peer_id in self.unmet:
+            if not _serves_whole(m, model_id, model_hash, task) or m.peer_id in self.unmet:
                 continue  # a peer that could not be met is no candidate until it answers
             if not self.health.usable(m.peer_id, now):
                 continue
@@ -214,6 +219,7 @@ class Network:
         timeout: float,
         want: int = 1,
         or_stages: bool = False,
+        task: Task = "generate",
     ) -> list[PeerView]:
         """Peers serving the model, looking until `want` are found or `timeout` passes.
 
@@ -225,20 +231,20 @@ class Network:
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline + self.dial_timeout_s):
             while trio.current_time() < deadline:
-                known = self.candidates(model_id, model_hash)
+                known = self.candidates(model_id, model_hash, task)
                 if len(known) < want or any(p.rtt_ms is None for p in known):
                     await self.look(model_id, model_hash)
-                found = self.candidates(model_id, model_hash)
+                found = self.candidates(model_id, model_hash, task)
                 if len(found) >= want or (or_stages and self.stage_offers(model_id, model_hash)):
                     self.use(p.peer_id for p in found)
                     return found
                 await trio.sleep(0.5)
-        found = self.candidates(model_id, model_hash)
+        found = self.candidates(model_id, model_hash, task)
         self.use(p.peer_id for p in found)
         if or_stages and self.stage_offers(model_id, model_hash):
             return found
         if not found:
-            wanted = model_hash or model_id or "any model"
+            wanted = model_hash or model_id or ("any model" if task == "generate" else "any embedding model")
             raise NoCapablePeer(f"no reachable peer serves {wanted}{self._why_unmet(model_id, model_hash)}")
         return found
 
@@ -265,10 +271,13 @@ def peer_trust(network: Network, peer_id: PeerId) -> dict[str, object]:
     }
 
 
-def _serves_whole(manifest: Manifest, model_id: str | None, model_hash: ModelHash | None) -> bool:
-    """Whether the peer serves the whole model (not only a pipeline stage of it)."""
+def _serves_whole(
+    manifest: Manifest, model_id: str | None, model_hash: ModelHash | None, task: Task = "generate"
+) -> bool:
+    """Whether the peer serves the whole model for `task` (not only a pipeline stage of it)."""
     return any(
-        not o.stage and _matches(o.model_id, o.model_hash, model_id, model_hash) for o in manifest.models
+        not o.stage and o.task == task and _matches(o.model_id, o.model_hash, model_id, model_hash)
+        for o in manifest.models
     )
 
 

@@ -23,7 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dinet.engine._paths import default_model_path
+    from dinet.engine._paths import default_model_path, embedding_model_path
     from dinet.engine.info import ModelInfo
     from dinet.engine.llama.worker_client import WorkerEngine
     from dinet.engine.sampler import choose_token, uniform
@@ -35,6 +35,7 @@ _PUBLIC = {
     "WorkerReady": "dinet.engine.worker_protocol",
     "choose_token": "dinet.engine.sampler",
     "default_model_path": "dinet.engine._paths",
+    "embedding_model_path": "dinet.engine._paths",
     "uniform": "dinet.engine.sampler",
 }
 
@@ -44,6 +45,7 @@ __all__ = [
     "WorkerReady",
     "choose_token",
     "default_model_path",
+    "embedding_model_path",
     "uniform",
 ]
 

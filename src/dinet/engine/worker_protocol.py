@@ -6,6 +6,8 @@ Both ways, on the worker's stdin and stdout, length-prefixed frames
     worker -> node   `WorkerReady`, once, when the model is loaded
     node -> worker   `GenerationParams`; back: `TokenFrame`s, then one `EndFrame` or `ErrorFrame`
     node -> worker   `ScoreRequest` (verification); back: one `ScoresFrame` or `ErrorFrame`
+    node -> worker   `EmbedTexts` (an embedding worker, `embed_process`); back: one
+                     `EmbeddingsFrame` or `ErrorFrame`
     node -> worker   `CANCEL_PAYLOAD`: ends the running request after its current token,
                      still with its `EndFrame`
 
@@ -41,3 +43,5 @@ class WorkerReady(BaseModel):
     threads: int = Field(ge=1)
     extra_bufts: bool  # False when the AMX workaround is in force
     sandbox: SandboxStatus | None = None  # None: started without the sandbox launcher
+    # An embedding worker's vector length; left out for a generating worker.
+    embedding_dims: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)

@@ -24,11 +24,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dinet.client.ask import Answer, ask
+from dinet.client.embed import Embeddings, embed
 from dinet.client.options import AskOptions
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
 from dinet.gateway import _anthropic, _responses
+from dinet.gateway import _embeddings as em
 from dinet.gateway import _ollama as ol
 from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
@@ -293,6 +295,18 @@ class _Gateway:
         tracker.see(first)
         return Started(first, events, tracker, attempts, extra)
 
+    # -- embeddings (both APIs' shapes: _embeddings) --------------------------------------------
+
+    async def embeddings(self, request: Request) -> Response:
+        parsed, inputs = em.parse_openai(await _json_body(request), self.view.models())
+        result = await self._embed(parsed.model, inputs)
+        return JSONResponse(em.openai_response(parsed, result), headers={PEER_HEADER: result.peer_id})
+
+    async def _embed(self, model: str, inputs: list[str]) -> Embeddings:
+        entry = em.embedding_model(model, self.view.models())
+        options = AskOptions.from_settings(self.settings, model_id=str(entry["id"]))
+        return await embed(self.view.network, inputs, options)
+
     # -- Ollama's API (its shapes: _ollama, _ollama_models) ----------------------------------
 
     async def ollama_chat(self, request: Request) -> Response:
@@ -317,6 +331,20 @@ class _Gateway:
         timing = ol.Timing(arrived, started.tracker.first_at, time.perf_counter())
         body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra)
         return JSONResponse(body, headers={PEER_HEADER: answer.peer_id})
+
+    async def ollama_embed(self, request: Request) -> Response:
+        started = time.perf_counter()
+        parsed, model_id, inputs = em.parse_ollama(await _json_body(request), self.view.models())
+        result = await self._embed(model_id, inputs)
+        context = next(int(str(m["context"])) for m in self.view.models() if m["id"] == model_id)
+        body = em.ollama_response(parsed, context, result, started)
+        return JSONResponse(body, headers={PEER_HEADER: result.peer_id})
+
+    async def ollama_embeddings(self, request: Request) -> Response:
+        model_id, prompt = em.parse_ollama_legacy(await _json_body(request), self.view.models())
+        result = await self._embed(model_id, [prompt])
+        body = {"embedding": result.vectors[0].tolist(), "dinet": em.dinet_extra(result)}
+        return JSONResponse(body, headers={PEER_HEADER: result.peer_id})
 
     async def ollama_tags(self, request: Request) -> Response:
         return JSONResponse(olm.tags(self.view.models()))
@@ -394,6 +422,7 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
             methods=["POST"],
         ),
         Route("/v1/responses", gw.endpoint("responses", gw.responses), methods=["POST"]),
+        Route("/v1/embeddings", gw.endpoint("embeddings", gw.embeddings), methods=["POST"]),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
@@ -423,6 +452,6 @@ def _ollama_routes(gw: _Gateway) -> list[Route]:
         route("/api/show", "ollama_show", gw.ollama_show, "POST"),
         route("/api/pull", "ollama_pull", gw.ollama_pull, "POST"),
         route("/api/version", "ollama_version", version, "GET"),
-        route("/api/embed", "ollama_embed", olm.no_embeddings, "POST"),
-        route("/api/embeddings", "ollama_embeddings", olm.no_embeddings, "POST"),
+        route("/api/embed", "ollama_embed", gw.ollama_embed, "POST"),
+        route("/api/embeddings", "ollama_embeddings", gw.ollama_embeddings, "POST"),
     ]

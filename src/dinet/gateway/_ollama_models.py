@@ -1,5 +1,5 @@
 """Ollama's model endpoints over the network's models (NetworkView.models()): /api/tags,
-/api/show, /api/ps, /api/pull, /api/version, and the embedding endpoints dinet lacks.
+/api/show, /api/ps, /api/pull, /api/version (its embedding endpoints: _embeddings).
 
 The gateway stores no model: the models are those the peers offer now. Fields dinet does
 not know (a model's size, family, parameter count, when it was made) are empty or zero.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dinet.errors import ModelNotFound, RequestError
@@ -21,7 +20,6 @@ Models = Sequence[Mapping[str, object]]
 # feature needs.
 OLLAMA_VERSION = "0.12.0"
 UNKNOWN_TIME = "1970-01-01T00:00:00Z"  # as /v1/models' `created: 0`
-NO_EMBEDDINGS = "dinet's network serves no embedding models yet: {path} is not available"
 
 
 def tags(models: Models) -> dict[str, object]:
@@ -50,7 +48,7 @@ def show(models: Models, body: object) -> dict[str, object]:
             "dinet.peers": entry["peers"],
             "dinet.model_hashes": entry["model_hashes"],
         },
-        "capabilities": ["completion"],
+        "capabilities": ["embedding"] if entry.get("task") == "embed" else ["completion"],
         "modified_at": UNKNOWN_TIME,
     }
 
@@ -67,11 +65,6 @@ def pull(models: Models, body: object) -> Response:
 
 def version() -> dict[str, object]:
     return {"version": OLLAMA_VERSION}
-
-
-async def no_embeddings(request: Request) -> Response:
-    # 501 rather than 400: the request may be right; this gateway cannot answer it.
-    return JSONResponse({"error": NO_EMBEDDINGS.format(path=request.url.path)}, status_code=501)
 
 
 def _named(body: object) -> str:

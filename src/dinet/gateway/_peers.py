@@ -126,6 +126,8 @@ class NetworkView:
                         "model_hashes": [],
                         "quantization": offer.quantization,
                         "context": offer.context,
+                        "task": offer.task,  # "generate", or "embed" (/v1/embeddings)
+                        **({"dimensions": offer.dimensions} if offer.task == "embed" else {}),
                     },
                 )
                 entry["peers"] = int(entry["peers"]) + 1  # type: ignore[call-overload]

@@ -129,10 +129,18 @@ class LocalMesh:
     threads: int = 1
     extra_args: list[str] = field(default_factory=list)
     nodes: list[NodeProcess] = field(default_factory=list)
+    # The first `embedding_nodes` nodes also serve this embedding GGUF (--embedding-model).
+    embedding_model: Path | None = None
+    embedding_nodes: int = 0
+
+    def _args(self, index: int) -> list[str]:
+        if self.embedding_model is not None and index < self.embedding_nodes:
+            return [*self.extra_args, "--embedding-model", str(self.embedding_model)]
+        return self.extra_args
 
     def __enter__(self) -> LocalMesh:
         try:
-            first = start_node(self.root / "node-0", threads=self.threads, extra_args=self.extra_args)
+            first = start_node(self.root / "node-0", threads=self.threads, extra_args=self._args(0))
             self.nodes.append(first)
             threads = [
                 threading.Thread(target=self._start_one, args=(i, first.addr)) for i in range(1, self.size)
@@ -154,7 +162,7 @@ class LocalMesh:
                 self.root / f"node-{index}",
                 bootstrap=[bootstrap],
                 threads=self.threads,
-                extra_args=self.extra_args,
+                extra_args=self._args(index),
             )
             self.nodes.append(node)
         except DinetError as exc:

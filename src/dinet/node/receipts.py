@@ -13,7 +13,7 @@ import trio
 from dinet.errors import FrameTooLarge, LedgerError, MalformedMessage
 from dinet.ledger import Ledger
 from dinet.p2p.streams import FramedStream
-from dinet.wire.ids import PeerId, RequestId
+from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.keys import Signer
 from dinet.wire.messages import EndFrame, decode_countersigned
 from dinet.wire.receipt import (
@@ -89,6 +89,34 @@ class Accountant:
             price_per_token=self.prices.per_token,
             amount=charge(prompt, completion, self.prices.per_prompt_token, self.prices.per_token),
             output_hash=output_hash(token_ids),
+            issued_at=time.time(),
+        )
+        return sign_receipt(body, self._key)
+
+    def issue_for_prompt(
+        self,
+        *,
+        request_id: RequestId,
+        request_hash: str,
+        client: PeerId,
+        model_hash: ModelHash,
+        prompt_tokens: int,
+    ) -> SignedReceipt:
+        """A receipt for work on a prompt alone (embeddings): no completion tokens, so the
+        output hash is that of no tokens and only the prompt price is charged."""
+        body = ReceiptBody(
+            request_id=request_id,
+            request_hash=request_hash,
+            model_hash=model_hash,
+            node=self.peer_id,
+            client=client,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            first_index=0,
+            price_per_prompt_token=self.prices.per_prompt_token,
+            price_per_token=self.prices.per_token,
+            amount=charge(prompt_tokens, 0, self.prices.per_prompt_token, self.prices.per_token),
+            output_hash=output_hash(()),
             issued_at=time.time(),
         )
         return sign_receipt(body, self._key)

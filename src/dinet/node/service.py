@@ -20,6 +20,7 @@ from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
 from dinet.node.demand import DemandDesk
+from dinet.node.embedding import EmbeddingServing, embedding_served
 from dinet.node.following import following
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.receipts import Accountant, Prices
@@ -105,8 +106,9 @@ async def serve_node(
         )
     else:
         serving = _model_served(settings, key, host, desk)
-    async with serving as served:
-        await _run(settings, key, host, served, desk, task_status)
+    embedding_accountant = _accountant(settings, key) if settings.embedding_model is not None else None
+    async with serving as served, embedding_served(settings, embedding_accountant) as embedding:
+        await _run(settings, key, host, served, desk, task_status, embedding)
 
 
 def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
@@ -185,6 +187,7 @@ async def _run(
     serving: Serving,
     desk: DemandDesk,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
+    embedding: EmbeddingServing | None = None,
 ) -> None:
     """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
     set of connections, gossip its manifest on its model's topic, pass manifests on,
@@ -195,10 +198,12 @@ async def _run(
     host.on_rtt(coordinates.sample)
 
     def describe() -> dict[str, object]:
+        served = (serving.offer,) if serving.offer is not None and serving.available() else ()
+        embeds = embedding.offer() if embedding is not None else None
         return {
             "region": settings.region,
             "addrs": tuple(host.advertised_addrs()[:16]),
-            "models": (serving.offer,) if serving.offer is not None and serving.available() else (),
+            "models": served + ((embeds,) if embeds is not None else ()),
             "max_concurrent": settings.max_concurrent,
             "price_per_token": settings.price,
             "price_per_prompt_token": settings.prompt_price,
@@ -224,7 +229,8 @@ async def _run(
     publisher = ManifestPublisher(
         key, peer_id, directory, describe, also_follow=desk.watched, on_demand=desk.heard
     )
-    for protocol, handle in serving.handlers.items():
+    handlers = {**serving.handlers, **(embedding.handlers if embedding is not None else {})}
+    for protocol, handle in handlers.items():
         host.set_handler(protocol, handle)
     host.set_handler(MANIFEST_PROTOCOL, publisher.handle_query)
 
@@ -249,6 +255,9 @@ async def _run(
         nursery.start_soon(watch.run)
         for task in serving.background:
             nursery.start_soon(task, joiner)
+        if embedding is not None:
+            for task in findable(embedding.model_hash, embedding.model_id):
+                nursery.start_soon(task, joiner)
         if settings.mdns:
             nursery.start_soon(joiner.follow_mdns)
         started = now()

@@ -14,6 +14,7 @@ PROTOCOL_VERSION = "dinet/0.1.0"
 CHUNKS_PROTOCOL = "/dinet/chunks/1"
 SHARD_PROTOCOL = "/dinet/shard/1"
 VERIFY_PROTOCOL = "/dinet/verify/1"
+EMBED_PROTOCOL = "/dinet/embed/1"
 
 
 def model_topic(model_hash: ModelHash) -> str:

@@ -40,6 +40,11 @@ class ModelOffer(Message):
     # block count; absent in manifests of whole nodes and of older versions.
     stage: bool = False
     n_layers: int | None = Field(default=None, ge=1)
+    # What the model does: "generate" (/dinet/infer/1) or "embed" (/dinet/embed/1, vectors of
+    # `dimensions` numbers). Left out of the body for a generating model, so older readers
+    # read every manifest of a node that serves no embedding model.
+    task: Literal["generate", "embed"] = Field(default="generate", exclude_if=lambda v: v == "generate")
+    dimensions: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
 
     @property
     def total_layers(self) -> int:
@@ -107,7 +112,8 @@ class ManifestList(Message):
 
 
 def serves(manifest: Manifest, model_id: str | None, model_hash: ModelHash | None) -> bool:
-    """Whether the peer offers the model (whole or a stage of it); any model if neither is named."""
+    """Whether the peer offers the model (whole or a stage of it, or to embed with); any model
+    if neither is named."""
     return any(
         (model_id is None or o.model_id == model_id) and (model_hash is None or o.model_hash == model_hash)
         for o in manifest.models

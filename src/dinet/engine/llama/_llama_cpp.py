@@ -70,10 +70,12 @@ def load_llama(
     threads: int,
     n_ctx: int = 2048,
     extra_bufts: bool | None = None,
+    **options: Any,
 ) -> llama_cpp.Llama:
     """A `Llama` on CPU with explicit thread counts and only the last logits kept.
 
     `extra_bufts=None` decides from the CPU: off where AMX is reported (see above).
+    `options` go to `Llama` as they are (`embedding=True`, `pooling_type=...`).
     """
     if extra_bufts is None:
         extra_bufts = not cpu_has_amx()
@@ -86,6 +88,7 @@ def load_llama(
             n_threads_batch=threads,
             logits_all=False,
             verbose=False,
+            **options,
         )
     logger.info("loaded %s (extra_bufts=%s, threads=%d)", path, extra_bufts, threads)
     return llm
