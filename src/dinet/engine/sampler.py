@@ -109,11 +109,9 @@ class Sampler:
             total = float(weights.sum())
         u = uniform(seed, index)
         margin = 0.0 if greedy else _FIRST_MARGIN  # greedy: the best token alone, most often allowed
-        verdicts = np.empty(0, dtype=np.bool_)
+        head = _head_order(scores, top - margin)  # grows as a prefix of the full order
+        verdicts = allowed(head) if head.shape[0] else np.empty(0, dtype=np.bool_)
         while True:
-            head = _head_order(scores, top - margin)  # grows as a prefix of the full order
-            if head.shape[0] > verdicts.shape[0]:
-                verdicts = np.concatenate([verdicts, allowed(head[verdicts.shape[0] :])])
             complete = margin == np.inf or head.shape[0] == scores.shape[0]
             ok = head[verdicts]  # the allowed tokens of the head, in order
             if greedy and ok.shape[0]:
@@ -128,7 +126,13 @@ class Sampler:
                     return token
             if complete:
                 raise NothingAllowed("the constraint allows no token")
+            above = top - margin
             margin = 1.0 if margin == 0.0 else margin * 2 if margin < 1e6 else np.inf
+            # The order's next stretch: it scores below the whole head, so it follows it.
+            ring = _head_order(scores, top - margin, below=above)
+            if ring.shape[0]:
+                head = np.concatenate([head, ring])
+                verdicts = np.concatenate([verdicts, allowed(ring)])
 
 
 def _draw_allowed(
@@ -173,9 +177,15 @@ def choose_token(
     return Sampler(logits.shape[0]).choose(logits, index, temperature=temperature, top_p=top_p, seed=seed)
 
 
-def _head_order(scaled: npt.NDArray[np.float64], threshold: float) -> npt.NDArray[np.intp]:
-    """Ids of all tokens scoring >= threshold, best first, ties by ascending id."""
-    candidates = np.flatnonzero(scaled >= threshold)  # ascending ids
+def _head_order(
+    scaled: npt.NDArray[np.float64], threshold: float, below: float | None = None
+) -> npt.NDArray[np.intp]:
+    """Ids of all tokens scoring >= threshold (and < below, if given), best first, ties by
+    ascending id."""
+    chosen = scaled >= threshold
+    if below is not None:
+        chosen &= scaled < below
+    candidates = np.flatnonzero(chosen)  # ascending ids
     # A stable sort on the negated score keeps ascending ids among equal scores.
     return candidates[np.argsort(-scaled[candidates], kind="stable")]
 
