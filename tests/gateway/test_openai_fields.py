@@ -82,8 +82,10 @@ def sdk_fields(params: type) -> set[str]:
 
 
 def test_the_tables_hold_every_field_of_the_sdk():
-    assert set(CHAT_FIELDS) == sdk_fields(chat_create_params.CompletionCreateParamsBase)
-    assert set(COMPLETION_FIELDS) == sdk_fields(completion_create_params.CompletionCreateParamsBase)
+    """Every field of the installed SDK is decided (an older SDK within the range may lack
+    some the tables hold)."""
+    assert sdk_fields(chat_create_params.CompletionCreateParamsBase) <= set(CHAT_FIELDS)
+    assert sdk_fields(completion_create_params.CompletionCreateParamsBase) <= set(COMPLETION_FIELDS)
 
 
 @pytest.mark.parametrize(
