@@ -48,7 +48,8 @@ class Tally:
 
 async def campaign(n: int, concurrency: int) -> dict[str, Tally]:
     model = default_model_path()
-    tallies = {role: Tally() for role in ("honest", *LIES)}
+    # The honest worker's answers are tallied by what they concern, beside each liar's.
+    tallies = {role: Tally() for role in (*(f"honest/{c}" for c in LIES.values()), *LIES)}
     limiter = trio.CapacityLimiter(concurrency)
     with tempfile.TemporaryDirectory(prefix="dinet-claims-") as cache:
         engines = {"verifier": WorkerEngine(model, threads=2, score_cache=Path(cache))}
@@ -63,7 +64,7 @@ async def campaign(n: int, concurrency: int) -> dict[str, Tally]:
                 async with limiter:
                     honest = await answer(engines["honest"], params)
                     lied = await answer(engines[liar], params)
-                    for role, (tokens, logprobs) in (("honest", honest), (liar, lied)):
+                    for role, (tokens, logprobs) in ((f"honest/{LIES[liar]}", honest), (liar, lied)):
                         if not tokens:
                             verdict_ok = True
                         else:
@@ -106,10 +107,11 @@ def main() -> None:
     result: dict[str, object] = {}
     for role, t in tallies.items():
         changed = t.total - t.same_as_honest
-        caught_rest = (t.flagged / changed) if role != "honest" and changed else None
+        liar = not role.startswith("honest")
+        caught_rest = (t.flagged / changed) if liar and changed else None
         rest = "" if caught_rest is None else f"{caught_rest:.1%}"
         print(f"{role:<18}{t.total:>9}{t.flagged:>9}{t.flagged / t.total:>9.1%}"
-              f"{t.same_as_honest if role != 'honest' else '':>21}{rest:>20}")  # fmt: skip
+              f"{t.same_as_honest if liar else '':>21}{rest:>20}")  # fmt: skip
         result[role] = {"answers": t.total, "flagged": t.flagged, "same_as_honest": t.same_as_honest}
     print(json.dumps({"bench": "claims", "requests_per_liar": args.requests, **result}))
 

@@ -58,3 +58,11 @@ def test_min_p_drops_tokens_far_below_the_best():
 def test_out_of_range_controls_are_refused(bad):
     with pytest.raises(ValueError):
         GenerationParams(prompt="x", **bad)
+
+
+def test_a_verifier_spares_a_claimed_token_just_below_the_min_p_floor():
+    params = GenerationParams(prompt="x", min_p=0.2, temperature=1.0)
+    floor = 3.0 + math.log(0.2)  # 1.39: token 5 (1.0) lies 0.39 below, token 2 (0.5) 0.89 below
+    assert not np.isfinite(Adjuster(params, []).logits(LOGITS)[5])
+    assert Adjuster(params, []).logits(LOGITS, spared=5)[5] == 1.0 > floor - 0.75
+    assert not np.isfinite(Adjuster(params, []).logits(LOGITS, spared=2)[2])

@@ -28,6 +28,9 @@ import numpy.typing as npt
 from dinet.wire.messages import GenerationParams
 
 REPETITION_WINDOW = 64  # tokens, as llama.cpp's and Ollama's default `repeat_last_n`
+# How far below the min-p floor a verifier still takes a claimed token (logit units): the
+# noise between an answering engine and a verifier's (dinet.trust.verify, greedy_gap).
+MIN_P_SLACK = 0.75
 
 
 class Adjuster:
@@ -54,8 +57,10 @@ class Adjuster:
         self._recent.append(token)
         self._counts[token] += 1
 
-    def logits(self, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-        """The adjusted logits for the next token, a new array."""
+    def logits(self, raw: npt.NDArray[np.floating], spared: int | None = None) -> npt.NDArray[np.float64]:
+        """The adjusted logits for the next token, a new array. A verifier names the claimed
+        token as `spared`: min-p keeps it if it lies within `MIN_P_SLACK` below the floor,
+        since logit noise between engines can move a token across a hard cut."""
         params = self._params
         logits = np.asarray(raw, dtype=np.float64).copy()  # (n_vocab,)
         if self._bias:
@@ -72,5 +77,9 @@ class Adjuster:
             logits[ids] -= params.presence_penalty + params.frequency_penalty * counts
         if params.min_p and params.temperature > 0.0:
             floor = float(logits.max()) + params.temperature * math.log(params.min_p)
+            kept = spared is not None and logits[spared] >= floor - MIN_P_SLACK
+            value = logits[spared] if kept else 0.0
             logits[logits < floor] = -np.inf
+            if kept:
+                logits[spared] = value
         return logits

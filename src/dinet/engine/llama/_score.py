@@ -80,7 +80,8 @@ def score_tokens(
     scored on the plain logits and marked `allowed=False`, as is every token after it
     (the grammar cannot follow a completion that has left it). With an `adjuster`
     (penalties, bias, min-p), each position is scored on the logits it adjusts, as the
-    answering peer chose from them; a claimed token min-p rules out is `allowed=False`."""
+    answering peer chose from them; a claimed token min-p rules out (by more than the noise
+    between engines) is `allowed=False`."""
     started = time.perf_counter()
     n_vocab = llm.n_vocab()
     sequence = prompt + claimed[:-1]  # the last claimed token is never an input
@@ -105,7 +106,7 @@ def score_tokens(
             k = start + i - first_out  # which claimed token these logits predict
             pointer = llama_c.llama_get_logits_ith(llm._ctx.ctx, i)
             raw = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
-            logits = raw if adjuster is None else adjuster.logits(raw)
+            logits = raw if adjuster is None else adjuster.logits(raw, spared=claimed[k])
             if adjuster is not None:
                 adjuster.push(claimed[k])
             if grammar is not None:
