@@ -97,11 +97,10 @@ class DinetOptions(BaseModel):
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # >1: ask that many peers, keep the majority
 
 
-Off = Literal[None, False, 0]  # the value of a feature that is not asked for
+# Features not built: taken only at the value that asks for nothing, else refused by name.
 NOT_YET = frozenset(
     {
-        "tools",
-        "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+        "tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
         "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
         "suffix", "best_of",
     }
