@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -75,7 +76,17 @@ async def request_replies(host: PeerHost, addr: str, params: GenerationParams) -
     return replies
 
 
-worker_pids = child_pids  # a node's engine worker
+def worker_pids(node_pid: int) -> list[int]:
+    """A node's generation worker(s): its children running `worker_process` (a node
+    serving an embedding model has an `embed_process` child as well)."""
+    return [pid for pid in child_pids(node_pid) if b"worker_process" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it has just ended
+        return b""
 
 
 def is_root() -> bool:
