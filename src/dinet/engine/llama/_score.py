@@ -109,10 +109,11 @@ def score_tokens(
             logits = raw if adjuster is None else adjuster.logits(raw, spared=claimed[k])
             if adjuster is not None:
                 adjuster.push(claimed[k])
-            if grammar is not None:
-                broken = broken or not grammar.allows(np.array([claimed[k]], dtype=np.intp))[0]
+            if grammar is not None and not broken:
+                allowed_here = grammar.allows_all()  # one pass: the mask, and whether the claim keeps to it
+                broken = not allowed_here[claimed[k]]
                 if not broken:
-                    logits = np.where(grammar.allows_all(), logits, -np.inf)
+                    logits = np.where(allowed_here, logits, -np.inf)
                     grammar.accept(claimed[k])
             # A token the request rules out (its grammar, or min-p) is scored on the plain logits.
             allowed = not broken and bool(np.isfinite(logits[claimed[k]]))
