@@ -151,6 +151,12 @@ class NodeSettings(CommonSettings):
     )
     max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
     max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
+    prefix_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        le=1_000_000,
+        description="MB of earlier prompts' KV state kept to reuse (a chat's next turn); 0: off",
+    )
     per_peer_rate: float = Field(
         default=10.0, gt=0, le=10_000, description="Inference requests per second one peer may send"
     )

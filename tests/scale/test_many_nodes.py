@@ -31,9 +31,9 @@ FAKE = 24
 T = TypeVar("T")
 BOUND = 16  # `max_connections` of every node: below the network's size, so a full mesh breaks it
 BOUND_ARGS = ["--max-connections", str(BOUND)]
-SETTLE_S = 25.0  # after the start: a link is protected for its first 20 s, and trims come every 5 s
-WATCH_S = 30.0  # then each node's connections are watched this long
-SAMPLE_EVERY_S = 5.0
+SETTLE_S = 25.0  # after the start: a link is protected for its first 10 s, and trims come every 2 s
+WATCH_S = 36.0  # then each node's connections are watched this long
+SAMPLE_EVERY_S = 3.0
 ROUNDS, PER_ROUND = 2, 3
 
 
@@ -55,9 +55,9 @@ def real_node(swarm: Swarm) -> Member:
 
 
 def test_every_node_keeps_its_connections_bounded(swarm):
-    """The bound is kept the way a node keeps it: a link opened in the last 20 s, or one in
-    use, is never closed, so a node may stand one or two over for a moment while new peers
-    reach it. What it may not do is stay over: each node's median over half a minute of
+    """The bound is kept the way a node keeps it: a link opened in the last 10 s, or one in
+    use, is never closed, so a node may stand over it for a moment while new peers reach
+    it (DHT lookups reach the model node in bursts). What it may not do is stay over: each node's median over half a minute of
     samples is within the bound (a full mesh would hold 25 all along)."""
     members = {m.pid: m for m in swarm.members}
     samples: dict[int, list[int]] = {pid: [] for pid in members}

@@ -70,6 +70,7 @@ async def whole_model(
         model.path,
         threads=settings.threads,
         memory_mb=settings.memory_mb,
+        prefix_cache_mb=settings.prefix_cache_mb,
         log_path=settings.home / "worker.log",
         sandbox=settings.sandbox,
         preflight=read_layout,  # the GGUF header checks, again before every worker start

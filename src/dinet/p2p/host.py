@@ -329,16 +329,18 @@ class PeerHost:
                 for stream in conn.get_streams()
             )
             needed = peer_id in relays or peer_id in kept
-            links.append(Link(peer_id, opened, self._used_at.get(peer_id, opened), busy, needed))
+            used = self._used_at.get(peer_id, opened)
+            links.append(Link(peer_id, opened, used, busy, needed, len(self._connections(peer_id))))
         return links
 
     async def keep_bounded(
-        self, bound: int, kept: Callable[[], Collection[PeerId]], every_s: float = 5.0
+        self, bound: int, kept: Callable[[], Collection[PeerId]], every_s: float = 2.0
     ) -> None:
         """Close the least recently used idle connections whenever more than `bound` are
         open (forever); `kept()` names the peers the node needs now. See
         `dinet.overlay.connections`."""
         while True:
+            await self._close_idle_duplicates()
             for peer_id in links_to_close(self.links(kept()), bound, trio.current_time()):
                 logger.debug("closing the idle connection to %s (over %d connections)", peer_id, bound)
                 try:
@@ -346,6 +348,22 @@ class PeerHost:
                 except Exception as exc:  # it may have closed meanwhile
                     logger.debug("closing %s: %s", peer_id, exc)
             await trio.sleep(every_s)
+
+    async def _close_idle_duplicates(self) -> None:
+        """Two peers dialing each other at once may both succeed and keep two connections:
+        close the extra ones that carry no stream (a direct one is kept before a relayed one)."""
+        for peer_id in self.connected_peers():
+            conns = self._connections(peer_id)
+            if len(conns) < 2:
+                continue
+            conns.sort(key=lambda c: (bool(c.get_streams()), not _relayed(c)), reverse=True)
+            for extra in conns[1:]:
+                if not extra.get_streams():
+                    logger.debug("closing a second, idle connection to %s", peer_id)
+                    try:
+                        await extra.close()
+                    except Exception as exc:  # it may have closed meanwhile
+                        logger.debug("closing a connection to %s: %s", peer_id, exc)
 
     def _connections(self, peer_id: PeerId) -> list[INetConn]:
         try:

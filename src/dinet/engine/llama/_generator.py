@@ -20,6 +20,7 @@ from dinet.engine._generate import BadRequest, Emit, ShouldStop, check_request, 
 from dinet.engine.adjust import Adjuster
 from dinet.engine.llama._grammar import Grammar
 from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, token_piece
+from dinet.engine.llama._prefix_cache import PrefixCache
 from dinet.engine.llama._score import score_tokens
 from dinet.engine.sampler import Sampler
 from dinet.engine.testing.liar import Lie
@@ -38,6 +39,7 @@ class Generator:
         model_id: str,
         lie: Lie | None = None,
         load_scorer: Callable[[], llama_cpp.Llama] | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         self._llm = llm
         self._load_scorer = load_scorer  # the model verification scores with; default: llm
@@ -50,6 +52,7 @@ class Generator:
         self._formatter = chat_formatter(llm)
         self._sampler = Sampler(self.n_vocab)
         self._pieces: dict[int, bytes] = {}
+        self.prefix_cache = PrefixCache(llm, prefix_cache_bytes)
 
     def prompt_tokens(self, params: GenerationParams) -> tuple[list[int], tuple[str, ...]]:
         """The prompt's tokens and any stop strings the chat template adds."""
@@ -122,8 +125,7 @@ class Generator:
                 return token
 
     def start(self, prompt: list[int]) -> None:
-        self._llm.reset()
-        self._llm.eval(prompt)
+        self.prefix_cache.start(prompt)
 
     def step(self, token: int) -> None:
         self._llm.eval([token])

@@ -114,6 +114,7 @@ class WorkerEngine:
         threads: int = 2,
         n_ctx: int = 2048,
         memory_mb: int | None = None,
+        prefix_cache_mb: int = 0,
         extra_bufts: Literal["auto", "on", "off"] = "auto",
         ready_timeout: float = 120.0,
         log_path: Path | None = None,
@@ -131,6 +132,7 @@ class WorkerEngine:
             "--threads", str(threads),
             "--ctx", str(n_ctx),
             "--extra-bufts", extra_bufts,
+            "--prefix-cache-mb", str(prefix_cache_mb),
         ]  # fmt: skip
         if memory_mb is not None:  # the worker sets it too, to name it when loading fails
             self._argv += ["--memory-mb", str(memory_mb)]

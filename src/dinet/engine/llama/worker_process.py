@@ -55,6 +55,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=2048, help="context length in tokens")
     parser.add_argument("--memory-mb", type=int, default=None, help="address-space limit")
     parser.add_argument(
+        "--prefix-cache-mb", type=int, default=0, help="earlier prompts' KV state kept to reuse (0: off)"
+    )
+    parser.add_argument(
         "--extra-bufts",
         choices=("auto", "on", "off"),
         default="auto",
@@ -206,7 +209,8 @@ def _load(args: argparse.Namespace) -> tuple[Generator, WorkerReady]:
         return load_llama(args.score_model, threads=args.threads, n_ctx=args.ctx, extra_bufts=extra)
 
     scorer = load_scorer if args.score_model is not None else None
-    return Generator(llm, info.model_id, lie, scorer), ready
+    cache_bytes = args.prefix_cache_mb * 1024 * 1024
+    return Generator(llm, info.model_id, lie, scorer, prefix_cache_bytes=cache_bytes), ready
 
 
 def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
