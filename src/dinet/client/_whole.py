@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -34,6 +34,7 @@ from dinet.errors import (
     RemoteError,
 )
 from dinet.p2p.streams import FramedStream, open_framed
+from dinet.routing.affinity import Link, chat_chain, raw_chain
 from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budget, within_budget
 from dinet.trust.reputation import slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL, PeerId
@@ -79,6 +80,7 @@ class WholeModel:
         self._on_attempt = on_attempt
         # When the caller asked (trio clock): a deadline counts from there.
         self._asked_at = trio.current_time() if asked_at is None else asked_at
+        self._chain = prompt_chain(params)
 
     async def run(self, deadline: float) -> AsyncGenerator[TokenFrame | Finished, None]:
         network, options, records = self._network, self._options, self._records
@@ -125,7 +127,7 @@ class WholeModel:
                 deadline_ms=_deadline_ms(self._time_left_s()),
             )
             health = network.health.get(peer.peer_id)
-            health.in_flight += 1
+            ours = health.sent()
             timing = _Timing()
             end: EndFrame | None = None
             try:
@@ -152,7 +154,7 @@ class WholeModel:
             except (PeerError, MalformedMessage) as exc:
                 last_error = exc
             finally:
-                health.in_flight -= 1
+                health.done(ours)
             if end is not None:
                 # Our own timing, not the node's word: a deadline's token budget rests on it.
                 measured_tps = timing.tokens_per_s()
@@ -160,6 +162,7 @@ class WholeModel:
                     network.health.measured(peer.peer_id, measured_tps, trio.current_time())
                 slow = _slower_than_claimed(peer, timing, resumed=bool(resumed.prefix_tokens))
                 await records.answered([peer.peer_id], slow=[peer.peer_id] if slow else [])
+                network.prefixes.served(peer.peer_id, self._chain)
                 yield Finished(
                     peer_id=peer.peer_id,
                     model_id=end.model_id,
@@ -173,6 +176,7 @@ class WholeModel:
                 return
             assert last_error is not None  # the attempt failed: every way out of it above says why
             broken.add(peer.peer_id)
+            network.prefixes.forget(peer.peer_id)  # it may restart with an empty cache
             backoff = await records.failed(peer.peer_id, last_error)
             logger.info(
                 "peer %s failed after %d tokens (%s); backed off %.0f s, trying the next one",
@@ -211,7 +215,10 @@ class WholeModel:
             raise NoCapablePeer(
                 f"every peer serving {wanted} is excluded for a low reputation (`din peers` shows the scores)"
             )
-        return [p for p in allowed if p.peer_id not in skip]
+        cached = network.prefixes.cached_chars(self._chain)
+        return [
+            replace(p, cached_prompt_chars=cached.get(p.peer_id, 0)) for p in allowed if p.peer_id not in skip
+        ]
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,13 @@ class _Timing:
         first = self.first_token_at
         decode_s = self.ended_at - first if first is not None else 0.0
         return (self.tokens - 1) / decode_s if decode_s > 0 and self.tokens > 1 else None
+
+
+def prompt_chain(params: GenerationParams) -> list[Link]:
+    """The prompt's hash chain, by which the peers holding its beginning are known."""
+    if params.messages is not None:
+        return chat_chain([(m.role, m.content) for m in params.messages])
+    return raw_chain(params.prompt or "")
 
 
 def _deadline_ms(left_s: float | None) -> int | None:

@@ -3,12 +3,14 @@ flight there, and the speed it measured."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from dinet.wire.ids import PeerId
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
+OWN_REQUESTS_KEPT_S = 120.0  # longer than a manifest lives: older requests of ours are in no advert
 
 
 @dataclass
@@ -18,6 +20,27 @@ class PeerRecord:
     in_flight: int = 0
     observed_tokens_per_s: float | None = None
     observed_at: float = 0.0
+    # Our own requests there, (started, ended) in wall-clock seconds (ended: inf while in
+    # flight): a peer's advertised load counts them as of when it was issued.
+    ours: dict[int, tuple[float, float]] = field(default_factory=dict)
+    _sent: int = 0
+
+    def sent(self) -> int:
+        """One request of ours starts there: a handle for `done` when it ends."""
+        now = time.time()
+        self.ours = {h: (a, b) for h, (a, b) in self.ours.items() if b > now - OWN_REQUESTS_KEPT_S}
+        self._sent += 1
+        self.ours[self._sent] = (now, float("inf"))
+        self.in_flight += 1
+        return self._sent
+
+    def done(self, handle: int) -> None:
+        started, _ = self.ours[handle]
+        self.ours[handle] = (started, time.time())
+        self.in_flight -= 1
+
+    def ours_running_at(self, wall_time: float) -> int:
+        return sum(1 for started, ended in self.ours.values() if started <= wall_time <= ended)
 
 
 class HealthBook:

@@ -12,6 +12,7 @@ from typing import Literal
 import trio
 
 from dinet.client.health import HealthBook
+from dinet.routing.affinity import PrefixMemory
 from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
@@ -47,6 +48,7 @@ class Network:
     directory: PeerDirectory = field(default_factory=PeerDirectory)
     rtt_ms: dict[PeerId, float] = field(default_factory=dict)
     health: HealthBook = field(default_factory=HealthBook)
+    prefixes: PrefixMemory = field(default_factory=PrefixMemory)  # which peer holds which prompt beginnings
     liveness: LivenessWatch | None = None
     in_chain: Counter[PeerId] = field(default_factory=Counter)  # stages holding our chain sessions: unprobed
     ledger: Ledger | None = None  # countersigned receipts are kept here
@@ -167,8 +169,9 @@ class Network:
                     estimated_rtt_ms=self.coordinates.estimate_ms(m),
                     tokens_per_s=m.tokens_per_s,
                     ttft_ms=m.ttft_ms,
-                    # Its advert is seconds old: our own requests there count at once.
-                    active=m.load.active + record.in_flight,
+                    # Its advert is seconds old: our own requests count as they are now,
+                    # not as they were when it was issued.
+                    active=max(0, m.load.active - record.ours_running_at(m.issued_at)) + record.in_flight,
                     queued=m.load.queued,
                     max_concurrent=m.max_concurrent,
                     price_per_token=m.price_per_token,

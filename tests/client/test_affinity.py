@@ -1,0 +1,27 @@
+"""Cache-aware routing through the shared mesh: a chat's next turns go to the peer that
+answered its first, which holds its beginning in its prefix cache."""
+
+from __future__ import annotations
+
+import dinet
+
+SYSTEM = "You are a gardener. Answer in one short sentence. " * 6
+QUESTIONS = ["When do I plant tomatoes?", "And how deep?", "How often should I water them?"]
+
+
+def test_a_chats_later_turns_go_to_the_peer_holding_its_beginning(tmp_path, mesh):
+    with dinet.Client(bootstrap=mesh.bootstrap, home=tmp_path, mdns=False) as client:
+        natural = client.ask("Name a river.", max_tokens=4).peer_id  # the router's own choice
+        holder = next(n.peer_id for n in mesh.nodes if n.peer_id != natural)
+        messages = [{"role": "system", "content": SYSTEM}]
+        peers = []
+        for i, question in enumerate(QUESTIONS):
+            messages.append({"role": "user", "content": question})
+            only = {"only_peers": [holder]} if i == 0 else {}  # the first turn goes elsewhere
+            answer = client.chat(messages, max_tokens=8, **only)
+            peers.append(answer.peer_id)
+            messages.append({"role": "assistant", "content": answer.text})
+        # An unrelated request still goes where the router would send it anyway.
+        other = client.ask("Name a mountain.", max_tokens=4).peer_id
+    assert peers == [holder] * len(QUESTIONS), (natural, holder, peers)
+    assert other != holder or natural == holder, (natural, other)
