@@ -456,6 +456,10 @@ class ClientSettings(CommonSettings):
     region: str = Field(
         default="", max_length=64, description="This client's region: peers of other regions rank lower"
     )
+    prefix_affinity: bool = Field(
+        default=True,
+        description="Send a chat's next turn to the peer holding its beginning in its prefix cache",
+    )
 
 
 class GatewaySettings(ClientSettings):

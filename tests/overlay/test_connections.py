@@ -32,5 +32,7 @@ def test_busy_kept_and_new_links_stay_even_over_the_bound():
 
 def test_a_peer_with_two_connections_counts_twice_and_closing_it_frees_both():
     # 8 peers, one of them with two sockets (two dials crossed): 9 connections, over 8.
-    links = [Link("twice", 0.0, 0.5, False, False, connections=2)] + [link(f"p{i}", used=i + 1) for i in range(7)]
+    links = [Link("twice", 0.0, 0.5, False, False, connections=2)] + [
+        link(f"p{i}", used=i + 1) for i in range(7)
+    ]
     assert links_to_close(links, bound=8, now=NOW) == ["twice", "p0"]

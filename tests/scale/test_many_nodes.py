@@ -57,8 +57,9 @@ def real_node(swarm: Swarm) -> Member:
 def test_every_node_keeps_its_connections_bounded(swarm):
     """The bound is kept the way a node keeps it: a link opened in the last 10 s, or one in
     use, is never closed, so a node may stand over it for a moment while new peers reach
-    it (DHT lookups reach the model node in bursts). What it may not do is stay over: each node's median over half a minute of
-    samples is within the bound (a full mesh would hold 25 all along)."""
+    it (DHT lookups reach the model node in bursts). What it may not do is stay over: each
+    node's median over half a minute of samples is within the bound (a full mesh would
+    hold 25 all along)."""
     members = {m.pid: m for m in swarm.members}
     samples: dict[int, list[int]] = {pid: [] for pid in members}
     time.sleep(SETTLE_S)  # the last nodes have just started, and everyone has just met them

@@ -12,7 +12,6 @@ from typing import Literal
 import trio
 
 from dinet.client.health import HealthBook
-from dinet.routing.affinity import PrefixMemory
 from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
@@ -24,6 +23,7 @@ from dinet.p2p.identity import CLIENT_IDENTITY, load_or_create_identity
 from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
+from dinet.routing.affinity import PrefixMemory
 from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
@@ -308,6 +308,8 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             exclude_below=settings.exclude_below,
             min_evidence=settings.min_evidence,
             dial_timeout_s=settings.dial_timeout_s,
+            # With no links kept, no peer is known to hold anything: routing as before.
+            prefixes=PrefixMemory() if settings.prefix_affinity else PrefixMemory(max_links=0),
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):

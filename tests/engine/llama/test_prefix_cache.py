@@ -25,7 +25,11 @@ MAX_TOKENS = 12
 
 def turn(history: list[ChatMessage], user: str, **options: object) -> GenerationParams:
     return GenerationParams(
-        messages=(ChatMessage(role="system", content=SYSTEM), *history, ChatMessage(role="user", content=user)),
+        messages=(
+            ChatMessage(role="system", content=SYSTEM),
+            *history,
+            ChatMessage(role="user", content=user),
+        ),
         max_tokens=MAX_TOKENS,
         **options,
     )
@@ -70,7 +74,7 @@ def test_two_interleaved_chats_reuse_their_prefixes_and_answer_as_a_full_prefill
     assert reused[0][1] == 0 and reused[1][1] > 20
     # Later rounds: all of the chat's previous prompt comes back from the saved state,
     # though the other chat used the context in between (its answer is evaluated again).
-    for (name, hit, length), (_, before_hit, before_length) in zip(reused[2:], reused, strict=False):
+    for (name, hit, length), (_, _, before_length) in zip(reused[2:], reused, strict=False):
         assert hit >= before_length, (name, hit, before_length, length)
 
 
@@ -96,7 +100,9 @@ def test_common_prefix():
     assert common_prefix([1, 2], [1, 2, 3]) == 2
 
 
-async def test_the_worker_reuses_a_chats_prefix_and_verification_still_passes(model_path: Path, tmp_path: Path):
+async def test_the_worker_reuses_a_chats_prefix_and_verification_still_passes(
+    model_path: Path, tmp_path: Path
+):
     """Through the worker process, as a node runs it: a second turn gives the same tokens
     with the cache as without, and its answer re-scores as honest."""
     from dinet.trust.verify import judge
@@ -105,7 +111,9 @@ async def test_the_worker_reuses_a_chats_prefix_and_verification_still_passes(mo
     first = turn([], "When do I plant tomatoes?")
     answers = []
     for cache_mb in (16, 0):
-        async with WorkerEngine(model_path, threads=1, prefix_cache_mb=cache_mb, score_cache=tmp_path) as engine:
+        async with WorkerEngine(
+            model_path, threads=1, prefix_cache_mb=cache_mb, score_cache=tmp_path
+        ) as engine:
             one = await collect(engine, first)
             history = [ChatMessage(role="user", content="When do I plant tomatoes?"),
                        ChatMessage(role="assistant", content=one.text)]  # fmt: skip
