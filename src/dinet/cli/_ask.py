@@ -57,6 +57,7 @@ def run_ask(
     json_out: bool,
     sharded: bool = False,
     replicas: int = 1,
+    raw: bool = False,
 ) -> None:
     if not 1 <= replicas <= MAX_REPLICAS:
         fail(f"--replicas must be between 1 and {MAX_REPLICAS}")
@@ -65,8 +66,10 @@ def run_ask(
     if policy not in ("latency", "throughput", "cost"):
         fail(f"unknown policy {policy!r}: use latency, throughput or cost")
     try:
+        # A raw prompt is continued as it is; a question goes through the model's chat template.
         params = GenerationParams(
-            messages=(ChatMessage(role="user", content=prompt),),
+            messages=None if raw else (ChatMessage(role="user", content=prompt),),
+            prompt=prompt if raw else None,
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,

