@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,18 @@ async def request_replies(host: PeerHost, addr: str, params: GenerationParams) -
     replies = await read_replies(framed)
     await framed.close()
     return replies
+
+
+async def resumed_text(host: PeerHost, peer_id: str, params: GenerationParams, prefix: Sequence[int]) -> str:
+    """What `peer_id` answers to `params` resumed after the completion tokens `prefix`, as
+    a peer taking over mid-answer is asked: the text after them."""
+    framed = await open_framed(host, peer_id, INFER_PROTOCOL, OPEN_TIMEOUT_S)
+    resumed = params.model_copy(update={"prefix_tokens": tuple(prefix)})
+    await framed.send(InferRequest(request_id=uuid.uuid4().hex, params=resumed))
+    replies = await read_replies(framed)
+    await framed.close()
+    assert isinstance(replies[-1], EndFrame), replies[-1]
+    return "".join(r.text for r in replies if isinstance(r, TokenFrame))
 
 
 def worker_pids(node_pid: int) -> list[int]:

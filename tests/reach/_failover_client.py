@@ -8,8 +8,9 @@ Prints one JSON line per event, flushed, so that the test driving it can act mid
   {"event": "attempt", "peer_id": P}                 the client asks P
   {"event": "token", "index": i, "text": t, "peer_id": P, "at": unix time}
   {"event": "answer", "text", "peer_id", "peers_tried"}
-  {"event": "reference", "text", "peer_id"}          the same request again, greedy, to the
-                                                     peer that finished the answer only
+  {"event": "reference", "text", "peer_id"}          the tokens sent before the peer that
+                                                     finished took over, then what it gives
+                                                     when asked again to resume after them
   {"event": "error", "type", "message"}              and exit code 1
 """
 
@@ -22,10 +23,10 @@ import time
 from pathlib import Path
 
 import trio
+from tests.helpers import resumed_text
 
 from dinet.client.ask import Answer, ask
 from dinet.client.network import Network, open_network
-from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.errors import DinetError
 from dinet.wire.ids import PeerId
@@ -62,17 +63,18 @@ async def main(args: argparse.Namespace) -> None:
             emit("attempt", peer_id=peer_id)
 
         answer: Answer | None = None
+        sent: list[tuple[PeerId, int, str]] = []
         async for event in ask(network, params, on_attempt=attempt):
             if isinstance(event, Answer):
                 answer = event
             else:
+                sent.append((attempts[-1], event.token_id, event.text))
                 emit("token", index=event.index, text=event.text, peer_id=attempts[-1], at=time.time())
         assert answer is not None
         emit("answer", text=answer.text, peer_id=answer.peer_id, peers_tried=list(answer.peers_tried))
-        only = AskOptions(only_peers=frozenset({answer.peer_id}))
-        reference = [e async for e in ask(network, params, only)][-1]
-        assert isinstance(reference, Answer)
-        emit("reference", text=reference.text, peer_id=reference.peer_id)
+        before = [(token, piece) for peer, token, piece in sent if peer != answer.peer_id]
+        taken_over = await resumed_text(network.host, answer.peer_id, params, [t for t, _ in before])
+        emit("reference", text="".join(piece for _, piece in before) + taken_over, peer_id=answer.peer_id)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Mid-stream failover across a WAN with 40 ms of delay each way (tests/lab/README.md).
 
 Model nodes on pub1 and pub2, the client in home A (behind NAT): the node serving an
-answer fails after a few tokens, and the answer goes on from the other node, unbroken,
-with exactly the text an unbroken greedy answer gives. It fails in two ways: killed (its
-kernel closes the connection, so the client hears of it one delay later) and cut off the
-WAN (nothing arrives any more; the client notices the silence). The loopback version of
+answer fails after a few tokens, and the answer goes on from the other node, unbroken:
+the tokens the lost node sent, then exactly what the other gives when resumed after them.
+It fails in two ways: killed (its kernel closes the connection, so the client hears of it
+one delay later) and cut off the WAN (nothing arrives any more; the client notices the
+silence). The loopback version of
 this test is tests/client/test_failover.py.
 """
 
@@ -132,7 +133,7 @@ def fail_over_once(
 
 
 @pytest.mark.parametrize("fail", [kill, cut], ids=["killed", "cut"])
-def test_a_serving_node_lost_mid_answer_over_a_slow_wan_never_changes_the_text(tmp_path, nat_lab, fail):
+def test_a_serving_node_lost_mid_answer_over_a_slow_wan_loses_and_repeats_nothing(tmp_path, nat_lab, fail):
     nat_lab.set_wan(DELAY_MS)
     nodes = start_model_nodes(nat_lab, tmp_path)
     try:
@@ -162,7 +163,7 @@ def test_a_serving_node_lost_mid_answer_over_a_slow_wan_never_changes_the_text(t
     assert answer["peers_tried"] == [run.victim.peer_id, survivor.peer_id]
     assert answer["peer_id"] == survivor.peer_id
 
-    # One unbroken text, exactly the survivor's own greedy answer to the same request.
+    # One unbroken text: the victim's tokens, then exactly the survivor's resumed answer.
     reference = run.one("reference")
     assert reference["peer_id"] == survivor.peer_id
     assert "".join(t["text"] for t in tokens) == answer["text"] == reference["text"]

@@ -57,6 +57,9 @@ OPEN_TIMEOUT_S = 5.0
 FIRST_FRAME_MIN_S = 5.0
 BUSY_PAUSE_S = 0.2
 BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream ~2 s
+# A long prompt's prefill is silent (no frame until the first token): allow for it, at
+# what a small model takes on one loaded core (~500 tokens of prompt and prefix: +10 s).
+PREFILL_ALLOWANCE_S_PER_CHAR = 0.005
 # Codes after which another peer may well succeed.
 _RETRYABLE = {"busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model"}
 
@@ -229,10 +232,12 @@ class _StallLimits:
     between_frames_s: float
 
     @classmethod
-    def for_peer(cls, peer: PeerView) -> _StallLimits:
+    def for_peer(cls, peer: PeerView, params: GenerationParams) -> _StallLimits:
         # A queued request hears from its peer every second (a queued frame), so
         # the first frame is only as late as a prefill on a loaded machine.
-        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000
+        prompt_chars = sum(len(m.content) for m in params.messages or ()) + len(params.prompt or "")
+        prompt_chars += 4 * len(params.prefix_tokens)
+        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000 + prompt_chars * PREFILL_ALLOWANCE_S_PER_CHAR
         between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
 
@@ -298,7 +303,7 @@ async def _stream_from(
     (trio clock) passes. The peer's receipt is settled before the end frame is passed on;
     `timing` notes when frames came.
     """
-    limits = _StallLimits.for_peer(peer)
+    limits = _StallLimits.for_peer(peer, request.params)
     peer_id = peer.peer_id
     framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, OPEN_TIMEOUT_S)
     finished = False

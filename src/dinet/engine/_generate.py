@@ -98,9 +98,12 @@ def run_generation(
         for token in prefix:
             text.prime(model.piece(token))
 
-        model.start(prompt)
-        for token in prefix:  # one step each, exactly as they were first generated
-            model.step(token)
+        # A resumed answer's tokens so far go in with the prompt, as one prefill: a peer
+        # taking over mid-answer sends its first token after one batch, not one decode per
+        # token already sent. llama.cpp's numbers for a position differ in the last bits
+        # between a batch and single steps, so a resumed answer may go on differently from
+        # the one interrupted (as it may on another CPU anyway); it is checked the same way.
+        model.start(prompt + prefix)
         index = len(prefix)
         emitted = steps = 0
         first_at = last_at = 0.0

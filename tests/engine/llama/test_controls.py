@@ -35,10 +35,12 @@ async def test_controls_change_the_answer_resume_and_verify(model_path: Path, tm
             resumed = await collect(
                 engine, params.model_copy(update={"prefix_tokens": tuple(run.tokens[:6])})
             )
-            assert run.tokens[:6] + resumed.tokens == run.tokens
-            scores = await engine.score(ScoreRequest(params=params, tokens=tuple(run.tokens)))
-            assert isinstance(scores, ScoresFrame)
-            assert judge(scores.positions, temperature=params.temperature, top_p=1.0, seed=params.seed).ok
+            assert resumed.frames[0].index == 6
+            # The answer, and the one a peer taking over after 6 tokens gives, both verify.
+            for tokens in (run.tokens, run.tokens[:6] + resumed.tokens):
+                scores = await engine.score(ScoreRequest(params=params, tokens=tuple(tokens)))
+                assert isinstance(scores, ScoresFrame)
+                assert judge(scores.positions, temperature=params.temperature, top_p=1.0, seed=params.seed).ok
 
         # A peer that ignored the penalties claims the free answer: it fails under them.
         scores = await engine.score(ScoreRequest(params=penalised, tokens=tuple(free.tokens)))
