@@ -9,7 +9,7 @@ one gateway, then as many through the other, alternating for `--rounds` rounds (
 Prints the median time to first token (turns 2-5, and all turns) and the aggregate
 streamed tokens/s of each, their ratio, then one JSON line.
 
-    .venv/bin/python bench/affinity.py [--rounds 4] [--conversations 8] [--parallel 4]
+    .venv/bin/python bench/affinity.py [--rounds 2] [--conversations 6] [--parallel 6]
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def conversation(url: str, model: str, index: int, max_tokens: int) -> list[tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--conversations", type=int, default=8, help="per round and mode")
-    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--conversations", type=int, default=6, help="per round and mode")
+    # More chats at once than nodes: with as many or fewer, plain load balancing sends each
+    # chat's next turn back to the node that just went idle, which holds it anyway.
+    parser.add_argument("--parallel", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
@@ -59,8 +61,8 @@ def main() -> None:
         with LocalMesh(root / "mesh", size=3, threads=1) as mesh:
             gateways = {}
             try:
-                for mode in MODES:
-                    process, url = start_gateway(root / mode.replace(" ", "-"), mesh.bootstrap[0])
+                for mode, flag in zip(MODES, ("--prefix-affinity", "--no-prefix-affinity"), strict=True):
+                    process, url = start_gateway(root / mode.replace(" ", "-"), mesh.bootstrap[0], (flag,))
                     gateways[mode] = (process, url)
                 model = mesh.nodes[0].model_id
                 for mode in MODES:  # warm-up: each gateway finds all three nodes

@@ -75,7 +75,9 @@ def streamed_turn(
     headers = {"connection": "close"}
     with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"{url}: {response.status_code} {response.read().decode(errors='replace')[:300]}")
+            raise RuntimeError(
+                f"{url}: {response.status_code} {response.read().decode(errors='replace')[:300]}"
+            )
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue

@@ -86,7 +86,9 @@ def start_baseline(model: Path, threads: int, log: Path) -> tuple[subprocess.Pop
     return process, url
 
 
-def start_gateway(home: Path, bootstrap: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    home: Path, bootstrap: str, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
     home.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable,
@@ -101,6 +103,7 @@ def start_gateway(home: Path, bootstrap: str) -> tuple[subprocess.Popen[bytes], 
         str(home),
         "--bootstrap",
         bootstrap,
+        *extra_args,
     ]
     with (home / "gateway.log").open("ab") as log:
         process = subprocess.Popen(

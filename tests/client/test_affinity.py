@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dinet
 
-SYSTEM = "You are a gardener. Answer in one short sentence. " * 6
+SYSTEM = "You are a gardener. Answer in one short sentence. " * 20  # ~250 tokens to prefill
 QUESTIONS = ["When do I plant tomatoes?", "And how deep?", "How often should I water them?"]
 
 
@@ -21,7 +21,4 @@ def test_a_chats_later_turns_go_to_the_peer_holding_its_beginning(tmp_path, mesh
             answer = client.chat(messages, max_tokens=8, **only)
             peers.append(answer.peer_id)
             messages.append({"role": "assistant", "content": answer.text})
-        # An unrelated request still goes where the router would send it anyway.
-        other = client.ask("Name a mountain.", max_tokens=4).peer_id
     assert peers == [holder] * len(QUESTIONS), (natural, holder, peers)
-    assert other != holder or natural == holder, (natural, other)

@@ -9,8 +9,8 @@ from dinet.routing.select import PeerView, rank_peers
 SYSTEM = ("system", "You are terse. " * 40)
 
 
-def view(peer: str, tokens_per_s: float = 50.0, cached: int = 0) -> PeerView:
-    return PeerView(peer, 10.0, tokens_per_s, 100.0, 0, 0, 1, cached_prompt_chars=cached)
+def view(peer: str, tokens_per_s: float = 50.0, cached: int = 0, prompt: int = 4000) -> PeerView:
+    return PeerView(peer, 10.0, tokens_per_s, 100.0, 0, 0, 1, prompt_chars=prompt, cached_prompt_chars=cached)
 
 
 def test_a_chats_next_turn_reaches_every_link_of_its_previous_prompt():
@@ -48,10 +48,19 @@ def test_memory_is_bounded_and_a_failed_peer_is_forgotten():
     assert memory.cached_chars(raw_chain("x" * BLOCK_CHARS * 6)) == {}
 
 
-def test_the_holder_wins_unless_another_peer_is_more_than_twice_as_fast():
-    holder = view("b-holder", tokens_per_s=50.0, cached=4000)
+def test_the_holder_of_a_long_prompts_beginning_wins_unless_it_is_much_slower():
+    # 4000 characters (~1000 tokens) held: ~6.7 s of prefill saved at 50 tokens/s decoding.
+    holder = view("b-holder", tokens_per_s=50.0, cached=3900)
     assert rank_peers([view("a"), holder], 64)[0].peer_id == "b-holder"
-    assert rank_peers([view("a", tokens_per_s=90.0), holder], 64)[0].peer_id == "b-holder"
-    assert rank_peers([view("a", tokens_per_s=150.0), holder], 64)[0].peer_id == "a"
+    assert rank_peers([view("a", tokens_per_s=150.0), holder], 64)[0].peer_id == "b-holder"
+    assert rank_peers([view("a", tokens_per_s=1000.0), holder], 64)[0].peer_id == "a"
+    # A short prompt saves little: speed decides as before.
+    short = view("b-holder", tokens_per_s=50.0, cached=90, prompt=100)
+    assert rank_peers([view("a", tokens_per_s=60.0, prompt=100), short], 64)[0].peer_id == "a"
     # Without a cached prefix, the faster one wins as before.
     assert rank_peers([view("a", tokens_per_s=60.0), view("b", tokens_per_s=50.0)], 64)[0].peer_id == "a"
+
+
+def test_a_busy_holder_still_wins_when_its_cache_saves_more_than_its_queue_costs():
+    busy_holder = PeerView("b", 10.0, 50.0, 100.0, 1, 1, 1, prompt_chars=4000, cached_prompt_chars=3900)
+    assert rank_peers([view("a"), busy_holder], 32)[0].peer_id == "b"

@@ -219,8 +219,11 @@ class WholeModel:
                 f"every peer serving {wanted} is excluded for a low reputation (`din peers` shows the scores)"
             )
         cached = network.prefixes.cached_chars(self._chain)
+        chars = prompt_chars(self._params)
         return [
-            replace(p, cached_prompt_chars=cached.get(p.peer_id, 0)) for p in allowed if p.peer_id not in skip
+            replace(p, prompt_chars=chars, cached_prompt_chars=cached.get(p.peer_id, 0))
+            for p in allowed
+            if p.peer_id not in skip
         ]
 
 
@@ -235,9 +238,8 @@ class _StallLimits:
     def for_peer(cls, peer: PeerView, params: GenerationParams) -> _StallLimits:
         # A queued request hears from its peer every second (a queued frame), so
         # the first frame is only as late as a prefill on a loaded machine.
-        prompt_chars = sum(len(m.content) for m in params.messages or ()) + len(params.prompt or "")
-        prompt_chars += 4 * len(params.prefix_tokens)
-        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000 + prompt_chars * PREFILL_ALLOWANCE_S_PER_CHAR
+        silent_chars = prompt_chars(params) + 4 * len(params.prefix_tokens)
+        first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000 + silent_chars * PREFILL_ALLOWANCE_S_PER_CHAR
         between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
 
@@ -257,6 +259,10 @@ class _Timing:
         first = self.first_token_at
         decode_s = self.ended_at - first if first is not None else 0.0
         return (self.tokens - 1) / decode_s if decode_s > 0 and self.tokens > 1 else None
+
+
+def prompt_chars(params: GenerationParams) -> int:
+    return sum(len(m.content) for m in params.messages or ()) + len(params.prompt or "")
 
 
 def prompt_chain(params: GenerationParams) -> list[Link]:

@@ -12,11 +12,12 @@ Measured figures (this client's own observations) beat advertised ones, and stal
 measurements decay towards the advertised value. A round trip never measured is
 estimated from network coordinates when both sides have them (`estimated_rtt_ms`, see
 dinet.overlay.vivaldi), else taken as `UNKNOWN_RTT_MS`. A known bad reputation adds a
-penalty; a peer outside the caller's region pays a small one. A peer that holds the
-beginning of the prompt in its prefix cache (`dinet.routing.affinity`) counts half its
-expected time: a chat stays with it unless another peer is expected to be more than
-twice as fast. A peer whose reputation
-is low on enough evidence is not a candidate at all (`trusted`). Under a deadline, the
+penalty; a peer outside the caller's region pays a small one. The prompt's prefill
+counts too, estimated from the peer's decode speed (CPU prefill runs about three times
+faster than decoding); a peer holding the beginning of the prompt in its prefix cache
+(`dinet.routing.affinity`) prefills only the rest, so the next turn of a chat with a long
+system prompt or document stays where that beginning is, unless that peer is much worse.
+A peer whose reputation is low on enough evidence is not a candidate at all (`trusted`). Under a deadline, the
 peers expected to finish in time come first, in order of cost, then the others.
 """
 
@@ -35,7 +36,8 @@ UNKNOWN_TOKENS_PER_S = 20.0  # assumed for a peer that neither advertises nor wa
 UNKNOWN_RTT_MS = 50.0
 MEASUREMENT_HALF_LIFE_S = 60.0  # a measurement this old counts half against the advert
 OTHER_REGION_PENALTY_MS = 20.0
-AFFINITY_MIN_CHARS = 200  # a cached beginning this long (~50 tokens) is worth going back for
+CHARS_PER_TOKEN = 4.0  # a prompt's characters per token, roughly (English text)
+PREFILL_SPEEDUP = 3.0  # prompt tokens a second per decoded token a second (llama.cpp on CPU: 3x)
 EXCLUDE_BELOW = 0.35  # reputation under which a peer is not asked at all ...
 MIN_EVIDENCE = 3.5  # ... once this many (decayed) events stand behind it (two caught answers)
 
@@ -59,7 +61,8 @@ class PeerView:
     evidence: float = 0.0  # how many (decayed) events the reputation rests on
     region: str = ""
     estimated_rtt_ms: float | None = None  # from network coordinates, for a peer never measured
-    cached_prompt_chars: int = 0  # of this request's prompt, in the peer's prefix cache as far as we know
+    prompt_chars: int = 0  # of this request's prompt
+    cached_prompt_chars: int = 0  # of them, in the peer's prefix cache as far as we know
 
     @property
     def known_rtt_ms(self) -> float:
@@ -92,8 +95,6 @@ def cost(peer: PeerView, max_tokens: int, policy: Policy = "latency", region: st
         time_ms *= 1.0 + 4.0 * (1.0 - min(max(peer.reputation, 0.0), 1.0))
     if region and peer.region and peer.region != region:
         time_ms += OTHER_REGION_PENALTY_MS
-    if peer.cached_prompt_chars >= AFFINITY_MIN_CHARS:
-        time_ms /= 2
     if policy == "cost":
         # Price dominates; time only orders peers of equal price.
         return peer.price_per_token * max_tokens * 1e9 + time_ms
@@ -105,7 +106,13 @@ def expected_ms(peer: PeerView, max_tokens: int, *, decode_weight: float = 1.0) 
     decode_ms = max_tokens * 1000.0 / decode_speed(peer) * decode_weight
     # Work ahead of us shares the peer's slots: each full round of it costs one more answer.
     waiting_rounds = (peer.active + peer.queued) / (peer.max_concurrent or 1)
-    return peer.known_rtt_ms + peer.ttft_ms + decode_ms * (1.0 + waiting_rounds)
+    return peer.known_rtt_ms + peer.ttft_ms + prefill_ms(peer) + decode_ms * (1.0 + waiting_rounds)
+
+
+def prefill_ms(peer: PeerView) -> float:
+    """The expected prefill of the part of the prompt the peer does not hold already."""
+    uncached = max(0, peer.prompt_chars - peer.cached_prompt_chars) / CHARS_PER_TOKEN
+    return uncached * 1000.0 / (PREFILL_SPEEDUP * decode_speed(peer))
 
 
 def meets_deadline(peer: PeerView, max_tokens: int, deadline_s: float) -> bool:

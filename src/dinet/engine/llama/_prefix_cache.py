@@ -76,7 +76,9 @@ class PrefixCache:
         self.reused = llm.n_tokens = max(0, min(reuse, len(prompt) - 2))
         prefill(llm, prompt[self.reused :])
         self._prefilled = len(prompt)
-        logger.debug("prompt of %d tokens: %d reused, %d states kept", len(prompt), self.reused, len(self._saved))
+        logger.debug(
+            "prompt of %d tokens: %d reused, %d states kept", len(prompt), self.reused, len(self._saved)
+        )
 
     def _best_saved(self, prompt: list[int]) -> tuple[bytes | None, int]:
         best: tuple[bytes | None, int] = (None, 0)
