@@ -132,8 +132,9 @@ class WorkerEngine:
             "--threads", str(threads),
             "--ctx", str(n_ctx),
             "--extra-bufts", extra_bufts,
-            "--prefix-cache-mb", str(prefix_cache_mb),
         ]  # fmt: skip
+        if prefix_cache_mb > 0:  # generation workers only: the embedding worker has no cache
+            self._argv += ["--prefix-cache-mb", str(prefix_cache_mb)]
         if memory_mb is not None:  # the worker sets it too, to name it when loading fails
             self._argv += ["--memory-mb", str(memory_mb)]
         self._weights = self.model_path  # what the worker loads: a wrong-model liar loads another file
