@@ -332,7 +332,9 @@ async def test_a_flood_from_one_peer_does_not_starve_the_others(limited_node) ->
 
     async def flood_once(host: Any) -> None:
         framed = await open_infer(host, addr)
-        await framed.send(InferRequest(request_id="flood", params=chat("Count to ten.", max_tokens=4)))
+        # Long enough that an admitted request still holds the peer's one slot when the other
+        # seven streams ask (a repeated prompt is prefilled from the node's cache in ms).
+        await framed.send(InferRequest(request_id="flood", params=chat("Count to ten.", max_tokens=32)))
         last = None
         with trio.fail_after(60):
             while (payload := await framed.receive()) is not None:
