@@ -35,7 +35,14 @@ from dinet.errors import (
 )
 from dinet.p2p.streams import FramedStream, open_framed
 from dinet.routing.affinity import Link, chat_chain, raw_chain
-from dinet.routing.select import PeerView, decode_speed, rank_peers, token_budget, within_budget
+from dinet.routing.select import (
+    CHARS_PER_TOKEN,
+    PeerView,
+    decode_speed,
+    rank_peers,
+    token_budget,
+    within_budget,
+)
 from dinet.trust.reputation import slower_than_claimed
 from dinet.wire.ids import INFER_PROTOCOL, PeerId
 from dinet.wire.messages import (
@@ -219,7 +226,7 @@ class WholeModel:
                 f"every peer serving {wanted} is excluded for a low reputation (`din peers` shows the scores)"
             )
         cached = network.prefixes.cached_chars(self._chain)
-        chars = prompt_chars(self._params)
+        chars = self._params.prompt_chars
         return [
             replace(p, prompt_chars=chars, cached_prompt_chars=cached.get(p.peer_id, 0))
             for p in allowed
@@ -238,7 +245,7 @@ class _StallLimits:
     def for_peer(cls, peer: PeerView, params: GenerationParams) -> _StallLimits:
         # A queued request hears from its peer every second (a queued frame), so
         # the first frame is only as late as a prefill on a loaded machine.
-        silent_chars = prompt_chars(params) + 4 * len(params.prefix_tokens)
+        silent_chars = params.prompt_chars + CHARS_PER_TOKEN * len(params.prefix_tokens)
         first = FIRST_FRAME_MIN_S + 3 * peer.ttft_ms / 1000 + silent_chars * PREFILL_ALLOWANCE_S_PER_CHAR
         between = max(BETWEEN_FRAMES_MIN_S, 20 / decode_speed(peer))
         return cls(first, between)
@@ -259,10 +266,6 @@ class _Timing:
         first = self.first_token_at
         decode_s = self.ended_at - first if first is not None else 0.0
         return (self.tokens - 1) / decode_s if decode_s > 0 and self.tokens > 1 else None
-
-
-def prompt_chars(params: GenerationParams) -> int:
-    return sum(len(m.content) for m in params.messages or ()) + len(params.prompt or "")
 
 
 def prompt_chain(params: GenerationParams) -> list[Link]:

@@ -17,7 +17,6 @@ OWN_REQUESTS_KEPT_S = 120.0  # longer than a manifest lives: older requests of o
 class PeerRecord:
     failures: int = 0
     retry_at: float = 0.0  # trio clock; not chosen before this
-    in_flight: int = 0
     observed_tokens_per_s: float | None = None
     observed_at: float = 0.0
     # Our own requests there, (started, ended) in wall-clock seconds (ended: inf while in
@@ -31,13 +30,16 @@ class PeerRecord:
         self.ours = {h: (a, b) for h, (a, b) in self.ours.items() if b > now - OWN_REQUESTS_KEPT_S}
         self._sent += 1
         self.ours[self._sent] = (now, float("inf"))
-        self.in_flight += 1
         return self._sent
 
     def done(self, handle: int) -> None:
         started, _ = self.ours[handle]
         self.ours[handle] = (started, time.time())
-        self.in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Our requests there that have not ended."""
+        return sum(1 for _, ended in self.ours.values() if ended == float("inf"))
 
     def ours_running_at(self, wall_time: float) -> int:
         return sum(1 for started, ended in self.ours.values() if started <= wall_time <= ended)

@@ -143,10 +143,7 @@ class RequestBounds:
         """None if `params` is within bounds, else why not."""
         if params.max_tokens > self.max_tokens:
             return f"max_tokens {params.max_tokens} above this node's limit of {self.max_tokens}"
-        if params.prompt is not None:
-            chars = len(params.prompt)
-        else:
-            chars = sum(len(m.content) for m in params.messages or ())
+        chars = params.prompt_chars
         if chars > self.max_prompt_chars:
             return f"prompt of {chars} characters above this node's limit of {self.max_prompt_chars}"
         return None

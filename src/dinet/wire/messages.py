@@ -78,6 +78,13 @@ class GenerationParams(Message):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of messages or prompt")
 
+    @property
+    def prompt_chars(self) -> int:
+        """The prompt's characters: the raw prompt's, or all messages' contents."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(m.content) for m in self.messages or ())
+
 
 class InferRequest(Message):
     kind: Literal["infer"] = "infer"
