@@ -26,6 +26,7 @@ from dinet.p2p.peer_addrs import check_peer_addr
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.keys import is_peer_id
+from dinet.wire.manifest import ADDRESS_PATTERN
 from dinet.wire.messages import MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
 
@@ -94,6 +95,15 @@ class CommonSettings(BaseSettings):
         "two missed in a row drop the peer",
     )
 
+    chain_rpc: str | None = Field(
+        default=None,
+        description="JSON-RPC URL of the EVM chain whose payment channels pay for answers "
+        "(`din chain devnet` starts one to try)",
+    )
+    channel_contract: str | None = Field(
+        default=None, pattern=ADDRESS_PATTERN, description="Address of the payment channels contract there"
+    )
+
     @field_validator("bootstrap", mode="before")
     @classmethod
     def _split_bootstrap(cls, value: object) -> object:
@@ -143,6 +153,27 @@ class NodeSettings(CommonSettings):
     region: str = Field(default="local", max_length=64, description="Region label in the manifest")
     price: float = Field(default=0.0, ge=0, description="Price per completion token, in credits")
     prompt_price: float = Field(default=0.0, ge=0, description="Price per prompt token, in credits")
+    wei_per_credit: int = Field(
+        default=0,
+        ge=0,
+        lt=2**128,
+        description="With --chain-rpc: the wei one credit of the prices costs, paid by channel vouchers",
+    )
+    require_channel: bool = Field(
+        default=False, description="With --chain-rpc: serve only requests paid by a payment channel"
+    )
+    claim_at_wei: int = Field(
+        default=10**16, ge=1, description="Claim a channel's vouchers on chain once this many wei are due"
+    )
+    claim_after_s: float = Field(
+        default=3600.0, gt=0, description="... or once the oldest unclaimed voucher is this old"
+    )
+    channel_margin_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Close a channel this long before it expires (then its client may take back the rest) "
+        "and refuse its requests from then on",
+    )
     priority: bool = Field(
         default=True, description="Serve waiting clients in order of their standing (tit-for-tat)"
     )
@@ -436,6 +467,17 @@ class ClientSettings(CommonSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="Limit for a whole answer")
     max_price: float | None = Field(
         default=None, ge=0, description="Most credits per token (prompt or completion) to pay a peer"
+    )
+    channel_deposit_wei: int | None = Field(
+        default=None,
+        ge=1,
+        description="With --chain-rpc: open a payment channel with this deposit to a node that takes "
+        "them, the first time it is asked (otherwise only channels opened by `din pay open` are used)",
+    )
+    channel_timeout_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="Seconds after which an unclosed channel's deposit may be reclaimed",
     )
     reputation_half_life_h: float = Field(
         default=6.0, gt=0, le=24 * 365, description="Hours after which a peer's past counts half"

@@ -20,13 +20,14 @@ import trio
 from dinet.client.network import Network
 from dinet.client.verify import Verification
 from dinet.errors import BadReceipt, LedgerError, PeerUnreachable, RemoteError
+from dinet.ledger.store import ChannelPayment
 from dinet.p2p.streams import FramedStream
 from dinet.routing.select import PeerView
 from dinet.trust.outcomes import VerificationOutcome
 from dinet.trust.reputation import Event
 from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.messages import CountersignedReceipt, EndFrame, InferRequest
-from dinet.wire.receipt import check_delivery, countersign, verify_node_signature
+from dinet.wire.receipt import ReceiptBody, check_delivery, countersign, verify_node_signature
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +126,32 @@ class Records:
             await self.failed(peer_id, exc)
             return
         receipt = countersign(end.receipt, self._network.key)
-        await framed.send(receipt)
-        if self._network.ledger is not None:
-            try:
-                await trio.to_thread.run_sync(self._network.ledger.record, receipt)
+        paid = await self._payment(peer_id, request.channel, body)
+        if paid is not None:
+            receipt = receipt.model_copy(update={"voucher": paid.voucher})
+        ledger = self._network.ledger
+        kept = True
+        if ledger is not None:
+            try:  # before the voucher leaves: a crash must not make us sign a lower sum later
+                await trio.to_thread.run_sync(ledger.record, receipt, paid)
             except LedgerError as exc:
                 logger.warning("receipt of %s not kept: %s", peer_id, exc)
                 self.refused.append(str(exc))
-                return
-        self.receipts.append(receipt)
+                kept = False
+                receipt = receipt.model_copy(update={"voucher": None})  # nothing promised unkept
+        await framed.send(receipt)
+        if kept:
+            self.receipts.append(receipt)
+
+    async def _payment(
+        self, peer_id: PeerId, channel: str | None, body: ReceiptBody
+    ) -> ChannelPayment | None:
+        """The voucher that pays for `body` on the request's channel, if it named one."""
+        book = self._network.payments
+        manifest = self._network.directory.get(peer_id)
+        if channel is None or book is None or manifest is None or manifest.payment is None:
+            return None
+        return await book.payment(channel, body, manifest.payment)
 
     # -- verification ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.errors import (
     AnswerTimedOut,
+    ChainError,
     DeadlineUnmet,
     MalformedMessage,
     NoCapablePeer,
@@ -68,7 +69,9 @@ BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream
 # what a small model takes on one loaded core (~500 tokens of prompt and prefix: +10 s).
 PREFILL_ALLOWANCE_S_PER_CHAR = 0.005
 # Codes after which another peer may well succeed.
-_RETRYABLE = {"busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model"}
+_RETRYABLE = {
+    "busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model", "payment_required",
+}  # fmt: skip
 
 
 class WholeModel:
@@ -102,9 +105,10 @@ class WholeModel:
         broken: set[str] = set()  # failed during this request: not asked again
         busy: set[str] = set()  # refused for lack of room: asked again after a pause
         too_slow: set[str] = set()  # refused because they cannot meet the deadline
+        unpaid: set[str] = set()  # refused for want of a payment channel (with room)
         capped_to: int | None = None
         while True:
-            candidates = self._candidates(wanted, broken | busy | too_slow)
+            candidates = self._candidates(wanted, broken | busy | too_slow | unpaid)
             if not candidates and busy and trio.current_time() + BUSY_PAUSE_S < deadline:
                 await trio.sleep(BUSY_PAUSE_S)  # every capable peer is full: wait for a slot
                 busy.clear()
@@ -129,12 +133,19 @@ class WholeModel:
             if self._on_attempt is not None:
                 self._on_attempt(peer.peer_id)
             resumed = params.model_copy(update={"prefix_tokens": tuple(t.token_id for t in tokens)})
+            try:
+                channel = await network.channel_for(peer.peer_id)
+            except ChainError as exc:
+                last_error = exc
+                unpaid.add(peer.peer_id)
+                continue
             request = InferRequest(
                 request_id=records.request_id,
                 model_id=options.model_id,
                 model_hash=options.model_hash,
                 params=resumed,
                 deadline_ms=_deadline_ms(self._time_left_s()),
+                channel=channel,
             )
             health = network.health.get(peer.peer_id)
             ours = health.sent()
@@ -160,6 +171,9 @@ class WholeModel:
                     continue
                 if exc.code == "deadline":  # no fault of the peer's: the next one, at once
                     too_slow.add(peer.peer_id)
+                    continue
+                if exc.code == "payment_required":  # nor is this: its terms, not a failure
+                    unpaid.add(peer.peer_id)
                     continue
             except (PeerError, MalformedMessage) as exc:
                 last_error = exc

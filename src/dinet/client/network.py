@@ -12,8 +12,9 @@ from typing import Literal
 import trio
 
 from dinet.client.health import HealthBook
+from dinet.client.payments import ChannelBook
 from dinet.config import ClientSettings
-from dinet.errors import NoCapablePeer, PeerUnreachable, ReputationError
+from dinet.errors import ConfigError, NoCapablePeer, PeerUnreachable, ReputationError
 from dinet.ledger import Ledger
 from dinet.models.catalog import DEFAULT_MODEL_ID
 from dinet.p2p.directory import PeerDirectory
@@ -27,6 +28,8 @@ from dinet.routing.affinity import PrefixMemory
 from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
+from dinet.settle.chain import Channels
+from dinet.settle.keys import load_or_create_chain_key
 from dinet.trust.outcomes import OutcomeRecorder
 from dinet.trust.reputation import Event, Reputation
 from dinet.wire.ids import ModelHash, PeerId
@@ -52,6 +55,7 @@ class Network:
     liveness: LivenessWatch | None = None
     in_chain: Counter[PeerId] = field(default_factory=Counter)  # stages holding our chain sessions: unprobed
     ledger: Ledger | None = None  # countersigned receipts are kept here
+    payments: ChannelBook | None = None  # the payment channels that pay nodes that take them
     max_price: float | None = None  # most credits per token this client pays
     outcomes: OutcomeRecorder | None = None  # told how verified answers fared, per peer
     reputation: Reputation | None = None  # what this client has seen each peer do
@@ -79,6 +83,14 @@ class Network:
             on_silent=self.forget,
             dial_timeout_s=self.dial_timeout_s,
         )
+
+    async def channel_for(self, peer_id: PeerId) -> str | None:
+        """The payment channel that pays `peer_id` for our requests, if it takes them and
+        we have (or may open) one; see dinet.client.payments."""
+        if self.payments is None:
+            return None
+        manifest = self.directory.get(peer_id)
+        return await self.payments.channel_for(peer_id, None if manifest is None else manifest.payment)
 
     async def note(self, peer_id: PeerId, event: Event) -> None:
         """Add an event to the peer's reputation (if this network keeps one).
@@ -290,6 +302,24 @@ def _matches(
     return (model_id is None or offer_id == model_id) and (model_hash is None or offer_hash == model_hash)
 
 
+def channel_book(settings: ClientSettings, peer_id: PeerId, ledger: Ledger | None) -> ChannelBook | None:
+    """The client's payment channels on the chain at --chain-rpc, if it names one."""
+    if settings.chain_rpc is None or ledger is None:
+        return None
+    if settings.channel_contract is None:
+        raise ConfigError("--chain-rpc needs --channel-contract (the payment channels contract's address)")
+    channels = Channels(
+        settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home)
+    )
+    return ChannelBook(
+        channels,
+        ledger,
+        peer_id,
+        deposit_wei=settings.channel_deposit_wei,
+        timeout_s=settings.channel_timeout_s,
+    )
+
+
 @asynccontextmanager
 async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
     """A running client host, joined through the bootstrap peers (and mDNS if on)."""
@@ -312,6 +342,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             prefixes=PrefixMemory() if settings.prefix_affinity else PrefixMemory(max_links=0),
         )
         network.outcomes = network.reputation  # verified answers count in reputations too
+        network.payments = await trio.to_thread.run_sync(channel_book, settings, key.peer_id, network.ledger)
         if settings.bootstrap and not await network.joiner.join(settings.bootstrap):
             raise PeerUnreachable(f"no bootstrap peer answered: {network.joiner.why_unreached()}")
         network.liveness = LivenessWatch(

@@ -16,16 +16,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinet.errors import BadReceipt, LedgerCorrupted, LedgerError, ReplayedReceipt
 from dinet.sqlite_file import open_versioned
 from dinet.wire.ids import PeerId
+from dinet.wire.messages import ChannelVoucher
 from dinet.wire.receipt import CountersignedReceipt, ReceiptBody, receipt_id, verify_countersigned
 
 LEDGER_FILE = "ledger.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: payment channels and their vouchers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -45,7 +47,63 @@ CREATE TABLE IF NOT EXISTS receipts (
     UNIQUE (node, client, request_id)
 );
 CREATE INDEX IF NOT EXISTS receipts_client ON receipts (client);
+-- Payment channels this home pays through or is paid through (docs/incentives.md). Amounts
+-- in wei are kept as decimal text: they pass SQLite's 64-bit integers.
+CREATE TABLE IF NOT EXISTS channels (
+    channel        TEXT PRIMARY KEY,              -- its id on the contract
+    chain_id       INTEGER NOT NULL,
+    contract       TEXT NOT NULL,
+    payer          TEXT NOT NULL,                 -- peer ids of the client ...
+    payee          TEXT NOT NULL,                 -- ... and of the node
+    payee_address  TEXT NOT NULL,
+    opened_at      REAL NOT NULL,
+    closed         INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS channel_receipts (
+    receipt_id     TEXT PRIMARY KEY REFERENCES receipts (receipt_id),
+    channel        TEXT NOT NULL,
+    wei            TEXT NOT NULL                  -- the receipt's amount at the node's rate
+);
+CREATE INDEX IF NOT EXISTS channel_receipts_channel ON channel_receipts (channel);
+CREATE TABLE IF NOT EXISTS vouchers (             -- the highest voucher of each channel
+    channel        TEXT PRIMARY KEY,
+    amount         TEXT NOT NULL,
+    signature      TEXT NOT NULL,
+    recorded_at    REAL NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class ChannelPayment:
+    """What pays for one receipt: its amount in wei on `channel`, and the voucher that came
+    with it (None when the client sent none, or the node refused it)."""
+
+    channel: str
+    wei: int
+    voucher: ChannelVoucher | None = None
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    channel: str
+    chain_id: int
+    contract: str
+    payer: PeerId
+    payee: PeerId
+    payee_address: str
+    opened_at: float
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelTotals:
+    owed: int  # wei: the sum of the channel's receipts
+    vouched: int  # wei: its highest voucher's amount
+
+    @property
+    def unpaid(self) -> int:
+        return max(0, self.owed - self.vouched)
 
 
 @dataclass(frozen=True)
@@ -120,13 +178,21 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def record(self, receipt: CountersignedReceipt) -> ReceiptBody:
-        """Check both signatures and store the receipt; BadReceipt or ReplayedReceipt if not."""
-        return self.record_many([receipt])[0]
+    def record(self, receipt: CountersignedReceipt, paid: ChannelPayment | None = None) -> ReceiptBody:
+        """Check both signatures and store the receipt; BadReceipt or ReplayedReceipt if not.
 
-    def record_many(self, receipts: Iterable[CountersignedReceipt]) -> list[ReceiptBody]:
+        With `paid`, the receipt counts against its channel, and the voucher (if any) is
+        kept in the same transaction when it is the channel's highest: a crash keeps both
+        or neither."""
+        return self.record_many([receipt], paid)[0]
+
+    def record_many(
+        self, receipts: Iterable[CountersignedReceipt], paid: ChannelPayment | None = None
+    ) -> list[ReceiptBody]:
         """Store several receipts in one transaction: all of them, or (on any error) none."""
         checked = [(r, verify_countersigned(r)) for r in receipts]
+        if paid is not None and len(checked) != 1:
+            raise LedgerError("a channel payment goes with exactly one receipt")
         now = time.time()
         rows = [
             (
@@ -151,6 +217,8 @@ class Ledger:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                    if paid is not None:
+                        self._add_payment(checked[0][0].receipt_id, paid, now)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -160,6 +228,72 @@ class Ledger:
             except sqlite3.DatabaseError as exc:
                 raise LedgerError(f"cannot write the ledger {self.path}: {exc}") from None
         return [b for _, b in checked]
+
+    def _add_payment(self, receipt: str, paid: ChannelPayment, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO channel_receipts VALUES (?,?,?)", (receipt, paid.channel, str(paid.wei))
+        )
+        voucher = paid.voucher
+        if voucher is None:
+            return
+        row = self._db.execute("SELECT amount FROM vouchers WHERE channel = ?", (voucher.channel,)).fetchone()
+        if row is None or int(row[0]) < voucher.amount:  # the highest is the one worth claiming
+            self._db.execute(
+                "INSERT OR REPLACE INTO vouchers VALUES (?,?,?,?)",
+                (voucher.channel, str(voucher.amount), voucher.signature, now),
+            )
+
+    # -- payment channels -------------------------------------------------------------------
+
+    def add_channel(self, record: ChannelRecord) -> None:
+        with self._lock, self._writing():
+            self._db.execute(
+                "INSERT OR IGNORE INTO channels VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    record.channel, record.chain_id, record.contract, record.payer, record.payee,
+                    record.payee_address, record.opened_at, int(record.closed),
+                ),
+            )  # fmt: skip
+
+    def mark_closed(self, channel: str) -> None:
+        with self._lock, self._writing():
+            self._db.execute("UPDATE channels SET closed = 1 WHERE channel = ?", (channel,))
+
+    def channels(self, *, payer: PeerId | None = None, payee: PeerId | None = None) -> list[ChannelRecord]:
+        """Channels known to this home, oldest first, those of `payer` / `payee` if named."""
+        query = "SELECT * FROM channels WHERE (? IS NULL OR payer = ?) AND (? IS NULL OR payee = ?)"
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY opened_at", (payer, payer, payee, payee)).fetchall()
+        return [ChannelRecord(*row[:7], closed=bool(row[7])) for row in rows]
+
+    def channel_totals(self, channel: str) -> ChannelTotals:
+        with self._lock:
+            owed = self._db.execute(
+                "SELECT wei FROM channel_receipts WHERE channel = ?", (channel,)
+            ).fetchall()
+            vouched = self._db.execute("SELECT amount FROM vouchers WHERE channel = ?", (channel,)).fetchone()
+        return ChannelTotals(sum(int(w) for (w,) in owed), 0 if vouched is None else int(vouched[0]))
+
+    def voucher(self, channel: str) -> ChannelVoucher | None:
+        """The channel's highest voucher."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT amount, signature FROM vouchers WHERE channel = ?", (channel,)
+            ).fetchone()
+        return None if row is None else ChannelVoucher(channel=channel, amount=int(row[0]), signature=row[1])
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"cannot write the ledger {self.path}: {exc}") from None
 
     def _replay_reason(self, checked: list[tuple[CountersignedReceipt, ReceiptBody]]) -> str:
         seen: set[tuple[str, str, str]] = set()

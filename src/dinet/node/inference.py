@@ -131,6 +131,24 @@ class InferenceService:
             await refuse(framed, "deadline", missed)
             return
         accountant = self.accountant
+        payments = None if accountant is None else accountant.payments
+        reservation = None
+        if payments is not None:
+            admitted = await payments.admit(framed.remote_peer, request)
+            if isinstance(admitted, str):
+                await refuse(framed, "payment_required", admitted)
+                return
+            reservation = admitted
+        try:
+            await self._admitted(framed, request, payload, expected_s)
+        finally:
+            if payments is not None and reservation is not None:
+                payments.release(reservation)
+
+    async def _admitted(
+        self, framed: FramedStream, request: InferRequest, payload: bytes, expected_s: float
+    ) -> None:
+        accountant = self.accountant
         priority = 0.0
         if accountant is not None and accountant.priority:
             priority = await accountant.standing(framed.remote_peer)
@@ -151,7 +169,7 @@ class InferenceService:
             self._on_request(busy)
         if signed is not None and accountant is not None:
             # Outside the slot: a client taking its time to countersign holds up nobody.
-            await accountant.settle(framed, signed)
+            await accountant.settle(framed, signed, request.channel)
 
     def _misses_deadline(self, request: InferRequest, expected_s: float) -> str | None:
         """Why the request's deadline cannot be met here (the wait for a slot, then the

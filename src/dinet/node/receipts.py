@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import trio
 
-from dinet.errors import FrameTooLarge, LedgerError, MalformedMessage
+from dinet.errors import BadVoucher, ChainError, FrameTooLarge, LedgerError, MalformedMessage
 from dinet.ledger import Ledger
+from dinet.node.payments import PaymentDesk
 from dinet.p2p.streams import FramedStream
 from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.keys import Signer
@@ -42,7 +43,8 @@ class Accountant:
     `me` are the peer ids this home answers for (its node and client identities):
     a peer's standing is what it earned serving them minus what it spent here, plus
     `allowance` credits every peer starts with. With `priority` on, waiting requests
-    are served in order of standing, highest first.
+    are served in order of standing, highest first. With `payments`, requests name a
+    payment channel and receipts come back with its vouchers (`dinet.node.payments`).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Accountant:
         *,
         allowance: float = 0.0,
         priority: bool = True,
+        payments: PaymentDesk | None = None,
     ) -> None:
         self._key = key
         self.peer_id = peer_id
@@ -63,6 +66,7 @@ class Accountant:
         self._me = tuple(me)
         self.allowance = allowance
         self.priority = priority
+        self.payments = payments
 
     def issue(
         self,
@@ -121,8 +125,11 @@ class Accountant:
         )
         return sign_receipt(body, self._key)
 
-    async def settle(self, framed: FramedStream, signed: SignedReceipt) -> ReceiptBody | None:
-        """Wait for the client's countersignature of `signed` and record it.
+    async def settle(
+        self, framed: FramedStream, signed: SignedReceipt, channel: str | None = None
+    ) -> ReceiptBody | None:
+        """Wait for the client's countersignature of `signed` and record it (with the
+        voucher that pays for it on `channel`, if the request named one).
 
         A client that closes without one (an older client, or one that refused the
         receipt) leaves nothing in the ledger; a countersignature that does not
@@ -145,8 +152,11 @@ class Accountant:
             if receipt.body != signed.body or receipt.node_signature != signed.node_signature:
                 raise MalformedMessage("the countersigned receipt is not the one this node issued")
             body = verify_countersigned(receipt)
-            await trio.to_thread.run_sync(self.ledger.record, receipt)
-        except (MalformedMessage, LedgerError) as exc:
+            paid = None
+            if channel is not None and self.payments is not None:
+                paid = await self.payments.payment_for(body, channel, receipt.voucher)
+            await trio.to_thread.run_sync(self.ledger.record, receipt, paid)
+        except (MalformedMessage, LedgerError, BadVoucher, ChainError) as exc:
             logger.warning("receipt from client %s not recorded: %s", framed.remote_peer, exc)
             return None
         logger.info("receipt %s recorded: %s owes %g", receipt.receipt_id[:12], body.client, body.amount)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from dinet.config import NodeSettings
+from dinet.errors import ConfigError
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node._serving import Serving, fake_model, findable, model_stage, no_engine, whole_model
@@ -23,6 +24,7 @@ from dinet.node.demand import DemandDesk
 from dinet.node.embedding import EmbeddingServing, embedding_served
 from dinet.node.following import following
 from dinet.node.manifests import ManifestPublisher
+from dinet.node.payments import PaymentDesk, PaymentPolicy
 from dinet.node.receipts import Accountant, Prices
 from dinet.node.watching import PeerWatch
 from dinet.p2p.directory import PeerDirectory
@@ -34,6 +36,8 @@ from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
 from dinet.routing.coordinates import CoordinateBook
+from dinet.settle.chain import Channels
+from dinet.settle.keys import load_or_create_chain_key
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
@@ -84,11 +88,12 @@ async def serve_node(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
     desk = DemandDesk(key, key.peer_id, settings, random.Random())
+    payments = await trio.to_thread.run_sync(_payment_desk, settings, key)  # reads the chain id
     if settings.no_model:
         serving = no_engine()
     elif settings.fake_engine:  # benchmarks only
         serving = fake_model(
-            settings, _accountant(settings, key), lambda model, busy: desk.saw(model, busy=busy)
+            settings, _accountant(settings, key, payments), lambda model, busy: desk.saw(model, busy=busy)
         )
     elif settings.serve == "auto":
         serving = serving_auto(
@@ -96,19 +101,20 @@ async def serve_node(
             lambda model: (
                 no_engine()
                 if model is None
-                else _model_served(_serving_model(settings, model), key, host, desk)
+                else _model_served(_serving_model(settings, model), key, host, desk, payments)
             ),
             desk,
         )
     elif settings.follow:
         serving = following(
-            settings, lambda model: _model_served(_serving_model(settings, model), key, host, desk)
+            settings,
+            lambda model: _model_served(_serving_model(settings, model), key, host, desk, payments),
         )
     else:
-        serving = _model_served(settings, key, host, desk)
+        serving = _model_served(settings, key, host, desk, payments)
     embedding_accountant = _accountant(settings, key) if settings.embedding_model is not None else None
     async with serving as served, embedding_served(settings, embedding_accountant) as embedding:
-        await _run(settings, key, host, served, desk, task_status, embedding)
+        await _run(settings, key, host, served, desk, task_status, embedding, payments)
 
 
 def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
@@ -118,7 +124,7 @@ def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSetti
 
 @asynccontextmanager
 async def _model_served(
-    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk
+    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk, payments: PaymentDesk | None
 ) -> AsyncIterator[Serving]:
     """The node's model, imported or pulled from peers, served by its engine (or as a
     pipeline stage), its bytes kept healthy and shared with peers."""
@@ -129,7 +135,7 @@ async def _model_served(
             settings.liar,
             model_hash,
         )
-    accountant = _accountant(settings, key)
+    accountant = _accountant(settings, key, payments)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
@@ -144,8 +150,8 @@ async def _model_served(
         )
 
 
-def _accountant(settings: NodeSettings, key: SigningKey) -> Accountant:
-    """Who signs this node's receipts and keeps its ledger."""
+def _accountant(settings: NodeSettings, key: SigningKey, payments: PaymentDesk | None = None) -> Accountant:
+    """Who signs this node's receipts and keeps its ledger (and its channels' vouchers)."""
     me = [key.peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
         me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
@@ -157,6 +163,32 @@ def _accountant(settings: NodeSettings, key: SigningKey) -> Accountant:
         me,
         allowance=settings.free_allowance,
         priority=settings.priority,
+        payments=payments,
+    )
+
+
+def _payment_desk(settings: NodeSettings, key: SigningKey) -> PaymentDesk | None:
+    """The node's payment channels on the chain at --chain-rpc, if it names one."""
+    if settings.chain_rpc is None:
+        return None
+    if settings.channel_contract is None:
+        raise ConfigError("--chain-rpc needs --channel-contract (the payment channels contract's address)")
+    channels = Channels(
+        settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home)
+    )
+    policy = PaymentPolicy(
+        wei_per_credit=settings.wei_per_credit,
+        required=settings.require_channel,
+        claim_at_wei=settings.claim_at_wei,
+        claim_after_s=settings.claim_after_s,
+        margin_s=settings.channel_margin_s,
+    )
+    return PaymentDesk(
+        channels,
+        Ledger.in_home(settings.home),
+        key.peer_id,
+        policy,
+        lambda: (settings.prompt_price, settings.price),
     )
 
 
@@ -188,6 +220,7 @@ async def _run(
     desk: DemandDesk,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
     embedding: EmbeddingServing | None = None,
+    payments: PaymentDesk | None = None,
 ) -> None:
     """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
     set of connections, gossip its manifest on its model's topic, pass manifests on,
@@ -209,6 +242,7 @@ async def _run(
             "price_per_prompt_token": settings.prompt_price,
             "reach": host.reachability().state,
             "coords": coordinates.advert(),
+            "payment": None if payments is None else payments.terms(),
             **serving.figures(),
         }
 
@@ -260,6 +294,8 @@ async def _run(
                 nursery.start_soon(task, joiner)
         if settings.mdns:
             nursery.start_soon(joiner.follow_mdns)
+        if payments is not None:
+            nursery.start_soon(payments.run)
         started = now()
         _write_node_file(settings, started)
         nursery.start_soon(_keep_node_file, settings, started, now)

@@ -27,6 +27,8 @@ MAX_MANIFEST_BYTES = 16_384
 MAX_LISTED = 256  # manifests in one answer to a manifest query, at most
 LISTED_BY_DEFAULT = 32  # what a query that names no limit gets
 
+ADDRESS_PATTERN = "^0x[0-9a-fA-F]{40}$"  # an EVM account or contract
+
 Reach = Literal["public", "private", "unknown"]
 
 
@@ -67,6 +69,18 @@ class NetworkCoordinates(Message):
     error: float = Field(ge=0, le=MAX_ERROR)
 
 
+class PaymentTerms(Message):
+    """How a node is paid: vouchers of channels to `payee` on the channels contract at
+    `contract` on chain `chain_id`, one credit of its prices being `wei_per_credit` wei.
+    With `required`, it serves only requests paid that way."""
+
+    chain_id: int = Field(ge=1)
+    contract: str = Field(pattern=ADDRESS_PATTERN)
+    payee: str = Field(pattern=ADDRESS_PATTERN)
+    wei_per_credit: int = Field(ge=0, lt=2**128)
+    required: bool = False
+
+
 class Manifest(Message):
     peer_id: PeerId = Field(min_length=1, max_length=128)
     version: str = Field(max_length=32)
@@ -87,6 +101,7 @@ class Manifest(Message):
     # Where the node sits in the latency space, once it has measured a round trip; left
     # out of the body when absent, so a node without them is read by older readers too.
     coords: NetworkCoordinates | None = Field(default=None, exclude_if=lambda v: v is None)
+    payment: PaymentTerms | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class SignedManifest(Message):

@@ -23,6 +23,7 @@ MAX_GRAMMAR_CHARS = 64_000
 MAX_LOGIT_BIAS = 300  # token biases in one request, as OpenAI's limit
 MAX_TOP_LOGPROBS = 20  # as OpenAI's limit
 MAX_PIECE_BYTES = 256  # one token's bytes
+CHANNEL_PATTERN = "^0x[0-9a-f]{64}$"  # a payment channel's id on its contract
 
 
 class Message(BaseModel):
@@ -95,6 +96,9 @@ class InferRequest(Message):
     # The time left to answer when the request was sent, in ms: relative, because peers'
     # clocks disagree. Left out of the frame when absent, so older nodes read it too.
     deadline_ms: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_MS, exclude_if=lambda v: v is None)
+    # The payment channel (on the chain the node names in its manifest) that pays for this
+    # answer; see docs/incentives.md. Left out when absent, so older nodes read it too.
+    channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN, exclude_if=lambda v: v is None)
 
 
 class TokenChoice(Message):
@@ -137,13 +141,24 @@ class SignedReceipt(Message):
     node_signature: str = Field(max_length=256)
 
 
+class ChannelVoucher(Message):
+    """The client's promise, signed for the channel's contract (EIP-712), that the node may
+    claim `amount` (wei, cumulative over the channel's answers) from the channel's deposit."""
+
+    channel: str = Field(pattern=CHANNEL_PATTERN)
+    amount: int = Field(ge=0, lt=2**256)
+    signature: str = Field(pattern="^0x[0-9a-f]{130}$")
+
+
 class CountersignedReceipt(Message):
-    """Sent back by the client after the end frame; both sides keep it."""
+    """Sent back by the client after the end frame; both sides keep it. A request paid by
+    a channel also carries the channel's voucher, which is no part of the receipt."""
 
     kind: Literal["countersigned_receipt"] = "countersigned_receipt"
     body: str = Field(max_length=MAX_RECEIPT_BYTES)
     node_signature: str = Field(max_length=256)
     client_signature: str = Field(max_length=256)
+    voucher: ChannelVoucher | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def receipt_id(self) -> str:
@@ -178,6 +193,7 @@ ErrorCode = Literal[
     "unknown_session",  # /dinet/shard/1: no such session here (never opened, ended or evicted)
     "wrong_span",  # /dinet/shard/1: this stage does not hold the layers asked for
     "relay_failed",  # /dinet/shard/1: the next stage of a relayed session cannot be reached
+    "payment_required",  # this node serves only requests paid by a channel with room for them
 ]
 
 

@@ -1,0 +1,164 @@
+"""Answers paid by payment channels on a real devnet: real nodes and a client, vouchers with
+every receipt, channels closed on chain to the wei; and what a client or node gains by cheating."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from tests.helpers import chat
+
+from dinet.client import _records
+from dinet.client.ask import Answer, ask
+from dinet.client.network import Network, open_network
+from dinet.client.options import AskOptions
+from dinet.client.payments import ChannelBook
+from dinet.config import ClientSettings
+from dinet.errors import NoCapablePeer
+from dinet.home_crypto import write_secret
+from dinet.ledger import Ledger
+from dinet.ledger.store import ChannelPayment
+from dinet.node.local_mesh import NodeProcess, start_node
+from dinet.settle.chain import Channels
+from dinet.settle.devnet import Devnet, start_devnet
+from dinet.settle.keys import CHAIN_KEY, ChainKey
+from dinet.settle.voucher import wei_of
+from dinet.wire.ids import PeerId
+from dinet.wire.receipt import ReceiptBody
+
+PRICE, PROMPT_PRICE = 0.001, 0.0002  # credits per token
+WEI_PER_CREDIT = 10**15
+DEPOSIT = 10**17  # wei
+
+
+@pytest.fixture(scope="module")
+def devnet():
+    with start_devnet(accounts=8) as chain:
+        yield chain
+
+
+def give_key(home: Path, key: ChainKey) -> None:
+    """Put a funded devnet account in a home, as its chain key."""
+    home.mkdir(parents=True, exist_ok=True)
+    write_secret(home / CHAIN_KEY, key.private_key)
+
+
+def chain_args(devnet: Devnet) -> list[str]:
+    return ["--chain-rpc", devnet.rpc_url, "--channel-contract", devnet.contract]
+
+
+def paid_node(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str] = ()) -> NodeProcess:  # type: ignore[assignment]
+    give_key(home, key)
+    args = [
+        *chain_args(devnet), "--wei-per-credit", str(WEI_PER_CREDIT), "--require-channel",
+        "--price", str(PRICE), "--prompt-price", str(PROMPT_PRICE),
+    ]  # fmt: skip
+    return start_node(home, bootstrap=list(bootstrap), extra_args=args)
+
+
+def client_settings(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str], **extra) -> ClientSettings:
+    give_key(home, key)
+    return ClientSettings(
+        home=home, bootstrap=bootstrap, mdns=False, chain_rpc=devnet.rpc_url,
+        channel_contract=devnet.contract, channel_deposit_wei=DEPOSIT, **extra,
+    )  # fmt: skip
+
+
+def din(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "dinet", *args, "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def receipts_wei(home: Path, node: PeerId) -> int:
+    """What the receipts a client keeps for `node` sum to, in wei at the node's rate."""
+    with Ledger.in_home(home) as ledger:
+        bodies = [s.body for s in ledger.receipts() if s.body.node == node]
+    return sum(wei_of(b.amount, WEI_PER_CREDIT) for b in bodies)
+
+
+async def ask_one(network: Network, prompt: str, options: AskOptions | None = None, **kw) -> Answer:
+    async for event in ask(network, chat(prompt, max_tokens=12), options or AskOptions(), **kw):
+        if isinstance(event, Answer):
+            return event
+    raise AssertionError("no answer")
+
+
+async def both_known(network: Network) -> None:
+    with trio.fail_after(30):
+        while len(network.candidates(None, None)) < 2:
+            await network.discover(None, None, timeout=5, want=2)
+
+
+async def test_twenty_answers_on_two_nodes_settle_on_chain_to_the_wei(tmp_path, devnet):
+    a = paid_node(tmp_path / "a", devnet, devnet.accounts[1])
+    b = paid_node(tmp_path / "b", devnet, devnet.accounts[2], bootstrap=[a.addr])
+    nodes = {a.peer_id: a, b.peer_id: b}
+    addresses = {a.peer_id: devnet.accounts[1].address, b.peer_id: devnet.accounts[2].address}
+    home = tmp_path / "client"
+    settings = client_settings(home, devnet, devnet.accounts[3], [a.addr, b.addr])
+    viewer = Channels(devnet.rpc_url, devnet.contract)
+    try:
+        async with open_network(settings) as network:
+            await both_known(network)
+            served: list[PeerId] = []
+            for i in range(19):  # alternating between the two nodes
+                only = a.peer_id if i % 2 == 0 else b.peer_id
+                answer = await ask_one(network, f"Question {i}: name a colour.", AskOptions(only_peers=(only,)))
+                assert answer.peer_id == only and len(answer.receipts) == 1
+                assert answer.receipts[0].voucher is not None
+                served.append(answer.peer_id)
+            # The twentieth: its first peer is killed mid-answer and the other finishes it.
+            attempts: list[str] = []
+            received = 0
+            async for event in ask(network, chat("Write a short poem about rivers.", max_tokens=40),
+                                   on_attempt=attempts.append):  # fmt: skip
+                if isinstance(event, Answer):
+                    last = event
+                    continue
+                received += 1
+                if received == 5 and len(attempts) == 1:
+                    victim = nodes[PeerId(attempts[0])]
+                    os.kill(victim.process.pid, signal.SIGKILL)
+            assert last.peer_id != victim.peer_id and len(last.receipts) == 1
+            with Ledger.in_home(home) as ledger:
+                channels = {c.payee: c.channel for c in ledger.channels()}
+        assert set(channels) == {a.peer_id, b.peer_id}  # one channel opened to each node
+        # Both nodes close their channels with the highest voucher in their ledgers (the
+        # killed one from its home, as its operator would after a crash).
+        before = {p: viewer.balance(addresses[p]) for p in nodes}
+        first_block = devnet.web3().eth.block_number + 1
+        for node in nodes.values():
+            closed = din("pay", "close", "--home", str(node.home), *chain_args(devnet))["closed"]
+            assert [c["channel"] for c in closed] == [channels[node.peer_id]]
+        for peer_id, node in nodes.items():
+            state = viewer.state(channels[peer_id])
+            owed = receipts_wei(home, peer_id)
+            assert owed > 0 and state.closed
+            assert state.paid == owed  # the chain paid the receipts' sum, to the wei
+            gained = viewer.balance(addresses[peer_id]) - before[peer_id]
+            gas = _gas_spent(devnet, addresses[peer_id], first_block)
+            assert gained + gas == owed
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def _gas_spent(devnet: Devnet, address: str, first_block: int) -> int:
+    """Wei the account spent on gas in its transactions from block `first_block` on."""
+    w3 = devnet.web3()
+    spent = 0
+    for number in range(first_block, w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True).transactions:
+            if tx["from"].lower() == address.lower():
+                receipt = w3.eth.get_transaction_receipt(tx["hash"])
+                spent += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    return spent
