@@ -36,9 +36,12 @@
     │   ├── BadReceipt       a forged, malformed or inaccurate receipt (refused, never stored)
     │   ├── ReplayedReceipt  a receipt, or another for the same request and node, already counted
     │   └── LedgerCorrupted  stored rows that fail their own signatures or sums
-    └── TrustError           reputation and voting
-        ├── ReputationError  the reputation file cannot record or be read
-        └── NoMajority       replicas disagreed and nothing could decide between them
+    ├── TrustError           reputation and voting
+    │   ├── ReputationError  the reputation file cannot record or be read
+    │   └── NoMajority       replicas disagreed and nothing could decide between them
+    └── SettleError          payment channels on an EVM chain
+        ├── BadVoucher       a malformed voucher, or a signature that recovers no signer
+        └── ChainError       a chain transaction or call that failed (carries the revert reason)
 
 Callers map classes, never message text, to exit codes and API errors.
 """
@@ -210,6 +213,24 @@ class ReputationError(TrustError):
 
 class NoMajority(TrustError):
     pass
+
+
+class SettleError(DinetError):
+    pass
+
+
+class BadVoucher(SettleError):
+    pass
+
+
+class ChainError(SettleError):
+    """A transaction or call the chain refused; `reason` is the contract's revert reason
+    ("stale voucher", "not expired" ...) when it gave one, else the node's message."""
+
+    def __init__(self, reason: str, action: str = "") -> None:
+        super().__init__(f"{action} failed: {reason}" if action else reason)
+        self.reason = reason
+        self.action = action
 
 
 def first_dinet_error(exc: BaseException) -> DinetError | None:
