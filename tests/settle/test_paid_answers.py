@@ -26,7 +26,7 @@ from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.settle.chain import Channels
-from dinet.settle.devnet import Devnet, start_devnet
+from dinet.settle.devnet import Devnet
 from dinet.settle.keys import CHAIN_KEY, ChainKey
 from dinet.settle.voucher import wei_of
 from dinet.wire.ids import PeerId
@@ -39,7 +39,7 @@ DEPOSIT = 10**17  # wei
 
 @pytest.fixture(scope="module")
 def devnet():
-    with start_devnet(accounts=8) as chain:
+    with Devnet(accounts=10) as chain:
         yield chain
 
 
