@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,9 @@ from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.settle.chain import Channels
 from dinet.settle.devnet import Devnet
 from dinet.settle.keys import CHAIN_KEY, ChainKey
-from dinet.settle.voucher import wei_of
+from dinet.settle.voucher import sign_voucher, wei_of
 from dinet.wire.ids import PeerId
+from dinet.wire.messages import ChannelVoucher
 from dinet.wire.receipt import ReceiptBody
 
 PRICE, PROMPT_PRICE = 0.001, 0.0002  # credits per token
@@ -39,7 +41,7 @@ DEPOSIT = 10**17  # wei
 
 @pytest.fixture(scope="module")
 def devnet():
-    with Devnet(accounts=10) as chain:
+    with Devnet(accounts=14) as chain:
         yield chain
 
 
@@ -53,16 +55,21 @@ def chain_args(devnet: Devnet) -> list[str]:
     return ["--chain-rpc", devnet.rpc_url, "--channel-contract", devnet.contract]
 
 
-def paid_node(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str] = ()) -> NodeProcess:  # type: ignore[assignment]
-    give_key(home, key)
-    args = [
+def node_args(devnet: Devnet) -> list[str]:
+    return [
         *chain_args(devnet), "--wei-per-credit", str(WEI_PER_CREDIT), "--require-channel",
         "--price", str(PRICE), "--prompt-price", str(PROMPT_PRICE),
     ]  # fmt: skip
-    return start_node(home, bootstrap=list(bootstrap), extra_args=args)
 
 
-def client_settings(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str], **extra) -> ClientSettings:
+def paid_node(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str] = ()) -> NodeProcess:  # type: ignore[assignment]
+    give_key(home, key)
+    return start_node(home, bootstrap=list(bootstrap), extra_args=node_args(devnet))
+
+
+def client_settings(
+    home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str], **extra
+) -> ClientSettings:
     give_key(home, key)
     return ClientSettings(
         home=home, bootstrap=bootstrap, mdns=False, chain_rpc=devnet.rpc_url,
@@ -112,7 +119,9 @@ async def test_twenty_answers_on_two_nodes_settle_on_chain_to_the_wei(tmp_path, 
             served: list[PeerId] = []
             for i in range(19):  # alternating between the two nodes
                 only = a.peer_id if i % 2 == 0 else b.peer_id
-                answer = await ask_one(network, f"Question {i}: name a colour.", AskOptions(only_peers=(only,)))
+                answer = await ask_one(
+                    network, f"Question {i}: name a colour.", AskOptions(only_peers=(only,))
+                )
                 assert answer.peer_id == only and len(answer.receipts) == 1
                 assert answer.receipts[0].voucher is not None
                 served.append(answer.peer_id)
@@ -162,3 +171,136 @@ def _gas_spent(devnet: Devnet, address: str, first_block: int) -> int:
                 receipt = w3.eth.get_transaction_receipt(tx["hash"])
                 spent += receipt["gasUsed"] * receipt["effectiveGasPrice"]
     return spent
+
+
+# -- what cheating gains -------------------------------------------------------------------
+
+# Accounts: 0 deployed the contract, 1-3 the test above, 4 the node below, 5-9 its clients,
+# 10-11 the crash test.
+
+
+@pytest.fixture(scope="module")
+def paid(tmp_path_factory, devnet):
+    node = paid_node(tmp_path_factory.mktemp("paid"), devnet, devnet.accounts[4])
+    yield node
+    node.stop()
+
+
+def node_receipts_from(node: NodeProcess, client: PeerId) -> int:
+    with Ledger.in_home(node.home) as ledger:
+        return sum(1 for s in ledger.receipts() if s.body.client == client)
+
+
+async def test_a_client_without_a_channel_or_past_its_deposit_is_refused_before_serving(
+    tmp_path, devnet, paid
+):
+    bare = ClientSettings(home=tmp_path / "bare", bootstrap=[paid.addr], mdns=False)  # no chain at all
+    async with open_network(bare) as network:
+        await network.discover(None, None, timeout=10)
+        with pytest.raises(NoCapablePeer, match="paid by a payment channel"):
+            await ask_one(network, "Hi.")
+    poor = client_settings(tmp_path / "poor", devnet, devnet.accounts[5], [paid.addr])
+    poor = poor.model_copy(update={"channel_deposit_wei": 1000})
+    async with open_network(poor) as network:
+        await network.discover(None, None, timeout=10)
+        with pytest.raises(NoCapablePeer, match="deposit has 1000 wei left"):
+            await ask_one(network, "Hi.")
+        assert node_receipts_from(paid, network.peer_id) == 0  # nothing was served
+
+
+def tampered(monkeypatch, change) -> None:
+    """Make this process's client send `change(book, payment)` instead of its honest voucher."""
+    honest = ChannelBook.payment
+
+    async def payment(self: ChannelBook, channel: str, body: ReceiptBody, terms) -> ChannelPayment:
+        return change(self, await honest(self, channel, body, terms))
+
+    monkeypatch.setattr(ChannelBook, "payment", payment)
+
+
+def resigned(book: ChannelBook, paid: ChannelPayment, *, channel: str | None = None, amount: int | None = None,
+             key: ChainKey | None = None) -> ChannelPayment:  # fmt: skip
+    assert paid.voucher is not None and book._channels.key is not None
+    channel = channel or paid.channel
+    amount = paid.voucher.amount if amount is None else amount
+    signed = sign_voucher(book._channels.domain, channel, amount, key or book._channels.key)
+    voucher = ChannelVoucher(channel=channel, amount=amount, signature=signed.signature)
+    return ChannelPayment(paid.channel, paid.wei, voucher)
+
+
+@pytest.mark.parametrize(
+    ("account", "cheat"),
+    [
+        (6, lambda book, paid: resigned(book, paid, amount=paid.voucher.amount - 1)),  # lowered
+        (7, lambda book, paid: resigned(book, paid, channel="0x" + "ab" * 32)),  # for another channel
+        (8, lambda book, paid: resigned(book, paid, key=ChainKey.generate())),  # forged: another signer
+    ],
+    ids=["lowered", "other-channel", "forged"],
+)
+async def test_a_bad_voucher_stops_the_channel_until_a_good_one_comes(
+    tmp_path, devnet, paid, monkeypatch, account, cheat
+):
+    settings = client_settings(tmp_path, devnet, devnet.accounts[account], [paid.addr])
+    async with open_network(settings) as network:
+        await network.discover(None, None, timeout=10)
+        await ask_one(network, "Hi.")  # honest: served and vouched
+        tampered(monkeypatch, cheat)
+        await ask_one(network, "Hello.")  # served; its voucher is refused by the node
+        with pytest.raises(NoCapablePeer, match="not vouched for"):
+            await ask_one(network, "Hey.")
+    assert node_receipts_from(paid, network.peer_id) == 2
+    with Ledger.in_home(paid.home) as ledger:
+        (channel,) = [c.channel for c in ledger.channels() if c.payer == network.peer_id]
+        totals = ledger.channel_totals(channel)
+    assert totals.vouched < totals.owed  # the node kept only the honest voucher
+
+
+async def test_a_channel_serves_only_the_client_that_opened_it(tmp_path, devnet, paid):
+    owner = client_settings(tmp_path / "owner", devnet, devnet.accounts[9], [paid.addr])
+    async with open_network(owner) as network:
+        await network.discover(None, None, timeout=10)
+        await ask_one(network, "Hi.")
+    with Ledger.in_home(tmp_path / "owner") as ledger:
+        (record,) = ledger.channels()
+    thief = ClientSettings(home=tmp_path / "thief", bootstrap=[paid.addr], mdns=False)
+    async with open_network(thief) as network:
+        await network.discover(None, None, timeout=10)
+        with Ledger.in_home(tmp_path / "thief") as ledger:
+            ledger.add_channel(replace(record, payer=network.peer_id))
+        network.payments = ChannelBook(Channels(devnet.rpc_url, devnet.contract, ChainKey.generate()),
+                                       network.ledger, network.peer_id)  # fmt: skip
+        with pytest.raises(NoCapablePeer, match="belongs to another client"):
+            await ask_one(network, "Hi.")
+
+
+async def test_a_node_killed_between_serving_and_storing_a_voucher_loses_nothing(
+    tmp_path, devnet, monkeypatch
+):
+    node = paid_node(tmp_path / "node", devnet, devnet.accounts[10])
+    home = tmp_path / "client"
+    settings = client_settings(home, devnet, devnet.accounts[11], [node.addr])
+    honest = _records.Records.settle
+
+    async def settle_then_kill(self, *args, **kwargs) -> None:
+        await honest(self, *args, **kwargs)  # the voucher has just been sent: the node may not have stored it
+        os.kill(node.process.pid, signal.SIGKILL)
+
+    try:
+        async with open_network(settings) as network:
+            await network.discover(None, None, timeout=10)
+            await ask_one(network, "Hi.")
+            monkeypatch.setattr(_records.Records, "settle", settle_then_kill)
+            await ask_one(network, "Name a colour.")
+            monkeypatch.undo()
+        node.process.wait(10)
+        node = start_node(node.home, extra_args=node_args(devnet))  # the same home, after the crash
+        async with open_network(settings.model_copy(update={"bootstrap": [node.addr]})) as network:
+            await network.discover(None, None, timeout=10)
+            await ask_one(network, "Hello again.")  # its voucher covers what the node may have missed
+        din("pay", "close", "--home", str(node.home), *chain_args(devnet))
+        with Ledger.in_home(home) as ledger:
+            (channel,) = [c.channel for c in ledger.channels()]
+        state = Channels(devnet.rpc_url, devnet.contract).state(channel)
+        assert state.closed and state.paid == receipts_wei(home, node.peer_id)
+    finally:
+        node.stop()

@@ -18,6 +18,7 @@ from dinet.errors import (
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
+from dinet.node.payments import Reservation
 from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
@@ -140,13 +141,18 @@ class InferenceService:
                 return
             reservation = admitted
         try:
-            await self._admitted(framed, request, payload, expected_s)
+            await self._admitted(framed, request, payload, expected_s, reservation)
         finally:
             if payments is not None and reservation is not None:
                 payments.release(reservation)
 
     async def _admitted(
-        self, framed: FramedStream, request: InferRequest, payload: bytes, expected_s: float
+        self,
+        framed: FramedStream,
+        request: InferRequest,
+        payload: bytes,
+        expected_s: float,
+        reservation: Reservation | None,
     ) -> None:
         accountant = self.accountant
         priority = 0.0
@@ -168,6 +174,8 @@ class InferenceService:
         finally:
             self._on_request(busy)
         if signed is not None and accountant is not None:
+            if reservation is not None and accountant.payments is not None:
+                accountant.payments.answered(reservation)
             # Outside the slot: a client taking its time to countersign holds up nobody.
             await accountant.settle(framed, signed, request.channel)
 

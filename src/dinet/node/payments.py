@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FRESH_S = 30.0  # a channel's state read from the chain is trusted this long
 POLICY_EVERY_S = 5.0
+VOUCHER_WAIT_S = 12.0  # a request waits this long for vouchers of earlier answers (the node waits 10 s for them)
 # A chat template adds tokens to the messages; a prompt has at most one token per byte
 # beyond them (byte-level tokenizers' worst case).
 TEMPLATE_TOKENS = 64
@@ -51,12 +52,14 @@ class PaymentPolicy:
     margin_s: float = 600.0  # close this long before the channel expires; refuse from then on
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reservation:
-    """Room held on a channel for one request in flight."""
+    """Room held on a channel for one request in flight; `answered` once its receipt is
+    issued and its voucher awaited."""
 
     channel: str
     wei: int
+    answered: bool = False
 
 
 def worst_case_credits(request: InferRequest, per_prompt_token: float, per_token: float) -> float:
@@ -84,6 +87,10 @@ class PaymentDesk:
         self._states: dict[str, tuple[float, ChannelState]] = {}  # channel -> (read at, state)
         self._reserved: dict[str, int] = {}  # channel -> wei held by requests in flight
         self._due_since: dict[str, float] = {}  # channel -> when vouchers first went unclaimed
+        # Answers on a channel whose vouchers are still on their way, and an event set when
+        # none are left: the next request waits for them, so it is judged on every voucher.
+        self._awaiting: dict[str, int] = {}
+        self._vouched: dict[str, trio.Event] = {}
         self._lock = trio.Lock()  # one admission at a time: two requests cannot share the same room
 
     @property
@@ -113,6 +120,9 @@ class PaymentDesk:
             )
         per_prompt, per_token = self._prices()
         worst = wei_of(worst_case_credits(request, per_prompt, per_token), self.policy.wei_per_credit)
+        with trio.move_on_after(VOUCHER_WAIT_S):  # then the missing voucher refuses the request
+            while self._awaiting.get(channel):
+                await self._vouched[channel].wait()
         async with self._lock:
             problem = await self._problem(client, channel, worst, fresh=False)
             if problem is not None and "deposit" in problem:
@@ -156,7 +166,21 @@ class PaymentDesk:
         await trio.to_thread.run_sync(self._ledger.add_channel, record)
         return client
 
+    def answered(self, reservation: Reservation) -> None:
+        """The request's answer is sent: its voucher is awaited until `release`."""
+        reservation.answered = True
+        if not self._awaiting.get(reservation.channel):
+            self._vouched[reservation.channel] = trio.Event()
+        self._awaiting[reservation.channel] = self._awaiting.get(reservation.channel, 0) + 1
+
     def release(self, reservation: Reservation) -> None:
+        """The request is done with, its voucher taken or given up on."""
+        if reservation.answered:
+            left = self._awaiting.pop(reservation.channel) - 1
+            if left:
+                self._awaiting[reservation.channel] = left
+            else:
+                self._vouched.pop(reservation.channel).set()
         left = self._reserved.get(reservation.channel, 0) - reservation.wei
         if left > 0:
             self._reserved[reservation.channel] = left
