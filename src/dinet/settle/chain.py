@@ -63,13 +63,28 @@ class _Account:
 
     def transact(self, call: ContractFunction | Any, action: str, value: int = 0) -> TxReceipt:
         """Estimate, sign, send and wait for one transaction; ChainError if it reverts."""
+        key = self._signer(action)
+        params: TxParams = {"from": key.address, "value": Web3.to_wei(value, "wei"), "chainId": self.chain_id}
+        tx = _rpc(lambda: call.build_transaction(params), action)  # estimates gas: reverts here
+        return self._send(tx, action)
+
+    def send_value(self, to: str, amount: int, action: str) -> TxReceipt:
+        """A plain ETH transfer."""
+        key = self._signer(action)
+        tx: TxParams = {"from": key.address, "to": to, "value": Web3.to_wei(amount, "wei"), "chainId": self.chain_id}
+        tx["gas"] = _rpc(lambda: self.w3.eth.estimate_gas(tx), action)
+        tx["gasPrice"] = _rpc(lambda: self.w3.eth.gas_price, action)
+        return self._send(tx, action)
+
+    def _signer(self, action: str) -> ChainKey:
         if self.key is None:
             raise ChainError("no chain key to sign with", action)
-        sender = self.key.address
-        params: TxParams = {"from": sender, "value": Web3.to_wei(value, "wei"), "chainId": self.chain_id}
-        tx = _rpc(lambda: call.build_transaction(params), action)  # estimates gas: reverts here
+        return self.key
+
+    def _send(self, tx: TxParams, action: str) -> TxReceipt:
+        sender = self._signer(action).address
         tx["nonce"] = _rpc(lambda: self.w3.eth.get_transaction_count(sender, "pending"), action)
-        signed = self.w3.eth.account.sign_transaction(tx, self.key.private_key)
+        signed = self.w3.eth.account.sign_transaction(tx, self._signer(action).private_key)
         tx_hash = _rpc(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), action)
         receipt = _rpc(
             lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_RECEIPT_TIMEOUT_S), action
@@ -178,6 +193,15 @@ class Channels:
             return _rpc(lambda: self._account.w3.eth.get_balance(to_address(address)), "balance")
         erc20 = self._account.w3.eth.contract(address=to_address(token), abi=abi("test_token"))
         return int(_rpc(lambda: erc20.functions.balanceOf(to_address(address)).call(), "balance"))
+
+    def transfer(self, to: str, amount: int, token: str | None = None) -> None:
+        """Send `amount` of ETH (wei) or of the ERC-20 `token` from our account to `to`."""
+        self._account.receipts = []
+        if not token or to_address(token) == ZERO_ADDRESS:
+            self._account.send_value(to_address(to), amount, "transfer")
+            return
+        erc20 = self._account.w3.eth.contract(address=to_address(token), abi=abi("test_token"))
+        self._account.transact(erc20.functions.transfer(to_address(to), amount), "transfer")
 
     def _approve(self, token: str, amount: int, action: str) -> None:
         """Let the contract pull `amount` of `token` from us (nothing to do for ETH)."""
