@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dinet.errors import BadVoucher
-from dinet.settle import ChainKey, ChannelDomain, Voucher, sign_voucher, voucher_digest, voucher_signer, wei_of
+from dinet.settle import (
+    ChainKey,
+    ChannelDomain,
+    Voucher,
+    sign_voucher,
+    voucher_digest,
+    voucher_signer,
+    wei_of,
+)
 
 KEY = ChainKey.from_hex("0x" + "42" * 32)
 DOMAIN = ChannelDomain(chain_id=1337, contract="0x" + "ab" * 20)
@@ -47,7 +55,9 @@ def typed_data(domain: ChannelDomain, channel: str, amount: int) -> dict:
 
 
 @settings(max_examples=25, deadline=None)
-@given(chain_id=st.integers(min_value=1, max_value=2**64), contract=addresses, channel=channels, amount=amounts)
+@given(
+    chain_id=st.integers(min_value=1, max_value=2**64), contract=addresses, channel=channels, amount=amounts
+)
 def test_the_digest_is_eth_accounts_eip712_digest(chain_id, contract, channel, amount):
     domain = ChannelDomain(chain_id, contract)
     signable = encode_typed_data(full_message=typed_data(domain, channel, amount))
@@ -104,7 +114,9 @@ def test_malformed_vouchers_are_refused():
 
 
 @settings(max_examples=200, deadline=None)
-@given(channel=st.one_of(channels, st.text(max_size=70)), amount=st.integers(), signature=st.text(max_size=140))
+@given(
+    channel=st.one_of(channels, st.text(max_size=70)), amount=st.integers(), signature=st.text(max_size=140)
+)
 def test_any_voucher_is_a_signer_or_bad_voucher(channel, amount, signature):
     try:
         signer = voucher_signer(DOMAIN, Voucher(channel, amount, signature))
