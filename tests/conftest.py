@@ -39,3 +39,13 @@ def nat_lab():
 
     with NatLab() as lab:
         yield lab
+
+
+@pytest.fixture(scope="session")
+def devnet():
+    """A real EVM dev chain (ganache, `dinet.settle.devnet`) on loopback with the channels
+    contract deployed and ten funded accounts; started by the first test that asks for it."""
+    from dinet.settle.devnet import Devnet  # web3 is imported only by tests that need a chain
+
+    with Devnet(accounts=10) as running:
+        yield running

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinet.cli import _ask, _demo, _gateway, _ledger, _model, _node, _pay, _private
+from dinet.cli import _ask, _chain, _demo, _gateway, _ledger, _model, _node, _pay, _private
 from dinet.cli._common import fail, setup_logging
 from dinet.cli._settings import with_settings
 from dinet.config import ClientSettings, GatewaySettings, NodeSettings
@@ -25,6 +25,7 @@ Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More 
 app.add_typer(_model.app, name="model")
 app.add_typer(_ledger.app, name="ledger")
 app.add_typer(_pay.app, name="pay")
+app.add_typer(_chain.app, name="chain")
 app.add_typer(_private.app, name="swarm-key")
 app.command("peer-id")(_private.peer_id)
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
-
-from dinet.home_crypto import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def bytecode(name: str) -> str:
         return compiled.read_text().strip()
     code = compile_source(name, source)
     try:
-        write_atomically(compiled, code.encode() + b"\n", durable=False)
-        write_atomically(copy, source, durable=False)
+        _write(compiled, code.encode() + b"\n")
+        _write(copy, source)  # last: a copy that matches means the bytecode beside it does
     except OSError as exc:
         logger.info("compiled %s.vy but cannot keep it in %s: %s", name, COMPILED, exc)
     return code
@@ -54,3 +53,10 @@ def compile_source(name: str, source: bytes) -> str:
     out = vyper.compile_code(source.decode(), contract_path=f"{name}.vy", output_formats=["bytecode"])
     code: str = out["bytecode"]
     return code
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -22,7 +22,9 @@ def checksummed(raw: bytes) -> str:
     """EIP-55: hex digits upper-cased where the keccak of the lower-case hex has a nibble >= 8."""
     hex_address = raw.hex()
     nibbles = keccak256(hex_address.encode("ascii")).hex()[:40]
-    return "0x" + "".join(c.upper() if n in "89abcdef" else c for c, n in zip(hex_address, nibbles, strict=True))
+    return "0x" + "".join(
+        c.upper() if n in "89abcdef" else c for c, n in zip(hex_address, nibbles, strict=True)
+    )
 
 
 def address_bytes(address: str) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
+from eth_typing import ChecksumAddress, HexAddress, HexStr
 from requests.exceptions import RequestException
 from web3 import Web3
 from web3.contract.contract import Contract, ContractFunction
@@ -63,15 +64,35 @@ class _Account:
 
     def transact(self, call: ContractFunction | Any, action: str, value: int = 0) -> TxReceipt:
         """Estimate, sign, send and wait for one transaction; ChainError if it reverts."""
+        key = self._signer(action)
+        params: TxParams = {"from": key.address, "value": Web3.to_wei(value, "wei"), "chainId": self.chain_id}
+        tx = _rpc(lambda: call.build_transaction(params), action)  # estimates gas: reverts here
+        return self._send(tx, action)
+
+    def send_value(self, to: str, amount: int, action: str) -> TxReceipt:
+        """A plain ETH transfer."""
+        key = self._signer(action)
+        tx: TxParams = {
+            "from": key.address,
+            "to": to,
+            "value": Web3.to_wei(amount, "wei"),
+            "chainId": self.chain_id,
+        }
+        tx["gas"] = _rpc(lambda: self.w3.eth.estimate_gas(tx), action)
+        tx["gasPrice"] = _rpc(lambda: self.w3.eth.gas_price, action)
+        return self._send(tx, action)
+
+    def _signer(self, action: str) -> ChainKey:
         if self.key is None:
             raise ChainError("no chain key to sign with", action)
-        sender = self.key.address
-        params: TxParams = {"from": sender, "value": Web3.to_wei(value, "wei"), "chainId": self.chain_id}
-        tx = _rpc(lambda: call.build_transaction(params), action)  # estimates gas: reverts here
-        tx["nonce"] = _rpc(lambda: self.w3.eth.get_transaction_count(sender, "pending"), action)
-        signed = self.w3.eth.account.sign_transaction(tx, self.key.private_key)
+        return self.key
+
+    def _send(self, tx: TxParams, action: str) -> TxReceipt:
+        sender = self._signer(action).address
+        tx["nonce"] = _rpc(lambda: self.w3.eth.get_transaction_count(_checksum(sender), "pending"), action)
+        signed = self.w3.eth.account.sign_transaction(tx, self._signer(action).private_key)
         tx_hash = _rpc(lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction), action)
-        receipt = _rpc(
+        receipt: TxReceipt = _rpc(
             lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_RECEIPT_TIMEOUT_S), action
         )
         self.receipts.append(receipt)
@@ -89,7 +110,9 @@ class Channels:
         self._account = _Account(rpc_url, key)
         self.key = key
         self.contract = to_address(contract)
-        self._contract: Contract = self._account.w3.eth.contract(address=self.contract, abi=abi("channels"))
+        self._contract: Contract = self._account.w3.eth.contract(
+            address=_checksum(self.contract), abi=abi("channels")
+        )
         self.domain = ChannelDomain(chain_id=self._account.chain_id, contract=self.contract)
 
     @property
@@ -131,7 +154,10 @@ class Channels:
         self._account.receipts = []
         call = self._contract.functions.claim(_bytes32(voucher.channel), voucher.amount, *_vrs(voucher))
         receipt = self._account.transact(call, "claim")
-        return sum(int(e["args"]["paid_now"]) for e in self._contract.events.Claimed().process_receipt(receipt, errors=DISCARD))
+        return sum(
+            int(e["args"]["paid_now"])
+            for e in self._contract.events.Claimed().process_receipt(receipt, errors=DISCARD)
+        )
 
     def close(self, voucher: Voucher | None, channel: str | None = None) -> int:
         """Payee: claim with `voucher` if it is higher than what was paid, refund the rest
@@ -145,7 +171,10 @@ class Channels:
         else:
             args = (_bytes32(voucher.channel), voucher.amount, *_vrs(voucher))
         receipt = self._account.transact(self._contract.functions.close(*args), "close")
-        return sum(int(e["args"]["paid_now"]) for e in self._contract.events.Claimed().process_receipt(receipt, errors=DISCARD))
+        return sum(
+            int(e["args"]["paid_now"])
+            for e in self._contract.events.Claimed().process_receipt(receipt, errors=DISCARD)
+        )
 
     def reclaim(self, channel: str) -> int:
         """Sender, once the channel has expired: take back what was not paid and close it;
@@ -175,15 +204,24 @@ class Channels:
     def balance(self, address: str, token: str | None = None) -> int:
         """`address`'s ETH (wei), or its balance of the ERC-20 `token`."""
         if not token or to_address(token) == ZERO_ADDRESS:
-            return _rpc(lambda: self._account.w3.eth.get_balance(to_address(address)), "balance")
-        erc20 = self._account.w3.eth.contract(address=to_address(token), abi=abi("test_token"))
+            return int(_rpc(lambda: self._account.w3.eth.get_balance(_checksum(address)), "balance"))
+        erc20 = self._account.w3.eth.contract(address=_checksum(token), abi=abi("test_token"))
         return int(_rpc(lambda: erc20.functions.balanceOf(to_address(address)).call(), "balance"))
+
+    def transfer(self, to: str, amount: int, token: str | None = None) -> None:
+        """Send `amount` of ETH (wei) or of the ERC-20 `token` from our account to `to`."""
+        self._account.receipts = []
+        if not token or to_address(token) == ZERO_ADDRESS:
+            self._account.send_value(to_address(to), amount, "transfer")
+            return
+        erc20 = self._account.w3.eth.contract(address=_checksum(token), abi=abi("test_token"))
+        self._account.transact(erc20.functions.transfer(to_address(to), amount), "transfer")
 
     def _approve(self, token: str, amount: int, action: str) -> None:
         """Let the contract pull `amount` of `token` from us (nothing to do for ETH)."""
         if token == ZERO_ADDRESS or amount == 0 or self.key is None:
             return
-        erc20 = self._account.w3.eth.contract(address=token, abi=abi("test_token"))
+        erc20 = self._account.w3.eth.contract(address=_checksum(token), abi=abi("test_token"))
         allowed = _rpc(lambda: erc20.functions.allowance(self.key.address, self.contract).call(), action)
         if allowed < amount:
             self._account.transact(erc20.functions.approve(self.contract, amount), f"{action} (approve)")
@@ -205,6 +243,10 @@ def _deploy(rpc_url: str, key: ChainKey, name: str, *args: int) -> str:
     factory = account.w3.eth.contract(abi=abi(name), bytecode=bytecode(name))
     receipt = account.transact(factory.constructor(*args), f"deploy {name}")
     return to_address(str(receipt["contractAddress"]))
+
+
+def _checksum(address: str) -> ChecksumAddress:
+    return ChecksumAddress(HexAddress(HexStr(to_address(address))))
 
 
 def _bytes32(channel: str) -> bytes:
