@@ -26,14 +26,20 @@ def open_versioned(
         return open_sealed(
             path, passphrase, durable=synchronous == "FULL", prepare=lambda db: _prepare(db, schema, version)
         )
-    if is_sealed_file(path):
-        raise missing_passphrase(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         _prepare(db, schema, version)
+    except sqlite3.DatabaseError:
+        db.close()
+        # Only now look at the file's first bytes: opening and closing a file that this
+        # process also holds through SQLite would drop the process's POSIX locks on it, and
+        # another process closing the database would then delete the WAL from under us.
+        if is_sealed_file(path):
+            raise missing_passphrase(path) from None
+        raise
     except BaseException:
         db.close()
         raise

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,10 +93,11 @@ def receipts_wei(home: Path, node: PeerId) -> int:
     return sum(wei_of(b.amount, WEI_PER_CREDIT) for b in bodies)
 
 
-async def ask_one(network: Network, prompt: str, options: AskOptions | None = None, **kw) -> Answer:
-    async for event in ask(network, chat(prompt, max_tokens=12), options or AskOptions(), **kw):
-        if isinstance(event, Answer):
-            return event
+async def ask_one(network: Network, prompt: str, options: AskOptions | None = None) -> Answer:
+    async with aclosing(ask(network, chat(prompt, max_tokens=12), options or AskOptions())) as events:
+        async for event in events:
+            if isinstance(event, Answer):
+                return event
     raise AssertionError("no answer")
 
 
@@ -292,7 +294,7 @@ async def test_a_node_killed_between_serving_and_storing_a_voucher_loses_nothing
             monkeypatch.setattr(_records.Records, "settle", settle_then_kill)
             await ask_one(network, "Name a colour.")
             monkeypatch.undo()
-        node.process.wait(10)
+        node.stop()  # reaps the killed process
         node = start_node(node.home, extra_args=node_args(devnet))  # the same home, after the crash
         async with open_network(settings.model_copy(update={"bootstrap": [node.addr]})) as network:
             await network.discover(None, None, timeout=10)
