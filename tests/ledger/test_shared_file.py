@@ -18,7 +18,10 @@ def record(ledger: Ledger, n: int) -> None:
 
 
 def channels_seen_elsewhere(path) -> int:
-    code = "import sys, pathlib; from dinet.ledger import Ledger; print(len(Ledger(pathlib.Path(sys.argv[1])).channels()))"
+    code = (
+        "import sys, pathlib; from dinet.ledger import Ledger; "
+        "print(len(Ledger(pathlib.Path(sys.argv[1])).channels()))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=True
     )

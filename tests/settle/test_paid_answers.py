@@ -150,7 +150,7 @@ async def test_twenty_answers_on_two_nodes_settle_on_chain_to_the_wei(tmp_path, 
         for node in nodes.values():
             closed = din("pay", "close", "--home", str(node.home), *chain_args(devnet))["closed"]
             assert [c["channel"] for c in closed] == [channels[node.peer_id]]
-        for peer_id, node in nodes.items():
+        for peer_id in nodes:
             state = viewer.state(channels[peer_id])
             owed = receipts_wei(home, peer_id)
             assert owed > 0 and state.closed
@@ -220,8 +220,14 @@ def tampered(monkeypatch, change) -> None:
     monkeypatch.setattr(ChannelBook, "payment", payment)
 
 
-def resigned(book: ChannelBook, paid: ChannelPayment, *, channel: str | None = None, amount: int | None = None,
-             key: ChainKey | None = None) -> ChannelPayment:  # fmt: skip
+def resigned(
+    book: ChannelBook,
+    paid: ChannelPayment,
+    *,
+    channel: str | None = None,
+    amount: int | None = None,
+    key: ChainKey | None = None,
+) -> ChannelPayment:
     assert paid.voucher is not None and book._channels.key is not None
     channel = channel or paid.channel
     amount = paid.voucher.amount if amount is None else amount

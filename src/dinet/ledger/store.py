@@ -264,7 +264,13 @@ class Ledger:
         query = "SELECT * FROM channels WHERE (? IS NULL OR payer = ?) AND (? IS NULL OR payee = ?)"
         with self._lock:
             rows = self._db.execute(query + " ORDER BY opened_at", (payer, payer, payee, payee)).fetchall()
-        return [ChannelRecord(*row[:7], closed=bool(row[7])) for row in rows]
+        return [
+            ChannelRecord(
+                channel=row[0], chain_id=row[1], contract=row[2], payer=PeerId(row[3]), payee=PeerId(row[4]),
+                payee_address=row[5], opened_at=row[6], closed=bool(row[7]),
+            )
+            for row in rows
+        ]  # fmt: skip
 
     def channel_totals(self, channel: str) -> ChannelTotals:
         with self._lock:

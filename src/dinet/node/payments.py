@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FRESH_S = 30.0  # a channel's state read from the chain is trusted this long
 POLICY_EVERY_S = 5.0
-VOUCHER_WAIT_S = 12.0  # a request waits this long for vouchers of earlier answers (the node waits 10 s for them)
+VOUCHER_WAIT_S = (
+    12.0  # a request waits this long for vouchers of earlier answers (the node waits 10 s for them)
+)
 # A chat template adds tokens to the messages; a prompt has at most one token per byte
 # beyond them (byte-level tokenizers' worst case).
 TEMPLATE_TOKENS = 64
