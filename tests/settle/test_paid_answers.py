@@ -312,3 +312,27 @@ async def test_a_node_killed_between_serving_and_storing_a_voucher_loses_nothing
         assert state.closed and state.paid == receipts_wei(home, node.peer_id)
     finally:
         node.stop()
+
+
+def test_din_pay_opens_tops_up_shows_and_reclaims_a_channel_after_its_timeout(tmp_path, devnet, paid):
+    home = tmp_path / "client"
+    give_key(home, devnet.accounts[12])
+    where = ["--home", str(home), *chain_args(devnet)]
+    opened = din("pay", "open", paid.peer_id, "--deposit", "5000", "--bootstrap", paid.addr, "--no-mdns",
+                 "--channel-timeout-s", "600", *where)  # fmt: skip
+    channel = opened["channel"]
+    assert din("pay", "top-up", channel, "--amount", "3000", *where)["deposit"] == 8000
+    (row,) = din("pay", "status", *where)["channels"]
+    assert row["channel"] == channel and row["role"] == "payer" and row["peer"] == paid.peer_id
+    assert (row["deposit"], row["owed"], row["paid"], row["closed"]) == (8000, 0, 0, False)
+    early = subprocess.run(
+        [sys.executable, "-m", "dinet", "pay", "reclaim", channel, *where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert early.returncode == 1 and "not expired" in early.stderr  # the node may still claim
+    devnet.advance(601)
+    assert din("pay", "reclaim", channel, *where)["reclaimed"] == 8000
+    (row,) = din("pay", "status", *where)["channels"]
+    assert row["closed"]
