@@ -12,6 +12,7 @@ import trio
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
+from dinet.engine.testing.liar import parse_lie
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
 from dinet.models.catalog import LocalModel
 from dinet.node.admission import Admission
@@ -88,6 +89,7 @@ async def whole_model(
             limiter=inference.limiter,
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
+            covers=settings.liar is not None and parse_lie(settings.liar).covers,
         )
 
         model_offer = None
