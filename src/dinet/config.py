@@ -170,6 +170,20 @@ class NodeSettings(CommonSettings):
     max_tokens_limit: int = Field(
         default=MAX_TOKENS_LIMIT, ge=1, le=MAX_TOKENS_LIMIT, description="Most tokens one request may ask for"
     )
+    probation_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        le=MAX_TOKENS_LIMIT,
+        description="Most tokens a client without standing here may ask for in one request "
+        "(refused with `probation` above it)",
+    )
+    probation_receipts: int = Field(
+        default=3,
+        ge=0,
+        le=1_000_000,
+        description="Countersigned receipts between a client and this node before it has standing "
+        "here (0: no probation)",
+    )
     max_prompt_chars: int = Field(
         default=MAX_PROMPT_CHARS,
         ge=1,

@@ -68,7 +68,7 @@ BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream
 # what a small model takes on one loaded core (~500 tokens of prompt and prefix: +10 s).
 PREFILL_ALLOWANCE_S_PER_CHAR = 0.005
 # Codes after which another peer may well succeed.
-_RETRYABLE = {"busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model"}
+_RETRYABLE = {"busy", "rate_limited", "deadline", "probation", "engine_crashed", "internal", "unknown_model"}
 
 
 class WholeModel:
@@ -158,7 +158,7 @@ class WholeModel:
                 if exc.code in ("busy", "rate_limited"):
                     busy.add(peer.peer_id)
                     continue
-                if exc.code == "deadline":  # no fault of the peer's: the next one, at once
+                if exc.code in ("deadline", "probation"):  # no fault of the peer's: the next one, at once
                     too_slow.add(peer.peer_id)
                     continue
             except (PeerError, MalformedMessage) as exc:

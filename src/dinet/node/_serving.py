@@ -19,6 +19,7 @@ from dinet.node.admission import Admission
 from dinet.node.inference import Engine, InferenceService
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import load_of, offer
+from dinet.node.probation import ClientProbation
 from dinet.node.receipts import Accountant
 from dinet.node.shard import ShardService
 from dinet.node.verification import VerifyService
@@ -127,6 +128,12 @@ def _inference(
         bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
         max_request_bytes=settings.max_request_bytes,
         on_request=on_request,
+        probation=ClientProbation.from_ledger(
+            accountant.ledger,
+            accountant.peer_id,
+            receipts_needed=settings.probation_receipts,
+            max_tokens=settings.probation_max_tokens,
+        ),
     )
 
 
