@@ -24,6 +24,7 @@ from dinet.p2p.host import DIAL_TIMEOUT_S
 from dinet.p2p.liveness import PROBE_TIMEOUT_S
 from dinet.p2p.peer_addrs import check_peer_addr
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE
+from dinet.trust.reputation import PROBATION_GOOD
 from dinet.wire.framing import MAX_FRAME
 from dinet.wire.keys import is_peer_id
 from dinet.wire.manifest import ADDRESS_PATTERN
@@ -200,6 +201,20 @@ class NodeSettings(CommonSettings):
     max_tokens_limit: int = Field(
         default=MAX_TOKENS_LIMIT, ge=1, le=MAX_TOKENS_LIMIT, description="Most tokens one request may ask for"
     )
+    probation_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        le=MAX_TOKENS_LIMIT,
+        description="Most tokens a client without standing here may ask for in one request "
+        "(refused with `probation` above it)",
+    )
+    probation_receipts: int = Field(
+        default=3,
+        ge=0,
+        le=1_000_000,
+        description="Countersigned receipts between a client and this node before it has standing "
+        "here (0: no probation)",
+    )
     max_prompt_chars: int = Field(
         default=MAX_PROMPT_CHARS,
         ge=1,
@@ -257,7 +272,7 @@ class NodeSettings(CommonSettings):
     liar: str | None = Field(
         default=None,
         description=f"TESTING ONLY, refused unless {ALLOW_ENV}=1: lie about answers "
-        "(random, corrupt:K or wrong-model:PATH)",
+        "(random, corrupt:K, wrong-model:PATH, ...; cover: pass every claim it verifies)",
     )
     # embeddings (issue 23): a second, small model served on /dinet/embed/1
     embedding_model: Path | None = Field(
@@ -493,6 +508,12 @@ class ClientSettings(CommonSettings):
         ge=0.0,
         le=1.0,
         description="Fraction of answers re-scored by another peer serving the same model (1: all)",
+    )
+    probation_good: float = Field(
+        default=PROBATION_GOOD,
+        ge=0,
+        description="Good evidence (about 2 per verified answer) a peer needs before its answers are "
+        "checked only at verify_rate; until then every answer is, by two verifiers (0: no probation)",
     )
     # issue 20, SLA-aware routing (sla): peers of another region pay a small routing penalty.
     region: str = Field(

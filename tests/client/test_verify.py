@@ -70,7 +70,11 @@ async def test_ask_verifies_sampled_answers_and_records_outcomes(client_settings
             chat("Describe a market.", max_tokens=12, temperature=0.9, top_p=0.95, seed=5),
             verify_rate=1.0,
         )
-        _, unchecked = await answer_to(network, chat("Describe a market.", max_tokens=4), verify_rate=0.0)
+        # Its peer is still on probation (one verified answer): only with probation off is
+        # an answer left unchecked at rate 0.
+        _, unchecked = await answer_to(
+            network, chat("Describe a market.", max_tokens=4), verify_rate=0.0, probation_good=0.0
+        )
     check = answer.verification
     assert check is not None and check.verified is True and check.verifier != answer.peer_id
     assert len(answer.token_ids) == answer.usage.completion_tokens == check.checked
@@ -79,6 +83,27 @@ async def test_ask_verifies_sampled_answers_and_records_outcomes(client_settings
         (answer.peer_id, True, 12)
     ]
     assert outcomes.events[0][1].verifier == check.verifier
+
+
+async def test_a_peer_on_probation_is_checked_by_two_verifiers_until_it_has_standing(
+    client_settings, mesh
+) -> None:
+    params = chat("Name a colour.", max_tokens=4)
+    async with open_network(client_settings) as network:
+        await network.discover(None, mesh.nodes[0].model_hash, timeout=20, want=len(mesh.nodes))
+        node = mesh.nodes[0].peer_id
+        checks = []
+        for _ in range(4):  # verify_rate 0: only probation has answers checked
+            _, answer = await answer_to(
+                network, params, verify_rate=0.0, only_peers={node}, probation_good=5.9
+            )
+            checks.append(answer.verification)
+        assert network.reputation is not None
+        standing = network.reputation.standing(node)
+    # Each checked answer brings a success and a verify_pass: ~6 good after three (5.9 with decay).
+    assert all(c is not None and c.verified is True and len(c.verifiers) == 2 for c in checks[:3]), checks
+    assert all(node not in c.verifiers for c in checks[:3] if c is not None)
+    assert checks[3] is None and standing is not None and standing.good >= 5.9
 
 
 async def test_a_tampered_claim_is_flagged_at_its_position(client_settings, mesh) -> None:

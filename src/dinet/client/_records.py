@@ -155,9 +155,11 @@ class Records:
 
     # -- verification ---------------------------------------------------------------------
 
-    def verified(self, verification: Verification, n_tokens: int, model_hash: ModelHash) -> None:
+    async def verified(self, verification: Verification, n_tokens: int, model_hash: ModelHash) -> None:
         """Tell `network.outcomes` how each producing peer's share of the answer fared: each
-        stage of a chain answers for every token the chain produced while it was in it."""
+        stage of a chain answers for every token the chain produced while it was in it.
+        A verifier the majority of verifiers overruled counts as a liar (`overruled`)."""
+        await self._network.note_all([(v, Event.OVERRULED) for v in verification.overruled])
         outcomes = self._network.outcomes
         if verification.verified is None or verification.verifier is None or outcomes is None:
             return

@@ -46,6 +46,7 @@ class Options(TypedDict, total=False):
     only_peers: Collection[str]  # ask no other peer
     verify_rate: float  # fraction of answers re-scored by another peer (1: all)
     verifiers: Collection[str]  # re-scoring only by these peers
+    probation_good: float  # good evidence before a peer's answers are checked only at verify_rate
     request_timeout_s: float  # the whole answer
     discover_timeout_s: float  # looking for peers
 

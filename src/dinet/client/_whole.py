@@ -70,7 +70,8 @@ BETWEEN_FRAMES_MIN_S = 4.0  # a loaded 2-core machine can pause a healthy stream
 PREFILL_ALLOWANCE_S_PER_CHAR = 0.005
 # Codes after which another peer may well succeed.
 _RETRYABLE = {
-    "busy", "rate_limited", "deadline", "engine_crashed", "internal", "unknown_model", "payment_required",
+    "busy", "rate_limited", "deadline", "probation", "engine_crashed", "internal", "unknown_model",
+    "payment_required",
 }  # fmt: skip
 
 
@@ -169,7 +170,7 @@ class WholeModel:
                 if exc.code in ("busy", "rate_limited"):
                     busy.add(peer.peer_id)
                     continue
-                if exc.code == "deadline":  # no fault of the peer's: the next one, at once
+                if exc.code in ("deadline", "probation"):  # no fault of the peer's: the next one, at once
                     too_slow.add(peer.peer_id)
                     continue
                 if exc.code == "payment_required":  # nor is this: its terms, not a failure

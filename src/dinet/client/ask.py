@@ -5,10 +5,10 @@
 
 `ask` picks a strategy (`_whole.WholeModel`: one whole-model peer at a time, with
 failover; `_chained.ChainOfStages`: a chain of pipeline stages, with repairs), streams
-its tokens, has a sampled fraction of answers re-scored by another peer, and builds the
-Answer. Every option holds for both strategies (`dinet.client.options`); what the
-request leaves behind (receipts, reputation, verification outcomes) is written by its
-`Records`.
+its tokens, has a sampled fraction of answers re-scored by another peer (every answer of a
+peer on probation, by two), and builds the Answer. Every option holds for both strategies
+(`dinet.client.options`); what the request leaves behind (receipts, reputation,
+verification outcomes) is written by its `Records`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -29,8 +29,11 @@ from dinet.client._whole import WholeModel
 from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.client.verify import Verification, verify_answer
+from dinet.trust.reputation import has_standing
 from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.messages import CountersignedReceipt, GenerationParams, TokenFrame, TokenLogprobs, Usage
+
+PROBATION_VERIFIERS = 2  # independent verifiers of an answer from a peer on probation
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ async def ask(
 
     A fraction `options.verify_rate` of answers is re-scored by another peer serving
     the same model hash before the Answer is yielded; the outcome is in
-    `Answer.verification` (`verified` is None when no peer could check it).
+    `Answer.verification` (`verified` is None when no peer could check it). An answer
+    from a peer on probation (without standing in this client's reputation book, see
+    `dinet.trust.reputation.has_standing`) is always checked, by two verifiers.
     """
     options = AskOptions() if options is None else options
     asked_at = trio.current_time()  # a deadline counts from here, discovery included
@@ -98,7 +103,8 @@ async def ask(
     token_ids = tuple(t.token_id for t in tokens)
     logprobs = tuple(t.logprobs for t in tokens) if finished.params.logprobs is not None else ()
     verification = None
-    if options.verify_rate > 0 and random.random() < options.verify_rate:
+    probation = on_probation(network, records.producers, options.probation_good)
+    if probation or (options.verify_rate > 0 and random.random() < options.verify_rate):
         verification = await verify_answer(
             network,
             finished.params,
@@ -107,8 +113,9 @@ async def ask(
             exclude=records.producers,
             verifiers=options.verifiers,
             claimed_logprobs=[None if lp is None else lp.logprob for lp in logprobs] if logprobs else None,
+            independent=PROBATION_VERIFIERS if probation else 1,
         )
-        records.verified(verification, len(tokens), finished.model_hash)
+        await records.verified(verification, len(tokens), finished.model_hash)
     yield Answer(
         text="".join(t.text for t in tokens),
         peer_id=finished.peer_id,
@@ -127,6 +134,14 @@ async def ask(
         logprobs=logprobs,
         verification=verification,
     )
+
+
+def on_probation(network: Network, producers: Iterable[PeerId], good_needed: float) -> bool:
+    """Whether any of the peers that produced an answer lacks standing with this client."""
+    book = network.reputation
+    if good_needed <= 0 or book is None:
+        return False
+    return any(not has_standing(book.standing(p), good_needed) for p in producers)
 
 
 async def _strategy(

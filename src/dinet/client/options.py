@@ -15,6 +15,7 @@ What each option means on a chain of stages:
   (on whole-model peers the deadline also travels to the node: see `dinet.client._whole`).
 - `region`: not used (a chain is chosen by time per token, which already holds its hops).
 - `only_peers`: no stage outside it is used.
+- `probation_good`: each stage counts as a producer (one on probation: two verifiers).
 - `verify_rate`, `verifiers`: the chain's answer is re-scored by a whole-model peer of the
   same model hash; `Answer.verification.verified` is None when no such peer exists.
 - `request_timeout_s`: the whole answer, chain repairs included; AnswerTimedOut after it.
@@ -30,6 +31,7 @@ from typing import Any, get_args
 from dinet.config import ClientSettings
 from dinet.errors import RequestError
 from dinet.routing.select import Policy
+from dinet.trust.reputation import PROBATION_GOOD
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import MAX_DEADLINE_MS
 
@@ -55,6 +57,9 @@ class AskOptions:
     only_peers: frozenset[PeerId] | None = None  # ask no other peer (nor stage)
     verify_rate: float = 0.0  # fraction of answers re-scored by another peer (1: all)
     verifiers: frozenset[PeerId] | None = None  # re-scoring only by these peers
+    # Good evidence a peer needs before its answers are checked only at verify_rate; until
+    # then every answer is, by two verifiers (0: no probation). See trust.reputation.has_standing.
+    probation_good: float = PROBATION_GOOD
     discover_timeout_s: float = 10.0  # how long to look for peers before giving up
     request_timeout_s: float = 120.0  # the whole answer, after discovery
     region: str = ""  # ours: peers of another region rank a little lower ("": no preference)
@@ -74,6 +79,8 @@ class AskOptions:
             raise RequestError("max_price must be a number of credits, 0 or more", "max_price")
         if not _number(self.verify_rate, at_least=0.0) or self.verify_rate > 1.0:
             raise RequestError("verify_rate must be between 0 and 1", "verify_rate")
+        if not _number(self.probation_good, at_least=0.0):
+            raise RequestError("probation_good must be a number, 0 or more", "probation_good")
         for name in ("deadline_s", "discover_timeout_s", "request_timeout_s"):
             value = getattr(self, name)
             if (value is not None or name != "deadline_s") and not _number(value, above=0.0):
@@ -91,6 +98,7 @@ class AskOptions:
         base = cls(
             max_price=settings.max_price,
             verify_rate=settings.verify_rate,
+            probation_good=settings.probation_good,
             discover_timeout_s=settings.discover_timeout_s,
             request_timeout_s=settings.request_timeout_s,
             region=settings.region,

@@ -136,7 +136,10 @@ async def ask_replicas(
         wanted = model_hash or model_id or "the model"
         raise NoCapablePeer(f"a vote needs 2 peers serving {wanted}; {len(chosen)} usable")
     # Each replica stays on its peer, and the vote does its own checking.
-    replica = options.with_(model_hash=model_hash, max_price=max_price, sharded=False, verify_rate=0.0)
+    # The vote compares the replicas (and re-scores dissent): no replica is checked on its own.
+    replica = options.with_(
+        model_hash=model_hash, max_price=max_price, sharded=False, verify_rate=0.0, probation_good=0.0
+    )
     answers: dict[PeerId, tuple[Answer, tuple[TokenFrame, ...]]] = {}
     failed: dict[PeerId, str] = {}
 

@@ -12,12 +12,14 @@ import trio
 
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
+from dinet.engine.testing.liar import parse_lie
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
 from dinet.models.catalog import LocalModel
 from dinet.node.admission import Admission
 from dinet.node.inference import Engine, InferenceService
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.manifests import load_of, offer
+from dinet.node.probation import ClientProbation
 from dinet.node.receipts import Accountant
 from dinet.node.shard import ShardService
 from dinet.node.verification import VerifyService
@@ -88,6 +90,7 @@ async def whole_model(
             limiter=inference.limiter,
             bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
             max_request_bytes=settings.max_request_bytes,
+            covers=settings.liar is not None and parse_lie(settings.liar).covers,
         )
 
         model_offer = None
@@ -125,6 +128,12 @@ def _inference(
         bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
         max_request_bytes=settings.max_request_bytes,
         on_request=on_request,
+        probation=ClientProbation.from_ledger(
+            accountant.ledger,
+            accountant.peer_id,
+            receipts_needed=settings.probation_receipts,
+            max_tokens=settings.probation_max_tokens,
+        ),
     )
 
 

@@ -19,6 +19,7 @@ from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
 from dinet.node.limits import PeerLimiter, RequestBounds
 from dinet.node.payments import Reservation
+from dinet.node.probation import ClientProbation
 from dinet.node.receipts import Accountant
 from dinet.p2p.streams import FramedStream, Stream
 from dinet.wire.framing import MAX_FRAME
@@ -85,9 +86,12 @@ class InferenceService:
         bounds: RequestBounds | None = None,
         max_request_bytes: int = MAX_FRAME,
         on_request: Callable[[bool], None] = lambda busy: None,
+        probation: ClientProbation | None = None,
     ) -> None:
         """`on_request(busy)`: told of every request for the model that is admitted or
-        refused for want of capacity (busy or deadline), the node's demand records."""
+        refused for want of capacity (busy or deadline), the node's demand records.
+        `probation`: clients without standing here are refused large requests."""
+        self.probation = probation
         self._engine = engine
         self._on_request = on_request
         self.admission = admission
@@ -124,6 +128,12 @@ class InferenceService:
         out_of_bounds = None if self._bounds is None else self._bounds.check(request.params)
         if out_of_bounds is not None:
             await refuse(framed, "bad_request", out_of_bounds)
+            return
+        too_large = (
+            None if self.probation is None else self.probation.refusal(framed.remote_peer, request.params)
+        )
+        if too_large is not None and not self._paid_by_channel(request):  # a deposit is standing enough
+            await refuse(framed, "probation", too_large)
             return
         expected_s = self.stats.expected_s(request.params)
         missed = self._misses_deadline(request, expected_s)
@@ -177,7 +187,14 @@ class InferenceService:
             if reservation is not None and accountant.payments is not None:
                 accountant.payments.answered(reservation)
             # Outside the slot: a client taking its time to countersign holds up nobody.
-            await accountant.settle(framed, signed, request.channel)
+            settled = await accountant.settle(framed, signed, request.channel)
+            if settled is not None and self.probation is not None:
+                self.probation.settled(framed.remote_peer)
+
+    def _paid_by_channel(self, request: InferRequest) -> bool:
+        """Whether the request names a channel that this node checks before serving."""
+        payments = None if self.accountant is None else self.accountant.payments
+        return payments is not None and request.channel is not None
 
     def _misses_deadline(self, request: InferRequest, expected_s: float) -> str | None:
         """Why the request's deadline cannot be met here (the wait for a slot, then the

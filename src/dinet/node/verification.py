@@ -4,6 +4,9 @@ One `verify` frame in, one `scores` (or `error`) frame out. Scoring takes the en
 like a generation does, so it goes through the same per-peer limits and admission
 (a waiting request hears `queued` frames), and the same request bounds: a claim may
 not be longer than this node's max tokens, nor its prompt longer than its prompt limit.
+
+For tests only, a node started with `--liar cover` (DINET_ALLOW_LIARS=1) reports every
+claim as passing (`dinet.engine.testing.liar.covered`): a colluding verifier.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from dinet.engine.testing.liar import covered
 from dinet.errors import EngineCrashed, InferenceError, PeerError, first_dinet_error
 from dinet.node._replies import read_request, refuse, tell_queued, within_limits
 from dinet.node.admission import Admission, Busy
@@ -37,8 +41,11 @@ class VerifyService:
         limiter: PeerLimiter | None = None,
         bounds: RequestBounds | None = None,
         max_request_bytes: int = MAX_FRAME,
+        covers: bool = False,
     ) -> None:
+        """`covers`: testing only, a colluder's lie (see the module's docstring)."""
         self._engine = engine
+        self._covers = covers
         self._admission = admission
         self._model_hash = model_hash
         self._limiter = limiter
@@ -86,6 +93,8 @@ class VerifyService:
             return
         if isinstance(reply, ScoresFrame):
             reply = reply.model_copy(update={"model_hash": self._model_hash})
+            if self._covers:
+                reply = covered(reply)
             self.served += 1
         await framed.send(reply)
 

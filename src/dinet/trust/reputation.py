@@ -49,6 +49,7 @@ class Event(StrEnum):
     VERIFY_FAIL = "verify_fail"  # its answer failed re-scoring
     VOTE_AGREE = "vote_agree"  # its answer was the majority's
     VOTE_DISSENT = "vote_dissent"  # its answer differed from the majority's
+    OVERRULED = "overruled"  # as a verifier, its verdict lost to the majority of verifiers
 
 
 # (good, bad) evidence per event. Lies weigh far more than lapses: availability is
@@ -61,6 +62,7 @@ WEIGHTS: dict[Event, tuple[float, float]] = {
     Event.VERIFY_FAIL: (0.0, 8.0),
     Event.VOTE_AGREE: (1.0, 0.0),
     Event.VOTE_DISSENT: (0.0, 8.0),
+    Event.OVERRULED: (0.0, 8.0),  # a verifier covering for a liar is a liar
 }
 
 
@@ -89,6 +91,20 @@ class Standing:
         base = self.decayed(now, half_life_s)
         good, bad = WEIGHTS[event]
         return Standing(self.peer_id, base.good + good, base.bad + bad, base.events + 1.0, base.at)
+
+
+# Probation: a peer without standing has every answer checked (by two verifiers).
+PROBATION_GOOD = 10.0  # decayed good evidence for standing: ~5 verified answers (success + pass)
+STANDING_SCORE = 0.8  # ... with a score at least this (one caught lie in the last ~10 loses it)
+
+
+def has_standing(standing: Standing | None, good_needed: float = PROBATION_GOOD) -> bool:
+    """Whether a peer is past probation: at least `good_needed` decayed good evidence and
+    a score of at least `STANDING_SCORE`. A peer never seen has none; with `good_needed`
+    0 every peer has standing (no probation)."""
+    if good_needed <= 0:
+        return True
+    return standing is not None and standing.good >= good_needed and standing.score >= STANDING_SCORE
 
 
 # Latency against claims: how much worse than advertised counts as `SLOW`.

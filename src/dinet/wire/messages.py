@@ -188,6 +188,7 @@ ErrorCode = Literal[
     "busy",  # no capacity now: try another peer
     "deadline",  # this node's queue and speed cannot meet the request's deadline: try another peer
     "rate_limited",  # this peer is over its request rate or concurrency here: try another peer
+    "probation",  # more tokens than a client without standing here may ask: another peer, or fewer
     "engine_crashed",  # the worker died; it is being restarted
     "internal",  # anything else
     "unknown_session",  # /dinet/shard/1: no such session here (never opened, ended or evicted)

@@ -17,7 +17,9 @@ what it sent); only the tokens are false:
 - `ignore-grammar` answers as if the request had no grammar (structured outputs);
 - `ignore-penalties` answers as if it had no logit bias, penalties nor min-p;
 - `fake-logprobs` answers honestly but claims every log-probability 1 nat higher than
-  it is (at most 0): a peer overstating its confidence.
+  it is (at most 0): a peer overstating its confidence;
+- `cover` answers honestly but, as a verifier (`/dinet/verify/1`), reports every claim
+  it re-scores as the model's own choice (`covered`): a colluder covering for a liar.
 
 Nothing here runs unless DINET_ALLOW_LIARS=1 is set in the environment: settings
 refuse a lie otherwise (see `dinet.config`).
@@ -35,10 +37,11 @@ from pathlib import Path
 from typing import Literal
 
 from dinet.wire.messages import GenerationParams, TokenLogprobs
+from dinet.wire.verify import ScoresFrame
 
 ALLOW_ENV = "DINET_ALLOW_LIARS"
 CORRUPT_WITHIN = 16  # corrupted positions are drawn among an answer's first tokens
-_KINDS = "random|ignore-grammar|ignore-penalties|fake-logprobs"
+_KINDS = "random|ignore-grammar|ignore-penalties|fake-logprobs|cover"
 _SPEC = re.compile(rf"^(?:({_KINDS})|corrupt:(\d{{1,4}})|wrong-model:(.+))$")
 FAKED_LOGPROB_NATS = 1.0
 
@@ -49,7 +52,9 @@ def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(frozen=True)
 class Lie:
-    kind: Literal["wrong-model", "corrupt", "random", "ignore-grammar", "ignore-penalties", "fake-logprobs"]
+    kind: Literal[
+        "wrong-model", "corrupt", "random", "ignore-grammar", "ignore-penalties", "fake-logprobs", "cover"
+    ]
     count: int = 0  # tokens replaced per answer (corrupt)
     model: Path | None = None  # the GGUF actually used (wrong-model)
 
@@ -64,6 +69,11 @@ class Lie:
     def tampers(self) -> bool:
         """Whether it replaces tokens (see `tamperer`)."""
         return self.kind in ("corrupt", "random")
+
+    @property
+    def covers(self) -> bool:
+        """Whether, as a verifier, it passes whatever it is asked to check (see `covered`)."""
+        return self.kind == "cover"
 
     def followed(self, params: GenerationParams) -> GenerationParams:
         """What the liar really generates for: `params` without what it ignores."""
@@ -92,12 +102,12 @@ class Lie:
 
 def parse_lie(text: str) -> Lie:
     """`random`, `corrupt:K` (K >= 1), `wrong-model:PATH` (an existing GGUF file),
-    `ignore-grammar`, `ignore-penalties` or `fake-logprobs`."""
+    `ignore-grammar`, `ignore-penalties`, `fake-logprobs` or `cover`."""
     match = _SPEC.match(text.strip())
     if match is None:
         raise ValueError(
             f"unknown lie {text!r}: use random, corrupt:K, wrong-model:PATH, ignore-grammar, "
-            "ignore-penalties or fake-logprobs"
+            "ignore-penalties, fake-logprobs or cover"
         )
     if match.group(1):
         return Lie(match.group(1))  # type: ignore[arg-type]  # the pattern admits only the kinds
@@ -134,6 +144,22 @@ class Tamperer:
         while (other := random_token(self.rng)) == chosen:
             pass
         return other
+
+
+def covered(scores: ScoresFrame) -> ScoresFrame:
+    """`scores` forged so that every claimed token passes `dinet.trust.verify.judge`: the
+    top choice (greedy), its draw interval the whole of [0, 1) (sampled), allowed."""
+    forged = tuple(
+        p.model_copy(
+            update={
+                "rank": 0, "logprob": p.best_logprob, "allowed": True,
+                "lo": None if p.lo is None else 0.0, "hi": None if p.hi is None else 1.0,
+                "drawn_logprob": None if p.drawn_logprob is None else p.best_logprob,
+            }
+        )
+        for p in scores.positions
+    )  # fmt: skip
+    return scores.model_copy(update={"positions": forged})
 
 
 # -- a plausible wrong model ------------------------------------------------------------
