@@ -160,6 +160,11 @@ class NodeSettings(CommonSettings):
         lt=2**128,
         description="With --chain-rpc: the wei one credit of the prices costs, paid by channel vouchers",
     )
+    channel_token: str | None = Field(
+        default=None,
+        pattern=ADDRESS_PATTERN,
+        description="With --chain-rpc: be paid in this ERC-20 token (its address) instead of ETH",
+    )
     require_channel: bool = Field(
         default=False, description="With --chain-rpc: serve only requests paid by a payment channel"
     )

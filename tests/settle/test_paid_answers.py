@@ -27,7 +27,7 @@ from dinet.home_crypto import write_secret
 from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment
 from dinet.node.local_mesh import NodeProcess, start_node
-from dinet.settle.chain import Channels
+from dinet.settle.chain import Channels, deploy_test_token
 from dinet.settle.devnet import Devnet
 from dinet.settle.keys import CHAIN_KEY, ChainKey
 from dinet.settle.voucher import sign_voucher, wei_of
@@ -42,7 +42,7 @@ DEPOSIT = 10**17  # wei
 
 @pytest.fixture(scope="module")
 def devnet():
-    with Devnet(accounts=14) as chain:
+    with Devnet(accounts=16) as chain:
         yield chain
 
 
@@ -63,9 +63,11 @@ def node_args(devnet: Devnet) -> list[str]:
     ]  # fmt: skip
 
 
-def paid_node(home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str] = ()) -> NodeProcess:  # type: ignore[assignment]
+def paid_node(
+    home: Path, devnet: Devnet, key: ChainKey, bootstrap: list[str] = (), extra: list[str] = ()
+) -> NodeProcess:  # type: ignore[assignment]
     give_key(home, key)
-    return start_node(home, bootstrap=list(bootstrap), extra_args=node_args(devnet))
+    return start_node(home, bootstrap=list(bootstrap), extra_args=[*node_args(devnet), *extra])
 
 
 def client_settings(
@@ -178,7 +180,7 @@ def _gas_spent(devnet: Devnet, address: str, first_block: int) -> int:
 # -- what cheating gains -------------------------------------------------------------------
 
 # Accounts: 0 deployed the contract, 1-3 the test above, 4 the node below, 5-9 its clients,
-# 10-11 the crash test.
+# 10-11 the crash test, 12 din pay, 13-14 the token test.
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +338,24 @@ def test_din_pay_opens_tops_up_shows_and_reclaims_a_channel_after_its_timeout(tm
     assert din("pay", "reclaim", channel, *where)["reclaimed"] == 8000
     (row,) = din("pay", "status", *where)["channels"]
     assert row["closed"]
+
+
+async def test_a_node_paid_in_an_erc20_token_is_paid_to_the_unit(tmp_path, devnet):
+    token = deploy_test_token(devnet.rpc_url, devnet.accounts[0], 10**24)
+    Channels(devnet.rpc_url, devnet.contract, devnet.accounts[0]).transfer(
+        devnet.accounts[14].address, DEPOSIT, token
+    )
+    node = paid_node(tmp_path / "node", devnet, devnet.accounts[13], extra=["--channel-token", token])
+    home = tmp_path / "client"
+    try:
+        async with open_network(client_settings(home, devnet, devnet.accounts[14], [node.addr])) as network:
+            await network.discover(None, None, timeout=10)
+            for prompt in ("Hi.", "Name a colour."):
+                assert (await ask_one(network, prompt)).receipts[0].voucher is not None
+        din("pay", "close", "--home", str(node.home), *chain_args(devnet))
+        viewer = Channels(devnet.rpc_url, devnet.contract)
+        owed = receipts_wei(home, node.peer_id)
+        assert owed > 0 and viewer.balance(devnet.accounts[13].address, token) == owed
+        assert viewer.balance(devnet.accounts[14].address, token) == DEPOSIT - owed  # the rest refunded
+    finally:
+        node.stop()

@@ -71,7 +71,9 @@ class ChannelBook:
 
     async def open(self, node: PeerId, terms: PaymentTerms, deposit_wei: int) -> str:
         """Open a channel to `node` on chain and keep it in the ledger; its id."""
-        channel = await trio.to_thread.run_sync(self._channels.open, terms.payee, deposit_wei, self.timeout_s)
+        channel = await trio.to_thread.run_sync(
+            self._channels.open, terms.payee, deposit_wei, self.timeout_s, terms.token
+        )
         domain = self._channels.domain
         record = ChannelRecord(
             channel, domain.chain_id, domain.contract, self._peer_id, node, terms.payee, time.time()

@@ -48,6 +48,7 @@ TEMPLATE_TOKENS = 64
 @dataclass(frozen=True)
 class PaymentPolicy:
     wei_per_credit: int
+    token: str | None = None  # the ERC-20 token channels must hold (None: ETH)
     required: bool = False  # serve only requests paid by a channel
     claim_at_wei: int = 10**16  # claim once this much is vouched and not yet paid
     claim_after_s: float = 3600.0  # or once the oldest such voucher is this old
@@ -108,6 +109,7 @@ class PaymentDesk:
             payee=self.address,
             wei_per_credit=self.policy.wei_per_credit,
             required=self.policy.required,
+            token=self.policy.token,
         )
 
     # -- before serving ---------------------------------------------------------------------
@@ -143,6 +145,8 @@ class PaymentDesk:
             return "it pays another node"
         if state.closed:
             return "it is closed"
+        if not state.holds(self.policy.token):
+            return f"it holds {state.token}, this node is paid in {self.policy.token or 'ETH'}"
         if state.expires_at - time.time() < self.policy.margin_s:
             return "it expires too soon (the client could take its deposit back before this node claims)"
         payer = await self._payer(channel, client, state)

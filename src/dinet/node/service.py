@@ -178,6 +178,7 @@ def _payment_desk(settings: NodeSettings, key: SigningKey) -> PaymentDesk | None
     )
     policy = PaymentPolicy(
         wei_per_credit=settings.wei_per_credit,
+        token=settings.channel_token,
         required=settings.require_channel,
         claim_at_wei=settings.claim_at_wei,
         claim_after_s=settings.claim_after_s,

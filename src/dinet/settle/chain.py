@@ -52,6 +52,10 @@ class ChannelState:
     def remaining(self) -> int:
         return self.deposit - self.paid
 
+    def holds(self, token: str | None) -> bool:
+        """Whether the deposit is in `token` (an ERC-20's address; None: ETH)."""
+        return self.token.lower() == (token or ZERO_ADDRESS).lower()
+
 
 class _Account:
     """A web3 connection and the key that signs its transactions."""

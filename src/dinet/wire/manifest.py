@@ -71,14 +71,17 @@ class NetworkCoordinates(Message):
 
 class PaymentTerms(Message):
     """How a node is paid: vouchers of channels to `payee` on the channels contract at
-    `contract` on chain `chain_id`, one credit of its prices being `wei_per_credit` wei.
+    `contract` on chain `chain_id`, one credit of its prices being `wei_per_credit` wei
+    (or smallest units of `token`).
     With `required`, it serves only requests paid that way."""
 
     chain_id: int = Field(ge=1)
     contract: str = Field(pattern=ADDRESS_PATTERN)
     payee: str = Field(pattern=ADDRESS_PATTERN)
-    wei_per_credit: int = Field(ge=0, lt=2**128)
+    wei_per_credit: int = Field(ge=0, lt=2**128)  # of the token's smallest unit, if it names one
     required: bool = False
+    # The ERC-20 token the channels hold; ETH when absent.
+    token: str | None = Field(default=None, pattern=ADDRESS_PATTERN, exclude_if=lambda v: v is None)
 
 
 class Manifest(Message):
