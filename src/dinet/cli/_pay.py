@@ -18,10 +18,10 @@ import typer
 from dinet.cli._common import fail, print_json
 from dinet.cli._settings import with_settings
 from dinet.client.network import open_network
+from dinet.client.payments import channel_statuses
 from dinet.config import ClientSettings
 from dinet.errors import DinetError
 from dinet.ledger import Ledger
-from dinet.ledger.store import ChannelRecord
 from dinet.p2p.identity import CLIENT_IDENTITY, NODE_IDENTITY, load_or_create_identity
 from dinet.settle.chain import Channels
 from dinet.settle.keys import load_or_create_chain_key
@@ -161,7 +161,7 @@ def status(settings: ClientSettings, json_out: Json = False) -> None:
     me = {_identity(settings, CLIENT_IDENTITY), _identity(settings, NODE_IDENTITY)}
     address = load_or_create_chain_key(settings.home).address
     with Ledger.in_home(settings.home) as ledger:
-        rows = [_status_row(ledger, chain, record, me) for record in ledger.channels()]
+        rows = _guarded(lambda: channel_statuses(ledger, chain, me))
     if json_out:
         print_json({"address": address, "channels": rows})
         return
@@ -172,26 +172,6 @@ def status(settings: ClientSettings, json_out: Json = False) -> None:
             f"owed {row['owed']}  vouched {row['vouched']}  paid on chain {row['paid']}"
             f"{'  closed' if row['closed'] else ''}"
         )
-
-
-def _status_row(
-    ledger: Ledger, chain: Channels, record: ChannelRecord, me: set[PeerId | None]
-) -> dict[str, object]:
-    totals = ledger.channel_totals(record.channel)
-    state = _guarded(lambda: chain.state(record.channel))
-    paying = record.payer in me
-    return {
-        "channel": record.channel,
-        "role": "payer" if paying else "payee",
-        "peer": record.payee if paying else record.payer,
-        "deposit": state.deposit,
-        "owed": totals.owed,  # what the receipts on it sum to, in wei
-        "vouched": totals.vouched,
-        "paid": state.paid,  # settled on chain
-        "pending": max(0, totals.vouched - state.paid),
-        "expires_at": state.expires_at,
-        "closed": state.closed or record.closed,
-    }
 
 
 def _identity(settings: ClientSettings, name: str) -> PeerId | None:

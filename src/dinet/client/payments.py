@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 
 import trio
 
@@ -47,6 +48,10 @@ class ChannelBook:
         self.deposit_wei = deposit_wei
         self.timeout_s = timeout_s
         self._opening = trio.Lock()
+
+    @property
+    def chain(self) -> Channels:
+        return self._channels
 
     def pays_on(self, terms: PaymentTerms) -> bool:
         domain = self._channels.domain
@@ -91,3 +96,32 @@ class ChannelBook:
         signed = sign_voucher(self._channels.domain, channel, totals.owed + wei, key)
         voucher = ChannelVoucher(channel=channel, amount=signed.amount, signature=signed.signature)
         return ChannelPayment(channel, wei, voucher)
+
+
+def channel_statuses(
+    ledger: Ledger, chain: Channels, me: Collection[PeerId | None]
+) -> list[dict[str, object]]:
+    """Each channel of the ledger as `din pay status` and the gateway show it: as a payer
+    (one of `me` pays), what it holds and has spent; as a payee, what is settled on chain
+    (`paid`) and what is vouched but not yet claimed (`pending`). Blocks: reads the chain."""
+    rows: list[dict[str, object]] = []
+    for record in ledger.channels():
+        totals = ledger.channel_totals(record.channel)
+        state = chain.state(record.channel)
+        paying = record.payer in me
+        rows.append(
+            {
+                "channel": record.channel,
+                "role": "payer" if paying else "payee",
+                "peer": record.payee if paying else record.payer,
+                "token": None if state.holds(None) else state.token,
+                "deposit": state.deposit,
+                "owed": totals.owed,  # what the receipts on it sum to
+                "vouched": totals.vouched,
+                "paid": state.paid,  # settled on chain
+                "pending": max(0, totals.vouched - state.paid),
+                "expires_at": state.expires_at,
+                "closed": state.closed or record.closed,
+            }
+        )
+    return rows

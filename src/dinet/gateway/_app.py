@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from dinet.client.ask import Answer, ask
 from dinet.client.embed import Embeddings, embed
 from dinet.client.options import AskOptions
+from dinet.client.payments import channel_statuses
 from dinet.client.vote import ask_replicas
 from dinet.config import GatewaySettings
 from dinet.errors import ModelNotFound, NoMajority, RequestError, Unauthorized, first_dinet_error
@@ -151,6 +152,16 @@ class _Gateway:
 
     async def network_summary(self, request: Request) -> Response:
         return JSONResponse(self.view.summary(self.chains.recent(time.time())))
+
+    async def payments(self, request: Request) -> Response:
+        """This gateway's payment channels (`din pay status`): empty without a chain."""
+        network = self.view.network
+        book, ledger = network.payments, network.ledger
+        if book is None or ledger is None:
+            return JSONResponse({"channels": []})
+        me = [network.peer_id]
+        rows = await trio.to_thread.run_sync(channel_statuses, ledger, book.chain, me)
+        return JSONResponse({"channels": rows})
 
     async def network_series(self, request: Request) -> Response:
         return JSONResponse(self.series.window(time.time()))
@@ -426,6 +437,7 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),
+        Route("/api/payments", gw.endpoint("payments", gw.payments), methods=["GET"]),
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *_ollama_routes(gw),

@@ -75,7 +75,28 @@ async function refreshNetwork() {
   $("peer-count").textContent = `${plural(peers, "peer")} · ${plural(summary.groups.length, "group")}`
     + ` · ${summary.links.direct} direct · ${summary.links.relayed} relayed`;
   await refreshList(peers);
+  await refreshPayments();
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+// The gateway's payment channels (hidden when it pays and is paid by none): amounts in the
+// channel's token's smallest unit, wei for ETH.
+async function refreshPayments() {
+  const reply = await getJson("/api/payments").catch(() => null);
+  const channels = reply ? reply.channels : [];
+  $("payments").hidden = channels.length === 0;
+  $("payments").querySelector("tbody").replaceChildren(...channels.map((c) => {
+    const row = el("tr");
+    const cells = [
+      shortId(c.channel), c.role, shortId(c.peer), c.deposit, c.owed, c.paid, c.pending, c.closed ? "closed" : "open",
+    ];
+    cells.forEach((value, i) => {
+      const cell = el("td", i >= 3 && i <= 6 ? "num" : "");
+      cell.textContent = String(value);
+      row.append(cell);
+    });
+    return row;
+  }));
 }
 
 function renderMap(summary) {
