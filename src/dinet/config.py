@@ -180,6 +180,15 @@ class NodeSettings(CommonSettings):
         description="Close a channel this long before it expires (then its client may take back the rest) "
         "and refuse its requests from then on",
     )
+    refuse_debt: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse clients that owe more credits unpaid than this, here and to peers that "
+        "served this home (their published debt records); requests paid by channel are served",
+    )
+    debt_every_s: float = Field(
+        default=300.0, gt=0, le=3600, description="Seconds between a node's debt records of its debtors"
+    )
     priority: bool = Field(
         default=True, description="Serve waiting clients in order of their standing (tit-for-tat)"
     )

@@ -101,6 +101,10 @@ class DemandRecordError(PeerError):
     pass
 
 
+class DebtRecordError(PeerError):
+    """A gossiped debt record that is forged, malformed or expired."""
+
+
 class BadChunk(PeerError):
     pass
 

@@ -28,6 +28,7 @@ from dinet.wire.receipt import CountersignedReceipt, ReceiptBody, receipt_id, ve
 
 LEDGER_FILE = "ledger.sqlite"
 SCHEMA_VERSION = 2  # 2: payment channels and their vouchers
+PAID_BONUS = 0.1  # standing a peer earns per credit it pays by channel
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -360,19 +361,44 @@ class Ledger:
         return Summary(mine, sum(p.earned for p in peers), sum(p.spent for p in peers), total, peers)
 
     def standing(self, peer_id: PeerId, me: Iterable[PeerId]) -> float:
-        """What `peer_id` has earned from this home minus what it has spent here."""
+        """What `peer_id` has earned from this home minus what it has spent here unpaid, plus
+        PAID_BONUS of what it paid by channel: paying earns standing, as serving does."""
+        mine = tuple(set(me))
+        marks = ",".join("?" * len(mine)) or "NULL"
+        paid = "receipt_id IN (SELECT receipt_id FROM channel_receipts)"
+        with self._lock:
+            served_us = self._served(peer_id, mine)
+            used_unpaid, used_paid = self._db.execute(
+                f"SELECT COALESCE(SUM(CASE WHEN {paid} THEN 0 ELSE amount END), 0), "
+                f"COALESCE(SUM(CASE WHEN {paid} THEN amount ELSE 0 END), 0) "
+                f"FROM receipts WHERE client = ? AND node IN ({marks})",
+                (peer_id, *mine),
+            ).fetchone()
+        return float(served_us - used_unpaid + PAID_BONUS * used_paid)
+
+    def clients_of(self, me: Iterable[PeerId]) -> list[PeerId]:
+        """The peers that `me` have served."""
         mine = tuple(set(me))
         marks = ",".join("?" * len(mine)) or "NULL"
         with self._lock:
-            served_us = self._db.execute(
+            rows = self._db.execute(
+                f"SELECT DISTINCT client FROM receipts WHERE node IN ({marks})", mine
+            ).fetchall()
+        return [PeerId(client) for (client,) in rows]
+
+    def served(self, peer_id: PeerId, me: Iterable[PeerId]) -> float:
+        """Credits `peer_id` has earned serving this home."""
+        with self._lock:
+            return self._served(peer_id, tuple(set(me)))
+
+    def _served(self, peer_id: PeerId, mine: tuple[PeerId, ...]) -> float:
+        marks = ",".join("?" * len(mine)) or "NULL"
+        return float(
+            self._db.execute(
                 f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE node = ? AND client IN ({marks})",
                 (peer_id, *mine),
             ).fetchone()[0]
-            used_us = self._db.execute(
-                f"SELECT COALESCE(SUM(amount), 0) FROM receipts WHERE client = ? AND node IN ({marks})",
-                (peer_id, *mine),
-            ).fetchone()[0]
-        return float(served_us - used_us)
+        )
 
     def verify(self, me: Iterable[PeerId] = ()) -> VerifyReport:
         """Re-check the file, every signature, every amount and the sums derived from them."""

@@ -135,6 +135,15 @@ class InferenceService:
         if too_large is not None and not self._paid_by_channel(request):  # a deposit is standing enough
             await refuse(framed, "probation", too_large)
             return
+        debts = None if self.accountant is None else self.accountant.debts
+        in_debt = (
+            None
+            if debts is None or self._paid_by_channel(request)
+            else await debts.refusal(framed.remote_peer)
+        )
+        if in_debt is not None:
+            await refuse(framed, "payment_required", in_debt)
+            return
         expected_s = self.stats.expected_s(request.params)
         missed = self._misses_deadline(request, expected_s)
         if missed is not None:

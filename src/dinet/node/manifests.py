@@ -16,6 +16,7 @@ from dinet.errors import ManifestError, PeerError, WireError
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.host import PeerHost, Subscription
 from dinet.p2p.streams import FramedStream, Stream
+from dinet.wire.debt import SignedDebt
 from dinet.wire.demand import SignedDemand
 from dinet.wire.ids import PROTOCOL_VERSION, ModelHash, PeerId, model_topic
 from dinet.wire.keys import Signer
@@ -53,10 +54,12 @@ class ManifestPublisher:
         *,
         also_follow: Collection[ModelHash] = (),
         on_demand: Callable[[SignedDemand], None] = lambda _: None,
+        on_debt: Callable[[SignedDebt], None] = lambda _: None,
     ) -> None:
         self._key = key
         self._also_follow = also_follow  # topics of models not served (yet): `--serve auto`
         self._on_demand = on_demand
+        self._on_debt = on_debt
         self._peer_id = peer_id
         self.directory = directory
         self._describe = describe  # live fields: addrs, models, load, speed, price ...
@@ -136,6 +139,9 @@ class ManifestPublisher:
             if isinstance(message, SignedDemand):
                 self._on_demand(message)
                 continue
+            if isinstance(message, SignedDebt):
+                self._on_debt(message)
+                continue
             try:
                 self.directory.add(message)
             except ManifestError as exc:
@@ -143,8 +149,8 @@ class ManifestPublisher:
 
 
 # What a model's topic carries, told apart by `kind`.
-_TOPIC_MESSAGE: TypeAdapter[SignedManifest | SignedDemand] = TypeAdapter(
-    Annotated[SignedManifest | SignedDemand, Field(discriminator="kind")]
+_TOPIC_MESSAGE: TypeAdapter[SignedManifest | SignedDemand | SignedDebt] = TypeAdapter(
+    Annotated[SignedManifest | SignedDemand | SignedDebt, Field(discriminator="kind")]
 )
 
 

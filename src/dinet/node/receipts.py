@@ -12,6 +12,7 @@ import trio
 
 from dinet.errors import BadVoucher, ChainError, FrameTooLarge, LedgerError, MalformedMessage
 from dinet.ledger import Ledger
+from dinet.node.debts import DebtDesk
 from dinet.node.payments import PaymentDesk
 from dinet.p2p.streams import FramedStream
 from dinet.wire.ids import ModelHash, PeerId, RequestId
@@ -58,6 +59,7 @@ class Accountant:
         allowance: float = 0.0,
         priority: bool = True,
         payments: PaymentDesk | None = None,
+        debts: DebtDesk | None = None,
     ) -> None:
         self._key = key
         self.peer_id = peer_id
@@ -67,6 +69,7 @@ class Accountant:
         self.allowance = allowance
         self.priority = priority
         self.payments = payments
+        self.debts = debts
 
     def issue(
         self,

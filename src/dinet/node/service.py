@@ -20,6 +20,7 @@ from dinet.node._serving import Serving, fake_model, findable, model_stage, no_e
 from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, prepare_model
+from dinet.node.debts import DebtDesk
 from dinet.node.demand import DemandDesk
 from dinet.node.embedding import EmbeddingServing, embedding_served
 from dinet.node.following import following
@@ -88,12 +89,15 @@ async def serve_node(
         key, enable_mdns=settings.mdns, gate=peer_gate(settings.swarm_key, settings.allow_peers)
     )
     desk = DemandDesk(key, key.peer_id, settings, random.Random())
-    payments = await trio.to_thread.run_sync(_payment_desk, settings, key)  # reads the chain id
+    money = Money(
+        await trio.to_thread.run_sync(_payment_desk, settings, key),  # reads the chain id
+        _debt_desk(settings, key),
+    )
     if settings.no_model:
         serving = no_engine()
     elif settings.fake_engine:  # benchmarks only
         serving = fake_model(
-            settings, _accountant(settings, key, payments), lambda model, busy: desk.saw(model, busy=busy)
+            settings, _accountant(settings, key, money), lambda model, busy: desk.saw(model, busy=busy)
         )
     elif settings.serve == "auto":
         serving = serving_auto(
@@ -101,20 +105,20 @@ async def serve_node(
             lambda model: (
                 no_engine()
                 if model is None
-                else _model_served(_serving_model(settings, model), key, host, desk, payments)
+                else _model_served(_serving_model(settings, model), key, host, desk, money)
             ),
             desk,
         )
     elif settings.follow:
         serving = following(
             settings,
-            lambda model: _model_served(_serving_model(settings, model), key, host, desk, payments),
+            lambda model: _model_served(_serving_model(settings, model), key, host, desk, money),
         )
     else:
-        serving = _model_served(settings, key, host, desk, payments)
+        serving = _model_served(settings, key, host, desk, money)
     embedding_accountant = _accountant(settings, key) if settings.embedding_model is not None else None
     async with serving as served, embedding_served(settings, embedding_accountant) as embedding:
-        await _run(settings, key, host, served, desk, task_status, embedding, payments)
+        await _run(settings, key, host, served, desk, task_status, embedding, money)
 
 
 def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSettings:
@@ -124,7 +128,7 @@ def _serving_model(settings: NodeSettings, model: ModelHash | None) -> NodeSetti
 
 @asynccontextmanager
 async def _model_served(
-    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk, payments: PaymentDesk | None
+    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk, money: Money
 ) -> AsyncIterator[Serving]:
     """The node's model, imported or pulled from peers, served by its engine (or as a
     pipeline stage), its bytes kept healthy and shared with peers."""
@@ -135,7 +139,7 @@ async def _model_served(
             settings.liar,
             model_hash,
         )
-    accountant = _accountant(settings, key, payments)
+    accountant = _accountant(settings, key, money)
     serving_context = (
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
@@ -150,11 +154,26 @@ async def _model_served(
         )
 
 
-def _accountant(settings: NodeSettings, key: SigningKey, payments: PaymentDesk | None = None) -> Accountant:
-    """Who signs this node's receipts and keeps its ledger (and its channels' vouchers)."""
+@dataclass(frozen=True)
+class Money:
+    """What a node's accountants share: its payment channels (if it takes them) and its
+    book of debts (its own debtors, and those that peers of standing publish)."""
+
+    payments: PaymentDesk | None
+    debts: DebtDesk
+
+
+def _home_ids(settings: NodeSettings, key: SigningKey) -> list[PeerId]:
+    """The peer ids this home answers for: its node and, if it has one, its client."""
     me = [key.peer_id]
     if (settings.home / CLIENT_IDENTITY).exists():  # this home's own questions earn its peers standing
         me.append(load_or_create_identity(settings.home, CLIENT_IDENTITY).peer_id)
+    return me
+
+
+def _accountant(settings: NodeSettings, key: SigningKey, money: Money | None = None) -> Accountant:
+    """Who signs this node's receipts and keeps its ledger (and its channels' vouchers)."""
+    me = _home_ids(settings, key)
     return Accountant(
         key,
         key.peer_id,
@@ -163,7 +182,20 @@ def _accountant(settings: NodeSettings, key: SigningKey, payments: PaymentDesk |
         me,
         allowance=settings.free_allowance,
         priority=settings.priority,
-        payments=payments,
+        payments=None if money is None else money.payments,
+        debts=None if money is None else money.debts,
+    )
+
+
+def _debt_desk(settings: NodeSettings, key: SigningKey) -> DebtDesk:
+    return DebtDesk(
+        key,
+        key.peer_id,
+        Ledger.in_home(settings.home),
+        _home_ids(settings, key),
+        allowance=settings.free_allowance,
+        every_s=settings.debt_every_s,
+        refuse_over=settings.refuse_debt,
     )
 
 
@@ -221,12 +253,13 @@ async def _run(
     desk: DemandDesk,
     task_status: trio.TaskStatus[NodeStarted],  # type: ignore[name-defined]
     embedding: EmbeddingServing | None = None,
-    payments: PaymentDesk | None = None,
+    money: Money | None = None,
 ) -> None:
     """What every node does, whatever it serves: listen, join, keep the DHT and a bounded
     set of connections, gossip its manifest on its model's topic, pass manifests on,
     publish the demand it sees, and say what it is in its node file."""
     peer_id = key.peer_id
+    payments = None if money is None else money.payments
     directory = PeerDirectory(peer_id, lambda m: host.remember_addrs(m.peer_id, m.addrs))
     coordinates = CoordinateBook(directory.get)
     host.on_rtt(coordinates.sample)
@@ -262,7 +295,13 @@ async def _run(
         )
 
     publisher = ManifestPublisher(
-        key, peer_id, directory, describe, also_follow=desk.watched, on_demand=desk.heard
+        key,
+        peer_id,
+        directory,
+        describe,
+        also_follow=desk.watched,
+        on_demand=desk.heard,
+        on_debt=(lambda _: None) if money is None else money.debts.heard,
     )
     handlers = {**serving.handlers, **(embedding.handlers if embedding is not None else {})}
     for protocol, handle in handlers.items():
@@ -297,6 +336,10 @@ async def _run(
             nursery.start_soon(joiner.follow_mdns)
         if payments is not None:
             nursery.start_soon(payments.run)
+        if money is not None:
+            nursery.start_soon(
+                money.debts.publish, host, lambda: serving.model_hash if serving.offer else None
+            )
         started = now()
         _write_node_file(settings, started)
         nursery.start_soon(_keep_node_file, settings, started, now)
