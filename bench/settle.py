@@ -8,8 +8,13 @@
 3. Requests served per on-chain transaction: a channel of R requests, each paid by a
    voucher checked off-chain, settled by open + close (2 transactions), and what that
    costs in gas per request.
+4. The whole payment work of one request, as the node and the client do it (no network):
+   the node admits it on its channel (ledger reads, the channel's state cached), the client
+   signs the voucher and keeps it with the receipt, the node checks it and keeps both; beside
+   the same receipt kept unpaid on both sides (what a request costs without a channel).
+   Alternated, medians.
 
-    .venv/bin/python bench/settle.py [--vouchers 2000] [--requests 1000]
+    .venv/bin/python bench/settle.py [--vouchers 2000] [--requests 1000] [--answers 300]
 """
 
 from __future__ import annotations
@@ -17,14 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import trio
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from dinet.client.payments import ChannelBook
+from dinet.ledger import Ledger
+from dinet.node.payments import PaymentDesk, PaymentPolicy
 from dinet.settle import ChainKey, ChannelDomain, sign_voucher, voucher_signer
 from dinet.settle.chain import Channels, deploy_test_token
 from dinet.settle.devnet import Devnet
+from dinet.wire.keys import SigningKey
+from dinet.wire.messages import ChatMessage, CountersignedReceipt, GenerationParams, InferRequest
+from dinet.wire.receipt import ReceiptBody, charge, countersign, output_hash, sign_receipt
 
 DOMAIN = ChannelDomain(chain_id=1337, contract="0x" + "ab" * 20)
 CHANNEL = "0x" + "cd" * 32
@@ -144,10 +158,85 @@ def per_request(devnet: Devnet, requests: int) -> dict[str, float]:
     }
 
 
+def answer_receipts(n: int, node: SigningKey, client: SigningKey) -> list[CountersignedReceipt]:
+    out = []
+    for i in range(n):
+        body = ReceiptBody(
+            request_id=f"req-{i}", request_hash="ab" * 32, model_hash="cd" * 32, node=node.peer_id,
+            client=client.peer_id, prompt_tokens=30, completion_tokens=64, first_index=0,
+            price_per_prompt_token=1e-6, price_per_token=2e-5, amount=charge(30, 64, 1e-6, 2e-5),
+            output_hash=output_hash(range(64)), issued_at=time.time(),
+        )  # fmt: skip
+        out.append(countersign(sign_receipt(body, node), client))
+    return out
+
+
+def node_and_client(devnet: Devnet, answers: int) -> dict[str, float]:
+    """Per request: the node's admission and voucher check and both ledgers' writes, paid by
+    a channel vs. unpaid (ms, medians of alternated requests)."""
+    sender, payee = devnet.accounts[1], devnet.accounts[2]
+    node_key, client_key = SigningKey.generate(), SigningKey.generate()
+    request = InferRequest(
+        request_id="r",
+        params=GenerationParams(messages=(ChatMessage(role="user", content="Hi " * 40),), max_tokens=64),
+    )
+    rate = 10**12  # wei per credit
+    paid_ms: list[float] = []
+    unpaid_ms: list[float] = []
+
+    async def run(tmp: Path) -> None:
+        client_channels = Channels(devnet.rpc_url, devnet.contract, sender)
+        channel = client_channels.open(payee.address, 10**18, 3600)
+        node_ledger = Ledger(tmp / "node.sqlite")
+        desk = PaymentDesk(
+            Channels(devnet.rpc_url, devnet.contract, payee), node_ledger, node_key.peer_id,
+            PaymentPolicy(wei_per_credit=rate), lambda: (1e-6, 2e-5),
+        )  # fmt: skip
+        client_ledger = Ledger(tmp / "client.sqlite")
+        book = ChannelBook(client_channels, client_ledger, client_key.peer_id)
+        terms = desk.terms()
+        plain_node, plain_client = Ledger(tmp / "node-plain.sqlite"), Ledger(tmp / "client-plain.sqlite")
+        await desk.admit(
+            client_key.peer_id, request.model_copy(update={"channel": channel})
+        )  # warms the cache
+        receipts = answer_receipts(2 * answers, node_key, client_key)
+        for i, receipt in enumerate(receipts):
+            body = ReceiptBody.model_validate_json(receipt.body)
+            t0 = time.perf_counter()
+            if i % 2 == 0:
+                reservation = await desk.admit(
+                    client_key.peer_id, request.model_copy(update={"channel": channel})
+                )
+                assert not isinstance(reservation, str) and reservation is not None, reservation
+                paid = await book.payment(channel, body, terms)
+                client_ledger.record(receipt.model_copy(update={"voucher": paid.voucher}), paid)
+                desk.answered(reservation)
+                payment = await desk.payment_for(body, channel, paid.voucher)
+                assert payment.voucher is not None
+                node_ledger.record(receipt, payment)
+                desk.release(reservation)
+                paid_ms.append((time.perf_counter() - t0) * 1000)
+            else:
+                plain_client.record(receipt)
+                plain_node.record(receipt)
+                unpaid_ms.append((time.perf_counter() - t0) * 1000)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(run, Path(tmp))
+    paid, unpaid = statistics.median(paid_ms), statistics.median(unpaid_ms)
+    return {
+        "answers": answers,
+        "paid_ms": round(paid, 3),
+        "unpaid_ms": round(unpaid, 3),
+        "extra_ms": round(paid - unpaid, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vouchers", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--answers", type=int, default=300)
     args = parser.parse_args()
 
     vouchers = voucher_costs(args.vouchers)
@@ -166,6 +255,7 @@ def main() -> None:
         eth_gas = gas_costs(devnet, None)
         token_gas = gas_costs(devnet, token)
         settled = per_request(devnet, args.requests)
+        work = node_and_client(devnet, args.answers)
 
     print("\nGas per call (ganache 7.9.2, shanghai; ERC-20 open/top-up include the approve)")
     print(f"{'call':14}{'ETH':>10}{'ERC-20':>10}")
@@ -177,7 +267,23 @@ def main() -> None:
         f"{settled['gas_per_request']} gas per request, "
         f"{settled['off_chain_us_per_request']} us off-chain per request (sign + check)"
     )
-    print(json.dumps({"vouchers": vouchers, "gas_eth": eth_gas, "gas_erc20": token_gas, "channel": settled}))
+    print(
+        f"\nOne request's payment work, node and client, median of {work['answers']} each, alternated:\n"
+        f"{'paid by a channel':24}{work['paid_ms']:>9} ms\n"
+        f"{'unpaid (receipts only)':24}{work['unpaid_ms']:>9} ms\n"
+        f"{'extra for the channel':24}{work['extra_ms']:>9} ms   (target: under 2 ms)"
+    )
+    print(
+        json.dumps(
+            {
+                "vouchers": vouchers,
+                "gas_eth": eth_gas,
+                "gas_erc20": token_gas,
+                "channel": settled,
+                "per_request": work,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
