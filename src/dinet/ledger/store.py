@@ -260,11 +260,17 @@ class Ledger:
         with self._lock, self._writing():
             self._db.execute("UPDATE channels SET closed = 1 WHERE channel = ?", (channel,))
 
-    def channels(self, *, payer: PeerId | None = None, payee: PeerId | None = None) -> list[ChannelRecord]:
-        """Channels known to this home, oldest first, those of `payer` / `payee` if named."""
-        query = "SELECT * FROM channels WHERE (? IS NULL OR payer = ?) AND (? IS NULL OR payee = ?)"
+    def channels(
+        self, *, payer: PeerId | None = None, payee: PeerId | None = None, channel: str | None = None
+    ) -> list[ChannelRecord]:
+        """Channels known to this home, oldest first: those of `payer` / `payee`, or `channel`,
+        if named."""
+        query = (
+            "SELECT * FROM channels WHERE (? IS NULL OR payer = ?) AND (? IS NULL OR payee = ?) "
+            "AND (? IS NULL OR channel = ?) ORDER BY opened_at"
+        )
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY opened_at", (payer, payer, payee, payee)).fetchall()
+            rows = self._db.execute(query, (payer, payer, payee, payee, channel, channel)).fetchall()
         return [
             ChannelRecord(
                 channel=row[0], chain_id=row[1], contract=row[2], payer=PeerId(row[3]), payee=PeerId(row[4]),

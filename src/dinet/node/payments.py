@@ -129,8 +129,8 @@ class PaymentDesk:
                 await self._vouched[channel].wait()
         async with self._lock:
             problem = await self._problem(client, channel, worst, fresh=False)
-            if problem is not None and "deposit" in problem:
-                problem = await self._problem(client, channel, worst, fresh=True)  # topped up since?
+            if problem is not None:  # the chain may have moved on since it was read (a top-up)
+                problem = await self._problem(client, channel, worst, fresh=True)
             if problem is not None:
                 return f"channel {channel[:10]}: {problem}"
             self._reserved[channel] = self._reserved.get(channel, 0) + worst
@@ -162,7 +162,7 @@ class PaymentDesk:
 
     async def _payer(self, channel: str, client: PeerId, state: ChannelState) -> PeerId:
         """The client a channel serves: the first one to use it."""
-        known = [c for c in await trio.to_thread.run_sync(self._ledger.channels) if c.channel == channel]
+        known = await trio.to_thread.run_sync(lambda: self._ledger.channels(channel=channel))
         if known:
             return known[0].payer
         domain = self._channels.domain
@@ -258,7 +258,7 @@ class PaymentDesk:
         return acted
 
     async def _settle_one(self, channel: str, *, close: bool) -> bool:
-        state = await self._state(channel, fresh=True)
+        state = await self._state(channel, fresh=close)  # (a cached one is at most STATE_FRESH_S old)
         voucher = await trio.to_thread.run_sync(self._ledger.voucher, channel)
         due = 0 if voucher is None else voucher.amount - state.paid
         now = time.time()
