@@ -42,7 +42,7 @@ DEPOSIT = 10**17  # wei
 
 @pytest.fixture(scope="module")
 def devnet():
-    with Devnet(accounts=16) as chain:
+    with Devnet(accounts=17) as chain:
         yield chain
 
 
@@ -180,7 +180,7 @@ def _gas_spent(devnet: Devnet, address: str, first_block: int) -> int:
 # -- what cheating gains -------------------------------------------------------------------
 
 # Accounts: 0 deployed the contract, 1-3 the test above, 4 the node below, 5-9 its clients,
-# 10-11 the crash test, 12 din pay, 13-14 the token test.
+# 10-11 the crash test, 12 din pay, 13-14 the token test, 15 the top-up test.
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,19 @@ def paid(tmp_path_factory, devnet):
 def node_receipts_from(node: NodeProcess, client: PeerId) -> int:
     with Ledger.in_home(node.home) as ledger:
         return sum(1 for s in ledger.receipts() if s.body.client == client)
+
+
+async def test_a_channel_running_low_is_topped_up_by_the_client(tmp_path, devnet, paid):
+    settings = client_settings(tmp_path, devnet, devnet.accounts[15], [paid.addr])
+    settings = settings.model_copy(update={"channel_deposit_wei": 6 * 10**13})  # two requests' worst case
+    async with open_network(settings) as network:
+        await network.discover(None, None, timeout=10)
+        for prompt in ("Hi.", "Name a colour.", "Hello."):
+            await ask_one(network, prompt)
+    with Ledger.in_home(tmp_path) as ledger:
+        (record,) = ledger.channels()
+    state = Channels(devnet.rpc_url, devnet.contract).state(record.channel)
+    assert state.deposit == 12 * 10**13  # topped up once, by the deposit, before the third
 
 
 async def test_a_client_without_a_channel_or_past_its_deposit_is_refused_before_serving(

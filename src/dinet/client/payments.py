@@ -29,6 +29,8 @@ from dinet.wire.receipt import ReceiptBody
 
 logger = logging.getLogger(__name__)
 
+STATE_FRESH_S = 30.0  # a channel's deposit read from the chain is trusted this long
+
 
 class ChannelBook:
     def __init__(
@@ -41,13 +43,15 @@ class ChannelBook:
         timeout_s: int = 7 * 24 * 3600,
     ) -> None:
         """`deposit_wei`: open a channel with this deposit to a node that takes them and has
-        none from us yet (None: use only channels opened beforehand)."""
+        none from us yet, and top it up by as much when it runs low (None: use only channels
+        opened beforehand, never topped up)."""
         self._channels = channels
         self._ledger = ledger
         self._peer_id = peer_id
         self.deposit_wei = deposit_wei
         self.timeout_s = timeout_s
         self._opening = trio.Lock()
+        self._deposits: dict[str, tuple[float, int]] = {}  # channel -> (read at, deposit)
 
     @property
     def chain(self) -> Channels:
@@ -69,10 +73,26 @@ class ChannelBook:
                     and not record.closed
                     and record.payee_address.lower() == terms.payee.lower()
                 ):
+                    await self._keep_funded(record.channel)
                     return record.channel
             if self.deposit_wei is None:
                 return None
             return await self.open(node, terms, self.deposit_wei)
+
+    async def _keep_funded(self, channel: str) -> None:
+        """With a deposit set, top the channel up by it once less than half of it is left
+        unspent (the deposit as last read from the chain, at most STATE_FRESH_S ago)."""
+        if self.deposit_wei is None:
+            return
+        held = self._deposits.get(channel)
+        if held is None or time.monotonic() - held[0] > STATE_FRESH_S:
+            state = await trio.to_thread.run_sync(self._channels.state, channel)
+            held = self._deposits[channel] = (time.monotonic(), state.deposit)
+        spent = (await trio.to_thread.run_sync(self._ledger.channel_totals, channel)).vouched
+        if held[1] - spent < self.deposit_wei // 2:
+            await trio.to_thread.run_sync(self._channels.top_up, channel, self.deposit_wei)
+            self._deposits[channel] = (time.monotonic(), held[1] + self.deposit_wei)
+            logger.info("topped channel %s up by %d wei", channel[:10], self.deposit_wei)
 
     async def open(self, node: PeerId, terms: PaymentTerms, deposit_wei: int) -> str:
         """Open a channel to `node` on chain and keep it in the ledger; its id."""
