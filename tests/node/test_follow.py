@@ -28,7 +28,8 @@ from dinet.wire.manifest import verify_manifest
 from dinet.wire.messages import EndFrame, GenerationParams, InferRequest, TokenFrame, decode_reply
 
 SWITCH_WITHIN_S = 240.0  # generous: the machine may be shared; the switch itself takes seconds
-FOLLOW = ["--follow", "--follow-every-s", "0.5"]
+# The long stream asks more tokens than a newcomer may (probation): this test is about versions.
+FOLLOW = ["--follow", "--follow-every-s", "0.5", "--probation-max-tokens", "4096"]
 # A raw prompt a small model continues for as long as it may: the stream lasts.
 LONG = GenerationParams(prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=1900)
 SHORT = chat("Name three colours of the rainbow.", max_tokens=32)

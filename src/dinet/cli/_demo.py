@@ -94,6 +94,7 @@ async def _full_mesh(network: Network, peer_ids: list[PeerId]) -> bool:
         for item in signed:
             try:
                 known.add(verify_manifest(item).peer_id)
+                network.directory.add(item)  # so the next round can dial the peers it names
             except ManifestError:
                 continue
         if not set(peer_ids) <= known:
