@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from dinet.cli._common import fail, print_json
+from dinet.config import default_home
 from dinet.errors import DinetError
 
 app = typer.Typer(help="Payment channels on an EVM chain.", no_args_is_help=True)
@@ -63,3 +65,31 @@ def _print(info: dict[str, object]) -> None:
     for i, account in enumerate(accounts):
         console.print(f"{i:>3}  {account['address']}  {account['private_key']}", soft_wrap=True)
     console.print("Running until Ctrl-C.")
+
+
+@app.command()
+def key(
+    home: Annotated[Path | None, typer.Option(help="State directory holding chain.key")] = None,
+    import_hex: Annotated[
+        str | None, typer.Option("--import", help="Replace the home's key with this one (0x + 64 hex)")
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """The address of this home's chain account (created on first use), which pays and is
+    paid through channels; with --import, take an existing key (a devnet's dev key, say)."""
+    from dinet.home_crypto import write_secret
+    from dinet.settle.keys import CHAIN_KEY, ChainKey, load_or_create_chain_key
+
+    home = home or default_home()
+    try:
+        if import_hex is not None:
+            home.mkdir(parents=True, exist_ok=True)
+            write_secret(home / CHAIN_KEY, ChainKey.from_hex(import_hex).private_key)
+        address = load_or_create_chain_key(home).address
+    except (DinetError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if json_out:
+        print_json({"address": address, "home": str(home)})
+    else:
+        typer.echo(address)
