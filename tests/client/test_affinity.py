@@ -10,7 +10,9 @@ QUESTIONS = ["When do I plant tomatoes?", "And how deep?", "How often should I w
 
 
 def test_a_chats_later_turns_go_to_the_peer_holding_its_beginning(tmp_path, mesh):
-    with dinet.Client(bootstrap=mesh.bootstrap, home=tmp_path, mdns=False) as client:
+    # Routing alone: no probation checks (their verifiers' scoring may sway the router here:
+    # CI saw turn 2 leave the holder once with them on).
+    with dinet.Client(bootstrap=mesh.bootstrap, home=tmp_path, mdns=False, probation_good=0) as client:
         natural = client.ask("Name a river.", max_tokens=4).peer_id  # the router's own choice
         holder = next(n.peer_id for n in mesh.nodes if n.peer_id != natural)
         messages = [{"role": "system", "content": SYSTEM}]
