@@ -39,7 +39,9 @@ def chaos_mesh(chaos_mesh_running):
 
 
 def settings_for(tmp_path, mesh) -> ClientSettings:
-    return ClientSettings(home=tmp_path / "client", bootstrap=mesh.bootstrap, mdns=False)
+    # Failover and capacity alone: probation's checks of new peers (two verifications per
+    # answer) would add load that CI once saw skew the 30-request shares past 8-12.
+    return ClientSettings(home=tmp_path / "client", bootstrap=mesh.bootstrap, mdns=False, probation_good=0)
 
 
 def variants():
