@@ -36,6 +36,7 @@ from dinet.node.payments import PaymentDesk, PaymentPolicy
 from dinet.settle import ChainKey, ChannelDomain, sign_voucher, voucher_signer
 from dinet.settle.chain import Channels, deploy_test_token
 from dinet.settle.devnet import Devnet
+from dinet.settle.voucher import typed_data
 from dinet.wire.keys import SigningKey
 from dinet.wire.messages import ChatMessage, CountersignedReceipt, GenerationParams, InferRequest
 from dinet.wire.receipt import ReceiptBody, charge, countersign, output_hash, sign_receipt
@@ -61,7 +62,7 @@ def voucher_costs(n: int) -> dict[str, float]:
         sign.append(t1 - t0)
         check.append(t2 - t1)
     for amount in range(1, max(n // 10, 20) + 1):  # the baseline is slow: a tenth as many
-        data = typed_data(amount)
+        data = typed_data(DOMAIN, CHANNEL, amount)
         t0 = time.perf_counter()
         signed = Account.sign_typed_data(key.private_key, full_message=data)
         t1 = time.perf_counter()
@@ -77,28 +78,6 @@ def voucher_costs(n: int) -> dict[str, float]:
         "check_us": median_us(check),
         "eth_account_sign_us": median_us(ref_sign),
         "eth_account_check_us": median_us(ref_check),
-    }
-
-
-def typed_data(amount: int) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [{"name": "channel", "type": "bytes32"}, {"name": "amount", "type": "uint256"}],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "dinet channels",
-            "version": "1",
-            "chainId": 1337,
-            "verifyingContract": DOMAIN.contract,
-        },
-        "message": {"channel": CHANNEL, "amount": amount},
     }
 
 

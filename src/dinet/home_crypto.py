@@ -140,6 +140,16 @@ def read_secret(path: Path, validate: Callable[[bytes], None]) -> bytes:
     return data
 
 
+def read_or_create_secret(path: Path, validate: Callable[[bytes], None], new: Callable[[], bytes]) -> bytes:
+    """`read_secret`, or on first use a `new()` secret written there (`write_secret`)."""
+    try:
+        return read_secret(path, validate)
+    except FileNotFoundError:
+        secret = new()
+        write_secret(path, secret)  # where no other user can read it, in one rename
+        return secret
+
+
 def write_secret(path: Path, plaintext: bytes) -> None:
     """Write a small secret file (mode 0600, atomically): sealed when a passphrase is set."""
     passphrase = home_passphrase()

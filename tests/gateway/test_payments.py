@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 from _gateway_helpers import API_KEY, start_gateway, wait_for_peers
-from playwright.sync_api import expect, sync_playwright
-from test_page import CHROMIUM_FLAGS, MODEL, chromium_path
+from playwright.sync_api import expect
+from test_page import MODEL, keyed_page
 
 from dinet.home_crypto import write_secret
 from dinet.node.local_mesh import start_node
@@ -40,21 +40,12 @@ def test_the_gateway_opens_a_channel_and_shows_its_spend(tmp_path, devnet):
             channel["role"] == "payer" and channel["peer"] == node.peer_id and channel["deposit"] == DEPOSIT
         )
         assert channel["owed"] > 0 and channel["vouched"] == channel["owed"] and not channel["closed"]
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
-            )
-            try:
-                context = browser.new_context()
-                context.add_init_script(f"localStorage.setItem('dinet-api-key', {API_KEY!r})")
-                page = context.new_page()
-                page.goto(gateway.url)
-                rows = page.locator("#payments tbody tr")
-                expect(rows).to_have_count(1, timeout=30_000)
-                expect(rows.first).to_contain_text("payer")
-                expect(rows.first).to_contain_text(str(channel["owed"]))
-            finally:
-                browser.close()
+        with keyed_page() as page:
+            page.goto(gateway.url)
+            rows = page.locator("#payments tbody tr")
+            expect(rows).to_have_count(1, timeout=30_000)
+            expect(rows.first).to_contain_text("payer")
+            expect(rows.first).to_contain_text(str(channel["owed"]))
     finally:
         gateway.stop()
         node.stop()

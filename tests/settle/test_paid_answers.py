@@ -25,7 +25,7 @@ from dinet.config import ClientSettings
 from dinet.errors import NoCapablePeer
 from dinet.home_crypto import write_secret
 from dinet.ledger import Ledger
-from dinet.ledger.store import ChannelPayment
+from dinet.ledger.store import ChannelPayment, ChannelRecord
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.settle.chain import Channels, deploy_test_token
 from dinet.settle.devnet import Devnet
@@ -180,7 +180,7 @@ def _gas_spent(devnet: Devnet, address: str, first_block: int) -> int:
 # -- what cheating gains -------------------------------------------------------------------
 
 # Accounts: 0 deployed the contract, 1-3 the test above, 4 the node below, 5-9 its clients,
-# 10-11 the crash test, 12 din pay, 13-14 the token test, 15 the top-up test.
+# 10-11 the crash test, 12 din pay, 13-14 and 16 the token test, 15 the top-up test.
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +361,22 @@ async def test_a_node_paid_in_an_erc20_token_is_paid_to_the_unit(tmp_path, devne
     node = paid_node(tmp_path / "node", devnet, devnet.accounts[13], extra=["--channel-token", token])
     home = tmp_path / "client"
     try:
+        # A channel in ETH does not pay a node paid in the token.
+        eth_home = tmp_path / "eth-client"
+        async with open_network(
+            client_settings(eth_home, devnet, devnet.accounts[16], [node.addr])
+        ) as network:
+            await network.discover(None, None, timeout=10)
+            terms = network.directory.get(node.peer_id).payment
+            channel = Channels(devnet.rpc_url, devnet.contract, devnet.accounts[16]).open(
+                terms.payee, DEPOSIT, 3600
+            )
+            record = ChannelRecord(
+                channel, 1337, devnet.contract, network.peer_id, node.peer_id, terms.payee, 0.0
+            )
+            network.ledger.add_channel(record)
+            with pytest.raises(NoCapablePeer, match="this node is paid in"):
+                await ask_one(network, "Hi.")
         async with open_network(client_settings(home, devnet, devnet.accounts[14], [node.addr])) as network:
             await network.discover(None, None, timeout=10)
             for prompt in ("Hi.", "Name a colour."):

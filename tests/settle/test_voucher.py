@@ -21,6 +21,7 @@ from dinet.settle import (
     voucher_signer,
     wei_of,
 )
+from dinet.settle.voucher import typed_data
 
 KEY = ChainKey.from_hex("0x" + "42" * 32)
 DOMAIN = ChannelDomain(chain_id=1337, contract="0x" + "ab" * 20)
@@ -30,28 +31,6 @@ N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 channels = st.binary(min_size=32, max_size=32).map(lambda b: "0x" + b.hex())
 amounts = st.integers(min_value=0, max_value=2**256 - 1)
 addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
-
-
-def typed_data(domain: ChannelDomain, channel: str, amount: int) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [{"name": "channel", "type": "bytes32"}, {"name": "amount", "type": "uint256"}],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "dinet channels",
-            "version": "1",
-            "chainId": domain.chain_id,
-            "verifyingContract": domain.contract,
-        },
-        "message": {"channel": channel, "amount": amount},
-    }
 
 
 @settings(max_examples=25, deadline=None)

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-import trio
 import typer
 
-from dinet.cli._common import fail, print_json
+from dinet.cli._common import fail, print_json, run
 from dinet.cli._settings import with_settings
 from dinet.client.network import open_network
 from dinet.client.payments import channel_statuses
@@ -62,7 +61,7 @@ def open_channel(
 ) -> None:
     """Open a channel to a node that takes them (its manifest names the chain and its address)."""
 
-    async def run() -> str:
+    async def open_it() -> str:
         async with open_network(settings) as network:
             await network.discover(None, None, timeout=settings.discover_timeout_s)
             manifest = network.directory.get(PeerId(peer))
@@ -79,7 +78,7 @@ def open_channel(
             return await book.open(PeerId(peer), manifest.payment, deposit)
 
     _chain(settings)  # a clear error before joining the network
-    channel = _guarded(lambda: trio.run(run))
+    channel: str = run(open_it)  # DinetError: a clear line, exit 1
     if json_out:
         print_json({"channel": channel, "peer": peer, "deposit": deposit})
     else:

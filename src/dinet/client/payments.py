@@ -21,7 +21,7 @@ import trio
 from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment, ChannelRecord
 from dinet.settle.chain import Channels
-from dinet.settle.voucher import sign_voucher, wei_of
+from dinet.settle.voucher import same_address, sign_voucher, wei_of
 from dinet.wire.ids import PeerId
 from dinet.wire.manifest import PaymentTerms
 from dinet.wire.messages import ChannelVoucher
@@ -59,7 +59,7 @@ class ChannelBook:
 
     def pays_on(self, terms: PaymentTerms) -> bool:
         domain = self._channels.domain
-        return terms.chain_id == domain.chain_id and terms.contract.lower() == domain.contract.lower()
+        return terms.chain_id == domain.chain_id and same_address(terms.contract, domain.contract)
 
     async def channel_for(self, node: PeerId, terms: PaymentTerms | None) -> str | None:
         """Our open channel to `node` on the terms it advertises (opened now if allowed), or
@@ -71,7 +71,7 @@ class ChannelBook:
                 if (
                     record.payee == node
                     and not record.closed
-                    and record.payee_address.lower() == terms.payee.lower()
+                    and same_address(record.payee_address, terms.payee)
                 ):
                     await self._keep_funded(record.channel)
                     return record.channel

@@ -27,7 +27,7 @@ from dinet.errors import ChainError, LedgerError
 from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment, ChannelRecord
 from dinet.settle.chain import Channels, ChannelState
-from dinet.settle.voucher import Voucher, voucher_signer, wei_of
+from dinet.settle.voucher import Voucher, same_address, voucher_signer, wei_of
 from dinet.wire.ids import PeerId
 from dinet.wire.manifest import PaymentTerms
 from dinet.wire.messages import ChannelVoucher, InferRequest
@@ -90,6 +90,7 @@ class PaymentDesk:
         self._states: dict[str, tuple[float, ChannelState]] = {}  # channel -> (read at, state)
         self._reserved: dict[str, int] = {}  # channel -> wei held by requests in flight
         self._due_since: dict[str, float] = {}  # channel -> when vouchers first went unclaimed
+        self._payers: dict[str, PeerId] = {}  # channel -> its client, as the ledger holds it
         # Answers on a channel whose vouchers are still on their way, and an event set when
         # none are left: the next request waits for them, so it is judged on every voucher.
         self._awaiting: dict[str, int] = {}
@@ -141,7 +142,7 @@ class PaymentDesk:
             state = await self._state(channel, fresh=fresh)
         except ChainError as exc:
             return f"its state cannot be read from the chain ({exc})"
-        if state.payee.lower() != self.address.lower():
+        if not same_address(state.payee, self.address):
             return "it pays another node"
         if state.closed:
             return "it is closed"
@@ -162,14 +163,18 @@ class PaymentDesk:
 
     async def _payer(self, channel: str, client: PeerId, state: ChannelState) -> PeerId:
         """The client a channel serves: the first one to use it."""
+        if channel in self._payers:
+            return self._payers[channel]
         known = await trio.to_thread.run_sync(lambda: self._ledger.channels(channel=channel))
         if known:
+            self._payers[channel] = known[0].payer
             return known[0].payer
         domain = self._channels.domain
         record = ChannelRecord(
             channel, domain.chain_id, domain.contract, client, self._peer_id, state.payee, time.time()
         )
         await trio.to_thread.run_sync(self._ledger.add_channel, record)
+        self._payers[channel] = client
         return client
 
     def answered(self, reservation: Reservation) -> None:
@@ -218,7 +223,7 @@ class PaymentDesk:
         signer = voucher_signer(
             self._channels.domain, Voucher(voucher.channel, voucher.amount, voucher.signature)
         )
-        if signer.lower() != state.sender.lower():
+        if not same_address(signer, state.sender):
             return "it is not signed by the channel's sender"
         totals = await trio.to_thread.run_sync(self._ledger.channel_totals, channel)
         if voucher.amount < totals.owed + wei:

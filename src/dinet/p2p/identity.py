@@ -8,7 +8,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 
 from dinet.errors import ConfigError
-from dinet.home_crypto import read_secret, write_secret
+from dinet.home_crypto import read_or_create_secret
 from dinet.wire.ids import PeerId
 from dinet.wire.keys import SEED_SIZE, SigningKey
 
@@ -25,12 +25,7 @@ def load_or_create_identity(home: Path, name: str = NODE_IDENTITY) -> SigningKey
         if len(seed) != SEED_SIZE:
             raise ConfigError(f"{path} is not a dinet identity ({len(seed)} bytes, expected 32)")
 
-    try:
-        return SigningKey(read_secret(path, is_a_seed))
-    except FileNotFoundError:
-        key = SigningKey.generate()
-        write_secret(path, key.seed)  # where no other user can read it, in one rename
-        return key
+    return SigningKey(read_or_create_secret(path, is_a_seed, lambda: SigningKey.generate().seed))
 
 
 def peer_id_of(key: SigningKey) -> PeerId:

@@ -48,13 +48,9 @@ class ChannelState:
     expires_at: int  # unix seconds, compared with the block's timestamp
     closed: bool
 
-    @property
-    def remaining(self) -> int:
-        return self.deposit - self.paid
-
     def holds(self, token: str | None) -> bool:
         """Whether the deposit is in `token` (an ERC-20's address; None: ETH)."""
-        return self.token.lower() == (token or ZERO_ADDRESS).lower()
+        return to_address(self.token) == to_address(token or ZERO_ADDRESS)
 
 
 class _Account:

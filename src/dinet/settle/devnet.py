@@ -113,10 +113,6 @@ class Devnet:
         w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
         w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
-    def now(self) -> int:
-        """The latest block's timestamp (unix seconds)."""
-        return int(self.web3().eth.get_block("latest")["timestamp"])
-
     def web3(self) -> Web3:
         return Web3(Web3.HTTPProvider(self.rpc_url))
 

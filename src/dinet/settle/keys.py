@@ -12,7 +12,7 @@ from pathlib import Path
 from coincurve import PrivateKey
 
 from dinet.errors import ConfigError
-from dinet.home_crypto import read_secret, write_secret
+from dinet.home_crypto import read_or_create_secret
 from dinet.settle._eth import address_of_public_key
 
 CHAIN_KEY = "chain.key"
@@ -73,9 +73,4 @@ def load_or_create_chain_key(home: Path, name: str = CHAIN_KEY) -> ChainKey:
         if len(secret) != _KEY_SIZE or not 0 < int.from_bytes(secret, "big") < _N:
             raise ConfigError(f"{path} is not a secp256k1 chain key ({len(secret)} bytes, expected 32)")
 
-    try:
-        return ChainKey(read_secret(path, is_a_key))
-    except FileNotFoundError:
-        key = ChainKey.generate()
-        write_secret(path, key.private_key)  # where no other user can read it, in one rename
-        return key
+    return ChainKey(read_or_create_secret(path, is_a_key, lambda: ChainKey.generate().private_key))

@@ -125,6 +125,30 @@ def wei_of(credits: float, wei_per_credit: int) -> int:
     return round(Fraction(credits) * wei_per_credit)
 
 
+def typed_data(domain: ChannelDomain, channel: str, amount: int) -> dict[str, object]:
+    """The voucher as EIP-712 typed data (the JSON `eth_signTypedData_v4` and eth_account
+    take): what a wallet shows and signs, to the same digest as `voucher_digest`."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Voucher": [{"name": "channel", "type": "bytes32"}, {"name": "amount", "type": "uint256"}],
+        },
+        "primaryType": "Voucher",
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": domain.chain_id,
+            "verifyingContract": domain.contract,
+        },
+        "message": {"channel": channel, "amount": amount},
+    }
+
+
 def same_address(a: str, b: str) -> bool:
     """Whether two 0x addresses are the same account, whatever their case."""
     return to_address(a) == to_address(b)
