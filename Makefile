@@ -26,13 +26,18 @@ CONTRACTS := $(VENV)/share/dinet/contracts
 CONTRACT_BINS := $(patsubst contracts/%.vy,$(CONTRACTS)/%.bin,$(wildcard contracts/*.vy))
 GANACHE_DIR := $(VENV)/share/dinet/ganache
 GANACHE := $(GANACHE_DIR)/node_modules/.bin/ganache
+# The browser node (web/): its npm packages, pinned by web/package-lock.json, bundled once by
+# esbuild into the directory the gateway serves at /browser/.
+BROWSER := $(VENV)/share/dinet/browser
+BROWSER_BUNDLE := $(BROWSER)/dinet-node.js
+WEB_SOURCES := web/package-lock.json web/build.mjs $(shell find web/src -name '*.js' 2>/dev/null)
 
-.PHONY: run test lint bench clean embedding-model gemma-model contracts ganache
+.PHONY: run test lint bench clean embedding-model gemma-model contracts ganache browser
 
-run: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE)
+run: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE) $(BROWSER_BUNDLE)
 	$(BIN)/din demo
 
-test: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE) system-deps
+test: $(STAMP) $(EMBED_GGUF) $(GEMMA_GGUF) $(CONTRACT_BINS) $(GANACHE) $(BROWSER_BUNDLE) system-deps
 	$(BIN)/ruff check src tests bench examples docs
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/mypy
@@ -115,6 +120,13 @@ $(GANACHE):
 	npm install --prefix $(GANACHE_DIR) --no-audit --no-fund --loglevel=error ganache@7.9.2
 	touch $@
 
+browser: $(BROWSER_BUNDLE)
+
+$(BROWSER_BUNDLE): $(WEB_SOURCES) | $(STAMP)
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	node web/build.mjs $(BROWSER)
+
 # Network-namespace tests need iproute2 (present on most Linux systems), the NAT lab's
 # home routers nftables and the --upnp test a UPnP router (miniupnpd); the web page test
 # drives Debian's chromium (`playwright install` cannot download browsers here).
@@ -126,4 +138,4 @@ system-deps:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) web/node_modules .pytest_cache .ruff_cache .mypy_cache

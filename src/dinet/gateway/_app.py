@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
@@ -53,6 +54,8 @@ from dinet.wire.messages import MAX_DEADLINE_MS, GenerationParams, TokenFrame
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+# The browser node, bundled at set-up (`make browser`): a tab that contributes loads it here.
+BROWSER = Path(sys.prefix) / "share" / "dinet" / "browser"
 MAX_BODY_BYTES = 1_000_000
 # The endpoints the page's charts count.
 COMPLETIONS = ("chat", "completions", "messages", "responses", "ollama_chat", "ollama_generate")
@@ -440,6 +443,7 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/api/payments", gw.endpoint("payments", gw.payments), methods=["GET"]),
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/browser", StaticFiles(directory=BROWSER, check_dir=False), name="browser"),
         *_ollama_routes(gw),
     ]
     app = Starlette(routes=routes)

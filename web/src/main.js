@@ -1,0 +1,2 @@
+// The browser node's entry point: what the gateway's page imports from /browser/dinet-node.js.
+export const VERSION = "0.1.0";
