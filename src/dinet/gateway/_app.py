@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -55,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 # The browser node, bundled at set-up (`make browser`): a tab that contributes loads it here.
-BROWSER = Path(sys.prefix) / "share" / "dinet" / "browser"
+# DINET_BROWSER_DIR names another bundle (one built from a work tree).
+BROWSER = Path(os.environ.get("DINET_BROWSER_DIR") or Path(sys.prefix) / "share" / "dinet" / "browser")
 MAX_BODY_BYTES = 1_000_000
 # The endpoints the page's charts count.
 COMPLETIONS = ("chat", "completions", "messages", "responses", "ollama_chat", "ollama_generate")
