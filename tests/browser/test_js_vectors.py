@@ -28,10 +28,8 @@ def _node() -> str:
 
 
 def test_js_spec_reproduces_every_vector_under_node():
-    tests = sorted(str(p.relative_to(ROOT)) for p in (WEB / "test").glob("*.test.mjs"))
-    assert len(tests) >= 8, tests
     run = subprocess.run(
-        [_node(), "--test", "--test-reporter=tap", *tests],
+        [_node(), "--test", "--test-reporter=tap", "web/test/"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -55,7 +53,7 @@ def test_js_sampler_and_signing_agree_with_the_vectors_in_chromium(tmp_path):
             "-e",
             "require('esbuild').buildSync({entryPoints: [process.argv[1]], outfile: process.argv[2],"
             " bundle: true, format: 'iife', platform: 'browser', target: 'es2022', logLevel: 'warning'})",
-            str(WEB / "test" / "chromium-check.mjs"),
+            str(WEB / "testing" / "chromium-check.mjs"),
             str(bundle),
         ],
         cwd=WEB,

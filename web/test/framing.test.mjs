@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { FrameReader, FrameTooLarge, TruncatedFrame, encodeFrame } from "../src/spec/framing.js";
 import { Refusal, admitRequest } from "../src/spec/infer.js";
-import { fromHex, hex, vectors } from "./vectors.mjs";
+import { fromHex, hex, vectors } from "../testing/vectors.mjs";
 
 const F = vectors("framing");
 

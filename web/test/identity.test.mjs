@@ -4,7 +4,7 @@ import { test } from "node:test";
 import { peerIdFromPrivateKey } from "@libp2p/peer-id";
 import { Identity, loadIdentity, memoryStore } from "../src/identity.js";
 import { NODE_DOMAIN, signedBy } from "../src/spec/keys.js";
-import { fromHex, vectors } from "./vectors.mjs";
+import { fromHex, vectors } from "../testing/vectors.mjs";
 
 const KEYS = vectors("keys").keys;
 const R = vectors("receipt");

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as keys from "../src/spec/keys.js";
-import { fromHex, hex, vectors } from "./vectors.mjs";
+import { fromHex, hex, vectors } from "../testing/vectors.mjs";
 
 const KEYS = vectors("keys").keys;
 const seedOf = (name) => fromHex(KEYS[name].seed);

@@ -15,7 +15,7 @@ import {
   queuedFrame,
   tokenFrame,
 } from "../src/spec/messages.js";
-import { comparable, exactVectors, vectors } from "./vectors.mjs";
+import { comparable, exactVectors, vectors } from "../testing/vectors.mjs";
 
 const SCHEMAS = {
   infer_request: InferRequest,

@@ -5,7 +5,7 @@ import { publicKeyOfSeed } from "../src/spec/keys.js";
 import { SignedManifest, signManifest, verifyManifest, ManifestError } from "../src/spec/manifest.js";
 import { CountersignedReceipt, decodeCountersigned, decodeReply, decodeRequest, endFrame } from "../src/spec/messages.js";
 import * as receipts from "../src/spec/receipt.js";
-import { fromHex, vectors } from "./vectors.mjs";
+import { fromHex, vectors } from "../testing/vectors.mjs";
 
 const KEYS = vectors("keys").keys;
 const NODE = fromHex(KEYS.node.seed);

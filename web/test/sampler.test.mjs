@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { choose, draw, logitsFromProbabilities, uniform, uniformDigest, uniformInput } from "../src/spec/sampler.js";
-import { exactVectors, fromHex, hex, vectors } from "./vectors.mjs";
+import { exactVectors, fromHex, hex, vectors } from "../testing/vectors.mjs";
 
 const SAMPLER = vectors("sampler");
 const EXACT = exactVectors("sampler"); // seeds past 2^53 keep their digits here

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { CompletionText, Utf8Decoder } from "../src/spec/text.js";
-import { fromHex, vectors } from "./vectors.mjs";
+import { fromHex, vectors } from "../testing/vectors.mjs";
 
 const CASES = vectors("text").cases;
 

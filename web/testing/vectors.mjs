@@ -1,3 +1,4 @@
+// Helpers of web/test, kept out of it so `node --test web/test/` runs only tests.
 // The spec's test vectors (docs/vectors/*.json), read with the spec's own JSON reader where
 // numbers must keep their exact text (a seed past 2^53, 1.0 against 1).
 import { readFileSync } from "node:fs";
