@@ -158,7 +158,7 @@ export function decodeUtf8(bytes) {
 }
 
 /** A double as the reference writes it (Rust's ryu through pydantic-core): `1.0`, `0.00002`,
- * `1e-6`, `1e16`, `1.5e-7`. JavaScript's own `String(x)` differs (`1`, `0.000001`, `1e+21`),
+ * `1e-6`, `1e+16`, `1.5e-7`. JavaScript's own `String(x)` differs (`1`, `0.000001`, `1e+21`),
  * so the digits come from JavaScript (both give the shortest round-trip digits) and the
  * layout from ryu's rules. */
 export function formatFloat(x) {
@@ -172,7 +172,7 @@ export function formatFloat(x) {
   if (point > 0 && point <= 16) return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
   if (point > -5 && point <= 0) return `${sign}0.${"0".repeat(-point)}${digits}`;
   const tail = digits.length > 1 ? `.${digits.slice(1)}` : "";
-  return `${sign}${digits[0]}${tail}e${point - 1}`;
+  return `${sign}${digits[0]}${tail}e${point > 0 ? "+" : ""}${point - 1}`;
 }
 
 /** A string as JSON (JSON.stringify escapes exactly what the reference escapes; non-ASCII stays raw). */
