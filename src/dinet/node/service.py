@@ -36,6 +36,7 @@ from dinet.p2p.joining import Joiner
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
+from dinet.p2p.websockets import WebSocketTls
 from dinet.routing.coordinates import CoordinateBook
 from dinet.settle.chain import Channels
 from dinet.settle.keys import load_or_create_chain_key
@@ -316,6 +317,7 @@ async def _run(
         check_reach=True,
         announce=settings.announce,
         upnp=settings.upnp,
+        ws_tls=None if settings.ws_cert is None else WebSocketTls(settings.ws_cert, settings.ws_key),  # type: ignore[arg-type]
     )
     async with running, trio.open_nursery() as nursery:
         joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
