@@ -89,7 +89,7 @@ def _node(home: Path, bundle: Path, listen: list[str], extra: list[str] = ()) ->
 def _check_node_answer(result: dict[str, Any], node: NodeProcess, scheme: str) -> None:
     entry = result["entry"]
     assert entry["peer_id"] == node.peer_id and entry["relay"] is True
-    assert result["dialed"].split("/")[-1] == scheme  # the tab's connection runs over it
+    assert f"/{scheme}/p2p/{node.peer_id}" in result["dialed"]  # the tab's connection runs over it
     assert MANIFEST_PROTOCOL in result["protocols"], "identify should list the node's protocols"
     own = verify_manifest(SignedManifest.model_validate(result["manifests"][0]))
     assert own.peer_id == node.peer_id

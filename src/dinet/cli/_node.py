@@ -35,7 +35,8 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
             started: NodeStarted = await nursery.start(serve_node, settings)
             gateway: GatewayStarted | None = None
             if api is not None:
-                own = [a for a in started.addrs if a.startswith("/ip4/127.0.0.1/")] or started.addrs
+                tcp = [a for a in started.addrs if not is_websocket(a)]  # the gateway dials TCP only
+                own = [a for a in tcp if a.startswith("/ip4/127.0.0.1/")] or tcp
                 joined = api.model_copy(update={"bootstrap": own[:1]})
                 beside = partial(
                     serve_gateway,
