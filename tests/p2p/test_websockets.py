@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import trio
-
 from tests.p2p.relaying import ECHO, echo
 
 from dinet.config import NodeSettings
@@ -13,10 +12,9 @@ from dinet.errors import ConfigError
 from dinet.p2p.host import build_host, open_host
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.relay import RelayPolicy
+from dinet.p2p.streams import FramedStream
 from dinet.p2p.websockets import WebSocketTls, is_websocket
 from dinet.wire.keys import SigningKey
-
-from dinet.p2p.streams import FramedStream
 
 TCP_AND_WS = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"]
 HOP = "/libp2p/circuit/relay/0.2.0/hop"

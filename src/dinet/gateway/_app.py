@@ -147,8 +147,8 @@ class _Gateway:
         its peer id and WebSocket multiaddrs, those at the host the page came from first."""
         entry = self.view.node_browser
         if entry is None:
-            alone = ApiError(404, "invalid_request_error", "no_node", "this gateway runs beside no node for a tab to dial")
-            return self._error(alone, ApiError.body)
+            alone = ApiError(404, "invalid_request_error", "no_node", "this gateway runs beside no node")
+            return self._error(alone)
         now = entry()
         host = request.url.hostname or ""
         near = [a for a in now.addrs if f"/{host}/" in a]

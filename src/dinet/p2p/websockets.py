@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import multiaddr
-from libp2p.abc import IHost
+from libp2p.abc import IHost, IListener
 from libp2p.custom_types import THandler
 from libp2p.transport.websocket.listener import WebsocketListener
 from libp2p.transport.websocket.transport import WebsocketTransport
@@ -71,7 +71,7 @@ class _OneSchemeListener(WebsocketListener):
 
 
 class _WebSockets(WebsocketTransport):
-    def create_listener(self, handler: THandler) -> WebsocketListener:  # type: ignore[override]
+    def create_listener(self, handler: THandler) -> IListener:  # type: ignore[override]
         listener = super().create_listener(handler)
         listener.__class__ = _OneSchemeListener  # built by the library; only `listen` differs
         return listener
