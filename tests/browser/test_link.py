@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from playwright.sync_api import Page, sync_playwright
+from tests.gateway._gateway_helpers import start_gateway
 
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.wire.ids import MANIFEST_PROTOCOL
@@ -110,6 +111,19 @@ def test_api_browser_names_the_nodes_websocket_addresses(ws_node):
     assert any("/ws/" not in a for a in ws_node.addrs)
 
 
+def test_a_gateway_beside_no_node_names_none(ws_node, tmp_path):
+    gateway = start_gateway(tmp_path, ["--bootstrap", _tcp_addr(ws_node)])
+    try:
+        reply = httpx.get(f"{gateway.url}/api/browser")
+    finally:
+        gateway.stop()
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "no_node"
+
+
+def _tcp_addr(node: NodeProcess) -> str:
+    return next(a for a in node.addrs if "/ws" not in a)
+
+
 def test_tab_dials_a_node_over_ws_and_gets_its_signed_manifest(ws_node):
     with _page() as page:
         page.goto(ws_node.printed["api"])
@@ -189,8 +203,7 @@ def test_a_py_node_reaches_the_tab_through_its_relay(ws_node):
         page.goto(ws_node.printed["api"])
         ids = page.evaluate(SERVE_STUB)
         assert ids["node"] == ws_node.peer_id
-        relay = next(a for a in ws_node.addrs if "/ws" not in a)  # the node's TCP address
-        circuit = f"{relay}/p2p-circuit/p2p/{ids['tab']}"
+        circuit = f"{_tcp_addr(ws_node)}/p2p-circuit/p2p/{ids['tab']}"  # through the node's TCP port
         dialer = subprocess.run(
             [sys.executable, str(HERE / "_circuit_dialer.py"), circuit],
             capture_output=True,
