@@ -194,7 +194,7 @@ SERVE_STUB = """async () => {
     await framed.close();
   });
   window.link = await m.openLink({ privateKey: await m.generateKeyPair('Ed25519'), addrs: entry.addrs });
-  return {tab: window.link.peerId, node: entry.peer_id};
+  return {tab: window.link.peerId, node: entry.peer_id, circuits: window.link.circuitAddrs()};
 }"""
 
 
@@ -203,7 +203,9 @@ def test_a_py_node_reaches_the_tab_through_its_relay(ws_node):
         page.goto(ws_node.printed["api"])
         ids = page.evaluate(SERVE_STUB)
         assert ids["node"] == ws_node.peer_id
-        circuit = f"{_tcp_addr(ws_node)}/p2p-circuit/p2p/{ids['tab']}"  # through the node's TCP port
+        # Where the tab says it is reachable (from its reservation): through the node's TCP port.
+        circuit = f"{_tcp_addr(ws_node)}/p2p-circuit/p2p/{ids['tab']}"
+        assert circuit in ids["circuits"], ids["circuits"]
         dialer = subprocess.run(
             [sys.executable, str(HERE / "_circuit_dialer.py"), circuit],
             capture_output=True,
