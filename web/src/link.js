@@ -96,7 +96,22 @@ export class Link {
   }
 
   async _start(privateKey, reserve, timeoutMs) {
-    this.libp2p = await createLibp2p({
+    this.libp2p = await this._create(privateKey, reserve);
+    links.add(this);
+    // Served before the node starts: a peer may open a stream as soon as the slot is held.
+    for (const [protocol, fn] of handlers) await this._serve(protocol, fn);
+    try {
+      await this.libp2p.start();
+    } catch (error) {
+      if (!reserve) throw error;
+      throw new Error(`${this.addr} gives this tab no relay slot: ${error.message}`, { cause: error });
+    }
+    await this.libp2p.dial(this.addr, { signal: AbortSignal.timeout(timeoutMs) });
+  }
+
+  _create(privateKey, reserve) {
+    return createLibp2p({
+      start: false,
       privateKey,
       // Listening on "<node>/p2p-circuit" dials the node and reserves a slot there at start.
       addresses: { listen: reserve ? [`${this.addr.toString()}/p2p-circuit`] : [] },
@@ -108,9 +123,6 @@ export class Link {
       connectionGater: { denyDialMultiaddr: () => false },
       services: { identify: identify() },
     });
-    links.add(this);
-    for (const [protocol, fn] of handlers) await this._serve(protocol, fn);
-    await this.libp2p.dial(this.addr, { signal: AbortSignal.timeout(timeoutMs) });
   }
 
   /** The tab's own peer id. */
