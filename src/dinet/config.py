@@ -137,6 +137,12 @@ class NodeSettings(CommonSettings):
         "and reported if peers cannot dial them back",
     )
     upnp: bool = Field(default=False, description="Ask the home router (UPnP) to forward the listen ports")
+    ws_cert: Path | None = Field(
+        default=None,
+        description="TLS certificate (PEM, with its chain) of the /wss listen addresses, "
+        "where browser tabs dial from https pages",
+    )
+    ws_key: Path | None = Field(default=None, description="Private key (PEM) of --ws-cert")
     threads: int = Field(
         default=2, ge=1, le=256, description="Compute threads: llama.cpp's in the worker, torch's in a stage"
     )
@@ -414,6 +420,15 @@ class NodeSettings(CommonSettings):
                     f"--no-model contradicts {' and '.join(given)}: a node that serves no model "
                     "cannot take it (set one or the other)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _wss_has_its_certificate(self) -> NodeSettings:
+        if (self.ws_cert is None) != (self.ws_key is None):
+            raise ValueError("--ws-cert and --ws-key go together: a certificate and its private key")
+        wss = [a for a in self.listen if "wss" in a.split("/")]
+        if wss and self.ws_cert is None:
+            raise ValueError(f"listening on {wss[0]} needs --ws-cert and --ws-key (a TLS certificate)")
         return self
 
     @model_validator(mode="after")

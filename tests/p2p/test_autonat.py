@@ -150,3 +150,16 @@ async def test_a_bad_announced_address_is_a_config_error(announce):
     with pytest.raises(ConfigError):
         async with checking_host(announce=[announce]):
             pass
+
+
+async def test_a_websocket_listen_address_is_not_asked_about_and_leaves_the_host_public():
+    # Peers dial back TCP only: asked about its /ws address too, they would call it
+    # unreachable, and the host private. That address is for browsers.
+    host = build_host(SigningKey.generate())
+    listen = [*LOOPBACK, "/ip4/127.0.0.1/tcp/0/ws"]
+    async with raw_host() as one, raw_host() as two, host.running(listen, check_reach=True) as me:
+        [ws] = me.browser_addrs()
+        await me.dial(one.full_addrs()[0])
+        await me.dial(two.full_addrs()[0])
+        await wait_for_state(me, "public")
+        assert me.reachability().addrs == tuple(bare(a) for a in me.full_addrs() if a != ws)

@@ -58,10 +58,9 @@ export class InferService {
     return { active: this.#active, queued: this.#waiting };
   }
 
-  /** One stream: `stream` is a framed stream (receive(ms) -> bytes | null, send(bytes),
-   * close(), reset()); `client` the peer id at its other end. */
-  async handle(stream, client) {
-    const payload = await stream.receive(REQUEST_WAIT_MS).catch(() => null);
+  /** One stream: `stream` is a FramedStream (web/src/link.js) from the peer `client`. */
+  async handle(stream, client = stream.remotePeer) {
+    const payload = await stream.receivePayload(REQUEST_WAIT_MS).catch(() => null);
     if (payload === null) {
       await this.#refuse(stream, new Refusal("bad_request", "no request within 10 s"));
       return;
@@ -159,7 +158,7 @@ export class InferService {
     } catch (error) {
       // A client that went away (reset) ends the answer here; anything else is `internal`.
       await stream.send(errorFrame("internal", String(error?.message ?? error).slice(0, 300))).catch(() => {});
-      await stream.reset().catch(() => {});
+      stream.abort(error);
     } finally {
       this.#active -= 1;
       release();
@@ -267,7 +266,7 @@ export class InferService {
 
   /** Waits up to 10 s for the client's countersigned receipt and keeps its credit. */
   async #keepCountersigned(stream, receipt) {
-    const payload = await stream.receive(COUNTERSIGN_WAIT_MS).catch(() => null);
+    const payload = await stream.receivePayload(COUNTERSIGN_WAIT_MS).catch(() => null);
     if (payload !== null) {
       try {
         const body = acceptCountersigned(decodeCountersigned(payload), receipt);

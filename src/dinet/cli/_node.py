@@ -13,8 +13,9 @@ from dinet.cli._common import fail, print_json, run
 from dinet.cli._gateway import describe
 from dinet.config import GatewaySettings, NodeSettings
 from dinet.errors import ConfigError
-from dinet.gateway import GatewayStarted, serve_gateway
+from dinet.gateway import BrowserEntry, GatewayStarted, serve_gateway
 from dinet.node.service import NodeStarted, serve_node
+from dinet.p2p.websockets import is_websocket
 
 
 def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> None:
@@ -34,9 +35,14 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
             started: NodeStarted = await nursery.start(serve_node, settings)
             gateway: GatewayStarted | None = None
             if api is not None:
-                own = [a for a in started.addrs if a.startswith("/ip4/127.0.0.1/")] or started.addrs
+                tcp = [a for a in started.addrs if not is_websocket(a)]  # the gateway dials TCP only
+                own = [a for a in tcp if a.startswith("/ip4/127.0.0.1/")] or tcp
                 joined = api.model_copy(update={"bootstrap": own[:1]})
-                beside = partial(serve_gateway, node_reachability=lambda: started.live().reachability)
+                beside = partial(
+                    serve_gateway,
+                    node_reachability=lambda: started.live().reachability,
+                    node_browser=lambda: browser_entry(started.live(), relays=settings.relay),
+                )
                 gateway = await nursery.start(beside, joined)
             if json_out:
                 print_json({**started.record(), **({"api": gateway.url} if gateway else {})})
@@ -54,6 +60,13 @@ def run_node(settings: NodeSettings, *, config: Path | None, json_out: bool) -> 
                 typer.echo(f"home     {settings.home}   (Ctrl-C to stop)")
 
     run(main)
+
+
+def browser_entry(node: NodeStarted, *, relays: bool) -> BrowserEntry:
+    """Where a browser tab dials `node`: the WebSocket addresses it was announced at
+    (a name its certificate is for), then those it listens on."""
+    addrs = [a for a in (*node.advertised, *node.addrs) if is_websocket(a)]
+    return BrowserEntry(node.peer_id, tuple(dict.fromkeys(addrs)), relays)
 
 
 def _describe_model(started: NodeStarted, *, auto: bool = False) -> list[str]:

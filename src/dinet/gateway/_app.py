@@ -142,6 +142,19 @@ class _Gateway:
                 return JSONResponse(entry)
         raise ModelNotFound(f"no peer offers model {name!r}")
 
+    async def browser(self, request: Request) -> Response:
+        """Where a browser tab dials the node beside this gateway (`din node --api-port`):
+        its peer id and WebSocket multiaddrs, those at the host the page came from first."""
+        entry = self.view.node_browser
+        if entry is None:
+            alone = ApiError(404, "invalid_request_error", "no_node", "this gateway runs beside no node")
+            return self._error(alone)
+        now = entry()
+        host = request.url.hostname or ""
+        near = [a for a in now.addrs if f"/{host}/" in a]
+        addrs = [*near, *(a for a in now.addrs if a not in near)]
+        return JSONResponse({"peer_id": now.peer_id, "addrs": addrs, "relay": now.relay and bool(addrs)})
+
     async def network(self, request: Request) -> Response:
         query = request.query_params
         limit = query.get("limit")
@@ -439,6 +452,8 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         ),
         Route("/v1/responses", gw.endpoint("responses", gw.responses), methods=["POST"]),
         Route("/v1/embeddings", gw.endpoint("embeddings", gw.embeddings), methods=["POST"]),
+        # No key: a tab asks before it has one, and the answer is what the node advertises anyway.
+        Route("/api/browser", gw.endpoint("browser", gw.browser, auth=False), methods=["GET"]),
         Route("/api/network", gw.endpoint("network", gw.network), methods=["GET"]),
         Route("/api/network/summary", gw.endpoint("network_summary", gw.network_summary), methods=["GET"]),
         Route("/api/network/series", gw.endpoint("network_series", gw.network_series), methods=["GET"]),

@@ -35,9 +35,18 @@ class ModelChoice:
     model_hash: ModelHash | None
 
 
+@dataclass(frozen=True)
+class BrowserEntry:
+    """Where a browser tab dials the node a gateway runs beside (GET /api/browser)."""
+
+    peer_id: PeerId
+    addrs: tuple[str, ...]  # its /ws and /wss multiaddrs, each ending in /p2p/<peer_id>
+    relay: bool  # it relays for the tabs that dial it: other peers reach them through it
+
+
 class NetworkView:
-    """`node_reachability`: for a gateway beside a node (`din node --api-port`), the
-    node's own reachability now."""
+    """`node_reachability`, `node_browser`: for a gateway beside a node (`din node
+    --api-port`), the node's own reachability now, and where browser tabs dial it."""
 
     def __init__(
         self,
@@ -45,11 +54,13 @@ class NetworkView:
         bootstrap: list[str],
         discover_timeout_s: float,
         node_reachability: Callable[[], Reachability] | None = None,
+        node_browser: Callable[[], BrowserEntry] | None = None,
     ) -> None:
         self.network = network
         self._bootstrap = bootstrap
         self._discover_timeout_s = discover_timeout_s
         self.node_reachability = node_reachability
+        self.node_browser = node_browser
         self.started_at = time.time()
 
     @property

@@ -10,10 +10,10 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from dinet.client.network import Network, open_network
+from dinet.client.network import open_network
 from dinet.config import GatewaySettings
 from dinet.gateway._app import build_app
-from dinet.gateway._peers import NetworkView
+from dinet.gateway._peers import BrowserEntry, NetworkView
 from dinet.p2p.host import Reachability
 from dinet.wire.ids import PeerId
 
@@ -30,24 +30,27 @@ async def serve_gateway(
     settings: GatewaySettings,
     *,
     node_reachability: Callable[[], Reachability] | None = None,
+    node_browser: Callable[[], BrowserEntry] | None = None,
     task_status: trio.TaskStatus[GatewayStarted] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
     """Serve the OpenAI-compatible API and the web page until cancelled.
 
     Reports GatewayStarted once the HTTP server listens. Beside a node, `node_reachability`
-    gives the node's reachability, for the metrics and the page.
+    gives the node's reachability, for the metrics and the page, and `node_browser` where
+    browser tabs dial it (GET /api/browser).
     """
     async with open_network(settings) as network:
-        await _serve_on(network, settings, node_reachability, task_status)
+        view = NetworkView(
+            network, settings.bootstrap, settings.discover_timeout_s, node_reachability, node_browser
+        )
+        await _serve_on(view, settings, task_status)
 
 
 async def _serve_on(
-    network: Network,
+    view: NetworkView,
     settings: GatewaySettings,
-    node_reachability: Callable[[], Reachability] | None,
     task_status: trio.TaskStatus[GatewayStarted],  # type: ignore[name-defined]
 ) -> None:
-    view = NetworkView(network, settings.bootstrap, settings.discover_timeout_s, node_reachability)
     await view.refresh()
     app = build_app(view, settings)
     config = Config()

@@ -36,6 +36,7 @@ from dinet.p2p.joining import Joiner
 from dinet.p2p.reach import ReachConfig
 from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
+from dinet.p2p.websockets import WebSocketTls
 from dinet.routing.coordinates import CoordinateBook
 from dinet.settle.chain import Channels
 from dinet.settle.keys import load_or_create_chain_key
@@ -316,6 +317,7 @@ async def _run(
         check_reach=True,
         announce=settings.announce,
         upnp=settings.upnp,
+        ws_tls=_ws_tls(settings),
     )
     async with running, trio.open_nursery() as nursery:
         joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
@@ -353,6 +355,13 @@ async def _run(
             logger.info("node %s serving %s on %s", peer_id, started.model_id, started.addrs)
         task_status.started(started)
         await trio.sleep_forever()
+
+
+def _ws_tls(settings: NodeSettings) -> WebSocketTls | None:
+    """The certificate of the node's /wss listeners (the settings give both files or neither)."""
+    if settings.ws_cert is None or settings.ws_key is None:
+        return None
+    return WebSocketTls(settings.ws_cert, settings.ws_key)
 
 
 def reach_config(settings: NodeSettings) -> ReachConfig:

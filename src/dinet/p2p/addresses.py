@@ -19,6 +19,7 @@ from dinet.errors import ConfigError
 from dinet.p2p.autonat import ask_dial_back
 from dinet.p2p.reachability import AGREE, NOT_CHECKED, DialBacks, Reachability
 from dinet.p2p.upnp import keep_ports_mapped
+from dinet.p2p.websockets import is_websocket
 from dinet.wire.ids import PeerId
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,11 @@ class AddressBook:
         return sorted(int(p) for p in ports if p)
 
     def candidates(self) -> list[str]:
-        """Every address peers may be asked to dial back."""
-        return list(dict.fromkeys([*self.listen_addrs(), *self.observed(), *self._mapped, *self._announced]))
+        """Every address peers may be asked to dial back. Not the WebSocket ones: those are
+        for browsers, which cannot dial back, and a peer without a WebSocket transport would
+        report them unreachable (and so this host private)."""
+        every = [*self.listen_addrs(), *self.observed(), *self._mapped, *self._announced]
+        return [a for a in dict.fromkeys(every) if not is_websocket(a)]
 
     # --- what we tell ---
 

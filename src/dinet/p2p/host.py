@@ -52,6 +52,7 @@ from dinet.p2p.identity import libp2p_key_pair
 from dinet.p2p.reach import Reach, ReachConfig, running_reach
 from dinet.p2p.reachability import Reachability, ReachState
 from dinet.p2p.streams import Handler, Stream
+from dinet.p2p.websockets import WebSocketTls, add_websockets, is_websocket
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 from dinet.wire.versions import SignedModelVersions, verify_versions, versions_key
@@ -144,14 +145,17 @@ class PeerHost:
         check_reach: bool = False,
         announce: Sequence[str] = (),
         upnp: bool = False,
+        ws_tls: WebSocketTls | None = None,
     ) -> AsyncIterator[PeerHost]:
         """Listen on `listen`, with a DHT (a server answers others' lookups) and gossip if
         asked, and reach as `reach` says (default: hole punching, no relaying, no reservations).
 
         `check_reach`: find out by AutoNAT which addresses peers reach (see `reachability`),
         with the router's forwarded ports if `upnp`; `announce`: addresses the operator knows.
+        `listen` may hold WebSocket addresses (`/ws`, and `/wss` with `ws_tls`), for browsers.
         """
         self._addresses.announce(announce)
+        add_websockets(self._raw, listen, ws_tls)
         async with self._raw.run(parse_multiaddrs(listen)), AsyncExitStack() as services:
             await services.enter_async_context(policing(self._raw, self._gate))
             if check_reach:
@@ -439,6 +443,11 @@ class PeerHost:
         """The addresses this host listens on, each ending in /p2p/<peer id>; a wildcard
         listen address is expanded to loopback and every interface."""
         return [f"{a}/p2p/{self.peer_id}" for a in self._addresses.listen_addrs()]
+
+    def browser_addrs(self) -> list[str]:
+        """The WebSocket addresses this host listens on (each ending in /p2p/<peer id>): where
+        a browser tab dials it."""
+        return [a for a in self.full_addrs() if is_websocket(a)]
 
     def advertised_addrs(self) -> list[str]:
         """Where peers should dial this host, each ending in /p2p/<peer id>: addresses

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 class ReachConfig:
     """How a host deals with NAT.
 
-    `relay`: offer a relay service while the host is public (None: never relay).
+    `relay`: offer a relay service while the host is public or listens on a WebSocket
+    address, for browser tabs (None: never relay).
     `reservations`: relays to keep a reservation on while it is not public (0: none,
     as for clients, which only dial out). `hole_punching`: upgrade relayed connections
     to direct ones (DCUtR).
@@ -42,7 +43,7 @@ class ReachConfig:
 
 class Reach:
     """The running parts of a host's reach: the relay protocol (STOP always, HOP while
-    public), the reservations it keeps, the hole puncher."""
+    public or serving browsers), the reservations it keeps, the hole puncher."""
 
     def __init__(self, relay: BoundedRelay, keeper: ReservationKeeper, puncher: HolePuncher | None) -> None:
         self.relay = relay
@@ -89,11 +90,13 @@ async def running_reach(host: PeerHost, config: ReachConfig) -> AsyncIterator[Re
 
 
 async def _relay_while_public(host: PeerHost, relay: BoundedRelay) -> None:
-    """Serve HOP exactly while the host's verdict is public (forever)."""
+    """Serve HOP exactly while the host's verdict is public, or while it listens on a
+    WebSocket address: browser tabs only dial out, and the node a tab dialed is its only
+    way in, public or not (forever)."""
     while True:
-        public = host.reachability().state == "public"
-        if public != relay.serving_hop:
-            relay.serve_hop(public)
+        serve = host.reachability().state == "public" or bool(host.browser_addrs())
+        if serve != relay.serving_hop:
+            relay.serve_hop(serve)
             await host.tell_peers_what_changed()  # peers look for relays among those that speak HOP
         await host.reachability_changed()
 
