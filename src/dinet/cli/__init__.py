@@ -79,6 +79,10 @@ def ask(
             "--raw", help="Send the text as a raw prompt to continue, not as a chat message (base models)"
         ),
     ] = False,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="Ask only this peer id (repeat for several); verifiers may be others"),
+    ] = None,
     json_out: Json = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -104,6 +108,7 @@ def ask(
         sharded=sharded,
         replicas=replicas,
         raw=raw,
+        only_peers=peer,
     )
 
 

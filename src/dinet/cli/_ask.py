@@ -58,6 +58,7 @@ def run_ask(
     sharded: bool = False,
     replicas: int = 1,
     raw: bool = False,
+    only_peers: list[str] | None = None,
 ) -> None:
     if not 1 <= replicas <= MAX_REPLICAS:
         fail(f"--replicas must be between 1 and {MAX_REPLICAS}")
@@ -80,7 +81,13 @@ def run_ask(
 
     async def main() -> None:
         exact = None if model_hash is None else ModelHash(model_hash)  # as the user typed it
-        options = AskOptions.from_settings(settings, model_id=model, model_hash=exact, policy=policy)
+        options = AskOptions.from_settings(
+            settings,
+            model_id=model,
+            model_hash=exact,
+            policy=policy,
+            only_peers=frozenset(only_peers) if only_peers else None,
+        )
         async with open_network(settings) as network:
             if replicas > 1:
                 vote = await ask_replicas(network, params, replicas, options)

@@ -24,6 +24,7 @@ from dinet.node.debts import DebtDesk
 from dinet.node.demand import DemandDesk
 from dinet.node.embedding import EmbeddingServing, embedding_served
 from dinet.node.following import following
+from dinet.node.hosting import Hosting
 from dinet.node.manifests import ManifestPublisher
 from dinet.node.payments import PaymentDesk, PaymentPolicy
 from dinet.node.receipts import Accountant, Prices
@@ -329,6 +330,7 @@ async def _run(
         watch = PeerWatch(host, directory, joiner, nursery)
         nursery.start_soon(host.keep_bounded, settings.max_connections, watch.kept)
         nursery.start_soon(watch.run)
+        nursery.start_soon(Hosting(host, directory).run)
         for task in serving.background:
             nursery.start_soon(task, joiner)
         if embedding is not None:

@@ -91,6 +91,11 @@ class PeerDirectory:
         neither is named."""
         return [m for m in self.manifests(now) if serves(m, model_id, model_hash)]
 
+    def signed_of(self, peer_id: PeerId) -> SignedManifest | None:
+        """The signed manifest held of `peer_id`, as it was received."""
+        entry = self._entries.get(peer_id)
+        return None if entry is None else entry[1]
+
     def signed(
         self,
         now: float | None = None,

@@ -312,14 +312,18 @@ class PeerHost:
                 out += [bare(str(a)) for a in conn.get_transport_addresses()]
         return list(dict.fromkeys(out))
 
+    def reserved_here(self) -> set[PeerId]:
+        """The connected peers holding a relay reservation on this host (browser tabs, nodes
+        behind NAT): others reach them only through it."""
+        return self._reach.relay.reserved_peers() if self._reach is not None else set()
+
     def links(self, kept: Collection[PeerId]) -> list[Link]:
         """The connected peers as the connection set sees them (`kept`: the peers the node
         needs; the relays holding a reservation for this host, and the peers holding one
         here, are always needed: closing the link would void the reservation)."""
         now = trio.current_time()
         relays = set(self.reachability().relays)
-        if self._reach is not None:
-            relays |= self._reach.relay.reserved_peers()
+        relays |= self.reserved_here()
         connected = self.connected_peers()
         for gone in set(self._opened_at) - connected:
             del self._opened_at[gone]
