@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -37,6 +38,7 @@ from dinet.gateway import _embeddings as em
 from dinet.gateway import _ollama as ol
 from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
+from dinet.gateway._chunks import ChunkShelf, chunk_routes
 from dinet.gateway._answers import (
     PEER_HEADER,
     Event,
@@ -47,6 +49,7 @@ from dinet.gateway._answers import (
     answers_of,
 )
 from dinet.gateway._errors import ApiError, api_error
+from dinet.gateway._isolation import CrossOriginIsolation
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
 from dinet.gateway._series import RecentChains, Series
@@ -446,9 +449,10 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Mount("/browser", StaticFiles(directory=BROWSER, check_dir=False), name="browser"),
+        *chunk_routes(ChunkShelf(settings.home), lambda name, fn: gw.endpoint(name, fn, auth=False)),
         *_ollama_routes(gw),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(CrossOriginIsolation)])
     app.state.gateway = gw
     return app
 
