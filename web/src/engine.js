@@ -44,8 +44,9 @@ export class Engine {
     return this.wllama.lookupToken(piece);
   }
 
-  eosToken() {
-    return this.wllama.getEOS();
+  // End-of-generation tokens (EOS, <|im_end|>, ...), where the native node stops.
+  isEndToken(token) {
+    return this.wllama.isTokenEOG(token);
   }
 
   // Start a new sequence: the KV cache emptied, then `tokens` run in batches.
@@ -74,6 +75,24 @@ export class Engine {
     const { nPast } = await this.wllama.decode(tokens, {});
     this.nPast = nPast;
     return this.wllama.getLogits(topK); // [{token, p}], most probable first
+  }
+
+  // Greedy decoding: up to `maxTokens` most probable tokens after `prompt` (token ids),
+  // stopping after an end-of-generation token (not included). Timings for the benchmark.
+  async greedy(prompt, maxTokens) {
+    const start = performance.now();
+    let probs = await this.prefill(prompt);
+    const firstAt = performance.now();
+    const tokens = [];
+    let steps = 0; // decodes after the prefill
+    while (tokens.length < maxTokens && !this.isEndToken(probs[0].token)) {
+      tokens.push(probs[0].token);
+      if (tokens.length < maxTokens) {
+        probs = await this.step(probs[0].token);
+        steps += 1;
+      }
+    }
+    return { tokens, steps, ttftMs: firstAt - start, decodeMs: performance.now() - firstAt };
   }
 
   close() {
