@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llama_cpp.llama_cpp as llama_c
 import numpy as np
 from playwright.sync_api import Browser, sync_playwright
 
@@ -53,16 +54,26 @@ CONTRIBUTE_AND_DECODE = """async ({modelHash, threads, prompt, tokens}) => {
 
 def native_run(llm: Any, prompt: list[int], tokens: int) -> dict[str, Any]:
     """Greedy decoding with llama.cpp: prefill then one token at a time (argmax)."""
+
+    def best() -> int:
+        logits = np.ctypeslib.as_array(llama_c.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        return int(np.argmax(logits))
+
+    def is_end(token: int) -> bool:
+        return bool(llama_c.llama_vocab_is_eog(llm._model.vocab, token))
+
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
-    out = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    out = [best()]
     first = time.perf_counter()
     steps = 0
-    while len(out) < tokens and not llm._model.token_is_eog(out[-1]):
+    while len(out) < tokens and not is_end(out[-1]):
         llm.eval([out[-1]])
         steps += 1
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        out.append(best())
+    if is_end(out[-1]):
+        out.pop()  # the tab's answers leave the end token out too
     done = time.perf_counter()
     return {"ttftMs": (first - start) * 1000, "steps": steps, "decodeMs": (done - first) * 1000, "tokens": out}
 
