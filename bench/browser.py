@@ -75,10 +75,17 @@ def native_run(llm: Any, prompt: list[int], tokens: int) -> dict[str, Any]:
     if is_end(out[-1]):
         out.pop()  # the tab's answers leave the end token out too
     done = time.perf_counter()
-    return {"ttftMs": (first - start) * 1000, "steps": steps, "decodeMs": (done - first) * 1000, "tokens": out}
+    return {
+        "ttftMs": (first - start) * 1000,
+        "steps": steps,
+        "decodeMs": (done - first) * 1000,
+        "tokens": out,
+    }
 
 
-def tab_runs(browser: Browser, url: str, model_hash: str, threads: int, prompt: str, tokens: int) -> list[dict]:
+def tab_runs(
+    browser: Browser, url: str, model_hash: str, threads: int, prompt: str, tokens: int
+) -> list[dict]:
     """A cold contribution (fresh profile) and a warm one (after a reload)."""
     context = browser.new_context()
     try:
@@ -144,9 +151,14 @@ def main() -> None:
                                 results[name].append(native_run(llm, prompt, args.tokens))
                                 continue
                             threads = 1 if name == "tab-1" else args.threads
-                            cold, warm = tab_runs(browser, url, node.model_hash, threads, prompt_text, args.tokens)
+                            cold, warm = tab_runs(
+                                browser, url, node.model_hash, threads, prompt_text, args.tokens
+                            )
                             results[name].append({"cold": cold, "warm": warm})
-                            print(f"run {run} {name}: {tok_s(warm):.1f} tok/s, threads {warm['threads']}", flush=True)
+                            print(
+                                f"run {run} {name}: {tok_s(warm):.1f} tok/s, threads {warm['threads']}",
+                                flush=True,
+                            )
                 finally:
                     browser.close()
         finally:
@@ -182,7 +194,9 @@ def main() -> None:
             f"{label:<28} {r['tok_s']:>7.1f} {ratio:>9.2f} {r['ttft_ms']:>8.0f}"
             f" {r.get('cold_s', float('nan')):>7.2f} {r.get('warm_s', float('nan')):>7.2f}"
         )
-    print("cold/warm: from 'contribute' (download or read back, verify, store) to model loaded and first token")
+    print(
+        "cold/warm: from 'contribute' (download or read back, verify, store) to model loaded and first token"
+    )
     print(f"tab greedy tokens equal native's: {same_text}")
     print(
         json.dumps(

@@ -24,11 +24,19 @@ MODEL = "smollm2-135m-instruct"
 MAX_TOKENS = 24
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "You answer in one short sentence."}, {"role": "user", "content": "Name three colours."}],
+    [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "Name three colours."},
+    ],
     [{"role": "user", "content": "Count from 1 to 12, separated by commas."}],
 ]
 # Text beyond the chat template: digits, accents, emoji, CJK, runs of spaces and newlines.
-TEXTS = ["3.14159 and 2718281828", "café naïve façade Øre", "emoji 😀👍🏽 and 日本語のテキスト", "a    b\n\n\n\tc  "]
+TEXTS = [
+    "3.14159 and 2718281828",
+    "café naïve façade Øre",
+    "emoji 😀👍🏽 and 日本語のテキスト",
+    "a    b\n\n\n\tc  ",
+]
 
 
 @cache

@@ -38,7 +38,6 @@ from dinet.gateway import _embeddings as em
 from dinet.gateway import _ollama as ol
 from dinet.gateway import _ollama_models as olm
 from dinet.gateway import _openai as oa
-from dinet.gateway._chunks import ChunkShelf, chunk_routes
 from dinet.gateway._answers import (
     PEER_HEADER,
     Event,
@@ -48,6 +47,7 @@ from dinet.gateway._answers import (
     Tracker,
     answers_of,
 )
+from dinet.gateway._chunks import ChunkShelf, chunk_routes
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._isolation import CrossOriginIsolation
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
