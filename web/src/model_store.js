@@ -119,10 +119,16 @@ export async function openModel(modelHash, { base = "", onProgress = () => {} } 
   const files = new Array(total);
   let next = 0;
   let done = 0;
+  let failed = false; // one chunk failing ends the download: the others stop taking work
   async function worker() {
-    while (next < total) {
+    while (next < total && !failed) {
       const index = next++;
-      files[index] = await loadChunk(dir, base, card, index, stats);
+      try {
+        files[index] = await loadChunk(dir, base, card, index, stats);
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
       onProgress({ done: ++done, total });
     }
   }

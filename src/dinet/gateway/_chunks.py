@@ -38,8 +38,20 @@ class ChunkShelf:
         self._store = ModelStore(home)
 
     async def models(self) -> list[StoredModel]:
-        held = await trio.to_thread.run_sync(self._store.models)
-        return [m for m in held if m.complete]
+        return await trio.to_thread.run_sync(self._complete_models)
+
+    def _complete_models(self) -> list[StoredModel]:
+        """Every complete model whose card reads; a damaged one is left out, not an error."""
+        root = self._store.root
+        found = []
+        for directory in sorted(root.iterdir()) if root.is_dir() else []:
+            try:
+                stored = self._store.get(ModelHash(directory.name))
+            except (ModelCorrupted, ModelNotFound):
+                continue  # not a model's directory, or its card is damaged
+            if stored is not None and stored.complete:
+                found.append(stored)
+        return found
 
     async def model(self, model_hash: str) -> StoredModel:
         try:
