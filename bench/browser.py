@@ -201,6 +201,12 @@ def main() -> None:
             f"{label:<28} {r['tok_s']:>7.1f} {ratio:>9.2f} {r['ttft_ms']:>8.0f}"
             f" {r.get('cold_s', float('nan')):>7.2f} {r.get('warm_s', float('nan')):>7.2f}"
         )
+    for label, r in rows.items():
+        if "first_tok_s" in r:
+            print(
+                f"{label}, first answer after loading:"
+                f" {r['first_tok_s']} tok/s, TTFT {r['first_ttft_ms']:.0f} ms"
+            )
     print(
         "cold/warm: from 'contribute' (download or read back, verify, store) to model loaded and first token"
     )
