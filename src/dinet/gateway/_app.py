@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import trio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -46,7 +47,9 @@ from dinet.gateway._answers import (
     Tracker,
     answers_of,
 )
+from dinet.gateway._chunks import ChunkShelf, chunk_routes
 from dinet.gateway._errors import ApiError, api_error
+from dinet.gateway._isolation import CrossOriginIsolation
 from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
 from dinet.gateway._series import RecentChains, Series
@@ -461,9 +464,10 @@ def build_app(view: NetworkView, settings: GatewaySettings) -> Starlette:
         Route("/metrics", gw.endpoint("metrics", gw.metrics_page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Mount("/browser", StaticFiles(directory=BROWSER, check_dir=False), name="browser"),
+        *chunk_routes(ChunkShelf(settings.home), lambda name, fn: gw.endpoint(name, fn, auth=False)),
         *_ollama_routes(gw),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(CrossOriginIsolation)])
     app.state.gateway = gw
     return app
 
