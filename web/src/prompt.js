@@ -32,15 +32,17 @@ export class PromptBuilder {
   async tokens(params) {
     if (params.messages !== null) {
       if (this.#template === null) throw new Refusal("bad_request", "this model has no chat template: send a raw prompt");
-      const text = this.#template.render({
-        messages: params.messages.map(({ role, content }) => ({ role, content })),
-        add_generation_prompt: true,
-        bos_token: this.#bosText,
-        eos_token: this.#eosText,
-        raise_exception: (message) => {
-          throw new Refusal("bad_request", `the chat template refused the messages: ${message}`);
-        },
-      });
+      let text;
+      try {
+        text = this.#template.render({
+          messages: params.messages.map(({ role, content }) => ({ role, content })),
+          add_generation_prompt: true,
+          bos_token: this.#bosText,
+          eos_token: this.#eosText,
+        });
+      } catch (error) {
+        throw new Refusal("bad_request", `the chat template refused the messages: ${error.message}`);
+      }
       return { tokens: await this.#wllama.tokenize(text, true), stops: this.#eosText ? [this.#eosText] : [] };
     }
     const body = params.prompt ? await this.#wllama.tokenize(params.prompt, true) : [];

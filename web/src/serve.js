@@ -51,6 +51,8 @@ export class InferService {
     this.maxTokens = maxTokens;
     this.stats = { served: 0, tokens: 0, credits: 0, countersigned: 0, refused: 0 };
     this.speed = { tokensPerS: 0, ttftMs: 0 }; // the last answer's, for the manifest
+    // The answer being generated: tokens produced, and the text of the token frames sent.
+    this.current = { tokens: 0, sent: "" };
     this.listeners = new Set(); // called after every answer, for the page
   }
 
@@ -153,6 +155,7 @@ export class InferService {
     }
     this.#waiting -= 1;
     this.#active += 1;
+    this.current = { tokens: 0, sent: "" };
     try {
       await work();
     } catch (error) {
@@ -161,6 +164,7 @@ export class InferService {
       stream.abort(error);
     } finally {
       this.#active -= 1;
+      this.current = { tokens: 0, sent: "" };
       release();
     }
   }
@@ -201,7 +205,10 @@ export class InferService {
     let firstAt = 0;
     let finishReason = "length";
     const flush = async () => {
-      for (const frame of pending.splice(0)) await stream.send(frame);
+      for (const { frame, text: piece } of pending.splice(0)) {
+        await stream.send(frame);
+        this.current.sent += piece;
+      }
       lastSend = performance.now();
     };
     for (let index = prefix.length; index < params.max_tokens; index++) {
@@ -224,10 +231,12 @@ export class InferService {
         break;
       }
       tokenIds.push(token);
+      this.current.tokens = tokenIds.length;
       adjust?.push(token);
       const { frames, stopped } = text.push(index, token, await this.#piece(token));
       for (const frame of frames) {
-        pending.push(tokenFrame(frame.index, frame.token_id, frame.text, frame.token_id === token ? logprobs : null));
+        const withLogprobs = frame.token_id === token ? logprobs : null;
+        pending.push({ frame: tokenFrame(frame.index, frame.token_id, frame.text, withLogprobs), text: frame.text });
       }
       if (tokenIds.length === 1 || performance.now() - lastSend >= SEND_EVERY_MS) await flush();
       if (stopped) {
@@ -237,7 +246,9 @@ export class InferService {
       if (index + 1 >= params.max_tokens || prompt.length + index + 1 >= engine.nCtx) break; // `length`
       next = await engine.step(token, { topK });
     }
-    for (const frame of text.finish()) pending.push(tokenFrame(frame.index, frame.token_id, frame.text));
+    for (const frame of text.finish()) {
+      pending.push({ frame: tokenFrame(frame.index, frame.token_id, frame.text), text: frame.text });
+    }
     await flush();
     const decodeS = (performance.now() - firstAt) / 1000;
     const tokensPerS = tokenIds.length >= 2 && decodeS > 0 ? (tokenIds.length - 1) / decodeS : 0;

@@ -19,11 +19,12 @@ from dinet.node.manifests import OFFER_FIELDS
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.discovery import fetch_manifests
 from dinet.p2p.host import PeerHost
-from dinet.wire.ids import MANIFEST_PROTOCOL, PeerId, model_topic
+from dinet.wire.ids import PeerId, model_topic
 
 logger = logging.getLogger(__name__)
 
 HOSTED_EVERY_S = 10.0  # well within a manifest's lifetime (MANIFEST_TTL_S)
+LOOK_EVERY_S = 1.0  # a peer that just reserved is asked at once: it wants to be found
 GOSSIP_PROTOCOL = "/meshsub/1.1.0"  # a peer that speaks it publishes its own manifest
 
 
@@ -32,24 +33,26 @@ class Hosting:
         self._host = host
         self._directory = directory
         self._offers: dict[PeerId, dict[str, object]] = {}  # what was last published, per peer
+        self._asked: dict[PeerId, float] = {}  # when each hosted peer was last asked
 
     def hosted(self) -> set[PeerId]:
-        """The peers this node speaks for now."""
-        return {
-            peer
-            for peer in self._host.reserved_here()
-            if self._host.speaks(peer, MANIFEST_PROTOCOL) and not self._host.speaks(peer, GOSSIP_PROTOCOL)
-        }
+        """The peers this node speaks for now. (Not told by what identify says they serve:
+        py-libp2p 0.8.1 records nothing of a tab's identify; one that does not answer a
+        manifest query is asked again only after HOSTED_EVERY_S.)"""
+        return {peer for peer in self._host.reserved_here() if not self._host.speaks(peer, GOSSIP_PROTOCOL)}
 
     async def run(self) -> None:
-        while True:
-            hosted = self.hosted()
-            for gone in set(self._offers) - hosted:
-                del self._offers[gone]
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            while True:
+                hosted, now = self.hosted(), trio.current_time()
+                for gone in set(self._asked) - hosted:
+                    del self._asked[gone]
+                    self._offers.pop(gone, None)
                 for peer in hosted:
-                    nursery.start_soon(self._pass_on, peer)
-            await trio.sleep(HOSTED_EVERY_S)
+                    if now - self._asked.get(peer, -HOSTED_EVERY_S) >= HOSTED_EVERY_S:
+                        self._asked[peer] = now
+                        nursery.start_soon(self._pass_on, peer)
+                await trio.sleep(LOOK_EVERY_S)
 
     async def _pass_on(self, peer: PeerId) -> None:
         try:
