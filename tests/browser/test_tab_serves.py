@@ -191,3 +191,17 @@ def _din(home_dir: Path, *args: str) -> Any:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+def test_the_page_switch_makes_the_tab_serve_and_shows_what_it_costs(browser, home):
+    page = browser.new_context().new_page()
+    page.goto(home.printed["api"])
+    page.wait_for_selector("#contribute:not([hidden])")
+    assert "smollm2" in page.inner_text("#contribute-cost") and "MiB" in page.inner_text("#contribute-cost")
+    page.check("#contribute-switch")
+    serving = "() => document.getElementById('contribute-status').textContent.startsWith('Serving')"
+    page.wait_for_function(serving, timeout=120_000)
+    done = page.inner_text("#contribute-done")
+    assert "tok/s measured" in done and "0 requests served" in done, done
+    page.uncheck("#contribute-switch")
+    page.wait_for_function("() => document.getElementById('contribute-status').textContent === 'Stopped.'")
