@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,11 +29,10 @@ import llama_cpp.llama_cpp as llama_c
 import numpy as np
 from playwright.sync_api import Browser, sync_playwright
 
+from _tab_node import node_for_tabs
 from dinet.engine._paths import default_model_path
 from dinet.engine.llama._llama_cpp import chat_formatter, load_llama
-from dinet.node.local_mesh import start_node
 
-WEB = Path(__file__).resolve().parents[1] / "web"
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 
@@ -130,44 +127,32 @@ def main() -> None:
     assert formatter is not None
     prompt_text = str(formatter(messages=PROMPT).prompt)  # type: ignore[arg-type]
     prompt = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
-    with tempfile.TemporaryDirectory(prefix="dinet-bench-") as tmp:
-        bundle = Path(tmp) / "browser"
-        subprocess.run(["node", str(WEB / "build.mjs"), str(bundle)], check=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        node = start_node(
-            Path(tmp) / "node", extra_args=["--api-port", str(port)], env={"DINET_BROWSER_DIR": str(bundle)}
-        )
-        url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="dinet-bench-") as tmp, node_for_tabs(Path(tmp)) as (node, url):
         assert node.model_hash is not None
         results: dict[str, list[dict[str, Any]]] = {"native": [], "tab-1": [], "tab-N": []}
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=shutil.which("chromium"), headless=True, args=FLAGS
-                )
-                try:
-                    for run in range(args.runs):
-                        order = ["native", "tab-1", "tab-N"]
-                        order = order[run % 3 :] + order[: run % 3]  # alternate who goes first
-                        for name in order:
-                            if name == "native":
-                                results[name].append(native_run(llm, prompt, args.tokens))
-                                continue
-                            threads = 1 if name == "tab-1" else args.threads
-                            cold, warm = tab_runs(
-                                browser, url, node.model_hash, threads, prompt_text, args.tokens
-                            )
-                            results[name].append({"cold": cold, "warm": warm})
-                            print(
-                                f"run {run} {name}: {tok_s(warm):.1f} tok/s, threads {warm['threads']}",
-                                flush=True,
-                            )
-                finally:
-                    browser.close()
-        finally:
-            node.stop()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), headless=True, args=FLAGS
+            )
+            try:
+                for run in range(args.runs):
+                    order = ["native", "tab-1", "tab-N"]
+                    order = order[run % 3 :] + order[: run % 3]  # alternate who goes first
+                    for name in order:
+                        if name == "native":
+                            results[name].append(native_run(llm, prompt, args.tokens))
+                            continue
+                        threads = 1 if name == "tab-1" else args.threads
+                        cold, warm = tab_runs(
+                            browser, url, node.model_hash, threads, prompt_text, args.tokens
+                        )
+                        results[name].append({"cold": cold, "warm": warm})
+                        print(
+                            f"run {run} {name}: {tok_s(warm):.1f} tok/s, threads {warm['threads']}",
+                            flush=True,
+                        )
+            finally:
+                browser.close()
     native = results["native"]
     same_text = all(r["warm"]["tokens"] == native[0]["tokens"] for r in results["tab-1"])
     rows: dict[str, dict[str, float]] = {

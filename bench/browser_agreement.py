@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,12 +21,11 @@ import llama_cpp.llama_cpp as llama_c
 import numpy as np
 from playwright.sync_api import sync_playwright
 
+from _tab_node import node_for_tabs
 from dinet.engine._paths import default_model_path
 from dinet.engine.llama._llama_cpp import chat_formatter, load_llama
-from dinet.node.local_mesh import start_node
 from dinet.trust.verify import DEFAULT_TOLERANCES
 
-WEB = Path(__file__).resolve().parents[1] / "web"
 ASKS = ["What is", "Explain", "Write a sentence about", "Give me a fact about", "Describe"]
 ASKS += [
     "Why do people like",
@@ -96,32 +93,21 @@ def main() -> None:
             llm.eval([token])
         return worst
 
-    with tempfile.TemporaryDirectory(prefix="dinet-bench-") as tmp:
-        bundle = Path(tmp) / "browser"
-        subprocess.run(["node", str(WEB / "build.mjs"), str(bundle)], check=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        node = start_node(
-            Path(tmp) / "node", extra_args=["--api-port", str(port)], env={"DINET_BROWSER_DIR": str(bundle)}
-        )
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=shutil.which("chromium"), headless=True, args=["--no-sandbox"]
-                )
-                page = browser.new_page()
-                page.set_default_timeout(3_600_000)
-                page.goto(f"http://127.0.0.1:{port}")
-                page.evaluate(LOAD_JS, node.model_hash)
-                gaps, identical = [], 0
-                for prompt in prompts:
-                    ids, answer = page.evaluate(GREEDY_JS, [prompt, args.tokens])
-                    identical += answer == native_greedy(ids)
-                    gaps.append(worst_gap(ids, answer))
-                browser.close()
-        finally:
-            node.stop()
+    with tempfile.TemporaryDirectory(prefix="dinet-bench-") as tmp, node_for_tabs(Path(tmp)) as (node, url):
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), headless=True, args=["--no-sandbox"]
+            )
+            page = browser.new_page()
+            page.set_default_timeout(3_600_000)
+            page.goto(url)
+            page.evaluate(LOAD_JS, node.model_hash)
+            gaps, identical = [], 0
+            for prompt in prompts:
+                ids, answer = page.evaluate(GREEDY_JS, [prompt, args.tokens])
+                identical += answer == native_greedy(ids)
+                gaps.append(worst_gap(ids, answer))
+            browser.close()
     passed = sum(g <= DEFAULT_TOLERANCES.greedy_gap for g in gaps)
     print(
         f"{len(prompts)} prompts, {args.tokens} tokens: {identical} identical,"

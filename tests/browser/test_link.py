@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from _engine_tab import chromium_browser
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from tests.gateway._gateway_helpers import start_gateway
 
 from dinet.node.local_mesh import NodeProcess, start_node
@@ -29,7 +30,6 @@ from dinet.wire.ids import MANIFEST_PROTOCOL
 from dinet.wire.manifest import SignedManifest, verify_manifest
 
 HERE = Path(__file__).parent
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 
 # In the page: a fresh ed25519 key, a link to the gateway's node, what identify learned,
 # and the node's manifests over /dinet/manifest/1.
@@ -52,23 +52,15 @@ QUERY_NODE = """async ({scheme, reserve}) => {
 }"""
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("Debian's chromium is not installed: run `make system-deps` (apt-get install chromium)")
-    return path
-
-
 @contextmanager
 def _page(**context: Any) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_context(**context).new_page()
-            page.on("console", lambda m: print(f"[tab] {m.type}: {m.text}"))
-            yield page
-        finally:
-            browser.close()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: run `make system-deps` (apt-get install chromium)")
+    with chromium_browser(chromium) as browser:
+        page = browser.new_context(**context).new_page()
+        page.on("console", lambda m: print(f"[tab] {m.type}: {m.text}"))
+        yield page
 
 
 @contextmanager

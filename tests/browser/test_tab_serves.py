@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 import trio
-from playwright.sync_api import Browser, Page, sync_playwright
+from _engine_tab import chromium_browser
+from playwright.sync_api import Browser, Page
 from tests.helpers import answer_to, chat
 
 from dinet.client.network import open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import NodeProcess, start_node
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 ASK_TIMEOUT_S = 240
 
 CONTRIBUTE = """async () => {
@@ -65,12 +65,8 @@ def native(tmp_path_factory, home) -> Iterator[NodeProcess]:
 
 @pytest.fixture(scope="module")
 def browser(chromium) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium_browser(chromium) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
