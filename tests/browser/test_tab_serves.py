@@ -91,6 +91,7 @@ def test_a_tab_serves_a_verified_answer_and_signs_its_receipt(tab, home, native,
     assert check["verified"] is True and check["verifier"] in {home.peer_id, native.peer_id}, check
     assert len(answer["receipts"]) == 1 and answer["refused_receipts"] == []
     # The client countersigned only after checking the tab's signature (node = the tab).
+    page.wait_for_function("() => window.contribution.service.stats.countersigned > 0", timeout=15_000)
     stats = page.evaluate("() => window.contribution.service.stats")
     assert stats["served"] == 1 and stats["countersigned"] == 1 and stats["tokens"] == 16
 

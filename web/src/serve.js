@@ -87,9 +87,9 @@ export class InferService {
       return;
     }
     const started = performance.now();
-    await this.#takeSlot(stream, async () => {
+    const sent = await this.#takeSlot(stream, async () => {
       const answer = await this.#generate(stream, request, started);
-      if (answer === null) return;
+      if (answer === null) return null;
       const receipt = signReceipt(this.#identity.seed, {
         requestId: request.request_id,
         requestPayload: payload,
@@ -118,9 +118,11 @@ export class InferService {
       this.speed = { tokensPerS: answer.tokensPerS || this.speed.tokensPerS, ttftMs: answer.ttftMs };
       this.stats.served += 1;
       this.stats.tokens += answer.tokenIds.length;
-      await this.#keepCountersigned(stream, receipt);
-      for (const listener of this.listeners) listener(this.stats);
+      return receipt;
     });
+    // The slot is free again: the client's countersignature may take its time.
+    if (sent) await this.#keepCountersigned(stream, sent);
+    for (const listener of this.listeners) listener(this.stats);
   }
 
   async #refuse(stream, refusal) {
@@ -129,7 +131,8 @@ export class InferService {
     await stream.close().catch(() => {});
   }
 
-  /** Runs `work` when the slot is free; meanwhile a `queued` frame at once and every second. */
+  /** Runs `work` when the slot is free, and gives what it returns (null if it failed);
+   * meanwhile a `queued` frame at once and every second. */
   async #takeSlot(stream, work) {
     const before = this.#slot;
     let release;
@@ -149,7 +152,7 @@ export class InferService {
       this.#waiting -= 1;
       await before;
       release();
-      return;
+      return null;
     } finally {
       if (ticker !== null) clearInterval(ticker);
     }
@@ -157,11 +160,12 @@ export class InferService {
     this.#active += 1;
     this.current = { tokens: 0, sent: "" };
     try {
-      await work();
+      return await work();
     } catch (error) {
       // A client that went away (reset) ends the answer here; anything else is `internal`.
       await stream.send(errorFrame("internal", String(error?.message ?? error).slice(0, 300))).catch(() => {});
       stream.abort(error);
+      return null;
     } finally {
       this.#active -= 1;
       this.current = { tokens: 0, sent: "" };
