@@ -21,19 +21,19 @@ function missing() {
 async function show() {
   const entry = await fetch("/api/browser", { cache: "no-store" });
   if (!entry.ok) return; // no node beside this gateway: nothing to contribute to
-  section.hidden = false;
   const lacking = missing();
   if (lacking) {
     toggle.disabled = true;
     status.textContent = `Cannot contribute: ${lacking}.`;
-    return;
+  } else {
+    const models = await fetch("/api/chunks/1").then((r) => (r.ok ? r.json() : { models: [] }));
+    const model = models.models[0];
+    if (model) {
+      const threads = window.crossOriginIsolated ? "threads allowed" : "one thread (the page is not cross-origin isolated)";
+      cost.textContent = `Downloads ${model.model_id} (${mib(model.file_size)}) once, keeps it in this browser, and uses about ${mib(model.file_size * 1.5)} of memory and ${threads} while serving.`;
+    }
   }
-  const models = await fetch("/api/chunks/1").then((r) => (r.ok ? r.json() : { models: [] }));
-  const model = models.models[0];
-  if (model) {
-    const threads = window.crossOriginIsolated ? "threads allowed" : "one thread (the page is not cross-origin isolated)";
-    cost.textContent = `Downloads ${model.model_id} (${mib(model.file_size)}) once, keeps it in this browser, and uses about ${mib(model.file_size * 1.5)} of memory and ${threads} while serving.`;
-  }
+  section.hidden = false; // shown once it says what it costs
 }
 
 function report(stats) {
