@@ -7,15 +7,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from playwright.sync_api import Browser, Page, sync_playwright
+from tests.gateway._gateway_helpers import CHROMIUM_FLAGS
 
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-extensions",
-    "--no-first-run",
-]
 LOAD_TIMEOUT_MS = 300_000  # a cold download and load on a busy 2-core machine
 
 # In the page: the model fetched, verified and stored (openModel), then loaded in wllama.

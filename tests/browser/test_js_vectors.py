@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
+from tests.gateway._gateway_helpers import CHROMIUM_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 VECTORS = ROOT / "docs" / "vectors"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 
 
 def _node() -> str:

@@ -17,6 +17,16 @@ import httpx
 API_KEY = "test-key-0123"
 START_TIMEOUT_S = 60.0
 
+# Headless Chromium as the page and browser-node tests launch it (Debian's build, as root).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--no-first-run",
+]
+
 
 @dataclass
 class GatewayProcess:

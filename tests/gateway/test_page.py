@@ -12,19 +12,11 @@ from typing import Any
 
 import pytest
 from _fake_network import CHAIN_MODEL, expected_groups, fake_peers
-from _gateway_helpers import API_KEY, start_gateway_command, wait_for_peers
+from _gateway_helpers import API_KEY, CHROMIUM_FLAGS, start_gateway_command, wait_for_peers
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MODEL = "smollm2-135m-instruct"  # what the real mesh serves
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-extensions",
-    "--no-first-run",
-]
 
 
 @contextmanager
