@@ -10,7 +10,7 @@ chain has paid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -22,10 +22,12 @@ from dinet.config import ClientSettings
 from dinet.errors import DinetError
 from dinet.ledger import Ledger
 from dinet.p2p.identity import CLIENT_IDENTITY, NODE_IDENTITY, load_or_create_identity
-from dinet.settle.chain import Channels
 from dinet.settle.keys import load_or_create_chain_key
 from dinet.settle.voucher import Voucher
 from dinet.wire.ids import PeerId
+
+if TYPE_CHECKING:  # web3 takes a second to import: every `din` command would wait for it
+    from dinet.settle.chain import Channels
 
 app = typer.Typer(
     help="Payment channels: open, top up, close, reclaim, and their status.", no_args_is_help=True
@@ -40,6 +42,8 @@ def _chain(settings: ClientSettings) -> Channels:
     if settings.chain_rpc is None or settings.channel_contract is None:
         fail("name the chain: --chain-rpc URL and --channel-contract ADDRESS (or set them in the config)")
     assert settings.chain_rpc is not None and settings.channel_contract is not None
+    from dinet.settle.chain import Channels
+
     return Channels(settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home))
 
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import trio
 
 from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment, ChannelRecord
-from dinet.settle.chain import Channels
 from dinet.settle.voucher import same_address, sign_voucher, wei_of
 from dinet.wire.ids import PeerId
 from dinet.wire.manifest import PaymentTerms
 from dinet.wire.messages import ChannelVoucher
 from dinet.wire.receipt import ReceiptBody
+
+if TYPE_CHECKING:  # web3 takes a second to import: only a node or client with a chain loads it
+    from dinet.settle.chain import Channels
 
 logger = logging.getLogger(__name__)
 

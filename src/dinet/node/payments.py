@@ -20,18 +20,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from dinet.errors import ChainError, LedgerError
 from dinet.ledger import Ledger
 from dinet.ledger.store import ChannelPayment, ChannelRecord
-from dinet.settle.chain import Channels, ChannelState
 from dinet.settle.voucher import Voucher, same_address, voucher_signer, wei_of
 from dinet.wire.ids import PeerId
 from dinet.wire.manifest import PaymentTerms
 from dinet.wire.messages import ChannelVoucher, InferRequest
 from dinet.wire.receipt import ReceiptBody
+
+if TYPE_CHECKING:  # web3 takes a second to import: only a node or client with a chain loads it
+    from dinet.settle.chain import Channels, ChannelState
 
 logger = logging.getLogger(__name__)
 
