@@ -144,7 +144,9 @@ async def test_an_announced_address_is_advertised_and_reported_when_peers_cannot
 
 
 @pytest.mark.parametrize(
-    "announce", ["not-an-address", f"/ip4/127.0.0.1/tcp/4001/p2p/{SigningKey.generate().peer_id}"]
+    "announce",
+    ["not-an-address", f"/ip4/127.0.0.1/tcp/4001/p2p/{SigningKey.generate().peer_id}"],
+    ids=["not-an-address", "loopback"],  # fixed: parallel test workers must collect the same tests
 )
 async def test_a_bad_announced_address_is_a_config_error(announce):
     with pytest.raises(ConfigError):
