@@ -8,6 +8,27 @@ from dinet.config import ClientSettings
 from dinet.engine import embedding_model_path
 from dinet.node.local_mesh import LocalMesh
 
+# The suite runs on two workers (pytest-xdist, `--dist loadgroup`: pyproject.toml). Each
+# module stays on one worker, so its module-scoped nodes start once. These modules run
+# meshes of five to 26 nodes that keep both cores busy: they share one group, so no two of
+# them run at once (on a 2-core machine two such campaigns starve each other's nodes), and
+# they come first, so the lighter modules fill the other worker meanwhile.
+HEAVY_MODULES = {
+    "tests/scale/test_many_nodes.py",
+    "tests/client/test_chain.py",
+    "tests/client/test_failover.py",
+    "tests/trust/test_liars.py",
+    "tests/trust/test_collusion.py",
+    "tests/trust/test_liar_votes.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("heavy" if module in HEAVY_MODULES else module))
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in HEAVY_MODULES)  # stable: heavy ones first
+
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory):
