@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -197,3 +197,24 @@ async def test_the_peers_pinging_a_host_are_its_watchers():
         assert served.watchers(limit=0) == set()
         watch.untrack(server.peer_id)
         await until(lambda: not served.watchers(limit=8))  # a peer that stopped pinging is forgotten
+
+
+async def test_a_watcher_tracking_several_peers_stays_a_watcher_between_its_pings():
+    """A peer pings each member it tracks once a round, in an order shuffled every round:
+    tracking 6 peers, it pings us every 6 periods, and up to 11 apart. It stays our watcher
+    in between; otherwise a node over its connection bound would close the link of a peer
+    that keeps it as a neighbour, to be dialed again at that peer's next ping."""
+    async with AsyncExitStack() as stack:
+        hosts = [await stack.enter_async_context(raw_host()) for _ in range(7)]
+        served, watch, *_ = [await stack.enter_async_context(running(fast_membership(h))) for h in hosts]
+        for other in [hosts[0], *hosts[2:]]:
+            watch.track(await hosts[1].dial(other.full_addrs()[0]))
+        await until(lambda: served.counts["answered"] >= 1)
+        checks = missing = 0
+        with trio.move_on_after(2 * 12 * watch.core.period_s):  # two rounds at their longest
+            while True:
+                checks += 1
+                missing += hosts[1].peer_id not in served.watchers(limit=8)
+                await trio.sleep(0.1)
+        assert served.counts["answered"] >= 2  # it pinged us again meanwhile
+        assert missing == 0, f"not a watcher at {missing} of {checks} checks"

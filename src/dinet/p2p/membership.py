@@ -42,7 +42,10 @@ logger = logging.getLogger(__name__)
 
 REQUEST_WAIT_S = 5.0  # how long a handler waits for the request frame of a stream
 MAX_FORWARDS = 8  # pings sent for others at once; more ping_reqs get a nack
-WATCHED_FOR_PERIODS = 3  # a peer that pinged us this many periods ago still watches us
+# A peer that pinged us this many periods ago still watches us. It pings each member it
+# tracks once a round, in an order shuffled every round: one tracking 8 (its neighbours
+# and relays) pings us at least every 15 periods.
+WATCHED_FOR_PERIODS = 15
 
 
 def new_swim(
