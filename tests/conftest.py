@@ -24,10 +24,12 @@ HEAVY_MODULES = {
 
 
 def pytest_collection_modifyitems(config, items):
+    def heavy(item) -> bool:
+        return item.nodeid.split("::")[0] in HEAVY_MODULES
+
     for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("heavy" if module in HEAVY_MODULES else module))
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in HEAVY_MODULES)  # stable: heavy ones first
+        item.add_marker(pytest.mark.xdist_group("heavy" if heavy(item) else item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: not heavy(item))  # stable: the heavy ones first, each in its order
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from dinet.config import ClientSettings
 from dinet.errors import DinetError
 from dinet.ledger import Ledger
 from dinet.p2p.identity import CLIENT_IDENTITY, NODE_IDENTITY, load_or_create_identity
-from dinet.settle.keys import load_or_create_chain_key
+from dinet.settle import channels_at, load_or_create_chain_key
 from dinet.settle.voucher import Voucher
 from dinet.wire.ids import PeerId
 
@@ -42,9 +42,7 @@ def _chain(settings: ClientSettings) -> Channels:
     if settings.chain_rpc is None or settings.channel_contract is None:
         fail("name the chain: --chain-rpc URL and --channel-contract ADDRESS (or set them in the config)")
     assert settings.chain_rpc is not None and settings.channel_contract is not None
-    from dinet.settle.chain import Channels
-
-    return Channels(settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home))
+    return channels_at(settings.chain_rpc, settings.channel_contract, settings.home)
 
 
 def _guarded(action: Callable[[], T]) -> T:

@@ -28,7 +28,7 @@ from dinet.routing.affinity import PrefixMemory
 from dinet.routing.coordinates import CoordinateBook
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
-from dinet.settle.keys import load_or_create_chain_key
+from dinet.settle import channels_at
 from dinet.trust.outcomes import OutcomeRecorder
 from dinet.trust.reputation import Event, Reputation
 from dinet.wire.ids import ModelHash, PeerId
@@ -307,13 +307,8 @@ def channel_book(settings: ClientSettings, peer_id: PeerId, ledger: Ledger | Non
         return None
     if settings.channel_contract is None:
         raise ConfigError("--chain-rpc needs --channel-contract (the payment channels contract's address)")
-    from dinet.settle.chain import Channels  # web3 takes a second to import: only when a chain is named
-
-    channels = Channels(
-        settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home)
-    )
     return ChannelBook(
-        channels,
+        channels_at(settings.chain_rpc, settings.channel_contract, settings.home),
         ledger,
         peer_id,
         deposit_wei=settings.channel_deposit_wei,

@@ -39,7 +39,7 @@ from dinet.p2p.reachability import Reachability
 from dinet.p2p.relay import RelayPolicy
 from dinet.p2p.websockets import WebSocketTls
 from dinet.routing.coordinates import CoordinateBook
-from dinet.settle.keys import load_or_create_chain_key
+from dinet.settle import channels_at
 from dinet.wire.ids import CHUNKS_PROTOCOL, MANIFEST_PROTOCOL, ModelHash, PeerId
 from dinet.wire.keys import SigningKey
 
@@ -206,11 +206,7 @@ def _payment_desk(settings: NodeSettings, key: SigningKey) -> PaymentDesk | None
         return None
     if settings.channel_contract is None:
         raise ConfigError("--chain-rpc needs --channel-contract (the payment channels contract's address)")
-    from dinet.settle.chain import Channels  # web3 takes a second to import: only when a chain is named
-
-    channels = Channels(
-        settings.chain_rpc, settings.channel_contract, load_or_create_chain_key(settings.home)
-    )
+    channels = channels_at(settings.chain_rpc, settings.channel_contract, settings.home)
     policy = PaymentPolicy(
         wei_per_credit=settings.wei_per_credit,
         token=settings.channel_token,
