@@ -23,6 +23,8 @@ HEAVY_MODULES = {
 }
 
 
+# First: xdist reads the groups in its own collection hook, and marks added after it are ignored.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     def heavy(item) -> bool:
         return item.nodeid.split("::")[0] in HEAVY_MODULES
