@@ -18,7 +18,7 @@ from dinet.node.local_mesh import LocalMesh, NodeProcess, start_node
 
 PROMPTS = ["Tell me about the moon.", "Describe a busy market in the morning."]
 MAX_TOKENS = 40
-KILLS = 10  # each of the 4 variants killed at 2-3 random points; bench/failover.py runs 20
+KILLS = 6  # each of the 4 variants killed at 1-2 random points; bench/failover.py runs 20
 
 
 @pytest.fixture(scope="module")
