@@ -2,7 +2,8 @@
 and every option of a request honoured (or refused) on a chain.
 
 One module-scoped set of stages is shared by the tests: A [0,10), B and B2 [10,20),
-C [20,30) in one mesh, and the pair A2 [0,10) + D [10,30) on their own (no bootstrap),
+C [20,30) in one mesh (B2 is started by the model's hash on an empty home: it pulls only
+its blocks from the others before it serves), and the pair A2 [0,10) + D [10,30) on their own (no bootstrap),
 so that automatic routing from A sees only 3-stage chains and a 2-stage chain A2 + D is
 asked for by name. (Relayed stages dial each other: a pair that included A would make
 D known to the mesh.) A, B2 and C advertise prices (`PRICES`): a chain through B asks
@@ -35,6 +36,9 @@ from dinet.client.options import AskOptions
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.errors import AnswerTimedOut, NoCapablePeer
+from dinet.models._gguf import read_layout
+from dinet.models.layers import stage_chunks
+from dinet.models.store import ModelStore
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.streams import FramedStream
 from dinet.routing.shard import Route, StageOffer
@@ -76,10 +80,11 @@ def stages(tmp_path_factory):
 
         def start(name: str, layers: str) -> None:
             bootstrap = [] if name in ("A2", "D") else [started["A"].addr]
+            by_hash = ["--model", str(started["A"].model_hash)] if name == "B2" else []
             started[name] = start_node(
                 root / name,
                 bootstrap=bootstrap,
-                extra_args=stage_args(name, layers),
+                extra_args=stage_args(name, layers) + by_hash,
                 start_timeout=STAGE_START_S,
             )
 
@@ -219,6 +224,20 @@ async def test_the_cost_policy_takes_the_cheapest_chain(tmp_path, stages, llama_
         frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), policy="cost")
     assert answer.chain == (a.peer_id, b.peer_id, c.peer_id)  # 0.5 per token, not 0.6
     assert ids(frames) == llama_answers[prompt][0]
+
+
+def test_a_stage_started_by_hash_holds_only_its_blocks(stages):
+    """B2 pulled what blocks 10-20 need (header, their tensors; no embedding, no head)
+    and serves from that partial file: the chains through it below give llama.cpp's tokens."""
+    b2 = stages["B2"]
+    stored = ModelStore(b2.home).find(str(b2.model_hash), complete=False)
+    assert not stored.complete and stored.layers == (10, 20)
+    layout = read_layout(default_model_path())
+    assert list(stored.held) == stage_chunks(stored.card, layout, 10, 20)
+    held_bytes = sum(stored.card.chunk_sizes[i] for i in stored.held)
+    on_disk = stored.part_path.stat().st_blocks * 512
+    assert on_disk <= held_bytes + len(stored.held) * 2 * 4096  # partly filled blocks at its ends
+    assert held_bytes < 0.3 * stored.card.file_size  # a third of the blocks, and shared bytes
 
 
 async def test_only_peers_restricts_the_stages(tmp_path, stages, llama_answers):

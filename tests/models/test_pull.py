@@ -9,10 +9,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import trio
 from tests.helpers import chat, raw_host, request_replies
 
+from dinet.engine import default_model_path
+from dinet.engine.torch.shard import ShardModel
+from dinet.models._gguf import read_layout
 from dinet.models.hashing import file_sha256
+from dinet.models.layers import LayerSpan, stage_chunks
 from dinet.models.store import ModelStore
 from dinet.node.local_mesh import start_node
 from dinet.wire.messages import EndFrame
@@ -61,6 +66,63 @@ def test_a_pull_killed_mid_way_resumes_without_fetching_verified_chunks_again(tm
     assert report["fetched_chunks"] == report["total_chunks"] - report["reused_chunks"]
     stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash)
     assert file_sha256(stored.path) == stored.card.sha256
+
+
+def test_a_stage_pulls_only_its_blocks_computes_as_the_whole_file_and_widens_later(tmp_path, mesh):
+    done = subprocess.run(
+        pull_args(tmp_path, mesh, "--layers", "10:20"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    stored = ModelStore(tmp_path).find(mesh.nodes[0].model_hash, complete=False)
+    card, whole = stored.card, default_model_path()
+    middle = stage_chunks(card, read_layout(whole), 10, 20)
+    assert stored.layers == (10, 20) and list(stored.held) == middle and not stored.complete
+    assert report["fetched_chunks"] == report["total_chunks"] == len(middle) < len(card.chunk_sizes)
+    assert report["fetched_bytes"] == sum(card.chunk_sizes[i] for i in middle) < 0.3 * card.file_size
+    assert stored.part_path.stat().st_blocks * 512 <= report["fetched_bytes"] + len(middle) * 2 * 4096
+    # The held blocks compute exactly what they compute in the whole file.
+    hidden = torch.randn(3, 576, generator=torch.Generator().manual_seed(1))
+    outputs = [
+        ShardModel.load(path, LayerSpan(10, 20)).new_session().forward(hidden)
+        for path in (whole, stored.part_path)
+    ]
+    assert torch.equal(*outputs)
+    # Widened to the end: only the new blocks' chunks and the head are fetched.
+    done = subprocess.run(
+        pull_args(tmp_path, mesh, "--layers", "20:30"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    wider = stage_chunks(card, read_layout(whole), 10, 30)
+    assert ModelStore(tmp_path).find(card.model_hash, complete=False).layers == (10, 30)
+    assert report["total_chunks"] == len(wider) and report["reused_chunks"] == len(middle)
+    assert report["fetched_chunks"] == len(set(wider) - set(middle))
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dinet",
+            "model",
+            "verify",
+            card.model_hash,
+            "--home",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0 and json.loads(verified.stdout)[0]["bad_chunks"] == []
+
+
+def test_a_stage_span_beyond_the_model_is_refused_before_any_chunk(tmp_path, mesh):
+    done = subprocess.run(
+        pull_args(tmp_path, mesh, "--layers", "20:31"), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and "do not fit" in done.stderr
+    assert not list(tmp_path.glob("models/*/model.gguf*"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from dinet.cli._publish import publish, versions
 from dinet.config import default_home
 from dinet.errors import DinetError, ModelNotFound, PullFailed
 from dinet.models.catalog import DEFAULT_MODEL_ID, resolve_model
-from dinet.models.fetch import PullReport, Swarm, open_swarm, pull_model
+from dinet.models.fetch import PullReport, Swarm, open_swarm, pull_layers, pull_model
+from dinet.models.layers import LayerSpan
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.identity import load_or_create_identity
@@ -62,7 +63,8 @@ def _describe(m: StoredModel) -> dict[str, object]:
         "gguf": card.gguf.model_dump(),
         "publisher": card.publisher,
         "created_at": card.created_at,
-        "path": str(m.path if m.complete else m.part_path),
+        "path": str(m.readable_path),
+        "layers": list(m.layers) if m.layers is not None else None,
     }
 
 
@@ -103,7 +105,7 @@ def list_(home: Home = None, json_out: Json = False) -> None:
         print_json([_describe(m) for m in models])
         return
     for m in models:
-        state = "" if m.complete else "  (partial)"
+        state = "" if m.complete else f"  (layers {m.layers[0]}:{m.layers[1]})" if m.layers else "  (partial)"
         card = m.card
         typer.echo(
             f"{card.model_id:32} {m.model_hash[:16]}  {card.file_size / 1e6:8.1f} MB  "
@@ -130,11 +132,20 @@ def verify(
     home: Home = None,
     json_out: Json = False,
 ) -> None:
-    """Re-hash every chunk; exit 1 if any model has chunks that do not match."""
+    """Re-hash every chunk (a stage's: those it holds); exit 1 if any do not match."""
     store, _ = _store(home)
-    models = [_guard(lambda: store.find(ref))] if ref else [m for m in store.models() if m.complete]
+    if ref:
+        models = [_guard(lambda: store.find(ref, complete=False))]
+        if not models[0].complete and models[0].layers is None:
+            fail(f"{ref} is a pull that has not finished: pull it again")
+    else:
+        models = [m for m in store.models() if m.complete or m.layers is not None]
     results = [
-        {"model_id": m.card.model_id, "model_hash": m.model_hash, "bad_chunks": store.bad_chunks(m)}
+        {
+            "model_id": m.card.model_id,
+            "model_hash": m.model_hash,
+            "bad_chunks": store.bad_chunks(m, partial=not m.complete, among=m.kept_chunks()),
+        }
         for m in models
     ]
     if json_out:
@@ -168,6 +179,10 @@ def pull(
     home: Home = None,
     timeout: Annotated[float, typer.Option(help="Seconds to look for holders")] = 15.0,
     max_rate: Annotated[float | None, typer.Option(help="Limit in MB/s")] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Only what a pipeline stage of blocks START:STOP needs (`din node --layers`)"),
+    ] = None,
     mdns: Annotated[bool, typer.Option("--mdns/--no-mdns", help="Discover peers by mDNS")] = True,
     swarm_key: Annotated[
         Path | None, typer.Option(envvar="DINET_SWARM_KEY", help="The private swarm's swarm.key file")
@@ -185,6 +200,7 @@ def pull(
     """Fetch a model from peers (DHT provider records), checking every chunk; resumable."""
     setup_logging(verbose)
     store, home = _store(home, auto_import=False)
+    span = _guard(lambda: LayerSpan.parse(layers)) if layers is not None else None
 
     async def main() -> PullReport:
         gate = peer_gate(swarm_key, allow_peers)
@@ -192,14 +208,21 @@ def pull(
             home, bootstrap or [], mdns=mdns, gate=gate, hole_punching=hole_punching
         ) as swarm:
             model_hash, peers = await _find(swarm, ref, timeout)
+            rate = max_rate * 1e6 if max_rate else None
             with _progress(json_out) as progress:
+                if span is not None:
+                    return await pull_layers(
+                        swarm.host,
+                        store,
+                        model_hash,
+                        peers,
+                        span.start,
+                        span.stop,
+                        progress=progress,
+                        max_rate=rate,
+                    )
                 return await pull_model(
-                    swarm.host,
-                    store,
-                    model_hash,
-                    peers,
-                    progress=progress,
-                    max_rate=max_rate * 1e6 if max_rate else None,
+                    swarm.host, store, model_hash, peers, progress=progress, max_rate=rate
                 )
 
     report: PullReport = run(main)

@@ -132,12 +132,50 @@ class _Reader:
         raise BadModelFile(f"unknown GGUF value type {kind}")
 
 
+class _HeaderBeyond(Exception):
+    """The header goes on past the bytes that are there yet."""
+
+
+class _PrefixReader(_Reader):
+    """A reader of a file whose first `have` bytes alone are real (a pull under way)."""
+
+    def __init__(self, f: BinaryIO, size: int, have: int) -> None:
+        super().__init__(f, size)
+        self._have = have
+
+    def _within(self, n: int) -> None:
+        if self.tell() + n > self._have:
+            raise _HeaderBeyond
+
+    def take(self, n: int) -> bytes:
+        self._within(n)
+        return super().take(n)
+
+    def skip(self, n: int) -> None:
+        self._within(n)
+        super().skip(n)
+
+
 def read_layout(path: Path) -> GGUFLayout:
     """The header of the GGUF file at `path`, or BadModelFile saying what is wrong."""
+    layout = _read(path, None)
+    assert layout is not None  # only a prefix can end too soon
+    return layout
+
+
+def read_partial_layout(path: Path, have: int) -> GGUFLayout | None:
+    """The header of a file being pulled, whose first `have` bytes alone are there yet
+    (the rest are holes): None if the header goes on past them."""
+    return _read(path, have)
+
+
+def _read(path: Path, have: int | None) -> GGUFLayout | None:
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
-            return _parse(_Reader(f, size), size)
+            return _parse(_Reader(f, size) if have is None else _PrefixReader(f, size, have), size)
+    except _HeaderBeyond:
+        return None
     except OSError as exc:
         raise BadModelFile(f"cannot read {path}: {exc.strerror}") from None
     except BadModelFile as exc:

@@ -30,7 +30,9 @@ from dinet.errors import (
     PullFailed,
     RemoteError,
 )
+from dinet.models._gguf import read_partial_layout
 from dinet.models.card import chunk_offsets, verify_model_card
+from dinet.models.layers import check_span, stage_chunks
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.directory import PeerDirectory
 from dinet.p2p.gate import PeerGate
@@ -71,6 +73,13 @@ class PeerStats:
     bytes: int = 0
     bad_chunks: int = 0
     dropped: str | None = None  # why this peer stopped being asked
+
+    def add(self, other: PeerStats) -> None:
+        """Count `other`'s transfer from the same peer in this one."""
+        self.chunks += other.chunks
+        self.bytes += other.bytes
+        self.bad_chunks += other.bad_chunks
+        self.dropped = other.dropped or self.dropped
 
 
 @dataclass
@@ -315,6 +324,71 @@ async def pull_model(
         len(missing),
         fetched,
         time.monotonic() - start,
+        stats,
+    )
+
+
+async def pull_layers(
+    host: PeerHost,
+    store: ModelStore,
+    model_hash: ModelHash,
+    peers: Sequence[PeerId],
+    start: int,
+    stop: int,
+    *,
+    progress: Progress | None = None,
+    max_rate: float | None = None,
+) -> PullReport:
+    """Make blocks [start, stop) of `model_hash` servable from `store` as a pipeline stage,
+    fetching only the chunks such a stage reads (`dinet.models.layers`) into the partial
+    file. Blocks held already widen the range: a stage that pulls more keeps what it has."""
+    began = time.monotonic()
+    existing = await trio.to_thread.run_sync(store.get, model_hash)
+    signed = existing.signed if existing else await fetch_model_card(host, peers, model_hash)
+    check_span(verify_model_card(signed, model_hash), start, stop)
+    if existing is not None and existing.layers is not None:
+        start, stop = min(start, existing.layers[0]), max(stop, existing.layers[1])
+    if existing is not None and existing.holds(start, stop):
+        held = existing.kept_chunks()
+        return PullReport(
+            model_hash, existing.card.model_id, existing.readable_path, len(held), len(held), 0, 0, 0.0
+        )
+    stored: StoredModel = await trio.to_thread.run_sync(store.begin, signed)
+    m = stored.card
+    missing: list[int] = []
+    stats: dict[PeerId, PeerStats] = {}
+
+    async def fetch(wanted: list[int]) -> None:
+        bad = await trio.to_thread.run_sync(lambda: store.bad_chunks(stored, partial=True, among=wanted))
+        bad = await trio.to_thread.run_sync(store.seed_from_local, stored, bad)
+        if not bad:
+            return
+        got = await fetch_chunks(host, m, stored.part_path, bad, peers, progress=progress, max_rate=max_rate)
+        missing.extend(bad)
+        for peer_id, one in got.items():
+            stats.setdefault(peer_id, PeerStats()).add(one)
+
+    # The header first, a chunk at a time: how long it is shows only as it is read.
+    header, have, layout = 0, 0, None
+    while layout is None and header < len(m.chunk_sizes):
+        await fetch([header])
+        have += m.chunk_sizes[header]
+        header += 1
+        layout = await trio.to_thread.run_sync(read_partial_layout, stored.part_path, have)
+    if layout is None:
+        raise PullFailed(f"model {model_hash[:16]}… has no GGUF header that ends inside the file")
+    needed = stage_chunks(m, layout, start, stop)
+    await fetch([i for i in needed if i >= header])
+    stored = await trio.to_thread.run_sync(store.keep_layers, stored, start, stop, needed)
+    return PullReport(
+        model_hash,
+        m.model_id,
+        stored.part_path,
+        len(needed),
+        len(needed) - len(missing),
+        len(missing),
+        sum(m.chunk_sizes[i] for i in missing),
+        time.monotonic() - began,
         stats,
     )
 

@@ -4,6 +4,8 @@
                                              homes from before the rename: still read)
     HOME/models/<model hash>/model.gguf      the file, once every chunk is verified
     HOME/models/<model hash>/model.gguf.part a file being pulled (sparse; chunks land in place)
+    HOME/models/<model hash>/layers.json     a stage's pull: the blocks and chunks held in the
+                                             partial file (`din model pull --layers`)
 
 A partial file needs no journal: resuming re-hashes its chunks and keeps those
 that match, so whatever a killed pull wrote and verified is never fetched again.
@@ -13,10 +15,11 @@ All methods here block (file I/O, hashing): call them from a worker thread.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dinet.errors import ModelCardError, ModelCorrupted, ModelNotFound
@@ -30,6 +33,7 @@ CARD_FILE = "card.json"
 OLD_CARD_FILE = "manifest.json"  # what homes made before the rename call it
 MODEL_FILE = "model.gguf"
 PART_FILE = "model.gguf.part"
+LAYERS_FILE = "layers.json"
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -38,6 +42,8 @@ class StoredModel:
     card: ModelCard
     signed: SignedModelCard
     directory: Path
+    layers: tuple[int, int] | None = None  # blocks [start, stop) held by a partial file
+    held: tuple[int, ...] = ()  # the chunks it holds, checked, for those blocks
 
     @property
     def model_hash(self) -> ModelHash:
@@ -54,6 +60,21 @@ class StoredModel:
     @property
     def complete(self) -> bool:
         return self.path.is_file()
+
+    @property
+    def readable_path(self) -> Path:
+        """The file to read the model from: the whole one, else a stage's partial one."""
+        return self.path if self.complete else self.part_path
+
+    def holds(self, start: int, stop: int) -> bool:
+        """Whether the blocks [start, stop) can be served from this store."""
+        return self.complete or (
+            self.layers is not None and self.layers[0] <= start and stop <= self.layers[1]
+        )
+
+    def kept_chunks(self) -> list[int]:
+        """The chunks on disk to keep checked: all of a whole file, or those a stage holds."""
+        return list(range(len(self.card.chunk_sizes))) if self.complete else list(self.held)
 
 
 class ModelStore:
@@ -75,9 +96,10 @@ class ModelStore:
         except ValueError as exc:
             raise ModelCorrupted(f"unreadable model card {path}: {exc}") from None
         try:
-            return StoredModel(verify_model_card(signed, model_hash), signed, directory)
+            card = verify_model_card(signed, model_hash)
         except ModelCardError as exc:
             raise ModelCorrupted(f"bad model card {path}: {exc}") from None
+        return _with_layers(StoredModel(card, signed, directory))
 
     def models(self) -> list[StoredModel]:
         if not self.root.is_dir():
@@ -141,13 +163,17 @@ class ModelStore:
                 f.truncate(card.file_size)
         return stored
 
-    def bad_chunks(self, stored: StoredModel, *, partial: bool = False) -> list[int]:
-        """Indices of chunks whose bytes do not match the model card (re-hashes the whole file)."""
+    def bad_chunks(
+        self, stored: StoredModel, *, partial: bool = False, among: list[int] | None = None
+    ) -> list[int]:
+        """Indices of chunks (of `among`, default all) whose bytes do not match the model card."""
         path = stored.part_path if partial else stored.path
         m = stored.card
+        offsets = chunk_offsets(m)
         bad = []
         with path.open("rb") as f:
-            for index, (offset, size) in enumerate(zip(chunk_offsets(m), m.chunk_sizes, strict=True)):
+            for index in range(len(offsets)) if among is None else among:
+                offset, size = offsets[index], m.chunk_sizes[index]
                 f.seek(offset)
                 if hashlib.sha256(f.read(size)).hexdigest() != m.chunk_hashes[index]:
                     bad.append(index)
@@ -155,7 +181,7 @@ class ModelStore:
 
     def chunk_ok(self, stored: StoredModel, index: int) -> bool:
         m = stored.card
-        with stored.path.open("rb") as f:
+        with stored.readable_path.open("rb") as f:
             f.seek(chunk_offsets(m)[index])
             return hashlib.sha256(f.read(m.chunk_sizes[index])).hexdigest() == m.chunk_hashes[index]
 
@@ -201,10 +227,36 @@ class ModelStore:
         if file_sha256(stored.part_path) != stored.card.sha256:
             raise ModelCorrupted(f"pulled file for {stored.model_hash[:16]}… fails its sha256")
         stored.part_path.replace(stored.path)
-        return stored
+        (stored.directory / LAYERS_FILE).unlink(missing_ok=True)
+        return replace(stored, layers=None, held=())
+
+    def keep_layers(self, stored: StoredModel, start: int, stop: int, chunks: list[int]) -> StoredModel:
+        """Record that the partial file holds blocks [start, stop): `chunks`, all checked."""
+        record = {"layers": [start, stop], "chunks": sorted(chunks)}
+        tmp = stored.directory / (LAYERS_FILE + ".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(stored.directory / LAYERS_FILE)
+        return replace(stored, layers=(start, stop), held=tuple(sorted(chunks)))
 
     def remove(self, stored: StoredModel) -> None:
         shutil.rmtree(stored.directory)
+
+
+def _with_layers(stored: StoredModel) -> StoredModel:
+    """`stored` with the blocks its partial file holds, if a stage's pull recorded them."""
+    if stored.complete:
+        return stored
+    try:
+        record = json.loads((stored.directory / LAYERS_FILE).read_text())
+        start, stop = (int(x) for x in record["layers"])
+        held = tuple(int(i) for i in record["chunks"])
+    except FileNotFoundError:
+        return stored
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelCorrupted(f"unreadable {stored.directory / LAYERS_FILE}: {exc}") from None
+    if not all(0 <= i < len(stored.card.chunk_sizes) for i in held):
+        raise ModelCorrupted(f"{stored.directory / LAYERS_FILE} names chunks the model does not have")
+    return replace(stored, layers=(start, stop), held=held)
 
 
 def _card_path(directory: Path) -> Path:

@@ -25,7 +25,8 @@ from dinet.errors import (
     WireError,
 )
 from dinet.models.catalog import LocalModel, resolve_model
-from dinet.models.fetch import fetch_chunks, open_swarm, pull_model
+from dinet.models.fetch import fetch_chunks, open_swarm, pull_layers, pull_model
+from dinet.models.layers import LayerSpan
 from dinet.models.store import ModelStore, StoredModel
 from dinet.p2p.gate import peer_gate
 from dinet.p2p.identity import load_or_create_identity
@@ -176,7 +177,8 @@ class ModelKeeper:
     async def _scrub(self, stored: StoredModel) -> None:
         sizes = stored.card.chunk_sizes
         while True:
-            for index, size in enumerate(sizes):
+            for index in stored.kept_chunks():
+                size = sizes[index]
                 await self._lull()
                 if self.healthy and not await trio.to_thread.run_sync(self.store.chunk_ok, stored, index):
                     logger.warning("chunk %d of %s fails its hash", index, self.model_hash[:16])
@@ -184,16 +186,19 @@ class ModelKeeper:
                 await trio.sleep(size / self._rate)
 
     async def _repair(self, joiner: Joiner, stored: StoredModel) -> bool:
-        bad = await trio.to_thread.run_sync(self.store.bad_chunks, stored)
+        def bad_chunks() -> list[int]:
+            return self.store.bad_chunks(stored, partial=not stored.complete, among=stored.kept_chunks())
+
+        bad = await trio.to_thread.run_sync(bad_chunks)
         if not bad:
             return True
         try:
             peers = await joiner.holders(self.model_hash)
-            await fetch_chunks(joiner.host, stored.card, stored.path, bad, peers)
+            await fetch_chunks(joiner.host, stored.card, stored.readable_path, bad, peers)
         except DinetError as exc:
             logger.warning("repair of %s failed, will retry: %s", self.model_hash[:16], exc)
             return False
-        return not await trio.to_thread.run_sync(self.store.bad_chunks, stored)
+        return not await trio.to_thread.run_sync(bad_chunks)
 
 
 def _looks_like_hash(name: str) -> bool:
@@ -201,31 +206,37 @@ def _looks_like_hash(name: str) -> bool:
 
 
 async def prepare_model(settings: NodeSettings) -> tuple[LocalModel, ModelHash]:
-    """The node's model as a complete file in its store: imported from a path or the
-    default package, found by id or hash, or pulled from peers when it is a hash the
-    store lacks. Returns the model (its path inside the store) and its hash."""
+    """The node's model in its store: imported from a path or the default package, found
+    by id or hash, or pulled from peers when it is a hash the store lacks (a stage,
+    `--layers`, pulls only what its blocks need). Returns the model (its file inside the
+    store: a stage's may be partial) and its hash."""
     store = ModelStore(settings.home)
     name = settings.model
+    span = None if settings.layers is None else LayerSpan.parse(settings.layers)
     stored: StoredModel | None = None
     if name is not None and not name.endswith(".gguf"):
         try:
-            stored = await trio.to_thread.run_sync(store.find, name)
+            stored = await trio.to_thread.run_sync(lambda: store.find(name, complete=span is None))
         except ModelNotFound:
-            if len(name) == 64 and _looks_like_hash(name):
-                stored = await _pull_before_serving(settings, store, ModelHash(name))
+            stored = None
+        if stored is not None and span is not None and not stored.holds(span.start, span.stop):
+            stored = await _pull_before_serving(settings, store, stored.model_hash, span)
+        elif stored is None and len(name) == 64 and _looks_like_hash(name):
+            stored = await _pull_before_serving(settings, store, ModelHash(name), span)
     if stored is None:
         model = resolve_model(name)
         key = load_or_create_identity(settings.home)
         stored = await trio.to_thread.run_sync(
             lambda: store.import_file(model.path, key, model_id=model.model_id)
         )
-    return LocalModel(stored.card.model_id, stored.path), stored.model_hash
+    return LocalModel(stored.card.model_id, stored.readable_path), stored.model_hash
 
 
 async def _pull_before_serving(
-    settings: NodeSettings, store: ModelStore, model_hash: ModelHash
+    settings: NodeSettings, store: ModelStore, model_hash: ModelHash, span: LayerSpan | None
 ) -> StoredModel:
-    logger.info("model %s is not in the store: pulling it before serving", model_hash[:16])
+    what = "it" if span is None else f"blocks {span}"
+    logger.info("model %s is not in the store: pulling %s before serving", model_hash[:16], what)
     gate = peer_gate(settings.swarm_key, settings.allow_peers)
     async with open_swarm(
         settings.home, settings.bootstrap, mdns=settings.mdns, gate=gate, hole_punching=settings.hole_punching
@@ -233,7 +244,11 @@ async def _pull_before_serving(
         while True:
             peers = await swarm.holders(model_hash)
             try:
-                report = await pull_model(swarm.host, store, model_hash, peers)
+                report = await (
+                    pull_model(swarm.host, store, model_hash, peers)
+                    if span is None
+                    else pull_layers(swarm.host, store, model_hash, peers, span.start, span.stop)
+                )
                 logger.info(
                     "pulled %s: %d chunks fetched, %d reused",
                     model_hash[:16],

@@ -19,7 +19,6 @@ With `int4=True` (the default) Q4_1 and Q8_0 weights stay 4-bit in memory
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +28,8 @@ from dinet.engine.torch._block import ModelShape, load_block, rotary_table, run_
 from dinet.engine.torch._gguf_file import GGUFFile
 from dinet.engine.torch._gguf_tokenizer import GGUFTokenizer
 from dinet.engine.torch._gguf_weights import GGUFWeights, OutputHead
-from dinet.errors import BadLayerSpan, BadShardInput
+from dinet.errors import BadShardInput
+from dinet.models.layers import LayerSpan
 
 __all__ = ["GGUFTokenizer", "LayerSpan", "ShardModel", "ShardSession"]
 
@@ -37,32 +37,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 2048
 _FIRST_CAPACITY = 64  # KV cache positions allocated up front; doubled when full
-
-
-@dataclass(frozen=True)
-class LayerSpan:
-    """Transformer blocks [start, stop) of a model."""
-
-    start: int
-    stop: int
-
-    def __str__(self) -> str:
-        return f"{self.start}:{self.stop}"
-
-    @classmethod
-    def parse(cls, text: str) -> LayerSpan:
-        """`"0:15"` -> LayerSpan(0, 15); bounds are checked against a model at load."""
-        start, sep, stop = text.partition(":")
-        try:
-            if not sep:
-                raise ValueError(text)
-            return cls(int(start), int(stop))
-        except ValueError:
-            raise BadLayerSpan(f"a layer span is START:STOP, e.g. 0:15, not {text!r}") from None
-
-    def check(self, n_layers: int) -> None:
-        if not 0 <= self.start < self.stop <= n_layers:
-            raise BadLayerSpan(f"layers {self} do not fit a model of {n_layers} layers (0 <= start < stop)")
 
 
 class ShardModel:
