@@ -874,6 +874,21 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
         '{"kind":"shard_step","session_id":"s1","seq":0,"rows":3,"dtype":"f64"}',
         "an unknown dtype",
     ),
+    (
+        "shard_request",
+        '{"kind":"shard_step","session_id":"s1","seq":5,"rows":3,"dtype":"i32","keep":40,"draft":[17,4]}',
+        "a speculative step: the cache keeps 40 positions, two guessed tokens follow the first row",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_step","session_id":"s1","seq":5,"rows":1,"dtype":"i32","keep":-1}',
+        "keep is not negative",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"draft":"model"}',
+        "an unknown draft",
+    ),
     ("shard_reply", '{"kind":"shard_sampled","seq":3,"index":0,"token_id":9}', "the least shard_sampled"),
     ("shard_reply", '{"kind":"shard_opened","session_id":"s1","n_embd":576}', "prompt_ids defaults to []"),
     ("chunk_query", chunks([0, 1]), "two chunks"),

@@ -67,6 +67,9 @@ def ask(
     sharded: Annotated[
         bool, typer.Option(help="Answer through a chain of pipeline stages even if a whole node could")
     ] = False,
+    draft: Annotated[
+        str, typer.Option(help="How a chain guesses tokens to check several in one trip: lookup or none")
+    ] = "none",
     replicas: Annotated[
         int, typer.Option(help="Ask this many peers at once and keep the majority's answer")
     ] = 1,
@@ -106,6 +109,7 @@ def ask(
         policy=policy,
         json_out=json_out,
         sharded=sharded,
+        draft=draft,
         replicas=replicas,
         raw=raw,
         only_peers=peer,

@@ -56,6 +56,7 @@ def run_ask(
     policy: str,
     json_out: bool,
     sharded: bool = False,
+    draft: str = "none",
     replicas: int = 1,
     raw: bool = False,
     only_peers: list[str] | None = None,
@@ -87,6 +88,7 @@ def run_ask(
             model_hash=exact,
             policy=policy,
             only_peers=frozenset(only_peers) if only_peers else None,
+            draft=draft,
         )
         async with open_network(settings) as network:
             if replicas > 1:

@@ -51,7 +51,7 @@ class ChainOfStages:
         on_attempt: Callable[[PeerId], None] | None = None,
     ) -> ChainOfStages:
         """Find stages and plan a chain within the options; NoCapablePeer if none will do."""
-        rules = StageRules(options.policy, records.max_price, options.only_peers)
+        rules = StageRules(options.policy, records.max_price, options.only_peers, options.draft)
         plan = await plan_chain(
             network, options.model_id, options.model_hash, timeout=options.discover_timeout_s, rules=rules
         )

@@ -19,6 +19,7 @@ from dinet.routing.shard import StageOffer
 from dinet.wire.ids import SHARD_PROTOCOL, ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame, GenerationParams
 from dinet.wire.shard import (
+    Draft,
     HiddenDType,
     ShardAck,
     ShardClose,
@@ -60,6 +61,7 @@ class StageLink:
         dtype: HiddenDType,
         session_id: str,
         relay: ShardRelay,
+        draft: Draft = "none",
     ) -> StageLink:
         """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""
         peer_id = offer.peer_id
@@ -73,6 +75,7 @@ class StageLink:
                     params=params,
                     dtype=dtype,
                     relay=relay,
+                    draft=draft,
                 )
             )
             with trio.move_on_after(OPEN_REPLY_S):

@@ -50,7 +50,7 @@ from dinet.routing.select import PeerView, Policy
 from dinet.routing.shard import By, Route, StageOffer, plan_shard_route
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
-from dinet.wire.shard import HiddenDType, ShardRelay, ShardSampled, rows_per_frame
+from dinet.wire.shard import Draft, HiddenDType, ShardRelay, ShardSampled, rows_per_frame
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,12 @@ class ChainResult:
 
 @dataclass(frozen=True)
 class StageRules:
-    """Which stages a chain may use, and how it is chosen: the request's own limits."""
+    """Which stages a chain may use, how it is chosen and run: the request's own choices."""
 
     policy: Policy = "latency"  # "cost": the cheapest chain; otherwise the least time per token
     max_price: float | None = None  # most credits per token for the whole chain (summed over its stages)
     only_peers: frozenset[PeerId] | None = None  # no stage outside these
+    draft: Draft = "none"  # "lookup": the first stage guesses tokens, checked a run at a time
 
 
 async def plan_chain(
@@ -263,6 +264,7 @@ class Chain:
                     self._dtype,
                     session_ids[k],
                     relay,
+                    self._rules.draft,
                 )
             except (PeerError, MalformedMessage):
                 self._failed_opens.append(offers[k].peer_id)

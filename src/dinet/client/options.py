@@ -34,10 +34,12 @@ from dinet.routing.select import Policy
 from dinet.trust.reputation import PROBATION_GOOD
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import MAX_DEADLINE_MS
+from dinet.wire.shard import Draft
 
 MAX_REGION_CHARS = 64  # as a manifest's region
 
 POLICIES: tuple[str, ...] = get_args(Policy)
+DRAFTS: tuple[str, ...] = get_args(Draft)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class AskOptions:
     # True: through a chain of pipeline stages; False: whole-model peers only; None: a
     # chain only when no peer serves the whole model.
     sharded: bool | None = None
+    # How a chain guesses tokens to check several in one trip round its stages: "lookup"
+    # (n-grams of the prompt and the answer so far) or "none". The answer is the same.
+    draft: Draft = "none"
     policy: Policy = "latency"
     max_price: float | None = None  # credits per token; None: the network's own limit, if any
     # Answer within this time: peers that can come first, max_tokens is capped to what the
@@ -73,6 +78,8 @@ class AskOptions:
                 object.__setattr__(self, name, frozenset(value))
         if not (self.sharded is None or isinstance(self.sharded, bool)):
             raise RequestError("sharded must be True, False or None", "sharded")
+        if self.draft not in DRAFTS:
+            raise RequestError(f"unknown draft {self.draft!r}: use {', '.join(DRAFTS)}", "draft")
         if self.policy not in POLICIES:
             raise RequestError(f"unknown policy {self.policy!r}: use {', '.join(POLICIES)}", "policy")
         if self.max_price is not None and not _number(self.max_price, at_least=0.0):

@@ -54,6 +54,7 @@ from dinet.gateway._metrics import CONTENT_TYPE, GatewayMetrics
 from dinet.gateway._peers import NetworkView
 from dinet.gateway._series import RecentChains, Series
 from dinet.wire.messages import MAX_DEADLINE_MS, GenerationParams, TokenFrame
+from dinet.wire.shard import Draft
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class _Gateway:
         async def start(index: int) -> None:
             started[index] = await self.start_answer(
                 request, parsed.model, choices[index], arrived,
-                replicas=parsed.dinet.replicas, sharded=parsed.dinet_sharded,
+                replicas=parsed.dinet.replicas, sharded=parsed.dinet_sharded, draft=parsed.dinet.draft,
             )  # fmt: skip
 
         try:
@@ -286,11 +287,13 @@ class _Gateway:
         *,
         replicas: int = 1,
         sharded: bool | None = None,
+        draft: Draft = "none",
     ) -> Started:
         """Ask the network for `params` and wait for the first event, so that a request no
         peer can take gets a proper status code rather than an error inside a 200 stream.
         Every API the gateway speaks (OpenAI's, Ollama's, ...) answers through here.
-        `sharded`: the request's own choice of a chain; None defers to the header."""
+        `sharded`: the request's own choice of a chain; None defers to the header. `draft`:
+        how a chain guesses tokens (`AskOptions.draft`)."""
         choice = await self.view.resolve(model)
         attempts: list[str] = []
         extra: dict[str, object] = {"seed": params.seed}  # the same request with it replays the answer
@@ -299,6 +302,7 @@ class _Gateway:
             model_id=choice.model_id,
             model_hash=choice.model_hash,
             deadline_s=_deadline_s(request),
+            draft=draft,
         )
         if replicas > 1:
             vote = await ask_replicas(self.view.network, params, replicas, options)

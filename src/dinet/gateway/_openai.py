@@ -27,6 +27,7 @@ from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
 from dinet.wire.messages import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, ChatMessage, GenerationParams, TokenLogprobs
+from dinet.wire.shard import Draft
 
 Kind = Literal["chat", "completion"]
 M = TypeVar("M", bound=BaseModel)
@@ -95,6 +96,7 @@ class DinetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # >1: ask that many peers, keep the majority
+    draft: Draft = "none"  # "lookup": a chain checks guessed tokens a run at a time (same answer)
 
 
 # Features not built: taken only at the value that asks for nothing, else refused by name.

@@ -195,7 +195,9 @@ class ShardService:
         if message.relay is not None and not is_peer_id(message.relay.peer_id):
             raise _Refused("bad_request", "the relay's peer id is not a peer id")
         try:
-            session = await self._compute.run(partial(self._stage.open, message.params, message.dtype))
+            session = await self._compute.run(
+                partial(self._stage.open, message.params, message.dtype, message.draft)
+            )
         except StageRequestError as exc:
             raise _Refused("bad_request", str(exc)) from None
         for session_id in owned:  # one session per stream: a new open replaces the old one
@@ -235,7 +237,7 @@ class ShardService:
 
     async def _compute_step(
         self, step: ShardStep, x: npt.NDArray[np.generic]
-    ) -> tuple[StageSession, npt.NDArray[np.float32] | Sampled | None]:
+    ) -> tuple[StageSession, npt.NDArray[np.float32] | tuple[Sampled, ...] | None]:
         session = self.table.begin(step.session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(step.session_id))
@@ -244,7 +246,9 @@ class ShardService:
                 raise _Refused("bad_request", f"step {step.seq} arrived, expected step {session.steps}")
             started = time.perf_counter()
             try:
-                out = await self._compute.run(partial(session.forward, x, step.sample))
+                out = await self._compute.run(
+                    partial(session.forward, x, step.sample, keep=step.keep, draft=step.draft)
+                )
             except (StageRequestError, BadShardInput) as exc:
                 raise _Refused("bad_request", str(exc)) from None
             except RuntimeError as exc:  # torch's own failures: this session cannot go on
@@ -262,15 +266,15 @@ class ShardService:
         framed: FramedStream,
         step: ShardStep,
         session: StageSession,
-        out: npt.NDArray[np.float32] | Sampled | None,
+        out: npt.NDArray[np.float32] | tuple[Sampled, ...] | None,
     ) -> None:
         """The step's output, back to whoever sent the step."""
         if out is None:
             await framed.send(ShardAck(seq=step.seq))
-        elif isinstance(out, Sampled):
-            await framed.send(_sampled(step, out))
+        elif isinstance(out, tuple):
+            await framed.send_all([_sampled(step, one) for one in out])
         else:
-            header = ShardHidden(seq=step.seq, rows=step.rows, dtype=session.dtype)
+            header = ShardHidden(seq=step.seq, rows=len(out), dtype=session.dtype)
             await framed.send_framed(tensor_frames(header, _hidden(session, out)))
 
     async def _pass_on(
@@ -278,31 +282,38 @@ class ShardService:
         relay: _Relay,
         step: ShardStep,
         session: StageSession,
-        out: npt.NDArray[np.float32] | Sampled | None,
+        out: npt.NDArray[np.float32] | tuple[Sampled, ...] | None,
     ) -> tuple[ShardStep, npt.NDArray[np.generic]] | None:
         """Send the output on as the relay's next step; that step, if it is this stage's own."""
         if relay.failed or out is None:  # failed: the client replaces the chain; None: a prompt chunk
             return None
         target = relay.target.session_id
-        if isinstance(out, Sampled):
-            if out.finish_reason is not None:
-                await self._tell_client(relay, _sampled(step, out))
+        if isinstance(out, tuple):
+            if out[-1].finish_reason is not None:
+                await self._tell_client(relay, [_sampled(step, one) for one in out])
                 return None
-            # The chosen token is the first stage's next step: seq counts the same on every stage.
-            on = ShardStep(session_id=target, seq=step.seq + 1, rows=1, dtype="i32")
-            data: npt.NDArray[np.generic] = np.array([[out.token_id]], dtype=np.int32)
+            # The last token chosen is the first stage's next step (seq counts the same on
+            # every stage); `keep` drops the rows of guesses that were not taken.
+            on = ShardStep(session_id=target, seq=step.seq + 1, rows=1, dtype="i32", keep=session.held)
+            data: npt.NDArray[np.generic] = np.array([[out[-1].token_id]], dtype=np.int32)
         else:
             on = ShardStep(
-                session_id=target, seq=step.seq, rows=step.rows, dtype=session.dtype, sample=step.sample
+                session_id=target,
+                seq=step.seq,
+                rows=len(out),
+                dtype=session.dtype,
+                sample=step.sample,
+                keep=step.keep,
+                draft=session.draft_out,
             )
             data = _hidden(session, out)
         if relay.target.peer_id == self._me:
-            if isinstance(out, Sampled):
-                await self._tell_client(relay, _sampled(step, out))
+            if isinstance(out, tuple):
+                await self._tell_client(relay, [_sampled(step, one) for one in out])
             return on, data
         await self._send_on(relay, on, data)
-        if isinstance(out, Sampled):  # after the next step is on its way: that is the critical path
-            await self._tell_client(relay, _sampled(step, out))
+        if isinstance(out, tuple):  # after the next step is on its way: that is the critical path
+            await self._tell_client(relay, [_sampled(step, one) for one in out])
         return None
 
     async def _send_on(self, relay: _Relay, step: ShardStep, data: npt.NDArray[np.generic]) -> None:
@@ -350,10 +361,11 @@ class ShardService:
         except PeerError:
             pass  # the client has gone as well
 
-    async def _tell_client(self, relay: _Relay, sampled: ShardSampled) -> None:
-        relay.untold.append(sampled)
+    async def _tell_client(self, relay: _Relay, chosen: list[ShardSampled]) -> None:
+        relay.untold += chosen
         now = trio.current_time()
-        if sampled.index > 0 and sampled.finish_reason is None and now - relay.told_at < TELL_EVERY_S:
+        last = chosen[-1]
+        if last.index > 0 and last.finish_reason is None and now - relay.told_at < TELL_EVERY_S:
             return
         told, relay.untold, relay.told_at = relay.untold, [], now
         try:

@@ -10,6 +10,11 @@ hidden states `f32` (exact) or `f16` rows of width `n_embd`.
 The last stage answers a step with `shard_sampled`: the token it chose and the
 completion frames that token releases (exactly the `token` frames of
 `/dinet/infer/1`). See docs/protocol.md.
+
+Speculative steps (`draft` in `shard_open`): the first stage follows each chosen token
+with tokens it guesses, the step carries their ids to the last stage, which takes the
+longest run of them that equals what it chooses itself and one token more; the next
+step's `keep` tells every stage how many positions of its cache still hold.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "f16": np.dtype("<f2"),
 }
 MAX_STEP_ROWS = 4096  # a whole prompt fits the protocol; the frame cap bounds it further
+MAX_DRAFT_TOKENS = 16
+Draft = Literal["none", "lookup"]
 
 
 class ShardRelay(Message):
@@ -65,6 +72,8 @@ class ShardOpen(Message):
     params: GenerationParams
     dtype: HiddenDType = "f32"  # of the hidden states this stage sends back
     relay: ShardRelay | None = None
+    # How the first stage guesses tokens for the last to check (others ignore it).
+    draft: Draft = "none"
 
 
 class ShardOpened(Message):
@@ -84,6 +93,11 @@ class ShardStep(Message):
     dtype: TensorDType
     # The last stage samples a token only when asked: not for the prompt's earlier chunks.
     sample: bool = True
+    # Positions of the session's cache that hold, before this step's rows go in: the
+    # last stage sets it on the token it sends round, so rows it refused are dropped.
+    keep: int | None = Field(default=None, ge=0)
+    # Token ids guessed after the step's first row: its other rows, for the last stage to check.
+    draft: tuple[int, ...] = Field(default=(), max_length=MAX_DRAFT_TOKENS)
 
 
 class ShardAck(Message):

@@ -149,7 +149,9 @@ def run_blocks(
 
     rotary (T, head_dim/2) for those positions; caches (blocks, n_head_kv, capacity,
     head_dim), each block's keys and values appended at `start`; mask (T, start+T)
-    bool, None when T == 1. Returns (T, n_embd) float32.
+    bool, or None: then each row attends to those before it one row at a time, exactly
+    as a step of that one row would (a batched product of several rows rounds otherwise).
+    Returns (T, n_embd) float32.
     """
     t, n_embd = x.shape[0], x.shape[1]
     hd = n_embd // n_head
@@ -162,7 +164,14 @@ def run_blocks(
         q = qk[:, :n_head].reshape(t, n_head_kv, n_head // n_head_kv, hd)  # (T, Hkv, G, hd)
         k_cache[:, start : start + t] = qk[:, n_head:].reshape(t, n_head_kv, hd).transpose(0, 1)
         v_cache[:, start : start + t] = qkv[:, rope_heads * hd :].reshape(t, n_head_kv, hd).transpose(0, 1)
-        attn = _attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
+        if mask is None and t > 1:  # row by row, each as a one-row step computes it
+            rows: list[torch.Tensor] = []
+            for r in range(t):
+                seen = start + r + 1
+                rows.append(_attend(q[r : r + 1], k_cache[:, :seen], v_cache[:, :seen], None))
+            attn = torch.cat(rows)  # (T, n_embd)
+        else:
+            attn = _attend(q, k_cache[:, : start + t], v_cache[:, : start + t], mask)  # (T, n_embd)
         h = x + matmul(attn, block.wo)  # float32 residual
         # The feed-forward stays in the matrices' dtype (bf16 when 4-bit) until the residual.
         gate_up = matmul(F.rms_norm(h, [n_embd], block.ffn_norm, rms_eps), block.gate_up)  # (T, 2 * n_ff)

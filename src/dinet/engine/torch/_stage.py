@@ -22,9 +22,11 @@ import numpy.typing as npt
 
 from dinet.engine._text import CompletionText
 from dinet.engine.adjust import Adjuster
+from dinet.engine.lookup import PromptLookup
 from dinet.engine.sampler import Sampler
 from dinet.errors import MalformedMessage
 from dinet.wire.messages import GenerationParams, TokenFrame
+from dinet.wire.shard import Draft
 
 if TYPE_CHECKING:
     from dinet.engine.torch.shard import GGUFTokenizer, ShardModel, ShardSession
@@ -127,8 +129,10 @@ class Stage:
         assert self._tokenizer is not None, "only the first and last stages hold a tokenizer"
         return self._tokenizer
 
-    def open(self, params: GenerationParams, dtype: Literal["f32", "f16"] = "f32") -> StageSession:
-        return StageSession(self, params, dtype)
+    def open(
+        self, params: GenerationParams, dtype: Literal["f32", "f16"] = "f32", draft: Draft = "none"
+    ) -> StageSession:
+        return StageSession(self, params, dtype, draft=draft)
 
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -146,7 +150,14 @@ class StageSession:
     dtype: Literal["f32", "f16"] = "f32"  # of the hidden states this stage sends on
     prompt_ids: tuple[int, ...] = ()
     steps: int = 0
+    draft: Draft = "none"  # how the first stage guesses tokens (speculative steps)
+    draft_out: tuple[int, ...] = ()  # the guessed ids among the last step's rows, to pass on
+    held: int = 0  # positions of the cache that hold after the last step (guesses refused: not)
     _kv: ShardSession = field(init=False)
+    _tokens: list[int] = field(init=False, default_factory=list)  # first stage: the ids in the cache
+    _lookup: PromptLookup | None = field(init=False, default=None)
+    _drafted: int = field(init=False, default=0)  # guesses in the last step, and after how many positions
+    _drafted_after: int = field(init=False, default=0)
     _text: CompletionText | None = field(init=False, default=None)
     _sampler: Sampler | None = field(init=False, default=None)
     _adjuster: Adjuster | None = field(init=False, default=None)
@@ -172,6 +183,7 @@ class StageSession:
                 )
             if model.is_first:
                 self.prompt_ids = tuple(ids)
+                self._lookup = PromptLookup() if self.draft == "lookup" else None
         if model.is_last:
             self._text = CompletionText(self.params.stop + stops)
             self._sampler = Sampler(model.n_vocab)
@@ -207,24 +219,82 @@ class StageSession:
             raise StageRequestError("the completion has already ended")
 
     def forward(
-        self, x: npt.NDArray[np.generic], sample: bool = True
-    ) -> npt.NDArray[np.float32] | Sampled | None:
+        self,
+        x: npt.NDArray[np.generic],
+        sample: bool = True,
+        *,
+        keep: int | None = None,
+        draft: tuple[int, ...] = (),
+    ) -> npt.NDArray[np.float32] | tuple[Sampled, ...] | None:
         """One step: (T, 1) ids or (T, n_embd) hidden in; (T, n_embd) f32 out, or (last
-        stage) the token chosen, or None when not asked to choose one."""
+        stage) the tokens chosen, or None when not asked to choose one.
+
+        `keep`: the positions of the cache that hold before this step (a speculative
+        step's refused rows are dropped). `draft`: the guessed ids among the rows, after
+        the first; the last stage checks them. A first stage that drafts follows a
+        token sent round (a step with `keep`) with its own guesses."""
         import torch
 
+        model = self.stage.model
+        if keep is not None:
+            self._rewind(keep)
+            if model.is_first and self._lookup is not None:
+                x, draft = self._with_guesses(x)
+        if draft and len(draft) != x.shape[0] - 1:
+            raise StageRequestError(f"a step of {x.shape[0]} rows cannot carry {len(draft)} guessed tokens")
         self.check_input(x)
-        if self.stage.model.is_first:
+        if model.is_first:
+            self._tokens.extend(int(t) for t in x[:, 0])
             inputs = torch.from_numpy(np.ascontiguousarray(x[:, 0], dtype=np.int64))  # (T,)
         else:
             inputs = torch.from_numpy(np.array(x, dtype=np.float32))  # (T, n_embd), a writable copy
-        out = self._kv.forward(inputs)
+        self.draft_out = draft
+        out = self._kv.forward(inputs, speculative=bool(draft))
         self.steps += 1
-        if not self.stage.model.is_last:
+        self.held = self._kv.length
+        if not model.is_last:
             return out.numpy()  # (T, n_embd) f32
-        return self._sample(out.numpy()) if sample else None  # (n_vocab,) logits of the last position
+        if not sample:
+            return None
+        rows = out.numpy().reshape(-1, model.n_vocab)  # logits of the last position, or of every one
+        return self._check_guesses(rows, draft)
 
-    def _sample(self, logits: npt.NDArray[np.float32]) -> Sampled:
+    def _rewind(self, keep: int) -> None:
+        if keep > self._kv.length:
+            raise StageRequestError(f"keep {keep} is past the {self._kv.length} positions of the session")
+        if self._lookup is not None and self._drafted:
+            taken = keep - self._drafted_after - 1  # of the guesses in the last step
+            self._lookup.taken(self._drafted, max(0, taken))
+        self._kv.rewind(keep)
+        del self._tokens[keep:]
+
+    def _with_guesses(self, x: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], tuple[int, ...]]:
+        """The token sent round, followed by the tokens prompt lookup guesses after it."""
+        assert self._lookup is not None
+        if x.shape[0] != 1 or x.dtype.kind != "i":
+            raise StageRequestError("a token sent round is one row of one token id")
+        room = self.stage.model.n_ctx - self._kv.length - 1
+        guesses = self._lookup.propose([*self._tokens, int(x[0, 0])], room)
+        self._drafted, self._drafted_after = len(guesses), self._kv.length
+        if not guesses:
+            return x, ()
+        rows = np.concatenate([x, np.asarray(guesses, dtype=x.dtype).reshape(-1, 1)])
+        return rows, tuple(guesses)
+
+    def _check_guesses(self, rows: npt.NDArray[np.float32], draft: tuple[int, ...]) -> tuple[Sampled, ...]:
+        """Choose a token from each row's logits while the row before was guessed right:
+        the run of guesses taken, then the token after them (the first that differs)."""
+        first_position = self._kv.length - len(rows) + 1  # positions held once row 0 is in
+        chosen: list[Sampled] = []
+        for r in range(len(rows)):
+            sampled = self._sample(rows[r], first_position + r)
+            chosen.append(sampled)
+            if sampled.finish_reason is not None or r >= len(draft) or sampled.token_id != draft[r]:
+                break
+        self.held = first_position + len(chosen) - 1  # row 0 and the guesses taken
+        return tuple(chosen)
+
+    def _sample(self, logits: npt.NDArray[np.float32], positions: int) -> Sampled:
         assert self._text is not None and self._sampler is not None
         params, index = self.params, self._index
         adjusted = logits if self._adjuster is None else self._adjuster.logits(logits)
@@ -242,7 +312,7 @@ class StageSession:
             self._index += 1
             if stopped:
                 finish = "stop"
-            elif self._index >= params.max_tokens or self._kv.length >= self.stage.model.n_ctx:
+            elif self._index >= params.max_tokens or positions >= self.stage.model.n_ctx:
                 finish = "length"
         if finish is not None:
             frames += self._text.finish()

@@ -112,16 +112,24 @@ class ShardSession:
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
 
+    def rewind(self, length: int) -> None:
+        """Keep only the first `length` positions: later ones are written over."""
+        if not 0 <= length <= self.length:
+            raise BadShardInput(f"cannot keep {length} of {self.length} positions")
+        self.length = length
+
     def nbytes(self) -> int:
         """Memory held by this session's KV cache."""
         return sum(t.nbytes for t in (self._k, self._v) if t is not None)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, *, speculative: bool = False) -> torch.Tensor:
         """Run T new positions through this stage and append them to the cache.
 
         First stage: token ids (T,) int64; else hidden states (T, n_embd) float32.
         Returns hidden states (T, n_embd) float32, or on the last stage the logits
-        of the last position, (n_vocab,) float32.
+        of the last position, (n_vocab,) float32. A `speculative` step's rows come out
+        bit for bit as T one-row steps would give them, and the last stage returns the
+        logits of each, (T, n_vocab): its guesses are checked against plain decoding's.
         """
         m = self.model
         t = self._check(inputs)
@@ -132,7 +140,7 @@ class ShardSession:
             start = self.length
             rotary = m.rotary[start : start + t]  # (T, head_dim/2)
             mask = None  # one new position may attend to all; several, each to those before it
-            if t > 1:
+            if t > 1 and not speculative:
                 mask = torch.ones(t, start + t, dtype=torch.bool).tril(diagonal=start)
             heads, kv_heads, eps = m.shape.n_head, m.shape.n_head_kv, m.shape.rms_eps
             x = run_blocks(x, m.blocks, rotary, self._k, self._v, start, mask, heads, kv_heads, eps)
@@ -140,6 +148,8 @@ class ShardSession:
             if not m.is_last:
                 return x
             assert m.output_norm is not None and m.output is not None
+            if speculative:
+                return m.output.each_row(F.rms_norm(x, (m.n_embd,), m.output_norm, m.shape.rms_eps))
             last = F.rms_norm(x[-1:], (m.n_embd,), m.output_norm, m.shape.rms_eps)  # (1, n_embd)
             return m.output(last)  # (n_vocab,)
 
