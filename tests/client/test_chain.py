@@ -63,6 +63,7 @@ from dinet.wire.shard import (
 PROMPTS = ["What is the largest planet?", "Describe a cat in one sentence.", "What is 2 plus 2?"]
 MAX_TOKENS = 24
 LONG_PROMPT, LONG_TOKENS = "Write a long story about a lighthouse keeper.", 160
+COPYING = "Repeat exactly: " + " ".join(["The quick brown fox jumps over the lazy dog."] * 2)
 STAGE_START_S = 240.0
 PRICES = {"A": 0.2, "B2": 0.1, "C": 0.3}  # credits per completion token
 
@@ -157,6 +158,20 @@ async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, lla
             assert len(answer.chain) == 3
             assert answer.chain[0] == stages["A"].peer_id and answer.chain[2] == stages["C"].peer_id
             assert answer.usage.completion_tokens == len(ids) and answer.usage.prompt_tokens > 0
+
+
+async def test_guessed_tokens_checked_a_run_at_a_time_change_no_answer(tmp_path, stages, llama_answers):
+    """draft="lookup": the first stage guesses tokens by prompt lookup and the last checks
+    them (fewer trips: tests/engine/torch/test_speculative.py); the answers are plain ones."""
+    async with open_network(settings_for(tmp_path, stages["A"])) as network:
+        for prompt in PROMPTS:
+            frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), draft="lookup")
+            assert ids(frames) == llama_answers[prompt][0] and len(answer.chain) == 3
+        for sampling in ({}, {"temperature": 0.8, "top_p": 0.95, "seed": 11}):
+            copying = chat(COPYING, max_tokens=MAX_TOKENS, **sampling)
+            plain, _ = await chain_answer(network, copying)
+            guessed, answer = await chain_answer(network, copying, draft="lookup")
+            assert ids(guessed) == ids(plain) and answer.text == "".join(f.text for f in plain)
 
 
 async def test_a_two_stage_chain_gives_the_same_tokens(tmp_path, stages, llama_answers):
@@ -451,6 +466,8 @@ def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages
             "dinet",
             "ask",
             "--sharded",
+            "--draft",
+            "lookup",
             "--json",
             "--no-mdns",
             "--home",
@@ -485,6 +502,7 @@ def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages
                 "max_tokens": MAX_TOKENS,
                 "temperature": 0,
                 "dinet_sharded": True,
+                "dinet": {"draft": "lookup"},
                 "messages": [{"role": "user", "content": prompt}],
             },
         )
