@@ -64,9 +64,10 @@ def test_speculative_rows_are_bit_for_bit_one_row_steps(model_path: Path) -> Non
     batched, single = whole.new_session(), whole.new_session()
     batched.forward(ids[:6])
     single.forward(ids[:6])
-    rows = batched.forward(ids[6:], speculative=True)  # (5, n_vocab)
+    rows = batched.forward(ids[6:], speculative=True)  # (5, n_embd), normalized
+    guessed = torch.stack([whole.logits_of(rows[r : r + 1]) for r in range(len(rows))])
     one_by_one = torch.stack([single.forward(ids[i : i + 1]) for i in range(6, len(ids))])
-    assert torch.equal(rows, one_by_one)
+    assert torch.equal(guessed, one_by_one)
 
 
 def test_a_step_whose_rows_and_guesses_disagree_or_that_keeps_too_much_is_refused(ring) -> None:

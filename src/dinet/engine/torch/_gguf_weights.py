@@ -200,16 +200,9 @@ class OutputHead:
         self._matrix = weights.matrix([name], int4=int4)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.each_row(x)[0]
-
-    def each_row(self, x: torch.Tensor) -> torch.Tensor:
-        """(T, n_embd) -> (T, n_vocab): the product is row by row, so each row's logits are
-        those that row alone would give."""
-        logits = matmul(x, self._matrix).float()  # (T, n_vocab)
+        logits = matmul(x, self._matrix)[0].float()  # (n_vocab,)
         if self._matrix.scales_zeros is not None:  # 4-bit
-            for r in range(logits.shape[0]):
-                row = logits[r]
-                near = torch.nonzero(row >= row.max() - self.REFINE_MARGIN)[:, 0]  # (C,)
-                exact = self._weights.rows(self._name, near.numpy())  # (C, n_embd) float32, exact
-                row.index_copy_(0, near, exact @ x[r])
+            near = torch.nonzero(logits >= logits.max() - self.REFINE_MARGIN)[:, 0]  # (C,)
+            rows = self._weights.rows(self._name, near.numpy())  # (C, n_embd) float32, exact
+            logits.index_copy_(0, near, rows @ x[0])
         return logits

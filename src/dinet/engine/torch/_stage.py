@@ -29,6 +29,8 @@ from dinet.wire.messages import GenerationParams, TokenFrame
 from dinet.wire.shard import Draft
 
 if TYPE_CHECKING:
+    import torch
+
     from dinet.engine.torch.shard import GGUFTokenizer, ShardModel, ShardSession
 
 logger = logging.getLogger(__name__)
@@ -256,8 +258,9 @@ class StageSession:
             return out.numpy()  # (T, n_embd) f32
         if not sample:
             return None
-        rows = out.numpy().reshape(-1, model.n_vocab)  # logits of the last position, or of every one
-        return self._check_guesses(rows, draft)
+        if not draft:
+            return (self._sample(out.numpy(), self._kv.length),)
+        return self._check_guesses(out, draft)
 
     def _rewind(self, keep: int) -> None:
         if keep > self._kv.length:
@@ -281,13 +284,15 @@ class StageSession:
         rows = np.concatenate([x, np.asarray(guesses, dtype=x.dtype).reshape(-1, 1)])
         return rows, tuple(guesses)
 
-    def _check_guesses(self, rows: npt.NDArray[np.float32], draft: tuple[int, ...]) -> tuple[Sampled, ...]:
+    def _check_guesses(self, rows: torch.Tensor, draft: tuple[int, ...]) -> tuple[Sampled, ...]:
         """Choose a token from each row's logits while the row before was guessed right:
-        the run of guesses taken, then the token after them (the first that differs)."""
+        the run of guesses taken, then the token after them (the first that differs).
+        `rows`: the step's last hidden states, normalized (T, n_embd)."""
         first_position = self._kv.length - len(rows) + 1  # positions held once row 0 is in
         chosen: list[Sampled] = []
         for r in range(len(rows)):
-            sampled = self._sample(rows[r], first_position + r)
+            logits = self.stage.model.logits_of(rows[r : r + 1]).numpy()
+            sampled = self._sample(logits, first_position + r)
             chosen.append(sampled)
             if sampled.finish_reason is not None or r >= len(draft) or sampled.token_id != draft[r]:
                 break

@@ -98,6 +98,12 @@ class ShardModel:
     def new_session(self) -> ShardSession:
         return ShardSession(self)
 
+    def logits_of(self, row: torch.Tensor) -> torch.Tensor:
+        """(1, n_embd) normalized last hidden state -> (n_vocab,) float32 (last stage only)."""
+        assert self.output is not None, "only the last stage has the output head"
+        with torch.inference_mode():
+            return self.output(row)
+
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T,) int64 -> (T, n_embd) float32: rows of the embedding, dequantized."""
         return self._weights.rows("token_embd.weight", tokens.numpy())
@@ -128,8 +134,10 @@ class ShardSession:
         First stage: token ids (T,) int64; else hidden states (T, n_embd) float32.
         Returns hidden states (T, n_embd) float32, or on the last stage the logits
         of the last position, (n_vocab,) float32. A `speculative` step's rows come out
-        bit for bit as T one-row steps would give them, and the last stage returns the
-        logits of each, (T, n_vocab): its guesses are checked against plain decoding's.
+        bit for bit as T one-row steps would give them, and the last stage returns them
+        normalized, (T, n_embd), for `ShardModel.logits_of` one row at a time: a guess is
+        checked against plain decoding's choice, and the rows after a refused guess cost
+        no output head.
         """
         m = self.model
         t = self._check(inputs)
@@ -149,7 +157,7 @@ class ShardSession:
                 return x
             assert m.output_norm is not None and m.output is not None
             if speculative:
-                return m.output.each_row(F.rms_norm(x, (m.n_embd,), m.output_norm, m.shape.rms_eps))
+                return F.rms_norm(x, (m.n_embd,), m.output_norm, m.shape.rms_eps)  # (T, n_embd)
             last = F.rms_norm(x[-1:], (m.n_embd,), m.output_norm, m.shape.rms_eps)  # (1, n_embd)
             return m.output(last)  # (n_vocab,)
 
