@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -221,6 +221,7 @@ class Chain:
         self._stall_s = STEP_STALL_S
         self._failed_opens: list[PeerId] = []  # peers whose session did not open, in the last start()
         self._resting: list[PeerId] = []  # counted in network.in_chain until close()
+        self._unreached: Counter[PeerId] = Counter()  # relay failures towards each stage
 
     async def start(self) -> tuple[int, ...]:
         """Open a session on every stage of the plan, relayed in a ring, and send the
@@ -315,7 +316,12 @@ class Chain:
     def _at_fault(self, k: int, event: ShardSampled | None | Exception) -> set[PeerId]:
         """The peers not to ask again in this answer, from what stage k's stream brought."""
         if isinstance(event, RemoteError) and event.code == "relay_failed":
-            return {self.links[(k + 1) % len(self.links)].peer_id}  # k could not reach the next one
+            # k could not reach the next one: once may be the path (a circuit through a busy
+            # relay, say) rather than the stage, so the chain is replayed as it was; twice, the
+            # next stage is left out.
+            after = self.links[(k + 1) % len(self.links)].peer_id
+            self._unreached[after] += 1
+            return {after} if self._unreached[after] > 1 else set()
         if isinstance(event, RemoteError) and event.code in _REPLAYABLE:
             return set()  # a lost session or a busy moment: the same peer may serve the replay
         return {self.links[k].peer_id}
