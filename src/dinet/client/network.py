@@ -115,6 +115,14 @@ class Network:
     def key(self) -> SigningKey:
         return self.host.key
 
+    def _serving_us(self, peer_id: PeerId) -> bool:
+        """Whether the peer is in one of our chains or has one of our requests: not probed
+        then. The request or session fails (and is failed over) if the peer dies, and a
+        probe would count against the peer's limit for us: a busy peer that refused or
+        delayed it was dropped from the directory under load, and with it a request's
+        last candidates."""
+        return self.in_chain[peer_id] > 0 or self.health.get(peer_id).in_flight > 0
+
     def _on_probe(self, peer_id: PeerId, rtt_ms: float | None) -> None:
         if rtt_ms is not None:
             self.rtt_ms[peer_id] = rtt_ms
@@ -347,7 +355,7 @@ async def open_network(settings: ClientSettings) -> AsyncIterator[Network]:
             network._on_probe,
             timeout=settings.probe_timeout_s,
             dial_timeout=settings.dial_timeout_s,
-            resting=lambda peer_id: network.in_chain[peer_id] > 0,
+            resting=network._serving_us,
             watched=network.watched,
         )
         async with trio.open_nursery() as nursery:

@@ -51,7 +51,7 @@ class LivenessWatch:
     dial_timeout: float = DIAL_TIMEOUT_S  # dialing an absent peer again: a new (maybe relayed) connection
     misses_allowed: int = 1
     lull: Callable[[], Awaitable[None]] | None = None  # awaited before each round (a node's chores)
-    # Peers left out of a round: a session open with them shows they are alive, and a
+    # Peers left out of a round: a session or request open with them shows they are alive, and a
     # probe would take a core from the step they are computing for us.
     resting: Callable[[PeerId], bool] = lambda peer_id: False
     # The peers to probe; every peer in the directory when None (a small mesh's tests).
