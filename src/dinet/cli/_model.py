@@ -144,7 +144,7 @@ def verify(
         {
             "model_id": m.card.model_id,
             "model_hash": m.model_hash,
-            "bad_chunks": store.bad_chunks(m, partial=not m.complete, among=m.kept_chunks()),
+            "bad_chunks": store.bad_kept_chunks(m),
         }
         for m in models
     ]

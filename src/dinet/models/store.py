@@ -179,6 +179,10 @@ class ModelStore:
                     bad.append(index)
         return bad
 
+    def bad_kept_chunks(self, stored: StoredModel) -> list[int]:
+        """The chunks kept on disk (`StoredModel.kept_chunks`) whose bytes do not match."""
+        return self.bad_chunks(stored, partial=not stored.complete, among=stored.kept_chunks())
+
     def chunk_ok(self, stored: StoredModel, index: int) -> bool:
         m = stored.card
         with stored.readable_path.open("rb") as f:

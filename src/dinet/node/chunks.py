@@ -186,10 +186,7 @@ class ModelKeeper:
                 await trio.sleep(size / self._rate)
 
     async def _repair(self, joiner: Joiner, stored: StoredModel) -> bool:
-        def bad_chunks() -> list[int]:
-            return self.store.bad_chunks(stored, partial=not stored.complete, among=stored.kept_chunks())
-
-        bad = await trio.to_thread.run_sync(bad_chunks)
+        bad = await trio.to_thread.run_sync(self.store.bad_kept_chunks, stored)
         if not bad:
             return True
         try:
@@ -198,7 +195,7 @@ class ModelKeeper:
         except DinetError as exc:
             logger.warning("repair of %s failed, will retry: %s", self.model_hash[:16], exc)
             return False
-        return not await trio.to_thread.run_sync(bad_chunks)
+        return not await trio.to_thread.run_sync(self.store.bad_kept_chunks, stored)
 
 
 def _looks_like_hash(name: str) -> bool:
