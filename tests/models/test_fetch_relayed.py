@@ -22,7 +22,8 @@ from dinet.p2p.relay import RelayPolicy
 from dinet.wire.ids import CHUNKS_PROTOCOL
 
 
-async def test_a_pull_cut_by_a_relay_fails_cleanly_and_resumes_from_a_direct_holder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("far_link", ["as_the_relay_left_it", "closed"])
+async def test_a_pull_cut_by_a_relay_fails_cleanly_and_resumes_from_a_direct_holder(tmp_path, monkeypatch, far_link):
     monkeypatch.setattr(fetch, "PUNCH_WAIT_S", 0.5)  # no punch on these hosts: do not wait for one
     model = write_tiny(tmp_path / "tiny.gguf")  # ~5 MB, five chunks of 1 MiB and more
     far_store, stored = stocked(tmp_path / "far", model)
@@ -44,6 +45,8 @@ async def test_a_pull_cut_by_a_relay_fails_cleanly_and_resumes_from_a_direct_hol
         kept = len(partial.card.chunk_hashes) - len(mine.bad_chunks(partial, partial=True))
         assert 0 < kept < len(partial.card.chunk_hashes)  # some chunks came, every one checked
 
+        if far_link == "closed":  # known only at its relay address: a dial would take the relay again
+            await me.disconnect(far.peer_id)
         async with serving(near_store) as near:
             await me.dial(near.full_addrs()[0])
             report = await pull_model(me, mine, stored.model_hash, [far.peer_id, near.peer_id])

@@ -127,7 +127,7 @@ async def fetch_model_card(host: PeerHost, peers: Sequence[PeerId], model_hash: 
     """The signed model card of `model_hash` from the first peer that gives a valid one
     (peers connected directly first)."""
     problems = []
-    for peer_id in sorted(peers, key=lambda p: host.link_kind(p) == "relayed"):
+    for peer_id in sorted(peers, key=host.behind_relay):
         try:
             framed = await _open(host, peer_id)
             try:
@@ -277,7 +277,7 @@ async def bulk_holders(host: PeerHost, peers: Sequence[PeerId]) -> list[PeerId]:
     or the pull fails and is tried again; no unchecked byte is kept either way)."""
 
     def unrelayed() -> list[PeerId]:
-        return [p for p in peers if host.link_kind(p) != "relayed"]
+        return [p for p in peers if not host.behind_relay(p)]
 
     if peers and not unrelayed():
         with trio.move_on_after(PUNCH_WAIT_S):

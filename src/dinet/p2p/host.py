@@ -304,6 +304,16 @@ class PeerHost:
             return None
         return "direct" if any(not _relayed(c) for c in conns) else "relayed"
 
+    def behind_relay(self, peer_id: PeerId) -> bool:
+        """Whether bytes to `peer_id` go through a relay: it is connected only through one,
+        or not connected and known only at `/p2p-circuit` addresses (a relay that cut its
+        circuit leaves no connection, yet a dial would take the relay again)."""
+        kind = self.link_kind(peer_id)
+        if kind is not None:
+            return kind == "relayed"
+        addrs = self.known_addrs(peer_id)
+        return bool(addrs) and all(is_circuit(a) for a in addrs)
+
     def remote_addrs(self, peer_id: PeerId) -> list[str]:
         """The addresses this host's direct connections to `peer_id` run to (bare)."""
         out: list[str] = []
