@@ -408,6 +408,13 @@ class NodeSettings(CommonSettings):
         return split_multiaddrs(value)
 
     @model_validator(mode="after")
+    def _stage_lies_at_stages(self) -> NodeSettings:
+        if self.liar is not None and parse_lie(self.liar).at_stage != (self.layers is not None):
+            where = "a whole-model node" if self.layers is None else "a pipeline stage (--layers)"
+            raise ValueError(f"--liar {self.liar} is not a lie {where} can tell")
+        return self
+
+    @model_validator(mode="after")
     def _no_model_serves_nothing(self) -> NodeSettings:
         if self.no_model:
             given = [

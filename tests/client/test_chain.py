@@ -42,7 +42,7 @@ from dinet.models.store import ModelStore
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.p2p.streams import FramedStream
 from dinet.routing.shard import Route, StageOffer
-from dinet.trust.reputation import Event
+from dinet.trust.reputation import WEIGHTS, Event
 from dinet.wire.ids import SHARD_PROTOCOL
 from dinet.wire.keys import SigningKey
 from dinet.wire.messages import GenerationParams, TokenFrame
@@ -158,6 +158,35 @@ async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, lla
             assert len(answer.chain) == 3
             assert answer.chain[0] == stages["A"].peer_id and answer.chain[2] == stages["C"].peer_id
             assert answer.usage.completion_tokens == len(ids) and answer.usage.prompt_tokens > 0
+
+
+async def test_stages_sign_receipts_that_chain_and_an_audit_replays_each_on_another_holder(tmp_path, stages):
+    """Every chain answer's receipts are checked; audit_stages=1 replays each stage on
+    another holder of its blocks (A's on A2 or A2's on A, B's on B2 or B2's on B). C has none."""
+    names = ("A", "A2", "B", "B2", "C")
+    allowed = {stages[n].peer_id for n in names}
+    async with open_network(settings_for(tmp_path, stages["A"], stages["A2"])) as network:
+        for draft in ("none", "lookup"):  # guessed rows are replayed as they were taken
+            _, answer = await chain_answer(
+                network,
+                chat(COPYING, max_tokens=MAX_TOKENS),
+                draft=draft,
+                audit_stages=1.0,
+                only_peers=allowed,
+            )
+            check = answer.stage_check
+            assert check is not None and check.receipts_ok and check.caught == ()
+            first, middle, last = answer.chain
+            assert sorted(check.audited) == sorted([first, middle]) and last == stages["C"].peer_id
+            assert check.problems == (f"no other holder of blocks 20-30 to audit {last}",)
+        # Not audited (audit_stages 0): the receipts are still checked.
+        _, answer = await chain_answer(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS), only_peers=allowed)
+        check = answer.stage_check
+        assert check is not None and check.receipts_ok and check.audited == () and check.problems == ()
+        assert network.reputation is not None
+        for name in names:  # no honest stage is held for a liar
+            standing = network.reputation.standing(stages[name].peer_id)
+            assert standing is None or standing.bad < WEIGHTS[Event.VERIFY_FAIL][1], name
 
 
 async def test_guessed_tokens_checked_a_run_at_a_time_change_no_answer(tmp_path, stages, llama_answers):

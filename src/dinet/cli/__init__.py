@@ -70,6 +70,10 @@ def ask(
     draft: Annotated[
         str, typer.Option(help="How a chain guesses tokens to check several in one trip: lookup or none")
     ] = "none",
+    audit_stages: Annotated[
+        float,
+        typer.Option(help="Share of chain answers whose stages are replayed on other holders (0 to 1)"),
+    ] = 0.0,
     replicas: Annotated[
         int, typer.Option(help="Ask this many peers at once and keep the majority's answer")
     ] = 1,
@@ -110,6 +114,7 @@ def ask(
         json_out=json_out,
         sharded=sharded,
         draft=draft,
+        audit_stages=audit_stages,
         replicas=replicas,
         raw=raw,
         only_peers=peer,

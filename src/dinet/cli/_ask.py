@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 
 import trio
 import typer
@@ -15,6 +16,7 @@ from dinet.cli._common import fail, print_json, run
 from dinet.client.ask import Answer, ask
 from dinet.client.network import open_network, peer_trust
 from dinet.client.options import AskOptions
+from dinet.client.stage_audit import StageCheck
 from dinet.client.verify import Verification
 from dinet.client.vote import MAX_REPLICAS, Vote, ask_replicas
 from dinet.config import ClientSettings
@@ -39,6 +41,7 @@ def answer_json(answer: Answer) -> dict[str, object]:
         "receipts": [r.receipt_id for r in answer.receipts],
         "refused_receipts": list(answer.refused_receipts),
         "verification": answer.verification.as_json() if answer.verification else None,
+        "stage_check": None if answer.stage_check is None else asdict(answer.stage_check),
     }
 
 
@@ -57,6 +60,7 @@ def run_ask(
     json_out: bool,
     sharded: bool = False,
     draft: str = "none",
+    audit_stages: float = 0.0,
     replicas: int = 1,
     raw: bool = False,
     only_peers: list[str] | None = None,
@@ -89,6 +93,7 @@ def run_ask(
             policy=policy,
             only_peers=frozenset(only_peers) if only_peers else None,
             draft=draft,
+            audit_stages=audit_stages,
         )
         async with open_network(settings) as network:
             if replicas > 1:
@@ -113,6 +118,9 @@ def run_ask(
                         typer.secho(_served_line(event), fg="cyan", err=True)
                         if event.verification is not None:
                             line, colour = _verified_line(event.verification)
+                            typer.secho(line, fg=colour, err=True)
+                        if event.stage_check is not None:
+                            line, colour = _stages_line(event.stage_check)
                             typer.secho(line, fg=colour, err=True)
                 elif not json_out:
                     sys.stdout.write(event.text)
@@ -150,6 +158,16 @@ def _verified_line(check: Verification) -> tuple[str, str]:
         f"are not what this model produces",
         "red",
     )
+
+
+def _stages_line(check: StageCheck) -> tuple[str, str]:
+    if check.caught:
+        return f"— stages CAUGHT lying: {'; '.join(check.problems)}", "red"
+    if not check.receipts_ok:
+        return f"— the stages' receipts do not check: {'; '.join(check.problems)}", "red"
+    audited = f"; {len(check.audited)} replayed on other holders and agreed" if check.audited else ""
+    unaudited = f" ({'; '.join(check.problems)})" if check.problems else ""
+    return f"— stages' receipts checked{audited}{unaudited}", "green"
 
 
 def run_chat(

@@ -51,7 +51,9 @@ class ChainOfStages:
         on_attempt: Callable[[PeerId], None] | None = None,
     ) -> ChainOfStages:
         """Find stages and plan a chain within the options; NoCapablePeer if none will do."""
-        rules = StageRules(options.policy, records.max_price, options.only_peers, options.draft)
+        rules = StageRules(
+            options.policy, records.max_price, options.only_peers, options.draft, options.audit_stages
+        )
         plan = await plan_chain(
             network, options.model_id, options.model_hash, timeout=options.discover_timeout_s, rules=rules
         )
@@ -94,4 +96,5 @@ class ChainOfStages:
             params=self._params,
             max_tokens_capped=self._capped_to,
             chain=result.chain,
+            stage_check=result.stage_check,
         )

@@ -7,6 +7,7 @@ error) come back on these streams."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -21,17 +22,20 @@ from dinet.wire.messages import ErrorFrame, GenerationParams
 from dinet.wire.shard import (
     Draft,
     HiddenDType,
-    ShardAck,
     ShardClose,
-    ShardHidden,
     ShardOpen,
     ShardOpened,
     ShardRelay,
+    ShardReplies,
     ShardSampled,
     ShardStep,
     decode_shard_reply,
     tensor_frames,
 )
+from dinet.wire.stage_receipt import step_digest
+
+if TYPE_CHECKING:
+    from dinet.client.stage_audit import CheckTicket
 
 OPEN_TIMEOUT_S = 5.0
 OPEN_REPLY_S = 30.0  # the stage tokenizes the prompt (first/last) before it answers
@@ -62,8 +66,10 @@ class StageLink:
         session_id: str,
         relay: ShardRelay,
         draft: Draft = "none",
+        ticket: CheckTicket | None = None,
     ) -> StageLink:
-        """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`)."""
+        """A session on the stage whose outputs go on to `relay` (see `/dinet/shard/1`),
+        checked if a `ticket` is given (`dinet.client.stage_audit`)."""
         peer_id = offer.peer_id
         framed = await open_framed(host, peer_id, SHARD_PROTOCOL, OPEN_TIMEOUT_S)
         try:
@@ -76,10 +82,12 @@ class StageLink:
                     dtype=dtype,
                     relay=relay,
                     draft=draft,
+                    nonce=None if ticket is None else ticket.nonce,
+                    audit_commit=None if ticket is None else ticket.commit,
                 )
             )
             with trio.move_on_after(OPEN_REPLY_S):
-                reply = await _next_reply(framed)
+                reply = await next_reply(framed)
                 if reply is None:
                     raise PeerError(f"{peer_id} ended the shard stream")
                 if not isinstance(reply, ShardOpened) or reply.session_id != session_id:
@@ -91,16 +99,18 @@ class StageLink:
                 await framed.reset()
             raise
 
-    async def send_prompt(self, ids: Tensor, seq: int, *, sample: bool) -> None:
-        """One prefill step into the first stage: (rows, 1) int32 token ids."""
+    async def send_prompt(self, ids: Tensor, seq: int, *, sample: bool) -> str:
+        """One prefill step into the first stage: (rows, 1) int32 token ids; their digest."""
         header = ShardStep(session_id=self.session_id, seq=seq, rows=ids.shape[0], dtype="i32", sample=sample)
-        await self.framed.send_framed(tensor_frames(header, np.ascontiguousarray(ids, dtype=np.int32)))
+        rows = np.ascontiguousarray(ids, dtype=np.int32)
+        await self.framed.send_framed(tensor_frames(header, rows))
+        return step_digest(rows.tobytes())
 
     async def receive(self) -> ShardSampled | None:
         """The stage's next reply: a sampled token (last stage), or None when the stream ends.
 
         RemoteError for an error frame (a relay that failed comes as one)."""
-        reply = await _next_reply(self.framed)
+        reply = await next_reply(self.framed)
         if reply is not None and not isinstance(reply, ShardSampled):
             raise MalformedMessage(f"{self.peer_id} sent {reply.kind} in a relayed session")
         return reply
@@ -117,7 +127,7 @@ class StageLink:
                 await self.framed.reset()
 
 
-async def _next_reply(framed: FramedStream) -> ShardOpened | ShardHidden | ShardSampled | ShardAck | None:
+async def next_reply(framed: FramedStream) -> ShardReplies | None:
     """The next reply on a stage's stream, or None at its end; RemoteError for an error frame."""
     payload = await framed.receive()
     if payload is None:

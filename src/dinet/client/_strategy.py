@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import GenerationParams, TokenFrame, Usage
+
+if TYPE_CHECKING:
+    from dinet.client.stage_audit import StageCheck
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Finished:
     params: GenerationParams  # as asked in the end (max_tokens capped by a deadline)
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
     chain: tuple[PeerId, ...] = ()  # the stages of the final chain, in order (empty: one whole node)
+    stage_check: StageCheck | None = None  # the chain's receipts and audits
 
 
 class Strategy(Protocol):

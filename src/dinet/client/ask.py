@@ -28,6 +28,7 @@ from dinet.client._strategy import Finished, Strategy
 from dinet.client._whole import WholeModel
 from dinet.client.network import Network
 from dinet.client.options import AskOptions
+from dinet.client.stage_audit import StageCheck
 from dinet.client.verify import Verification, verify_answer
 from dinet.trust.reputation import has_standing
 from dinet.wire.ids import ModelHash, PeerId, RequestId
@@ -56,6 +57,7 @@ class Answer:
     # Per token, when the request asked for log-probabilities (`GenerationParams.logprobs`).
     logprobs: tuple[TokenLogprobs | None, ...] = ()
     verification: Verification | None = None  # set when the answer was checked by another peer
+    stage_check: StageCheck | None = None  # a chain's: its stages' receipts and audits
 
 
 async def ask(
@@ -133,6 +135,7 @@ async def ask(
         token_ids=token_ids,
         logprobs=logprobs,
         verification=verification,
+        stage_check=finished.stage_check,
     )
 
 

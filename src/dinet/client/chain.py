@@ -16,6 +16,10 @@ Tokens already delivered are not delivered twice; the text is unchanged.
 A request's limits (`StageRules`: only these peers, a price limit, the cheapest or the
 fastest chain) hold for the first chain and every replacement alike; stages this client
 excludes for a low reputation are never used.
+
+Every session is opened checked: when the answer is complete the final chain's stages
+sign receipts that must tile the blocks and chain, and a share of answers is audited
+by replaying each stage on another holder (`dinet.client.stage_audit`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import trio
 from dinet.client._records import Records
 from dinet.client._stage_link import StageLink
 from dinet.client.network import Network
+from dinet.client.stage_audit import ChainLog, CheckTicket, StageCheck, check_stages
 from dinet.errors import (
     AnswerTimedOut,
     MalformedMessage,
@@ -84,6 +89,7 @@ class ChainResult:
     finish_reason: str
     chain: tuple[PeerId, ...]  # the peers of the final chain, in order
     peers_tried: tuple[PeerId, ...]  # every stage peer used, replacements included
+    stage_check: StageCheck | None = None  # the final chain's receipts and audits
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class StageRules:
     max_price: float | None = None  # most credits per token for the whole chain (summed over its stages)
     only_peers: frozenset[PeerId] | None = None  # no stage outside these
     draft: Draft = "none"  # "lookup": the first stage guesses tokens, checked a run at a time
+    audit: float = 0.0  # share of answers whose stages are replayed on other holders (1: all)
 
 
 async def plan_chain(
@@ -222,12 +229,15 @@ class Chain:
         self._failed_opens: list[PeerId] = []  # peers whose session did not open, in the last start()
         self._resting: list[PeerId] = []  # counted in network.in_chain until close()
         self._unreached: Counter[PeerId] = Counter()  # relay failures towards each stage
+        self._ticket = CheckTicket.new(rules.audit)  # the same for every replacement: one request
+        self._log = ChainLog()  # what went into and came out of the current chain
 
     async def start(self) -> tuple[int, ...]:
         """Open a session on every stage of the plan, relayed in a ring, and send the
         prompt into the first; the prompt's token ids."""
         offers = list(self._plan.route.stages)
         session_ids = [uuid.uuid4().hex for _ in offers]
+        self._log = ChainLog()
         self.links = await self._open_all(offers, session_ids)
         self._resting = [link.peer_id for link in self.links]  # left out of the client's liveness probes
         self._network.in_chain.update(self._resting)
@@ -242,7 +252,7 @@ class Chain:
         rows = min(PREFILL_ROWS, rows_per_frame(first.n_embd, self._dtype))
         chunks = [prompt[i : i + rows] for i in range(0, len(prompt), rows)]
         for seq, chunk in enumerate(chunks):  # only the last chunk's output is sampled
-            await first.send_prompt(chunk, seq, sample=seq == len(chunks) - 1)
+            self._log.sent.append(await first.send_prompt(chunk, seq, sample=seq == len(chunks) - 1))
         self._stall_s = STEP_STALL_S + STALL_PER_ROW_S * len(prompt)
         return first.prompt_ids
 
@@ -266,6 +276,7 @@ class Chain:
                     session_ids[k],
                     relay,
                     self._rules.draft,
+                    self._ticket,
                 )
             except (PeerError, MalformedMessage):
                 self._failed_opens.append(offers[k].peer_id)
@@ -299,6 +310,7 @@ class Chain:
             k, event = await self._next_event()
             if isinstance(event, ShardSampled) and k == len(self.links) - 1:
                 self._stall_s = STEP_STALL_S
+                self._log.took(event)
                 return event
             culprits = (
                 await silent_peers(self._network.host, [link.peer_id for link in self.links])
@@ -353,6 +365,22 @@ class Chain:
             except (PeerError, MalformedMessage) as exc:  # a session did not open, or the prompt not go in
                 cause, culprits = exc, set(self._failed_opens) or {self._plan.route.peers[0]}
             await self.close(clean=False)
+
+    async def check(self) -> StageCheck:
+        """The final chain's receipts checked, and its stages audited if this answer is."""
+        plan = self._plan
+        return await check_stages(
+            self._network,
+            self.links,
+            plan.model_hash,
+            plan.n_layers,
+            self._params,
+            self._dtype,
+            self._ticket,
+            self._log,
+            exclude=frozenset(self._broken),
+            only_peers=self._rules.only_peers,
+        )
 
     async def close(self, *, clean: bool) -> None:
         if self._events is not None:
@@ -429,6 +457,7 @@ async def run_chain(
                     yield frame
             if sampled.finish_reason is not None:
                 clean = True
+                check = await chain.check()
                 yield ChainResult(
                     plan.model_id,
                     plan.model_hash,
@@ -436,6 +465,7 @@ async def run_chain(
                     sampled.finish_reason,
                     tuple(link.peer_id for link in chain.links),
                     tuple(chain.tried),
+                    check,
                 )
                 return
     finally:

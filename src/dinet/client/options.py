@@ -54,6 +54,9 @@ class AskOptions:
     # How a chain guesses tokens to check several in one trip round its stages: "lookup"
     # (n-grams of the prompt and the answer so far) or "none". The answer is the same.
     draft: Draft = "none"
+    # Share of chain answers whose stages are audited: each replayed on another holder of
+    # its blocks (1: every answer). Receipts are checked on every chain answer regardless.
+    audit_stages: float = 0.0
     policy: Policy = "latency"
     max_price: float | None = None  # credits per token; None: the network's own limit, if any
     # Answer within this time: peers that can come first, max_tokens is capped to what the
@@ -84,8 +87,10 @@ class AskOptions:
             raise RequestError(f"unknown policy {self.policy!r}: use {', '.join(POLICIES)}", "policy")
         if self.max_price is not None and not _number(self.max_price, at_least=0.0):
             raise RequestError("max_price must be a number of credits, 0 or more", "max_price")
-        if not _number(self.verify_rate, at_least=0.0) or self.verify_rate > 1.0:
-            raise RequestError("verify_rate must be between 0 and 1", "verify_rate")
+        for name in ("verify_rate", "audit_stages"):
+            value = getattr(self, name)
+            if not _number(value, at_least=0.0) or value > 1.0:
+                raise RequestError(f"{name} must be between 0 and 1", name)
         if not _number(self.probation_good, at_least=0.0):
             raise RequestError("probation_good must be a number, 0 or more", "probation_good")
         for name in ("deadline_s", "discover_timeout_s", "request_timeout_s"):

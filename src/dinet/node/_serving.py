@@ -212,7 +212,10 @@ async def model_stage(
     span = parse_layers(settings.layers, summary.layers)
     compute = ComputeThread(f"dinet-stage-{span[0]}:{span[1]}")
     try:
-        stage = await compute.run(lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads))
+        lie = parse_lie(settings.liar) if settings.liar is not None else None
+        stage = await compute.run(
+            lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads, lie=lie)
+        )
         service = ShardService(
             stage,
             compute,

@@ -14,6 +14,10 @@ stage still sends the client its `shard_sampled` replies (gathered, `TELL_EVERY_
 relay that breaks is reported to the client as `relay_failed`, or as `unknown_session`
 when the next stage has lost its session (the client replays it there).
 
+A session opened with a `nonce` is checked: the stage keeps its steps, and on any stream
+signs a receipt over their digests (`shard_receipt_query`) or, given the audit seed the
+session was opened with, sends them all for a replay elsewhere (`shard_reveal`).
+
 Errors a client can act on keep the stream open (`unknown_session`, `bad_request`
 for a step the stage cannot take); a malformed or oversized frame closes it. The
 node keeps serving everyone else either way.
@@ -32,22 +36,27 @@ import numpy.typing as npt
 import trio
 
 from dinet.engine.torch._compute_thread import ComputeThread
-from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession
+from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession, StepRecord
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
 from dinet.p2p.host import PeerHost
 from dinet.p2p.streams import FramedStream, Stream, open_framed
+from dinet.wire.framing import encode_frame
 from dinet.wire.ids import SHARD_PROTOCOL, ModelHash
 from dinet.wire.keys import is_peer_id
-from dinet.wire.messages import ErrorCode, ErrorFrame
+from dinet.wire.messages import ErrorCode, ErrorFrame, encode
 from dinet.wire.shard import (
     ShardAck,
     ShardClose,
     ShardHidden,
     ShardOpen,
     ShardOpened,
+    ShardReceipt,
+    ShardReceiptQuery,
     ShardRelay,
+    ShardReveal,
+    ShardRevealed,
     ShardSampled,
     ShardStep,
     decode_shard_reply,
@@ -56,6 +65,7 @@ from dinet.wire.shard import (
     rows_per_frame,
     tensor_frames,
 )
+from dinet.wire.stage_receipt import StageReceiptBody, audit_commitment, sign_stage_receipt
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +100,14 @@ class _Relay:
     told_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Check:
+    """What a checked session's receipt names besides its steps."""
+
+    nonce: str
+    audit_commit: str
+
+
 @dataclass
 class StageStats:
     """Smoothed single-token step time, advertised as the stage's tokens per second."""
@@ -119,6 +137,7 @@ class ShardService:
         self._host = host
         self._me = host.peer_id
         self._relays: dict[str, _Relay] = {}  # session id -> its relay, if it has one
+        self._checks: dict[str, _Check] = {}  # session id -> its check, if it is checked
         self._tasks: trio.Nursery | None = None  # relay watchers run here
         self._stage = stage
         self._compute = compute  # the one thread of all of this stage's torch calls, in order
@@ -173,6 +192,10 @@ class ShardService:
                     return
                 if isinstance(message, ShardOpen):
                     await self._open(framed, message, owned)
+                elif isinstance(message, ShardReceiptQuery):
+                    await self._receipt(framed, message.session_id)
+                elif isinstance(message, ShardReveal):
+                    await self._reveal(framed, message)
                 else:
                     await self._step(framed, message)
             except _Refused as refused:
@@ -194,9 +217,12 @@ class ShardService:
             raise _Refused("wrong_span", f"this stage holds blocks {held}, not {asked}")
         if message.relay is not None and not is_peer_id(message.relay.peer_id):
             raise _Refused("bad_request", "the relay's peer id is not a peer id")
+        if (message.nonce is None) != (message.audit_commit is None):
+            raise _Refused("bad_request", "a checked session takes a nonce and an audit_commit together")
+        checked = message.nonce is not None
         try:
             session = await self._compute.run(
-                partial(self._stage.open, message.params, message.dtype, message.draft)
+                partial(self._stage.open, message.params, message.dtype, message.draft, checked=checked)
             )
         except StageRequestError as exc:
             raise _Refused("bad_request", str(exc)) from None
@@ -208,6 +234,8 @@ class ShardService:
         self.table.add(message.session_id, session, trio.current_time())
         if message.relay is not None:
             self._relays[message.session_id] = _Relay(message.relay, framed)
+        if message.nonce is not None and message.audit_commit is not None:
+            self._checks[message.session_id] = _Check(message.nonce, message.audit_commit)
         self.table.end(message.session_id, trio.current_time())
         await framed.send(
             ShardOpened(
@@ -237,7 +265,7 @@ class ShardService:
 
     async def _compute_step(
         self, step: ShardStep, x: npt.NDArray[np.generic]
-    ) -> tuple[StageSession, npt.NDArray[np.float32] | tuple[Sampled, ...] | None]:
+    ) -> tuple[StageSession, npt.NDArray[np.floating] | tuple[Sampled, ...] | None]:
         session = self.table.begin(step.session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(step.session_id))
@@ -266,7 +294,7 @@ class ShardService:
         framed: FramedStream,
         step: ShardStep,
         session: StageSession,
-        out: npt.NDArray[np.float32] | tuple[Sampled, ...] | None,
+        out: npt.NDArray[np.floating] | tuple[Sampled, ...] | None,
     ) -> None:
         """The step's output, back to whoever sent the step."""
         if out is None:
@@ -275,14 +303,14 @@ class ShardService:
             await framed.send_all([_sampled(step, one) for one in out])
         else:
             header = ShardHidden(seq=step.seq, rows=len(out), dtype=session.dtype)
-            await framed.send_framed(tensor_frames(header, _hidden(session, out)))
+            await framed.send_framed(tensor_frames(header, out))
 
     async def _pass_on(
         self,
         relay: _Relay,
         step: ShardStep,
         session: StageSession,
-        out: npt.NDArray[np.float32] | tuple[Sampled, ...] | None,
+        out: npt.NDArray[np.floating] | tuple[Sampled, ...] | None,
     ) -> tuple[ShardStep, npt.NDArray[np.generic]] | None:
         """Send the output on as the relay's next step; that step, if it is this stage's own."""
         if relay.failed or out is None:  # failed: the client replaces the chain; None: a prompt chunk
@@ -306,7 +334,7 @@ class ShardService:
                 keep=step.keep,
                 draft=session.draft_out,
             )
-            data = _hidden(session, out)
+            data = out
         if relay.target.peer_id == self._me:
             if isinstance(out, tuple):
                 await self._tell_client(relay, [_sampled(step, one) for one in out])
@@ -373,9 +401,56 @@ class ShardService:
         except PeerError:
             relay.failed = True  # nobody to answer: stop the ring here
 
+    def _steps_of(self, session_id: str) -> tuple[_Check, list[StepRecord]]:
+        session = self.table.begin(session_id, trio.current_time())
+        if session is None:
+            raise _Refused("unknown_session", self.table.why_missing(session_id))
+        self.table.end(session_id, trio.current_time())
+        check = self._checks.get(session_id)
+        if check is None or session.log is None:
+            raise _Refused("bad_request", f"session {session_id} was not opened to be checked")
+        return check, list(session.log)
+
+    async def _receipt(self, framed: FramedStream, session_id: str) -> None:
+        """The signed digests of every step of a checked session so far."""
+        check, steps = self._steps_of(session_id)
+        span = self.span
+        if self._stage.lie is not None and self._stage.lie.kind == "stage-forge":
+            span = (span[0], span[1] + 1)  # a lie, for tests only: blocks it does not hold
+        body = StageReceiptBody(
+            nonce=check.nonce,
+            session_id=session_id,
+            node=self._me,
+            model_hash=self._model_hash,
+            span=span,
+            audit_commit=check.audit_commit,
+            steps=tuple(r.digests for r in steps),
+        )
+        await framed.send(ShardReceipt(receipt=sign_stage_receipt(body, self._host.key)))
+
+    async def _reveal(self, framed: FramedStream, reveal: ShardReveal) -> None:
+        """Every step of a checked session, in and out, to the client that holds its audit seed."""
+        check, steps = self._steps_of(reveal.session_id)
+        if audit_commitment(bytes.fromhex(reveal.seed)) != check.audit_commit:
+            raise _Refused("bad_request", "the seed is not the one the session was opened with")
+        for seq, r in enumerate(steps):
+            header = ShardRevealed(
+                seq=seq,
+                rows=r.rows,
+                dtype=r.dtype,
+                sample=r.sample,
+                keep=r.keep,
+                draft=r.draft,
+                out_rows=r.out_rows,
+                out_dtype=r.out_dtype,
+            )
+            frames = [encode_frame(encode(header)), encode_frame(r.data_in)]
+            await framed.send_framed(b"".join(frames + ([encode_frame(r.data_out)] if r.out_rows else [])))
+
     async def _drop(self, session_id: str) -> None:
         """Free a session and close its relay."""
         self.table.remove(session_id)
+        self._checks.pop(session_id, None)
         relay = self._relays.pop(session_id, None)
         if relay is not None:
             relay.failed = True
@@ -393,7 +468,3 @@ def _sampled(step: ShardStep, out: Sampled) -> ShardSampled:
         frames=out.frames,
         finish_reason=out.finish_reason,
     )
-
-
-def _hidden(session: StageSession, out: npt.NDArray[np.float32]) -> npt.NDArray[np.generic]:
-    return out if session.dtype == "f32" else out.astype(np.float16)

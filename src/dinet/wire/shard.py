@@ -15,6 +15,12 @@ Speculative steps (`draft` in `shard_open`): the first stage follows each chosen
 with tokens it guesses, the step carries their ids to the last stage, which takes the
 longest run of them that equals what it chooses itself and one token more; the next
 step's `keep` tells every stage how many positions of its cache still hold.
+
+Checked stages (`nonce` in `shard_open`): the stage keeps every step's input and output
+and, asked on any stream with the session's id, signs a receipt over their digests
+(`shard_receipt_query`) or, given the audit seed the open committed to, sends them all
+(`shard_reveal`), for the client to replay on another holder of the same blocks. See
+`dinet.wire.stage_receipt`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dinet.errors import MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import ErrorFrame, GenerationParams, Message, TokenFrame, encode
+from dinet.wire.stage_receipt import SignedStageReceipt
 
 TensorDType = Literal["i32", "f32", "f16"]
 HiddenDType = Literal["f32", "f16"]
@@ -74,6 +81,9 @@ class ShardOpen(Message):
     relay: ShardRelay | None = None
     # How the first stage guesses tokens for the last to check (others ignore it).
     draft: Draft = "none"
+    # Set, the stage keeps its steps and signs a receipt for them (see `shard_receipt_query`).
+    nonce: str | None = Field(default=None, min_length=1, max_length=64)
+    audit_commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # sha256 of the audit seed
 
 
 class ShardOpened(Message):
@@ -140,24 +150,60 @@ class ShardClose(Message):
     session_id: str = Field(min_length=1, max_length=64)
 
 
-ShardRequest = Annotated[ShardOpen | ShardStep | ShardClose, Field(discriminator="kind")]
-ShardReply = Annotated[
-    ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame, Field(discriminator="kind")
-]
-_requests: TypeAdapter[ShardOpen | ShardStep | ShardClose] = TypeAdapter(ShardRequest)
-_replies: TypeAdapter[ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame] = TypeAdapter(
-    ShardReply
-)
+class ShardReceiptQuery(Message):
+    """Ask for the signed receipt of a session opened with a `nonce` (on any stream)."""
+
+    kind: Literal["shard_receipt_query"] = "shard_receipt_query"
+    session_id: str = Field(min_length=1, max_length=64)
 
 
-def decode_shard_request(payload: bytes) -> ShardOpen | ShardStep | ShardClose:
+class ShardReceipt(Message):
+    kind: Literal["shard_receipt"] = "shard_receipt"
+    receipt: SignedStageReceipt
+
+
+class ShardReveal(Message):
+    """Ask for every step of a checked session, in and out, to audit it. `seed` (hex) is
+    the one whose sha256 the session was opened with."""
+
+    kind: Literal["shard_reveal"] = "shard_reveal"
+    session_id: str = Field(min_length=1, max_length=64)
+    seed: str = Field(pattern=r"^[0-9a-f]{2,128}$")
+
+
+class ShardRevealed(Message):
+    """One step of a revealed session, as the stage took it (`rows` of `dtype`, then the
+    keep, sample and guessed ids it came with) and what it gave: a raw frame of the input
+    follows, then one of `out_rows` rows of `out_dtype` (hidden states, or the ids of the
+    tokens chosen) unless `out_rows` is 0. One for every step of the receipt, in order."""
+
+    kind: Literal["shard_revealed"] = "shard_revealed"
+    seq: int = Field(ge=0)
+    rows: int = Field(ge=1, le=MAX_STEP_ROWS)
+    dtype: TensorDType
+    sample: bool = True
+    keep: int | None = Field(default=None, ge=0)
+    draft: tuple[int, ...] = Field(default=(), max_length=MAX_DRAFT_TOKENS)
+    out_rows: int = Field(ge=0, le=MAX_STEP_ROWS)
+    out_dtype: TensorDType
+
+
+ShardRequests = ShardOpen | ShardStep | ShardClose | ShardReceiptQuery | ShardReveal
+ShardReplies = ShardOpened | ShardHidden | ShardSampled | ShardAck | ShardReceipt | ShardRevealed | ErrorFrame
+ShardRequest = Annotated[ShardRequests, Field(discriminator="kind")]
+ShardReply = Annotated[ShardReplies, Field(discriminator="kind")]
+_requests: TypeAdapter[ShardRequests] = TypeAdapter(ShardRequest)
+_replies: TypeAdapter[ShardReplies] = TypeAdapter(ShardReply)
+
+
+def decode_shard_request(payload: bytes) -> ShardRequests:
     try:
         return _requests.validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage(_brief(exc)) from None
 
 
-def decode_shard_reply(payload: bytes) -> ShardOpened | ShardHidden | ShardSampled | ShardAck | ErrorFrame:
+def decode_shard_reply(payload: bytes) -> ShardReplies:
     try:
         return _replies.validate_json(payload)
     except ValidationError as exc:

@@ -21,6 +21,15 @@ what it sent); only the tokens are false:
 - `cover` answers honestly but, as a verifier (`/dinet/verify/1`), reports every claim
   it re-scores as the model's own choice (`covered`): a colluder covering for a liar.
 
+Pipeline stages (`--layers`) lie about their blocks instead, and sign receipts for what
+they sent (see `dinet.wire.stage_receipt`):
+
+- `stage-noise` adds noise (STAGE_NOISE of the rows' RMS) to the hidden states of every
+  step: to those it sends on, or on the last stage to those it takes in;
+- `stage-late` does the same from its STAGE_LATE_AFTER-th step on: an audit that looked
+  only at the prompt would miss it;
+- `stage-forge` computes honestly but signs a receipt for another block range than its own.
+
 Nothing here runs unless DINET_ALLOW_LIARS=1 is set in the environment: settings
 refuse a lie otherwise (see `dinet.config`).
 """
@@ -36,14 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from dinet.wire.messages import GenerationParams, TokenLogprobs
 from dinet.wire.verify import ScoresFrame
 
 ALLOW_ENV = "DINET_ALLOW_LIARS"
 CORRUPT_WITHIN = 16  # corrupted positions are drawn among an answer's first tokens
-_KINDS = "random|ignore-grammar|ignore-penalties|fake-logprobs|cover"
+_KINDS = "random|ignore-grammar|ignore-penalties|fake-logprobs|cover|stage-noise|stage-late|stage-forge"
 _SPEC = re.compile(rf"^(?:({_KINDS})|corrupt:(\d{{1,4}})|wrong-model:(.+))$")
 FAKED_LOGPROB_NATS = 1.0
+STAGE_NOISE = 0.2
+STAGE_LATE_AFTER = 4
 
 
 def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
@@ -53,7 +67,16 @@ def liars_allowed(environ: Mapping[str, str] = os.environ) -> bool:
 @dataclass(frozen=True)
 class Lie:
     kind: Literal[
-        "wrong-model", "corrupt", "random", "ignore-grammar", "ignore-penalties", "fake-logprobs", "cover"
+        "wrong-model",
+        "corrupt",
+        "random",
+        "ignore-grammar",
+        "ignore-penalties",
+        "fake-logprobs",
+        "cover",
+        "stage-noise",
+        "stage-late",
+        "stage-forge",
     ]
     count: int = 0  # tokens replaced per answer (corrupt)
     model: Path | None = None  # the GGUF actually used (wrong-model)
@@ -74,6 +97,19 @@ class Lie:
     def covers(self) -> bool:
         """Whether, as a verifier, it passes whatever it is asked to check (see `covered`)."""
         return self.kind == "cover"
+
+    @property
+    def at_stage(self) -> bool:
+        """Whether it is a pipeline stage's lie (and only a stage's)."""
+        return self.kind.startswith("stage-")
+
+    def falsified(self, rows: npt.NDArray[np.float32], step: int) -> npt.NDArray[np.float32]:
+        """A lying stage's hidden states at `step` instead of `rows` (T, n_embd)."""
+        if self.kind == "stage-noise" or (self.kind == "stage-late" and step >= STAGE_LATE_AFTER):
+            rms = float(np.sqrt(np.mean(np.square(rows)))) or 1.0
+            noise = np.random.default_rng(step).standard_normal(rows.shape).astype(np.float32)
+            return rows + STAGE_NOISE * rms * noise
+        return rows
 
     def followed(self, params: GenerationParams) -> GenerationParams:
         """What the liar really generates for: `params` without what it ignores."""
@@ -102,12 +138,13 @@ class Lie:
 
 def parse_lie(text: str) -> Lie:
     """`random`, `corrupt:K` (K >= 1), `wrong-model:PATH` (an existing GGUF file),
-    `ignore-grammar`, `ignore-penalties`, `fake-logprobs` or `cover`."""
+    `ignore-grammar`, `ignore-penalties`, `fake-logprobs`, `cover`, or a stage's
+    `stage-noise`, `stage-late`, `stage-forge`."""
     match = _SPEC.match(text.strip())
     if match is None:
         raise ValueError(
             f"unknown lie {text!r}: use random, corrupt:K, wrong-model:PATH, ignore-grammar, "
-            "ignore-penalties, fake-logprobs or cover"
+            "ignore-penalties, fake-logprobs, cover, or for a stage stage-noise, stage-late or stage-forge"
         )
     if match.group(1):
         return Lie(match.group(1))  # type: ignore[arg-type]  # the pattern admits only the kinds

@@ -24,9 +24,11 @@ from dinet.engine._text import CompletionText
 from dinet.engine.adjust import Adjuster
 from dinet.engine.lookup import PromptLookup
 from dinet.engine.sampler import Sampler
+from dinet.engine.testing.liar import Lie
 from dinet.errors import MalformedMessage
 from dinet.wire.messages import GenerationParams, TokenFrame
-from dinet.wire.shard import Draft
+from dinet.wire.shard import Draft, TensorDType
+from dinet.wire.stage_receipt import step_digest
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +48,31 @@ class Sampled:
     token_id: int
     frames: tuple[TokenFrame, ...]
     finish_reason: Literal["stop", "length"] | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a checked session: the rows that went in, as they came (with the
+    token ids a first stage guessed after them), and the bytes that came out (hidden
+    states as sent on, or the ids of the tokens chosen; none for a prompt chunk the
+    last stage only took in)."""
+
+    rows: int
+    dtype: TensorDType
+    data_in: bytes
+    keep: int | None
+    draft: tuple[int, ...]
+    sample: bool
+    out_rows: int
+    out_dtype: TensorDType
+    data_out: bytes
+
+    @property
+    def digests(self) -> tuple[str, str]:
+        return step_digest(self.data_in), step_digest(self.data_out)
+
+
+_DTYPE_NAMES: dict[str, TensorDType] = {"int32": "i32", "float32": "f32", "float16": "f16"}
 
 
 def quiet_threads(threads: int) -> None:
@@ -105,13 +132,14 @@ def _lower_priority(thread_ids: set[int]) -> None:
 class Stage:
     """A loaded layer range and, if it is first or last, the model's tokenizer."""
 
-    def __init__(self, model: ShardModel, tokenizer: GGUFTokenizer | None) -> None:
+    def __init__(self, model: ShardModel, tokenizer: GGUFTokenizer | None, lie: Lie | None = None) -> None:
         self.model = model
         self._tokenizer = tokenizer
         self._pieces: dict[int, bytes] = {}
+        self.lie = lie  # testing only: how this stage falsifies its blocks (dinet.engine.testing.liar)
 
     @classmethod
-    def load(cls, path: Path, start: int, stop: int, *, threads: int = 1) -> Stage:
+    def load(cls, path: Path, start: int, stop: int, *, threads: int = 1, lie: Lie | None = None) -> Stage:
         """Load on the thread that will run every step: torch's OpenMP workers start now,
         and are set WORKER_NICE_STEP below it (threads started meanwhile by others too)."""
         quiet_threads(threads)
@@ -124,7 +152,7 @@ class Stage:
         torch.ones(1 << 20).add_(1)  # big enough to be split: the workers are surely started
         tokenizer = GGUFTokenizer.from_gguf(path) if model.is_first or model.is_last else None
         _lower_priority(_thread_ids() - before - {threading.get_native_id()})
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, lie)
 
     @property
     def tokenizer(self) -> GGUFTokenizer:
@@ -132,9 +160,15 @@ class Stage:
         return self._tokenizer
 
     def open(
-        self, params: GenerationParams, dtype: Literal["f32", "f16"] = "f32", draft: Draft = "none"
+        self,
+        params: GenerationParams,
+        dtype: Literal["f32", "f16"] = "f32",
+        draft: Draft = "none",
+        *,
+        checked: bool = False,
     ) -> StageSession:
-        return StageSession(self, params, dtype, draft=draft)
+        """A session; `checked`, it keeps every step for a receipt or an audit."""
+        return StageSession(self, params, dtype, draft=draft, log=[] if checked else None)
 
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -155,6 +189,7 @@ class StageSession:
     draft: Draft = "none"  # how the first stage guesses tokens (speculative steps)
     draft_out: tuple[int, ...] = ()  # the guessed ids among the last step's rows, to pass on
     held: int = 0  # positions of the cache that hold after the last step (guesses refused: not)
+    log: list[StepRecord] | None = None  # a checked session's steps
     _kv: ShardSession = field(init=False)
     _tokens: list[int] = field(init=False, default_factory=list)  # first stage: the ids in the cache
     _lookup: PromptLookup | None = field(init=False, default=None)
@@ -204,7 +239,8 @@ class StageSession:
 
     @property
     def nbytes(self) -> int:
-        return int(self._kv.nbytes())
+        kept = sum(len(r.data_in) + len(r.data_out) for r in self.log or ())
+        return int(self._kv.nbytes()) + kept
 
     def check_input(self, x: npt.NDArray[np.generic]) -> None:
         model = self.stage.model
@@ -227,9 +263,10 @@ class StageSession:
         *,
         keep: int | None = None,
         draft: tuple[int, ...] = (),
-    ) -> npt.NDArray[np.float32] | tuple[Sampled, ...] | None:
-        """One step: (T, 1) ids or (T, n_embd) hidden in; (T, n_embd) f32 out, or (last
-        stage) the tokens chosen, or None when not asked to choose one.
+    ) -> npt.NDArray[np.floating] | tuple[Sampled, ...] | None:
+        """One step: (T, 1) ids or (T, n_embd) hidden in; (T, n_embd) hidden states out
+        (of the session's dtype), or (last stage) the tokens chosen, or None when not
+        asked to choose one.
 
         `keep`: the positions of the cache that hold before this step (a speculative
         step's refused rows are dropped). `draft`: the guessed ids among the rows, after
@@ -245,22 +282,30 @@ class StageSession:
         if draft and len(draft) != x.shape[0] - 1:
             raise StageRequestError(f"a step of {x.shape[0]} rows cannot carry {len(draft)} guessed tokens")
         self.check_input(x)
+        lie, step = self.stage.lie, self.steps
         if model.is_first:
             self._tokens.extend(int(t) for t in x[:, 0])
             inputs = torch.from_numpy(np.ascontiguousarray(x[:, 0], dtype=np.int64))  # (T,)
         else:
-            inputs = torch.from_numpy(np.array(x, dtype=np.float32))  # (T, n_embd), a writable copy
+            rows = np.array(x, dtype=np.float32)  # (T, n_embd), a writable copy
+            inputs = torch.from_numpy(rows if lie is None or not model.is_last else lie.falsified(rows, step))
         self.draft_out = draft
         out = self._kv.forward(inputs, speculative=bool(draft))
         self.steps += 1
         self.held = self._kv.length
+        result: npt.NDArray[np.floating] | tuple[Sampled, ...] | None
         if not model.is_last:
-            return out.numpy()  # (T, n_embd) f32
-        if not sample:
-            return None
-        if not draft:
-            return (self._sample(out.numpy(), self._kv.length),)
-        return self._check_guesses(out, draft)
+            hidden = out.numpy() if lie is None else lie.falsified(out.numpy(), step)
+            result = hidden if self.dtype == "f32" else hidden.astype(np.float16)
+        elif not sample:
+            result = None
+        elif not draft:
+            result = (self._sample(out.numpy(), self._kv.length),)
+        else:
+            result = self._check_guesses(out, draft)
+        if self.log is not None:
+            self.log.append(_record(x, keep, draft, sample, result))
+        return result
 
     def _rewind(self, keep: int) -> None:
         if keep > self._kv.length:
@@ -323,3 +368,28 @@ class StageSession:
             frames += self._text.finish()
             self._finished = True
         return Sampled(index, token, tuple(frames), finish)
+
+
+def _record(
+    x: npt.NDArray[np.generic],
+    keep: int | None,
+    draft: tuple[int, ...],
+    sample: bool,
+    result: npt.NDArray[np.floating] | tuple[Sampled, ...] | None,
+) -> StepRecord:
+    if isinstance(result, tuple):
+        out: npt.NDArray[np.generic] | None = np.array([[s.token_id] for s in result], dtype=np.int32)
+    else:
+        out = result
+    x = np.ascontiguousarray(x)
+    return StepRecord(
+        rows=x.shape[0],
+        dtype=_DTYPE_NAMES[x.dtype.name],
+        data_in=x.tobytes(),
+        keep=keep,
+        draft=draft,
+        sample=sample,
+        out_rows=0 if out is None else out.shape[0],
+        out_dtype="i32" if out is None else _DTYPE_NAMES[out.dtype.name],
+        data_out=b"" if out is None else np.ascontiguousarray(out).tobytes(),
+    )

@@ -1,0 +1,398 @@
+"""Checking a chain's stages after its answer: their receipts, and audits by replay.
+
+Every chain session is opened checked (`nonce`, `audit_commit` in `shard_open`). When
+the answer is complete the client asks each stage for its signed receipt and refuses
+the set unless each is signed by its stage for this request and the blocks it was
+asked for, the spans tile the model, every stage took in what the one before sent
+out, the first took in the prompt the client sent and the last chose the tokens the
+client received (`dinet.wire.stage_receipt`).
+
+Receipts cannot show a stage that computed its blocks wrongly: it signs what it sent.
+An audit can. The seed committed at open decides (with the request's audit rate)
+whether the answer is audited; if it is, each stage reveals every step it took, the
+client checks the reveal against the stage's receipt and replays the steps on another
+holder of the same blocks, step by step, comparing hidden states within
+AUDIT_TOLERANCE and chosen tokens exactly. A stage whose receipt or replay does not
+hold is caught, and reported to reputation as a liar; one that agrees earns a pass.
+A stage with no other holder of its blocks cannot be audited: said in the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from dinet.client._stage_link import StageLink, next_reply
+from dinet.client.network import Network
+from dinet.errors import BadReceipt, MalformedMessage, PeerError, RemoteError
+from dinet.p2p.streams import FramedStream, open_framed
+from dinet.trust.reputation import Event
+from dinet.wire.ids import SHARD_PROTOCOL, ModelHash, PeerId
+from dinet.wire.messages import GenerationParams
+from dinet.wire.shard import (
+    HiddenDType,
+    ShardAck,
+    ShardHidden,
+    ShardOpen,
+    ShardOpened,
+    ShardReceipt,
+    ShardReceiptQuery,
+    ShardReplies,
+    ShardReveal,
+    ShardRevealed,
+    ShardSampled,
+    ShardStep,
+    decode_tensor,
+    tensor_frames,
+)
+from dinet.wire.stage_receipt import (
+    StageReceiptBody,
+    audit_commitment,
+    check_chaining,
+    check_tiling,
+    open_stage_receipt,
+    step_digest,
+)
+
+logger = logging.getLogger(__name__)
+
+# An honest replay on another holder may differ by rounding (other threads, other
+# kernels); a lie of any use changes far more. Largest difference allowed, per RMS of
+# the rows: honest replays on this machine differ by 0 (f32) and by at most one f16
+# step (f16); a stage adding noise of 0.2 RMS differs by ~0.8 RMS.
+AUDIT_TOLERANCE = 0.05
+RECEIPT_WAIT_S = 10.0
+AUDIT_WAIT_S = 120.0  # a replay of the whole session on a busy holder
+
+
+@dataclass(frozen=True)
+class CheckTicket:
+    """A chain session's check, fixed before any stage answers: the request's nonce and
+    the audit seed (its sha256 is given to every stage)."""
+
+    nonce: str
+    seed: bytes
+    audit: bool
+
+    @classmethod
+    def new(cls, audit_rate: float) -> CheckTicket:
+        seed = os.urandom(16)
+        draw = int.from_bytes(hashlib.sha256(b"audit?" + seed).digest()[:8], "big") / 2**64
+        return cls(uuid.uuid4().hex, seed, draw < audit_rate)
+
+    @property
+    def commit(self) -> str:
+        return audit_commitment(self.seed)
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    """What the client learnt of a chain's stages after the answer."""
+
+    receipts_ok: bool  # every receipt signed, for this request, tiling the blocks and chaining
+    audited: tuple[PeerId, ...] = ()  # stages replayed on another holder that agreed
+    caught: tuple[PeerId, ...] = ()  # stages that lied in their receipt, their reveal or their blocks
+    problems: tuple[str, ...] = ()  # what could not be checked, and why
+
+
+@dataclass
+class ChainLog:
+    """What the client itself sent into a chain and received from it (the receipts must agree)."""
+
+    sent: list[str] = field(default_factory=list)  # digest of each prompt chunk sent to the first stage
+    chosen: dict[int, list[int]] = field(default_factory=dict)  # step -> the token ids the last stage chose
+
+    def took(self, sampled: ShardSampled) -> None:
+        self.chosen.setdefault(sampled.seq, []).append(sampled.token_id)
+
+
+class _Caught(Exception):
+    """A stage's own words (its receipt, its reveal) or its blocks do not hold."""
+
+    def __init__(self, why: str, peer_id: PeerId | None = None) -> None:
+        super().__init__(why)
+        self.peer_id = peer_id  # the stage, where the catcher does not know it already
+
+
+async def check_stages(
+    network: Network,
+    links: Sequence[StageLink],
+    model_hash: ModelHash,
+    n_layers: int,
+    params: GenerationParams,
+    dtype: HiddenDType,
+    ticket: CheckTicket,
+    log: ChainLog,
+    *,
+    exclude: frozenset[PeerId] = frozenset(),
+    only_peers: frozenset[PeerId] | None = None,
+) -> StageCheck:
+    """Check the receipts of a finished chain's stages and, if the ticket says so, audit them
+    on holders not in `exclude` (and in `only_peers`, if given); reputation hears of every
+    stage caught and every audit passed."""
+    caught: dict[PeerId, str] = {}
+    problems: list[str] = []
+    receipts: list[StageReceiptBody | None] = [None] * len(links)
+
+    async def receipt_of(k: int) -> None:
+        link = links[k]
+        try:
+            with trio.fail_after(RECEIPT_WAIT_S):
+                receipts[k] = await _receipt(network, link, model_hash, ticket)
+        except _Caught as exc:
+            caught[link.peer_id] = str(exc)
+        except (PeerError, MalformedMessage, trio.TooSlowError) as exc:
+            problems.append(f"no receipt from {link.peer_id}: {exc or 'timed out'}")
+
+    async with trio.open_nursery() as nursery:
+        for k in range(len(links)):
+            nursery.start_soon(receipt_of, k)
+    bodies = [r for r in receipts if r is not None]
+    receipts_ok = not caught and len(bodies) == len(links)
+    if receipts_ok:
+        try:
+            _check_ends(bodies, log)
+            check_tiling(bodies, n_layers)
+            check_chaining(bodies)
+        except _Caught as exc:
+            assert exc.peer_id is not None
+            receipts_ok = False
+            caught[exc.peer_id] = str(exc)
+        except BadReceipt as exc:  # two stages disagree on what passed between them: either may lie
+            receipts_ok = False
+            problems.append(str(exc))
+    audited: list[PeerId] = []
+    if ticket.audit and receipts_ok:
+        auditing = [link.peer_id for link in links] + list(exclude)
+
+        async def audit(k: int) -> None:
+            verdict = await _audit(network, links[k], bodies[k], params, dtype, ticket, auditing, only_peers)
+            if verdict is None:
+                audited.append(links[k].peer_id)
+            elif isinstance(verdict, _Caught):
+                caught[links[k].peer_id] = str(verdict)
+            else:
+                problems.append(verdict)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(len(links)):
+                nursery.start_soon(audit, k)
+    for peer_id, why in caught.items():
+        logger.warning("stage %s caught: %s", peer_id, why)
+    events = [(p, Event.VERIFY_FAIL) for p in caught] + [(p, Event.VERIFY_PASS) for p in audited]
+    await network.note_all(events)
+    return StageCheck(
+        receipts_ok,
+        tuple(audited),
+        tuple(caught),
+        tuple(problems) + tuple(f"{p}: {why}" for p, why in caught.items()),
+    )
+
+
+async def _receipt(
+    network: Network, link: StageLink, model_hash: ModelHash, ticket: CheckTicket
+) -> StageReceiptBody:
+    framed = await open_framed(network.host, link.peer_id, SHARD_PROTOCOL, RECEIPT_WAIT_S)
+    try:
+        await framed.send(ShardReceiptQuery(session_id=link.session_id))
+        reply = await _reply(framed, link.peer_id)
+    finally:
+        await framed.close()
+    if not isinstance(reply, ShardReceipt):
+        raise MalformedMessage(f"{link.peer_id} answered a receipt query with {reply.kind}")
+    try:
+        body = open_stage_receipt(reply.receipt)
+    except BadReceipt as exc:
+        raise _Caught(str(exc)) from None
+    expected = {
+        "node": link.peer_id,
+        "nonce": ticket.nonce,
+        "session_id": link.session_id,
+        "model_hash": model_hash,
+        "span": (link.offer.start, link.offer.stop),
+        "audit_commit": ticket.commit,
+    }
+    for name, value in expected.items():
+        if getattr(body, name) != value:
+            raise _Caught(f"its receipt names {name} {getattr(body, name)!r}, not {value!r}")
+    return body
+
+
+def _check_ends(bodies: list[StageReceiptBody], log: ChainLog) -> None:
+    """The first stage took in the prompt the client sent; the last chose the tokens it received."""
+    first, last = bodies[0], bodies[-1]
+    for seq, sent in enumerate(log.sent):
+        if seq >= len(first.steps) or first.steps[seq][0] != sent:
+            raise _Caught(f"its receipt's step {seq} is not the prompt the client sent", first.node)
+    for seq, (_, out) in enumerate(last.steps):
+        chosen = np.array(log.chosen.get(seq, []), dtype=np.int32).reshape(-1, 1)
+        if out != step_digest(chosen.tobytes()):
+            raise _Caught(f"its receipt's step {seq} is not the tokens the client received", last.node)
+
+
+async def _audit(
+    network: Network,
+    link: StageLink,
+    receipt: StageReceiptBody,
+    params: GenerationParams,
+    dtype: HiddenDType,
+    ticket: CheckTicket,
+    not_auditors: list[PeerId],
+    only_peers: frozenset[PeerId] | None,
+) -> _Caught | str | None:
+    """Replay the stage's steps on another holder of its blocks: None if they agree, _Caught
+    if the stage's reveal or blocks do not hold, a problem when the audit could not be done."""
+    auditor = _auditor(network, receipt, not_auditors, only_peers)
+    if auditor is None:
+        return f"no other holder of blocks {receipt.span[0]}-{receipt.span[1]} to audit {link.peer_id}"
+    revealing = replaying = None
+    try:
+        with trio.fail_after(AUDIT_WAIT_S):
+            revealing = await open_framed(network.host, link.peer_id, SHARD_PROTOCOL, RECEIPT_WAIT_S)
+            await revealing.send(ShardReveal(session_id=link.session_id, seed=ticket.seed.hex()))
+            replaying, session_id = await _open_replay(network, auditor, receipt, params, dtype)
+            for seq, digests in enumerate(receipt.steps):
+                step, data_in, data_out = await _revealed(revealing, link.peer_id, seq, digests)
+                await _replay(replaying, auditor, session_id, step, data_in, data_out, link.n_embd)
+        return None
+    except _Caught as exc:
+        return exc
+    except RemoteError as exc:
+        if exc.code == "bad_request" and revealing is not None and replaying is None:
+            return _Caught(f"it refused to reveal its steps: {exc}")
+        return f"the audit of {link.peer_id} on {auditor} was not done: {exc}"
+    except (PeerError, MalformedMessage, trio.TooSlowError) as exc:
+        return f"the audit of {link.peer_id} on {auditor} was not done: {exc or 'timed out'}"
+    finally:
+        for framed in (revealing, replaying):
+            if framed is not None:
+                await framed.reset()
+
+
+def _auditor(
+    network: Network,
+    receipt: StageReceiptBody,
+    not_auditors: list[PeerId],
+    only_peers: frozenset[PeerId] | None,
+) -> PeerId | None:
+    """Another holder of exactly the receipt's blocks, the fastest first."""
+    holders = [
+        stage
+        for _, stage in network.stage_offers(None, receipt.model_hash)
+        if (stage.start, stage.stop) == receipt.span
+        and stage.peer_id not in not_auditors
+        and (only_peers is None or stage.peer_id in only_peers)
+    ]
+    return min(holders, key=lambda s: s.cost_ms).peer_id if holders else None
+
+
+async def _open_replay(
+    network: Network, auditor: PeerId, receipt: StageReceiptBody, params: GenerationParams, dtype: HiddenDType
+) -> tuple[FramedStream, str]:
+    """A session on the auditor like the audited stage's, but answering every step itself."""
+    framed = await open_framed(network.host, auditor, SHARD_PROTOCOL, RECEIPT_WAIT_S)
+    session_id = uuid.uuid4().hex
+    await framed.send(
+        ShardOpen(
+            session_id=session_id,
+            model_hash=receipt.model_hash,
+            span=receipt.span,
+            params=params,
+            dtype=dtype,
+        )
+    )
+    opened = await _reply(framed, auditor)
+    if not isinstance(opened, ShardOpened):
+        raise MalformedMessage(f"{auditor} answered an open with {opened.kind}")
+    return framed, session_id
+
+
+async def _revealed(
+    framed: FramedStream, peer_id: PeerId, seq: int, digests: tuple[str, str]
+) -> tuple[ShardRevealed, bytes, bytes]:
+    step = await _reply(framed, peer_id)
+    if not isinstance(step, ShardRevealed) or step.seq != seq:
+        raise _Caught(f"it revealed {step.kind} where step {seq} was due")
+    data_in = await _raw(framed, peer_id)
+    data_out = await _raw(framed, peer_id) if step.out_rows else b""
+    if (step_digest(data_in), step_digest(data_out)) != tuple(digests):
+        raise _Caught(f"its revealed step {seq} is not the one its receipt signs")
+    return step, data_in, data_out
+
+
+async def _replay(
+    framed: FramedStream,
+    auditor: PeerId,
+    session_id: str,
+    step: ShardRevealed,
+    data_in: bytes,
+    data_out: bytes,
+    n_embd: int,
+) -> None:
+    """Step `step` on the auditor's session; _Caught if its output is not the stage's."""
+    header = ShardStep(
+        session_id=session_id,
+        seq=step.seq,
+        rows=step.rows,
+        dtype=step.dtype,
+        sample=step.sample,
+        keep=step.keep,
+        draft=step.draft,
+    )
+    width = 1 if step.dtype == "i32" else n_embd
+    await framed.send_framed(tensor_frames(header, decode_tensor(data_in, step.rows, width, step.dtype)))
+    if step.out_dtype == "i32":  # the last stage: the tokens it chose, or none for a prompt chunk
+        if step.out_rows == 0:
+            if not isinstance(await _reply(framed, auditor), ShardAck):
+                raise _Caught(f"at step {step.seq} it chose no token where its blocks choose one")
+            return
+        claimed = decode_tensor(data_out, step.out_rows, 1, "i32")[:, 0]
+        for token in claimed:
+            reply = await _reply(framed, auditor)
+            if not isinstance(reply, ShardSampled):
+                raise _Caught(f"at step {step.seq} it chose a token where its blocks choose none")
+            if reply.token_id != int(token):
+                raise _Caught(
+                    f"at step {step.seq} it chose token {int(token)}, its blocks choose {reply.token_id}"
+                )
+        return
+    reply = await _reply(framed, auditor)
+    if not isinstance(reply, ShardHidden):
+        raise MalformedMessage(f"{auditor} answered a replayed step with {reply.kind}")
+    theirs = decode_tensor(await _raw(framed, auditor), reply.rows, n_embd, reply.dtype)
+    claimed_rows = decode_tensor(data_out, step.out_rows, n_embd, step.out_dtype)
+    difference = _difference(claimed_rows, theirs)
+    if difference > AUDIT_TOLERANCE:
+        raise _Caught(f"at step {step.seq} its hidden states differ from its blocks' by {difference:.3f} RMS")
+
+
+def _difference(claimed: npt.NDArray[np.generic], replayed: npt.NDArray[np.generic]) -> float:
+    """Largest difference between two outputs, per RMS of the replayed one; inf for other shapes."""
+    if claimed.shape != replayed.shape:
+        return math.inf
+    a, b = claimed.astype(np.float32), replayed.astype(np.float32)
+    rms = float(np.sqrt(np.mean(np.square(b)))) or 1.0
+    return float(np.max(np.abs(a - b))) / rms
+
+
+async def _reply(framed: FramedStream, peer_id: PeerId) -> ShardReplies:
+    reply = await next_reply(framed)
+    if reply is None:
+        raise PeerError(f"{peer_id} ended the shard stream")
+    return reply
+
+
+async def _raw(framed: FramedStream, peer_id: PeerId) -> bytes:
+    payload = await framed.receive()
+    if payload is None:
+        raise PeerError(f"{peer_id} ended the shard stream inside a step")
+    return payload
