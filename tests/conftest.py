@@ -17,6 +17,7 @@ HEAVY_MODULES = {
     "tests/scale/test_many_nodes.py",
     "tests/client/test_chain.py",
     "tests/client/test_failover.py",
+    "tests/client/test_stage_liars.py",
     "tests/trust/test_liars.py",
     "tests/trust/test_collusion.py",
     "tests/trust/test_liar_votes.py",

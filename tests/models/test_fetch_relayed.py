@@ -23,7 +23,9 @@ from dinet.wire.ids import CHUNKS_PROTOCOL
 
 
 @pytest.mark.parametrize("far_link", ["as_the_relay_left_it", "closed"])
-async def test_a_pull_cut_by_a_relay_fails_cleanly_and_resumes_from_a_direct_holder(tmp_path, monkeypatch, far_link):
+async def test_a_pull_cut_by_a_relay_fails_cleanly_and_resumes_from_a_direct_holder(
+    tmp_path, monkeypatch, far_link
+):
     monkeypatch.setattr(fetch, "PUNCH_WAIT_S", 0.5)  # no punch on these hosts: do not wait for one
     model = write_tiny(tmp_path / "tiny.gguf")  # ~5 MB, five chunks of 1 MiB and more
     far_store, stored = stocked(tmp_path / "far", model)

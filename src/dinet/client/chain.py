@@ -378,7 +378,7 @@ class Chain:
             self._dtype,
             self._ticket,
             self._log,
-            exclude=frozenset(self._broken),
+            exclude=frozenset(self._broken) | _distrusted(self._network),
             only_peers=self._rules.only_peers,
         )
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ logger = logging.getLogger(__name__)
 AUDIT_TOLERANCE = 0.05
 RECEIPT_WAIT_S = 10.0
 AUDIT_WAIT_S = 120.0  # a replay of the whole session on a busy holder
+MAX_AUDITORS = 3  # holders asked to replay one stage, until one agrees or two part from it alike
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,33 @@ def _check_ends(bodies: list[StageReceiptBody], log: ChainLog) -> None:
             raise _Caught(f"its receipt's step {seq} is not the tokens the client received", last.node)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One revealed step, checked against the stage's receipt."""
+
+    header: ShardRevealed
+    data_in: bytes
+    data_out: bytes
+
+
+@dataclass(frozen=True)
+class _Divergence:
+    """Where an auditor's replay first parts from the stage: the step, and what the
+    auditor gave there (its hidden rows, or the position and id of its token)."""
+
+    seq: int
+    theirs: npt.NDArray[np.generic] | tuple[int, int] | None
+    why: str
+
+    def same_as(self, other: _Divergence) -> bool:
+        """Whether two auditors found the same thing (so neither of them is lying)."""
+        if self.seq != other.seq:
+            return False
+        if isinstance(self.theirs, np.ndarray) and isinstance(other.theirs, np.ndarray):
+            return _difference(self.theirs, other.theirs) <= AUDIT_TOLERANCE
+        return self.theirs == other.theirs
+
+
 async def _audit(
     network: Network,
     link: StageLink,
@@ -249,130 +278,161 @@ async def _audit(
     not_auditors: list[PeerId],
     only_peers: frozenset[PeerId] | None,
 ) -> _Caught | str | None:
-    """Replay the stage's steps on another holder of its blocks: None if they agree, _Caught
-    if the stage's reveal or blocks do not hold, a problem when the audit could not be done."""
-    auditor = _auditor(network, receipt, not_auditors, only_peers)
-    if auditor is None:
+    """Replay the stage's steps on other holders of its blocks: None if one agrees with it,
+    _Caught if its reveal does not hold or two auditors part from it in the same way, a
+    problem when the audit could not be done or the auditors disagree among themselves.
+    (With a single other holder, its word decides.)"""
+    auditors = _auditors(network, receipt, not_auditors, only_peers)
+    if not auditors:
         return f"no other holder of blocks {receipt.span[0]}-{receipt.span[1]} to audit {link.peer_id}"
-    revealing = replaying = None
     try:
         with trio.fail_after(AUDIT_WAIT_S):
-            revealing = await open_framed(network.host, link.peer_id, SHARD_PROTOCOL, RECEIPT_WAIT_S)
-            await revealing.send(ShardReveal(session_id=link.session_id, seed=ticket.seed.hex()))
-            replaying, session_id = await _open_replay(network, auditor, receipt, params, dtype)
-            for seq, digests in enumerate(receipt.steps):
-                step, data_in, data_out = await _revealed(revealing, link.peer_id, seq, digests)
-                await _replay(replaying, auditor, session_id, step, data_in, data_out, link.n_embd)
-        return None
+            steps = await _reveal(network, link, receipt, ticket)
     except _Caught as exc:
         return exc
     except RemoteError as exc:
-        if exc.code == "bad_request" and revealing is not None and replaying is None:
+        if exc.code == "bad_request":  # the session is there (or it would be unknown_session)
             return _Caught(f"it refused to reveal its steps: {exc}")
-        return f"the audit of {link.peer_id} on {auditor} was not done: {exc}"
+        return f"{link.peer_id} could not reveal its steps: {exc}"
     except (PeerError, MalformedMessage, trio.TooSlowError) as exc:
-        return f"the audit of {link.peer_id} on {auditor} was not done: {exc or 'timed out'}"
-    finally:
-        for framed in (revealing, replaying):
-            if framed is not None:
-                await framed.reset()
+        return f"{link.peer_id} could not reveal its steps: {exc or 'timed out'}"
+    found: list[_Divergence] = []
+    problems: list[str] = []
+    for auditor in auditors:
+        try:
+            with trio.fail_after(AUDIT_WAIT_S):
+                divergence = await _replay(network, auditor, receipt, params, dtype, steps, link.n_embd)
+        except (RemoteError, PeerError, MalformedMessage, trio.TooSlowError) as exc:
+            problems.append(f"the audit of {link.peer_id} on {auditor} was not done: {exc or 'timed out'}")
+            continue
+        if divergence is None:
+            return None  # an honest auditor agrees: any other that did not is the liar
+        if len(auditors) == 1 or any(divergence.same_as(f) for f in found):
+            return _Caught(divergence.why)
+        found.append(divergence)
+    if found:
+        problems.append(f"the auditors of {link.peer_id} disagree with it and among themselves")
+    return "; ".join(problems)
 
 
-def _auditor(
+def _auditors(
     network: Network,
     receipt: StageReceiptBody,
     not_auditors: list[PeerId],
     only_peers: frozenset[PeerId] | None,
-) -> PeerId | None:
-    """Another holder of exactly the receipt's blocks, the fastest first."""
+) -> list[PeerId]:
+    """Other holders of exactly the receipt's blocks (MAX_AUDITORS at most), in random order:
+    a stage cannot tell who will replay it."""
     holders = [
-        stage
+        stage.peer_id
         for _, stage in network.stage_offers(None, receipt.model_hash)
         if (stage.start, stage.stop) == receipt.span
         and stage.peer_id not in not_auditors
         and (only_peers is None or stage.peer_id in only_peers)
     ]
-    return min(holders, key=lambda s: s.cost_ms).peer_id if holders else None
+    return random.sample(holders, min(MAX_AUDITORS, len(holders)))
 
 
-async def _open_replay(
-    network: Network, auditor: PeerId, receipt: StageReceiptBody, params: GenerationParams, dtype: HiddenDType
-) -> tuple[FramedStream, str]:
-    """A session on the auditor like the audited stage's, but answering every step itself."""
-    framed = await open_framed(network.host, auditor, SHARD_PROTOCOL, RECEIPT_WAIT_S)
-    session_id = uuid.uuid4().hex
-    await framed.send(
-        ShardOpen(
-            session_id=session_id,
-            model_hash=receipt.model_hash,
-            span=receipt.span,
-            params=params,
-            dtype=dtype,
-        )
-    )
-    opened = await _reply(framed, auditor)
-    if not isinstance(opened, ShardOpened):
-        raise MalformedMessage(f"{auditor} answered an open with {opened.kind}")
-    return framed, session_id
-
-
-async def _revealed(
-    framed: FramedStream, peer_id: PeerId, seq: int, digests: tuple[str, str]
-) -> tuple[ShardRevealed, bytes, bytes]:
-    step = await _reply(framed, peer_id)
-    if not isinstance(step, ShardRevealed) or step.seq != seq:
-        raise _Caught(f"it revealed {step.kind} where step {seq} was due")
-    data_in = await _raw(framed, peer_id)
-    data_out = await _raw(framed, peer_id) if step.out_rows else b""
-    if (step_digest(data_in), step_digest(data_out)) != tuple(digests):
-        raise _Caught(f"its revealed step {seq} is not the one its receipt signs")
-    return step, data_in, data_out
+async def _reveal(
+    network: Network, link: StageLink, receipt: StageReceiptBody, ticket: CheckTicket
+) -> list[_Step]:
+    """Every step of the stage's session, each checked against its receipt."""
+    framed = await open_framed(network.host, link.peer_id, SHARD_PROTOCOL, RECEIPT_WAIT_S)
+    try:
+        await framed.send(ShardReveal(session_id=link.session_id, seed=ticket.seed.hex()))
+        steps = []
+        for seq, digests in enumerate(receipt.steps):
+            header = await _reply(framed, link.peer_id)
+            if not isinstance(header, ShardRevealed) or header.seq != seq:
+                raise _Caught(f"it revealed {header.kind} where step {seq} was due")
+            data_in = await _raw(framed, link.peer_id)
+            data_out = await _raw(framed, link.peer_id) if header.out_rows else b""
+            if (step_digest(data_in), step_digest(data_out)) != tuple(digests):
+                raise _Caught(f"its revealed step {seq} is not the one its receipt signs")
+            steps.append(_Step(header, data_in, data_out))
+        return steps
+    finally:
+        await framed.reset()
 
 
 async def _replay(
-    framed: FramedStream,
+    network: Network,
     auditor: PeerId,
-    session_id: str,
-    step: ShardRevealed,
-    data_in: bytes,
-    data_out: bytes,
+    receipt: StageReceiptBody,
+    params: GenerationParams,
+    dtype: HiddenDType,
+    steps: list[_Step],
     n_embd: int,
-) -> None:
-    """Step `step` on the auditor's session; _Caught if its output is not the stage's."""
-    header = ShardStep(
-        session_id=session_id,
-        seq=step.seq,
-        rows=step.rows,
-        dtype=step.dtype,
-        sample=step.sample,
-        keep=step.keep,
-        draft=step.draft,
-    )
-    width = 1 if step.dtype == "i32" else n_embd
-    await framed.send_framed(tensor_frames(header, decode_tensor(data_in, step.rows, width, step.dtype)))
-    if step.out_dtype == "i32":  # the last stage: the tokens it chose, or none for a prompt chunk
-        if step.out_rows == 0:
-            if not isinstance(await _reply(framed, auditor), ShardAck):
-                raise _Caught(f"at step {step.seq} it chose no token where its blocks choose one")
-            return
-        claimed = decode_tensor(data_out, step.out_rows, 1, "i32")[:, 0]
-        for token in claimed:
-            reply = await _reply(framed, auditor)
+) -> _Divergence | None:
+    """The steps on a session of the auditor's that answers each itself; where it first
+    parts from the stage's outputs, or None if it never does."""
+    framed = await open_framed(network.host, auditor, SHARD_PROTOCOL, RECEIPT_WAIT_S)
+    try:
+        session_id = uuid.uuid4().hex
+        await framed.send(
+            ShardOpen(
+                session_id=session_id,
+                model_hash=receipt.model_hash,
+                span=receipt.span,
+                params=params,
+                dtype=dtype,
+            )
+        )
+        opened = await _reply(framed, auditor)
+        if not isinstance(opened, ShardOpened):
+            raise MalformedMessage(f"{auditor} answered an open with {opened.kind}")
+        for step in steps:
+            h = step.header
+            on = ShardStep(
+                session_id=session_id,
+                seq=h.seq,
+                rows=h.rows,
+                dtype=h.dtype,
+                sample=h.sample,
+                keep=h.keep,
+                draft=h.draft,
+            )
+            width = 1 if h.dtype == "i32" else n_embd
+            await framed.send_framed(tensor_frames(on, decode_tensor(step.data_in, h.rows, width, h.dtype)))
+            divergence = await _compare(framed, auditor, step, n_embd)
+            if divergence is not None:
+                return divergence
+        return None
+    finally:
+        await framed.reset()
+
+
+async def _compare(framed: FramedStream, auditor: PeerId, step: _Step, n_embd: int) -> _Divergence | None:
+    """The auditor's answer to one replayed step against the stage's."""
+    h = step.header
+    if h.out_dtype == "i32":  # the last stage: the tokens it chose, or none for a prompt chunk
+        reply = await _reply(framed, auditor)
+        if h.out_rows == 0:
+            if isinstance(reply, ShardAck):
+                return None
+            return _Divergence(h.seq, None, f"at step {h.seq} it chose no token where its blocks choose one")
+        claimed = decode_tensor(step.data_out, h.out_rows, 1, "i32")[:, 0]
+        for position, token in enumerate(claimed):  # a run of guesses taken, then one more
+            if position:
+                reply = await _reply(framed, auditor)
             if not isinstance(reply, ShardSampled):
-                raise _Caught(f"at step {step.seq} it chose a token where its blocks choose none")
-            if reply.token_id != int(token):
-                raise _Caught(
-                    f"at step {step.seq} it chose token {int(token)}, its blocks choose {reply.token_id}"
+                return _Divergence(
+                    h.seq, None, f"at step {h.seq} it chose a token where its blocks choose none"
                 )
-        return
+            if reply.token_id != int(token):
+                why = f"at step {h.seq} it chose token {int(token)}, its blocks choose {reply.token_id}"
+                return _Divergence(h.seq, (position, reply.token_id), why)
+        return None
     reply = await _reply(framed, auditor)
     if not isinstance(reply, ShardHidden):
         raise MalformedMessage(f"{auditor} answered a replayed step with {reply.kind}")
     theirs = decode_tensor(await _raw(framed, auditor), reply.rows, n_embd, reply.dtype)
-    claimed_rows = decode_tensor(data_out, step.out_rows, n_embd, step.out_dtype)
-    difference = _difference(claimed_rows, theirs)
-    if difference > AUDIT_TOLERANCE:
-        raise _Caught(f"at step {step.seq} its hidden states differ from its blocks' by {difference:.3f} RMS")
+    difference = _difference(decode_tensor(step.data_out, h.out_rows, n_embd, h.out_dtype), theirs)
+    if difference <= AUDIT_TOLERANCE:
+        return None
+    return _Divergence(
+        h.seq, theirs, f"at step {h.seq} its hidden states differ from its blocks' by {difference:.3f} RMS"
+    )
 
 
 def _difference(claimed: npt.NDArray[np.generic], replayed: npt.NDArray[np.generic]) -> float:

@@ -24,8 +24,9 @@ what it sent); only the tokens are false:
 Pipeline stages (`--layers`) lie about their blocks instead, and sign receipts for what
 they sent (see `dinet.wire.stage_receipt`):
 
-- `stage-noise` adds noise (STAGE_NOISE of the rows' RMS) to the hidden states of every
-  step: to those it sends on, or on the last stage to those it takes in;
+- `stage-noise` adds noise (STAGE_NOISE of the rows' RMS) to the hidden states it sends
+  on at every step; a last stage instead sends a token other than the one its blocks
+  choose (the next id that does not end the text);
 - `stage-late` does the same from its STAGE_LATE_AFTER-th step on: an audit that looked
   only at the prompt would miss it;
 - `stage-forge` computes honestly but signs a receipt for another block range than its own.
@@ -103,9 +104,13 @@ class Lie:
         """Whether it is a pipeline stage's lie (and only a stage's)."""
         return self.kind.startswith("stage-")
 
+    def lies_at(self, step: int) -> bool:
+        """Whether a lying stage falsifies its output at `step` of a session."""
+        return self.kind == "stage-noise" or (self.kind == "stage-late" and step >= STAGE_LATE_AFTER)
+
     def falsified(self, rows: npt.NDArray[np.float32], step: int) -> npt.NDArray[np.float32]:
         """A lying stage's hidden states at `step` instead of `rows` (T, n_embd)."""
-        if self.kind == "stage-noise" or (self.kind == "stage-late" and step >= STAGE_LATE_AFTER):
+        if self.lies_at(step):
             rms = float(np.sqrt(np.mean(np.square(rows)))) or 1.0
             noise = np.random.default_rng(step).standard_normal(rows.shape).astype(np.float32)
             return rows + STAGE_NOISE * rms * noise

@@ -287,8 +287,7 @@ class StageSession:
             self._tokens.extend(int(t) for t in x[:, 0])
             inputs = torch.from_numpy(np.ascontiguousarray(x[:, 0], dtype=np.int64))  # (T,)
         else:
-            rows = np.array(x, dtype=np.float32)  # (T, n_embd), a writable copy
-            inputs = torch.from_numpy(rows if lie is None or not model.is_last else lie.falsified(rows, step))
+            inputs = torch.from_numpy(np.array(x, dtype=np.float32))  # (T, n_embd), a writable copy
         self.draft_out = draft
         out = self._kv.forward(inputs, speculative=bool(draft))
         self.steps += 1
@@ -344,6 +343,12 @@ class StageSession:
         self.held = first_position + len(chosen) - 1  # row 0 and the guesses taken
         return tuple(chosen)
 
+    def _other_token(self, token: int) -> int:
+        """The next id after `token` that does not end the text."""
+        n_vocab, tokenizer = self.stage.model.n_vocab, self.stage.tokenizer
+        ids = (t % n_vocab for t in range(token + 1, token + n_vocab))
+        return next(t for t in ids if not tokenizer.is_eog(t))
+
     def _sample(self, logits: npt.NDArray[np.float32], positions: int) -> Sampled:
         assert self._text is not None and self._sampler is not None
         params, index = self.params, self._index
@@ -351,6 +356,9 @@ class StageSession:
         token = self._sampler.choose(
             adjusted, index, temperature=params.temperature, top_p=params.top_p, seed=params.seed
         )
+        lie = self.stage.lie
+        if lie is not None and lie.lies_at(self.steps - 1):  # testing only: another token than its blocks'
+            token = self._other_token(token)
         finish: Literal["stop", "length"] | None = None
         frames: list[TokenFrame] = []
         if self.stage.tokenizer.is_eog(token):
