@@ -7,7 +7,8 @@ import random
 import pytest
 
 from dinet.errors import RoutingError
-from dinet.routing.shard import StageOffer, chain_token_budget, plan_shard_route
+from dinet.overlay.vivaldi import Coordinates, estimate_rtt_ms
+from dinet.routing.shard import UNKNOWN_RTT_MS, StageOffer, chain_token_budget, hop_ms, plan_shard_route
 
 
 def offer(peer: str, start: int, stop: int, latency: float = 10.0, rtt: float = 1.0) -> StageOffer:
@@ -132,3 +133,42 @@ def test_a_chain_token_budget_follows_its_time_per_token():
     assert route.cost_ms == pytest.approx(20.0)
     assert chain_token_budget(route, 1.0) == 49  # 50 steps of 20 ms, one of them the prompt's
     assert chain_token_budget(route, 0.001) == 1  # never below one token
+
+
+def placed_at(x_ms: float) -> Coordinates:
+    return Coordinates((x_ms, 0.0, 0.0, 0.0), 0.5, 0.2)
+
+
+def two_clusters(with_coords: bool) -> list[StageOffer]:
+    """Three spans served in Europe (x = 0) and in America (x = 80 ms away). The client is
+    equally far from all (60 ms): its own round trips tell the clusters apart not at all."""
+
+    def at(peer: str, start: int, stop: int, latency: float, x_ms: float) -> StageOffer:
+        coords = placed_at(x_ms) if with_coords else None
+        return StageOffer(peer, start, stop, latency_ms=latency, rtt_ms=60.0, coords=coords)
+
+    return [
+        at("eu-a", 0, 10, 10, 0),
+        at("eu-b", 10, 20, 2, 1),
+        at("eu-c", 20, 30, 10, 2),
+        at("us-a", 0, 10, 9, 80),
+        at("us-b", 10, 20, 10, 81),
+        at("us-c", 20, 30, 9, 82),
+    ]
+
+
+def test_a_chain_stays_inside_one_cluster_when_its_stages_coordinates_say_so():
+    # By the client's round trips alone, the fastest stage of each span wins: across the ocean twice.
+    assert plan_shard_route(two_clusters(with_coords=False), 30).peers == ("us-a", "eu-b", "us-c")
+    # With the stages' coordinates, every hop of the ring counts: the chain stays in Europe.
+    route = plan_shard_route(two_clusters(with_coords=True), 30)
+    assert route.peers == ("eu-a", "eu-b", "eu-c")
+    hops = [estimate_rtt_ms(placed_at(a), placed_at(b)) for a, b in ((0, 1), (1, 2), (2, 0))]
+    assert route.cost_ms == pytest.approx(10 + 2 + 10 + sum(hops))
+
+
+def test_a_hop_without_coordinates_costs_the_clients_round_trip_to_the_next_stage():
+    placed, unplaced = StageOffer("a", 0, 10, coords=placed_at(0)), StageOffer("b", 10, 30, rtt_ms=7.0)
+    assert hop_ms(placed, unplaced) == 7.0
+    assert hop_ms(unplaced, placed) == UNKNOWN_RTT_MS  # nobody measured a
+    assert hop_ms(placed, StageOffer("c", 10, 30, coords=placed_at(30))) == pytest.approx(31.0)

@@ -6,8 +6,8 @@ receipt is checked and kept here; a verification's outcome is shared out here am
 the peers whose tokens were checked. The network's health book (back-off), reputation
 book and ledger are written nowhere else on the request path.
 
-Pipeline stages issue no receipts (yet): a chain's answer has none, its stages only
-earn or lose reputation.
+Pipeline stages issue no payment receipts (yet): their receipts of work are checked
+by `dinet.client.stage_audit`, and they only earn or lose reputation.
 """
 
 from __future__ import annotations

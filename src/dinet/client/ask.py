@@ -49,7 +49,7 @@ class Answer:
     tokens_per_s: float
     peers_tried: tuple[PeerId, ...]
     max_tokens_capped: int | None = None  # set when a deadline lowered max_tokens
-    # Countersigned and kept in the ledger. Whole-model peers only: stages issue none yet.
+    # Countersigned and kept in the ledger. Whole-model peers only: stages sign no payment receipts yet.
     receipts: tuple[CountersignedReceipt, ...] = ()
     refused_receipts: tuple[str, ...] = ()  # why a peer's receipt was refused
     chain: tuple[PeerId, ...] = ()  # pipeline stages that answered, in order (empty: one whole node)

@@ -25,7 +25,7 @@ from dinet.p2p.joining import Joiner
 from dinet.p2p.liveness import LivenessWatch
 from dinet.p2p.reach import ReachConfig
 from dinet.routing.affinity import PrefixMemory
-from dinet.routing.coordinates import CoordinateBook
+from dinet.routing.coordinates import CoordinateBook, placed
 from dinet.routing.select import EXCLUDE_BELOW, MIN_EVIDENCE, PeerView, trusted
 from dinet.routing.shard import StageOffer
 from dinet.settle import channels_at
@@ -225,6 +225,7 @@ class Network:
                         rtt,
                         m.price_per_token,
                         m.price_per_prompt_token,
+                        placed(m),
                     )
                     found.append((o, stage))
         return found

@@ -59,5 +59,12 @@ class CoordinateBook:
         return estimate_rtt_ms(own, _coordinates(theirs))
 
 
+def placed(manifest: Manifest) -> Coordinates | None:
+    """The manifest's node's coordinates, if it gives some trusted enough to estimate from."""
+    if manifest.coords is None or manifest.coords.error > TRUSTED_ERROR:
+        return None
+    return _coordinates(manifest.coords)
+
+
 def _coordinates(wire: NetworkCoordinates) -> Coordinates:
     return Coordinates(tuple(wire.vector), wire.height, wire.error)

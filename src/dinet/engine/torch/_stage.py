@@ -191,6 +191,7 @@ class StageSession:
     held: int = 0  # positions of the cache that hold after the last step (guesses refused: not)
     log: list[StepRecord] | None = None  # a checked session's steps
     _kv: ShardSession = field(init=False)
+    _logged: int = field(init=False, default=0)  # bytes the log holds
     _tokens: list[int] = field(init=False, default_factory=list)  # first stage: the ids in the cache
     _lookup: PromptLookup | None = field(init=False, default=None)
     _drafted: int = field(init=False, default=0)  # guesses in the last step, and after how many positions
@@ -239,8 +240,7 @@ class StageSession:
 
     @property
     def nbytes(self) -> int:
-        kept = sum(len(r.data_in) + len(r.data_out) for r in self.log or ())
-        return int(self._kv.nbytes()) + kept
+        return int(self._kv.nbytes()) + self._logged
 
     def check_input(self, x: npt.NDArray[np.generic]) -> None:
         model = self.stage.model
@@ -303,7 +303,9 @@ class StageSession:
         else:
             result = self._check_guesses(out, draft)
         if self.log is not None:
-            self.log.append(_record(x, keep, draft, sample, result))
+            record = _record(x, keep, draft, sample, result)
+            self.log.append(record)
+            self._logged += len(record.data_in) + len(record.data_out)
         return result
 
     def _rewind(self, keep: int) -> None:
