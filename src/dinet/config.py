@@ -149,7 +149,8 @@ class NodeSettings(CommonSettings):
     memory_mb: int | None = Field(default=None, ge=64, description="Address-space limit of the worker")
     sandbox: bool = Field(
         default=True,
-        description="Run the engine worker sandboxed: no network, read-only model, limits (docs/sandbox.md)",
+        description="Run the engine worker (llama.cpp, or a stage's torch) sandboxed: no network, "
+        "read-only model, limits (docs/sandbox.md)",
     )
     engine_restarts: int = Field(
         default=3, ge=0, le=100, description="Worker failures in a row before the model is given up"

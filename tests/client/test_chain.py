@@ -30,9 +30,10 @@ from tests.gateway._gateway_helpers import API_KEY, start_gateway
 from tests.helpers import chat, raw_host
 
 from dinet.client.ask import Answer, ask
-from dinet.client.chain import Chain, ChainPlan, ChainResult, run_chain, silent_peers
+from dinet.client.chain import Chain, ChainPlan, ChainResult, StageRules, run_chain, silent_peers
 from dinet.client.network import open_network
 from dinet.client.options import AskOptions
+from dinet.client.stage_audit import StageCheck
 from dinet.config import ClientSettings
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.errors import AnswerTimedOut, NoCapablePeer
@@ -161,30 +162,34 @@ async def test_a_three_stage_chain_gives_llama_cpps_tokens(tmp_path, stages, lla
 
 
 async def test_stages_sign_receipts_that_chain_and_an_audit_replays_each_on_another_holder(tmp_path, stages):
-    """Every chain answer's receipts are checked; audit_stages=1 replays each stage on
-    another holder of its blocks (A's on A2 or A2's on A, B's on B2 or B2's on B). C has none."""
-    names = ("A", "A2", "B", "B2", "C")
-    allowed = {stages[n].peer_id for n in names}
-    async with open_network(settings_for(tmp_path, stages["A"], stages["A2"])) as network:
+    """Every chain answer's receipts are checked; an audit (StageRules.audit 1) replays each
+    stage on another holder of its blocks: A's on A2, B's on B2. C has none. (The chain is
+    named: one through A2 would make A2, and D with it, known to the mesh.)"""
+    a, b, c = stages["A"], stages["B"], stages["C"]
+    route = Route(
+        (StageOffer(a.peer_id, 0, 10), StageOffer(b.peer_id, 10, 20), StageOffer(c.peer_id, 20, 30)), 0.0
+    )
+    plan = ChainPlan(route, a.model_id, a.model_hash, 30)
+
+    async def checked(params: GenerationParams, rules: StageRules) -> StageCheck:
+        results = [
+            e async for e in run_chain(network, plan, params, rules=rules) if isinstance(e, ChainResult)
+        ]
+        assert results[0].stage_check is not None
+        return results[0].stage_check
+
+    async with open_network(settings_for(tmp_path, a, stages["A2"])) as network:
+        await know_stages(network, a, stages["A2"], b, stages["B2"], c)
         for draft in ("none", "lookup"):  # guessed rows are replayed as they were taken
-            _, answer = await chain_answer(
-                network,
-                chat(COPYING, max_tokens=MAX_TOKENS),
-                draft=draft,
-                audit_stages=1.0,
-                only_peers=allowed,
-            )
-            check = answer.stage_check
-            assert check is not None and check.receipts_ok and check.caught == ()
-            first, middle, last = answer.chain
-            assert sorted(check.audited) == sorted([first, middle]) and last == stages["C"].peer_id
-            assert check.problems == (f"no other holder of blocks 20-30 to audit {last}",)
-        # Not audited (audit_stages 0): the receipts are still checked.
-        _, answer = await chain_answer(network, chat(PROMPTS[0], max_tokens=MAX_TOKENS), only_peers=allowed)
-        check = answer.stage_check
-        assert check is not None and check.receipts_ok and check.audited == () and check.problems == ()
+            check = await checked(chat(COPYING, max_tokens=MAX_TOKENS), StageRules(draft=draft, audit=1.0))
+            assert check.receipts_ok and check.caught == ()
+            assert sorted(check.audited) == sorted([a.peer_id, b.peer_id])
+            assert check.problems == (f"no other holder of blocks 20-30 to audit {c.peer_id}",)
+        # Not audited (audit 0): the receipts are still checked.
+        check = await checked(chat(PROMPTS[0], max_tokens=MAX_TOKENS), StageRules())
+        assert check.receipts_ok and check.audited == () and check.problems == ()
         assert network.reputation is not None
-        for name in names:  # no honest stage is held for a liar
+        for name in ("A", "A2", "B", "B2", "C"):  # no honest stage is held for a liar
             standing = network.reputation.standing(stages[name].peer_id)
             assert standing is None or standing.bad < WEIGHTS[Event.VERIFY_FAIL][1] / 2, name
 

@@ -64,10 +64,11 @@ async def test_lying_stages_are_caught_and_honest_ones_pass(tmp_path, stages) ->
         assert late.caught() == {"back-late"}
         assert any("it chose token" in p for p in late.check.problems)
 
-        # A receipt for blocks it does not hold: refused, no audit needed.
+        # A receipt for blocks it does not hold: refused, and caught without an audit; the
+        # other stage, whose receipt holds, is audited all the same.
         forged = await audited_answer(network, stages, "front-honest-1", "back-forge", case_params(rng))
         assert not forged.check.receipts_ok and forged.caught() == {"back-forge"}
-        assert forged.check.audited == ()
+        assert {forged.names[p] for p in forged.check.audited} == {"front-honest-1"}
 
         assert network.reputation is not None
         for role, node in stages.items():  # the liars caught are held for liars; no honest stage is

@@ -173,11 +173,17 @@ async def check_stages(
             receipts_ok = False
             problems.append(str(exc))
     audited: list[PeerId] = []
-    if ticket.audit and receipts_ok:
+    # Every stage whose own receipt holds is audited, even when the set is refused: one
+    # stage's forged receipt must not hide another's wrong blocks.
+    to_audit = [k for k, body in enumerate(receipts) if body is not None and links[k].peer_id not in caught]
+    if ticket.audit and to_audit:
+        await network.look(None, model_hash)  # fresh offers of the other holders
         auditing = [link.peer_id for link in links] + list(exclude)
 
         async def audit(k: int) -> None:
-            verdict = await _audit(network, links[k], bodies[k], params, dtype, ticket, auditing, only_peers)
+            body = receipts[k]
+            assert body is not None
+            verdict = await _audit(network, links[k], body, params, dtype, ticket, auditing, only_peers)
             if verdict is None:
                 audited.append(links[k].peer_id)
             elif isinstance(verdict, _Caught):
@@ -186,7 +192,7 @@ async def check_stages(
                 problems.append(verdict)
 
         async with trio.open_nursery() as nursery:
-            for k in range(len(links)):
+            for k in to_audit:
                 nursery.start_soon(audit, k)
     for peer_id, why in caught.items():
         logger.warning("stage %s caught: %s", peer_id, why)

@@ -13,6 +13,8 @@ import trio
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
 from dinet.engine.testing.liar import parse_lie
+from dinet.engine.torch._stage import Stage
+from dinet.engine.torch.stage_process import StageProcess
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
 from dinet.models.catalog import LocalModel
 from dinet.node.admission import Admission
@@ -203,7 +205,6 @@ async def model_stage(
     settings: NodeSettings, model: LocalModel, model_hash: ModelHash, host: PeerHost
 ) -> AsyncIterator[Serving]:
     from dinet.engine.torch._compute_thread import ComputeThread
-    from dinet.engine.torch._stage import Stage
     from dinet.models._gguf import read_layout
     from dinet.models.card import summarize
 
@@ -213,9 +214,22 @@ async def model_stage(
     compute = ComputeThread(f"dinet-stage-{span[0]}:{span[1]}")
     try:
         lie = parse_lie(settings.liar) if settings.liar is not None else None
-        stage = await compute.run(
-            lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads, lie=lie)
-        )
+        stage: Stage | StageProcess
+        if settings.sandbox:  # torch on strangers' hidden states: in the sandboxed worker
+            worker = StageProcess(
+                model.path,
+                span[0],
+                span[1],
+                threads=settings.threads,
+                lie=lie,
+                sandbox=True,
+                log_path=settings.home / "stage-worker.log",
+            )
+            stage = await compute.run(worker.start)
+        else:
+            stage = await compute.run(
+                lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads, lie=lie)
+            )
         service = ShardService(
             stage,
             compute,
@@ -241,12 +255,23 @@ async def model_stage(
             figures,
             available=lambda: True,
             busy=service.busy,
-            # Torch runs in a thread of the node: no worker process, so no sandbox either.
-            state=lambda: {"serving": True, "error": None, "restarts": 0, "sandbox": None},
+            state=lambda: _stage_state(stage),
             background=[lambda _: service.run()],
         )
     finally:
+        if isinstance(stage, StageProcess):
+            await compute.run(stage.close)
         compute.close()
+
+
+def _stage_state(stage: Stage | StageProcess) -> dict[str, object]:
+    """What `din node --json` says of a stage's engine; torch run in the node's own thread
+    (`--no-sandbox`) has no worker, so no sandbox either."""
+    if not isinstance(stage, StageProcess):
+        return {"serving": True, "error": None, "restarts": 0, "sandbox": None}
+    status = stage.sandbox_status
+    sandbox = status.model_dump(mode="json") if status is not None else None
+    return {"serving": True, "error": None, "restarts": stage.restarts, "sandbox": sandbox}
 
 
 @asynccontextmanager

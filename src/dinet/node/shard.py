@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -37,6 +38,7 @@ import trio
 
 from dinet.engine.torch._compute_thread import ComputeThread
 from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession, StepRecord
+from dinet.engine.torch.stage_process import RemoteSession, StageProcess
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
 from dinet.node._sessions import SessionTable
@@ -125,7 +127,7 @@ class StageStats:
 class ShardService:
     def __init__(
         self,
-        stage: Stage,
+        stage: Stage | StageProcess,
         compute: ComputeThread,
         model_hash: ModelHash,
         span: tuple[int, int],
@@ -143,7 +145,7 @@ class ShardService:
         self._compute = compute  # the one thread of all of this stage's torch calls, in order
         self._model_hash = model_hash
         self.span = span
-        self.table: SessionTable[StageSession] = SessionTable(max_kv_bytes, idle_s)
+        self.table: SessionTable[StageSession | RemoteSession] = SessionTable(max_kv_bytes, idle_s)
         self.stats = StageStats()
         self._max_rows = rows_per_frame(stage.model.n_embd)
         self._last_step_at = -math.inf  # trio time
@@ -221,9 +223,10 @@ class ShardService:
             raise _Refused("bad_request", "a checked session takes a nonce and an audit_commit together")
         checked = message.nonce is not None
         try:
-            session = await self._compute.run(
-                partial(self._stage.open, message.params, message.dtype, message.draft, checked=checked)
+            opened: Callable[[], StageSession | RemoteSession] = partial(
+                self._stage.open, message.params, message.dtype, message.draft, checked=checked
             )
+            session = await self._compute.run(opened)
         except StageRequestError as exc:
             raise _Refused("bad_request", str(exc)) from None
         for session_id in owned:  # one session per stream: a new open replaces the old one
@@ -265,7 +268,7 @@ class ShardService:
 
     async def _compute_step(
         self, step: ShardStep, x: npt.NDArray[np.generic]
-    ) -> tuple[StageSession, npt.NDArray[np.floating] | tuple[Sampled, ...] | None]:
+    ) -> tuple[StageSession | RemoteSession, npt.NDArray[np.floating] | tuple[Sampled, ...] | None]:
         session = self.table.begin(step.session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(step.session_id))
@@ -293,7 +296,7 @@ class ShardService:
         self,
         framed: FramedStream,
         step: ShardStep,
-        session: StageSession,
+        session: StageSession | RemoteSession,
         out: npt.NDArray[np.floating] | tuple[Sampled, ...] | None,
     ) -> None:
         """The step's output, back to whoever sent the step."""
@@ -309,7 +312,7 @@ class ShardService:
         self,
         relay: _Relay,
         step: ShardStep,
-        session: StageSession,
+        session: StageSession | RemoteSession,
         out: npt.NDArray[np.floating] | tuple[Sampled, ...] | None,
     ) -> tuple[ShardStep, npt.NDArray[np.generic]] | None:
         """Send the output on as the relay's next step; that step, if it is this stage's own."""
@@ -401,19 +404,22 @@ class ShardService:
         except PeerError:
             relay.failed = True  # nobody to answer: stop the ring here
 
-    def _steps_of(self, session_id: str) -> tuple[_Check, list[StepRecord]]:
+    async def _steps_of(self, session_id: str) -> tuple[_Check, list[StepRecord]]:
         session = self.table.begin(session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(session_id))
-        self.table.end(session_id, trio.current_time())
+        try:
+            log = await self._compute.run(lambda: session.log)  # from the stage's worker, if it has one
+        finally:
+            self.table.end(session_id, trio.current_time())
         check = self._checks.get(session_id)
-        if check is None or session.log is None:
+        if check is None or log is None:
             raise _Refused("bad_request", f"session {session_id} was not opened to be checked")
-        return check, list(session.log)
+        return check, list(log)
 
     async def _receipt(self, framed: FramedStream, session_id: str) -> None:
         """The signed digests of every step of a checked session so far."""
-        check, steps = self._steps_of(session_id)
+        check, steps = await self._steps_of(session_id)
         span = self.span
         if self._stage.lie is not None and self._stage.lie.kind == "stage-forge":
             span = (span[0], span[1] + 1)  # a lie, for tests only: blocks it does not hold
@@ -430,7 +436,7 @@ class ShardService:
 
     async def _reveal(self, framed: FramedStream, reveal: ShardReveal) -> None:
         """Every step of a checked session, in and out, to the client that holds its audit seed."""
-        check, steps = self._steps_of(reveal.session_id)
+        check, steps = await self._steps_of(reveal.session_id)
         if audit_commitment(bytes.fromhex(reveal.seed)) != check.audit_commit:
             raise _Refused("bad_request", "the seed is not the one the session was opened with")
         for seq, r in enumerate(steps):
