@@ -889,6 +889,25 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
         '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"draft":"model"}',
         "an unknown draft",
     ),
+    (
+        "shard_request",
+        '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"nonce":"n1",'
+        '"audit_commit":"abababababababababababababababababababababababababababababababab"}',
+        "a checked session",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"audit_commit":"ab"}',
+        "an audit commitment is 64 hex digits",
+    ),
+    ("shard_request", '{"kind":"shard_receipt_query","session_id":"s1"}', "a receipt query"),
+    ("shard_request", '{"kind":"shard_reveal","session_id":"s1","seed":"00ff"}', "a reveal with its seed"),
+    ("shard_request", '{"kind":"shard_reveal","session_id":"s1","seed":"xyz"}', "a seed is hex"),
+    (
+        "shard_reply",
+        '{"kind":"shard_revealed","seq":0,"rows":5,"dtype":"i32","sample":false,"out_rows":5,"out_dtype":"f32"}',
+        "a revealed prompt step",
+    ),
     ("shard_reply", '{"kind":"shard_sampled","seq":3,"index":0,"token_id":9}', "the least shard_sampled"),
     ("shard_reply", '{"kind":"shard_opened","session_id":"s1","n_embd":576}', "prompt_ids defaults to []"),
     ("chunk_query", chunks([0, 1]), "two chunks"),
