@@ -77,6 +77,9 @@ AUDIT_TOLERANCE = 0.05
 RECEIPT_WAIT_S = 10.0
 AUDIT_WAIT_S = 120.0  # a replay of the whole session on a busy holder
 MAX_AUDITORS = 3  # holders asked to replay one stage, until one agrees or two part from it alike
+# Bytes a stage may reveal for one session: an honest one at a 2,048-token context sends
+# ~10 MB (every position's hidden state in and out, f32); far beyond it is a flood.
+MAX_REVEAL_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -349,13 +352,16 @@ async def _reveal(
     framed = await open_framed(network.host, link.peer_id, SHARD_PROTOCOL, RECEIPT_WAIT_S)
     try:
         await framed.send(ShardReveal(session_id=link.session_id, seed=ticket.seed.hex()))
-        steps = []
+        steps, revealed = [], 0
         for seq, digests in enumerate(receipt.steps):
             header = await _reply(framed, link.peer_id)
             if not isinstance(header, ShardRevealed) or header.seq != seq:
                 raise _Caught(f"it revealed {header.kind} where step {seq} was due")
             data_in = await _raw(framed, link.peer_id)
             data_out = await _raw(framed, link.peer_id) if header.out_rows else b""
+            revealed += len(data_in) + len(data_out)
+            if revealed > MAX_REVEAL_BYTES:
+                raise _Caught(f"it revealed more than {MAX_REVEAL_BYTES >> 20} MiB of steps")
             if (step_digest(data_in), step_digest(data_out)) != tuple(digests):
                 raise _Caught(f"its revealed step {seq} is not the one its receipt signs")
             steps.append(_Step(header, data_in, data_out))

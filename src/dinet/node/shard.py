@@ -67,7 +67,7 @@ from dinet.wire.shard import (
     rows_per_frame,
     tensor_frames,
 )
-from dinet.wire.stage_receipt import StageReceiptBody, audit_commitment, sign_stage_receipt
+from dinet.wire.stage_receipt import MAX_RECEIPT_STEPS, StageReceiptBody, audit_commitment, sign_stage_receipt
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +420,8 @@ class ShardService:
     async def _receipt(self, framed: FramedStream, session_id: str) -> None:
         """The signed digests of every step of a checked session so far."""
         check, steps = await self._steps_of(session_id)
+        if len(steps) > MAX_RECEIPT_STEPS:
+            raise _Refused("bad_request", f"{len(steps)} steps: a receipt signs at most {MAX_RECEIPT_STEPS}")
         span = self.span
         if self._stage.lie is not None and self._stage.lie.kind == "stage-forge":
             span = (span[0], span[1] + 1)  # a lie, for tests only: blocks it does not hold
