@@ -189,11 +189,11 @@ def test_the_spellings_of_before_still_work():
         "--no-sandbox",
         "--no-priority",
         "--liar",
-        "random",
+        "stage-noise",  # a stage's lie: a whole node's (random) is refused with --layers
         DINET_ALLOW_LIARS="1",
         DINET_API_KEY="sk-1",
     )
-    assert report["layers"]["value"] == "0:10" and report["liar"]["value"] == "random"
+    assert report["layers"]["value"] == "0:10" and report["liar"]["value"] == "stage-noise"
     assert report["api_key"] == {"value": "**********", "from": "env", "source": "DINET_API_KEY"}
     report = effective("gateway", "--host", "0.0.0.0", "--port", "0", "--timeout", "2", "--api-key", "sk-2")
     assert report["host"]["value"] == "0.0.0.0" and report["api_key"]["value"] == "**********"

@@ -90,3 +90,14 @@ async def test_liars_change_tokens_but_send_well_formed_answers(
             assert len(differ) >= len(told.tokens) - 1
         if lie.startswith("wrong-model"):
             assert told.text.strip()  # still text, just not this model's
+
+
+def test_a_stage_lie_is_only_for_a_stage_and_a_whole_node_s_lie_only_for_a_whole_node(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(ALLOW_ENV, "1")
+    assert NodeSettings(home=tmp_path, layers="0:10", liar="stage-late").liar == "stage-late"
+    with pytest.raises(ValidationError, match="not a lie a pipeline stage"):
+        NodeSettings(home=tmp_path, layers="0:10", liar="random")
+    with pytest.raises(ValidationError, match="not a lie a whole-model node"):
+        NodeSettings(home=tmp_path, liar="stage-noise")
