@@ -199,8 +199,9 @@ def test_the_relayed_connection_is_punched_direct_and_without_punching_the_relay
         answer = relayed.command(f"ask {PROMPT}")
         assert answer == {**first, "link": "relayed"}
         # Nothing went direct: at most a few packets of a punch that never connected (480
-        # bytes once), against more than 1000 for the same answer on the direct path.
-        assert lab.wan_bytes(between=("a1", "b1")) < 1000, lab.wan_counters()
+        # bytes once, 1260 in another run), far fewer than the same answer took on the
+        # direct path above.
+        assert lab.wan_bytes(between=("a1", "b1")) < between_homes / 2, (between_homes, lab.wan_counters())
     finally:
         relayed.close()
 
