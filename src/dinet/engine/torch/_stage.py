@@ -72,7 +72,11 @@ class StepRecord:
         return step_digest(self.data_in), step_digest(self.data_out)
 
 
-_DTYPE_NAMES: dict[str, TensorDType] = {"int32": "i32", "float32": "f32", "float16": "f16"}
+WIRE_DTYPES: dict[str, TensorDType] = {
+    "int32": "i32",
+    "float32": "f32",
+    "float16": "f16",
+}  # numpy name -> wire
 
 
 def quiet_threads(threads: int) -> None:
@@ -394,12 +398,12 @@ def _record(
     x = np.ascontiguousarray(x)
     return StepRecord(
         rows=x.shape[0],
-        dtype=_DTYPE_NAMES[x.dtype.name],
+        dtype=WIRE_DTYPES[x.dtype.name],
         data_in=x.tobytes(),
         keep=keep,
         draft=draft,
         sample=sample,
         out_rows=0 if out is None else out.shape[0],
-        out_dtype="i32" if out is None else _DTYPE_NAMES[out.dtype.name],
+        out_dtype="i32" if out is None else WIRE_DTYPES[out.dtype.name],
         data_out=b"" if out is None else np.ascontiguousarray(out).tobytes(),
     )

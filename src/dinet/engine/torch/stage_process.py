@@ -30,7 +30,7 @@ import numpy.typing as npt
 from dinet.engine.llama.worker_process import _StdinFrames
 from dinet.engine.sandbox import SandboxStatus, launcher_env, sandboxed, warn_once
 from dinet.engine.testing.liar import Lie
-from dinet.engine.torch._stage import Sampled, StageRequestError, StepRecord
+from dinet.engine.torch._stage import WIRE_DTYPES, Sampled, StageRequestError, StepRecord
 from dinet.errors import MalformedMessage
 from dinet.wire.framing import encode_frame
 from dinet.wire.messages import GenerationParams, TokenFrame
@@ -226,7 +226,7 @@ class RemoteSession:
     ) -> npt.NDArray[np.floating] | tuple[Sampled, ...] | None:
         if self.generation != self.stage.restarts:
             raise StageWorkerDied("the stage worker that held this session died")
-        dtype = {"int32": "i32", "float32": "f32", "float16": "f16"}.get(x.dtype.name)
+        dtype = WIRE_DTYPES.get(x.dtype.name)
         if dtype is None:
             raise MalformedMessage(f"a step of {x.dtype.name} rows")
         request = {

@@ -32,12 +32,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 from pydantic import ValidationError
 
 from dinet.engine.llama.worker_process import _claim_stdout, _StdinFrames
 from dinet.engine.sandbox import current_status
 from dinet.engine.testing.liar import liars_allowed, parse_lie
+from dinet.engine.torch._stage import WIRE_DTYPES  # no torch: that comes with Stage.load
 from dinet.errors import BadShardInput, MalformedMessage
 from dinet.wire.framing import encode_frame
 from dinet.wire.messages import GenerationParams
@@ -132,7 +132,7 @@ def _forward(
         sampled = [{**asdict(s), "frames": [f.model_dump_json() for f in s.frames]} for s in result]
         _write(out, {**reply, "out": "sampled", "sampled": sampled})
     else:
-        dtype = "f32" if result.dtype == np.float32 else "f16"
+        dtype = WIRE_DTYPES[result.dtype.name]
         _write(out, {**reply, "out": "hidden", "rows": len(result), "dtype": dtype}, result.tobytes())
 
 
