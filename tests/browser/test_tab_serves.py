@@ -22,11 +22,12 @@ from _engine_tab import chromium_browser
 from playwright.sync_api import Browser, Page
 from tests.helpers import answer_to, chat
 
-from dinet.client.network import open_network
+from dinet.client.network import Network, open_network
 from dinet.config import ClientSettings
 from dinet.node.local_mesh import NodeProcess, start_node
 
 ASK_TIMEOUT_S = 240
+HERE = Path(__file__).parent
 
 CONTRIBUTE = """async () => {
   const m = await import('/browser/dinet-node.js');
@@ -103,6 +104,28 @@ def test_the_tab_is_listed_by_its_node(tab, home, tmp_path):
     assert tab_id in listed, peers
 
 
+def test_the_tab_answers_probes_so_its_node_keeps_it(tab, home):
+    page, tab_id = tab
+    # Its node watches it like any neighbour: pings it, and would drop it (and its relay
+    # slot) if it did not answer.
+    page.wait_for_function("() => window.contribution.member.answered > 0", timeout=30_000)
+    circuit = f"{_tcp(home)}/p2p-circuit/p2p/{tab_id}"
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_swim_prober.py"), circuit], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # A ping that says the tab is suspect: acked, with the same probe id, and refuted.
+    ack = report["ping"]
+    assert ack["kind"] == "swim_ack" and ack["probe_id"] == 2**62, ack
+    assert ack["incarnation"] > 2**40
+    assert ack["news"] == [{"peer_id": tab_id, "state": "alive", "incarnation": ack["incarnation"]}]
+    # A tab pings no one for others: a nack. A frame that is no request: a reset.
+    assert report["ping_req"] == {"kind": "swim_nack", "probe_id": 7}
+    assert set(report["garbage"]) == {"ended"}, report  # no answer, whether reset or closed
+    assert f"peer {tab_id} is dead" not in home.log_path.read_text(errors="replace")
+
+
 def test_a_tab_closed_mid_answer_is_failed_over_text_intact(browser, home, native, tmp_path):
     page, tab_id = _contribute(browser, home)  # a tab of its own, idle: the client sees it free
     outcome: dict[str, Any] = {}
@@ -112,8 +135,9 @@ def test_a_tab_closed_mid_answer_is_failed_over_text_intact(browser, home, nativ
             home=tmp_path / "client", bootstrap=[_tcp(home)], mdns=False, probation_good=0
         )
         async with open_network(settings) as network:
-            # Both met first: the client would otherwise route as soon as it met one of them.
-            await network.discover(None, native.model_hash, timeout=60, want=3)
+            # Both met first: the client would otherwise route as soon as it met one of them
+            # (others serve the model too: the home node, and the module's first tab).
+            await _meet(network, native.model_hash, {tab_id, native.peer_id})
             outcome["answer"] = await answer_to(
                 network,
                 chat("Tell me about the sea.", max_tokens=48),
@@ -141,6 +165,15 @@ def test_a_tab_closed_mid_answer_is_failed_over_text_intact(browser, home, nativ
     # answers, docs/browser.md, so its part may differ from what the native would say.)
     assert sent and text.startswith(sent) and len(text) > len(sent) and answer.text == text
     assert answer.usage.completion_tokens == 48
+
+
+async def _meet(network: Network, model_hash: str, peers: set[str]) -> None:
+    """Look until every one of `peers` is a candidate for the model, their round trips known."""
+    with trio.fail_after(90):
+        while not peers <= {p.peer_id for p in network.candidates(None, model_hash)}:
+            await network.look(None, model_hash)
+            await trio.sleep(0.5)
+        await network.discover(None, model_hash, timeout=30, want=len(peers))
 
 
 def _close_after_tokens(page: Page, count: int, asking: threading.Thread) -> str:

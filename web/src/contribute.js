@@ -1,8 +1,8 @@
 // "Contribute this tab": from the switch to serving. The tab takes its identity (IndexedDB),
 // the model its gateway's node serves (verified chunks, kept in OPFS), loads it in wllama,
 // measures its own speed, then dials that node, holds a relay slot there and answers
-// /dinet/manifest/1 and /dinet/infer/1 like any node; the node passes its manifest on
-// (dinet.node.hosting), so clients find it and reach it through the relay.
+// /dinet/manifest/1, /dinet/infer/1 and /dinet/swim/1 like any node; the node passes its
+// manifest on (dinet.node.hosting), so clients find it and reach it through the relay.
 
 import { loadEngine } from "./engine.js";
 import { loadIdentity } from "./identity.js";
@@ -10,7 +10,8 @@ import { MANIFEST_PROTOCOL, openLink, registerHandler } from "./link.js";
 import { openModel } from "./model_store.js";
 import { PromptBuilder } from "./prompt.js";
 import { InferService } from "./serve.js";
-import { MANIFEST_TTL_S, ManifestQuery, SignedManifest, decodeWith, signManifest } from "./spec/index.js";
+import { MANIFEST_TTL_S, ManifestQuery, SWIM_PROTOCOL, SignedManifest, decodeWith, signManifest } from "./spec/index.js";
+import { SwimMember } from "./swim.js";
 
 export const INFER_PROTOCOL = "/dinet/infer/1";
 const QUERY_WAIT_MS = 5_000; // as a native node waits for a manifest query
@@ -45,6 +46,7 @@ export async function contribute({ base = "", onStatus = () => {}, onProgress = 
   const contribution = new Contribution({ identity, offer, engine, service, model, entry });
   await registerHandler(INFER_PROTOCOL, (framed) => service.handle(framed));
   await registerHandler(MANIFEST_PROTOCOL, (framed) => contribution.answerQuery(framed));
+  await registerHandler(SWIM_PROTOCOL, (framed) => contribution.member.answer(framed));
   onStatus("joining the network");
   contribution.link = await openLink({ privateKey: await identity.privateKey(), addrs: entry.addrs });
   onStatus("serving");
@@ -60,6 +62,7 @@ export class Contribution {
     this.service = service;
     this.model = model; // {blob, card, stats}
     this.node = entry.peer_id;
+    this.member = new SwimMember(identity.peerId); // answers the probes of the peers using it
     this.link = null;
   }
 

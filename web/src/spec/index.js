@@ -7,5 +7,6 @@ export * from "./messages.js";
 export * from "./receipt.js";
 export * from "./manifest.js";
 export * from "./framing.js";
+export * from "./swim.js";
 export { Refusal, admitRequest } from "./infer.js";
 export { parseJson, formatFloat, JsonNumber, JsonError } from "./json.js";
