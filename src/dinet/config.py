@@ -256,6 +256,11 @@ class NodeSettings(CommonSettings):
         description="Most MB of KV cache a stage keeps; least recently used sessions go first",
     )
     shard_idle_s: float = Field(default=60.0, gt=0, description="A stage frees a session unused this long")
+    draft_model: Path | None = Field(
+        default=None,
+        description="A first stage's draft: a small whole GGUF of the same vocabulary that guesses "
+        "a chain's next tokens (`din ask --draft model`)",
+    )
     heartbeat_s: float = Field(
         default=5.0, gt=0, description="Seconds between checks whether the manifest changed (gossiped then)"
     )
@@ -413,6 +418,12 @@ class NodeSettings(CommonSettings):
         if self.liar is not None and parse_lie(self.liar).at_stage != (self.layers is not None):
             where = "a whole-model node" if self.layers is None else "a pipeline stage (--layers)"
             raise ValueError(f"--liar {self.liar} is not a lie {where} can tell")
+        return self
+
+    @model_validator(mode="after")
+    def _drafts_at_stages(self) -> NodeSettings:
+        if self.draft_model is not None and self.layers is None:
+            raise ValueError("--draft-model is for a pipeline stage (--layers): a whole node needs no draft")
         return self
 
     @model_validator(mode="after")

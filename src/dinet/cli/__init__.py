@@ -68,7 +68,11 @@ def ask(
         bool, typer.Option(help="Answer through a chain of pipeline stages even if a whole node could")
     ] = False,
     draft: Annotated[
-        str, typer.Option(help="How a chain guesses tokens to check several in one trip: lookup or none")
+        str,
+        typer.Option(
+            help="How a chain guesses tokens to check several in one trip: lookup, model (the first "
+            "stage's draft model) or none"
+        ),
     ] = "none",
     audit_stages: Annotated[
         float,

@@ -99,7 +99,7 @@ class StageRules:
     policy: Policy = "latency"  # "cost": the cheapest chain; otherwise the least time per token
     max_price: float | None = None  # most credits per token for the whole chain (summed over its stages)
     only_peers: frozenset[PeerId] | None = None  # no stage outside these
-    draft: Draft = "none"  # "lookup": the first stage guesses tokens, checked a run at a time
+    draft: Draft = "none"  # "lookup", "model": the first stage guesses tokens, checked a run at a time
     audit: float = 0.0  # share of answers whose stages are replayed on other holders (1: all)
 
 

@@ -52,7 +52,8 @@ class AskOptions:
     # chain only when no peer serves the whole model.
     sharded: bool | None = None
     # How a chain guesses tokens to check several in one trip round its stages: "lookup"
-    # (n-grams of the prompt and the answer so far) or "none". The answer is the same.
+    # (n-grams of the prompt and the answer so far), "model" (the first stage's draft
+    # model, `din node --draft-model`) or "none". The answer is the same.
     draft: Draft = "none"
     # Share of chain answers whose stages are audited: each replayed on another holder of
     # its blocks (1: every answer). Receipts are checked on every chain answer regardless.

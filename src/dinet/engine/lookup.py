@@ -21,12 +21,26 @@ MAX_DRAFT = 8  # rows added to a step; wire/shard.py's MAX_DRAFT_TOKENS bounds i
 LOOKBACK = 4096  # tokens searched, from the end: the context, for the models served here
 
 
-class PromptLookup:
-    """Drafts for one sequence, and how many to make next."""
+class AdaptiveDraft:
+    """How many tokens to draft next: up after a draft taken whole, halved after one
+    refused at its first token."""
 
     def __init__(self, max_draft: int = MAX_DRAFT) -> None:
         self.max_draft = max_draft
         self.size = min(FIRST_DRAFT, max_draft)
+
+    def taken(self, drafted: int, accepted: int) -> None:
+        """Adjust the draft size after `accepted` of `drafted` tokens were taken."""
+        if drafted == 0:
+            return
+        if accepted == drafted:
+            self.size = min(self.max_draft, self.size + 2)
+        elif accepted == 0:
+            self.size = max(1, self.size // 2)
+
+
+class PromptLookup(AdaptiveDraft):
+    """Drafts for one sequence, and how many to make next."""
 
     def propose(self, tokens: Sequence[int], room: int) -> list[int]:
         """Up to `self.size` (and `room`) tokens to follow `tokens`; [] when no n-gram matches."""
@@ -42,12 +56,3 @@ class PromptLookup:
                 if window[start : start + n] == tail:
                     return window[start + n : start + n + limit]
         return []
-
-    def taken(self, drafted: int, accepted: int) -> None:
-        """Adjust the draft size after `accepted` of `drafted` tokens were taken."""
-        if drafted == 0:
-            return
-        if accepted == drafted:
-            self.size = min(self.max_draft, self.size + 2)
-        elif accepted == 0:
-            self.size = max(1, self.size // 2)

@@ -96,7 +96,7 @@ class DinetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)  # >1: ask that many peers, keep the majority
-    draft: Draft = "none"  # "lookup": a chain checks guessed tokens a run at a time (same answer)
+    draft: Draft = "none"  # "lookup", "model": a chain checks guessed tokens a run at a time (same answer)
 
 
 # Features not built: taken only at the value that asks for nothing, else refused by name.

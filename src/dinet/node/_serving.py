@@ -13,7 +13,7 @@ import trio
 from dinet.config import NodeSettings
 from dinet.engine import WorkerEngine
 from dinet.engine.testing.liar import parse_lie
-from dinet.engine.torch._stage import Stage
+from dinet.engine.torch._stage import Stage, check_same_vocabulary
 from dinet.engine.torch.stage_process import StageProcess
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
 from dinet.models.catalog import LocalModel
@@ -211,6 +211,9 @@ async def model_stage(
     assert settings.layers is not None
     summary = summarize(await trio.to_thread.run_sync(read_layout, model.path))
     span = parse_layers(settings.layers, summary.layers)
+    draft = settings.draft_model if span[0] == 0 else None  # only a first stage guesses
+    if draft is not None:
+        await trio.to_thread.run_sync(check_same_vocabulary, model.path, draft)
     compute = ComputeThread(f"dinet-stage-{span[0]}:{span[1]}")
     try:
         lie = parse_lie(settings.liar) if settings.liar is not None else None
@@ -224,11 +227,12 @@ async def model_stage(
                 lie=lie,
                 sandbox=True,
                 log_path=settings.home / "stage-worker.log",
+                draft=draft,
             )
             stage = await compute.run(worker.start)
         else:
             stage = await compute.run(
-                lambda: Stage.load(model.path, span[0], span[1], threads=settings.threads, lie=lie)
+                lambda: Stage.load(model.path, *span, threads=settings.threads, lie=lie, draft=draft)
             )
         service = ShardService(
             stage,

@@ -12,9 +12,10 @@ completion frames that token releases (exactly the `token` frames of
 `/dinet/infer/1`). See docs/protocol.md.
 
 Speculative steps (`draft` in `shard_open`): the first stage follows each chosen token
-with tokens it guesses, the step carries their ids to the last stage, which takes the
-longest run of them that equals what it chooses itself and one token more; the next
-step's `keep` tells every stage how many positions of its cache still hold.
+with tokens it guesses (by prompt lookup, or with a draft model of the same vocabulary);
+the step carries their ids to the last stage, which takes the longest run of them that
+equals what it chooses itself and one token more; the next step's `keep` tells every
+stage how many positions of its cache still hold.
 
 Checked stages (`nonce` in `shard_open`): the stage keeps every step's input and output
 and, asked on any stream with the session's id, signs a receipt over their digests
@@ -46,7 +47,8 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 MAX_STEP_ROWS = 4096  # a whole prompt fits the protocol; the frame cap bounds it further
 MAX_DRAFT_TOKENS = 16
-Draft = Literal["none", "lookup"]
+# "lookup": n-grams of the context; "model": the first stage's draft model (`--draft-model`).
+Draft = Literal["none", "lookup", "model"]
 
 
 class ShardRelay(Message):

@@ -15,7 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,8 @@ from dinet.engine.adjust import Adjuster
 from dinet.engine.lookup import PromptLookup
 from dinet.engine.sampler import Sampler
 from dinet.engine.testing.liar import Lie
-from dinet.errors import MalformedMessage
+from dinet.engine.torch._gguf_file import GGUFFile
+from dinet.errors import MalformedMessage, UnsupportedModel
 from dinet.wire.messages import GenerationParams, TokenFrame
 from dinet.wire.shard import Draft, TensorDType
 from dinet.wire.stage_receipt import step_digest
@@ -33,6 +34,7 @@ from dinet.wire.stage_receipt import step_digest
 if TYPE_CHECKING:
     import torch
 
+    from dinet.engine.llama.draft import DraftModel
     from dinet.engine.torch.shard import GGUFTokenizer, ShardModel, ShardSession
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,14 @@ logger = logging.getLogger(__name__)
 
 class StageRequestError(Exception):
     """A request this stage cannot serve (empty prompt, too long, bad ids); answered as bad_request."""
+
+
+class Drafter(Protocol):
+    """How a first stage guesses the tokens after the ones it holds (prompt lookup, a draft model)."""
+
+    def propose(self, tokens: list[int], room: int) -> list[int]: ...
+
+    def taken(self, drafted: int, accepted: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -136,16 +146,34 @@ def _lower_priority(thread_ids: set[int]) -> None:
 class Stage:
     """A loaded layer range and, if it is first or last, the model's tokenizer."""
 
-    def __init__(self, model: ShardModel, tokenizer: GGUFTokenizer | None, lie: Lie | None = None) -> None:
+    def __init__(
+        self,
+        model: ShardModel,
+        tokenizer: GGUFTokenizer | None,
+        lie: Lie | None = None,
+        draft_model: DraftModel | None = None,
+    ) -> None:
         self.model = model
         self._tokenizer = tokenizer
         self._pieces: dict[int, bytes] = {}
         self.lie = lie  # testing only: how this stage falsifies its blocks (dinet.engine.testing.liar)
+        self.draft_model = draft_model  # a first stage's, for sessions opened with draft "model"
 
     @classmethod
-    def load(cls, path: Path, start: int, stop: int, *, threads: int = 1, lie: Lie | None = None) -> Stage:
+    def load(
+        cls,
+        path: Path,
+        start: int,
+        stop: int,
+        *,
+        threads: int = 1,
+        lie: Lie | None = None,
+        draft: Path | None = None,
+    ) -> Stage:
         """Load on the thread that will run every step: torch's OpenMP workers start now,
-        and are set WORKER_NICE_STEP below it (threads started meanwhile by others too)."""
+        and are set WORKER_NICE_STEP below it (threads started meanwhile by others too).
+        `draft`: a whole model of the same vocabulary a first stage guesses tokens with
+        (UnsupportedModel if its vocabulary differs; other stages ignore it)."""
         quiet_threads(threads)
         import torch
 
@@ -155,8 +183,14 @@ class Stage:
         model = ShardModel.load(path, LayerSpan(start, stop), threads=threads)
         torch.ones(1 << 20).add_(1)  # big enough to be split: the workers are surely started
         tokenizer = GGUFTokenizer.from_gguf(path) if model.is_first or model.is_last else None
+        draft_model = None
+        if draft is not None and model.is_first:
+            from dinet.engine.llama.draft import DraftModel
+
+            check_same_vocabulary(path, draft)
+            draft_model = DraftModel.load(draft, n_ctx=model.n_ctx, threads=threads)
         _lower_priority(_thread_ids() - before - {threading.get_native_id()})
-        return cls(model, tokenizer, lie)
+        return cls(model, tokenizer, lie, draft_model)
 
     @property
     def tokenizer(self) -> GGUFTokenizer:
@@ -197,7 +231,7 @@ class StageSession:
     _kv: ShardSession = field(init=False)
     _logged: int = field(init=False, default=0)  # bytes the log holds
     _tokens: list[int] = field(init=False, default_factory=list)  # first stage: the ids in the cache
-    _lookup: PromptLookup | None = field(init=False, default=None)
+    _drafter: Drafter | None = field(init=False, default=None)
     _drafted: int = field(init=False, default=0)  # guesses in the last step, and after how many positions
     _drafted_after: int = field(init=False, default=0)
     _text: CompletionText | None = field(init=False, default=None)
@@ -225,7 +259,7 @@ class StageSession:
                 )
             if model.is_first:
                 self.prompt_ids = tuple(ids)
-                self._lookup = PromptLookup() if self.draft == "lookup" else None
+                self._drafter = self._new_drafter()
         if model.is_last:
             self._text = CompletionText(self.params.stop + stops)
             self._sampler = Sampler(model.n_vocab)
@@ -234,6 +268,17 @@ class StageSession:
                     raise StageRequestError(f"a logit_bias token id is not below {model.n_vocab}")
                 self._adjuster = Adjuster(self.params, ids)
         self._kv = model.new_session()
+
+    def _new_drafter(self) -> Drafter | None:
+        if self.draft == "lookup":
+            return PromptLookup()
+        if self.draft == "model":
+            if self.stage.draft_model is None:
+                raise StageRequestError("this stage has no draft model (`din node --draft-model`)")
+            from dinet.engine.llama.draft import ModelDraft
+
+            return ModelDraft(self.stage.draft_model)
+        return None
 
     def _prompt(self) -> tuple[list[int], tuple[str, ...]]:
         tokenizer = self.stage.tokenizer
@@ -281,7 +326,7 @@ class StageSession:
         model = self.stage.model
         if keep is not None:
             self._rewind(keep)
-            if model.is_first and self._lookup is not None:
+            if model.is_first and self._drafter is not None:
                 x, draft = self._with_guesses(x)
         if draft and len(draft) != x.shape[0] - 1:
             raise StageRequestError(f"a step of {x.shape[0]} rows cannot carry {len(draft)} guessed tokens")
@@ -315,19 +360,19 @@ class StageSession:
     def _rewind(self, keep: int) -> None:
         if keep > self._kv.length:
             raise StageRequestError(f"keep {keep} is past the {self._kv.length} positions of the session")
-        if self._lookup is not None and self._drafted:
+        if self._drafter is not None and self._drafted:
             taken = keep - self._drafted_after - 1  # of the guesses in the last step
-            self._lookup.taken(self._drafted, max(0, taken))
+            self._drafter.taken(self._drafted, max(0, taken))
         self._kv.rewind(keep)
         del self._tokens[keep:]
 
     def _with_guesses(self, x: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.generic], tuple[int, ...]]:
-        """The token sent round, followed by the tokens prompt lookup guesses after it."""
-        assert self._lookup is not None
+        """The token sent round, followed by the tokens the drafter guesses after it."""
+        assert self._drafter is not None
         if x.shape[0] != 1 or x.dtype.kind != "i":
             raise StageRequestError("a token sent round is one row of one token id")
         room = self.stage.model.n_ctx - self._kv.length - 1
-        guesses = self._lookup.propose([*self._tokens, int(x[0, 0])], room)
+        guesses = self._drafter.propose([*self._tokens, int(x[0, 0])], room)
         self._drafted, self._drafted_after = len(guesses), self._kv.length
         if not guesses:
             return x, ()
@@ -407,3 +452,15 @@ def _record(
         out_dtype="i32" if out is None else WIRE_DTYPES[out.dtype.name],
         data_out=b"" if out is None else np.ascontiguousarray(out).tobytes(),
     )
+
+
+def check_same_vocabulary(model: Path, draft: Path) -> None:
+    """UnsupportedModel unless `draft` gives every token id the text `model` gives it: a
+    draft's guesses are ids, and ids of another vocabulary would mean other words."""
+    keys = ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type")
+    ours, theirs = GGUFFile(model).metadata, GGUFFile(draft).metadata
+    for key in keys:
+        if ours.get(key) != theirs.get(key):
+            raise UnsupportedModel(
+                f"draft {draft.name} has another vocabulary than {model.name} ({key} differs)"
+            )

@@ -65,8 +65,10 @@ class StageProcess:
         lie: Lie | None,
         sandbox: bool,
         log_path: Path,
+        draft: Path | None = None,
     ) -> None:
         self._path, self._span, self._threads = path, (start, stop), threads
+        self._draft = draft
         self.lie = lie
         self._sandbox = sandbox
         self._log_path = log_path
@@ -89,7 +91,11 @@ class StageProcess:
         ]  # fmt: skip
         if self.lie is not None:
             command += ["--liar", str(self.lie)]
-        argv = sandboxed(command, readable=[path], protect=[path]) if self._sandbox else command
+        models = [path]
+        if self._draft is not None:
+            command += ["--draft-model", str(self._draft)]
+            models.append(self._draft)
+        argv = sandboxed(command, readable=models, protect=models) if self._sandbox else command
         with self._log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=launcher_env()

@@ -1,5 +1,6 @@
 """A pipeline stage's worker process, run in the engine sandbox:
-`python -m dinet.engine.torch.stage_worker --model PATH --start A --stop B --threads N`.
+`python -m dinet.engine.torch.stage_worker --model PATH --start A --stop B --threads N
+[--draft-model PATH]`.
 
 Started by the node's `StageProcess` (`dinet.engine.torch.stage_process`). The hidden
 states a stage computes on come from strangers, so its torch code runs here, with no
@@ -52,6 +53,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=int, required=True)
     parser.add_argument("--stop", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True, help="torch threads")
+    parser.add_argument("--draft-model", type=Path, default=None, help="a first stage's draft GGUF")
     parser.add_argument(
         "--liar", default=None, help="testing only: a stage's lie (dinet.engine.testing.liar)"
     )
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     from dinet.engine.torch._stage import Stage  # after the stdout swap: torch may print
 
     lie = parse_lie(args.liar) if args.liar is not None and liars_allowed() else None
-    stage = Stage.load(args.model, args.start, args.stop, threads=args.threads, lie=lie)
+    span, draft = (args.start, args.stop), args.draft_model
+    stage = Stage.load(args.model, *span, threads=args.threads, lie=lie, draft=draft)
     status = current_status()
     model = stage.model
     ready = {
