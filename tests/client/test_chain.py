@@ -103,7 +103,9 @@ def stages(tmp_path_factory):
 
 
 def stage_args(name: str, layers: str) -> list[str]:
-    return ["--layers", layers] + (["--price", str(PRICES[name])] if name in PRICES else [])
+    """A first stage drafts with the shipped model's llama.cpp copy (in its sandboxed worker)."""
+    draft = ["--draft-model", str(default_model_path())] if layers.startswith("0:") else []
+    return ["--layers", layers, *draft] + (["--price", str(PRICES[name])] if name in PRICES else [])
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,7 @@ async def test_stages_sign_receipts_that_chain_and_an_audit_replays_each_on_anot
 
     async with open_network(settings_for(tmp_path, a, stages["A2"])) as network:
         await know_stages(network, a, stages["A2"], b, stages["B2"], c)
-        for draft in ("none", "lookup"):  # guessed rows are replayed as they were taken
+        for draft in ("none", "lookup", "model"):  # guessed rows are replayed as they were taken
             check = await checked(chat(COPYING, max_tokens=MAX_TOKENS), StageRules(draft=draft, audit=1.0))
             assert check.receipts_ok and check.caught == ()
             assert sorted(check.audited) == sorted([a.peer_id, b.peer_id])
@@ -194,17 +196,21 @@ async def test_stages_sign_receipts_that_chain_and_an_audit_replays_each_on_anot
             assert standing is None or standing.bad < WEIGHTS[Event.VERIFY_FAIL][1] / 2, name
 
 
-async def test_guessed_tokens_checked_a_run_at_a_time_change_no_answer(tmp_path, stages, llama_answers):
-    """draft="lookup": the first stage guesses tokens by prompt lookup and the last checks
-    them (fewer trips: tests/engine/torch/test_speculative.py); the answers are plain ones."""
+@pytest.mark.parametrize("draft", ["lookup", "model"])
+async def test_guessed_tokens_checked_a_run_at_a_time_change_no_answer(
+    tmp_path, stages, llama_answers, draft
+):
+    """The first stage guesses tokens (by prompt lookup, or with its draft model) and the
+    last checks them (fewer trips: tests/engine/torch/test_speculative.py); the answers
+    are plain ones."""
     async with open_network(settings_for(tmp_path, stages["A"])) as network:
         for prompt in PROMPTS:
-            frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), draft="lookup")
+            frames, answer = await chain_answer(network, chat(prompt, max_tokens=MAX_TOKENS), draft=draft)
             assert ids(frames) == llama_answers[prompt][0] and len(answer.chain) == 3
         for sampling in ({}, {"temperature": 0.8, "top_p": 0.95, "seed": 11}):
             copying = chat(COPYING, max_tokens=MAX_TOKENS, **sampling)
             plain, _ = await chain_answer(network, copying)
-            guessed, answer = await chain_answer(network, copying, draft="lookup")
+            guessed, answer = await chain_answer(network, copying, draft=draft)
             assert ids(guessed) == ids(plain) and answer.text == "".join(f.text for f in plain)
 
 
@@ -501,7 +507,7 @@ def test_din_ask_sharded_and_the_gateway_answer_through_a_chain(tmp_path, stages
             "ask",
             "--sharded",
             "--draft",
-            "lookup",
+            "model",
             "--json",
             "--no-mdns",
             "--home",

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
@@ -39,26 +40,37 @@ logger = logging.getLogger(__name__)
 _HEAD_MARGIN = 8.0  # first try at the nucleus: tokens within this many units of the best
 
 
+_WIDER_TYPES = {"bf16": llama_c.LLAMA_FTYPE_MOSTLY_BF16, "f16": llama_c.LLAMA_FTYPE_MOSTLY_F16}
+
+
 def scoring_copy(model: Path, cache_dir: Path, threads: int) -> Path:
     """A BF16 GGUF of `model` in `cache_dir` (converted on first use, then reused)."""
+    return widened_copy(model, cache_dir, threads, "bf16", prefix="score")
+
+
+def widened_copy(
+    model: Path, cache_dir: Path, threads: int, kind: Literal["bf16", "f16"], *, prefix: str = "widened"
+) -> Path:
+    """A `kind` GGUF of `model` in `cache_dir`, converted by llama.cpp on first use, then
+    reused. From a Q4_1 file that is a widening, exact up to the new type's rounding."""
     stat = model.stat()
     key = hashlib.sha256(f"{model.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir / f"score-bf16-{key}.gguf"
+    target = cache_dir / f"{prefix}-{kind}-{key}.gguf"
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     params = llama_c.llama_model_quantize_default_params()
-    params.ftype = llama_c.LLAMA_FTYPE_MOSTLY_BF16
-    params.allow_requantize = True  # Q4_1 -> BF16 is a widening, exact up to BF16 rounding
+    params.ftype = _WIDER_TYPES[kind]
+    params.allow_requantize = True  # llama.cpp refuses a quantized input otherwise
     params.nthread = threads
     started = time.perf_counter()
     code = llama_c.llama_model_quantize(str(model).encode(), str(partial).encode(), ctypes.byref(params))
     if code != 0:
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"llama.cpp could not convert {model.name} to BF16 (code {code})")
+        raise RuntimeError(f"llama.cpp could not convert {model.name} to {kind.upper()} (code {code})")
     partial.replace(target)
-    logger.info("scoring copy %s written in %.1f s", target.name, time.perf_counter() - started)
+    logger.info("%s copy %s written in %.1f s", kind.upper(), target.name, time.perf_counter() - started)
     return target
 
 
