@@ -31,13 +31,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
 from dinet.engine.torch._compute_thread import ComputeThread
-from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession, StepRecord
+from dinet.engine.torch._stage import Sampled, Stage, StageRequestError, StageSession
 from dinet.engine.torch.stage_process import RemoteSession, StageProcess
 from dinet.errors import BadShardInput, FrameTooLarge, MalformedMessage, PeerError
 from dinet.node._replies import refuse
@@ -70,6 +71,7 @@ from dinet.wire.shard import (
 from dinet.wire.stage_receipt import MAX_RECEIPT_STEPS, StageReceiptBody, audit_commitment, sign_stage_receipt
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OPEN_WAIT_S = 10.0  # a new stream must open a session this soon
 RAW_WAIT_S = 10.0  # a step's tensor frame must follow its header this soon
@@ -404,22 +406,26 @@ class ShardService:
         except PeerError:
             relay.failed = True  # nobody to answer: stop the ring here
 
-    async def _steps_of(self, session_id: str) -> tuple[_Check, list[StepRecord]]:
+    async def _checked(
+        self, session_id: str, read: Callable[[StageSession | RemoteSession], T | None]
+    ) -> tuple[_Check, T]:
+        """`read(session)` of a checked session, on the compute thread (the stage's worker
+        holds what it reads, if it has one)."""
         session = self.table.begin(session_id, trio.current_time())
         if session is None:
             raise _Refused("unknown_session", self.table.why_missing(session_id))
         try:
-            log = await self._compute.run(lambda: session.log)  # from the stage's worker, if it has one
+            got = await self._compute.run(lambda: read(session))
         finally:
             self.table.end(session_id, trio.current_time())
         check = self._checks.get(session_id)
-        if check is None or log is None:
+        if check is None or got is None:
             raise _Refused("bad_request", f"session {session_id} was not opened to be checked")
-        return check, list(log)
+        return check, got
 
     async def _receipt(self, framed: FramedStream, session_id: str) -> None:
         """The signed digests of every step of a checked session so far."""
-        check, steps = await self._steps_of(session_id)
+        check, steps = await self._checked(session_id, lambda session: session.digests())
         if len(steps) > MAX_RECEIPT_STEPS:
             raise _Refused("bad_request", f"{len(steps)} steps: a receipt signs at most {MAX_RECEIPT_STEPS}")
         span = self.span
@@ -432,13 +438,13 @@ class ShardService:
             model_hash=self._model_hash,
             span=span,
             audit_commit=check.audit_commit,
-            steps=tuple(r.digests for r in steps),
+            steps=tuple(steps),
         )
         await framed.send(ShardReceipt(receipt=sign_stage_receipt(body, self._host.key)))
 
     async def _reveal(self, framed: FramedStream, reveal: ShardReveal) -> None:
         """Every step of a checked session, in and out, to the client that holds its audit seed."""
-        check, steps = await self._steps_of(reveal.session_id)
+        check, steps = await self._checked(reveal.session_id, lambda session: session.log)
         if audit_commitment(bytes.fromhex(reveal.seed)) != check.audit_commit:
             raise _Refused("bad_request", "the seed is not the one the session was opened with")
         for seq, r in enumerate(steps):

@@ -13,8 +13,8 @@ from tests.engine._engine_helpers import chat
 
 from dinet.engine._paths import gemma_model_path
 from dinet.engine.torch._stage import Stage, StageRequestError, check_same_vocabulary
-from dinet.errors import UnsupportedModel
 from dinet.engine.torch.shard import LayerSpan, ShardModel
+from dinet.errors import UnsupportedModel
 from dinet.wire.messages import GenerationParams
 
 COPYING = "Repeat exactly: " + " ".join(["The quick brown fox jumps over the lazy dog."] * 2)

@@ -68,6 +68,8 @@ def test_a_sandboxed_stage_worker_is_confined_and_gives_the_in_process_stage_s_o
     assert remote_tokens == local_tokens
     assert all(np.array_equal(a, b) for a, b in zip(remote_hidden, local_hidden, strict=True))
     assert [r.digests for r in sessions[0].log] == [r.digests for r in local[0].log]  # receipts agree too
+    for remote, here in zip(sessions, local, strict=True):  # the digests a receipt signs, taken in the worker
+        assert remote.digests() == here.digests() == [r.digests for r in here.log]
     assert sessions[1].held == local[1].held and sessions[1].steps == local[1].steps
 
 

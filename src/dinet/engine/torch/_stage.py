@@ -287,6 +287,10 @@ class StageSession:
             return list(ids), tuple(stops)
         return list(tokenizer.raw_prompt(self.params.prompt or "")), ()
 
+    def digests(self) -> list[tuple[str, str]] | None:
+        """A checked session's (input, output) digest per step, what its receipt signs."""
+        return None if self.log is None else [r.digests for r in self.log]
+
     @property
     def nbytes(self) -> int:
         return int(self._kv.nbytes()) + self._logged

@@ -263,6 +263,13 @@ class RemoteSession:
         hidden = decode_tensor(raw, reply["rows"], self.stage.model.n_embd, reply["dtype"])
         return cast("npt.NDArray[np.floating]", hidden)
 
+    def digests(self) -> list[tuple[str, str]] | None:
+        """A checked session's (input, output) digest per step, taken in the worker
+        (blocking): a receipt needs no step's bytes."""
+        if not self.checked:
+            return None
+        return [(a, b) for a, b in self.stage.call({"op": "digests", "sid": self.sid})["digests"]]
+
     @property
     def log(self) -> list[StepRecord] | None:
         """A checked session's steps, fetched from the worker (blocking)."""

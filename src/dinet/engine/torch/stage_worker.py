@@ -17,6 +17,8 @@ a step the raw tensor frame after it, exactly as on `/dinet/shard/1`.
   "sampled": […], "steps": s, "held": h, "draft_out": […], "nbytes": m}` (+ tensor for hidden)
 - `{"op": "log", "sid": n}` -> `{"ok": true, "steps": [{…}, …]}` + per step its input
   and its output frame (possibly empty)
+- `{"op": "digests", "sid": n}` -> `{"ok": true, "digests": [[in, out], …]}` (what a
+  receipt signs, without the bytes)
 - `{"op": "close", "sid": n}` -> `{"ok": true}`
 
 A request it cannot serve is answered `{"ok": false, "code": "bad_request"|"internal",
@@ -101,6 +103,8 @@ def _serve(frames: _StdinFrames, out: BinaryIO, stage: Any) -> None:
                 _forward(out, sessions, request, raw or b"", stage.model.n_embd)
             elif op == "log":
                 _log(out, sessions[sid])
+            elif op == "digests":
+                _write(out, {"ok": True, "digests": sessions[sid].digests() or []})
             elif op == "close":
                 sessions.pop(sid, None)
                 _write(out, {"ok": True})
