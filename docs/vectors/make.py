@@ -887,6 +887,11 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     (
         "shard_request",
         '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"draft":"model"}',
+        "the first stage guesses with its draft model",
+    ),
+    (
+        "shard_request",
+        '{"kind":"shard_open","session_id":"s1","span":[0,10],"params":{"prompt":"Hi"},"draft":"oracle"}',
         "an unknown draft",
     ),
     (
