@@ -46,7 +46,7 @@ async def main(circuit: str) -> None:
     reach = ReachConfig(hole_punching=False)  # a tab cannot be dialed directly
     async with open_host(SigningKey.generate(), ["/ip4/127.0.0.1/tcp/0"], reach=reach) as host:
         tab = await host.dial(circuit, timeout=20)
-        suspected = NewsItem(peer_id=tab, state="suspect", incarnation=2**40)
+        suspected = NewsItem(peer_id=tab, state="suspect", incarnation=2**62)  # past 2^53: exact
         ping = SwimPing(probe_id=2**62, incarnation=1, news=(suspected,))
         ping_req = SwimPingReq(probe_id=7, target=host.peer_id, incarnation=1)
         report = {

@@ -7,6 +7,7 @@
 import { MAX_SWIM_FRAME, SwimAck, SwimNack, SwimRequest, decodeWith } from "./spec/index.js";
 
 const REQUEST_WAIT_MS = 5_000; // as a native node waits for the request frame
+const MAX_INCARNATION = 2n ** 63n; // the spec's bound: incarnations stay below it
 
 export class SwimMember {
   constructor(peerId) {
@@ -38,12 +39,15 @@ export class SwimMember {
     await framed.close();
   }
 
-  /** Our incarnation after `news`: raised above any that says we are suspect or dead. */
+  /** Our incarnation after `news`: raised above any that says we are suspect or dead
+   * (kept exact past 2^53 as a BigInt, and below the spec's 2^63). */
   #heard(news) {
     for (const item of news) {
       if (item.peer_id !== this.peerId || item.state === "alive") continue;
       if (BigInt(item.incarnation) >= BigInt(this.incarnation)) {
-        this.incarnation = Number(BigInt(item.incarnation) + 1n);
+        const next = BigInt(item.incarnation) + 1n;
+        const kept = next < MAX_INCARNATION ? next : MAX_INCARNATION - 1n;
+        this.incarnation = kept <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(kept) : kept;
         this.refuted = { peer_id: this.peerId, state: "alive", incarnation: this.incarnation };
       }
     }
