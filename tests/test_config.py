@@ -195,6 +195,13 @@ def test_no_model_refuses_settings_that_choose_a_model(tmp_path, flags, named):
     assert resolve(NodeSettings, config=path).settings.no_model
 
 
+def test_a_draft_model_is_for_a_pipeline_stage_only(tmp_path):
+    with pytest.raises(ConfigError, match="--draft-model is for a pipeline stage"):
+        resolve(NodeSettings, flags={"draft_model": str(tmp_path / "small.gguf")})
+    staged = resolve(NodeSettings, flags={"draft_model": str(tmp_path / "small.gguf"), "layers": "0:10"})
+    assert staged.settings.draft_model == tmp_path / "small.gguf"
+
+
 def test_a_secret_is_never_echoed_in_an_error(monkeypatch):
     monkeypatch.setenv("DINET_API_KEY", "")
     with pytest.raises(ConfigError) as caught:
