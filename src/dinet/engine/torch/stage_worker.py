@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     from dinet.engine.torch._stage import Stage  # after the stdout swap: torch may print
 
     lie = parse_lie(args.liar) if args.liar is not None and liars_allowed() else None
-    span, draft = (args.start, args.stop), args.draft_model
-    stage = Stage.load(args.model, *span, threads=args.threads, lie=lie, draft=draft)
+    stage = Stage.load(
+        args.model, args.start, args.stop, threads=args.threads, lie=lie, draft=args.draft_model
+    )
     status = current_status()
     model = stage.model
     ready = {
