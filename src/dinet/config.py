@@ -202,7 +202,7 @@ class NodeSettings(CommonSettings):
     free_allowance: float = Field(
         default=1.0, ge=0, description="Credits of standing every new peer starts with"
     )
-    max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once")
+    max_concurrent: int = Field(default=1, ge=1, le=64, description="Generations at once, decoded together")
     max_queue: int = Field(default=8, ge=0, le=1024, description="Requests waiting beyond those")
     prefix_cache_mb: int = Field(
         default=256,

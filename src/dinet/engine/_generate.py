@@ -5,13 +5,10 @@
 (`dinet.engine.torch._generator`). Decoding is our own sampler and stop logic, the
 deterministic one of `dinet.engine.sampler`, whichever engine computes the logits.
 
-Each request starts from an empty KV cache: the prompt is evaluated in one batch,
-then every token one step at a time. A resume prefix is replayed one step per token
-too, not batched with the prompt: llama.cpp's logits depend on how tokens were
-batched, and a batched prefix was measured to flip greedy choices a few tokens
-later. Replaying it the way it was generated reproduces the first node's logits bit
-for bit, so a resumed completion continues exactly as the original would have, at
-the cost of one decode step per prefix token.
+Each request starts from an empty KV cache (or a cached prefix of its prompt): the
+prompt, and a resumed answer's tokens so far, are evaluated in one batch, then every
+new token one step at a time. The loop is written as steps (`generation`) so that a
+worker can decode several requests' steps in one llama.cpp batch.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Literal, Protocol
 
 import numpy as np
@@ -82,6 +79,43 @@ def run_generation(
     owner has abandoned the stream), still with an EndFrame. `lie` (testing only,
     see `dinet.engine.testing.liar`) falsifies tokens with ones drawn by `random_token`.
     """
+    steps = generation(model, sampler, model_id, params, received_at, emit, should_stop, lie, random_token)
+    with contextlib.closing(steps):  # a failed evaluation still releases the request's grammar
+        for tokens in steps:
+            if tokens.fresh:
+                model.start(tokens)
+            else:
+                model.step(tokens[0])
+
+
+class Evaluate(list[int]):
+    """Tokens the loop needs evaluated before it reads the logits again.
+
+    `fresh`: the first of a request, a prompt into an empty KV cache; otherwise one
+    more position of the sequence.
+    """
+
+    def __init__(self, tokens: list[int], *, fresh: bool = False) -> None:
+        super().__init__(tokens)
+        self.fresh = fresh
+
+
+def generation(
+    model: Model,
+    sampler: Sampler,
+    model_id: str,
+    params: GenerationParams,
+    received_at: float,
+    emit: Emit,
+    should_stop: ShouldStop = lambda: False,
+    lie: Lie | None = None,
+    random_token: Callable[[random.Random], int] | None = None,
+) -> Generator[Evaluate, None, None]:
+    """`run_generation` as steps: it yields what to evaluate, and reads `model`'s
+    logits once resumed. Whoever drives it evaluates: one request alone
+    (`run_generation`), or many sequences in one batch (`dinet.engine.llama._slots`).
+    `model.start` and `model.step` are not called here.
+    """
     if lie is not None:
         params = lie.followed(params)  # a liar that ignores part of the request
     prompt, template_stops = model.prompt_tokens(params)
@@ -103,7 +137,7 @@ def run_generation(
         # token already sent. llama.cpp's numbers for a position differ in the last bits
         # between a batch and single steps, so a resumed answer may go on differently from
         # the one interrupted (as it may on another CPU anyway); it is checked the same way.
-        model.start(prompt + prefix)
+        yield Evaluate(prompt + prefix, fresh=True)
         index = len(prefix)
         emitted = steps = 0
         first_at = last_at = 0.0
@@ -154,7 +188,7 @@ def run_generation(
                 finish = "stop"
                 break
             if tamper is None or not tamper.replaces_all:
-                model.step(token)
+                yield Evaluate([token])
         for frame in text.finish():
             emit(_with_logprobs(frame, logprobs))
             emitted += 1

@@ -11,9 +11,13 @@ Both ways, on the worker's stdin and stdout, length-prefixed frames
     node -> worker   `CANCEL_PAYLOAD`: ends the running request after its current token,
                      still with its `EndFrame`
 
-Requests are served one at a time. A cancel that arrives between requests is ignored,
-so a cancel never adds a reply. End of stdin ends the worker. A worker that exits with
-`EXIT_LOAD_FAILED` could not load the model: its owner does not try again.
+Requests are served one at a time, unless the worker was started with `--slots N`
+(N > 1): then up to N run at once, and every frame after `WorkerReady`, both ways,
+begins with one stream byte (0..N-1) naming the request it belongs to; the owner
+picks a free stream for each request and frees it at the request's last reply. A
+cancel for a request that has already ended is ignored, so a cancel never adds a
+reply. End of stdin ends the worker. A worker that exits with `EXIT_LOAD_FAILED`
+could not load the model: its owner does not try again.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ async def whole_model(
         model.path,
         threads=settings.threads,
         memory_mb=settings.memory_mb,
+        slots=settings.max_concurrent,  # decoded together in one batch (`engine.llama._slots`)
         prefix_cache_mb=settings.prefix_cache_mb,
         log_path=settings.home / "worker.log",
         sandbox=settings.sandbox,

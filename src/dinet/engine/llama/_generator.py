@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class Generator:
-    """Runs requests, one at a time, on one loaded `Llama`."""
+    """Runs requests on one loaded `Llama`: one at a time here, or several at once by
+    `_slots.StreamServer`, which shares its prompts, sampler and token bytes."""
 
     def __init__(
         self,
@@ -41,16 +42,16 @@ class Generator:
         load_scorer: Callable[[], llama_cpp.Llama] | None = None,
         prefix_cache_bytes: int = 0,
     ) -> None:
-        self._llm = llm
+        self.llm = llm
         self._load_scorer = load_scorer  # the model verification scores with; default: llm
         self._scorer: llama_cpp.Llama | None = None
-        self._lie = lie  # testing only: what this worker falsifies (see dinet.engine.testing.liar)
-        self._model_id = model_id
+        self.lie = lie  # testing only: what this worker falsifies (see dinet.engine.testing.liar)
+        self.model_id = model_id
         self._vocab = llm._model.vocab
         self.n_vocab = llm.n_vocab()
         self.n_ctx = llm.n_ctx()
         self._formatter = chat_formatter(llm)
-        self._sampler = Sampler(self.n_vocab)
+        self.sampler = Sampler(self.n_vocab)
         self._pieces: dict[int, bytes] = {}
         self.prefix_cache = PrefixCache(llm, prefix_cache_bytes)
 
@@ -59,8 +60,8 @@ class Generator:
         if params.messages is not None:
             if self._formatter is None:
                 raise BadRequest("this model has no chat template: send a raw prompt")
-            return chat_prompt(self._llm, self._formatter, params.messages)
-        return raw_prompt(self._llm, params.prompt or ""), ()
+            return chat_prompt(self.llm, self._formatter, params.messages)
+        return raw_prompt(self.llm, params.prompt or ""), ()
 
     def run(
         self,
@@ -72,14 +73,14 @@ class Generator:
         """Generate for one request (see `run_generation`)."""
         run_generation(
             self,
-            self._sampler,
-            self._model_id,
+            self.sampler,
+            self.model_id,
             params,
             received_at,
             emit,
             should_stop,
-            lie=self._lie,
-            random_token=self._random_token,
+            lie=self.lie,
+            random_token=self.random_token,
         )
 
     def score(self, request: ScoreRequest) -> ScoresFrame:
@@ -88,7 +89,7 @@ class Generator:
         claimed = list(request.tokens)
         params = request.params
         check_request(self, params, prompt, claimed)
-        grammar = None if params.grammar is None else Grammar(self._llm, params.grammar)
+        grammar = None if params.grammar is None else Grammar(self.llm, params.grammar)
         try:
             return score_tokens(
                 self._scoring_llm(),
@@ -105,11 +106,11 @@ class Generator:
                 grammar.close()
 
     def constraint(self, grammar: str) -> Grammar:
-        return Grammar(self._llm, grammar)
+        return Grammar(self.llm, grammar)
 
     def _scoring_llm(self) -> llama_cpp.Llama:
         if self._scorer is None:
-            self._scorer = self._llm
+            self._scorer = self.llm
             if self._load_scorer is not None:
                 try:
                     self._scorer = self._load_scorer()
@@ -117,7 +118,7 @@ class Generator:
                     logger.warning("scoring with the served model itself (slower): %s", exc)
         return self._scorer
 
-    def _random_token(self, rng: random.Random) -> int:
+    def random_token(self, rng: random.Random) -> int:
         """A liar's token: any ordinary vocabulary entry (no control or end tokens)."""
         while True:
             token = rng.randrange(self.n_vocab)
@@ -128,14 +129,14 @@ class Generator:
         self.prefix_cache.start(prompt)
 
     def step(self, token: int) -> None:
-        self._llm.eval([token])
+        self.llm.eval([token])
 
     def n_tokens(self) -> int:
-        return self._llm.n_tokens
+        return self.llm.n_tokens
 
     def last_logits(self) -> npt.NDArray[np.float32]:
         """A view (no copy) of the logits llama.cpp computed for the last position."""
-        pointer = llama_c.llama_get_logits_ith(self._llm.ctx, -1)
+        pointer = llama_c.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
     def is_eog(self, token: int) -> bool:
@@ -144,5 +145,5 @@ class Generator:
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            piece = self._pieces[token] = token_piece(self._llm, token)
+            piece = self._pieces[token] = token_piece(self.llm, token)
         return piece

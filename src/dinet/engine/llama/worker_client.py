@@ -7,9 +7,10 @@
 
 A worker that dies mid-request (killed, segfault, out of memory) raises
 `EngineCrashed` in the stream; a replacement is spawned at once and loads while the
-caller fails over, so the next request finds it ready. Requests to one worker run one
-at a time. A stream abandoned early cancels its request in the worker, so the next
-request does not wait for tokens nobody reads.
+caller fails over, so the next request finds it ready. A worker runs `slots` requests
+at once, decoded together (one by default); more wait. A stream abandoned early
+cancels its request in the worker, so the next request does not wait for tokens nobody
+reads.
 
 Restarts are bounded: a worker that dies before it is ready, or mid-request, again and
 again (a model file that passes the header checks yet crashes llama.cpp) is respawned
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
@@ -79,6 +81,12 @@ class _Worker:
         self.log = log
         self.log_tail = ""  # the end of its log, kept when the pipes close
         self.ready: WorkerReady | None = None
+        self.crash: str | None = None  # why it was discarded, once it has been
+        # With several streams (`slots` > 1) frames carry a stream byte: whoever holds
+        # `reading` reads the next frame and files it in its stream's inbox.
+        self.sending = trio.Lock()
+        self.reading = trio.Lock()
+        self.inbox: defaultdict[int, deque[bytes]] = defaultdict(deque)
 
     def _read_log_tail(self) -> str:
         self.log.flush()
@@ -114,6 +122,7 @@ class WorkerEngine:
         threads: int = 2,
         n_ctx: int = 2048,
         memory_mb: int | None = None,
+        slots: int = 1,
         prefix_cache_mb: int = 0,
         extra_bufts: Literal["auto", "on", "off"] = "auto",
         ready_timeout: float = 120.0,
@@ -135,6 +144,8 @@ class WorkerEngine:
         ]  # fmt: skip
         if prefix_cache_mb > 0:  # generation workers only: the embedding worker has no cache
             self._argv += ["--prefix-cache-mb", str(prefix_cache_mb)]
+        if slots > 1:  # requests decoded together, their frames tagged with a stream byte
+            self._argv += ["--slots", str(slots)]
         if memory_mb is not None:  # the worker sets it too, to name it when loading fails
             self._argv += ["--memory-mb", str(memory_mb)]
         self._weights = self.model_path  # what the worker loads: a wrong-model liar loads another file
@@ -156,7 +167,10 @@ class WorkerEngine:
         self.sandbox_status: SandboxStatus | None = None
         self._ready_timeout = ready_timeout
         self._log_path = log_path
-        self._slot = trio.Semaphore(1)  # not a Lock: an abandoned stream may end in another task
+        self._slots = slots
+        self._slot = trio.Semaphore(slots)  # not a Lock: an abandoned stream may end in another task
+        self._streams = list(range(slots))  # stream bytes not in use
+        self._starting = trio.Lock()  # one spawn at a time, however many requests wait for it
         self._worker: _Worker | None = None
         self._info: ModelInfo | None = None
         self._started = False
@@ -177,8 +191,13 @@ class WorkerEngine:
 
     @property
     def reply_buffered(self) -> bool:
-        """Whether the next reply has already arrived (the worker writes tokens in batches)."""
-        return self._worker is not None and self._worker.frames.has_frame()
+        """Whether the next reply has already arrived (the worker writes tokens in batches).
+
+        With several streams: whether any has, a hint good enough for its one use (the
+        caller holds a token back until the next reply, which comes within a step).
+        """
+        worker = self._worker
+        return worker is not None and (worker.frames.has_frame() or any(worker.inbox.values()))
 
     @property
     def available(self) -> bool:
@@ -233,21 +252,23 @@ class WorkerEngine:
         """
         async with self._slot:
             worker = await self._ready_worker()
+            stream = self._streams.pop()
             done = False
             try:
                 try:
-                    await worker.stdin.send_all(encode_frame(encode(params)))
+                    await self._send(worker, stream, encode(params))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self._crashed(worker, "it stopped reading requests")
                 while not done:
-                    reply = await self._next_reply(worker)
+                    reply = await self._next_reply(worker, stream)
                     done = not isinstance(reply, TokenFrame)
                     if isinstance(reply, EndFrame):
                         self._failures = 0  # a completed request: the model works
                     yield reply
             finally:
-                if not done and self._worker is worker:
-                    await self._abandon(worker)
+                if not done and self._worker is worker and worker.crash is None:
+                    await self._abandon(worker, stream)
+                self._streams.append(stream)
 
     async def score(self, request: ScoreRequest) -> ScoresFrame | ErrorFrame:
         """Re-score a claimed completion (verification): one ScoresFrame or ErrorFrame.
@@ -258,33 +279,66 @@ class WorkerEngine:
         """
         async with self._slot:
             worker = await self._ready_worker()
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(SCORE_LIMIT_S):
-                    try:
-                        await worker.stdin.send_all(encode_frame(encode(request)))
-                        payload = await worker.frames.read_frame()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        await self._crashed(worker, "its pipes broke while scoring")
-                    except WireError as exc:
-                        await self._crashed(worker, f"it sent garbage ({exc})")
-                    if payload is None:
-                        await self._crashed(worker, "its output ended while scoring")
-                    try:
-                        return decode_scores(payload)
-                    except MalformedMessage:
-                        pass  # an error frame, or garbage
-                    try:
-                        reply = decode_reply(payload)
-                    except MalformedMessage as exc:
-                        await self._crashed(worker, f"it sent garbage while scoring ({exc})")
-                    if isinstance(reply, ErrorFrame):
-                        return reply
-                    await self._crashed(worker, f"it answered a score request with {reply.kind}")
-                await self._crashed(worker, f"it did not score within {SCORE_LIMIT_S:g} s")
+            stream = self._streams.pop()
+            try:
+                return await self._score(worker, stream, request)
+            finally:
+                self._streams.append(stream)
+
+    async def _score(self, worker: _Worker, stream: int, request: ScoreRequest) -> ScoresFrame | ErrorFrame:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SCORE_LIMIT_S):
+                try:
+                    await self._send(worker, stream, encode(request))
+                    payload = await self._read(worker, stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._crashed(worker, "its pipes broke while scoring")
+                except WireError as exc:
+                    await self._crashed(worker, f"it sent garbage ({exc})")
+                if payload is None:
+                    await self._crashed(worker, "its output ended while scoring")
+                try:
+                    return decode_scores(payload)
+                except MalformedMessage:
+                    pass  # an error frame, or garbage
+                try:
+                    reply = decode_reply(payload)
+                except MalformedMessage as exc:
+                    await self._crashed(worker, f"it sent garbage while scoring ({exc})")
+                if isinstance(reply, ErrorFrame):
+                    return reply
+                await self._crashed(worker, f"it answered a score request with {reply.kind}")
+            await self._crashed(worker, f"it did not score within {SCORE_LIMIT_S:g} s")
 
     # -- internals -------------------------------------------------------------------
 
+    async def _send(self, worker: _Worker, stream: int, payload: bytes) -> None:
+        tag = bytes((stream,)) if self._slots > 1 else b""
+        async with worker.sending:
+            await worker.stdin.send_all(encode_frame(tag + payload))
+
+    async def _read(self, worker: _Worker, stream: int) -> bytes | None:
+        """The stream's next frame from the worker; None when its output has ended."""
+        if self._slots == 1:
+            return await worker.frames.read_frame()
+        inbox = worker.inbox[stream]
+        while not inbox:
+            async with worker.reading:
+                if inbox:
+                    break
+                payload = await worker.frames.read_frame()
+                if payload is None:
+                    return None
+                if not payload:
+                    raise MalformedMessage("the worker sent a frame without its stream byte")
+                worker.inbox[payload[0]].append(payload[1:])
+        return inbox.popleft()
+
     async def _ready_worker(self) -> _Worker:
+        async with self._starting:
+            return await self._started_worker()
+
+    async def _started_worker(self) -> _Worker:
         if self._closed:
             raise EngineUnavailable("the engine has been closed")
         if self.failed is not None:
@@ -402,9 +456,9 @@ class WorkerEngine:
         logger.warning("engine for %s failed (%d in a row), next try in %.1f s: %s",
                        self.model_path.name, self._failures, delay, message)  # fmt: skip
 
-    async def _next_reply(self, worker: _Worker) -> Reply:
+    async def _next_reply(self, worker: _Worker, stream: int) -> Reply:
         try:
-            payload = await worker.frames.read_frame()
+            payload = await self._read(worker, stream)
             if payload is None:
                 await self._crashed(worker, "its output ended")
             reply = decode_reply(payload)
@@ -417,12 +471,15 @@ class WorkerEngine:
             await self._crashed(worker, f"it sent garbage ({exc})")
 
     async def _crashed(self, worker: _Worker, what: str) -> NoReturn:
+        if worker.crash is not None:  # another of its streams found it first: counted once
+            raise EngineCrashed(worker.crash)
+        worker.crash = f"engine worker {worker.process.pid} died mid-request: {what}"
         code = await self._discard(worker)
         if self._closed:
             raise EngineUnavailable("the engine was closed during the request")
-        message = f"engine worker {worker.process.pid} died mid-request: {what}, {_describe(code)}"
+        message = worker.crash = f"{worker.crash}, {_describe(code)}"
         self._count_failure(message)
-        if self.failed is None and self._failures == 1:
+        if self.failed is None and self._failures == 1 and self._worker is None:
             try:
                 await self._spawn()  # loads while the caller fails over
             except ModelError:
@@ -442,14 +499,14 @@ class WorkerEngine:
             self._worker = None
         return code
 
-    async def _abandon(self, worker: _Worker) -> None:
+    async def _abandon(self, worker: _Worker, stream: int) -> None:
         """The caller left mid-stream: cancel the request and skip its remaining frames."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(_CANCEL_GRACE_S):
                 try:
-                    await worker.stdin.send_all(encode_frame(CANCEL_PAYLOAD))
+                    await self._send(worker, stream, CANCEL_PAYLOAD)
                     skipped = 0
-                    while (payload := await worker.frames.read_frame()) is not None:
+                    while (payload := await self._read(worker, stream)) is not None:
                         if not isinstance(decode_reply(payload), TokenFrame):
                             logger.debug(
                                 "abandoned request on worker %d ended after %d more frames",
@@ -461,8 +518,9 @@ class WorkerEngine:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, WireError):
                     pass  # the worker is unusable: fall through to discarding it
             logger.warning("engine worker %d did not end an abandoned request", worker.process.pid)
+            worker.crash = f"engine worker {worker.process.pid} did not end an abandoned request"
             await self._discard(worker)
-            if not self._closed and self.failed is None:
+            if not self._closed and self.failed is None and self._worker is None:
                 try:
                     await self._spawn()
                 except ModelError:

@@ -55,6 +55,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=2048, help="context length in tokens")
     parser.add_argument("--memory-mb", type=int, default=None, help="address-space limit")
     parser.add_argument(
+        "--slots", type=int, default=1, help="requests decoded together (>1: frames carry a stream byte)"
+    )
+    parser.add_argument(
         "--prefix-cache-mb", type=int, default=0, help="earlier prompts' KV state kept to reuse (0: off)"
     )
     parser.add_argument(
@@ -129,8 +132,8 @@ class _BatchingOutput:
         self._pending = bytearray()
         self._written_at = float("-inf")
 
-    def emit(self, message: BaseModel) -> None:
-        self._pending += encode_frame(encode(message))
+    def emit(self, message: BaseModel, stream: bytes = b"") -> None:
+        self._pending += encode_frame(stream + encode(message))
         now = time.monotonic()
         is_token = isinstance(message, TokenFrame)
         if not is_token or now - self._written_at >= BATCH_INTERVAL_S:
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         limit = args.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    emit = _BatchingOutput(out).emit
+    output = _BatchingOutput(out)
 
     try:
         generator, ready = _load(args)
@@ -165,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOAD_FAILED
 
     try:
-        emit(ready)
-        _serve(_StdinFrames(sys.stdin.fileno()), emit, generator)
+        output.emit(ready)
+        frames = _StdinFrames(sys.stdin.fileno())
+        if args.slots > 1:
+            _serve_streams(frames, output, generator, args.slots)
+        else:
+            _serve(frames, output.emit, generator)
     except BrokenPipeError:
         logger.info("the node closed the pipe; exiting")
     except (FrameTooLarge, MalformedMessage) as exc:
@@ -233,6 +240,24 @@ def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
         except BadRequest as exc:
             emit(ErrorFrame(code="bad_request", message=str(exc)[:1000]))
     logger.info("stdin closed; exiting")
+
+
+def _serve_streams(frames: _StdinFrames, output: _BatchingOutput, generator: Generator, slots: int) -> None:
+    """Up to `slots` requests at once, decoded together (`_slots`); every frame carries its stream byte."""
+    from dinet.engine.llama._slots import StreamServer
+
+    server = StreamServer(generator, slots, lambda sid, message: output.emit(message, bytes((sid,))))
+    try:
+        while True:
+            while not server.running or frames.has_input():
+                payload = frames.read_frame()
+                if payload is None:
+                    logger.info("stdin closed; exiting")
+                    return
+                server.take(payload)
+            server.step()
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":
