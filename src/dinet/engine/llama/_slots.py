@@ -237,6 +237,9 @@ class StreamServer:
         stream.pending = self._context.place(stream.model.seq, prompt)
         self._free.discard(stream.model.seq)
         self._streams[sid] = stream
+        logger.info("request on stream %d, sequence %d: %d running, %d of %d prompt tokens reused",
+                    sid, stream.model.seq, len(self._streams), len(prompt) - len(stream.pending),
+                    len(prompt))  # fmt: skip
 
     def step(self) -> None:
         """One llama_decode for every running stream, then each reads its logits and goes on."""

@@ -170,6 +170,7 @@ class WorkerEngine:
         self._slots = slots
         self._slot = trio.Semaphore(slots)  # not a Lock: an abandoned stream may end in another task
         self._streams = list(range(slots))  # stream bytes not in use
+        self._task_streams: dict[trio.lowlevel.Task, int] = {}  # whose stream is whose, for reply_buffered
         self._starting = trio.Lock()  # one spawn at a time, however many requests wait for it
         self._worker: _Worker | None = None
         self._info: ModelInfo | None = None
@@ -191,13 +192,15 @@ class WorkerEngine:
 
     @property
     def reply_buffered(self) -> bool:
-        """Whether the next reply has already arrived (the worker writes tokens in batches).
-
-        With several streams: whether any has, a hint good enough for its one use (the
-        caller holds a token back until the next reply, which comes within a step).
-        """
+        """Whether the next reply of the calling task's stream has already arrived (the
+        worker writes tokens in batches)."""
         worker = self._worker
-        return worker is not None and (worker.frames.has_frame() or any(worker.inbox.values()))
+        if worker is None:
+            return False
+        if self._slots == 1:
+            return worker.frames.has_frame()
+        stream = self._task_streams.get(trio.lowlevel.current_task())
+        return stream is not None and bool(worker.inbox[stream])
 
     @property
     def available(self) -> bool:
@@ -253,6 +256,8 @@ class WorkerEngine:
         async with self._slot:
             worker = await self._ready_worker()
             stream = self._streams.pop()
+            reader = trio.lowlevel.current_task()  # an abandoned stream may end in another task
+            self._task_streams[reader] = stream
             done = False
             try:
                 try:
@@ -268,6 +273,7 @@ class WorkerEngine:
             finally:
                 if not done and self._worker is worker and worker.crash is None:
                     await self._abandon(worker, stream)
+                del self._task_streams[reader]
                 self._streams.append(stream)
 
     async def score(self, request: ScoreRequest) -> ScoresFrame | ErrorFrame:
