@@ -50,7 +50,7 @@ TOOL_TEMPLATE = (
 def make_tool_model(directory: Path) -> Path:
     """The SmolLM2 GGUF with TOOL_TEMPLATE as its chat template, written into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "SmolLM2-135M-Tools.Q4_1.gguf"
+    path = directory / "SmolLM2-135M-Tools.gguf"  # its model id: smollm2-135m-tools
     reader = gguf.GGUFReader(default_model_path(), "r")
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(path, arch=arch, endianess=reader.endianess)
