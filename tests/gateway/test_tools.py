@@ -159,7 +159,7 @@ async def test_a_sampled_tool_call_is_verified_under_its_grammar(tmp_path, tool_
     settings = ClientSettings(home=tmp_path / "client", bootstrap=[tool_nodes[0].addr], mdns=False)
     async with open_network(settings) as network:
         await network.discover(None, tool_nodes[0].model_hash, timeout=20, want=len(tool_nodes))
-        _, answer = await answer_to(network, params, verify_rate=1.0)
+        _, answer = await answer_to(network, params, model_hash=tool_nodes[0].model_hash, verify_rate=1.0)
     _, calls = split_calls(answer.text, {"get_weather"})
     assert [c.name for c in calls] == ["get_weather"], answer.text
     check = answer.verification
