@@ -77,7 +77,7 @@ class Tool(Message):
 
     def model_post_init(self, _context: object) -> None:
         try:
-            schema = json.loads(self.parameters)
+            schema = json.loads(self.parameters, parse_constant=_not_json)
         except ValueError:
             schema = None
         if not isinstance(schema, dict):
@@ -88,6 +88,10 @@ class Tool(Message):
         parameters = json.loads(self.parameters)
         function = {"name": self.name, "description": self.description, "parameters": parameters}
         return {"type": "function", "function": function}
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
 
 
 class GenerationParams(Message):
