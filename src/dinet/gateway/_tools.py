@@ -16,6 +16,11 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
+# Why the APIs without tools yet (Anthropic's, Ollama's, OpenAI's Responses) refuse them.
+WHERE_TOOLS = (
+    "tools are not supported on this API yet: use /v1/chat/completions, with a model whose"
+    " chat template declares tool support"
+)
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
