@@ -816,7 +816,34 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     ("infer_request", infer(head='"kind":"infer","request_id":7'), "a number for a string"),
     ("infer_request", infer("{}"), "neither prompt nor messages"),
     ("infer_request", infer(hi('"messages":[]')), "both prompt and messages"),
-    ("infer_request", infer('{"messages":[{"role":"tool","content":"x"}]}'), "an unknown role"),
+    ("infer_request", infer('{"messages":[{"role":"function","content":"x"}]}'), "an unknown role"),
+    (
+        "infer_request",
+        infer(
+            '{"messages":[{"role":"user","content":"Weather?"},{"role":"assistant","content":"",'
+            '"tool_calls":[{"id":"c1","name":"get_weather","arguments":"{\\"city\\": \\"Paris\\"}"}]},'
+            '{"role":"tool","content":"sunny","tool_call_id":"c1"}],'
+            '"tools":[{"name":"get_weather","parameters":"{\\"type\\": \\"object\\"}"}]}'
+        ),
+        "tools, an assistant's tool call and its result",
+    ),
+    ("infer_request", infer('{"messages":[{"role":"tool","content":"x"}]}'), "a tool message names its call"),
+    (
+        "infer_request",
+        infer('{"messages":[{"role":"user","content":"x","tool_calls":[{"id":"c","name":"f","arguments":"{}"}]}]}'),
+        "only an assistant makes tool calls",
+    ),
+    ("infer_request", infer(hi('"tools":[{"name":"f"}]')), "tools go with messages, not a prompt"),
+    (
+        "infer_request",
+        infer('{"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f","parameters":"[]"}]}'),
+        "a tool's parameters are a JSON object's text",
+    ),
+    (
+        "infer_request",
+        infer('{"messages":[{"role":"user","content":"x"}],"tools":[{"name":"a b"}]}'),
+        "a tool's name is letters, digits, _ . -",
+    ),
     ("infer_request", infer(hi('"max_tokens":0')), "max_tokens below 1"),
     ("infer_request", infer(hi('"max_tokens":4097')), "max_tokens above 4096"),
     ("infer_request", infer(hi('"max_tokens":5.0')), "a fraction where an integer is due"),

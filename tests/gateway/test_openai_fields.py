@@ -40,8 +40,8 @@ CHAT_FIELDS = {
     "logit_bias": ({"50256": -100}, True),
     "logprobs": (True, True),
     "n": (2, True),
-    "tools": ([TOOL], False),
-    "tool_choice": ("required", False),
+    "tools": ([TOOL], True),  # for models whose template declares tool support (test_tools)
+    "tool_choice": ("required", False),  # without tools (see below; with them, test_tools)
     "functions": ([TOOL["function"]], False),
     "function_call": ({"name": "f"}, False),
     "audio": ({"voice": "alloy", "format": "wav"}, False),

@@ -48,6 +48,9 @@ test("a node refuses a request with the code the reference node sends", () => {
     [request('{"prompt":"Hi","prefix_tokens":[1000]}'), NODE, "bad_request"],
     [request('{"prompt":"Hi","grammar":"root ::= \\"a\\""}'), NODE, "bad_request"],
     [request('{"prompt":"Hi","repetition_penalty":1.1}'), { ...NODE, rawLogits: false }, "bad_request"],
+    // The tab renders no tools (its template engine is not told of them): refused, never guessed.
+    [request('{"messages":[{"role":"user","content":"Hi"}],"tools":[{"name":"f"}]}'), NODE, "bad_request"],
+    [request('{"messages":[{"role":"tool","content":"18","tool_call_id":"c1"}]}'), NODE, "bad_request"],
   ];
   for (const [payload, node, code] of refusals) {
     assert.throws(() => admitRequest(payload, node), (e) => e instanceof Refusal && e.code === code, new TextDecoder().decode(payload));

@@ -18,3 +18,4 @@ class ModelInfo(BaseModel):
     n_layers: int = Field(ge=0)
     n_vocab: int = Field(ge=1)
     has_chat_template: bool
+    tools: bool = False  # the chat template declares tool support (see `template_tools`)

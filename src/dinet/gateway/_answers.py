@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,7 +26,8 @@ from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError, api_error
 from dinet.gateway._metrics import GatewayMetrics
 from dinet.gateway._series import RecentChains, Series
-from dinet.wire.messages import TokenFrame
+from dinet.gateway._tools import Call, CallSplitter
+from dinet.wire.messages import TokenFrame, Tool
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +160,13 @@ class SseStream:
         model: str,
         choices: list[Started],
         include_usage: bool,
+        tools: Sequence[Tool] = (),
     ) -> None:
         self.kind, self.response_id, self.created = kind, response_id, created
         self.model, self.choices, self.include_usage = model, choices, include_usage
+        # With tools offered, each choice's calls are read out of its text as it streams.
+        names = {t.name for t in tools}
+        self.splitters = [CallSplitter(names) for _ in choices] if names and kind == "chat" else None
 
     def _event(self, payload: dict[str, object]) -> bytes:
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
@@ -169,7 +174,7 @@ class SseStream:
     async def run(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         sending, receiving = trio.open_memory_channel[tuple[int, Event]](0)
         answers: list[Answer] = []
-        sent_first: set[int] = set()
+        self._sent_first: set[int] = set()
         try:
             async with trio.open_nursery() as nursery:
                 for index, started in enumerate(self.choices):
@@ -179,7 +184,11 @@ class SseStream:
                     async for index, event in receiving:
                         if isinstance(event, Answer):
                             answers.append(event)
+                            if self.splitters is not None:
+                                await self._calls(write, index, self.splitters[index].finish(), [])
                             await write(self._event(self._last(index, event)))
+                        elif self.splitters is not None:
+                            await self._calls(write, index, *self.splitters[index].feed(event.text))
                         elif event.text or event.logprobs is not None:
                             chunk = oa.chunk(
                                 self.kind,
@@ -187,12 +196,12 @@ class SseStream:
                                 self.created,
                                 self.model,
                                 event.text,
-                                first=index not in sent_first,
+                                first=index not in self._sent_first,
                                 logprobs=event.logprobs,
                                 index=index,
                             )
                             await write(self._event(chunk))
-                            sent_first.add(index)
+                            self._sent_first.add(index)
         except Exception as exc:
             error = first_dinet_error(exc)
             if error is None:
@@ -209,6 +218,36 @@ class SseStream:
             await write(self._event(usage_chunk))
         await write(b"data: [DONE]\n\n")
 
+    async def _calls(self, write: Write, index: int, text: str, calls: list[Call]) -> None:
+        """A choice's text and tool calls, as far as its splitter has read them."""
+        first = index not in self._sent_first
+        if text:
+            await write(
+                self._event(
+                    oa.chunk(
+                        self.kind, self.response_id, self.created, self.model, text, first=first, index=index
+                    )
+                )
+            )
+            first = False
+        if calls:
+            splitter = self.splitters[index]  # type: ignore[index]
+            numbered = [call.openai(splitter.calls - len(calls) + i) for i, call in enumerate(calls)]
+            chunk = oa.chunk(
+                self.kind,
+                self.response_id,
+                self.created,
+                self.model,
+                None,
+                first=first,
+                index=index,
+                tool_calls=numbered,
+            )
+            await write(self._event(chunk))
+            first = False
+        if not first:
+            self._sent_first.add(index)
+
     @staticmethod
     async def _pump(index: int, started: Started, out: trio.MemorySendChannel[tuple[int, Event]]) -> None:
         async with out, aclosing(started.all_events()) as events:
@@ -220,13 +259,14 @@ class SseStream:
     def _last(self, index: int, answer: Answer) -> dict[str, object]:
         """A choice's closing chunk: its finish reason, who served it, and (unless a usage
         chunk follows) its usage."""
+        called = self.splitters is not None and self.splitters[index].calls > 0
         last = oa.chunk(
             self.kind,
             self.response_id,
             self.created,
             answer.model_id,
             None,
-            finish_reason=answer.finish_reason,
+            finish_reason=oa.finish_reason(answer.finish_reason, called),
             index=index,
         )
         last["dinet"] = {**oa.dinet_extra(answer), **self.choices[index].extra}

@@ -21,12 +21,13 @@ from dinet.client.ask import Answer
 from dinet.errors import RequestError
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError
+from dinet.gateway._tools import WHERE_TOOLS
 from dinet.wire.messages import GenerationParams
 
 # Fields dinet cannot honour yet: the values that ask for nothing, and why any other is refused.
 _REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
-    "tools": ((None, []), "tool use is not supported by dinet yet"),
-    "tool_choice": ((None,), "tool use is not supported by dinet yet"),
+    "tools": ((None, []), WHERE_TOOLS),
+    "tool_choice": ((None,), WHERE_TOOLS),
     "thinking": ((None, {"type": "disabled"}), "extended thinking is not supported by dinet"),
     "top_k": ((None,), "top_k sampling is not supported by dinet yet"),
 }

@@ -209,10 +209,11 @@ class _Gateway:
         seeds = [c.seed for c in choices]
         if not parsed.stream:
             answers = await answers_of(started)
-            body = oa.full_response(kind, response_id, created, answers, started[0].extra, seeds)
+            tools = choices[0].tools
+            body = oa.full_response(kind, response_id, created, answers, started[0].extra, seeds, tools)
             return JSONResponse(body, headers={PEER_HEADER: answers[0].peer_id})
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        stream = SseStream(kind, response_id, created, parsed.model, started, include_usage)
+        stream = SseStream(kind, response_id, created, parsed.model, started, include_usage, choices[0].tools)
         return EventStreamResponse(stream.run, started[0].stream_headers())
 
     async def _start_all(
@@ -295,6 +296,8 @@ class _Gateway:
         `sharded`: the request's own choice of a chain; None defers to the header. `draft`:
         how a chain guesses tokens (`AskOptions.draft`)."""
         choice = await self.view.resolve(model)
+        if params.uses_tools:
+            choice = self.view.tool_model(choice, model)
         attempts: list[str] = []
         extra: dict[str, object] = {"seed": params.seed}  # the same request with it replays the answer
         options = AskOptions.from_settings(

@@ -24,6 +24,7 @@ from dinet.engine.adjust import REPETITION_WINDOW
 from dinet.errors import RequestError
 from dinet.gateway._errors import ApiError
 from dinet.gateway._openai import dinet_extra
+from dinet.gateway._tools import WHERE_TOOLS
 from dinet.wire.messages import ChatMessage, GenerationParams
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def _refuse_common(request: _Request) -> None:
 
 def _chat_turns(request: ChatRequest) -> tuple[ChatMessage, ...]:
     if request.tools:
-        raise _refuse("tools", "dinet cannot call tools yet")
+        raise _refuse("tools", WHERE_TOOLS)
     turns = []
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"

@@ -4,11 +4,19 @@ Nothing a request asks for is silently ignored. Every field of OpenAI's chat and
 completions APIs is either honoured or refused with a RequestError naming it; a field
 OpenAI does not have is refused too, as OpenAI refuses it. Some fields are honoured by
 doing nothing, because here they change nothing: `user`, `metadata`,
-`safety_identifier`, `service_tier`, the prompt-cache fields and `parallel_tool_calls`
-(no tools). A feature dinet does not have yet is refused only when asked for: its
-"off" value (`tools: []`, `best_of: 1`) is taken. `n` answers are n asks with seeds
+`safety_identifier`, `service_tier` and the prompt-cache fields. A feature dinet does
+not have yet is refused only when asked for: its "off" value (`functions: []`,
+`best_of: 1`) is taken. `n` answers are n asks with seeds
 `seed`, `seed + 1`, ..., run at once, so the router spreads them over peers. `min_p` and
 `repetition_penalty` are taken beyond OpenAI's fields, as llama-server and vLLM take them.
+
+`tools` are for models whose chat template declares tool support (the gateway checks the
+offers before asking; see `NetworkView.tool_model`). The template renders them; the
+answer's `<tool_call>` blocks come back as `tool_calls` (`_tools`). `tool_choice`: "auto"
+(the default) lets the model choose; "required" or a named function constrains decoding
+to one call (`tool_call_grammar`), so the grammar travels and verification keeps to it;
+"none" leaves the tools out of the prompt. `parallel_tool_calls` is honoured by doing
+nothing: "auto" reads every call the model writes, a forced choice makes one.
 """
 
 from __future__ import annotations
@@ -23,10 +31,20 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dinet.client.ask import Answer
-from dinet.client.structured import json_object_grammar, json_schema_grammar
+from dinet.client.structured import json_object_grammar, json_schema_grammar, tool_call_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
-from dinet.wire.messages import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, ChatMessage, GenerationParams, TokenLogprobs
+from dinet.gateway._tools import split_calls
+from dinet.wire.messages import (
+    MAX_LOGIT_BIAS,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+    ChatMessage,
+    GenerationParams,
+    TokenLogprobs,
+    Tool,
+    ToolCall,
+)
 from dinet.wire.shard import Draft
 
 Kind = Literal["chat", "completion"]
@@ -47,9 +65,22 @@ class _TextPart(_Lenient):
     text: str
 
 
+class _FunctionCall(_Lenient):
+    name: str
+    arguments: str
+
+
+class _InToolCall(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: _FunctionCall
+
+
 class _InMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
+    tool_calls: list[_InToolCall] | None = None  # an assistant's
+    tool_call_id: str | None = None  # a tool's: the call it answers
 
     def to_wire(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -58,7 +89,11 @@ class _InMessage(_Lenient):
             text = self.content or ""
         role = "system" if self.role == "developer" else self.role
         try:
-            return ChatMessage(role=role, content=text)
+            calls = tuple(
+                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                for c in self.tool_calls or ()
+            )
+            return ChatMessage(role=role, content=text, tool_calls=calls, tool_call_id=self.tool_call_id)
         except ValidationError as exc:
             raise RequestError(f"invalid value for messages: {exc.errors()[0]['msg']}", "messages") from None
 
@@ -91,6 +126,38 @@ class _ResponseFormat(_Strict):
         return None
 
 
+class _Function(_Lenient):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    strict: bool | None = None  # a forced call keeps to the schema either way
+
+
+class _ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: _Function
+
+    def to_wire(self) -> Tool:
+        function = self.function
+        try:
+            return Tool(
+                name=function.name,
+                description=function.description,
+                parameters=json.dumps(function.parameters),
+            )
+        except ValidationError as exc:
+            raise RequestError(f"invalid value for tools: {exc.errors()[0]['msg']}", "tools") from None
+
+
+class _Named(_Lenient):
+    name: str
+
+
+class _NamedChoice(_Strict):
+    type: Literal["function"]
+    function: _Named
+
+
 class DinetOptions(BaseModel):
     """The request's own `dinet` field: what dinet does beyond the OpenAI API."""
 
@@ -102,7 +169,7 @@ class DinetOptions(BaseModel):
 # Features not built: taken only at the value that asks for nothing, else refused by name.
 NOT_YET = frozenset(
     {
-        "tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+        "functions", "function_call", "audio", "modalities", "prediction",
         "reasoning_effort", "verbosity", "web_search_options", "moderation", "store", "echo",
         "suffix", "best_of",
     }
@@ -139,9 +206,9 @@ class ChatRequest(_Common):
     response_format: _ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[_ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | _NamedChoice | None = None
     # Not yet: refused unless off.
-    tools: list[None] | None = Field(default=None, max_length=0)
-    tool_choice: Literal["none", "auto", None] = None
     functions: list[None] | None = Field(default=None, max_length=0)
     function_call: Literal["none", "auto", None] = None
     audio: None = None
@@ -154,12 +221,34 @@ class ChatRequest(_Common):
     store: Literal[False, None] = None  # nothing is stored: asking for it is refused
     # Honoured by doing nothing: they do not change the answer.
     metadata: dict[str, str] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool | None = None  # see above
     safety_identifier: str | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
+
+    def offered_tools(self) -> tuple[Tool, ...]:
+        """The functions to render for the model: none with `tool_choice: "none"`."""
+        if self.tool_choice == "none" or not self.tools:
+            if isinstance(self.tool_choice, _NamedChoice) or self.tool_choice == "required":
+                raise RequestError("tool_choice asks for a call, but no tools are given", "tool_choice")
+            return ()
+        tools = tuple(t.to_wire() for t in self.tools)
+        if len({t.name for t in tools}) != len(tools):
+            raise RequestError("two tools have the same name", "tools")
+        return tools
+
+    def forced_tools(self, tools: tuple[Tool, ...]) -> tuple[Tool, ...]:
+        """The functions one of which must be called: all with "required", the one named."""
+        if self.tool_choice == "required":
+            return tools
+        if isinstance(self.tool_choice, _NamedChoice):
+            named = [t for t in tools if t.name == self.tool_choice.function.name]
+            if not named:
+                raise RequestError("tool_choice names a function that is not among the tools", "tool_choice")
+            return tuple(named)
+        return ()
 
 
 class CompletionRequest(_Common):
@@ -232,6 +321,18 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         fields["messages"] = tuple(m.to_wire() for m in request.messages)
         if request.response_format is not None:
             fields["grammar"] = request.response_format.grammar()
+        tools = request.offered_tools()
+        if tools:
+            fields["tools"] = tools
+            if request.logprobs:
+                raise RequestError("logprobs together with tools are not supported yet", "logprobs")
+            forced = request.forced_tools(tools)
+            if forced and fields.get("grammar") is not None:
+                raise RequestError(
+                    "a forced tool call and a response_format do not go together", "tool_choice"
+                )
+            if forced:
+                fields["grammar"] = tool_call_grammar(forced)
         if request.top_logprobs is not None and not request.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         if request.logprobs:
@@ -310,15 +411,25 @@ def full_response(
     answers: Sequence[Answer],
     extra: dict[str, object] | None = None,
     seeds: Sequence[int] = (),
+    tools: Sequence[Tool] = (),
 ) -> dict[str, object]:
     """The whole response: a choice per answer (each with its own peer and seed in its
-    `dinet` field when there are several); the first answer's in the top `dinet` field."""
+    `dinet` field when there are several); the first answer's in the top `dinet` field.
+    With `tools` offered, a chat answer's calls become its message's `tool_calls`."""
     choices = []
+    names = {t.name for t in tools}
     for index, answer in enumerate(answers):
         logprobs = logprobs_object(kind, answer.logprobs) if answer.logprobs else None
         choice: dict[str, object] = {"index": index, "finish_reason": answer.finish_reason}
         choice["logprobs"] = logprobs
-        if kind == "chat":
+        if kind == "chat" and names:
+            content, calls = split_calls(answer.text, names)
+            message: dict[str, object] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = [call.openai() for call in calls]
+                choice["finish_reason"] = finish_reason(answer.finish_reason, bool(calls))
+            choice["message"] = message
+        elif kind == "chat":
             choice["message"] = {"role": "assistant", "content": answer.text}
         else:
             choice["text"] = answer.text
@@ -338,6 +449,11 @@ def full_response(
     }
 
 
+def finish_reason(reason: str, called: bool) -> str:
+    """OpenAI's reason: "tool_calls" for an answer that ended by itself after calling."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
 def chunk(
     kind: Kind,
     response_id: str,
@@ -349,16 +465,20 @@ def chunk(
     finish_reason: str | None = None,
     logprobs: TokenLogprobs | None = None,
     index: int = 0,
+    tool_calls: list[dict[str, object]] | None = None,
 ) -> dict[str, object]:
-    """One streamed chunk: some text (with its token's `logprobs` when asked), or the
-    closing one with `finish_reason`."""
+    """One streamed chunk: some text (with its token's `logprobs` when asked), tool calls
+    (each whole, with its `index` among the choice's calls), or the closing one with
+    `finish_reason`."""
     token_logprobs = None if logprobs is None else logprobs_object(kind, (logprobs,))
     if kind == "chat":
-        delta: dict[str, str] = {}
+        delta: dict[str, object] = {}
         if first:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
         choice: dict[str, object] = {
             "index": index,
             "delta": delta,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import trio
 
 from dinet.client.network import Network, peer_trust
-from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
+from dinet.errors import DinetError, ModelNotFound, NoCapablePeer, RequestError
 from dinet.gateway._series import ChainUsed
 from dinet.gateway._summary import group_keys, summarize
 from dinet.p2p.host import LinkKind, Reachability
@@ -120,6 +120,30 @@ class NetworkView:
             raise NoCapablePeer("no peer of the network is reachable now")
         available = sorted({o.model_id for o in offers})
         raise ModelNotFound(f"no peer offers model {name!r}; available: {', '.join(available)}")
+
+    def tool_model(self, choice: ModelChoice, name: str) -> ModelChoice:
+        """The model of `choice` in a version whose chat template declares tool support (pinned
+        by its hash when versions differ), or RequestError naming `tools`, so that a request
+        with tools is never sent to a template that would render them as a guess."""
+        offers = [
+            o
+            for m in self.network.directory.manifests()
+            for o in m.models
+            if (choice.model_id is None or o.model_id == choice.model_id)
+            and (choice.model_hash is None or o.model_hash == choice.model_hash)
+            and not o.stage
+        ]
+        able = sorted({o.model_hash for o in offers if o.tools})
+        if not able:
+            raise RequestError(
+                f"tools: the chat template of model {name!r} declares no tool support"
+                " (dinet reads tool calls in the Hermes <tool_call> format): leave out tools,"
+                " tool calls and tool messages",
+                "tools",
+            )
+        if all(o.tools for o in offers):
+            return choice
+        return ModelChoice(None, able[0])
 
     def models(self) -> list[dict[str, object]]:
         """One entry per model id, with how many peers serve it and in which versions."""

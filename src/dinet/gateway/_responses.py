@@ -22,14 +22,15 @@ from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.errors import RequestError
 from dinet.gateway import _openai as oa
 from dinet.gateway._errors import ApiError
+from dinet.gateway._tools import WHERE_TOOLS
 from dinet.wire.messages import GenerationParams
 
 _STATELESS = "dinet keeps no responses or conversations: send the whole conversation in input"
 
 # Fields dinet cannot honour yet: the values that ask for nothing, and why any other is refused.
 _REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
-    "tools": ((None, []), "tools are not supported by dinet yet"),
-    "tool_choice": ((None, "none", "auto"), "tools are not supported by dinet yet"),
+    "tools": ((None, []), WHERE_TOOLS),
+    "tool_choice": ((None, "none", "auto"), WHERE_TOOLS),
     "previous_response_id": ((None,), _STATELESS),
     "conversation": ((None,), _STATELESS),
     "store": ((None, False), "dinet keeps no responses: leave store out or set it to false"),

@@ -99,7 +99,9 @@ async def whole_model(
         model_offer = None
         if engine.available:
             info = engine.info
-            model_offer = offer(model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers)
+            model_offer = offer(
+                model.model_id, model_hash, info.quantization, info.n_ctx, info.n_layers, tools=info.tools
+            )
         yield Serving(
             model.model_id,
             model_hash,

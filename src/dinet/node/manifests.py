@@ -161,8 +161,10 @@ def offer(
     context: int,
     n_layers: int,
     span: tuple[int, int] | None = None,
+    tools: bool = False,
 ) -> ModelOffer:
-    """A whole model, or with `span` the blocks a pipeline stage holds."""
+    """A whole model (`tools`: its chat template declares tool support), or with `span` the
+    blocks a pipeline stage holds."""
     if span is None:
         return ModelOffer(
             model_id=model_id,
@@ -170,6 +172,7 @@ def offer(
             quantization=quantization,
             context=context,
             layers=(0, n_layers),
+            tools=tools,
         )
     return ModelOffer(
         model_id=model_id,

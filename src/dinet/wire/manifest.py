@@ -47,6 +47,9 @@ class ModelOffer(Message):
     # read every manifest of a node that serves no embedding model.
     task: Literal["generate", "embed"] = Field(default="generate", exclude_if=lambda v: v == "generate")
     dimensions: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
+    # The model's chat template declares tool support (`dinet.engine.llama._llama_cpp.template_tools`):
+    # requests with `tools` are for these offers only. Left out of the body when false.
+    tools: bool = Field(default=False, exclude_if=lambda v: not v)
 
     @property
     def total_layers(self) -> int:

@@ -7,6 +7,7 @@ values out of range are refused with `MalformedMessage`.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -23,6 +24,10 @@ MAX_GRAMMAR_CHARS = 64_000
 MAX_LOGIT_BIAS = 300  # token biases in one request, as OpenAI's limit
 MAX_TOP_LOGPROBS = 20  # as OpenAI's limit
 MAX_PIECE_BYTES = 256  # one token's bytes
+MAX_TOOLS = 32  # functions offered to the model in one request
+MAX_TOOL_CALLS = 16  # calls in one assistant message
+MAX_TOOL_CHARS = 16_000  # one function's definition: its description, or its parameters' schema
+TOOL_NAME_PATTERN = "^[A-Za-z0-9_.-]{1,64}$"  # as OpenAI's function names
 CHANNEL_PATTERN = "^0x[0-9a-f]{64}$"  # a payment channel's id on its contract
 
 
@@ -32,9 +37,61 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class ToolCall(Message):
+    """A call of one of the request's tools that an assistant message made: `arguments` is
+    the text of a JSON object (as OpenAI's API carries it)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
 class ChatMessage(Message):
-    role: Literal["system", "user", "assistant"]
+    """One turn. An assistant turn may carry the `tool_calls` it made; a `tool` turn is a
+    call's result, naming the call in `tool_call_id`. Both left out of the frame when absent."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_PROMPT_CHARS)
+    tool_calls: tuple[ToolCall, ...] = Field(
+        default=(), max_length=MAX_TOOL_CALLS, exclude_if=lambda v: not v
+    )
+    tool_call_id: str | None = Field(
+        default=None, min_length=1, max_length=64, exclude_if=lambda v: v is None
+    )
+
+    def model_post_init(self, _context: object) -> None:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message makes tool calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message, and only a tool message, names its tool_call_id")
+
+
+class Tool(Message):
+    """A function the model may call, given to the chat template as OpenAI's `tools` entry
+    `{"type": "function", "function": {"name", "description", "parameters"}}`:
+    `parameters` is the text of its arguments' JSON schema (a JSON object)."""
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = Field(default="", max_length=MAX_TOOL_CHARS)
+    parameters: str = Field(default="{}", min_length=2, max_length=MAX_TOOL_CHARS)
+
+    def model_post_init(self, _context: object) -> None:
+        try:
+            schema = json.loads(self.parameters, parse_constant=_not_json)
+        except ValueError:
+            schema = None
+        if not isinstance(schema, dict):
+            raise ValueError("a tool's parameters are the text of a JSON object (a JSON schema)")
+
+    def as_openai(self) -> dict[str, object]:
+        """The entry chat templates read from `tools`, as OpenAI's API and Hugging Face give it."""
+        parameters = json.loads(self.parameters)
+        function = {"name": self.name, "description": self.description, "parameters": parameters}
+        return {"type": "function", "function": function}
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
 
 
 class GenerationParams(Message):
@@ -74,10 +131,20 @@ class GenerationParams(Message):
     # likely tokens' (0: the token's only), of the logits the sampler chose from (after
     # the adjustments and the grammar) at temperature 1. None: no log-probabilities.
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, exclude_if=lambda v: v is None)
+    # Functions the chat template renders for the model to call (chat only; a model whose
+    # template declares no tool support answers `bad_request`). Left out when empty.
+    tools: tuple[Tool, ...] = Field(default=(), max_length=MAX_TOOLS, exclude_if=lambda v: not v)
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of messages or prompt")
+        if self.tools and self.messages is None:
+            raise ValueError("tools go with messages, not with a raw prompt")
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the chat template must render tools: offered, called or answered."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages or ())
 
     @property
     def prompt_chars(self) -> int:

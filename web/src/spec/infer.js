@@ -3,7 +3,7 @@
 // (unknown_model), this node's bounds (bad_request), then what its engine can do.
 
 import { MAX_FRAME } from "./framing.js";
-import { MalformedMessage, decodeRequest, errorFrame, promptChars } from "./messages.js";
+import { MalformedMessage, decodeRequest, errorFrame, promptChars, usesTools } from "./messages.js";
 
 /** A request this node refuses: `code` is the spec's error code, `frame()` the error frame to send. */
 export class Refusal extends Error {
@@ -54,6 +54,9 @@ export function admitRequest(payload, node) {
       (t) => typeof t !== "number" || t < 0 || t >= node.nVocab,
     );
     if (outside !== undefined) throw new Refusal("bad_request", `token ${outside} is outside the vocabulary`);
+  }
+  if (usesTools(params)) {
+    throw new Refusal("bad_request", "this node's engine declares no tool support: leave out tools, tool calls and tool messages");
   }
   if (params.grammar !== null && !node.grammar) {
     throw new Refusal("bad_request", "this node's engine cannot keep to a grammar");

@@ -22,6 +22,7 @@ export const ModelOffer = object([
   ["n_layers", nullable(int({ ge: 1 })), { default: null }],
   ["task", literal("generate", "embed"), { default: "generate", omit: (v) => v === "generate" }],
   ["dimensions", nullable(int({ ge: 1 })), { default: null, omit: isNull }],
+  ["tools", bool, { default: false, omit: (v) => !v }],
 ]);
 
 const Coordinates = object([

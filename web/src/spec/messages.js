@@ -44,10 +44,54 @@ export const ERROR_CODES = [
 const isNull = (v) => v === null;
 const isEmpty = (v) => v.length === 0;
 
-export const ChatMessage = object([
-  ["role", literal("system", "user", "assistant")],
-  ["content", str({ max: MAX_PROMPT_CHARS })],
+const TOOL_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export const ToolCall = object([
+  ["id", str({ min: 1, max: 64 })],
+  ["name", str({ pattern: TOOL_NAME })],
+  ["arguments", str({ max: MAX_PROMPT_CHARS })],
 ]);
+
+export const ChatMessage = object(
+  [
+    ["role", literal("system", "user", "assistant", "tool")],
+    ["content", str({ max: MAX_PROMPT_CHARS })],
+    ["tool_calls", array(ToolCall, { max: 16 }), { default: [], omit: isEmpty }],
+    ["tool_call_id", nullable(str({ min: 1, max: 64 })), { default: null, omit: isNull }],
+  ],
+  (message, path) => {
+    if (message.tool_calls.length > 0 && message.role !== "assistant") {
+      throw new MalformedMessage(path, "only an assistant message makes tool calls");
+    }
+    if ((message.tool_call_id !== null) !== (message.role === "tool")) {
+      throw new MalformedMessage(path, "a tool message, and only a tool message, names its tool_call_id");
+    }
+  },
+);
+
+/** A function offered to the model; `parameters` is the text of a JSON object (its schema). */
+export const Tool = object(
+  [
+    ["name", str({ pattern: TOOL_NAME })],
+    ["description", str({ max: 16_000 }), { default: "" }],
+    ["parameters", str({ min: 2, max: 16_000 }), { default: "{}" }],
+  ],
+  (tool, path) => {
+    let schema = null;
+    try {
+      schema = JSON.parse(tool.parameters);
+    } catch {
+      schema = null;
+    }
+    if (schema === null || typeof schema !== "object" || Array.isArray(schema)) {
+      throw new MalformedMessage(path, "a tool's parameters are the text of a JSON object (a JSON schema)");
+    }
+  },
+);
+
+/** Whether the chat template must render tools: offered, called or answered. */
+export const usesTools = (params) =>
+  params.tools.length > 0 || (params.messages ?? []).some((m) => m.tool_calls.length > 0 || m.role === "tool");
 
 export const GenerationParams = object(
   [
@@ -66,10 +110,14 @@ export const GenerationParams = object(
     ["frequency_penalty", num({ ge: -2, le: 2 }), { default: 0, omit: (v) => v === 0 }],
     ["min_p", num({ ge: 0, lt: 1 }), { default: 0, omit: (v) => v === 0 }],
     ["logprobs", nullable(int({ ge: 0, le: 20 })), { default: null, omit: isNull }],
+    ["tools", array(Tool, { max: 32 }), { default: [], omit: isEmpty }],
   ],
   (params, path) => {
     if ((params.messages === null) === (params.prompt === null)) {
       throw new MalformedMessage(path, "give exactly one of messages or prompt");
+    }
+    if (params.tools.length > 0 && params.messages === null) {
+      throw new MalformedMessage(path, "tools go with messages, not with a raw prompt");
     }
   },
 );

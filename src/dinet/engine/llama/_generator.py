@@ -19,7 +19,7 @@ import numpy.typing as npt
 from dinet.engine._generate import BadRequest, Emit, ShouldStop, check_request, run_generation
 from dinet.engine.adjust import Adjuster
 from dinet.engine.llama._grammar import Grammar
-from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, token_piece
+from dinet.engine.llama._llama_cpp import chat_formatter, chat_prompt, raw_prompt, template_tools, token_piece
 from dinet.engine.llama._prefix_cache import PrefixCache
 from dinet.engine.llama._score import score_tokens
 from dinet.engine.sampler import Sampler
@@ -28,6 +28,10 @@ from dinet.wire.messages import GenerationParams
 from dinet.wire.verify import ScoreRequest, ScoresFrame
 
 logger = logging.getLogger(__name__)
+
+NO_TOOLS = (
+    "this model's chat template declares no tool support: leave out tools, tool calls and tool messages"
+)
 
 
 class Generator:
@@ -51,6 +55,7 @@ class Generator:
         self.n_vocab = llm.n_vocab()
         self.n_ctx = llm.n_ctx()
         self._formatter = chat_formatter(llm)
+        self._tools = template_tools(llm.metadata.get("tokenizer.chat_template"))
         self.sampler = Sampler(self.n_vocab)
         self._pieces: dict[int, bytes] = {}
         self.prefix_cache = PrefixCache(llm, prefix_cache_bytes)
@@ -60,7 +65,9 @@ class Generator:
         if params.messages is not None:
             if self._formatter is None:
                 raise BadRequest("this model has no chat template: send a raw prompt")
-            return chat_prompt(self.llm, self._formatter, params.messages)
+            if params.uses_tools and not self._tools:
+                raise BadRequest(NO_TOOLS)
+            return chat_prompt(self.llm, self._formatter, params.messages, params.tools)
         return raw_prompt(self.llm, params.prompt or ""), ()
 
     def run(

@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import gguf
+import jinja2
+import jinja2.ext
+import jinja2.meta
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from dinet.engine.info import ModelInfo
-from dinet.wire.messages import ChatMessage
+from dinet.wire.messages import ChatMessage, Tool
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +114,28 @@ def read_model_info(llm: llama_cpp.Llama, path: Path | str) -> ModelInfo:
         n_layers=_int(meta.get(f"{arch}.block_count")),
         n_vocab=llm.n_vocab(),
         has_chat_template="tokenizer.chat_template" in meta,
+        tools=template_tools(meta.get("tokenizer.chat_template")),
     )
+
+
+def template_tools(template: str | None) -> bool:
+    """Whether a chat template declares tool support in the one format dinet reads back.
+
+    The rule: the template reads the variable `tools` (it renders the functions offered)
+    and its text holds `<tool_call>` (it shows the model, and renders back, calls in the
+    Hermes format that Qwen 2.5 and 3, Hermes and SmolLM3 use: `<tool_call>{"name": ...,
+    "arguments": {...}}</tool_call>`). A template in any other format would leave the
+    gateway guessing at the calls, so it counts as no tool support.
+    """
+    if template is None or TOOL_CALL_OPEN not in template:
+        return False
+    environment = jinja2.Environment(
+        extensions=[Jinja2ChatFormatter.IgnoreGenerationTags, jinja2.ext.loopcontrols]
+    )
+    try:
+        return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(template))
+    except jinja2.TemplateSyntaxError:
+        return False
 
 
 def model_id_from_path(path: Path, quantization: str) -> str:
@@ -149,14 +177,39 @@ def chat_formatter(llm: llama_cpp.Llama) -> Jinja2ChatFormatter | None:
 
 
 def chat_prompt(
-    llm: llama_cpp.Llama, formatter: Jinja2ChatFormatter, messages: Sequence[ChatMessage]
+    llm: llama_cpp.Llama,
+    formatter: Jinja2ChatFormatter,
+    messages: Sequence[ChatMessage],
+    tools: Sequence[Tool] = (),
 ) -> tuple[list[int], tuple[str, ...]]:
-    """Prompt tokens and the template's stop strings, as `create_chat_completion` builds them."""
-    as_dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
-    result = formatter(messages=as_dicts)
+    """Prompt tokens and the template's stop strings, as `create_chat_completion` builds them;
+    `tools` and the messages' tool calls given to the template as Hugging Face's give them."""
+    as_dicts: Any = [_message_dict(m) for m in messages]
+    offered: Any = [tool.as_openai() for tool in tools] or None
+    result = formatter(messages=as_dicts, tools=offered)
     tokens = llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
     stops = [result.stop] if isinstance(result.stop, str) else list(result.stop or [])
     return tokens, tuple(s for s in stops if s)
+
+
+def _message_dict(message: ChatMessage) -> dict[str, object]:
+    """A message as templates read it: a call's arguments as an object where they are one."""
+    entry: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        entry["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _object(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        entry["tool_call_id"] = message.tool_call_id
+    return entry
+
+
+def _object(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def raw_prompt(llm: llama_cpp.Llama, prompt: str) -> list[int]:

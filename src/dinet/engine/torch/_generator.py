@@ -70,6 +70,8 @@ class TorchGenerator:
         if params.messages is not None:
             if not self._tokenizer.has_chat_template:
                 raise BadRequest("this model has no chat template: send a raw prompt")
+            if params.uses_tools:
+                raise BadRequest("the layer-range engine does not render tools yet")
             return self._tokenizer.chat_prompt(params.messages)
         return self._tokenizer.raw_prompt(params.prompt or ""), ()
 
