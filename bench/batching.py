@@ -1,0 +1,311 @@
+"""Continuous batching: N streams at once, llama-server's N slots against one dinet node's
+`--max-concurrent N`.
+
+For each N of `--streams`, two servers of the same model with the same threads and a
+2,048-token context per sequence (the node's own, fixed):
+
+- `llama-server` (`bench/_llama_server.py`), `-np N --cont-batching`, prompt cache on
+  (its default);
+- `din gateway` in front of one `din node --max-concurrent N` (and a per-peer concurrency
+  of at least N: to the node the gateway is one peer), prefix cache on (its default).
+
+N clients start at once (a barrier), each with a prompt of its own that asks for a long
+story, streamed (`stream: true`), greedy, `--max-tokens` at most. No prompt repeats,
+within a batch, across rounds or across N; both servers get the same prompts. Each
+prompt opens with its own number and topic, so no two share a prefix beyond the chat
+template's opening (which both servers add to every prompt alike). The servers take
+turns, batch by batch, the first one changing each round (ABAB, then BABA).
+
+Tokens counted are the completion tokens of the `usage` the server sends at the end of
+the stream (`stream_options: {"include_usage": true}`; both servers send it); a server
+that sent none would be counted by its chunks that carry text (the JSON line says which).
+Neither server can be told to ignore the end of text, so an answer may stop short of
+`--max-tokens`: the table counts what was streamed, and the JSON line has the totals.
+
+Per (server, N), medians over `--rounds`:
+- aggregate tok/s: all streams' completion tokens / wall time from the first request
+  sent to the last stream's end;
+- decode tok/s: all tokens after each stream's first / time from the earliest first
+  token to the last stream's end;
+- TTFT: median time to first token over every stream of every round.
+
+Prints a table (with dinet / llama-server, and dinet's N-stream rate over its 1-stream
+rate), then one JSON line.
+
+    .venv/bin/python bench/batching.py [--streams 1,2,4,8] [--rounds 3] [--max-tokens 96] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from _llama_server import running_llama_server
+from dinet.engine import default_model_path
+from dinet.node.local_mesh import start_node
+from gateway import start_gateway
+
+SERVERS = ("llama-server", "dinet")
+CTX = 2048  # per sequence: the node's context (it has no flag for it), and each llama-server slot's
+TOPICS = (
+    "a lighthouse keeper and a storm",
+    "a girl who trains a dragon",
+    "two robots lost on Mars",
+    "a baker who opens a shop in Paris",
+    "a detective solving a train robbery",
+    "a sailor crossing the Pacific alone",
+    "a village that forgets its own name",
+    "a mountain climber caught in an avalanche",
+    "a cat that becomes mayor of a town",
+    "an astronaut returning to an empty Earth",
+    "a musician who loses her hearing",
+    "a boy who finds a map in his attic",
+)
+
+
+def prompt(number: int) -> str:
+    """The `number`th prompt: its own number and topic first, so none shares a prefix."""
+    topic = TOPICS[number % len(TOPICS)]
+    return (
+        f"Story {number}: write a long, detailed story about {topic}. "
+        "Give the characters names, describe every place, and tell the events in order."
+    )
+
+
+@dataclass(frozen=True)
+class Stream:
+    sent: float  # perf_counter seconds
+    first: float  # when the first text arrived
+    end: float  # when the stream ended
+    tokens: int  # completion tokens
+    counted_by: str  # "usage" or "chunks"
+    finish: str | None  # "length" when it reached max_tokens
+
+
+def stream(url: str, model: str, text: str, max_tokens: int, start: threading.Barrier) -> Stream:
+    """One streamed greedy answer, sent once every client of the batch is ready."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    first: float | None = None
+    chunks = 0
+    usage: int | None = None
+    finish = None
+    # A new connection per answer, for both servers alike: llama-server closes one after a
+    # streamed answer (as in bench/chat.py).
+    with httpx.Client(timeout=600, headers={"connection": "close"}) as client:
+        start.wait()
+        sent = time.perf_counter()
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                detail = response.read().decode(errors="replace")[:300]
+                raise RuntimeError(f"{url}: {response.status_code} {detail}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(f"{url} failed mid-answer: {event['error'].get('message')}")
+                if event.get("usage"):
+                    usage = event["usage"]["completion_tokens"]
+                choice = (event.get("choices") or [{}])[0]
+                if choice.get("delta", {}).get("content"):
+                    first = first or time.perf_counter()
+                    chunks += 1
+                finish = choice.get("finish_reason") or finish
+        end = time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"{url} sent no text for {text!r}")
+    counted_by = "chunks" if usage is None else "usage"
+    return Stream(sent, first, end, chunks if usage is None else usage, counted_by, finish)
+
+
+def batch(url: str, model: str, texts: list[str], max_tokens: int) -> list[Stream]:
+    """All `texts` streamed at once, one client thread each."""
+    start = threading.Barrier(len(texts))
+    results: list[Stream | BaseException | None] = [None] * len(texts)
+
+    def client(i: int) -> None:
+        try:
+            results[i] = stream(url, model, texts[i], max_tokens, start)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            start.abort()
+            results[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:  # the failure itself rather than the broken barrier it left the others
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    return [r for r in results if isinstance(r, Stream)]
+
+
+@dataclass(frozen=True)
+class Figures:
+    aggregate: float  # tok/s, first request sent to last end
+    decode: float  # tok/s after each stream's first token, earliest first token to last end
+    ttfts_ms: list[float]
+    tokens: int
+    at_limit: int  # streams that stopped at max_tokens
+
+
+def figures(streams: list[Stream]) -> Figures:
+    end = max(s.end for s in streams)
+    tokens = sum(s.tokens for s in streams)
+    after_first = sum(max(0, s.tokens - 1) for s in streams)
+    return Figures(
+        aggregate=tokens / (end - min(s.sent for s in streams)),
+        decode=after_first / (end - min(s.first for s in streams)),
+        ttfts_ms=[(s.first - s.sent) * 1e3 for s in streams],
+        tokens=tokens,
+        at_limit=sum(s.finish == "length" for s in streams),
+    )
+
+
+@contextmanager
+def dinet_server(root: Path, threads: int, slots: int) -> Iterator[tuple[str, str]]:
+    extra = ["--max-concurrent", str(slots), "--per-peer-concurrency", str(max(slots, 4))]
+    node = start_node(root / "node", threads=threads, extra_args=extra)
+    gateway = None
+    try:
+        gateway, url = start_gateway(root / "gateway", node.addr)
+        yield url, str(node.model_id)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(15)
+        node.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--streams", default="1,2,4,8", help="comma-separated stream counts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.streams.split(",")]
+
+    started = time.monotonic()
+    numbers = itertools.count()  # every prompt of the run is a new one
+    runs: dict[tuple[str, int], list[list[Stream]]] = {}  # (server, N): each round's streams
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="dinet-bench-batching-") as root_name, ExitStack() as servers:
+            baseline = servers.enter_context(
+                running_llama_server(default_model_path(), threads=args.threads, ctx=CTX, parallel=n)
+            )
+            targets = {
+                "llama-server": (baseline, "model"),
+                "dinet": servers.enter_context(dinet_server(Path(root_name), args.threads, n)),
+            }
+            for url, model in targets.values():  # warm-up: one batch of short answers, not counted
+                batch(url, model, [prompt(next(numbers)) for _ in range(n)], 8)
+            for round_ in range(args.rounds):
+                texts = [prompt(next(numbers)) for _ in range(n)]
+                order = SERVERS if (round_ + counts.index(n)) % 2 == 0 else SERVERS[::-1]
+                for name in order:
+                    url, model = targets[name]
+                    streams = batch(url, model, texts, args.max_tokens)
+                    runs.setdefault((name, n), []).append(streams)
+                    rate = figures(streams).aggregate
+                    print(f"  {n} streams, round {round_ + 1}, {name}: {rate:.1f} tok/s", flush=True)
+    report(runs, counts, args, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (server, N): medians over its rounds, and what was streamed in all of them."""
+
+    aggregate_tok_s: float
+    decode_tok_s: float
+    ttft_ms: float
+    tokens: int
+    streams: int
+    streams_at_limit: int
+    counted_by: str
+
+    @classmethod
+    def of(cls, rounds: list[list[Stream]]) -> Row:
+        done = [figures(streams) for streams in rounds]
+        return cls(
+            aggregate_tok_s=statistics.median(f.aggregate for f in done),
+            decode_tok_s=statistics.median(f.decode for f in done),
+            ttft_ms=statistics.median(t for f in done for t in f.ttfts_ms),
+            tokens=sum(f.tokens for f in done),
+            streams=sum(len(streams) for streams in rounds),
+            streams_at_limit=sum(f.at_limit for f in done),
+            counted_by="/".join(sorted({s.counted_by for streams in rounds for s in streams})),
+        )
+
+
+def report(
+    runs: dict[tuple[str, int], list[list[Stream]]],
+    counts: list[int],
+    args: argparse.Namespace,
+    took_s: float,
+) -> None:
+    rows = {key: Row.of(rounds) for key, rounds in runs.items()}
+    versus = {
+        n: rows[("dinet", n)].aggregate_tok_s / rows[("llama-server", n)].aggregate_tok_s for n in counts
+    }
+    print(
+        f"\n{args.rounds} rounds per stream count, servers alternated; {args.threads} threads each, "
+        f"{CTX}-token context per sequence; answers of at most {args.max_tokens} tokens, greedy"
+    )
+    print(
+        f"  {'server':<13}{'streams':>8}{'agg tok/s':>11}{'decode tok/s':>14}{'TTFT ms':>9}"
+        f"{'dinet/llama':>13}{'N/1':>7}{'tokens':>8}{'at limit':>10}"
+    )
+    for n in counts:
+        for name in SERVERS:
+            row = rows[(name, n)]
+            ratio = f"{versus[n]:.2f}" if name == "dinet" else ""
+            one = rows.get((name, 1))
+            per_one = f"{row.aggregate_tok_s / one.aggregate_tok_s:.2f}" if one else ""
+            print(
+                f"  {name:<13}{n:>8}{row.aggregate_tok_s:>11.1f}{row.decode_tok_s:>14.1f}{row.ttft_ms:>9.0f}"
+                f"{ratio:>13}{per_one:>7}{row.tokens:>8}{row.streams_at_limit:>6}/{row.streams}"
+            )
+    print(
+        "  dinet/llama: of aggregate tok/s; N/1: a server's aggregate tok/s over its own with 1 stream; "
+        "tokens: completion tokens of all rounds; at limit: streams that reached --max-tokens"
+    )
+    print(f"  run took {took_s:.0f} s")
+    result = {
+        "bench": "batching",
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "max_tokens": args.max_tokens,
+        "ctx_per_sequence": CTX,
+        "results": {name: {str(n): _rounded(asdict(rows[(name, n)])) for n in counts} for name in SERVERS},
+        "dinet_over_llama_server": {str(n): round(v, 3) for n, v in versus.items()},
+        "run_s": round(took_s),
+    }
+    print(json.dumps(result))
+
+
+def _rounded(row: dict[str, object]) -> dict[str, object]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
+if __name__ == "__main__":
+    main()
