@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -207,7 +208,10 @@ def main() -> None:
 
     started = time.monotonic()
     numbers = itertools.count()  # every prompt of the run is a new one
-    runs: dict[tuple[str, int], list[list[Stream]]] = {}  # (server, N): each round's streams
+    keys = [(name, n) for n in counts for name in SERVERS]
+    runs: dict[Key, list[list[Stream]]] = {key: [] for key in keys}  # each round's streams
+    failures: dict[Key, list[str]] = {key: [] for key in keys}
+    load_before = os.getloadavg()[0]
     for n in counts:
         with tempfile.TemporaryDirectory(prefix="dinet-bench-batching-") as root_name, ExitStack() as servers:
             baseline = servers.enter_context(
@@ -217,18 +221,37 @@ def main() -> None:
                 "llama-server": (baseline, "model"),
                 "dinet": servers.enter_context(dinet_server(Path(root_name), args.threads, n)),
             }
-            for url, model in targets.values():  # warm-up: one batch of short answers, not counted
-                batch(url, model, [prompt(next(numbers)) for _ in range(n)], 8)
+            for name, (url, model) in targets.items():  # warm-up: short answers, not counted
+                texts = [prompt(next(numbers)) for _ in range(n)]
+                attempt(failures[(name, n)], "warm-up", url, model, texts, 8)
             for round_ in range(args.rounds):
                 texts = [prompt(next(numbers)) for _ in range(n)]
                 order = SERVERS if (round_ + counts.index(n)) % 2 == 0 else SERVERS[::-1]
                 for name in order:
                     url, model = targets[name]
-                    streams = batch(url, model, texts, args.max_tokens)
-                    runs.setdefault((name, n), []).append(streams)
-                    rate = figures(streams).aggregate
-                    print(f"  {n} streams, round {round_ + 1}, {name}: {rate:.1f} tok/s", flush=True)
-    report(runs, counts, args, time.monotonic() - started)
+                    what = f"round {round_ + 1}"
+                    streams = attempt(failures[(name, n)], what, url, model, texts, args.max_tokens)
+                    if streams is not None:
+                        runs[(name, n)].append(streams)
+                        rate = figures(streams).aggregate
+                        print(f"  {n} streams, {what}, {name}: {rate:.1f} tok/s", flush=True)
+    report(runs, failures, counts, args, time.monotonic() - started, load_before)
+
+
+Key = tuple[str, int]  # (server, N)
+
+
+def attempt(
+    failures: list[str], what: str, url: str, model: str, texts: list[str], max_tokens: int
+) -> list[Stream] | None:
+    """`batch(...)`, or None with its failure noted: a server that fails a batch (a
+    refusal, a stalled stream) is reported as such, and the run goes on."""
+    try:
+        return batch(url, model, texts, max_tokens)
+    except (RuntimeError, httpx.HTTPError) as exc:
+        failures.append(f"{len(texts)} streams, {what}: {exc}")
+        print(f"  {failures[-1]}", flush=True)
+        return None
 
 
 @dataclass(frozen=True)
@@ -258,14 +281,18 @@ class Row:
 
 
 def report(
-    runs: dict[tuple[str, int], list[list[Stream]]],
+    runs: dict[Key, list[list[Stream]]],
+    failures: dict[Key, list[str]],
     counts: list[int],
     args: argparse.Namespace,
     took_s: float,
+    load_before: float,
 ) -> None:
-    rows = {key: Row.of(rounds) for key, rounds in runs.items()}
+    rows = {key: Row.of(rounds) for key, rounds in runs.items() if rounds}
     versus = {
-        n: rows[("dinet", n)].aggregate_tok_s / rows[("llama-server", n)].aggregate_tok_s for n in counts
+        n: rows[("dinet", n)].aggregate_tok_s / rows[("llama-server", n)].aggregate_tok_s
+        for n in counts
+        if ("dinet", n) in rows and ("llama-server", n) in rows
     }
     print(
         f"\n{args.rounds} rounds per stream count, servers alternated; {args.threads} threads each, "
@@ -273,17 +300,21 @@ def report(
     )
     print(
         f"  {'server':<13}{'streams':>8}{'agg tok/s':>11}{'decode tok/s':>14}{'TTFT ms':>9}"
-        f"{'dinet/llama':>13}{'N/1':>7}{'tokens':>8}{'at limit':>10}"
+        f"{'dinet/llama':>13}{'N/1':>7}{'tokens':>8}{'at limit':>10}{'failed':>8}"
     )
     for n in counts:
         for name in SERVERS:
-            row = rows[(name, n)]
-            ratio = f"{versus[n]:.2f}" if name == "dinet" else ""
+            failed = len(failures[(name, n)])
+            row = rows.get((name, n))
+            if row is None:
+                print(f"  {name:<13}{n:>8}  every batch failed ({failed})")
+                continue
+            ratio = f"{versus[n]:.2f}" if name == "dinet" and n in versus else ""
             one = rows.get((name, 1))
             per_one = f"{row.aggregate_tok_s / one.aggregate_tok_s:.2f}" if one else ""
             print(
                 f"  {name:<13}{n:>8}{row.aggregate_tok_s:>11.1f}{row.decode_tok_s:>14.1f}{row.ttft_ms:>9.0f}"
-                f"{ratio:>13}{per_one:>7}{row.tokens:>8}{row.streams_at_limit:>6}/{row.streams}"
+                f"{ratio:>13}{per_one:>7}{row.tokens:>8}{row.streams_at_limit:>6}/{row.streams}{failed:>8}"
             )
     print(
         "  dinet/llama: of aggregate tok/s; N/1: a server's aggregate tok/s over its own with 1 stream; "
@@ -296,7 +327,12 @@ def report(
         "threads": args.threads,
         "max_tokens": args.max_tokens,
         "ctx_per_sequence": CTX,
-        "results": {name: {str(n): _rounded(asdict(rows[(name, n)])) for n in counts} for name in SERVERS},
+        "results": {
+            name: {str(n): _rounded(asdict(rows[(name, n)])) for n in counts if (name, n) in rows}
+            for name in SERVERS
+        },
+        "failures": {f"{name} {n}": failures[(name, n)] for name, n in failures if failures[(name, n)]},
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # at start and end
         "dinet_over_llama_server": {str(n): round(v, 3) for n, v in versus.items()},
         "run_s": round(took_s),
     }
