@@ -2,7 +2,8 @@
 `--max-concurrent N`.
 
 For each N of `--streams`, two servers of the same model with the same threads and a
-2,048-token context per sequence (the node's own, fixed):
+2,048-token context per sequence (the node's own, fixed), started afresh for that N
+(llama-server's slots are set when it starts):
 
 - `llama-server` (`bench/_llama_server.py`), `-np N --cont-batching`, prompt cache on
   (its default);
@@ -20,7 +21,7 @@ Tokens counted are the completion tokens of the `usage` the server sends at the 
 the stream (`stream_options: {"include_usage": true}`; both servers send it); a server
 that sent none would be counted by its chunks that carry text (the JSON line says which).
 Neither server can be told to ignore the end of text, so an answer may stop short of
-`--max-tokens`: the table counts what was streamed, and the JSON line has the totals.
+`--max-tokens`: the table counts what was streamed, and how many streams reached it.
 
 Per (server, N), medians over `--rounds`:
 - aggregate tok/s: all streams' completion tokens / wall time from the first request
@@ -29,8 +30,13 @@ Per (server, N), medians over `--rounds`:
   token to the last stream's end;
 - TTFT: median time to first token over every stream of every round.
 
-Prints a table (with dinet / llama-server, and dinet's N-stream rate over its 1-stream
-rate), then one JSON line.
+A batch that fails (a refusal, a stalled stream) is counted in the table and quoted in
+the JSON line, and the run goes on without it. Other work on the machine skews every
+figure (llama.cpp's threads wait for each other at every step): the JSON line holds the
+1-minute load average at the start and the end.
+
+Prints a table (with dinet / llama-server, and each server's N-stream rate over its own
+1-stream rate), then one JSON line.
 
     .venv/bin/python bench/batching.py [--streams 1,2,4,8] [--rounds 3] [--max-tokens 96] [--threads 2]
 """
@@ -223,18 +229,18 @@ def main() -> None:
             }
             for name, (url, model) in targets.items():  # warm-up: short answers, not counted
                 texts = [prompt(next(numbers)) for _ in range(n)]
-                attempt(failures[(name, n)], "warm-up", url, model, texts, 8)
+                attempt(failures[(name, n)], f"{name}, warm-up", url, model, texts, 8)
             for round_ in range(args.rounds):
                 texts = [prompt(next(numbers)) for _ in range(n)]
                 order = SERVERS if (round_ + counts.index(n)) % 2 == 0 else SERVERS[::-1]
                 for name in order:
                     url, model = targets[name]
-                    what = f"round {round_ + 1}"
+                    what = f"{name}, round {round_ + 1}"
                     streams = attempt(failures[(name, n)], what, url, model, texts, args.max_tokens)
                     if streams is not None:
                         runs[(name, n)].append(streams)
                         rate = figures(streams).aggregate
-                        print(f"  {n} streams, {what}, {name}: {rate:.1f} tok/s", flush=True)
+                        print(f"  {n} streams, {what}: {rate:.1f} tok/s", flush=True)
     report(runs, failures, counts, args, time.monotonic() - started, load_before)
 
 
