@@ -8,7 +8,7 @@ For each N of `--streams`, two servers of the same model with the same threads a
 - `llama-server` (`bench/_llama_server.py`), `-np N --cont-batching`, prompt cache on
   (its default);
 - `din gateway` in front of one `din node --max-concurrent N` (and a per-peer concurrency
-  of at least N: to the node the gateway is one peer), prefix cache on (its default).
+  well above N: to the node the gateway is one peer), prefix cache on (its default).
 
 N clients start at once (a barrier), each with a prompt of its own that asks for a long
 story, streamed (`stream: true`), greedy, `--max-tokens` at most. No prompt repeats,
@@ -190,7 +190,9 @@ def figures(streams: list[Stream]) -> Figures:
 
 @contextmanager
 def dinet_server(root: Path, threads: int, slots: int) -> Iterator[tuple[str, str]]:
-    extra = ["--max-concurrent", str(slots), "--per-peer-concurrency", str(max(slots, 4))]
+    # To the node the gateway is one peer: its per-peer limit is set well above N, so streams
+    # of a failed batch that the node is still ending do not get the next batch refused.
+    extra = ["--max-concurrent", str(slots), "--per-peer-concurrency", str(max(64, 2 * slots))]
     node = start_node(root / "node", threads=threads, extra_args=extra)
     gateway = None
     try:
@@ -271,6 +273,7 @@ class Row:
     streams: int
     streams_at_limit: int
     counted_by: str
+    aggregate_by_round: list[float]  # the spread the medians hide (other work on the machine)
 
     @classmethod
     def of(cls, rounds: list[list[Stream]]) -> Row:
@@ -283,6 +286,7 @@ class Row:
             streams=sum(len(streams) for streams in rounds),
             streams_at_limit=sum(f.at_limit for f in done),
             counted_by="/".join(sorted({s.counted_by for streams in rounds for s in streams})),
+            aggregate_by_round=[round(f.aggregate, 1) for f in done],
         )
 
 
