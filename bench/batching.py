@@ -51,8 +51,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,8 +59,7 @@ import httpx
 
 from _llama_server import running_llama_server
 from dinet.engine import default_model_path
-from dinet.node.local_mesh import start_node
-from gateway import start_gateway
+from gateway import node_behind_gateway
 
 SERVERS = ("llama-server", "dinet")
 CTX = 2048  # per sequence: the node's context (it has no flag for it), and each llama-server slot's
@@ -188,21 +186,11 @@ def figures(streams: list[Stream]) -> Figures:
     )
 
 
-@contextmanager
-def dinet_server(root: Path, threads: int, slots: int) -> Iterator[tuple[str, str]]:
+def dinet_server(root: Path, threads: int, slots: int) -> AbstractContextManager[tuple[str, str]]:
     # To the node the gateway is one peer: its per-peer limit is set well above N, so streams
     # of a failed batch that the node is still ending do not get the next batch refused.
     extra = ["--max-concurrent", str(slots), "--per-peer-concurrency", str(max(64, 2 * slots))]
-    node = start_node(root / "node", threads=threads, extra_args=extra)
-    gateway = None
-    try:
-        gateway, url = start_gateway(root / "gateway", node.addr)
-        yield url, str(node.model_id)
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(15)
-        node.stop()
+    return node_behind_gateway(root, threads, extra)
 
 
 def main() -> None:

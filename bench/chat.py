@@ -24,16 +24,14 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import httpx
 
 from _llama_server import running_llama_server
 from dinet.engine import default_model_path
-from dinet.node.local_mesh import start_node
-from gateway import start_gateway
+from gateway import node_behind_gateway
 
 TURNS = (
     "I have a small balcony that gets morning sun. What could I grow there?",
@@ -105,18 +103,8 @@ def conversation(client: httpx.Client, url: str, model: str, index: int, max_tok
     return ttfts
 
 
-@contextmanager
-def dinet_server(root: Path, threads: int, cache_mb: int) -> Iterator[tuple[str, str]]:
-    node = start_node(root / "node", threads=threads, extra_args=["--prefix-cache-mb", str(cache_mb)])
-    gateway = None
-    try:
-        gateway, url = start_gateway(root / "gateway", node.addr)
-        yield url, node.model_id
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(15)
-        node.stop()
+def dinet_server(root: Path, threads: int, cache_mb: int) -> AbstractContextManager[tuple[str, str]]:
+    return node_behind_gateway(root, threads, ["--prefix-cache-mb", str(cache_mb)])
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -123,6 +125,22 @@ def start_gateway(
     url = json.loads(box[0])["url"]
     _wait_for_models(url, process, 1)
     return process, url
+
+
+@contextmanager
+def node_behind_gateway(root: Path, threads: int, node_args: list[str]) -> Iterator[tuple[str, str]]:
+    """One `din node` (with `node_args`) and a `din gateway` in front of it; yields the
+    gateway's base URL and the node's model id, and stops both."""
+    node = start_node(root / "node", threads=threads, extra_args=node_args)
+    gateway = None
+    try:
+        gateway, url = start_gateway(root / "gateway", node.addr)
+        yield url, str(node.model_id)
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(15)
+        node.stop()
 
 
 def _wait_for_models(url: str, process: subprocess.Popen[bytes], count: int, timeout: float = 120) -> None:
