@@ -1,4 +1,4 @@
-"""Tools in Ollama's and Anthropic's shapes, without a network: requests become the wire
+"""Tools in Ollama's, Anthropic's and the Responses API's shapes, without a network: requests become the wire
 request the chat API makes, and answers holding calls (whole and streamed in any pieces)
 are read back by the official clients' own types. The end-to-end tests are in
 test_tools.py; the small test model seldom calls a function unless forced, so the call
@@ -11,6 +11,7 @@ import random
 
 import anthropic.types
 import ollama
+import openai.types.responses
 import pytest
 from tests.gateway.test_tool_calls import CALL
 
@@ -18,6 +19,7 @@ from dinet.client.ask import Answer
 from dinet.errors import RequestError
 from dinet.gateway import _anthropic as an
 from dinet.gateway import _ollama as ol
+from dinet.gateway import _responses as rs
 from dinet.gateway._openai import generation_params, parse_request
 from dinet.wire.ids import ModelHash, PeerId
 from dinet.wire.messages import Usage
@@ -238,3 +240,94 @@ def test_anthropic_a_streamed_answer_of_only_a_call_has_no_text_block_and_one_of
     empty = an.MessageStream("msg_2", "m", {"get_weather"})
     body = empty.opening() + empty.closing(answer(""), {})
     assert body.count(b"event: content_block_start") == body.count(b"event: content_block_stop") == 1
+
+
+# -- OpenAI's Responses API -----------------------------------------------------------------
+
+FUNCTION = {"type": "function", "name": "get_weather", "description": "The weather", "parameters": PARAMETERS}
+
+
+def responses_params(**body: object):
+    return rs.generation_params(rs.parse_request({"model": "m", "input": "Weather in Paris?", **body}), 16)
+
+
+def test_responses_tools_and_function_call_items_are_the_chat_apis_wire_request():
+    params = responses_params(
+        tools=[FUNCTION],
+        tool_choice={"type": "function", "name": "get_weather"},
+        input=[
+            *ASK,
+            {
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": '{"city": "Paris"}',
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        ],
+    )
+    chat_turns = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]  # fmt: skip
+    function = {k: v for k, v in FUNCTION.items() if k != "type"}
+    chat = generation_params(
+        parse_request(
+            "chat",
+            {"model": "m", "messages": chat_turns, "tools": [{"type": "function", "function": function}]}
+            | {"tool_choice": NAMED},
+        ),
+        16,
+    )
+    assert (params.messages, params.tools, params.grammar) == (chat.messages, chat.tools, chat.grammar)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools.0"),
+        ({"tools": [FUNCTION], "tool_choice": {"type": "function", "name": "other"}}, "tool_choice"),
+        ({"tools": [FUNCTION], "tool_choice": {"type": "file_search"}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input.0.call_id"),
+    ],
+)
+def test_responses_refuse_a_tool_request_they_cannot_keep_by_name(body, param):
+    with pytest.raises(RequestError) as refused:
+        responses_params(**body)
+    assert refused.value.param == param
+
+
+def test_responses_answers_carry_function_call_items_whole_and_streamed():
+    request = rs.parse_request({"model": "m", "input": "Weather?", "tools": [FUNCTION]})
+    echo = rs.Echo.of(request, rs.generation_params(request, 16))
+    whole = openai.types.responses.Response.model_validate(rs.response_body(echo, answer(TEXT), {}))
+    assert [item.type for item in whole.output] == ["message", "function_call"]
+    assert whole.output_text == "Let me look." and whole.status == "completed"
+    call = whole.output[1]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Paris"} and call.call_id.startswith("call_")
+
+    for seed in range(10):
+        shape = rs.ResponseStream(echo)
+        body = (
+            shape.opening()
+            + b"".join(shape.text(p) for p in pieces(TEXT, seed))
+            + shape.closing(answer(TEXT), {})
+        )
+        events = [json.loads(block.split("data: ", 1)[1]) for block in body.decode().strip().split("\n\n")]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        added = [
+            (e["output_index"], e["item"]["type"])
+            for e in events
+            if e["type"] == "response.output_item.added"
+        ]
+        assert added == [(0, "message"), (1, "function_call")]
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        arguments = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+        assert text == "Let me look." and [json.loads(a) for a in arguments] == [{"city": "Paris"}]
+        final = openai.types.responses.Response.model_validate(events[-1]["response"])
+        done = [e["item"]["id"] for e in events if e["type"] == "response.output_item.done"]
+        assert [item.id for item in final.output] == done and final.output_text == "Let me look."

@@ -306,3 +306,46 @@ def test_anthropic_tools_for_a_model_without_tool_support_are_refused_naming_too
     with pytest.raises(anthropic.BadRequestError) as refused:
         tool_claude.messages.create(**{**CLAUDE, "model": "smollm2-135m-instruct", "tools": [CLAUDE_WEATHER]})
     assert "tools" in refused.value.message and "declares no tool support" in refused.value.message
+
+
+# -- OpenAI's Responses API (`openai` client) ------------------------------------------------
+
+FUNCTIONS = [{"type": "function", **t["function"]} for t in (TIME, WEATHER)]  # type: ignore[dict-item]
+RESPOND = {"model": TOOL_MODEL_ID, "input": ASK, "temperature": 0, "max_output_tokens": 40}
+
+
+def test_responses_a_forced_function_comes_back_as_a_function_call_item_whole_and_streamed(tool_client):
+    asked = {**RESPOND, "tools": FUNCTIONS, "tool_choice": {"type": "function", "name": "get_weather"}}
+    whole = tool_client.responses.create(**asked)
+    [call] = [item for item in whole.output if item.type == "function_call"]
+    assert whole.status == "completed" and call.name == "get_weather" and call.call_id.startswith("call_")
+    assert "city" in json.loads(call.arguments)
+
+    events = list(tool_client.responses.create(**asked, stream=True))
+    assert [e.type for e in events if e.type.startswith("response.function_call_arguments")] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    ]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+    assert [(i.name, i.arguments) for i in final.output if i.type == "function_call"] == [
+        (call.name, call.arguments)
+    ]
+
+
+def test_responses_take_a_call_and_its_output_back_for_the_next_turn(tool_client):
+    turns = [
+        *ASK,
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees and sunny"},
+    ]
+    first = tool_client.responses.create(**{**RESPOND, "tools": FUNCTIONS})
+    after = tool_client.responses.create(**{**RESPOND, "input": turns, "tools": FUNCTIONS})
+    assert after.status in ("completed", "incomplete")
+    assert after.usage is not None and first.usage is not None
+    assert after.usage.input_tokens > first.usage.input_tokens + 20

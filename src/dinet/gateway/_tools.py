@@ -26,11 +26,6 @@ from dinet.client.structured import tool_call_grammar
 from dinet.errors import RequestError
 from dinet.wire.messages import Tool, ToolCall
 
-# Why the API without tools yet (OpenAI's Responses) refuses them.
-WHERE_TOOLS = (
-    "tools are not supported on this API yet: use /v1/chat/completions, /v1/messages or"
-    " /api/chat, with a model whose chat template declares tool support"
-)
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
