@@ -120,7 +120,7 @@ def test_what_dinet_cannot_do_is_refused_naming_the_field(ollama_client):
         (lambda: chat(format={"$ref": "#/nowhere"}), "format"),  # a schema with no grammar
         (lambda: chat(options={"repeat_last_n": 128}), "options.repeat_last_n"),
         (lambda: chat(options={"min_p": 1.5}), "options.min_p"),
-        (lambda: chat(tools=[tool]), "tools"),
+        (lambda: chat(tools=[tool]), "tools"),  # the model's template declares no tool support
         (lambda: chat(think=True), "think"),
         (lambda: list(chat(format={"$ref": "#/nowhere"}, stream=True)), "format"),
         (lambda: ollama_client.generate(model=MODEL, prompt="x", images=["aGVsbG8="]), "images"),
@@ -185,9 +185,9 @@ def test_requests_translate_to_generation_params_with_ollamas_defaults():
         with pytest.raises(RequestError) as error:
             parse("generate", **body)
         assert error.value.param == field
-    with pytest.raises(RequestError) as tool_turn:
-        parse("chat", messages=[{"role": "tool", "content": "42"}])
-    assert tool_turn.value.param == "messages[0].role"
+    with pytest.raises(RequestError) as unknown_role:
+        parse("chat", messages=[{"role": "function", "content": "42"}])
+    assert unknown_role.value.param == "messages[0].role"
 
 
 def test_format_and_penalties_are_kept_to(ollama_client):

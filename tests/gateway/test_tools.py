@@ -1,15 +1,19 @@
-"""Tools (function calling) through the gateway with the official `openai` SDK, on two real
-nodes serving a copy of SmolLM2 whose chat template declares tool support
-(tests/tool_model.py), beside the test mesh's SmolLM2, whose template does not."""
+"""Tools (function calling) through the gateway with the official `openai`, `ollama` and
+`anthropic` clients, on two real nodes serving a copy of SmolLM2 whose chat template
+declares tool support (tests/tool_model.py), beside the test mesh's SmolLM2, whose
+template does not. One gateway serves every API here: the suite starts no more nodes."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 
+import anthropic
+import httpx
+import ollama
 import openai
 import pytest
-from tests.gateway._gateway_helpers import API_KEY, start_gateway, wait_for_peers
+from tests.gateway._gateway_helpers import API_KEY, GatewayProcess, start_gateway, wait_for_peers
 from tests.helpers import answer_to
 from tests.tool_model import TOOL_MODEL_ID, make_tool_model
 
@@ -54,15 +58,31 @@ def tool_nodes(mesh, tmp_path_factory) -> Iterator[list[NodeProcess]]:
 
 
 @pytest.fixture(scope="module")
-def tool_client(mesh, tool_nodes, tmp_path_factory) -> Iterator[openai.OpenAI]:
-    """The `openai` client, pointed at a gateway that knows the mesh and the tool nodes."""
+def tool_gateway(mesh, tool_nodes, tmp_path_factory) -> Iterator[GatewayProcess]:
+    """A gateway that knows the mesh and the tool nodes."""
     bootstrap = ["--bootstrap", tool_nodes[0].addr, "--bootstrap", mesh.bootstrap[0]]
     gateway = start_gateway(tmp_path_factory.mktemp("tools-gateway"), [*bootstrap, "--api-key", API_KEY])
     try:
         wait_for_peers(gateway, len(mesh.nodes) + len(tool_nodes))
-        yield openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+        yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def tool_client(tool_gateway) -> openai.OpenAI:
+    """The `openai` client, pointed at the tool gateway."""
+    return openai.OpenAI(base_url=tool_gateway.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tool_ollama(tool_gateway) -> ollama.Client:
+    return ollama.Client(host=tool_gateway.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tool_claude(tool_gateway) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=tool_gateway.url, api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def test_a_model_whose_template_declares_no_tools_is_refused_naming_tools(tool_client):
@@ -164,3 +184,168 @@ async def test_a_sampled_tool_call_is_verified_under_its_grammar(tmp_path, tool_
     assert [c.name for c in calls] == ["get_weather"], answer.text
     check = answer.verification
     assert check is not None and check.verified is True and check.verifier != answer.peer_id, check
+
+
+# -- Ollama's /api/chat (`ollama` client) ---------------------------------------------------
+
+OLLAMA_GREEDY = {"temperature": 0, "num_predict": 40}
+
+
+def test_ollama_chat_with_tools_renders_them_and_streams_the_whole_answer(tool_ollama):
+    # The small model answers this in words rather than a call, as on the chat API
+    # (test_tool_shapes reads calls in Ollama's shape); the tools still reach its template.
+    without = tool_ollama.chat(model=TOOL_MODEL_ID, messages=ASK, options=OLLAMA_GREEDY)
+    whole = tool_ollama.chat(model=TOOL_MODEL_ID, messages=ASK, tools=[WEATHER], options=OLLAMA_GREEDY)
+    assert (whole.prompt_eval_count or 0) > (without.prompt_eval_count or 0) + 20, (
+        "the tools are in the prompt"
+    )
+    assert whole.done and whole.done_reason in ("stop", "length") and whole.message.content
+    streamed = list(
+        tool_ollama.chat(
+            model=TOOL_MODEL_ID, messages=ASK, tools=[WEATHER], options=OLLAMA_GREEDY, stream=True
+        )
+    )
+    assert "".join(line.message.content or "" for line in streamed) == whole.message.content
+    assert [line.message.tool_calls for line in streamed] == [None] * len(
+        streamed
+    ) and not whole.message.tool_calls
+    assert streamed[-1].done and streamed[-1].done_reason == whole.done_reason
+
+
+def test_ollama_takes_a_call_and_its_result_back_for_the_next_turn(tool_ollama):
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    turns = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_name": "get_weather", "content": "18 degrees and sunny"},
+    ]
+    first = tool_ollama.chat(model=TOOL_MODEL_ID, messages=ASK, tools=[WEATHER], options=OLLAMA_GREEDY)
+    after = tool_ollama.chat(model=TOOL_MODEL_ID, messages=turns, tools=[WEATHER], options=OLLAMA_GREEDY)
+    assert after.done and after.done_reason in ("stop", "length")
+    # The call and its result are in the prompt the template rendered.
+    assert (after.prompt_eval_count or 0) > (first.prompt_eval_count or 0) + 20
+
+
+def test_ollama_tools_for_a_model_without_tool_support_are_refused_naming_tools(tool_ollama):
+    with pytest.raises(ollama.ResponseError) as refused:
+        tool_ollama.chat(model="smollm2-135m-instruct", messages=ASK, tools=[WEATHER], options=OLLAMA_GREEDY)
+    assert refused.value.status_code == 400 and "declares no tool support" in refused.value.error
+
+
+# -- Anthropic's /v1/messages (`anthropic` client) -------------------------------------------
+
+CLAUDE_WEATHER = {
+    "name": "get_weather",
+    "description": "The weather now in a city",
+    "input_schema": WEATHER["function"]["parameters"],  # type: ignore[index]
+}
+CLAUDE_TIME = {"name": "get_time", "description": "The time now", "input_schema": {"type": "object"}}
+CLAUDE = {"model": TOOL_MODEL_ID, "max_tokens": 40, "messages": ASK, "extra_body": {"temperature": 0}}
+
+
+def test_anthropic_a_forced_tool_comes_back_as_a_tool_use_block_whole_and_streamed(tool_claude):
+    asked = {
+        **CLAUDE,
+        "tools": [CLAUDE_TIME, CLAUDE_WEATHER],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+    }
+    whole = tool_claude.messages.create(**asked)
+    assert whole.stop_reason == "tool_use"
+    [use] = [block for block in whole.content if block.type == "tool_use"]
+    assert use.id.startswith("toolu_") and use.name == "get_weather"
+    assert isinstance(use.input, dict) and "city" in use.input
+
+    with tool_claude.messages.stream(**asked) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [(use.name, use.input)]
+
+
+def test_anthropic_streams_a_call_as_a_tool_use_block_with_its_input_as_json(tool_gateway):
+    body = {
+        "model": TOOL_MODEL_ID, "max_tokens": 40, "temperature": 0, "messages": ASK, "stream": True,
+        "tools": [CLAUDE_WEATHER], "tool_choice": {"type": "any"},
+    }  # fmt: skip
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    reply = httpx.post(f"{tool_gateway.url}/v1/messages", json=body, headers=headers, timeout=120)
+    events = [
+        (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("data: ", 1)[1]))
+        for block in reply.text.strip().split("\n\n")
+    ]
+    starts = [data["content_block"] for name, data in events if name == "content_block_start"]
+    assert [b["type"] for b in starts] == ["tool_use"] and starts[0]["name"] == "get_weather"
+    partial = [data["delta"]["partial_json"] for name, data in events if name == "content_block_delta"]
+    assert "city" in json.loads("".join(partial))
+    names = [name for name, _ in events]
+    assert names.count("content_block_start") == names.count("content_block_stop") == 1
+    delta = next(data for name, data in events if name == "message_delta")
+    assert delta["delta"]["stop_reason"] == "tool_use"
+
+
+def test_anthropic_takes_tool_use_and_tool_result_back_for_the_next_turn(tool_claude):
+    turns = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 degrees and sunny"}],
+        },
+    ]
+    first = tool_claude.messages.create(**{**CLAUDE, "tools": [CLAUDE_WEATHER]})
+    after = tool_claude.messages.create(**{**CLAUDE, "messages": turns, "tools": [CLAUDE_WEATHER]})
+    assert after.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert after.usage.input_tokens > first.usage.input_tokens + 20
+
+
+def test_anthropic_tools_for_a_model_without_tool_support_are_refused_naming_tools(tool_claude):
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        tool_claude.messages.create(**{**CLAUDE, "model": "smollm2-135m-instruct", "tools": [CLAUDE_WEATHER]})
+    assert "tools" in refused.value.message and "declares no tool support" in refused.value.message
+
+
+# -- OpenAI's Responses API (`openai` client) ------------------------------------------------
+
+FUNCTIONS = [{"type": "function", **t["function"]} for t in (TIME, WEATHER)]  # type: ignore[dict-item]
+RESPOND = {"model": TOOL_MODEL_ID, "input": ASK, "temperature": 0, "max_output_tokens": 40}
+
+
+def test_responses_a_forced_function_comes_back_as_a_function_call_item_whole_and_streamed(tool_client):
+    asked = {**RESPOND, "tools": FUNCTIONS, "tool_choice": {"type": "function", "name": "get_weather"}}
+    whole = tool_client.responses.create(**asked)
+    [call] = [item for item in whole.output if item.type == "function_call"]
+    assert whole.status == "completed" and call.name == "get_weather" and call.call_id.startswith("call_")
+    assert "city" in json.loads(call.arguments)
+
+    events = list(tool_client.responses.create(**asked, stream=True))
+    assert [e.type for e in events if e.type.startswith("response.function_call_arguments")] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    ]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+    assert [(i.name, i.arguments) for i in final.output if i.type == "function_call"] == [
+        (call.name, call.arguments)
+    ]
+
+
+def test_responses_take_a_call_and_its_output_back_for_the_next_turn(tool_client):
+    turns = [
+        *ASK,
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees and sunny"},
+    ]
+    first = tool_client.responses.create(**{**RESPOND, "tools": FUNCTIONS})
+    after = tool_client.responses.create(**{**RESPOND, "input": turns, "tools": FUNCTIONS})
+    assert after.status in ("completed", "incomplete")
+    assert after.usage is not None and first.usage is not None
+    assert after.usage.input_tokens > first.usage.input_tokens + 20

@@ -245,20 +245,17 @@ class _Gateway:
         """Anthropic's Messages API."""
         arrived = time.perf_counter()
         parsed = _anthropic.parse_request(await _json_body(request))
+        params = _anthropic.generation_params(parsed)
         started = await self.start_answer(
-            request,
-            parsed.model,
-            _anthropic.generation_params(parsed),
-            arrived,
-            replicas=parsed.dinet.replicas,
+            request, parsed.model, params, arrived, replicas=parsed.dinet.replicas
         )
         message_id = _anthropic.new_id()
+        tools = {t.name for t in params.tools}
         if not parsed.stream:
             answer = await started.answer()
-            return JSONResponse(
-                _anthropic.message(message_id, answer, started.extra), headers={PEER_HEADER: answer.peer_id}
-            )
-        shape = _anthropic.MessageStream(message_id, parsed.model)
+            body = _anthropic.message(message_id, answer, started.extra, tools)
+            return JSONResponse(body, headers={PEER_HEADER: answer.peer_id})
+        shape = _anthropic.MessageStream(message_id, parsed.model, tools)
         return EventStreamResponse(partial(started.stream, shape), started.stream_headers())
 
     async def responses(self, request: Request) -> Response:
@@ -363,12 +360,12 @@ class _Gateway:
             return JSONResponse(ol.loaded(kind, parsed.model))
         started = await self.start_answer(request, parsed.model, parsed.params, arrived)
         if parsed.stream:
-            shape = ol.NdjsonShape(kind, parsed.model, started.tracker)
+            shape = ol.NdjsonShape(kind, parsed.model, started.tracker, parsed.tool_names)
             stream = partial(started.stream, shape)
             return EventStreamResponse(stream, started.stream_headers(), media_type=ol.NDJSON)
         answer = await started.answer()
         timing = ol.Timing(arrived, started.tracker.first_at, time.perf_counter())
-        body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra)
+        body = ol.finished(kind, parsed.model, answer, answer.text, timing, started.extra, parsed.tool_names)
         return JSONResponse(body, headers={PEER_HEADER: answer.peer_id})
 
     async def ollama_embed(self, request: Request) -> Response:

@@ -4,6 +4,13 @@ objects (one NDJSON line per token when streamed, the last with `done: true`).
 A field that would change the answer and that dinet cannot honour yet is refused with a
 RequestError naming it (Ollama's error shape: `{"error": "..."}`), never dropped; a field
 that cannot change the answer is accepted and ignored, each with the reason below.
+
+`tools` (OpenAI's shape) are offered as on the chat API, for a model whose chat template
+declares tool support; the model chooses whether to call (Ollama has no `tool_choice`).
+Calls come back as `message.tool_calls` with their arguments an object, streamed as one
+line per call once its block has closed. Ollama's messages carry no call ids: the gateway
+numbers an assistant's calls, and a `tool` message answers the first call not yet
+answered (of its `tool_name`, when it names one).
 """
 
 from __future__ import annotations
@@ -11,10 +18,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,12 +31,8 @@ from dinet.engine.adjust import REPETITION_WINDOW
 from dinet.errors import RequestError
 from dinet.gateway._errors import ApiError
 from dinet.gateway._openai import dinet_extra
-from dinet.gateway._tools import WHERE_TOOLS
-from dinet.wire.messages import ChatMessage, GenerationParams
-
-if TYPE_CHECKING:
-    pass
-
+from dinet.gateway._tools import Call, CallSplitter, offer, split_calls, wire_call, wire_tool
+from dinet.wire.messages import ChatMessage, GenerationParams, Tool, ToolCall
 
 Kind = Literal["chat", "generate"]
 NDJSON = "application/x-ndjson"
@@ -85,12 +88,32 @@ class _Options(BaseModel):
     frequency_penalty: float | None = None
 
 
+class _Function(_Lenient):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Tool(_Lenient):
+    type: Literal["function"] = "function"
+    function: _Function
+
+
+class _CalledFunction(_Lenient):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ToolCall(_Lenient):
+    function: _CalledFunction
+
+
 class _Message(_Lenient):
     role: str
     content: str | None = None
     images: list[Any] | None = None
-    tool_calls: list[Any] | None = None
-    tool_name: str | None = None
+    tool_calls: list[_ToolCall] | None = None  # an assistant's
+    tool_name: str | None = None  # a tool's: the function whose result it is
     thinking: str | None = None
 
 
@@ -107,7 +130,7 @@ class _Request(_Lenient):
 
 class ChatRequest(_Request):
     messages: list[_Message] = []
-    tools: list[Any] | None = None
+    tools: list[_Tool] | None = None
 
 
 class GenerateRequest(_Request):
@@ -130,6 +153,11 @@ class Parsed:
     stream: bool
     params: GenerationParams | None  # None: nothing to generate, Ollama's way to load a model
 
+    @property
+    def tool_names(self) -> frozenset[str]:
+        """The functions offered, whose calls are read out of the answer."""
+        return frozenset(t.name for t in self.params.tools) if self.params else frozenset()
+
 
 def parse_request(
     kind: Kind, body: object, models: Sequence[Mapping[str, object]], default_max_tokens: int
@@ -146,16 +174,19 @@ def parse_request(
         raise RequestError(f"invalid value for {where or 'body'}: {first['msg']}", where) from None
     _refuse_common(request)
     model = model_name(request.model, models)
+    tools: tuple[Tool, ...] = ()
     if isinstance(request, ChatRequest):
         turns = _chat_turns(request)
         prompt = None
+        tools = _tools(request)
     else:
         turns, prompt = _generate_input(request)
     if not turns and not prompt:
         params = None
     else:
         fields = _sampling(request.options or _Options(), default_max_tokens, _context(model, models))
-        params = _params(fields, messages=turns or None, prompt=prompt, grammar=_grammar(request))
+        text = {"messages": turns or None, "prompt": prompt, "grammar": _grammar(request)}
+        params = _params(fields, **text, **({"tools": tools} if tools else {}))
     return Parsed(kind, model, request.stream is not False, params)
 
 
@@ -200,21 +231,52 @@ def _refuse_common(request: _Request) -> None:
         raise _refuse(field, "dinet does not return log probabilities yet")
 
 
+def _tools(request: ChatRequest) -> tuple[Tool, ...]:
+    """The functions offered; the model chooses whether to call one."""
+    tools = [
+        wire_tool(t.function.name, t.function.description, t.function.parameters, f"tools[{i}]")
+        for i, t in enumerate(request.tools or ())
+    ]
+    return offer(tools, "auto").tools
+
+
 def _chat_turns(request: ChatRequest) -> tuple[ChatMessage, ...]:
-    if request.tools:
-        raise _refuse("tools", WHERE_TOOLS)
     turns = []
+    calls: list[ToolCall] = []  # made so far, in order
+    answered: set[str] = set()
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
-        if message.role not in ("system", "user", "assistant"):
+        if message.role not in ("system", "user", "assistant", "tool"):
             raise _refuse(
-                f"{where}.role", f"role {message.role!r} is not supported: system, user or assistant"
+                f"{where}.role", f"role {message.role!r} is not supported: system, user, assistant or tool"
             )
-        for field in ("images", "tool_calls", "tool_name", "thinking"):
+        for field in ("images", "thinking"):
             if getattr(message, field):
                 raise _refuse(f"{where}.{field}", f"{field} in messages are not supported by dinet yet")
-        turns.append(_turn(message.role, message.content or "", f"{where}.content"))
+        if message.tool_calls and message.role != "assistant":
+            raise _refuse(f"{where}.tool_calls", "only an assistant message makes tool calls")
+        made = []
+        for n, call in enumerate(message.tool_calls or ()):
+            function = call.function
+            made.append(
+                wire_call(f"call_{len(calls)}", function.name, function.arguments, f"{where}.tool_calls[{n}]")
+            )
+            calls.append(made[-1])
+        answers = None
+        if message.role == "tool":
+            answers = _answered_call(calls, answered, message.tool_name)
+            answered.add(answers)
+        turns.append(_turn(message.role, message.content or "", f"{where}.content", tuple(made), answers))
     return tuple(turns)
+
+
+def _answered_call(calls: Sequence[ToolCall], answered: Collection[str], name: str | None) -> str:
+    """The id of the call a tool message answers: the first not yet answered (of function
+    `name`, if given); with none left, a fresh id, as the message answers a call made elsewhere."""
+    for call in calls:
+        if call.id not in answered and name in (None, call.name):
+            return call.id
+    return f"call_{len(calls) + len(answered)}"
 
 
 def _generate_input(request: GenerateRequest) -> tuple[tuple[ChatMessage, ...], str | None]:
@@ -237,9 +299,12 @@ def _generate_input(request: GenerateRequest) -> tuple[tuple[ChatMessage, ...], 
     return tuple(turns), None
 
 
-def _turn(role: str, content: str, where: str) -> ChatMessage:
+def _turn(
+    role: str, content: str, where: str, calls: tuple[ToolCall, ...] = (), answers: str | None = None
+) -> ChatMessage:
     try:
-        return ChatMessage(role=role, content=content)  # type: ignore[arg-type]  # role checked above
+        # The role is checked above.
+        return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=answers)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise RequestError(f"invalid value for {where}: {exc.errors()[0]['msg']}", where) from None
 
@@ -327,11 +392,14 @@ def created_at() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def piece(kind: Kind, model: str, text: str) -> dict[str, object]:
-    """A line of a streamed answer with some text (or a whole answer's text, once done)."""
+def piece(kind: Kind, model: str, text: str, calls: Sequence[Call] = ()) -> dict[str, object]:
+    """A line of a streamed answer with some text or tool calls (or a whole answer's, once done)."""
     line: dict[str, object] = {"model": model, "created_at": created_at()}
     if kind == "chat":
-        line["message"] = {"role": "assistant", "content": text}
+        message: dict[str, object] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.input()}} for c in calls]
+        line["message"] = message
     else:
         line["response"] = text
     line["done"] = False
@@ -369,10 +437,19 @@ class Timing:
 
 
 def finished(
-    kind: Kind, model: str, answer: Answer, text: str, timing: Timing, extra: Mapping[str, object]
+    kind: Kind,
+    model: str,
+    answer: Answer,
+    text: str,
+    timing: Timing,
+    extra: Mapping[str, object],
+    tools: Collection[str] = (),
 ) -> dict[str, object]:
-    """The last line of an answer (`text` empty when streamed, the whole text when not)."""
-    line = piece(kind, model, text)
+    """The last line of an answer (`text` empty when streamed, the whole text when not; with
+    the names of `tools` offered, the whole text's calls as `tool_calls`). Ollama's
+    `done_reason` stays "stop" after a call."""
+    content, calls = split_calls(text, tools) if tools else (text, [])
+    line = piece(kind, model, content or "", calls)
     durations = timing.durations()
     line.update(
         done=True,
@@ -395,20 +472,32 @@ def ndjson_line(obj: Mapping[str, object]) -> bytes:
 class NdjsonShape:
     """A streamed answer as Ollama draws it (a `StreamShape`): a line per token that has
     text, then the `done` line; an error after the first token becomes a last
-    `{"error": ...}` line, as Ollama's does."""
+    `{"error": ...}` line, as Ollama's does. With the names of `tools` offered, calls are
+    read out of the text as it streams: a line with `tool_calls` once a call's block closes."""
 
-    def __init__(self, kind: Kind, model: str, tracker: Timed) -> None:
+    def __init__(self, kind: Kind, model: str, tracker: Timed, tools: Collection[str] = ()) -> None:
         self.kind, self.model, self.tracker = kind, model, tracker
+        self.splitter = CallSplitter(tools) if tools else None
 
     def opening(self) -> bytes:
         return b""
 
     def text(self, text: str) -> bytes:
-        return ndjson_line(piece(self.kind, self.model, text))
+        if self.splitter is None:
+            return ndjson_line(piece(self.kind, self.model, text))
+        shown, calls = self.splitter.feed(text)
+        return self._lines(shown, calls)
 
     def closing(self, answer: Answer, extra: dict[str, object]) -> bytes:
+        rest = b"" if self.splitter is None else self._lines(self.splitter.finish(), [])
         timing = Timing(self.tracker.arrived, self.tracker.first_at, time.perf_counter())
-        return ndjson_line(finished(self.kind, self.model, answer, "", timing, extra))
+        return rest + ndjson_line(finished(self.kind, self.model, answer, "", timing, extra))
+
+    def _lines(self, text: str, calls: list[Call]) -> bytes:
+        lines = ndjson_line(piece(self.kind, self.model, text)) if text else b""
+        if calls:
+            lines += ndjson_line(piece(self.kind, self.model, "", calls))
+        return lines
 
     def failure(self, error: ApiError) -> bytes:
         return ndjson_line(error_body(error))

@@ -31,10 +31,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dinet.client.ask import Answer
-from dinet.client.structured import json_object_grammar, json_schema_grammar, tool_call_grammar
+from dinet.client.structured import json_object_grammar, json_schema_grammar
 from dinet.client.vote import MAX_REPLICAS
 from dinet.errors import RequestError
-from dinet.gateway._tools import split_calls
+from dinet.gateway._tools import Offer, offer, split_calls, wire_tool
 from dinet.wire.messages import (
     MAX_LOGIT_BIAS,
     MAX_TOOLS,
@@ -138,15 +138,7 @@ class _ToolDefinition(_Strict):
     function: _Function
 
     def to_wire(self) -> Tool:
-        function = self.function
-        try:
-            return Tool(
-                name=function.name,
-                description=function.description,
-                parameters=json.dumps(function.parameters),
-            )
-        except ValidationError as exc:
-            raise RequestError(f"invalid value for tools: {exc.errors()[0]['msg']}", "tools") from None
+        return wire_tool(self.function.name, self.function.description, self.function.parameters, "tools")
 
 
 class _Named(_Lenient):
@@ -228,27 +220,12 @@ class ChatRequest(_Common):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
 
-    def offered_tools(self) -> tuple[Tool, ...]:
-        """The functions to render for the model: none with `tool_choice: "none"`."""
-        if self.tool_choice == "none" or not self.tools:
-            if isinstance(self.tool_choice, _NamedChoice) or self.tool_choice == "required":
-                raise RequestError("tool_choice asks for a call, but no tools are given", "tool_choice")
-            return ()
-        tools = tuple(t.to_wire() for t in self.tools)
-        if len({t.name for t in tools}) != len(tools):
-            raise RequestError("two tools have the same name", "tools")
-        return tools
-
-    def forced_tools(self, tools: tuple[Tool, ...]) -> tuple[Tool, ...]:
-        """The functions one of which must be called: all with "required", the one named."""
-        if self.tool_choice == "required":
-            return tools
-        if isinstance(self.tool_choice, _NamedChoice):
-            named = [t for t in tools if t.name == self.tool_choice.function.name]
-            if not named:
-                raise RequestError("tool_choice names a function that is not among the tools", "tool_choice")
-            return tuple(named)
-        return ()
+    def offer(self) -> Offer:
+        """The functions to render, and the grammar of a forced call (`_tools.offer`)."""
+        choice = self.tool_choice
+        if isinstance(choice, _NamedChoice):
+            return offer([t.to_wire() for t in self.tools or ()], "required", choice.function.name)
+        return offer([t.to_wire() for t in self.tools or ()], choice or "auto")
 
 
 class CompletionRequest(_Common):
@@ -321,18 +298,17 @@ def generation_params(request: Request, default_max_tokens: int) -> GenerationPa
         fields["messages"] = tuple(m.to_wire() for m in request.messages)
         if request.response_format is not None:
             fields["grammar"] = request.response_format.grammar()
-        tools = request.offered_tools()
-        if tools:
-            fields["tools"] = tools
+        offered = request.offer()
+        if offered.tools:
+            fields["tools"] = offered.tools
             if request.logprobs:
                 raise RequestError("logprobs together with tools are not supported yet", "logprobs")
-            forced = request.forced_tools(tools)
-            if forced and fields.get("grammar") is not None:
+            if offered.grammar is not None and fields.get("grammar") is not None:
                 raise RequestError(
                     "a forced tool call and a response_format do not go together", "tool_choice"
                 )
-            if forced:
-                fields["grammar"] = tool_call_grammar(forced)
+            if offered.grammar is not None:
+                fields["grammar"] = offered.grammar
         if request.top_logprobs is not None and not request.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
         if request.logprobs:

@@ -6,6 +6,9 @@ template_tools`) calls a function by writing `<tool_call>{"name": ..., "argument
 among the functions offered and `arguments` that are an object (or the text of one).
 Anything else, an unclosed block included, stays in the answer's text as the model wrote
 it: nothing is guessed. Calls are numbered in order; each gets a fresh id.
+
+Every API the gateway speaks offers tools the same way (`offer`): the same wire tools,
+the same grammar for a forced call; each then draws the calls in its own shape.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
-# Why the APIs without tools yet (Anthropic's, Ollama's, OpenAI's Responses) refuse them.
-WHERE_TOOLS = (
-    "tools are not supported on this API yet: use /v1/chat/completions, with a model whose"
-    " chat template declares tool support"
-)
+from pydantic import ValidationError
+
+from dinet.client.structured import tool_call_grammar
+from dinet.errors import RequestError
+from dinet.wire.messages import Tool, ToolCall
+
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
@@ -39,6 +44,57 @@ class Call:
             "function": {"name": self.name, "arguments": self.arguments},
         }
         return entry if index is None else {"index": index, **entry}
+
+    def input(self) -> dict[str, Any]:
+        """The arguments as an object, as Anthropic's and Ollama's APIs give them."""
+        arguments: dict[str, Any] = json.loads(self.arguments)
+        return arguments
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The functions to render for the model, and the grammar a forced call keeps to
+    (None: the model chooses whether to call)."""
+
+    tools: tuple[Tool, ...]
+    grammar: str | None
+
+
+def offer(
+    tools: Sequence[Tool], choice: Literal["auto", "none", "required"], name: str | None = None
+) -> Offer:
+    """What a request's tools and its choice ask for: "auto" lets the model choose; "required"
+    forces one call, of the function `name` if given, so the grammar travels and verification
+    keeps to it; "none" leaves the tools out of the prompt. RequestError naming `tool_choice`
+    or `tools` (each API's name for them) if they do not go together."""
+    if choice == "none" or not tools:
+        if choice == "required":
+            raise RequestError("tool_choice asks for a call, but no tools are given", "tool_choice")
+        return Offer((), None)
+    if len({t.name for t in tools}) != len(tools):
+        raise RequestError("two tools have the same name", "tools")
+    if choice == "auto":
+        return Offer(tuple(tools), None)
+    forced = [t for t in tools if name is None or t.name == name]
+    if not forced:
+        raise RequestError("tool_choice names a function that is not among the tools", "tool_choice")
+    return Offer(tuple(tools), tool_call_grammar(forced))
+
+
+def wire_tool(name: str, description: str, parameters: Mapping[str, Any], where: str) -> Tool:
+    """A function offered, or RequestError naming `where` in the request."""
+    try:
+        return Tool(name=name, description=description, parameters=json.dumps(parameters))
+    except ValidationError as exc:
+        raise RequestError(f"invalid value for {where}: {exc.errors()[0]['msg']}", where) from None
+
+
+def wire_call(call_id: str, name: str, arguments: Mapping[str, Any], where: str) -> ToolCall:
+    """A call an assistant made (its arguments an object), or RequestError naming `where`."""
+    try:
+        return ToolCall(id=call_id, name=name, arguments=json.dumps(arguments, ensure_ascii=False))
+    except ValidationError as exc:
+        raise RequestError(f"invalid value for {where}: {exc.errors()[0]['msg']}", where) from None
 
 
 def read_call(inside: str, names: Collection[str]) -> Call | None:
