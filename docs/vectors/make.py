@@ -830,7 +830,9 @@ MESSAGES: list[tuple[str, str, str]] = [  # decoder, payload, why
     ("infer_request", infer('{"messages":[{"role":"tool","content":"x"}]}'), "a tool message names its call"),
     (
         "infer_request",
-        infer('{"messages":[{"role":"user","content":"x","tool_calls":[{"id":"c","name":"f","arguments":"{}"}]}]}'),
+        infer(
+            '{"messages":[{"role":"user","content":"x","tool_calls":[{"id":"c","name":"f","arguments":"{}"}]}]}'
+        ),
         "only an assistant makes tool calls",
     ),
     ("infer_request", infer(hi('"tools":[{"name":"f"}]')), "tools go with messages, not a prompt"),
