@@ -59,7 +59,7 @@ import httpx
 
 from _llama_server import running_llama_server
 from dinet.engine import default_model_path
-from gateway import node_behind_gateway
+from gateway import node_behind_gateway, sse_events
 
 SERVERS = ("llama-server", "dinet")
 CTX = 2048  # per sequence: the node's context (it has no flag for it), and each llama-server slot's
@@ -118,15 +118,7 @@ def stream(url: str, model: str, text: str, max_tokens: int, start: threading.Ba
         start.wait()
         sent = time.perf_counter()
         with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                detail = response.read().decode(errors="replace")[:300]
-                raise RuntimeError(f"{url}: {response.status_code} {detail}")
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise RuntimeError(f"{url} failed mid-answer: {event['error'].get('message')}")
+            for event in sse_events(url, response):
                 if event.get("usage"):
                     usage = event["usage"]["completion_tokens"]
                 choice = (event.get("choices") or [{}])[0]

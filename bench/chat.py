@@ -31,7 +31,7 @@ import httpx
 
 from _llama_server import running_llama_server
 from dinet.engine import default_model_path
-from gateway import node_behind_gateway
+from gateway import node_behind_gateway, sse_events
 
 TURNS = (
     "I have a small balcony that gets morning sun. What could I grow there?",
@@ -72,16 +72,7 @@ def streamed_turn(
     # streamed answer, and httpx would try to reuse it.
     headers = {"connection": "close"}
     with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
-        if response.status_code != 200:
-            raise RuntimeError(
-                f"{url}: {response.status_code} {response.read().decode(errors='replace')[:300]}"
-            )
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                raise RuntimeError(f"{url} failed mid-answer: {event['error'].get('message')}")
+        for event in sse_events(url, response):
             content = (event.get("choices") or [{}])[0].get("delta", {}).get("content")
             if content:
                 first = first or time.perf_counter()

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -141,6 +142,20 @@ def node_behind_gateway(root: Path, threads: int, node_args: list[str]) -> Itera
             gateway.terminate()
             gateway.wait(15)
         node.stop()
+
+
+def sse_events(url: str, response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The events of an OpenAI-style streamed answer; RuntimeError on a refusal or an
+    error mid-answer."""
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.read().decode(errors='replace')[:300]}")
+    for line in response.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event: dict[str, Any] = json.loads(line[6:])
+        if "error" in event:
+            raise RuntimeError(f"{url} failed mid-answer: {event['error'].get('message')}")
+        yield event
 
 
 def _wait_for_models(url: str, process: subprocess.Popen[bytes], count: int, timeout: float = 120) -> None:

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dinet.engine.info import ModelInfo
 from dinet.engine.sandbox import SandboxStatus
+from dinet.wire.messages import ErrorFrame
 
 CANCEL_PAYLOAD = b'{"kind":"cancel"}'
 """Sent by the owner to end the running request early."""
+
+SCORE_PREFIX = b'{"kind":"score"'
+"""How a `ScoreRequest` begins (`encode` writes `kind` first): tells it from `GenerationParams`."""
 
 EXIT_LOAD_FAILED = 3
 """The worker's exit status when the model would not load (a final failure, never retried)."""
@@ -49,3 +53,13 @@ class WorkerReady(BaseModel):
     sandbox: SandboxStatus | None = None  # None: started without the sandbox launcher
     # An embedding worker's vector length; left out for a generating worker.
     embedding_dims: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
+
+
+def refusal(exc: Exception) -> ErrorFrame:
+    """The `bad_request` frame for a request that did not parse (`ValidationError`: where
+    and why) or that the model cannot serve (any other exception: its message)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        return ErrorFrame(code="bad_request", message=f"{where}: {first['msg']}"[:1000])
+    return ErrorFrame(code="bad_request", message=str(exc)[:1000])

@@ -34,14 +34,13 @@ from pydantic import BaseModel, ValidationError
 from dinet.engine._generate import BadRequest, Constraint, Evaluate, generation
 from dinet.engine.llama._generator import Generator as LlamaGenerator
 from dinet.engine.llama._prefix_cache import MIN_SAVED_TOKENS, common_prefix
-from dinet.engine.worker_protocol import CANCEL_PAYLOAD
+from dinet.engine.worker_protocol import CANCEL_PAYLOAD, SCORE_PREFIX, refusal
 from dinet.errors import MalformedMessage
-from dinet.wire.messages import ErrorFrame, GenerationParams
+from dinet.wire.messages import GenerationParams
 from dinet.wire.verify import ScoreRequest
 
 logger = logging.getLogger(__name__)
 
-_SCORE_PREFIX = b'{"kind":"score"'
 _NO_TOKENS = np.empty(0, dtype=np.int64)
 
 StreamEmit = Callable[[int, BaseModel], None]
@@ -201,16 +200,12 @@ class StreamServer:
         if sid in self._streams:
             raise MalformedMessage(f"a second request on stream {sid} before its first ended")
         try:
-            if body.startswith(_SCORE_PREFIX):
+            if body.startswith(SCORE_PREFIX):
                 self._emit(sid, self._generator.score(ScoreRequest.model_validate_json(body)))
                 return
             self._begin(sid, GenerationParams.model_validate_json(body))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            self._emit(sid, ErrorFrame(code="bad_request", message=f"{where}: {first['msg']}"[:1000]))
-        except BadRequest as exc:
-            self._emit(sid, ErrorFrame(code="bad_request", message=str(exc)[:1000]))
+        except (ValidationError, BadRequest) as exc:
+            self._emit(sid, refusal(exc))
 
     def _begin(self, sid: int, params: GenerationParams) -> None:
         if not self._free:
@@ -256,7 +251,7 @@ class StreamServer:
                 self._end(sid)
             except BadRequest as exc:
                 self._end(sid)
-                self._emit(sid, ErrorFrame(code="bad_request", message=str(exc)[:1000]))
+                self._emit(sid, refusal(exc))
 
     def _end(self, sid: int) -> None:
         stream = self._streams.pop(sid)

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import BaseModel, ValidationError
 
-from dinet.engine.worker_protocol import CANCEL_PAYLOAD, EXIT_LOAD_FAILED
+from dinet.engine.worker_protocol import CANCEL_PAYLOAD, EXIT_LOAD_FAILED, SCORE_PREFIX, refusal
 from dinet.errors import FrameTooLarge, MalformedMessage
 from dinet.wire.framing import MAX_FRAME, encode_frame
-from dinet.wire.messages import ErrorFrame, GenerationParams, TokenFrame, encode
+from dinet.wire.messages import GenerationParams, TokenFrame, encode
 from dinet.wire.verify import ScoreRequest
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ logger = logging.getLogger("dinet.engine.llama.worker_process")  # __name__ is "
 
 _HEADER = struct.Struct(">I")
 BATCH_INTERVAL_S = 0.04
-_SCORE_PREFIX = b'{"kind":"score"'
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -228,17 +227,13 @@ def _serve(frames: _StdinFrames, emit: Emit, generator: Generator) -> None:
         if payload == CANCEL_PAYLOAD:
             continue  # the request it meant to end had already ended
         try:
-            if payload.startswith(_SCORE_PREFIX):  # encode() writes kind first
+            if payload.startswith(SCORE_PREFIX):
                 emit(generator.score(ScoreRequest.model_validate_json(payload)))
                 continue
             params = GenerationParams.model_validate_json(payload)
             generator.run(params, received_at, emit, frames.has_input)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            emit(ErrorFrame(code="bad_request", message=f"{where}: {first['msg']}"[:1000]))
-        except BadRequest as exc:
-            emit(ErrorFrame(code="bad_request", message=str(exc)[:1000]))
+        except (ValidationError, BadRequest) as exc:
+            emit(refusal(exc))
     logger.info("stdin closed; exiting")
 
 
