@@ -28,7 +28,6 @@ import time
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
-import numpy as np
 
 from dinet.engine import default_model_path
 from dinet.engine.llama._generator import Generator
@@ -52,7 +51,6 @@ class Context:
         )
         self._ctx = llama_c.llama_init_from_model(llm._model.model, params)
         self._batch = llama_c.llama_batch_init(512, 0, 1)
-        self._n_vocab = llm.n_vocab()
 
     def close(self) -> None:
         llama_c.llama_batch_free(self._batch)
@@ -68,11 +66,6 @@ class Context:
         batch.n_tokens = len(rows)
         if llama_c.llama_decode(self._ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
-
-    def last_logits(self) -> np.ndarray:
-        return np.ctypeslib.as_array(
-            llama_c.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)
-        ).copy()
 
 
 def decode_rate(llm: llama_cpp.Llama, slots: int, flash: bool, steps: int) -> float:
