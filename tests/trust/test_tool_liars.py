@@ -64,10 +64,10 @@ def tool_model(tmp_path_factory) -> tuple[Path, Path]:
 # verifier's own draw would.)
 CASES = {
     "corrupt:1": [
-        *tool_requests(forced=True, temperature=0.0),
-        *tool_requests(forced=False, temperature=0.0),
+        *tool_requests(forced=True, temperature=0.0)[:3],
+        *tool_requests(forced=False, temperature=0.0)[:2],
     ],
-    "ignore-grammar": tool_requests(forced=True, temperature=0.8),
+    "ignore-grammar": tool_requests(forced=True, temperature=0.8)[:3],
 }
 
 
