@@ -1,6 +1,6 @@
 """Requests whose answers depend on more than their prompt (a grammar, sampling
 adjustments, log-probabilities), and the liars that ignore each: shared by
-tests/trust/test_claim_liars.py and bench/claims.py."""
+tests/trust/test_claim_liars.py, tests/trust/test_tool_liars.py and bench/claims.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from contextlib import aclosing
 
 from dinet.client.structured import json_schema_grammar
 from dinet.engine import WorkerEngine
+from dinet.trust.verify import judge
 from dinet.wire.messages import ChatMessage, EndFrame, ErrorFrame, GenerationParams, TokenFrame
+from dinet.wire.verify import ScoreRequest, ScoresFrame
 
 LIES = {"ignore-grammar": "grammar", "ignore-penalties": "penalties", "fake-logprobs": "logprobs"}
 TOPICS = ["rivers", "cats", "the moon", "bread", "chess", "volcanoes", "music", "trains", "bees", "glass"]
@@ -69,3 +71,26 @@ async def answer(engine: WorkerEngine, params: GenerationParams) -> tuple[list[i
             elif isinstance(frame, ErrorFrame):
                 raise RuntimeError(f"{frame.code}: {frame.message}")
     raise RuntimeError("no end frame")
+
+
+async def lies_told(
+    verifier: WorkerEngine, honest: WorkerEngine, liar: WorkerEngine, requests: list[GenerationParams]
+) -> int:
+    """Asks `honest` and `liar` every request and has `verifier` judge both answers (with
+    the log-probabilities claimed, where asked for): asserts that every honest answer
+    passes and every liar answer that differs from it is flagged. (A lie that changes
+    nothing, where the model kept to the request anyway, is no lie.) Returns how many
+    of the liar's answers differed."""
+    lied = 0
+    for params in requests:
+        truth = await answer(honest, params)
+        claim = await answer(liar, params)
+        for (tokens, logprobs), should_pass in ((truth, True), (claim, truth == claim)):
+            scores = await verifier.score(ScoreRequest(params=params, tokens=tuple(tokens)))
+            assert isinstance(scores, ScoresFrame)
+            claimed = logprobs if params.logprobs is not None else None
+            verdict = judge(scores.positions, temperature=params.temperature, top_p=params.top_p,
+                            seed=params.seed, claimed_logprobs=claimed)  # fmt: skip
+            assert verdict.ok == should_pass, (params, should_pass, verdict)
+        lied += truth != claim
+    return lied

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from tests.trust.claim_cases import LIES, answer, requests
+from tests.trust.claim_cases import LIES, lies_told, requests
 
 from dinet.engine import WorkerEngine, default_model_path
 from dinet.engine.testing.liar import ALLOW_ENV
-from dinet.trust.verify import judge
-from dinet.wire.verify import ScoreRequest, ScoresFrame
 
 
 @pytest.fixture
@@ -22,26 +20,15 @@ def liars_allowed(monkeypatch):
 
 @pytest.mark.parametrize("lie", list(LIES))
 async def test_a_peer_ignoring_part_of_the_request_is_caught(lie, liars_allowed, tmp_path):
-    """Every liar answer that differs from the honest one is flagged, no honest one is. (A
-    lie that changes nothing, where the model kept to the request anyway, is no lie.)
+    """Every liar answer that differs from the honest one is flagged, no honest one is.
     Sampled answers that ignore penalties are caught only statistically (their draws
     miss by little): `bench/claims.py` measures how often; here they are greedy."""
     model = default_model_path()
-    lied = 0
     async with (
         WorkerEngine(model, threads=1, score_cache=tmp_path) as verifier,
         WorkerEngine(model, threads=1) as honest,
         WorkerEngine(model, threads=1, liar=lie) as liar,
     ):
-        for params in requests(LIES[lie], 3, seed=7, greedy=lie == "ignore-penalties"):
-            truth = await answer(honest, params)
-            claim = await answer(liar, params)
-            for (tokens, logprobs), should_pass in ((truth, True), (claim, truth == claim)):
-                scores = await verifier.score(ScoreRequest(params=params, tokens=tuple(tokens)))
-                assert isinstance(scores, ScoresFrame)
-                claimed = logprobs if params.logprobs is not None else None
-                verdict = judge(scores.positions, temperature=params.temperature, top_p=params.top_p,
-                                seed=params.seed, claimed_logprobs=claimed)  # fmt: skip
-                assert verdict.ok == should_pass, (lie, params, verdict)
-            lied += truth != claim
+        cases = requests(LIES[lie], 3, seed=7, greedy=lie == "ignore-penalties")
+        lied = await lies_told(verifier, honest, liar, cases)
     assert lied >= 2, f"the {lie} liar told only {lied} lies in 3 answers"

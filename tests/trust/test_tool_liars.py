@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 from tests.tool_model import make_tool_model
-from tests.trust.claim_cases import answer
+from tests.trust.claim_cases import lies_told
 
 from dinet.client.structured import tool_call_grammar
 from dinet.engine import WorkerEngine
 from dinet.engine.testing.liar import ALLOW_ENV
-from dinet.trust.verify import judge
 from dinet.wire.messages import ChatMessage, GenerationParams, Tool
-from dinet.wire.verify import ScoreRequest, ScoresFrame
 
 WEATHER = Tool(
     name="get_weather",
@@ -74,26 +72,10 @@ CASES = {
 @pytest.mark.parametrize("lie", list(CASES))
 async def test_a_faked_tool_call_is_caught_and_an_honest_one_passes(lie, liars_allowed, tool_model):
     model, scoring = tool_model
-    lied = 0
     async with (
         WorkerEngine(model, threads=1, score_cache=scoring) as verifier,
         WorkerEngine(model, threads=1) as honest,
         WorkerEngine(model, threads=1, liar=lie) as liar,
     ):
-        for params in CASES[lie]:
-            truth, _ = await answer(honest, params)
-            claim, _ = await answer(liar, params)
-            for tokens, should_pass in ((truth, True), (claim, truth == claim)):
-                scores = await verifier.score(ScoreRequest(params=params, tokens=tuple(tokens)))
-                assert isinstance(scores, ScoresFrame)
-                verdict = judge(
-                    scores.positions, temperature=params.temperature, top_p=params.top_p, seed=params.seed
-                )
-                assert verdict.ok == should_pass, (
-                    lie,
-                    params.messages[0].content,
-                    params.grammar is not None,
-                    verdict,
-                )
-            lied += truth != claim
+        lied = await lies_told(verifier, honest, liar, CASES[lie])
     assert lied >= len(CASES[lie]) // 2, f"the {lie} liar told only {lied} lies in {len(CASES[lie])} answers"
