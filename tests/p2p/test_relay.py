@@ -28,7 +28,7 @@ from tests.p2p.relaying import (
     until,
 )
 
-from dinet.errors import PeerError, PeerUnreachable
+from dinet.errors import PeerError, PeerUnreachable, WireError
 from dinet.p2p.allowlist import Allowlist
 from dinet.p2p.gate import PeerGate
 from dinet.p2p.host import PeerHost, open_host, parse_multiaddrs
@@ -129,10 +129,13 @@ async def test_a_circuit_over_its_byte_budget_is_cut_and_the_relay_serves_others
         addrs = await reserved_on(home, relay)
         await greedy.connect(home.peer_id, addrs)
 
-        with pytest.raises((PeerError, trio.TooSlowError)):
+        big = b"x" * 128 * 1024
+        # The cut ends greedy's stream with a reset (PeerError) or an end inside a frame
+        # (WireError), or with nothing at all: then its wait runs out, or the echo is short.
+        with pytest.raises((PeerError, WireError, trio.TooSlowError)):
             for _ in range(8):  # 1 MiB through a 256 KiB circuit
-                reply = await echo_once(greedy, home, b"x" * 128 * 1024)
-                assert reply is not None and len(reply) == 128 * 1024
+                if await echo_once(greedy, home, big) != big:
+                    raise PeerError("the echo came back short")
         await until(lambda: not greedy.is_connected(home.peer_id))
         assert relay.reach_counters()["circuits_cut"] == 1
 
@@ -148,6 +151,9 @@ async def test_a_circuit_past_its_duration_is_cut_and_dialed_again_when_used():
         await until(lambda: not client.is_connected(home.peer_id))  # idle, and still cut
         assert relay.reach_counters()["circuits_cut"] == 1
 
+        # The next circuit would get 1 s too: on a busy machine its handshake and stream can
+        # outlast that and be cut in turn. Only the re-dial is under test from here.
+        relay._reach.relay.policy = RelayPolicy()  # type: ignore[union-attr]
         assert await echo_once(client, home) == b"ping"  # the stream re-dials the circuit
         assert client.link_kind(home.peer_id) == "relayed"
 
