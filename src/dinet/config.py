@@ -240,7 +240,8 @@ class NodeSettings(CommonSettings):
         default=MAX_PROMPT_CHARS,
         ge=1,
         le=MAX_PROMPT_CHARS,
-        description="Most characters of prompt (all messages together) in one request",
+        description="Most characters of prompt (all messages together, with their tool calls and "
+        "the tools offered) in one request",
     )
     max_request_bytes: int = Field(
         default=MAX_FRAME, ge=16_384, le=MAX_FRAME, description="Largest request frame accepted, in bytes"

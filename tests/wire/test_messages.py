@@ -74,3 +74,22 @@ def test_numbers_that_are_not_json_are_refused(token):
     )
     with pytest.raises(MalformedMessage):
         decode_reply(payload)
+
+
+# The same payload's count is checked by the browser node's reader (web/test/messages.test.mjs).
+TOOL_TURNS = (
+    '{"request_id":"r","params":{"messages":['
+    '{"role":"user","content":"héllo"},'
+    '{"role":"assistant","content":"","tool_calls":[{"id":"c1","name":"get_weather","arguments":"{\\"city\\":\\"Paris\\"}"}]},'
+    '{"role":"tool","content":"18 °C","tool_call_id":"c1"}],'
+    '"tools":[{"name":"get_weather","description":"The weather 😀",'
+    '"parameters":"{\\"type\\":\\"object\\"}"}]}}'
+)
+
+
+def test_tool_definitions_and_calls_count_towards_the_prompts_characters():
+    params = decode_request(TOOL_TURNS.encode()).params
+    contents = len("héllo") + len("18 °C")
+    call = len("get_weather") + len('{"city":"Paris"}')
+    tool = len("get_weather") + len("The weather 😀") + len('{"type":"object"}')
+    assert params.prompt_chars == contents + call + tool == 78  # code points, as the JS reader counts

@@ -12,6 +12,7 @@ import {
   decodeRequest,
   decodeWith,
   errorFrame,
+  promptChars,
   queuedFrame,
   tokenFrame,
 } from "../src/spec/messages.js";
@@ -68,6 +69,17 @@ test("the request's payload text is not JSON.parse's: integers stay exact, lone 
   const emoji = decodeRequest(`{"request_id":"${"😀".repeat(64)}","params":{"prompt":"x"}}`);
   assert.equal(emoji.request_id.length, 128, "64 characters, 128 UTF-16 units");
   assert.equal(decodeRequest('{"request_id":"\\ud83d\\ude00","params":{"prompt":"x"}}').request_id, "😀");
+});
+
+test("tool definitions and calls count towards the prompt's characters, as the reference counts them", () => {
+  // The same payload as tests/wire/test_messages.py's TOOL_TURNS, and the same count.
+  const payload =
+    '{"request_id":"r","params":{"messages":[' +
+    '{"role":"user","content":"héllo"},' +
+    '{"role":"assistant","content":"","tool_calls":[{"id":"c1","name":"get_weather","arguments":"{\\"city\\":\\"Paris\\"}"}]},' +
+    '{"role":"tool","content":"18 °C","tool_call_id":"c1"}],' +
+    '"tools":[{"name":"get_weather","description":"The weather 😀","parameters":"{\\"type\\":\\"object\\"}"}]}}';
+  assert.equal(promptChars(decodeRequest(payload).params), 78);
 });
 
 test("reply frames a node writes read back as the reference reads them", () => {

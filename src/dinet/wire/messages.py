@@ -148,10 +148,15 @@ class GenerationParams(Message):
 
     @property
     def prompt_chars(self) -> int:
-        """The prompt's characters: the raw prompt's, or all messages' contents."""
+        """The prompt's characters: the raw prompt's, or those the chat template renders:
+        all messages' contents, their tool calls' names and arguments, and the tools'
+        names, descriptions and parameters (as carried, so every implementation counts alike)."""
         if self.prompt is not None:
             return len(self.prompt)
-        return sum(len(m.content) for m in self.messages or ())
+        messages = self.messages or ()
+        calls = sum(len(c.name) + len(c.arguments) for m in messages for c in m.tool_calls)
+        tools = sum(len(t.name) + len(t.description) + len(t.parameters) for t in self.tools)
+        return sum(len(m.content) for m in messages) + calls + tools
 
 
 class InferRequest(Message):

@@ -221,11 +221,17 @@ export const decodeRequest = (payload) => decodeWith(InferRequest, payload);
 export const decodeReply = (payload) => decodeWith(InferReply, payload);
 export const decodeCountersigned = (payload) => decodeWith(CountersignedReceipt, payload);
 
-/** The characters of the prompt: the raw prompt's, or all messages' contents (roles not counted). */
+/** The characters of the prompt (roles not counted), as `GenerationParams.prompt_chars`: the raw
+ * prompt's, or all messages' contents, their tool calls' names and arguments, and the tools'
+ * names, descriptions and parameters, in code points (so both counts agree). */
 export function promptChars(params) {
   const count = (text) => [...text].length;
+  const sum = (items, size) => items.reduce((n, item) => n + size(item), 0);
   if (params.prompt !== null) return count(params.prompt);
-  return params.messages.reduce((n, m) => n + count(m.content), 0);
+  const call = (c) => count(c.name) + count(c.arguments);
+  const message = (m) => count(m.content) + sum(m.tool_calls, call);
+  const tool = (t) => count(t.name) + count(t.description) + count(t.parameters);
+  return sum(params.messages, message) + sum(params.tools, tool);
 }
 
 // ---- replies a node writes
