@@ -20,6 +20,7 @@ from tests.tool_model import TOOL_MODEL_ID, make_tool_model
 from dinet.client.network import open_network
 from dinet.client.structured import tool_call_grammar
 from dinet.config import ClientSettings
+from dinet.errors import RequestError
 from dinet.gateway._tools import split_calls
 from dinet.node.local_mesh import NodeProcess, start_node
 from dinet.wire.messages import ChatMessage, GenerationParams, Tool
@@ -184,6 +185,77 @@ async def test_a_sampled_tool_call_is_verified_under_its_grammar(tmp_path, tool_
     assert [c.name for c in calls] == ["get_weather"], answer.text
     check = answer.verification
     assert check is not None and check.verified is True and check.verifier != answer.peer_id, check
+
+
+# -- the Python client's own routing, with no gateway in front ---------------------------------
+
+
+def weather_question(max_tokens: int = 8) -> GenerationParams:
+    tool = Tool(name="get_weather", parameters=json.dumps(WEATHER["function"]["parameters"]))  # type: ignore[index]
+    content = ASK[0]["content"]
+    return GenerationParams(
+        messages=(ChatMessage(role="user", content=content),), tools=(tool,), max_tokens=max_tokens
+    )
+
+
+async def test_a_direct_ask_with_tools_naming_no_model_asks_only_peers_with_tool_support(
+    tmp_path, mesh, tool_nodes
+):
+    bootstrap = [mesh.bootstrap[0], tool_nodes[0].addr]
+    settings = ClientSettings(home=tmp_path / "client", bootstrap=bootstrap, mdns=False)
+    tool_peers = {n.peer_id for n in tool_nodes}
+    async with open_network(settings) as network:
+        await network.discover(None, None, timeout=20, want=len(tool_nodes), tools=True)
+        others = {p.peer_id for p in network.candidates(None, None)} - tool_peers
+        assert others, "peers without tool support are known too"
+        assert {p.peer_id for p in network.candidates(None, None, tools=True)} == tool_peers
+        asked: list[str] = []
+        _, answer = await answer_to(
+            network, weather_question(), on_attempt=asked.append, verify_rate=0.0, probation_good=0.0
+        )
+    assert answer.model_id == TOOL_MODEL_ID and asked and set(asked) <= tool_peers
+
+
+async def test_a_direct_ask_with_tools_for_a_model_without_them_is_refused_naming_tools(tmp_path, mesh):
+    settings = ClientSettings(home=tmp_path / "client", bootstrap=mesh.bootstrap[:1], mdns=False)
+    async with open_network(settings) as network:
+        with pytest.raises(RequestError) as refused:
+            await answer_to(
+                network, weather_question(), model_id="smollm2-135m-instruct", discover_timeout_s=1.0
+            )
+        assert refused.value.param == "tools" and "declares no tool support" in str(refused.value)
+        with pytest.raises(RequestError) as chained:
+            await answer_to(network, weather_question(), sharded=True)
+        assert chained.value.param == "tools" and "chain" in str(chained.value)
+
+
+# -- /v1/models and /api/show say which models take tools; tools count towards the prompt --
+
+
+def test_models_and_ollamas_show_say_which_models_have_tool_support(tool_client, tool_ollama, tool_nodes):
+    listed = {m.id: m.model_extra or {} for m in tool_client.models.list().data}
+    assert listed[TOOL_MODEL_ID]["tools"] is True
+    assert listed[TOOL_MODEL_ID]["tool_model_hashes"] == [tool_nodes[0].model_hash]
+    assert listed["smollm2-135m-instruct"]["tools"] is False
+    assert listed["smollm2-135m-instruct"]["tool_model_hashes"] == []
+    assert tool_ollama.show(TOOL_MODEL_ID).capabilities == ["completion", "tools"]
+    assert tool_ollama.show("smollm2-135m-instruct").capabilities == ["completion"]
+
+
+def test_tool_definitions_count_towards_the_nodes_prompt_limit(tool_client):
+    # Each definition is within the protocol's own cap, five of them are not within a
+    # node's 64,000 characters of prompt, though the messages are a few words.
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": f"f{i}", "description": "x" * 15_000, "parameters": {"type": "object"}},
+        }
+        for i in range(5)
+    ]
+    with pytest.raises(openai.BadRequestError) as refused:
+        tool_client.chat.completions.create(model=TOOL_MODEL_ID, messages=ASK, tools=tools, **GREEDY)  # type: ignore[arg-type]
+    error = refused.value.body
+    assert isinstance(error, dict) and "characters above this node's limit of 64000" in error["message"]
 
 
 # -- Ollama's /api/chat (`ollama` client) ---------------------------------------------------

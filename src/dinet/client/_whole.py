@@ -102,6 +102,8 @@ class WholeModel:
         network, options, records = self._network, self._options, self._records
         params = self._params
         wanted = options.model_hash or options.model_id or "the model"
+        if params.uses_tools:
+            wanted += " with tool support"
         tokens: list[TokenFrame] = []
         tried: list[PeerId] = []
         last_error: Exception | None = None
@@ -230,7 +232,7 @@ class WholeModel:
     def _candidates(self, wanted: str, skip: set[str]) -> list[PeerView]:
         """The peers this request may ask now; NoCapablePeer when its limits leave none at all."""
         network, options = self._network, self._options
-        capable = network.candidates(options.model_id, options.model_hash)
+        capable = network.candidates(options.model_id, options.model_hash, tools=self._params.uses_tools)
         if options.only_peers is not None:
             capable = [p for p in capable if p.peer_id in options.only_peers]
         affordable = within_budget(capable, self._records.max_price)

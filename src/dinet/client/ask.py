@@ -30,6 +30,7 @@ from dinet.client.network import Network
 from dinet.client.options import AskOptions
 from dinet.client.stage_audit import StageCheck
 from dinet.client.verify import Verification, verify_answer
+from dinet.errors import RequestError
 from dinet.trust.reputation import has_standing
 from dinet.wire.ids import ModelHash, PeerId, RequestId
 from dinet.wire.messages import CountersignedReceipt, GenerationParams, TokenFrame, TokenLogprobs, Usage
@@ -73,7 +74,8 @@ async def ask(
     NoCapablePeer when no peer (or chain) can take the request within its options,
     DeadlineUnmet when the peers left refused its deadline, AnswerTimedOut after
     `options.request_timeout_s`, RemoteError for a refusal that another peer would
-    repeat (a bad request).
+    repeat (a bad request), RequestError naming `tools` for a request that uses tools
+    when no peer serving the model declares tool support (only those are asked).
 
     A fraction `options.verify_rate` of answers is re-scored by another peer serving
     the same model hash before the Answer is yielded; the outcome is in
@@ -155,13 +157,21 @@ async def _strategy(
     on_attempt: Callable[[PeerId], None] | None,
     asked_at: float,
 ) -> Strategy:
-    """Whole-model peers, unless asked for a chain or only stages serve the model."""
+    """Whole-model peers, unless asked for a chain or only stages serve the model. A request
+    that uses tools goes to whole-model peers whose offer declares tool support only (the
+    layer-range engine of a chain's stages renders no tools)."""
+    tools = params.uses_tools
+    if tools and options.sharded:
+        raise RequestError(
+            "tools: a chain of pipeline stages renders no tools yet: ask whole-model peers", "tools"
+        )
     if options.sharded is not True:
         whole = await network.discover(
             options.model_id,
             options.model_hash,
             timeout=options.discover_timeout_s,
-            or_stages=options.sharded is None,
+            or_stages=options.sharded is None and not tools,
+            tools=tools,
         )
         if whole or options.sharded is False:
             return WholeModel(network, params, options, records, on_attempt, asked_at)

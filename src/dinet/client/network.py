@@ -14,7 +14,7 @@ import trio
 from dinet.client.health import HealthBook
 from dinet.client.payments import ChannelBook
 from dinet.config import ClientSettings
-from dinet.errors import ConfigError, NoCapablePeer, PeerUnreachable, ReputationError
+from dinet.errors import ConfigError, NoCapablePeer, PeerUnreachable, ReputationError, RequestError
 from dinet.ledger import Ledger
 from dinet.models.catalog import DEFAULT_MODEL_ID
 from dinet.p2p.directory import PeerDirectory
@@ -167,15 +167,22 @@ class Network:
             nursery.start_soon(self.joiner.look_for, model_id, model_hash)
 
     def candidates(
-        self, model_id: str | None, model_hash: ModelHash | None, task: Task = "generate"
+        self,
+        model_id: str | None,
+        model_hash: ModelHash | None,
+        task: Task = "generate",
+        *,
+        tools: bool = False,
     ) -> list[PeerView]:
         """Peers serving the model for `task` that are answering and not backed off, with
-        their reputation (excluded ones too: see `trusted`)."""
+        their reputation (excluded ones too: see `trusted`). With `tools`, only peers whose
+        offer of it declares tool support (a request that uses tools: see
+        `GenerationParams.uses_tools`)."""
         now = trio.current_time()
         standings = self.reputation.standings() if self.reputation is not None else {}
         views = []
         for m in self.directory.manifests():
-            if not _serves_whole(m, model_id, model_hash, task) or m.peer_id in self.unmet:
+            if not _serves_whole(m, model_id, model_hash, task, tools) or m.peer_id in self.unmet:
                 continue  # a peer that could not be met is no candidate until it answers
             if not self.health.usable(m.peer_id, now):
                 continue
@@ -243,29 +250,34 @@ class Network:
         want: int = 1,
         or_stages: bool = False,
         task: Task = "generate",
+        tools: bool = False,
     ) -> list[PeerView]:
         """Peers serving the model, looking until `want` are found or `timeout` passes.
 
         With `or_stages`, pipeline stages of the model also end the search (the list
-        of whole-model peers may then be empty). A look under way at the deadline may
-        finish, for one dial timeout more at most: the peers it is meeting may still
-        refuse us, and that refusal is the reason to tell.
+        of whole-model peers may then be empty). With `tools`, only peers whose offer
+        declares tool support count (see `candidates`); when none is found but others
+        serve the model, RequestError naming `tools` (`no_tool_support`). A look under way
+        at the deadline may finish, for one dial timeout more at most: the peers it is
+        meeting may still refuse us, and that refusal is the reason to tell.
         """
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline + self.dial_timeout_s):
             while trio.current_time() < deadline:
-                known = self.candidates(model_id, model_hash, task)
+                known = self.candidates(model_id, model_hash, task, tools=tools)
                 if len(known) < want or any(p.rtt_ms is None for p in known):
                     await self.look(model_id, model_hash)
-                found = self.candidates(model_id, model_hash, task)
+                found = self.candidates(model_id, model_hash, task, tools=tools)
                 if len(found) >= want or (or_stages and self.stage_offers(model_id, model_hash)):
                     self.use(p.peer_id for p in found)
                     return found
                 await trio.sleep(0.5)
-        found = self.candidates(model_id, model_hash, task)
+        found = self.candidates(model_id, model_hash, task, tools=tools)
         self.use(p.peer_id for p in found)
         if or_stages and self.stage_offers(model_id, model_hash):
             return found
+        if not found and tools and self.candidates(model_id, model_hash, task):
+            raise no_tool_support(model_hash or model_id)
         if not found:
             wanted = model_hash or model_id or ("any model" if task == "generate" else "any embedding model")
             raise NoCapablePeer(f"no reachable peer serves {wanted}{self._why_unmet(model_id, model_hash)}")
@@ -294,12 +306,32 @@ def peer_trust(network: Network, peer_id: PeerId) -> dict[str, object]:
     }
 
 
+def no_tool_support(model: str | None) -> RequestError:
+    """The error for a request with tools that no peer serving `model` (None: any model) can
+    take, because no version's chat template declares tool support. It names `tools`."""
+    which = "every model served now" if model is None else f"model {model!r}"
+    return RequestError(
+        f"tools: the chat template of {which} declares no tool support"
+        " (dinet reads tool calls in the Hermes <tool_call> format): leave out tools,"
+        " tool calls and tool messages",
+        "tools",
+    )
+
+
 def _serves_whole(
-    manifest: Manifest, model_id: str | None, model_hash: ModelHash | None, task: Task = "generate"
+    manifest: Manifest,
+    model_id: str | None,
+    model_hash: ModelHash | None,
+    task: Task = "generate",
+    tools: bool = False,
 ) -> bool:
-    """Whether the peer serves the whole model for `task` (not only a pipeline stage of it)."""
+    """Whether the peer serves the whole model for `task` (not only a pipeline stage of it),
+    with tool support if `tools`."""
     return any(
-        not o.stage and o.task == task and _matches(o.model_id, o.model_hash, model_id, model_hash)
+        not o.stage
+        and o.task == task
+        and (o.tools or not tools)
+        and _matches(o.model_id, o.model_hash, model_id, model_hash)
         for o in manifest.models
     )
 

@@ -105,9 +105,10 @@ async def verify_answer(
         params=params.model_copy(update={"prefix_tokens": ()}),
         tokens=tuple(token_ids),
     )
+    serving = network.candidates(None, model_hash, tools=params.uses_tools)
     candidates = rank_peers(
         [
-            p for p in network.trusted(network.candidates(None, model_hash))  # never a known liar
+            p for p in network.trusted(serving)  # never a known liar
             if p.peer_id not in exclude and (verifiers is None or p.peer_id in verifiers)
         ],
         len(token_ids),

@@ -123,13 +123,16 @@ async def ask_replicas(
         raise RequestError("a vote cannot be combined with a deadline", "deadline_s")
     model_id, model_hash = options.model_id, options.model_hash
     max_price = network.max_price if options.max_price is None else options.max_price
-    await network.discover(model_id, model_hash, timeout=options.discover_timeout_s, want=replicas)
-    capable = network.candidates(model_id, model_hash)
+    tools = params.uses_tools
+    await network.discover(
+        model_id, model_hash, timeout=options.discover_timeout_s, want=replicas, tools=tools
+    )
+    capable = network.candidates(model_id, model_hash, tools=tools)
     if options.only_peers is not None:
         capable = [p for p in capable if p.peer_id in options.only_peers]
     usable = network.trusted(within_budget(capable, max_price))
     if model_hash is None:  # replicas must all run one version, or honest peers differ
-        model_hash, usable = _one_version(network, usable, model_id)
+        model_hash, usable = _one_version(network, usable, model_id, tools)
     ranked = rank_peers(usable, params.max_tokens, options.policy, region=options.region, limit=replicas)
     chosen = [p.peer_id for p in ranked]
     if len(chosen) < 2:
@@ -201,14 +204,15 @@ def _verification(
 
 
 def _one_version(
-    network: Network, peers: list[PeerView], model_id: str | None
+    network: Network, peers: list[PeerView], model_id: str | None, tools: bool
 ) -> tuple[ModelHash | None, list[PeerView]]:
-    """The model hash most of `peers` serve (ties: the lowest), and those peers."""
+    """The model hash most of `peers` serve (ties: the lowest), and those peers; with
+    `tools`, among versions that declare tool support."""
     by_hash: dict[ModelHash, list[PeerView]] = {}
     for peer in peers:
         manifest = network.directory.get(peer.peer_id)
         for offer in manifest.models if manifest is not None else ():
-            if model_id is None or offer.model_id == model_id:
+            if (model_id is None or offer.model_id == model_id) and (offer.tools or not tools):
                 by_hash.setdefault(offer.model_hash, []).append(peer)
     if not by_hash:
         return None, []

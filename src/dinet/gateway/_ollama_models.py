@@ -48,7 +48,7 @@ def show(models: Models, body: object) -> dict[str, object]:
             "dinet.peers": entry["peers"],
             "dinet.model_hashes": entry["model_hashes"],
         },
-        "capabilities": ["embedding"] if entry.get("task") == "embed" else ["completion"],
+        "capabilities": _capabilities(entry),
         "modified_at": UNKNOWN_TIME,
     }
 
@@ -94,6 +94,14 @@ def _listed(entry: Mapping[str, object]) -> dict[str, object]:
         "digest": hashes[0] if isinstance(hashes, list) and hashes else "",
         "details": _details(entry),
     }
+
+
+def _capabilities(entry: Mapping[str, object]) -> list[str]:
+    """What Ollama's clients may ask of the model: "embedding", or "completion" and, when
+    some version's chat template declares tool support, "tools" (as Ollama names them)."""
+    if entry.get("task") == "embed":
+        return ["embedding"]
+    return ["completion", "tools"] if entry.get("tools") else ["completion"]
 
 
 def _details(entry: Mapping[str, object]) -> dict[str, object]:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-from dinet.client.network import Network, peer_trust
-from dinet.errors import DinetError, ModelNotFound, NoCapablePeer, RequestError
+from dinet.client.network import Network, no_tool_support, peer_trust
+from dinet.errors import DinetError, ModelNotFound, NoCapablePeer
 from dinet.gateway._series import ChainUsed
 from dinet.gateway._summary import group_keys, summarize
 from dinet.p2p.host import LinkKind, Reachability
@@ -135,18 +135,17 @@ class NetworkView:
         ]
         able = sorted({o.model_hash for o in offers if o.tools})
         if not able:
-            raise RequestError(
-                f"tools: the chat template of model {name!r} declares no tool support"
-                " (dinet reads tool calls in the Hermes <tool_call> format): leave out tools,"
-                " tool calls and tool messages",
-                "tools",
-            )
+            raise no_tool_support(name)
         if all(o.tools for o in offers):
             return choice
         return ModelChoice(None, able[0])
 
     def models(self) -> list[dict[str, object]]:
-        """One entry per model id, with how many peers serve it and in which versions."""
+        """One entry per model id, with how many peers serve it and in which versions.
+
+        `tools` is true when any version served whole declares tool support: a request with
+        tools naming the model id is then sent to such a version (`tool_model`);
+        `tool_model_hashes` lists those versions."""
         by_id: dict[str, dict[str, object]] = {}
         for m in self.manifests():
             for offer in m.models:
@@ -163,13 +162,18 @@ class NetworkView:
                         "context": offer.context,
                         "task": offer.task,  # "generate", or "embed" (/v1/embeddings)
                         **({"dimensions": offer.dimensions} if offer.task == "embed" else {}),
+                        "tools": False,
+                        "tool_model_hashes": [],
                     },
                 )
                 entry["peers"] = int(entry["peers"]) + 1  # type: ignore[call-overload]
-                hashes = entry["model_hashes"]
-                assert isinstance(hashes, list)
+                hashes, tool_hashes = entry["model_hashes"], entry["tool_model_hashes"]
+                assert isinstance(hashes, list) and isinstance(tool_hashes, list)
                 if offer.model_hash not in hashes:
                     hashes.append(offer.model_hash)
+                if offer.tools and not offer.stage and offer.model_hash not in tool_hashes:
+                    tool_hashes.append(offer.model_hash)
+                    entry["tools"] = True
         return [by_id[k] for k in sorted(by_id)]
 
     def gateway_info(self, now: float) -> dict[str, object]:
@@ -211,7 +215,12 @@ class NetworkView:
                     "region": m.region,
                     "version": m.version,
                     "models": [
-                        {"model_id": o.model_id, "model_hash": o.model_hash, "quantization": o.quantization}
+                        {
+                            "model_id": o.model_id,
+                            "model_hash": o.model_hash,
+                            "quantization": o.quantization,
+                            "tools": o.tools,
+                        }
                         for o in m.models
                     ],
                     "load": {"active": m.load.active, "queued": m.load.queued},
