@@ -125,6 +125,11 @@ class NodeSettings(CommonSettings):
     sections: ClassVar[tuple[str, ...]] = ("node",)
 
     model: str | None = Field(default=None, description="GGUF path or model id; default model if unset")
+    also_serve: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Also serve these whole generation models (GGUF paths, ids or hashes, as --model) "
+        "beside --model, each in its own engine worker, sharing the node's slots and queue",
+    )
     no_model: bool = Field(
         default=False,
         description="Serve no model: only join, route, keep the DHT and pass manifests on "
@@ -457,6 +462,33 @@ class NodeSettings(CommonSettings):
             raise ValueError("--follow switches a whole model: it takes neither --no-model nor --layers")
         if self.publisher is not None and not is_peer_id(self.publisher):
             raise ValueError(f"--publisher takes a peer id, not {self.publisher!r}")
+        return self
+
+    @field_validator("also_serve", mode="before")
+    @classmethod
+    def _split_also_serve(cls, value: object) -> object:
+        return split_multiaddrs(value)
+
+    @model_validator(mode="after")
+    def _also_serve_whole_models(self) -> NodeSettings:
+        if not self.also_serve:
+            return self
+        given = [
+            flag
+            for flag, value in (
+                ("--no-model", self.no_model),
+                ("--layers", self.layers is not None),
+                ("--follow", self.follow),
+                ("--serve auto", self.serve == "auto"),
+                ("--fake-engine", self.fake_engine),
+                ("--liar", self.liar is not None),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"--also-serve loads more whole models beside --model: it takes no {' or '.join(given)}"
+            )
         return self
 
     @field_validator("auto_models", mode="before")

@@ -77,6 +77,11 @@ def _describe_model(started: NodeStarted, *, auto: bool = False) -> list[str]:
     lines = [f"model    {started.model_id} ({started.model_hash[:16]}…)"]
     if not started.engine.get("serving", True):
         lines.append(f"NOT SERVED  {started.engine.get('error')}")
+    for also in started.also_served:  # --also-serve
+        lines.append(f"also     {also['model_id']} ({str(also['model_hash'])[:16]}…)")
+        engine = also["engine"]
+        if isinstance(engine, dict) and not engine.get("serving", True):
+            lines.append(f"NOT SERVED  {engine.get('error')}")
     sandbox = started.engine.get("sandbox")
     lines += [
         f"sandbox  warning: {w}" for w in (sandbox.get("warnings", ()) if isinstance(sandbox, dict) else ())

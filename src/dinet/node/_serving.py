@@ -1,5 +1,5 @@
 """What a node serves: the whole model on /dinet/infer/1, a layer range on /dinet/shard/1,
-or nothing at all (`--no-model`)."""
+or nothing at all (`--no-model`); several whole models at once are `dinet.node._together`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ class Serving:
     busy: Callable[[], bool]  # computing for someone now: chores wait (`dinet.node.chores`)
     # Tasks that run as long as the node, given its joiner (to find peers that hold the model).
     background: list[Callable[[Joiner], Awaitable[None]]] = field(default_factory=list)
+    # The models served beside this one (`--also-serve`, `dinet.node._together`): their
+    # offers go into the manifest next to its own.
+    also: list[Serving] = field(default_factory=list)
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        """The offers of the manifest: each model served whose engine is available."""
+        return tuple(s.offer for s in (self, *self.also) if s.offer is not None and s.available())
 
 
 def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
@@ -67,7 +74,11 @@ async def whole_model(
     model_hash: ModelHash,
     accountant: Accountant,
     on_request: Callable[[bool], None] = lambda busy: None,
+    shared: Admission | None = None,
+    log_name: str = "worker.log",
 ) -> AsyncIterator[Serving]:
+    """`shared`: the slots and queue of a node's several models (`dinet.node._together`),
+    whose streams are held to the per-peer limits before they reach this model."""
     from dinet.models._gguf import read_layout
 
     engine = WorkerEngine(
@@ -76,7 +87,7 @@ async def whole_model(
         memory_mb=settings.memory_mb,
         slots=settings.max_concurrent,  # decoded together in one batch (`engine.llama._slots`)
         prefix_cache_mb=settings.prefix_cache_mb,
-        log_path=settings.home / "worker.log",
+        log_path=settings.home / log_name,
         sandbox=settings.sandbox,
         preflight=read_layout,  # the GGUF header checks, again before every worker start
         max_restarts=settings.engine_restarts,
@@ -85,7 +96,7 @@ async def whole_model(
         score_cache=settings.home / "scoring",
     )
     async with _engine_started(engine):
-        inference = _inference(settings, engine, model.model_id, model_hash, accountant, on_request)
+        inference = _inference(settings, engine, model.model_id, model_hash, accountant, on_request, shared)
         verifier = VerifyService(
             engine,
             inference.admission,
@@ -121,15 +132,17 @@ def _inference(
     model_hash: ModelHash,
     accountant: Accountant,
     on_request: Callable[[bool], None],
+    shared: Admission | None = None,
 ) -> InferenceService:
-    """The /dinet/infer/1 handler of `engine`, within the node's limits."""
+    """The /dinet/infer/1 handler of `engine`, within the node's limits (with `shared`, the
+    slots and queue of several models, whose per-peer limits are held before dispatch)."""
     return InferenceService(
         engine,
-        Admission(settings.max_concurrent, settings.max_queue),
+        Admission(settings.max_concurrent, settings.max_queue) if shared is None else shared,
         model_id,
         model_hash,
         accountant,
-        limiter=PeerLimiter(settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency),
+        limiter=None if shared is not None else peer_limiter(settings),
         bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
         max_request_bytes=settings.max_request_bytes,
         on_request=on_request,
@@ -140,6 +153,11 @@ def _inference(
             max_tokens=settings.probation_max_tokens,
         ),
     )
+
+
+def peer_limiter(settings: NodeSettings) -> PeerLimiter:
+    """What one peer may ask of the node's generation protocols: rate, burst, streams at once."""
+    return PeerLimiter(settings.per_peer_rate, settings.per_peer_burst, settings.per_peer_concurrency)
 
 
 def _figures(inference: InferenceService) -> dict[str, object]:

@@ -10,7 +10,7 @@ the model, and service resumes once every chunk matches its hash again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -114,8 +114,22 @@ async def _try_send(framed: FramedStream, frame: ErrorFrame) -> None:
         pass  # the peer is gone: nothing to tell
 
 
+def chunk_server(keepers: Sequence[ModelKeeper]) -> ChunkServer:
+    """The node's chunk server, for every complete model of its store (one for all the
+    models it serves): a kept model's chunks only while its keeper finds it healthy, and
+    damage found while reading one reported to its keeper."""
+
+    def report_corrupt(model_hash: ModelHash) -> None:
+        for keeper in keepers:
+            keeper.report_corrupt(model_hash)
+
+    return ChunkServer(
+        keepers[0].store, lambda model_hash: all(k.is_healthy(model_hash) for k in keepers), report_corrupt
+    )
+
+
 class ModelKeeper:
-    """Keeps the node's one served model checked, and repairs it from peers."""
+    """Keeps one served model checked, and repairs it from peers."""
 
     def __init__(
         self,
@@ -139,9 +153,6 @@ class ModelKeeper:
         if model_hash == self.model_hash:
             self.healthy = False
             self._suspect.set()
-
-    def server(self) -> ChunkServer:
-        return ChunkServer(self.store, self.is_healthy, self.report_corrupt)
 
     def guard(self, handler: Handler) -> Handler:
         """`handler`, refusing every request while the model's bytes are known bad."""

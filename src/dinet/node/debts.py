@@ -104,12 +104,12 @@ class DebtDesk:
                 )
         return records
 
-    async def publish(self, host: PeerHost, served: Callable[[], ModelHash | None]) -> None:
-        """Each period, a record per debtor on the served model's topic (forever)."""
+    async def publish(self, host: PeerHost, served: Callable[[], Sequence[ModelHash]]) -> None:
+        """Each period, a record per debtor on each served model's topic (forever)."""
         while True:
             await trio.sleep(self._every_s)
-            model = served()
-            if model is None:
+            models = served()
+            if not models:
                 continue
             try:
                 records = await trio.to_thread.run_sync(self.records, time.time())
@@ -117,7 +117,7 @@ class DebtDesk:
                 logger.warning("debt records not made: %s", exc)
                 continue
             for record in records:
-                await host.publish(
-                    model_topic(model), sign_debt(record, self._key).model_dump_json().encode()
-                )
+                body = sign_debt(record, self._key).model_dump_json().encode()
+                for model in models:
+                    await host.publish(model_topic(model), body)
                 logger.info("published that %s owes %.6g credits", record.debtor, record.owed)

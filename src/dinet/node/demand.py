@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -78,32 +78,40 @@ class DemandDesk:
         return max(float(named), self.book.server_count(model_hash, now, besides=self.peer_id) + 1)
 
     async def publish(
-        self, host: PeerHost, directory: PeerDirectory, served: Callable[[], ModelHash | None]
+        self, host: PeerHost, directory: PeerDirectory, served: Callable[[], Sequence[ModelHash]]
     ) -> None:
-        """Each period, the served model's record on its topic (with probability `p`) (forever)."""
+        """Each period, each served model's record on its topic (with probability `p`) (forever)."""
         while True:
             started = time.time()
             await trio.sleep(self._every_s)
             now = time.time()
-            model = served()
             counts = {m: self._counts.pop(m) for m in list(self._counts)}
-            if model is None:
-                continue
-            requests, busy = counts.get(model, [0, 0])
-            window = now - started
-            p = core.publish_probability(self.servers(model, directory, now), self._target)
-            record = DemandRecord(
-                publisher=self.peer_id,
-                model_hash=model,
-                requests_per_min=requests * 60.0 / window,
-                busy_per_min=busy * 60.0 / window,
-                window_s=window,
-                probability=p,
-                issued_at=now,
-                expires_at=now + PERIODS_LIVE * self._every_s,
-            )
-            if self._rng.random() >= p:
-                continue
-            self._enter(record, now)  # gossip does not bring a node its own messages
-            await host.publish(model_topic(model), sign_demand(record, self._key).model_dump_json().encode())
-            logger.debug("demand for %s: %d requests, %d busy in %.0fs", model[:16], requests, busy, window)
+            for model in served():
+                await self._publish(host, directory, model, counts.get(model, [0, 0]), now - started, now)
+
+    async def _publish(
+        self,
+        host: PeerHost,
+        directory: PeerDirectory,
+        model: ModelHash,
+        counts: list[int],
+        window: float,
+        now: float,
+    ) -> None:
+        requests, busy = counts
+        p = core.publish_probability(self.servers(model, directory, now), self._target)
+        record = DemandRecord(
+            publisher=self.peer_id,
+            model_hash=model,
+            requests_per_min=requests * 60.0 / window,
+            busy_per_min=busy * 60.0 / window,
+            window_s=window,
+            probability=p,
+            issued_at=now,
+            expires_at=now + PERIODS_LIVE * self._every_s,
+        )
+        if self._rng.random() >= p:
+            return
+        self._enter(record, now)  # gossip does not bring a node its own messages
+        await host.publish(model_topic(model), sign_demand(record, self._key).model_dump_json().encode())
+        logger.debug("demand for %s: %d requests, %d busy in %.0fs", model[:16], requests, busy, window)

@@ -1,4 +1,5 @@
-"""A dinet node: one libp2p host, announced and discoverable, serving one engine or none."""
+"""A dinet node: one libp2p host, announced and discoverable, serving one engine, several
+(`--also-serve`) or none."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -16,10 +17,20 @@ from dinet.config import NodeSettings
 from dinet.errors import ConfigError
 from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
-from dinet.node._serving import Serving, fake_model, findable, model_stage, no_engine, whole_model
+from dinet.node._serving import (
+    Serving,
+    fake_model,
+    findable,
+    model_stage,
+    no_engine,
+    peer_limiter,
+    whole_model,
+)
+from dinet.node._together import together
+from dinet.node.admission import Admission
 from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
-from dinet.node.chunks import ModelKeeper, prepare_model
+from dinet.node.chunks import ModelKeeper, chunk_server, prepare_model
 from dinet.node.debts import DebtDesk
 from dinet.node.demand import DemandDesk
 from dinet.node.embedding import EmbeddingServing, embedding_served
@@ -56,6 +67,7 @@ class NodeStarted:
     model_id: str | None  # None: the node serves no model (--no-model)
     model_hash: ModelHash | None
     engine: dict[str, object] | None  # engine_state(): served, error, sandbox; None: no model
+    also_served: list[dict[str, object]]  # the models served beside it (--also-serve), each as above
     reachability: Reachability
     advertised: list[str]  # what peers are told to dial: confirmed addresses, relay circuits
     reach: dict[str, int]  # PeerHost.reach_counters(): hole punches, reservations, relaying
@@ -71,6 +83,7 @@ class NodeStarted:
             "model_id": self.model_id,
             "model_hash": self.model_hash,
             "engine": self.engine,
+            "also_served": self.also_served,
             "reachability": self.reachability.as_dict(),
             "advertised": self.advertised,
             "reach": self.reach,
@@ -115,6 +128,8 @@ async def serve_node(
             settings,
             lambda model: _model_served(_serving_model(settings, model), key, host, desk, money),
         )
+    elif settings.also_serve:
+        serving = _models_served(settings, key, host, desk, money)
     else:
         serving = _model_served(settings, key, host, desk, money)
     embedding_accountant = _accountant(settings, key) if settings.embedding_model is not None else None
@@ -133,6 +148,48 @@ async def _model_served(
 ) -> AsyncIterator[Serving]:
     """The node's model, imported or pulled from peers, served by its engine (or as a
     pipeline stage), its bytes kept healthy and shared with peers."""
+    async with _model_kept(settings, key, host, desk, money) as (serving, keeper):
+        yield _sharing_chunks(serving, [keeper])
+
+
+@asynccontextmanager
+async def _models_served(
+    settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk, money: Money
+) -> AsyncIterator[Serving]:
+    """The node's model and those it also serves (`--also-serve`), one after the other
+    into engines of their own that share its slots, queue and per-peer limits; requests
+    passed to the model they name (`dinet.node._together`), every model's bytes kept."""
+    shared = Admission(settings.max_concurrent, settings.max_queue)
+    async with AsyncExitStack() as stack:
+        kept: list[tuple[Serving, ModelKeeper]] = []
+        for index, name in enumerate((settings.model, *settings.also_serve)):
+            one = settings.model_copy(update={"model": name, "also_serve": []})
+            log_name = "worker.log" if index == 0 else f"worker-{index}.log"
+            serving, keeper = await stack.enter_async_context(
+                _model_kept(one, key, host, desk, money, shared, log_name)
+            )
+            served = [s.model_hash for s, _ in kept]
+            if serving.model_hash in served:
+                raise ConfigError(f"--also-serve {name}: the node serves {serving.model_hash} already")
+            kept.append((serving, keeper))
+        servings = [serving for serving, _ in kept]
+        yield _sharing_chunks(
+            together(servings, peer_limiter(settings), settings.max_request_bytes),
+            [keeper for _, keeper in kept],
+        )
+
+
+@asynccontextmanager
+async def _model_kept(
+    settings: NodeSettings,
+    key: SigningKey,
+    host: PeerHost,
+    desk: DemandDesk,
+    money: Money,
+    shared: Admission | None = None,
+    log_name: str = "worker.log",
+) -> AsyncIterator[tuple[Serving, ModelKeeper]]:
+    """The model the settings name, served, and the keeper of its bytes."""
     model, model_hash = await prepare_model(settings)
     if settings.liar is not None:
         logger.warning(
@@ -145,14 +202,19 @@ async def _model_served(
         model_stage(settings, model, model_hash, host)
         if settings.layers is not None
         else whole_model(
-            settings, model, model_hash, accountant, lambda busy: desk.saw(model_hash, busy=busy)
+            settings,
+            model,
+            model_hash,
+            accountant,
+            lambda busy: desk.saw(model_hash, busy=busy),
+            shared,
+            log_name,
         )
     )
     async with serving_context as serving:
         lull = Chores(serving.busy).lull
-        yield _kept(
-            serving, ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, lull)
-        )
+        keeper = ModelKeeper(ModelStore(settings.home), model_hash, settings.scrub_mb_s * 1e6, lull)
+        yield _kept(serving, keeper), keeper
 
 
 @dataclass(frozen=True)
@@ -225,15 +287,12 @@ def _payment_desk(settings: NodeSettings, key: SigningKey) -> PaymentDesk | None
 
 
 def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
-    """`serving` with its model's bytes in the keeper's care: chunks served to peers,
-    requests refused and the offer withdrawn while any chunk is damaged, repairs made,
-    and the model announced in the DHT."""
+    """`serving` with its model's bytes in the keeper's care: requests refused and the
+    offer withdrawn while any chunk is damaged, repairs made, and the model announced in
+    the DHT."""
     return replace(
         serving,
-        handlers={
-            **{protocol: keeper.guard(handle) for protocol, handle in serving.handlers.items()},
-            CHUNKS_PROTOCOL: keeper.server().handle,
-        },
+        handlers={protocol: keeper.guard(handle) for protocol, handle in serving.handlers.items()},
         # Never offer damaged bytes, nor a model whose engine has given up.
         available=lambda: keeper.healthy and serving.available(),
         background=[
@@ -242,6 +301,11 @@ def _kept(serving: Serving, keeper: ModelKeeper) -> Serving:
             *findable(keeper.model_hash, serving.model_id),
         ],
     )
+
+
+def _sharing_chunks(serving: Serving, keepers: list[ModelKeeper]) -> Serving:
+    """`serving` with its models' chunks served to peers (`chunk_server`)."""
+    return replace(serving, handlers={**serving.handlers, CHUNKS_PROTOCOL: chunk_server(keepers).handle})
 
 
 async def _run(
@@ -264,7 +328,7 @@ async def _run(
     host.on_rtt(coordinates.sample)
 
     def describe() -> dict[str, object]:
-        served = (serving.offer,) if serving.offer is not None and serving.available() else ()
+        served = serving.offers()
         embeds = embedding.offer() if embedding is not None else None
         return {
             "region": settings.region,
@@ -286,6 +350,7 @@ async def _run(
             serving.model_id,
             serving.model_hash,
             serving.state(),
+            [_also_record(also) for also in serving.also],
             host.reachability(),
             host.advertised_addrs(),
             host.reach_counters(),
@@ -320,9 +385,7 @@ async def _run(
     async with running, trio.open_nursery() as nursery:
         joiner = Joiner(host, directory, report_level=logging.INFO, dial_timeout_s=settings.dial_timeout_s)
         nursery.start_soon(publisher.gossip, host, settings.heartbeat_s)
-        nursery.start_soon(
-            desk.publish, host, directory, lambda: serving.model_hash if serving.offer else None
-        )
+        nursery.start_soon(desk.publish, host, directory, lambda: _offered(serving))
         nursery.start_soon(joiner.keep_joined, settings.bootstrap)
         watch = PeerWatch(host, directory, joiner, nursery)
         nursery.start_soon(host.keep_bounded, settings.max_connections, watch.kept)
@@ -338,9 +401,7 @@ async def _run(
         if payments is not None:
             nursery.start_soon(payments.run)
         if money is not None:
-            nursery.start_soon(
-                money.debts.publish, host, lambda: serving.model_hash if serving.offer else None
-            )
+            nursery.start_soon(money.debts.publish, host, lambda: _offered(serving))
         started = now()
         _write_node_file(settings, started)
         nursery.start_soon(_keep_node_file, settings, started, now)
@@ -351,9 +412,21 @@ async def _run(
                 "node %s serves no model (--no-model); it joins and routes on %s", peer_id, started.addrs
             )
         else:
-            logger.info("node %s serving %s on %s", peer_id, started.model_id, started.addrs)
+            also = "".join(f" and {a['model_id']}" for a in started.also_served)
+            logger.info("node %s serving %s%s on %s", peer_id, started.model_id, also, started.addrs)
         task_status.started(started)
         await trio.sleep_forever()
+
+
+def _offered(serving: Serving) -> list[ModelHash]:
+    """The models whose topics carry the node's demand and debt records: each it has an
+    offer for (whether or not its engine is up this moment)."""
+    return [s.offer.model_hash for s in (serving, *serving.also) if s.offer is not None]
+
+
+def _also_record(serving: Serving) -> dict[str, object]:
+    """A model served beside the first, as the node file and `din node --json` say it."""
+    return {"model_id": serving.model_id, "model_hash": serving.model_hash, "engine": serving.state()}
 
 
 def _ws_tls(settings: NodeSettings) -> WebSocketTls | None:
