@@ -16,6 +16,7 @@ from dinet.engine.testing.liar import parse_lie
 from dinet.engine.torch._stage import Stage, check_same_vocabulary
 from dinet.engine.torch.stage_process import StageProcess
 from dinet.errors import ConfigError, EngineUnavailable, ModelError
+from dinet.ledger import Ledger
 from dinet.models.catalog import LocalModel
 from dinet.node.admission import Admission
 from dinet.node.inference import Engine, InferenceService
@@ -28,7 +29,7 @@ from dinet.node.verification import VerifyService
 from dinet.p2p.host import PeerHost
 from dinet.p2p.joining import Joiner
 from dinet.p2p.streams import Handler
-from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL, ModelHash
+from dinet.wire.ids import INFER_PROTOCOL, SHARD_PROTOCOL, VERIFY_PROTOCOL, ModelHash, PeerId
 from dinet.wire.manifest import ModelOffer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,22 @@ class Serving:
         return tuple(s.offer for s in (self, *self.also) if s.offer is not None and s.available())
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the whole models of one node share (`--also-serve`, `dinet.node._together`): its
+    generation slots and queue, and each client's standing for probation. Their per-peer
+    limits are held once, before a stream reaches the model it names."""
+
+    admission: Admission
+    probation: ClientProbation
+
+
+def shared_by_models(settings: NodeSettings, ledger: Ledger, peer_id: PeerId) -> Shared:
+    return Shared(
+        Admission(settings.max_concurrent, settings.max_queue), _probation(settings, ledger, peer_id)
+    )
+
+
 def parse_layers(text: str, n_layers: int) -> tuple[int, int]:
     """'START:STOP' as a block range of a model with `n_layers` blocks, or ConfigError."""
     start_text, _, stop_text = text.partition(":")
@@ -74,11 +91,10 @@ async def whole_model(
     model_hash: ModelHash,
     accountant: Accountant,
     on_request: Callable[[bool], None] = lambda busy: None,
-    shared: Admission | None = None,
+    shared: Shared | None = None,
     log_name: str = "worker.log",
 ) -> AsyncIterator[Serving]:
-    """`shared`: the slots and queue of a node's several models (`dinet.node._together`),
-    whose streams are held to the per-peer limits before they reach this model."""
+    """`shared`: what a node's several models share (`dinet.node._together`)."""
     from dinet.models._gguf import read_layout
 
     engine = WorkerEngine(
@@ -132,13 +148,13 @@ def _inference(
     model_hash: ModelHash,
     accountant: Accountant,
     on_request: Callable[[bool], None],
-    shared: Admission | None = None,
+    shared: Shared | None = None,
 ) -> InferenceService:
-    """The /dinet/infer/1 handler of `engine`, within the node's limits (with `shared`, the
-    slots and queue of several models, whose per-peer limits are held before dispatch)."""
+    """The /dinet/infer/1 handler of `engine`, within the node's limits (with `shared`,
+    those of several models, whose per-peer limits are held before dispatch)."""
     return InferenceService(
         engine,
-        Admission(settings.max_concurrent, settings.max_queue) if shared is None else shared,
+        Admission(settings.max_concurrent, settings.max_queue) if shared is None else shared.admission,
         model_id,
         model_hash,
         accountant,
@@ -146,12 +162,17 @@ def _inference(
         bounds=RequestBounds(settings.max_tokens_limit, settings.max_prompt_chars),
         max_request_bytes=settings.max_request_bytes,
         on_request=on_request,
-        probation=ClientProbation.from_ledger(
-            accountant.ledger,
-            accountant.peer_id,
-            receipts_needed=settings.probation_receipts,
-            max_tokens=settings.probation_max_tokens,
+        probation=(
+            _probation(settings, accountant.ledger, accountant.peer_id)
+            if shared is None
+            else shared.probation
         ),
+    )
+
+
+def _probation(settings: NodeSettings, ledger: Ledger, peer_id: PeerId) -> ClientProbation:
+    return ClientProbation.from_ledger(
+        ledger, peer_id, receipts_needed=settings.probation_receipts, max_tokens=settings.probation_max_tokens
     )
 
 

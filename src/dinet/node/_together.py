@@ -5,8 +5,9 @@ Each model has its own engine worker (so its own llama.cpp memory: the model's w
 KV cache and prefix cache, under `memory_mb` each), its own speed figures, receipts and
 verification. All of them share the node's generation slots and queue (one `Admission`:
 `max_concurrent` generations at once whatever their model, so two engines never decode
-on more threads than one would) and its per-peer limits, which are held here before the
-request is read, as each protocol's own handler does on a node of one model.
+on more threads than one would), its clients' standing (one probation) and its per-peer
+limits, which are held here before the request is read, as each protocol's own handler
+does on a node of one model (`dinet.node._serving.Shared`).
 
 A request that names no model goes to the first (`--model`); so does one for a model the
 node does not serve, and the first refuses it as any one-model node does (`unknown_model`).

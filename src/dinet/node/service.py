@@ -19,15 +19,16 @@ from dinet.ledger import Ledger
 from dinet.models.store import ModelStore
 from dinet.node._serving import (
     Serving,
+    Shared,
     fake_model,
     findable,
     model_stage,
     no_engine,
     peer_limiter,
+    shared_by_models,
     whole_model,
 )
 from dinet.node._together import together
-from dinet.node.admission import Admission
 from dinet.node.auto import serving_auto
 from dinet.node.chores import Chores
 from dinet.node.chunks import ModelKeeper, chunk_server, prepare_model
@@ -157,9 +158,10 @@ async def _models_served(
     settings: NodeSettings, key: SigningKey, host: PeerHost, desk: DemandDesk, money: Money
 ) -> AsyncIterator[Serving]:
     """The node's model and those it also serves (`--also-serve`), one after the other
-    into engines of their own that share its slots, queue and per-peer limits; requests
-    passed to the model they name (`dinet.node._together`), every model's bytes kept."""
-    shared = Admission(settings.max_concurrent, settings.max_queue)
+    into engines of their own that share its slots, queue, per-peer limits and clients'
+    standing; requests passed to the model they name (`dinet.node._together`), every
+    model's bytes kept."""
+    shared = shared_by_models(settings, Ledger.in_home(settings.home), key.peer_id)
     async with AsyncExitStack() as stack:
         kept: list[tuple[Serving, ModelKeeper]] = []
         for index, name in enumerate((settings.model, *settings.also_serve)):
@@ -186,7 +188,7 @@ async def _model_kept(
     host: PeerHost,
     desk: DemandDesk,
     money: Money,
-    shared: Admission | None = None,
+    shared: Shared | None = None,
     log_name: str = "worker.log",
 ) -> AsyncIterator[tuple[Serving, ModelKeeper]]:
     """The model the settings name, served, and the keeper of its bytes."""
