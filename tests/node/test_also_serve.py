@@ -10,9 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import openai
 import pytest
 import trio
 from pydantic import ValidationError
+from tests.gateway._gateway_helpers import API_KEY, start_gateway, wait_for_peers
 from tests.helpers import answer_to, chat, open_stream, raw_host, read_replies, worker_pids
 
 from dinet.client.network import open_network
@@ -140,6 +142,33 @@ def test_din_ask_and_din_peers_see_both_models_on_the_one_node(tmp_path, node, e
     (peer,) = json.loads(listed.stdout)
     offers = {(o["model_id"], o["model_hash"]) for o in peer["models"]}
     assert offers == {(DEFAULT_MODEL_ID, node.model_hash), (GEMMA_MODEL_ID, gemma_hash(node))}
+
+
+def test_a_gateway_lists_both_models_and_answers_each_on_its_api(tmp_path, node, expected):
+    gateway = start_gateway(tmp_path, ["--bootstrap", node.addr, "--api-key", API_KEY])
+    try:
+        wait_for_peers(gateway, 1)
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+        listed = {m.id for m in client.models.list()}
+        chatted = client.chat.completions.create(
+            model=DEFAULT_MODEL_ID,
+            messages=[{"role": "user", "content": QUESTION}],
+            temperature=0,
+            max_tokens=MAX_TOKENS,
+        )
+        completed = client.completions.create(
+            model=GEMMA_MODEL_ID, prompt=PROMPT, temperature=0, max_tokens=MAX_TOKENS
+        )
+        with pytest.raises(openai.BadRequestError) as no_template:  # a base model: no chat
+            client.chat.completions.create(
+                model=GEMMA_MODEL_ID, messages=[{"role": "user", "content": QUESTION}], max_tokens=4
+            )
+    finally:
+        gateway.stop()
+    assert listed == {DEFAULT_MODEL_ID, GEMMA_MODEL_ID}
+    assert chatted.choices[0].message.content == expected[DEFAULT_MODEL_ID]
+    assert completed.choices[0].text == expected[GEMMA_MODEL_ID]
+    assert "chat template" in str(no_template.value), no_template.value
 
 
 async def test_a_model_the_node_does_not_serve_is_refused_on_both_protocols(node):
