@@ -3,7 +3,11 @@
 // The node's sampler needs the next position's probabilities, not wllama's own sampling,
 // so an Engine only feeds tokens and reads probabilities: prefill(tokens), then
 // step(token) once per generated token. wllama's getLogits returns softmax
-// probabilities, sorted by probability, top K of them (topK = -1: all n_vocab).
+// probabilities, sorted by probability, top K of them (topK = -1: all n_vocab); it
+// exponentiates and sorts all n_vocab even for one, so topK = 1 (greedy) asks wllama's
+// sampler instead, set to top_k 1 (1.5 ms a token against 7.6, bench/RESULTS.md):
+// llama.cpp's partial sort keeps the first of the largest logits, the lowest id among
+// them, as the sampler spec's greedy does. (wllama 3 has no low-level API at all.)
 import { Wllama } from "@wllama/wllama";
 
 // Where the gateway serves wllama's WebAssembly builds (web/build.mjs copies them there).
@@ -52,7 +56,8 @@ export class Engine {
   }
 
   // Start a new sequence: the KV cache emptied, then `tokens` run in batches.
-  // Returns the probabilities for the position after the last prompt token.
+  // Returns the probabilities for the position after the last prompt token
+  // ([{token, p}], most probable first; topK = 1: the likeliest token, p null).
   async prefill(tokens, { topK = 1 } = {}) {
     if (tokens.length === 0) throw new Error("an empty prompt has no next token");
     await this.wllama.kvClear();
@@ -76,6 +81,10 @@ export class Engine {
   async #feed(tokens, topK) {
     const { nPast } = await this.wllama.decode(tokens, {});
     this.nPast = nPast;
+    if (topK === 1) {
+      const { token } = await this.wllama.samplingSample(); // the arg-max: no probabilities
+      return [{ token, p: null }];
+    }
     return this.wllama.getLogits(topK); // [{token, p}], most probable first
   }
 
@@ -107,5 +116,6 @@ export async function loadEngine(blob, { threads = defaultThreads(), nCtx = 2048
   const quiet = { debug() {}, log() {}, warn() {}, error: console.error };
   const wllama = new Wllama(WASM_PATHS, { suppressNativeLog: !log, logger: log ? console : quiet });
   await wllama.loadModel([blob], { n_threads: threads, n_ctx: nCtx, n_batch: nBatch });
+  await wllama.samplingInit({ top_k: 1, temp: 0 }); // greedy steps (#feed with topK = 1)
   return new Engine(wllama, wllama.isMultithread() ? wllama.getNumThreads() : 1);
 }
