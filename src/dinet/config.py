@@ -85,8 +85,8 @@ class CommonSettings(BaseSettings):
         default=DIAL_TIMEOUT_S,
         gt=0,
         le=120,
-        description="Seconds one dial, or one manifest query, to a peer may take "
-        "(raise it on slow or distant links)",
+        description="Seconds one dial, one manifest query or opening one request's stream "
+        "to a peer may take (raise it on slow or distant links)",
     )
     probe_timeout_s: float = Field(
         default=PROBE_TIMEOUT_S,

@@ -18,9 +18,12 @@ async def test_a_node_with_three_slots_answers_three_at_once_and_each_answer_ver
     tmp_path, mesh, client_settings
 ) -> None:
     slots = ["--max-concurrent", "3"]
+    # Patient dials: this module may run beside a 26-node one, and a starved node once took
+    # over the default 5 s to open a stream; only one peer may answer here.
+    patient = client_settings.model_copy(update={"dial_timeout_s": 30.0})
     node = start_node(tmp_path / "batched", bootstrap=mesh.bootstrap[:1], extra_args=slots)
     try:
-        async with open_network(client_settings) as network:
+        async with open_network(patient) as network:
             await network.discover(None, node.model_hash, timeout=60, want=len(mesh.nodes) + 1)
             answers = {}
 

@@ -61,7 +61,6 @@ from dinet.wire.receipt import request_hash
 
 logger = logging.getLogger(__name__)
 
-OPEN_TIMEOUT_S = 5.0
 # The first frame waits for a prefill with no heartbeat: on a loaded 2-core machine
 # (28 node processes and a test run) a short prompt's first token once took over 5 s.
 FIRST_FRAME_MIN_S = 10.0
@@ -333,7 +332,7 @@ async def _stream_from(
     """
     limits = _StallLimits.for_peer(peer, request.params)
     peer_id = peer.peer_id
-    framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, OPEN_TIMEOUT_S)
+    framed = await open_framed(network.host, peer_id, INFER_PROTOCOL, network.dial_timeout_s)
     finished = False
     sent = encode(request)
     received: list[int] = []

@@ -61,7 +61,7 @@ class Network:
     exclude_below: float = EXCLUDE_BELOW  # see dinet.routing.select.trusted
     min_evidence: float = MIN_EVIDENCE
     tasks: trio.Nursery | None = None  # background tasks of this network's requests (chain listeners)
-    dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, or one manifest query
+    dial_timeout_s: float = DIAL_TIMEOUT_S  # one dial, one manifest query, or opening a request's stream
     # Peers forgotten because they could not be met: their manifest then, and why (for errors).
     unmet: dict[PeerId, tuple[Manifest | None, str]] = field(default_factory=dict)
     # Peers in use or about to be, each until when: only these are probed for liveness.
