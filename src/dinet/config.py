@@ -464,11 +464,6 @@ class NodeSettings(CommonSettings):
             raise ValueError(f"--publisher takes a peer id, not {self.publisher!r}")
         return self
 
-    @field_validator("also_serve", mode="before")
-    @classmethod
-    def _split_also_serve(cls, value: object) -> object:
-        return split_multiaddrs(value)
-
     @model_validator(mode="after")
     def _also_serve_whole_models(self) -> NodeSettings:
         if not self.also_serve:
@@ -491,10 +486,10 @@ class NodeSettings(CommonSettings):
             )
         return self
 
-    @field_validator("auto_models", mode="before")
+    @field_validator("auto_models", "also_serve", mode="before")
     @classmethod
-    def _split_auto_models(cls, value: object) -> object:
-        return split_multiaddrs(value)
+    def _split_model_lists(cls, value: object) -> object:
+        return split_multiaddrs(value)  # "A,B" or a JSON list (an environment variable) as a list
 
     @model_validator(mode="after")
     def _auto_chooses_its_model(self) -> NodeSettings:
